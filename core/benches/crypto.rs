@@ -1,0 +1,172 @@
+//! Crypto benchmarks on the reference implementation's own inputs
+//! (`../shared/bench-fixtures`, see its README), on the in-memory and the SQLite store.
+//!
+//! Set `NEWT_BENCH_FIXTURES` to read the fixtures from elsewhere.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use newt_core::crypto::{OlmMachine, OutgoingKind, RotationSettings};
+use newt_core::store::{MemoryStore, SqliteStore, Store, StoreKey};
+use ruma::api::IncomingResponseExt;
+use ruma::api::client::keys::{claim_keys, get_keys};
+use serde_json::json;
+
+const USER: &str = "@alice:example.org";
+const DEVICE: &str = "JLAFKJWSCS";
+const ROOM: &str = "!bench:example.org";
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("NEWT_BENCH_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench-fixtures")
+    })
+}
+
+fn read(name: &str) -> Vec<u8> {
+    let path = fixtures().join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn query_response(name: &str) -> get_keys::v3::Response {
+    let body = read(name);
+    get_keys::v3::Response::try_from_http_response(http::Response::builder().status(200).body(body.as_slice()).unwrap())
+        .expect("parse /keys/query fixture")
+}
+
+fn claim_response() -> claim_keys::v3::Response {
+    let body = read("keys_claim.json");
+    claim_keys::v3::Response::try_from_http_response(http::Response::builder().status(200).body(body.as_slice()).unwrap())
+        .expect("parse /keys/claim fixture")
+}
+
+type StoreFactory = fn() -> (Arc<dyn Store>, Option<tempfile::TempDir>);
+
+fn memory() -> (Arc<dyn Store>, Option<tempfile::TempDir>) {
+    (Arc::new(MemoryStore::new()), None)
+}
+
+fn sqlite() -> (Arc<dyn Store>, Option<tempfile::TempDir>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), &StoreKey::from_bytes([7; 32])).unwrap();
+    (Arc::new(store), Some(dir))
+}
+
+const STORES: [(&str, StoreFactory); 2] = [("memory", memory), ("sqlite", sqlite)];
+
+/// A machine with `users` tracked and one query in flight; returns the query's id.
+fn machine_with_query(factory: StoreFactory, users: &[String]) -> (OlmMachine, String, Option<tempfile::TempDir>) {
+    let (store, dir) = factory();
+    let machine = OlmMachine::open(USER, DEVICE, store).unwrap();
+    machine.update_tracked_users(users).unwrap();
+    let id = machine
+        .outgoing_requests()
+        .unwrap()
+        .into_iter()
+        .find(|r| matches!(r.kind, OutgoingKind::KeysQuery(_)))
+        .map(|r| r.id)
+        .expect("a keys query");
+    (machine, id, dir)
+}
+
+fn users_of(response: &get_keys::v3::Response) -> Vec<String> {
+    response.device_keys.keys().map(|u| u.to_string()).collect()
+}
+
+fn keys_query(c: &mut Criterion) {
+    let response = query_response("keys_query.json");
+    let users = users_of(&response);
+    let mut group = c.benchmark_group("keys_query_150_devices");
+    for (name, factory) in STORES {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || machine_with_query(factory, &users),
+                |(machine, id, dir)| {
+                    let outcome = machine.mark_keys_query_sent(&id, &response).unwrap();
+                    assert_eq!(outcome.updated_devices, 150);
+                    (machine, dir)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+/// A machine that knows the 150 devices of the query fixture.
+fn machine_with_devices(factory: StoreFactory, response: &get_keys::v3::Response) -> (OlmMachine, Option<tempfile::TempDir>) {
+    let (machine, id, dir) = machine_with_query(factory, &users_of(response));
+    machine.mark_keys_query_sent(&id, response).unwrap();
+    (machine, dir)
+}
+
+fn olm_session_creation(c: &mut Criterion) {
+    let query = query_response("keys_query.json");
+    let claim = claim_response();
+    let mut group = c.benchmark_group("olm_sessions_from_163_claimed_keys");
+    for (name, factory) in STORES {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || machine_with_devices(factory, &query),
+                |(machine, dir)| {
+                    let outcome = machine.mark_keys_claim_sent(&claim).unwrap();
+                    assert!(outcome.sessions_created >= 150, "{}", outcome.sessions_created);
+                    (machine, dir)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+fn room_key_sharing(c: &mut Criterion) {
+    let query = query_response("keys_query.json");
+    let claim = claim_response();
+    let users = users_of(&query);
+    let mut group = c.benchmark_group("share_room_key_with_163_devices");
+    for (name, factory) in STORES {
+        let (machine, _dir) = machine_with_devices(factory, &query);
+        machine.mark_keys_claim_sent(&claim).unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let requests = machine.share_room_key(ROOM, &users, RotationSettings::default()).unwrap();
+                assert!(!requests.is_empty());
+                for r in &requests {
+                    machine.mark_to_device_sent(&r.id).unwrap();
+                }
+                machine.discard_room_key(ROOM).unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
+fn megolm_1kb(c: &mut Criterion) {
+    let body = "x".repeat(1024);
+    let content = json!({"msgtype": "m.text", "body": body});
+    let mut group = c.benchmark_group("megolm_1kb");
+    for (name, factory) in STORES {
+        let (store, _dir) = factory();
+        let machine = OlmMachine::open(USER, DEVICE, store).unwrap();
+        // Sharing with nobody still creates the session and our own inbound copy.
+        machine.share_room_key(ROOM, &[USER.to_owned()], RotationSettings { period_ms: u64::MAX, messages: u64::MAX }).unwrap();
+        group.bench_function(format!("encrypt/{name}"), |b| {
+            b.iter(|| machine.encrypt_room_event(ROOM, "m.room.message", &content).unwrap())
+        });
+        let encrypted = machine.encrypt_room_event(ROOM, "m.room.message", &content).unwrap();
+        let event = json!({"type": "m.room.encrypted", "sender": USER, "event_id": "$e",
+            "origin_server_ts": 1, "content": encrypted});
+        group.bench_function(format!("decrypt/{name}"), |b| {
+            b.iter(|| machine.decrypt_room_event(ROOM, &event).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = megolm_1kb, keys_query, olm_session_creation, room_key_sharing
+}
+criterion_main!(benches);

@@ -1,0 +1,235 @@
+//! The client: login, session restore, the sync loop, rooms and the timeline.
+//!
+//! It owns the [`HttpClient`], the [`Store`] and, once logged in, the [`OlmMachine`], and is
+//! the only part of Newt that does network I/O.
+
+mod rooms;
+mod sync;
+mod timeline;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use ruma::api::client::session::login;
+use ruma::api::client::uiaa::{MatrixUserIdentifier, UserIdentifier};
+use tokio::sync::{Mutex as AsyncMutex, broadcast};
+use tracing::info;
+use zeroize::Zeroizing;
+
+use crate::crypto::{CryptoError, Device, OlmMachine};
+use crate::http::{HttpClient, HttpError};
+use crate::store::{Changes, SecretBlob, SqliteStore, Store, StoreError, StoreKey};
+
+pub use sync::SyncHandle;
+pub use timeline::TimelineEvent;
+
+const KEY_USER_ID: &str = "session.user_id";
+const KEY_DEVICE_ID: &str = "session.device_id";
+const KEY_ACCESS_TOKEN: &str = "session.access_token";
+
+/// Everything that can go wrong in the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Talking to the homeserver failed.
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The crypto machine refused.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The operation needs a logged-in session.
+    #[error("not logged in")]
+    NotLoggedIn,
+    /// An argument from the app is invalid.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The room is not encrypted (Newt only sends encrypted messages).
+    #[error("room {0} is not known as encrypted")]
+    RoomNotEncrypted(String),
+}
+
+/// How to build a [`Client`].
+pub struct ClientConfig {
+    /// Homeserver base URL, e.g. `https://matrix.example.org`.
+    pub homeserver: String,
+    /// Directory of the store (created if missing).
+    pub store_dir: PathBuf,
+    /// Key that encrypts secrets at rest.
+    pub store_key: StoreKey,
+}
+
+/// The logged-in identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// Own user id.
+    pub user_id: String,
+    /// Own device id.
+    pub device_id: String,
+}
+
+/// A Matrix client with end-to-end encryption.
+pub struct Client {
+    pub(crate) http: HttpClient,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) machine: RwLock<Option<Arc<OlmMachine>>>,
+    pub(crate) timeline: broadcast::Sender<TimelineEvent>,
+    /// Serialises sending of the machine's outgoing requests.
+    pub(crate) outgoing: AsyncMutex<()>,
+    /// Serialises `/sync` processing.
+    pub(crate) sync_lock: AsyncMutex<()>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("homeserver", &self.http.homeserver()).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Open the store and prepare a client. Does no network I/O.
+    pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
+        let store = SqliteStore::open(&config.store_dir, &config.store_key)?;
+        Self::with_store(&config.homeserver, Arc::new(store))
+    }
+
+    /// A client on any [`Store`] implementation.
+    pub fn with_store(homeserver: &str, store: Arc<dyn Store>) -> Result<Self, ClientError> {
+        let (timeline, _) = broadcast::channel(4096);
+        Ok(Self {
+            http: HttpClient::new(homeserver)?,
+            store,
+            machine: RwLock::new(None),
+            timeline,
+            outgoing: AsyncMutex::new(()),
+            sync_lock: AsyncMutex::new(()),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub(crate) fn machine(&self) -> Result<Arc<OlmMachine>, ClientError> {
+        self.machine
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(ClientError::NotLoggedIn)
+    }
+
+    /// The logged-in session, if any.
+    pub fn session(&self) -> Option<Session> {
+        let machine = self.machine.read().unwrap_or_else(|e| e.into_inner()).clone()?;
+        Some(Session { user_id: machine.user_id().to_owned(), device_id: machine.device_id().to_owned() })
+    }
+
+    /// Session stored by an earlier login, if any.
+    pub fn stored_session(&self) -> Result<Option<Session>, ClientError> {
+        match (self.store.value(KEY_USER_ID)?, self.store.value(KEY_DEVICE_ID)?) {
+            (Some(user_id), Some(device_id)) => Ok(Some(Session { user_id, device_id })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Restore the session saved by an earlier login: same device, same keys, no new device
+    /// on the server. Returns `false` if the store holds no session.
+    pub fn restore_session(&self) -> Result<bool, ClientError> {
+        let Some(session) = self.stored_session()? else { return Ok(false) };
+        let Some(token) = self.store.secret_value(KEY_ACCESS_TOKEN)? else { return Ok(false) };
+        let token = String::from_utf8(token.as_bytes().to_vec())
+            .map_err(|_| StoreError::Decode("access token is not UTF-8".into()))?;
+        self.http.set_access_token(Some(Zeroizing::new(token)));
+        self.open_machine(&session)?;
+        info!(user_id = %session.user_id, device_id = %session.device_id, "session restored");
+        Ok(true)
+    }
+
+    /// Log in with a password. Without `device_id`, the device stored by an earlier login is
+    /// reused, so its keys stay valid; with none stored, the server picks one.
+    pub async fn login_password(
+        &self,
+        user: &str,
+        password: &str,
+        device_id: Option<&str>,
+    ) -> Result<Session, ClientError> {
+        let stored = self.stored_session()?;
+        let device_id = device_id.map(str::to_owned).or_else(|| stored.as_ref().map(|s| s.device_id.clone()));
+        let identifier = UserIdentifier::Matrix(MatrixUserIdentifier::new(user.to_owned()));
+        let mut request = login::v3::Request::new(login::v3::LoginInfo::Password(
+            login::v3::Password::new(identifier, password.to_owned()),
+        ));
+        request.device_id = device_id.map(Into::into);
+        request.initial_device_display_name = Some("Newt".to_owned());
+        let response = self.http.send(request).await?;
+        let session = Session { user_id: response.user_id.to_string(), device_id: response.device_id.to_string() };
+        let token = Zeroizing::new(response.access_token);
+        // Refuse to mix two accounts in one store before anything is written.
+        if let Some(stored) = &stored {
+            if stored.user_id != session.user_id || stored.device_id != session.device_id {
+                if self.store.account()?.is_some() {
+                    return Err(CryptoError::AccountMismatch {
+                        user: session.user_id,
+                        device: session.device_id,
+                        stored_user: stored.user_id.clone(),
+                        stored_device: stored.device_id.clone(),
+                    }
+                    .into());
+                }
+            }
+        }
+        let mut changes = Changes::default();
+        changes.values.insert(KEY_USER_ID.into(), session.user_id.clone());
+        changes.values.insert(KEY_DEVICE_ID.into(), session.device_id.clone());
+        changes.secret_values.insert(KEY_ACCESS_TOKEN.into(), SecretBlob::new(token.as_bytes().to_vec()));
+        self.store.save_changes(changes)?;
+        self.http.set_access_token(Some(token));
+        self.open_machine(&session)?;
+        info!(user_id = %session.user_id, device_id = %session.device_id, "logged in");
+        self.send_outgoing().await?;
+        Ok(session)
+    }
+
+    fn open_machine(&self, session: &Session) -> Result<(), ClientError> {
+        let machine = OlmMachine::open(&session.user_id, &session.device_id, self.store.clone())?;
+        *self.machine.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(machine));
+        Ok(())
+    }
+
+    /// Own device's Ed25519 fingerprint, for display.
+    pub fn fingerprint(&self) -> Result<String, ClientError> {
+        Ok(self.machine()?.ed25519_key())
+    }
+
+    /// A user's devices, downloaded from the server if our copy is missing or stale.
+    pub async fn devices(&self, user_id: &str) -> Result<Vec<Device>, ClientError> {
+        ruma::UserId::parse(user_id).map_err(|e| ClientError::InvalidInput(format!("user id: {e}")))?;
+        let machine = self.machine()?;
+        machine.update_tracked_users(&[user_id.to_owned()])?;
+        self.send_outgoing().await?;
+        Ok(machine.devices(user_id)?)
+    }
+
+    /// Subscribe to received timeline events of all rooms.
+    pub fn subscribe_timeline(&self) -> broadcast::Receiver<TimelineEvent> {
+        self.timeline.subscribe()
+    }
+
+    /// Send everything the crypto machine is waiting to send.
+    pub async fn send_outgoing(&self) -> Result<(), ClientError> {
+        let _guard = self.outgoing.lock().await;
+        let machine = self.machine()?;
+        for _ in 0..4 {
+            let requests = machine.outgoing_requests()?;
+            if requests.is_empty() {
+                break;
+            }
+            for request in requests {
+                self.send_request(&machine, request).await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,233 @@
+//! Rooms: creating, joining, member lists and sending encrypted messages.
+
+use std::time::Duration;
+
+use ruma::api::client::membership::{get_member_events, invite_user, join_room_by_id_or_alias};
+use ruma::api::client::message::send_message_event;
+use ruma::api::client::room::create_room;
+use ruma::events::MessageLikeEventType;
+use ruma::{OwnedRoomId, OwnedRoomOrAliasId, OwnedUserId, TransactionId};
+use serde_json::{Value, json};
+use tracing::{debug, info, warn};
+
+use super::{Client, ClientError};
+use crate::crypto::{OlmMachine, OutgoingKind, OutgoingRequest, RotationSettings};
+use crate::http::HttpError;
+use crate::store::{Changes, MemberRecord, RoomRecord};
+
+/// Attempts for a request that fails transiently (network, 429, 5xx).
+const ATTEMPTS: u32 = 4;
+
+/// Run `f` until it succeeds, fails for good, or attempts run out (backoff 0.5 s, 1 s, 2 s).
+pub(crate) async fn with_retry<T, F, Fut>(mut f: F) -> Result<T, HttpError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, HttpError>>,
+{
+    let mut delay = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Err(e) if e.is_transient() && attempt < ATTEMPTS => {
+                let wait = match &e {
+                    HttpError::Server { retry_after_ms: Some(ms), .. } => Duration::from_millis(*ms),
+                    _ => delay,
+                };
+                warn!(attempt, error = %e, "transient failure, retrying");
+                tokio::time::sleep(wait).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn parse_room_id(room_id: &str) -> Result<OwnedRoomId, ClientError> {
+    OwnedRoomId::try_from(room_id).map_err(|e| ClientError::InvalidInput(format!("room id: {e}")))
+}
+
+/// Users a room key goes to: joined members, and invited ones unless history is `joined` only.
+pub(crate) fn recipients(room: &RoomRecord, members: &[MemberRecord]) -> Vec<String> {
+    let include_invited = room.history_visibility.as_deref() != Some("joined");
+    members
+        .iter()
+        .filter(|m| m.membership == "join" || (include_invited && m.membership == "invite"))
+        .map(|m| m.user_id.clone())
+        .collect()
+}
+
+impl Client {
+    /// Send one request of the crypto machine and report the answer back to it.
+    pub(crate) async fn send_request(
+        &self,
+        machine: &OlmMachine,
+        request: OutgoingRequest,
+    ) -> Result<(), ClientError> {
+        match request.kind {
+            OutgoingKind::KeysUpload(r) => match with_retry(|| self.http.send(r.clone())).await {
+                Ok(response) => machine.mark_keys_upload_sent(&response)?,
+                Err(e) => {
+                    machine.mark_upload_failed();
+                    return Err(e.into());
+                }
+            },
+            OutgoingKind::KeysQuery(r) => match with_retry(|| self.http.send(r.clone())).await {
+                Ok(response) => {
+                    let outcome = machine.mark_keys_query_sent(&request.id, &response)?;
+                    debug!(updated = outcome.updated_devices, rejected = outcome.rejected.len(), "keys query");
+                }
+                Err(e) => {
+                    machine.mark_query_failed(&request.id);
+                    return Err(e.into());
+                }
+            },
+            OutgoingKind::KeysClaim(r) => {
+                let response = with_retry(|| self.http.send(r.clone())).await?;
+                let outcome = machine.mark_keys_claim_sent(&response)?;
+                debug!(created = outcome.sessions_created, failed = outcome.failed.len(), "keys claim");
+            }
+            OutgoingKind::ToDevice(r) => {
+                // Same transaction id on every retry: the server delivers it once.
+                with_retry(|| self.http.send(r.clone())).await?;
+                machine.mark_to_device_sent(&request.id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Create a private room with encryption enabled from the start, inviting `invite`.
+    pub async fn create_encrypted_room(
+        &self,
+        name: Option<&str>,
+        invite: &[String],
+    ) -> Result<String, ClientError> {
+        let machine = self.machine()?;
+        let invite: Vec<OwnedUserId> = invite
+            .iter()
+            .map(|u| OwnedUserId::try_from(u.as_str()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| ClientError::InvalidInput(format!("user id: {e}")))?;
+        let encryption = json!({"algorithm": crate::crypto::MEGOLM_ALGORITHM});
+        let mut request = create_room::v3::Request::new();
+        request.name = name.map(str::to_owned);
+        request.invite = invite.clone();
+        request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
+        request.initial_state = vec![crate::crypto::raw_json(&json!({
+            "type": "m.room.encryption", "state_key": "", "content": encryption,
+        }))?];
+        let response = self.http.send(request).await?;
+        let room_id = response.room_id.to_string();
+        let mut changes = Changes::default();
+        changes.rooms.push(RoomRecord {
+            room_id: room_id.clone(),
+            encryption: Some(encryption.to_string()),
+            history_visibility: Some("shared".into()),
+            members_synced: false,
+            own_membership: Some("join".into()),
+        });
+        changes.members.push(MemberRecord { room_id: room_id.clone(), user_id: machine.user_id().into(), membership: "join".into() });
+        for user in &invite {
+            changes.members.push(MemberRecord { room_id: room_id.clone(), user_id: user.to_string(), membership: "invite".into() });
+        }
+        self.store.save_changes(changes)?;
+        info!(room_id, "created encrypted room");
+        Ok(room_id)
+    }
+
+    /// Join a room by id or alias; returns the room id.
+    pub async fn join(&self, room: &str) -> Result<String, ClientError> {
+        self.machine()?;
+        let target = OwnedRoomOrAliasId::try_from(room)
+            .map_err(|e| ClientError::InvalidInput(format!("room id or alias: {e}")))?;
+        let response = with_retry(|| self.http.send(join_room_by_id_or_alias::v3::Request::new(target.clone()))).await?;
+        let room_id = response.room_id.to_string();
+        let mut record = self.store.room(&room_id)?.unwrap_or_else(|| RoomRecord { room_id: room_id.clone(), ..Default::default() });
+        record.own_membership = Some("join".into());
+        self.store.save_changes(Changes { rooms: vec![record], ..Default::default() })?;
+        info!(room_id, "joined");
+        Ok(room_id)
+    }
+
+    /// Invite a user to a room. The invitee receives room keys from the next message on
+    /// (unless the room's history visibility is `joined`).
+    pub async fn invite(&self, room_id: &str, user_id: &str) -> Result<(), ClientError> {
+        self.machine()?;
+        let room = parse_room_id(room_id)?;
+        let user = OwnedUserId::try_from(user_id).map_err(|e| ClientError::InvalidInput(format!("user id: {e}")))?;
+        let recipient = invite_user::v3::InvitationRecipient::UserId(invite_user::v3::InviteUserId::new(user));
+        with_retry(|| self.http.send(invite_user::v3::Request::new(room.clone(), recipient.clone()))).await?;
+        self.store.save_changes(Changes {
+            members: vec![MemberRecord { room_id: room_id.into(), user_id: user_id.into(), membership: "invite".into() }],
+            ..Default::default()
+        })?;
+        Ok(())
+    }
+
+    /// Load the full member list (`/members`) once per room, then sync keeps it current.
+    async fn ensure_members(&self, room: &RoomRecord) -> Result<(), ClientError> {
+        if room.members_synced {
+            return Ok(());
+        }
+        let room_id = parse_room_id(&room.room_id)?;
+        let response = with_retry(|| self.http.send(get_member_events::v3::Request::new(room_id.clone()))).await?;
+        let mut changes = Changes::default();
+        for event in &response.chunk {
+            let Ok(event) = serde_json::from_str::<Value>(event.json().get()) else { continue };
+            if let (Some(user), Some(membership)) = (
+                event.get("state_key").and_then(Value::as_str),
+                event.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str),
+            ) {
+                changes.members.push(MemberRecord { room_id: room.room_id.clone(), user_id: user.into(), membership: membership.into() });
+            }
+        }
+        changes.rooms.push(RoomRecord { members_synced: true, ..room.clone() });
+        self.store.save_changes(changes)?;
+        Ok(())
+    }
+
+    /// Make sure every current recipient device of the room has the room key.
+    pub async fn prepare_room_key(&self, room_id: &str) -> Result<(), ClientError> {
+        let machine = self.machine()?;
+        let room = self.store.room(room_id)?.ok_or_else(|| ClientError::RoomNotEncrypted(room_id.into()))?;
+        let Some(encryption) = room.encryption.clone() else {
+            return Err(ClientError::RoomNotEncrypted(room_id.into()));
+        };
+        self.ensure_members(&room).await?;
+        let room = self.store.room(room_id)?.unwrap_or(room);
+        let users = recipients(&room, &self.store.members(room_id)?);
+        machine.update_tracked_users(&users)?;
+        self.send_outgoing().await?;
+        if let Some(claim) = machine.missing_sessions(&users)? {
+            self.send_request(&machine, claim).await?;
+        }
+        let settings = serde_json::from_str::<Value>(&encryption)
+            .map(|c| RotationSettings::from_encryption_content(&c))
+            .unwrap_or_default();
+        let requests = machine.share_room_key(room_id, &users, settings)?;
+        let _guard = self.outgoing.lock().await;
+        for request in requests {
+            self.send_request(&machine, request).await?;
+        }
+        Ok(())
+    }
+
+    /// Send an encrypted `m.text` message; returns the event id.
+    pub async fn send_text(&self, room_id: &str, body: &str) -> Result<String, ClientError> {
+        self.send_message(room_id, &json!({"msgtype": "m.text", "body": body})).await
+    }
+
+    /// Send an encrypted `m.room.message` with the given content; returns the event id.
+    pub async fn send_message(&self, room_id: &str, content: &Value) -> Result<String, ClientError> {
+        let machine = self.machine()?;
+        let room = parse_room_id(room_id)?;
+        self.prepare_room_key(room_id).await?;
+        let encrypted = machine.encrypt_room_event(room_id, "m.room.message", content)?;
+        let body = crate::crypto::raw_json(&encrypted)?;
+        let txn_id = TransactionId::new();
+        let request = send_message_event::v3::Request::new_raw(room, txn_id, MessageLikeEventType::RoomEncrypted, body);
+        let response = with_retry(|| self.http.send(request.clone())).await?;
+        debug!(room_id, "sent encrypted message");
+        Ok(response.event_id.to_string())
+    }
+}

@@ -1,0 +1,205 @@
+//! The sync loop: `/sync` responses into the crypto machine, the store and the timeline.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ruma::api::client::filter::{FilterDefinition, LazyLoadOptions};
+use ruma::api::client::sync::sync_events;
+use ruma::serde::Raw;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use super::rooms::recipients;
+use super::timeline::TimelineEvent;
+use super::{Client, ClientError};
+use crate::crypto::SyncChanges;
+use crate::store::{Changes, MemberRecord, RoomRecord};
+
+fn json<T>(raw: &Raw<T>) -> Option<Value> {
+    serde_json::from_str(raw.json().get()).ok()
+}
+
+/// Apply one state event to the room and member records being built.
+fn apply_state(room: &mut RoomRecord, members: &mut Vec<MemberRecord>, event: &Value, own_user: &str) {
+    let event_type = event.get("type").and_then(Value::as_str).unwrap_or_default();
+    let Some(state_key) = event.get("state_key").and_then(Value::as_str) else { return };
+    let content = event.get("content").cloned().unwrap_or(Value::Null);
+    match event_type {
+        "m.room.encryption" => {
+            // Encryption can never be turned off; the first setting stays.
+            if room.encryption.is_none() && content.get("algorithm").is_some() {
+                room.encryption = Some(content.to_string());
+            }
+        }
+        "m.room.history_visibility" => {
+            room.history_visibility = content.get("history_visibility").and_then(Value::as_str).map(str::to_owned);
+        }
+        "m.room.member" => {
+            if let Some(membership) = content.get("membership").and_then(Value::as_str) {
+                if state_key == own_user {
+                    room.own_membership = Some(membership.to_owned());
+                }
+                members.retain(|m| m.user_id != state_key);
+                members.push(MemberRecord { room_id: room.room_id.clone(), user_id: state_key.to_owned(), membership: membership.to_owned() });
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Stops the background sync loop when dropped or stopped.
+pub struct SyncHandle {
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SyncHandle {
+    /// Stop the loop and wait until it has ended. Idempotent.
+    pub async fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SyncHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Client {
+    /// Run one `/sync` (long-polling up to `timeout`) and process it completely.
+    pub async fn sync_once(&self, timeout: Duration) -> Result<(), ClientError> {
+        let _guard = self.sync_lock.lock().await;
+        let machine = self.machine()?;
+        if let Err(e) = self.send_outgoing().await {
+            warn!(error = %e, "sending pending crypto requests failed; will retry");
+        }
+        let mut request = sync_events::v3::Request::new();
+        request.since = self.store.sync_token()?;
+        request.timeout = Some(timeout);
+        let mut filter = FilterDefinition::default();
+        filter.room.state.lazy_load_options = LazyLoadOptions::Enabled { include_redundant_members: false };
+        request.filter = Some(sync_events::v3::Filter::FilterDefinition(filter));
+        let response = self.http.send(request).await?;
+
+        let own_user = machine.user_id().to_owned();
+        let mut extra = Changes::default();
+        let mut timelines: Vec<(String, Vec<Value>)> = Vec::new();
+        let mut encrypted_rooms = Vec::new();
+        for (room_id, joined) in &response.rooms.join {
+            let room_id = room_id.to_string();
+            let mut room = self.store.room(&room_id)?.unwrap_or_else(|| RoomRecord { room_id: room_id.clone(), ..Default::default() });
+            room.own_membership = Some("join".into());
+            let mut members = Vec::new();
+            let state_events = match &joined.state {
+                sync_events::v3::State::Before(s) | sync_events::v3::State::After(s) => &s.events,
+                _ => &Vec::new(),
+            };
+            for event in state_events.iter().filter_map(json) {
+                apply_state(&mut room, &mut members, &event, &own_user);
+            }
+            let events: Vec<Value> = joined.timeline.events.iter().filter_map(json).collect();
+            for event in events.iter().filter(|e| e.get("state_key").is_some()) {
+                apply_state(&mut room, &mut members, event, &own_user);
+            }
+            if room.encryption.is_some() {
+                encrypted_rooms.push(room_id.clone());
+            }
+            extra.members.extend(members);
+            extra.rooms.push(room);
+            timelines.push((room_id, events));
+        }
+        for (room_id, invited) in &response.rooms.invite {
+            let room_id = room_id.to_string();
+            let mut room = self.store.room(&room_id)?.unwrap_or_else(|| RoomRecord { room_id: room_id.clone(), ..Default::default() });
+            let mut members = Vec::new();
+            for event in invited.invite_state.events.iter().filter_map(json) {
+                apply_state(&mut room, &mut members, &event, &own_user);
+            }
+            room.own_membership = Some("invite".into());
+            extra.members.extend(members);
+            extra.rooms.push(room);
+        }
+        for room_id in response.rooms.leave.keys() {
+            if let Some(mut room) = self.store.room(room_id.as_str())? {
+                room.own_membership = Some("leave".into());
+                extra.rooms.push(room);
+            }
+        }
+
+        let changes = SyncChanges {
+            to_device_events: response.to_device.events.iter().filter_map(json).collect(),
+            changed_users: response.device_lists.changed.iter().map(|u| u.to_string()).collect(),
+            left_users: response.device_lists.left.iter().map(|u| u.to_string()).collect(),
+            one_time_key_counts: Some(
+                response.device_one_time_keys_count.iter().map(|(k, v)| (k.to_string(), u64::from(*v))).collect::<BTreeMap<_, _>>(),
+            ),
+            unused_fallback_key_types: response
+                .device_unused_fallback_key_types
+                .as_ref()
+                .map(|types| types.iter().map(|t| t.to_string()).collect()),
+            next_batch: Some(response.next_batch.clone()),
+            extra,
+        };
+        let outcome = machine.receive_sync_changes(changes)?;
+        debug!(to_device = outcome.to_device.len(), room_keys = outcome.room_keys.len(), "sync processed");
+
+        for room_id in &encrypted_rooms {
+            if let Some(room) = self.store.room(room_id)? {
+                let users = recipients(&room, &self.store.members(room_id)?);
+                machine.update_tracked_users(&users)?;
+            }
+        }
+        for (room_id, events) in timelines {
+            for event in &events {
+                if let Some(item) = TimelineEvent::from_sync(&machine, &room_id, event)? {
+                    // No receiver is fine: nobody is listening.
+                    let _ = self.timeline.send(item);
+                }
+            }
+        }
+        if let Err(e) = self.send_outgoing().await {
+            warn!(error = %e, "sending crypto requests failed; will retry");
+        }
+        Ok(())
+    }
+
+    /// Sync in the background until the handle is stopped or dropped. Failures are retried
+    /// with backoff (1 s doubling to 30 s).
+    pub fn start_sync(self: &Arc<Self>) -> SyncHandle {
+        let (stop, mut stopped) = watch::channel(false);
+        let client = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    result = client.sync_once(Duration::from_secs(30)) => match result {
+                        Ok(()) => backoff = Duration::from_secs(1),
+                        Err(e) => {
+                            warn!(error = %e, "sync failed");
+                            tokio::select! {
+                                _ = stopped.changed() => break,
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                        }
+                    },
+                }
+                if *stopped.borrow() {
+                    break;
+                }
+            }
+        });
+        SyncHandle { stop, task: Some(task) }
+    }
+}

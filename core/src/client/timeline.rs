@@ -1,0 +1,72 @@
+//! Timeline events as the app receives them.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::crypto::{CryptoError, OlmMachine};
+
+/// A received room message, decrypted where possible.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TimelineEvent {
+    /// Event id.
+    pub event_id: String,
+    /// Room.
+    pub room_id: String,
+    /// Sender user.
+    pub sender: String,
+    /// Sending device, when the event was decrypted.
+    pub sender_device: Option<String>,
+    /// Event type after decryption (`m.room.encrypted` if it could not be decrypted).
+    pub event_type: String,
+    /// Content after decryption (the encrypted content if it could not be decrypted).
+    pub content: Value,
+    /// `content.body` of a message, if any.
+    pub body: Option<String>,
+    /// Whether the event was end-to-end encrypted and decrypted.
+    pub decrypted: bool,
+    /// Why it could not be decrypted, if it could not.
+    pub error: Option<String>,
+    /// Server timestamp.
+    pub origin_server_ts: u64,
+}
+
+impl TimelineEvent {
+    /// Turn a timeline event into what the app sees; `None` for events that are not messages.
+    pub(crate) fn from_sync(machine: &OlmMachine, room_id: &str, event: &Value) -> Result<Option<Self>, CryptoError> {
+        let str_of = |name: &str| event.get(name).and_then(Value::as_str).map(str::to_owned);
+        let (Some(event_type), Some(event_id), Some(sender)) = (str_of("type"), str_of("event_id"), str_of("sender")) else {
+            return Ok(None);
+        };
+        let origin_server_ts = event.get("origin_server_ts").and_then(Value::as_u64).unwrap_or(0);
+        let content = event.get("content").cloned().unwrap_or(Value::Null);
+        let mut out = Self {
+            event_id,
+            room_id: room_id.to_owned(),
+            sender,
+            sender_device: None,
+            event_type: event_type.clone(),
+            body: None,
+            content,
+            decrypted: false,
+            error: None,
+            origin_server_ts,
+        };
+        match event_type.as_str() {
+            "m.room.encrypted" => match machine.decrypt_room_event(room_id, event) {
+                Ok(d) => {
+                    out.event_type = d.event_type;
+                    out.content = d.content;
+                    out.sender_device = Some(d.sender_device);
+                    out.decrypted = true;
+                }
+                Err(CryptoError::Megolm(e)) => out.error = Some(e.to_string()),
+                Err(CryptoError::Signing(e)) => out.error = Some(e.to_string()),
+                Err(other) => return Err(other),
+            },
+            "m.room.message" => {}
+            _ => return Ok(None),
+        }
+        out.body = out.content.get("body").and_then(Value::as_str).map(str::to_owned);
+        Ok(Some(out))
+    }
+}

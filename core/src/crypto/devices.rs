@@ -1,0 +1,145 @@
+//! Verification of other devices' published keys.
+
+use serde_json::Value;
+use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
+
+use super::error::DeviceKeyError;
+use super::signing::verify_json;
+use crate::store::{DeviceRecord, LocalTrust};
+
+/// A device as the app sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    /// Owner.
+    pub user_id: String,
+    /// Device id.
+    pub device_id: String,
+    /// Curve25519 identity key.
+    pub curve25519: String,
+    /// Ed25519 fingerprint key.
+    pub ed25519: String,
+    /// Display name, if the owner set one.
+    pub display_name: Option<String>,
+    /// The user's decision about this device.
+    pub local_trust: LocalTrust,
+    /// The device was removed from its owner's list.
+    pub deleted: bool,
+}
+
+impl From<&DeviceRecord> for Device {
+    fn from(r: &DeviceRecord) -> Self {
+        Self {
+            user_id: r.user_id.clone(),
+            device_id: r.device_id.clone(),
+            curve25519: r.curve25519.clone(),
+            ed25519: r.ed25519.clone(),
+            display_name: r.display_name.clone(),
+            local_trust: r.local_trust,
+            deleted: r.deleted,
+        }
+    }
+}
+
+fn str_member<'a>(value: &'a Value, name: &str) -> Result<&'a str, DeviceKeyError> {
+    value
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| DeviceKeyError::Malformed(format!("missing string member {name}")))
+}
+
+/// Check device keys listed under `user_id`/`device_id` in a `/keys/query` response: the ids
+/// inside match, both keys parse, and the self-signature verifies.
+pub(crate) fn verify_device_keys(
+    user_id: &str,
+    device_id: &str,
+    keys: &Value,
+) -> Result<DeviceRecord, DeviceKeyError> {
+    let inner_user = str_member(keys, "user_id")?;
+    if inner_user != user_id {
+        return Err(DeviceKeyError::UserIdMismatch {
+            expected: user_id.to_owned(),
+            got: inner_user.to_owned(),
+        });
+    }
+    let inner_device = str_member(keys, "device_id")?;
+    if inner_device != device_id {
+        return Err(DeviceKeyError::DeviceIdMismatch {
+            expected: device_id.to_owned(),
+            got: inner_device.to_owned(),
+        });
+    }
+    let key_map = keys
+        .get("keys")
+        .ok_or_else(|| DeviceKeyError::Malformed("missing keys".into()))?;
+    let ed25519 = str_member(key_map, &format!("ed25519:{device_id}"))?;
+    let curve25519 = str_member(key_map, &format!("curve25519:{device_id}"))?;
+    let ed_key = Ed25519PublicKey::from_base64(ed25519)
+        .map_err(|e| DeviceKeyError::Malformed(format!("ed25519 key: {e}")))?;
+    Curve25519PublicKey::from_base64(curve25519)
+        .map_err(|e| DeviceKeyError::Malformed(format!("curve25519 key: {e}")))?;
+    verify_json(keys, user_id, &format!("ed25519:{device_id}"), &ed_key)
+        .map_err(|e| DeviceKeyError::Signature(e.to_string()))?;
+    let algorithms = keys
+        .get("algorithms")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_default();
+    let display_name = keys
+        .get("unsigned")
+        .and_then(|u| u.get("device_display_name"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok(DeviceRecord {
+        user_id: user_id.to_owned(),
+        device_id: device_id.to_owned(),
+        curve25519: curve25519.to_owned(),
+        ed25519: ed25519.to_owned(),
+        algorithms,
+        display_name,
+        keys_json: keys.to_string(),
+        local_trust: LocalTrust::Unset,
+        deleted: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::account::OwnAccount;
+
+    #[test]
+    fn own_device_keys_verify() {
+        let account = OwnAccount::new("@a:x", "DEV");
+        let keys = account.device_keys().unwrap();
+        let record = verify_device_keys("@a:x", "DEV", &keys).unwrap();
+        assert_eq!(record.ed25519, account.ed25519());
+        assert_eq!(record.curve25519, account.curve25519());
+    }
+
+    #[test]
+    fn forged_device_keys_are_rejected() {
+        let account = OwnAccount::new("@a:x", "DEV");
+        let keys = account.device_keys().unwrap();
+        assert!(matches!(
+            verify_device_keys("@b:x", "DEV", &keys),
+            Err(DeviceKeyError::UserIdMismatch { .. })
+        ));
+        assert!(matches!(
+            verify_device_keys("@a:x", "OTHER", &keys),
+            Err(DeviceKeyError::DeviceIdMismatch { .. })
+        ));
+        let mut swapped = keys.clone();
+        let other = OwnAccount::new("@a:x", "DEV");
+        swapped["keys"]["curve25519:DEV"] = other.curve25519().into();
+        assert!(matches!(
+            verify_device_keys("@a:x", "DEV", &swapped),
+            Err(DeviceKeyError::Signature(_))
+        ));
+        let mut broken = keys;
+        broken["keys"]["ed25519:DEV"] = "###".into();
+        assert!(matches!(
+            verify_device_keys("@a:x", "DEV", &broken),
+            Err(DeviceKeyError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,232 @@
+//! Megolm: one outbound session per encrypted room, inbound sessions per sender.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use vodozemac::megolm::{
+    GroupSession, GroupSessionPickle, InboundGroupSession, InboundGroupSessionPickle,
+    MegolmMessage, SessionConfig, SessionKey,
+};
+use zeroize::Zeroizing;
+
+use super::account::MEGOLM_ALGORITHM;
+use super::error::{CryptoError, MegolmError, OlmError};
+use crate::store::{
+    InboundGroupSessionRecord, OutboundGroupSessionRecord, SecretBlob, ShareRecipient,
+};
+use crate::time::now_ms;
+
+/// Rotation settings from `m.room.encryption`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RotationSettings {
+    /// Rotate after this many milliseconds.
+    pub period_ms: u64,
+    /// Rotate after this many messages.
+    pub messages: u64,
+}
+
+impl Default for RotationSettings {
+    fn default() -> Self {
+        Self { period_ms: 7 * 24 * 3600 * 1000, messages: 100 }
+    }
+}
+
+impl RotationSettings {
+    /// Read `rotation_period_ms` and `rotation_period_msgs` from `m.room.encryption` content.
+    pub fn from_encryption_content(content: &Value) -> Self {
+        let default = Self::default();
+        Self {
+            period_ms: content
+                .get("rotation_period_ms")
+                .and_then(Value::as_u64)
+                .filter(|v| *v > 0)
+                .unwrap_or(default.period_ms),
+            messages: content
+                .get("rotation_period_msgs")
+                .and_then(Value::as_u64)
+                .filter(|v| *v > 0)
+                .unwrap_or(default.messages),
+        }
+    }
+}
+
+fn pickle_err(what: &str, e: impl std::fmt::Display) -> CryptoError {
+    CryptoError::CorruptState(format!("{what} pickle: {e}"))
+}
+
+/// Our outbound session in one room.
+pub(crate) struct OutboundGroup {
+    pub room_id: String,
+    pub session: GroupSession,
+    pub created_ms: u64,
+    pub message_count: u64,
+    pub shared_with: Vec<ShareRecipient>,
+}
+
+impl OutboundGroup {
+    pub fn new(room_id: &str) -> Self {
+        Self {
+            room_id: room_id.to_owned(),
+            session: GroupSession::new(SessionConfig::version_1()),
+            created_ms: now_ms(),
+            message_count: 0,
+            shared_with: Vec::new(),
+        }
+    }
+
+    pub fn from_record(r: &OutboundGroupSessionRecord) -> Result<Self, CryptoError> {
+        let pickle: GroupSessionPickle =
+            serde_json::from_slice(r.pickle.as_bytes()).map_err(|e| pickle_err("outbound", e))?;
+        Ok(Self {
+            room_id: r.room_id.clone(),
+            session: GroupSession::from_pickle(pickle),
+            created_ms: r.created_ms,
+            message_count: r.message_count,
+            shared_with: r.shared_with.clone(),
+        })
+    }
+
+    pub fn to_record(&self) -> Result<OutboundGroupSessionRecord, CryptoError> {
+        let json = Zeroizing::new(
+            serde_json::to_vec(&self.session.pickle()).map_err(|e| pickle_err("outbound", e))?,
+        );
+        Ok(OutboundGroupSessionRecord {
+            room_id: self.room_id.clone(),
+            session_id: self.session.session_id(),
+            pickle: SecretBlob::new(json.to_vec()),
+            created_ms: self.created_ms,
+            message_count: self.message_count,
+            shared_with: self.shared_with.clone(),
+        })
+    }
+
+    pub fn expired(&self, settings: RotationSettings) -> bool {
+        self.message_count >= settings.messages
+            || now_ms().saturating_sub(self.created_ms) >= settings.period_ms
+    }
+
+    /// `m.room_key` content carrying the session from its current index.
+    pub fn room_key_content(&self) -> Value {
+        json!({
+            "algorithm": MEGOLM_ALGORITHM,
+            "room_id": self.room_id,
+            "session_id": self.session.session_id(),
+            "session_key": self.session.session_key().to_base64(),
+        })
+    }
+
+    /// Encrypt an event, returning `m.room.encrypted` content.
+    pub fn encrypt(
+        &mut self,
+        event_type: &str,
+        content: &Value,
+        own_curve25519: &str,
+        own_device_id: &str,
+    ) -> Result<Value, CryptoError> {
+        let plaintext = Zeroizing::new(
+            serde_json::to_vec(&json!({
+                "type": event_type,
+                "content": content,
+                "room_id": self.room_id,
+            }))
+            .map_err(|e| CryptoError::CorruptState(e.to_string()))?,
+        );
+        let message = self.session.encrypt(&*plaintext);
+        self.message_count += 1;
+        Ok(json!({
+            "algorithm": MEGOLM_ALGORITHM,
+            "ciphertext": message.to_base64(),
+            "session_id": self.session.session_id(),
+            "sender_key": own_curve25519,
+            "device_id": own_device_id,
+        }))
+    }
+}
+
+/// `m.room_key` content.
+#[derive(Deserialize)]
+pub(crate) struct RoomKeyContent {
+    pub algorithm: String,
+    pub room_id: String,
+    pub session_id: String,
+    pub session_key: String,
+}
+
+impl RoomKeyContent {
+    pub fn parse(content: &Value) -> Result<Self, OlmError> {
+        let key: Self = serde_json::from_value(content.clone())
+            .map_err(|e| OlmError::InvalidRoomKey(e.to_string()))?;
+        if key.algorithm != MEGOLM_ALGORITHM {
+            return Err(OlmError::InvalidRoomKey(format!("algorithm {}", key.algorithm)));
+        }
+        ruma::RoomId::parse(&key.room_id)
+            .map_err(|e| OlmError::InvalidRoomKey(format!("room id: {e}")))?;
+        Ok(key)
+    }
+}
+
+/// An inbound session loaded from the store or created from a room key.
+pub(crate) struct InboundGroup {
+    pub record: InboundGroupSessionRecord,
+    pub session: InboundGroupSession,
+}
+
+impl InboundGroup {
+    /// Create from a room key received over Olm; the session id must match the key.
+    pub fn from_room_key(
+        key: &RoomKeyContent,
+        sender_key: &str,
+        signing_key: &str,
+        sender_user: &str,
+        sender_device: &str,
+    ) -> Result<Self, CryptoError> {
+        let session_key = SessionKey::from_base64(&key.session_key)
+            .map_err(|e| OlmError::InvalidRoomKey(format!("session key: {e}")))?;
+        let session = InboundGroupSession::new(&session_key, SessionConfig::version_1());
+        if session.session_id() != key.session_id {
+            return Err(OlmError::InvalidRoomKey(format!(
+                "session id {} does not match the key's {}",
+                key.session_id,
+                session.session_id()
+            ))
+            .into());
+        }
+        let json = Zeroizing::new(
+            serde_json::to_vec(&session.pickle()).map_err(|e| pickle_err("inbound", e))?,
+        );
+        Ok(Self {
+            record: InboundGroupSessionRecord {
+                room_id: key.room_id.clone(),
+                session_id: key.session_id.clone(),
+                sender_key: sender_key.to_owned(),
+                signing_key: signing_key.to_owned(),
+                sender_user: sender_user.to_owned(),
+                sender_device: sender_device.to_owned(),
+                pickle: SecretBlob::new(json.to_vec()),
+                first_known_index: session.first_known_index(),
+            },
+            session,
+        })
+    }
+
+    pub fn from_record(record: InboundGroupSessionRecord) -> Result<Self, CryptoError> {
+        let pickle: InboundGroupSessionPickle = serde_json::from_slice(record.pickle.as_bytes())
+            .map_err(|e| pickle_err("inbound", e))?;
+        Ok(Self { session: InboundGroupSession::from_pickle(pickle), record })
+    }
+
+    /// Decrypt a Megolm ciphertext; returns the plaintext payload and the message index.
+    pub fn decrypt(&mut self, ciphertext: &str) -> Result<(Value, u32), MegolmError> {
+        let message = MegolmMessage::from_base64(ciphertext)
+            .map_err(|e| MegolmError::Malformed(format!("ciphertext: {e}")))?;
+        let decrypted = self.session.decrypt(&message).map_err(|e| match e {
+            vodozemac::megolm::DecryptionError::UnknownMessageIndex(first_known, index) => {
+                MegolmError::UnknownIndex { first_known, index }
+            }
+            other => MegolmError::Decryption(other.to_string()),
+        })?;
+        let plaintext = Zeroizing::new(decrypted.plaintext);
+        let payload: Value = serde_json::from_slice(&plaintext)
+            .map_err(|e| MegolmError::Malformed(format!("decrypted payload: {e}")))?;
+        Ok((payload, decrypted.message_index))
+    }
+}

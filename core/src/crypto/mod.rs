@@ -1,0 +1,31 @@
+//! The crypto state machine: Olm account, device keys, Olm and Megolm sessions.
+//!
+//! [`OlmMachine`] does no I/O. The driver (the [`crate::client`]) feeds it sync data with
+//! [`OlmMachine::receive_sync_changes`], sends what [`OlmMachine::outgoing_requests`],
+//! [`OlmMachine::missing_sessions`] and [`OlmMachine::share_room_key`] return, and reports the
+//! answers back with the `mark_*_sent` methods.
+
+mod account;
+mod devices;
+mod error;
+mod machine;
+mod megolm;
+mod olm;
+mod requests;
+mod sharing;
+pub mod signing;
+#[cfg(test)]
+mod spec_vectors;
+#[cfg(test)]
+mod tests;
+mod to_device;
+
+pub use account::{MEGOLM_ALGORITHM, OLM_ALGORITHM, SIGNED_CURVE25519};
+pub use devices::Device;
+pub use error::{CryptoError, DeviceKeyError, MegolmError, OlmError, OneTimeKeyError};
+pub use machine::{
+    ClaimOutcome, DecryptedRoomEvent, OlmMachine, QueryOutcome, RoomKeyInfo, SyncChanges,
+    SyncOutcome, ToDeviceOutcome,
+};
+pub use megolm::RotationSettings;
+pub use requests::{OutgoingKind, OutgoingRequest, raw_json};

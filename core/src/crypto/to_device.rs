@@ -1,0 +1,279 @@
+//! Handling of to-device events: Olm decryption and room keys.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+use tracing::{debug, warn};
+use vodozemac::Curve25519PublicKey;
+use vodozemac::olm::{OlmMessage, SessionConfig};
+use zeroize::Zeroizing;
+
+use super::account::OwnAccount;
+use super::error::{CryptoError, OlmError};
+use super::machine::{OlmMachine, RoomKeyInfo, State, ToDeviceOutcome};
+use super::megolm::{InboundGroup, RoomKeyContent};
+use super::olm::{IncomingOlm, OlmPayload, OlmSession};
+use crate::store::{Changes, DeviceRecord, InboundGroupSessionRecord};
+
+/// Olm sessions and devices loaded once for a whole batch of to-device events.
+#[derive(Default)]
+struct Batch {
+    sessions: HashMap<String, Vec<OlmSession>>,
+    dirty: HashSet<String>,
+    devices: HashMap<String, Option<DeviceRecord>>,
+    inbound: HashMap<(String, String), InboundGroupSessionRecord>,
+}
+
+fn str_of<'a>(v: &'a Value, name: &str) -> &'a str {
+    v.get(name).and_then(Value::as_str).unwrap_or_default()
+}
+
+impl OlmMachine {
+    pub(crate) fn handle_to_device_batch(
+        &self,
+        state: &mut State,
+        events: &[Value],
+        changes: &mut Changes,
+    ) -> Result<(Vec<ToDeviceOutcome>, Vec<RoomKeyInfo>), CryptoError> {
+        let mut batch = Batch::default();
+        let own_curve = state.account.curve25519();
+        // One store round trip for the sessions of every sender in the batch.
+        let sender_keys: Vec<String> = events
+            .iter()
+            .filter_map(|e| e.get("content")?.get("sender_key")?.as_str().map(str::to_owned))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let refs: Vec<&str> = sender_keys.iter().map(String::as_str).collect();
+        for (key, records) in self.store.olm_sessions(&refs)? {
+            let sessions =
+                records.iter().map(OlmSession::from_record).collect::<Result<Vec<_>, _>>()?;
+            batch.sessions.insert(key, sessions);
+        }
+
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut room_keys = Vec::new();
+        for event in events {
+            let event_type = str_of(event, "type").to_owned();
+            let sender = str_of(event, "sender").to_owned();
+            let result = match event_type.as_str() {
+                "m.room.encrypted" => {
+                    self.handle_encrypted(state, &mut batch, event, &own_curve, &mut room_keys)?
+                }
+                "m.room_key" | "m.forwarded_room_key" => {
+                    warn!(sender, "dropping a room key that was not Olm-encrypted");
+                    Err(OlmError::RoomKeyNotOverOlm(event_type.clone()))
+                }
+                _ => Ok(event_type.clone()),
+            };
+            if let Err(e) = &result {
+                warn!(sender, event_type, error = %e, "to-device event rejected");
+            }
+            outcomes.push(ToDeviceOutcome { event_type, sender, result });
+        }
+
+        for key in &batch.dirty {
+            for session in batch.sessions.get(key).into_iter().flatten() {
+                changes.olm_sessions.push(session.to_record()?);
+            }
+        }
+        changes.inbound_group_sessions.extend(batch.inbound.into_values());
+        Ok((outcomes, room_keys))
+    }
+
+    fn device_for_key(
+        &self,
+        batch: &mut Batch,
+        sender_key: &str,
+    ) -> Result<Option<DeviceRecord>, CryptoError> {
+        if let Some(d) = batch.devices.get(sender_key) {
+            return Ok(d.clone());
+        }
+        let device = self.store.device_by_curve25519(sender_key)?;
+        batch.devices.insert(sender_key.to_owned(), device.clone());
+        Ok(device)
+    }
+
+    /// Decrypt one Olm event. The outer `Result` is a store failure (aborts the batch); the
+    /// inner one is this event's verdict.
+    fn handle_encrypted(
+        &self,
+        state: &mut State,
+        batch: &mut Batch,
+        event: &Value,
+        own_curve: &str,
+        room_keys: &mut Vec<RoomKeyInfo>,
+    ) -> Result<Result<String, OlmError>, CryptoError> {
+        let incoming = match IncomingOlm::parse(event, own_curve) {
+            Ok(i) => i,
+            Err(e) => return Ok(Err(e)),
+        };
+        // Snapshot so that a session created from a message we then reject leaves the account
+        // (and its one-time keys) exactly as it was.
+        let snapshot = match &incoming.message {
+            OlmMessage::PreKey(_) => Some(state.account.inner.pickle()),
+            OlmMessage::Normal(_) => None,
+        };
+        let (plaintext, new_session) = match decrypt(&mut state.account, batch, &incoming) {
+            Ok(x) => x,
+            Err(e) => return Ok(Err(e)),
+        };
+        let device = self.device_for_key(batch, &incoming.sender_key)?;
+        let verdict = check_payload(&state.account, &incoming, device.as_ref(), &plaintext);
+        let payload = match verdict {
+            Ok(p) => p,
+            Err(e) => {
+                if let (Some(_), Some(pickle)) = (&new_session, snapshot) {
+                    state.account.inner = vodozemac::olm::Account::from_pickle(pickle);
+                }
+                return Ok(Err(e));
+            }
+        };
+        if let Some(session) = new_session {
+            batch.sessions.entry(incoming.sender_key.clone()).or_default().push(session);
+        }
+        batch.dirty.insert(incoming.sender_key.clone());
+
+        if payload.event_type == "m.room_key" {
+            let sender_device = payload
+                .sender_device
+                .clone()
+                .or_else(|| device.as_ref().map(|d| d.device_id.clone()))
+                .unwrap_or_default();
+            let accepted = self.accept_room_key(batch, &incoming, &payload, &sender_device)?;
+            match accepted {
+                Ok(Some(info)) => room_keys.push(info),
+                Ok(None) => {}
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        debug!(sender = %incoming.sender, event_type = %payload.event_type, "decrypted to-device event");
+        Ok(Ok(payload.event_type))
+    }
+
+    fn accept_room_key(
+        &self,
+        batch: &mut Batch,
+        incoming: &IncomingOlm,
+        payload: &OlmPayload,
+        sender_device: &str,
+    ) -> Result<Result<Option<RoomKeyInfo>, OlmError>, CryptoError> {
+        let key = match RoomKeyContent::parse(&payload.content) {
+            Ok(k) => k,
+            Err(e) => return Ok(Err(e)),
+        };
+        let group = match InboundGroup::from_room_key(
+            &key,
+            &incoming.sender_key,
+            &payload.keys.ed25519,
+            &incoming.sender,
+            sender_device,
+        ) {
+            Ok(g) => g,
+            Err(CryptoError::Olm(e)) => return Ok(Err(e)),
+            Err(e) => return Err(e),
+        };
+        let id = (key.room_id.clone(), key.session_id.clone());
+        let existing = match batch.inbound.get(&id) {
+            Some(r) => Some(r.clone()),
+            None => self.store.inbound_group_session(&key.room_id, &key.session_id)?,
+        };
+        if let Some(existing) = existing {
+            if existing.sender_key != incoming.sender_key {
+                return Ok(Err(OlmError::InvalidRoomKey(
+                    "session already known from another device".into(),
+                )));
+            }
+            if existing.first_known_index <= group.record.first_known_index {
+                debug!(room_id = %key.room_id, "room key already known at an equal or better index");
+                return Ok(Ok(None));
+            }
+        }
+        batch.inbound.insert(id, group.record);
+        Ok(Ok(Some(RoomKeyInfo {
+            room_id: key.room_id,
+            session_id: key.session_id,
+            sender: incoming.sender.clone(),
+        })))
+    }
+}
+
+/// Find or create the session that decrypts `incoming`.
+fn decrypt(
+    account: &mut OwnAccount,
+    batch: &mut Batch,
+    incoming: &IncomingOlm,
+) -> Result<(Zeroizing<Vec<u8>>, Option<OlmSession>), OlmError> {
+    let sessions = batch.sessions.entry(incoming.sender_key.clone()).or_default();
+    sessions.sort_by(|a, b| b.last_used_ms.cmp(&a.last_used_ms));
+    match &incoming.message {
+        OlmMessage::Normal(_) => {
+            for session in sessions.iter_mut() {
+                if let Ok(plaintext) = session.session.decrypt(&incoming.message) {
+                    session.last_used_ms = crate::time::now_ms();
+                    return Ok((Zeroizing::new(plaintext), None));
+                }
+            }
+            Err(OlmError::NoMatchingSession { sender_key: incoming.sender_key.clone() })
+        }
+        OlmMessage::PreKey(pre_key) => {
+            let session_id = pre_key.session_id();
+            if let Some(session) =
+                sessions.iter_mut().find(|s| s.session.session_id() == session_id)
+            {
+                let plaintext = session
+                    .session
+                    .decrypt(&incoming.message)
+                    .map_err(|e| OlmError::SessionCreation(e.to_string()))?;
+                session.last_used_ms = crate::time::now_ms();
+                return Ok((Zeroizing::new(plaintext), None));
+            }
+            let their_key = Curve25519PublicKey::from_base64(&incoming.sender_key)
+                .map_err(|e| OlmError::Malformed(format!("sender_key: {e}")))?;
+            let created = account
+                .inner
+                .create_inbound_session(SessionConfig::version_1(), their_key, pre_key)
+                .map_err(|e| OlmError::SessionCreation(e.to_string()))?;
+            let session = OlmSession::new(incoming.sender_key.clone(), created.session);
+            Ok((Zeroizing::new(created.plaintext), Some(session)))
+        }
+    }
+}
+
+/// Check the decrypted payload against what the Olm channel proves.
+fn check_payload(
+    account: &OwnAccount,
+    incoming: &IncomingOlm,
+    device: Option<&DeviceRecord>,
+    plaintext: &[u8],
+) -> Result<OlmPayload, OlmError> {
+    let payload: OlmPayload = serde_json::from_slice(plaintext)
+        .map_err(|e| OlmError::Malformed(format!("decrypted payload: {e}")))?;
+    let mismatch = |field: &'static str, expected: &str, got: &str| {
+        Err(OlmError::PayloadMismatch { field, expected: expected.to_owned(), got: got.to_owned() })
+    };
+    if payload.sender != incoming.sender {
+        return mismatch("sender", &incoming.sender, &payload.sender);
+    }
+    if payload.recipient != account.user_id {
+        return mismatch("recipient", &account.user_id, &payload.recipient);
+    }
+    let own_ed = account.ed25519();
+    if payload.recipient_keys.ed25519 != own_ed {
+        return mismatch("recipient_keys.ed25519", &own_ed, &payload.recipient_keys.ed25519);
+    }
+    if let Some(device) = device {
+        if device.user_id != incoming.sender {
+            return mismatch("sender", &device.user_id, &incoming.sender);
+        }
+        if payload.keys.ed25519 != device.ed25519 {
+            return mismatch("keys.ed25519", &device.ed25519, &payload.keys.ed25519);
+        }
+        if let Some(sender_device) = &payload.sender_device {
+            if sender_device != &device.device_id {
+                return mismatch("sender_device", &device.device_id, sender_device);
+            }
+        }
+    }
+    Ok(payload)
+}

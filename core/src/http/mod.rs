@@ -1,0 +1,200 @@
+//! The connection to the homeserver: reqwest (rustls) carrying ruma's typed requests.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ruma::api::auth_scheme::{AuthScheme, SendAccessToken};
+use ruma::api::path_builder::PathBuilder;
+use ruma::api::{OutgoingRequest, SupportedVersions};
+use ruma::api::{IncomingResponseExt, OutgoingRequestExt};
+use serde_json::Value;
+use tracing::{debug, warn};
+use zeroize::Zeroizing;
+
+/// Failures talking to the homeserver.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum HttpError {
+    /// The server could not be reached or the connection broke.
+    #[error("network error: {0}")]
+    Network(String),
+    /// The server answered with an error.
+    #[error("server error {status} {errcode}: {message}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// Matrix `errcode`, e.g. `M_FORBIDDEN` (`M_UNKNOWN` if absent).
+        errcode: String,
+        /// Matrix `error` text.
+        message: String,
+        /// `retry_after_ms` of a rate-limit answer.
+        retry_after_ms: Option<u64>,
+    },
+    /// The request could not be built.
+    #[error("could not build the request: {0}")]
+    Request(String),
+    /// The answer could not be parsed.
+    #[error("could not parse the server's answer: {0}")]
+    Response(String),
+}
+
+impl HttpError {
+    /// Whether retrying the same request later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            HttpError::Network(_) => true,
+            HttpError::Server { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// The Matrix error code, if the server gave one.
+    pub fn errcode(&self) -> Option<&str> {
+        match self {
+            HttpError::Server { errcode, .. } => Some(errcode),
+            _ => None,
+        }
+    }
+}
+
+/// One homeserver connection. The access token never appears in `Debug` or logs.
+pub struct HttpClient {
+    inner: reqwest::Client,
+    homeserver: String,
+    access_token: RwLock<Option<Zeroizing<String>>>,
+    versions: SupportedVersions,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient").field("homeserver", &self.homeserver).finish_non_exhaustive()
+    }
+}
+
+impl HttpClient {
+    /// A client for `homeserver` (e.g. `http://127.0.0.1:8008`).
+    pub fn new(homeserver: &str) -> Result<Self, HttpError> {
+        let url = reqwest::Url::parse(homeserver)
+            .map_err(|e| HttpError::Request(format!("homeserver URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(HttpError::Request("homeserver URL must be http or https".into()));
+        }
+        let inner = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| HttpError::Request(e.to_string()))?;
+        let versions: Vec<String> = (1..=11).map(|minor| format!("v1.{minor}")).collect();
+        Ok(Self {
+            inner,
+            homeserver: homeserver.trim_end_matches('/').to_owned(),
+            access_token: RwLock::new(None),
+            versions: SupportedVersions::from_parts(&versions, &BTreeMap::new()),
+        })
+    }
+
+    /// The homeserver base URL.
+    pub fn homeserver(&self) -> &str {
+        &self.homeserver
+    }
+
+    /// Use this access token from now on.
+    pub fn set_access_token(&self, token: Option<Zeroizing<String>>) {
+        *self.access_token.write().unwrap_or_else(|e| e.into_inner()) = token;
+    }
+
+    /// Send a ruma request and parse its answer.
+    pub async fn send<R>(&self, request: R) -> Result<R::IncomingResponse, HttpError>
+    where
+        R: OutgoingRequest,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+    {
+        let token = self.access_token.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let send_token = match &token {
+            Some(t) => SendAccessToken::IfRequired(t.as_str()),
+            None => SendAccessToken::None,
+        };
+        let http_request: http::Request<Vec<u8>> = request
+            .try_into_http_request(&self.homeserver, send_token, Cow::Borrowed(&self.versions))
+            .map_err(|e| HttpError::Request(e.to_string()))?;
+        let (parts, body) = http_request.into_parts();
+        let path = parts.uri.path().to_owned();
+        let mut builder = self.inner.request(parts.method.clone(), parts.uri.to_string());
+        for (name, value) in parts.headers.iter() {
+            builder = builder.header(name, value);
+        }
+        debug!(method = %parts.method, path = %redact_path(&path), "request");
+        let response = builder
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| HttpError::Network(e.without_url().to_string()))?;
+        let status = response.status();
+        let bytes: Bytes =
+            response.bytes().await.map_err(|e| HttpError::Network(e.without_url().to_string()))?;
+        if status.as_u16() >= 400 {
+            let error = server_error(status.as_u16(), &bytes);
+            warn!(path = %redact_path(&path), %error, "request failed");
+            return Err(error);
+        }
+        let http_response = http::Response::builder()
+            .status(status.as_u16())
+            .body(bytes.as_ref())
+            .map_err(|e| HttpError::Response(e.to_string()))?;
+        R::IncomingResponse::try_from_http_response(http_response)
+            .map_err(|e| HttpError::Response(e.to_string()))
+    }
+}
+
+/// Keep the endpoint, drop ids and transaction ids from log lines.
+fn redact_path(path: &str) -> String {
+    path.split('/')
+        .map(|s| if s.starts_with('!') || s.starts_with('$') || s.starts_with('@') || s.len() > 24 { "…" } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn server_error(status: u16, body: &[u8]) -> HttpError {
+    let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    HttpError::Server {
+        status,
+        errcode: json.get("errcode").and_then(Value::as_str).unwrap_or("M_UNKNOWN").to_owned(),
+        message: json.get("error").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        retry_after_ms: json.get("retry_after_ms").and_then(Value::as_u64),
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_are_typed() {
+        let e = server_error(403, br#"{"errcode":"M_FORBIDDEN","error":"Invalid password"}"#);
+        assert_eq!(e.errcode(), Some("M_FORBIDDEN"));
+        assert!(!e.is_transient());
+        let e = server_error(429, br#"{"errcode":"M_LIMIT_EXCEEDED","retry_after_ms":500}"#);
+        assert!(e.is_transient());
+        assert!(matches!(e, HttpError::Server { retry_after_ms: Some(500), .. }));
+        let e = server_error(502, b"<html>bad gateway</html>");
+        assert_eq!(e.errcode(), Some("M_UNKNOWN"));
+        assert!(e.is_transient());
+    }
+
+    #[test]
+    fn invalid_homeserver_urls_are_refused() {
+        assert!(HttpClient::new("not a url").is_err());
+        assert!(HttpClient::new("ftp://x").is_err());
+        assert!(HttpClient::new("http://127.0.0.1:1").is_ok());
+    }
+
+    #[test]
+    fn logged_paths_carry_no_ids() {
+        let p = redact_path("/_matrix/client/v3/rooms/!abc:x/send/m.room.message/txn123456789012345678901234");
+        assert!(!p.contains("!abc") && !p.contains("txn1234"));
+    }
+}

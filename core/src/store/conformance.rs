@@ -1,0 +1,91 @@
+//! The conformance suite every [`Store`] implementation must pass.
+//!
+//! Each check is a generic function over `S: Store`; `store_conformance_tests!` instantiates
+//! all of them as `#[test]`s for one implementation (see the bottom of this file).
+
+mod batches;
+mod fixtures;
+mod records;
+
+pub(crate) use batches::*;
+pub(crate) use fixtures::*;
+pub(crate) use records::*;
+
+use super::*;
+
+// ---- instantiation ----
+
+macro_rules! conformance_tests {
+    ($make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                // (store, guard): the store is dropped before whatever keeps it alive.
+                let instance = ($make)();
+                super::$name(&instance.0);
+            }
+        )*
+    };
+}
+
+macro_rules! store_conformance_tests {
+    ($module:ident, $make:expr) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            conformance_tests!($make;
+                empty_store,
+                account_insert_replace,
+                olm_sessions_grouped_and_replaced,
+                olm_sessions_many_keys,
+                inbound_group_sessions,
+                outbound_sessions_replace_and_discard,
+                devices_batch_and_deleted,
+                tracked_users,
+                megolm_indices_first_event_wins,
+                rooms_and_members,
+                pending_to_device_queue,
+                values_and_secret_values,
+                sync_token,
+                generation_counts_nonempty_saves,
+                tricky_ids_stored_exactly,
+                failed_save_applies_nothing,
+                everything_in_one_save,
+                concurrent_saves,
+                usable_as_dyn,
+            );
+        }
+    };
+}
+
+store_conformance_tests!(memory, || (MemoryStore::new(), ()));
+
+store_conformance_tests!(sqlite, || {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), &StoreKey::from_bytes([42; 32])).unwrap();
+    (store, dir)
+});
+
+#[test]
+fn changes_is_empty_and_extend() {
+    assert!(Changes::default().is_empty());
+    let mut a = full_changes("a");
+    assert!(!a.is_empty());
+    a.extend(full_changes("b"));
+    assert_eq!(a.devices.len(), 2);
+    assert_eq!(a.sync_token.as_deref(), Some("token-b"));
+    assert_eq!(
+        a.account.as_ref().map(|x| x.user_id.as_str()),
+        Some("@me-b:x")
+    );
+    assert!(full_changes("v").validate().is_ok());
+    for (what, invalidate) in invalidators() {
+        let mut c = Changes::default();
+        invalidate(&mut c);
+        assert!(!c.is_empty(), "{what}");
+        assert!(
+            matches!(c.validate(), Err(StoreError::InvalidRecord(_))),
+            "{what}"
+        );
+    }
+}

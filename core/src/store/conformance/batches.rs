@@ -1,0 +1,266 @@
+//! Conformance checks about whole batches: generation counter, hostile ids, atomicity,
+//! concurrency.
+
+use std::collections::HashMap;
+
+use super::super::*;
+use super::fixtures::*;
+
+pub(crate) fn generation_counts_nonempty_saves<S: Store>(s: &S) {
+    assert_eq!(s.generation().unwrap(), 0);
+    let singles = [
+        Changes {
+            account: Some(account("@me:x", "D", b"p")),
+            ..Default::default()
+        },
+        Changes {
+            sent_to_device: vec!["nothing-to-remove".into()],
+            ..Default::default()
+        },
+        Changes {
+            discarded_outbound_sessions: vec!["!none".into()],
+            ..Default::default()
+        },
+        Changes {
+            sync_token: Some("t".into()),
+            ..Default::default()
+        },
+        full_changes("g"),
+    ];
+    for (i, c) in singles.into_iter().enumerate() {
+        save(s, c);
+        assert_eq!(s.generation().unwrap(), i as u64 + 1);
+    }
+    save(s, Changes::default());
+    assert_eq!(s.generation().unwrap(), 5);
+    let bad = Changes {
+        rooms: vec![room("")],
+        ..Default::default()
+    };
+    assert!(s.save_changes(bad).is_err());
+    assert_eq!(s.generation().unwrap(), 5, "a failed save is not counted");
+}
+
+/// Ids that break naive SQL: quotes, LIKE wildcards, injection attempts, unicode.
+const TRICKY: &[&str] = &[
+    "@o'brien:x",
+    "a\"b",
+    "100%",
+    "%",
+    "_",
+    "a_c",
+    "abc",
+    "a%",
+    "a",
+    "\\",
+    "[a-z]*",
+    "ünïcødé 🔑 日本",
+    "'; DROP TABLE devices; --",
+    "x' OR '1'='1",
+    "\"); DELETE FROM rooms; --",
+];
+
+pub(crate) fn tricky_ids_stored_exactly<S: Store>(s: &S) {
+    let mut c = Changes::default();
+    for (i, &id) in TRICKY.iter().enumerate() {
+        c.devices.push(device(id, id, &format!("curve {id}")));
+        c.olm_sessions.push(olm(id, id, id.as_bytes()));
+        c.inbound_group_sessions.push(inbound(id, id));
+        c.outbound_group_sessions.push(outbound(id, id));
+        c.tracked_users.push(tracked(id, false, i as u64));
+        c.megolm_indices.push(megolm(id, id, 0, id));
+        c.rooms.push(room(id));
+        c.members.push(member(id, id, "join"));
+        c.pending_to_device.push(pending(id, id));
+        c.values.insert(id.to_owned(), id.to_owned());
+        c.secret_values.insert(id.to_owned(), blob(id.as_bytes()));
+    }
+    save(s, c);
+    for &id in TRICKY {
+        let devices = s.devices(&[id]).unwrap();
+        assert_eq!(
+            devices,
+            vec![device(id, id, &format!("curve {id}"))],
+            "devices of {id:?}"
+        );
+        assert_eq!(
+            s.device_by_curve25519(&format!("curve {id}"))
+                .unwrap()
+                .map(|d| d.user_id),
+            Some(id.to_owned())
+        );
+        let olms = s.olm_sessions(&[id]).unwrap();
+        assert_eq!(olms.len(), 1, "{id:?}");
+        assert_eq!(olms[id], vec![olm(id, id, id.as_bytes())]);
+        assert_eq!(
+            s.inbound_group_session(id, id).unwrap(),
+            Some(inbound(id, id))
+        );
+        assert_eq!(
+            s.outbound_group_session(id).unwrap(),
+            Some(outbound(id, id))
+        );
+        assert_eq!(
+            s.megolm_index(id, id, 0).unwrap(),
+            Some(megolm(id, id, 0, id))
+        );
+        assert_eq!(s.room(id).unwrap(), Some(room(id)));
+        assert_eq!(
+            s.members(id).unwrap(),
+            vec![member(id, id, "join")],
+            "members of {id:?}"
+        );
+        assert_eq!(s.value(id).unwrap().as_deref(), Some(id));
+        assert_eq!(s.secret_value(id).unwrap(), Some(blob(id.as_bytes())));
+    }
+    // A LIKE-style wildcard matches only itself.
+    assert_eq!(s.devices(&["a%"]).unwrap().len(), 1);
+    assert_eq!(s.devices(&["%"]).unwrap()[0].user_id, "%");
+    assert!(s.devices(&["a_"]).unwrap().is_empty());
+    assert!(s.devices(&["ab%"]).unwrap().is_empty());
+    assert!(s.olm_sessions(&["a%c"]).unwrap().is_empty());
+    assert_eq!(s.value("a_").unwrap(), None);
+    assert!(s.members("a%").unwrap().iter().all(|m| m.room_id == "a%"));
+    assert!(s.room("%c").unwrap().is_none());
+    // Everything survived the injection attempts.
+    assert_eq!(s.rooms().unwrap().len(), TRICKY.len());
+    assert_eq!(s.tracked_users().unwrap().len(), TRICKY.len());
+    assert_eq!(s.pending_to_device().unwrap().len(), TRICKY.len());
+    let all: Vec<&str> = TRICKY.to_vec();
+    assert_eq!(s.devices(&all).unwrap().len(), TRICKY.len());
+    assert_eq!(s.olm_sessions(&all).unwrap().len(), TRICKY.len());
+    save(s, full_changes("after"));
+    assert_full_present(s, "after");
+}
+
+/// A named way to break a batch.
+pub(crate) type Invalidator = (&'static str, fn(&mut Changes));
+
+/// Ways to make an otherwise valid batch invalid, one record at the end of a list.
+pub(crate) fn invalidators() -> Vec<Invalidator> {
+    vec![
+        ("account user", |c| c.account = Some(account("", "D", b"p"))),
+        ("account device", |c| {
+            c.account = Some(account("@me:x", "", b"p"))
+        }),
+        ("olm sender key", |c| {
+            c.olm_sessions.push(olm("", "s", b"p"))
+        }),
+        ("olm session id", |c| {
+            c.olm_sessions.push(olm("k", "", b"p"))
+        }),
+        ("inbound room", |c| {
+            c.inbound_group_sessions.push(inbound("", "s"))
+        }),
+        ("inbound session", |c| {
+            c.inbound_group_sessions.push(inbound("!r", ""))
+        }),
+        ("outbound room", |c| {
+            c.outbound_group_sessions.push(outbound("", "s"))
+        }),
+        ("discarded room", |c| {
+            c.discarded_outbound_sessions.push(String::new())
+        }),
+        ("device user", |c| c.devices.push(device("", "D", "c"))),
+        ("device id", |c| c.devices.push(device("@u:x", "", "c"))),
+        ("tracked user", |c| {
+            c.tracked_users.push(tracked("", true, 0))
+        }),
+        ("megolm sender", |c| {
+            c.megolm_indices.push(megolm("", "s", 0, "$e"))
+        }),
+        ("room id", |c| c.rooms.push(room(""))),
+        ("member room", |c| {
+            c.members.push(member("", "@u:x", "join"))
+        }),
+        ("member user", |c| c.members.push(member("!r", "", "join"))),
+        ("pending txn", |c| {
+            c.pending_to_device.push(pending("", "{}"))
+        }),
+        ("sent txn", |c| c.sent_to_device.push(String::new())),
+        ("value key", |c| {
+            c.values.insert(String::new(), "v".into());
+        }),
+        ("secret key", |c| {
+            c.secret_values.insert(String::new(), blob(b"v"));
+        }),
+    ]
+}
+
+pub(crate) fn failed_save_applies_nothing<S: Store>(s: &S) {
+    save(s, full_changes("base"));
+    let account_before = s.account().unwrap();
+    for (what, invalidate) in invalidators() {
+        let mut c = full_changes("bad");
+        // Valid records before the invalid one, in several lists.
+        c.devices.push(device("@u-bad2", "D2", "curve-bad2"));
+        c.sent_to_device.push("txn-base".into());
+        c.discarded_outbound_sessions.push("!room-base".into());
+        invalidate(&mut c);
+        match s.save_changes(c) {
+            Err(StoreError::InvalidRecord(_)) => {}
+            other => panic!("{what}: expected InvalidRecord, got {other:?}"),
+        }
+        assert_full_absent(s, "bad");
+        assert!(s.devices(&["@u-bad2"]).unwrap().is_empty(), "{what}");
+        assert_full_present(s, "base");
+        assert_eq!(s.account().unwrap(), account_before, "{what}");
+        assert_eq!(
+            s.sync_token().unwrap().as_deref(),
+            Some("token-base"),
+            "{what}"
+        );
+        assert_eq!(s.generation().unwrap(), 1, "{what}");
+    }
+}
+
+pub(crate) fn everything_in_one_save<S: Store>(s: &S) {
+    save(s, full_changes("one"));
+    assert_eq!(s.generation().unwrap(), 1);
+    assert_full_present(s, "one");
+    assert_eq!(s.account().unwrap(), full_changes("one").account);
+    assert_eq!(s.sync_token().unwrap().as_deref(), Some("token-one"));
+    save(s, full_changes("two"));
+    assert_full_present(s, "one");
+    assert_full_present(s, "two");
+    assert_eq!(s.account().unwrap(), full_changes("two").account);
+    assert_eq!(s.sync_token().unwrap().as_deref(), Some("token-two"));
+    assert_eq!(s.inbound_group_session_count().unwrap(), 2);
+    assert_eq!(s.generation().unwrap(), 2);
+}
+
+pub(crate) fn concurrent_saves<S: Store>(s: &S) {
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            scope.spawn(move || {
+                for i in 0..15 {
+                    let user = format!("@t{t}-{i}:x");
+                    let c = Changes {
+                        devices: vec![device(&user, "D", &format!("c{t}-{i}"))],
+                        members: vec![member("!shared", &user, "join")],
+                        ..Default::default()
+                    };
+                    s.save_changes(c).unwrap();
+                    // Reads interleave with other threads' writes.
+                    assert_eq!(s.devices(&[&user]).unwrap().len(), 1);
+                }
+            });
+        }
+    });
+    assert_eq!(s.generation().unwrap(), 60);
+    assert_eq!(s.members("!shared").unwrap().len(), 60);
+}
+
+/// A store is usable through `&dyn Store` (object safety is part of the contract).
+pub(crate) fn usable_as_dyn<S: Store>(s: &S) {
+    let d: &dyn Store = s;
+    d.save_changes(full_changes("dyn")).unwrap();
+    assert_full_present(d, "dyn");
+    let counts: HashMap<String, usize> = d
+        .olm_sessions(&["sk-dyn"])
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.len()))
+        .collect();
+    assert_eq!(counts.get("sk-dyn"), Some(&1));
+}

@@ -1,0 +1,233 @@
+//! Record builders and whole-store assertions shared by the conformance suite and the
+//! SQLite-specific tests.
+
+use super::super::*;
+
+pub(crate) fn blob(bytes: &[u8]) -> SecretBlob {
+    SecretBlob::new(bytes.to_vec())
+}
+
+pub(crate) fn account(user: &str, device: &str, pickle: &[u8]) -> AccountRecord {
+    AccountRecord {
+        user_id: user.into(),
+        device_id: device.into(),
+        pickle: blob(pickle),
+        device_keys_uploaded: true,
+        server_one_time_key_count: 50,
+        fallback_key_created_ms: 1_700_000_000_000,
+    }
+}
+
+pub(crate) fn olm(sender_key: &str, session_id: &str, pickle: &[u8]) -> OlmSessionRecord {
+    OlmSessionRecord {
+        sender_key: sender_key.into(),
+        session_id: session_id.into(),
+        pickle: blob(pickle),
+        created_ms: 10,
+        last_used_ms: 20,
+    }
+}
+
+pub(crate) fn inbound(room: &str, session_id: &str) -> InboundGroupSessionRecord {
+    InboundGroupSessionRecord {
+        room_id: room.into(),
+        session_id: session_id.into(),
+        sender_key: format!("curve-of-{session_id}"),
+        signing_key: format!("ed-of-{session_id}"),
+        sender_user: "@alice:example.org".into(),
+        sender_device: "ALICEDEV".into(),
+        pickle: blob(format!("inbound pickle {room} {session_id}").as_bytes()),
+        first_known_index: 3,
+    }
+}
+
+pub(crate) fn outbound(room: &str, session_id: &str) -> OutboundGroupSessionRecord {
+    OutboundGroupSessionRecord {
+        room_id: room.into(),
+        session_id: session_id.into(),
+        pickle: blob(format!("outbound pickle {room} {session_id}").as_bytes()),
+        created_ms: 1234,
+        message_count: 7,
+        shared_with: vec![
+            ShareRecipient {
+                user_id: "@bob:example.org".into(),
+                device_id: "BOBDEV".into(),
+                curve25519: "bobcurve".into(),
+                index: 0,
+            },
+            ShareRecipient {
+                user_id: "@carol:example.org".into(),
+                device_id: "CAROLDEV".into(),
+                curve25519: "carolcurve".into(),
+                index: 5,
+            },
+        ],
+    }
+}
+
+pub(crate) fn device(user: &str, device_id: &str, curve: &str) -> DeviceRecord {
+    DeviceRecord {
+        user_id: user.into(),
+        device_id: device_id.into(),
+        curve25519: curve.into(),
+        ed25519: format!("ed-{curve}"),
+        algorithms: vec![
+            "m.olm.v1.curve25519-aes-sha2".into(),
+            "m.megolm.v1.aes-sha2".into(),
+        ],
+        display_name: Some(format!("{device_id} phone")),
+        keys_json: format!("{{\"device_id\":\"{device_id}\"}}"),
+        local_trust: LocalTrust::Unset,
+        deleted: false,
+    }
+}
+
+pub(crate) fn tracked(user: &str, outdated: bool, sequence: u64) -> TrackedUser {
+    TrackedUser {
+        user_id: user.into(),
+        outdated,
+        sequence,
+    }
+}
+
+pub(crate) fn megolm(
+    sender_key: &str,
+    session_id: &str,
+    index: u32,
+    event: &str,
+) -> MegolmIndexRecord {
+    MegolmIndexRecord {
+        session_id: session_id.into(),
+        sender_key: sender_key.into(),
+        index,
+        event_id: event.into(),
+        origin_ts: 99,
+    }
+}
+
+pub(crate) fn room(room_id: &str) -> RoomRecord {
+    RoomRecord {
+        room_id: room_id.into(),
+        encryption: Some("{\"algorithm\":\"m.megolm.v1.aes-sha2\"}".into()),
+        history_visibility: Some("shared".into()),
+        members_synced: true,
+        own_membership: Some("join".into()),
+    }
+}
+
+pub(crate) fn member(room_id: &str, user: &str, membership: &str) -> MemberRecord {
+    MemberRecord {
+        room_id: room_id.into(),
+        user_id: user.into(),
+        membership: membership.into(),
+    }
+}
+
+pub(crate) fn pending(txn_id: &str, body: &str) -> PendingToDevice {
+    PendingToDevice {
+        txn_id: txn_id.into(),
+        event_type: "m.room.encrypted".into(),
+        messages_json: body.into(),
+    }
+}
+
+/// One record of every kind (and a sync token), keys derived from `tag`.
+pub(crate) fn full_changes(tag: &str) -> Changes {
+    let mut c = Changes {
+        account: Some(account(&format!("@me-{tag}:x"), "MYDEV", tag.as_bytes())),
+        olm_sessions: vec![olm(&format!("sk-{tag}"), "os1", b"olm pickle")],
+        inbound_group_sessions: vec![inbound(&format!("!room-{tag}"), "igs1")],
+        outbound_group_sessions: vec![outbound(&format!("!room-{tag}"), "ogs1")],
+        devices: vec![device(&format!("@u-{tag}"), "D1", &format!("curve-{tag}"))],
+        tracked_users: vec![tracked(&format!("@u-{tag}"), true, 4)],
+        megolm_indices: vec![megolm(&format!("sk-{tag}"), "igs1", 1, "$e")],
+        rooms: vec![room(&format!("!room-{tag}"))],
+        members: vec![member(
+            &format!("!room-{tag}"),
+            &format!("@u-{tag}"),
+            "join",
+        )],
+        pending_to_device: vec![pending(&format!("txn-{tag}"), "{}")],
+        sync_token: Some(format!("token-{tag}")),
+        ..Default::default()
+    };
+    c.values.insert(format!("v-{tag}"), "plain".into());
+    c.secret_values
+        .insert(format!("s-{tag}"), blob(b"access token"));
+    c
+}
+
+/// Everything of [`full_changes`]`(tag)` is in the store, except the account and the sync
+/// token, which only hold the latest value.
+pub(crate) fn assert_full_present<S: Store + ?Sized>(s: &S, tag: &str) {
+    let c = full_changes(tag);
+    let sk = format!("sk-{tag}");
+    assert_eq!(s.olm_sessions(&[&sk]).unwrap()[&sk], c.olm_sessions);
+    let room_id = format!("!room-{tag}");
+    assert_eq!(
+        s.inbound_group_session(&room_id, "igs1").unwrap().as_ref(),
+        c.inbound_group_sessions.first()
+    );
+    assert_eq!(
+        s.outbound_group_session(&room_id).unwrap().as_ref(),
+        c.outbound_group_sessions.first()
+    );
+    let user = format!("@u-{tag}");
+    assert_eq!(s.devices(&[&user]).unwrap(), c.devices);
+    assert!(s.tracked_users().unwrap().contains(&c.tracked_users[0]));
+    assert_eq!(
+        s.megolm_index(&sk, "igs1", 1).unwrap().as_ref(),
+        c.megolm_indices.first()
+    );
+    assert_eq!(s.room(&room_id).unwrap().as_ref(), c.rooms.first());
+    assert_eq!(s.members(&room_id).unwrap(), c.members);
+    assert!(s
+        .pending_to_device()
+        .unwrap()
+        .contains(&c.pending_to_device[0]));
+    assert_eq!(
+        s.value(&format!("v-{tag}")).unwrap().as_deref(),
+        Some("plain")
+    );
+    assert_eq!(
+        s.secret_value(&format!("s-{tag}")).unwrap(),
+        Some(blob(b"access token"))
+    );
+}
+
+/// Nothing of [`full_changes`]`(tag)` is in the store.
+pub(crate) fn assert_full_absent<S: Store + ?Sized>(s: &S, tag: &str) {
+    let sk = format!("sk-{tag}");
+    let room_id = format!("!room-{tag}");
+    let user = format!("@u-{tag}");
+    assert_ne!(
+        s.account().unwrap().map(|a| a.user_id),
+        Some(format!("@me-{tag}:x"))
+    );
+    assert!(s.olm_sessions(&[&sk]).unwrap().is_empty());
+    assert_eq!(s.inbound_group_session(&room_id, "igs1").unwrap(), None);
+    assert_eq!(s.outbound_group_session(&room_id).unwrap(), None);
+    assert!(s.devices(&[&user]).unwrap().is_empty());
+    assert!(s
+        .device_by_curve25519(&format!("curve-{tag}"))
+        .unwrap()
+        .is_none());
+    assert!(!s.tracked_users().unwrap().iter().any(|u| u.user_id == user));
+    assert_eq!(s.megolm_index(&sk, "igs1", 1).unwrap(), None);
+    assert_eq!(s.room(&room_id).unwrap(), None);
+    assert!(s.members(&room_id).unwrap().is_empty());
+    let txn = format!("txn-{tag}");
+    assert!(!s
+        .pending_to_device()
+        .unwrap()
+        .iter()
+        .any(|p| p.txn_id == txn));
+    assert_eq!(s.value(&format!("v-{tag}")).unwrap(), None);
+    assert_eq!(s.secret_value(&format!("s-{tag}")).unwrap(), None);
+    assert_ne!(s.sync_token().unwrap(), Some(format!("token-{tag}")));
+}
+
+/// Save, panicking on error.
+pub(crate) fn save<S: Store + ?Sized>(s: &S, c: Changes) {
+    s.save_changes(c).unwrap();
+}

@@ -1,0 +1,509 @@
+//! Persistence for everything the crypto machine and the client must not lose.
+//!
+//! One trait, [`Store`], with two implementations: [`SqliteStore`] (the real one, WAL mode,
+//! secrets encrypted at rest with a key the app provides) and [`MemoryStore`] (tests and
+//! benchmarks). Both pass the same conformance suite (`store::conformance`).
+//!
+//! Writes are batched: callers collect everything one step produced (a sync response, a
+//! `/keys/query` answer, a room-key share) into a [`Changes`] value and hand it to
+//! [`Store::save_changes`], which applies it atomically (one SQLite transaction).
+//!
+//! Several processes may open the same store (the app and a push-notification extension).
+//! Every committed [`Changes`] bumps a generation counter kept in the store itself;
+//! [`Store::generation`] lets a process notice that somebody else wrote and reload what it
+//! caches in memory.
+
+mod cipher;
+#[cfg(test)]
+pub(crate) mod conformance;
+mod memory;
+mod sqlite;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+pub use cipher::StoreKey;
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store key does not open this store. Nothing was changed.
+    #[error("the store key does not match the key this store was created with")]
+    WrongKey,
+    /// A value read from the store could not be decrypted or authenticated.
+    #[error("a stored value failed authentication (corrupted or tampered store): {0}")]
+    Corrupted(String),
+    /// A stored value could not be decoded.
+    #[error("a stored value could not be decoded: {0}")]
+    Decode(String),
+    /// The schema version in the file is newer than this build understands.
+    #[error("the store schema version is {found}, this build supports up to {supported}")]
+    UnsupportedSchema {
+        /// version found in the database
+        found: i64,
+        /// newest version this build knows
+        supported: i64,
+    },
+    /// The underlying database failed.
+    #[error("database error: {0}")]
+    Database(String),
+    /// Filesystem error while opening the store.
+    #[error("i/o error: {0}")]
+    Io(String),
+    /// A record handed to [`Store::save_changes`] is invalid (e.g. an empty id). Nothing
+    /// was saved.
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
+}
+
+/// A serialized secret (a vodozemac pickle as JSON). Wiped on drop, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBlob(pub Zeroizing<Vec<u8>>);
+
+impl SecretBlob {
+    /// Wrap bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretBlob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretBlob(<redacted>)")
+    }
+}
+
+/// The own Olm account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountRecord {
+    /// Own user id.
+    pub user_id: String,
+    /// Own device id.
+    pub device_id: String,
+    /// Pickled `vodozemac::olm::Account`, including not yet published one-time keys.
+    pub pickle: SecretBlob,
+    /// Whether the device keys were accepted by the server.
+    pub device_keys_uploaded: bool,
+    /// Number of published, unused one-time keys the server last reported.
+    pub server_one_time_key_count: u64,
+    /// Unix millis when the current fallback key was created (for rotation).
+    pub fallback_key_created_ms: u64,
+}
+
+/// One Olm session with one other device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OlmSessionRecord {
+    /// The other device's Curve25519 identity key (base64).
+    pub sender_key: String,
+    /// vodozemac session id.
+    pub session_id: String,
+    /// Pickled `vodozemac::olm::Session`.
+    pub pickle: SecretBlob,
+    /// Unix millis of creation.
+    pub created_ms: u64,
+    /// Unix millis of the last successful encrypt or decrypt.
+    pub last_used_ms: u64,
+}
+
+/// An inbound Megolm session: lets us decrypt one sender's messages in one room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundGroupSessionRecord {
+    /// Room the session belongs to.
+    pub room_id: String,
+    /// Megolm session id.
+    pub session_id: String,
+    /// Curve25519 key of the device that sent us the session over Olm.
+    pub sender_key: String,
+    /// Ed25519 key the sending device claimed (checked against its device keys).
+    pub signing_key: String,
+    /// User id of the sender, as authenticated by the Olm channel.
+    pub sender_user: String,
+    /// Device id of the sender, as authenticated by the Olm channel.
+    pub sender_device: String,
+    /// Pickled `vodozemac::megolm::InboundGroupSession`.
+    pub pickle: SecretBlob,
+    /// First message index the session can decrypt.
+    pub first_known_index: u32,
+}
+
+/// Who received an outbound session, at which index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareRecipient {
+    /// Recipient user.
+    pub user_id: String,
+    /// Recipient device.
+    pub device_id: String,
+    /// Recipient's Curve25519 identity key at the time of sharing.
+    pub curve25519: String,
+    /// Message index the recipient got the session at.
+    pub index: u32,
+}
+
+/// Our outbound Megolm session for one room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundGroupSessionRecord {
+    /// Room.
+    pub room_id: String,
+    /// Megolm session id.
+    pub session_id: String,
+    /// Pickled `vodozemac::megolm::GroupSession`.
+    pub pickle: SecretBlob,
+    /// Unix millis of creation.
+    pub created_ms: u64,
+    /// Messages encrypted with it so far.
+    pub message_count: u64,
+    /// Devices that were sent the session key (the recipient journal).
+    pub shared_with: Vec<ShareRecipient>,
+}
+
+/// The local, user-controlled trust of a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum LocalTrust {
+    /// No decision yet.
+    #[default]
+    Unset,
+    /// Verified by the user.
+    Verified,
+    /// Never share keys with it.
+    Blacklisted,
+    /// The user chose not to be asked about it again.
+    Ignored,
+}
+
+impl LocalTrust {
+    /// Stable string for storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocalTrust::Unset => "unset",
+            LocalTrust::Verified => "verified",
+            LocalTrust::Blacklisted => "blacklisted",
+            LocalTrust::Ignored => "ignored",
+        }
+    }
+    /// Parse [`LocalTrust::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "unset" => LocalTrust::Unset,
+            "verified" => LocalTrust::Verified,
+            "blacklisted" => LocalTrust::Blacklisted,
+            "ignored" => LocalTrust::Ignored,
+            _ => return None,
+        })
+    }
+}
+
+/// A device of some user whose keys were downloaded and verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Owner.
+    pub user_id: String,
+    /// Device id.
+    pub device_id: String,
+    /// Curve25519 identity key (base64).
+    pub curve25519: String,
+    /// Ed25519 fingerprint key (base64).
+    pub ed25519: String,
+    /// Algorithms the device supports.
+    pub algorithms: Vec<String>,
+    /// Display name the owner gave it, if any (unsigned).
+    pub display_name: Option<String>,
+    /// The signed device keys exactly as received (canonical JSON), for re-verification.
+    pub keys_json: String,
+    /// The user's decision about this device.
+    pub local_trust: LocalTrust,
+    /// The device disappeared from the owner's list (kept, so old messages still resolve).
+    pub deleted: bool,
+}
+
+/// Device-list tracking state of one user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackedUser {
+    /// The user.
+    pub user_id: String,
+    /// Our copy of the user's device list may be stale and must be re-queried.
+    pub outdated: bool,
+    /// Bumped on every invalidation, so an invalidation during an in-flight query is kept.
+    pub sequence: u64,
+}
+
+/// The encryption-relevant state of one room.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RoomRecord {
+    /// Room id.
+    pub room_id: String,
+    /// Content of the room's `m.room.encryption` state event, if encrypted.
+    pub encryption: Option<String>,
+    /// `m.room.history_visibility` (`shared` when unset).
+    pub history_visibility: Option<String>,
+    /// Whether the full member list was loaded (`/members`) since joining.
+    pub members_synced: bool,
+    /// Own membership (`join`, `invite`, `leave`).
+    pub own_membership: Option<String>,
+}
+
+/// One member of one room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRecord {
+    /// Room.
+    pub room_id: String,
+    /// Member.
+    pub user_id: String,
+    /// `join`, `invite`, `leave`, `ban` or `knock`.
+    pub membership: String,
+}
+
+/// A decrypted Megolm message index, for replay detection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MegolmIndexRecord {
+    /// Megolm session id.
+    pub session_id: String,
+    /// Sender key of the session.
+    pub sender_key: String,
+    /// Message index.
+    pub index: u32,
+    /// Event that used this index first.
+    pub event_id: String,
+    /// Its `origin_server_ts`.
+    pub origin_ts: u64,
+}
+
+/// A to-device request we must (re)send with the same transaction id after a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingToDevice {
+    /// Transaction id, reused on every retry.
+    pub txn_id: String,
+    /// Event type, e.g. `m.room.encrypted`.
+    pub event_type: String,
+    /// `messages` body of `PUT /sendToDevice` as JSON (Olm ciphertexts only, no plaintext).
+    pub messages_json: String,
+}
+
+/// Everything one step changed, applied atomically by [`Store::save_changes`].
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// New state of the own account.
+    pub account: Option<AccountRecord>,
+    /// Olm sessions to insert or replace (key: sender key + session id).
+    pub olm_sessions: Vec<OlmSessionRecord>,
+    /// Inbound Megolm sessions to insert or replace.
+    pub inbound_group_sessions: Vec<InboundGroupSessionRecord>,
+    /// Outbound Megolm sessions to insert or replace (one per room).
+    pub outbound_group_sessions: Vec<OutboundGroupSessionRecord>,
+    /// Rooms whose outbound session must be discarded.
+    pub discarded_outbound_sessions: Vec<String>,
+    /// Devices to insert or replace.
+    pub devices: Vec<DeviceRecord>,
+    /// Tracked users to insert or replace.
+    pub tracked_users: Vec<TrackedUser>,
+    /// Megolm indices seen.
+    pub megolm_indices: Vec<MegolmIndexRecord>,
+    /// Rooms to insert or replace.
+    pub rooms: Vec<RoomRecord>,
+    /// Members to insert or replace.
+    pub members: Vec<MemberRecord>,
+    /// To-device requests to remember until sent.
+    pub pending_to_device: Vec<PendingToDevice>,
+    /// To-device requests that were sent (by transaction id).
+    pub sent_to_device: Vec<String>,
+    /// Arbitrary small values (not secret) by key, e.g. `access_token` is NOT allowed here.
+    pub values: BTreeMap<String, String>,
+    /// Secret values by key (encrypted at rest), e.g. the access token.
+    pub secret_values: BTreeMap<String, SecretBlob>,
+    /// The sync token; written last, only together with everything the sync carried.
+    pub sync_token: Option<String>,
+}
+
+impl Changes {
+    /// Whether nothing would be written.
+    pub fn is_empty(&self) -> bool {
+        self.account.is_none()
+            && self.olm_sessions.is_empty()
+            && self.inbound_group_sessions.is_empty()
+            && self.outbound_group_sessions.is_empty()
+            && self.discarded_outbound_sessions.is_empty()
+            && self.devices.is_empty()
+            && self.tracked_users.is_empty()
+            && self.megolm_indices.is_empty()
+            && self.rooms.is_empty()
+            && self.members.is_empty()
+            && self.pending_to_device.is_empty()
+            && self.sent_to_device.is_empty()
+            && self.values.is_empty()
+            && self.secret_values.is_empty()
+            && self.sync_token.is_none()
+    }
+
+    /// Check every record for what both store implementations refuse: an empty
+    /// identifier (user, device, room, session id, sender key, transaction id, value key).
+    /// [`Store::save_changes`] runs this first and saves nothing if it fails.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        fn non_empty(what: &str, value: &str) -> Result<(), StoreError> {
+            if value.is_empty() {
+                Err(StoreError::InvalidRecord(format!("{what} is empty")))
+            } else {
+                Ok(())
+            }
+        }
+        if let Some(a) = &self.account {
+            non_empty("account user_id", &a.user_id)?;
+            non_empty("account device_id", &a.device_id)?;
+        }
+        for s in &self.olm_sessions {
+            non_empty("olm session sender_key", &s.sender_key)?;
+            non_empty("olm session session_id", &s.session_id)?;
+        }
+        for s in &self.inbound_group_sessions {
+            non_empty("inbound group session room_id", &s.room_id)?;
+            non_empty("inbound group session session_id", &s.session_id)?;
+            non_empty("inbound group session sender_key", &s.sender_key)?;
+        }
+        for s in &self.outbound_group_sessions {
+            non_empty("outbound group session room_id", &s.room_id)?;
+            non_empty("outbound group session session_id", &s.session_id)?;
+        }
+        for room_id in &self.discarded_outbound_sessions {
+            non_empty("discarded outbound session room_id", room_id)?;
+        }
+        for d in &self.devices {
+            non_empty("device user_id", &d.user_id)?;
+            non_empty("device device_id", &d.device_id)?;
+        }
+        for u in &self.tracked_users {
+            non_empty("tracked user user_id", &u.user_id)?;
+        }
+        for i in &self.megolm_indices {
+            non_empty("megolm index session_id", &i.session_id)?;
+            non_empty("megolm index sender_key", &i.sender_key)?;
+        }
+        for r in &self.rooms {
+            non_empty("room room_id", &r.room_id)?;
+        }
+        for m in &self.members {
+            non_empty("member room_id", &m.room_id)?;
+            non_empty("member user_id", &m.user_id)?;
+        }
+        for p in &self.pending_to_device {
+            non_empty("pending to-device txn_id", &p.txn_id)?;
+        }
+        for txn_id in &self.sent_to_device {
+            non_empty("sent to-device txn_id", txn_id)?;
+        }
+        for key in self.values.keys() {
+            non_empty("value key", key)?;
+        }
+        for key in self.secret_values.keys() {
+            non_empty("secret value key", key)?;
+        }
+        Ok(())
+    }
+
+    /// Fold `other` into `self` (later values win).
+    pub fn extend(&mut self, other: Changes) {
+        if other.account.is_some() {
+            self.account = other.account;
+        }
+        self.olm_sessions.extend(other.olm_sessions);
+        self.inbound_group_sessions
+            .extend(other.inbound_group_sessions);
+        self.outbound_group_sessions
+            .extend(other.outbound_group_sessions);
+        self.discarded_outbound_sessions
+            .extend(other.discarded_outbound_sessions);
+        self.devices.extend(other.devices);
+        self.tracked_users.extend(other.tracked_users);
+        self.megolm_indices.extend(other.megolm_indices);
+        self.rooms.extend(other.rooms);
+        self.members.extend(other.members);
+        self.pending_to_device.extend(other.pending_to_device);
+        self.sent_to_device.extend(other.sent_to_device);
+        self.values.extend(other.values);
+        self.secret_values.extend(other.secret_values);
+        if other.sync_token.is_some() {
+            self.sync_token = other.sync_token;
+        }
+    }
+}
+
+/// The one storage interface of Newt. Implementations must be safe to share between threads.
+///
+/// Reads take batches where a caller needs many rows (devices of many users, sessions of
+/// many devices) so that a SQLite implementation answers with one query, not one per row.
+pub trait Store: Send + Sync + 'static {
+    /// Apply all changes atomically; on error nothing is applied.
+    fn save_changes(&self, changes: Changes) -> Result<(), StoreError>;
+
+    /// A counter bumped by every committed `save_changes`, by any process.
+    fn generation(&self) -> Result<u64, StoreError>;
+
+    /// The own account, if one was created.
+    fn account(&self) -> Result<Option<AccountRecord>, StoreError>;
+
+    /// All Olm sessions with the devices owning these Curve25519 keys, grouped by key.
+    fn olm_sessions(
+        &self,
+        sender_keys: &[&str],
+    ) -> Result<HashMap<String, Vec<OlmSessionRecord>>, StoreError>;
+
+    /// One inbound group session.
+    fn inbound_group_session(
+        &self,
+        room_id: &str,
+        session_id: &str,
+    ) -> Result<Option<InboundGroupSessionRecord>, StoreError>;
+
+    /// Number of inbound group sessions stored (for tests and diagnostics).
+    fn inbound_group_session_count(&self) -> Result<u64, StoreError>;
+
+    /// The outbound group session of a room.
+    fn outbound_group_session(
+        &self,
+        room_id: &str,
+    ) -> Result<Option<OutboundGroupSessionRecord>, StoreError>;
+
+    /// All known devices of these users (deleted ones included), in one batch.
+    fn devices(&self, user_ids: &[&str]) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// The device with this Curve25519 identity key, if known.
+    fn device_by_curve25519(&self, curve25519: &str) -> Result<Option<DeviceRecord>, StoreError>;
+
+    /// All tracked users.
+    fn tracked_users(&self) -> Result<Vec<TrackedUser>, StoreError>;
+
+    /// The record of a Megolm index already decrypted.
+    fn megolm_index(
+        &self,
+        sender_key: &str,
+        session_id: &str,
+        index: u32,
+    ) -> Result<Option<MegolmIndexRecord>, StoreError>;
+
+    /// One room.
+    fn room(&self, room_id: &str) -> Result<Option<RoomRecord>, StoreError>;
+
+    /// All rooms.
+    fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError>;
+
+    /// All member records of a room.
+    fn members(&self, room_id: &str) -> Result<Vec<MemberRecord>, StoreError>;
+
+    /// To-device requests not yet confirmed as sent, oldest first.
+    fn pending_to_device(&self) -> Result<Vec<PendingToDevice>, StoreError>;
+
+    /// A plain value.
+    fn value(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// A secret value.
+    fn secret_value(&self, key: &str) -> Result<Option<SecretBlob>, StoreError>;
+
+    /// The last fully processed sync token.
+    fn sync_token(&self) -> Result<Option<String>, StoreError>;
+}

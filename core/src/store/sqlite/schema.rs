@@ -1,0 +1,221 @@
+//! Opening connections, schema migrations and the store key check.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::super::cipher::{KdfParams, StoreCipher, StoreKey};
+use super::super::StoreError;
+use super::{aad_canary, db, get_meta, set_meta};
+
+/// How long a connection waits for a lock held by another connection or process.
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Plaintext of the key-check value saved at creation.
+const CANARY: &[u8] = b"newt store key check v1";
+
+/// Schema migrations; entry `i` brings the schema from version `i` to `i + 1`. Each one runs
+/// in its own transaction together with the `user_version` bump. Never edit an entry that was
+/// released; append a new one.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: initial schema.
+    "CREATE TABLE meta (
+        key TEXT PRIMARY KEY NOT NULL,
+        value
+    ) WITHOUT ROWID;
+    CREATE TABLE account (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        pickle BLOB NOT NULL,
+        device_keys_uploaded INTEGER NOT NULL,
+        server_one_time_key_count INTEGER NOT NULL,
+        fallback_key_created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE olm_sessions (
+        sender_key TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        pickle BLOB NOT NULL,
+        created_ms INTEGER NOT NULL,
+        last_used_ms INTEGER NOT NULL,
+        PRIMARY KEY (sender_key, session_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE inbound_group_sessions (
+        room_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        sender_key TEXT NOT NULL,
+        signing_key TEXT NOT NULL,
+        sender_user TEXT NOT NULL,
+        sender_device TEXT NOT NULL,
+        pickle BLOB NOT NULL,
+        first_known_index INTEGER NOT NULL,
+        PRIMARY KEY (room_id, session_id)
+    );
+    CREATE TABLE outbound_group_sessions (
+        room_id TEXT PRIMARY KEY NOT NULL,
+        session_id TEXT NOT NULL,
+        pickle BLOB NOT NULL,
+        created_ms INTEGER NOT NULL,
+        message_count INTEGER NOT NULL,
+        shared_with TEXT NOT NULL
+    );
+    CREATE TABLE devices (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        curve25519 TEXT NOT NULL,
+        ed25519 TEXT NOT NULL,
+        algorithms TEXT NOT NULL,
+        display_name TEXT,
+        keys_json TEXT NOT NULL,
+        local_trust TEXT NOT NULL,
+        deleted INTEGER NOT NULL,
+        PRIMARY KEY (user_id, device_id)
+    );
+    CREATE INDEX devices_by_curve25519 ON devices (curve25519);
+    CREATE TABLE tracked_users (
+        user_id TEXT PRIMARY KEY NOT NULL,
+        outdated INTEGER NOT NULL,
+        sequence INTEGER NOT NULL
+    );
+    CREATE TABLE megolm_indices (
+        sender_key TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        message_index INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        origin_ts INTEGER NOT NULL,
+        PRIMARY KEY (sender_key, session_id, message_index)
+    ) WITHOUT ROWID;
+    CREATE TABLE rooms (
+        room_id TEXT PRIMARY KEY NOT NULL,
+        encryption TEXT,
+        history_visibility TEXT,
+        members_synced INTEGER NOT NULL,
+        own_membership TEXT
+    );
+    CREATE TABLE members (
+        room_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        membership TEXT NOT NULL,
+        PRIMARY KEY (room_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX members_by_user ON members (user_id, room_id);
+    CREATE TABLE pending_to_device (
+        seq INTEGER PRIMARY KEY,
+        txn_id TEXT NOT NULL UNIQUE,
+        event_type TEXT NOT NULL,
+        messages_json TEXT NOT NULL
+    );
+    CREATE TABLE plain_values (
+        key TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE secret_values (
+        key TEXT PRIMARY KEY NOT NULL,
+        value BLOB NOT NULL
+    );",
+];
+
+/// Keys of the `meta` table.
+pub(super) mod meta {
+    pub(in super::super) const GENERATION: &str = "generation";
+    pub(in super::super) const SYNC_TOKEN: &str = "sync_token";
+    pub(in super::super) const KDF_SALT: &str = "kdf_salt";
+    pub(in super::super) const KDF_ROUNDS: &str = "kdf_rounds";
+    pub(in super::super) const CANARY: &str = "key_check";
+}
+
+/// Open one connection with the store's settings.
+pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(db)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    conn.pragma_update(None, "foreign_keys", true).map_err(db)?;
+    // A no-op (no write) when the file is already in WAL mode.
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(db)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Database(format!(
+            "could not enable WAL mode (journal mode is {mode})"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(db)?;
+    Ok(conn)
+}
+
+/// `PRAGMA user_version`, refusing versions newer than this build knows.
+pub(super) fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(db)?;
+    let supported = MIGRATIONS.len() as i64;
+    if found > supported || found < 0 {
+        return Err(StoreError::UnsupportedSchema { found, supported });
+    }
+    Ok(found)
+}
+
+/// Apply all pending migrations, each in its own transaction. Returns the cipher if this call
+/// created the store (migration 1 also saves the key-derivation parameters and key check).
+pub(super) fn migrate(
+    conn: &mut Connection,
+    key: &StoreKey,
+) -> Result<Option<StoreCipher>, StoreError> {
+    let mut created = None;
+    while schema_version(conn)? < MIGRATIONS.len() as i64 {
+        // Stretching the passphrase happens before taking the write lock.
+        let fresh = if schema_version(conn)? == 0 {
+            let kdf = KdfParams::generate();
+            let cipher = StoreCipher::new(key, &kdf)?;
+            Some((kdf, cipher))
+        } else {
+            None
+        };
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        // Re-read under the write lock: another process may have migrated meanwhile.
+        let version = schema_version(&tx)?;
+        let Some(sql) = usize::try_from(version)
+            .ok()
+            .and_then(|v| MIGRATIONS.get(v))
+        else {
+            break;
+        };
+        tx.execute_batch(sql).map_err(db)?;
+        if version == 0 {
+            let Some((kdf, cipher)) = fresh else {
+                // Another process reset the file under us; start over.
+                continue;
+            };
+            let canary = cipher.encrypt(&aad_canary(), CANARY)?;
+            set_meta(&tx, meta::KDF_SALT, &kdf.salt)?;
+            set_meta(&tx, meta::KDF_ROUNDS, i64::from(kdf.rounds))?;
+            set_meta(&tx, meta::CANARY, &canary)?;
+            set_meta(&tx, meta::GENERATION, 0i64)?;
+            created = Some(cipher);
+        }
+        tx.pragma_update(None, "user_version", version + 1)
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+    }
+    Ok(created)
+}
+
+/// Derive the cipher from the saved parameters and check it against the saved key check.
+/// Only reads.
+pub(super) fn load_cipher(conn: &Connection, key: &StoreKey) -> Result<StoreCipher, StoreError> {
+    let missing = |what: &str| StoreError::Corrupted(format!("store key {what} missing"));
+    let salt: Vec<u8> = get_meta(conn, meta::KDF_SALT)?.ok_or_else(|| missing("salt"))?;
+    let rounds: i64 = get_meta(conn, meta::KDF_ROUNDS)?.ok_or_else(|| missing("parameters"))?;
+    let canary: Vec<u8> = get_meta(conn, meta::CANARY)?.ok_or_else(|| missing("check"))?;
+    let rounds = u32::try_from(rounds)
+        .map_err(|_| StoreError::Corrupted("key stretching round count out of range".into()))?;
+    let cipher = StoreCipher::new(key, &KdfParams { salt, rounds })?;
+    match cipher.decrypt(&aad_canary(), &canary) {
+        Ok(plain) if plain.as_slice() == CANARY => Ok(cipher),
+        _ => Err(StoreError::WrongKey),
+    }
+}
