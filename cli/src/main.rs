@@ -67,8 +67,11 @@ fn parse_args(mut args: Vec<String>) -> Result<Args, String> {
     })
 }
 
+/// `--flag value` pairs and positional arguments.
+type Parsed = (Vec<(String, String)>, Vec<String>);
+
 /// Split `--flag value` pairs (repeatable) from positional arguments.
-fn options(rest: &[String], flags: &[&str], switches: &[&str]) -> Result<(Vec<(String, String)>, Vec<String>), String> {
+fn options(rest: &[String], flags: &[&str], switches: &[&str]) -> Result<Parsed, String> {
     let mut opts = Vec::new();
     let mut positional = Vec::new();
     let mut i = 0;
@@ -77,7 +80,9 @@ fn options(rest: &[String], flags: &[&str], switches: &[&str]) -> Result<(Vec<(S
         if switches.contains(&arg.as_str()) {
             opts.push((arg.clone(), String::new()));
         } else if flags.contains(&arg.as_str()) {
-            let value = rest.get(i + 1).ok_or_else(|| format!("{arg} needs a value"))?;
+            let value = rest
+                .get(i + 1)
+                .ok_or_else(|| format!("{arg} needs a value"))?;
             opts.push((arg.clone(), value.clone()));
             i += 1;
         } else if arg.starts_with("--") {
@@ -91,7 +96,9 @@ fn options(rest: &[String], flags: &[&str], switches: &[&str]) -> Result<(Vec<(S
 }
 
 fn opt<'a>(opts: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    opts.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    opts.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn restored(client: &Client) -> Result<(), String> {
@@ -103,7 +110,8 @@ fn restored(client: &Client) -> Result<(), String> {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let key = std::env::var("NEWT_STORE_KEY").map_err(|_| "set NEWT_STORE_KEY to the store passphrase")?;
+    let key = std::env::var("NEWT_STORE_KEY")
+        .map_err(|_| "set NEWT_STORE_KEY to the store passphrase")?;
     let client = Arc::new(
         Client::new(ClientConfig {
             homeserver: args.homeserver.clone(),
@@ -119,21 +127,37 @@ async fn run(args: Args) -> Result<(), String> {
             let (opts, _) = options(&args.rest, &["--user", "--password", "--device-id"], &[])?;
             let user = opt(&opts, "--user").ok_or("--user is required")?;
             let password = opt(&opts, "--password").ok_or("--password is required")?;
-            let session = client.login_password(user, password, opt(&opts, "--device-id")).await.map_err(err)?;
+            let session = client
+                .login_password(user, password, opt(&opts, "--device-id"))
+                .await
+                .map_err(err)?;
             client.sync_once(quick).await.map_err(err)?;
-            println!("{}", json!({"user_id": session.user_id, "device_id": session.device_id, "fingerprint": client.fingerprint().map_err(err)?}));
+            println!(
+                "{}",
+                json!({"user_id": session.user_id, "device_id": session.device_id, "fingerprint": client.fingerprint().map_err(err)?})
+            );
         }
         "whoami" => {
             restored(&client)?;
             let session = client.session().ok_or("not logged in")?;
-            println!("{}", json!({"user_id": session.user_id, "device_id": session.device_id, "fingerprint": client.fingerprint().map_err(err)?}));
+            println!(
+                "{}",
+                json!({"user_id": session.user_id, "device_id": session.device_id, "fingerprint": client.fingerprint().map_err(err)?})
+            );
         }
         "create-room" => {
             restored(&client)?;
             let (opts, _) = options(&args.rest, &["--name", "--invite"], &[])?;
-            let invites: Vec<String> = opts.iter().filter(|(k, _)| k == "--invite").map(|(_, v)| v.clone()).collect();
+            let invites: Vec<String> = opts
+                .iter()
+                .filter(|(k, _)| k == "--invite")
+                .map(|(_, v)| v.clone())
+                .collect();
             client.sync_once(quick).await.map_err(err)?;
-            let room = client.create_encrypted_room(opt(&opts, "--name"), &invites).await.map_err(err)?;
+            let room = client
+                .create_encrypted_room(opt(&opts, "--name"), &invites)
+                .await
+                .map_err(err)?;
             println!("{room}");
         }
         "join" => {
@@ -145,7 +169,10 @@ async fn run(args: Args) -> Result<(), String> {
         }
         "send" => {
             restored(&client)?;
-            let (room, texts) = args.rest.split_first().ok_or("send needs a room and text")?;
+            let (room, texts) = args
+                .rest
+                .split_first()
+                .ok_or("send needs a room and text")?;
             if texts.is_empty() {
                 return Err("send needs at least one text".into());
             }
@@ -156,10 +183,17 @@ async fn run(args: Args) -> Result<(), String> {
         }
         "listen" => {
             restored(&client)?;
-            let (opts, positional) = options(&args.rest, &["--count", "--timeout"], &["--include-own"])?;
+            let (opts, positional) =
+                options(&args.rest, &["--count", "--timeout"], &["--include-own"])?;
             let room = positional.first().ok_or("listen needs a room")?.clone();
-            let count: usize = opt(&opts, "--count").unwrap_or("1").parse().map_err(|_| "--count must be a number")?;
-            let timeout: u64 = opt(&opts, "--timeout").unwrap_or("60").parse().map_err(|_| "--timeout must be seconds")?;
+            let count: usize = opt(&opts, "--count")
+                .unwrap_or("1")
+                .parse()
+                .map_err(|_| "--count must be a number")?;
+            let timeout: u64 = opt(&opts, "--timeout")
+                .unwrap_or("60")
+                .parse()
+                .map_err(|_| "--timeout must be seconds")?;
             let include_own = opt(&opts, "--include-own").is_some();
             let own = client.session().map(|s| s.user_id).unwrap_or_default();
             let mut events = client.subscribe_timeline();
@@ -176,15 +210,21 @@ async fn run(args: Args) -> Result<(), String> {
                     Err(_) => return Err(format!("timeout: received {seen} of {count} messages")),
                 }
                 while let Ok(event) = events.try_recv() {
-                    if event.room_id != room || (!include_own && event.sender == own) || seen >= count {
+                    if event.room_id != room
+                        || (!include_own && event.sender == own)
+                        || seen >= count
+                    {
                         continue;
                     }
                     seen += 1;
-                    println!("{}", json!({
-                        "event_id": event.event_id, "room_id": event.room_id, "sender": event.sender,
-                        "sender_device": event.sender_device, "body": event.body,
-                        "decrypted": event.decrypted, "error": event.error,
-                    }));
+                    println!(
+                        "{}",
+                        json!({
+                            "event_id": event.event_id, "room_id": event.room_id, "sender": event.sender,
+                            "sender_device": event.sender_device, "body": event.body,
+                            "decrypted": event.decrypted, "error": event.error,
+                        })
+                    );
                 }
             }
         }
@@ -192,12 +232,15 @@ async fn run(args: Args) -> Result<(), String> {
             restored(&client)?;
             let user = args.rest.first().ok_or("devices needs a user id")?;
             for device in client.devices(user).await.map_err(err)? {
-                println!("{}", json!({
-                    "user_id": device.user_id, "device_id": device.device_id,
-                    "display_name": device.display_name, "ed25519": device.ed25519,
-                    "curve25519": device.curve25519, "trust": device.local_trust.as_str(),
-                    "deleted": device.deleted,
-                }));
+                println!(
+                    "{}",
+                    json!({
+                        "user_id": device.user_id, "device_id": device.device_id,
+                        "display_name": device.display_name, "ed25519": device.ed25519,
+                        "curve25519": device.curve25519, "trust": device.local_trust.as_str(),
+                        "deleted": device.deleted,
+                    })
+                );
             }
         }
         other => return Err(format!("unknown command {other}\n{USAGE}")),
@@ -208,7 +251,9 @@ async fn run(args: Args) -> Result<(), String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let args = match parse_args(std::env::args().skip(1).collect()) {
         Ok(a) => a,
@@ -217,7 +262,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");

@@ -18,9 +18,11 @@ const DEVICE: &str = "JLAFKJWSCS";
 const ROOM: &str = "!bench:example.org";
 
 fn fixtures() -> PathBuf {
-    std::env::var_os("NEWT_BENCH_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench-fixtures")
-    })
+    std::env::var_os("NEWT_BENCH_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench-fixtures")
+        })
 }
 
 fn read(name: &str) -> Vec<u8> {
@@ -30,14 +32,24 @@ fn read(name: &str) -> Vec<u8> {
 
 fn query_response(name: &str) -> get_keys::v3::Response {
     let body = read(name);
-    get_keys::v3::Response::try_from_http_response(http::Response::builder().status(200).body(body.as_slice()).unwrap())
-        .expect("parse /keys/query fixture")
+    get_keys::v3::Response::try_from_http_response(
+        http::Response::builder()
+            .status(200)
+            .body(body.as_slice())
+            .unwrap(),
+    )
+    .expect("parse /keys/query fixture")
 }
 
 fn claim_response() -> claim_keys::v3::Response {
     let body = read("keys_claim.json");
-    claim_keys::v3::Response::try_from_http_response(http::Response::builder().status(200).body(body.as_slice()).unwrap())
-        .expect("parse /keys/claim fixture")
+    claim_keys::v3::Response::try_from_http_response(
+        http::Response::builder()
+            .status(200)
+            .body(body.as_slice())
+            .unwrap(),
+    )
+    .expect("parse /keys/claim fixture")
 }
 
 type StoreFactory = fn() -> (Arc<dyn Store>, Option<tempfile::TempDir>);
@@ -55,7 +67,10 @@ fn sqlite() -> (Arc<dyn Store>, Option<tempfile::TempDir>) {
 const STORES: [(&str, StoreFactory); 2] = [("memory", memory), ("sqlite", sqlite)];
 
 /// A machine with `users` tracked and one query in flight; returns the query's id.
-fn machine_with_query(factory: StoreFactory, users: &[String]) -> (OlmMachine, String, Option<tempfile::TempDir>) {
+fn machine_with_query(
+    factory: StoreFactory,
+    users: &[String],
+) -> (OlmMachine, String, Option<tempfile::TempDir>) {
     let (store, dir) = factory();
     let machine = OlmMachine::open(USER, DEVICE, store).unwrap();
     machine.update_tracked_users(users).unwrap();
@@ -94,7 +109,10 @@ fn keys_query(c: &mut Criterion) {
 }
 
 /// A machine that knows the 150 devices of the query fixture.
-fn machine_with_devices(factory: StoreFactory, response: &get_keys::v3::Response) -> (OlmMachine, Option<tempfile::TempDir>) {
+fn machine_with_devices(
+    factory: StoreFactory,
+    response: &get_keys::v3::Response,
+) -> (OlmMachine, Option<tempfile::TempDir>) {
     let (machine, id, dir) = machine_with_query(factory, &users_of(response));
     machine.mark_keys_query_sent(&id, response).unwrap();
     (machine, dir)
@@ -110,7 +128,11 @@ fn olm_session_creation(c: &mut Criterion) {
                 || machine_with_devices(factory, &query),
                 |(machine, dir)| {
                     let outcome = machine.mark_keys_claim_sent(&claim).unwrap();
-                    assert!(outcome.sessions_created >= 150, "{}", outcome.sessions_created);
+                    assert!(
+                        outcome.sessions_created >= 150,
+                        "{}",
+                        outcome.sessions_created
+                    );
                     (machine, dir)
                 },
                 BatchSize::PerIteration,
@@ -130,7 +152,9 @@ fn room_key_sharing(c: &mut Criterion) {
         machine.mark_keys_claim_sent(&claim).unwrap();
         group.bench_function(name, |b| {
             b.iter(|| {
-                let requests = machine.share_room_key(ROOM, &users, RotationSettings::default()).unwrap();
+                let requests = machine
+                    .share_room_key(ROOM, &users, RotationSettings::default())
+                    .unwrap();
                 assert!(!requests.is_empty());
                 for r in &requests {
                     machine.mark_to_device_sent(&r.id).unwrap();
@@ -150,11 +174,26 @@ fn megolm_1kb(c: &mut Criterion) {
         let (store, _dir) = factory();
         let machine = OlmMachine::open(USER, DEVICE, store).unwrap();
         // Sharing with nobody still creates the session and our own inbound copy.
-        machine.share_room_key(ROOM, &[USER.to_owned()], RotationSettings { period_ms: u64::MAX, messages: u64::MAX }).unwrap();
+        machine
+            .share_room_key(
+                ROOM,
+                &[USER.to_owned()],
+                RotationSettings {
+                    period_ms: u64::MAX,
+                    messages: u64::MAX,
+                },
+            )
+            .unwrap();
         group.bench_function(format!("encrypt/{name}"), |b| {
-            b.iter(|| machine.encrypt_room_event(ROOM, "m.room.message", &content).unwrap())
+            b.iter(|| {
+                machine
+                    .encrypt_room_event(ROOM, "m.room.message", &content)
+                    .unwrap()
+            })
         });
-        let encrypted = machine.encrypt_room_event(ROOM, "m.room.message", &content).unwrap();
+        let encrypted = machine
+            .encrypt_room_event(ROOM, "m.room.message", &content)
+            .unwrap();
         let event = json!({"type": "m.room.encrypted", "sender": USER, "event_id": "$e",
             "origin_server_ts": 1, "content": encrypted});
         group.bench_function(format!("decrypt/{name}"), |b| {

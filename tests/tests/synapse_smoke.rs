@@ -1,6 +1,6 @@
 //! Smoke test of the Synapse harness: start, register, query, stop.
 
-use newt_e2e_tests::{process_alive, Synapse};
+use newt_e2e_tests::{Synapse, process_alive};
 
 #[test]
 fn synapse_starts_registers_and_stops() {

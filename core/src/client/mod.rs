@@ -83,7 +83,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("homeserver", &self.http.homeserver()).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("homeserver", &self.http.homeserver())
+            .finish_non_exhaustive()
     }
 }
 
@@ -122,13 +124,23 @@ impl Client {
 
     /// The logged-in session, if any.
     pub fn session(&self) -> Option<Session> {
-        let machine = self.machine.read().unwrap_or_else(|e| e.into_inner()).clone()?;
-        Some(Session { user_id: machine.user_id().to_owned(), device_id: machine.device_id().to_owned() })
+        let machine = self
+            .machine
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        Some(Session {
+            user_id: machine.user_id().to_owned(),
+            device_id: machine.device_id().to_owned(),
+        })
     }
 
     /// Session stored by an earlier login, if any.
     pub fn stored_session(&self) -> Result<Option<Session>, ClientError> {
-        match (self.store.value(KEY_USER_ID)?, self.store.value(KEY_DEVICE_ID)?) {
+        match (
+            self.store.value(KEY_USER_ID)?,
+            self.store.value(KEY_DEVICE_ID)?,
+        ) {
             (Some(user_id), Some(device_id)) => Ok(Some(Session { user_id, device_id })),
             _ => Ok(None),
         }
@@ -137,8 +149,12 @@ impl Client {
     /// Restore the session saved by an earlier login: same device, same keys, no new device
     /// on the server. Returns `false` if the store holds no session.
     pub fn restore_session(&self) -> Result<bool, ClientError> {
-        let Some(session) = self.stored_session()? else { return Ok(false) };
-        let Some(token) = self.store.secret_value(KEY_ACCESS_TOKEN)? else { return Ok(false) };
+        let Some(session) = self.stored_session()? else {
+            return Ok(false);
+        };
+        let Some(token) = self.store.secret_value(KEY_ACCESS_TOKEN)? else {
+            return Ok(false);
+        };
         let token = String::from_utf8(token.as_bytes().to_vec())
             .map_err(|_| StoreError::Decode("access token is not UTF-8".into()))?;
         self.http.set_access_token(Some(Zeroizing::new(token)));
@@ -156,7 +172,9 @@ impl Client {
         device_id: Option<&str>,
     ) -> Result<Session, ClientError> {
         let stored = self.stored_session()?;
-        let device_id = device_id.map(str::to_owned).or_else(|| stored.as_ref().map(|s| s.device_id.clone()));
+        let device_id = device_id
+            .map(str::to_owned)
+            .or_else(|| stored.as_ref().map(|s| s.device_id.clone()));
         let identifier = UserIdentifier::Matrix(MatrixUserIdentifier::new(user.to_owned()));
         let mut request = login::v3::Request::new(login::v3::LoginInfo::Password(
             login::v3::Password::new(identifier, password.to_owned()),
@@ -164,26 +182,35 @@ impl Client {
         request.device_id = device_id.map(Into::into);
         request.initial_device_display_name = Some("Newt".to_owned());
         let response = self.http.send(request).await?;
-        let session = Session { user_id: response.user_id.to_string(), device_id: response.device_id.to_string() };
+        let session = Session {
+            user_id: response.user_id.to_string(),
+            device_id: response.device_id.to_string(),
+        };
         let token = Zeroizing::new(response.access_token);
         // Refuse to mix two accounts in one store before anything is written.
-        if let Some(stored) = &stored {
-            if stored.user_id != session.user_id || stored.device_id != session.device_id {
-                if self.store.account()?.is_some() {
-                    return Err(CryptoError::AccountMismatch {
-                        user: session.user_id,
-                        device: session.device_id,
-                        stored_user: stored.user_id.clone(),
-                        stored_device: stored.device_id.clone(),
-                    }
-                    .into());
-                }
+        if let Some(stored) = &stored
+            && (stored.user_id != session.user_id || stored.device_id != session.device_id)
+            && self.store.account()?.is_some()
+        {
+            return Err(CryptoError::AccountMismatch {
+                user: session.user_id,
+                device: session.device_id,
+                stored_user: stored.user_id.clone(),
+                stored_device: stored.device_id.clone(),
             }
+            .into());
         }
         let mut changes = Changes::default();
-        changes.values.insert(KEY_USER_ID.into(), session.user_id.clone());
-        changes.values.insert(KEY_DEVICE_ID.into(), session.device_id.clone());
-        changes.secret_values.insert(KEY_ACCESS_TOKEN.into(), SecretBlob::new(token.as_bytes().to_vec()));
+        changes
+            .values
+            .insert(KEY_USER_ID.into(), session.user_id.clone());
+        changes
+            .values
+            .insert(KEY_DEVICE_ID.into(), session.device_id.clone());
+        changes.secret_values.insert(
+            KEY_ACCESS_TOKEN.into(),
+            SecretBlob::new(token.as_bytes().to_vec()),
+        );
         self.store.save_changes(changes)?;
         self.http.set_access_token(Some(token));
         self.open_machine(&session)?;
@@ -205,7 +232,8 @@ impl Client {
 
     /// A user's devices, downloaded from the server if our copy is missing or stale.
     pub async fn devices(&self, user_id: &str) -> Result<Vec<Device>, ClientError> {
-        ruma::UserId::parse(user_id).map_err(|e| ClientError::InvalidInput(format!("user id: {e}")))?;
+        ruma::UserId::parse(user_id)
+            .map_err(|e| ClientError::InvalidInput(format!("user id: {e}")))?;
         let machine = self.machine()?;
         machine.update_tracked_users(&[user_id.to_owned()])?;
         self.send_outgoing().await?;

@@ -30,7 +30,10 @@ where
         match f().await {
             Err(e) if e.is_transient() && attempt < ATTEMPTS => {
                 let wait = match &e {
-                    HttpError::Server { retry_after_ms: Some(ms), .. } => Duration::from_millis(*ms),
+                    HttpError::Server {
+                        retry_after_ms: Some(ms),
+                        ..
+                    } => Duration::from_millis(*ms),
                     _ => delay,
                 };
                 warn!(attempt, error = %e, "transient failure, retrying");
@@ -75,7 +78,11 @@ impl Client {
             OutgoingKind::KeysQuery(r) => match with_retry(|| self.http.send(r.clone())).await {
                 Ok(response) => {
                     let outcome = machine.mark_keys_query_sent(&request.id, &response)?;
-                    debug!(updated = outcome.updated_devices, rejected = outcome.rejected.len(), "keys query");
+                    debug!(
+                        updated = outcome.updated_devices,
+                        rejected = outcome.rejected.len(),
+                        "keys query"
+                    );
                 }
                 Err(e) => {
                     machine.mark_query_failed(&request.id);
@@ -85,7 +92,11 @@ impl Client {
             OutgoingKind::KeysClaim(r) => {
                 let response = with_retry(|| self.http.send(r.clone())).await?;
                 let outcome = machine.mark_keys_claim_sent(&response)?;
-                debug!(created = outcome.sessions_created, failed = outcome.failed.len(), "keys claim");
+                debug!(
+                    created = outcome.sessions_created,
+                    failed = outcome.failed.len(),
+                    "keys claim"
+                );
             }
             OutgoingKind::ToDevice(r) => {
                 // Same transaction id on every retry: the server delivers it once.
@@ -126,9 +137,17 @@ impl Client {
             members_synced: false,
             own_membership: Some("join".into()),
         });
-        changes.members.push(MemberRecord { room_id: room_id.clone(), user_id: machine.user_id().into(), membership: "join".into() });
+        changes.members.push(MemberRecord {
+            room_id: room_id.clone(),
+            user_id: machine.user_id().into(),
+            membership: "join".into(),
+        });
         for user in &invite {
-            changes.members.push(MemberRecord { room_id: room_id.clone(), user_id: user.to_string(), membership: "invite".into() });
+            changes.members.push(MemberRecord {
+                room_id: room_id.clone(),
+                user_id: user.to_string(),
+                membership: "invite".into(),
+            });
         }
         self.store.save_changes(changes)?;
         info!(room_id, "created encrypted room");
@@ -140,11 +159,21 @@ impl Client {
         self.machine()?;
         let target = OwnedRoomOrAliasId::try_from(room)
             .map_err(|e| ClientError::InvalidInput(format!("room id or alias: {e}")))?;
-        let response = with_retry(|| self.http.send(join_room_by_id_or_alias::v3::Request::new(target.clone()))).await?;
+        let response = with_retry(|| {
+            self.http
+                .send(join_room_by_id_or_alias::v3::Request::new(target.clone()))
+        })
+        .await?;
         let room_id = response.room_id.to_string();
-        let mut record = self.store.room(&room_id)?.unwrap_or_else(|| RoomRecord { room_id: room_id.clone(), ..Default::default() });
+        let mut record = self.store.room(&room_id)?.unwrap_or_else(|| RoomRecord {
+            room_id: room_id.clone(),
+            ..Default::default()
+        });
         record.own_membership = Some("join".into());
-        self.store.save_changes(Changes { rooms: vec![record], ..Default::default() })?;
+        self.store.save_changes(Changes {
+            rooms: vec![record],
+            ..Default::default()
+        })?;
         info!(room_id, "joined");
         Ok(room_id)
     }
@@ -154,11 +183,23 @@ impl Client {
     pub async fn invite(&self, room_id: &str, user_id: &str) -> Result<(), ClientError> {
         self.machine()?;
         let room = parse_room_id(room_id)?;
-        let user = OwnedUserId::try_from(user_id).map_err(|e| ClientError::InvalidInput(format!("user id: {e}")))?;
-        let recipient = invite_user::v3::InvitationRecipient::UserId(invite_user::v3::InviteUserId::new(user));
-        with_retry(|| self.http.send(invite_user::v3::Request::new(room.clone(), recipient.clone()))).await?;
+        let user = OwnedUserId::try_from(user_id)
+            .map_err(|e| ClientError::InvalidInput(format!("user id: {e}")))?;
+        let recipient =
+            invite_user::v3::InvitationRecipient::UserId(invite_user::v3::InviteUserId::new(user));
+        with_retry(|| {
+            self.http.send(invite_user::v3::Request::new(
+                room.clone(),
+                recipient.clone(),
+            ))
+        })
+        .await?;
         self.store.save_changes(Changes {
-            members: vec![MemberRecord { room_id: room_id.into(), user_id: user_id.into(), membership: "invite".into() }],
+            members: vec![MemberRecord {
+                room_id: room_id.into(),
+                user_id: user_id.into(),
+                membership: "invite".into(),
+            }],
             ..Default::default()
         })?;
         Ok(())
@@ -170,18 +211,34 @@ impl Client {
             return Ok(());
         }
         let room_id = parse_room_id(&room.room_id)?;
-        let response = with_retry(|| self.http.send(get_member_events::v3::Request::new(room_id.clone()))).await?;
+        let response = with_retry(|| {
+            self.http
+                .send(get_member_events::v3::Request::new(room_id.clone()))
+        })
+        .await?;
         let mut changes = Changes::default();
         for event in &response.chunk {
-            let Ok(event) = serde_json::from_str::<Value>(event.json().get()) else { continue };
+            let Ok(event) = serde_json::from_str::<Value>(event.json().get()) else {
+                continue;
+            };
             if let (Some(user), Some(membership)) = (
                 event.get("state_key").and_then(Value::as_str),
-                event.get("content").and_then(|c| c.get("membership")).and_then(Value::as_str),
+                event
+                    .get("content")
+                    .and_then(|c| c.get("membership"))
+                    .and_then(Value::as_str),
             ) {
-                changes.members.push(MemberRecord { room_id: room.room_id.clone(), user_id: user.into(), membership: membership.into() });
+                changes.members.push(MemberRecord {
+                    room_id: room.room_id.clone(),
+                    user_id: user.into(),
+                    membership: membership.into(),
+                });
             }
         }
-        changes.rooms.push(RoomRecord { members_synced: true, ..room.clone() });
+        changes.rooms.push(RoomRecord {
+            members_synced: true,
+            ..room.clone()
+        });
         self.store.save_changes(changes)?;
         Ok(())
     }
@@ -189,7 +246,10 @@ impl Client {
     /// Make sure every current recipient device of the room has the room key.
     pub async fn prepare_room_key(&self, room_id: &str) -> Result<(), ClientError> {
         let machine = self.machine()?;
-        let room = self.store.room(room_id)?.ok_or_else(|| ClientError::RoomNotEncrypted(room_id.into()))?;
+        let room = self
+            .store
+            .room(room_id)?
+            .ok_or_else(|| ClientError::RoomNotEncrypted(room_id.into()))?;
         let Some(encryption) = room.encryption.clone() else {
             return Err(ClientError::RoomNotEncrypted(room_id.into()));
         };
@@ -214,18 +274,28 @@ impl Client {
 
     /// Send an encrypted `m.text` message; returns the event id.
     pub async fn send_text(&self, room_id: &str, body: &str) -> Result<String, ClientError> {
-        self.send_message(room_id, &json!({"msgtype": "m.text", "body": body})).await
+        self.send_message(room_id, &json!({"msgtype": "m.text", "body": body}))
+            .await
     }
 
     /// Send an encrypted `m.room.message` with the given content; returns the event id.
-    pub async fn send_message(&self, room_id: &str, content: &Value) -> Result<String, ClientError> {
+    pub async fn send_message(
+        &self,
+        room_id: &str,
+        content: &Value,
+    ) -> Result<String, ClientError> {
         let machine = self.machine()?;
         let room = parse_room_id(room_id)?;
         self.prepare_room_key(room_id).await?;
         let encrypted = machine.encrypt_room_event(room_id, "m.room.message", content)?;
         let body = crate::crypto::raw_json(&encrypted)?;
         let txn_id = TransactionId::new();
-        let request = send_message_event::v3::Request::new_raw(room, txn_id, MessageLikeEventType::RoomEncrypted, body);
+        let request = send_message_event::v3::Request::new_raw(
+            room,
+            txn_id,
+            MessageLikeEventType::RoomEncrypted,
+            body,
+        );
         let response = with_retry(|| self.http.send(request.clone())).await?;
         debug!(room_id, "sent encrypted message");
         Ok(response.event_id.to_string())

@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ruma::api::client::filter::{FilterDefinition, LazyLoadOptions};
+use ruma::api::client::message::get_message_events;
 use ruma::api::client::sync::sync_events;
 use ruma::serde::Raw;
+use ruma::{OwnedRoomId, UInt};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -18,24 +20,40 @@ use super::{Client, ClientError};
 use crate::crypto::SyncChanges;
 use crate::store::{Changes, MemberRecord, RoomRecord};
 
+/// Timeline events per room per sync; older ones are fetched with `/messages`.
+const TIMELINE_LIMIT: u32 = 50;
+/// At most this many `/messages` pages (of 100) to fill one gap.
+const MAX_BACKFILL_PAGES: usize = 20;
+
 fn json<T>(raw: &Raw<T>) -> Option<Value> {
     serde_json::from_str(raw.json().get()).ok()
 }
 
 /// Apply one state event to the room and member records being built.
-fn apply_state(room: &mut RoomRecord, members: &mut Vec<MemberRecord>, event: &Value, own_user: &str) {
-    let event_type = event.get("type").and_then(Value::as_str).unwrap_or_default();
-    let Some(state_key) = event.get("state_key").and_then(Value::as_str) else { return };
+fn apply_state(
+    room: &mut RoomRecord,
+    members: &mut Vec<MemberRecord>,
+    event: &Value,
+    own_user: &str,
+) {
+    let event_type = event
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let Some(state_key) = event.get("state_key").and_then(Value::as_str) else {
+        return;
+    };
     let content = event.get("content").cloned().unwrap_or(Value::Null);
     match event_type {
-        "m.room.encryption" => {
-            // Encryption can never be turned off; the first setting stays.
-            if room.encryption.is_none() && content.get("algorithm").is_some() {
-                room.encryption = Some(content.to_string());
-            }
+        // Encryption can never be turned off; the first setting stays.
+        "m.room.encryption" if room.encryption.is_none() && content.get("algorithm").is_some() => {
+            room.encryption = Some(content.to_string());
         }
         "m.room.history_visibility" => {
-            room.history_visibility = content.get("history_visibility").and_then(Value::as_str).map(str::to_owned);
+            room.history_visibility = content
+                .get("history_visibility")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
         }
         "m.room.member" => {
             if let Some(membership) = content.get("membership").and_then(Value::as_str) {
@@ -43,7 +61,11 @@ fn apply_state(room: &mut RoomRecord, members: &mut Vec<MemberRecord>, event: &V
                     room.own_membership = Some(membership.to_owned());
                 }
                 members.retain(|m| m.user_id != state_key);
-                members.push(MemberRecord { room_id: room.room_id.clone(), user_id: state_key.to_owned(), membership: membership.to_owned() });
+                members.push(MemberRecord {
+                    room_id: room.room_id.clone(),
+                    user_id: state_key.to_owned(),
+                    membership: membership.to_owned(),
+                });
             }
         }
         _ => {}
@@ -83,11 +105,15 @@ impl Client {
         if let Err(e) = self.send_outgoing().await {
             warn!(error = %e, "sending pending crypto requests failed; will retry");
         }
+        let since = self.store.sync_token()?;
         let mut request = sync_events::v3::Request::new();
-        request.since = self.store.sync_token()?;
+        request.since = since.clone();
         request.timeout = Some(timeout);
         let mut filter = FilterDefinition::default();
-        filter.room.state.lazy_load_options = LazyLoadOptions::Enabled { include_redundant_members: false };
+        filter.room.state.lazy_load_options = LazyLoadOptions::Enabled {
+            include_redundant_members: false,
+        };
+        filter.room.timeline.limit = Some(UInt::from(TIMELINE_LIMIT));
         request.filter = Some(sync_events::v3::Filter::FilterDefinition(filter));
         let response = self.http.send(request).await?;
 
@@ -97,7 +123,10 @@ impl Client {
         let mut encrypted_rooms = Vec::new();
         for (room_id, joined) in &response.rooms.join {
             let room_id = room_id.to_string();
-            let mut room = self.store.room(&room_id)?.unwrap_or_else(|| RoomRecord { room_id: room_id.clone(), ..Default::default() });
+            let mut room = self.store.room(&room_id)?.unwrap_or_else(|| RoomRecord {
+                room_id: room_id.clone(),
+                ..Default::default()
+            });
             room.own_membership = Some("join".into());
             let mut members = Vec::new();
             let state_events = match &joined.state {
@@ -107,7 +136,16 @@ impl Client {
             for event in state_events.iter().filter_map(json) {
                 apply_state(&mut room, &mut members, &event, &own_user);
             }
-            let events: Vec<Value> = joined.timeline.events.iter().filter_map(json).collect();
+            let mut events: Vec<Value> = joined.timeline.events.iter().filter_map(json).collect();
+            if let (true, Some(since), Some(prev_batch)) =
+                (joined.timeline.limited, &since, &joined.timeline.prev_batch)
+            {
+                // The server skipped events since our last sync: fetch the gap so that no
+                // message is lost and order is kept.
+                let mut gap = self.backfill(&room_id, prev_batch, since).await?;
+                gap.append(&mut events);
+                events = gap;
+            }
             for event in events.iter().filter(|e| e.get("state_key").is_some()) {
                 apply_state(&mut room, &mut members, event, &own_user);
             }
@@ -120,7 +158,10 @@ impl Client {
         }
         for (room_id, invited) in &response.rooms.invite {
             let room_id = room_id.to_string();
-            let mut room = self.store.room(&room_id)?.unwrap_or_else(|| RoomRecord { room_id: room_id.clone(), ..Default::default() });
+            let mut room = self.store.room(&room_id)?.unwrap_or_else(|| RoomRecord {
+                room_id: room_id.clone(),
+                ..Default::default()
+            });
             let mut members = Vec::new();
             for event in invited.invite_state.events.iter().filter_map(json) {
                 apply_state(&mut room, &mut members, &event, &own_user);
@@ -138,10 +179,24 @@ impl Client {
 
         let changes = SyncChanges {
             to_device_events: response.to_device.events.iter().filter_map(json).collect(),
-            changed_users: response.device_lists.changed.iter().map(|u| u.to_string()).collect(),
-            left_users: response.device_lists.left.iter().map(|u| u.to_string()).collect(),
+            changed_users: response
+                .device_lists
+                .changed
+                .iter()
+                .map(|u| u.to_string())
+                .collect(),
+            left_users: response
+                .device_lists
+                .left
+                .iter()
+                .map(|u| u.to_string())
+                .collect(),
             one_time_key_counts: Some(
-                response.device_one_time_keys_count.iter().map(|(k, v)| (k.to_string(), u64::from(*v))).collect::<BTreeMap<_, _>>(),
+                response
+                    .device_one_time_keys_count
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), u64::from(*v)))
+                    .collect::<BTreeMap<_, _>>(),
             ),
             unused_fallback_key_types: response
                 .device_unused_fallback_key_types
@@ -151,7 +206,11 @@ impl Client {
             extra,
         };
         let outcome = machine.receive_sync_changes(changes)?;
-        debug!(to_device = outcome.to_device.len(), room_keys = outcome.room_keys.len(), "sync processed");
+        debug!(
+            to_device = outcome.to_device.len(),
+            room_keys = outcome.room_keys.len(),
+            "sync processed"
+        );
 
         for room_id in &encrypted_rooms {
             if let Some(room) = self.store.room(room_id)? {
@@ -171,6 +230,41 @@ impl Client {
             warn!(error = %e, "sending crypto requests failed; will retry");
         }
         Ok(())
+    }
+
+    /// Events of `room_id` between the sync token `since` and `prev_batch`, oldest first.
+    async fn backfill(
+        &self,
+        room_id: &str,
+        prev_batch: &str,
+        since: &str,
+    ) -> Result<Vec<Value>, ClientError> {
+        let room =
+            OwnedRoomId::try_from(room_id).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        let mut from = prev_batch.to_owned();
+        let mut newest_first = Vec::new();
+        for _ in 0..MAX_BACKFILL_PAGES {
+            let mut request = get_message_events::v3::Request::backward(room.clone());
+            request.from = Some(from.clone());
+            request.to = Some(since.to_owned());
+            request.limit = UInt::from(100u32);
+            let response = super::rooms::with_retry(|| self.http.send(request.clone())).await?;
+            if response.chunk.is_empty() {
+                break;
+            }
+            newest_first.extend(response.chunk.iter().filter_map(json));
+            match response.end {
+                Some(end) if end != from => from = end,
+                _ => break,
+            }
+        }
+        debug!(
+            room_id,
+            events = newest_first.len(),
+            "filled a timeline gap"
+        );
+        newest_first.reverse();
+        Ok(newest_first)
     }
 
     /// Sync in the background until the handle is stopped or dropped. Failures are retried
@@ -200,6 +294,9 @@ impl Client {
                 }
             }
         });
-        SyncHandle { stop, task: Some(task) }
+        SyncHandle {
+            stop,
+            task: Some(task),
+        }
     }
 }

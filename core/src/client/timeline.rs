@@ -32,12 +32,21 @@ pub struct TimelineEvent {
 
 impl TimelineEvent {
     /// Turn a timeline event into what the app sees; `None` for events that are not messages.
-    pub(crate) fn from_sync(machine: &OlmMachine, room_id: &str, event: &Value) -> Result<Option<Self>, CryptoError> {
+    pub(crate) fn from_sync(
+        machine: &OlmMachine,
+        room_id: &str,
+        event: &Value,
+    ) -> Result<Option<Self>, CryptoError> {
         let str_of = |name: &str| event.get(name).and_then(Value::as_str).map(str::to_owned);
-        let (Some(event_type), Some(event_id), Some(sender)) = (str_of("type"), str_of("event_id"), str_of("sender")) else {
+        let (Some(event_type), Some(event_id), Some(sender)) =
+            (str_of("type"), str_of("event_id"), str_of("sender"))
+        else {
             return Ok(None);
         };
-        let origin_server_ts = event.get("origin_server_ts").and_then(Value::as_u64).unwrap_or(0);
+        let origin_server_ts = event
+            .get("origin_server_ts")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         let content = event.get("content").cloned().unwrap_or(Value::Null);
         let mut out = Self {
             event_id,
@@ -66,7 +75,11 @@ impl TimelineEvent {
             "m.room.message" => {}
             _ => return Ok(None),
         }
-        out.body = out.content.get("body").and_then(Value::as_str).map(str::to_owned);
+        out.body = out
+            .content
+            .get("body")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         Ok(Some(out))
     }
 }

@@ -81,7 +81,9 @@ impl OwnAccount {
 
     fn sign(&self, value: &mut Value) -> Result<(), CryptoError> {
         let key_id = format!("ed25519:{}", self.device_id);
-        sign_json_with(value, &self.user_id, &key_id, |bytes| self.inner.sign(bytes))?;
+        sign_json_with(value, &self.user_id, &key_id, |bytes| {
+            self.inner.sign(bytes)
+        })?;
         Ok(())
     }
 
@@ -101,7 +103,11 @@ impl OwnAccount {
     }
 
     fn signed_key(&self, key: String, fallback: bool) -> Result<Value, CryptoError> {
-        let mut value = if fallback { json!({"key": key, "fallback": true}) } else { json!({"key": key}) };
+        let mut value = if fallback {
+            json!({"key": key, "fallback": true})
+        } else {
+            json!({"key": key})
+        };
         self.sign(&mut value)?;
         Ok(value)
     }

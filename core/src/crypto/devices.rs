@@ -82,7 +82,12 @@ pub(crate) fn verify_device_keys(
     let algorithms = keys
         .get("algorithms")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     let display_name = keys
         .get("unsigned")

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ruma::api::client::keys::{get_keys, upload_keys};
 use ruma::OwnedUserId;
+use ruma::api::client::keys::{get_keys, upload_keys};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
@@ -140,7 +140,11 @@ impl std::fmt::Debug for OlmMachine {
 impl OlmMachine {
     /// Open the machine of `user_id`/`device_id`: restore the account from `store`, or create
     /// and persist a new one. A store holding another account is an error.
-    pub fn open(user_id: &str, device_id: &str, store: Arc<dyn Store>) -> Result<Self, CryptoError> {
+    pub fn open(
+        user_id: &str,
+        device_id: &str,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, CryptoError> {
         let account = match store.account()? {
             Some(record) => {
                 if record.user_id != user_id || record.device_id != device_id {
@@ -224,12 +228,20 @@ impl OlmMachine {
 
     /// Own Curve25519 identity key (base64).
     pub fn curve25519_key(&self) -> String {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).account.curve25519()
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .account
+            .curve25519()
     }
 
     /// Own Ed25519 fingerprint key (base64), for display and verification.
     pub fn ed25519_key(&self) -> String {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).account.ed25519()
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .account
+            .ed25519()
     }
 
     /// Own signed device keys.
@@ -240,14 +252,28 @@ impl OlmMachine {
     /// Start tracking these users' devices (those not yet tracked are marked outdated).
     pub fn update_tracked_users(&self, users: &[String]) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
-        let tracked: HashSet<String> =
-            self.store.tracked_users()?.into_iter().map(|u| u.user_id).collect();
+        let tracked: HashSet<String> = self
+            .store
+            .tracked_users()?
+            .into_iter()
+            .map(|u| u.user_id)
+            .collect();
         let new: Vec<TrackedUser> = users
             .iter()
             .filter(|u| !tracked.contains(*u))
-            .map(|u| TrackedUser { user_id: u.clone(), outdated: true, sequence: 1 })
+            .map(|u| TrackedUser {
+                user_id: u.clone(),
+                outdated: true,
+                sequence: 1,
+            })
             .collect();
-        self.save(&mut state, Changes { tracked_users: new, ..Default::default() })
+        self.save(
+            &mut state,
+            Changes {
+                tracked_users: new,
+                ..Default::default()
+            },
+        )
     }
 
     /// Users whose device lists must be downloaded before encrypting for them.
@@ -299,7 +325,10 @@ impl OlmMachine {
 
         let (outcomes, room_keys) =
             self.handle_to_device_batch(&mut state, &sync.to_device_events, &mut changes)?;
-        if outcomes.iter().any(|o| o.result.is_ok() && o.event_type == "m.room.encrypted") {
+        if outcomes
+            .iter()
+            .any(|o| o.result.is_ok() && o.event_type == "m.room.encrypted")
+        {
             account_changed = true;
         }
 
@@ -309,10 +338,10 @@ impl OlmMachine {
                 account_changed |= state.account.update_one_time_key_count(count);
             }
         }
-        if let Some(unused) = &sync.unused_fallback_key_types {
-            if state.account.device_keys_uploaded {
-                account_changed |= state.account.update_unused_fallback_keys(unused);
-            }
+        if let Some(unused) = &sync.unused_fallback_key_types
+            && state.account.device_keys_uploaded
+        {
+            account_changed |= state.account.update_unused_fallback_keys(unused);
         }
         if account_changed {
             changes.account = Some(state.account.to_record()?);
@@ -320,7 +349,10 @@ impl OlmMachine {
         changes.extend(sync.extra);
         changes.sync_token = sync.next_batch;
         self.save(&mut state, changes)?;
-        Ok(SyncOutcome { to_device: outcomes, room_keys })
+        Ok(SyncOutcome {
+            to_device: outcomes,
+            room_keys,
+        })
     }
 
     /// Requests to send now: key uploads, device-list queries and pending to-device messages.
@@ -336,11 +368,18 @@ impl OlmMachine {
             request.fallback_keys = raw_map(state.account.unpublished_fallback_keys()?)?;
             state.upload_in_flight = true;
             let id = state.next_id("upload");
-            requests.push(OutgoingRequest { id, kind: OutgoingKind::KeysUpload(request) });
+            requests.push(OutgoingRequest {
+                id,
+                kind: OutgoingKind::KeysUpload(request),
+            });
         }
 
-        let in_flight: HashSet<String> =
-            state.queries_in_flight.values().flatten().map(|(u, _)| u.clone()).collect();
+        let in_flight: HashSet<String> = state
+            .queries_in_flight
+            .values()
+            .flatten()
+            .map(|(u, _)| u.clone())
+            .collect();
         let outdated: Vec<TrackedUser> = self
             .store
             .tracked_users()?
@@ -358,10 +397,17 @@ impl OlmMachine {
                 }
             }
             let id = state.next_id("query");
-            state
-                .queries_in_flight
-                .insert(id.clone(), chunk.iter().map(|u| (u.user_id.clone(), u.sequence)).collect());
-            requests.push(OutgoingRequest { id, kind: OutgoingKind::KeysQuery(request) });
+            state.queries_in_flight.insert(
+                id.clone(),
+                chunk
+                    .iter()
+                    .map(|u| (u.user_id.clone(), u.sequence))
+                    .collect(),
+            );
+            requests.push(OutgoingRequest {
+                id,
+                kind: OutgoingKind::KeysQuery(request),
+            });
         }
 
         for pending in self.store.pending_to_device()? {
@@ -372,12 +418,19 @@ impl OlmMachine {
 
     /// A key upload failed; it will be offered again by [`Self::outgoing_requests`].
     pub fn mark_upload_failed(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).upload_in_flight = false;
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .upload_in_flight = false;
     }
 
     /// A query failed; its users stay outdated and are offered again.
     pub fn mark_query_failed(&self, request_id: &str) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).queries_in_flight.remove(request_id);
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queries_in_flight
+            .remove(request_id);
     }
 
     /// The server answered a key upload.
@@ -396,7 +449,13 @@ impl OlmMachine {
         state.account.mark_keys_as_published(count);
         state.account.update_one_time_key_count(count);
         let record = state.account.to_record()?;
-        self.save(&mut state, Changes { account: Some(record), ..Default::default() })?;
+        self.save(
+            &mut state,
+            Changes {
+                account: Some(record),
+                ..Default::default()
+            },
+        )?;
         info!(one_time_keys = count, "keys uploaded");
         Ok(())
     }
@@ -439,7 +498,9 @@ impl OlmMachine {
                     Ok(record) => record,
                     Err(e) => {
                         warn!(user_id, device_id, error = %e, "rejected device keys");
-                        outcome.rejected.push((user_id.to_owned(), device_id.to_owned(), e));
+                        outcome
+                            .rejected
+                            .push((user_id.to_owned(), device_id.to_owned(), e));
                         continue;
                     }
                 };
@@ -449,8 +510,13 @@ impl OlmMachine {
                             user_id: user_id.to_owned(),
                             device_id: device_id.to_owned(),
                         };
-                        warn!(user_id, device_id, "device changed its keys; keeping the old ones");
-                        outcome.rejected.push((user_id.to_owned(), device_id.to_owned(), e));
+                        warn!(
+                            user_id,
+                            device_id, "device changed its keys; keeping the old ones"
+                        );
+                        outcome
+                            .rejected
+                            .push((user_id.to_owned(), device_id.to_owned(), e));
                         continue;
                     }
                     record.local_trust = old.local_trust;
@@ -480,7 +546,10 @@ impl OlmMachine {
             match current.get(&user) {
                 // Only mark up to date if nothing invalidated the user since the request left.
                 Some(t) if answered && t.sequence == sequence && t.outdated => {
-                    changes.tracked_users.push(TrackedUser { outdated: false, ..t.clone() });
+                    changes.tracked_users.push(TrackedUser {
+                        outdated: false,
+                        ..t.clone()
+                    });
                 }
                 _ => {}
             }
@@ -491,7 +560,12 @@ impl OlmMachine {
 
     /// Known devices of a user (including our own other devices).
     pub fn devices(&self, user_id: &str) -> Result<Vec<Device>, CryptoError> {
-        Ok(self.store.devices(&[user_id])?.iter().map(Device::from).collect())
+        Ok(self
+            .store
+            .devices(&[user_id])?
+            .iter()
+            .map(Device::from)
+            .collect())
     }
 
     /// Record the user's decision about a device (verify, blacklist, ignore).
@@ -502,13 +576,22 @@ impl OlmMachine {
         trust: LocalTrust,
     ) -> Result<bool, CryptoError> {
         let mut state = self.lock()?;
-        let Some(mut device) =
-            self.store.devices(&[user_id])?.into_iter().find(|d| d.device_id == device_id)
+        let Some(mut device) = self
+            .store
+            .devices(&[user_id])?
+            .into_iter()
+            .find(|d| d.device_id == device_id)
         else {
             return Ok(false);
         };
         device.local_trust = trust;
-        self.save(&mut state, Changes { devices: vec![device], ..Default::default() })?;
+        self.save(
+            &mut state,
+            Changes {
+                devices: vec![device],
+                ..Default::default()
+            },
+        )?;
         Ok(true)
     }
 
@@ -520,7 +603,10 @@ impl OlmMachine {
     ) -> Result<DecryptedRoomEvent, CryptoError> {
         let malformed = |what: &str| MegolmError::Malformed(format!("missing {what}"));
         let content = event.get("content").ok_or_else(|| malformed("content"))?;
-        let algorithm = content.get("algorithm").and_then(Value::as_str).unwrap_or_default();
+        let algorithm = content
+            .get("algorithm")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if algorithm != super::account::MEGOLM_ALGORITHM {
             return Err(MegolmError::UnsupportedAlgorithm(algorithm.to_owned()).into());
         }
@@ -532,17 +618,31 @@ impl OlmMachine {
             .get("ciphertext")
             .and_then(Value::as_str)
             .ok_or_else(|| malformed("ciphertext"))?;
-        let sender = event.get("sender").and_then(Value::as_str).ok_or_else(|| malformed("sender"))?;
-        let event_id =
-            event.get("event_id").and_then(Value::as_str).ok_or_else(|| malformed("event_id"))?;
-        let origin_ts = event.get("origin_server_ts").and_then(Value::as_u64).unwrap_or(0);
+        let sender = event
+            .get("sender")
+            .and_then(Value::as_str)
+            .ok_or_else(|| malformed("sender"))?;
+        let event_id = event
+            .get("event_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| malformed("event_id"))?;
+        let origin_ts = event
+            .get("origin_server_ts")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
 
-        let record = self.store.inbound_group_session(room_id, session_id)?.ok_or_else(|| {
-            MegolmError::MissingSession { session_id: session_id.to_owned() }
-        })?;
+        let record = self
+            .store
+            .inbound_group_session(room_id, session_id)?
+            .ok_or_else(|| MegolmError::MissingSession {
+                session_id: session_id.to_owned(),
+            })?;
         let mut group = InboundGroup::from_record(record)?;
         let (payload, index) = group.decrypt(ciphertext)?;
-        let payload_room = payload.get("room_id").and_then(Value::as_str).unwrap_or_default();
+        let payload_room = payload
+            .get("room_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if payload_room != room_id {
             return Err(MegolmError::RoomMismatch {
                 expected: room_id.to_owned(),
@@ -560,7 +660,11 @@ impl OlmMachine {
         let sender_key = group.record.sender_key.clone();
         match self.store.megolm_index(&sender_key, session_id, index)? {
             Some(seen) if seen.event_id != event_id || seen.origin_ts != origin_ts => {
-                return Err(MegolmError::Replay { index, first_event_id: seen.event_id }.into());
+                return Err(MegolmError::Replay {
+                    index,
+                    first_event_id: seen.event_id,
+                }
+                .into());
             }
             Some(_) => {}
             None => {
@@ -585,7 +689,10 @@ impl OlmMachine {
             .and_then(Value::as_str)
             .ok_or_else(|| malformed("decrypted type"))?
             .to_owned();
-        let content = payload.get("content").cloned().ok_or_else(|| malformed("decrypted content"))?;
+        let content = payload
+            .get("content")
+            .cloned()
+            .ok_or_else(|| malformed("decrypted content"))?;
         Ok(DecryptedRoomEvent {
             event_type,
             content,

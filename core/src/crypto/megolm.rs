@@ -26,7 +26,10 @@ pub struct RotationSettings {
 
 impl Default for RotationSettings {
     fn default() -> Self {
-        Self { period_ms: 7 * 24 * 3600 * 1000, messages: 100 }
+        Self {
+            period_ms: 7 * 24 * 3600 * 1000,
+            messages: 100,
+        }
     }
 }
 
@@ -156,7 +159,10 @@ impl RoomKeyContent {
         let key: Self = serde_json::from_value(content.clone())
             .map_err(|e| OlmError::InvalidRoomKey(e.to_string()))?;
         if key.algorithm != MEGOLM_ALGORITHM {
-            return Err(OlmError::InvalidRoomKey(format!("algorithm {}", key.algorithm)));
+            return Err(OlmError::InvalidRoomKey(format!(
+                "algorithm {}",
+                key.algorithm
+            )));
         }
         ruma::RoomId::parse(&key.room_id)
             .map_err(|e| OlmError::InvalidRoomKey(format!("room id: {e}")))?;
@@ -211,7 +217,10 @@ impl InboundGroup {
     pub fn from_record(record: InboundGroupSessionRecord) -> Result<Self, CryptoError> {
         let pickle: InboundGroupSessionPickle = serde_json::from_slice(record.pickle.as_bytes())
             .map_err(|e| pickle_err("inbound", e))?;
-        Ok(Self { session: InboundGroupSession::from_pickle(pickle), record })
+        Ok(Self {
+            session: InboundGroupSession::from_pickle(pickle),
+            record,
+        })
     }
 
     /// Decrypt a Megolm ciphertext; returns the plaintext payload and the message index.

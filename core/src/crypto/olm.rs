@@ -46,7 +46,10 @@ impl IncomingOlm {
         let content = event
             .get("content")
             .ok_or_else(|| OlmError::Malformed("missing content".into()))?;
-        let algorithm = content.get("algorithm").and_then(Value::as_str).unwrap_or_default();
+        let algorithm = content
+            .get("algorithm")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if algorithm != OLM_ALGORITHM {
             return Err(OlmError::UnsupportedAlgorithm(algorithm.to_owned()));
         }
@@ -79,7 +82,11 @@ impl IncomingOlm {
             ),
             other => return Err(OlmError::Malformed(format!("unknown message type {other}"))),
         };
-        Ok(Self { sender: sender.to_owned(), sender_key: sender_key.to_owned(), message })
+        Ok(Self {
+            sender: sender.to_owned(),
+            sender_key: sender_key.to_owned(),
+            message,
+        })
     }
 }
 
@@ -94,7 +101,12 @@ pub(crate) struct OlmSession {
 impl OlmSession {
     pub fn new(sender_key: String, session: Session) -> Self {
         let now = now_ms();
-        Self { sender_key, session, created_ms: now, last_used_ms: now }
+        Self {
+            sender_key,
+            session,
+            created_ms: now,
+            last_used_ms: now,
+        }
     }
 
     pub fn from_record(record: &OlmSessionRecord) -> Result<Self, CryptoError> {
@@ -131,8 +143,10 @@ impl OlmSession {
         let plaintext = Zeroizing::new(
             serde_json::to_vec(payload).map_err(|e| OlmError::Encryption(e.to_string()))?,
         );
-        let message =
-            self.session.encrypt(&*plaintext).map_err(|e| OlmError::Encryption(e.to_string()))?;
+        let message = self
+            .session
+            .encrypt(&*plaintext)
+            .map_err(|e| OlmError::Encryption(e.to_string()))?;
         self.last_used_ms = now_ms();
         let (message_type, body) = match message {
             OlmMessage::PreKey(m) => (0, m.to_base64()),

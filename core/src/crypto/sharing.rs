@@ -45,20 +45,25 @@ pub(crate) fn to_device_request(pending: &PendingToDevice) -> Result<OutgoingReq
         txn_id,
         typed,
     );
-    Ok(OutgoingRequest { id: pending.txn_id.clone(), kind: OutgoingKind::ToDevice(request) })
+    Ok(OutgoingRequest {
+        id: pending.txn_id.clone(),
+        kind: OutgoingKind::ToDevice(request),
+    })
 }
 
 /// Devices we may encrypt for: not ours, not deleted, not blacklisted.
 fn eligible(device: &DeviceRecord, own_user: &str, own_device: &str) -> bool {
-    !(device.user_id == own_user && device.device_id == own_device)
-        && !device.deleted
-        && device.local_trust != LocalTrust::Blacklisted
+    let own = device.user_id == own_user && device.device_id == own_device;
+    !own && !device.deleted && device.local_trust != LocalTrust::Blacklisted
 }
 
 impl OlmMachine {
     /// A `/keys/claim` request for every device of `users` we have no Olm session with, or
     /// `None` if there is none. All devices go into one request.
-    pub fn missing_sessions(&self, users: &[String]) -> Result<Option<OutgoingRequest>, CryptoError> {
+    pub fn missing_sessions(
+        &self,
+        users: &[String],
+    ) -> Result<Option<OutgoingRequest>, CryptoError> {
         let refs: Vec<&str> = users.iter().map(String::as_str).collect();
         let devices: Vec<DeviceRecord> = self
             .store
@@ -69,20 +74,27 @@ impl OlmMachine {
         let keys: Vec<&str> = devices.iter().map(|d| d.curve25519.as_str()).collect();
         let with_session: HashSet<String> = self.store.olm_sessions(&keys)?.into_keys().collect();
         let mut request = claim_keys::v3::Request::new(BTreeMap::new());
-        for device in devices.iter().filter(|d| !with_session.contains(&d.curve25519)) {
-            let Ok(user) = OwnedUserId::try_from(device.user_id.as_str()) else { continue };
-            request
-                .one_time_keys
-                .entry(user)
-                .or_default()
-                .insert(device.device_id.as_str().into(), OneTimeKeyAlgorithm::SignedCurve25519);
+        for device in devices
+            .iter()
+            .filter(|d| !with_session.contains(&d.curve25519))
+        {
+            let Ok(user) = OwnedUserId::try_from(device.user_id.as_str()) else {
+                continue;
+            };
+            request.one_time_keys.entry(user).or_default().insert(
+                device.device_id.as_str().into(),
+                OneTimeKeyAlgorithm::SignedCurve25519,
+            );
         }
         if request.one_time_keys.is_empty() {
             return Ok(None);
         }
         let mut state = self.lock()?;
         let id = state.next_id("claim");
-        Ok(Some(OutgoingRequest { id, kind: OutgoingKind::KeysClaim(request) }))
+        Ok(Some(OutgoingRequest {
+            id,
+            kind: OutgoingKind::KeysClaim(request),
+        }))
     }
 
     /// Create Olm sessions from a `/keys/claim` answer. Each key's signature is checked
@@ -157,10 +169,18 @@ impl OlmMachine {
         let mut group = match stored.as_ref() {
             Some(record) => {
                 let group = OutboundGroup::from_record(record)?;
-                let left = group.shared_with.iter().any(|r| !members.contains(r.user_id.as_str()));
+                let left = group
+                    .shared_with
+                    .iter()
+                    .any(|r| !members.contains(r.user_id.as_str()));
                 let current: HashMap<(&str, &str), &str> = devices
                     .iter()
-                    .map(|d| ((d.user_id.as_str(), d.device_id.as_str()), d.curve25519.as_str()))
+                    .map(|d| {
+                        (
+                            (d.user_id.as_str(), d.device_id.as_str()),
+                            d.curve25519.as_str(),
+                        )
+                    })
                     .collect();
                 // A recipient device that is gone or changed must not keep reading new messages.
                 let device_gone = group.shared_with.iter().any(|r| {
@@ -192,7 +212,10 @@ impl OlmMachine {
         let keys: Vec<&str> = recipients.iter().map(|d| d.curve25519.as_str()).collect();
         let mut sessions: HashMap<String, OlmSession> = HashMap::new();
         for (key, records) in self.store.olm_sessions(&keys)? {
-            if let Some(newest) = records.iter().max_by_key(|r| (r.last_used_ms, r.created_ms)) {
+            if let Some(newest) = records
+                .iter()
+                .max_by_key(|r| (r.last_used_ms, r.created_ms))
+            {
                 sessions.insert(key, OlmSession::from_record(newest)?);
             }
         }
@@ -205,15 +228,21 @@ impl OlmMachine {
         if stored.as_ref().map(|r| r.session_id.as_str()) != Some(&group.session.session_id()) {
             // A new session: keep an inbound copy so our own messages decrypt too.
             let key = RoomKeyContent::parse(&room_key)?;
-            let own = InboundGroup::from_room_key(&key, &own_curve, &own_ed, &self.user_id, &self.device_id)?;
+            let own = InboundGroup::from_room_key(
+                &key,
+                &own_curve,
+                &own_ed,
+                &self.user_id,
+                &self.device_id,
+            )?;
             changes.inbound_group_sessions.push(own.record);
         }
         let mut requests = Vec::new();
         let mut messages: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
         let mut in_chunk = 0;
         let flush = |messages: &mut BTreeMap<String, BTreeMap<String, Value>>,
-                         changes: &mut Changes,
-                         requests: &mut Vec<OutgoingRequest>|
+                     changes: &mut Changes,
+                     requests: &mut Vec<OutgoingRequest>|
          -> Result<(), CryptoError> {
             if messages.is_empty() {
                 return Ok(());
@@ -241,11 +270,18 @@ impl OlmMachine {
                 sender: self.user_id.clone(),
                 sender_device: Some(self.device_id.clone()),
                 recipient: device.user_id.clone(),
-                recipient_keys: Ed25519Keys { ed25519: device.ed25519.clone() },
-                keys: Ed25519Keys { ed25519: own_ed.clone() },
+                recipient_keys: Ed25519Keys {
+                    ed25519: device.ed25519.clone(),
+                },
+                keys: Ed25519Keys {
+                    ed25519: own_ed.clone(),
+                },
             };
             let content = session.encrypt(&own_curve, &payload)?;
-            messages.entry(device.user_id.clone()).or_default().insert(device.device_id.clone(), content);
+            messages
+                .entry(device.user_id.clone())
+                .or_default()
+                .insert(device.device_id.clone(), content);
             group.shared_with.push(ShareRecipient {
                 user_id: device.user_id.clone(),
                 device_id: device.device_id.clone(),
@@ -260,7 +296,10 @@ impl OlmMachine {
         }
         flush(&mut messages, &mut changes, &mut requests)?;
         if skipped > 0 {
-            debug!(room_id, skipped, "devices without an Olm session get no room key");
+            debug!(
+                room_id,
+                skipped, "devices without an Olm session get no room key"
+            );
         }
         for session in sessions.values() {
             changes.olm_sessions.push(session.to_record()?);
@@ -289,7 +328,10 @@ impl OlmMachine {
         let encrypted = group.encrypt(event_type, content, &own_curve, &self.device_id)?;
         self.save(
             &mut state,
-            Changes { outbound_group_sessions: vec![group.to_record()?], ..Default::default() },
+            Changes {
+                outbound_group_sessions: vec![group.to_record()?],
+                ..Default::default()
+            },
         )?;
         Ok(encrypted)
     }
@@ -297,7 +339,13 @@ impl OlmMachine {
     /// A to-device request was accepted by the server.
     pub fn mark_to_device_sent(&self, txn_id: &str) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
-        self.save(&mut state, Changes { sent_to_device: vec![txn_id.to_owned()], ..Default::default() })
+        self.save(
+            &mut state,
+            Changes {
+                sent_to_device: vec![txn_id.to_owned()],
+                ..Default::default()
+            },
+        )
     }
 
     /// Forget the room's outbound session; the next share creates a new one.
@@ -305,7 +353,10 @@ impl OlmMachine {
         let mut state = self.lock()?;
         self.save(
             &mut state,
-            Changes { discarded_outbound_sessions: vec![room_id.to_owned()], ..Default::default() },
+            Changes {
+                discarded_outbound_sessions: vec![room_id.to_owned()],
+                ..Default::default()
+            },
         )
     }
 }
@@ -318,8 +369,13 @@ fn session_from_claimed_key(
 ) -> Result<OlmSession, OneTimeKeyError> {
     let ed = Ed25519PublicKey::from_base64(&device.ed25519)
         .map_err(|e| OneTimeKeyError::Malformed(format!("device ed25519: {e}")))?;
-    verify_json(key, &device.user_id, &format!("ed25519:{}", device.device_id), &ed)
-        .map_err(|e| OneTimeKeyError::BadSignature(e.to_string()))?;
+    verify_json(
+        key,
+        &device.user_id,
+        &format!("ed25519:{}", device.device_id),
+        &ed,
+    )
+    .map_err(|e| OneTimeKeyError::BadSignature(e.to_string()))?;
     let otk = key
         .get("key")
         .and_then(Value::as_str)

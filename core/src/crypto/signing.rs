@@ -39,14 +39,19 @@ fn normalise_numbers(value: &Value) -> Result<Value, SigningError> {
         Value::Number(n) if n.is_f64() => {
             let f = n.as_f64().unwrap_or(f64::NAN);
             if f.fract() != 0.0 || !f.is_finite() || f.abs() > MAX_SAFE_INT {
-                return Err(SigningError::NotCanonical(format!("number {n} is not a safe integer")));
+                return Err(SigningError::NotCanonical(format!(
+                    "number {n} is not a safe integer"
+                )));
             }
             // Exact: `f` is integral and within +-2^53.
             Value::from(f as i64)
         }
-        Value::Array(items) => {
-            Value::Array(items.iter().map(normalise_numbers).collect::<Result<_, _>>()?)
-        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(normalise_numbers)
+                .collect::<Result<_, _>>()?,
+        ),
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| Ok((k.clone(), normalise_numbers(v)?)))
@@ -92,7 +97,8 @@ pub fn verify_json(
     let signature =
         Ed25519Signature::from_base64(signature).map_err(|_| SigningError::MalformedSignature)?;
     let signed = signable_json(value)?;
-    key.verify(signed.as_bytes(), &signature).map_err(|_| SigningError::InvalidSignature)
+    key.verify(signed.as_bytes(), &signature)
+        .map_err(|_| SigningError::InvalidSignature)
 }
 
 /// Add `signatures[entity][key_id]` to the object `value`, signed with `sign`.
@@ -168,6 +174,9 @@ mod tests {
             verify_json(&value, "@u:x", "ed25519:D", &key),
             Err(SigningError::MalformedSignature)
         ));
-        assert!(matches!(signable_json(&json!([1])), Err(SigningError::NotAnObject)));
+        assert!(matches!(
+            signable_json(&json!([1])),
+            Err(SigningError::NotAnObject)
+        ));
     }
 }

@@ -22,10 +22,10 @@
 //! illustration; its signature does not verify under the key it lists.
 #![cfg(test)]
 
+use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use base64::Engine as _;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use vodozemac::{Ed25519PublicKey, Ed25519SecretKey};
 

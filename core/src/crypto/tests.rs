@@ -33,7 +33,10 @@ impl Peer {
         Self::with_store(user, device, Arc::new(MemoryStore::new()))
     }
     pub fn with_store(user: &str, device: &str, store: Arc<dyn Store>) -> Self {
-        Self { machine: OlmMachine::open(user, device, store.clone()).unwrap(), store }
+        Self {
+            machine: OlmMachine::open(user, device, store.clone()).unwrap(),
+            store,
+        }
     }
     pub fn user(&self) -> String {
         self.machine.user_id().to_owned()
@@ -59,10 +62,14 @@ impl FakeServer {
                     }
                     OutgoingKind::KeysQuery(r) => {
                         let response = self.query(&r);
-                        outcomes.push(peer.machine.mark_keys_query_sent(&request.id, &response).unwrap());
+                        outcomes.push(
+                            peer.machine
+                                .mark_keys_query_sent(&request.id, &response)
+                                .unwrap(),
+                        );
                     }
                     OutgoingKind::ToDevice(r) => {
-                        self.to_device(peer, &r);
+                        self.deliver_to_device(peer, &r);
                         peer.machine.mark_to_device_sent(&request.id).unwrap();
                     }
                     OutgoingKind::KeysClaim(_) => unreachable!("claims come from missing_sessions"),
@@ -79,13 +86,19 @@ impl FakeServer {
     ) -> BTreeMap<OneTimeKeyAlgorithm, UInt> {
         let id = (peer.user(), peer.machine.device_id().to_owned());
         if let Some(keys) = &r.device_keys {
-            self.device_keys.entry(id.0.clone()).or_default().insert(id.1.clone(), json_of(keys).unwrap());
+            self.device_keys
+                .entry(id.0.clone())
+                .or_default()
+                .insert(id.1.clone(), json_of(keys).unwrap());
         }
         let otks = self.one_time_keys.entry(id.clone()).or_default();
         for (key_id, key) in &r.one_time_keys {
             let key = json_of(key).unwrap();
             if let Some(old) = otks.get(key_id.as_str()) {
-                assert_eq!(old, &key, "one-time key {key_id} re-uploaded with other content");
+                assert_eq!(
+                    old, &key,
+                    "one-time key {key_id} re-uploaded with other content"
+                );
             }
             otks.insert(key_id.to_string(), key);
         }
@@ -101,7 +114,11 @@ impl FakeServer {
     pub fn query(&self, r: &get_keys::v3::Request) -> get_keys::v3::Response {
         let mut response = get_keys::v3::Response::new();
         for user in r.device_keys.keys() {
-            let devices = self.device_keys.get(user.as_str()).cloned().unwrap_or_default();
+            let devices = self
+                .device_keys
+                .get(user.as_str())
+                .cloned()
+                .unwrap_or_default();
             let entry = response.device_keys.entry(user.clone()).or_default();
             for (device, keys) in devices {
                 entry.insert(OwnedDeviceId::from(device), raw(&keys).unwrap());
@@ -116,41 +133,64 @@ impl FakeServer {
             for device in devices.keys() {
                 let id = (user.to_string(), device.to_string());
                 let otk = self.one_time_keys.get_mut(&id).and_then(|k| k.pop_first());
-                let key = otk.or_else(|| self.fallback_keys.get(&id).and_then(|k| k.first_key_value().map(|(a, b)| (a.clone(), b.clone()))));
+                let key = otk.or_else(|| {
+                    self.fallback_keys
+                        .get(&id)
+                        .and_then(|k| k.first_key_value().map(|(a, b)| (a.clone(), b.clone())))
+                });
                 if let Some((key_id, key)) = key {
                     let key_id = OwnedOneTimeKeyId::try_from(key_id).unwrap();
-                    keys.entry(user.clone()).or_default().entry(device.clone()).or_default().insert(key_id, raw(&key).unwrap());
+                    keys.entry(user.clone())
+                        .or_default()
+                        .entry(device.clone())
+                        .or_default()
+                        .insert(key_id, raw(&key).unwrap());
                 }
             }
         }
         claim_keys::v3::Response::new(keys)
     }
 
-    fn to_device(&mut self, from: &Peer, r: &ruma::api::client::to_device::send_event_to_device::v3::Request) {
+    fn deliver_to_device(
+        &mut self,
+        from: &Peer,
+        r: &ruma::api::client::to_device::send_event_to_device::v3::Request,
+    ) {
         let mut recipients = 0;
         for (user, devices) in &r.messages {
             for (device, content) in devices {
-                let DeviceIdOrAllDevices::DeviceId(device) = device else { panic!("all devices") };
+                let DeviceIdOrAllDevices::DeviceId(device) = device else {
+                    panic!("all devices")
+                };
                 recipients += 1;
-                self.inbox.entry((user.to_string(), device.to_string())).or_default().push(json!({
-                    "type": r.event_type.to_string(),
-                    "sender": from.user(),
-                    "content": json_of(content).unwrap(),
-                }));
+                self.inbox
+                    .entry((user.to_string(), device.to_string()))
+                    .or_default()
+                    .push(json!({
+                        "type": r.event_type.to_string(),
+                        "sender": from.user(),
+                        "content": json_of(content).unwrap(),
+                    }));
             }
         }
-        self.to_device_requests.push((r.txn_id.to_string(), recipients));
+        self.to_device_requests
+            .push((r.txn_id.to_string(), recipients));
     }
 
     pub fn take_inbox(&mut self, peer: &Peer) -> Vec<Value> {
-        self.inbox.remove(&(peer.user(), peer.machine.device_id().to_owned())).unwrap_or_default()
+        self.inbox
+            .remove(&(peer.user(), peer.machine.device_id().to_owned()))
+            .unwrap_or_default()
     }
 
     /// Deliver the peer's to-device inbox as one sync.
     pub fn sync(&mut self, peer: &Peer) -> SyncOutcome {
         let events = self.take_inbox(peer);
         peer.machine
-            .receive_sync_changes(SyncChanges { to_device_events: events, ..Default::default() })
+            .receive_sync_changes(SyncChanges {
+                to_device_events: events,
+                ..Default::default()
+            })
             .unwrap()
     }
 
@@ -159,7 +199,10 @@ impl FakeServer {
         peer.machine.update_tracked_users(users).unwrap();
         self.drive(peer);
         match peer.machine.missing_sessions(users).unwrap() {
-            Some(OutgoingRequest { kind: OutgoingKind::KeysClaim(r), .. }) => {
+            Some(OutgoingRequest {
+                kind: OutgoingKind::KeysClaim(r),
+                ..
+            }) => {
                 let response = self.claim(&r);
                 peer.machine.mark_keys_claim_sent(&response).unwrap()
             }
@@ -170,7 +213,10 @@ impl FakeServer {
     /// Share the room key of `room` from `peer` with `users` and deliver it to the server.
     pub fn share(&mut self, peer: &Peer, room: &str, users: &[String]) {
         self.establish(peer, users);
-        let requests = peer.machine.share_room_key(room, users, RotationSettings::default()).unwrap();
+        let requests = peer
+            .machine
+            .share_room_key(room, users, RotationSettings::default())
+            .unwrap();
         assert!(!requests.is_empty() || users.iter().all(|u| u == &peer.user()));
         self.drive(peer);
     }
@@ -206,7 +252,10 @@ fn two_machines_exchange_olm_and_megolm() {
     assert_eq!(outcome.room_keys.len(), 1);
     assert_eq!(outcome.to_device[0].result, Ok("m.room_key".to_owned()));
 
-    let content = alice.machine.encrypt_room_event(ROOM, "m.room.message", &text("hi bob")).unwrap();
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("hi bob"))
+        .unwrap();
     let event = room_event(ROOM, &alice.user(), "$1", content);
     let decrypted = bob.machine.decrypt_room_event(ROOM, &event).unwrap();
     assert_eq!(decrypted.content["body"], "hi bob");
@@ -216,8 +265,14 @@ fn two_machines_exchange_olm_and_megolm() {
     // And back, bob -> alice, over a session alice created from bob's pre-key message.
     server.share(&bob, ROOM, &members);
     assert_eq!(server.sync(&alice).room_keys.len(), 1);
-    let content = bob.machine.encrypt_room_event(ROOM, "m.room.message", &text("hi alice")).unwrap();
-    let decrypted = alice.machine.decrypt_room_event(ROOM, &room_event(ROOM, &bob.user(), "$2", content)).unwrap();
+    let content = bob
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("hi alice"))
+        .unwrap();
+    let decrypted = alice
+        .machine
+        .decrypt_room_event(ROOM, &room_event(ROOM, &bob.user(), "$2", content))
+        .unwrap();
     assert_eq!(decrypted.content["body"], "hi alice");
 }
 
@@ -231,7 +286,10 @@ fn three_machines_share_one_session() {
     server.sync(&bob);
     server.sync(&carol);
     for i in 0..5 {
-        let content = alice.machine.encrypt_room_event(ROOM, "m.room.message", &text(&format!("m{i}"))).unwrap();
+        let content = alice
+            .machine
+            .encrypt_room_event(ROOM, "m.room.message", &text(&format!("m{i}")))
+            .unwrap();
         let event = room_event(ROOM, &alice.user(), &format!("${i}"), content);
         for peer in [&bob, &carol] {
             let d = peer.machine.decrypt_room_event(ROOM, &event).unwrap();
@@ -240,14 +298,22 @@ fn three_machines_share_one_session() {
         }
     }
     // Sharing again sends nothing new: everyone has the session.
-    let again = alice.machine.share_room_key(ROOM, &members, RotationSettings::default()).unwrap();
+    let again = alice
+        .machine
+        .share_room_key(ROOM, &members, RotationSettings::default())
+        .unwrap();
     assert!(again.is_empty());
 }
 
 #[test]
 fn forged_device_signature_is_rejected_and_not_stored() {
     let (mut server, alice, bob) = setup_pair();
-    let keys = server.device_keys.get_mut(&bob.user()).unwrap().get_mut("BOB").unwrap();
+    let keys = server
+        .device_keys
+        .get_mut(&bob.user())
+        .unwrap()
+        .get_mut("BOB")
+        .unwrap();
     let other = Peer::new("@bob:localhost", "BOB");
     keys["keys"]["curve25519:BOB"] = other.machine.curve25519_key().into();
     alice.machine.update_tracked_users(&[bob.user()]).unwrap();
@@ -265,19 +331,43 @@ fn changed_ed25519_key_of_known_device_is_rejected() {
     let before = alice.machine.devices(&bob.user()).unwrap();
     // bob's device id is reused by a different account (a forged or reset device).
     let impostor = Peer::new("@bob:localhost", "BOB");
-    server.device_keys.get_mut(&bob.user()).unwrap().insert("BOB".into(), impostor.machine.device_keys().unwrap());
+    server
+        .device_keys
+        .get_mut(&bob.user())
+        .unwrap()
+        .insert("BOB".into(), impostor.machine.device_keys().unwrap());
     let mut request = get_keys::v3::Request::new();
-    request.device_keys.insert(OwnedUserId::try_from(bob.user()).unwrap(), vec![]);
+    request
+        .device_keys
+        .insert(OwnedUserId::try_from(bob.user()).unwrap(), vec![]);
     let response = server.query(&request);
     alice.machine.update_tracked_users(&[bob.user()]).unwrap();
     let store = alice.store.clone();
-    store.save_changes(crate::store::Changes { tracked_users: vec![crate::store::TrackedUser { user_id: bob.user(), outdated: true, sequence: 5 }], ..Default::default() }).unwrap();
-    let id = match alice.machine.outgoing_requests().unwrap().into_iter().find(|r| matches!(r.kind, OutgoingKind::KeysQuery(_))) {
+    store
+        .save_changes(crate::store::Changes {
+            tracked_users: vec![crate::store::TrackedUser {
+                user_id: bob.user(),
+                outdated: true,
+                sequence: 5,
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+    let id = match alice
+        .machine
+        .outgoing_requests()
+        .unwrap()
+        .into_iter()
+        .find(|r| matches!(r.kind, OutgoingKind::KeysQuery(_)))
+    {
         Some(r) => r.id,
         None => panic!("expected a query"),
     };
     let outcome = alice.machine.mark_keys_query_sent(&id, &response).unwrap();
-    assert!(matches!(outcome.rejected[0].2, DeviceKeyError::Ed25519Changed { .. }));
+    assert!(matches!(
+        outcome.rejected[0].2,
+        DeviceKeyError::Ed25519Changed { .. }
+    ));
     assert_eq!(alice.machine.devices(&bob.user()).unwrap(), before);
 }
 
@@ -286,20 +376,45 @@ fn claimed_one_time_key_with_bad_signature_creates_no_session() {
     let (mut server, alice, bob) = setup_pair();
     alice.machine.update_tracked_users(&[bob.user()]).unwrap();
     server.drive(&alice);
-    for key in server.one_time_keys.get_mut(&(bob.user(), "BOB".into())).unwrap().values_mut() {
+    for key in server
+        .one_time_keys
+        .get_mut(&(bob.user(), "BOB".into()))
+        .unwrap()
+        .values_mut()
+    {
         key["key"] = Peer::new("@x:y", "X").machine.curve25519_key().into();
     }
-    let Some(OutgoingRequest { kind: OutgoingKind::KeysClaim(r), .. }) =
-        alice.machine.missing_sessions(&[bob.user()]).unwrap()
+    let Some(OutgoingRequest {
+        kind: OutgoingKind::KeysClaim(r),
+        ..
+    }) = alice.machine.missing_sessions(&[bob.user()]).unwrap()
     else {
         panic!("expected a claim")
     };
-    let outcome = alice.machine.mark_keys_claim_sent(&server.claim(&r)).unwrap();
+    let outcome = alice
+        .machine
+        .mark_keys_claim_sent(&server.claim(&r))
+        .unwrap();
     assert_eq!(outcome.sessions_created, 0);
-    assert!(matches!(outcome.failed[0].2, OneTimeKeyError::BadSignature(_)));
-    assert!(alice.store.olm_sessions(&[&bob.machine.curve25519_key()]).unwrap().is_empty());
+    assert!(matches!(
+        outcome.failed[0].2,
+        OneTimeKeyError::BadSignature(_)
+    ));
+    assert!(
+        alice
+            .store
+            .olm_sessions(&[&bob.machine.curve25519_key()])
+            .unwrap()
+            .is_empty()
+    );
     // Still missing, so a later claim is offered again.
-    assert!(alice.machine.missing_sessions(&[bob.user()]).unwrap().is_some());
+    assert!(
+        alice
+            .machine
+            .missing_sessions(&[bob.user()])
+            .unwrap()
+            .is_some()
+    );
 }
 
 /// Encrypt an arbitrary Olm payload from `from` to `to` over their existing session.
@@ -308,8 +423,15 @@ fn olm_event(from: &Peer, to: &Peer, event_sender: &str, payload: &OlmPayload) -
     let records = from.store.olm_sessions(&[&to_key]).unwrap();
     let record = &records[&to_key][0];
     let mut session = OlmSession::from_record(record).unwrap();
-    let content = session.encrypt(&from.machine.curve25519_key(), payload).unwrap();
-    from.store.save_changes(crate::store::Changes { olm_sessions: vec![session.to_record().unwrap()], ..Default::default() }).unwrap();
+    let content = session
+        .encrypt(&from.machine.curve25519_key(), payload)
+        .unwrap();
+    from.store
+        .save_changes(crate::store::Changes {
+            olm_sessions: vec![session.to_record().unwrap()],
+            ..Default::default()
+        })
+        .unwrap();
     json!({"type": "m.room.encrypted", "sender": event_sender, "content": content})
 }
 
@@ -320,18 +442,29 @@ fn payload(from: &Peer, to: &Peer, event_type: &str, content: Value) -> OlmPaylo
         sender: from.user(),
         sender_device: Some(from.machine.device_id().into()),
         recipient: to.user(),
-        recipient_keys: Ed25519Keys { ed25519: to.machine.ed25519_key() },
-        keys: Ed25519Keys { ed25519: from.machine.ed25519_key() },
+        recipient_keys: Ed25519Keys {
+            ed25519: to.machine.ed25519_key(),
+        },
+        keys: Ed25519Keys {
+            ed25519: from.machine.ed25519_key(),
+        },
     }
 }
 
 fn room_key_of(peer: &Peer, room: &str) -> Value {
     let record = peer.store.outbound_group_session(room).unwrap().unwrap();
-    super::megolm::OutboundGroup::from_record(&record).unwrap().room_key_content()
+    super::megolm::OutboundGroup::from_record(&record)
+        .unwrap()
+        .room_key_content()
 }
 
 fn receive(peer: &Peer, events: Vec<Value>) -> SyncOutcome {
-    peer.machine.receive_sync_changes(SyncChanges { to_device_events: events, ..Default::default() }).unwrap()
+    peer.machine
+        .receive_sync_changes(SyncChanges {
+            to_device_events: events,
+            ..Default::default()
+        })
+        .unwrap()
 }
 
 /// alice and bob with an established Olm channel both ways, bob knowing alice's device.
@@ -348,12 +481,25 @@ fn olm_pair() -> (FakeServer, Peer, Peer) {
 fn forged_olm_payload_fields_are_rejected_without_storing_the_key() {
     let (_server, alice, bob) = olm_pair();
     let mallory_room = "!other:localhost";
-    alice.machine.share_room_key(mallory_room, &[alice.user()], RotationSettings::default()).unwrap();
+    alice
+        .machine
+        .share_room_key(mallory_room, &[alice.user()], RotationSettings::default())
+        .unwrap();
     let key = room_key_of(&alice, mallory_room);
-    let cases: Vec<(&str, Box<dyn Fn(&mut OlmPayload)>)> = vec![
-        ("sender", Box::new(|p| p.sender = "@mallory:localhost".into())),
-        ("recipient", Box::new(|p| p.recipient = "@carol:localhost".into())),
-        ("recipient_keys.ed25519", Box::new(|p| p.recipient_keys.ed25519 = "AAAA".into())),
+    type Forgery = Box<dyn Fn(&mut OlmPayload)>;
+    let cases: Vec<(&str, Forgery)> = vec![
+        (
+            "sender",
+            Box::new(|p| p.sender = "@mallory:localhost".into()),
+        ),
+        (
+            "recipient",
+            Box::new(|p| p.recipient = "@carol:localhost".into()),
+        ),
+        (
+            "recipient_keys.ed25519",
+            Box::new(|p| p.recipient_keys.ed25519 = "AAAA".into()),
+        ),
         ("keys.ed25519", Box::new(|p| p.keys.ed25519 = "BBBB".into())),
     ];
     for (field, forge) in cases {
@@ -365,7 +511,12 @@ fn forged_olm_payload_fields_are_rejected_without_storing_the_key() {
             other => panic!("{field}: expected a mismatch, got {other:?}"),
         }
         assert!(outcome.room_keys.is_empty());
-        assert!(bob.store.inbound_group_session(mallory_room, key["session_id"].as_str().unwrap()).unwrap().is_none());
+        assert!(
+            bob.store
+                .inbound_group_session(mallory_room, key["session_id"].as_str().unwrap())
+                .unwrap()
+                .is_none()
+        );
     }
 }
 
@@ -378,67 +529,139 @@ fn room_key_from_a_device_of_another_user_is_rejected() {
     server.establish(&mallory, &members);
     server.establish(&bob, &members);
     let room = "!mal:localhost";
-    mallory.machine.share_room_key(room, &[mallory.user()], RotationSettings::default()).unwrap();
+    mallory
+        .machine
+        .share_room_key(room, &[mallory.user()], RotationSettings::default())
+        .unwrap();
     let mut p = payload(&mallory, &bob, "m.room_key", room_key_of(&mallory, room));
     // Mallory claims to be alice, and a malicious server delivers it as from alice.
     p.sender = alice.user();
     let outcome = receive(&bob, vec![olm_event(&mallory, &bob, &alice.user(), &p)]);
-    assert!(matches!(&outcome.to_device[0].result, Err(OlmError::PayloadMismatch { field: "sender", .. })));
-    assert_eq!(bob.store.inbound_group_session_count().unwrap(), 1, "only alice's real key");
+    assert!(matches!(
+        &outcome.to_device[0].result,
+        Err(OlmError::PayloadMismatch {
+            field: "sender",
+            ..
+        })
+    ));
+    assert_eq!(
+        bob.store.inbound_group_session_count().unwrap(),
+        1,
+        "only alice's real key"
+    );
 }
 
 #[test]
 fn room_keys_not_over_olm_are_rejected() {
     let (_server, alice, bob) = olm_pair();
     let room = "!plain:localhost";
-    alice.machine.share_room_key(room, &[alice.user()], RotationSettings::default()).unwrap();
+    alice
+        .machine
+        .share_room_key(room, &[alice.user()], RotationSettings::default())
+        .unwrap();
     let key = room_key_of(&alice, room);
     let plaintext = json!({"type": "m.room_key", "sender": alice.user(), "content": key});
     let in_megolm = json!({"type": "m.room.encrypted", "sender": alice.user(), "content": {
         "algorithm": MEGOLM_ALGORITHM, "ciphertext": "AwgAEiBQs", "session_id": "x", "sender_key": alice.machine.curve25519_key()}});
     let outcome = receive(&bob, vec![plaintext, in_megolm]);
-    assert!(matches!(outcome.to_device[0].result, Err(OlmError::RoomKeyNotOverOlm(_))));
-    assert!(matches!(outcome.to_device[1].result, Err(OlmError::UnsupportedAlgorithm(_))));
+    assert!(matches!(
+        outcome.to_device[0].result,
+        Err(OlmError::RoomKeyNotOverOlm(_))
+    ));
+    assert!(matches!(
+        outcome.to_device[1].result,
+        Err(OlmError::UnsupportedAlgorithm(_))
+    ));
     assert_eq!(bob.store.inbound_group_session_count().unwrap(), 1);
 }
 
 #[test]
 fn session_of_another_room_does_not_decrypt() {
     let (_server, alice, bob) = olm_pair();
-    let content = alice.machine.encrypt_room_event(ROOM, "m.room.message", &text("secret")).unwrap();
-    let err = bob.machine.decrypt_room_event("!elsewhere:localhost", &room_event("", &alice.user(), "$x", content)).unwrap_err();
-    assert!(matches!(err, CryptoError::Megolm(MegolmError::MissingSession { .. })));
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("secret"))
+        .unwrap();
+    let err = bob
+        .machine
+        .decrypt_room_event(
+            "!elsewhere:localhost",
+            &room_event("", &alice.user(), "$x", content),
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        CryptoError::Megolm(MegolmError::MissingSession { .. })
+    ));
 
     // A key that claims another room than the one its messages were encrypted for.
     let room_b = "!b:localhost";
-    alice.machine.share_room_key(room_b, &[alice.user()], RotationSettings::default()).unwrap();
+    alice
+        .machine
+        .share_room_key(room_b, &[alice.user()], RotationSettings::default())
+        .unwrap();
     let mut key = room_key_of(&alice, room_b);
     key["room_id"] = ROOM.into();
-    receive(&bob, vec![olm_event(&alice, &bob, &alice.user(), &payload(&alice, &bob, "m.room_key", key))]);
-    let content = alice.machine.encrypt_room_event(room_b, "m.room.message", &text("b")).unwrap();
-    let err = bob.machine.decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$y", content)).unwrap_err();
-    assert!(matches!(err, CryptoError::Megolm(MegolmError::RoomMismatch { .. })), "{err:?}");
+    receive(
+        &bob,
+        vec![olm_event(
+            &alice,
+            &bob,
+            &alice.user(),
+            &payload(&alice, &bob, "m.room_key", key),
+        )],
+    );
+    let content = alice
+        .machine
+        .encrypt_room_event(room_b, "m.room.message", &text("b"))
+        .unwrap();
+    let err = bob
+        .machine
+        .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$y", content))
+        .unwrap_err();
+    assert!(
+        matches!(err, CryptoError::Megolm(MegolmError::RoomMismatch { .. })),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn replayed_megolm_index_is_detected() {
     let (_server, alice, bob) = olm_pair();
-    let content = alice.machine.encrypt_room_event(ROOM, "m.room.message", &text("once")).unwrap();
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("once"))
+        .unwrap();
     let first = room_event(ROOM, &alice.user(), "$first", content.clone());
     bob.machine.decrypt_room_event(ROOM, &first).unwrap();
     // The same event again (e.g. from a second sync or /messages) is fine.
     bob.machine.decrypt_room_event(ROOM, &first).unwrap();
     let replay = room_event(ROOM, &alice.user(), "$replay", content);
     let err = bob.machine.decrypt_room_event(ROOM, &replay).unwrap_err();
-    assert!(matches!(err, CryptoError::Megolm(MegolmError::Replay { index: 0, .. })), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            CryptoError::Megolm(MegolmError::Replay { index: 0, .. })
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn event_sender_must_own_the_session() {
     let (_server, alice, bob) = olm_pair();
-    let content = alice.machine.encrypt_room_event(ROOM, "m.room.message", &text("x")).unwrap();
-    let err = bob.machine.decrypt_room_event(ROOM, &room_event(ROOM, "@mallory:localhost", "$m", content)).unwrap_err();
-    assert!(matches!(err, CryptoError::Megolm(MegolmError::SenderMismatch { .. })));
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("x"))
+        .unwrap();
+    let err = bob
+        .machine
+        .decrypt_room_event(ROOM, &room_event(ROOM, "@mallory:localhost", "$m", content))
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        CryptoError::Megolm(MegolmError::SenderMismatch { .. })
+    ));
 }
 
 /// bob claims one of alice's keys and creates an outbound session; returns his pre-key event.
@@ -455,7 +678,10 @@ fn malformed_pre_key_message_does_not_consume_the_one_time_key() {
     let good = pre_key_event(&mut server, &bob, &alice);
     let mut bad = good.clone();
     let alice_key = alice.machine.curve25519_key();
-    let body = bad["content"]["ciphertext"][&alice_key]["body"].as_str().unwrap().to_owned();
+    let body = bad["content"]["ciphertext"][&alice_key]["body"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // Flip a character near the end: the message still parses, its MAC does not verify.
     let mut chars: Vec<char> = body.chars().collect();
     let i = chars.len() - 5;
@@ -463,16 +689,29 @@ fn malformed_pre_key_message_does_not_consume_the_one_time_key() {
     bad["content"]["ciphertext"][&alice_key]["body"] = chars.into_iter().collect::<String>().into();
     let before = alice.store.account().unwrap().unwrap();
     let outcome = receive(&alice, vec![bad]);
-    assert!(matches!(outcome.to_device[0].result, Err(OlmError::SessionCreation(_)) | Err(OlmError::Malformed(_))), "{:?}", outcome.to_device[0]);
-    assert_eq!(alice.store.account().unwrap().unwrap(), before, "account untouched");
+    assert!(
+        matches!(
+            outcome.to_device[0].result,
+            Err(OlmError::SessionCreation(_)) | Err(OlmError::Malformed(_))
+        ),
+        "{:?}",
+        outcome.to_device[0]
+    );
+    assert_eq!(
+        alice.store.account().unwrap().unwrap(),
+        before,
+        "account untouched"
+    );
     let garbage = json!({"type": "m.room.encrypted", "sender": bob.user(), "content": {
         "algorithm": OLM_ALGORITHM, "sender_key": bob.machine.curve25519_key(),
         "ciphertext": {alice_key.clone(): {"type": 0, "body": "bm90IGEgbWVzc2FnZQ"}}}});
-    assert!(matches!(receive(&alice, vec![garbage]).to_device[0].result, Err(OlmError::Malformed(_))));
+    assert!(matches!(
+        receive(&alice, vec![garbage]).to_device[0].result,
+        Err(OlmError::Malformed(_))
+    ));
     // The real message that uses the same one-time key still works.
     let outcome = receive(&alice, vec![good.clone()]);
     assert_eq!(outcome.to_device[0].result, Ok("m.dummy".to_owned()));
-
 }
 
 #[test]
@@ -482,29 +721,52 @@ fn second_pre_key_message_reusing_a_consumed_one_time_key_is_rejected() {
     server.drive(&alice);
     bob.machine.update_tracked_users(&[alice.user()]).unwrap();
     server.drive(&bob);
-    let Some(OutgoingRequest { kind: OutgoingKind::KeysClaim(r), .. }) =
-        bob.machine.missing_sessions(&[alice.user()]).unwrap()
+    let Some(OutgoingRequest {
+        kind: OutgoingKind::KeysClaim(r),
+        ..
+    }) = bob.machine.missing_sessions(&[alice.user()]).unwrap()
     else {
         panic!("claim expected")
     };
     let response = server.claim(&r);
     // bob creates two sessions from the same claimed key (a broken or malicious client).
     bob.machine.mark_keys_claim_sent(&response).unwrap();
-    let first = olm_event(&bob, &alice, &bob.user(), &payload(&bob, &alice, "m.dummy", json!({})));
+    let first = olm_event(
+        &bob,
+        &alice,
+        &bob.user(),
+        &payload(&bob, &alice, "m.dummy", json!({})),
+    );
     let key = alice.machine.curve25519_key();
     let sessions = bob.store.olm_sessions(&[&key]).unwrap();
     assert_eq!(sessions[&key].len(), 1);
     // Replace the session with a fresh one built from the same one-time key.
     let bob2 = Peer::with_store(&bob.user(), "BOB", bob.store.clone());
     let _ = bob2.machine.mark_keys_claim_sent(&response).unwrap();
-    let second_session = bob.store.olm_sessions(&[&key]).unwrap()[&key].iter().find(|s| s.session_id != sessions[&key][0].session_id).cloned().unwrap();
+    let second_session = bob.store.olm_sessions(&[&key]).unwrap()[&key]
+        .iter()
+        .find(|s| s.session_id != sessions[&key][0].session_id)
+        .cloned()
+        .unwrap();
     let mut s = OlmSession::from_record(&second_session).unwrap();
-    let content = s.encrypt(&bob.machine.curve25519_key(), &payload(&bob, &alice, "m.dummy", json!({}))).unwrap();
+    let content = s
+        .encrypt(
+            &bob.machine.curve25519_key(),
+            &payload(&bob, &alice, "m.dummy", json!({})),
+        )
+        .unwrap();
     let second = json!({"type": "m.room.encrypted", "sender": bob.user(), "content": content});
 
-    assert_eq!(receive(&alice, vec![first]).to_device[0].result, Ok("m.dummy".to_owned()));
+    assert_eq!(
+        receive(&alice, vec![first]).to_device[0].result,
+        Ok("m.dummy".to_owned())
+    );
     let outcome = receive(&alice, vec![second]);
-    assert!(matches!(&outcome.to_device[0].result, Err(OlmError::SessionCreation(m)) if m.contains("one-time key")), "{:?}", outcome.to_device[0]);
+    assert!(
+        matches!(&outcome.to_device[0].result, Err(OlmError::SessionCreation(m)) if m.contains("one-time key")),
+        "{:?}",
+        outcome.to_device[0]
+    );
 }
 
 #[test]
@@ -515,14 +777,21 @@ fn to_device_events_are_handled_in_order_in_one_batch() {
     let mut events = Vec::new();
     for i in 0..30 {
         let room = format!("!r{i}:localhost");
-        alice.machine.share_room_key(&room, &members, RotationSettings::default()).unwrap();
+        alice
+            .machine
+            .share_room_key(&room, &members, RotationSettings::default())
+            .unwrap();
         server.drive(&alice);
         events.extend(server.take_inbox(&bob));
     }
     // All 30 are Olm messages on one session; the first is a pre-key message.
     let outcome = receive(&bob, events);
     assert_eq!(outcome.room_keys.len(), 30);
-    let rooms: Vec<String> = outcome.room_keys.iter().map(|k| k.room_id.clone()).collect();
+    let rooms: Vec<String> = outcome
+        .room_keys
+        .iter()
+        .map(|k| k.room_id.clone())
+        .collect();
     let expected: Vec<String> = (0..30).map(|i| format!("!r{i}:localhost")).collect();
     assert_eq!(rooms, expected);
 }
@@ -541,11 +810,20 @@ fn room_keys_go_out_in_batches_and_retries_reuse_the_transaction_id() {
         users.push(format!("@u{i}:localhost"));
     }
     server.establish(&alice, &users);
-    let requests = alice.machine.share_room_key(ROOM, &users, RotationSettings::default()).unwrap();
+    let requests = alice
+        .machine
+        .share_room_key(ROOM, &users, RotationSettings::default())
+        .unwrap();
     assert_eq!(requests.len(), 2, "260 devices in chunks of 250");
     let ids: Vec<String> = requests.iter().map(|r| r.id.clone()).collect();
     // Not yet confirmed: the same requests come back with the same transaction ids.
-    let pending: Vec<String> = alice.machine.outgoing_requests().unwrap().into_iter().map(|r| r.id).collect();
+    let pending: Vec<String> = alice
+        .machine
+        .outgoing_requests()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
     assert_eq!(pending.len(), 2);
     for id in &ids {
         assert!(pending.contains(id));
@@ -562,8 +840,16 @@ fn one_time_keys_are_stored_before_upload_and_reuploaded_identically() {
     let first = Peer::with_store("@alice:localhost", "ALICE", store.clone());
     let upload = |peer: &Peer| -> Value {
         let requests = peer.machine.outgoing_requests().unwrap();
-        let OutgoingKind::KeysUpload(r) = &requests[0].kind else { panic!("upload expected") };
-        serde_json::to_value(r.one_time_keys.iter().map(|(k, v)| (k.to_string(), json_of(v).unwrap())).collect::<BTreeMap<_, _>>()).unwrap()
+        let OutgoingKind::KeysUpload(r) = &requests[0].kind else {
+            panic!("upload expected")
+        };
+        serde_json::to_value(
+            r.one_time_keys
+                .iter()
+                .map(|(k, v)| (k.to_string(), json_of(v).unwrap()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+        .unwrap()
     };
     let sent = upload(&first);
     assert_eq!(sent.as_object().unwrap().len(), 50);
@@ -580,23 +866,39 @@ fn one_time_keys_are_stored_before_upload_and_reuploaded_identically() {
 fn one_time_keys_are_topped_up_and_fallback_key_rotated() {
     let (mut server, alice, _bob) = setup_pair();
     let sync = |counts: u64, fallback: Vec<String>| {
-        alice.machine.receive_sync_changes(SyncChanges {
-            one_time_key_counts: Some(BTreeMap::from([(SIGNED_CURVE25519.to_owned(), counts)])),
-            unused_fallback_key_types: Some(fallback),
-            ..Default::default()
-        }).unwrap();
+        alice
+            .machine
+            .receive_sync_changes(SyncChanges {
+                one_time_key_counts: Some(BTreeMap::from([(SIGNED_CURVE25519.to_owned(), counts)])),
+                unused_fallback_key_types: Some(fallback),
+                ..Default::default()
+            })
+            .unwrap();
     };
     sync(40, vec![SIGNED_CURVE25519.into()]);
-    assert!(alice.machine.outgoing_requests().unwrap().is_empty(), "40 of 50 is enough");
+    assert!(
+        alice.machine.outgoing_requests().unwrap().is_empty(),
+        "40 of 50 is enough"
+    );
     sync(10, vec![SIGNED_CURVE25519.into()]);
     let requests = alice.machine.outgoing_requests().unwrap();
-    let OutgoingKind::KeysUpload(r) = &requests[0].kind else { panic!() };
+    let OutgoingKind::KeysUpload(r) = &requests[0].kind else {
+        panic!()
+    };
     assert_eq!(r.one_time_keys.len(), 40);
     assert!(r.fallback_keys.is_empty());
-    alice.machine.mark_keys_upload_sent(&upload_keys::v3::Response::new(BTreeMap::from([(OneTimeKeyAlgorithm::SignedCurve25519, UInt::from(50u32))]))).unwrap();
+    alice
+        .machine
+        .mark_keys_upload_sent(&upload_keys::v3::Response::new(BTreeMap::from([(
+            OneTimeKeyAlgorithm::SignedCurve25519,
+            UInt::from(50u32),
+        )])))
+        .unwrap();
     sync(50, vec![]);
     let requests = alice.machine.outgoing_requests().unwrap();
-    let OutgoingKind::KeysUpload(r) = &requests[0].kind else { panic!() };
+    let OutgoingKind::KeysUpload(r) = &requests[0].kind else {
+        panic!()
+    };
     assert_eq!(r.fallback_keys.len(), 1, "a used fallback key is replaced");
     assert!(r.one_time_keys.is_empty());
     let _ = &mut server;

@@ -40,14 +40,21 @@ impl OlmMachine {
         // One store round trip for the sessions of every sender in the batch.
         let sender_keys: Vec<String> = events
             .iter()
-            .filter_map(|e| e.get("content")?.get("sender_key")?.as_str().map(str::to_owned))
+            .filter_map(|e| {
+                e.get("content")?
+                    .get("sender_key")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
         let refs: Vec<&str> = sender_keys.iter().map(String::as_str).collect();
         for (key, records) in self.store.olm_sessions(&refs)? {
-            let sessions =
-                records.iter().map(OlmSession::from_record).collect::<Result<Vec<_>, _>>()?;
+            let sessions = records
+                .iter()
+                .map(OlmSession::from_record)
+                .collect::<Result<Vec<_>, _>>()?;
             batch.sessions.insert(key, sessions);
         }
 
@@ -69,7 +76,11 @@ impl OlmMachine {
             if let Err(e) = &result {
                 warn!(sender, event_type, error = %e, "to-device event rejected");
             }
-            outcomes.push(ToDeviceOutcome { event_type, sender, result });
+            outcomes.push(ToDeviceOutcome {
+                event_type,
+                sender,
+                result,
+            });
         }
 
         for key in &batch.dirty {
@@ -77,7 +88,9 @@ impl OlmMachine {
                 changes.olm_sessions.push(session.to_record()?);
             }
         }
-        changes.inbound_group_sessions.extend(batch.inbound.into_values());
+        changes
+            .inbound_group_sessions
+            .extend(batch.inbound.into_values());
         Ok((outcomes, room_keys))
     }
 
@@ -130,7 +143,11 @@ impl OlmMachine {
             }
         };
         if let Some(session) = new_session {
-            batch.sessions.entry(incoming.sender_key.clone()).or_default().push(session);
+            batch
+                .sessions
+                .entry(incoming.sender_key.clone())
+                .or_default()
+                .push(session);
         }
         batch.dirty.insert(incoming.sender_key.clone());
 
@@ -176,7 +193,9 @@ impl OlmMachine {
         let id = (key.room_id.clone(), key.session_id.clone());
         let existing = match batch.inbound.get(&id) {
             Some(r) => Some(r.clone()),
-            None => self.store.inbound_group_session(&key.room_id, &key.session_id)?,
+            None => self
+                .store
+                .inbound_group_session(&key.room_id, &key.session_id)?,
         };
         if let Some(existing) = existing {
             if existing.sender_key != incoming.sender_key {
@@ -204,8 +223,11 @@ fn decrypt(
     batch: &mut Batch,
     incoming: &IncomingOlm,
 ) -> Result<(Zeroizing<Vec<u8>>, Option<OlmSession>), OlmError> {
-    let sessions = batch.sessions.entry(incoming.sender_key.clone()).or_default();
-    sessions.sort_by(|a, b| b.last_used_ms.cmp(&a.last_used_ms));
+    let sessions = batch
+        .sessions
+        .entry(incoming.sender_key.clone())
+        .or_default();
+    sessions.sort_by_key(|s| std::cmp::Reverse(s.last_used_ms));
     match &incoming.message {
         OlmMessage::Normal(_) => {
             for session in sessions.iter_mut() {
@@ -214,12 +236,15 @@ fn decrypt(
                     return Ok((Zeroizing::new(plaintext), None));
                 }
             }
-            Err(OlmError::NoMatchingSession { sender_key: incoming.sender_key.clone() })
+            Err(OlmError::NoMatchingSession {
+                sender_key: incoming.sender_key.clone(),
+            })
         }
         OlmMessage::PreKey(pre_key) => {
             let session_id = pre_key.session_id();
-            if let Some(session) =
-                sessions.iter_mut().find(|s| s.session.session_id() == session_id)
+            if let Some(session) = sessions
+                .iter_mut()
+                .find(|s| s.session.session_id() == session_id)
             {
                 let plaintext = session
                     .session
@@ -250,7 +275,11 @@ fn check_payload(
     let payload: OlmPayload = serde_json::from_slice(plaintext)
         .map_err(|e| OlmError::Malformed(format!("decrypted payload: {e}")))?;
     let mismatch = |field: &'static str, expected: &str, got: &str| {
-        Err(OlmError::PayloadMismatch { field, expected: expected.to_owned(), got: got.to_owned() })
+        Err(OlmError::PayloadMismatch {
+            field,
+            expected: expected.to_owned(),
+            got: got.to_owned(),
+        })
     };
     if payload.sender != incoming.sender {
         return mismatch("sender", &incoming.sender, &payload.sender);
@@ -260,7 +289,11 @@ fn check_payload(
     }
     let own_ed = account.ed25519();
     if payload.recipient_keys.ed25519 != own_ed {
-        return mismatch("recipient_keys.ed25519", &own_ed, &payload.recipient_keys.ed25519);
+        return mismatch(
+            "recipient_keys.ed25519",
+            &own_ed,
+            &payload.recipient_keys.ed25519,
+        );
     }
     if let Some(device) = device {
         if device.user_id != incoming.sender {
@@ -269,10 +302,10 @@ fn check_payload(
         if payload.keys.ed25519 != device.ed25519 {
             return mismatch("keys.ed25519", &device.ed25519, &payload.keys.ed25519);
         }
-        if let Some(sender_device) = &payload.sender_device {
-            if sender_device != &device.device_id {
-                return mismatch("sender_device", &device.device_id, sender_device);
-            }
+        if let Some(sender_device) = &payload.sender_device
+            && sender_device != &device.device_id
+        {
+            return mismatch("sender_device", &device.device_id, sender_device);
         }
     }
     Ok(payload)

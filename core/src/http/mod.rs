@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use ruma::api::auth_scheme::{AuthScheme, SendAccessToken};
 use ruma::api::path_builder::PathBuilder;
-use ruma::api::{OutgoingRequest, SupportedVersions};
 use ruma::api::{IncomingResponseExt, OutgoingRequestExt};
+use ruma::api::{OutgoingRequest, SupportedVersions};
 use serde_json::Value;
 use tracing::{debug, warn};
 use zeroize::Zeroizing;
@@ -69,7 +69,9 @@ pub struct HttpClient {
 
 impl std::fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpClient").field("homeserver", &self.homeserver).finish_non_exhaustive()
+        f.debug_struct("HttpClient")
+            .field("homeserver", &self.homeserver)
+            .finish_non_exhaustive()
     }
 }
 
@@ -79,7 +81,9 @@ impl HttpClient {
         let url = reqwest::Url::parse(homeserver)
             .map_err(|e| HttpError::Request(format!("homeserver URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(HttpError::Request("homeserver URL must be http or https".into()));
+            return Err(HttpError::Request(
+                "homeserver URL must be http or https".into(),
+            ));
         }
         let inner = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -112,7 +116,11 @@ impl HttpClient {
         for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
         for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
     {
-        let token = self.access_token.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let token = self
+            .access_token
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let send_token = match &token {
             Some(t) => SendAccessToken::IfRequired(t.as_str()),
             None => SendAccessToken::None,
@@ -122,7 +130,9 @@ impl HttpClient {
             .map_err(|e| HttpError::Request(e.to_string()))?;
         let (parts, body) = http_request.into_parts();
         let path = parts.uri.path().to_owned();
-        let mut builder = self.inner.request(parts.method.clone(), parts.uri.to_string());
+        let mut builder = self
+            .inner
+            .request(parts.method.clone(), parts.uri.to_string());
         for (name, value) in parts.headers.iter() {
             builder = builder.header(name, value);
         }
@@ -133,8 +143,10 @@ impl HttpClient {
             .await
             .map_err(|e| HttpError::Network(e.without_url().to_string()))?;
         let status = response.status();
-        let bytes: Bytes =
-            response.bytes().await.map_err(|e| HttpError::Network(e.without_url().to_string()))?;
+        let bytes: Bytes = response
+            .bytes()
+            .await
+            .map_err(|e| HttpError::Network(e.without_url().to_string()))?;
         if status.as_u16() >= 400 {
             let error = server_error(status.as_u16(), &bytes);
             warn!(path = %redact_path(&path), %error, "request failed");
@@ -152,7 +164,13 @@ impl HttpClient {
 /// Keep the endpoint, drop ids and transaction ids from log lines.
 fn redact_path(path: &str) -> String {
     path.split('/')
-        .map(|s| if s.starts_with('!') || s.starts_with('$') || s.starts_with('@') || s.len() > 24 { "…" } else { s })
+        .map(|s| {
+            if s.starts_with('!') || s.starts_with('$') || s.starts_with('@') || s.len() > 24 {
+                "…"
+            } else {
+                s
+            }
+        })
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -161,12 +179,19 @@ fn server_error(status: u16, body: &[u8]) -> HttpError {
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     HttpError::Server {
         status,
-        errcode: json.get("errcode").and_then(Value::as_str).unwrap_or("M_UNKNOWN").to_owned(),
-        message: json.get("error").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        errcode: json
+            .get("errcode")
+            .and_then(Value::as_str)
+            .unwrap_or("M_UNKNOWN")
+            .to_owned(),
+        message: json
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
         retry_after_ms: json.get("retry_after_ms").and_then(Value::as_u64),
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -174,12 +199,24 @@ mod tests {
 
     #[test]
     fn server_errors_are_typed() {
-        let e = server_error(403, br#"{"errcode":"M_FORBIDDEN","error":"Invalid password"}"#);
+        let e = server_error(
+            403,
+            br#"{"errcode":"M_FORBIDDEN","error":"Invalid password"}"#,
+        );
         assert_eq!(e.errcode(), Some("M_FORBIDDEN"));
         assert!(!e.is_transient());
-        let e = server_error(429, br#"{"errcode":"M_LIMIT_EXCEEDED","retry_after_ms":500}"#);
+        let e = server_error(
+            429,
+            br#"{"errcode":"M_LIMIT_EXCEEDED","retry_after_ms":500}"#,
+        );
         assert!(e.is_transient());
-        assert!(matches!(e, HttpError::Server { retry_after_ms: Some(500), .. }));
+        assert!(matches!(
+            e,
+            HttpError::Server {
+                retry_after_ms: Some(500),
+                ..
+            }
+        ));
         let e = server_error(502, b"<html>bad gateway</html>");
         assert_eq!(e.errcode(), Some("M_UNKNOWN"));
         assert!(e.is_transient());
@@ -194,7 +231,9 @@ mod tests {
 
     #[test]
     fn logged_paths_carry_no_ids() {
-        let p = redact_path("/_matrix/client/v3/rooms/!abc:x/send/m.room.message/txn123456789012345678901234");
+        let p = redact_path(
+            "/_matrix/client/v3/rooms/!abc:x/send/m.room.message/txn123456789012345678901234",
+        );
         assert!(!p.contains("!abc") && !p.contains("txn1234"));
     }
 }

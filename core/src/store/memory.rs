@@ -124,12 +124,12 @@ impl State {
             .entry(d.user_id.clone())
             .or_default()
             .insert(d.device_id.clone(), d.clone());
-        if let Some(old) = old {
-            if let Some(set) = self.devices_by_curve.get_mut(&old.curve25519) {
-                set.remove(&ids);
-                if set.is_empty() {
-                    self.devices_by_curve.remove(&old.curve25519);
-                }
+        if let Some(old) = old
+            && let Some(set) = self.devices_by_curve.get_mut(&old.curve25519)
+        {
+            set.remove(&ids);
+            if set.is_empty() {
+                self.devices_by_curve.remove(&old.curve25519);
             }
         }
         self.devices_by_curve
@@ -197,10 +197,10 @@ impl Store for MemoryStore {
         let state = self.lock();
         let mut out = HashMap::new();
         for key in sender_keys {
-            if let Some(sessions) = state.olm_sessions.get(*key) {
-                if !sessions.is_empty() {
-                    out.insert((*key).to_owned(), sessions.values().cloned().collect());
-                }
+            if let Some(sessions) = state.olm_sessions.get(*key)
+                && !sessions.is_empty()
+            {
+                out.insert((*key).to_owned(), sessions.values().cloned().collect());
             }
         }
         Ok(out)

@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{params, Connection, OptionalExtension, Params, Row};
+use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
 use super::cipher::{StoreCipher, StoreKey};
 use super::{
@@ -31,9 +31,9 @@ mod schema;
 mod tests;
 mod write;
 
-use schema::{load_cipher, meta, migrate, open_connection, schema_version};
 #[cfg(test)]
 use schema::{BUSY_TIMEOUT, MIGRATIONS};
+use schema::{load_cipher, meta, migrate, open_connection, schema_version};
 
 /// Name of the database file inside the store directory.
 pub const DB_FILE_NAME: &str = "newt.sqlite3";

@@ -181,10 +181,11 @@ pub(crate) fn assert_full_present<S: Store + ?Sized>(s: &S, tag: &str) {
     );
     assert_eq!(s.room(&room_id).unwrap().as_ref(), c.rooms.first());
     assert_eq!(s.members(&room_id).unwrap(), c.members);
-    assert!(s
-        .pending_to_device()
-        .unwrap()
-        .contains(&c.pending_to_device[0]));
+    assert!(
+        s.pending_to_device()
+            .unwrap()
+            .contains(&c.pending_to_device[0])
+    );
     assert_eq!(
         s.value(&format!("v-{tag}")).unwrap().as_deref(),
         Some("plain")
@@ -208,20 +209,22 @@ pub(crate) fn assert_full_absent<S: Store + ?Sized>(s: &S, tag: &str) {
     assert_eq!(s.inbound_group_session(&room_id, "igs1").unwrap(), None);
     assert_eq!(s.outbound_group_session(&room_id).unwrap(), None);
     assert!(s.devices(&[&user]).unwrap().is_empty());
-    assert!(s
-        .device_by_curve25519(&format!("curve-{tag}"))
-        .unwrap()
-        .is_none());
+    assert!(
+        s.device_by_curve25519(&format!("curve-{tag}"))
+            .unwrap()
+            .is_none()
+    );
     assert!(!s.tracked_users().unwrap().iter().any(|u| u.user_id == user));
     assert_eq!(s.megolm_index(&sk, "igs1", 1).unwrap(), None);
     assert_eq!(s.room(&room_id).unwrap(), None);
     assert!(s.members(&room_id).unwrap().is_empty());
     let txn = format!("txn-{tag}");
-    assert!(!s
-        .pending_to_device()
-        .unwrap()
-        .iter()
-        .any(|p| p.txn_id == txn));
+    assert!(
+        !s.pending_to_device()
+            .unwrap()
+            .iter()
+            .any(|p| p.txn_id == txn)
+    );
     assert_eq!(s.value(&format!("v-{tag}")).unwrap(), None);
     assert_eq!(s.secret_value(&format!("s-{tag}")).unwrap(), None);
     assert_ne!(s.sync_token().unwrap(), Some(format!("token-{tag}")));

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::super::cipher::{KdfParams, StoreCipher, StoreKey};
 use super::super::StoreError;
+use super::super::cipher::{KdfParams, StoreCipher, StoreKey};
 use super::{aad_canary, db, get_meta, set_meta};
 
 /// How long a connection waits for a lock held by another connection or process.

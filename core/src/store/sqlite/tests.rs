@@ -190,9 +190,11 @@ fn killed_process_loses_nothing_committed() {
     }
     // The commits are still in the WAL, never checkpointed: recovery is what is tested.
     let wal = dir.path().join(format!("{DB_FILE_NAME}-wal"));
-    assert!(std::fs::metadata(&wal)
-        .map(|m| m.len() > 0)
-        .unwrap_or(false));
+    assert!(
+        std::fs::metadata(&wal)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false)
+    );
 
     let s = open(dir.path());
     assert_full_present(&s, "first");

@@ -1,6 +1,6 @@
 //! Writing one [`Changes`] batch inside an open transaction.
 
-use rusqlite::{params, Transaction};
+use rusqlite::{Transaction, params};
 
 use super::super::cipher::StoreCipher;
 use super::super::{Changes, StoreError};
