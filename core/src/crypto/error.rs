@@ -123,6 +123,14 @@ pub enum MegolmError {
         /// `sender` of the event
         got: String,
     },
+    /// The event names another sender key than the device that owns the session.
+    #[error("the event names sender key {got}, but the session belongs to {expected}")]
+    SenderKeyMismatch {
+        /// Curve25519 key of the device that sent us the session
+        expected: String,
+        /// `sender_key` in the event content
+        got: String,
+    },
     /// A message index already used by another event: a replay.
     #[error("message index {index} was already used by event {first_event_id}")]
     Replay {

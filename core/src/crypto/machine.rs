@@ -221,7 +221,16 @@ impl OlmMachine {
         if changes.is_empty() {
             return Ok(());
         }
-        self.store.save_changes(changes)?;
+        if let Err(e) = self.store.save_changes(changes) {
+            // Nothing was stored: drop in-memory changes too (e.g. a one-time key consumed
+            // by a message whose batch failed), so a retry sees exactly the stored state.
+            if let Ok(Some(record)) = self.store.account()
+                && let Ok(account) = OwnAccount::from_record(&record)
+            {
+                state.account = account;
+            }
+            return Err(e.into());
+        }
         state.generation = self.store.generation()?;
         Ok(())
     }
@@ -658,6 +667,16 @@ impl OlmMachine {
             .into());
         }
         let sender_key = group.record.sender_key.clone();
+        // `sender_key` in the content is deprecated and optional; when present it must agree.
+        if let Some(claimed) = content.get("sender_key").and_then(Value::as_str)
+            && claimed != sender_key
+        {
+            return Err(MegolmError::SenderKeyMismatch {
+                expected: sender_key,
+                got: claimed.to_owned(),
+            }
+            .into());
+        }
         match self.store.megolm_index(&sender_key, session_id, index)? {
             Some(seen) if seen.event_id != event_id || seen.origin_ts != origin_ts => {
                 return Err(MegolmError::Replay {

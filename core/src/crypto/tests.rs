@@ -656,12 +656,28 @@ fn event_sender_must_own_the_session() {
         .unwrap();
     let err = bob
         .machine
-        .decrypt_room_event(ROOM, &room_event(ROOM, "@mallory:localhost", "$m", content))
+        .decrypt_room_event(
+            ROOM,
+            &room_event(ROOM, "@mallory:localhost", "$m", content.clone()),
+        )
         .unwrap_err();
     assert!(matches!(
         err,
         CryptoError::Megolm(MegolmError::SenderMismatch { .. })
     ));
+    let mut forged = content;
+    forged["sender_key"] = bob.machine.curve25519_key().into();
+    let err = bob
+        .machine
+        .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$k", forged))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CryptoError::Megolm(MegolmError::SenderKeyMismatch { .. })
+        ),
+        "{err:?}"
+    );
 }
 
 /// bob claims one of alice's keys and creates an outbound session; returns his pre-key event.
@@ -902,4 +918,71 @@ fn one_time_keys_are_topped_up_and_fallback_key_rotated() {
     assert_eq!(r.fallback_keys.len(), 1, "a used fallback key is replaced");
     assert!(r.one_time_keys.is_empty());
     let _ = &mut server;
+}
+
+fn sqlite_store(dir: &std::path::Path) -> Arc<dyn Store> {
+    Arc::new(
+        crate::store::SqliteStore::open(dir, &crate::store::StoreKey::from_bytes([9; 32])).unwrap(),
+    )
+}
+
+#[test]
+fn room_key_and_sync_token_are_committed_together_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = FakeServer::default();
+    let alice = Peer::new("@alice:localhost", "ALICE");
+    let bob = Peer::with_store("@bob:localhost", "BOB", sqlite_store(dir.path()));
+    server.drive(&alice);
+    server.drive(&bob);
+    let members = vec![alice.user(), bob.user()];
+    server.share(&alice, ROOM, &members);
+    let events = server.take_inbox(&bob);
+    assert!(bob.store.sync_token().unwrap().is_none());
+    let outcome = bob
+        .machine
+        .receive_sync_changes(SyncChanges {
+            to_device_events: events,
+            next_batch: Some("s42".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(outcome.room_keys.len(), 1);
+    // The process dies here: nothing else runs, no clean shutdown.
+    std::mem::forget(bob);
+
+    let bob = Peer::with_store("@bob:localhost", "BOB", sqlite_store(dir.path()));
+    assert_eq!(bob.store.sync_token().unwrap().as_deref(), Some("s42"));
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("after restart"))
+        .unwrap();
+    let decrypted = bob
+        .machine
+        .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$r", content))
+        .unwrap();
+    assert_eq!(decrypted.content["body"], "after restart");
+}
+
+#[test]
+fn a_failed_sync_commit_stores_neither_the_key_nor_the_token() {
+    let (mut server, alice, bob) = setup_pair();
+    let members = vec![alice.user(), bob.user()];
+    server.share(&alice, ROOM, &members);
+    let events = server.take_inbox(&bob);
+    // Room state from the same sync with an invalid record makes the whole batch fail.
+    let mut extra = crate::store::Changes::default();
+    extra.rooms.push(crate::store::RoomRecord::default());
+    let result = bob.machine.receive_sync_changes(SyncChanges {
+        to_device_events: events.clone(),
+        next_batch: Some("s1".into()),
+        extra,
+        ..Default::default()
+    });
+    assert!(matches!(result, Err(CryptoError::Store(_))));
+    assert_eq!(bob.store.sync_token().unwrap(), None);
+    assert_eq!(bob.store.inbound_group_session_count().unwrap(), 0);
+    // The same sync handled again by the same machine succeeds: the one-time key the
+    // failed batch used is still there.
+    let outcome = receive(&bob, events);
+    assert_eq!(outcome.room_keys.len(), 1);
 }
