@@ -3,12 +3,15 @@
 //! It owns the [`HttpClient`], the [`Store`] and, once logged in, the [`OlmMachine`], and is
 //! the only part of Newt that does network I/O.
 
+mod hooks;
 mod rooms;
 mod sync;
 mod timeline;
 
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use ruma::api::client::session::login;
 use ruma::api::client::uiaa::{MatrixUserIdentifier, UserIdentifier};
@@ -20,6 +23,11 @@ use crate::crypto::{CryptoError, Device, OlmMachine};
 use crate::http::{HttpClient, HttpError};
 use crate::store::{Changes, SecretBlob, SqliteStore, Store, StoreError, StoreKey};
 
+pub use hooks::{
+    BackgroundScheduler, DueWorkReport, Prompt, PromptAnswer, PromptHandler, TrustPolicy,
+    TrustPolicyProvider, WakeupRequest,
+};
+use hooks::Hooks;
 pub use sync::SyncHandle;
 pub use timeline::TimelineEvent;
 
@@ -48,6 +56,21 @@ pub enum ClientError {
     /// The room is not encrypted (Newt only sends encrypted messages).
     #[error("room {0} is not known as encrypted")]
     RoomNotEncrypted(String),
+    /// The app asked to decide about new devices and some are still undecided.
+    #[error("{} device(s) need a decision before keys are shared", .0.len())]
+    UnknownDevices(Vec<String>),
+    /// A prompt the operation needs was dismissed or no prompt handler is set.
+    #[error("the operation needs an answer from the user, which was not given")]
+    PromptDismissed,
+}
+
+/// Recent timeline items kept per room for new subscribers.
+const RECENT_PER_ROOM: usize = 50;
+
+/// A message whose send failed transiently; retried by [`Client::run_due_work`].
+struct PendingSend {
+    room_id: String,
+    content: serde_json::Value,
 }
 
 /// How to build a [`Client`].
@@ -79,6 +102,11 @@ pub struct Client {
     pub(crate) outgoing: AsyncMutex<()>,
     /// Serialises `/sync` processing.
     pub(crate) sync_lock: AsyncMutex<()>,
+    hooks: RwLock<Hooks>,
+    /// Recent items per room; published and read under this lock so that a subscriber gets
+    /// every item exactly once (the snapshot, then the live ones).
+    recent: Mutex<HashMap<String, VecDeque<TimelineEvent>>>,
+    pending_sends: Mutex<Vec<PendingSend>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -106,6 +134,9 @@ impl Client {
             timeline,
             outgoing: AsyncMutex::new(()),
             sync_lock: AsyncMutex::new(()),
+            hooks: RwLock::new(Hooks::default()),
+            recent: Mutex::new(HashMap::new()),
+            pending_sends: Mutex::new(Vec::new()),
         })
     }
 
@@ -225,6 +256,12 @@ impl Client {
         Ok(())
     }
 
+    /// Record the user's decision about a device (verify, blacklist, ignore). Blacklisting
+    /// takes effect for the next room key shared.
+    pub fn set_device_trust(&self, user_id: &str, device_id: &str, trust: crate::store::LocalTrust) -> Result<bool, ClientError> {
+        Ok(self.machine()?.set_local_trust(user_id, device_id, trust)?)
+    }
+
     /// Own device's Ed25519 fingerprint, for display.
     pub fn fingerprint(&self) -> Result<String, ClientError> {
         Ok(self.machine()?.ed25519_key())
@@ -240,9 +277,150 @@ impl Client {
         Ok(machine.devices(user_id)?)
     }
 
-    /// Subscribe to received timeline events of all rooms.
+    /// Subscribe to received timeline events of all rooms (new ones only).
     pub fn subscribe_timeline(&self) -> broadcast::Receiver<TimelineEvent> {
         self.timeline.subscribe()
+    }
+
+    /// Subscribe to one room: the items received recently (current state) and a receiver of
+    /// everything after them, with nothing lost or repeated in between.
+    pub fn subscribe_room(&self, room_id: &str) -> (Vec<TimelineEvent>, broadcast::Receiver<TimelineEvent>) {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let snapshot = recent.get(room_id).map(|q| q.iter().cloned().collect()).unwrap_or_default();
+        (snapshot, self.timeline.subscribe())
+    }
+
+    pub(crate) fn publish(&self, item: TimelineEvent) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let queue = recent.entry(item.room_id.clone()).or_default();
+        if queue.len() == RECENT_PER_ROOM {
+            queue.pop_front();
+        }
+        queue.push_back(item.clone());
+        // No receiver is fine: nobody is listening.
+        let _ = self.timeline.send(item);
+    }
+
+    pub(crate) fn hooks(&self) -> Hooks {
+        self.hooks.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Set or remove the handler of user prompts.
+    pub fn set_prompt_handler(&self, handler: Option<Arc<dyn PromptHandler>>) {
+        self.hooks.write().unwrap_or_else(|e| e.into_inner()).prompts = handler;
+    }
+
+    /// Ask the prompt handler about devices seen for the first time before sharing room keys
+    /// with them (verify, blacklist or ignore, per device).
+    pub fn set_ask_about_new_devices(&self, ask: bool) {
+        self.hooks.write().unwrap_or_else(|e| e.into_inner()).ask_about_new_devices = ask;
+    }
+
+    /// Set or remove the provider of per-room trust policies.
+    pub fn set_trust_policy_provider(&self, provider: Option<Arc<dyn TrustPolicyProvider>>) {
+        self.hooks.write().unwrap_or_else(|e| e.into_inner()).trust_policy = provider;
+    }
+
+    /// Set or remove the scheduler of background wake-ups.
+    pub fn set_background_scheduler(&self, scheduler: Option<Arc<dyn BackgroundScheduler>>) {
+        self.hooks.write().unwrap_or_else(|e| e.into_inner()).scheduler = scheduler;
+    }
+
+    /// Ask the prompt handler, on a blocking worker thread (it may wait for the user).
+    pub(crate) async fn prompt(&self, prompt: Prompt) -> PromptAnswer {
+        let Some(handler) = self.hooks().prompts else { return PromptAnswer::Dismissed };
+        tokio::task::spawn_blocking(move || handler.on_prompt(prompt))
+            .await
+            .unwrap_or(PromptAnswer::Dismissed)
+    }
+
+    /// Ask the app for a wake-up if `error` is worth retrying later.
+    pub(crate) fn schedule_retry(&self, error: &ClientError, reason: &str) {
+        let transient = matches!(error, ClientError::Http(e) if e.is_transient());
+        if !transient {
+            return;
+        }
+        if let Some(scheduler) = self.hooks().scheduler {
+            scheduler.schedule_wakeup(WakeupRequest {
+                delay: Duration::from_secs(30),
+                reason: reason.to_owned(),
+                requires_network: true,
+            });
+        }
+    }
+
+    pub(crate) fn queue_failed_send(&self, room_id: &str, content: &serde_json::Value, error: &ClientError) {
+        if matches!(error, ClientError::Http(e) if e.is_transient()) {
+            self.pending_sends
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(PendingSend { room_id: room_id.to_owned(), content: content.clone() });
+            self.schedule_retry(error, "message send failed");
+        }
+    }
+
+    /// Run the work that was waiting for a wake-up: crypto requests that failed to go out and
+    /// messages whose send failed. Asks for another wake-up if something is still left.
+    pub async fn run_due_work(&self) -> Result<DueWorkReport, ClientError> {
+        self.machine()?;
+        let mut report = DueWorkReport::default();
+        let before = self.store.pending_to_device()?.len();
+        let mut last_error = None;
+        if let Err(e) = self.send_outgoing().await {
+            last_error = Some(e);
+        }
+        let after = self.store.pending_to_device()?.len();
+        report.completed += before.saturating_sub(after) as u32;
+        let sends: Vec<PendingSend> =
+            std::mem::take(&mut *self.pending_sends.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut failed = Vec::new();
+        for send in sends {
+            if last_error.is_some() {
+                failed.push(send);
+                continue;
+            }
+            match self.send_message_once(&send.room_id, &send.content).await {
+                Ok(_) => report.completed += 1,
+                Err(e) => {
+                    failed.push(send);
+                    last_error = Some(e);
+                }
+            }
+        }
+        report.remaining = (failed.len() + self.store.pending_to_device()?.len()) as u32;
+        self.pending_sends.lock().unwrap_or_else(|e| e.into_inner()).extend(failed);
+        if report.remaining > 0 {
+            if let Some(e) = &last_error {
+                self.schedule_retry(e, "retry of pending work");
+            }
+        }
+        Ok(report)
+    }
+
+    /// Delete one of the own devices. The server asks for the password, which comes from the
+    /// prompt handler ([`Prompt::Password`]).
+    pub async fn delete_device(&self, device_id: &str) -> Result<(), ClientError> {
+        use ruma::api::client::device::delete_device;
+        use ruma::api::client::uiaa::{AuthData, Password};
+        let machine = self.machine()?;
+        let device = ruma::OwnedDeviceId::from(device_id);
+        let first = self.http.send(delete_device::v3::Request::new(device.clone())).await;
+        let session = match first {
+            Ok(_) => return Ok(()),
+            Err(HttpError::AuthRequired { session, flows }) if flows.iter().any(|f| f == "m.login.password") => session,
+            Err(e) => return Err(e.into()),
+        };
+        let answer = self
+            .prompt(Prompt::Password { user_id: machine.user_id().to_owned(), reason: format!("delete device {device_id}") })
+            .await;
+        let PromptAnswer::Password(password) = answer else { return Err(ClientError::PromptDismissed) };
+        let identifier = UserIdentifier::Matrix(MatrixUserIdentifier::new(machine.user_id().to_owned()));
+        let mut auth = Password::new(identifier, password.to_string());
+        auth.session = session;
+        let mut request = delete_device::v3::Request::new(device);
+        request.auth = Some(AuthData::Password(auth));
+        self.http.send(request).await?;
+        Ok(())
     }
 
     /// Send everything the crypto machine is waiting to send.

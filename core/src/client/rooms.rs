@@ -13,7 +13,8 @@ use tracing::{debug, info, warn};
 use super::{Client, ClientError};
 use crate::crypto::{OlmMachine, OutgoingKind, OutgoingRequest, RotationSettings};
 use crate::http::HttpError;
-use crate::store::{Changes, MemberRecord, RoomRecord};
+use super::hooks::{Prompt, PromptAnswer};
+use crate::store::{Changes, LocalTrust, MemberRecord, RoomRecord};
 
 /// Attempts for a request that fails transiently (network, 429, 5xx).
 const ATTEMPTS: u32 = 4;
@@ -258,6 +259,9 @@ impl Client {
         let users = recipients(&room, &self.store.members(room_id)?);
         machine.update_tracked_users(&users)?;
         self.send_outgoing().await?;
+        if self.hooks().ask_about_new_devices {
+            self.decide_new_devices(&machine, &users).await?;
+        }
         if let Some(claim) = machine.missing_sessions(&users)? {
             self.send_request(&machine, claim).await?;
         }
@@ -272,6 +276,35 @@ impl Client {
         Ok(())
     }
 
+    /// Ask the prompt handler about devices of `users` nobody decided about yet.
+    async fn decide_new_devices(&self, machine: &OlmMachine, users: &[String]) -> Result<(), ClientError> {
+        let undecided = |machine: &OlmMachine| -> Result<Vec<crate::crypto::Device>, ClientError> {
+            let mut out = Vec::new();
+            for user in users {
+                out.extend(machine.devices(user)?.into_iter().filter(|d| {
+                    d.local_trust == LocalTrust::Unset
+                        && !d.deleted
+                        && !(d.user_id == machine.user_id() && d.device_id == machine.device_id())
+                }));
+            }
+            Ok(out)
+        };
+        let devices = undecided(machine)?;
+        if devices.is_empty() {
+            return Ok(());
+        }
+        if let PromptAnswer::DeviceDecisions(decisions) = self.prompt(Prompt::NewDevices { devices }).await {
+            for (user, device, trust) in decisions {
+                if trust != LocalTrust::Unset {
+                    machine.set_local_trust(&user, &device, trust)?;
+                }
+            }
+        }
+        let still: Vec<String> =
+            undecided(machine)?.iter().map(|d| format!("{}/{}", d.user_id, d.device_id)).collect();
+        if still.is_empty() { Ok(()) } else { Err(ClientError::UnknownDevices(still)) }
+    }
+
     /// Send an encrypted `m.text` message; returns the event id.
     pub async fn send_text(&self, room_id: &str, body: &str) -> Result<String, ClientError> {
         self.send_message(room_id, &json!({"msgtype": "m.text", "body": body}))
@@ -279,7 +312,19 @@ impl Client {
     }
 
     /// Send an encrypted `m.room.message` with the given content; returns the event id.
-    pub async fn send_message(
+    /// A transient failure keeps the message for [`Client::run_due_work`] and asks the app's
+    /// background scheduler for a wake-up.
+    pub async fn send_message(&self, room_id: &str, content: &Value) -> Result<String, ClientError> {
+        match self.send_message_once(room_id, content).await {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                self.queue_failed_send(room_id, content, &e);
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) async fn send_message_once(
         &self,
         room_id: &str,
         content: &Value,

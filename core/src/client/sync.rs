@@ -218,16 +218,21 @@ impl Client {
                 machine.update_tracked_users(&users)?;
             }
         }
+        let provider = self.hooks().trust_policy;
         for (room_id, events) in timelines {
+            if events.is_empty() {
+                continue;
+            }
+            let policy = provider.as_ref().map(|p| p.policy_for_room(&room_id)).unwrap_or_default();
             for event in &events {
-                if let Some(item) = TimelineEvent::from_sync(&machine, &room_id, event)? {
-                    // No receiver is fine: nobody is listening.
-                    let _ = self.timeline.send(item);
+                if let Some(item) = TimelineEvent::from_sync(&machine, &room_id, event, policy)? {
+                    self.publish(item);
                 }
             }
         }
         if let Err(e) = self.send_outgoing().await {
             warn!(error = %e, "sending crypto requests failed; will retry");
+            self.schedule_retry(&e, "pending encryption requests");
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use super::hooks::TrustPolicy;
 use crate::crypto::{CryptoError, OlmMachine};
 
 /// A received room message, decrypted where possible.
@@ -28,6 +29,10 @@ pub struct TimelineEvent {
     pub error: Option<String>,
     /// Server timestamp.
     pub origin_server_ts: u64,
+    /// The room's trust policy when the event was received.
+    pub trust_policy: TrustPolicy,
+    /// Whether that policy could be enforced (only `ShowAll` until sender trust exists).
+    pub policy_enforced: bool,
 }
 
 impl TimelineEvent {
@@ -36,6 +41,7 @@ impl TimelineEvent {
         machine: &OlmMachine,
         room_id: &str,
         event: &Value,
+        trust_policy: TrustPolicy,
     ) -> Result<Option<Self>, CryptoError> {
         let str_of = |name: &str| event.get(name).and_then(Value::as_str).map(str::to_owned);
         let (Some(event_type), Some(event_id), Some(sender)) =
@@ -59,6 +65,8 @@ impl TimelineEvent {
             decrypted: false,
             error: None,
             origin_server_ts,
+            trust_policy,
+            policy_enforced: trust_policy.enforceable(),
         };
         match event_type.as_str() {
             "m.room.encrypted" => match machine.decrypt_room_event(room_id, event) {

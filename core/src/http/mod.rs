@@ -32,6 +32,14 @@ pub enum HttpError {
         /// `retry_after_ms` of a rate-limit answer.
         retry_after_ms: Option<u64>,
     },
+    /// The server requires user-interactive authentication for this request.
+    #[error("the server asks for authentication")]
+    AuthRequired {
+        /// UIA session id to continue with.
+        session: Option<String>,
+        /// Stage types of the offered flows, e.g. `m.login.password`.
+        flows: Vec<String>,
+    },
     /// The request could not be built.
     #[error("could not build the request: {0}")]
     Request(String),
@@ -177,6 +185,18 @@ fn redact_path(path: &str) -> String {
 
 fn server_error(status: u16, body: &[u8]) -> HttpError {
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if status == 401 && let Some(flows) = json.get("flows").and_then(Value::as_array) {
+        return HttpError::AuthRequired {
+            session: json.get("session").and_then(Value::as_str).map(str::to_owned),
+            flows: flows
+                .iter()
+                .filter_map(|f| f.get("stages")?.as_array())
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+        };
+    }
     HttpError::Server {
         status,
         errcode: json
@@ -217,6 +237,11 @@ mod tests {
                 ..
             }
         ));
+        let e = server_error(401, br#"{"session":"s1","flows":[{"stages":["m.login.password"]}]}"#);
+        assert_eq!(
+            e,
+            HttpError::AuthRequired { session: Some("s1".into()), flows: vec!["m.login.password".into()] }
+        );
         let e = server_error(502, b"<html>bad gateway</html>");
         assert_eq!(e.errcode(), Some("M_UNKNOWN"));
         assert!(e.is_transient());

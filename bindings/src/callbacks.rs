@@ -1,0 +1,108 @@
+//! Interfaces the app implements, and their adapters to the core's hooks.
+//!
+//! Contract for every callback: it is called on a Newt worker thread (never the thread that
+//! called into the SDK, never the main thread), it must not call back into `NewtClient`
+//! synchronously, and it should return quickly — except `PromptHandler::on_prompt`, which
+//! runs on a blocking worker and may wait for the user.
+
+use std::sync::Arc;
+
+use newt_core::client as core;
+use tracing::warn;
+use zeroize::Zeroizing;
+
+use crate::error::NewtError;
+use crate::types::{
+    DeviceInfo, LogRecord, Prompt, PromptAnswer, TimelineUpdate, TrustPolicy, WakeupRequest,
+};
+
+/// Receives timeline updates of one room.
+#[uniffi::export(with_foreign)]
+pub trait TimelineListener: Send + Sync {
+    /// One update: `Initial` first, then `Appended` per new item.
+    fn on_update(&self, update: TimelineUpdate) -> Result<(), NewtError>;
+}
+
+/// Receives the SDK's log events (for Logcat / OSLog). Never contains secrets.
+#[uniffi::export(with_foreign)]
+pub trait Logger: Send + Sync {
+    /// One event.
+    fn log(&self, record: LogRecord) -> Result<(), NewtError>;
+}
+
+/// Answers questions only the user can answer.
+#[uniffi::export(with_foreign)]
+pub trait PromptHandler: Send + Sync {
+    /// Answer `prompt`; may block until the user decided.
+    fn on_prompt(&self, prompt: Prompt) -> Result<PromptAnswer, NewtError>;
+}
+
+/// Chooses which senders' messages a room shows.
+#[uniffi::export(with_foreign)]
+pub trait TrustPolicyProvider: Send + Sync {
+    /// The policy for a room.
+    fn policy_for_room(&self, room_id: String) -> Result<TrustPolicy, NewtError>;
+}
+
+/// Schedules background wake-ups (WorkManager / BGTaskScheduler); the app then calls
+/// `NewtClient.runDueWork()`.
+#[uniffi::export(with_foreign)]
+pub trait BackgroundScheduler: Send + Sync {
+    /// Schedule one wake-up.
+    fn schedule_wakeup(&self, request: WakeupRequest) -> Result<(), NewtError>;
+}
+
+pub(crate) struct PromptAdapter(pub Arc<dyn PromptHandler>);
+
+impl core::PromptHandler for PromptAdapter {
+    fn on_prompt(&self, prompt: core::Prompt) -> core::PromptAnswer {
+        let prompt = match prompt {
+            core::Prompt::Password { user_id, reason } => Prompt::Password { user_id, reason },
+            core::Prompt::NewDevices { devices } => {
+                Prompt::NewDevices { devices: devices.into_iter().map(DeviceInfo::from).collect() }
+            }
+        };
+        match self.0.on_prompt(prompt) {
+            Ok(PromptAnswer::Password { password }) => {
+                core::PromptAnswer::Password(Zeroizing::new(password))
+            }
+            Ok(PromptAnswer::DeviceDecisions { decisions }) => core::PromptAnswer::DeviceDecisions(
+                decisions.into_iter().map(|d| (d.user_id, d.device_id, d.trust.into())).collect(),
+            ),
+            Ok(PromptAnswer::Dismissed) => core::PromptAnswer::Dismissed,
+            Err(e) => {
+                warn!(error = %e, "prompt handler failed; treating as dismissed");
+                core::PromptAnswer::Dismissed
+            }
+        }
+    }
+}
+
+pub(crate) struct PolicyAdapter(pub Arc<dyn TrustPolicyProvider>);
+
+impl core::TrustPolicyProvider for PolicyAdapter {
+    fn policy_for_room(&self, room_id: &str) -> core::TrustPolicy {
+        match self.0.policy_for_room(room_id.to_owned()) {
+            Ok(policy) => policy.into(),
+            Err(e) => {
+                warn!(error = %e, "trust policy provider failed; using show-all");
+                core::TrustPolicy::ShowAll
+            }
+        }
+    }
+}
+
+pub(crate) struct SchedulerAdapter(pub Arc<dyn BackgroundScheduler>);
+
+impl core::BackgroundScheduler for SchedulerAdapter {
+    fn schedule_wakeup(&self, request: core::WakeupRequest) {
+        let request = WakeupRequest {
+            delay_ms: request.delay.as_millis() as u64,
+            reason: request.reason,
+            requires_network: request.requires_network,
+        };
+        if let Err(e) = self.0.schedule_wakeup(request) {
+            warn!(error = %e, "background scheduler failed");
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! `NewtClient`: the app's handle on one account, and its timeline subscriptions.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use newt_core::client::{Client, SyncHandle};
+use tokio::runtime::Runtime;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::{AbortHandle, JoinHandle};
+use tracing::warn;
+
+use crate::callbacks::{
+    BackgroundScheduler, PolicyAdapter, PromptAdapter, PromptHandler, SchedulerAdapter,
+    TimelineListener, TrustPolicyProvider,
+};
+use crate::error::NewtError;
+use crate::types::{
+    ClientConfig, DeviceInfo, DeviceTrust, DueWorkReport, Session, StoreKey, TimelineItem,
+    TimelineUpdate,
+};
+
+/// One runtime for all clients: its two worker threads live as long as the library.
+fn runtime() -> Result<&'static Runtime, NewtError> {
+    static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .max_blocking_threads(8)
+                .thread_name("newt-worker")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| NewtError::Internal { message: format!("runtime: {e}") })
+}
+
+/// Aborts the task when the awaiting future is dropped (the app cancelled the call).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Run `work` on the SDK runtime; cancelling the caller cancels the work; a panic becomes
+/// `NewtError::Internal`.
+async fn run<T, F>(work: F) -> Result<T, NewtError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, NewtError>> + Send + 'static,
+{
+    let mut handle = AbortOnDrop(runtime()?.spawn(work));
+    match (&mut handle.0).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => Err(NewtError::Internal { message: "the SDK panicked".into() }),
+        Err(_) => Err(NewtError::Cancelled),
+    }
+}
+
+/// A Matrix account with end-to-end encryption. Every method is safe to call from any
+/// thread; suspending (async) ones never block the caller's thread.
+#[derive(uniffi::Object)]
+pub struct NewtClient {
+    inner: RwLock<Option<Arc<Client>>>,
+    sync: Mutex<Option<SyncHandle>>,
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+impl NewtClient {
+    fn client(&self) -> Result<Arc<Client>, NewtError> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or(NewtError::Closed)
+    }
+}
+
+#[uniffi::export]
+impl NewtClient {
+    /// Open the store at `config.store_dir` (no network). Fails with `WrongStoreKey` if the
+    /// key does not open an existing store.
+    #[uniffi::constructor]
+    pub async fn create(config: ClientConfig) -> Result<Arc<Self>, NewtError> {
+        let client = run(async move {
+            let key = match config.store_key {
+                StoreKey::Bytes { key } => {
+                    let bytes: [u8; 32] = key.try_into().map_err(|_| NewtError::InvalidInput {
+                        message: "a store key must be 32 bytes".into(),
+                    })?;
+                    newt_core::store::StoreKey::from_bytes(bytes)
+                }
+                StoreKey::Passphrase { passphrase } => {
+                    newt_core::store::StoreKey::from_passphrase(&passphrase)
+                }
+            };
+            // Opening derives keys and may migrate: keep it off the caller's thread.
+            tokio::task::spawn_blocking(move || {
+                Client::new(newt_core::client::ClientConfig {
+                    homeserver: config.homeserver,
+                    store_dir: config.store_dir.into(),
+                    store_key: key,
+                })
+            })
+            .await
+            .map_err(|_| NewtError::Internal { message: "store open panicked".into() })?
+            .map_err(NewtError::from)
+        })
+        .await?;
+        Ok(Arc::new(Self {
+            inner: RwLock::new(Some(Arc::new(client))),
+            sync: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Log in with a password. Without `device_id` the device of an earlier login is reused.
+    pub async fn login_password(
+        &self,
+        user: String,
+        password: String,
+        device_id: Option<String>,
+    ) -> Result<Session, NewtError> {
+        let client = self.client()?;
+        run(async move {
+            let password = zeroize::Zeroizing::new(password);
+            Ok(client.login_password(&user, &password, device_id.as_deref()).await?.into())
+        })
+        .await
+    }
+
+    /// Restore the session of an earlier login from the store; `None` if there is none.
+    pub async fn restore_session(&self) -> Result<Option<Session>, NewtError> {
+        let client = self.client()?;
+        run(async move {
+            let restored = tokio::task::spawn_blocking({
+                let client = client.clone();
+                move || client.restore_session()
+            })
+            .await
+            .map_err(|_| NewtError::Internal { message: "restore panicked".into() })??;
+            Ok(if restored { client.session().map(Session::from) } else { None })
+        })
+        .await
+    }
+
+    /// The logged-in session.
+    pub fn session(&self) -> Option<Session> {
+        self.client().ok()?.session().map(Session::from)
+    }
+
+    /// The own device's Ed25519 fingerprint, for display.
+    pub fn own_fingerprint(&self) -> Result<String, NewtError> {
+        Ok(self.client()?.fingerprint()?)
+    }
+
+    /// One `/sync`, waiting up to `timeout_ms` for news.
+    pub async fn sync_once(&self, timeout_ms: u64) -> Result<(), NewtError> {
+        let client = self.client()?;
+        run(async move { Ok(client.sync_once(Duration::from_millis(timeout_ms)).await?) }).await
+    }
+
+    /// Start syncing in the background (idempotent).
+    pub fn start_sync(&self) -> Result<(), NewtError> {
+        let client = self.client()?;
+        let mut sync = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        if sync.is_none() {
+            let _guard = runtime()?.enter();
+            *sync = Some(client.start_sync());
+        }
+        Ok(())
+    }
+
+    /// Stop background syncing and wait until it stopped (idempotent).
+    pub async fn stop_sync(&self) -> Result<(), NewtError> {
+        let handle = self.sync.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut handle) = handle {
+            run(async move {
+                handle.stop().await;
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Create an encrypted room, inviting `invite`; returns the room id.
+    pub async fn create_encrypted_room(
+        &self,
+        name: Option<String>,
+        invite: Vec<String>,
+    ) -> Result<String, NewtError> {
+        let client = self.client()?;
+        run(async move { Ok(client.create_encrypted_room(name.as_deref(), &invite).await?) }).await
+    }
+
+    /// Join a room by id or alias; returns the room id.
+    pub async fn join_room(&self, room_id_or_alias: String) -> Result<String, NewtError> {
+        let client = self.client()?;
+        run(async move { Ok(client.join(&room_id_or_alias).await?) }).await
+    }
+
+    /// Invite a user.
+    pub async fn invite_user(&self, room_id: String, user_id: String) -> Result<(), NewtError> {
+        let client = self.client()?;
+        run(async move { Ok(client.invite(&room_id, &user_id).await?) }).await
+    }
+
+    /// Send an encrypted text message; returns the event id.
+    pub async fn send_text(&self, room_id: String, body: String) -> Result<String, NewtError> {
+        let client = self.client()?;
+        run(async move { Ok(client.send_text(&room_id, &body).await?) }).await
+    }
+
+    /// A user's devices (downloaded if not known or stale).
+    pub async fn devices(&self, user_id: String) -> Result<Vec<DeviceInfo>, NewtError> {
+        let client = self.client()?;
+        run(async move {
+            Ok(client.devices(&user_id).await?.into_iter().map(DeviceInfo::from).collect())
+        })
+        .await
+    }
+
+    /// Verify, blacklist or ignore a device.
+    pub async fn set_device_trust(
+        &self,
+        user_id: String,
+        device_id: String,
+        trust: DeviceTrust,
+    ) -> Result<(), NewtError> {
+        let client = self.client()?;
+        run(async move {
+            let machine_has = client.devices(&user_id).await?.iter().any(|d| d.device_id == device_id);
+            if !machine_has {
+                return Err(NewtError::InvalidInput { message: "unknown device".into() });
+            }
+            client.set_device_trust(&user_id, &device_id, trust.into())?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Delete one of the own devices; asks the `PromptHandler` for the password.
+    pub async fn delete_device(&self, device_id: String) -> Result<(), NewtError> {
+        let client = self.client()?;
+        run(async move { Ok(client.delete_device(&device_id).await?) }).await
+    }
+
+    /// Subscribe to a room's timeline: the listener gets `Initial` (recent items) first, then
+    /// `Appended` for each new item, until the subscription is closed or dropped.
+    pub fn subscribe_timeline(
+        &self,
+        room_id: String,
+        listener: Arc<dyn TimelineListener>,
+    ) -> Result<Arc<TimelineSubscription>, NewtError> {
+        let client = self.client()?;
+        let (snapshot, mut receiver) = client.subscribe_room(&room_id);
+        drop(client);
+        let task = runtime()?.spawn(async move {
+            let items = snapshot.into_iter().map(TimelineItem::from).collect();
+            if listener.on_update(TimelineUpdate::Initial { items }).is_err() {
+                return;
+            }
+            loop {
+                match receiver.recv().await {
+                    Ok(item) if item.room_id == room_id => {
+                        let update = TimelineUpdate::Appended { item: item.into() };
+                        if let Err(e) = listener.on_update(update) {
+                            warn!(error = %e, "timeline listener failed");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(n)) => warn!(skipped = n, "timeline listener too slow"),
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+        let abort = task.abort_handle();
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(abort.clone());
+        Ok(Arc::new(TimelineSubscription { task: Mutex::new(Some(abort)) }))
+    }
+
+    /// Set or remove the handler of user prompts.
+    pub fn set_prompt_handler(&self, handler: Option<Arc<dyn PromptHandler>>) -> Result<(), NewtError> {
+        let adapter = handler.map(|h| Arc::new(PromptAdapter(h)) as Arc<dyn newt_core::client::PromptHandler>);
+        self.client()?.set_prompt_handler(adapter);
+        Ok(())
+    }
+
+    /// Ask the prompt handler before sharing room keys with devices seen for the first time.
+    pub fn set_ask_about_new_devices(&self, ask: bool) -> Result<(), NewtError> {
+        self.client()?.set_ask_about_new_devices(ask);
+        Ok(())
+    }
+
+    /// Set or remove the per-room trust policy provider.
+    pub fn set_trust_policy_provider(
+        &self,
+        provider: Option<Arc<dyn TrustPolicyProvider>>,
+    ) -> Result<(), NewtError> {
+        let adapter = provider
+            .map(|p| Arc::new(PolicyAdapter(p)) as Arc<dyn newt_core::client::TrustPolicyProvider>);
+        self.client()?.set_trust_policy_provider(adapter);
+        Ok(())
+    }
+
+    /// Set or remove the background scheduler.
+    pub fn set_background_scheduler(
+        &self,
+        scheduler: Option<Arc<dyn BackgroundScheduler>>,
+    ) -> Result<(), NewtError> {
+        let adapter = scheduler
+            .map(|s| Arc::new(SchedulerAdapter(s)) as Arc<dyn newt_core::client::BackgroundScheduler>);
+        self.client()?.set_background_scheduler(adapter);
+        Ok(())
+    }
+
+    /// Run the work a wake-up was scheduled for; reports what is left.
+    pub async fn run_due_work(&self) -> Result<DueWorkReport, NewtError> {
+        let client = self.client()?;
+        run(async move {
+            let report = client.run_due_work().await?;
+            Ok(DueWorkReport { completed: report.completed, remaining: report.remaining })
+        })
+        .await
+    }
+
+    /// Stop syncing and every subscription and release the store. Idempotent; later calls
+    /// fail with `Closed`.
+    pub fn close(&self) {
+        if let Some(handle) = self.sync.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // Dropping the handle aborts the loop.
+            drop(handle);
+        }
+        for task in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            task.abort();
+        }
+        self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+impl Drop for NewtClient {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A live timeline subscription; closing or dropping it stops the updates.
+#[derive(uniffi::Object)]
+pub struct TimelineSubscription {
+    task: Mutex<Option<AbortHandle>>,
+}
+
+#[uniffi::export]
+impl TimelineSubscription {
+    /// Stop the updates (idempotent).
+    pub fn close(&self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for TimelineSubscription {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

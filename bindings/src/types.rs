@@ -1,0 +1,315 @@
+//! Records and enums the app sees, converted from core types.
+
+use newt_core::client::{TimelineEvent, TrustPolicy as CoreTrustPolicy};
+use newt_core::crypto::Device;
+use newt_core::store::LocalTrust;
+
+/// How the store's secrets are encrypted at rest.
+#[derive(uniffi::Enum)]
+pub enum StoreKey {
+    /// 32 random bytes (keep them in the platform keystore).
+    Bytes {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// A passphrase, stretched with PBKDF2.
+    Passphrase {
+        /// The passphrase.
+        passphrase: String,
+    },
+}
+
+/// Where and how a client keeps its data.
+#[derive(uniffi::Record)]
+pub struct ClientConfig {
+    /// Homeserver base URL.
+    pub homeserver: String,
+    /// Directory of the store (created if missing).
+    pub store_dir: String,
+    /// Key for secrets at rest.
+    pub store_key: StoreKey,
+}
+
+/// The logged-in identity.
+#[derive(uniffi::Record, Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// Own user id.
+    pub user_id: String,
+    /// Own device id.
+    pub device_id: String,
+}
+
+impl From<newt_core::client::Session> for Session {
+    fn from(s: newt_core::client::Session) -> Self {
+        Self { user_id: s.user_id, device_id: s.device_id }
+    }
+}
+
+/// The user's decision about a device.
+#[derive(uniffi::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceTrust {
+    /// Not decided.
+    Unset,
+    /// Verified.
+    Verified,
+    /// Never share keys with it.
+    Blacklisted,
+    /// Share keys, don't ask again.
+    Ignored,
+}
+
+impl From<LocalTrust> for DeviceTrust {
+    fn from(t: LocalTrust) -> Self {
+        match t {
+            LocalTrust::Unset => DeviceTrust::Unset,
+            LocalTrust::Verified => DeviceTrust::Verified,
+            LocalTrust::Blacklisted => DeviceTrust::Blacklisted,
+            LocalTrust::Ignored => DeviceTrust::Ignored,
+        }
+    }
+}
+
+impl From<DeviceTrust> for LocalTrust {
+    fn from(t: DeviceTrust) -> Self {
+        match t {
+            DeviceTrust::Unset => LocalTrust::Unset,
+            DeviceTrust::Verified => LocalTrust::Verified,
+            DeviceTrust::Blacklisted => LocalTrust::Blacklisted,
+            DeviceTrust::Ignored => LocalTrust::Ignored,
+        }
+    }
+}
+
+/// A device of some user.
+#[derive(uniffi::Record, Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Owner.
+    pub user_id: String,
+    /// Device id.
+    pub device_id: String,
+    /// Name the owner gave it.
+    pub display_name: Option<String>,
+    /// Ed25519 fingerprint key.
+    pub ed25519: String,
+    /// Curve25519 identity key.
+    pub curve25519: String,
+    /// The user's decision about it.
+    pub trust: DeviceTrust,
+    /// Removed by its owner.
+    pub deleted: bool,
+}
+
+impl From<Device> for DeviceInfo {
+    fn from(d: Device) -> Self {
+        Self {
+            user_id: d.user_id,
+            device_id: d.device_id,
+            display_name: d.display_name,
+            ed25519: d.ed25519,
+            curve25519: d.curve25519,
+            trust: d.local_trust.into(),
+            deleted: d.deleted,
+        }
+    }
+}
+
+impl From<DeviceInfo> for Device {
+    fn from(d: DeviceInfo) -> Self {
+        Self {
+            user_id: d.user_id,
+            device_id: d.device_id,
+            curve25519: d.curve25519,
+            ed25519: d.ed25519,
+            display_name: d.display_name,
+            local_trust: d.trust.into(),
+            deleted: d.deleted,
+        }
+    }
+}
+
+/// Which senders' messages a room shows.
+#[derive(uniffi::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrustPolicy {
+    /// Everything.
+    ShowAll,
+    /// Cross-signed senders and legacy sessions.
+    CrossSignedOrLegacy,
+    /// Cross-signed senders only.
+    CrossSignedOnly,
+    /// Manually verified senders only.
+    VerifiedOnly,
+}
+
+impl From<TrustPolicy> for CoreTrustPolicy {
+    fn from(p: TrustPolicy) -> Self {
+        match p {
+            TrustPolicy::ShowAll => CoreTrustPolicy::ShowAll,
+            TrustPolicy::CrossSignedOrLegacy => CoreTrustPolicy::CrossSignedOrLegacy,
+            TrustPolicy::CrossSignedOnly => CoreTrustPolicy::CrossSignedOnly,
+            TrustPolicy::VerifiedOnly => CoreTrustPolicy::VerifiedOnly,
+        }
+    }
+}
+
+impl From<CoreTrustPolicy> for TrustPolicy {
+    fn from(p: CoreTrustPolicy) -> Self {
+        match p {
+            CoreTrustPolicy::ShowAll => TrustPolicy::ShowAll,
+            CoreTrustPolicy::CrossSignedOrLegacy => TrustPolicy::CrossSignedOrLegacy,
+            CoreTrustPolicy::CrossSignedOnly => TrustPolicy::CrossSignedOnly,
+            CoreTrustPolicy::VerifiedOnly => TrustPolicy::VerifiedOnly,
+        }
+    }
+}
+
+/// A received message.
+#[derive(uniffi::Record, Clone, Debug, PartialEq)]
+pub struct TimelineItem {
+    /// Event id.
+    pub event_id: String,
+    /// Room.
+    pub room_id: String,
+    /// Sender.
+    pub sender: String,
+    /// Sending device, when decrypted.
+    pub sender_device: Option<String>,
+    /// Event type after decryption.
+    pub event_type: String,
+    /// Message text, if any.
+    pub body: Option<String>,
+    /// Whether it was decrypted.
+    pub decrypted: bool,
+    /// Why it could not be decrypted.
+    pub error: Option<String>,
+    /// Server timestamp (ms).
+    pub origin_server_ts: u64,
+    /// The room's trust policy at reception.
+    pub trust_policy: TrustPolicy,
+    /// Whether that policy could be enforced.
+    pub policy_enforced: bool,
+}
+
+impl From<TimelineEvent> for TimelineItem {
+    fn from(e: TimelineEvent) -> Self {
+        Self {
+            event_id: e.event_id,
+            room_id: e.room_id,
+            sender: e.sender,
+            sender_device: e.sender_device,
+            event_type: e.event_type,
+            body: e.body,
+            decrypted: e.decrypted,
+            error: e.error,
+            origin_server_ts: e.origin_server_ts,
+            trust_policy: e.trust_policy.into(),
+            policy_enforced: e.policy_enforced,
+        }
+    }
+}
+
+/// What a timeline subscription delivers: the current items first, then each new one.
+#[derive(uniffi::Enum, Clone, Debug, PartialEq)]
+pub enum TimelineUpdate {
+    /// The items received recently (possibly none); always the first update.
+    Initial {
+        /// Oldest first.
+        items: Vec<TimelineItem>,
+    },
+    /// A new item.
+    Appended {
+        /// The item.
+        item: TimelineItem,
+    },
+}
+
+/// A background wake-up the app should schedule.
+#[derive(uniffi::Record, Clone, Debug, PartialEq, Eq)]
+pub struct WakeupRequest {
+    /// Earliest time to run, in ms from now.
+    pub delay_ms: u64,
+    /// Why (diagnostics only).
+    pub reason: String,
+    /// Whether network is needed.
+    pub requires_network: bool,
+}
+
+/// What `runDueWork` did.
+#[derive(uniffi::Record, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DueWorkReport {
+    /// Items completed.
+    pub completed: u32,
+    /// Items still waiting.
+    pub remaining: u32,
+}
+
+/// A decision the SDK needs from the user. Answer kinds you don't know with
+/// `PromptAnswer::Dismissed`; new kinds will be added.
+#[derive(uniffi::Enum, Clone, Debug, PartialEq)]
+pub enum Prompt {
+    /// The account password, for user-interactive authentication.
+    Password {
+        /// Whose password.
+        user_id: String,
+        /// What for.
+        reason: String,
+    },
+    /// Devices seen for the first time: verify, blacklist or ignore each.
+    NewDevices {
+        /// The devices.
+        devices: Vec<DeviceInfo>,
+    },
+}
+
+/// One device decision.
+#[derive(uniffi::Record, Clone, Debug, PartialEq, Eq)]
+pub struct DeviceDecision {
+    /// Owner.
+    pub user_id: String,
+    /// Device.
+    pub device_id: String,
+    /// Decision.
+    pub trust: DeviceTrust,
+}
+
+/// The answer to a [`Prompt`].
+#[derive(uniffi::Enum, Clone, Debug, PartialEq)]
+pub enum PromptAnswer {
+    /// The password.
+    Password {
+        /// The password.
+        password: String,
+    },
+    /// Decisions for [`Prompt::NewDevices`].
+    DeviceDecisions {
+        /// One per device.
+        decisions: Vec<DeviceDecision>,
+    },
+    /// Declined or not supported.
+    Dismissed,
+}
+
+/// Log levels.
+#[derive(uniffi::Enum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Errors.
+    Error,
+    /// Warnings.
+    Warn,
+    /// Info.
+    Info,
+    /// Debug.
+    Debug,
+    /// Trace.
+    Trace,
+}
+
+/// One log event.
+#[derive(uniffi::Record, Clone, Debug, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Level.
+    pub level: LogLevel,
+    /// Module path, e.g. `newt_core::client::sync`.
+    pub target: String,
+    /// The message with its fields.
+    pub message: String,
+}

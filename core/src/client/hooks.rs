@@ -1,0 +1,121 @@
+//! What the app plugs into the client: prompts for user decisions, the sender-trust policy
+//! per room, and background wake-ups for work to retry later.
+//!
+//! Every hook is called from a Newt worker thread, never from the thread that called into the
+//! client, and must not call back into the client synchronously (that would wait on itself).
+
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use crate::crypto::Device;
+use crate::store::LocalTrust;
+
+/// A decision the SDK needs from the user. New kinds are added as new variants; apps should
+/// answer unknown ones with [`PromptAnswer::Dismissed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prompt {
+    /// The server asks for the account password (user-interactive authentication).
+    Password {
+        /// Whose password.
+        user_id: String,
+        /// What it is for, e.g. "delete device ABC".
+        reason: String,
+    },
+    /// Devices were seen for the first time and the app asked to decide about new devices
+    /// before room keys are shared with them (see `Client::set_ask_about_new_devices`).
+    NewDevices {
+        /// The devices, all with [`LocalTrust::Unset`].
+        devices: Vec<Device>,
+    },
+}
+
+/// The app's answer to a [`Prompt`].
+pub enum PromptAnswer {
+    /// The password (wiped after use).
+    Password(Zeroizing<String>),
+    /// One decision per device: `(user id, device id, trust)`.
+    DeviceDecisions(Vec<(String, String, LocalTrust)>),
+    /// The user declined or the prompt is not supported.
+    Dismissed,
+}
+
+impl std::fmt::Debug for PromptAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PromptAnswer::Password(_) => f.write_str("Password(<redacted>)"),
+            PromptAnswer::DeviceDecisions(d) => f.debug_tuple("DeviceDecisions").field(d).finish(),
+            PromptAnswer::Dismissed => f.write_str("Dismissed"),
+        }
+    }
+}
+
+/// Asks the user. May block until the user answered (it runs on a blocking worker thread).
+pub trait PromptHandler: Send + Sync {
+    /// Answer one prompt.
+    fn on_prompt(&self, prompt: Prompt) -> PromptAnswer;
+}
+
+/// Which senders' messages a room shows (seed 003, "invisible crypto").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+pub enum TrustPolicy {
+    /// Show messages from every session (except evidence of tampering).
+    #[default]
+    ShowAll,
+    /// Only cross-signed senders, plus legacy sessions.
+    CrossSignedOrLegacy,
+    /// Only cross-signed senders.
+    CrossSignedOnly,
+    /// Only senders the user verified manually.
+    VerifiedOnly,
+}
+
+impl TrustPolicy {
+    /// Whether this build can enforce the policy. Until sender data (cross-signing) exists,
+    /// only [`TrustPolicy::ShowAll`] can be; events say so in `policy_enforced`.
+    pub fn enforceable(self) -> bool {
+        self == TrustPolicy::ShowAll
+    }
+}
+
+/// Chooses the trust policy of a room; asked when the room's messages are decrypted.
+pub trait TrustPolicyProvider: Send + Sync {
+    /// The policy for `room_id`.
+    fn policy_for_room(&self, room_id: &str) -> TrustPolicy;
+}
+
+/// A request to wake the app later (Android WorkManager, iOS BGTaskScheduler), then call
+/// `Client::run_due_work`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WakeupRequest {
+    /// Earliest time to run, from now.
+    pub delay: Duration,
+    /// Why, for diagnostics (no user data).
+    pub reason: String,
+    /// Whether the work needs network.
+    pub requires_network: bool,
+}
+
+/// Schedules wake-ups. The SDK never relies on its own timers surviving app suspension.
+pub trait BackgroundScheduler: Send + Sync {
+    /// Schedule one wake-up; repeated requests may be coalesced by the app.
+    fn schedule_wakeup(&self, request: WakeupRequest);
+}
+
+/// The hooks a client currently has.
+#[derive(Default, Clone)]
+pub(crate) struct Hooks {
+    pub prompts: Option<std::sync::Arc<dyn PromptHandler>>,
+    pub trust_policy: Option<std::sync::Arc<dyn TrustPolicyProvider>>,
+    pub scheduler: Option<std::sync::Arc<dyn BackgroundScheduler>>,
+    pub ask_about_new_devices: bool,
+}
+
+/// What `Client::run_due_work` did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DueWorkReport {
+    /// Items completed now.
+    pub completed: u32,
+    /// Items still waiting (a new wake-up was requested for them).
+    pub remaining: u32,
+}

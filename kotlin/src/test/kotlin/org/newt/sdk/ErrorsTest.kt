@@ -1,0 +1,49 @@
+package org.newt.sdk
+
+import kotlin.test.assertEquals
+import kotlin.test.assertFailsWith
+import kotlin.test.assertNotNull
+import kotlinx.coroutines.runBlocking
+import org.junit.Rule
+import org.junit.Test
+import org.junit.rules.Timeout
+import uniffi.newt_ffi.NewtException
+
+class ErrorsTest {
+    @get:Rule val timeout: Timeout = Timeout.seconds(60)
+
+    @Test
+    fun `a wrong password is NewtException Server M_FORBIDDEN`() = runBlocking {
+        val user = TestUser.register("wrongpw")
+        openClient(config(TestEnv.newStoreDir("wrongpw"))).use { client ->
+            val e = assertFailsWith<NewtException.Server> { client.loginPassword(user.localpart, "not the password", null) }
+            assertEquals("M_FORBIDDEN", e.errcode)
+            assertEquals(403, e.status.toInt())
+            assertEquals(null, client.session())
+            // Then the right one works on the same client.
+            assertEquals(user.userId, client.loginPassword(user.localpart, user.password, null).userId)
+        }
+    }
+
+    @Test
+    fun `a wrong store key is NewtException WrongStoreKey and changes nothing`() = runBlocking {
+        val user = TestUser.register("storekey")
+        val dir = TestEnv.newStoreDir("storekey")
+        val session = openClient(config(dir, passphrase = "the right key")).use { it.loginPassword(user.localpart, user.password, null) }
+
+        // Opening (the constructor) refuses the key, before any other call.
+        assertFailsWith<NewtException.WrongStoreKey> { openClient(config(dir, passphrase = "a wrong key")).close() }
+        openClient(config(dir, passphrase = "the right key")).use { client ->
+            assertEquals(session, assertNotNull(client.restoreSession(), "the session is still there"))
+        }
+    }
+
+    @Test
+    fun `calls that need a session throw NotLoggedIn`() = runBlocking {
+        openClient(config(TestEnv.newStoreDir("nosession"))).use { client ->
+            assertEquals(null, client.restoreSession())
+            assertFailsWith<NewtException.NotLoggedIn> { client.ownFingerprint() }
+            assertFailsWith<NewtException.NotLoggedIn> { client.syncOnce(0uL) }
+        }
+    }
+}

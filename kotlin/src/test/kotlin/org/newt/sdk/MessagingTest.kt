@@ -1,0 +1,134 @@
+package org.newt.sdk
+
+import java.util.concurrent.ConcurrentLinkedQueue
+import java.util.concurrent.atomic.AtomicInteger
+import java.util.concurrent.atomic.AtomicReference
+import kotlin.test.assertEquals
+import kotlin.test.assertFalse
+import kotlin.test.assertIs
+import kotlin.test.assertNotNull
+import kotlin.test.assertTrue
+import kotlinx.coroutines.cancel
+import kotlinx.coroutines.cancelChildren
+import kotlinx.coroutines.flow.produceIn
+import kotlinx.coroutines.coroutineScope
+import kotlinx.coroutines.runBlocking
+import kotlinx.coroutines.withTimeout
+import org.junit.Rule
+import org.junit.Test
+import org.junit.rules.Timeout
+import uniffi.newt_ffi.TimelineUpdate
+import uniffi.newt_ffi.TrustPolicy
+
+class MessagingTest {
+    @get:Rule val timeout: Timeout = Timeout.seconds(120)
+
+    @Test
+    fun `alice and bob exchange encrypted messages through the timeline Flow`() = runBlocking {
+        Resources().use { res ->
+            val pair = res.roomPair()
+            val alice = pair.alice.client
+            val bob = pair.bob.client
+            val testThread = Thread.currentThread()
+            val collectorThreads = ConcurrentLinkedQueue<Thread>()
+
+            coroutineScope {
+                // Collected in runBlocking's single-threaded context, as an app would on Main.
+                val bobUpdates = timelineUpdates(bob, pair.roomId)
+                val aliceUpdates = timelineUpdates(alice, pair.roomId)
+                val first = withTimeout(10_000) { bobUpdates.receive() }
+                assertIs<TimelineUpdate.Initial>(first, "the first update is Initial")
+                assertIs<TimelineUpdate.Initial>(withTimeout(10_000) { aliceUpdates.receive() })
+
+                bob.startSync()
+                bob.startSync() // idempotent
+                alice.startSync()
+
+                val hello = "hello bob from kotlin"
+                val eventId = alice.sendText(pair.roomId, hello)
+                val received = bobUpdates.awaitItem(what = "alice's message at bob") { it.body == hello }
+                collectorThreads += Thread.currentThread()
+                assertTrue(received.decrypted, "decrypted: ${received.describe()}")
+                assertEquals(eventId, received.eventId)
+                assertEquals(pair.roomId, received.roomId)
+                assertEquals(pair.alice.user.userId, received.sender)
+                assertEquals(pair.alice.session.deviceId, received.senderDevice)
+                assertEquals(null, received.error)
+
+                val reply = "hi alice, bob here"
+                val replyId = bob.sendText(pair.roomId, reply)
+                val back = aliceUpdates.awaitItem(what = "bob's reply at alice") { it.body == reply }
+                collectorThreads += Thread.currentThread()
+                assertTrue(back.decrypted, back.describe())
+                assertEquals(replyId, back.eventId)
+                assertEquals(pair.bob.user.userId, back.sender)
+
+                // A new subscription starts with the items kept in memory.
+                val again = bob.timeline(pair.roomId).produceInitial(this)
+                assertTrue(again.items.any { it.eventId == eventId }, "Initial of a new subscription has the message")
+
+                alice.stopSync()
+                bob.stopSync()
+                bob.stopSync() // idempotent
+                coroutineContext.cancelChildren()
+            }
+            assertTrue(collectorThreads.all { it === testThread }, "updates are delivered in the collector's context")
+        }
+    }
+
+    @Test
+    fun `the trust policy provider is consulted for the room and its answer is on the items`() = runBlocking {
+        Resources().use { res ->
+            val pair = res.roomPair()
+            val bob = pair.bob.client
+            val calls = AtomicInteger()
+            val rooms = ConcurrentLinkedQueue<String>()
+            val policy = AtomicReference(TrustPolicy.CROSS_SIGNED_OR_LEGACY)
+            bob.setTrustPolicyProvider(
+                TrustPolicyProvider { roomId ->
+                    calls.incrementAndGet()
+                    rooms += roomId
+                    policy.get()
+                },
+            )
+            coroutineScope {
+                val updates = timelineUpdates(bob, pair.roomId)
+                assertIs<TimelineUpdate.Initial>(withTimeout(10_000) { updates.receive() })
+                bob.startSync()
+
+                val first = "policy one"
+                pair.alice.client.sendText(pair.roomId, first)
+                val item1 = updates.awaitItem(what = "first message") { it.body == first }
+                assertTrue(item1.decrypted, item1.describe())
+                assertEquals(TrustPolicy.CROSS_SIGNED_OR_LEGACY, item1.trustPolicy)
+                assertFalse(item1.policyEnforced, "only SHOW_ALL is enforced: ${item1.describe()}")
+                val callsAfterFirst = calls.get()
+                assertTrue(callsAfterFirst >= 1, "the provider was called")
+                assertTrue(rooms.all { it == pair.roomId }, "asked only for the test room: $rooms")
+
+                policy.set(TrustPolicy.SHOW_ALL)
+                val second = "policy two"
+                pair.alice.client.sendText(pair.roomId, second)
+                val item2 = updates.awaitItem(what = "second message") { it.body == second }
+                assertEquals(TrustPolicy.SHOW_ALL, item2.trustPolicy)
+                assertTrue(item2.policyEnforced, item2.describe())
+                assertTrue(calls.get() > callsAfterFirst, "the provider was asked again")
+
+                bob.setTrustPolicyProvider(null)
+                bob.stopSync()
+                coroutineContext.cancelChildren()
+            }
+        }
+    }
+}
+
+private suspend fun kotlinx.coroutines.flow.Flow<TimelineUpdate>.produceInitial(
+    scope: kotlinx.coroutines.CoroutineScope,
+): TimelineUpdate.Initial {
+    val channel = produceIn(scope)
+    try {
+        return assertIs<TimelineUpdate.Initial>(withTimeout(10_000) { channel.receive() })
+    } finally {
+        channel.cancel()
+    }
+}

@@ -1,0 +1,49 @@
+import NewtFFIBindings
+
+extension NewtClient {
+    /// The timeline of one room as an `AsyncStream`.
+    ///
+    /// The first element is `.initial(items:)` (the recent items Newt keeps in memory, maybe
+    /// none), then one `.appended(item:)` per new item. The stream ends, and the underlying
+    /// `TimelineSubscription` is closed, when the consuming task is cancelled, when the loop
+    /// breaks, or when the stream is released. Closing the client stops the updates but does
+    /// not finish the stream: cancel the consuming task too.
+    ///
+    /// Newt calls the listener on its own worker threads; `AsyncStream.Continuation` is safe
+    /// to use from any thread, so elements arrive in order on the consuming task.
+    ///
+    ///     for await update in try client.timelineUpdates(roomId: room) {
+    ///         if case .appended(let item) = update { print(item.sender, item.body ?? "") }
+    ///     }
+    public func timelineUpdates(
+        roomId: String,
+        bufferingPolicy: AsyncStream<TimelineUpdate>.Continuation.BufferingPolicy = .unbounded
+    ) throws -> AsyncStream<TimelineUpdate> {
+        var continuation: AsyncStream<TimelineUpdate>.Continuation!
+        let stream = AsyncStream<TimelineUpdate>(bufferingPolicy: bufferingPolicy) { continuation = $0 }
+        let listener = StreamTimelineListener(continuation)
+        let subscription: TimelineSubscription
+        do {
+            subscription = try subscribeTimeline(roomId: roomId, listener: listener)
+        } catch {
+            continuation.finish()
+            throw error
+        }
+        // Updates that arrive before this line are buffered, not lost.
+        continuation.onTermination = { _ in subscription.close() }
+        return stream
+    }
+}
+
+/// Forwards updates into a stream continuation (thread-safe by itself).
+private final class StreamTimelineListener: TimelineListener, @unchecked Sendable {
+    private let continuation: AsyncStream<TimelineUpdate>.Continuation
+
+    init(_ continuation: AsyncStream<TimelineUpdate>.Continuation) {
+        self.continuation = continuation
+    }
+
+    func onUpdate(update: TimelineUpdate) {
+        continuation.yield(update)
+    }
+}

@@ -1,0 +1,121 @@
+import Foundation
+import XCTest
+import Newt
+
+/// Homeserver for the end-to-end tests, e.g. a Synapse from `scripts/synapse.sh start DIR`
+/// (open registration). Tests that need it are skipped when `NEWT_HOMESERVER` is unset.
+func homeserverOrSkip() throws -> String {
+    guard let url = ProcessInfo.processInfo.environment["NEWT_HOMESERVER"], !url.isEmpty else {
+        throw XCTSkip("NEWT_HOMESERVER is not set")
+    }
+    return url
+}
+
+/// A port nothing listens on: requests fail fast with a network error.
+let unreachableHomeserver = "http://127.0.0.1:9"
+
+/// A fresh store directory, removed when the test ends.
+func temporaryStoreDir(_ test: XCTestCase) throws -> String {
+    let dir = FileManager.default.temporaryDirectory
+        .appendingPathComponent("newt-swift-\(UUID().uuidString)", isDirectory: true)
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    test.addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
+    return dir.path
+}
+
+func makeClient(_ test: XCTestCase, homeserver: String, storeDir: String? = nil,
+                key: StoreKey = .passphrase(passphrase: "swift-test-key")) throws -> NewtClient {
+    let dir = try storeDir ?? temporaryStoreDir(test)
+    let client = try NewtClient(config: ClientConfig(homeserver: homeserver, storeDir: dir, storeKey: key))
+    test.addTeardownBlock { client.close() }
+    return client
+}
+
+/// Registers a new account through open registration (`m.login.dummy`); returns (user, password).
+func registerUser(homeserver: String, prefix: String) async throws -> (user: String, password: String) {
+    let user = "\(prefix)_\(UUID().uuidString.prefix(8).lowercased())"
+    let password = "pw-\(UUID().uuidString)"
+    let url = URL(string: homeserver.trimmingCharacters(in: CharacterSet(charactersIn: "/"))
+        + "/_matrix/client/v3/register")!
+    var auth: [String: Any] = ["type": "m.login.dummy"]
+    for _ in 0..<2 {
+        var request = URLRequest(url: url)
+        request.httpMethod = "POST"
+        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        request.httpBody = try JSONSerialization.data(withJSONObject: [
+            "username": user, "password": password, "auth": auth, "inhibit_login": true,
+        ] as [String: Any])
+        let (data, response) = try await URLSession.shared.data(for: request)
+        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        if status == 200 { return (user, password) }
+        let json = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
+        guard status == 401, let session = json?["session"] as? String else {
+            throw NSError(domain: "register", code: status, userInfo: [
+                NSLocalizedDescriptionKey: String(decoding: data, as: UTF8.self),
+            ])
+        }
+        auth["session"] = session
+    }
+    throw NSError(domain: "register", code: 0, userInfo: [NSLocalizedDescriptionKey: "registration did not finish"])
+}
+
+/// Waits until `condition` holds, polling; fails the test after `timeout` seconds.
+func eventually(_ what: String, timeout: TimeInterval = 30,
+                file: StaticString = #filePath, line: UInt = #line,
+                _ condition: () -> Bool) async throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while !condition() {
+        if Date() > deadline {
+            XCTFail("timed out waiting for \(what)", file: file, line: line)
+            return
+        }
+        try await Task.sleep(nanoseconds: 100_000_000)
+    }
+}
+
+/// Thread-safe list for values handed to callbacks on Newt worker threads.
+final class Recorded<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [T] = []
+
+    func append(_ item: T) {
+        lock.lock(); defer { lock.unlock() }
+        items.append(item)
+    }
+
+    var all: [T] {
+        lock.lock(); defer { lock.unlock() }
+        return items
+    }
+}
+
+final class RecordingLogger: Logger, @unchecked Sendable {
+    let records = Recorded<LogRecord>()
+    func log(record: LogRecord) { records.append(record) }
+}
+
+final class FixedTrustPolicy: TrustPolicyProvider, @unchecked Sendable {
+    let asked = Recorded<String>()
+    let policy: TrustPolicy
+    init(_ policy: TrustPolicy) { self.policy = policy }
+    func policyForRoom(roomId: String) -> TrustPolicy {
+        asked.append(roomId)
+        return policy
+    }
+}
+
+final class RecordingScheduler: BackgroundScheduler, @unchecked Sendable {
+    let requests = Recorded<WakeupRequest>()
+    func scheduleWakeup(request: WakeupRequest) { requests.append(request) }
+}
+
+final class PasswordPrompter: PromptHandler, @unchecked Sendable {
+    let prompts = Recorded<Prompt>()
+    let password: String
+    init(password: String) { self.password = password }
+    func onPrompt(prompt: Prompt) -> PromptAnswer {
+        prompts.append(prompt)
+        if case .password = prompt { return .password(password: password) }
+        return .dismissed
+    }
+}
