@@ -58,16 +58,19 @@ impl core::PromptHandler for PromptAdapter {
     fn on_prompt(&self, prompt: core::Prompt) -> core::PromptAnswer {
         let prompt = match prompt {
             core::Prompt::Password { user_id, reason } => Prompt::Password { user_id, reason },
-            core::Prompt::NewDevices { devices } => {
-                Prompt::NewDevices { devices: devices.into_iter().map(DeviceInfo::from).collect() }
-            }
+            core::Prompt::NewDevices { devices } => Prompt::NewDevices {
+                devices: devices.into_iter().map(DeviceInfo::from).collect(),
+            },
         };
         match self.0.on_prompt(prompt) {
             Ok(PromptAnswer::Password { password }) => {
                 core::PromptAnswer::Password(Zeroizing::new(password))
             }
             Ok(PromptAnswer::DeviceDecisions { decisions }) => core::PromptAnswer::DeviceDecisions(
-                decisions.into_iter().map(|d| (d.user_id, d.device_id, d.trust.into())).collect(),
+                decisions
+                    .into_iter()
+                    .map(|d| (d.user_id, d.device_id, d.trust.into()))
+                    .collect(),
             ),
             Ok(PromptAnswer::Dismissed) => core::PromptAnswer::Dismissed,
             Err(e) => {

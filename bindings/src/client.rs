@@ -34,7 +34,9 @@ fn runtime() -> Result<&'static Runtime, NewtError> {
                 .map_err(|e| e.to_string())
         })
         .as_ref()
-        .map_err(|e| NewtError::Internal { message: format!("runtime: {e}") })
+        .map_err(|e| NewtError::Internal {
+            message: format!("runtime: {e}"),
+        })
 }
 
 /// Aborts the task when the awaiting future is dropped (the app cancelled the call).
@@ -56,7 +58,9 @@ where
     let mut handle = AbortOnDrop(runtime()?.spawn(work));
     match (&mut handle.0).await {
         Ok(result) => result,
-        Err(e) if e.is_panic() => Err(NewtError::Internal { message: "the SDK panicked".into() }),
+        Err(e) if e.is_panic() => Err(NewtError::Internal {
+            message: "the SDK panicked".into(),
+        }),
         Err(_) => Err(NewtError::Cancelled),
     }
 }
@@ -72,7 +76,11 @@ pub struct NewtClient {
 
 impl NewtClient {
     fn client(&self) -> Result<Arc<Client>, NewtError> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or(NewtError::Closed)
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(NewtError::Closed)
     }
 }
 
@@ -103,7 +111,9 @@ impl NewtClient {
                 })
             })
             .await
-            .map_err(|_| NewtError::Internal { message: "store open panicked".into() })?
+            .map_err(|_| NewtError::Internal {
+                message: "store open panicked".into(),
+            })?
             .map_err(NewtError::from)
         })
         .await?;
@@ -124,7 +134,10 @@ impl NewtClient {
         let client = self.client()?;
         run(async move {
             let password = zeroize::Zeroizing::new(password);
-            Ok(client.login_password(&user, &password, device_id.as_deref()).await?.into())
+            Ok(client
+                .login_password(&user, &password, device_id.as_deref())
+                .await?
+                .into())
         })
         .await
     }
@@ -138,8 +151,14 @@ impl NewtClient {
                 move || client.restore_session()
             })
             .await
-            .map_err(|_| NewtError::Internal { message: "restore panicked".into() })??;
-            Ok(if restored { client.session().map(Session::from) } else { None })
+            .map_err(|_| NewtError::Internal {
+                message: "restore panicked".into(),
+            })??;
+            Ok(if restored {
+                client.session().map(Session::from)
+            } else {
+                None
+            })
         })
         .await
     }
@@ -191,7 +210,12 @@ impl NewtClient {
         invite: Vec<String>,
     ) -> Result<String, NewtError> {
         let client = self.client()?;
-        run(async move { Ok(client.create_encrypted_room(name.as_deref(), &invite).await?) }).await
+        run(async move {
+            Ok(client
+                .create_encrypted_room(name.as_deref(), &invite)
+                .await?)
+        })
+        .await
     }
 
     /// Join a room by id or alias; returns the room id.
@@ -216,7 +240,12 @@ impl NewtClient {
     pub async fn devices(&self, user_id: String) -> Result<Vec<DeviceInfo>, NewtError> {
         let client = self.client()?;
         run(async move {
-            Ok(client.devices(&user_id).await?.into_iter().map(DeviceInfo::from).collect())
+            Ok(client
+                .devices(&user_id)
+                .await?
+                .into_iter()
+                .map(DeviceInfo::from)
+                .collect())
         })
         .await
     }
@@ -230,9 +259,15 @@ impl NewtClient {
     ) -> Result<(), NewtError> {
         let client = self.client()?;
         run(async move {
-            let machine_has = client.devices(&user_id).await?.iter().any(|d| d.device_id == device_id);
+            let machine_has = client
+                .devices(&user_id)
+                .await?
+                .iter()
+                .any(|d| d.device_id == device_id);
             if !machine_has {
-                return Err(NewtError::InvalidInput { message: "unknown device".into() });
+                return Err(NewtError::InvalidInput {
+                    message: "unknown device".into(),
+                });
             }
             client.set_device_trust(&user_id, &device_id, trust.into())?;
             Ok(())
@@ -258,7 +293,10 @@ impl NewtClient {
         drop(client);
         let task = runtime()?.spawn(async move {
             let items = snapshot.into_iter().map(TimelineItem::from).collect();
-            if listener.on_update(TimelineUpdate::Initial { items }).is_err() {
+            if listener
+                .on_update(TimelineUpdate::Initial { items })
+                .is_err()
+            {
                 return;
             }
             loop {
@@ -279,12 +317,18 @@ impl NewtClient {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         tasks.retain(|t| !t.is_finished());
         tasks.push(abort.clone());
-        Ok(Arc::new(TimelineSubscription { task: Mutex::new(Some(abort)) }))
+        Ok(Arc::new(TimelineSubscription {
+            task: Mutex::new(Some(abort)),
+        }))
     }
 
     /// Set or remove the handler of user prompts.
-    pub fn set_prompt_handler(&self, handler: Option<Arc<dyn PromptHandler>>) -> Result<(), NewtError> {
-        let adapter = handler.map(|h| Arc::new(PromptAdapter(h)) as Arc<dyn newt_core::client::PromptHandler>);
+    pub fn set_prompt_handler(
+        &self,
+        handler: Option<Arc<dyn PromptHandler>>,
+    ) -> Result<(), NewtError> {
+        let adapter = handler
+            .map(|h| Arc::new(PromptAdapter(h)) as Arc<dyn newt_core::client::PromptHandler>);
         self.client()?.set_prompt_handler(adapter);
         Ok(())
     }
@@ -311,8 +355,9 @@ impl NewtClient {
         &self,
         scheduler: Option<Arc<dyn BackgroundScheduler>>,
     ) -> Result<(), NewtError> {
-        let adapter = scheduler
-            .map(|s| Arc::new(SchedulerAdapter(s)) as Arc<dyn newt_core::client::BackgroundScheduler>);
+        let adapter = scheduler.map(|s| {
+            Arc::new(SchedulerAdapter(s)) as Arc<dyn newt_core::client::BackgroundScheduler>
+        });
         self.client()?.set_background_scheduler(adapter);
         Ok(())
     }
@@ -322,7 +367,10 @@ impl NewtClient {
         let client = self.client()?;
         run(async move {
             let report = client.run_due_work().await?;
-            Ok(DueWorkReport { completed: report.completed, remaining: report.remaining })
+            Ok(DueWorkReport {
+                completed: report.completed,
+                remaining: report.remaining,
+            })
         })
         .await
     }
@@ -334,7 +382,12 @@ impl NewtClient {
             // Dropping the handle aborts the loop.
             drop(handle);
         }
-        for task in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             task.abort();
         }
         self.inner.write().unwrap_or_else(|e| e.into_inner()).take();

@@ -76,9 +76,16 @@ impl From<HttpError> for NewtError {
     fn from(e: HttpError) -> Self {
         match e {
             HttpError::Network(message) => NewtError::Network { message },
-            HttpError::Server { status, errcode, message, .. } => {
-                NewtError::Server { status, errcode, message }
-            }
+            HttpError::Server {
+                status,
+                errcode,
+                message,
+                ..
+            } => NewtError::Server {
+                status,
+                errcode,
+                message,
+            },
             HttpError::AuthRequired { .. } => NewtError::Server {
                 status: 401,
                 errcode: "M_FORBIDDEN".into(),
@@ -94,7 +101,9 @@ impl From<StoreError> for NewtError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::WrongKey => NewtError::WrongStoreKey,
-            other => NewtError::Store { message: other.to_string() },
+            other => NewtError::Store {
+                message: other.to_string(),
+            },
         }
     }
 }
@@ -103,7 +112,9 @@ impl From<CryptoError> for NewtError {
     fn from(e: CryptoError) -> Self {
         match e {
             CryptoError::Store(e) => e.into(),
-            other => NewtError::Crypto { message: other.to_string() },
+            other => NewtError::Crypto {
+                message: other.to_string(),
+            },
         }
     }
 }
@@ -116,9 +127,9 @@ impl From<ClientError> for NewtError {
             ClientError::Crypto(e) => e.into(),
             ClientError::NotLoggedIn => NewtError::NotLoggedIn,
             ClientError::InvalidInput(message) => NewtError::InvalidInput { message },
-            ClientError::RoomNotEncrypted(room) => {
-                NewtError::InvalidInput { message: format!("room {room} is not encrypted") }
-            }
+            ClientError::RoomNotEncrypted(room) => NewtError::InvalidInput {
+                message: format!("room {room} is not encrypted"),
+            },
             ClientError::UnknownDevices(devices) => NewtError::UnknownDevices { devices },
             ClientError::PromptDismissed => NewtError::PromptDismissed,
         }
@@ -127,6 +138,8 @@ impl From<ClientError> for NewtError {
 
 impl From<uniffi::UnexpectedUniFFICallbackError> for NewtError {
     fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
-        NewtError::Internal { message: format!("callback failed: {}", e.reason) }
+        NewtError::Internal {
+            message: format!("callback failed: {}", e.reason),
+        }
     }
 }

@@ -11,7 +11,9 @@ mod error;
 mod logging;
 mod types;
 
-pub use callbacks::{BackgroundScheduler, Logger, PromptHandler, TimelineListener, TrustPolicyProvider};
+pub use callbacks::{
+    BackgroundScheduler, Logger, PromptHandler, TimelineListener, TrustPolicyProvider,
+};
 pub use client::{NewtClient, TimelineSubscription};
 pub use error::NewtError;
 pub use logging::set_logger;

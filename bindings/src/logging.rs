@@ -26,7 +26,9 @@ fn level_of(level: &Level) -> LogLevel {
 
 fn wanted(metadata: &Metadata<'_>) -> bool {
     let guard = LOGGER.read().unwrap_or_else(|e| e.into_inner());
-    let Some((_, max)) = guard.as_ref() else { return false };
+    let Some((_, max)) = guard.as_ref() else {
+        return false;
+    };
     let level = level_of(metadata.level());
     // Newt's own events down to the chosen level; dependencies only when they warn.
     level <= *max && (metadata.target().starts_with("newt") || level <= LogLevel::Warn)
@@ -60,7 +62,11 @@ impl<S: Subscriber> Layer<S> for Forward {
     }
 
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        let logger = LOGGER.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(l, _)| l.clone());
+        let logger = LOGGER
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(l, _)| l.clone());
         let Some(logger) = logger else { return };
         let mut message = Message::default();
         event.record(&mut message);

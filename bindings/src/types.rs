@@ -41,7 +41,10 @@ pub struct Session {
 
 impl From<newt_core::client::Session> for Session {
     fn from(s: newt_core::client::Session) -> Self {
-        Self { user_id: s.user_id, device_id: s.device_id }
+        Self {
+            user_id: s.user_id,
+            device_id: s.device_id,
+        }
     }
 }
 

@@ -147,6 +147,34 @@ impl Synapse {
         }
     }
 
+    /// Starts the stopped server again with the same database, on the same port (so clients
+    /// keep working with the same base URL). Errors if that port cannot be had.
+    pub fn restart_same_port(&self) -> Result<(), String> {
+        let port = self
+            .base_url
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let out = Command::new("bash")
+            .arg(script_path())
+            .arg("start")
+            .arg(self.dir.path())
+            .env("NEWT_SYNAPSE_WATCH_PID", std::process::id().to_string())
+            .env("NEWT_SYNAPSE_PORT", &port)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !out.status.success() || url != self.base_url {
+            return Err(format!(
+                "restart gave {url:?} ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
     /// A plain `GET` of `path` (e.g. `/_matrix/client/versions`) on this server, without
     /// any HTTP client crate. Returns the status code and the body.
     pub fn get(&self, path: &str) -> (u16, String) {

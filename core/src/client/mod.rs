@@ -23,11 +23,11 @@ use crate::crypto::{CryptoError, Device, OlmMachine};
 use crate::http::{HttpClient, HttpError};
 use crate::store::{Changes, SecretBlob, SqliteStore, Store, StoreError, StoreKey};
 
+use hooks::Hooks;
 pub use hooks::{
     BackgroundScheduler, DueWorkReport, Prompt, PromptAnswer, PromptHandler, TrustPolicy,
     TrustPolicyProvider, WakeupRequest,
 };
-use hooks::Hooks;
 pub use sync::SyncHandle;
 pub use timeline::TimelineEvent;
 
@@ -258,7 +258,12 @@ impl Client {
 
     /// Record the user's decision about a device (verify, blacklist, ignore). Blacklisting
     /// takes effect for the next room key shared.
-    pub fn set_device_trust(&self, user_id: &str, device_id: &str, trust: crate::store::LocalTrust) -> Result<bool, ClientError> {
+    pub fn set_device_trust(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        trust: crate::store::LocalTrust,
+    ) -> Result<bool, ClientError> {
         Ok(self.machine()?.set_local_trust(user_id, device_id, trust)?)
     }
 
@@ -284,9 +289,15 @@ impl Client {
 
     /// Subscribe to one room: the items received recently (current state) and a receiver of
     /// everything after them, with nothing lost or repeated in between.
-    pub fn subscribe_room(&self, room_id: &str) -> (Vec<TimelineEvent>, broadcast::Receiver<TimelineEvent>) {
+    pub fn subscribe_room(
+        &self,
+        room_id: &str,
+    ) -> (Vec<TimelineEvent>, broadcast::Receiver<TimelineEvent>) {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let snapshot = recent.get(room_id).map(|q| q.iter().cloned().collect()).unwrap_or_default();
+        let snapshot = recent
+            .get(room_id)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default();
         (snapshot, self.timeline.subscribe())
     }
 
@@ -307,28 +318,42 @@ impl Client {
 
     /// Set or remove the handler of user prompts.
     pub fn set_prompt_handler(&self, handler: Option<Arc<dyn PromptHandler>>) {
-        self.hooks.write().unwrap_or_else(|e| e.into_inner()).prompts = handler;
+        self.hooks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .prompts = handler;
     }
 
     /// Ask the prompt handler about devices seen for the first time before sharing room keys
     /// with them (verify, blacklist or ignore, per device).
     pub fn set_ask_about_new_devices(&self, ask: bool) {
-        self.hooks.write().unwrap_or_else(|e| e.into_inner()).ask_about_new_devices = ask;
+        self.hooks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .ask_about_new_devices = ask;
     }
 
     /// Set or remove the provider of per-room trust policies.
     pub fn set_trust_policy_provider(&self, provider: Option<Arc<dyn TrustPolicyProvider>>) {
-        self.hooks.write().unwrap_or_else(|e| e.into_inner()).trust_policy = provider;
+        self.hooks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .trust_policy = provider;
     }
 
     /// Set or remove the scheduler of background wake-ups.
     pub fn set_background_scheduler(&self, scheduler: Option<Arc<dyn BackgroundScheduler>>) {
-        self.hooks.write().unwrap_or_else(|e| e.into_inner()).scheduler = scheduler;
+        self.hooks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .scheduler = scheduler;
     }
 
     /// Ask the prompt handler, on a blocking worker thread (it may wait for the user).
     pub(crate) async fn prompt(&self, prompt: Prompt) -> PromptAnswer {
-        let Some(handler) = self.hooks().prompts else { return PromptAnswer::Dismissed };
+        let Some(handler) = self.hooks().prompts else {
+            return PromptAnswer::Dismissed;
+        };
         tokio::task::spawn_blocking(move || handler.on_prompt(prompt))
             .await
             .unwrap_or(PromptAnswer::Dismissed)
@@ -349,12 +374,20 @@ impl Client {
         }
     }
 
-    pub(crate) fn queue_failed_send(&self, room_id: &str, content: &serde_json::Value, error: &ClientError) {
+    pub(crate) fn queue_failed_send(
+        &self,
+        room_id: &str,
+        content: &serde_json::Value,
+        error: &ClientError,
+    ) {
         if matches!(error, ClientError::Http(e) if e.is_transient()) {
             self.pending_sends
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(PendingSend { room_id: room_id.to_owned(), content: content.clone() });
+                .push(PendingSend {
+                    room_id: room_id.to_owned(),
+                    content: content.clone(),
+                });
             self.schedule_retry(error, "message send failed");
         }
     }
@@ -388,11 +421,14 @@ impl Client {
             }
         }
         report.remaining = (failed.len() + self.store.pending_to_device()?.len()) as u32;
-        self.pending_sends.lock().unwrap_or_else(|e| e.into_inner()).extend(failed);
-        if report.remaining > 0 {
-            if let Some(e) = &last_error {
-                self.schedule_retry(e, "retry of pending work");
-            }
+        self.pending_sends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(failed);
+        if report.remaining > 0
+            && let Some(e) = &last_error
+        {
+            self.schedule_retry(e, "retry of pending work");
         }
         Ok(report)
     }
@@ -404,17 +440,30 @@ impl Client {
         use ruma::api::client::uiaa::{AuthData, Password};
         let machine = self.machine()?;
         let device = ruma::OwnedDeviceId::from(device_id);
-        let first = self.http.send(delete_device::v3::Request::new(device.clone())).await;
+        let first = self
+            .http
+            .send(delete_device::v3::Request::new(device.clone()))
+            .await;
         let session = match first {
             Ok(_) => return Ok(()),
-            Err(HttpError::AuthRequired { session, flows }) if flows.iter().any(|f| f == "m.login.password") => session,
+            Err(HttpError::AuthRequired { session, flows })
+                if flows.iter().any(|f| f == "m.login.password") =>
+            {
+                session
+            }
             Err(e) => return Err(e.into()),
         };
         let answer = self
-            .prompt(Prompt::Password { user_id: machine.user_id().to_owned(), reason: format!("delete device {device_id}") })
+            .prompt(Prompt::Password {
+                user_id: machine.user_id().to_owned(),
+                reason: format!("delete device {device_id}"),
+            })
             .await;
-        let PromptAnswer::Password(password) = answer else { return Err(ClientError::PromptDismissed) };
-        let identifier = UserIdentifier::Matrix(MatrixUserIdentifier::new(machine.user_id().to_owned()));
+        let PromptAnswer::Password(password) = answer else {
+            return Err(ClientError::PromptDismissed);
+        };
+        let identifier =
+            UserIdentifier::Matrix(MatrixUserIdentifier::new(machine.user_id().to_owned()));
         let mut auth = Password::new(identifier, password.to_string());
         auth.session = session;
         let mut request = delete_device::v3::Request::new(device);

@@ -10,10 +10,10 @@ use ruma::{OwnedRoomId, OwnedRoomOrAliasId, OwnedUserId, TransactionId};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
+use super::hooks::{Prompt, PromptAnswer};
 use super::{Client, ClientError};
 use crate::crypto::{OlmMachine, OutgoingKind, OutgoingRequest, RotationSettings};
 use crate::http::HttpError;
-use super::hooks::{Prompt, PromptAnswer};
 use crate::store::{Changes, LocalTrust, MemberRecord, RoomRecord};
 
 /// Attempts for a request that fails transiently (network, 429, 5xx).
@@ -277,7 +277,11 @@ impl Client {
     }
 
     /// Ask the prompt handler about devices of `users` nobody decided about yet.
-    async fn decide_new_devices(&self, machine: &OlmMachine, users: &[String]) -> Result<(), ClientError> {
+    async fn decide_new_devices(
+        &self,
+        machine: &OlmMachine,
+        users: &[String],
+    ) -> Result<(), ClientError> {
         let undecided = |machine: &OlmMachine| -> Result<Vec<crate::crypto::Device>, ClientError> {
             let mut out = Vec::new();
             for user in users {
@@ -293,16 +297,24 @@ impl Client {
         if devices.is_empty() {
             return Ok(());
         }
-        if let PromptAnswer::DeviceDecisions(decisions) = self.prompt(Prompt::NewDevices { devices }).await {
+        if let PromptAnswer::DeviceDecisions(decisions) =
+            self.prompt(Prompt::NewDevices { devices }).await
+        {
             for (user, device, trust) in decisions {
                 if trust != LocalTrust::Unset {
                     machine.set_local_trust(&user, &device, trust)?;
                 }
             }
         }
-        let still: Vec<String> =
-            undecided(machine)?.iter().map(|d| format!("{}/{}", d.user_id, d.device_id)).collect();
-        if still.is_empty() { Ok(()) } else { Err(ClientError::UnknownDevices(still)) }
+        let still: Vec<String> = undecided(machine)?
+            .iter()
+            .map(|d| format!("{}/{}", d.user_id, d.device_id))
+            .collect();
+        if still.is_empty() {
+            Ok(())
+        } else {
+            Err(ClientError::UnknownDevices(still))
+        }
     }
 
     /// Send an encrypted `m.text` message; returns the event id.
@@ -314,7 +326,11 @@ impl Client {
     /// Send an encrypted `m.room.message` with the given content; returns the event id.
     /// A transient failure keeps the message for [`Client::run_due_work`] and asks the app's
     /// background scheduler for a wake-up.
-    pub async fn send_message(&self, room_id: &str, content: &Value) -> Result<String, ClientError> {
+    pub async fn send_message(
+        &self,
+        room_id: &str,
+        content: &Value,
+    ) -> Result<String, ClientError> {
         match self.send_message_once(room_id, content).await {
             Ok(id) => Ok(id),
             Err(e) => {

@@ -223,7 +223,10 @@ impl Client {
             if events.is_empty() {
                 continue;
             }
-            let policy = provider.as_ref().map(|p| p.policy_for_room(&room_id)).unwrap_or_default();
+            let policy = provider
+                .as_ref()
+                .map(|p| p.policy_for_room(&room_id))
+                .unwrap_or_default();
             for event in &events {
                 if let Some(item) = TimelineEvent::from_sync(&machine, &room_id, event, policy)? {
                     self.publish(item);

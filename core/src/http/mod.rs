@@ -185,9 +185,17 @@ fn redact_path(path: &str) -> String {
 
 fn server_error(status: u16, body: &[u8]) -> HttpError {
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    if status == 401 && let Some(flows) = json.get("flows").and_then(Value::as_array) {
+    // A 401 with flows and no errcode starts user-interactive auth; with an errcode (e.g. a
+    // wrong password in a later stage) it is a plain error.
+    if status == 401
+        && json.get("errcode").is_none()
+        && let Some(flows) = json.get("flows").and_then(Value::as_array)
+    {
         return HttpError::AuthRequired {
-            session: json.get("session").and_then(Value::as_str).map(str::to_owned),
+            session: json
+                .get("session")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             flows: flows
                 .iter()
                 .filter_map(|f| f.get("stages")?.as_array())
@@ -237,11 +245,22 @@ mod tests {
                 ..
             }
         ));
-        let e = server_error(401, br#"{"session":"s1","flows":[{"stages":["m.login.password"]}]}"#);
+        let e = server_error(
+            401,
+            br#"{"session":"s1","flows":[{"stages":["m.login.password"]}]}"#,
+        );
         assert_eq!(
             e,
-            HttpError::AuthRequired { session: Some("s1".into()), flows: vec!["m.login.password".into()] }
+            HttpError::AuthRequired {
+                session: Some("s1".into()),
+                flows: vec!["m.login.password".into()]
+            }
         );
+        let e = server_error(
+            401,
+            br#"{"errcode":"M_FORBIDDEN","error":"Invalid password","session":"s1","flows":[{"stages":["m.login.password"]}]}"#,
+        );
+        assert_eq!(e.errcode(), Some("M_FORBIDDEN"));
         let e = server_error(502, b"<html>bad gateway</html>");
         assert_eq!(e.errcode(), Some("M_UNKNOWN"));
         assert!(e.is_transient());

@@ -8,18 +8,19 @@
 // the caller's thread and never on the main thread. Hop to the main actor yourself to touch
 // UI, and never call back into `NewtClient` synchronously from a callback.
 //
-// Task cancellation. Every `async` method of `NewtClient` is a Rust future driven by uniffi.
-// When the Swift `Task` awaiting it is cancelled, uniffi's cancellation handler calls the
-// future's cancel function: Rust stops polling and drops the future at its next `.await`
-// (for example an HTTP request in flight is abandoned), and the Swift call returns with an
-// error instead of a result. Work that already reached the server (a sent message, a
-// deleted device) is not undone. Long calls such as `syncOnce(timeoutMs:)` are therefore
-// safe to run in a `Task` you cancel when a view or the app goes away:
+// Task cancellation - read this. With uniffi 0.32 the generated Swift does NOT cancel the
+// Rust future when the Swift `Task` awaiting it is cancelled: its `uniffiRustCallAsync` waits
+// in a plain (non-cancellable) continuation and never calls `rust_future_cancel`. So
 //
 //     let task = Task { try await client.syncOnce(timeoutMs: 30_000) }
-//     ...
-//     task.cancel()   // the Rust future is cancelled; `try await task.value` throws
+//     task.cancel()   // has no effect on the Rust call: it runs to its end (up to 30 s)
 //
-// `close()` is the way to stop everything a client runs in the background (the sync loop
-// from `startSync()` and all timeline subscriptions); later calls throw `NewtError.Closed`.
+// and the call returns its normal result or error afterwards. (Newt's Rust side would stop
+// the work if the future were dropped early, and on Kotlin a cancelled coroutine does drop
+// it.) To bound or stop work from Swift: use short `timeoutMs` values, `stopSync()` for the
+// background loop, `close()` on the subscription or the client; check `Task.isCancelled`
+// after an `await` if a late result must be discarded.
+//
+// `close()` stops everything a client runs in the background (the sync loop from
+// `startSync()` and all timeline subscriptions); later calls throw `NewtError.Closed`.
 @_exported import NewtFFIBindings

@@ -4,10 +4,9 @@ extension NewtClient {
     /// The timeline of one room as an `AsyncStream`.
     ///
     /// The first element is `.initial(items:)` (the recent items Newt keeps in memory, maybe
-    /// none), then one `.appended(item:)` per new item. The stream ends, and the underlying
-    /// `TimelineSubscription` is closed, when the consuming task is cancelled, when the loop
-    /// breaks, or when the stream is released. Closing the client stops the updates but does
-    /// not finish the stream: cancel the consuming task too.
+    /// none), then one `.appended(item:)` per new item. The stream finishes when the client is
+    /// closed; the underlying `TimelineSubscription` is closed when the consuming task is
+    /// cancelled, when the loop breaks, or when the stream is released.
     ///
     /// Newt calls the listener on its own worker threads; `AsyncStream.Continuation` is safe
     /// to use from any thread, so elements arrive in order on the consuming task.
@@ -21,10 +20,9 @@ extension NewtClient {
     ) throws -> AsyncStream<TimelineUpdate> {
         var continuation: AsyncStream<TimelineUpdate>.Continuation!
         let stream = AsyncStream<TimelineUpdate>(bufferingPolicy: bufferingPolicy) { continuation = $0 }
-        let listener = StreamTimelineListener(continuation)
         let subscription: TimelineSubscription
         do {
-            subscription = try subscribeTimeline(roomId: roomId, listener: listener)
+            subscription = try subscribeTimeline(roomId: roomId, listener: StreamTimelineListener(continuation))
         } catch {
             continuation.finish()
             throw error
@@ -35,12 +33,18 @@ extension NewtClient {
     }
 }
 
-/// Forwards updates into a stream continuation (thread-safe by itself).
+/// Forwards updates into a stream continuation (which is thread-safe by itself). Newt holds
+/// the only reference; it releases the listener when the subscription ends (closed, or the
+/// client closed), and then the stream finishes.
 private final class StreamTimelineListener: TimelineListener, @unchecked Sendable {
     private let continuation: AsyncStream<TimelineUpdate>.Continuation
 
     init(_ continuation: AsyncStream<TimelineUpdate>.Continuation) {
         self.continuation = continuation
+    }
+
+    deinit {
+        continuation.finish()
     }
 
     func onUpdate(update: TimelineUpdate) {

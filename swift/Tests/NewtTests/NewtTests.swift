@@ -12,8 +12,8 @@ final class NewtTests: XCTestCase {
         let hs = try homeserverOrSkip()
         let (aliceName, alicePassword) = try await registerUser(homeserver: hs, prefix: "alice")
         let (bobName, bobPassword) = try await registerUser(homeserver: hs, prefix: "bob")
-        let alice = try makeClient(self, homeserver: hs)
-        let bob = try makeClient(self, homeserver: hs)
+        let alice = try await makeClient(self, homeserver: hs)
+        let bob = try await makeClient(self, homeserver: hs)
         let aliceSession = try await alice.loginPassword(user: aliceName, password: alicePassword, deviceId: nil)
         let bobSession = try await bob.loginPassword(user: bobName, password: bobPassword, deviceId: nil)
         XCTAssertEqual(alice.session()?.userId, aliceSession.userId)
@@ -26,7 +26,7 @@ final class NewtTests: XCTestCase {
 
         // bob listens through the AsyncStream helper, with the background sync loop.
         let updates = try bob.timelineUpdates(roomId: room)
-        bob.startSync()
+        try bob.startSync()
         let eventId = try await alice.sendText(roomId: room, body: "hello from swift")
         XCTAssertFalse(eventId.isEmpty)
 
@@ -39,7 +39,7 @@ final class NewtTests: XCTestCase {
 
         // and back
         let aliceUpdates = try alice.timelineUpdates(roomId: room)
-        alice.startSync()
+        try alice.startSync()
         let reply = try await bob.sendText(roomId: room, body: "hi alice")
         let got = try await firstAppended(in: aliceUpdates, timeout: 60) { $0.eventId == reply }
         XCTAssertEqual(got.body, "hi alice")
@@ -55,17 +55,27 @@ final class NewtTests: XCTestCase {
     func testLoggerReceivesRecords() async throws {
         let logger = RecordingLogger()
         setLogger(logger: logger, level: .debug)
-        defer { setLogger(logger: nil, level: .info) }
-        let client = try makeClient(self, homeserver: unreachableHomeserver)
+        let client = try await makeClient(self, homeserver: unreachableHomeserver)
+        let password = "swift logger secret 51c9"
         do {
-            _ = try await client.loginPassword(user: "nobody", password: "x", deviceId: nil)
+            _ = try await client.loginPassword(user: "nobody", password: password, deviceId: nil)
             XCTFail("login against a closed port succeeded")
         } catch NewtError.Network {
             // expected
         }
+        setLogger(logger: nil, level: .error)
         try await eventually("a log record") { !logger.records.all.isEmpty }
-        XCTAssertTrue(logger.records.all.contains { $0.level == .debug || $0.level == .warn })
-        XCTAssertFalse(logger.records.all.contains { $0.message.contains("\"x\"") }, "password in a log record")
+        let all = logger.records.all
+        XCTAssertTrue(all.contains { $0.target.hasPrefix("newt") }, "no newt* target: \(all.prefix(5))")
+        XCTAssertFalse(all.contains { $0.level == .trace }, "TRACE records at level DEBUG")
+        XCTAssertFalse(all.contains { $0.message.contains(password) }, "the password is in a log record")
+
+        // removed: no more records
+        try await Task.sleep(nanoseconds: 300_000_000)
+        let before = logger.records.all.count
+        _ = try? await client.loginPassword(user: "nobody", password: password, deviceId: nil)
+        try await Task.sleep(nanoseconds: 300_000_000)
+        XCTAssertEqual(logger.records.all.count, before, "records after setLogger(nil)")
     }
 
     // MARK: trust policy provider
@@ -74,12 +84,12 @@ final class NewtTests: XCTestCase {
         let hs = try homeserverOrSkip()
         let (aliceName, alicePassword) = try await registerUser(homeserver: hs, prefix: "alice")
         let (bobName, bobPassword) = try await registerUser(homeserver: hs, prefix: "bob")
-        let alice = try makeClient(self, homeserver: hs)
-        let bob = try makeClient(self, homeserver: hs)
+        let alice = try await makeClient(self, homeserver: hs)
+        let bob = try await makeClient(self, homeserver: hs)
         _ = try await alice.loginPassword(user: aliceName, password: alicePassword, deviceId: nil)
         let bobSession = try await bob.loginPassword(user: bobName, password: bobPassword, deviceId: nil)
         let provider = FixedTrustPolicy(.verifiedOnly)
-        bob.setTrustPolicyProvider(provider: provider)
+        try bob.setTrustPolicyProvider(provider: provider)
 
         let room = try await alice.createEncryptedRoom(name: nil, invite: [bobSession.userId])
         try await bob.syncOnce(timeoutMs: 0)
@@ -87,7 +97,7 @@ final class NewtTests: XCTestCase {
         try await alice.syncOnce(timeoutMs: 0)
         let updates = try bob.timelineUpdates(roomId: room)
         let eventId = try await alice.sendText(roomId: room, body: "policy?")
-        bob.startSync()
+        try bob.startSync()
 
         let item = try await firstAppended(in: updates, timeout: 60) { $0.eventId == eventId }
         XCTAssertTrue(provider.asked.all.contains(room), "provider not asked for \(room)")
@@ -103,7 +113,7 @@ final class NewtTests: XCTestCase {
         let hs = try homeserverOrSkip()
         let (name, password) = try await registerUser(homeserver: hs, prefix: "carol")
         let dir = try temporaryStoreDir(self)
-        let online = try makeClient(self, homeserver: hs, storeDir: dir)
+        let online = try await makeClient(self, homeserver: hs, storeDir: dir)
         _ = try await online.loginPassword(user: name, password: password, deviceId: nil)
         let room = try await online.createEncryptedRoom(name: nil, invite: [])
         try await online.syncOnce(timeoutMs: 0)
@@ -111,10 +121,11 @@ final class NewtTests: XCTestCase {
 
         // Same store, but the server is now unreachable: the send fails transiently, is kept
         // for later, and the app is asked for a wake-up.
-        let offline = try makeClient(self, homeserver: unreachableHomeserver, storeDir: dir)
-        XCTAssertNotNil(try await offline.restoreSession())
+        let offline = try await makeClient(self, homeserver: unreachableHomeserver, storeDir: dir)
+        let restored = try await offline.restoreSession()
+        XCTAssertNotNil(restored)
         let scheduler = RecordingScheduler()
-        offline.setBackgroundScheduler(scheduler: scheduler)
+        try offline.setBackgroundScheduler(scheduler: scheduler)
         do {
             _ = try await offline.sendText(roomId: room, body: "later")
             XCTFail("send to an unreachable server succeeded")
@@ -137,14 +148,14 @@ final class NewtTests: XCTestCase {
     func testDeleteDeviceAsksForPassword() async throws {
         let hs = try homeserverOrSkip()
         let (name, password) = try await registerUser(homeserver: hs, prefix: "dave")
-        let first = try makeClient(self, homeserver: hs)
-        let second = try makeClient(self, homeserver: hs)
+        let first = try await makeClient(self, homeserver: hs)
+        let second = try await makeClient(self, homeserver: hs)
         let session = try await first.loginPassword(user: name, password: password, deviceId: nil)
         let other = try await second.loginPassword(user: name, password: password, deviceId: nil)
         XCTAssertNotEqual(session.deviceId, other.deviceId)
 
         let prompter = PasswordPrompter(password: password)
-        first.setPromptHandler(handler: prompter)
+        try first.setPromptHandler(handler: prompter)
         try await first.deleteDevice(deviceId: other.deviceId)
 
         guard case let .password(userId, reason)? = prompter.prompts.all.first else {
@@ -161,7 +172,7 @@ final class NewtTests: XCTestCase {
     func testWrongPasswordIsForbidden() async throws {
         let hs = try homeserverOrSkip()
         let (name, _) = try await registerUser(homeserver: hs, prefix: "erin")
-        let client = try makeClient(self, homeserver: hs)
+        let client = try await makeClient(self, homeserver: hs)
         do {
             _ = try await client.loginPassword(user: name, password: "wrong", deviceId: nil)
             XCTFail("login with a wrong password succeeded")
@@ -171,28 +182,26 @@ final class NewtTests: XCTestCase {
         }
     }
 
-    func testWrongStoreKeyIsRefused() throws {
+    func testWrongStoreKeyIsRefused() async throws {
         let dir = try temporaryStoreDir(self)
         let key = Data(repeating: 7, count: 32)
-        let client = try NewtClient(config: ClientConfig(
-            homeserver: unreachableHomeserver, storeDir: dir, storeKey: .bytes(key: key)))
-        client.close()
-        XCTAssertThrowsError(try NewtClient(config: ClientConfig(
-            homeserver: unreachableHomeserver, storeDir: dir,
-            storeKey: .bytes(key: Data(repeating: 8, count: 32))))
-        ) { error in
-            guard case NewtError.WrongStoreKey = error else {
-                return XCTFail("expected WrongStoreKey, got \(error)")
-            }
+        func openStore(_ key: Data) async throws -> NewtClient {
+            try await NewtClient.create(config: ClientConfig(
+                homeserver: unreachableHomeserver, storeDir: dir, storeKey: .bytes(key: key)))
+        }
+        try await openStore(key).close()
+        do {
+            _ = try await openStore(Data(repeating: 8, count: 32))
+            XCTFail("a wrong store key opened the store")
+        } catch NewtError.WrongStoreKey {
+            // expected
         }
         // the right key still opens it
-        let again = try NewtClient(config: ClientConfig(
-            homeserver: unreachableHomeserver, storeDir: dir, storeKey: .bytes(key: key)))
-        again.close()
+        try await openStore(key).close()
     }
 
-    func testNotLoggedIn() throws {
-        let client = try makeClient(self, homeserver: unreachableHomeserver)
+    func testNotLoggedIn() async throws {
+        let client = try await makeClient(self, homeserver: unreachableHomeserver)
         XCTAssertNil(client.session())
         XCTAssertThrowsError(try client.ownFingerprint()) { error in
             guard case NewtError.NotLoggedIn = error else {
@@ -201,21 +210,92 @@ final class NewtTests: XCTestCase {
         }
     }
 
+    func testPromptDismissedIsTyped() async throws {
+        let hs = try homeserverOrSkip()
+        let (name, password) = try await registerUser(homeserver: hs, prefix: "frank")
+        let first = try await makeClient(self, homeserver: hs)
+        let second = try await makeClient(self, homeserver: hs)
+        _ = try await first.loginPassword(user: name, password: password, deviceId: nil)
+        let other = try await second.loginPassword(user: name, password: password, deviceId: nil)
+        // no prompt handler: the password prompt is dismissed
+        do {
+            try await first.deleteDevice(deviceId: other.deviceId)
+            XCTFail("deleteDevice without a password succeeded")
+        } catch NewtError.PromptDismissed {
+            // expected
+        }
+    }
+
     // MARK: close
 
     func testCloseIsIdempotentAndLaterCallsThrowClosed() async throws {
-        let client = try makeClient(self, homeserver: unreachableHomeserver)
+        let client = try await makeClient(self, homeserver: unreachableHomeserver)
+        let subscription = try client.subscribeTimeline(roomId: "!nowhere:localhost", listener: NoopListener())
+        subscription.close()
+        subscription.close()
         client.close()
         client.close()
-        do {
-            _ = try await client.restoreSession()
-            XCTFail("restoreSession after close succeeded")
-        } catch NewtError.Closed {
-            // expected
+        func expectClosed(_ what: String, _ call: () async throws -> Void) async {
+            do {
+                try await call()
+                XCTFail("\(what) after close succeeded")
+            } catch NewtError.Closed {
+                // expected
+            } catch {
+                XCTFail("\(what) after close: expected Closed, got \(error)")
+            }
         }
-        XCTAssertThrowsError(try client.ownFingerprint()) { error in
-            guard case NewtError.Closed = error else { return XCTFail("expected Closed, got \(error)") }
+        await expectClosed("restoreSession") { _ = try await client.restoreSession() }
+        await expectClosed("syncOnce") { try await client.syncOnce(timeoutMs: 0) }
+        await expectClosed("sendText") { _ = try await client.sendText(roomId: "!room:localhost", body: "x") }
+        await expectClosed("ownFingerprint") { _ = try client.ownFingerprint() }
+        await expectClosed("startSync") { try client.startSync() }
+        await expectClosed("subscribeTimeline") { _ = try client.timelineUpdates(roomId: "!room:localhost") }
+    }
+
+    // MARK: the AsyncStream helper
+
+    func testTimelineStreamStartsWithInitialAndFinishesWhenClientCloses() async throws {
+        let client = try await makeClient(self, homeserver: unreachableHomeserver)
+        let updates = try client.timelineUpdates(roomId: "!nowhere:localhost")
+        let consumer = Task { () -> (seen: [TimelineUpdate], finished: Bool) in
+            var seen: [TimelineUpdate] = []
+            for await update in updates { seen.append(update) }
+            return (seen, !Task.isCancelled) // the loop also ends when the task is cancelled
         }
+        try await Task.sleep(nanoseconds: 500_000_000)
+        client.close()
+        let watchdog = Task {
+            try await Task.sleep(nanoseconds: 10_000_000_000)
+            consumer.cancel() // a stream that never finishes would hang the test
+        }
+        let (seen, finished) = await consumer.value
+        watchdog.cancel()
+        XCTAssertTrue(finished, "the stream did not finish within 10 s of close()")
+        guard case .initial(let items)? = seen.first else {
+            return XCTFail("first update is not .initial: \(seen)")
+        }
+        XCTAssertTrue(items.isEmpty)
+    }
+
+    // MARK: cancellation (uniffi 0.32: a cancelled Task does not cancel the Rust call)
+
+    func testTaskCancellationDoesNotCancelTheRustCall() async throws {
+        let hs = try homeserverOrSkip()
+        let (name, password) = try await registerUser(homeserver: hs, prefix: "grace")
+        let client = try await makeClient(self, homeserver: hs)
+        _ = try await client.loginPassword(user: name, password: password, deviceId: nil)
+        try await client.syncOnce(timeoutMs: 0) // now there is a sync token: the next sync long-polls
+        let started = Date()
+        let call = Task { try await client.syncOnce(timeoutMs: 3_000) }
+        try await Task.sleep(nanoseconds: 200_000_000)
+        call.cancel()
+        _ = await call.result
+        let elapsed = Date().timeIntervalSince(started)
+        // If this fails because the call returned early, uniffi now propagates cancellation:
+        // update the note in Sources/Newt/Newt.swift and swift/README.md.
+        XCTAssertGreaterThan(elapsed, 2.0, "the long poll ended early: cancellation now reaches Rust?")
+        try await client.syncOnce(timeoutMs: 0) // still usable
     }
 
     func testVersion() {

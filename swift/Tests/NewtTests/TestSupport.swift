@@ -24,9 +24,10 @@ func temporaryStoreDir(_ test: XCTestCase) throws -> String {
 }
 
 func makeClient(_ test: XCTestCase, homeserver: String, storeDir: String? = nil,
-                key: StoreKey = .passphrase(passphrase: "swift-test-key")) throws -> NewtClient {
+                key: StoreKey = .passphrase(passphrase: "swift-test-key")) async throws -> NewtClient {
     let dir = try storeDir ?? temporaryStoreDir(test)
-    let client = try NewtClient(config: ClientConfig(homeserver: homeserver, storeDir: dir, storeKey: key))
+    let client = try await NewtClient.create(
+        config: ClientConfig(homeserver: homeserver, storeDir: dir, storeKey: key))
     test.addTeardownBlock { client.close() }
     return client
 }
@@ -118,4 +119,8 @@ final class PasswordPrompter: PromptHandler, @unchecked Sendable {
         if case .password = prompt { return .password(password: password) }
         return .dismissed
     }
+}
+
+final class NoopListener: TimelineListener, @unchecked Sendable {
+    func onUpdate(update: TimelineUpdate) {}
 }

@@ -1,0 +1,265 @@
+//! The app hooks against a real Synapse: prompts, trust policy, background retries.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use newt_core::client::{
+    BackgroundScheduler, Client, ClientConfig, ClientError, Prompt, PromptAnswer, PromptHandler,
+    TimelineEvent, TrustPolicy, TrustPolicyProvider, WakeupRequest,
+};
+use newt_core::store::{LocalTrust, StoreKey};
+use newt_e2e_tests::Synapse;
+use zeroize::Zeroizing;
+
+fn open(hs: &Synapse, dir: &std::path::Path) -> Arc<Client> {
+    Arc::new(
+        Client::new(ClientConfig {
+            homeserver: hs.base_url.clone(),
+            store_dir: dir.to_owned(),
+            store_key: StoreKey::from_passphrase("hooks"),
+        })
+        .unwrap(),
+    )
+}
+
+async fn login(hs: &Synapse, dir: &std::path::Path, user: &str) -> Arc<Client> {
+    let client = open(hs, dir);
+    client
+        .login_password(user, &format!("{user}-pw"), None)
+        .await
+        .unwrap();
+    client.sync_once(Duration::ZERO).await.unwrap();
+    client
+}
+
+async fn next_message(client: &Client, room: &str) -> TimelineEvent {
+    let own = client.session().unwrap().user_id;
+    let mut rx = client.subscribe_timeline();
+    for _ in 0..30 {
+        client.sync_once(Duration::from_secs(1)).await.unwrap();
+        while let Ok(e) = rx.try_recv() {
+            if e.room_id == room && e.sender != own {
+                return e;
+            }
+        }
+    }
+    panic!("no message arrived");
+}
+
+struct Setup {
+    hs: Synapse,
+    _dirs: tempfile::TempDir,
+    alice: Arc<Client>,
+    bob: Arc<Client>,
+    room: String,
+}
+
+async fn setup() -> Setup {
+    let hs = Synapse::start();
+    hs.register("alice", "alice-pw");
+    hs.register("bob", "bob-pw");
+    let dirs = tempfile::tempdir().unwrap();
+    let alice = login(&hs, &dirs.path().join("alice"), "alice").await;
+    let bob = login(&hs, &dirs.path().join("bob"), "bob").await;
+    let room = alice
+        .create_encrypted_room(None, &["@bob:localhost".into()])
+        .await
+        .unwrap();
+    bob.sync_once(Duration::ZERO).await.unwrap();
+    bob.join(&room).await.unwrap();
+    bob.sync_once(Duration::ZERO).await.unwrap();
+    alice.sync_once(Duration::ZERO).await.unwrap();
+    Setup {
+        hs,
+        _dirs: dirs,
+        alice,
+        bob,
+        room,
+    }
+}
+
+/// Answers every new-device prompt with one decision and records what it was asked.
+struct Decide(LocalTrust, Mutex<Vec<Prompt>>);
+
+impl PromptHandler for Decide {
+    fn on_prompt(&self, prompt: Prompt) -> PromptAnswer {
+        self.1.lock().unwrap().push(prompt.clone());
+        match prompt {
+            Prompt::NewDevices { devices } => PromptAnswer::DeviceDecisions(
+                devices
+                    .into_iter()
+                    .map(|d| (d.user_id, d.device_id, self.0))
+                    .collect(),
+            ),
+            Prompt::Password { .. } => PromptAnswer::Dismissed,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_device_prompt_blacklist_withholds_the_key_and_verify_shares_it() {
+    let s = setup().await;
+    s.alice.set_ask_about_new_devices(true);
+    // No handler: the send is refused, naming the undecided device.
+    let err = s
+        .alice
+        .send_text(&s.room, "nobody decided")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::UnknownDevices(d) if d.len() == 1 && d[0].starts_with("@bob:localhost/")),
+        "{err:?}"
+    );
+
+    let blacklist = Arc::new(Decide(LocalTrust::Blacklisted, Mutex::new(Vec::new())));
+    s.alice.set_prompt_handler(Some(blacklist.clone()));
+    s.alice.send_text(&s.room, "not for bob").await.unwrap();
+    let asked = blacklist.1.lock().unwrap().clone();
+    assert!(
+        matches!(&asked[..], [Prompt::NewDevices { devices }] if devices[0].user_id == "@bob:localhost")
+    );
+    let got = next_message(&s.bob, &s.room).await;
+    assert!(!got.decrypted, "a blacklisted device must not get the key");
+
+    // Verified later: the next message's key reaches bob too.
+    let bob_device = s.bob.session().unwrap().device_id;
+    assert!(
+        s.alice
+            .set_device_trust("@bob:localhost", &bob_device, LocalTrust::Verified)
+            .unwrap()
+    );
+    s.alice.send_text(&s.room, "now for bob").await.unwrap();
+    let got = next_message(&s.bob, &s.room).await;
+    assert_eq!(got.body.as_deref(), Some("now for bob"));
+    drop(s.hs);
+}
+
+struct Password(&'static str, AtomicUsize);
+
+impl PromptHandler for Password {
+    fn on_prompt(&self, prompt: Prompt) -> PromptAnswer {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        match prompt {
+            Prompt::Password { user_id, .. } if user_id == "@alice:localhost" => {
+                PromptAnswer::Password(Zeroizing::new(self.0.to_owned()))
+            }
+            _ => PromptAnswer::Dismissed,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_device_asks_for_the_password() {
+    let s = setup().await;
+    let dirs = tempfile::tempdir().unwrap();
+    let phone = login(&s.hs, dirs.path(), "alice").await;
+    let phone_device = phone.session().unwrap().device_id;
+    // bob tracks alice already: the new device reaches him through device_lists.changed.
+    s.bob.sync_once(Duration::ZERO).await.unwrap();
+    assert_eq!(s.bob.devices("@alice:localhost").await.unwrap().len(), 2);
+
+    // Without a handler the prompt counts as dismissed.
+    assert!(matches!(
+        s.alice.delete_device(&phone_device).await,
+        Err(ClientError::PromptDismissed)
+    ));
+    let wrong = Arc::new(Password("wrong", AtomicUsize::new(0)));
+    s.alice.set_prompt_handler(Some(wrong.clone()));
+    let err = s.alice.delete_device(&phone_device).await.unwrap_err();
+    assert_eq!(wrong.1.load(Ordering::SeqCst), 1);
+    assert!(
+        matches!(&err, ClientError::Http(e) if e.errcode() == Some("M_FORBIDDEN")),
+        "{err:?}"
+    );
+
+    let right = Arc::new(Password("alice-pw", AtomicUsize::new(0)));
+    s.alice.set_prompt_handler(Some(right.clone()));
+    s.alice.delete_device(&phone_device).await.unwrap();
+    assert_eq!(right.1.load(Ordering::SeqCst), 1);
+    // bob learns of the deletion through device_lists.changed.
+    s.bob.sync_once(Duration::ZERO).await.unwrap();
+    let devices = s.bob.devices("@alice:localhost").await.unwrap();
+    let live: Vec<_> = devices.iter().filter(|d| !d.deleted).collect();
+    assert_eq!(live.len(), 1, "{devices:?}");
+}
+
+struct Policy(TrustPolicy, Mutex<Vec<String>>);
+
+impl TrustPolicyProvider for Policy {
+    fn policy_for_room(&self, room_id: &str) -> TrustPolicy {
+        self.1.lock().unwrap().push(room_id.to_owned());
+        self.0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_policy_is_consulted_and_reported_on_events() {
+    let s = setup().await;
+    let strict = Arc::new(Policy(TrustPolicy::CrossSignedOnly, Mutex::new(Vec::new())));
+    s.bob.set_trust_policy_provider(Some(strict.clone()));
+    s.alice.send_text(&s.room, "policy").await.unwrap();
+    let got = next_message(&s.bob, &s.room).await;
+    assert!(strict.1.lock().unwrap().contains(&s.room));
+    assert_eq!(got.trust_policy, TrustPolicy::CrossSignedOnly);
+    assert!(
+        !got.policy_enforced,
+        "cross-signing does not exist yet: the policy cannot be enforced"
+    );
+
+    s.bob.set_trust_policy_provider(Some(Arc::new(Policy(
+        TrustPolicy::ShowAll,
+        Mutex::new(Vec::new()),
+    ))));
+    s.alice.send_text(&s.room, "show all").await.unwrap();
+    let got = next_message(&s.bob, &s.room).await;
+    assert_eq!(got.trust_policy, TrustPolicy::ShowAll);
+    assert!(got.policy_enforced);
+}
+
+struct Scheduler(Mutex<Vec<WakeupRequest>>);
+
+impl BackgroundScheduler for Scheduler {
+    fn schedule_wakeup(&self, request: WakeupRequest) {
+        self.0.lock().unwrap().push(request);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_send_schedules_a_wakeup_and_due_work_sends_it() {
+    let s = setup().await;
+    let scheduler = Arc::new(Scheduler(Mutex::new(Vec::new())));
+    s.alice.set_background_scheduler(Some(scheduler.clone()));
+    s.alice.send_text(&s.room, "warm up").await.unwrap();
+    next_message(&s.bob, &s.room).await;
+
+    // The server goes away: the send fails transiently and a wake-up is requested.
+    let url = s.hs.base_url.clone();
+    s.hs.stop();
+    let err = s.alice.send_text(&s.room, "sent later").await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Http(e) if e.is_transient()),
+        "{err:?}"
+    );
+    let requests = scheduler.0.lock().unwrap().clone();
+    assert!(!requests.is_empty());
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.requires_network && r.delay > Duration::ZERO)
+    );
+    let report = s.alice.run_due_work().await.unwrap();
+    assert_eq!(
+        (report.completed, report.remaining),
+        (0, 1),
+        "still offline"
+    );
+
+    // Back online (same port and database): the due work delivers the message.
+    s.hs.restart_same_port()
+        .unwrap_or_else(|e| panic!("restart {url}: {e}"));
+    let report = s.alice.run_due_work().await.unwrap();
+    assert_eq!((report.completed, report.remaining), (1, 0));
+    let got = next_message(&s.bob, &s.room).await;
+    assert_eq!(got.body.as_deref(), Some("sent later"));
+}
