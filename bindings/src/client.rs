@@ -421,3 +421,103 @@ impl Drop for TimelineSubscription {
         self.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_panic_becomes_an_internal_error() {
+        let result: Result<(), NewtError> = block_on(run(async { panic!("boom") }));
+        assert!(matches!(result, Err(NewtError::Internal { .. })));
+    }
+
+    #[test]
+    fn dropping_the_call_cancels_the_work() {
+        static FINISHED: AtomicBool = AtomicBool::new(false);
+        block_on(async {
+            let call = run(async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                FINISHED.store(true, Ordering::SeqCst);
+                Ok(())
+            });
+            // The app cancels after 50 ms.
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), call)
+                    .await
+                    .is_err()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        });
+        assert!(
+            !FINISHED.load(Ordering::SeqCst),
+            "the Rust work kept running after cancellation"
+        );
+    }
+
+    fn config(dir: &std::path::Path, passphrase: &str) -> ClientConfig {
+        ClientConfig {
+            homeserver: "http://127.0.0.1:9".into(),
+            store_dir: dir.to_string_lossy().into_owned(),
+            store_key: StoreKey::Passphrase {
+                passphrase: passphrase.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn close_is_idempotent_and_later_calls_fail_with_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = block_on(NewtClient::create(config(dir.path(), "k"))).unwrap();
+        assert_eq!(client.session(), None);
+        assert!(matches!(
+            client.own_fingerprint(),
+            Err(NewtError::NotLoggedIn)
+        ));
+        client.close();
+        client.close();
+        assert!(matches!(client.own_fingerprint(), Err(NewtError::Closed)));
+        assert!(matches!(
+            block_on(client.sync_once(0)),
+            Err(NewtError::Closed)
+        ));
+        assert!(matches!(client.start_sync(), Err(NewtError::Closed)));
+    }
+
+    #[test]
+    fn a_wrong_store_key_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = block_on(NewtClient::create(config(dir.path(), "right"))).unwrap();
+        client.close();
+        let err = block_on(NewtClient::create(config(dir.path(), "wrong")))
+            .err()
+            .unwrap();
+        assert!(matches!(err, NewtError::WrongStoreKey), "{err:?}");
+        let short = ClientConfig {
+            store_key: StoreKey::Bytes { key: vec![1; 16] },
+            ..config(dir.path(), "")
+        };
+        assert!(matches!(
+            block_on(NewtClient::create(short)).err().unwrap(),
+            NewtError::InvalidInput { .. }
+        ));
+    }
+
+    #[test]
+    fn an_unreachable_server_is_a_network_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = block_on(NewtClient::create(config(dir.path(), "k"))).unwrap();
+        let err = block_on(client.login_password("a".into(), "b".into(), None)).unwrap_err();
+        assert!(matches!(err, NewtError::Network { .. }), "{err:?}");
+    }
+}
