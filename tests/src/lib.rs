@@ -30,6 +30,8 @@
 //! directory (about 2–3 s to start, ~120 MB RSS). User ids are `@name:localhost`; clients
 //! must use [`Synapse::base_url`] (`http://127.0.0.1:PORT`), not the server name.
 
+pub mod proxy;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -64,6 +64,9 @@ pub enum ClientError {
     PromptDismissed,
 }
 
+/// Undecryptable events kept (in memory) for a retry when their key arrives.
+const MAX_UNDECRYPTABLE: usize = 2000;
+
 /// Recent timeline items kept per room for new subscribers.
 const RECENT_PER_ROOM: usize = 50;
 
@@ -107,6 +110,8 @@ pub struct Client {
     /// every item exactly once (the snapshot, then the live ones).
     recent: Mutex<HashMap<String, VecDeque<TimelineEvent>>>,
     pending_sends: Mutex<Vec<PendingSend>>,
+    /// Undecryptable events by (room, session), retried when the key arrives.
+    undecryptable: Mutex<HashMap<(String, String), Vec<serde_json::Value>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -137,6 +142,7 @@ impl Client {
             hooks: RwLock::new(Hooks::default()),
             recent: Mutex::new(HashMap::new()),
             pending_sends: Mutex::new(Vec::new()),
+            undecryptable: Mutex::new(HashMap::new()),
         })
     }
 
@@ -304,12 +310,48 @@ impl Client {
     pub(crate) fn publish(&self, item: TimelineEvent) {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         let queue = recent.entry(item.room_id.clone()).or_default();
-        if queue.len() == RECENT_PER_ROOM {
-            queue.pop_front();
+        match queue
+            .iter_mut()
+            .find(|e| item.is_update && e.event_id == item.event_id)
+        {
+            Some(old) => *old = item.clone(),
+            None => {
+                if queue.len() == RECENT_PER_ROOM {
+                    queue.pop_front();
+                }
+                queue.push_back(item.clone());
+            }
         }
-        queue.push_back(item.clone());
         // No receiver is fine: nobody is listening.
         let _ = self.timeline.send(item);
+    }
+
+    /// Keep an event whose key is missing, to decrypt it when the key arrives.
+    pub(crate) fn keep_undecryptable(&self, room_id: &str, event: &serde_json::Value) {
+        let Some(session_id) = event["content"]["session_id"].as_str() else {
+            return;
+        };
+        let mut waiting = self.undecryptable.lock().unwrap_or_else(|e| e.into_inner());
+        if waiting.values().map(Vec::len).sum::<usize>() >= MAX_UNDECRYPTABLE {
+            return;
+        }
+        waiting
+            .entry((room_id.to_owned(), session_id.to_owned()))
+            .or_default()
+            .push(event.clone());
+    }
+
+    /// The events waiting for the key of this session.
+    pub(crate) fn take_undecryptable(
+        &self,
+        room_id: &str,
+        session_id: &str,
+    ) -> Vec<serde_json::Value> {
+        self.undecryptable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(room_id.to_owned(), session_id.to_owned()))
+            .unwrap_or_default()
     }
 
     pub(crate) fn hooks(&self) -> Hooks {

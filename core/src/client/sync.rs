@@ -211,6 +211,33 @@ impl Client {
             room_keys = outcome.room_keys.len(),
             "sync processed"
         );
+        let provider = self.hooks().trust_policy;
+        let policy_of = |room_id: &str| {
+            provider
+                .as_ref()
+                .map(|p| p.policy_for_room(room_id))
+                .unwrap_or_default()
+        };
+        // Late keys: events that could not be decrypted before are retried now.
+        for key in &outcome.room_keys {
+            for event in self.take_undecryptable(&key.room_id, &key.session_id) {
+                if let Some(mut item) = TimelineEvent::from_sync(
+                    &machine,
+                    &key.room_id,
+                    &event,
+                    policy_of(&key.room_id),
+                )? {
+                    item.is_update = true;
+                    self.publish(item);
+                }
+            }
+        }
+        // Olm channels that broke are repaired (new session + m.dummy).
+        if let Some(claim) = machine.unwedge_request()?
+            && let Err(e) = self.send_request(&machine, claim).await
+        {
+            warn!(error = %e, "unwedging failed; will retry");
+        }
 
         for room_id in &encrypted_rooms {
             if let Some(room) = self.store.room(room_id)? {
@@ -218,17 +245,16 @@ impl Client {
                 machine.update_tracked_users(&users)?;
             }
         }
-        let provider = self.hooks().trust_policy;
         for (room_id, events) in timelines {
             if events.is_empty() {
                 continue;
             }
-            let policy = provider
-                .as_ref()
-                .map(|p| p.policy_for_room(&room_id))
-                .unwrap_or_default();
+            let policy = policy_of(&room_id);
             for event in &events {
                 if let Some(item) = TimelineEvent::from_sync(&machine, &room_id, event, policy)? {
+                    if !item.decrypted {
+                        self.keep_undecryptable(&room_id, event);
+                    }
                     self.publish(item);
                 }
             }

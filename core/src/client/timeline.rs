@@ -33,6 +33,9 @@ pub struct TimelineEvent {
     pub trust_policy: TrustPolicy,
     /// Whether that policy could be enforced (only `ShowAll` until sender trust exists).
     pub policy_enforced: bool,
+    /// This event was delivered before (undecryptable) and is delivered again because its
+    /// key arrived late: replace the earlier item with the same `event_id`.
+    pub is_update: bool,
 }
 
 impl TimelineEvent {
@@ -67,6 +70,7 @@ impl TimelineEvent {
             origin_server_ts,
             trust_policy,
             policy_enforced: trust_policy.enforceable(),
+            is_update: false,
         };
         match event_type.as_str() {
             "m.room.encrypted" => match machine.decrypt_room_event(room_id, event) {

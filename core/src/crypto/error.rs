@@ -96,6 +96,14 @@ pub enum MegolmError {
         /// Megolm session id
         session_id: String,
     },
+    /// The sender deliberately did not give us the key.
+    #[error("the sender withheld the room key ({code}){}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Withheld {
+        /// `m.room_key.withheld` code, e.g. `m.blacklisted`, `m.unverified`, `m.no_olm`.
+        code: String,
+        /// Human-readable reason the sender gave.
+        reason: Option<String>,
+    },
     /// The key does not reach back to this message index.
     #[error("the room key is known only from index {first_known}, message has index {index}")]
     UnknownIndex {

@@ -111,9 +111,21 @@ pub(crate) struct State {
     pub queries_in_flight: HashMap<String, Vec<(String, u64)>>,
     pub upload_in_flight: bool,
     pub next_request: u64,
+    /// Devices whose Olm messages we could not decrypt, waiting for a new session + `m.dummy`.
+    pub wedged: HashMap<String, DeviceRecord>,
 }
 
+/// At most one unwedging per device per this many milliseconds.
+pub(crate) const UNWEDGE_INTERVAL_MS: u64 = 3600 * 1000;
+
 impl State {
+    /// Queue a device for unwedging (deduplicated by identity key).
+    pub fn note_wedged(&mut self, device: DeviceRecord) {
+        self.wedged
+            .entry(device.curve25519.clone())
+            .or_insert(device);
+    }
+
     pub fn next_id(&mut self, prefix: &str) -> String {
         self.next_request += 1;
         format!("{prefix}-{}", self.next_request)
@@ -181,6 +193,7 @@ impl OlmMachine {
                 queries_in_flight: HashMap::new(),
                 upload_in_flight: false,
                 next_request: 0,
+                wedged: HashMap::new(),
             }),
         })
     }
@@ -640,12 +653,22 @@ impl OlmMachine {
             .and_then(Value::as_u64)
             .unwrap_or(0);
 
-        let record = self
-            .store
-            .inbound_group_session(room_id, session_id)?
-            .ok_or_else(|| MegolmError::MissingSession {
+        let Some(record) = self.store.inbound_group_session(room_id, session_id)? else {
+            let withheld = self
+                .store
+                .value(&super::to_device::withheld_key(room_id, session_id))?;
+            if let Some(notice) = withheld.and_then(|w| serde_json::from_str::<Value>(&w).ok()) {
+                return Err(MegolmError::Withheld {
+                    code: notice["code"].as_str().unwrap_or_default().to_owned(),
+                    reason: notice["reason"].as_str().map(str::to_owned),
+                }
+                .into());
+            }
+            return Err(MegolmError::MissingSession {
                 session_id: session_id.to_owned(),
-            })?;
+            }
+            .into());
+        };
         let mut group = InboundGroup::from_record(record)?;
         let (payload, index) = group.decrypt(ciphertext)?;
         let payload_room = payload

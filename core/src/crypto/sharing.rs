@@ -7,12 +7,12 @@ use ruma::api::client::to_device::send_event_to_device;
 use ruma::events::ToDeviceEventType;
 use ruma::to_device::DeviceIdOrAllDevices;
 use ruma::{OneTimeKeyAlgorithm, OwnedDeviceId, OwnedTransactionId, OwnedUserId, TransactionId};
-use serde_json::Value;
-use tracing::{debug, info, warn};
+use serde_json::{Value, json};
+use tracing::{info, warn};
 use vodozemac::olm::SessionConfig;
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
 
-use super::account::SIGNED_CURVE25519;
+use super::account::{MEGOLM_ALGORITHM, SIGNED_CURVE25519};
 use super::error::{CryptoError, OneTimeKeyError};
 use super::machine::{ClaimOutcome, OlmMachine};
 use super::megolm::{InboundGroup, OutboundGroup, RoomKeyContent, RotationSettings};
@@ -58,6 +58,10 @@ fn eligible(device: &DeviceRecord, own_user: &str, own_device: &str) -> bool {
 }
 
 impl OlmMachine {
+    fn is_own_device(&self, device: &DeviceRecord) -> bool {
+        device.user_id == self.user_id && device.device_id == self.device_id
+    }
+
     /// A `/keys/claim` request for every device of `users` we have no Olm session with, or
     /// `None` if there is none. All devices go into one request.
     pub fn missing_sessions(
@@ -113,6 +117,7 @@ impl OlmMachine {
             .collect();
         let mut outcome = ClaimOutcome::default();
         let mut changes = Changes::default();
+        let mut dummies = ToDeviceBatcher::new("m.room.encrypted");
         for (user, by_device) in &response.one_time_keys {
             for (device_id, keys) in by_device {
                 let (user, device_id) = (user.to_string(), device_id.to_string());
@@ -129,7 +134,30 @@ impl OlmMachine {
                         session_from_claimed_key(&state.account.inner, device, &key)
                     });
                 match result {
-                    Ok(session) => {
+                    Ok(mut session) => {
+                        if let Some(device) = state.wedged.remove(&session.sender_key) {
+                            // The new session announces itself; the peer drops the wedged one.
+                            let payload = OlmPayload {
+                                event_type: "m.dummy".into(),
+                                content: json!({}),
+                                sender: self.user_id.clone(),
+                                sender_device: Some(self.device_id.clone()),
+                                recipient: device.user_id.clone(),
+                                recipient_keys: Ed25519Keys {
+                                    ed25519: device.ed25519.clone(),
+                                },
+                                keys: Ed25519Keys {
+                                    ed25519: state.account.ed25519(),
+                                },
+                            };
+                            let content = session.encrypt(&state.account.curve25519(), &payload)?;
+                            dummies.push(&device, content);
+                            changes.values.insert(
+                                unwedge_key(&device.curve25519),
+                                crate::time::now_ms().to_string(),
+                            );
+                            info!(user = %device.user_id, device = %device.device_id, "unwedging an Olm session");
+                        }
                         changes.olm_sessions.push(session.to_record()?);
                         outcome.sessions_created += 1;
                     }
@@ -140,6 +168,7 @@ impl OlmMachine {
                 }
             }
         }
+        dummies.finish(&mut changes)?;
         self.save(&mut state, changes)?;
         Ok(outcome)
     }
@@ -148,7 +177,9 @@ impl OlmMachine {
     /// does not have it yet, creating or rotating the session as needed. Returns the
     /// to-device requests (at most [`TO_DEVICE_BATCH`] devices each); they are also stored and
     /// returned by [`Self::outgoing_requests`] until reported sent, with the same transaction
-    /// ids. Devices without an Olm session are skipped: call [`Self::missing_sessions`] first.
+    /// ids. Devices left out on purpose get an `m.room_key.withheld` notice instead, once per
+    /// session: blacklisted ones (`m.blacklisted`) and those we have no Olm session with
+    /// (`m.no_olm`; call [`Self::missing_sessions`] first).
     pub fn share_room_key(
         &self,
         room_id: &str,
@@ -158,37 +189,18 @@ impl OlmMachine {
         let mut state = self.lock()?;
         let members: HashSet<&str> = users.iter().map(String::as_str).collect();
         let refs: Vec<&str> = members.iter().copied().collect();
-        let devices: Vec<DeviceRecord> = self
+        let (devices, blacklisted): (Vec<DeviceRecord>, Vec<DeviceRecord>) = self
             .store
             .devices(&refs)?
             .into_iter()
-            .filter(|d| eligible(d, &self.user_id, &self.device_id))
-            .collect();
+            .filter(|d| !d.deleted && !self.is_own_device(d))
+            .partition(|d| d.local_trust != LocalTrust::Blacklisted);
 
         let stored = self.store.outbound_group_session(room_id)?;
         let mut group = match stored.as_ref() {
             Some(record) => {
                 let group = OutboundGroup::from_record(record)?;
-                let left = group
-                    .shared_with
-                    .iter()
-                    .any(|r| !members.contains(r.user_id.as_str()));
-                let current: HashMap<(&str, &str), &str> = devices
-                    .iter()
-                    .map(|d| {
-                        (
-                            (d.user_id.as_str(), d.device_id.as_str()),
-                            d.curve25519.as_str(),
-                        )
-                    })
-                    .collect();
-                // A recipient device that is gone or changed must not keep reading new messages.
-                let device_gone = group.shared_with.iter().any(|r| {
-                    members.contains(r.user_id.as_str())
-                        && current.get(&(r.user_id.as_str(), r.device_id.as_str()))
-                            != Some(&r.curve25519.as_str())
-                });
-                if group.expired(settings) || left || device_gone {
+                if group.expired(settings) || needs_rotation(&group, &members, &devices) {
                     info!(room_id, "rotating the outbound Megolm session");
                     OutboundGroup::new(room_id)
                 } else {
@@ -198,16 +210,22 @@ impl OlmMachine {
             None => OutboundGroup::new(room_id),
         };
 
-        let already: HashSet<(String, String, String)> = group
+        let journal: HashMap<(String, String, String), bool> = group
             .shared_with
             .iter()
-            .map(|r| (r.user_id.clone(), r.device_id.clone(), r.curve25519.clone()))
+            .map(|r| {
+                (
+                    (r.user_id.clone(), r.device_id.clone(), r.curve25519.clone()),
+                    r.withheld.is_none(),
+                )
+            })
             .collect();
+        let id_of =
+            |d: &DeviceRecord| (d.user_id.clone(), d.device_id.clone(), d.curve25519.clone());
+        // Devices that do not have the key yet (withheld ones get it once they can).
         let recipients: Vec<&DeviceRecord> = devices
             .iter()
-            .filter(|d| {
-                !already.contains(&(d.user_id.clone(), d.device_id.clone(), d.curve25519.clone()))
-            })
+            .filter(|d| journal.get(&id_of(d)) != Some(&true))
             .collect();
         let keys: Vec<&str> = recipients.iter().map(|d| d.curve25519.as_str()).collect();
         let mut sessions: HashMap<String, OlmSession> = HashMap::new();
@@ -224,8 +242,9 @@ impl OlmMachine {
         let own_ed = state.account.ed25519();
         let room_key = group.room_key_content();
         let index = group.session.message_index();
+        let session_id = group.session.session_id();
         let mut changes = Changes::default();
-        if stored.as_ref().map(|r| r.session_id.as_str()) != Some(&group.session.session_id()) {
+        if stored.as_ref().map(|r| r.session_id.as_str()) != Some(session_id.as_str()) {
             // A new session: keep an inbound copy so our own messages decrypt too.
             let key = RoomKeyContent::parse(&room_key)?;
             let own = InboundGroup::from_room_key(
@@ -237,31 +256,44 @@ impl OlmMachine {
             )?;
             changes.inbound_group_sessions.push(own.record);
         }
-        let mut requests = Vec::new();
-        let mut messages: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
-        let mut in_chunk = 0;
-        let flush = |messages: &mut BTreeMap<String, BTreeMap<String, Value>>,
-                     changes: &mut Changes,
-                     requests: &mut Vec<OutgoingRequest>|
-         -> Result<(), CryptoError> {
-            if messages.is_empty() {
-                return Ok(());
-            }
-            let pending = PendingToDevice {
-                txn_id: TransactionId::new().to_string(),
-                event_type: "m.room.encrypted".into(),
-                messages_json: serde_json::to_string(&*messages)
-                    .map_err(|e| CryptoError::CorruptState(e.to_string()))?,
+        let mut keys_out = ToDeviceBatcher::new("m.room.encrypted");
+        let mut notices = ToDeviceBatcher::new("m.room_key.withheld");
+        let mut withhold =
+            |device: &DeviceRecord, code: &str, reason: &str, group: &mut OutboundGroup| {
+                if journal.contains_key(&id_of(device)) {
+                    return; // already told, once per session
+                }
+                notices.push(
+                    device,
+                    json!({
+                        "algorithm": MEGOLM_ALGORITHM, "room_id": room_id, "session_id": session_id,
+                        "sender_key": own_curve, "code": code, "reason": reason,
+                    }),
+                );
+                group.shared_with.push(ShareRecipient {
+                    user_id: device.user_id.clone(),
+                    device_id: device.device_id.clone(),
+                    curve25519: device.curve25519.clone(),
+                    index,
+                    withheld: Some(code.to_owned()),
+                });
             };
-            requests.push(to_device_request(&pending)?);
-            changes.pending_to_device.push(pending);
-            messages.clear();
-            Ok(())
-        };
-        let mut skipped = 0usize;
+        for device in &blacklisted {
+            withhold(
+                device,
+                "m.blacklisted",
+                "You have been blocked by this device",
+                &mut group,
+            );
+        }
         for device in recipients {
             let Some(session) = sessions.get_mut(&device.curve25519) else {
-                skipped += 1;
+                withhold(
+                    device,
+                    "m.no_olm",
+                    "Unable to establish a secure channel",
+                    &mut group,
+                );
                 continue;
             };
             let payload = OlmPayload {
@@ -277,30 +309,20 @@ impl OlmMachine {
                     ed25519: own_ed.clone(),
                 },
             };
-            let content = session.encrypt(&own_curve, &payload)?;
-            messages
-                .entry(device.user_id.clone())
-                .or_default()
-                .insert(device.device_id.clone(), content);
+            keys_out.push(device, session.encrypt(&own_curve, &payload)?);
+            group.shared_with.retain(|r| {
+                (r.user_id.as_str(), r.device_id.as_str()) != (&device.user_id, &device.device_id)
+            });
             group.shared_with.push(ShareRecipient {
                 user_id: device.user_id.clone(),
                 device_id: device.device_id.clone(),
                 curve25519: device.curve25519.clone(),
                 index,
+                withheld: None,
             });
-            in_chunk += 1;
-            if in_chunk == TO_DEVICE_BATCH {
-                flush(&mut messages, &mut changes, &mut requests)?;
-                in_chunk = 0;
-            }
         }
-        flush(&mut messages, &mut changes, &mut requests)?;
-        if skipped > 0 {
-            debug!(
-                room_id,
-                skipped, "devices without an Olm session get no room key"
-            );
-        }
+        let mut requests = keys_out.finish(&mut changes)?;
+        requests.extend(notices.finish(&mut changes)?);
         for session in sessions.values() {
             changes.olm_sessions.push(session.to_record()?);
         }
@@ -308,6 +330,49 @@ impl OlmMachine {
         // Sessions, journal and the messages themselves are stored before anything is sent.
         self.save(&mut state, changes)?;
         Ok(requests)
+    }
+
+    /// A `/keys/claim` for devices whose Olm messages we could not decrypt (a wedged
+    /// session), at most once per device per hour. When the claim is answered, the new
+    /// session sends an `m.dummy` so the other side switches to it.
+    pub fn unwedge_request(&self) -> Result<Option<OutgoingRequest>, CryptoError> {
+        let mut state = self.lock()?;
+        let now = crate::time::now_ms();
+        let mut request = claim_keys::v3::Request::new(BTreeMap::new());
+        let mut due = Vec::new();
+        for (key, device) in &state.wedged {
+            let last: u64 = self
+                .store
+                .value(&unwedge_key(key))?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if now.saturating_sub(last) < super::machine::UNWEDGE_INTERVAL_MS {
+                due.push((key.clone(), false));
+                continue;
+            }
+            let Ok(user) = OwnedUserId::try_from(device.user_id.as_str()) else {
+                continue;
+            };
+            request.one_time_keys.entry(user).or_default().insert(
+                device.device_id.as_str().into(),
+                OneTimeKeyAlgorithm::SignedCurve25519,
+            );
+            due.push((key.clone(), true));
+        }
+        // Devices unwedged less than an hour ago are dropped from the queue.
+        for (key, wanted) in due {
+            if !wanted {
+                state.wedged.remove(&key);
+            }
+        }
+        if request.one_time_keys.is_empty() {
+            return Ok(None);
+        }
+        let id = state.next_id("claim");
+        Ok(Some(OutgoingRequest {
+            id,
+            kind: OutgoingKind::KeysClaim(request),
+        }))
     }
 
     /// Encrypt a room event with the room's outbound session (share it first). The advanced
@@ -358,6 +423,86 @@ impl OlmMachine {
                 ..Default::default()
             },
         )
+    }
+}
+
+/// Store key of the time a device was last unwedged.
+fn unwedge_key(curve25519: &str) -> String {
+    format!("unwedge|{curve25519}")
+}
+
+/// Whether the recipients changed in a way that must cut them off from new messages: a
+/// member left, or a device that got the key is gone, changed or blacklisted.
+fn needs_rotation(
+    group: &OutboundGroup,
+    members: &HashSet<&str>,
+    devices: &[DeviceRecord],
+) -> bool {
+    let current: HashMap<(&str, &str), &str> = devices
+        .iter()
+        .map(|d| {
+            (
+                (d.user_id.as_str(), d.device_id.as_str()),
+                d.curve25519.as_str(),
+            )
+        })
+        .collect();
+    group
+        .shared_with
+        .iter()
+        .filter(|r| r.withheld.is_none())
+        .any(|r| {
+            !members.contains(r.user_id.as_str())
+                || current.get(&(r.user_id.as_str(), r.device_id.as_str()))
+                    != Some(&r.curve25519.as_str())
+        })
+}
+
+/// Collects to-device messages of one event type into stored requests of at most
+/// [`TO_DEVICE_BATCH`] devices each.
+struct ToDeviceBatcher {
+    event_type: &'static str,
+    chunks: Vec<BTreeMap<String, BTreeMap<String, Value>>>,
+    in_chunk: usize,
+}
+
+impl ToDeviceBatcher {
+    fn new(event_type: &'static str) -> Self {
+        Self {
+            event_type,
+            chunks: Vec::new(),
+            in_chunk: TO_DEVICE_BATCH,
+        }
+    }
+
+    fn push(&mut self, device: &DeviceRecord, content: Value) {
+        if self.in_chunk == TO_DEVICE_BATCH {
+            self.chunks.push(BTreeMap::new());
+            self.in_chunk = 0;
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk
+                .entry(device.user_id.clone())
+                .or_default()
+                .insert(device.device_id.clone(), content);
+            self.in_chunk += 1;
+        }
+    }
+
+    /// Store the requests in `changes` (sent until confirmed) and return them.
+    fn finish(self, changes: &mut Changes) -> Result<Vec<OutgoingRequest>, CryptoError> {
+        let mut requests = Vec::new();
+        for chunk in self.chunks {
+            let pending = PendingToDevice {
+                txn_id: TransactionId::new().to_string(),
+                event_type: self.event_type.into(),
+                messages_json: serde_json::to_string(&chunk)
+                    .map_err(|e| CryptoError::CorruptState(e.to_string()))?,
+            };
+            requests.push(to_device_request(&pending)?);
+            changes.pending_to_device.push(pending);
+        }
+        Ok(requests)
     }
 }
 

@@ -986,3 +986,252 @@ fn a_failed_sync_commit_stores_neither_the_key_nor_the_token() {
     let outcome = receive(&bob, events);
     assert_eq!(outcome.room_keys.len(), 1);
 }
+
+#[test]
+fn devices_without_a_session_get_a_withheld_notice_once() {
+    let (mut server, alice, bob) = setup_pair();
+    let members = vec![alice.user(), bob.user()];
+    alice.machine.update_tracked_users(&members).unwrap();
+    server.drive(&alice);
+    // bob's one-time keys and fallback key are gone: no session can be made.
+    server.one_time_keys.clear();
+    server.fallback_keys.clear();
+    server.establish(&alice, &members);
+    alice
+        .machine
+        .share_room_key(ROOM, &members, RotationSettings::default())
+        .unwrap();
+    server.drive(&alice);
+    let outcome = server.sync(&bob);
+    assert_eq!(outcome.to_device[0].event_type, "m.room_key.withheld");
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("x"))
+        .unwrap();
+    let err = bob
+        .machine
+        .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$w", content))
+        .unwrap_err();
+    assert!(
+        matches!(&err, CryptoError::Megolm(MegolmError::Withheld { code, .. }) if code == "m.no_olm"),
+        "{err:?}"
+    );
+    // Once per session: sharing again sends no second notice.
+    assert!(
+        alice
+            .machine
+            .share_room_key(ROOM, &members, RotationSettings::default())
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn blacklisting_a_recipient_rotates_the_session_and_withholds_the_key() {
+    let (mut server, alice, bob) = olm_pair();
+    let members = vec![alice.user(), bob.user()];
+    let before = alice
+        .store
+        .outbound_group_session(ROOM)
+        .unwrap()
+        .unwrap()
+        .session_id;
+    alice
+        .machine
+        .set_local_trust(&bob.user(), "BOB", crate::store::LocalTrust::Blacklisted)
+        .unwrap();
+    alice
+        .machine
+        .share_room_key(ROOM, &members, RotationSettings::default())
+        .unwrap();
+    server.drive(&alice);
+    let after = alice
+        .store
+        .outbound_group_session(ROOM)
+        .unwrap()
+        .unwrap()
+        .session_id;
+    assert_ne!(
+        before, after,
+        "a blacklisted device must not read new messages"
+    );
+    let outcome = server.sync(&bob);
+    assert_eq!(outcome.to_device[0].event_type, "m.room_key.withheld");
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("x"))
+        .unwrap();
+    let err = bob
+        .machine
+        .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$b", content))
+        .unwrap_err();
+    assert!(
+        matches!(&err, CryptoError::Megolm(MegolmError::Withheld { code, .. }) if code == "m.blacklisted"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn rotation_follows_message_count_and_not_unrelated_changes() {
+    let (mut server, alice, bob) = olm_pair();
+    let members = vec![alice.user(), bob.user()];
+    let settings = RotationSettings {
+        period_ms: u64::MAX,
+        messages: 3,
+    };
+    let id = |p: &Peer| {
+        p.store
+            .outbound_group_session(ROOM)
+            .unwrap()
+            .unwrap()
+            .session_id
+    };
+    let first = id(&alice);
+    for _ in 0..3 {
+        alice
+            .machine
+            .share_room_key(ROOM, &members, settings)
+            .unwrap();
+        alice
+            .machine
+            .encrypt_room_event(ROOM, "m.room.message", &text("m"))
+            .unwrap();
+    }
+    // A restart is no reason to rotate.
+    let restarted = Peer::with_store(&alice.user(), "ALICE", alice.store.clone());
+    assert_eq!(id(&restarted), first);
+    // A new own device is no reason either; it just gets the key.
+    let phone = Peer::new(&alice.user(), "PHONE");
+    server.drive(&phone);
+    restarted
+        .machine
+        .receive_sync_changes(SyncChanges {
+            changed_users: vec![alice.user()],
+            ..Default::default()
+        })
+        .unwrap();
+    restarted.machine.update_tracked_users(&members).unwrap();
+    server.establish(&restarted, &members);
+    // ...but the 4th message is over the count of 3.
+    restarted
+        .machine
+        .share_room_key(ROOM, &members, settings)
+        .unwrap();
+    assert_ne!(id(&restarted), first);
+    let _ = bob;
+}
+
+#[test]
+fn a_member_leaving_rotates_the_session() {
+    let (_server, alice, bob) = olm_pair();
+    let before = alice
+        .store
+        .outbound_group_session(ROOM)
+        .unwrap()
+        .unwrap()
+        .session_id;
+    alice
+        .machine
+        .share_room_key(ROOM, &[alice.user()], RotationSettings::default())
+        .unwrap();
+    let after = alice
+        .store
+        .outbound_group_session(ROOM)
+        .unwrap()
+        .unwrap()
+        .session_id;
+    assert_ne!(before, after);
+    let _ = bob;
+}
+
+#[test]
+fn message_from_an_unknown_device_marks_its_user_outdated() {
+    let (mut server, alice, bob) = setup_pair();
+    // alice knows bob, bob does not know alice's device yet.
+    server.establish(&alice, &[bob.user()]);
+    let outcome = receive(&bob, vec![pre_key_event(&mut server, &alice, &bob)]);
+    assert_eq!(outcome.to_device[0].result, Ok("m.dummy".to_owned()));
+    assert_eq!(
+        bob.machine.outdated_users(&[alice.user()]).unwrap(),
+        vec![alice.user()]
+    );
+    // The next outgoing requests re-query alice at once.
+    let queries = bob.machine.outgoing_requests().unwrap();
+    assert!(queries.iter().any(|r| matches!(&r.kind, OutgoingKind::KeysQuery(q) if q.device_keys.keys().any(|u| u.as_str() == alice.user()))));
+}
+
+#[test]
+fn a_wedged_session_is_replaced_and_announced_with_a_dummy() {
+    let (mut server, alice, bob) = olm_pair();
+    let members = vec![alice.user(), bob.user()];
+    // Corrupt bob's copy of his session with alice: same id, unrelated ratchet.
+    let alice_key = alice.machine.curve25519_key();
+    let mut record = bob.store.olm_sessions(&[&alice_key]).unwrap()[&alice_key][0].clone();
+    let stranger = Peer::new("@x:localhost", "X");
+    let other = {
+        let account = stranger.machine.lock().unwrap();
+        let otk = vodozemac::Curve25519SecretKey::new();
+        let session = account
+            .account
+            .inner
+            .create_outbound_session(
+                vodozemac::olm::SessionConfig::version_1(),
+                vodozemac::Curve25519PublicKey::from(&otk),
+                vodozemac::Curve25519PublicKey::from(&vodozemac::Curve25519SecretKey::new()),
+            )
+            .unwrap();
+        OlmSession::new(alice_key.clone(), session)
+            .to_record()
+            .unwrap()
+    };
+    record.pickle = other.pickle;
+    bob.store
+        .save_changes(crate::store::Changes {
+            olm_sessions: vec![record],
+            ..Default::default()
+        })
+        .unwrap();
+    let bob = Peer::with_store(&bob.user(), "BOB", bob.store.clone());
+
+    // alice rotates and sends the new key over the (now wedged) channel: bob cannot read it.
+    alice.machine.discard_room_key(ROOM).unwrap();
+    server.share(&alice, ROOM, &members);
+    let outcome = server.sync(&bob);
+    assert!(
+        matches!(
+            outcome.to_device[0].result,
+            Err(OlmError::NoMatchingSession { .. } | OlmError::SessionCreation(_))
+        ),
+        "{:?}",
+        outcome.to_device[0]
+    );
+    // bob repairs the channel: new session from a claimed key, announced with m.dummy.
+    let Some(OutgoingRequest {
+        kind: OutgoingKind::KeysClaim(r),
+        ..
+    }) = bob.machine.unwedge_request().unwrap()
+    else {
+        panic!("expected an unwedging claim")
+    };
+    bob.machine.mark_keys_claim_sent(&server.claim(&r)).unwrap();
+    server.drive(&bob);
+    assert_eq!(
+        server.sync(&alice).to_device[0].result,
+        Ok("m.dummy".to_owned())
+    );
+    // At most once an hour.
+    assert!(bob.machine.unwedge_request().unwrap().is_none());
+    // alice's next key goes over the new session and bob decrypts again.
+    alice.machine.discard_room_key(ROOM).unwrap();
+    server.share(&alice, ROOM, &members);
+    assert_eq!(server.sync(&bob).room_keys.len(), 1);
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("healed"))
+        .unwrap();
+    let d = bob
+        .machine
+        .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$h", content))
+        .unwrap();
+    assert_eq!(d.content["body"], "healed");
+}

@@ -22,6 +22,16 @@ struct Batch {
     dirty: HashSet<String>,
     devices: HashMap<String, Option<DeviceRecord>>,
     inbound: HashMap<(String, String), InboundGroupSessionRecord>,
+    /// Users whose device sent us an Olm message although we don't know that device: our
+    /// copy of their device list is stale.
+    unknown_senders: HashSet<String>,
+    /// Known devices whose Olm messages none of our sessions decrypts.
+    wedged: Vec<DeviceRecord>,
+}
+
+/// Store key of a withheld notice for one session.
+pub(crate) fn withheld_key(room_id: &str, session_id: &str) -> String {
+    format!("withheld|{room_id}|{session_id}")
 }
 
 fn str_of<'a>(v: &'a Value, name: &str) -> &'a str {
@@ -67,6 +77,7 @@ impl OlmMachine {
                 "m.room.encrypted" => {
                     self.handle_encrypted(state, &mut batch, event, &own_curve, &mut room_keys)?
                 }
+                "m.room_key.withheld" => self.handle_withheld(event, changes),
                 "m.room_key" | "m.forwarded_room_key" => {
                     warn!(sender, "dropping a room key that was not Olm-encrypted");
                     Err(OlmError::RoomKeyNotOverOlm(event_type.clone()))
@@ -83,6 +94,29 @@ impl OlmMachine {
             });
         }
 
+        if !batch.unknown_senders.is_empty() {
+            let tracked: HashMap<String, crate::store::TrackedUser> = self
+                .store
+                .tracked_users()?
+                .into_iter()
+                .map(|u| (u.user_id.clone(), u))
+                .collect();
+            for user in &batch.unknown_senders {
+                let sequence = tracked.get(user).map_or(1, |t| t.sequence + 1);
+                debug!(
+                    user,
+                    "message from an unknown device: re-querying the user's devices"
+                );
+                changes.tracked_users.push(crate::store::TrackedUser {
+                    user_id: user.clone(),
+                    outdated: true,
+                    sequence,
+                });
+            }
+        }
+        for device in batch.wedged.drain(..) {
+            state.note_wedged(device);
+        }
         for key in &batch.dirty {
             for session in batch.sessions.get(key).into_iter().flatten() {
                 changes.olm_sessions.push(session.to_record()?);
@@ -129,9 +163,22 @@ impl OlmMachine {
         };
         let (plaintext, new_session) = match decrypt(&mut state.account, batch, &incoming) {
             Ok(x) => x,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => {
+                if matches!(
+                    e,
+                    OlmError::NoMatchingSession { .. } | OlmError::SessionCreation(_)
+                ) && let Some(device) = self.device_for_key(batch, &incoming.sender_key)?
+                    && device.user_id == incoming.sender
+                {
+                    batch.wedged.push(device);
+                }
+                return Ok(Err(e));
+            }
         };
         let device = self.device_for_key(batch, &incoming.sender_key)?;
+        if device.is_none() {
+            batch.unknown_senders.insert(incoming.sender.clone());
+        }
         let verdict = check_payload(&state.account, &incoming, device.as_ref(), &plaintext);
         let payload = match verdict {
             Ok(p) => p,
@@ -166,6 +213,29 @@ impl OlmMachine {
         }
         debug!(sender = %incoming.sender, event_type = %payload.event_type, "decrypted to-device event");
         Ok(Ok(payload.event_type))
+    }
+
+    /// Remember an `m.room_key.withheld` notice: it becomes the reason on undecryptable events.
+    fn handle_withheld(&self, event: &Value, changes: &mut Changes) -> Result<String, OlmError> {
+        let content = event.get("content").unwrap_or(&Value::Null);
+        let (Some(room_id), Some(session_id), Some(code)) = (
+            content.get("room_id").and_then(Value::as_str),
+            content.get("session_id").and_then(Value::as_str),
+            content.get("code").and_then(Value::as_str),
+        ) else {
+            return Err(OlmError::Malformed(
+                "withheld notice without room, session or code".into(),
+            ));
+        };
+        let notice = serde_json::json!({
+            "code": code,
+            "reason": content.get("reason").and_then(Value::as_str),
+            "sender": str_of(event, "sender"),
+        });
+        changes
+            .values
+            .insert(withheld_key(room_id, session_id), notice.to_string());
+        Ok("m.room_key.withheld".to_owned())
     }
 
     fn accept_room_key(

@@ -146,6 +146,10 @@ pub struct ShareRecipient {
     pub curve25519: String,
     /// Message index the recipient got the session at.
     pub index: u32,
+    /// Set when the device was deliberately not given the key: the `m.room_key.withheld`
+    /// code it was sent instead (e.g. `m.no_olm`, `m.blacklisted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
 }
 
 /// Our outbound Megolm session for one room.

@@ -54,12 +54,14 @@ pub(crate) fn outbound(room: &str, session_id: &str) -> OutboundGroupSessionReco
                 device_id: "BOBDEV".into(),
                 curve25519: "bobcurve".into(),
                 index: 0,
+                withheld: None,
             },
             ShareRecipient {
                 user_id: "@carol:example.org".into(),
                 device_id: "CAROLDEV".into(),
                 curve25519: "carolcurve".into(),
                 index: 5,
+                withheld: None,
             },
         ],
     }
