@@ -227,8 +227,13 @@ impl Client {
                     &event,
                     policy_of(&key.room_id),
                 )? {
-                    item.is_update = true;
-                    self.publish(item);
+                    if item.decrypted {
+                        item.is_update = true;
+                        self.publish(item);
+                    } else {
+                        // This key starts later than the event: wait for a better one.
+                        self.keep_undecryptable(&key.room_id, &event);
+                    }
                 }
             }
         }
