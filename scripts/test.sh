@@ -75,6 +75,8 @@ step "cargo fmt --all -- --check" fmt_check
 step "cargo clippy --workspace --all-targets -- -D warnings" clippy
 step "cargo nextest run --workspace --no-fail-fast" nextest
 step "Kotlin tests" kotlin_tests
+step "Swift syntax check (scripts/swift-check.sh)" bash scripts/swift-check.sh
+step "Swift host checks (build-xcframework.sh --check-host)" bash scripts/build-xcframework.sh --check-host
 
 # A test harness bug could leave a server behind: say so (don't kill what we can't
 # attribute to this run).
