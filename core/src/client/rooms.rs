@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use ruma::api::client::membership::{get_member_events, invite_user, join_room_by_id_or_alias};
+use ruma::api::client::membership::{
+    get_member_events, invite_user, join_room_by_id_or_alias, leave_room,
+};
 use ruma::api::client::message::send_message_event;
 use ruma::api::client::room::create_room;
 use ruma::events::MessageLikeEventType;
@@ -177,6 +179,27 @@ impl Client {
         })?;
         info!(room_id, "joined");
         Ok(room_id)
+    }
+
+    /// Leave a room.
+    pub async fn leave(&self, room_id: &str) -> Result<(), ClientError> {
+        self.machine()?;
+        let room = parse_room_id(room_id)?;
+        with_retry(|| self.http.send(leave_room::v3::Request::new(room.clone()))).await?;
+        if let Some(mut record) = self.store.room(room_id)? {
+            record.own_membership = Some("leave".into());
+            self.store.save_changes(Changes {
+                rooms: vec![record],
+                ..Default::default()
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Start a new Megolm session for the room's next message (e.g. after a security
+    /// concern); the old one is never used again.
+    pub fn discard_room_key(&self, room_id: &str) -> Result<(), ClientError> {
+        Ok(self.machine()?.discard_room_key(room_id)?)
     }
 
     /// Invite a user to a room. The invitee receives room keys from the next message on

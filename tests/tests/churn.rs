@@ -1,0 +1,329 @@
+//! Key distribution under membership and device churn, against a real Synapse (issue 4).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use newt_core::client::{Client, ClientConfig, TimelineEvent};
+use newt_core::store::{Changes, StoreKey};
+use newt_e2e_tests::Synapse;
+use newt_e2e_tests::proxy::{Action, FaultProxy};
+
+fn open(homeserver: &str, dir: &Path) -> Arc<Client> {
+    Arc::new(
+        Client::new(ClientConfig {
+            homeserver: homeserver.to_owned(),
+            store_dir: dir.to_owned(),
+            store_key: StoreKey::from_passphrase("churn"),
+        })
+        .unwrap(),
+    )
+}
+
+async fn login(homeserver: &str, dir: &Path, user: &str) -> Arc<Client> {
+    let client = open(homeserver, dir);
+    client
+        .login_password(user, &format!("{user}-pw"), None)
+        .await
+        .unwrap();
+    client.sync_once(Duration::ZERO).await.unwrap();
+    client
+}
+
+async fn receive(client: &Client, room: &str, n: usize) -> Vec<TimelineEvent> {
+    let own = client.session().unwrap().user_id;
+    let mut rx = client.subscribe_timeline();
+    let mut got = Vec::new();
+    for _ in 0..40 {
+        if got.len() >= n {
+            break;
+        }
+        client.sync_once(Duration::from_secs(1)).await.unwrap();
+        while let Ok(e) = rx.try_recv() {
+            if e.room_id == room && e.sender != own {
+                got.push(e);
+            }
+        }
+    }
+    assert!(got.len() >= n, "received {} of {n}: {got:?}", got.len());
+    got
+}
+
+fn session_id(client: &Client, room: &str) -> String {
+    client
+        .store()
+        .outbound_group_session(room)
+        .unwrap()
+        .unwrap()
+        .session_id
+}
+
+struct World {
+    hs: Synapse,
+    dirs: tempfile::TempDir,
+}
+
+impl World {
+    fn new(users: &[&str]) -> Self {
+        let hs = Synapse::start();
+        for u in users {
+            hs.register(u, &format!("{u}-pw"));
+        }
+        World {
+            hs,
+            dirs: tempfile::tempdir().unwrap(),
+        }
+    }
+    async fn login(&self, user: &str, store: &str) -> Arc<Client> {
+        login(&self.hs.base_url, &self.dirs.path().join(store), user).await
+    }
+}
+
+async fn room_with(alice: &Client, others: &[&Client]) -> String {
+    let invites: Vec<String> = others
+        .iter()
+        .map(|c| c.session().unwrap().user_id)
+        .collect();
+    let room = alice.create_encrypted_room(None, &invites).await.unwrap();
+    for other in others {
+        other.sync_once(Duration::ZERO).await.unwrap();
+        other.join(&room).await.unwrap();
+        other.sync_once(Duration::ZERO).await.unwrap();
+    }
+    alice.sync_once(Duration::ZERO).await.unwrap();
+    room
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_leaving_rotates_the_session_and_stays_members_keep_reading() {
+    let w = World::new(&["alice", "bob", "carol"]);
+    let alice = w.login("alice", "alice").await;
+    let bob = w.login("bob", "bob").await;
+    let carol = w.login("carol", "carol").await;
+    let room = room_with(&alice, &[&bob, &carol]).await;
+    alice.send_text(&room, "all three").await.unwrap();
+    receive(&carol, &room, 1).await;
+    let before = session_id(&alice, &room);
+
+    carol.leave(&room).await.unwrap();
+    alice.sync_once(Duration::ZERO).await.unwrap();
+    alice.send_text(&room, "without carol").await.unwrap();
+    assert_ne!(
+        session_id(&alice, &room),
+        before,
+        "the leaver's session must not be reused"
+    );
+    let got = receive(&bob, &room, 2).await;
+    assert_eq!(got[1].body.as_deref(), Some("without carol"));
+    // carol never received the new session.
+    let new_session = session_id(&alice, &room);
+    assert!(
+        carol
+            .store()
+            .inbound_group_session(&room, &new_session)
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_rotation_on_restart_or_new_own_device() {
+    let w = World::new(&["alice", "bob"]);
+    let alice = w.login("alice", "alice").await;
+    let bob = w.login("bob", "bob").await;
+    let room = room_with(&alice, &[&bob]).await;
+    alice.send_text(&room, "one").await.unwrap();
+    let first = session_id(&alice, &room);
+    drop(alice);
+    let alice = open(&w.hs.base_url, &w.dirs.path().join("alice"));
+    assert!(alice.restore_session().unwrap());
+    let _phone = w.login("alice", "alice-phone").await;
+    alice.sync_once(Duration::ZERO).await.unwrap();
+    alice.send_text(&room, "two").await.unwrap();
+    assert_eq!(session_id(&alice, &room), first);
+    assert_eq!(
+        receive(&bob, &room, 2).await[1].body.as_deref(),
+        Some("two")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_key_queries_and_claims_are_retried_and_nothing_is_lost() {
+    let w = World::new(&["alice", "bob"]);
+    let proxy = FaultProxy::start(&w.hs.base_url);
+    let alice = login(&proxy.base_url, &w.dirs.path().join("alice"), "alice").await;
+    let bob = w.login("bob", "bob").await;
+    let room = room_with(&alice, &[&bob]).await;
+    // The first two queries and claims fail with 5xx; the client retries with the same body.
+    proxy.rule("/keys/query", Action::Fail(503), Some(2));
+    proxy.rule("/keys/claim", Action::Fail(502), Some(2));
+    alice.send_text(&room, "despite failures").await.unwrap();
+    let got = receive(&bob, &room, 1).await;
+    assert_eq!(got[0].body.as_deref(), Some("despite failures"));
+    let log = proxy.log();
+    assert!(
+        log.iter()
+            .filter(|l| l.contains("/keys/claim") && l.ends_with("502"))
+            .count()
+            == 2,
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("/keys/claim") && l.ends_with("200")),
+        "{log:?}"
+    );
+    // Never in plaintext: everything alice sent to the room was m.room.encrypted.
+    assert!(
+        log.iter()
+            .filter(|l| l.contains("/send/"))
+            .all(|l| l.contains("/send/m.room.encrypted/")),
+        "{log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_key_from_a_new_device_is_kept_while_queries_fail() {
+    let w = World::new(&["alice", "bob"]);
+    let proxy = FaultProxy::start(&w.hs.base_url);
+    let alice = w.login("alice", "alice").await;
+    let bob = login(&proxy.base_url, &w.dirs.path().join("bob"), "bob").await;
+    let room = room_with(&alice, &[&bob]).await;
+    // bob cannot download device lists for a while.
+    proxy.rule("/keys/query", Action::Fail(500), None);
+    let phone = w.login("alice", "alice-phone").await;
+    phone.sync_once(Duration::ZERO).await.unwrap();
+    phone.send_text(&room, "from the new phone").await.unwrap();
+    let got = receive(&bob, &room, 1).await;
+    assert_eq!(got[0].body.as_deref(), Some("from the new phone"));
+    assert!(got[0].decrypted);
+    // Once queries work again, bob knows the phone.
+    proxy.clear();
+    bob.sync_once(Duration::ZERO).await.unwrap();
+    let phone_id = phone.session().unwrap().device_id;
+    let devices = bob.devices("@alice:localhost").await.unwrap();
+    assert!(
+        devices.iter().any(|d| d.device_id == phone_id),
+        "{devices:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_to_device_messages_in_one_sync_are_all_handled_in_order() {
+    let w = World::new(&["alice", "bob"]);
+    let alice = w.login("alice", "alice").await;
+    let bob = w.login("bob", "bob").await;
+    let room = room_with(&alice, &[&bob]).await;
+    // 120 messages, each with its own session: 120 room keys reach bob in one sync.
+    let expected: Vec<String> = (0..120).map(|i| format!("rotated {i:03}")).collect();
+    for body in &expected {
+        alice.discard_room_key(&room).unwrap();
+        alice.send_text(&room, body).await.unwrap();
+    }
+    // Synapse hands out at most 100 to-device events per sync: the last keys arrive after
+    // their events, which are then re-delivered decrypted (`is_update`).
+    let own = bob.session().unwrap().user_id;
+    let mut rx = bob.subscribe_timeline();
+    let mut order: Vec<String> = Vec::new();
+    let mut latest: std::collections::HashMap<String, TimelineEvent> = Default::default();
+    let mut updates = 0;
+    for _ in 0..40 {
+        bob.sync_once(Duration::from_secs(1)).await.unwrap();
+        while let Ok(e) = rx.try_recv() {
+            if e.room_id != room || e.sender == own {
+                continue;
+            }
+            if e.is_update {
+                updates += 1;
+                assert!(
+                    latest.contains_key(&e.event_id),
+                    "an update of an event never delivered"
+                );
+            } else {
+                order.push(e.event_id.clone());
+            }
+            latest.insert(e.event_id.clone(), e);
+        }
+        if order.len() == 120 && latest.values().all(|e| e.decrypted) {
+            break;
+        }
+    }
+    let bodies: Vec<String> = order
+        .iter()
+        .map(|id| latest[id].body.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(bodies, expected);
+    println!("late keys re-delivered {updates} events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_olm_session_recovers_with_a_dummy() {
+    let w = World::new(&["alice", "bob"]);
+    let alice = w.login("alice", "alice").await;
+    let bob = w.login("bob", "bob").await;
+    let room = room_with(&alice, &[&bob]).await;
+    alice.send_text(&room, "before").await.unwrap();
+    receive(&bob, &room, 1).await;
+    bob.send_text(&room, "reply").await.unwrap();
+    receive(&alice, &room, 1).await;
+
+    // Corrupt bob's Olm sessions with alice: same ids, another session's state.
+    let alice_curve = bob.devices("@alice:localhost").await.unwrap()[0]
+        .curve25519
+        .clone();
+    let sessions = bob
+        .store()
+        .olm_sessions(&[&alice_curve])
+        .unwrap()
+        .remove(&alice_curve)
+        .unwrap();
+    let mut corrupted = Vec::new();
+    for (i, mut s) in sessions.clone().into_iter().enumerate() {
+        s.pickle = sessions[(i + 1) % sessions.len()].pickle.clone();
+        if sessions.len() == 1 {
+            let mut bytes = s.pickle.as_bytes().to_vec();
+            let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let mut json = json;
+            scramble(&mut json);
+            bytes = serde_json::to_vec(&json).unwrap();
+            s.pickle = newt_core::store::SecretBlob::new(bytes);
+        }
+        corrupted.push(s);
+    }
+    bob.store()
+        .save_changes(Changes {
+            olm_sessions: corrupted,
+            ..Default::default()
+        })
+        .unwrap();
+    drop(bob);
+    let bob = open(&w.hs.base_url, &w.dirs.path().join("bob"));
+    assert!(bob.restore_session().unwrap());
+
+    // alice's next key cannot be read by bob; bob repairs the channel on his own.
+    alice.discard_room_key(&room).unwrap();
+    alice.send_text(&room, "lost").await.unwrap();
+    let got = receive(&bob, &room, 1).await;
+    assert!(!got[0].decrypted);
+    alice.sync_once(Duration::ZERO).await.unwrap(); // receives bob's m.dummy
+    alice.discard_room_key(&room).unwrap();
+    alice.send_text(&room, "healed").await.unwrap();
+    let got = receive(&bob, &room, 1).await;
+    assert_eq!(got[0].body.as_deref(), Some("healed"), "{got:?}");
+}
+
+/// Flip every number inside ratchet key material of a pickle (keeps it parseable).
+fn scramble(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) => {
+            if let Some(v) = n.as_u64()
+                && v < 256
+            {
+                *value = serde_json::Value::from((v + 1) % 256);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(scramble),
+        serde_json::Value::Object(o) => o.values_mut().for_each(scramble),
+        _ => {}
+    }
+}
