@@ -327,3 +327,82 @@ fn scramble(value: &mut serde_json::Value) {
         _ => {}
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_device_list_is_repaired_by_a_key_request_to_an_own_verified_device() {
+    use newt_core::store::LocalTrust;
+    let w = World::new(&["alice", "bob"]);
+    let phone = w.login("alice", "alice-phone").await;
+    let bob = w.login("bob", "bob").await;
+    let room = room_with(&phone, &[&bob]).await;
+    phone.send_text(&room, "hi").await.unwrap();
+    receive(&bob, &room, 1).await;
+
+    // alice logs in on a laptop; bob does not sync, so his view of alice is stale (seed 002).
+    let laptop = w.login("alice", "alice-laptop").await;
+    let (phone_id, laptop_id) = (
+        phone.session().unwrap().device_id,
+        laptop.session().unwrap().device_id,
+    );
+    phone.sync_once(Duration::ZERO).await.unwrap();
+    assert!(
+        phone
+            .devices("@alice:localhost")
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.device_id == laptop_id)
+    );
+    assert!(
+        laptop
+            .devices("@alice:localhost")
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.device_id == phone_id)
+    );
+    // The user verified both own devices.
+    phone
+        .set_device_trust("@alice:localhost", &laptop_id, LocalTrust::Verified)
+        .unwrap();
+    laptop
+        .set_device_trust("@alice:localhost", &phone_id, LocalTrust::Verified)
+        .unwrap();
+    phone
+        .send_text(&room, "phone knows the laptop")
+        .await
+        .unwrap();
+
+    bob.send_text(&room, "sent with a stale list")
+        .await
+        .unwrap();
+    let own = laptop.session().unwrap().user_id;
+    let mut rx = laptop.subscribe_timeline();
+    let mut first = None;
+    let mut healed = None;
+    for _ in 0..30 {
+        laptop.sync_once(Duration::from_millis(500)).await.unwrap();
+        phone.sync_once(Duration::from_millis(500)).await.unwrap(); // answers the request
+        while let Ok(e) = rx.try_recv() {
+            if e.room_id != room || e.sender == own || e.sender != "@bob:localhost" {
+                continue;
+            }
+            if e.is_update {
+                healed = Some(e);
+            } else {
+                first = Some(e);
+            }
+        }
+        if healed.is_some() {
+            break;
+        }
+    }
+    let first = first.expect("the laptop saw bob's message");
+    assert!(
+        !first.decrypted,
+        "bob did not know the laptop, so it could not decrypt at first"
+    );
+    let healed = healed.expect("the key arrived from the phone and the event was re-delivered");
+    assert_eq!(healed.event_id, first.event_id);
+    assert_eq!(healed.body.as_deref(), Some("sent with a stale list"));
+}

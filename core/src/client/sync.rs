@@ -259,6 +259,14 @@ impl Client {
                 if let Some(item) = TimelineEvent::from_sync(&machine, &room_id, event, policy)? {
                     if !item.decrypted {
                         self.keep_undecryptable(&room_id, event);
+                        // Our other devices may have the key (seed 004: key sharing).
+                        let content = &event["content"];
+                        if let (Some(session_id), Some(sender_key)) = (
+                            content["session_id"].as_str(),
+                            content["sender_key"].as_str(),
+                        ) {
+                            machine.request_room_key(&room_id, session_id, sender_key)?;
+                        }
                     }
                     self.publish(item);
                 }

@@ -113,6 +113,8 @@ pub(crate) struct State {
     pub next_request: u64,
     /// Devices whose Olm messages we could not decrypt, waiting for a new session + `m.dummy`.
     pub wedged: HashMap<String, DeviceRecord>,
+    /// Key requests from own devices we did not know yet, retried with the next sync.
+    pub deferred_key_requests: Vec<Value>,
 }
 
 /// At most one unwedging per device per this many milliseconds.
@@ -194,6 +196,7 @@ impl OlmMachine {
                 upload_in_flight: false,
                 next_request: 0,
                 wedged: HashMap::new(),
+                deferred_key_requests: Vec::new(),
             }),
         })
     }
@@ -682,7 +685,7 @@ impl OlmMachine {
             }
             .into());
         }
-        if sender != group.record.sender_user {
+        if !group.record.sender_user.is_empty() && sender != group.record.sender_user {
             return Err(MegolmError::SenderMismatch {
                 expected: group.record.sender_user.clone(),
                 got: sender.to_owned(),

@@ -214,6 +214,48 @@ impl InboundGroup {
         })
     }
 
+    /// Create from a forwarded (exported) key; the session id must match the key.
+    pub fn from_forwarded(
+        room_id: &str,
+        session_id: &str,
+        exported_key: &str,
+        sender_key: &str,
+        signing_key: &str,
+        sender_user: &str,
+        sender_device: &str,
+    ) -> Result<Self, OlmError> {
+        let key = vodozemac::megolm::ExportedSessionKey::from_base64(exported_key)
+            .map_err(|e| OlmError::InvalidRoomKey(format!("forwarded key: {e}")))?;
+        let session = InboundGroupSession::import(&key, SessionConfig::version_1());
+        if session.session_id() != session_id {
+            return Err(OlmError::InvalidRoomKey(
+                "forwarded key does not match its session id".into(),
+            ));
+        }
+        let json = Zeroizing::new(
+            serde_json::to_vec(&session.pickle())
+                .map_err(|e| OlmError::InvalidRoomKey(e.to_string()))?,
+        );
+        Ok(Self {
+            record: InboundGroupSessionRecord {
+                room_id: room_id.to_owned(),
+                session_id: session_id.to_owned(),
+                sender_key: sender_key.to_owned(),
+                signing_key: signing_key.to_owned(),
+                sender_user: sender_user.to_owned(),
+                sender_device: sender_device.to_owned(),
+                pickle: SecretBlob::new(json.to_vec()),
+                first_known_index: session.first_known_index(),
+            },
+            session,
+        })
+    }
+
+    /// The session exported from its first known index (for forwarding to own devices).
+    pub fn export(&self) -> String {
+        self.session.export_at_first_known_index().to_base64()
+    }
+
     pub fn from_record(record: InboundGroupSessionRecord) -> Result<Self, CryptoError> {
         let pickle: InboundGroupSessionPickle = serde_json::from_slice(record.pickle.as_bytes())
             .map_err(|e| pickle_err("inbound", e))?;

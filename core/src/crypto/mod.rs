@@ -8,6 +8,7 @@
 mod account;
 mod devices;
 mod error;
+mod key_requests;
 mod machine;
 mod megolm;
 mod olm;

@@ -35,7 +35,11 @@ pub(crate) fn to_device_request(pending: &PendingToDevice) -> Result<OutgoingReq
             .map_err(|e| CryptoError::CorruptState(format!("pending to-device user: {e}")))?;
         let entry = typed.entry(user).or_default();
         for (device, content) in devices {
-            let device = DeviceIdOrAllDevices::DeviceId(OwnedDeviceId::from(device));
+            let device = if device == "*" {
+                DeviceIdOrAllDevices::AllDevices
+            } else {
+                DeviceIdOrAllDevices::DeviceId(OwnedDeviceId::from(device))
+            };
             entry.insert(device, raw(&content)?);
         }
     }

@@ -159,18 +159,28 @@ impl FakeServer {
         let mut recipients = 0;
         for (user, devices) in &r.messages {
             for (device, content) in devices {
-                let DeviceIdOrAllDevices::DeviceId(device) = device else {
-                    panic!("all devices")
+                let targets: Vec<String> = match device {
+                    DeviceIdOrAllDevices::DeviceId(device) => vec![device.to_string()],
+                    DeviceIdOrAllDevices::AllDevices => self
+                        .device_keys
+                        .get(user.as_str())
+                        .map(|d| d.keys().cloned().collect())
+                        .unwrap_or_default(),
                 };
-                recipients += 1;
-                self.inbox
-                    .entry((user.to_string(), device.to_string()))
-                    .or_default()
-                    .push(json!({
-                        "type": r.event_type.to_string(),
-                        "sender": from.user(),
-                        "content": json_of(content).unwrap(),
-                    }));
+                for device in targets {
+                    if user.as_str() == from.user() && device == from.machine.device_id() {
+                        continue;
+                    }
+                    recipients += 1;
+                    self.inbox
+                        .entry((user.to_string(), device))
+                        .or_default()
+                        .push(json!({
+                            "type": r.event_type.to_string(),
+                            "sender": from.user(),
+                            "content": json_of(content).unwrap(),
+                        }));
+                }
             }
         }
         self.to_device_requests
@@ -1234,4 +1244,130 @@ fn a_wedged_session_is_replaced_and_announced_with_a_dummy() {
         .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$h", content))
         .unwrap();
     assert_eq!(d.content["body"], "healed");
+}
+
+#[test]
+fn missing_keys_are_requested_from_own_verified_devices_only() {
+    let (mut server, alice, bob) = olm_pair();
+    let members = vec![alice.user(), bob.user()];
+    // alice logs in a second device after bob shared the session: it misses the key.
+    let laptop = Peer::new(&alice.user(), "LAPTOP");
+    server.drive(&laptop);
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("x"))
+        .unwrap();
+    let _ = content;
+    let bob_content = {
+        server.share(&bob, ROOM, &[bob.user(), alice.user()]);
+        server.sync(&alice);
+        bob.machine
+            .encrypt_room_event(ROOM, "m.room.message", &text("for alice"))
+            .unwrap()
+    };
+    let event = room_event(ROOM, &bob.user(), "$k", bob_content);
+    server.take_inbox(&laptop);
+    let err = laptop.machine.decrypt_room_event(ROOM, &event).unwrap_err();
+    assert!(matches!(
+        err,
+        CryptoError::Megolm(MegolmError::MissingSession { .. })
+    ));
+
+    // The two own devices know and verified each other, and have an Olm channel.
+    for (me, other) in [(&alice, "LAPTOP"), (&laptop, "ALICE")] {
+        me.machine.update_tracked_users(&[alice.user()]).unwrap();
+        me.machine
+            .receive_sync_changes(SyncChanges {
+                changed_users: vec![alice.user()],
+                ..Default::default()
+            })
+            .unwrap();
+        server.drive(me);
+        assert!(
+            me.machine
+                .set_local_trust(&alice.user(), other, crate::store::LocalTrust::Verified)
+                .unwrap()
+        );
+    }
+    server.establish(&alice, &[alice.user()]);
+    let sender_key = event["content"]["sender_key"].as_str().unwrap().to_owned();
+    let session_id = event["content"]["session_id"].as_str().unwrap().to_owned();
+    assert!(
+        laptop
+            .machine
+            .request_room_key(ROOM, &session_id, &sender_key)
+            .unwrap()
+    );
+    assert!(
+        !laptop
+            .machine
+            .request_room_key(ROOM, &session_id, &sender_key)
+            .unwrap(),
+        "asked once"
+    );
+    server.drive(&laptop);
+    assert!(
+        server.take_inbox(&bob).is_empty(),
+        "requests go to own devices only"
+    );
+    server.sync(&alice);
+    server.drive(&alice);
+    let outcome = server.sync(&laptop);
+    assert_eq!(outcome.room_keys.len(), 1, "{:?}", outcome.to_device);
+    let d = laptop.machine.decrypt_room_event(ROOM, &event).unwrap();
+    assert_eq!(d.content["body"], "for alice");
+    let _ = members;
+}
+
+#[test]
+fn key_requests_of_other_users_and_unverified_devices_are_not_answered() {
+    let (mut server, alice, bob) = olm_pair();
+    let session_id = alice
+        .store
+        .outbound_group_session(ROOM)
+        .unwrap()
+        .unwrap()
+        .session_id;
+    let request = |sender: &str, device: &str| {
+        json!({"type": "m.room_key_request", "sender": sender, "content": {
+            "action": "request", "request_id": "r1", "requesting_device_id": device,
+            "body": {"algorithm": MEGOLM_ALGORITHM, "room_id": ROOM, "session_id": session_id,
+                     "sender_key": alice.machine.curve25519_key()}}})
+    };
+    let laptop = Peer::new(&alice.user(), "LAPTOP");
+    server.drive(&laptop);
+    alice
+        .machine
+        .receive_sync_changes(SyncChanges {
+            changed_users: vec![alice.user()],
+            ..Default::default()
+        })
+        .unwrap();
+    server.drive(&alice);
+    server.establish(&alice, &[alice.user()]);
+    let pending_before = alice.store.pending_to_device().unwrap().len();
+    // bob's device (another user) and alice's unverified laptop: no answer.
+    receive(
+        &alice,
+        vec![
+            request(&bob.user(), "BOB"),
+            request(&alice.user(), "LAPTOP"),
+        ],
+    );
+    assert_eq!(
+        alice.store.pending_to_device().unwrap().len(),
+        pending_before
+    );
+    // Once verified, the laptop's request is answered.
+    alice
+        .machine
+        .set_local_trust(&alice.user(), "LAPTOP", crate::store::LocalTrust::Verified)
+        .unwrap();
+    receive(&alice, vec![request(&alice.user(), "LAPTOP")]);
+    assert_eq!(
+        alice.store.pending_to_device().unwrap().len(),
+        pending_before + 1
+    );
+    // A forwarded key nobody asked for is refused.
+    let _ = bob;
 }

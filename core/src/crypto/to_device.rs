@@ -17,14 +17,14 @@ use crate::store::{Changes, DeviceRecord, InboundGroupSessionRecord};
 
 /// Olm sessions and devices loaded once for a whole batch of to-device events.
 #[derive(Default)]
-struct Batch {
-    sessions: HashMap<String, Vec<OlmSession>>,
-    dirty: HashSet<String>,
+pub(super) struct Batch {
+    pub(super) sessions: HashMap<String, Vec<OlmSession>>,
+    pub(super) dirty: HashSet<String>,
     devices: HashMap<String, Option<DeviceRecord>>,
-    inbound: HashMap<(String, String), InboundGroupSessionRecord>,
+    pub(super) inbound: HashMap<(String, String), InboundGroupSessionRecord>,
     /// Users whose device sent us an Olm message although we don't know that device: our
     /// copy of their device list is stale.
-    unknown_senders: HashSet<String>,
+    pub(super) unknown_senders: HashSet<String>,
     /// Known devices whose Olm messages none of our sessions decrypts.
     wedged: Vec<DeviceRecord>,
 }
@@ -68,6 +68,12 @@ impl OlmMachine {
             batch.sessions.insert(key, sessions);
         }
 
+        // Key requests deferred until our own device list was refreshed come first.
+        let deferred = std::mem::take(&mut state.deferred_key_requests);
+        for event in &deferred {
+            self.handle_key_request(state, &mut batch, event, changes)?
+                .ok();
+        }
         let mut outcomes = Vec::with_capacity(events.len());
         let mut room_keys = Vec::new();
         for event in events {
@@ -78,6 +84,9 @@ impl OlmMachine {
                     self.handle_encrypted(state, &mut batch, event, &own_curve, &mut room_keys)?
                 }
                 "m.room_key.withheld" => self.handle_withheld(event, changes),
+                "m.room_key_request" => {
+                    self.handle_key_request(state, &mut batch, event, changes)?
+                }
                 "m.room_key" | "m.forwarded_room_key" => {
                     warn!(sender, "dropping a room key that was not Olm-encrypted");
                     Err(OlmError::RoomKeyNotOverOlm(event_type.clone()))
@@ -128,7 +137,7 @@ impl OlmMachine {
         Ok((outcomes, room_keys))
     }
 
-    fn device_for_key(
+    pub(super) fn device_for_key(
         &self,
         batch: &mut Batch,
         sender_key: &str,
@@ -206,6 +215,13 @@ impl OlmMachine {
                 .unwrap_or_default();
             let accepted = self.accept_room_key(batch, &incoming, &payload, &sender_device)?;
             match accepted {
+                Ok(Some(info)) => room_keys.push(info),
+                Ok(None) => {}
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        if payload.event_type == "m.forwarded_room_key" {
+            match self.accept_forwarded_key(batch, &incoming, &payload, device.as_ref())? {
                 Ok(Some(info)) => room_keys.push(info),
                 Ok(None) => {}
                 Err(e) => return Ok(Err(e)),

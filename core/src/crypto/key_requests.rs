@@ -1,0 +1,284 @@
+//! Room-key requests between our own devices (`m.room_key_request` /
+//! `m.forwarded_room_key`).
+//!
+//! We ask our other devices for keys we miss, and answer only our own devices the user
+//! verified. Forwarded keys are accepted only over Olm, from an own verified device, for a
+//! key we asked for.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use tracing::{debug, info};
+
+use super::account::MEGOLM_ALGORITHM;
+use super::error::{CryptoError, OlmError};
+use super::machine::{OlmMachine, RoomKeyInfo, State};
+use super::megolm::InboundGroup;
+use super::olm::{Ed25519Keys, IncomingOlm, OlmPayload, OlmSession};
+use super::to_device::Batch;
+use crate::store::{Changes, DeviceRecord, LocalTrust, PendingToDevice};
+
+fn request_key(room_id: &str, session_id: &str) -> String {
+    format!("keyreq|{room_id}|{session_id}")
+}
+
+fn messages_json(user: &str, device: &str, content: Value) -> Result<String, CryptoError> {
+    let mut messages: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+    messages
+        .entry(user.to_owned())
+        .or_default()
+        .insert(device.to_owned(), content);
+    serde_json::to_string(&messages).map_err(|e| CryptoError::CorruptState(e.to_string()))
+}
+
+impl OlmMachine {
+    /// Ask our other devices for the key of a session we miss. Returns `false` if it was
+    /// asked already (one request per session). The request goes out with
+    /// [`Self::outgoing_requests`].
+    pub fn request_room_key(
+        &self,
+        room_id: &str,
+        session_id: &str,
+        sender_key: &str,
+    ) -> Result<bool, CryptoError> {
+        let mut state = self.lock()?;
+        if self
+            .store
+            .value(&request_key(room_id, session_id))?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let request_id = ruma::TransactionId::new().to_string();
+        let content = json!({
+            "action": "request",
+            "body": {
+                "algorithm": MEGOLM_ALGORITHM, "room_id": room_id,
+                "session_id": session_id, "sender_key": sender_key,
+            },
+            "request_id": request_id,
+            "requesting_device_id": self.device_id,
+        });
+        let mut changes = Changes::default();
+        changes
+            .values
+            .insert(request_key(room_id, session_id), request_id.clone());
+        changes.pending_to_device.push(PendingToDevice {
+            txn_id: ruma::TransactionId::new().to_string(),
+            event_type: "m.room_key_request".into(),
+            messages_json: messages_json(&self.user_id, "*", content)?,
+        });
+        self.save(&mut state, changes)?;
+        debug!(room_id, "asked own devices for a missing room key");
+        Ok(true)
+    }
+
+    /// Answer a key request from one of our own devices, if the user verified it and we have
+    /// the key. Requests of other users are never answered.
+    pub(super) fn handle_key_request(
+        &self,
+        state: &mut State,
+        batch: &mut Batch,
+        event: &Value,
+        changes: &mut Changes,
+    ) -> Result<Result<String, OlmError>, CryptoError> {
+        const TYPE: &str = "m.room_key_request";
+        let sender = event
+            .get("sender")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let content = event.get("content").unwrap_or(&Value::Null);
+        let requesting = content
+            .get("requesting_device_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if sender != self.user_id {
+            debug!(sender, "not answering a key request of another user");
+            return Ok(Ok(TYPE.into()));
+        }
+        if requesting == self.device_id
+            || content.get("action").and_then(Value::as_str) != Some("request")
+        {
+            return Ok(Ok(TYPE.into()));
+        }
+        let body = content.get("body").unwrap_or(&Value::Null);
+        let (Some(room_id), Some(session_id)) = (
+            body.get("room_id").and_then(Value::as_str),
+            body.get("session_id").and_then(Value::as_str),
+        ) else {
+            return Ok(Err(OlmError::Malformed(
+                "key request without room or session".into(),
+            )));
+        };
+        let device = self
+            .store
+            .devices(&[&self.user_id])?
+            .into_iter()
+            .find(|d| d.device_id == requesting);
+        let Some(device) = device.filter(|d| !d.deleted) else {
+            // Our own device we don't know: our list is stale; re-query, answer next time.
+            debug!(
+                requesting,
+                "key request from an unknown own device; re-querying"
+            );
+            batch.unknown_senders.insert(self.user_id.clone());
+            // Answered once the device list is fresh (bounded, in memory).
+            if state.deferred_key_requests.len() < 100 {
+                state.deferred_key_requests.push(event.clone());
+            }
+            return Ok(Ok(TYPE.into()));
+        };
+        if device.local_trust != LocalTrust::Verified {
+            debug!(device = %device.device_id, "not answering a key request of an unverified own device");
+            return Ok(Ok(TYPE.into()));
+        }
+        let in_batch = batch
+            .inbound
+            .get(&(room_id.to_owned(), session_id.to_owned()))
+            .cloned();
+        let record = match in_batch {
+            Some(r) => Some(r),
+            None => self.store.inbound_group_session(room_id, session_id)?,
+        };
+        let Some(record) = record else {
+            debug!(room_id, "key request for a session we don't have");
+            return Ok(Ok(TYPE.into()));
+        };
+        let group = InboundGroup::from_record(record)?;
+        let forwarded = json!({
+            "algorithm": MEGOLM_ALGORITHM,
+            "room_id": room_id,
+            "session_id": session_id,
+            "session_key": group.export(),
+            "sender_key": group.record.sender_key,
+            "sender_claimed_ed25519_key": group.record.signing_key,
+            "forwarding_curve25519_key_chain": [],
+        });
+        if self.encrypt_for_device(
+            state,
+            batch,
+            &device,
+            "m.forwarded_room_key",
+            forwarded,
+            changes,
+        )? {
+            info!(device = %device.device_id, "forwarded a room key to an own verified device");
+        } else {
+            debug!(device = %device.device_id, "no Olm session to answer a key request");
+        }
+        Ok(Ok(TYPE.into()))
+    }
+
+    /// Queue an Olm-encrypted to-device message over the newest session with `device`.
+    /// Returns `false` if there is no session with it.
+    fn encrypt_for_device(
+        &self,
+        state: &mut State,
+        batch: &mut Batch,
+        device: &DeviceRecord,
+        event_type: &str,
+        content: Value,
+        changes: &mut Changes,
+    ) -> Result<bool, CryptoError> {
+        if !batch.sessions.contains_key(&device.curve25519) {
+            let loaded = self.store.olm_sessions(&[&device.curve25519])?;
+            let sessions = loaded
+                .get(&device.curve25519)
+                .into_iter()
+                .flatten()
+                .map(OlmSession::from_record)
+                .collect::<Result<Vec<_>, _>>()?;
+            batch.sessions.insert(device.curve25519.clone(), sessions);
+        }
+        let Some(session) = batch
+            .sessions
+            .get_mut(&device.curve25519)
+            .and_then(|s| s.iter_mut().max_by_key(|s| (s.last_used_ms, s.created_ms)))
+        else {
+            return Ok(false);
+        };
+        let payload = OlmPayload {
+            event_type: event_type.into(),
+            content,
+            sender: self.user_id.clone(),
+            sender_device: Some(self.device_id.clone()),
+            recipient: device.user_id.clone(),
+            recipient_keys: Ed25519Keys {
+                ed25519: device.ed25519.clone(),
+            },
+            keys: Ed25519Keys {
+                ed25519: state.account.ed25519(),
+            },
+        };
+        let encrypted = session.encrypt(&state.account.curve25519(), &payload)?;
+        batch.dirty.insert(device.curve25519.clone());
+        changes.pending_to_device.push(PendingToDevice {
+            txn_id: ruma::TransactionId::new().to_string(),
+            event_type: "m.room.encrypted".into(),
+            messages_json: messages_json(&device.user_id, &device.device_id, encrypted)?,
+        });
+        Ok(true)
+    }
+
+    /// Accept an `m.forwarded_room_key` that arrived over Olm.
+    pub(super) fn accept_forwarded_key(
+        &self,
+        batch: &mut Batch,
+        incoming: &IncomingOlm,
+        payload: &OlmPayload,
+        device: Option<&DeviceRecord>,
+    ) -> Result<Result<Option<RoomKeyInfo>, OlmError>, CryptoError> {
+        let from_verified_own = device
+            .is_some_and(|d| d.user_id == self.user_id && d.local_trust == LocalTrust::Verified);
+        if !from_verified_own {
+            return Ok(Err(OlmError::InvalidRoomKey(
+                "forwarded keys are accepted only from own verified devices".into(),
+            )));
+        }
+        let c = &payload.content;
+        let field = |name: &str| c.get(name).and_then(Value::as_str).unwrap_or_default();
+        let (room_id, session_id) = (field("room_id"), field("session_id"));
+        if self
+            .store
+            .value(&request_key(room_id, session_id))?
+            .is_none()
+        {
+            return Ok(Err(OlmError::InvalidRoomKey(
+                "a forwarded key we did not ask for".into(),
+            )));
+        }
+        let original = self.device_for_key(batch, field("sender_key"))?;
+        let group = match InboundGroup::from_forwarded(
+            room_id,
+            session_id,
+            field("session_key"),
+            field("sender_key"),
+            field("sender_claimed_ed25519_key"),
+            original
+                .as_ref()
+                .map(|d| d.user_id.as_str())
+                .unwrap_or_default(),
+            original
+                .as_ref()
+                .map(|d| d.device_id.as_str())
+                .unwrap_or_default(),
+        ) {
+            Ok(g) => g,
+            Err(e) => return Ok(Err(e)),
+        };
+        let id = (room_id.to_owned(), session_id.to_owned());
+        let existing = match batch.inbound.get(&id) {
+            Some(r) => Some(r.clone()),
+            None => self.store.inbound_group_session(room_id, session_id)?,
+        };
+        if existing.is_some_and(|e| e.first_known_index <= group.record.first_known_index) {
+            return Ok(Ok(None));
+        }
+        batch.inbound.insert(id, group.record);
+        Ok(Ok(Some(RoomKeyInfo {
+            room_id: room_id.to_owned(),
+            session_id: session_id.to_owned(),
+            sender: incoming.sender.clone(),
+        })))
+    }
+}
