@@ -15,6 +15,16 @@ use super::megolm::InboundGroup;
 use super::requests::{OutgoingKind, OutgoingRequest, json_of, raw, raw_map};
 use crate::store::{Changes, DeviceRecord, LocalTrust, MegolmIndexRecord, Store, TrackedUser};
 
+/// First back-off of a server whose key queries fail.
+const BACKOFF_BASE_MS: u64 = 15_000;
+/// Longest back-off.
+const BACKOFF_MAX_MS: u64 = 15 * 60_000;
+
+/// The server name of a user id.
+fn server_of(user_id: &str) -> Option<&str> {
+    user_id.split_once(':').map(|(_, server)| server)
+}
+
 /// Users per `/keys/query` request.
 const QUERY_BATCH: usize = 250;
 
@@ -115,6 +125,8 @@ pub(crate) struct State {
     pub wedged: HashMap<String, DeviceRecord>,
     /// Key requests from own devices we did not know yet, retried with the next sync.
     pub deferred_key_requests: Vec<Value>,
+    /// Servers whose `/keys/query` failed: (consecutive failures, retry not before, ms).
+    pub server_backoff: HashMap<String, (u32, u64)>,
 }
 
 /// At most one unwedging per device per this many milliseconds.
@@ -197,6 +209,7 @@ impl OlmMachine {
                 next_request: 0,
                 wedged: HashMap::new(),
                 deferred_key_requests: Vec::new(),
+                server_backoff: HashMap::new(),
             }),
         })
     }
@@ -405,11 +418,17 @@ impl OlmMachine {
             .flatten()
             .map(|(u, _)| u.clone())
             .collect();
+        let now = crate::time::now_ms();
+        let backed_off = |user: &str| {
+            server_of(user)
+                .and_then(|s| state.server_backoff.get(s))
+                .is_some_and(|(_, until)| *until > now)
+        };
         let outdated: Vec<TrackedUser> = self
             .store
             .tracked_users()?
             .into_iter()
-            .filter(|u| u.outdated && !in_flight.contains(&u.user_id))
+            .filter(|u| u.outdated && !in_flight.contains(&u.user_id) && !backed_off(&u.user_id))
             .collect();
         for chunk in outdated.chunks(QUERY_BATCH) {
             let mut request = get_keys::v3::Request::new();
@@ -498,6 +517,23 @@ impl OlmMachine {
             .ok_or_else(|| CryptoError::UnknownRequest(request_id.to_owned()))?;
         let mut outcome = QueryOutcome::default();
         let mut changes = Changes::default();
+        // A server that failed is backed off (15 s doubling to 15 min) without holding up
+        // the users of other servers; one that answered is forgiven.
+        let now = crate::time::now_ms();
+        for (user, _) in &requested {
+            let Some(server) = server_of(user) else {
+                continue;
+            };
+            if response.failures.contains_key(server) {
+                let (failures, _) = state.server_backoff.get(server).copied().unwrap_or((0, 0));
+                let delay = (BACKOFF_BASE_MS << failures.min(6)).min(BACKOFF_MAX_MS);
+                state
+                    .server_backoff
+                    .insert(server.to_owned(), (failures + 1, now + delay));
+            } else {
+                state.server_backoff.remove(server);
+            }
+        }
 
         let users: Vec<&str> = response.device_keys.keys().map(|u| u.as_str()).collect();
         let mut stored: HashMap<(String, String), DeviceRecord> = self

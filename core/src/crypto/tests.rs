@@ -1371,3 +1371,65 @@ fn key_requests_of_other_users_and_unverified_devices_are_not_answered() {
     // A forwarded key nobody asked for is refused.
     let _ = bob;
 }
+
+#[test]
+fn a_failing_server_is_backed_off_without_delaying_others() {
+    let (mut server, alice, bob) = setup_pair();
+    let remote = "@carol:remote.example".to_owned();
+    alice
+        .machine
+        .update_tracked_users(&[bob.user(), remote.clone()])
+        .unwrap();
+    let requests = alice.machine.outgoing_requests().unwrap();
+    let query = requests.iter().find_map(|r| match &r.kind {
+        OutgoingKind::KeysQuery(q) => Some((r.id.clone(), q.clone())),
+        _ => None,
+    });
+    let (id, q) = query.expect("a query");
+    let mut response = server.query(&q);
+    response.device_keys.retain(|u, _| u.as_str() != remote);
+    response
+        .failures
+        .insert("remote.example".into(), json!({"errcode": "M_UNAVAILABLE"}));
+    alice.machine.mark_keys_query_sent(&id, &response).unwrap();
+    assert_eq!(
+        alice
+            .machine
+            .outdated_users(&[bob.user(), remote.clone()])
+            .unwrap(),
+        vec![remote.clone()]
+    );
+    // carol stays outdated but is not re-queried until her server's back-off ends...
+    assert!(
+        alice
+            .machine
+            .outgoing_requests()
+            .unwrap()
+            .iter()
+            .all(|r| !matches!(r.kind, OutgoingKind::KeysQuery(_)))
+    );
+    // ...while bob's next change is queried at once.
+    alice
+        .machine
+        .receive_sync_changes(SyncChanges {
+            changed_users: vec![bob.user()],
+            ..Default::default()
+        })
+        .unwrap();
+    let requests = alice.machine.outgoing_requests().unwrap();
+    let users: Vec<String> = requests
+        .iter()
+        .filter_map(|r| match &r.kind {
+            OutgoingKind::KeysQuery(q) => Some(
+                q.device_keys
+                    .keys()
+                    .map(|u| u.to_string())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(users, vec![bob.user()]);
+    let _ = &mut server;
+}

@@ -1,0 +1,177 @@
+//! Device-tracking and key-distribution benchmarks on the SQLite store (issue 4 workloads).
+//!
+//! - find devices without an Olm session among 2,002 users / 2,003 devices
+//!   (`keys_query_2000_members.json`, the reference implementation's input);
+//! - share a room key with 1,000 users x 2 devices (synthetic devices with real keys),
+//!   reporting the number of HTTP requests it takes;
+//! - handle a `device_lists.changed` of 500 tracked users.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use newt_core::crypto::{OlmMachine, OutgoingKind, RotationSettings, SyncChanges};
+use newt_core::store::{MemoryStore, SqliteStore, Store, StoreKey};
+use ruma::api::IncomingResponseExt;
+use ruma::api::client::keys::{claim_keys, get_keys};
+use ruma::serde::Raw;
+use ruma::{OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId};
+use serde_json::Value;
+
+const USER: &str = "@alice:example.org";
+const DEVICE: &str = "JLAFKJWSCS";
+const ROOM: &str = "!bench:example.org";
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("NEWT_BENCH_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench-fixtures")
+        })
+}
+
+fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), &StoreKey::from_bytes([7; 32])).unwrap();
+    (Arc::new(store), dir)
+}
+
+fn raw<T>(value: &Value) -> Raw<T> {
+    Raw::from_json(serde_json::value::to_raw_value(value).unwrap())
+}
+
+/// Machine with `users` tracked and `response` handled.
+fn machine_knowing(response: &get_keys::v3::Response) -> (OlmMachine, tempfile::TempDir) {
+    let (store, dir) = sqlite();
+    let machine = OlmMachine::open(USER, DEVICE, store).unwrap();
+    let users: Vec<String> = response.device_keys.keys().map(|u| u.to_string()).collect();
+    machine.update_tracked_users(&users).unwrap();
+    for request in machine.outgoing_requests().unwrap() {
+        if matches!(request.kind, OutgoingKind::KeysQuery(_)) {
+            machine.mark_keys_query_sent(&request.id, response).unwrap();
+        }
+    }
+    (machine, dir)
+}
+
+fn missing_sessions_2000(c: &mut Criterion) {
+    let body = std::fs::read(fixtures().join("keys_query_2000_members.json")).expect("fixture");
+    let response = get_keys::v3::Response::try_from_http_response(
+        http::Response::builder()
+            .status(200)
+            .body(body.as_slice())
+            .unwrap(),
+    )
+    .unwrap();
+    let users: Vec<String> = response.device_keys.keys().map(|u| u.to_string()).collect();
+    let (machine, _dir) = machine_knowing(&response);
+    c.bench_function("missing_sessions_2000_users/sqlite", |b| {
+        b.iter(|| {
+            let request = machine.missing_sessions(&users).unwrap().expect("a claim");
+            let OutgoingKind::KeysClaim(claim) = request.kind else {
+                unreachable!()
+            };
+            assert!(claim.one_time_keys.len() >= 2000);
+        })
+    });
+}
+
+/// 1,000 users with 2 devices each: signed device keys and one signed one-time key each.
+fn synthetic_devices() -> (get_keys::v3::Response, claim_keys::v3::Response) {
+    let mut query = get_keys::v3::Response::new();
+    let mut claims: BTreeMap<OwnedUserId, claim_keys::v3::OneTimeKeys> = BTreeMap::new();
+    for u in 0..1000 {
+        let user = format!("@u{u}:example.org");
+        for d in 0..2 {
+            let device = format!("D{d}");
+            let peer = OlmMachine::open(&user, &device, Arc::new(MemoryStore::new())).unwrap();
+            let keys = peer.device_keys().unwrap();
+            let user_id = OwnedUserId::try_from(user.as_str()).unwrap();
+            query
+                .device_keys
+                .entry(user_id.clone())
+                .or_default()
+                .insert(OwnedDeviceId::from(device.as_str()), raw(&keys));
+            let upload = peer.outgoing_requests().unwrap().remove(0);
+            let OutgoingKind::KeysUpload(upload) = upload.kind else {
+                unreachable!()
+            };
+            let (id, key) = upload.one_time_keys.into_iter().next().unwrap();
+            let key: Value = serde_json::from_str(key.json().get()).unwrap();
+            claims
+                .entry(user_id)
+                .or_default()
+                .entry(OwnedDeviceId::from(device.as_str()))
+                .or_default()
+                .insert(OwnedOneTimeKeyId::try_from(id.as_str()).unwrap(), raw(&key));
+        }
+    }
+    (query, claim_keys::v3::Response::new(claims))
+}
+
+fn share_with_2000_devices(c: &mut Criterion) {
+    let (query, claim) = synthetic_devices();
+    let users: Vec<String> = query.device_keys.keys().map(|u| u.to_string()).collect();
+    let (machine, _dir) = machine_knowing(&query);
+    assert_eq!(
+        machine
+            .mark_keys_claim_sent(&claim)
+            .unwrap()
+            .sessions_created,
+        2000
+    );
+    let requests = machine
+        .share_room_key(ROOM, &users, RotationSettings::default())
+        .unwrap();
+    println!(
+        "share_room_key 1000 users x 2 devices: {} /sendToDevice requests",
+        requests.len()
+    );
+    for r in &requests {
+        machine.mark_to_device_sent(&r.id).unwrap();
+    }
+    c.bench_function("share_room_key_1000_users_x2/sqlite", |b| {
+        b.iter(|| {
+            machine.discard_room_key(ROOM).unwrap();
+            let requests = machine
+                .share_room_key(ROOM, &users, RotationSettings::default())
+                .unwrap();
+            assert_eq!(requests.len(), 8);
+            for r in &requests {
+                machine.mark_to_device_sent(&r.id).unwrap();
+            }
+        })
+    });
+}
+
+fn device_lists_changed_500(c: &mut Criterion) {
+    let users: Vec<String> = (0..500).map(|i| format!("@m{i}:example.org")).collect();
+    c.bench_function("device_lists_changed_500_users/sqlite", |b| {
+        b.iter_batched(
+            || {
+                let (store, dir) = sqlite();
+                let machine = OlmMachine::open(USER, DEVICE, store).unwrap();
+                machine.update_tracked_users(&users).unwrap();
+                (machine, dir)
+            },
+            |(machine, dir)| {
+                machine
+                    .receive_sync_changes(SyncChanges {
+                        changed_users: users.clone(),
+                        ..Default::default()
+                    })
+                    .unwrap();
+                (machine, dir)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(10);
+    targets = missing_sessions_2000, share_with_2000_devices, device_lists_changed_500
+}
+criterion_main!(benches);
