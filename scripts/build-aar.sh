@@ -67,8 +67,11 @@ check_alignment() {
 generate_bindings() {
     local lib=$1
     rm -rf "$KOTLIN_SRC/uniffi"
+    # Kotlin-only generator settings (renames), if the module has them.
+    local config=()
+    [[ -f $MODULE/uniffi.toml ]] && config=(--config "$REPO_ROOT/$MODULE/uniffi.toml")
     cargo run -q -p newt-ffi --bin uniffi-bindgen -- generate --library "$lib" \
-        --language kotlin --out-dir "$KOTLIN_SRC" --no-format >&2 \
+        --language kotlin --out-dir "$KOTLIN_SRC" --no-format "${config[@]}" >&2 \
         || die "uniffi-bindgen generate failed"
     [[ -f $GENERATED ]] || die "bindings generated, but not at $GENERATED"
     log "ok: generated $GENERATED ($(wc -l <"$GENERATED") lines)"
@@ -194,7 +197,7 @@ full_build() {
     local targets=() abi
     for abi in "${ABIS[@]}"; do targets+=(-t "$abi"); done
     RUSTFLAGS="${RUSTFLAGS:-} $PAGE_FLAGS" \
-        CARGO_PROFILE_RELEASE_DEBUG=limited CARGO_PROFILE_RELEASE_STRIP=none \
+        CARGO_PROFILE_RELEASE_STRIP=none \
         cargo ndk "${targets[@]}" --platform 24 -o "$JNI_DIR" build --release -p newt-ffi \
         || die "cargo ndk build failed"
 

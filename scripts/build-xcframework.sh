@@ -11,6 +11,9 @@
 #   --profile NAME        cargo profile (default: release for the XCFramework, dev for
 #                         --check-host)
 #   --no-macos            skip the macOS slices (then the package only builds for iOS)
+#   --check-sqlite-hidden with --check-host: also build the host library with the XCFramework's
+#                         LIBSQLITE3_FLAGS into target/xcf-check (a separate target dir; a cold
+#                         build, minutes) and check that sqlite3_* in libnewt_ffi.a are HIDDEN
 #   --debug-info-in-framework
 #                         put the unstripped archives into the XCFramework, so that the app's
 #                         own dSYM gets Rust line tables (bigger framework)
@@ -60,12 +63,14 @@ MODE=full
 PROFILE=
 WITH_MACOS=1
 DEBUG_IN_FRAMEWORK=0
+CHECK_SQLITE_HIDDEN=0
 while [[ $# -gt 0 ]]; do
     case $1 in
     --check-host) MODE=check-host ;;
     --profile) PROFILE=${2:?--profile needs a name}; shift ;;
     --no-macos) WITH_MACOS=0 ;;
     --debug-info-in-framework) DEBUG_IN_FRAMEWORK=1 ;;
+    --check-sqlite-hidden) CHECK_SQLITE_HIDDEN=1 ;;
     -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -146,6 +151,10 @@ check_host() {
         record info "host static archive ${staticlib#"$REPO_ROOT"/}: $default sqlite3_* global symbols with default visibility, $hidden hidden (the build here does not set LIBSQLITE3_FLAGS; the XCFramework build does)"
     fi
 
+    if [[ $CHECK_SQLITE_HIDDEN -eq 1 ]]; then
+        check_sqlite_hidden "$prof"
+    fi
+
     # c. Swift generation
     gen=$(mktemp -d "${TMPDIR:-/tmp}/newt-xcf-check.XXXXXX")
     # shellcheck disable=SC2064
@@ -179,6 +188,27 @@ check_host() {
         record info "Xcode is present: run without --check-host for the XCFramework"
     else
         record skip "XCFramework build, lipo, Swift compilation, XCTest: need macOS with Xcode (not here)"
+    fi
+}
+
+# The XCFramework's LIBSQLITE3_FLAGS, tried on the host: a separate target dir, so the normal
+# build is not rebuilt; every sqlite3_* definition in the static archive must be HIDDEN.
+check_sqlite_hidden() {
+    local prof=$1 dir a default hidden
+    dir=$REPO_ROOT/target/xcf-check
+    a=$dir/$(profile_dir "$prof")/libnewt_ffi.a
+    log "building with LIBSQLITE3_FLAGS=$SQLITE_HIDDEN_FLAGS into ${dir#"$REPO_ROOT"/} (cold: several minutes)"
+    if ! LIBSQLITE3_FLAGS=$SQLITE_HIDDEN_FLAGS CARGO_TARGET_DIR=$dir \
+        cargo build -p newt-ffi --lib --profile "$prof" >&2 || [[ ! -f $a ]]; then
+        record FAIL "host build with LIBSQLITE3_FLAGS (CARGO_TARGET_DIR=${dir#"$REPO_ROOT"/})"
+        return
+    fi
+    default=$(readelf -sW "$a" 2>/dev/null | awk '$5 == "GLOBAL" && $6 != "HIDDEN" && $7 != "UND" && $8 ~ /^sqlite3_/' | wc -l)
+    hidden=$(readelf -sW "$a" 2>/dev/null | awk '$5 == "GLOBAL" && $6 == "HIDDEN" && $7 != "UND" && $8 ~ /^sqlite3_/' | wc -l)
+    if [[ $default -eq 0 && $hidden -gt 0 ]]; then
+        record ok "with LIBSQLITE3_FLAGS: $hidden sqlite3_* symbols in ${a#"$REPO_ROOT"/} are HIDDEN, none default"
+    else
+        record FAIL "with LIBSQLITE3_FLAGS: $default sqlite3_* symbols not hidden, $hidden hidden in ${a#"$REPO_ROOT"/}"
     fi
 }
 

@@ -52,8 +52,13 @@ fatal() {
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/newt-kotlin-test.XXXXXX") || exit 1
 SYNAPSE_DIR=$WORK/synapse
 
+JAVA_PID=
 cleanup() {
     local rc=$?
+    if [[ -n $JAVA_PID ]] && kill -0 "$JAVA_PID" 2>/dev/null; then
+        kill -TERM "$JAVA_PID" 2>/dev/null
+        wait "$JAVA_PID" 2>/dev/null
+    fi
     if [[ -d $SYNAPSE_DIR ]]; then
         bash "$REPO_ROOT/scripts/synapse.sh" stop "$SYNAPSE_DIR" || log "warning: could not stop Synapse in $SYNAPSE_DIR"
     fi
@@ -87,8 +92,11 @@ log "host library built ($((SECONDS - step_start))s)"
 # ---------------------------------------------------------------- bindings
 
 GEN_DIR=$WORK/generated
+# Kotlin-only generator settings (renames), if the module has them.
+GEN_CONFIG=()
+[[ -f kotlin/uniffi.toml ]] && GEN_CONFIG=(--config "$REPO_ROOT/kotlin/uniffi.toml")
 cargo run -q -p newt-ffi --bin uniffi-bindgen -- generate --library "$LIB" --language kotlin \
-    --out-dir "$GEN_DIR" --no-format >&2 || fatal "uniffi-bindgen generate failed"
+    --out-dir "$GEN_DIR" --no-format "${GEN_CONFIG[@]}" >&2 || fatal "uniffi-bindgen generate failed"
 GENERATED=$GEN_DIR/uniffi/newt_ffi/newt_ffi.kt
 [[ -f $GENERATED ]] || fatal "expected $GENERATED; generated: $(cd "$GEN_DIR" && find . -type f | tr '\n' ' ')"
 
@@ -159,8 +167,12 @@ step_start=$SECONDS
 NEWT_HOMESERVER=$HOMESERVER NEWT_SYNAPSE_DIR=$SYNAPSE_DIR NEWT_REPO_ROOT=$REPO_ROOT NEWT_KOTLIN_TMP=$STORES \
     timeout -k 10 "${NEWT_KOTLIN_TEST_TIMEOUT:-600}" \
     java -Xmx512m -Djna.library.path="$LIB_DIR" -Dnewt.results="$RESULTS" \
-    -classpath "$CLASSES:$BINDINGS_JAR:$CP" org.newt.sdk.TestMainKt "${TEST_CLASSES[@]}"
+    -classpath "$CLASSES:$BINDINGS_JAR:$CP" org.newt.sdk.TestMainKt "${TEST_CLASSES[@]}" &
+# In the background so that a signal runs the cleanup trap at once, not after the JVM exits.
+JAVA_PID=$!
+wait "$JAVA_PID"
 junit_rc=$?
+JAVA_PID=
 log "JUnit finished with exit code $junit_rc ($((SECONDS - step_start))s)"
 if [[ -f $RESULTS ]]; then
     read -r junit_passed junit_failed <"$RESULTS"

@@ -17,6 +17,13 @@ which tree-sitter-swift misparses (a false error). Exactly those blocks - an `#i
 line, one line, an `#endif` line - are unwrapped before parsing: the two directive lines are
 blanked so that line numbers stay the same. Nothing else is rewritten.
 
+A second, narrower gap: tree-sitter-swift 0.7.4 cannot parse the empty tuple `()` as an
+expression (`{ () }`, `return ()`), which is valid Swift. uniffi's callback code contains the
+line `let writeReturn = { () }` for every callback method returning nothing. An ERROR node
+lying entirely on a line whose text is exactly that (KNOWN_GAP_LINES) is reported as a known
+parser gap and does not fail the file; the text is not rewritten, and any other error - also
+`{ () }` anywhere else - still fails.
+
 This checks syntax only. It is not a Swift compiler: types, names and imports are not checked.
 """
 import sys
@@ -27,6 +34,8 @@ import tree_sitter_swift
 IF_SWIFT_58 = "#if swift(>=5.8)"
 ENDIF = "#endif"
 MAX_REPORTS_PER_FILE = 20
+# Valid Swift lines that tree-sitter-swift 0.7.4 reports as ERROR (see the module docstring).
+KNOWN_GAP_LINES = frozenset({"let writeReturn = { () }"})
 
 
 def unwrap_swift58_blocks(text: str) -> tuple[str, int]:
@@ -45,9 +54,11 @@ def unwrap_swift58_blocks(text: str) -> tuple[str, int]:
     return "\n".join(lines), unwrapped
 
 
-def problems(tree) -> list[tuple[int, int, str]]:
-    """(line, column, description) of every ERROR and MISSING node, 1-based."""
+def problems(tree, lines: list[str]) -> tuple[list[tuple[int, int, str]], int]:
+    """(line, column, description) of every ERROR and MISSING node, 1-based, and the number
+    of ERROR nodes ignored as known parser gaps."""
     found = []
+    ignored = 0
     stack = [tree.root_node]
     while stack:
         node = stack.pop()
@@ -56,11 +67,15 @@ def problems(tree) -> list[tuple[int, int, str]]:
         row, col = node.start_point
         if node.is_missing:
             found.append((row + 1, col + 1, f"MISSING {node.type}"))
+        elif node.is_error and node.end_point[0] == row \
+                and lines[row].strip() in KNOWN_GAP_LINES:
+            ignored += 1
+            continue
         elif node.is_error:
             snippet = node.text.decode("utf-8", "replace").split("\n")[0][:60] if node.text else ""
             found.append((row + 1, col + 1, f"ERROR near {snippet!r}"))
         stack.extend(reversed(node.children))
-    return sorted(found)
+    return sorted(found), ignored
 
 
 def main(argv: list[str]) -> int:
@@ -83,10 +98,15 @@ def main(argv: list[str]) -> int:
             continue
         text, unwrapped = unwrap_swift58_blocks(text)
         tree = parser.parse(text.encode("utf-8"))
-        found = problems(tree)
-        if tree.root_node.has_error and not found:
+        found, ignored = problems(tree, text.split("\n"))
+        if tree.root_node.has_error and not found and not ignored:
             found = [(1, 1, "ERROR (tree has errors)")]
-        note = f" ({unwrapped} '#if swift(>=5.8)' blocks unwrapped)" if unwrapped else ""
+        notes = []
+        if unwrapped:
+            notes.append(f"{unwrapped} '#if swift(>=5.8)' blocks unwrapped")
+        if ignored:
+            notes.append(f"{ignored} known tree-sitter gaps on 'let writeReturn = {{ () }}' lines ignored")
+        note = f" ({'; '.join(notes)})" if notes else ""
         if found:
             failed += 1
             print(f"FAIL {path}{note}")

@@ -61,8 +61,8 @@ nextest() {
 }
 
 kotlin_tests() {
-    # Kotlin binding tests: added by the bindings issue. No-op until then.
-    return 0
+    # Kotlin bindings on the JVM against a real Synapse, plus the AAR host checks.
+    bash scripts/kotlin-test.sh
 }
 
 step "cargo-nextest available" ensure_nextest

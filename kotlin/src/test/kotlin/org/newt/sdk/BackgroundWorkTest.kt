@@ -9,7 +9,6 @@ import kotlin.test.assertTrue
 import kotlin.test.fail
 import kotlinx.coroutines.cancelChildren
 import kotlinx.coroutines.coroutineScope
-import kotlinx.coroutines.delay
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
 import org.junit.Rule
@@ -23,7 +22,7 @@ class BackgroundWorkTest {
     @get:Rule val timeout: Timeout = Timeout.seconds(120)
 
     @Test
-    fun `a send that fails offline schedules a wakeup and runDueWork delivers it`() = runBlocking {
+    fun `a send that fails offline schedules a wakeup and runDueWork delivers it`() = runBlocking<Unit> {
         Resources().use { res ->
             val proxy = res.add(TcpProxy(TestEnv.homeserver))
             val pair = res.roomPair(aliceHomeserver = proxy.url)
@@ -42,7 +41,7 @@ class BackgroundWorkTest {
                 val text = "sent while offline"
                 val started = System.nanoTime()
                 val error = assertFailsWith<NewtException.Network> { withTimeout(60_000) { alice.sendText(pair.roomId, text) } }
-                println("      offline sendText failed after %.1fs: %s".format((System.nanoTime() - started) / 1e9, error.message))
+                println("      offline sendText failed after %.1fs: %s".format((System.nanoTime() - started) / 1e9, error.details))
 
                 val request = requests.poll(10, TimeUnit.SECONDS) ?: fail("no WakeupRequest after the failed send")
                 println("      wakeup request: $request (${requests.size} more)")
@@ -50,11 +49,9 @@ class BackgroundWorkTest {
                 assertTrue(all.any { it.requiresNetwork }, "a request needs the network: $all")
 
                 proxy.online = true
-                // Run when it is due, as WorkManager would (bounded, the test must stay quick).
-                val due = all.filter { it.requiresNetwork }.minOf { it.delayMs.toLong() }
-                assertTrue(due <= 60_000, "first retry is due within a minute: $all")
-                val waited = (System.nanoTime() - started) / 1_000_000
-                if (due > waited) delay(due - waited + 100)
+                // The app's wake-up (e.g. a WorkManager worker) runs the pending work. Newt runs
+                // it when asked, also before delayMs passed: no need to wait here.
+                assertTrue(all.filter { it.requiresNetwork }.all { it.delayMs > 0uL }, "a retry waits a little: $all")
                 val report = alice.runDueWork()
                 println("      runDueWork: $report")
                 assertTrue(report.completed >= 1u, "completed: $report")

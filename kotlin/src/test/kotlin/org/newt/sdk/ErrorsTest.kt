@@ -3,6 +3,7 @@ package org.newt.sdk
 import kotlin.test.assertEquals
 import kotlin.test.assertFailsWith
 import kotlin.test.assertNotNull
+import kotlin.test.assertTrue
 import kotlinx.coroutines.runBlocking
 import org.junit.Rule
 import org.junit.Test
@@ -13,12 +14,13 @@ class ErrorsTest {
     @get:Rule val timeout: Timeout = Timeout.seconds(60)
 
     @Test
-    fun `a wrong password is NewtException Server M_FORBIDDEN`() = runBlocking {
+    fun `a wrong password is NewtException Server M_FORBIDDEN`() = runBlocking<Unit> {
         val user = TestUser.register("wrongpw")
         openClient(config(TestEnv.newStoreDir("wrongpw"))).use { client ->
             val e = assertFailsWith<NewtException.Server> { client.loginPassword(user.localpart, "not the password", null) }
             assertEquals("M_FORBIDDEN", e.errcode)
             assertEquals(403, e.status.toInt())
+            assertTrue(e.details.isNotEmpty(), "the server's message is kept")
             assertEquals(null, client.session())
             // Then the right one works on the same client.
             assertEquals(user.userId, client.loginPassword(user.localpart, user.password, null).userId)
@@ -26,7 +28,7 @@ class ErrorsTest {
     }
 
     @Test
-    fun `a wrong store key is NewtException WrongStoreKey and changes nothing`() = runBlocking {
+    fun `a wrong store key is NewtException WrongStoreKey and changes nothing`() = runBlocking<Unit> {
         val user = TestUser.register("storekey")
         val dir = TestEnv.newStoreDir("storekey")
         val session = openClient(config(dir, passphrase = "the right key")).use { it.loginPassword(user.localpart, user.password, null) }
@@ -39,7 +41,7 @@ class ErrorsTest {
     }
 
     @Test
-    fun `calls that need a session throw NotLoggedIn`() = runBlocking {
+    fun `calls that need a session throw NotLoggedIn`() = runBlocking<Unit> {
         openClient(config(TestEnv.newStoreDir("nosession"))).use { client ->
             assertEquals(null, client.restoreSession())
             assertFailsWith<NewtException.NotLoggedIn> { client.ownFingerprint() }

@@ -4,61 +4,95 @@ import java.lang.management.ManagementFactory
 import kotlin.test.assertEquals
 import kotlin.test.assertFailsWith
 import kotlin.test.assertTrue
-import kotlinx.coroutines.TimeoutCancellationException
+import kotlinx.coroutines.cancelAndJoin
 import kotlinx.coroutines.delay
+import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
-import kotlinx.coroutines.withTimeout
 import org.junit.Rule
 import org.junit.Test
 import org.junit.rules.Timeout
-import uniffi.newt_ffi.NewtClient
+import uniffi.newt_ffi.ClientConfig
+import uniffi.newt_ffi.StoreKey
 import uniffi.newt_ffi.NewtException
+import uniffi.newt_ffi.TimelineListener
+import uniffi.newt_ffi.TimelineUpdate
 
 class LifecycleTest {
     @get:Rule val timeout: Timeout = Timeout.seconds(120)
 
     @Test
-    fun `close is idempotent and later calls throw Closed`() = runBlocking {
+    fun `shutdown and close are idempotent and later calls fail`() = runBlocking<Unit> {
         Resources().use { res ->
             val user = TestUser.register("closer")
             val client = res.login(user).client
-            val sub = client.subscribeTimeline("!nowhere:localhost", object : uniffi.newt_ffi.TimelineListener {
-                override fun onUpdate(update: uniffi.newt_ffi.TimelineUpdate) {}
-            })
-            sub.close()
-            sub.close()
+            val listener = object : TimelineListener {
+                override fun onUpdate(update: TimelineUpdate) {}
+            }
+            client.subscribeTimeline("!nowhere:localhost", listener).use { sub ->
+                sub.cancel()
+                sub.cancel()
+            }
+            client.subscribeTimeline("!nowhere:localhost", listener).close()
             client.startSync()
-            client.close()
-            client.close()
+
+            // shutdown() (the Rust `close`): stops sync and subscriptions, releases the store.
+            client.shutdown()
+            client.shutdown()
             assertFailsWith<NewtException.Closed> { client.syncOnce(0uL) }
             assertFailsWith<NewtException.Closed> { client.ownFingerprint() }
             assertFailsWith<NewtException.Closed> { client.sendText("!room:localhost", "x") }
             assertFailsWith<NewtException.Closed> { client.startSync() }
+            assertEquals(null, client.session())
+
+            // close() (AutoCloseable, what use {} calls): releases the Rust object itself.
+            client.close()
+            client.close()
+            assertFailsWith<IllegalStateException> { client.syncOnce(0uL) }
+        }
+
+        // close() alone, on a syncing client, is enough (the Rust object's drop stops it).
+        Resources().use { res ->
+            val client = res.login(TestUser.register("closer2")).client
+            client.startSync()
+            client.close()
+            assertFailsWith<IllegalStateException> { client.startSync() }
         }
     }
 
     @Test
-    fun `cancelling a coroutine cancels the Rust call`() = runBlocking {
+    fun `cancelling a coroutine cancels the Rust call`() = runBlocking<Unit> {
         Resources().use { res ->
-            val client = res.login(TestUser.register("cancel")).client
+            // Through a proxy that sees whether a request is still waiting for its answer.
+            val proxy = res.add(TcpProxy(TestEnv.homeserver))
+            val client = res.login(TestUser.register("cancel"), homeserver = proxy.url).client
             client.syncOnce(0uL) // now there is a sync token: the next sync long-polls
+            assertEquals(0, proxy.pendingRequests)
+
+            val poll = launch { client.syncOnce(30_000uL) }
+            eventually(what = "the long poll to reach the server") { proxy.pendingRequests == 1 }
+            delay(300)
+            assertEquals(1, proxy.pendingRequests, "the long poll is waiting for news")
             val started = System.nanoTime()
-            assertFailsWith<TimeoutCancellationException> { withTimeout(500) { client.syncOnce(30_000uL) } }
+            poll.cancelAndJoin()
             val elapsedMs = (System.nanoTime() - started) / 1_000_000
-            assertTrue(elapsedMs < 5_000, "the 30 s long poll was cancelled promptly (${elapsedMs}ms)")
+            assertTrue(elapsedMs < 2_000, "the coroutine was cancelled promptly (${elapsedMs}ms)")
+            // Rust dropped the request: its connection is closed long before the 30 s poll ends.
+            eventually(timeoutMs = 5_000, what = "the cancelled /sync request to be dropped") { proxy.pendingRequests == 0 }
             // The client is still usable afterwards.
             client.syncOnce(0uL)
         }
     }
 
     @Test
-    fun `creating and closing 50 clients releases threads and memory`() = runBlocking {
+    fun `creating and closing 50 clients releases threads and memory`() = runBlocking<Unit> {
         val rt = Runtime.getRuntime()
         suspend fun cycle(n: Int) = repeat(n) { i ->
-            openClient(config(TestEnv.newStoreDir("cycle$i"))).use { client ->
+            // A raw 32-byte key: no PBKDF2 stretching, so 50 clients stay quick.
+            val cfg = ClientConfig(TestEnv.homeserver, TestEnv.newStoreDir("cycle$i"), StoreKey.Bytes(ByteArray(32) { it.toByte() }))
+            openClient(cfg).use { client ->
                 client.restoreSession()
-                client.subscribeTimeline("!x:localhost", object : uniffi.newt_ffi.TimelineListener {
-                    override fun onUpdate(update: uniffi.newt_ffi.TimelineUpdate) {}
+                client.subscribeTimeline("!x:localhost", object : TimelineListener {
+                    override fun onUpdate(update: TimelineUpdate) {}
                 }).close()
             }
         }

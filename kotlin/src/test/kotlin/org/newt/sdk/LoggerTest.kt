@@ -15,7 +15,7 @@ class LoggerTest {
     @get:Rule val timeout: Timeout = Timeout.seconds(90)
 
     @Test
-    fun `a Kotlin logger receives Newt's events without secrets or message text`() = runBlocking {
+    fun `a Kotlin logger receives Newt's events without secrets or message text`() = runBlocking<Unit> {
         val records = ConcurrentLinkedQueue<LogRecord>()
         val threads = ConcurrentLinkedQueue<String>()
         setLogger(

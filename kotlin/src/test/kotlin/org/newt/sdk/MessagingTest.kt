@@ -6,11 +6,9 @@ import java.util.concurrent.atomic.AtomicReference
 import kotlin.test.assertEquals
 import kotlin.test.assertFalse
 import kotlin.test.assertIs
-import kotlin.test.assertNotNull
 import kotlin.test.assertTrue
-import kotlinx.coroutines.cancel
 import kotlinx.coroutines.cancelChildren
-import kotlinx.coroutines.flow.produceIn
+import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.coroutineScope
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
@@ -24,14 +22,11 @@ class MessagingTest {
     @get:Rule val timeout: Timeout = Timeout.seconds(120)
 
     @Test
-    fun `alice and bob exchange encrypted messages through the timeline Flow`() = runBlocking {
+    fun `alice and bob exchange encrypted messages through the timeline Flow`() = runBlocking<Unit> {
         Resources().use { res ->
             val pair = res.roomPair()
             val alice = pair.alice.client
             val bob = pair.bob.client
-            val testThread = Thread.currentThread()
-            val collectorThreads = ConcurrentLinkedQueue<Thread>()
-
             coroutineScope {
                 // Collected in runBlocking's single-threaded context, as an app would on Main.
                 val bobUpdates = timelineUpdates(bob, pair.roomId)
@@ -47,7 +42,6 @@ class MessagingTest {
                 val hello = "hello bob from kotlin"
                 val eventId = alice.sendText(pair.roomId, hello)
                 val received = bobUpdates.awaitItem(what = "alice's message at bob") { it.body == hello }
-                collectorThreads += Thread.currentThread()
                 assertTrue(received.decrypted, "decrypted: ${received.describe()}")
                 assertEquals(eventId, received.eventId)
                 assertEquals(pair.roomId, received.roomId)
@@ -58,26 +52,25 @@ class MessagingTest {
                 val reply = "hi alice, bob here"
                 val replyId = bob.sendText(pair.roomId, reply)
                 val back = aliceUpdates.awaitItem(what = "bob's reply at alice") { it.body == reply }
-                collectorThreads += Thread.currentThread()
                 assertTrue(back.decrypted, back.describe())
                 assertEquals(replyId, back.eventId)
                 assertEquals(pair.bob.user.userId, back.sender)
 
-                // A new subscription starts with the items kept in memory.
-                val again = bob.timeline(pair.roomId).produceInitial(this)
-                assertTrue(again.items.any { it.eventId == eventId }, "Initial of a new subscription has the message")
+                // A new subscription starts with the items kept in memory (items() flattens the
+                // updates; first() ends the collection, which closes the subscription).
+                val again = withTimeout(10_000) { bob.timeline(pair.roomId).items().first { it.eventId == eventId } }
+                assertEquals(hello, again.body)
 
                 alice.stopSync()
                 bob.stopSync()
                 bob.stopSync() // idempotent
                 coroutineContext.cancelChildren()
             }
-            assertTrue(collectorThreads.all { it === testThread }, "updates are delivered in the collector's context")
         }
     }
 
     @Test
-    fun `the trust policy provider is consulted for the room and its answer is on the items`() = runBlocking {
+    fun `the trust policy provider is consulted for the room and its answer is on the items`() = runBlocking<Unit> {
         Resources().use { res ->
             val pair = res.roomPair()
             val bob = pair.bob.client
@@ -119,16 +112,5 @@ class MessagingTest {
                 coroutineContext.cancelChildren()
             }
         }
-    }
-}
-
-private suspend fun kotlinx.coroutines.flow.Flow<TimelineUpdate>.produceInitial(
-    scope: kotlinx.coroutines.CoroutineScope,
-): TimelineUpdate.Initial {
-    val channel = produceIn(scope)
-    try {
-        return assertIs<TimelineUpdate.Initial>(withTimeout(10_000) { channel.receive() })
-    } finally {
-        channel.cancel()
     }
 }

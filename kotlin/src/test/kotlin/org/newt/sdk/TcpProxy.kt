@@ -17,6 +17,15 @@ class TcpProxy(targetUrl: String) : AutoCloseable {
         URI(targetUrl).let { InetSocketAddress(it.host, if (it.port > 0) it.port else 80) }
     private val server = ServerSocket(0, 50, InetAddress.getLoopbackAddress())
     private val sockets: MutableSet<Socket> = Collections.synchronizedSet(mutableSetOf())
+    private val connections: MutableSet<Connection> = Collections.synchronizedSet(mutableSetOf())
+
+    /** One proxied connection; a request is pending from request bytes until response bytes. */
+    private class Connection {
+        @Volatile var requestPending = false
+    }
+
+    /** Connections whose client sent data that the server has not answered yet. */
+    val pendingRequests: Int get() = synchronized(connections) { connections.count { it.requestPending } }
 
     @Volatile private var closed = false
 
@@ -60,11 +69,14 @@ class TcpProxy(targetUrl: String) : AutoCloseable {
             closeAll()
             return
         }
-        thread("newt-test-proxy-up") { pump(client, upstream) }
-        pump(upstream, client)
+        val connection = Connection()
+        connections += connection
+        thread("newt-test-proxy-up") { pump(client, upstream) { connection.requestPending = true } }
+        pump(upstream, client) { connection.requestPending = false }
+        connections -= connection
     }
 
-    private fun pump(from: Socket, to: Socket) {
+    private fun pump(from: Socket, to: Socket, onData: () -> Unit) {
         val buffer = ByteArray(16 * 1024)
         try {
             val input = from.getInputStream()
@@ -72,6 +84,7 @@ class TcpProxy(targetUrl: String) : AutoCloseable {
             while (true) {
                 val n = input.read(buffer)
                 if (n < 0) break
+                onData()
                 output.write(buffer, 0, n)
                 output.flush()
             }

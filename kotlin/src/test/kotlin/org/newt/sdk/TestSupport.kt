@@ -10,7 +10,7 @@ import kotlin.test.fail
 import kotlinx.coroutines.CoroutineScope
 import kotlinx.coroutines.channels.ReceiveChannel
 import kotlinx.coroutines.flow.produceIn
-import kotlinx.coroutines.withTimeout
+import kotlinx.coroutines.withTimeoutOrNull
 import uniffi.newt_ffi.ClientConfig
 import uniffi.newt_ffi.NewtClient
 import uniffi.newt_ffi.Session
@@ -133,34 +133,30 @@ suspend fun Resources.roomPair(aliceHomeserver: String = TestEnv.homeserver): Ro
     return RoomPair(alice, bob, roomId)
 }
 
-/** Collects [flow updates][timeline] of a room in [scope] (cancel the scope's job to stop). */
+/** The room's [timeline] Flow collected into a channel in [scope] (cancel the scope's children to stop). */
 fun CoroutineScope.timelineUpdates(client: NewtClient, roomId: String): ReceiveChannel<TimelineUpdate> =
     client.timeline(roomId).produceIn(this)
 
-/** Waits for the first update that is an Appended item matching [predicate]; skips others. */
+/** Waits for an Appended item matching [predicate], skipping other updates. */
 suspend fun ReceiveChannel<TimelineUpdate>.awaitItem(
     timeoutMs: Long = 30_000,
     what: String = "timeline item",
     predicate: (TimelineItem) -> Boolean,
 ): TimelineItem {
     val seen = mutableListOf<String>()
-    return try {
-        withTimeout(timeoutMs) {
-            while (true) {
+    val found =
+        withTimeoutOrNull(timeoutMs) {
+            var match: TimelineItem? = null
+            while (match == null) {
                 when (val update = receive()) {
-                    is TimelineUpdate.Appended -> {
-                        if (predicate(update.item)) return@withTimeout update.item
-                        seen += update.item.describe()
-                    }
+                    is TimelineUpdate.Appended ->
+                        if (predicate(update.item)) match = update.item else seen += update.item.describe()
                     is TimelineUpdate.Initial -> update.items.forEach { seen += "initial " + it.describe() }
                 }
             }
-            @Suppress("UNREACHABLE_CODE")
-            error("unreachable")
+            match
         }
-    } catch (e: kotlinx.coroutines.TimeoutCancellationException) {
-        fail("no $what within ${timeoutMs}ms; saw: $seen")
-    }
+    return found ?: fail("no $what within ${timeoutMs}ms; saw: $seen")
 }
 
 fun TimelineItem.describe() =
