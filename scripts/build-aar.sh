@@ -109,16 +109,23 @@ check_host() {
     local host
     host=$(rustc -vV | sed -n 's/^host: //p')
     [[ -n $host ]] || die "could not determine the host target"
+    local lib
     if [[ ${NEWT_CHECK_HOST_FAST:-1} != 0 ]]; then
-        # The alignment is decided by the linker flag, not by LTO: keep CI fast.
-        export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
+        # The alignment is decided by the linker flag alone (not by LTO or the profile): link
+        # the library once more with the flag, reusing the dependencies of the debug build, to
+        # keep CI fast. NEWT_CHECK_HOST_FAST=0 builds the real release profile instead.
+        log "linking the host library ($host) with $PAGE_FLAGS"
+        # shellcheck disable=SC2086
+        cargo rustc -p newt-ffi --lib --crate-type cdylib -- $PAGE_FLAGS || die "host link failed"
+        lib=target/debug/libnewt_ffi.so
+    else
+        log "building the release host library ($host) with $PAGE_FLAGS"
+        # With an explicit --target, RUSTFLAGS applies to the library but not to build scripts
+        # and proc macros (as in cargo-ndk's cross builds), and the output has its own directory.
+        RUSTFLAGS="${RUSTFLAGS:-} $PAGE_FLAGS" cargo build --release -p newt-ffi --lib --target "$host" \
+            || die "release build failed"
+        lib=target/$host/release/libnewt_ffi.so
     fi
-    log "building the release host library ($host) with $PAGE_FLAGS"
-    # With an explicit --target, RUSTFLAGS applies to the library but not to build scripts
-    # and proc macros (as in cargo-ndk's cross builds), and the output has its own directory.
-    RUSTFLAGS="${RUSTFLAGS:-} $PAGE_FLAGS" cargo build --release -p newt-ffi --lib --target "$host" \
-        || die "release build failed"
-    local lib=target/$host/release/libnewt_ffi.so
     [[ -f $lib ]] || die "$lib missing"
     check_alignment "$lib"
     # The release library (stripped of debug info, maybe LTO) must still carry uniffi's

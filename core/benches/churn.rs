@@ -7,12 +7,14 @@
 //! - handle a `device_lists.changed` of 500 tracked users.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
+mod common;
+
+use common::{read, sqlite};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use newt_core::crypto::{OlmMachine, OutgoingKind, RotationSettings, SyncChanges};
-use newt_core::store::{MemoryStore, SqliteStore, Store, StoreKey};
+use newt_core::store::MemoryStore;
 use ruma::api::IncomingResponseExt;
 use ruma::api::client::keys::{claim_keys, get_keys};
 use ruma::serde::Raw;
@@ -22,20 +24,6 @@ use serde_json::Value;
 const USER: &str = "@alice:example.org";
 const DEVICE: &str = "JLAFKJWSCS";
 const ROOM: &str = "!bench:example.org";
-
-fn fixtures() -> PathBuf {
-    std::env::var_os("NEWT_BENCH_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench-fixtures")
-        })
-}
-
-fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), &StoreKey::from_bytes([7; 32])).unwrap();
-    (Arc::new(store), dir)
-}
 
 fn raw<T>(value: &Value) -> Raw<T> {
     Raw::from_json(serde_json::value::to_raw_value(value).unwrap())
@@ -56,7 +44,7 @@ fn machine_knowing(response: &get_keys::v3::Response) -> (OlmMachine, tempfile::
 }
 
 fn missing_sessions_2000(c: &mut Criterion) {
-    let body = std::fs::read(fixtures().join("keys_query_2000_members.json")).expect("fixture");
+    let body = read("keys_query_2000_members.json");
     let response = get_keys::v3::Response::try_from_http_response(
         http::Response::builder()
             .status(200)

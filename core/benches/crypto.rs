@@ -3,12 +3,14 @@
 //!
 //! Set `NEWT_BENCH_FIXTURES` to read the fixtures from elsewhere.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
+mod common;
+
+use common::read;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use newt_core::crypto::{OlmMachine, OutgoingKind, RotationSettings};
-use newt_core::store::{MemoryStore, SqliteStore, Store, StoreKey};
+use newt_core::store::{MemoryStore, Store};
 use ruma::api::IncomingResponseExt;
 use ruma::api::client::keys::{claim_keys, get_keys};
 use serde_json::json;
@@ -16,19 +18,6 @@ use serde_json::json;
 const USER: &str = "@alice:example.org";
 const DEVICE: &str = "JLAFKJWSCS";
 const ROOM: &str = "!bench:example.org";
-
-fn fixtures() -> PathBuf {
-    std::env::var_os("NEWT_BENCH_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench-fixtures")
-        })
-}
-
-fn read(name: &str) -> Vec<u8> {
-    let path = fixtures().join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
 
 fn query_response(name: &str) -> get_keys::v3::Response {
     let body = read(name);
@@ -59,9 +48,8 @@ fn memory() -> (Arc<dyn Store>, Option<tempfile::TempDir>) {
 }
 
 fn sqlite() -> (Arc<dyn Store>, Option<tempfile::TempDir>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), &StoreKey::from_bytes([7; 32])).unwrap();
-    (Arc::new(store), Some(dir))
+    let (store, dir) = common::sqlite();
+    (store, Some(dir))
 }
 
 const STORES: [(&str, StoreFactory); 2] = [("memory", memory), ("sqlite", sqlite)];

@@ -1,53 +1,11 @@
 //! Key distribution under membership and device churn, against a real Synapse (issue 4).
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use newt_core::client::{Client, ClientConfig, TimelineEvent};
-use newt_core::store::{Changes, StoreKey};
-use newt_e2e_tests::Synapse;
+use newt_core::client::{Client, TimelineEvent};
+use newt_core::store::Changes;
+use newt_e2e_tests::clients::{World, login, open, receive, room_with};
 use newt_e2e_tests::proxy::{Action, FaultProxy};
-
-fn open(homeserver: &str, dir: &Path) -> Arc<Client> {
-    Arc::new(
-        Client::new(ClientConfig {
-            homeserver: homeserver.to_owned(),
-            store_dir: dir.to_owned(),
-            store_key: StoreKey::from_passphrase("churn"),
-        })
-        .unwrap(),
-    )
-}
-
-async fn login(homeserver: &str, dir: &Path, user: &str) -> Arc<Client> {
-    let client = open(homeserver, dir);
-    client
-        .login_password(user, &format!("{user}-pw"), None)
-        .await
-        .unwrap();
-    client.sync_once(Duration::ZERO).await.unwrap();
-    client
-}
-
-async fn receive(client: &Client, room: &str, n: usize) -> Vec<TimelineEvent> {
-    let own = client.session().unwrap().user_id;
-    let mut rx = client.subscribe_timeline();
-    let mut got = Vec::new();
-    for _ in 0..40 {
-        if got.len() >= n {
-            break;
-        }
-        client.sync_once(Duration::from_secs(1)).await.unwrap();
-        while let Ok(e) = rx.try_recv() {
-            if e.room_id == room && e.sender != own {
-                got.push(e);
-            }
-        }
-    }
-    assert!(got.len() >= n, "received {} of {n}: {got:?}", got.len());
-    got
-}
 
 fn session_id(client: &Client, room: &str) -> String {
     client
@@ -56,42 +14,6 @@ fn session_id(client: &Client, room: &str) -> String {
         .unwrap()
         .unwrap()
         .session_id
-}
-
-struct World {
-    hs: Synapse,
-    dirs: tempfile::TempDir,
-}
-
-impl World {
-    fn new(users: &[&str]) -> Self {
-        let hs = Synapse::start();
-        for u in users {
-            hs.register(u, &format!("{u}-pw"));
-        }
-        World {
-            hs,
-            dirs: tempfile::tempdir().unwrap(),
-        }
-    }
-    async fn login(&self, user: &str, store: &str) -> Arc<Client> {
-        login(&self.hs.base_url, &self.dirs.path().join(store), user).await
-    }
-}
-
-async fn room_with(alice: &Client, others: &[&Client]) -> String {
-    let invites: Vec<String> = others
-        .iter()
-        .map(|c| c.session().unwrap().user_id)
-        .collect();
-    let room = alice.create_encrypted_room(None, &invites).await.unwrap();
-    for other in others {
-        other.sync_once(Duration::ZERO).await.unwrap();
-        other.join(&room).await.unwrap();
-        other.sync_once(Duration::ZERO).await.unwrap();
-    }
-    alice.sync_once(Duration::ZERO).await.unwrap();
-    room
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +57,7 @@ async fn no_rotation_on_restart_or_new_own_device() {
     alice.send_text(&room, "one").await.unwrap();
     let first = session_id(&alice, &room);
     drop(alice);
-    let alice = open(&w.hs.base_url, &w.dirs.path().join("alice"));
+    let alice = open(&w.hs.base_url, &w.dir("alice"));
     assert!(alice.restore_session().unwrap());
     let _phone = w.login("alice", "alice-phone").await;
     alice.sync_once(Duration::ZERO).await.unwrap();
@@ -151,7 +73,7 @@ async fn no_rotation_on_restart_or_new_own_device() {
 async fn failing_key_queries_and_claims_are_retried_and_nothing_is_lost() {
     let w = World::new(&["alice", "bob"]);
     let proxy = FaultProxy::start(&w.hs.base_url);
-    let alice = login(&proxy.base_url, &w.dirs.path().join("alice"), "alice").await;
+    let alice = login(&proxy.base_url, &w.dir("alice"), "alice").await;
     let bob = w.login("bob", "bob").await;
     let room = room_with(&alice, &[&bob]).await;
     // The first two queries and claims fail with 5xx; the client retries with the same body.
@@ -187,7 +109,7 @@ async fn room_key_from_a_new_device_is_kept_while_queries_fail() {
     let w = World::new(&["alice", "bob"]);
     let proxy = FaultProxy::start(&w.hs.base_url);
     let alice = w.login("alice", "alice").await;
-    let bob = login(&proxy.base_url, &w.dirs.path().join("bob"), "bob").await;
+    let bob = login(&proxy.base_url, &w.dir("bob"), "bob").await;
     let room = room_with(&alice, &[&bob]).await;
     // bob cannot download device lists for a while.
     proxy.rule("/keys/query", Action::Fail(500), None);
@@ -297,7 +219,7 @@ async fn a_wedged_olm_session_recovers_with_a_dummy() {
         })
         .unwrap();
     drop(bob);
-    let bob = open(&w.hs.base_url, &w.dirs.path().join("bob"));
+    let bob = open(&w.hs.base_url, &w.dir("bob"));
     assert!(bob.restore_session().unwrap());
 
     // alice's next key cannot be read by bob; bob repairs the channel on his own.

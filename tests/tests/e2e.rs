@@ -1,60 +1,9 @@
 //! End-to-end: Newt clients exchanging encrypted messages through a real Synapse.
 
-use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use newt_core::client::{Client, ClientConfig, TimelineEvent};
-use newt_core::store::StoreKey;
-use newt_e2e_tests::Synapse;
-
-const KEY: &str = "e2e store passphrase";
-
-fn open(hs: &Synapse, dir: &Path) -> Arc<Client> {
-    Arc::new(
-        Client::new(ClientConfig {
-            homeserver: hs.base_url.clone(),
-            store_dir: dir.to_owned(),
-            store_key: StoreKey::from_passphrase(KEY),
-        })
-        .expect("open client"),
-    )
-}
-
-async fn login(hs: &Synapse, dir: &Path, user: &str) -> Arc<Client> {
-    let client = open(hs, dir);
-    client
-        .login_password(user, &format!("{user}-pw"), None)
-        .await
-        .expect("login");
-    client.sync_once(Duration::ZERO).await.expect("first sync");
-    client
-}
-
-/// Sync until `n` messages from other users arrived in `room`, or panic after 60 s.
-async fn receive(client: &Client, room: &str, n: usize) -> Vec<TimelineEvent> {
-    let own = client.session().unwrap().user_id;
-    let mut rx = client.subscribe_timeline();
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while got.len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "received {} of {n} messages: {got:?}",
-            got.len()
-        );
-        client
-            .sync_once(Duration::from_secs(2))
-            .await
-            .expect("sync");
-        while let Ok(event) = rx.try_recv() {
-            if event.room_id == room && event.sender != own {
-                got.push(event);
-            }
-        }
-    }
-    got
-}
+use newt_core::client::TimelineEvent;
+use newt_e2e_tests::clients::{World, open, receive, room_with};
 
 fn bodies(events: &[TimelineEvent]) -> Vec<String> {
     for e in events {
@@ -65,49 +14,6 @@ fn bodies(events: &[TimelineEvent]) -> Vec<String> {
         .iter()
         .map(|e| e.body.clone().unwrap_or_default())
         .collect()
-}
-
-struct World {
-    hs: Synapse,
-    dirs: tempfile::TempDir,
-}
-
-impl World {
-    fn new(users: &[&str]) -> Self {
-        let hs = Synapse::start();
-        for user in users {
-            hs.register(user, &format!("{user}-pw"));
-        }
-        Self {
-            hs,
-            dirs: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn dir(&self, name: &str) -> std::path::PathBuf {
-        self.dirs.path().join(name)
-    }
-    async fn login(&self, user: &str, store: &str) -> Arc<Client> {
-        login(&self.hs, &self.dir(store), user).await
-    }
-}
-
-/// alice creates an encrypted room with bob invited; bob joins.
-async fn room_with(alice: &Client, others: &[&Client]) -> String {
-    let invites: Vec<String> = others
-        .iter()
-        .map(|c| c.session().unwrap().user_id)
-        .collect();
-    let room = alice
-        .create_encrypted_room(Some("test"), &invites)
-        .await
-        .unwrap();
-    for other in others {
-        other.sync_once(Duration::ZERO).await.unwrap();
-        other.join(&room).await.unwrap();
-        other.sync_once(Duration::ZERO).await.unwrap();
-    }
-    alice.sync_once(Duration::ZERO).await.unwrap();
-    room
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +51,7 @@ async fn offline_recipient_decrypts_everything_after_restart() {
             .unwrap();
     }
     // bob's process restarts from its store: same device, keys and sync position.
-    let bob = open(&w.hs, &w.dir("bob"));
+    let bob = open(&w.hs.base_url, &w.dir("bob"));
     assert!(bob.restore_session().unwrap());
     assert_eq!(bob.session().unwrap().device_id, bob_device);
     let got = receive(&bob, &room, 5).await;
@@ -218,7 +124,7 @@ async fn restarting_with_the_same_store_reuses_the_device() {
     let fingerprint = alice.fingerprint().unwrap();
     drop(alice);
     // Restart by restoring, then by logging in again with the same store.
-    let alice = open(&w.hs, &w.dir("alice"));
+    let alice = open(&w.hs.base_url, &w.dir("alice"));
     assert!(alice.restore_session().unwrap());
     assert_eq!(alice.fingerprint().unwrap(), fingerprint);
     drop(alice);

@@ -5,33 +5,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use newt_core::client::{
-    BackgroundScheduler, Client, ClientConfig, ClientError, Prompt, PromptAnswer, PromptHandler,
-    TimelineEvent, TrustPolicy, TrustPolicyProvider, WakeupRequest,
+    BackgroundScheduler, Client, ClientError, Prompt, PromptAnswer, PromptHandler, TimelineEvent,
+    TrustPolicy, TrustPolicyProvider, WakeupRequest,
 };
-use newt_core::store::{LocalTrust, StoreKey};
+use newt_core::store::LocalTrust;
 use newt_e2e_tests::Synapse;
+use newt_e2e_tests::clients::login;
 use zeroize::Zeroizing;
-
-fn open(hs: &Synapse, dir: &std::path::Path) -> Arc<Client> {
-    Arc::new(
-        Client::new(ClientConfig {
-            homeserver: hs.base_url.clone(),
-            store_dir: dir.to_owned(),
-            store_key: StoreKey::from_passphrase("hooks"),
-        })
-        .unwrap(),
-    )
-}
-
-async fn login(hs: &Synapse, dir: &std::path::Path, user: &str) -> Arc<Client> {
-    let client = open(hs, dir);
-    client
-        .login_password(user, &format!("{user}-pw"), None)
-        .await
-        .unwrap();
-    client.sync_once(Duration::ZERO).await.unwrap();
-    client
-}
 
 async fn next_message(client: &Client, room: &str) -> TimelineEvent {
     let own = client.session().unwrap().user_id;
@@ -60,8 +40,8 @@ async fn setup() -> Setup {
     hs.register("alice", "alice-pw");
     hs.register("bob", "bob-pw");
     let dirs = tempfile::tempdir().unwrap();
-    let alice = login(&hs, &dirs.path().join("alice"), "alice").await;
-    let bob = login(&hs, &dirs.path().join("bob"), "bob").await;
+    let alice = login(&hs.base_url, &dirs.path().join("alice"), "alice").await;
+    let bob = login(&hs.base_url, &dirs.path().join("bob"), "bob").await;
     let room = alice
         .create_encrypted_room(None, &["@bob:localhost".into()])
         .await
@@ -153,7 +133,7 @@ impl PromptHandler for Password {
 async fn delete_device_asks_for_the_password() {
     let s = setup().await;
     let dirs = tempfile::tempdir().unwrap();
-    let phone = login(&s.hs, dirs.path(), "alice").await;
+    let phone = login(&s.hs.base_url, dirs.path(), "alice").await;
     let phone_device = phone.session().unwrap().device_id;
     // bob tracks alice already: the new device reaches him through device_lists.changed.
     s.bob.sync_once(Duration::ZERO).await.unwrap();

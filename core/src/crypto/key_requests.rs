@@ -14,7 +14,7 @@ use super::account::MEGOLM_ALGORITHM;
 use super::error::{CryptoError, OlmError};
 use super::machine::{OlmMachine, RoomKeyInfo, State};
 use super::megolm::InboundGroup;
-use super::olm::{Ed25519Keys, IncomingOlm, OlmPayload, OlmSession};
+use super::olm::{IncomingOlm, OlmPayload, OlmSession};
 use super::to_device::Batch;
 use crate::store::{Changes, DeviceRecord, LocalTrust, PendingToDevice};
 
@@ -197,19 +197,7 @@ impl OlmMachine {
         else {
             return Ok(false);
         };
-        let payload = OlmPayload {
-            event_type: event_type.into(),
-            content,
-            sender: self.user_id.clone(),
-            sender_device: Some(self.device_id.clone()),
-            recipient: device.user_id.clone(),
-            recipient_keys: Ed25519Keys {
-                ed25519: device.ed25519.clone(),
-            },
-            keys: Ed25519Keys {
-                ed25519: state.account.ed25519(),
-            },
-        };
+        let payload = self.payload_for(device, &state.account.ed25519(), event_type, content);
         let encrypted = session.encrypt(&state.account.curve25519(), &payload)?;
         batch.dirty.insert(device.curve25519.clone());
         changes.pending_to_device.push(PendingToDevice {

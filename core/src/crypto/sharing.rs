@@ -62,6 +62,29 @@ fn eligible(device: &DeviceRecord, own_user: &str, own_device: &str) -> bool {
 }
 
 impl OlmMachine {
+    /// The plaintext of an Olm message from this device to `device`.
+    pub(super) fn payload_for(
+        &self,
+        device: &DeviceRecord,
+        own_ed25519: &str,
+        event_type: &str,
+        content: Value,
+    ) -> OlmPayload {
+        OlmPayload {
+            event_type: event_type.into(),
+            content,
+            sender: self.user_id.clone(),
+            sender_device: Some(self.device_id.clone()),
+            recipient: device.user_id.clone(),
+            recipient_keys: Ed25519Keys {
+                ed25519: device.ed25519.clone(),
+            },
+            keys: Ed25519Keys {
+                ed25519: own_ed25519.to_owned(),
+            },
+        }
+    }
+
     fn is_own_device(&self, device: &DeviceRecord) -> bool {
         device.user_id == self.user_id && device.device_id == self.device_id
     }
@@ -141,19 +164,12 @@ impl OlmMachine {
                     Ok(mut session) => {
                         if let Some(device) = state.wedged.remove(&session.sender_key) {
                             // The new session announces itself; the peer drops the wedged one.
-                            let payload = OlmPayload {
-                                event_type: "m.dummy".into(),
-                                content: json!({}),
-                                sender: self.user_id.clone(),
-                                sender_device: Some(self.device_id.clone()),
-                                recipient: device.user_id.clone(),
-                                recipient_keys: Ed25519Keys {
-                                    ed25519: device.ed25519.clone(),
-                                },
-                                keys: Ed25519Keys {
-                                    ed25519: state.account.ed25519(),
-                                },
-                            };
+                            let payload = self.payload_for(
+                                &device,
+                                &state.account.ed25519(),
+                                "m.dummy",
+                                json!({}),
+                            );
                             let content = session.encrypt(&state.account.curve25519(), &payload)?;
                             dummies.push(&device, content);
                             changes.values.insert(
@@ -300,19 +316,7 @@ impl OlmMachine {
                 );
                 continue;
             };
-            let payload = OlmPayload {
-                event_type: "m.room_key".into(),
-                content: room_key.clone(),
-                sender: self.user_id.clone(),
-                sender_device: Some(self.device_id.clone()),
-                recipient: device.user_id.clone(),
-                recipient_keys: Ed25519Keys {
-                    ed25519: device.ed25519.clone(),
-                },
-                keys: Ed25519Keys {
-                    ed25519: own_ed.clone(),
-                },
-            };
+            let payload = self.payload_for(device, &own_ed, "m.room_key", room_key.clone());
             keys_out.push(device, session.encrypt(&own_curve, &payload)?);
             group.shared_with.retain(|r| {
                 (r.user_id.as_str(), r.device_id.as_str()) != (&device.user_id, &device.device_id)

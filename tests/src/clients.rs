@@ -1,0 +1,112 @@
+//! Newt clients for the end-to-end tests: open, log in, wait for messages.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use newt_core::client::{Client, ClientConfig, TimelineEvent};
+use newt_core::store::StoreKey;
+
+use crate::Synapse;
+
+/// Passphrase of every test store.
+pub const STORE_PASSPHRASE: &str = "e2e store passphrase";
+
+/// A client on the store in `dir` (no network).
+pub fn open(homeserver: &str, dir: &Path) -> Arc<Client> {
+    Arc::new(
+        Client::new(ClientConfig {
+            homeserver: homeserver.to_owned(),
+            store_dir: dir.to_owned(),
+            store_key: StoreKey::from_passphrase(STORE_PASSPHRASE),
+        })
+        .expect("open client"),
+    )
+}
+
+/// Log `user` (password `USER-pw`) in with the store in `dir`, then sync once.
+pub async fn login(homeserver: &str, dir: &Path, user: &str) -> Arc<Client> {
+    let client = open(homeserver, dir);
+    client
+        .login_password(user, &format!("{user}-pw"), None)
+        .await
+        .expect("login");
+    client.sync_once(Duration::ZERO).await.expect("first sync");
+    client
+}
+
+/// Sync until `n` new messages from other users arrived in `room`; panics after 60 s.
+pub async fn receive(client: &Client, room: &str, n: usize) -> Vec<TimelineEvent> {
+    let own = client.session().expect("logged in").user_id;
+    let mut rx = client.subscribe_timeline();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "received {} of {n} messages: {got:?}",
+            got.len()
+        );
+        client
+            .sync_once(Duration::from_secs(1))
+            .await
+            .expect("sync");
+        while let Ok(event) = rx.try_recv() {
+            if event.room_id == room && event.sender != own {
+                got.push(event);
+            }
+        }
+    }
+    got
+}
+
+/// alice creates an encrypted room inviting the others; they join.
+pub async fn room_with(alice: &Client, others: &[&Client]) -> String {
+    let invites: Vec<String> = others
+        .iter()
+        .map(|c| c.session().expect("logged in").user_id)
+        .collect();
+    let room = alice
+        .create_encrypted_room(Some("test"), &invites)
+        .await
+        .expect("create room");
+    for other in others {
+        other.sync_once(Duration::ZERO).await.expect("sync");
+        other.join(&room).await.expect("join");
+        other.sync_once(Duration::ZERO).await.expect("sync");
+    }
+    alice.sync_once(Duration::ZERO).await.expect("sync");
+    room
+}
+
+/// A homeserver with registered users and a folder for their stores.
+pub struct World {
+    /// The server.
+    pub hs: Synapse,
+    /// Stores live below this.
+    pub dirs: tempfile::TempDir,
+}
+
+impl World {
+    /// Start a server and register `users` (password `USER-pw`).
+    pub fn new(users: &[&str]) -> Self {
+        let hs = Synapse::start();
+        for user in users {
+            hs.register(user, &format!("{user}-pw"));
+        }
+        Self {
+            hs,
+            dirs: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// The store folder called `name`.
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.dirs.path().join(name)
+    }
+
+    /// Log `user` in with the store `store`.
+    pub async fn login(&self, user: &str, store: &str) -> Arc<Client> {
+        login(&self.hs.base_url, &self.dir(store), user).await
+    }
+}
