@@ -188,30 +188,8 @@ impl InboundGroup {
         let session_key = SessionKey::from_base64(&key.session_key)
             .map_err(|e| OlmError::InvalidRoomKey(format!("session key: {e}")))?;
         let session = InboundGroupSession::new(&session_key, SessionConfig::version_1());
-        if session.session_id() != key.session_id {
-            return Err(OlmError::InvalidRoomKey(format!(
-                "session id {} does not match the key's {}",
-                key.session_id,
-                session.session_id()
-            ))
-            .into());
-        }
-        let json = Zeroizing::new(
-            serde_json::to_vec(&session.pickle()).map_err(|e| pickle_err("inbound", e))?,
-        );
-        Ok(Self {
-            record: InboundGroupSessionRecord {
-                room_id: key.room_id.clone(),
-                session_id: key.session_id.clone(),
-                sender_key: sender_key.to_owned(),
-                signing_key: signing_key.to_owned(),
-                sender_user: sender_user.to_owned(),
-                sender_device: sender_device.to_owned(),
-                pickle: SecretBlob::new(json.to_vec()),
-                first_known_index: session.first_known_index(),
-            },
-            session,
-        })
+        let origin = [sender_key, signing_key, sender_user, sender_device];
+        Ok(Self::wrap(session, &key.room_id, &key.session_id, origin)?)
     }
 
     /// Create from a forwarded (exported) key; the session id must match the key.
@@ -227,15 +205,33 @@ impl InboundGroup {
         let key = vodozemac::megolm::ExportedSessionKey::from_base64(exported_key)
             .map_err(|e| OlmError::InvalidRoomKey(format!("forwarded key: {e}")))?;
         let session = InboundGroupSession::import(&key, SessionConfig::version_1());
+        Self::wrap(
+            session,
+            room_id,
+            session_id,
+            [sender_key, signing_key, sender_user, sender_device],
+        )
+    }
+
+    /// Check that `session` is the claimed one and build its record. `origin` is the sender's
+    /// Curve25519 key, claimed Ed25519 key, user id and device id.
+    fn wrap(
+        session: InboundGroupSession,
+        room_id: &str,
+        session_id: &str,
+        origin: [&str; 4],
+    ) -> Result<Self, OlmError> {
         if session.session_id() != session_id {
-            return Err(OlmError::InvalidRoomKey(
-                "forwarded key does not match its session id".into(),
-            ));
+            return Err(OlmError::InvalidRoomKey(format!(
+                "session id {session_id} does not match the key's {}",
+                session.session_id()
+            )));
         }
         let json = Zeroizing::new(
             serde_json::to_vec(&session.pickle())
-                .map_err(|e| OlmError::InvalidRoomKey(e.to_string()))?,
+                .map_err(|e| OlmError::InvalidRoomKey(format!("inbound pickle: {e}")))?,
         );
+        let [sender_key, signing_key, sender_user, sender_device] = origin;
         Ok(Self {
             record: InboundGroupSessionRecord {
                 room_id: room_id.to_owned(),

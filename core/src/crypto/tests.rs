@@ -238,6 +238,20 @@ pub(crate) fn room_event(room: &str, sender: &str, event_id: &str, content: Valu
            "origin_server_ts": 1_700_000_000_000u64, "content": content})
 }
 
+/// `from` encrypts a text message in [`ROOM`]; `to` decrypts it as event `event_id`.
+fn exchange(
+    from: &Peer,
+    to: &Peer,
+    body: &str,
+    event_id: &str,
+) -> Result<DecryptedRoomEvent, CryptoError> {
+    let content = from
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text(body))?;
+    to.machine
+        .decrypt_room_event(ROOM, &room_event(ROOM, &from.user(), event_id, content))
+}
+
 fn text(body: &str) -> Value {
     json!({"msgtype": "m.text", "body": body})
 }
@@ -275,14 +289,7 @@ fn two_machines_exchange_olm_and_megolm() {
     // And back, bob -> alice, over a session alice created from bob's pre-key message.
     server.share(&bob, ROOM, &members);
     assert_eq!(server.sync(&alice).room_keys.len(), 1);
-    let content = bob
-        .machine
-        .encrypt_room_event(ROOM, "m.room.message", &text("hi alice"))
-        .unwrap();
-    let decrypted = alice
-        .machine
-        .decrypt_room_event(ROOM, &room_event(ROOM, &bob.user(), "$2", content))
-        .unwrap();
+    let decrypted = exchange(&bob, &alice, "hi alice", "$2").unwrap();
     assert_eq!(decrypted.content["body"], "hi alice");
 }
 
@@ -962,14 +969,7 @@ fn room_key_and_sync_token_are_committed_together_and_survive_a_restart() {
 
     let bob = Peer::with_store("@bob:localhost", "BOB", sqlite_store(dir.path()));
     assert_eq!(bob.store.sync_token().unwrap().as_deref(), Some("s42"));
-    let content = alice
-        .machine
-        .encrypt_room_event(ROOM, "m.room.message", &text("after restart"))
-        .unwrap();
-    let decrypted = bob
-        .machine
-        .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$r", content))
-        .unwrap();
+    let decrypted = exchange(&alice, &bob, "after restart", "$r").unwrap();
     assert_eq!(decrypted.content["body"], "after restart");
 }
 
@@ -1235,14 +1235,7 @@ fn a_wedged_session_is_replaced_and_announced_with_a_dummy() {
     alice.machine.discard_room_key(ROOM).unwrap();
     server.share(&alice, ROOM, &members);
     assert_eq!(server.sync(&bob).room_keys.len(), 1);
-    let content = alice
-        .machine
-        .encrypt_room_event(ROOM, "m.room.message", &text("healed"))
-        .unwrap();
-    let d = bob
-        .machine
-        .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$h", content))
-        .unwrap();
+    let d = exchange(&alice, &bob, "healed", "$h").unwrap();
     assert_eq!(d.content["body"], "healed");
 }
 
