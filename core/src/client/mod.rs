@@ -112,6 +112,9 @@ pub struct Client {
     pending_sends: Mutex<Vec<PendingSend>>,
     /// Undecryptable events by (room, session), retried when the key arrives.
     undecryptable: Mutex<HashMap<(String, String), Vec<serde_json::Value>>>,
+    /// Encrypted rooms in which a member got a new device since the last sync; their
+    /// current room key is shared with it before the next message (seed 002).
+    pub(crate) rooms_with_new_devices: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -143,6 +146,7 @@ impl Client {
             recent: Mutex::new(HashMap::new()),
             pending_sends: Mutex::new(Vec::new()),
             undecryptable: Mutex::new(HashMap::new()),
+            rooms_with_new_devices: Mutex::new(Default::default()),
         })
     }
 

@@ -83,12 +83,20 @@ impl Client {
                     let outcome = machine.mark_keys_query_sent(&request.id, &response)?;
                     debug!(
                         updated = outcome.updated_devices,
+                        new = outcome.new_devices.len(),
+                        removed = outcome.removed_devices.len(),
                         rejected = outcome.rejected.len(),
                         "keys query"
                     );
+                    if !outcome.new_devices.is_empty() {
+                        self.rooms_with_new_devices
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend(outcome.affected_rooms);
+                    }
                 }
                 Err(e) => {
-                    machine.mark_query_failed(&request.id);
+                    machine.mark_query_failed(&request.id)?;
                     return Err(e.into());
                 }
             },
@@ -297,6 +305,44 @@ impl Client {
             self.send_request(&machine, request).await?;
         }
         Ok(())
+    }
+
+    /// Give new devices of room members the current room key of the rooms they are in
+    /// (found through the store's room index when their device list was downloaded), so
+    /// they can decrypt the next message even before it is sent. Rooms without an outbound
+    /// session have nothing to share; the next send shares a new one. When the app decides
+    /// about new devices itself, the next send asks it instead.
+    pub(crate) async fn share_with_new_devices(&self) {
+        if self.hooks().ask_about_new_devices {
+            return;
+        }
+        let rooms = std::mem::take(
+            &mut *self
+                .rooms_with_new_devices
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for room_id in rooms {
+            match self.store.outbound_group_session(&room_id) {
+                Ok(Some(_)) => {}
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(room_id, error = %e, "reading the outbound session failed");
+                    continue;
+                }
+            }
+            if let Err(e) = self.prepare_room_key(&room_id).await {
+                warn!(room_id, error = %e, "sharing the room key with new devices failed");
+                if matches!(&e, ClientError::Http(h) if h.is_transient()) {
+                    self.rooms_with_new_devices
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(room_id);
+                }
+            } else {
+                debug!(room_id, "room key shared with new devices");
+            }
+        }
     }
 
     /// Ask the prompt handler about devices of `users` nobody decided about yet.

@@ -276,6 +276,7 @@ impl Client {
             warn!(error = %e, "sending crypto requests failed; will retry");
             self.schedule_retry(&e, "pending encryption requests");
         }
+        self.share_with_new_devices().await;
         Ok(())
     }
 

@@ -13,7 +13,9 @@ use super::devices::{Device, verify_device_keys};
 use super::error::{CryptoError, DeviceKeyError, MegolmError, OlmError};
 use super::megolm::InboundGroup;
 use super::requests::{OutgoingKind, OutgoingRequest, json_of, raw, raw_map};
-use crate::store::{Changes, DeviceRecord, LocalTrust, MegolmIndexRecord, Store, TrackedUser};
+use crate::store::{
+    Changes, DeviceRecord, LocalTrust, MegolmIndexRecord, Store, TrackedUser, TrackingState,
+};
 
 /// First back-off of a server whose key queries fail.
 const BACKOFF_BASE_MS: u64 = 15_000;
@@ -85,6 +87,13 @@ pub struct QueryOutcome {
     pub updated_devices: usize,
     /// Devices whose keys were rejected, with the reason.
     pub rejected: Vec<(String, String, DeviceKeyError)>,
+    /// Devices seen for the first time: `(user id, device id)`.
+    pub new_devices: Vec<(String, String)>,
+    /// Devices that disappeared from their owner's list: `(user id, device id)`.
+    pub removed_devices: Vec<(String, String)>,
+    /// Encrypted rooms shared with the users whose devices were added or removed, found
+    /// through the store's index (no member list is loaded).
+    pub affected_rooms: Vec<String>,
 }
 
 /// What a `/keys/claim` answer changed.
@@ -287,22 +296,27 @@ impl OlmMachine {
         self.lock()?.account.device_keys()
     }
 
-    /// Start tracking these users' devices (those not yet tracked are marked outdated).
+    /// Start tracking these users' devices: users not tracked yet (or no longer) become
+    /// pending download; the others keep their state.
     pub fn update_tracked_users(&self, users: &[String]) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
-        let tracked: HashSet<String> = self
+        let tracked: HashMap<String, TrackedUser> = self
             .store
             .tracked_users()?
             .into_iter()
-            .map(|u| u.user_id)
+            .map(|u| (u.user_id.clone(), u))
             .collect();
         let new: Vec<TrackedUser> = users
             .iter()
-            .filter(|u| !tracked.contains(*u))
-            .map(|u| TrackedUser {
-                user_id: u.clone(),
-                outdated: true,
-                sequence: 1,
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .filter_map(|u| match tracked.get(u) {
+                Some(t) if t.is_tracked() => None,
+                other => Some(TrackedUser {
+                    user_id: u.clone(),
+                    state: TrackingState::PendingDownload,
+                    sequence: other.map_or(1, |t| t.sequence + 1),
+                }),
             })
             .collect();
         self.save(
@@ -321,9 +335,19 @@ impl OlmMachine {
             .store
             .tracked_users()?
             .into_iter()
-            .filter(|u| u.outdated && wanted.contains(&u.user_id))
+            .filter(|u| u.needs_download() && wanted.contains(&u.user_id))
             .map(|u| u.user_id)
             .collect())
+    }
+
+    /// The tracking state of a user's device list.
+    pub fn tracking_state(&self, user_id: &str) -> Result<TrackingState, CryptoError> {
+        Ok(self
+            .store
+            .tracked_users()?
+            .into_iter()
+            .find(|u| u.user_id == user_id)
+            .map_or(TrackingState::NotTracked, |u| u.state))
     }
 
     /// Feed one sync response. Everything it carried is stored in one transaction together
@@ -340,21 +364,22 @@ impl OlmMachine {
                 .into_iter()
                 .map(|u| (u.user_id.clone(), u))
                 .collect();
+            // The sequence bump makes an answer to a query already in flight stale.
             for user in &sync.changed_users {
-                if let Some(t) = tracked.get(user) {
+                if let Some(t) = tracked.get(user).filter(|t| t.is_tracked()) {
                     changes.tracked_users.push(TrackedUser {
                         user_id: user.clone(),
-                        outdated: true,
+                        state: TrackingState::PendingDownload,
                         sequence: t.sequence + 1,
                     });
                 }
             }
             for user in &sync.left_users {
-                if let Some(t) = tracked.get(user) {
+                if let Some(t) = tracked.get(user).filter(|t| t.is_tracked()) {
                     // Keep the devices (and the user's decisions about them), stop updating.
                     changes.tracked_users.push(TrackedUser {
                         user_id: user.clone(),
-                        outdated: false,
+                        state: TrackingState::NotTracked,
                         sequence: t.sequence + 1,
                     });
                 }
@@ -424,12 +449,28 @@ impl OlmMachine {
                 .and_then(|s| state.server_backoff.get(s))
                 .is_some_and(|(_, until)| *until > now)
         };
+        // `Downloading` without a query in flight: the answer was lost with a restart.
         let outdated: Vec<TrackedUser> = self
             .store
             .tracked_users()?
             .into_iter()
-            .filter(|u| u.outdated && !in_flight.contains(&u.user_id) && !backed_off(&u.user_id))
+            .filter(|u| {
+                u.needs_download() && !in_flight.contains(&u.user_id) && !backed_off(&u.user_id)
+            })
+            .map(|u| TrackedUser {
+                state: TrackingState::Downloading,
+                ..u
+            })
             .collect();
+        if !outdated.is_empty() {
+            self.save(
+                &mut state,
+                Changes {
+                    tracked_users: outdated.clone(),
+                    ..Default::default()
+                },
+            )?;
+        }
         for chunk in outdated.chunks(QUERY_BATCH) {
             let mut request = get_keys::v3::Request::new();
             for user in chunk {
@@ -468,13 +509,48 @@ impl OlmMachine {
             .upload_in_flight = false;
     }
 
-    /// A query failed; its users stay outdated and are offered again.
-    pub fn mark_query_failed(&self, request_id: &str) {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .queries_in_flight
-            .remove(request_id);
+    /// A query failed; its users go back to pending download and are offered again.
+    pub fn mark_query_failed(&self, request_id: &str) -> Result<(), CryptoError> {
+        let mut state = self.lock()?;
+        let Some(requested) = state.queries_in_flight.remove(request_id) else {
+            return Ok(());
+        };
+        let changes = Changes {
+            tracked_users: self.settle_tracking(&requested, |_| false)?,
+            ..Default::default()
+        };
+        self.save(&mut state, changes)
+    }
+
+    /// New states of the users of a query that ended: up to date if `answered` and nothing
+    /// invalidated the user since the query left, pending again if not answered. Users
+    /// invalidated or dropped meanwhile keep the state that says so.
+    fn settle_tracking(
+        &self,
+        requested: &[(String, u64)],
+        answered: impl Fn(&str) -> bool,
+    ) -> Result<Vec<TrackedUser>, CryptoError> {
+        let current: HashMap<String, TrackedUser> = self
+            .store
+            .tracked_users()?
+            .into_iter()
+            .map(|u| (u.user_id.clone(), u))
+            .collect();
+        Ok(requested
+            .iter()
+            .filter_map(|(user, sequence)| {
+                let t = current.get(user)?;
+                if t.sequence != *sequence || t.state != TrackingState::Downloading {
+                    return None;
+                }
+                let state = if answered(user) {
+                    TrackingState::UpToDate
+                } else {
+                    TrackingState::PendingDownload
+                };
+                Some(TrackedUser { state, ..t.clone() })
+            })
+            .collect())
     }
 
     /// The server answered a key upload.
@@ -584,6 +660,16 @@ impl OlmMachine {
                     if old == &record {
                         continue;
                     }
+                    if old.deleted {
+                        // Back in the list (e.g. a restored device id): new to us again.
+                        outcome
+                            .new_devices
+                            .push((user_id.to_owned(), device_id.to_owned()));
+                    }
+                } else {
+                    outcome
+                        .new_devices
+                        .push((user_id.to_owned(), device_id.to_owned()));
                 }
                 outcome.updated_devices += 1;
                 changes.devices.push(record);
@@ -592,29 +678,26 @@ impl OlmMachine {
                 if owner == user_id && !seen.contains(device_id) && !old.deleted {
                     old.deleted = true;
                     changes.devices.push(old.clone());
+                    outcome
+                        .removed_devices
+                        .push((owner.clone(), device_id.clone()));
                 }
             }
         }
 
-        let current: HashMap<String, TrackedUser> = self
-            .store
-            .tracked_users()?
-            .into_iter()
-            .map(|u| (u.user_id.clone(), u))
+        let churned: HashSet<&str> = outcome
+            .new_devices
+            .iter()
+            .chain(&outcome.removed_devices)
+            .map(|(u, _)| u.as_str())
             .collect();
-        for (user, sequence) in requested {
-            let answered = response.device_keys.keys().any(|u| u.as_str() == user);
-            match current.get(&user) {
-                // Only mark up to date if nothing invalidated the user since the request left.
-                Some(t) if answered && t.sequence == sequence && t.outdated => {
-                    changes.tracked_users.push(TrackedUser {
-                        outdated: false,
-                        ..t.clone()
-                    });
-                }
-                _ => {}
-            }
+        if !churned.is_empty() {
+            let churned: Vec<&str> = churned.into_iter().collect();
+            outcome.affected_rooms = self.store.encrypted_rooms_with(&churned)?;
         }
+        changes.tracked_users = self.settle_tracking(&requested, |user| {
+            response.device_keys.keys().any(|u| u.as_str() == user)
+        })?;
         self.save(&mut state, changes)?;
         Ok(outcome)
     }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::olm::{Ed25519Keys, OlmPayload, OlmSession};
 use super::requests::{json_of, raw};
 use super::*;
-use crate::store::{MemoryStore, Store};
+use crate::store::{LocalTrust, MemoryStore, Store};
 
 /// The parts of a homeserver the crypto machine talks to.
 #[derive(Default)]
@@ -364,7 +364,7 @@ fn changed_ed25519_key_of_known_device_is_rejected() {
         .save_changes(crate::store::Changes {
             tracked_users: vec![crate::store::TrackedUser {
                 user_id: bob.user(),
-                outdated: true,
+                state: crate::store::TrackingState::PendingDownload,
                 sequence: 5,
             }],
             ..Default::default()
@@ -1425,4 +1425,174 @@ fn a_failing_server_is_backed_off_without_delaying_others() {
         .collect();
     assert_eq!(users, vec![bob.user()]);
     let _ = &mut server;
+}
+
+/// The ids and users of the `/keys/query` requests the machine wants to send now.
+fn pending_queries(peer: &Peer) -> Vec<(String, get_keys::v3::Request)> {
+    peer.machine
+        .outgoing_requests()
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.kind {
+            OutgoingKind::KeysQuery(q) => Some((r.id, q)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn changed(peer: &Peer, changed_users: Vec<String>, left_users: Vec<String>) {
+    peer.machine
+        .receive_sync_changes(SyncChanges {
+            changed_users,
+            left_users,
+            ..Default::default()
+        })
+        .unwrap();
+}
+
+#[test]
+fn tracking_states_follow_queries_and_invalidations() {
+    use crate::store::TrackingState::*;
+    let (server, alice, bob) = setup_pair();
+    let state = |user: &str| alice.machine.tracking_state(user).unwrap();
+    assert_eq!(state(&bob.user()), NotTracked);
+    alice.machine.update_tracked_users(&[bob.user()]).unwrap();
+    assert_eq!(state(&bob.user()), PendingDownload);
+
+    // A query goes out: downloading. A change arrives before the answer: the answer is
+    // stored, but the user stays pending, and is queried again.
+    let queries = pending_queries(&alice);
+    assert_eq!(queries.len(), 1);
+    assert_eq!(state(&bob.user()), Downloading);
+    assert!(
+        pending_queries(&alice).is_empty(),
+        "no second query while one is in flight"
+    );
+    changed(&alice, vec![bob.user()], vec![]);
+    let (id, q) = &queries[0];
+    let outcome = alice
+        .machine
+        .mark_keys_query_sent(id, &server.query(q))
+        .unwrap();
+    assert_eq!(outcome.new_devices, vec![(bob.user(), "BOB".to_owned())]);
+    assert_eq!(state(&bob.user()), PendingDownload);
+    assert_eq!(alice.machine.devices(&bob.user()).unwrap().len(), 1);
+
+    // A failed query puts the user back to pending.
+    let (id, _) = pending_queries(&alice).remove(0);
+    alice.machine.mark_query_failed(&id).unwrap();
+    assert_eq!(state(&bob.user()), PendingDownload);
+    let (id, q) = pending_queries(&alice).remove(0);
+    alice
+        .machine
+        .mark_keys_query_sent(&id, &server.query(&q))
+        .unwrap();
+    assert_eq!(state(&bob.user()), UpToDate);
+
+    // Left: no longer tracked, devices and the user's decision kept, changes ignored.
+    alice
+        .machine
+        .set_local_trust(&bob.user(), "BOB", LocalTrust::Verified)
+        .unwrap();
+    changed(&alice, vec![], vec![bob.user()]);
+    assert_eq!(state(&bob.user()), NotTracked);
+    changed(&alice, vec![bob.user()], vec![]);
+    assert_eq!(state(&bob.user()), NotTracked);
+    assert!(pending_queries(&alice).is_empty());
+    let kept = alice.machine.devices(&bob.user()).unwrap();
+    assert_eq!(kept[0].local_trust, LocalTrust::Verified);
+    // Sharing a room again starts tracking again.
+    alice.machine.update_tracked_users(&[bob.user()]).unwrap();
+    assert_eq!(state(&bob.user()), PendingDownload);
+}
+
+#[test]
+fn leaving_while_a_query_is_in_flight_is_not_undone_by_the_answer() {
+    use crate::store::TrackingState::*;
+    let (server, alice, bob) = setup_pair();
+    alice.machine.update_tracked_users(&[bob.user()]).unwrap();
+    let (id, q) = pending_queries(&alice).remove(0);
+    changed(&alice, vec![], vec![bob.user()]);
+    alice
+        .machine
+        .mark_keys_query_sent(&id, &server.query(&q))
+        .unwrap();
+    assert_eq!(
+        alice.machine.tracking_state(&bob.user()).unwrap(),
+        NotTracked
+    );
+}
+
+#[test]
+fn a_query_lost_with_a_restart_is_sent_again() {
+    use crate::store::TrackingState::*;
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(dir.path());
+    let (server, _alice, bob) = setup_pair();
+    let carol = Peer::with_store("@carol:localhost", "CAROL", store.clone());
+    carol.machine.update_tracked_users(&[bob.user()]).unwrap();
+    assert_eq!(pending_queries(&carol).len(), 1);
+    drop(carol);
+    // The process died with the query in flight; the new one sees `Downloading`.
+    let carol = Peer::with_store("@carol:localhost", "CAROL", store);
+    assert_eq!(
+        carol.machine.tracking_state(&bob.user()).unwrap(),
+        Downloading
+    );
+    let (id, q) = pending_queries(&carol).remove(0);
+    carol
+        .machine
+        .mark_keys_query_sent(&id, &server.query(&q))
+        .unwrap();
+    assert_eq!(carol.machine.tracking_state(&bob.user()).unwrap(), UpToDate);
+}
+
+#[test]
+fn a_device_change_names_the_affected_rooms_from_the_index() {
+    use crate::store::{Changes, MemberRecord, RoomRecord};
+    let (mut server, alice, bob) = setup_pair();
+    let member = |room: &str, user: String, membership: &str| MemberRecord {
+        room_id: room.into(),
+        user_id: user,
+        membership: membership.into(),
+    };
+    let room = |room_id: &str, encrypted: bool| RoomRecord {
+        room_id: room_id.into(),
+        encryption: encrypted.then(|| json!({"algorithm": MEGOLM_ALGORITHM}).to_string()),
+        ..Default::default()
+    };
+    alice
+        .store
+        .save_changes(Changes {
+            rooms: vec![
+                room("!a:x", true),
+                room("!b:x", true),
+                room("!plain:x", false),
+            ],
+            members: vec![
+                member("!a:x", bob.user(), "join"),
+                member("!b:x", bob.user(), "leave"),
+                member("!plain:x", bob.user(), "join"),
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+    alice.machine.update_tracked_users(&[bob.user()]).unwrap();
+    let outcomes = server.drive(&alice);
+    assert_eq!(outcomes[0].affected_rooms, vec!["!a:x".to_owned()]);
+
+    // Nothing changed: no rooms to look at.
+    changed(&alice, vec![bob.user()], vec![]);
+    let outcomes = server.drive(&alice);
+    assert!(outcomes[0].new_devices.is_empty() && outcomes[0].affected_rooms.is_empty());
+
+    // bob logs out his device.
+    server.device_keys.remove(&bob.user());
+    changed(&alice, vec![bob.user()], vec![]);
+    let outcomes = server.drive(&alice);
+    assert_eq!(
+        outcomes[0].removed_devices,
+        vec![(bob.user(), "BOB".to_owned())]
+    );
+    assert_eq!(outcomes[0].affected_rooms, vec!["!a:x".to_owned()]);
 }

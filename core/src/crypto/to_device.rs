@@ -118,7 +118,7 @@ impl OlmMachine {
                 );
                 changes.tracked_users.push(crate::store::TrackedUser {
                     user_id: user.clone(),
-                    outdated: true,
+                    state: crate::store::TrackingState::PendingDownload,
                     sequence,
                 });
             }

@@ -44,6 +44,7 @@ macro_rules! store_conformance_tests {
                 tracked_users,
                 megolm_indices_first_event_wins,
                 rooms_and_members,
+                encrypted_rooms_of_users,
                 pending_to_device_queue,
                 values_and_secret_values,
                 sync_token,

@@ -281,6 +281,26 @@ impl Store for MemoryStore {
         Ok(self.lock().rooms.values().cloned().collect())
     }
 
+    fn encrypted_rooms_with(&self, user_ids: &[&str]) -> Result<Vec<String>, StoreError> {
+        let state = self.lock();
+        // Scans the encrypted rooms; fine for the sizes tests and benchmarks use.
+        Ok(state
+            .rooms
+            .values()
+            .filter(|r| r.encryption.is_some())
+            .filter(|r| {
+                state.members.get(&r.room_id).is_some_and(|members| {
+                    user_ids.iter().any(|u| {
+                        members
+                            .get(*u)
+                            .is_some_and(|m| m.membership == "join" || m.membership == "invite")
+                    })
+                })
+            })
+            .map(|r| r.room_id.clone())
+            .collect())
+    }
+
     fn members(&self, room_id: &str) -> Result<Vec<MemberRecord>, StoreError> {
         Ok(self
             .lock()

@@ -228,15 +228,68 @@ pub struct DeviceRecord {
     pub deleted: bool,
 }
 
+/// Where our copy of one user's device list stands (seed 001).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TrackingState {
+    /// We share no encrypted room with the user any more: the devices (and the user's
+    /// decisions about them) are kept, but no longer updated.
+    NotTracked,
+    /// The list is stale or was never downloaded and must be queried.
+    #[default]
+    PendingDownload,
+    /// A query is in flight. After a restart this counts as pending: the answer was lost.
+    Downloading,
+    /// The list is current as far as sync told us.
+    UpToDate,
+}
+
+impl TrackingState {
+    /// Stable string for storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackingState::NotTracked => "not_tracked",
+            TrackingState::PendingDownload => "pending",
+            TrackingState::Downloading => "downloading",
+            TrackingState::UpToDate => "up_to_date",
+        }
+    }
+
+    /// Parse [`TrackingState::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "not_tracked" => TrackingState::NotTracked,
+            "pending" => TrackingState::PendingDownload,
+            "downloading" => TrackingState::Downloading,
+            "up_to_date" => TrackingState::UpToDate,
+            _ => return None,
+        })
+    }
+}
+
 /// Device-list tracking state of one user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrackedUser {
     /// The user.
     pub user_id: String,
-    /// Our copy of the user's device list may be stale and must be re-queried.
-    pub outdated: bool,
+    /// Where our copy of the user's device list stands.
+    pub state: TrackingState,
     /// Bumped on every invalidation, so an invalidation during an in-flight query is kept.
     pub sequence: u64,
+}
+
+impl TrackedUser {
+    /// Whether the devices must be (re)downloaded before encrypting for the user.
+    pub fn needs_download(&self) -> bool {
+        matches!(
+            self.state,
+            TrackingState::PendingDownload | TrackingState::Downloading
+        )
+    }
+
+    /// Whether the user is tracked at all.
+    pub fn is_tracked(&self) -> bool {
+        self.state != TrackingState::NotTracked
+    }
 }
 
 /// The encryption-relevant state of one room.
@@ -498,6 +551,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// All member records of a room.
     fn members(&self, room_id: &str) -> Result<Vec<MemberRecord>, StoreError>;
+
+    /// The encrypted rooms in which any of these users is joined or invited, sorted by room
+    /// id; answered from an index, without loading member lists.
+    fn encrypted_rooms_with(&self, user_ids: &[&str]) -> Result<Vec<String>, StoreError>;
 
     /// To-device requests not yet confirmed as sent, oldest first.
     fn pending_to_device(&self) -> Result<Vec<PendingToDevice>, StoreError>;

@@ -23,7 +23,7 @@ use super::cipher::{StoreCipher, StoreKey};
 use super::{
     AccountRecord, Changes, DeviceRecord, InboundGroupSessionRecord, LocalTrust, MegolmIndexRecord,
     MemberRecord, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice, RoomRecord,
-    SecretBlob, ShareRecipient, Store, StoreError, TrackedUser,
+    SecretBlob, ShareRecipient, Store, StoreError, TrackedUser, TrackingState,
 };
 
 mod schema;
@@ -317,12 +317,14 @@ impl Store for SqliteStore {
     fn tracked_users(&self) -> Result<Vec<TrackedUser>, StoreError> {
         query_all(
             &self.reader(),
-            "SELECT user_id, outdated, sequence FROM tracked_users ORDER BY user_id",
+            "SELECT user_id, state, sequence FROM tracked_users ORDER BY user_id",
             [],
             |r| {
+                let state: String = col(r, 1)?;
                 Ok(TrackedUser {
                     user_id: col(r, 0)?,
-                    outdated: col(r, 1)?,
+                    state: TrackingState::parse(&state)
+                        .ok_or_else(|| StoreError::Decode("unknown tracking state".into()))?,
                     sequence: u64_from_sql(col(r, 2)?),
                 })
             },
@@ -370,6 +372,22 @@ impl Store for SqliteStore {
              FROM rooms ORDER BY room_id",
             [],
             room_from_row,
+        )
+    }
+
+    fn encrypted_rooms_with(&self, user_ids: &[&str]) -> Result<Vec<String>, StoreError> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // members_by_user (user_id, room_id) answers the lookup; rooms by primary key.
+        query_all(
+            &self.reader(),
+            "SELECT DISTINCT m.room_id FROM members m JOIN rooms r ON r.room_id = m.room_id
+             WHERE m.user_id IN (SELECT value FROM json_each(?1))
+               AND m.membership IN ('join', 'invite') AND r.encryption IS NOT NULL
+             ORDER BY m.room_id",
+            [json_list(user_ids)?],
+            |r| col(r, 0),
         )
     }
 

@@ -302,31 +302,3 @@ final class NewtTests: XCTestCase {
         XCTAssertFalse(newtVersion().isEmpty)
     }
 }
-
-/// The first `.appended` item matching `match`, or a failure after `timeout` seconds.
-private func firstAppended(in updates: AsyncStream<TimelineUpdate>, timeout: TimeInterval,
-                           _ match: @escaping @Sendable (TimelineItem) -> Bool) async throws -> TimelineItem {
-    try await withThrowingTaskGroup(of: TimelineItem?.self) { group in
-        group.addTask {
-            for await update in updates {
-                if case let .appended(item) = update, match(item) { return item }
-            }
-            return nil
-        }
-        group.addTask {
-            try await Task.sleep(nanoseconds: UInt64(timeout * 1_000_000_000))
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let item = first else {
-            throw TimedOut(what: "a matching timeline item", seconds: timeout)
-        }
-        return item
-    }
-}
-
-private struct TimedOut: Error, CustomStringConvertible {
-    let what: String
-    let seconds: TimeInterval
-    var description: String { "no \(what) within \(Int(seconds)) s" }
-}

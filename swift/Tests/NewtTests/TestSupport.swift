@@ -124,3 +124,75 @@ final class PasswordPrompter: PromptHandler, @unchecked Sendable {
 final class NoopListener: TimelineListener, @unchecked Sendable {
     func onUpdate(update: TimelineUpdate) {}
 }
+
+/// A logged-in client on a fresh store (closed when the test ends).
+struct LoggedIn {
+    let user: String
+    let password: String
+    let client: NewtClient
+    let session: Session
+}
+
+func login(_ test: XCTestCase, homeserver: String, user: String, password: String) async throws -> LoggedIn {
+    let client = try await makeClient(test, homeserver: homeserver)
+    let session = try await client.loginPassword(user: user, password: password, deviceId: nil)
+    return LoggedIn(user: user, password: password, client: client, session: session)
+}
+
+/// alice and bob, logged in, in an encrypted room alice created and bob joined.
+struct RoomPair {
+    let alice: LoggedIn
+    let bob: LoggedIn
+    let roomId: String
+}
+
+func roomPair(_ test: XCTestCase, homeserver: String,
+              file: StaticString = #filePath, line: UInt = #line) async throws -> RoomPair {
+    let (aliceName, alicePassword) = try await registerUser(homeserver: homeserver, prefix: "alice")
+    let (bobName, bobPassword) = try await registerUser(homeserver: homeserver, prefix: "bob")
+    let alice = try await login(test, homeserver: homeserver, user: aliceName, password: alicePassword)
+    let bob = try await login(test, homeserver: homeserver, user: bobName, password: bobPassword)
+    // First syncs: device keys and one-time keys are uploaded.
+    try await bob.client.syncOnce(timeoutMs: 0)
+    try await alice.client.syncOnce(timeoutMs: 0)
+    let roomId = try await alice.client.createEncryptedRoom(name: "swift test", invite: [bob.session.userId])
+    try await bob.client.syncOnce(timeoutMs: 0)
+    let joined = try await bob.client.joinRoom(roomIdOrAlias: roomId)
+    XCTAssertEqual(joined, roomId, file: file, line: line)
+    try await bob.client.syncOnce(timeoutMs: 0)
+    try await alice.client.syncOnce(timeoutMs: 0)
+    return RoomPair(alice: alice, bob: bob, roomId: roomId)
+}
+
+/// The first `.appended` item matching `match`, skipping other updates; throws after
+/// `timeout` seconds, naming `what` and the updates seen.
+func firstAppended(in updates: AsyncStream<TimelineUpdate>, timeout: TimeInterval = 30,
+                   what: String = "a matching timeline item",
+                   _ match: @escaping @Sendable (TimelineItem) -> Bool) async throws -> TimelineItem {
+    let seen = Recorded<TimelineUpdate>()
+    return try await withThrowingTaskGroup(of: TimelineItem?.self) { group in
+        group.addTask {
+            for await update in updates {
+                if case let .appended(item) = update, match(item) { return item }
+                seen.append(update)
+            }
+            return nil
+        }
+        group.addTask {
+            try await Task.sleep(nanoseconds: UInt64(timeout * 1_000_000_000))
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let item = first else {
+            throw TimedOut(what: what, seconds: timeout, seen: seen.all)
+        }
+        return item
+    }
+}
+
+struct TimedOut: Error, CustomStringConvertible {
+    let what: String
+    let seconds: TimeInterval
+    let seen: [TimelineUpdate]
+    var description: String { "no \(what) within \(Int(seconds)) s; saw: \(seen)" }
+}

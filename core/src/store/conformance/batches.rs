@@ -67,7 +67,8 @@ pub(crate) fn tricky_ids_stored_exactly<S: Store>(s: &S) {
         c.olm_sessions.push(olm(id, id, id.as_bytes()));
         c.inbound_group_sessions.push(inbound(id, id));
         c.outbound_group_sessions.push(outbound(id, id));
-        c.tracked_users.push(tracked(id, false, i as u64));
+        c.tracked_users
+            .push(tracked(id, TrackingState::UpToDate, i as u64));
         c.megolm_indices.push(megolm(id, id, 0, id));
         c.rooms.push(room(id));
         c.members.push(member(id, id, "join"));
@@ -164,7 +165,8 @@ pub(crate) fn invalidators() -> Vec<Invalidator> {
         ("device user", |c| c.devices.push(device("", "D", "c"))),
         ("device id", |c| c.devices.push(device("@u:x", "", "c"))),
         ("tracked user", |c| {
-            c.tracked_users.push(tracked("", true, 0))
+            c.tracked_users
+                .push(tracked("", TrackingState::PendingDownload, 0))
         }),
         ("megolm sender", |c| {
             c.megolm_indices.push(megolm("", "s", 0, "$e"))

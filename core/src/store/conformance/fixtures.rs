@@ -84,10 +84,10 @@ pub(crate) fn device(user: &str, device_id: &str, curve: &str) -> DeviceRecord {
     }
 }
 
-pub(crate) fn tracked(user: &str, outdated: bool, sequence: u64) -> TrackedUser {
+pub(crate) fn tracked(user: &str, state: TrackingState, sequence: u64) -> TrackedUser {
     TrackedUser {
         user_id: user.into(),
-        outdated,
+        state,
         sequence,
     }
 }
@@ -141,7 +141,7 @@ pub(crate) fn full_changes(tag: &str) -> Changes {
         inbound_group_sessions: vec![inbound(&format!("!room-{tag}"), "igs1")],
         outbound_group_sessions: vec![outbound(&format!("!room-{tag}"), "ogs1")],
         devices: vec![device(&format!("@u-{tag}"), "D1", &format!("curve-{tag}"))],
-        tracked_users: vec![tracked(&format!("@u-{tag}"), true, 4)],
+        tracked_users: vec![tracked(&format!("@u-{tag}"), TrackingState::Downloading, 4)],
         megolm_indices: vec![megolm(&format!("sk-{tag}"), "igs1", 1, "$e")],
         rooms: vec![room(&format!("!room-{tag}"))],
         members: vec![member(

@@ -293,10 +293,12 @@ pub(crate) fn devices_batch_and_deleted<S: Store>(s: &S) {
 }
 
 pub(crate) fn tracked_users<S: Store>(s: &S) {
+    use TrackingState::*;
     let users = vec![
-        tracked("@c:x", true, 1),
-        tracked("@a:x", false, 0),
-        tracked("@b:x", true, 9),
+        tracked("@c:x", PendingDownload, 1),
+        tracked("@a:x", UpToDate, 0),
+        tracked("@b:x", Downloading, 9),
+        tracked("@d:x", NotTracked, 3),
     ];
     save(
         s,
@@ -308,23 +310,24 @@ pub(crate) fn tracked_users<S: Store>(s: &S) {
     assert_eq!(
         s.tracked_users().unwrap(),
         vec![
-            tracked("@a:x", false, 0),
-            tracked("@b:x", true, 9),
-            tracked("@c:x", true, 1)
+            tracked("@a:x", UpToDate, 0),
+            tracked("@b:x", Downloading, 9),
+            tracked("@c:x", PendingDownload, 1),
+            tracked("@d:x", NotTracked, 3),
         ]
     );
     save(
         s,
         Changes {
-            tracked_users: vec![tracked("@c:x", false, u64::MAX)],
+            tracked_users: vec![tracked("@c:x", UpToDate, u64::MAX)],
             ..Default::default()
         },
     );
     assert_eq!(
         s.tracked_users().unwrap()[2],
-        tracked("@c:x", false, u64::MAX)
+        tracked("@c:x", UpToDate, u64::MAX)
     );
-    assert_eq!(s.tracked_users().unwrap().len(), 3);
+    assert_eq!(s.tracked_users().unwrap().len(), 4);
 }
 
 pub(crate) fn megolm_indices_first_event_wins<S: Store>(s: &S) {
@@ -416,6 +419,44 @@ pub(crate) fn rooms_and_members<S: Store>(s: &S) {
         vec![member("!c:x", "@u1:x", "join")]
     );
     assert!(s.members("!unknown:x").unwrap().is_empty());
+}
+
+pub(crate) fn encrypted_rooms_of_users<S: Store>(s: &S) {
+    let plain = RoomRecord {
+        room_id: "!plain:x".into(),
+        ..Default::default()
+    };
+    save(
+        s,
+        Changes {
+            rooms: vec![room("!b:x"), room("!a:x"), plain, room("!c:x")],
+            members: vec![
+                member("!a:x", "@u1:x", "join"),
+                member("!a:x", "@u2:x", "invite"),
+                member("!b:x", "@u1:x", "leave"),
+                member("!b:x", "@u2:x", "ban"),
+                member("!c:x", "@u2:x", "join"),
+                member("!c:x", "@u3:x", "join"),
+                member("!plain:x", "@u1:x", "join"),
+            ],
+            ..Default::default()
+        },
+    );
+    let rooms = |users: &[&str]| s.encrypted_rooms_with(users).unwrap();
+    assert_eq!(rooms(&["@u1:x"]), ["!a:x"]);
+    assert_eq!(rooms(&["@u2:x"]), ["!a:x", "!c:x"]);
+    assert_eq!(rooms(&["@u1:x", "@u3:x", "@u2:x"]), ["!a:x", "!c:x"]);
+    assert!(rooms(&["@nobody:x"]).is_empty());
+    assert!(rooms(&[]).is_empty());
+    // Leaving a room takes it out of the answer.
+    save(
+        s,
+        Changes {
+            members: vec![member("!c:x", "@u3:x", "leave")],
+            ..Default::default()
+        },
+    );
+    assert!(rooms(&["@u3:x"]).is_empty());
 }
 
 pub(crate) fn pending_to_device_queue<S: Store>(s: &S) {

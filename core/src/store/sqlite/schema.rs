@@ -114,6 +114,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY NOT NULL,
         value BLOB NOT NULL
     );",
+    // 2: four tracking states instead of an `outdated` flag (seed 001).
+    "ALTER TABLE tracked_users ADD COLUMN state TEXT NOT NULL DEFAULT 'pending';
+    UPDATE tracked_users SET state = CASE WHEN outdated THEN 'pending' ELSE 'up_to_date' END;
+    ALTER TABLE tracked_users DROP COLUMN outdated;",
 ];
 
 /// Keys of the `meta` table.

@@ -563,3 +563,53 @@ fn lookups_use_indices() {
         "{p}"
     );
 }
+
+#[test]
+fn migration_2_turns_outdated_flags_into_tracking_states() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    // Put the file back into the shape schema version 1 left it in, with two users.
+    raw(dir.path())
+        .execute_batch(
+            "DROP TABLE tracked_users;
+             CREATE TABLE tracked_users (
+                 user_id TEXT PRIMARY KEY NOT NULL,
+                 outdated INTEGER NOT NULL,
+                 sequence INTEGER NOT NULL
+             );
+             INSERT INTO tracked_users VALUES ('@stale:x', 1, 7), ('@fresh:x', 0, 3);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    let s = open(dir.path());
+    assert_eq!(
+        s.tracked_users().unwrap(),
+        vec![
+            TrackedUser {
+                user_id: "@fresh:x".into(),
+                state: TrackingState::UpToDate,
+                sequence: 3,
+            },
+            TrackedUser {
+                user_id: "@stale:x".into(),
+                state: TrackingState::PendingDownload,
+                sequence: 7,
+            },
+        ]
+    );
+    let version: i64 = raw(dir.path())
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, MIGRATIONS.len() as i64);
+}
+
+#[test]
+fn unknown_tracking_state_is_a_decode_error() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    raw(dir.path())
+        .execute_batch("INSERT INTO tracked_users VALUES ('@u:x', 'sideways', 1)")
+        .unwrap();
+    let e = open(dir.path()).tracked_users().unwrap_err();
+    assert!(decode(&e), "{e:?}");
+}

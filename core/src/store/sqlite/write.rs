@@ -143,12 +143,12 @@ pub(super) fn write_changes(
     if !changes.tracked_users.is_empty() {
         let mut st = tx
             .prepare_cached(
-                "INSERT OR REPLACE INTO tracked_users (user_id, outdated, sequence)
+                "INSERT OR REPLACE INTO tracked_users (user_id, state, sequence)
                  VALUES (?1, ?2, ?3)",
             )
             .map_err(db)?;
         for u in &changes.tracked_users {
-            st.execute(params![u.user_id, u.outdated, u64_to_sql(u.sequence)])
+            st.execute(params![u.user_id, u.state.as_str(), u64_to_sql(u.sequence)])
                 .map_err(db)?;
         }
     }
