@@ -213,33 +213,59 @@ pub fn process_alive(pid: u32) -> bool {
 
 /// Minimal HTTP/1.0 `GET` against `base_url` (`http://host:port`), std only.
 pub fn http_get(base_url: &str, path: &str) -> (u16, String) {
+    http_request(base_url, "GET", path, None, None)
+}
+
+/// Minimal HTTP/1.0 request against `base_url` (`http://host:port`), std only: `method`
+/// `path`, an optional bearer token and an optional JSON body. Returns the status code and
+/// the body.
+pub fn http_request(
+    base_url: &str,
+    method: &str,
+    path: &str,
+    access_token: Option<&str>,
+    json_body: Option<&str>,
+) -> (u16, String) {
     let authority = base_url
         .strip_prefix("http://")
-        .expect("http_get: base_url must start with http://")
+        .expect("http_request: base_url must start with http://")
         .trim_end_matches('/');
     let mut stream = TcpStream::connect(authority)
-        .unwrap_or_else(|e| panic!("http_get: connect to {authority}: {e}"));
+        .unwrap_or_else(|e| panic!("http_request: connect to {authority}: {e}"));
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("set_read_timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    )
-    .expect("http_get: write request");
+    let mut head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n"
+    );
+    if let Some(token) = access_token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = json_body.unwrap_or_default();
+    if json_body.is_some() {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body.as_bytes()))
+        .expect("http_request: write request");
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
-        .expect("http_get: read response");
+        .expect("http_request: read response");
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("http_get: malformed response: {text:?}"));
+        .unwrap_or_else(|| panic!("http_request: malformed response: {text:?}"));
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("http_get: malformed status line: {head:?}"));
+        .unwrap_or_else(|| panic!("http_request: malformed status line: {head:?}"));
     (status, body.to_owned())
 }
 

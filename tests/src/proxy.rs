@@ -20,6 +20,19 @@ pub enum Action {
     Delay(Duration),
     /// Close the connection without answering (a network failure).
     Drop,
+    /// Forward with the request body replaced by what the function makes of it (e.g. a
+    /// homeserver that loses part of an upload).
+    RewriteRequest(Rewrite),
+}
+
+/// A request-body rewrite for [`Action::RewriteRequest`].
+#[derive(Clone)]
+pub struct Rewrite(pub Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>);
+
+impl std::fmt::Debug for Rewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rewrite(..)")
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -138,8 +151,8 @@ fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::R
         if line == "\r\n" {
             break;
         }
-        // Both sides close after one exchange.
-        if !lower.starts_with("connection:") {
+        // Both sides close after one exchange; the length is written when forwarding.
+        if !lower.starts_with("connection:") && !lower.starts_with("content-length:") {
             head.extend_from_slice(line.as_bytes());
         }
     }
@@ -164,11 +177,16 @@ fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::R
             "dropped".to_owned()
         }
         other => {
-            if let Some(Action::Delay(d)) = other {
-                thread::sleep(d);
+            match other {
+                Some(Action::Delay(d)) => thread::sleep(d),
+                Some(Action::RewriteRequest(Rewrite(f))) => body = f(&body),
+                _ => {}
             }
             let mut up = TcpStream::connect(upstream)?;
             up.write_all(&head)?;
+            if content_length > 0 || !body.is_empty() {
+                write!(up, "Content-Length: {}\r\n", body.len())?;
+            }
             up.write_all(b"Connection: close\r\n\r\n")?;
             up.write_all(&body)?;
             let mut response = Vec::new();

@@ -328,3 +328,34 @@ async fn stale_device_list_is_repaired_by_a_key_request_to_an_own_verified_devic
     assert_eq!(healed.event_id, first.event_id);
     assert_eq!(healed.body.as_deref(), Some("sent with a stale list"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_gets_the_current_room_key_before_the_next_message() {
+    let w = World::new(&["alice", "bob"]);
+    let alice = w.login("alice", "alice").await;
+    let bob = w.login("bob", "bob").await;
+    let room = room_with(&alice, &[&bob]).await;
+    bob.send_text(&room, "before the phone").await.unwrap();
+    receive(&alice, &room, 1).await;
+    let session = session_id(&bob, &room);
+
+    let phone = w.login("alice", "alice-phone").await;
+    // bob only syncs: the device-list change names alice, the query finds the new device,
+    // the room index names the room, and the current key goes to the phone.
+    let mut shared = false;
+    for _ in 0..20 {
+        bob.sync_once(Duration::from_millis(500)).await.unwrap();
+        phone.sync_once(Duration::ZERO).await.unwrap();
+        if phone
+            .store()
+            .inbound_group_session(&room, &session)
+            .unwrap()
+            .is_some()
+        {
+            shared = true;
+            break;
+        }
+    }
+    assert!(shared, "the phone never got bob's current room key");
+    assert_eq!(session_id(&bob, &room), session, "no rotation for a new device");
+}

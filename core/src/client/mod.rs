@@ -67,6 +67,11 @@ pub enum ClientError {
 /// Undecryptable events kept (in memory) for a retry when their key arrives.
 const MAX_UNDECRYPTABLE: usize = 2000;
 
+/// First wake-up delay for devices that got `m.no_olm`.
+const NO_OLM_FIRST_DELAY: Duration = Duration::from_secs(300);
+/// Wake-ups in a row for devices that got `m.no_olm`.
+const NO_OLM_MAX_RETRIES: u32 = 4;
+
 /// Recent timeline items kept per room for new subscribers.
 const RECENT_PER_ROOM: usize = 50;
 
@@ -74,6 +79,15 @@ const RECENT_PER_ROOM: usize = 50;
 struct PendingSend {
     room_id: String,
     content: serde_json::Value,
+}
+
+/// Wake-ups asked for devices that got `m.no_olm`.
+#[derive(Default)]
+struct NoOlmRetry {
+    /// One was asked for and has not run yet.
+    wakeup_pending: bool,
+    /// Retries in a row that left devices without a key.
+    attempts: u32,
 }
 
 /// How to build a [`Client`].
@@ -115,6 +129,8 @@ pub struct Client {
     /// Encrypted rooms in which a member got a new device since the last sync; their
     /// current room key is shared with it before the next message (seed 002).
     pub(crate) rooms_with_new_devices: Mutex<std::collections::BTreeSet<String>>,
+    /// Wake-ups for devices without one-time keys (`m.no_olm`).
+    no_olm_retry: Mutex<NoOlmRetry>,
 }
 
 impl std::fmt::Debug for Client {
@@ -147,6 +163,7 @@ impl Client {
             pending_sends: Mutex::new(Vec::new()),
             undecryptable: Mutex::new(HashMap::new()),
             rooms_with_new_devices: Mutex::new(Default::default()),
+            no_olm_retry: Mutex::new(NoOlmRetry::default()),
         })
     }
 
@@ -408,16 +425,71 @@ impl Client {
     /// Ask the app for a wake-up if `error` is worth retrying later.
     pub(crate) fn schedule_retry(&self, error: &ClientError, reason: &str) {
         let transient = matches!(error, ClientError::Http(e) if e.is_transient());
-        if !transient {
-            return;
+        if transient {
+            self.schedule_wakeup(Duration::from_secs(30), reason);
         }
+    }
+
+    fn schedule_wakeup(&self, delay: Duration, reason: &str) {
         if let Some(scheduler) = self.hooks().scheduler {
             scheduler.schedule_wakeup(WakeupRequest {
-                delay: Duration::from_secs(30),
+                delay,
                 reason: reason.to_owned(),
                 requires_network: true,
             });
         }
+    }
+
+    /// Some devices got `m.no_olm` instead of a room key: ask for a wake-up (unless one is
+    /// pending) to retry them once they may have uploaded new one-time keys. The delay
+    /// grows with each retry that left devices without a key (5 min, 20 min, 80 min,
+    /// 5 h 20 min); after [`NO_OLM_MAX_RETRIES`] none is asked for, so that an abandoned
+    /// device does not wake the app forever. The next send retries such devices anyway.
+    pub(crate) fn schedule_no_olm_retry(&self) {
+        let mut retry = self.no_olm_retry.lock().unwrap_or_else(|e| e.into_inner());
+        if retry.wakeup_pending || retry.attempts >= NO_OLM_MAX_RETRIES {
+            return;
+        }
+        let delay = NO_OLM_FIRST_DELAY * 4u32.pow(retry.attempts);
+        retry.wakeup_pending = true;
+        drop(retry);
+        self.schedule_wakeup(delay, "devices without one-time keys");
+    }
+
+    /// Share again the room keys withheld with `m.no_olm`, in every encrypted room we are
+    /// in. Returns `(devices that got their key, devices still without)`.
+    async fn retry_devices_without_olm(&self) -> Result<(u32, u32), ClientError> {
+        // No wake-up from inside the retry; the caller asks for one with the new delay.
+        self.no_olm_retry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .wakeup_pending = true;
+        let result = self.share_with_devices_without_olm().await;
+        let mut retry = self.no_olm_retry.lock().unwrap_or_else(|e| e.into_inner());
+        retry.wakeup_pending = false;
+        if let Ok((_, left)) = result {
+            retry.attempts = if left == 0 { 0 } else { retry.attempts + 1 };
+        }
+        result
+    }
+
+    async fn share_with_devices_without_olm(&self) -> Result<(u32, u32), ClientError> {
+        let machine = self.machine()?;
+        let (mut done, mut left) = (0, 0);
+        for room in self.store.rooms()? {
+            if room.encryption.is_none() || room.own_membership.as_deref() != Some("join") {
+                continue;
+            }
+            let before = machine.devices_without_olm(&room.room_id)?.len() as u32;
+            if before == 0 {
+                continue;
+            }
+            self.prepare_room_key(&room.room_id).await?;
+            let after = machine.devices_without_olm(&room.room_id)?.len() as u32;
+            done += before.saturating_sub(after);
+            left += after;
+        }
+        Ok((done, left))
     }
 
     pub(crate) fn queue_failed_send(
@@ -466,7 +538,18 @@ impl Client {
                 }
             }
         }
-        report.remaining = (failed.len() + self.store.pending_to_device()?.len()) as u32;
+        let mut without_olm = 0;
+        if last_error.is_none() {
+            match self.retry_devices_without_olm().await {
+                Ok((done, left)) => {
+                    report.completed += done;
+                    without_olm = left;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        report.remaining =
+            (failed.len() + self.store.pending_to_device()?.len()) as u32 + without_olm;
         self.pending_sends
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -475,6 +558,8 @@ impl Client {
             && let Some(e) = &last_error
         {
             self.schedule_retry(e, "retry of pending work");
+        } else if without_olm > 0 {
+            self.schedule_no_olm_retry();
         }
         Ok(report)
     }

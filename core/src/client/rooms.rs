@@ -210,6 +210,13 @@ impl Client {
         Ok(self.machine()?.discard_room_key(room_id)?)
     }
 
+    /// Devices of the room that got `m.no_olm` instead of the current room key (they had
+    /// no one-time or fallback key left) and did not receive it since: `(user, device)`.
+    /// They are retried on the next send and by [`Client::run_due_work`].
+    pub fn devices_without_olm(&self, room_id: &str) -> Result<Vec<(String, String)>, ClientError> {
+        Ok(self.machine()?.devices_without_olm(room_id)?)
+    }
+
     /// Invite a user to a room. The invitee receives room keys from the next message on
     /// (unless the room's history visibility is `joined`).
     pub async fn invite(&self, room_id: &str, user_id: &str) -> Result<(), ClientError> {
@@ -300,9 +307,14 @@ impl Client {
             .map(|c| RotationSettings::from_encryption_content(&c))
             .unwrap_or_default();
         let requests = machine.share_room_key(room_id, &users, settings)?;
-        let _guard = self.outgoing.lock().await;
-        for request in requests {
-            self.send_request(&machine, request).await?;
+        {
+            let _guard = self.outgoing.lock().await;
+            for request in requests {
+                self.send_request(&machine, request).await?;
+            }
+        }
+        if !machine.devices_without_olm(room_id)?.is_empty() {
+            self.schedule_no_olm_retry();
         }
         Ok(())
     }

@@ -421,6 +421,24 @@ impl OlmMachine {
         )
     }
 
+    /// Devices of the room's current outbound session that were sent `m.no_olm` instead of
+    /// the key (no Olm session could be made: no one-time key and no fallback key) and
+    /// have not received it since: `(user id, device id)`. Sharing again retries them.
+    pub fn devices_without_olm(&self, room_id: &str) -> Result<Vec<(String, String)>, CryptoError> {
+        Ok(self
+            .store
+            .outbound_group_session(room_id)?
+            .map(|record| {
+                record
+                    .shared_with
+                    .into_iter()
+                    .filter(|r| r.withheld.as_deref() == Some("m.no_olm"))
+                    .map(|r| (r.user_id, r.device_id))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// Forget the room's outbound session; the next share creates a new one.
     pub fn discard_room_key(&self, room_id: &str) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
