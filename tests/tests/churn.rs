@@ -359,3 +359,50 @@ async fn a_new_device_gets_the_current_room_key_before_the_next_message() {
     assert!(shared, "the phone never got bob's current room key");
     assert_eq!(session_id(&bob, &room), session, "no rotation for a new device");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_invited_while_the_inviters_sync_is_delayed_gets_the_next_key() {
+    let w = World::new(&["alice", "bob", "carol"]);
+    let proxy = FaultProxy::start(&w.hs.base_url);
+    let alice = login(&proxy.base_url, &w.dir("alice"), "alice").await;
+    let bob = w.login("bob", "bob").await;
+    let carol = w.login("carol", "carol").await;
+    let room = room_with(&alice, &[&bob]).await;
+    alice.send_text(&room, "before carol").await.unwrap();
+    receive(&bob, &room, 1).await;
+
+    // alice's syncs are held back by the network; one is in flight in the background.
+    proxy.rule("/sync", Action::Delay(Duration::from_secs(8)), None);
+    let mut sync = alice.start_sync();
+    let syncs_done = || {
+        proxy
+            .log()
+            .iter()
+            .filter(|l| l.contains("/sync") && l.ends_with(" 200"))
+            .count()
+    };
+    let before = syncs_done();
+    alice.invite(&room, "@carol:localhost").await.unwrap();
+    alice.send_text(&room, "welcome carol").await.unwrap();
+    assert_eq!(
+        syncs_done(),
+        before,
+        "the message must go out before alice's sync saw the invite"
+    );
+    sync.stop().await;
+    proxy.clear();
+
+    carol.sync_once(Duration::ZERO).await.unwrap();
+    carol.join(&room).await.unwrap();
+    let got = receive(&carol, &room, 2).await;
+    let welcome = got
+        .iter()
+        .find(|e| e.decrypted && e.body.as_deref() == Some("welcome carol"));
+    assert!(welcome.is_some(), "{got:?}");
+    // History before the invite stays closed to carol.
+    assert!(
+        !got.iter()
+            .any(|e| e.body.as_deref() == Some("before carol")),
+        "{got:?}"
+    );
+}
