@@ -61,6 +61,9 @@ impl core::PromptHandler for PromptAdapter {
             core::Prompt::NewDevices { devices } => Prompt::NewDevices {
                 devices: devices.into_iter().map(DeviceInfo::from).collect(),
             },
+            core::Prompt::KeyShareRequest { device } => Prompt::KeyShareRequest {
+                device: DeviceInfo::from(device),
+            },
         };
         match self.0.on_prompt(prompt) {
             Ok(PromptAnswer::Password { password }) => {

@@ -16,8 +16,8 @@ use crate::callbacks::{
 };
 use crate::error::NewtError;
 use crate::types::{
-    ClientConfig, DeviceInfo, DeviceTrust, DueWorkReport, Session, StoreKey, TimelineItem,
-    TimelineUpdate,
+    ClientConfig, DeviceInfo, DeviceTrust, DueWorkReport, RoomKeyRotation, Session, StoreKey,
+    TimelineItem, TimelineUpdate, UserDevice,
 };
 
 /// One runtime for all clients: its two worker threads live as long as the library.
@@ -218,6 +218,34 @@ impl NewtClient {
         .await
     }
 
+    /// Create an encrypted room whose key rotates as `rotation` says; returns the room id.
+    pub async fn create_encrypted_room_with_rotation(
+        &self,
+        name: Option<String>,
+        invite: Vec<String>,
+        rotation: RoomKeyRotation,
+    ) -> Result<String, NewtError> {
+        let client = self.client()?;
+        run(async move {
+            Ok(client
+                .create_encrypted_room_with_rotation(name.as_deref(), &invite, rotation.into())
+                .await?)
+        })
+        .await
+    }
+
+    /// Devices of the room that got `m.no_olm` instead of the current room key (no one-time
+    /// or fallback key was left) and have not received it since. They are retried on the
+    /// next send and by `run_due_work`, for which a wake-up is requested.
+    pub fn devices_without_olm(&self, room_id: String) -> Result<Vec<UserDevice>, NewtError> {
+        Ok(self
+            .client()?
+            .devices_without_olm(&room_id)?
+            .into_iter()
+            .map(|(user_id, device_id)| UserDevice { user_id, device_id })
+            .collect())
+    }
+
     /// Join a room by id or alias; returns the room id.
     pub async fn join_room(&self, room_id_or_alias: String) -> Result<String, NewtError> {
         let client = self.client()?;
@@ -282,7 +310,8 @@ impl NewtClient {
     }
 
     /// Subscribe to a room's timeline: the listener gets `Initial` (recent items) first, then
-    /// `Appended` for each new item, until the subscription is closed or dropped.
+    /// `Appended` for each new item and `Updated` when an item changed (a late room key
+    /// decrypted it), until the subscription is closed or dropped.
     pub fn subscribe_timeline(
         &self,
         room_id: String,
@@ -302,7 +331,11 @@ impl NewtClient {
             loop {
                 match receiver.recv().await {
                     Ok(item) if item.room_id == room_id => {
-                        let update = TimelineUpdate::Appended { item: item.into() };
+                        let update = if item.is_update {
+                            TimelineUpdate::Updated { item: item.into() }
+                        } else {
+                            TimelineUpdate::Appended { item: item.into() }
+                        };
                         if let Err(e) = listener.on_update(update) {
                             warn!(error = %e, "timeline listener failed");
                         }

@@ -223,6 +223,40 @@ pub enum TimelineUpdate {
         /// The item.
         item: TimelineItem,
     },
+    /// An item delivered before changed, e.g. it became decrypted when its room key arrived
+    /// late. Replace the item with the same `event_id`.
+    Updated {
+        /// The new version of the item.
+        item: TimelineItem,
+    },
+}
+
+/// When an encrypted room's key rotates: after `period_ms` milliseconds or `messages`
+/// messages, whichever comes first (both must be positive).
+#[derive(uniffi::Record, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomKeyRotation {
+    /// Maximum age of a room key, in milliseconds (default one week).
+    pub period_ms: u64,
+    /// Maximum number of messages per room key (default 100).
+    pub messages: u64,
+}
+
+impl From<RoomKeyRotation> for newt_core::crypto::RotationSettings {
+    fn from(r: RoomKeyRotation) -> Self {
+        Self {
+            period_ms: r.period_ms,
+            messages: r.messages,
+        }
+    }
+}
+
+/// One device of one user.
+#[derive(uniffi::Record, Clone, Debug, PartialEq, Eq)]
+pub struct UserDevice {
+    /// Owner.
+    pub user_id: String,
+    /// Device id.
+    pub device_id: String,
 }
 
 /// A background wake-up the app should schedule.
@@ -261,6 +295,13 @@ pub enum Prompt {
         /// The devices.
         devices: Vec<DeviceInfo>,
     },
+    /// One of the user's own devices, not verified yet, asks for room keys it misses.
+    /// Answer `DeviceDecisions` with `Verified` for it to share them; anything else shares
+    /// nothing. Asked once per device; the keys go out with the next sync.
+    KeyShareRequest {
+        /// The requesting own device.
+        device: DeviceInfo,
+    },
 }
 
 /// One device decision.
@@ -282,7 +323,7 @@ pub enum PromptAnswer {
         /// The password.
         password: String,
     },
-    /// Decisions for [`Prompt::NewDevices`].
+    /// Decisions for [`Prompt::NewDevices`] and [`Prompt::KeyShareRequest`].
     DeviceDecisions {
         /// One per device.
         decisions: Vec<DeviceDecision>,

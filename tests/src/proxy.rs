@@ -25,9 +25,12 @@ pub enum Action {
     RewriteRequest(Rewrite),
 }
 
+/// A function from a request body to the body to forward.
+pub type RewriteFn = dyn Fn(&[u8]) -> Vec<u8> + Send + Sync;
+
 /// A request-body rewrite for [`Action::RewriteRequest`].
 #[derive(Clone)]
-pub struct Rewrite(pub Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>);
+pub struct Rewrite(pub Arc<RewriteFn>);
 
 impl std::fmt::Debug for Rewrite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

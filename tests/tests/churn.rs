@@ -1,5 +1,6 @@
 //! Key distribution under membership and device churn, against a real Synapse (issue 4).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use newt_core::client::{Client, TimelineEvent};
@@ -357,7 +358,11 @@ async fn a_new_device_gets_the_current_room_key_before_the_next_message() {
         }
     }
     assert!(shared, "the phone never got bob's current room key");
-    assert_eq!(session_id(&bob, &room), session, "no rotation for a new device");
+    assert_eq!(
+        session_id(&bob, &room),
+        session,
+        "no rotation for a new device"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,4 +410,82 @@ async fn a_user_invited_while_the_inviters_sync_is_delayed_gets_the_next_key() {
             .any(|e| e.body.as_deref() == Some("before carol")),
         "{got:?}"
     );
+}
+
+/// Answers key-share prompts with `Verified` and records the devices asked about.
+struct VerifyOnKeyRequest(std::sync::Mutex<Vec<String>>);
+
+impl newt_core::client::PromptHandler for VerifyOnKeyRequest {
+    fn on_prompt(&self, prompt: newt_core::client::Prompt) -> newt_core::client::PromptAnswer {
+        use newt_core::client::{Prompt, PromptAnswer};
+        match prompt {
+            Prompt::KeyShareRequest { device } => {
+                self.0.lock().unwrap().push(device.device_id.clone());
+                PromptAnswer::DeviceDecisions(vec![(
+                    device.user_id,
+                    device.device_id,
+                    newt_core::store::LocalTrust::Verified,
+                )])
+            }
+            _ => PromptAnswer::Dismissed,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_request_of_an_unverified_own_device_is_answered_once_the_user_verifies_it() {
+    use newt_core::store::LocalTrust;
+    let w = World::new(&["alice", "bob"]);
+    let phone = w.login("alice", "alice-phone").await;
+    let bob = w.login("bob", "bob").await;
+    let room = room_with(&phone, &[&bob]).await;
+    bob.send_text(&room, "before the laptop").await.unwrap();
+    receive(&phone, &room, 1).await;
+    let handler = Arc::new(VerifyOnKeyRequest(std::sync::Mutex::new(Vec::new())));
+    phone.set_prompt_handler(Some(handler.clone()));
+
+    // The laptop cannot read bob's earlier message and asks alice's other devices.
+    let laptop = w.login("alice", "alice-laptop").await;
+    let (phone_id, laptop_id) = (
+        phone.session().unwrap().device_id,
+        laptop.session().unwrap().device_id,
+    );
+    let own = laptop.session().unwrap().user_id;
+    let mut rx = laptop.subscribe_timeline();
+    assert!(
+        laptop
+            .set_device_trust("@alice:localhost", &phone_id, LocalTrust::Verified)
+            .unwrap(),
+        "the laptop knows the phone"
+    );
+    let mut healed = None;
+    for _ in 0..30 {
+        phone.sync_once(Duration::from_millis(300)).await.unwrap();
+        laptop.sync_once(Duration::from_millis(300)).await.unwrap();
+        while let Ok(e) = rx.try_recv() {
+            if e.room_id == room && e.sender != own && e.is_update {
+                healed = Some(e);
+            }
+        }
+        if healed.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        *handler.0.lock().unwrap(),
+        vec![laptop_id.clone()],
+        "asked once"
+    );
+    let trust = phone
+        .devices("@alice:localhost")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.device_id == laptop_id)
+        .unwrap()
+        .local_trust;
+    assert_eq!(trust, LocalTrust::Verified, "the user's answer is stored");
+    let healed = healed.expect("the phone shared the key after the user verified the laptop");
+    assert!(healed.decrypted);
+    assert_eq!(healed.body.as_deref(), Some("before the laptop"));
 }

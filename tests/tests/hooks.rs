@@ -72,7 +72,7 @@ impl PromptHandler for Decide {
                     .map(|d| (d.user_id, d.device_id, self.0))
                     .collect(),
             ),
-            Prompt::Password { .. } => PromptAnswer::Dismissed,
+            _ => PromptAnswer::Dismissed,
         }
     }
 }

@@ -28,6 +28,14 @@ pub enum Prompt {
         /// The devices, all with [`LocalTrust::Unset`].
         devices: Vec<Device>,
     },
+    /// One of the user's own devices, which nobody verified yet, asks for room keys it is
+    /// missing (seed 004: key sharing). Answering [`PromptAnswer::DeviceDecisions`] with
+    /// [`LocalTrust::Verified`] for it shares the keys; other answers share nothing. Asked
+    /// once per device; the keys go out with the next sync.
+    KeyShareRequest {
+        /// The requesting device (own user, [`LocalTrust::Unset`]).
+        device: Device,
+    },
 }
 
 /// The app's answer to a [`Prompt`].

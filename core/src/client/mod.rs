@@ -16,12 +16,12 @@ use std::time::Duration;
 use ruma::api::client::session::login;
 use ruma::api::client::uiaa::{MatrixUserIdentifier, UserIdentifier};
 use tokio::sync::{Mutex as AsyncMutex, broadcast};
-use tracing::info;
+use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::crypto::{CryptoError, Device, OlmMachine};
 use crate::http::{HttpClient, HttpError};
-use crate::store::{Changes, SecretBlob, SqliteStore, Store, StoreError, StoreKey};
+use crate::store::{Changes, LocalTrust, SecretBlob, SqliteStore, Store, StoreError, StoreKey};
 
 use hooks::Hooks;
 pub use hooks::{
@@ -420,6 +420,41 @@ impl Client {
         tokio::task::spawn_blocking(move || handler.on_prompt(prompt))
             .await
             .unwrap_or(PromptAnswer::Dismissed)
+    }
+
+    /// Ask the app, in the background, about own undecided devices that requested room keys
+    /// (one prompt per device). A device the user verifies gets the held requests answered;
+    /// the answers go out with the next sync. Without a prompt handler nothing is asked and
+    /// the requests wait until the device is verified some other way.
+    pub(crate) fn ask_about_key_share_requests(
+        &self,
+        machine: &Arc<OlmMachine>,
+    ) -> Result<(), ClientError> {
+        let Some(handler) = self.hooks().prompts else {
+            return Ok(());
+        };
+        for device in machine.take_key_share_prompts()? {
+            let (machine, handler) = (Arc::clone(machine), Arc::clone(&handler));
+            tokio::spawn(async move {
+                let prompt = Prompt::KeyShareRequest {
+                    device: device.clone(),
+                };
+                let answer = tokio::task::spawn_blocking(move || handler.on_prompt(prompt)).await;
+                let Ok(PromptAnswer::DeviceDecisions(decisions)) = answer else {
+                    return;
+                };
+                for (user, id, trust) in decisions {
+                    let about_this = user == device.user_id && id == device.device_id;
+                    if about_this
+                        && trust != LocalTrust::Unset
+                        && let Err(e) = machine.set_local_trust(&user, &id, trust)
+                    {
+                        warn!(error = %e, "recording the decision about a key request failed");
+                    }
+                }
+            });
+        }
+        Ok(())
     }
 
     /// Ask the app for a wake-up if `error` is worth retrying later.

@@ -119,10 +119,38 @@ impl Client {
     }
 
     /// Create a private room with encryption enabled from the start, inviting `invite`.
+    /// Room keys rotate after the default week or 100 messages.
     pub async fn create_encrypted_room(
         &self,
         name: Option<&str>,
         invite: &[String],
+    ) -> Result<String, ClientError> {
+        self.create_room_with_encryption(name, invite, None).await
+    }
+
+    /// Like [`Client::create_encrypted_room`], with the room key rotating after
+    /// `rotation.period_ms` or `rotation.messages` messages, whichever comes first (the
+    /// `m.room.encryption` settings every member's client follows).
+    pub async fn create_encrypted_room_with_rotation(
+        &self,
+        name: Option<&str>,
+        invite: &[String],
+        rotation: RotationSettings,
+    ) -> Result<String, ClientError> {
+        if rotation.period_ms == 0 || rotation.messages == 0 {
+            return Err(ClientError::InvalidInput(
+                "rotation period and message count must be positive".into(),
+            ));
+        }
+        self.create_room_with_encryption(name, invite, Some(rotation))
+            .await
+    }
+
+    async fn create_room_with_encryption(
+        &self,
+        name: Option<&str>,
+        invite: &[String],
+        rotation: Option<RotationSettings>,
     ) -> Result<String, ClientError> {
         let machine = self.machine()?;
         let invite: Vec<OwnedUserId> = invite
@@ -130,7 +158,11 @@ impl Client {
             .map(|u| OwnedUserId::try_from(u.as_str()))
             .collect::<Result<_, _>>()
             .map_err(|e| ClientError::InvalidInput(format!("user id: {e}")))?;
-        let encryption = json!({"algorithm": crate::crypto::MEGOLM_ALGORITHM});
+        let mut encryption = json!({"algorithm": crate::crypto::MEGOLM_ALGORITHM});
+        if let Some(rotation) = rotation {
+            encryption["rotation_period_ms"] = rotation.period_ms.into();
+            encryption["rotation_period_msgs"] = rotation.messages.into();
+        }
         let mut request = create_room::v3::Request::new();
         request.name = name.map(str::to_owned);
         request.invite = invite.clone();

@@ -206,6 +206,7 @@ impl Client {
             extra,
         };
         let outcome = machine.receive_sync_changes(changes)?;
+        self.ask_about_key_share_requests(&machine)?;
         debug!(
             to_device = outcome.to_device.len(),
             room_keys = outcome.room_keys.len(),
@@ -237,8 +238,9 @@ impl Client {
                 }
             }
         }
-        // Olm channels that broke are repaired (new session + m.dummy).
-        if let Some(claim) = machine.unwedge_request()?
+        // Olm channels that broke are repaired (new session + m.dummy), and own devices we
+        // answer key requests of get a session.
+        if let Some(claim) = machine.session_repair_request()?
             && let Err(e) = self.send_request(&machine, claim).await
         {
             warn!(error = %e, "unwedging failed; will retry");

@@ -2,7 +2,8 @@
 //! `m.forwarded_room_key`).
 //!
 //! We ask our other devices for keys we miss, and answer only our own devices the user
-//! verified. Forwarded keys are accepted only over Olm, from an own verified device, for a
+//! verified; requests of own devices nobody decided about are held until the user (asked
+//! by the app) decides. Forwarded keys are accepted only over Olm, from an own verified device, for a
 //! key we asked for.
 
 use std::collections::BTreeMap;
@@ -17,6 +18,9 @@ use super::megolm::InboundGroup;
 use super::olm::{IncomingOlm, OlmPayload, OlmSession};
 use super::to_device::Batch;
 use crate::store::{Changes, DeviceRecord, LocalTrust, PendingToDevice};
+
+/// Key requests held in memory for undecided own devices, at most.
+const MAX_HELD_REQUESTS: usize = 100;
 
 fn request_key(room_id: &str, session_id: &str) -> String {
     format!("keyreq|{room_id}|{session_id}")
@@ -128,9 +132,23 @@ impl OlmMachine {
             }
             return Ok(Ok(TYPE.into()));
         };
-        if device.local_trust != LocalTrust::Verified {
-            debug!(device = %device.device_id, "not answering a key request of an unverified own device");
-            return Ok(Ok(TYPE.into()));
+        match device.local_trust {
+            LocalTrust::Verified => {}
+            LocalTrust::Unset => {
+                // Held until the user decides (the app may ask: `take_key_share_prompts`).
+                debug!(device = %device.device_id, "holding a key request of an undecided own device");
+                let held = &mut state.untrusted_key_requests;
+                let duplicate = held.iter().any(|(_, e)| e == event);
+                if !duplicate && held.len() < MAX_HELD_REQUESTS {
+                    held.push((device.device_id.clone(), event.clone()));
+                    state.key_share_prompts.insert(device.device_id.clone());
+                }
+                return Ok(Ok(TYPE.into()));
+            }
+            LocalTrust::Blacklisted | LocalTrust::Ignored => {
+                debug!(device = %device.device_id, "not answering a key request of an untrusted own device");
+                return Ok(Ok(TYPE.into()));
+            }
         }
         let in_batch = batch
             .inbound
@@ -164,7 +182,15 @@ impl OlmMachine {
         )? {
             info!(device = %device.device_id, "forwarded a room key to an own verified device");
         } else {
-            debug!(device = %device.device_id, "no Olm session to answer a key request");
+            // Answered once a session is claimed (`session_repair_request`).
+            debug!(device = %device.device_id, "no Olm session to answer a key request yet");
+            let (_, waiting) = state
+                .awaiting_session
+                .entry(device.curve25519.clone())
+                .or_insert_with(|| (device.clone(), Vec::new()));
+            if waiting.len() < MAX_HELD_REQUESTS && !waiting.contains(event) {
+                waiting.push(event.clone());
+            }
         }
         Ok(Ok(TYPE.into()))
     }

@@ -134,6 +134,14 @@ pub(crate) struct State {
     pub wedged: HashMap<String, DeviceRecord>,
     /// Key requests from own devices we did not know yet, retried with the next sync.
     pub deferred_key_requests: Vec<Value>,
+    /// Key requests from own devices nobody decided about yet: (device id, event). Answered
+    /// if the user verifies the device, dropped if it is blacklisted or ignored.
+    pub untrusted_key_requests: Vec<(String, Value)>,
+    /// Own devices whose held key requests the app was not asked about yet.
+    pub key_share_prompts: std::collections::BTreeSet<String>,
+    /// Key requests we may answer but have no Olm session for, by the device's Curve25519
+    /// key: the device and the requests. A session is claimed with the next repair claim.
+    pub awaiting_session: HashMap<String, (DeviceRecord, Vec<Value>)>,
     /// Servers whose `/keys/query` failed: (consecutive failures, retry not before, ms).
     pub server_backoff: HashMap<String, (u32, u64)>,
 }
@@ -218,6 +226,9 @@ impl OlmMachine {
                 next_request: 0,
                 wedged: HashMap::new(),
                 deferred_key_requests: Vec::new(),
+                untrusted_key_requests: Vec::new(),
+                key_share_prompts: Default::default(),
+                awaiting_session: HashMap::new(),
                 server_backoff: HashMap::new(),
             }),
         })
@@ -729,14 +740,43 @@ impl OlmMachine {
             return Ok(false);
         };
         device.local_trust = trust;
-        self.save(
-            &mut state,
-            Changes {
-                devices: vec![device],
-                ..Default::default()
-            },
-        )?;
+        let mut changes = Changes {
+            devices: vec![device],
+            ..Default::default()
+        };
+        if user_id == self.user_id {
+            // Key requests this own device made while undecided: answer or drop them now.
+            let (held, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut state.untrusted_key_requests)
+                .into_iter()
+                .partition(|(d, _)| d == device_id);
+            state.untrusted_key_requests = rest;
+            state.key_share_prompts.remove(device_id);
+            if trust == LocalTrust::Verified && !held.is_empty() {
+                // Save the decision first: answering reads the device's trust from the store.
+                self.save(&mut state, std::mem::take(&mut changes))?;
+                state
+                    .deferred_key_requests
+                    .extend(held.into_iter().map(|(_, e)| e));
+                self.handle_to_device_batch(&mut state, &[], &mut changes)?;
+            }
+        }
+        self.save(&mut state, changes)?;
         Ok(true)
+    }
+
+    /// Own devices that asked for room keys while nobody had decided whether to trust them,
+    /// not reported before. The app may ask the user ([`LocalTrust::Verified`] answers the
+    /// held requests through [`Self::set_local_trust`]).
+    pub fn take_key_share_prompts(&self) -> Result<Vec<Device>, CryptoError> {
+        let mut state = self.lock()?;
+        let ids = std::mem::take(&mut state.key_share_prompts);
+        Ok(self
+            .store
+            .devices(&[&self.user_id])?
+            .iter()
+            .filter(|d| ids.contains(&d.device_id) && d.local_trust == LocalTrust::Unset)
+            .map(Device::from)
+            .collect())
     }
 
     /// Decrypt an `m.room.encrypted` room event received in `room_id`.

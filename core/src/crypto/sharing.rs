@@ -145,6 +145,7 @@ impl OlmMachine {
         let mut outcome = ClaimOutcome::default();
         let mut changes = Changes::default();
         let mut dummies = ToDeviceBatcher::new("m.room.encrypted");
+        let mut answerable = Vec::new();
         for (user, by_device) in &response.one_time_keys {
             for (device_id, keys) in by_device {
                 let (user, device_id) = (user.to_string(), device_id.to_string());
@@ -178,11 +179,20 @@ impl OlmMachine {
                             );
                             info!(user = %device.user_id, device = %device.device_id, "unwedging an Olm session");
                         }
+                        if let Some((_, requests)) =
+                            state.awaiting_session.remove(&session.sender_key)
+                        {
+                            answerable.extend(requests);
+                        }
                         changes.olm_sessions.push(session.to_record()?);
                         outcome.sessions_created += 1;
                     }
                     Err(e) => {
                         warn!(user, device_id, error = %e, "no Olm session from claimed key");
+                        if let Some(device) = devices.get(&(user.clone(), device_id.clone())) {
+                            // No key to make a session with: its requests are dropped.
+                            state.awaiting_session.remove(&device.curve25519);
+                        }
                         outcome.failed.push((user, device_id, e));
                     }
                 }
@@ -190,6 +200,13 @@ impl OlmMachine {
         }
         dummies.finish(&mut changes)?;
         self.save(&mut state, changes)?;
+        if !answerable.is_empty() {
+            // The sessions are stored now: answer the key requests that waited for them.
+            let mut changes = Changes::default();
+            state.deferred_key_requests.extend(answerable);
+            self.handle_to_device_batch(&mut state, &[], &mut changes)?;
+            self.save(&mut state, changes)?;
+        }
         Ok(outcome)
     }
 
@@ -340,13 +357,22 @@ impl OlmMachine {
         Ok(requests)
     }
 
-    /// A `/keys/claim` for devices whose Olm messages we could not decrypt (a wedged
-    /// session), at most once per device per hour. When the claim is answered, the new
-    /// session sends an `m.dummy` so the other side switches to it.
-    pub fn unwedge_request(&self) -> Result<Option<OutgoingRequest>, CryptoError> {
+    /// A `/keys/claim` for devices we need a new Olm session with: those whose Olm messages
+    /// we could not decrypt (a wedged session; at most once per device per hour; the new
+    /// session sends an `m.dummy` so the other side switches to it), and own devices whose
+    /// key requests we want to answer but have no session with (answered when the claim is).
+    pub fn session_repair_request(&self) -> Result<Option<OutgoingRequest>, CryptoError> {
         let mut state = self.lock()?;
         let now = crate::time::now_ms();
         let mut request = claim_keys::v3::Request::new(BTreeMap::new());
+        for (device, _) in state.awaiting_session.values() {
+            if let Ok(user) = OwnedUserId::try_from(device.user_id.as_str()) {
+                request.one_time_keys.entry(user).or_default().insert(
+                    device.device_id.as_str().into(),
+                    OneTimeKeyAlgorithm::SignedCurve25519,
+                );
+            }
+        }
         let mut due = Vec::new();
         for (key, device) in &state.wedged {
             let last: u64 = self

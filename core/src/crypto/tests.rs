@@ -1219,7 +1219,7 @@ fn a_wedged_session_is_replaced_and_announced_with_a_dummy() {
     let Some(OutgoingRequest {
         kind: OutgoingKind::KeysClaim(r),
         ..
-    }) = bob.machine.unwedge_request().unwrap()
+    }) = bob.machine.session_repair_request().unwrap()
     else {
         panic!("expected an unwedging claim")
     };
@@ -1230,7 +1230,7 @@ fn a_wedged_session_is_replaced_and_announced_with_a_dummy() {
         Ok("m.dummy".to_owned())
     );
     // At most once an hour.
-    assert!(bob.machine.unwedge_request().unwrap().is_none());
+    assert!(bob.machine.session_repair_request().unwrap().is_none());
     // alice's next key goes over the new session and bob decrypts again.
     alice.machine.discard_room_key(ROOM).unwrap();
     server.share(&alice, ROOM, &members);
@@ -1351,18 +1351,69 @@ fn key_requests_of_other_users_and_unverified_devices_are_not_answered() {
         alice.store.pending_to_device().unwrap().len(),
         pending_before
     );
-    // Once verified, the laptop's request is answered.
+    // The laptop's request is held, and the app may ask the user about it, once.
+    let prompts = alice.machine.take_key_share_prompts().unwrap();
+    assert_eq!(
+        prompts
+            .iter()
+            .map(|d| d.device_id.as_str())
+            .collect::<Vec<_>>(),
+        ["LAPTOP"]
+    );
+    assert!(alice.machine.take_key_share_prompts().unwrap().is_empty());
+    // The same request again is not held twice.
+    receive(&alice, vec![request(&alice.user(), "LAPTOP")]);
+    assert!(alice.machine.take_key_share_prompts().unwrap().is_empty());
+    // Once verified, the held request is answered at once (exactly one answer).
     alice
         .machine
-        .set_local_trust(&alice.user(), "LAPTOP", crate::store::LocalTrust::Verified)
+        .set_local_trust(&alice.user(), "LAPTOP", LocalTrust::Verified)
         .unwrap();
-    receive(&alice, vec![request(&alice.user(), "LAPTOP")]);
+    let pending = alice.store.pending_to_device().unwrap();
+    assert_eq!(pending.len(), pending_before + 1);
+    assert!(pending[pending_before].messages_json.contains("LAPTOP"));
+    assert_eq!(pending[pending_before].event_type, "m.room.encrypted");
+    let _ = bob;
+}
+
+#[test]
+fn held_key_requests_of_a_blacklisted_own_device_are_dropped() {
+    let (mut server, alice, _bob) = olm_pair();
+    let session_id = alice
+        .store
+        .outbound_group_session(ROOM)
+        .unwrap()
+        .unwrap()
+        .session_id;
+    let laptop = Peer::new(&alice.user(), "LAPTOP");
+    server.drive(&laptop);
+    changed(&alice, vec![alice.user()], vec![]);
+    server.drive(&alice);
+    server.establish(&alice, &[alice.user()]);
+    let pending_before = alice.store.pending_to_device().unwrap().len();
+    receive(
+        &alice,
+        vec![
+            json!({"type": "m.room_key_request", "sender": alice.user(), "content": {
+            "action": "request", "request_id": "r9", "requesting_device_id": "LAPTOP",
+            "body": {"algorithm": MEGOLM_ALGORITHM, "room_id": ROOM, "session_id": session_id,
+                     "sender_key": alice.machine.curve25519_key()}}}),
+        ],
+    );
+    alice
+        .machine
+        .set_local_trust(&alice.user(), "LAPTOP", LocalTrust::Blacklisted)
+        .unwrap();
+    assert!(alice.machine.take_key_share_prompts().unwrap().is_empty());
+    // Changing one's mind later does not revive the dropped request.
+    alice
+        .machine
+        .set_local_trust(&alice.user(), "LAPTOP", LocalTrust::Verified)
+        .unwrap();
     assert_eq!(
         alice.store.pending_to_device().unwrap().len(),
-        pending_before + 1
+        pending_before
     );
-    // A forwarded key nobody asked for is refused.
-    let _ = bob;
 }
 
 #[test]
@@ -1595,4 +1646,75 @@ fn a_device_change_names_the_affected_rooms_from_the_index() {
         vec![(bob.user(), "BOB".to_owned())]
     );
     assert_eq!(outcomes[0].affected_rooms, vec!["!a:x".to_owned()]);
+}
+
+#[test]
+fn a_key_request_without_an_olm_session_is_answered_after_a_claim() {
+    let (mut server, alice, _bob) = olm_pair();
+    let session_id = alice
+        .store
+        .outbound_group_session(ROOM)
+        .unwrap()
+        .unwrap()
+        .session_id;
+    let laptop = Peer::new(&alice.user(), "LAPTOP");
+    server.drive(&laptop);
+    changed(&alice, vec![alice.user()], vec![]);
+    server.drive(&alice);
+    alice
+        .machine
+        .set_local_trust(&alice.user(), "LAPTOP", LocalTrust::Verified)
+        .unwrap();
+    assert!(alice.machine.session_repair_request().unwrap().is_none());
+    let pending_before = alice.store.pending_to_device().unwrap().len();
+    receive(
+        &alice,
+        vec![
+            json!({"type": "m.room_key_request", "sender": alice.user(), "content": {
+            "action": "request", "request_id": "r2", "requesting_device_id": "LAPTOP",
+            "body": {"algorithm": MEGOLM_ALGORITHM, "room_id": ROOM, "session_id": session_id,
+                     "sender_key": alice.machine.curve25519_key()}}}),
+        ],
+    );
+    // No Olm channel to the laptop yet: nothing is sent, a session is claimed instead.
+    assert_eq!(
+        alice.store.pending_to_device().unwrap().len(),
+        pending_before
+    );
+    let Some(OutgoingRequest {
+        kind: OutgoingKind::KeysClaim(claim),
+        ..
+    }) = alice.machine.session_repair_request().unwrap()
+    else {
+        panic!("expected a claim for the laptop");
+    };
+    assert!(
+        claim.one_time_keys[&OwnedUserId::try_from(alice.user()).unwrap()]
+            .contains_key(&OwnedDeviceId::from("LAPTOP"))
+    );
+    let response = server.claim(&claim);
+    alice.machine.mark_keys_claim_sent(&response).unwrap();
+    assert_eq!(
+        alice.store.pending_to_device().unwrap().len(),
+        pending_before + 1,
+        "the request is answered over the new session"
+    );
+    assert!(alice.machine.session_repair_request().unwrap().is_none());
+    // The laptop accepts the forwarded key (it asked, and trusts alice's device).
+    laptop
+        .machine
+        .update_tracked_users(&[alice.user()])
+        .unwrap();
+    server.drive(&laptop);
+    laptop
+        .machine
+        .set_local_trust(&alice.user(), "ALICE", LocalTrust::Verified)
+        .unwrap();
+    laptop
+        .machine
+        .request_room_key(ROOM, &session_id, &alice.machine.curve25519_key())
+        .unwrap();
+    server.drive(&alice);
+    let outcome = server.sync(&laptop);
+    assert_eq!(outcome.room_keys.len(), 1, "{:?}", outcome.to_device);
 }

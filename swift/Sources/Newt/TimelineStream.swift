@@ -4,7 +4,9 @@ extension NewtClient {
     /// The timeline of one room as an `AsyncStream`.
     ///
     /// The first element is `.initial(items:)` (the recent items Newt keeps in memory, maybe
-    /// none), then one `.appended(item:)` per new item. The stream finishes when the client is
+    /// none), then one `.appended(item:)` per new item, and `.updated(item:)` when an item
+    /// changed (e.g. a late room key decrypted it: replace the item with the same `eventId`).
+    /// The stream finishes when the client is
     /// closed; the underlying `TimelineSubscription` is closed when the consuming task is
     /// cancelled, when the loop breaks, or when the stream is released.
     ///

@@ -18,7 +18,8 @@ import uniffi.newt_ffi.TimelineUpdate
 
 /**
  * The timeline of [roomId] as a cold [Flow]: each collection subscribes (the first emission
- * is [TimelineUpdate.Initial], then one [TimelineUpdate.Appended] per new item) and closes
+ * is [TimelineUpdate.Initial], then one [TimelineUpdate.Appended] per new item and a
+ * [TimelineUpdate.Updated] when an item changed, e.g. a late room key decrypted it) and closes
  * its [uniffi.newt_ffi.TimelineSubscription] when the collector is cancelled or completes.
  *
  * Newt calls the listener on its own worker threads; the Flow hands the updates to the
@@ -42,12 +43,16 @@ fun NewtClient.timeline(roomId: String): Flow<TimelineUpdate> =
         awaitClose { subscription.close() }
     }.buffer(Channel.UNLIMITED)
 
-/** The items of a timeline Flow, oldest first: the initial items, then each appended one. */
+/**
+ * The items of a timeline Flow, oldest first: the initial items, then each appended one, and
+ * the new version of an item that changed (same `eventId`: replace the one shown).
+ */
 @OptIn(ExperimentalCoroutinesApi::class)
 fun Flow<TimelineUpdate>.items(): Flow<TimelineItem> =
     flatMapConcat { update ->
         when (update) {
             is TimelineUpdate.Initial -> update.items.asFlow()
             is TimelineUpdate.Appended -> flowOf(update.item)
+            is TimelineUpdate.Updated -> flowOf(update.item)
         }
     }

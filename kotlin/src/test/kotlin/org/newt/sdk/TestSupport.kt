@@ -152,6 +152,7 @@ suspend fun ReceiveChannel<TimelineUpdate>.awaitItem(
                     is TimelineUpdate.Appended ->
                         if (predicate(update.item)) match = update.item else seen += update.item.describe()
                     is TimelineUpdate.Initial -> update.items.forEach { seen += "initial " + it.describe() }
+                    is TimelineUpdate.Updated -> seen += "updated " + update.item.describe()
                 }
             }
             match
