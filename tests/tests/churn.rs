@@ -489,3 +489,141 @@ async fn a_key_request_of_an_unverified_own_device_is_answered_once_the_user_ver
     assert!(healed.decrypted);
     assert_eq!(healed.body.as_deref(), Some("before the laptop"));
 }
+
+/// Answers password prompts.
+struct PasswordPrompt(&'static str);
+
+impl newt_core::client::PromptHandler for PasswordPrompt {
+    fn on_prompt(&self, prompt: newt_core::client::Prompt) -> newt_core::client::PromptAnswer {
+        use newt_core::client::{Prompt, PromptAnswer};
+        match prompt {
+            Prompt::Password { .. } => {
+                PromptAnswer::Password(zeroize::Zeroizing::new(self.0.to_owned()))
+            }
+            _ => PromptAnswer::Dismissed,
+        }
+    }
+}
+
+/// Sync `client` a few times so that it sees what the server has for it.
+async fn settle(client: &Client) {
+    for _ in 0..3 {
+        client.sync_once(Duration::from_millis(200)).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_on_count_logout_blacklisting_and_period_but_not_on_renames() {
+    use newt_core::crypto::RotationSettings;
+    use newt_core::store::LocalTrust;
+    use newt_e2e_tests::http_request;
+    let w = World::new(&["alice", "bob"]);
+    let alice = w.login("alice", "alice").await;
+    let bob = w.login("bob", "bob").await;
+    let bob_phone = w.login("bob", "bob-phone").await;
+    let rotation = RotationSettings {
+        period_ms: 3_600_000,
+        messages: 3,
+    };
+    let room = alice
+        .create_encrypted_room_with_rotation(Some("rotating"), &["@bob:localhost".into()], rotation)
+        .await
+        .unwrap();
+    bob.sync_once(Duration::ZERO).await.unwrap();
+    bob.join(&room).await.unwrap();
+    alice.sync_once(Duration::ZERO).await.unwrap();
+    let mut send = async |text: &str| {
+        alice.send_text(&room, text).await.unwrap();
+        session_id(&alice, &room)
+    };
+
+    // The message count: three messages per session.
+    let s1 = send("1").await;
+    assert_eq!(send("2").await, s1);
+    assert_eq!(send("3").await, s1);
+    let s2 = send("4").await;
+    assert_ne!(s2, s1, "the fourth message starts a new session");
+
+    // bob renames himself and his device: no rotation.
+    let bob_device = bob.session().unwrap().device_id;
+    let token = {
+        let body = serde_json::json!({"type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "bob"}, "password": "bob-pw"});
+        let (status, text) = http_request(
+            &w.hs.base_url,
+            "POST",
+            "/_matrix/client/v3/login",
+            None,
+            Some(&body.to_string()),
+        );
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    for (path, body) in [
+        (
+            "/_matrix/client/v3/profile/@bob:localhost/displayname".to_owned(),
+            r#"{"displayname": "Bobby"}"#,
+        ),
+        (
+            format!("/_matrix/client/v3/devices/{bob_device}"),
+            r#"{"display_name": "Bob's laptop"}"#,
+        ),
+    ] {
+        let (status, text) = http_request(&w.hs.base_url, "PUT", &path, Some(&token), Some(body));
+        assert_eq!(status, 200, "{path}: {text}");
+    }
+    settle(&alice).await;
+    let renamed = alice
+        .devices("@bob:localhost")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.device_id == bob_device)
+        .unwrap();
+    assert_eq!(renamed.display_name.as_deref(), Some("Bob's laptop"));
+    assert_eq!(send("5").await, s2, "renames do not rotate");
+
+    // bob logs his phone out: rotation.
+    bob.set_prompt_handler(Some(Arc::new(PasswordPrompt("bob-pw"))));
+    bob.delete_device(&bob_phone.session().unwrap().device_id)
+        .await
+        .unwrap();
+    settle(&alice).await;
+    let s3 = send("6").await;
+    assert_ne!(s3, s2, "a logged-out device must not get later messages");
+
+    // alice blacklists bob's remaining device: rotation, and bob is told why.
+    alice
+        .set_device_trust("@bob:localhost", &bob_device, LocalTrust::Blacklisted)
+        .unwrap();
+    let s4 = send("7").await;
+    assert_ne!(s4, s3);
+    let got = receive(&bob, &room, 7).await;
+    assert!(got[..6].iter().all(|e| e.decrypted), "{got:?}");
+    assert!(!got[6].decrypted);
+    let reason = got[6].error.as_deref().unwrap_or_default();
+    assert!(reason.contains("m.blacklisted"), "{reason}");
+
+    // The period: a room whose sessions live 1.5 s.
+    let short = alice
+        .create_encrypted_room_with_rotation(
+            None,
+            &[],
+            RotationSettings {
+                period_ms: 1_500,
+                messages: 100,
+            },
+        )
+        .await
+        .unwrap();
+    alice.send_text(&short, "a").await.unwrap();
+    let first = session_id(&alice, &short);
+    alice.send_text(&short, "b").await.unwrap();
+    assert_eq!(session_id(&alice, &short), first);
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    alice.send_text(&short, "c").await.unwrap();
+    assert_ne!(session_id(&alice, &short), first, "the period ended");
+}

@@ -60,12 +60,14 @@ func registerUser(homeserver: String, prefix: String) async throws -> (user: Str
     throw NSError(domain: "register", code: 0, userInfo: [NSLocalizedDescriptionKey: "registration did not finish"])
 }
 
-/// Waits until `condition` holds, polling; fails the test after `timeout` seconds.
+/// Waits until `condition` holds, polling; fails the test after `timeout` seconds. The
+/// condition may be async (e.g. a `NewtClient` call); an error it throws ends the wait.
 func eventually(_ what: String, timeout: TimeInterval = 30,
                 file: StaticString = #filePath, line: UInt = #line,
-                _ condition: () -> Bool) async throws {
+                _ condition: () async throws -> Bool) async throws {
     let deadline = Date().addingTimeInterval(timeout)
-    while !condition() {
+    while true {
+        if try await condition() { return }
         if Date() > deadline {
             XCTFail("timed out waiting for \(what)", file: file, line: line)
             return
