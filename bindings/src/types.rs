@@ -190,6 +190,8 @@ pub struct TimelineItem {
     pub trust_policy: TrustPolicy,
     /// Whether that policy could be enforced.
     pub policy_enforced: bool,
+    /// Undecryptable for now, but its key may still arrive; Newt then sends `Updated`.
+    pub waiting_for_key: bool,
 }
 
 impl From<TimelineEvent> for TimelineItem {
@@ -206,6 +208,7 @@ impl From<TimelineEvent> for TimelineItem {
             origin_server_ts: e.origin_server_ts,
             trust_policy: e.trust_policy.into(),
             policy_enforced: e.policy_enforced,
+            waiting_for_key: e.waiting_for_key,
         }
     }
 }

@@ -532,7 +532,7 @@ async fn rotation_on_count_logout_blacklisting_and_period_but_not_on_renames() {
     bob.sync_once(Duration::ZERO).await.unwrap();
     bob.join(&room).await.unwrap();
     alice.sync_once(Duration::ZERO).await.unwrap();
-    let mut send = async |text: &str| {
+    let send = async |text: &str| {
         alice.send_text(&room, text).await.unwrap();
         session_id(&alice, &room)
     };
@@ -626,4 +626,60 @@ async fn rotation_on_count_logout_blacklisting_and_period_but_not_on_renames() {
     tokio::time::sleep(Duration::from_millis(1_700)).await;
     alice.send_text(&short, "c").await.unwrap();
     assert_ne!(session_id(&alice, &short), first, "the period ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_keys_decrypt_events_kept_from_before_a_restart() {
+    let w = World::new(&["alice", "bob"]);
+    let alice = w.login("alice", "alice").await;
+    let bob = w.login("bob", "bob").await;
+    let room = room_with(&alice, &[&bob]).await;
+    // 110 sessions: Synapse hands out at most 100 to-device events per sync, so some
+    // events arrive before their keys.
+    for i in 0..110 {
+        alice.discard_room_key(&room).unwrap();
+        alice.send_text(&room, &format!("m{i:03}")).await.unwrap();
+    }
+    let own = bob.session().unwrap().user_id;
+    let mut rx = bob.subscribe_timeline();
+    bob.sync_once(Duration::from_secs(1)).await.unwrap();
+    let mut waiting = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        if e.room_id == room && e.sender != own && !e.decrypted {
+            assert!(e.waiting_for_key, "{e:?}");
+            waiting.push(e.event_id);
+        }
+    }
+    assert!(
+        !waiting.is_empty(),
+        "some keys must come after their events"
+    );
+    assert_eq!(
+        bob.store().undecryptable_event_count().unwrap(),
+        waiting.len() as u64
+    );
+
+    // bob's app is killed before the remaining keys arrive; a new process picks up.
+    drop(rx);
+    drop(bob);
+    let bob = open(&w.hs.base_url, &w.dir("bob"));
+    assert!(bob.restore_session().unwrap());
+    let mut rx = bob.subscribe_timeline();
+    let mut healed = std::collections::BTreeMap::new();
+    for _ in 0..10 {
+        bob.sync_once(Duration::from_millis(500)).await.unwrap();
+        while let Ok(e) = rx.try_recv() {
+            if e.room_id == room && e.is_update {
+                assert!(e.decrypted, "{e:?}");
+                healed.insert(e.event_id.clone(), e.body.unwrap_or_default());
+            }
+        }
+        if healed.len() == waiting.len() {
+            break;
+        }
+    }
+    waiting.sort();
+    assert_eq!(healed.keys().cloned().collect::<Vec<_>>(), waiting);
+    assert!(healed.values().all(|b| b.starts_with('m')));
+    assert_eq!(bob.store().undecryptable_event_count().unwrap(), 0);
 }

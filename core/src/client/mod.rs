@@ -16,12 +16,14 @@ use std::time::Duration;
 use ruma::api::client::session::login;
 use ruma::api::client::uiaa::{MatrixUserIdentifier, UserIdentifier};
 use tokio::sync::{Mutex as AsyncMutex, broadcast};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use crate::crypto::{CryptoError, Device, OlmMachine};
 use crate::http::{HttpClient, HttpError};
-use crate::store::{Changes, LocalTrust, SecretBlob, SqliteStore, Store, StoreError, StoreKey};
+use crate::store::{
+    Changes, LocalTrust, SecretBlob, SqliteStore, Store, StoreError, StoreKey, UndecryptableEvent,
+};
 
 use hooks::Hooks;
 pub use hooks::{
@@ -64,8 +66,8 @@ pub enum ClientError {
     PromptDismissed,
 }
 
-/// Undecryptable events kept (in memory) for a retry when their key arrives.
-const MAX_UNDECRYPTABLE: usize = 2000;
+/// Undecryptable events kept (in the store) for a retry when their key arrives.
+const MAX_UNDECRYPTABLE: u64 = 2000;
 
 /// First wake-up delay for devices that got `m.no_olm`.
 const NO_OLM_FIRST_DELAY: Duration = Duration::from_secs(300);
@@ -124,8 +126,6 @@ pub struct Client {
     /// every item exactly once (the snapshot, then the live ones).
     recent: Mutex<HashMap<String, VecDeque<TimelineEvent>>>,
     pending_sends: Mutex<Vec<PendingSend>>,
-    /// Undecryptable events by (room, session), retried when the key arrives.
-    undecryptable: Mutex<HashMap<(String, String), Vec<serde_json::Value>>>,
     /// Encrypted rooms in which a member got a new device since the last sync; their
     /// current room key is shared with it before the next message (seed 002).
     pub(crate) rooms_with_new_devices: Mutex<std::collections::BTreeSet<String>>,
@@ -161,7 +161,6 @@ impl Client {
             hooks: RwLock::new(Hooks::default()),
             recent: Mutex::new(HashMap::new()),
             pending_sends: Mutex::new(Vec::new()),
-            undecryptable: Mutex::new(HashMap::new()),
             rooms_with_new_devices: Mutex::new(Default::default()),
             no_olm_retry: Mutex::new(NoOlmRetry::default()),
         })
@@ -347,32 +346,51 @@ impl Client {
         let _ = self.timeline.send(item);
     }
 
-    /// Keep an event whose key is missing, to decrypt it when the key arrives.
-    pub(crate) fn keep_undecryptable(&self, room_id: &str, event: &serde_json::Value) {
-        let Some(session_id) = event["content"]["session_id"].as_str() else {
-            return;
-        };
-        let mut waiting = self.undecryptable.lock().unwrap_or_else(|e| e.into_inner());
-        if waiting.values().map(Vec::len).sum::<usize>() >= MAX_UNDECRYPTABLE {
-            return;
-        }
-        waiting
-            .entry((room_id.to_owned(), session_id.to_owned()))
-            .or_default()
-            .push(event.clone());
+    /// A record of an event whose key is missing, to store so that it is decrypted when the
+    /// key arrives (also after a restart). `None` if it names no session.
+    pub(crate) fn undecryptable_record(
+        room_id: &str,
+        event: &serde_json::Value,
+    ) -> Option<UndecryptableEvent> {
+        Some(UndecryptableEvent {
+            room_id: room_id.to_owned(),
+            session_id: event["content"]["session_id"].as_str()?.to_owned(),
+            event_id: event["event_id"].as_str()?.to_owned(),
+            event_json: event.to_string(),
+        })
     }
 
-    /// The events waiting for the key of this session.
-    pub(crate) fn take_undecryptable(
+    /// Store undecryptable events; beyond [`MAX_UNDECRYPTABLE`] in all, the oldest are
+    /// forgotten (they are no longer retried when a key arrives).
+    pub(crate) fn keep_undecryptable(
         &self,
-        room_id: &str,
-        session_id: &str,
-    ) -> Vec<serde_json::Value> {
-        self.undecryptable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(room_id.to_owned(), session_id.to_owned()))
-            .unwrap_or_default()
+        mut events: Vec<UndecryptableEvent>,
+    ) -> Result<(), ClientError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if events.len() as u64 > MAX_UNDECRYPTABLE {
+            events.drain(..events.len() - MAX_UNDECRYPTABLE as usize);
+        }
+        let over = (self.store.undecryptable_event_count()? + events.len() as u64)
+            .saturating_sub(MAX_UNDECRYPTABLE);
+        let mut evicted = if over > 0 {
+            debug!(evicted = over, "forgetting the oldest undecryptable events");
+            self.store.oldest_undecryptable_events(over)?
+        } else {
+            Vec::new()
+        };
+        evicted.retain(|(room, id)| {
+            !events
+                .iter()
+                .any(|e| &e.room_id == room && &e.event_id == id)
+        });
+        self.store.save_changes(Changes {
+            undecryptable_events: events,
+            resolved_events: evicted,
+            ..Default::default()
+        })?;
+        Ok(())
     }
 
     pub(crate) fn hooks(&self) -> Hooks {

@@ -219,24 +219,38 @@ impl Client {
                 .map(|p| p.policy_for_room(room_id))
                 .unwrap_or_default()
         };
-        // Late keys: events that could not be decrypted before are retried now.
+        // Late keys: events that could not be decrypted before (stored, so also those of an
+        // earlier run) are retried now.
+        let mut resolved = Vec::new();
         for key in &outcome.room_keys {
-            for event in self.take_undecryptable(&key.room_id, &key.session_id) {
-                if let Some(mut item) = TimelineEvent::from_sync(
+            for waiting in self
+                .store
+                .undecryptable_events(&key.room_id, &key.session_id)?
+            {
+                let Ok(event) = serde_json::from_str::<Value>(&waiting.event_json) else {
+                    resolved.push((waiting.room_id, waiting.event_id));
+                    continue;
+                };
+                let item = TimelineEvent::from_sync(
                     &machine,
                     &key.room_id,
                     &event,
                     policy_of(&key.room_id),
-                )? {
-                    if item.decrypted {
-                        item.is_update = true;
-                        self.publish(item);
-                    } else {
-                        // This key starts later than the event: wait for a better one.
-                        self.keep_undecryptable(&key.room_id, &event);
-                    }
+                )?;
+                // Still undecryptable (the key starts later than the event): wait for a
+                // better one.
+                if let Some(mut item) = item.filter(|i| i.decrypted) {
+                    item.is_update = true;
+                    self.publish(item);
+                    resolved.push((waiting.room_id, waiting.event_id));
                 }
             }
+        }
+        if !resolved.is_empty() {
+            self.store.save_changes(Changes {
+                resolved_events: resolved,
+                ..Default::default()
+            })?;
         }
         // Olm channels that broke are repaired (new session + m.dummy), and own devices we
         // answer key requests of get a session.
@@ -252,6 +266,7 @@ impl Client {
                 machine.update_tracked_users(&users)?;
             }
         }
+        let mut undecryptable = Vec::new();
         for (room_id, events) in timelines {
             if events.is_empty() {
                 continue;
@@ -259,8 +274,8 @@ impl Client {
             let policy = policy_of(&room_id);
             for event in &events {
                 if let Some(item) = TimelineEvent::from_sync(&machine, &room_id, event, policy)? {
-                    if !item.decrypted {
-                        self.keep_undecryptable(&room_id, event);
+                    if item.waiting_for_key {
+                        undecryptable.extend(Self::undecryptable_record(&room_id, event));
                         // Our other devices may have the key (seed 004: key sharing).
                         let content = &event["content"];
                         if let (Some(session_id), Some(sender_key)) = (
@@ -274,6 +289,7 @@ impl Client {
                 }
             }
         }
+        self.keep_undecryptable(undecryptable)?;
         if let Err(e) = self.send_outgoing().await {
             warn!(error = %e, "sending crypto requests failed; will retry");
             self.schedule_retry(&e, "pending encryption requests");

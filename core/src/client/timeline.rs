@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::hooks::TrustPolicy;
-use crate::crypto::{CryptoError, OlmMachine};
+use crate::crypto::{CryptoError, MegolmError, OlmMachine};
 
 /// A received room message, decrypted where possible.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -36,6 +36,11 @@ pub struct TimelineEvent {
     /// This event was delivered before (undecryptable) and is delivered again because its
     /// key arrived late: replace the earlier item with the same `event_id`.
     pub is_update: bool,
+    /// Undecryptable for now, but a key may still arrive (it was not received, was withheld
+    /// with `m.no_olm`, or starts at a later index): Newt retries when one does and then delivers the event
+    /// again with `is_update`. `false` for decrypted events and for ones that can never be
+    /// decrypted (forged, replayed, malformed).
+    pub waiting_for_key: bool,
 }
 
 impl TimelineEvent {
@@ -71,6 +76,7 @@ impl TimelineEvent {
             trust_policy,
             policy_enforced: trust_policy.enforceable(),
             is_update: false,
+            waiting_for_key: false,
         };
         match event_type.as_str() {
             "m.room.encrypted" => match machine.decrypt_room_event(room_id, event) {
@@ -80,7 +86,17 @@ impl TimelineEvent {
                     out.sender_device = Some(d.sender_device);
                     out.decrypted = true;
                 }
-                Err(CryptoError::Megolm(e)) => out.error = Some(e.to_string()),
+                Err(CryptoError::Megolm(e)) => {
+                    out.waiting_for_key = matches!(
+                        e,
+                        MegolmError::MissingSession { .. } | MegolmError::UnknownIndex { .. }
+                    ) || matches!(
+                        &e,
+                        // The sender retries devices it had no Olm channel to.
+                        MegolmError::Withheld { code, .. } if code == "m.no_olm"
+                    );
+                    out.error = Some(e.to_string());
+                }
                 Err(CryptoError::Signing(e)) => out.error = Some(e.to_string()),
                 Err(other) => return Err(other),
             },

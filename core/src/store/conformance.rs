@@ -45,6 +45,7 @@ macro_rules! store_conformance_tests {
                 megolm_indices_first_event_wins,
                 rooms_and_members,
                 encrypted_rooms_of_users,
+                undecryptable_events_by_session,
                 pending_to_device_queue,
                 values_and_secret_values,
                 sync_token,

@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use super::{
     AccountRecord, Changes, DeviceRecord, InboundGroupSessionRecord, MegolmIndexRecord,
     MemberRecord, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice, RoomRecord,
-    SecretBlob, Store, StoreError, TrackedUser,
+    SecretBlob, Store, StoreError, TrackedUser, UndecryptableEvent,
 };
 
 /// Everything the store holds.
@@ -38,6 +38,10 @@ struct State {
     members: HashMap<String, BTreeMap<String, MemberRecord>>,
     /// insertion sequence -> request.
     pending: BTreeMap<u64, PendingToDevice>,
+    /// insertion sequence -> event, and (room id, event id) -> its sequence.
+    undecryptable: BTreeMap<u64, UndecryptableEvent>,
+    undecryptable_by_event: HashMap<(String, String), u64>,
+    next_undecryptable_seq: u64,
     /// txn id -> insertion sequence.
     pending_by_txn: HashMap<String, u64>,
     next_pending_seq: u64,
@@ -107,6 +111,24 @@ impl State {
         for txn_id in &changes.sent_to_device {
             if let Some(seq) = self.pending_by_txn.remove(txn_id) {
                 self.pending.remove(&seq);
+            }
+        }
+        for e in changes.undecryptable_events {
+            let key = (e.room_id.clone(), e.event_id.clone());
+            let seq = match self.undecryptable_by_event.get(&key) {
+                Some(seq) => *seq,
+                None => {
+                    self.next_undecryptable_seq += 1;
+                    self.undecryptable_by_event
+                        .insert(key, self.next_undecryptable_seq);
+                    self.next_undecryptable_seq
+                }
+            };
+            self.undecryptable.insert(seq, e);
+        }
+        for key in changes.resolved_events {
+            if let Some(seq) = self.undecryptable_by_event.remove(&key) {
+                self.undecryptable.remove(&seq);
             }
         }
         self.values.extend(changes.values);
@@ -279,6 +301,34 @@ impl Store for MemoryStore {
 
     fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
         Ok(self.lock().rooms.values().cloned().collect())
+    }
+
+    fn undecryptable_events(
+        &self,
+        room_id: &str,
+        session_id: &str,
+    ) -> Result<Vec<UndecryptableEvent>, StoreError> {
+        Ok(self
+            .lock()
+            .undecryptable
+            .values()
+            .filter(|e| e.room_id == room_id && e.session_id == session_id)
+            .cloned()
+            .collect())
+    }
+
+    fn undecryptable_event_count(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().undecryptable.len() as u64)
+    }
+
+    fn oldest_undecryptable_events(&self, limit: u64) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .lock()
+            .undecryptable
+            .values()
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .map(|e| (e.room_id.clone(), e.event_id.clone()))
+            .collect())
     }
 
     fn encrypted_rooms_with(&self, user_ids: &[&str]) -> Result<Vec<String>, StoreError> {

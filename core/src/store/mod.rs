@@ -344,6 +344,20 @@ pub struct PendingToDevice {
     pub messages_json: String,
 }
 
+/// A room event that could not be decrypted yet, kept to be decrypted when the key of its
+/// Megolm session arrives (late keys), also across restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UndecryptableEvent {
+    /// Room.
+    pub room_id: String,
+    /// Megolm session id the event needs.
+    pub session_id: String,
+    /// Event id (one record per event).
+    pub event_id: String,
+    /// The `m.room.encrypted` event as received (ciphertext, no plaintext).
+    pub event_json: String,
+}
+
 /// Everything one step changed, applied atomically by [`Store::save_changes`].
 #[derive(Clone, Debug, Default)]
 pub struct Changes {
@@ -371,6 +385,10 @@ pub struct Changes {
     pub pending_to_device: Vec<PendingToDevice>,
     /// To-device requests that were sent (by transaction id).
     pub sent_to_device: Vec<String>,
+    /// Undecryptable events to keep (insert or replace by room and event id).
+    pub undecryptable_events: Vec<UndecryptableEvent>,
+    /// Undecryptable events to forget: `(room id, event id)`; applied after the inserts.
+    pub resolved_events: Vec<(String, String)>,
     /// Arbitrary small values (not secret) by key, e.g. `access_token` is NOT allowed here.
     pub values: BTreeMap<String, String>,
     /// Secret values by key (encrypted at rest), e.g. the access token.
@@ -394,6 +412,8 @@ impl Changes {
             && self.members.is_empty()
             && self.pending_to_device.is_empty()
             && self.sent_to_device.is_empty()
+            && self.undecryptable_events.is_empty()
+            && self.resolved_events.is_empty()
             && self.values.is_empty()
             && self.secret_values.is_empty()
             && self.sync_token.is_none()
@@ -454,6 +474,15 @@ impl Changes {
         for txn_id in &self.sent_to_device {
             non_empty("sent to-device txn_id", txn_id)?;
         }
+        for e in &self.undecryptable_events {
+            non_empty("undecryptable event room_id", &e.room_id)?;
+            non_empty("undecryptable event session_id", &e.session_id)?;
+            non_empty("undecryptable event event_id", &e.event_id)?;
+        }
+        for (room_id, event_id) in &self.resolved_events {
+            non_empty("resolved event room_id", room_id)?;
+            non_empty("resolved event event_id", event_id)?;
+        }
         for key in self.values.keys() {
             non_empty("value key", key)?;
         }
@@ -482,6 +511,8 @@ impl Changes {
         self.members.extend(other.members);
         self.pending_to_device.extend(other.pending_to_device);
         self.sent_to_device.extend(other.sent_to_device);
+        self.undecryptable_events.extend(other.undecryptable_events);
+        self.resolved_events.extend(other.resolved_events);
         self.values.extend(other.values);
         self.secret_values.extend(other.secret_values);
         if other.sync_token.is_some() {
@@ -555,6 +586,20 @@ pub trait Store: Send + Sync + 'static {
     /// The encrypted rooms in which any of these users is joined or invited, sorted by room
     /// id; answered from an index, without loading member lists.
     fn encrypted_rooms_with(&self, user_ids: &[&str]) -> Result<Vec<String>, StoreError>;
+
+    /// The undecryptable events waiting for the key of one Megolm session, in the order
+    /// they were first stored.
+    fn undecryptable_events(
+        &self,
+        room_id: &str,
+        session_id: &str,
+    ) -> Result<Vec<UndecryptableEvent>, StoreError>;
+
+    /// Number of undecryptable events kept (to bound them).
+    fn undecryptable_event_count(&self) -> Result<u64, StoreError>;
+
+    /// `(room id, event id)` of the `limit` undecryptable events stored first.
+    fn oldest_undecryptable_events(&self, limit: u64) -> Result<Vec<(String, String)>, StoreError>;
 
     /// To-device requests not yet confirmed as sent, oldest first.
     fn pending_to_device(&self) -> Result<Vec<PendingToDevice>, StoreError>;

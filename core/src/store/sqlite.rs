@@ -23,7 +23,7 @@ use super::cipher::{StoreCipher, StoreKey};
 use super::{
     AccountRecord, Changes, DeviceRecord, InboundGroupSessionRecord, LocalTrust, MegolmIndexRecord,
     MemberRecord, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice, RoomRecord,
-    SecretBlob, ShareRecipient, Store, StoreError, TrackedUser, TrackingState,
+    SecretBlob, ShareRecipient, Store, StoreError, TrackedUser, TrackingState, UndecryptableEvent,
 };
 
 mod schema;
@@ -372,6 +372,47 @@ impl Store for SqliteStore {
              FROM rooms ORDER BY room_id",
             [],
             room_from_row,
+        )
+    }
+
+    fn undecryptable_events(
+        &self,
+        room_id: &str,
+        session_id: &str,
+    ) -> Result<Vec<UndecryptableEvent>, StoreError> {
+        query_all(
+            &self.reader(),
+            "SELECT room_id, session_id, event_id, event_json FROM undecryptable_events
+             WHERE room_id = ?1 AND session_id = ?2 ORDER BY seq",
+            [room_id, session_id],
+            |r| {
+                Ok(UndecryptableEvent {
+                    room_id: col(r, 0)?,
+                    session_id: col(r, 1)?,
+                    event_id: col(r, 2)?,
+                    event_json: col(r, 3)?,
+                })
+            },
+        )
+    }
+
+    fn undecryptable_event_count(&self) -> Result<u64, StoreError> {
+        let count: i64 = query_opt(
+            &self.reader(),
+            "SELECT COUNT(*) FROM undecryptable_events",
+            [],
+            |r| col(r, 0),
+        )?
+        .unwrap_or(0);
+        Ok(u64_from_sql(count))
+    }
+
+    fn oldest_undecryptable_events(&self, limit: u64) -> Result<Vec<(String, String)>, StoreError> {
+        query_all(
+            &self.reader(),
+            "SELECT room_id, event_id FROM undecryptable_events ORDER BY seq LIMIT ?1",
+            [i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| Ok((col(r, 0)?, col(r, 1)?)),
         )
     }
 

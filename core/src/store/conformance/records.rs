@@ -591,3 +591,62 @@ pub(crate) fn sync_token<S: Store>(s: &S) {
     );
     assert_eq!(s.sync_token().unwrap().as_deref(), Some("s2_with'quote"));
 }
+
+pub(crate) fn undecryptable_events_by_session<S: Store>(s: &S) {
+    let event = |room: &str, session: &str, id: &str| UndecryptableEvent {
+        room_id: room.into(),
+        session_id: session.into(),
+        event_id: id.into(),
+        event_json: format!("{{\"event_id\":\"{id}\"}}"),
+    };
+    save(
+        s,
+        Changes {
+            undecryptable_events: vec![
+                event("!r:x", "s1", "$b"),
+                event("!r:x", "s2", "$c"),
+                event("!r:x", "s1", "$a"),
+                event("!other:x", "s1", "$d"),
+            ],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        s.undecryptable_events("!r:x", "s1").unwrap(),
+        vec![event("!r:x", "s1", "$b"), event("!r:x", "s1", "$a")],
+        "in the order first stored"
+    );
+    assert_eq!(s.undecryptable_event_count().unwrap(), 4);
+    assert_eq!(
+        s.oldest_undecryptable_events(2).unwrap(),
+        vec![("!r:x".into(), "$b".into()), ("!r:x".into(), "$c".into())]
+    );
+    assert_eq!(s.oldest_undecryptable_events(99).unwrap().len(), 4);
+    // Stored again (e.g. a later key still did not fit): same place, new content.
+    let mut again = event("!r:x", "s1", "$b");
+    again.event_json = "{\"retried\":true}".into();
+    save(
+        s,
+        Changes {
+            undecryptable_events: vec![again.clone()],
+            resolved_events: vec![
+                ("!r:x".into(), "$a".into()),
+                ("!r:x".into(), "$none".into()),
+            ],
+            ..Default::default()
+        },
+    );
+    assert_eq!(s.undecryptable_events("!r:x", "s1").unwrap(), vec![again]);
+    assert_eq!(s.undecryptable_event_count().unwrap(), 3);
+    assert!(s.undecryptable_events("!r:x", "s9").unwrap().is_empty());
+    // Resolved in the same save as stored: gone.
+    save(
+        s,
+        Changes {
+            undecryptable_events: vec![event("!r:x", "s3", "$e")],
+            resolved_events: vec![("!r:x".into(), "$e".into())],
+            ..Default::default()
+        },
+    );
+    assert!(s.undecryptable_events("!r:x", "s3").unwrap().is_empty());
+}

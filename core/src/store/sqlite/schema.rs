@@ -118,6 +118,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE tracked_users ADD COLUMN state TEXT NOT NULL DEFAULT 'pending';
     UPDATE tracked_users SET state = CASE WHEN outdated THEN 'pending' ELSE 'up_to_date' END;
     ALTER TABLE tracked_users DROP COLUMN outdated;",
+    // 3: undecryptable events kept for late keys across restarts.
+    "CREATE TABLE undecryptable_events (
+        seq INTEGER PRIMARY KEY,
+        room_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        event_json TEXT NOT NULL,
+        UNIQUE (room_id, event_id)
+    );
+    CREATE INDEX undecryptable_by_session ON undecryptable_events (room_id, session_id);",
 ];
 
 /// Keys of the `meta` table.

@@ -547,6 +547,8 @@ fn lookups_use_indices() {
     };
     let p = plan("SELECT * FROM devices WHERE curve25519 = 'x'");
     assert!(p.contains("devices_by_curve25519"), "{p}");
+    let p = plan("SELECT * FROM undecryptable_events WHERE room_id = 'r' AND session_id = 's'");
+    assert!(p.contains("undecryptable_by_session"), "{p}");
     let p = plan("SELECT room_id FROM members WHERE user_id = 'x'");
     assert!(p.contains("members_by_user"), "{p}");
     let p =
@@ -565,13 +567,14 @@ fn lookups_use_indices() {
 }
 
 #[test]
-fn migration_2_turns_outdated_flags_into_tracking_states() {
+fn migrations_from_version_1_keep_tracked_users() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path()));
     // Put the file back into the shape schema version 1 left it in, with two users.
     raw(dir.path())
         .execute_batch(
             "DROP TABLE tracked_users;
+             DROP TABLE undecryptable_events;
              CREATE TABLE tracked_users (
                  user_id TEXT PRIMARY KEY NOT NULL,
                  outdated INTEGER NOT NULL,

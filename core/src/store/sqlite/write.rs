@@ -227,6 +227,30 @@ pub(super) fn write_changes(
             st.execute([txn_id]).map_err(db)?;
         }
     }
+    if !changes.undecryptable_events.is_empty() {
+        // An upsert keeps `seq`, i.e. the event's place in the order.
+        let mut st = tx
+            .prepare_cached(
+                "INSERT INTO undecryptable_events (room_id, event_id, session_id, event_json)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (room_id, event_id) DO UPDATE SET
+                    session_id = excluded.session_id,
+                    event_json = excluded.event_json",
+            )
+            .map_err(db)?;
+        for e in &changes.undecryptable_events {
+            st.execute(params![e.room_id, e.event_id, e.session_id, e.event_json])
+                .map_err(db)?;
+        }
+    }
+    if !changes.resolved_events.is_empty() {
+        let mut st = tx
+            .prepare_cached("DELETE FROM undecryptable_events WHERE room_id = ?1 AND event_id = ?2")
+            .map_err(db)?;
+        for (room_id, event_id) in &changes.resolved_events {
+            st.execute([room_id, event_id]).map_err(db)?;
+        }
+    }
     if !changes.values.is_empty() {
         let mut st = tx
             .prepare_cached("INSERT OR REPLACE INTO plain_values (key, value) VALUES (?1, ?2)")
