@@ -63,6 +63,7 @@ final class KeySharingTests: XCTestCase {
             }
             let first = try XCTUnwrap(before, "the laptop never showed bob's message; saw \(seen.all)")
             XCTAssertFalse(first.decrypted, "the laptop could not read it at first: \(first)")
+            XCTAssertTrue(first.waitingForKey, "a missing key may still arrive: \(first)")
             let healed = try XCTUnwrap(after, "no .updated item for bob's message; saw \(seen.all)")
             XCTAssertTrue(healed.decrypted, "\(healed)")
             XCTAssertEqual(healed.body, text)

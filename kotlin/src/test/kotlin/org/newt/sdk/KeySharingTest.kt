@@ -81,6 +81,7 @@ class KeySharingTest {
                 }
                 val first = before ?: fail("the laptop never showed bob's message; saw $seen")
                 assertFalse(first.decrypted, "the laptop could not read it at first: ${first.describe()}")
+                assertTrue(first.waitingForKey, "a missing key may still arrive: ${first.describe()}")
                 val healed = after ?: fail("no Updated item for bob's message; saw $seen")
                 assertTrue(healed.decrypted, healed.describe())
                 assertEquals(text, healed.body)

@@ -162,7 +162,7 @@ suspend fun ReceiveChannel<TimelineUpdate>.awaitItem(
 
 fun TimelineItem.describe() =
     "[$eventId from $sender type=$eventType decrypted=$decrypted body=${body?.let { "\"$it\"" }} error=$error " +
-        "policy=$trustPolicy enforced=$policyEnforced]"
+        "policy=$trustPolicy enforced=$policyEnforced waitingForKey=$waitingForKey]"
 
 /** Polls [condition] until it holds or [timeoutMs] passed. */
 suspend fun eventually(timeoutMs: Long = 10_000, what: String, condition: suspend () -> Boolean) {
