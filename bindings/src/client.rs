@@ -355,6 +355,12 @@ impl NewtClient {
         }))
     }
 
+    /// Share room keys only with devices the user verified (remembered in the store); the
+    /// others get `m.room_key.withheld` with code `m.unverified`, and the key once verified.
+    pub fn set_share_with_verified_only(&self, on: bool) -> Result<(), NewtError> {
+        Ok(self.client()?.set_share_with_verified_only(on)?)
+    }
+
     /// Set or remove the handler of user prompts.
     pub fn set_prompt_handler(
         &self,

@@ -4,7 +4,7 @@
 //!   (`keys_query_2000_members.json`, the reference implementation's input);
 //! - share a room key with 1,000 users x 2 devices (synthetic devices with real keys),
 //!   reporting the number of HTTP requests it takes;
-//! - handle a `device_lists.changed` of 500 tracked users.
+//! - handle a `device_lists.changed` of 500 tracked users (mark them, build the queries).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,9 +16,9 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use newt_core::crypto::{OlmMachine, OutgoingKind, RotationSettings, SyncChanges};
 use newt_core::store::MemoryStore;
 use ruma::api::IncomingResponseExt;
-use ruma::api::client::keys::{claim_keys, get_keys};
+use ruma::api::client::keys::{claim_keys, get_keys, upload_keys};
 use ruma::serde::Raw;
-use ruma::{OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId};
+use ruma::{OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId};
 use serde_json::Value;
 
 const USER: &str = "@alice:example.org";
@@ -134,22 +134,54 @@ fn share_with_2000_devices(c: &mut Criterion) {
 }
 
 fn device_lists_changed_500(c: &mut Criterion) {
+    use newt_core::store::{Changes, TrackedUser, TrackingState};
     let users: Vec<String> = (0..500).map(|i| format!("@m{i}:example.org")).collect();
+    // The users are tracked and up to date; the sync names all of them as changed. Measured:
+    // marking them pending (one transaction with the sync token) and building the
+    // `/keys/query` requests (250 users each, their state persisted as downloading).
     c.bench_function("device_lists_changed_500_users/sqlite", |b| {
         b.iter_batched(
             || {
                 let (store, dir) = sqlite();
+                let tracked = users
+                    .iter()
+                    .map(|u| TrackedUser {
+                        user_id: u.clone(),
+                        state: TrackingState::UpToDate,
+                        sequence: 1,
+                    })
+                    .collect();
+                store
+                    .save_changes(Changes {
+                        tracked_users: tracked,
+                        ..Default::default()
+                    })
+                    .unwrap();
                 let machine = OlmMachine::open(USER, DEVICE, store).unwrap();
-                machine.update_tracked_users(&users).unwrap();
+                // Own keys already published, so that only the queries are built.
+                assert_eq!(machine.outgoing_requests().unwrap().len(), 1);
+                let counts =
+                    BTreeMap::from([(OneTimeKeyAlgorithm::SignedCurve25519, 50u32.into())]);
+                machine
+                    .mark_keys_upload_sent(&upload_keys::v3::Response::new(counts))
+                    .unwrap();
                 (machine, dir)
             },
             |(machine, dir)| {
                 machine
                     .receive_sync_changes(SyncChanges {
                         changed_users: users.clone(),
+                        next_batch: Some("s2".into()),
                         ..Default::default()
                     })
                     .unwrap();
+                let queries = machine
+                    .outgoing_requests()
+                    .unwrap()
+                    .into_iter()
+                    .filter(|r| matches!(r.kind, OutgoingKind::KeysQuery(_)))
+                    .count();
+                assert_eq!(queries, 2);
                 (machine, dir)
             },
             BatchSize::PerIteration,

@@ -397,6 +397,12 @@ impl Client {
         self.hooks.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Share room keys only with devices the user verified (remembered in the store). The
+    /// others get an `m.room_key.withheld` (`m.unverified`) and the key once verified.
+    pub fn set_share_with_verified_only(&self, on: bool) -> Result<(), ClientError> {
+        Ok(self.machine()?.set_share_with_verified_only(on)?)
+    }
+
     /// Set or remove the handler of user prompts.
     pub fn set_prompt_handler(&self, handler: Option<Arc<dyn PromptHandler>>) {
         self.hooks

@@ -215,8 +215,9 @@ impl OlmMachine {
     /// to-device requests (at most [`TO_DEVICE_BATCH`] devices each); they are also stored and
     /// returned by [`Self::outgoing_requests`] until reported sent, with the same transaction
     /// ids. Devices left out on purpose get an `m.room_key.withheld` notice instead, once per
-    /// session: blacklisted ones (`m.blacklisted`) and those we have no Olm session with
-    /// (`m.no_olm`; call [`Self::missing_sessions`] first).
+    /// session: blacklisted ones (`m.blacklisted`), unverified ones when sharing with verified
+    /// devices only (`m.unverified`), and those we have no Olm session with (`m.no_olm`; call
+    /// [`Self::missing_sessions`] first).
     pub fn share_room_key(
         &self,
         room_id: &str,
@@ -226,12 +227,13 @@ impl OlmMachine {
         let mut state = self.lock()?;
         let members: HashSet<&str> = users.iter().map(String::as_str).collect();
         let refs: Vec<&str> = members.iter().copied().collect();
-        let (devices, blacklisted): (Vec<DeviceRecord>, Vec<DeviceRecord>) = self
+        let verified_only = self.shares_with_verified_only()?;
+        let (devices, left_out): (Vec<DeviceRecord>, Vec<DeviceRecord>) = self
             .store
             .devices(&refs)?
             .into_iter()
             .filter(|d| !d.deleted && !self.is_own_device(d))
-            .partition(|d| d.local_trust != LocalTrust::Blacklisted);
+            .partition(|d| left_out_because(d, verified_only).is_none());
 
         let stored = self.store.outbound_group_session(room_id)?;
         let mut group = match stored.as_ref() {
@@ -315,13 +317,10 @@ impl OlmMachine {
                     withheld: Some(code.to_owned()),
                 });
             };
-        for device in &blacklisted {
-            withhold(
-                device,
-                "m.blacklisted",
-                "You have been blocked by this device",
-                &mut group,
-            );
+        for device in &left_out {
+            if let Some((code, reason)) = left_out_because(device, verified_only) {
+                withhold(device, code, reason, &mut group);
+            }
         }
         for device in recipients {
             let Some(session) = sessions.get_mut(&device.curve25519) else {
@@ -465,6 +464,24 @@ impl OlmMachine {
             .unwrap_or_default())
     }
 
+    /// Share room keys only with devices the user verified (persisted). Other devices get
+    /// `m.room_key.withheld` with code `m.unverified`, once per session, and the key as soon as
+    /// they are verified. Turning it on rotates sessions that unverified devices have.
+    pub fn set_share_with_verified_only(&self, on: bool) -> Result<(), CryptoError> {
+        let mut state = self.lock()?;
+        let mut changes = Changes::default();
+        changes
+            .values
+            .insert(VERIFIED_ONLY_KEY.to_owned(), on.to_string());
+        self.save(&mut state, changes)
+    }
+
+    /// Whether room keys go to verified devices only (see
+    /// [`Self::set_share_with_verified_only`]).
+    pub fn shares_with_verified_only(&self) -> Result<bool, CryptoError> {
+        Ok(self.store.value(VERIFIED_ONLY_KEY)?.as_deref() == Some("true"))
+    }
+
     /// Forget the room's outbound session; the next share creates a new one.
     pub fn discard_room_key(&self, room_id: &str) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
@@ -483,8 +500,29 @@ fn unwedge_key(curve25519: &str) -> String {
     format!("unwedge|{curve25519}")
 }
 
+/// Why a device gets an `m.room_key.withheld` instead of the room key: `(code, reason)`.
+fn left_out_because(
+    device: &DeviceRecord,
+    verified_only: bool,
+) -> Option<(&'static str, &'static str)> {
+    if device.local_trust == LocalTrust::Blacklisted {
+        Some(("m.blacklisted", "You have been blocked by this device"))
+    } else if verified_only && device.local_trust != LocalTrust::Verified {
+        Some((
+            "m.unverified",
+            "This device only shares keys with verified devices",
+        ))
+    } else {
+        None
+    }
+}
+
+/// Store key of the "share room keys with verified devices only" setting.
+const VERIFIED_ONLY_KEY: &str = "setting|share_with_verified_only";
+
 /// Whether the recipients changed in a way that must cut them off from new messages: a
-/// member left, or a device that got the key is gone, changed or blacklisted.
+/// member left, or a device that got the key is gone, changed, blacklisted or (when sharing
+/// with verified devices only) no longer verified.
 fn needs_rotation(
     group: &OutboundGroup,
     members: &HashSet<&str>,

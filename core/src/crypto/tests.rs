@@ -1718,3 +1718,60 @@ fn a_key_request_without_an_olm_session_is_answered_after_a_claim() {
     let outcome = server.sync(&laptop);
     assert_eq!(outcome.room_keys.len(), 1, "{:?}", outcome.to_device);
 }
+
+#[test]
+fn sharing_with_verified_devices_only_withholds_unverified_ones_until_verified() {
+    let (mut server, alice, bob) = olm_pair();
+    let members = vec![alice.user(), bob.user()];
+    let session = |peer: &Peer| {
+        peer.store
+            .outbound_group_session(ROOM)
+            .unwrap()
+            .unwrap()
+            .session_id
+    };
+    let before = session(&alice);
+    assert!(!alice.machine.shares_with_verified_only().unwrap());
+    alice.machine.set_share_with_verified_only(true).unwrap();
+    assert!(alice.machine.shares_with_verified_only().unwrap());
+    server.take_inbox(&bob);
+    alice
+        .machine
+        .share_room_key(ROOM, &members, RotationSettings::default())
+        .unwrap();
+    server.drive(&alice);
+    let withheld = session(&alice);
+    assert_ne!(
+        withheld, before,
+        "bob had the key, and is not verified: rotate"
+    );
+    let outcome = server.sync(&bob);
+    assert_eq!(outcome.to_device[0].event_type, "m.room_key.withheld");
+    let err = exchange(&alice, &bob, "secret", "$v1").unwrap_err();
+    assert!(
+        matches!(&err, CryptoError::Megolm(MegolmError::Withheld { code, .. }) if code == "m.unverified"),
+        "{err:?}"
+    );
+    // Sharing again does not repeat the notice.
+    alice
+        .machine
+        .share_room_key(ROOM, &members, RotationSettings::default())
+        .unwrap();
+    server.drive(&alice);
+    assert!(server.take_inbox(&bob).is_empty());
+
+    // Verified: bob gets the current session, without another rotation.
+    alice
+        .machine
+        .set_local_trust(&bob.user(), "BOB", LocalTrust::Verified)
+        .unwrap();
+    alice
+        .machine
+        .share_room_key(ROOM, &members, RotationSettings::default())
+        .unwrap();
+    server.drive(&alice);
+    assert_eq!(session(&alice), withheld);
+    assert_eq!(server.sync(&bob).room_keys.len(), 1);
+    let ok = exchange(&alice, &bob, "for verified bob", "$v2").unwrap();
+    assert_eq!(ok.content["body"], "for verified bob");
+}
