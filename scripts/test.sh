@@ -72,6 +72,7 @@ if [[ ${RESULTS[-1]} == FAIL* ]]; then
 fi
 step "Synapse installed (scripts/synapse.sh install)" install_synapse
 step "cargo fmt --all -- --check" fmt_check
+step "newt-ffi builds with the workspace's features (scripts/feature-parity.sh)" bash scripts/feature-parity.sh
 step "cargo clippy --workspace --all-targets -- -D warnings" clippy
 step "cargo nextest run --workspace --no-fail-fast" nextest
 step "Kotlin tests" kotlin_tests
