@@ -35,7 +35,8 @@ pub async fn login(homeserver: &str, dir: &Path, user: &str) -> Arc<Client> {
     client
 }
 
-/// Sync until `n` new messages from other users arrived in `room`; panics after 60 s.
+/// Sync until `n` new messages from other users arrived in `room` (re-deliveries of earlier
+/// events are skipped); panics after 60 s.
 pub async fn receive(client: &Client, room: &str, n: usize) -> Vec<TimelineEvent> {
     let own = client.session().expect("logged in").user_id;
     let mut rx = client.subscribe_timeline();
@@ -52,7 +53,8 @@ pub async fn receive(client: &Client, room: &str, n: usize) -> Vec<TimelineEvent
             .await
             .expect("sync");
         while let Ok(event) = rx.try_recv() {
-            if event.room_id == room && event.sender != own {
+            // New messages only: a re-delivery of an earlier event (`is_update`) is not one.
+            if event.room_id == room && event.sender != own && !event.is_update {
                 got.push(event);
             }
         }

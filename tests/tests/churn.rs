@@ -683,3 +683,60 @@ async fn late_keys_decrypt_events_kept_from_before_a_restart() {
     assert!(healed.values().all(|b| b.starts_with('m')));
     assert_eq!(bob.store().undecryptable_event_count().unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_sender_learns_the_new_device_from_its_key_request() {
+    // Seed 002 without a verified own device to help: the new device's key request to the
+    // sender makes the sender re-query and share its current key. Later messages decrypt;
+    // the one sent with the stale list cannot be recovered and says why.
+    let w = World::new(&["alice", "bob"]);
+    let phone = w.login("alice", "alice-phone").await;
+    let bob = w.login("bob", "bob").await;
+    let room = room_with(&phone, &[&bob]).await;
+    phone.send_text(&room, "hi").await.unwrap();
+    receive(&bob, &room, 1).await;
+
+    let laptop = w.login("alice", "alice-laptop").await;
+    // bob does not sync: his list of alice's devices misses the laptop.
+    let stale = bob
+        .send_text(&room, "sent with a stale list")
+        .await
+        .unwrap();
+    let own = laptop.session().unwrap().user_id;
+    let mut rx = laptop.subscribe_timeline();
+    let mut latest: std::collections::HashMap<String, TimelineEvent> = Default::default();
+    let mut repaired = None;
+    for round in 0..20 {
+        laptop.sync_once(Duration::from_millis(300)).await.unwrap();
+        bob.sync_once(Duration::from_millis(300)).await.unwrap();
+        while let Ok(e) = rx.try_recv() {
+            if e.room_id == room && e.sender != own {
+                latest.insert(e.event_id.clone(), e);
+            }
+        }
+        if round == 3 {
+            // By now bob got the laptop's request, re-queried and shared his current key.
+            repaired = Some(bob.send_text(&room, "after the repair").await.unwrap());
+        }
+        if let Some(id) = &repaired
+            && latest.get(id).is_some_and(|e| e.decrypted)
+        {
+            break;
+        }
+    }
+    let repaired = repaired.expect("bob sent after the repair");
+    let after = latest
+        .get(&repaired)
+        .expect("the laptop got bob's later message");
+    assert!(after.decrypted, "{after:?}");
+    assert_eq!(after.body.as_deref(), Some("after the repair"));
+    let lost = latest
+        .get(&stale)
+        .expect("the laptop saw the stale message");
+    assert!(!lost.decrypted);
+    let reason = lost.error.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("known only from index"),
+        "the reason says the key starts after this message: {reason}"
+    );
+}

@@ -237,13 +237,18 @@ impl Client {
                     &event,
                     policy_of(&key.room_id),
                 )?;
-                // Still undecryptable (the key starts later than the event): wait for a
-                // better one.
-                if let Some(mut item) = item.filter(|i| i.decrypted) {
-                    item.is_update = true;
-                    self.publish(item);
+                let Some(mut item) = item else {
                     resolved.push((waiting.room_id, waiting.event_id));
+                    continue;
+                };
+                // Delivered again either way: decrypted, or with the new reason (e.g. the
+                // key arrived but starts after this message). Kept while a better key may
+                // still come.
+                item.is_update = true;
+                if !item.waiting_for_key {
+                    resolved.push((waiting.room_id.clone(), waiting.event_id.clone()));
                 }
+                self.publish(item);
             }
         }
         if !resolved.is_empty() {
@@ -282,7 +287,9 @@ impl Client {
                             content["session_id"].as_str(),
                             content["sender_key"].as_str(),
                         ) {
-                            machine.request_room_key(&room_id, session_id, sender_key)?;
+                            let sender =
+                                event["sender"].as_str().zip(content["device_id"].as_str());
+                            machine.request_room_key(&room_id, session_id, sender_key, sender)?;
                         }
                     }
                     self.publish(item);

@@ -33,8 +33,9 @@ pub struct TimelineEvent {
     pub trust_policy: TrustPolicy,
     /// Whether that policy could be enforced (only `ShowAll` until sender trust exists).
     pub policy_enforced: bool,
-    /// This event was delivered before (undecryptable) and is delivered again because its
-    /// key arrived late: replace the earlier item with the same `event_id`.
+    /// This event was delivered before (undecryptable) and is delivered again because a key
+    /// for it arrived late: replace the earlier item with the same `event_id`. It is then
+    /// decrypted, or still not, with the new reason (the key starts after this message).
     pub is_update: bool,
     /// Undecryptable for now, but a key may still arrive (it was not received, was withheld
     /// with `m.no_olm`, or starts at a later index): Newt retries when one does and then delivers the event

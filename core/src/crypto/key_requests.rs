@@ -26,24 +26,32 @@ fn request_key(room_id: &str, session_id: &str) -> String {
     format!("keyreq|{room_id}|{session_id}")
 }
 
-fn messages_json(user: &str, device: &str, content: Value) -> Result<String, CryptoError> {
+/// `messages` of a `/sendToDevice` body: the same content for each `(user, device)`.
+fn messages_json(targets: &[(&str, &str)], content: Value) -> Result<String, CryptoError> {
     let mut messages: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
-    messages
-        .entry(user.to_owned())
-        .or_default()
-        .insert(device.to_owned(), content);
+    for (user, device) in targets {
+        messages
+            .entry((*user).to_owned())
+            .or_default()
+            .insert((*device).to_owned(), content.clone());
+    }
     serde_json::to_string(&messages).map_err(|e| CryptoError::CorruptState(e.to_string()))
 }
 
 impl OlmMachine {
-    /// Ask our other devices for the key of a session we miss. Returns `false` if it was
-    /// asked already (one request per session). The request goes out with
+    /// Ask our other devices for the key of a session we miss, and tell the session's
+    /// sending device (`sender`: user and device id, when the event names them). The
+    /// sender does not answer another user's request, but if it does not know this device
+    /// yet, its device list of us is stale (seed 002): the request makes it re-query, and it
+    /// shares its current room key with us, so its next messages decrypt. Returns `false` if
+    /// it was asked already (one request per session). The request goes out with
     /// [`Self::outgoing_requests`].
     pub fn request_room_key(
         &self,
         room_id: &str,
         session_id: &str,
         sender_key: &str,
+        sender: Option<(&str, &str)>,
     ) -> Result<bool, CryptoError> {
         let mut state = self.lock()?;
         if self
@@ -63,6 +71,10 @@ impl OlmMachine {
             "request_id": request_id,
             "requesting_device_id": self.device_id,
         });
+        let mut targets = vec![(self.user_id.as_str(), "*")];
+        if let Some((user, device)) = sender.filter(|(u, d)| *u != self.user_id && !d.is_empty()) {
+            targets.push((user, device));
+        }
         let mut changes = Changes::default();
         changes
             .values
@@ -70,7 +82,7 @@ impl OlmMachine {
         changes.pending_to_device.push(PendingToDevice {
             txn_id: ruma::TransactionId::new().to_string(),
             event_type: "m.room_key_request".into(),
-            messages_json: messages_json(&self.user_id, "*", content)?,
+            messages_json: messages_json(&targets, content)?,
         });
         self.save(&mut state, changes)?;
         debug!(room_id, "asked own devices for a missing room key");
@@ -97,6 +109,26 @@ impl OlmMachine {
             .and_then(Value::as_str)
             .unwrap_or_default();
         if sender != self.user_id {
+            // Never answered. But a device we don't know asking means our list of its
+            // owner's devices is stale (seed 002): re-query, so that the device gets our
+            // room keys from now on.
+            // Only for users whose devices we keep (we share rooms with them): a stranger's
+            // requests do not make us track anyone.
+            let devices = if sender.is_empty() {
+                Vec::new()
+            } else {
+                self.store.devices(&[sender])?
+            };
+            let known = devices
+                .iter()
+                .any(|d| d.device_id == requesting && !d.deleted);
+            if !devices.is_empty() && !known {
+                debug!(
+                    sender,
+                    "key request from a device we don't know; re-querying"
+                );
+                batch.unknown_senders.insert(sender.to_owned());
+            }
             debug!(sender, "not answering a key request of another user");
             return Ok(Ok(TYPE.into()));
         }
@@ -229,7 +261,7 @@ impl OlmMachine {
         changes.pending_to_device.push(PendingToDevice {
             txn_id: ruma::TransactionId::new().to_string(),
             event_type: "m.room.encrypted".into(),
-            messages_json: messages_json(&device.user_id, &device.device_id, encrypted)?,
+            messages_json: messages_json(&[(&device.user_id, &device.device_id)], encrypted)?,
         });
         Ok(true)
     }

@@ -1288,20 +1288,27 @@ fn missing_keys_are_requested_from_own_verified_devices_only() {
     assert!(
         laptop
             .machine
-            .request_room_key(ROOM, &session_id, &sender_key)
+            .request_room_key(ROOM, &session_id, &sender_key, Some((&bob.user(), "BOB")))
             .unwrap()
     );
     assert!(
         !laptop
             .machine
-            .request_room_key(ROOM, &session_id, &sender_key)
+            .request_room_key(ROOM, &session_id, &sender_key, None)
             .unwrap(),
         "asked once"
     );
     server.drive(&laptop);
-    assert!(
-        server.take_inbox(&bob).is_empty(),
-        "requests go to own devices only"
+    // The sending device is told too, and does not answer another user.
+    let to_bob = server.take_inbox(&bob);
+    assert_eq!(to_bob.len(), 1);
+    assert_eq!(to_bob[0]["type"], "m.room_key_request");
+    let bob_pending = bob.store.pending_to_device().unwrap().len();
+    receive(&bob, to_bob);
+    assert_eq!(
+        bob.store.pending_to_device().unwrap().len(),
+        bob_pending,
+        "no answer"
     );
     server.sync(&alice);
     server.drive(&alice);
@@ -1712,7 +1719,7 @@ fn a_key_request_without_an_olm_session_is_answered_after_a_claim() {
         .unwrap();
     laptop
         .machine
-        .request_room_key(ROOM, &session_id, &alice.machine.curve25519_key())
+        .request_room_key(ROOM, &session_id, &alice.machine.curve25519_key(), None)
         .unwrap();
     server.drive(&alice);
     let outcome = server.sync(&laptop);
@@ -1774,4 +1781,63 @@ fn sharing_with_verified_devices_only_withholds_unverified_ones_until_verified()
     assert_eq!(server.sync(&bob).room_keys.len(), 1);
     let ok = exchange(&alice, &bob, "for verified bob", "$v2").unwrap();
     assert_eq!(ok.content["body"], "for verified bob");
+}
+
+#[test]
+fn a_key_request_from_an_unknown_device_of_a_known_user_makes_us_requery_them() {
+    use crate::store::TrackingState::*;
+    let (mut server, alice, bob) = olm_pair();
+    let session_id = bob
+        .store
+        .outbound_group_session(ROOM)
+        .unwrap()
+        .map(|s| s.session_id)
+        .unwrap_or_else(|| "unknown-session".into());
+    assert_eq!(bob.machine.tracking_state(&alice.user()).unwrap(), UpToDate);
+    // alice logs in a laptop; bob's list of her devices is now stale (seed 002).
+    let laptop = Peer::new(&alice.user(), "LAPTOP");
+    server.drive(&laptop);
+    laptop
+        .machine
+        .request_room_key(
+            ROOM,
+            &session_id,
+            &bob.machine.curve25519_key(),
+            Some((&bob.user(), "BOB")),
+        )
+        .unwrap();
+    server.drive(&laptop);
+    let pending = bob.store.pending_to_device().unwrap().len();
+    let outcome = server.sync(&bob);
+    assert_eq!(outcome.to_device[0].event_type, "m.room_key_request");
+    assert_eq!(
+        bob.store.pending_to_device().unwrap().len(),
+        pending,
+        "not answered"
+    );
+    assert_eq!(
+        bob.machine.tracking_state(&alice.user()).unwrap(),
+        PendingDownload
+    );
+    let outcomes = server.drive(&bob);
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o.new_devices == vec![(alice.user(), "LAPTOP".to_owned())]),
+        "{outcomes:?}"
+    );
+
+    // A stranger's request does not make bob track anyone.
+    let stranger = Peer::new("@mallory:localhost", "M");
+    server.drive(&stranger);
+    stranger
+        .machine
+        .request_room_key(ROOM, &session_id, "key", Some((&bob.user(), "BOB")))
+        .unwrap();
+    server.drive(&stranger);
+    server.sync(&bob);
+    assert_eq!(
+        bob.machine.tracking_state("@mallory:localhost").unwrap(),
+        NotTracked
+    );
 }
