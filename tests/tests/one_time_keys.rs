@@ -139,10 +139,17 @@ async fn a_device_without_any_key_gets_no_olm_and_is_retried_by_due_work() {
     let wakeups = scheduler.0.lock().unwrap().clone();
     assert_eq!(wakeups.len(), 1, "{wakeups:?}");
     assert!(wakeups[0].requires_network && wakeups[0].delay >= Duration::from_secs(60));
+    let mut rx = bob.subscribe_timeline();
     let got = receive(&bob, &room, 1).await;
     assert!(!got[0].decrypted);
+    assert!(
+        got[0].waiting_for_key,
+        "the sender retries m.no_olm devices"
+    );
     let reason = got[0].error.as_deref().unwrap_or_default();
     assert!(reason.contains("m.no_olm"), "{reason}");
+    assert_eq!(bob.store().undecryptable_event_count().unwrap(), 1);
+    let withheld_event = got[0].event_id.clone();
 
     // bob's sync saw his key count at zero and uploaded new one-time keys; the wake-up
     // gives him the room key without alice sending anything.
@@ -164,6 +171,18 @@ async fn a_device_without_any_key_gets_no_olm_and_is_retried_by_due_work() {
             .is_some(),
         "bob received the key from the retry"
     );
+    // ...from the index he was entitled to: the withheld message is delivered again,
+    // decrypted.
+    let mut healed = None;
+    while let Ok(e) = rx.try_recv() {
+        if e.event_id == withheld_event && e.is_update {
+            healed = Some(e);
+        }
+    }
+    let healed = healed.expect("the withheld message was re-delivered");
+    assert!(healed.decrypted, "{healed:?}");
+    assert_eq!(healed.body.as_deref(), Some("no channel to bob"));
+    assert_eq!(bob.store().undecryptable_event_count().unwrap(), 0);
     alice.send_text(&room, "now bob can read").await.unwrap();
     let got = receive(&bob, &room, 1).await;
     assert!(got[0].decrypted, "{got:?}");

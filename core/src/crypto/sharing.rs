@@ -19,7 +19,9 @@ use super::megolm::{InboundGroup, OutboundGroup, RoomKeyContent, RotationSetting
 use super::olm::{Ed25519Keys, OlmPayload, OlmSession};
 use super::requests::{OutgoingKind, OutgoingRequest, json_of, raw};
 use super::signing::verify_json;
-use crate::store::{Changes, DeviceRecord, LocalTrust, PendingToDevice, ShareRecipient};
+use crate::store::{
+    Changes, DeviceRecord, LocalTrust, PendingToDevice, SecretBlob, ShareRecipient,
+};
 
 /// Recipient devices per `/sendToDevice` request.
 pub const TO_DEVICE_BATCH: usize = 250;
@@ -332,7 +334,33 @@ impl OlmMachine {
                 );
                 continue;
             };
-            let payload = self.payload_for(device, &own_ed, "m.room_key", room_key.clone());
+            // A device that got `m.no_olm` gets the key from the index it was entitled to
+            // then (kept for this), so the messages it missed decrypt too.
+            let earlier = group
+                .shared_with
+                .iter()
+                .find(|r| {
+                    id_of(device) == (r.user_id.clone(), r.device_id.clone(), r.curve25519.clone())
+                        && r.withheld.as_deref() == Some("m.no_olm")
+                        && r.index < index
+                })
+                .map(|r| r.index);
+            let (content, shared_at) = match earlier {
+                Some(at) => match self
+                    .store
+                    .secret_value(&no_olm_key(room_id, &session_id, at))?
+                {
+                    Some(key) => {
+                        let mut content = room_key.clone();
+                        content["session_key"] =
+                            String::from_utf8_lossy(key.as_bytes()).into_owned().into();
+                        (content, at)
+                    }
+                    None => (room_key.clone(), index),
+                },
+                None => (room_key.clone(), index),
+            };
+            let payload = self.payload_for(device, &own_ed, "m.room_key", content);
             keys_out.push(device, session.encrypt(&own_curve, &payload)?);
             group.shared_with.retain(|r| {
                 (r.user_id.as_str(), r.device_id.as_str()) != (&device.user_id, &device.device_id)
@@ -341,9 +369,20 @@ impl OlmMachine {
                 user_id: device.user_id.clone(),
                 device_id: device.device_id.clone(),
                 curve25519: device.curve25519.clone(),
-                index,
+                index: shared_at,
                 withheld: None,
             });
+        }
+        let withheld_now = group
+            .shared_with
+            .iter()
+            .any(|r| r.withheld.as_deref() == Some("m.no_olm") && r.index == index);
+        if withheld_now && let Some(key) = room_key["session_key"].as_str() {
+            // The session key at this index, encrypted at rest, for the retry.
+            changes.secret_values.insert(
+                no_olm_key(room_id, &session_id, index),
+                SecretBlob::new(key.as_bytes().to_vec()),
+            );
         }
         let mut requests = keys_out.finish(&mut changes)?;
         requests.extend(notices.finish(&mut changes)?);
@@ -496,6 +535,11 @@ impl OlmMachine {
 }
 
 /// Store key of the time a device was last unwedged.
+/// Store key of the session key at `index`, kept for devices that got `m.no_olm` there.
+fn no_olm_key(room_id: &str, session_id: &str, index: u32) -> String {
+    format!("no_olm_key|{room_id}|{session_id}|{index}")
+}
+
 fn unwedge_key(curve25519: &str) -> String {
     format!("unwedge|{curve25519}")
 }
