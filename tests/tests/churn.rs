@@ -740,3 +740,48 @@ async fn a_stale_sender_learns_the_new_device_from_its_key_request() {
         "the reason says the key starts after this message: {reason}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_query_cut_off_by_stopping_sync_is_sent_again() {
+    use newt_core::store::TrackingState;
+    let w = World::new(&["alice", "bob"]);
+    let proxy = FaultProxy::start(&w.hs.base_url);
+    let alice = login(&proxy.base_url, &w.dir("alice"), "alice").await;
+    let bob = w.login("bob", "bob").await;
+    let room = room_with(&alice, &[&bob]).await;
+    alice.send_text(&room, "hi").await.unwrap();
+    let state_of_bob = |alice: &Client| {
+        alice
+            .store()
+            .tracked_users()
+            .unwrap()
+            .into_iter()
+            .find(|u| u.user_id == "@bob:localhost")
+            .map(|u| u.state)
+    };
+    assert_eq!(state_of_bob(&alice), Some(TrackingState::UpToDate));
+
+    // bob logs in a phone; alice's background sync starts a query the network holds back,
+    // and the app stops syncing (e.g. it goes to the background) while it is in flight.
+    proxy.rule("/keys/query", Action::Delay(Duration::from_secs(8)), None);
+    let mut sync = alice.start_sync();
+    let phone = w.login("bob", "bob-phone").await;
+    let mut in_flight = false;
+    for _ in 0..100 {
+        if state_of_bob(&alice) == Some(TrackingState::Downloading) {
+            in_flight = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(in_flight, "alice's query for bob never started");
+    sync.stop().await;
+    proxy.clear();
+
+    // The dropped query is not considered in flight forever: the next sync sends it again.
+    alice.sync_once(Duration::ZERO).await.unwrap();
+    assert_eq!(state_of_bob(&alice), Some(TrackingState::UpToDate));
+    let phone_id = phone.session().unwrap().device_id;
+    let devices = alice.devices("@bob:localhost").await.unwrap();
+    assert!(devices.iter().any(|d| d.device_id == phone_id), "{devices:?}");
+}

@@ -671,10 +671,54 @@ impl Client {
             if requests.is_empty() {
                 break;
             }
+            let mut unreported = Unreported::new(&machine, &requests);
             for request in requests {
+                let id = request.id.clone();
                 self.send_request(&machine, request).await?;
+                unreported.done(&id);
             }
         }
         Ok(())
+    }
+}
+
+/// Key uploads and queries the machine handed out and that were not reported back yet. If
+/// sending stops early (an error, or the future is dropped, e.g. the sync loop stopped),
+/// they are reported as failed on drop, so the machine offers them again instead of
+/// treating them as in flight forever.
+struct Unreported<'a> {
+    machine: &'a OlmMachine,
+    /// Request id and whether it is the key upload.
+    ids: Vec<(String, bool)>,
+}
+
+impl<'a> Unreported<'a> {
+    fn new(machine: &'a OlmMachine, requests: &[crate::crypto::OutgoingRequest]) -> Self {
+        use crate::crypto::OutgoingKind;
+        let ids = requests
+            .iter()
+            .filter_map(|r| match r.kind {
+                OutgoingKind::KeysUpload(_) => Some((r.id.clone(), true)),
+                OutgoingKind::KeysQuery(_) => Some((r.id.clone(), false)),
+                _ => None,
+            })
+            .collect();
+        Self { machine, ids }
+    }
+
+    fn done(&mut self, id: &str) {
+        self.ids.retain(|(i, _)| i != id);
+    }
+}
+
+impl Drop for Unreported<'_> {
+    fn drop(&mut self) {
+        for (id, upload) in self.ids.drain(..) {
+            if upload {
+                self.machine.mark_upload_failed();
+            } else if let Err(e) = self.machine.mark_query_failed(&id) {
+                warn!(error = %e, "could not return an unsent key query");
+            }
+        }
     }
 }
