@@ -783,5 +783,8 @@ async fn a_key_query_cut_off_by_stopping_sync_is_sent_again() {
     assert_eq!(state_of_bob(&alice), Some(TrackingState::UpToDate));
     let phone_id = phone.session().unwrap().device_id;
     let devices = alice.devices("@bob:localhost").await.unwrap();
-    assert!(devices.iter().any(|d| d.device_id == phone_id), "{devices:?}");
+    assert!(
+        devices.iter().any(|d| d.device_id == phone_id),
+        "{devices:?}"
+    );
 }

@@ -19,7 +19,8 @@ async fn next_message(client: &Client, room: &str) -> TimelineEvent {
     for _ in 0..30 {
         client.sync_once(Duration::from_secs(1)).await.unwrap();
         while let Ok(e) = rx.try_recv() {
-            if e.room_id == room && e.sender != own {
+            // A new message, not the re-delivery of an earlier one (`is_update`).
+            if e.room_id == room && e.sender != own && !e.is_update {
                 return e;
             }
         }

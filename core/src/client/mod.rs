@@ -83,6 +83,11 @@ struct PendingSend {
     content: serde_json::Value,
 }
 
+/// Whether `error` may go away by itself (network, 429, 5xx).
+fn is_transient(error: &ClientError) -> bool {
+    matches!(error, ClientError::Http(e) if e.is_transient())
+}
+
 /// Wake-ups asked for devices that got `m.no_olm`.
 #[derive(Default)]
 struct NoOlmRetry {
@@ -483,8 +488,7 @@ impl Client {
 
     /// Ask the app for a wake-up if `error` is worth retrying later.
     pub(crate) fn schedule_retry(&self, error: &ClientError, reason: &str) {
-        let transient = matches!(error, ClientError::Http(e) if e.is_transient());
-        if transient {
+        if is_transient(error) {
             self.schedule_wakeup(Duration::from_secs(30), reason);
         }
     }
@@ -504,8 +508,18 @@ impl Client {
     /// grows with each retry that left devices without a key (5 min, 20 min, 80 min,
     /// 5 h 20 min); after [`NO_OLM_MAX_RETRIES`] none is asked for, so that an abandoned
     /// device does not wake the app forever. The next send retries such devices anyway.
-    pub(crate) fn schedule_no_olm_retry(&self) {
+    ///
+    /// `after_send`: a message was just withheld from such devices, which starts the delays
+    /// over (the app is in use; the devices may be new).
+    pub(crate) fn schedule_no_olm_retry(&self, after_send: bool) {
+        if self.hooks().scheduler.is_none() {
+            return;
+        }
         let mut retry = self.no_olm_retry.lock().unwrap_or_else(|e| e.into_inner());
+        // (A retry in progress also counts as pending: its own sends do not start over.)
+        if after_send && !retry.wakeup_pending {
+            retry.attempts = 0;
+        }
         if retry.wakeup_pending || retry.attempts >= NO_OLM_MAX_RETRIES {
             return;
         }
@@ -557,7 +571,7 @@ impl Client {
         content: &serde_json::Value,
         error: &ClientError,
     ) {
-        if matches!(error, ClientError::Http(e) if e.is_transient()) {
+        if is_transient(error) {
             self.pending_sends
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -591,14 +605,17 @@ impl Client {
             }
             match self.send_message_once(&send.room_id, &send.content).await {
                 Ok(_) => report.completed += 1,
-                Err(e) => {
+                Err(e) if is_transient(&e) => {
                     failed.push(send);
                     last_error = Some(e);
                 }
+                // It will never go out (e.g. we were removed from the room): dropped, so
+                // that it does not block the rest.
+                Err(e) => warn!(error = %e, "a queued message failed for good; dropped"),
             }
         }
         let mut without_olm = 0;
-        if last_error.is_none() {
+        if !last_error.as_ref().is_some_and(is_transient) {
             match self.retry_devices_without_olm().await {
                 Ok((done, left)) => {
                     report.completed += done;
@@ -618,7 +635,7 @@ impl Client {
         {
             self.schedule_retry(e, "retry of pending work");
         } else if without_olm > 0 {
-            self.schedule_no_olm_retry();
+            self.schedule_no_olm_retry(false);
         }
         Ok(report)
     }

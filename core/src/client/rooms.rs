@@ -346,7 +346,7 @@ impl Client {
             }
         }
         if !machine.devices_without_olm(room_id)?.is_empty() {
-            self.schedule_no_olm_retry();
+            self.schedule_no_olm_retry(true);
         }
         Ok(())
     }
@@ -367,6 +367,10 @@ impl Client {
                 .unwrap_or_else(|e| e.into_inner()),
         );
         for room_id in rooms {
+            match self.store.room(&room_id) {
+                Ok(Some(room)) if room.own_membership.as_deref() == Some("join") => {}
+                _ => continue,
+            }
             match self.store.outbound_group_session(&room_id) {
                 Ok(Some(_)) => {}
                 Ok(None) => continue,

@@ -37,8 +37,9 @@ pub struct TimelineEvent {
     /// for it arrived late: replace the earlier item with the same `event_id`. It is then
     /// decrypted, or still not, with the new reason (the key starts after this message).
     pub is_update: bool,
-    /// Undecryptable for now, but a key may still arrive (it was not received, was withheld
-    /// with `m.no_olm`, or starts at a later index): Newt retries when one does and then delivers the event
+    /// Undecryptable for now, but a key may still arrive (it was not received, was withheld,
+    /// or starts at a later index: the sender retries `m.no_olm`, and our own devices may
+    /// forward it): Newt retries when one does and then delivers the event
     /// again with `is_update`. `false` for decrypted events and for ones that can never be
     /// decrypted (forged, replayed, malformed).
     pub waiting_for_key: bool,
@@ -88,13 +89,13 @@ impl TimelineEvent {
                     out.decrypted = true;
                 }
                 Err(CryptoError::Megolm(e)) => {
+                    // The sender retries devices it had no Olm channel to; for the other
+                    // withheld codes our own devices may still forward the key.
                     out.waiting_for_key = matches!(
                         e,
-                        MegolmError::MissingSession { .. } | MegolmError::UnknownIndex { .. }
-                    ) || matches!(
-                        &e,
-                        // The sender retries devices it had no Olm channel to.
-                        MegolmError::Withheld { code, .. } if code == "m.no_olm"
+                        MegolmError::MissingSession { .. }
+                            | MegolmError::UnknownIndex { .. }
+                            | MegolmError::Withheld { .. }
                     );
                     out.error = Some(e.to_string());
                 }

@@ -173,7 +173,10 @@ impl OlmMachine {
                 let duplicate = held.iter().any(|(_, e)| e == event);
                 if !duplicate && held.len() < MAX_HELD_REQUESTS {
                     held.push((device.device_id.clone(), event.clone()));
-                    state.key_share_prompts.insert(device.device_id.clone());
+                    // One prompt per device until the user decides.
+                    if state.prompted.insert(device.device_id.clone()) {
+                        state.key_share_prompts.insert(device.device_id.clone());
+                    }
                 }
                 return Ok(Ok(TYPE.into()));
             }
@@ -216,10 +219,10 @@ impl OlmMachine {
         } else {
             // Answered once a session is claimed (`session_repair_request`).
             debug!(device = %device.device_id, "no Olm session to answer a key request yet");
-            let (_, waiting) = state
+            let (_, waiting, _) = state
                 .awaiting_session
                 .entry(device.curve25519.clone())
-                .or_insert_with(|| (device.clone(), Vec::new()));
+                .or_insert_with(|| (device.clone(), Vec::new(), 0));
             if waiting.len() < MAX_HELD_REQUESTS && !waiting.contains(event) {
                 waiting.push(event.clone());
             }

@@ -140,11 +140,17 @@ pub(crate) struct State {
     /// Own devices whose held key requests the app was not asked about yet.
     pub key_share_prompts: std::collections::BTreeSet<String>,
     /// Key requests we may answer but have no Olm session for, by the device's Curve25519
-    /// key: the device and the requests. A session is claimed with the next repair claim.
-    pub awaiting_session: HashMap<String, (DeviceRecord, Vec<Value>)>,
+    /// key: the device, the requests and the claims made so far. A session is claimed with
+    /// the next repair claims, at most [`MAX_ANSWER_CLAIMS`] times.
+    pub awaiting_session: HashMap<String, (DeviceRecord, Vec<Value>, u32)>,
+    /// Own devices the app was already asked about (key-share prompt), until decided.
+    pub prompted: HashSet<String>,
     /// Servers whose `/keys/query` failed: (consecutive failures, retry not before, ms).
     pub server_backoff: HashMap<String, (u32, u64)>,
 }
+
+/// Claims for a session to answer an own device's key requests before giving up on them.
+pub(crate) const MAX_ANSWER_CLAIMS: u32 = 3;
 
 /// At most one unwedging per device per this many milliseconds.
 pub(crate) const UNWEDGE_INTERVAL_MS: u64 = 3600 * 1000;
@@ -229,6 +235,7 @@ impl OlmMachine {
                 untrusted_key_requests: Vec::new(),
                 key_share_prompts: Default::default(),
                 awaiting_session: HashMap::new(),
+                prompted: HashSet::new(),
                 server_backoff: HashMap::new(),
             }),
         })
@@ -740,6 +747,7 @@ impl OlmMachine {
             return Ok(false);
         };
         device.local_trust = trust;
+        let curve = device.curve25519.clone();
         let mut changes = Changes {
             devices: vec![device],
             ..Default::default()
@@ -751,6 +759,11 @@ impl OlmMachine {
                 .partition(|(d, _)| d == device_id);
             state.untrusted_key_requests = rest;
             state.key_share_prompts.remove(device_id);
+            state.prompted.remove(device_id);
+            if trust != LocalTrust::Verified {
+                // No answers for it any more, so no session to claim for them either.
+                state.awaiting_session.remove(&curve);
+            }
             if trust == LocalTrust::Verified && !held.is_empty() {
                 // Save the decision first: answering reads the device's trust from the store.
                 self.save(&mut state, std::mem::take(&mut changes))?;

@@ -181,7 +181,7 @@ impl OlmMachine {
                             );
                             info!(user = %device.user_id, device = %device.device_id, "unwedging an Olm session");
                         }
-                        if let Some((_, requests)) =
+                        if let Some((_, requests, _)) =
                             state.awaiting_session.remove(&session.sender_key)
                         {
                             answerable.extend(requests);
@@ -403,7 +403,13 @@ impl OlmMachine {
         let mut state = self.lock()?;
         let now = crate::time::now_ms();
         let mut request = claim_keys::v3::Request::new(BTreeMap::new());
-        for (device, _) in state.awaiting_session.values() {
+        // A device that got no session from a few claims (no keys, or gone): its requests
+        // are dropped.
+        state
+            .awaiting_session
+            .retain(|_, (_, _, claims)| *claims < super::machine::MAX_ANSWER_CLAIMS);
+        for (device, _, claims) in state.awaiting_session.values_mut() {
+            *claims += 1;
             if let Ok(user) = OwnedUserId::try_from(device.user_id.as_str()) {
                 request.one_time_keys.entry(user).or_default().insert(
                     device.device_id.as_str().into(),

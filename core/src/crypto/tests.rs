@@ -1368,8 +1368,13 @@ fn key_requests_of_other_users_and_unverified_devices_are_not_answered() {
         ["LAPTOP"]
     );
     assert!(alice.machine.take_key_share_prompts().unwrap().is_empty());
-    // The same request again is not held twice.
+    // The same request again is not held twice, and another request of the same device
+    // does not ask the user again.
     receive(&alice, vec![request(&alice.user(), "LAPTOP")]);
+    assert!(alice.machine.take_key_share_prompts().unwrap().is_empty());
+    let mut other = request(&alice.user(), "LAPTOP");
+    other["content"]["request_id"] = "r-other".into();
+    receive(&alice, vec![other]);
     assert!(alice.machine.take_key_share_prompts().unwrap().is_empty());
     // Once verified, the held request is answered at once (exactly one answer).
     alice
@@ -1377,7 +1382,7 @@ fn key_requests_of_other_users_and_unverified_devices_are_not_answered() {
         .set_local_trust(&alice.user(), "LAPTOP", LocalTrust::Verified)
         .unwrap();
     let pending = alice.store.pending_to_device().unwrap();
-    assert_eq!(pending.len(), pending_before + 1);
+    assert_eq!(pending.len(), pending_before + 2, "both held requests answered");
     assert!(pending[pending_before].messages_json.contains("LAPTOP"));
     assert_eq!(pending[pending_before].event_type, "m.room.encrypted");
     let _ = bob;
@@ -1407,16 +1412,22 @@ fn held_key_requests_of_a_blacklisted_own_device_are_dropped() {
                      "sender_key": alice.machine.curve25519_key()}}}),
         ],
     );
-    alice
-        .machine
-        .set_local_trust(&alice.user(), "LAPTOP", LocalTrust::Blacklisted)
-        .unwrap();
+    // Held: the app may ask about the laptop.
+    assert_eq!(alice.machine.take_key_share_prompts().unwrap().len(), 1);
+    assert!(
+        alice
+            .machine
+            .set_local_trust(&alice.user(), "LAPTOP", LocalTrust::Blacklisted)
+            .unwrap()
+    );
     assert!(alice.machine.take_key_share_prompts().unwrap().is_empty());
     // Changing one's mind later does not revive the dropped request.
-    alice
-        .machine
-        .set_local_trust(&alice.user(), "LAPTOP", LocalTrust::Verified)
-        .unwrap();
+    assert!(
+        alice
+            .machine
+            .set_local_trust(&alice.user(), "LAPTOP", LocalTrust::Verified)
+            .unwrap()
+    );
     assert_eq!(
         alice.store.pending_to_device().unwrap().len(),
         pending_before

@@ -114,9 +114,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY NOT NULL,
         value BLOB NOT NULL
     );",
-    // 2: four tracking states instead of an `outdated` flag (seed 001).
+    // 2: four tracking states instead of an `outdated` flag (seed 001). Version 1 stored users
+    // who left as not outdated too, so every user is queried once again.
     "ALTER TABLE tracked_users ADD COLUMN state TEXT NOT NULL DEFAULT 'pending';
-    UPDATE tracked_users SET state = CASE WHEN outdated THEN 'pending' ELSE 'up_to_date' END;
     ALTER TABLE tracked_users DROP COLUMN outdated;",
     // 3: undecryptable events kept for late keys across restarts.
     "CREATE TABLE undecryptable_events (

@@ -567,7 +567,7 @@ fn lookups_use_indices() {
 }
 
 #[test]
-fn migrations_from_version_1_keep_tracked_users() {
+fn migrations_from_version_1_keep_tracked_users_and_query_them_again() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path()));
     // Put the file back into the shape schema version 1 left it in, with two users.
@@ -590,7 +590,7 @@ fn migrations_from_version_1_keep_tracked_users() {
         vec![
             TrackedUser {
                 user_id: "@fresh:x".into(),
-                state: TrackingState::UpToDate,
+                state: TrackingState::PendingDownload,
                 sequence: 3,
             },
             TrackedUser {
@@ -611,7 +611,9 @@ fn unknown_tracking_state_is_a_decode_error() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path()));
     raw(dir.path())
-        .execute_batch("INSERT INTO tracked_users VALUES ('@u:x', 'sideways', 1)")
+        .execute_batch(
+            "INSERT INTO tracked_users (user_id, state, sequence) VALUES ('@u:x', 'sideways', 1)",
+        )
         .unwrap();
     let e = open(dir.path()).tracked_users().unwrap_err();
     assert!(decode(&e), "{e:?}");
