@@ -251,18 +251,24 @@ fn scramble(value: &mut serde_json::Value) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_device_list_is_repaired_by_a_key_request_to_an_own_verified_device() {
-    use newt_core::store::LocalTrust;
-    let w = World::new(&["alice", "bob"]);
+/// Seed 002's start: alice's phone and bob share a room and bob knows the phone; then alice
+/// logs in on a laptop while bob does not sync, so his list of her devices is stale.
+/// Returns `(phone, bob, laptop, room)`.
+async fn stale_device_list(w: &World) -> (Arc<Client>, Arc<Client>, Arc<Client>, String) {
     let phone = w.login("alice", "alice-phone").await;
     let bob = w.login("bob", "bob").await;
     let room = room_with(&phone, &[&bob]).await;
     phone.send_text(&room, "hi").await.unwrap();
     receive(&bob, &room, 1).await;
-
-    // alice logs in on a laptop; bob does not sync, so his view of alice is stale (seed 002).
     let laptop = w.login("alice", "alice-laptop").await;
+    (phone, bob, laptop, room)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_device_list_is_repaired_by_a_key_request_to_an_own_verified_device() {
+    use newt_core::store::LocalTrust;
+    let w = World::new(&["alice", "bob"]);
+    let (phone, bob, laptop, room) = stale_device_list(&w).await;
     let (phone_id, laptop_id) = (
         phone.session().unwrap().device_id,
         laptop.session().unwrap().device_id,
@@ -690,14 +696,7 @@ async fn a_stale_sender_learns_the_new_device_from_its_key_request() {
     // sender makes the sender re-query and share its current key. Later messages decrypt;
     // the one sent with the stale list cannot be recovered and says why.
     let w = World::new(&["alice", "bob"]);
-    let phone = w.login("alice", "alice-phone").await;
-    let bob = w.login("bob", "bob").await;
-    let room = room_with(&phone, &[&bob]).await;
-    phone.send_text(&room, "hi").await.unwrap();
-    receive(&bob, &room, 1).await;
-
-    let laptop = w.login("alice", "alice-laptop").await;
-    // bob does not sync: his list of alice's devices misses the laptop.
+    let (_phone, bob, laptop, room) = stale_device_list(&w).await;
     let stale = bob
         .send_text(&room, "sent with a stale list")
         .await

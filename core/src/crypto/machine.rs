@@ -318,12 +318,7 @@ impl OlmMachine {
     /// pending download; the others keep their state.
     pub fn update_tracked_users(&self, users: &[String]) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
-        let tracked: HashMap<String, TrackedUser> = self
-            .store
-            .tracked_users()?
-            .into_iter()
-            .map(|u| (u.user_id.clone(), u))
-            .collect();
+        let tracked = self.tracked_by_user()?;
         let new: Vec<TrackedUser> = users
             .iter()
             .collect::<HashSet<_>>()
@@ -358,6 +353,16 @@ impl OlmMachine {
             .collect())
     }
 
+    /// Every tracked user's record, by user id.
+    pub(crate) fn tracked_by_user(&self) -> Result<HashMap<String, TrackedUser>, CryptoError> {
+        Ok(self
+            .store
+            .tracked_users()?
+            .into_iter()
+            .map(|u| (u.user_id.clone(), u))
+            .collect())
+    }
+
     /// The tracking state of a user's device list.
     pub fn tracking_state(&self, user_id: &str) -> Result<TrackingState, CryptoError> {
         Ok(self
@@ -376,12 +381,7 @@ impl OlmMachine {
         let mut account_changed = false;
 
         if !sync.changed_users.is_empty() || !sync.left_users.is_empty() {
-            let tracked: HashMap<String, TrackedUser> = self
-                .store
-                .tracked_users()?
-                .into_iter()
-                .map(|u| (u.user_id.clone(), u))
-                .collect();
+            let tracked = self.tracked_by_user()?;
             // The sequence bump makes an answer to a query already in flight stale.
             for user in &sync.changed_users {
                 if let Some(t) = tracked.get(user).filter(|t| t.is_tracked()) {
@@ -548,12 +548,7 @@ impl OlmMachine {
         requested: &[(String, u64)],
         answered: impl Fn(&str) -> bool,
     ) -> Result<Vec<TrackedUser>, CryptoError> {
-        let current: HashMap<String, TrackedUser> = self
-            .store
-            .tracked_users()?
-            .into_iter()
-            .map(|u| (u.user_id.clone(), u))
-            .collect();
+        let current = self.tracked_by_user()?;
         Ok(requested
             .iter()
             .filter_map(|(user, sequence)| {

@@ -1319,8 +1319,9 @@ fn missing_keys_are_requested_from_own_verified_devices_only() {
     let _ = members;
 }
 
-#[test]
-fn key_requests_of_other_users_and_unverified_devices_are_not_answered() {
+/// [`olm_pair`] plus alice's second device `LAPTOP`, which alice knows (undecided); also
+/// the id of alice's outbound session in [`ROOM`].
+fn alice_with_laptop() -> (FakeServer, Peer, Peer, Peer, String) {
     let (mut server, alice, bob) = olm_pair();
     let session_id = alice
         .store
@@ -1328,22 +1329,32 @@ fn key_requests_of_other_users_and_unverified_devices_are_not_answered() {
         .unwrap()
         .unwrap()
         .session_id;
-    let request = |sender: &str, device: &str| {
-        json!({"type": "m.room_key_request", "sender": sender, "content": {
-            "action": "request", "request_id": "r1", "requesting_device_id": device,
-            "body": {"algorithm": MEGOLM_ALGORITHM, "room_id": ROOM, "session_id": session_id,
-                     "sender_key": alice.machine.curve25519_key()}}})
-    };
     let laptop = Peer::new(&alice.user(), "LAPTOP");
     server.drive(&laptop);
-    alice
-        .machine
-        .receive_sync_changes(SyncChanges {
-            changed_users: vec![alice.user()],
-            ..Default::default()
-        })
-        .unwrap();
+    changed(&alice, vec![alice.user()], vec![]);
     server.drive(&alice);
+    (server, alice, bob, laptop, session_id)
+}
+
+/// An `m.room_key_request` to-device event for alice's session `session_id` in [`ROOM`].
+fn key_request(
+    alice: &Peer,
+    sender: &str,
+    device: &str,
+    request_id: &str,
+    session_id: &str,
+) -> Value {
+    json!({"type": "m.room_key_request", "sender": sender, "content": {
+        "action": "request", "request_id": request_id, "requesting_device_id": device,
+        "body": {"algorithm": MEGOLM_ALGORITHM, "room_id": ROOM, "session_id": session_id,
+                 "sender_key": alice.machine.curve25519_key()}}})
+}
+
+#[test]
+fn key_requests_of_other_users_and_unverified_devices_are_not_answered() {
+    let (mut server, alice, bob, _laptop, session_id) = alice_with_laptop();
+    let request =
+        |sender: &str, device: &str| key_request(&alice, sender, device, "r1", &session_id);
     server.establish(&alice, &[alice.user()]);
     let pending_before = alice.store.pending_to_device().unwrap().len();
     // bob's device (another user) and alice's unverified laptop: no answer.
@@ -1382,7 +1393,11 @@ fn key_requests_of_other_users_and_unverified_devices_are_not_answered() {
         .set_local_trust(&alice.user(), "LAPTOP", LocalTrust::Verified)
         .unwrap();
     let pending = alice.store.pending_to_device().unwrap();
-    assert_eq!(pending.len(), pending_before + 2, "both held requests answered");
+    assert_eq!(
+        pending.len(),
+        pending_before + 2,
+        "both held requests answered"
+    );
     assert!(pending[pending_before].messages_json.contains("LAPTOP"));
     assert_eq!(pending[pending_before].event_type, "m.room.encrypted");
     let _ = bob;
@@ -1390,27 +1405,18 @@ fn key_requests_of_other_users_and_unverified_devices_are_not_answered() {
 
 #[test]
 fn held_key_requests_of_a_blacklisted_own_device_are_dropped() {
-    let (mut server, alice, _bob) = olm_pair();
-    let session_id = alice
-        .store
-        .outbound_group_session(ROOM)
-        .unwrap()
-        .unwrap()
-        .session_id;
-    let laptop = Peer::new(&alice.user(), "LAPTOP");
-    server.drive(&laptop);
-    changed(&alice, vec![alice.user()], vec![]);
-    server.drive(&alice);
+    let (mut server, alice, _bob, _laptop, session_id) = alice_with_laptop();
     server.establish(&alice, &[alice.user()]);
     let pending_before = alice.store.pending_to_device().unwrap().len();
     receive(
         &alice,
-        vec![
-            json!({"type": "m.room_key_request", "sender": alice.user(), "content": {
-            "action": "request", "request_id": "r9", "requesting_device_id": "LAPTOP",
-            "body": {"algorithm": MEGOLM_ALGORITHM, "room_id": ROOM, "session_id": session_id,
-                     "sender_key": alice.machine.curve25519_key()}}}),
-        ],
+        vec![key_request(
+            &alice,
+            &alice.user(),
+            "LAPTOP",
+            "r9",
+            &session_id,
+        )],
     );
     // Held: the app may ask about the laptop.
     assert_eq!(alice.machine.take_key_share_prompts().unwrap().len(), 1);
@@ -1668,17 +1674,7 @@ fn a_device_change_names_the_affected_rooms_from_the_index() {
 
 #[test]
 fn a_key_request_without_an_olm_session_is_answered_after_a_claim() {
-    let (mut server, alice, _bob) = olm_pair();
-    let session_id = alice
-        .store
-        .outbound_group_session(ROOM)
-        .unwrap()
-        .unwrap()
-        .session_id;
-    let laptop = Peer::new(&alice.user(), "LAPTOP");
-    server.drive(&laptop);
-    changed(&alice, vec![alice.user()], vec![]);
-    server.drive(&alice);
+    let (mut server, alice, _bob, laptop, session_id) = alice_with_laptop();
     alice
         .machine
         .set_local_trust(&alice.user(), "LAPTOP", LocalTrust::Verified)
@@ -1687,12 +1683,13 @@ fn a_key_request_without_an_olm_session_is_answered_after_a_claim() {
     let pending_before = alice.store.pending_to_device().unwrap().len();
     receive(
         &alice,
-        vec![
-            json!({"type": "m.room_key_request", "sender": alice.user(), "content": {
-            "action": "request", "request_id": "r2", "requesting_device_id": "LAPTOP",
-            "body": {"algorithm": MEGOLM_ALGORITHM, "room_id": ROOM, "session_id": session_id,
-                     "sender_key": alice.machine.curve25519_key()}}}),
-        ],
+        vec![key_request(
+            &alice,
+            &alice.user(),
+            "LAPTOP",
+            "r2",
+            &session_id,
+        )],
     );
     // No Olm channel to the laptop yet: nothing is sent, a session is claimed instead.
     assert_eq!(

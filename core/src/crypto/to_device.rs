@@ -104,12 +104,7 @@ impl OlmMachine {
         }
 
         if !batch.unknown_senders.is_empty() {
-            let tracked: HashMap<String, crate::store::TrackedUser> = self
-                .store
-                .tracked_users()?
-                .into_iter()
-                .map(|u| (u.user_id.clone(), u))
-                .collect();
+            let tracked = self.tracked_by_user()?;
             for user in &batch.unknown_senders {
                 let sequence = tracked.get(user).map_or(1, |t| t.sequence + 1);
                 debug!(
