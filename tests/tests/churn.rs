@@ -787,3 +787,52 @@ async fn a_key_query_cut_off_by_stopping_sync_is_sent_again() {
         "{devices:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_stored_just_before_a_crash_decrypts_the_waiting_event_after_restart() {
+    use newt_core::store::{Changes, LocalTrust};
+    let w = World::new(&["alice", "bob"]);
+    let alice = w.login("alice", "alice").await;
+    let bob = w.login("bob", "bob").await;
+    let room = room_with(&alice, &[&bob]).await;
+    // bob gets the event but not its key (alice withholds it from him).
+    let bob_device = bob.session().unwrap().device_id;
+    alice
+        .set_device_trust("@bob:localhost", &bob_device, LocalTrust::Blacklisted)
+        .unwrap();
+    let event_id = alice.send_text(&room, "kept for later").await.unwrap();
+    let got = receive(&bob, &room, 1).await;
+    assert!(!got[0].decrypted && got[0].waiting_for_key, "{got:?}");
+    assert_eq!(bob.store().undecryptable_event_count().unwrap(), 1);
+
+    // The key reaches bob's store (as if a sync committed it) and the process dies before
+    // the retry that sync would have made.
+    let session = session_id(&alice, &room);
+    let key = alice
+        .store()
+        .inbound_group_session(&room, &session)
+        .unwrap()
+        .unwrap();
+    bob.store()
+        .save_changes(Changes {
+            inbound_group_sessions: vec![key],
+            ..Default::default()
+        })
+        .unwrap();
+    drop(bob);
+
+    let bob = open(&w.hs.base_url, &w.dir("bob"));
+    assert!(bob.restore_session().unwrap());
+    let mut rx = bob.subscribe_timeline();
+    bob.sync_once(Duration::ZERO).await.unwrap();
+    let mut healed = None;
+    while let Ok(e) = rx.try_recv() {
+        if e.event_id == event_id && e.is_update {
+            healed = Some(e);
+        }
+    }
+    let healed = healed.expect("the first sync re-delivers the event");
+    assert!(healed.decrypted, "{healed:?}");
+    assert_eq!(healed.body.as_deref(), Some("kept for later"));
+    assert_eq!(bob.store().undecryptable_event_count().unwrap(), 0);
+}

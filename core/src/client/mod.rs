@@ -136,6 +136,9 @@ pub struct Client {
     pub(crate) rooms_with_new_devices: Mutex<std::collections::BTreeSet<String>>,
     /// Wake-ups for devices without one-time keys (`m.no_olm`).
     no_olm_retry: Mutex<NoOlmRetry>,
+    /// The stored undecryptable events were checked against the stored keys (once per
+    /// process, at the first sync).
+    pub(crate) stored_events_checked: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Client {
@@ -168,6 +171,7 @@ impl Client {
             pending_sends: Mutex::new(Vec::new()),
             rooms_with_new_devices: Mutex::new(Default::default()),
             no_olm_retry: Mutex::new(NoOlmRetry::default()),
+            stored_events_checked: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

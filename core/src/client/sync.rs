@@ -220,27 +220,43 @@ impl Client {
                 .unwrap_or_default()
         };
         // Late keys: events that could not be decrypted before (stored, so also those of an
-        // earlier run) are retried now.
+        // earlier run) are retried now. The first sync of a process also retries stored
+        // events whose key is already there (it arrived just before the process died),
+        // re-delivering only those that now decrypt.
+        let mut retry: Vec<(String, String, bool)> = outcome
+            .room_keys
+            .iter()
+            .map(|k| (k.room_id.clone(), k.session_id.clone(), false))
+            .collect();
+        if !self
+            .stored_events_checked
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            for (room_id, session_id) in self.store.undecryptable_sessions()? {
+                if self
+                    .store
+                    .inbound_group_session(&room_id, &session_id)?
+                    .is_some()
+                {
+                    retry.push((room_id, session_id, true));
+                }
+            }
+        }
         let mut resolved = Vec::new();
-        for key in &outcome.room_keys {
-            for waiting in self
-                .store
-                .undecryptable_events(&key.room_id, &key.session_id)?
-            {
+        for (room_id, session_id, only_if_decrypted) in &retry {
+            for waiting in self.store.undecryptable_events(room_id, session_id)? {
                 let Ok(event) = serde_json::from_str::<Value>(&waiting.event_json) else {
                     resolved.push((waiting.room_id, waiting.event_id));
                     continue;
                 };
-                let item = TimelineEvent::from_sync(
-                    &machine,
-                    &key.room_id,
-                    &event,
-                    policy_of(&key.room_id),
-                )?;
+                let item = TimelineEvent::from_sync(&machine, room_id, &event, policy_of(room_id))?;
                 let Some(mut item) = item else {
                     resolved.push((waiting.room_id, waiting.event_id));
                     continue;
                 };
+                if *only_if_decrypted && !item.decrypted {
+                    continue;
+                }
                 // Delivered again either way: decrypted, or with the new reason (e.g. the
                 // key arrived but starts after this message). Kept while a better key may
                 // still come.

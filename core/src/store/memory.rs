@@ -317,6 +317,16 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    fn undecryptable_sessions(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let sessions: BTreeSet<(String, String)> = self
+            .lock()
+            .undecryptable
+            .values()
+            .map(|e| (e.room_id.clone(), e.session_id.clone()))
+            .collect();
+        Ok(sessions.into_iter().collect())
+    }
+
     fn undecryptable_event_count(&self) -> Result<u64, StoreError> {
         Ok(self.lock().undecryptable.len() as u64)
     }

@@ -595,6 +595,9 @@ pub trait Store: Send + Sync + 'static {
         session_id: &str,
     ) -> Result<Vec<UndecryptableEvent>, StoreError>;
 
+    /// The distinct `(room id, session id)` pairs undecryptable events wait for, sorted.
+    fn undecryptable_sessions(&self) -> Result<Vec<(String, String)>, StoreError>;
+
     /// Number of undecryptable events kept (to bound them).
     fn undecryptable_event_count(&self) -> Result<u64, StoreError>;
 

@@ -396,6 +396,16 @@ impl Store for SqliteStore {
         )
     }
 
+    fn undecryptable_sessions(&self) -> Result<Vec<(String, String)>, StoreError> {
+        query_all(
+            &self.reader(),
+            "SELECT DISTINCT room_id, session_id FROM undecryptable_events
+             ORDER BY room_id, session_id",
+            [],
+            |r| Ok((col(r, 0)?, col(r, 1)?)),
+        )
+    }
+
     fn undecryptable_event_count(&self) -> Result<u64, StoreError> {
         let count: i64 = query_opt(
             &self.reader(),

@@ -622,6 +622,14 @@ pub(crate) fn undecryptable_events_by_session<S: Store>(s: &S) {
         vec![("!r:x".into(), "$b".into()), ("!r:x".into(), "$c".into())]
     );
     assert_eq!(s.oldest_undecryptable_events(99).unwrap().len(), 4);
+    assert_eq!(
+        s.undecryptable_sessions().unwrap(),
+        vec![
+            ("!other:x".into(), "s1".into()),
+            ("!r:x".into(), "s1".into()),
+            ("!r:x".into(), "s2".into())
+        ]
+    );
     // Stored again (e.g. a later key still did not fit): same place, new content.
     let mut again = event("!r:x", "s1", "$b");
     again.event_json = "{\"retried\":true}".into();
