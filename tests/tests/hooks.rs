@@ -244,3 +244,43 @@ async fn failed_send_schedules_a_wakeup_and_due_work_sends_it() {
     let got = next_message(&s.bob, &s.room).await;
     assert_eq!(got.body.as_deref(), Some("sent later"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_queued_offline_is_sent_by_the_next_process() {
+    let Setup {
+        hs,
+        _dirs,
+        alice,
+        bob,
+        room,
+    } = setup().await;
+    alice.send_text(&room, "warm up").await.unwrap();
+    next_message(&bob, &room).await;
+
+    hs.stop();
+    let err = alice
+        .send_text(&room, "survives a restart")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Http(e) if e.is_transient()),
+        "{err:?}"
+    );
+    assert_eq!(alice.store().queued_sends().unwrap().len(), 1);
+    // The app is killed before any wake-up; the server comes back.
+    drop(alice);
+    hs.restart_same_port().unwrap();
+    let alice = newt_e2e_tests::clients::open(&hs.base_url, &_dirs.path().join("alice"));
+    assert!(alice.restore_session().unwrap());
+    assert_eq!(
+        alice.store().queued_sends().unwrap().len(),
+        1,
+        "kept on disk"
+    );
+    // The first sync of the new process sends it.
+    alice.sync_once(Duration::ZERO).await.unwrap();
+    assert!(alice.store().queued_sends().unwrap().is_empty());
+    let got = next_message(&bob, &room).await;
+    assert_eq!(got.body.as_deref(), Some("survives a restart"));
+    assert!(got.decrypted);
+}

@@ -77,14 +77,8 @@ const NO_OLM_MAX_RETRIES: u32 = 4;
 /// Recent timeline items kept per room for new subscribers.
 const RECENT_PER_ROOM: usize = 50;
 
-/// A message whose send failed transiently; retried by [`Client::run_due_work`].
-struct PendingSend {
-    room_id: String,
-    content: serde_json::Value,
-}
-
 /// Whether `error` may go away by itself (network, 429, 5xx).
-fn is_transient(error: &ClientError) -> bool {
+pub(crate) fn is_transient(error: &ClientError) -> bool {
     matches!(error, ClientError::Http(e) if e.is_transient())
 }
 
@@ -130,7 +124,6 @@ pub struct Client {
     /// Recent items per room; published and read under this lock so that a subscriber gets
     /// every item exactly once (the snapshot, then the live ones).
     recent: Mutex<HashMap<String, VecDeque<TimelineEvent>>>,
-    pending_sends: Mutex<Vec<PendingSend>>,
     /// Encrypted rooms in which a member got a new device since the last sync; their
     /// current room key is shared with it before the next message (seed 002).
     pub(crate) rooms_with_new_devices: Mutex<std::collections::BTreeSet<String>>,
@@ -139,6 +132,8 @@ pub struct Client {
     /// The stored undecryptable events were checked against the stored keys (once per
     /// process, at the first sync).
     pub(crate) stored_events_checked: std::sync::atomic::AtomicBool,
+    /// Messages a previous process left in the send queue were resumed (first sync).
+    pub(crate) send_queue_resumed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Client {
@@ -168,10 +163,10 @@ impl Client {
             sync_lock: AsyncMutex::new(()),
             hooks: RwLock::new(Hooks::default()),
             recent: Mutex::new(HashMap::new()),
-            pending_sends: Mutex::new(Vec::new()),
             rooms_with_new_devices: Mutex::new(Default::default()),
             no_olm_retry: Mutex::new(NoOlmRetry::default()),
             stored_events_checked: std::sync::atomic::AtomicBool::new(false),
+            send_queue_resumed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -569,22 +564,45 @@ impl Client {
         Ok((done, left))
     }
 
-    pub(crate) fn queue_failed_send(
-        &self,
-        room_id: &str,
-        content: &serde_json::Value,
-        error: &ClientError,
-    ) {
-        if is_transient(error) {
-            self.pending_sends
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(PendingSend {
-                    room_id: room_id.to_owned(),
-                    content: content.clone(),
-                });
-            self.schedule_retry(error, "message send failed");
+    /// Send the queued messages, oldest first, until one fails transiently. Returns
+    /// `(sent, still queued, the transient error)`; messages that fail for good (e.g. we
+    /// were removed from the room) are dropped so they do not block the rest.
+    pub(crate) async fn send_queued(&self) -> Result<(u32, u32, Option<ClientError>), ClientError> {
+        let queued = self.store.queued_sends()?;
+        let total = queued.len() as u32;
+        let mut sent = 0;
+        for q in queued {
+            let finished = match serde_json::from_slice::<serde_json::Value>(q.content.as_bytes()) {
+                Err(e) => {
+                    warn!(error = %e, "a queued message is unreadable; dropped");
+                    true
+                }
+                Ok(content) => match self
+                    .send_message_once(&q.room_id, &content, &q.txn_id)
+                    .await
+                {
+                    Ok(_) => {
+                        sent += 1;
+                        true
+                    }
+                    Err(e) if is_transient(&e) => {
+                        let left = total - sent;
+                        return Ok((sent, left, Some(e)));
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "a queued message failed for good; dropped");
+                        true
+                    }
+                },
+            };
+            if finished {
+                self.store.save_changes(Changes {
+                    finished_sends: vec![q.txn_id],
+                    ..Default::default()
+                })?;
+            }
         }
+        Ok((sent, 0, None))
     }
 
     /// Run the work that was waiting for a wake-up: crypto requests that failed to go out and
@@ -599,24 +617,12 @@ impl Client {
         }
         let after = self.store.pending_to_device()?.len();
         report.completed += before.saturating_sub(after) as u32;
-        let sends: Vec<PendingSend> =
-            std::mem::take(&mut *self.pending_sends.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut failed = Vec::new();
-        for send in sends {
-            if last_error.is_some() {
-                failed.push(send);
-                continue;
-            }
-            match self.send_message_once(&send.room_id, &send.content).await {
-                Ok(_) => report.completed += 1,
-                Err(e) if is_transient(&e) => {
-                    failed.push(send);
-                    last_error = Some(e);
-                }
-                // It will never go out (e.g. we were removed from the room): dropped, so
-                // that it does not block the rest.
-                Err(e) => warn!(error = %e, "a queued message failed for good; dropped"),
-            }
+        let mut queued_left = self.store.queued_sends()?.len() as u32;
+        if last_error.is_none() {
+            let (sent, left, error) = self.send_queued().await?;
+            report.completed += sent;
+            queued_left = left;
+            last_error = error;
         }
         let mut without_olm = 0;
         if !last_error.as_ref().is_some_and(is_transient) {
@@ -628,12 +634,7 @@ impl Client {
                 Err(e) => last_error = Some(e),
             }
         }
-        report.remaining =
-            (failed.len() + self.store.pending_to_device()?.len()) as u32 + without_olm;
-        self.pending_sends
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(failed);
+        report.remaining = queued_left + self.store.pending_to_device()?.len() as u32 + without_olm;
         if report.remaining > 0
             && let Some(e) = &last_error
         {

@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use super::hooks::{Prompt, PromptAnswer};
-use super::{Client, ClientError};
+use super::{Client, ClientError, is_transient};
 use crate::crypto::{OlmMachine, OutgoingKind, OutgoingRequest, RotationSettings};
 use crate::http::HttpError;
-use crate::store::{Changes, LocalTrust, MemberRecord, RoomRecord};
+use crate::store::{Changes, LocalTrust, MemberRecord, QueuedSend, RoomRecord, SecretBlob};
 
 /// Attempts for a request that fails transiently (network, 429, 5xx).
 const ATTEMPTS: u32 = 4;
@@ -441,36 +441,58 @@ impl Client {
     }
 
     /// Send an encrypted `m.room.message` with the given content; returns the event id.
-    /// A transient failure keeps the message for [`Client::run_due_work`] and asks the app's
-    /// background scheduler for a wake-up.
+    ///
+    /// The message goes into the store's send queue (content encrypted at rest) before
+    /// anything is sent, and leaves it once the server has it or it failed for good. A
+    /// transient failure (or the process dying) leaves it queued: [`Client::run_due_work`]
+    /// sends it (the app's background scheduler is asked for a wake-up), as does the first
+    /// sync of the next process. Every attempt reuses the transaction id, so the server
+    /// stores the message once.
     pub async fn send_message(
         &self,
         room_id: &str,
         content: &Value,
     ) -> Result<String, ClientError> {
-        match self.send_message_once(room_id, content).await {
-            Ok(id) => Ok(id),
-            Err(e) => {
-                self.queue_failed_send(room_id, content, &e);
-                Err(e)
-            }
+        parse_room_id(room_id)?;
+        self.machine()?;
+        let queued = QueuedSend {
+            txn_id: TransactionId::new().to_string(),
+            room_id: room_id.to_owned(),
+            content: SecretBlob::new(
+                serde_json::to_vec(content)
+                    .map_err(|e| ClientError::InvalidInput(format!("message content: {e}")))?,
+            ),
+        };
+        let txn_id = queued.txn_id.clone();
+        self.store.save_changes(Changes {
+            queued_sends: vec![queued],
+            ..Default::default()
+        })?;
+        let result = self.send_message_once(room_id, content, &txn_id).await;
+        match &result {
+            Err(e) if is_transient(e) => self.schedule_retry(e, "message send failed"),
+            _ => self.store.save_changes(Changes {
+                finished_sends: vec![txn_id],
+                ..Default::default()
+            })?,
         }
+        result
     }
 
     pub(crate) async fn send_message_once(
         &self,
         room_id: &str,
         content: &Value,
+        txn_id: &str,
     ) -> Result<String, ClientError> {
         let machine = self.machine()?;
         let room = parse_room_id(room_id)?;
         self.prepare_room_key(room_id).await?;
         let encrypted = machine.encrypt_room_event(room_id, "m.room.message", content)?;
         let body = crate::crypto::raw_json(&encrypted)?;
-        let txn_id = TransactionId::new();
         let request = send_message_event::v3::Request::new_raw(
             room,
-            txn_id,
+            txn_id.into(),
             MessageLikeEventType::RoomEncrypted,
             body,
         );

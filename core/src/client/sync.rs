@@ -318,6 +318,17 @@ impl Client {
             self.schedule_retry(&e, "pending encryption requests");
         }
         self.share_with_new_devices().await;
+        // Messages a previous process could not send (it died, or the network was gone).
+        if !self
+            .send_queue_resumed
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            match self.send_queued().await {
+                Ok((_, _, Some(e))) => self.schedule_retry(&e, "message send failed"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "resuming the send queue failed"),
+            }
+        }
         Ok(())
     }
 

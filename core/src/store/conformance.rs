@@ -46,6 +46,7 @@ macro_rules! store_conformance_tests {
                 rooms_and_members,
                 encrypted_rooms_of_users,
                 undecryptable_events_by_session,
+                send_queue_in_order,
                 pending_to_device_queue,
                 values_and_secret_values,
                 sync_token,

@@ -11,8 +11,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::{
     AccountRecord, Changes, DeviceRecord, InboundGroupSessionRecord, MegolmIndexRecord,
-    MemberRecord, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice, RoomRecord,
-    SecretBlob, Store, StoreError, TrackedUser, UndecryptableEvent,
+    MemberRecord, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice, QueuedSend,
+    RoomRecord, SecretBlob, Store, StoreError, TrackedUser, UndecryptableEvent,
 };
 
 /// Everything the store holds.
@@ -38,6 +38,10 @@ struct State {
     members: HashMap<String, BTreeMap<String, MemberRecord>>,
     /// insertion sequence -> request.
     pending: BTreeMap<u64, PendingToDevice>,
+    /// insertion sequence -> queued message, and transaction id -> its sequence.
+    send_queue: BTreeMap<u64, QueuedSend>,
+    send_queue_by_txn: HashMap<String, u64>,
+    next_send_seq: u64,
     /// insertion sequence -> event, and (room id, event id) -> its sequence.
     undecryptable: BTreeMap<u64, UndecryptableEvent>,
     undecryptable_by_event: HashMap<(String, String), u64>,
@@ -111,6 +115,23 @@ impl State {
         for txn_id in &changes.sent_to_device {
             if let Some(seq) = self.pending_by_txn.remove(txn_id) {
                 self.pending.remove(&seq);
+            }
+        }
+        for q in changes.queued_sends {
+            let seq = match self.send_queue_by_txn.get(&q.txn_id) {
+                Some(seq) => *seq,
+                None => {
+                    self.next_send_seq += 1;
+                    self.send_queue_by_txn
+                        .insert(q.txn_id.clone(), self.next_send_seq);
+                    self.next_send_seq
+                }
+            };
+            self.send_queue.insert(seq, q);
+        }
+        for txn_id in &changes.finished_sends {
+            if let Some(seq) = self.send_queue_by_txn.remove(txn_id) {
+                self.send_queue.remove(&seq);
             }
         }
         for e in changes.undecryptable_events {
@@ -315,6 +336,10 @@ impl Store for MemoryStore {
             .filter(|e| e.room_id == room_id && e.session_id == session_id)
             .cloned()
             .collect())
+    }
+
+    fn queued_sends(&self) -> Result<Vec<QueuedSend>, StoreError> {
+        Ok(self.lock().send_queue.values().cloned().collect())
     }
 
     fn undecryptable_sessions(&self) -> Result<Vec<(String, String)>, StoreError> {

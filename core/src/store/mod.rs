@@ -358,6 +358,18 @@ pub struct UndecryptableEvent {
     pub event_json: String,
 }
 
+/// A message the app sent that has not reached the server yet (the send queue). Its content
+/// is plaintext and encrypted at rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedSend {
+    /// Transaction id, reused on every attempt so the server stores the message once.
+    pub txn_id: String,
+    /// Room.
+    pub room_id: String,
+    /// `m.room.message` content as JSON (secret: encrypted at rest).
+    pub content: SecretBlob,
+}
+
 /// Everything one step changed, applied atomically by [`Store::save_changes`].
 #[derive(Clone, Debug, Default)]
 pub struct Changes {
@@ -385,6 +397,12 @@ pub struct Changes {
     pub pending_to_device: Vec<PendingToDevice>,
     /// To-device requests that were sent (by transaction id).
     pub sent_to_device: Vec<String>,
+    /// Messages to queue for sending (insert or replace by transaction id; a replaced one keeps
+    /// its place in the queue).
+    pub queued_sends: Vec<QueuedSend>,
+    /// Queued messages done with (sent or given up), by transaction id; applied after the
+    /// inserts.
+    pub finished_sends: Vec<String>,
     /// Undecryptable events to keep (insert or replace by room and event id).
     pub undecryptable_events: Vec<UndecryptableEvent>,
     /// Undecryptable events to forget: `(room id, event id)`; applied after the inserts.
@@ -412,6 +430,8 @@ impl Changes {
             && self.members.is_empty()
             && self.pending_to_device.is_empty()
             && self.sent_to_device.is_empty()
+            && self.queued_sends.is_empty()
+            && self.finished_sends.is_empty()
             && self.undecryptable_events.is_empty()
             && self.resolved_events.is_empty()
             && self.values.is_empty()
@@ -474,6 +494,13 @@ impl Changes {
         for txn_id in &self.sent_to_device {
             non_empty("sent to-device txn_id", txn_id)?;
         }
+        for q in &self.queued_sends {
+            non_empty("queued send txn_id", &q.txn_id)?;
+            non_empty("queued send room_id", &q.room_id)?;
+        }
+        for txn_id in &self.finished_sends {
+            non_empty("finished send txn_id", txn_id)?;
+        }
         for e in &self.undecryptable_events {
             non_empty("undecryptable event room_id", &e.room_id)?;
             non_empty("undecryptable event session_id", &e.session_id)?;
@@ -511,6 +538,8 @@ impl Changes {
         self.members.extend(other.members);
         self.pending_to_device.extend(other.pending_to_device);
         self.sent_to_device.extend(other.sent_to_device);
+        self.queued_sends.extend(other.queued_sends);
+        self.finished_sends.extend(other.finished_sends);
         self.undecryptable_events.extend(other.undecryptable_events);
         self.resolved_events.extend(other.resolved_events);
         self.values.extend(other.values);
@@ -594,6 +623,9 @@ pub trait Store: Send + Sync + 'static {
         room_id: &str,
         session_id: &str,
     ) -> Result<Vec<UndecryptableEvent>, StoreError>;
+
+    /// The send queue, oldest first.
+    fn queued_sends(&self) -> Result<Vec<QueuedSend>, StoreError>;
 
     /// The distinct `(room id, session id)` pairs undecryptable events wait for, sorted.
     fn undecryptable_sessions(&self) -> Result<Vec<(String, String)>, StoreError>;

@@ -22,8 +22,9 @@ use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 use super::cipher::{StoreCipher, StoreKey};
 use super::{
     AccountRecord, Changes, DeviceRecord, InboundGroupSessionRecord, LocalTrust, MegolmIndexRecord,
-    MemberRecord, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice, RoomRecord,
-    SecretBlob, ShareRecipient, Store, StoreError, TrackedUser, TrackingState, UndecryptableEvent,
+    MemberRecord, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice, QueuedSend,
+    RoomRecord, SecretBlob, ShareRecipient, Store, StoreError, TrackedUser, TrackingState,
+    UndecryptableEvent,
 };
 
 mod schema;
@@ -396,6 +397,28 @@ impl Store for SqliteStore {
         )
     }
 
+    fn queued_sends(&self) -> Result<Vec<QueuedSend>, StoreError> {
+        query_all(
+            &self.reader(),
+            "SELECT txn_id, room_id, content FROM send_queue ORDER BY seq",
+            [],
+            |r| {
+                let txn_id: String = col(r, 0)?;
+                let room_id: String = col(r, 1)?;
+                let blob: Vec<u8> = col(r, 2)?;
+                let content = SecretBlob(
+                    self.cipher
+                        .decrypt(&aad_queued_send(&txn_id, &room_id), &blob)?,
+                );
+                Ok(QueuedSend {
+                    txn_id,
+                    room_id,
+                    content,
+                })
+            },
+        )
+    }
+
     fn undecryptable_sessions(&self) -> Result<Vec<(String, String)>, StoreError> {
         query_all(
             &self.reader(),
@@ -642,6 +665,10 @@ fn aad_outbound<'a>(room_id: &'a str, session_id: &'a str) -> [&'a [u8]; 3] {
         room_id.as_bytes(),
         session_id.as_bytes(),
     ]
+}
+
+fn aad_queued_send<'a>(txn_id: &'a str, room_id: &'a str) -> [&'a [u8]; 3] {
+    [b"queued_send", txn_id.as_bytes(), room_id.as_bytes()]
 }
 
 fn aad_secret_value(key: &str) -> [&[u8]; 2] {

@@ -133,6 +133,14 @@ pub(crate) fn pending(txn_id: &str, body: &str) -> PendingToDevice {
     }
 }
 
+pub(crate) fn queued(txn_id: &str, room_id: &str, content: &[u8]) -> QueuedSend {
+    QueuedSend {
+        txn_id: txn_id.into(),
+        room_id: room_id.into(),
+        content: blob(content),
+    }
+}
+
 /// One record of every kind (and a sync token), keys derived from `tag`.
 pub(crate) fn full_changes(tag: &str) -> Changes {
     let mut c = Changes {
@@ -150,6 +158,11 @@ pub(crate) fn full_changes(tag: &str) -> Changes {
             "join",
         )],
         pending_to_device: vec![pending(&format!("txn-{tag}"), "{}")],
+        queued_sends: vec![queued(
+            &format!("send-{tag}"),
+            &format!("!room-{tag}"),
+            b"{}",
+        )],
         sync_token: Some(format!("token-{tag}")),
         ..Default::default()
     };
@@ -188,6 +201,7 @@ pub(crate) fn assert_full_present<S: Store + ?Sized>(s: &S, tag: &str) {
             .unwrap()
             .contains(&c.pending_to_device[0])
     );
+    assert!(s.queued_sends().unwrap().contains(&c.queued_sends[0]));
     assert_eq!(
         s.value(&format!("v-{tag}")).unwrap().as_deref(),
         Some("plain")

@@ -658,3 +658,43 @@ pub(crate) fn undecryptable_events_by_session<S: Store>(s: &S) {
     );
     assert!(s.undecryptable_events("!r:x", "s3").unwrap().is_empty());
 }
+
+pub(crate) fn send_queue_in_order<S: Store>(s: &S) {
+    save(
+        s,
+        Changes {
+            queued_sends: vec![
+                queued("t2", "!r:x", b"{\"body\":\"two\"}"),
+                queued("t1", "!r:x", b"{\"body\":\"one\"}"),
+                queued("t3", "!other:x", b"{}"),
+            ],
+            ..Default::default()
+        },
+    );
+    let txns = |s: &S| -> Vec<String> {
+        s.queued_sends()
+            .unwrap()
+            .into_iter()
+            .map(|q| q.txn_id)
+            .collect()
+    };
+    assert_eq!(txns(s), ["t2", "t1", "t3"], "oldest first");
+    assert_eq!(
+        s.queued_sends().unwrap()[1],
+        queued("t1", "!r:x", b"{\"body\":\"one\"}")
+    );
+    // Re-queued (another attempt): same place, new content; finished ones leave.
+    save(
+        s,
+        Changes {
+            queued_sends: vec![queued("t2", "!r:x", b"{\"body\":\"2\"}")],
+            finished_sends: vec!["t1".into(), "unknown".into()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(txns(s), ["t2", "t3"]);
+    assert_eq!(
+        s.queued_sends().unwrap()[0].content,
+        blob(b"{\"body\":\"2\"}")
+    );
+}

@@ -128,6 +128,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
         UNIQUE (room_id, event_id)
     );
     CREATE INDEX undecryptable_by_session ON undecryptable_events (room_id, session_id);",
+    // 4: the send queue (content encrypted with the store key).
+    "CREATE TABLE send_queue (
+        seq INTEGER PRIMARY KEY,
+        txn_id TEXT NOT NULL UNIQUE,
+        room_id TEXT NOT NULL,
+        content BLOB NOT NULL
+    );",
 ];
 
 /// Keys of the `meta` table.

@@ -439,6 +439,7 @@ fn secrets_are_not_stored_in_clear() {
     ogs.pickle = blob(marker);
     c.outbound_group_sessions = vec![ogs];
     c.secret_values.insert("access_token".into(), blob(marker));
+    c.queued_sends = vec![queued("txn", "!r", marker)];
     c.values
         .insert("public".into(), "PUBLIC-MARKER-9876543210".into());
     s.save_changes(c).unwrap();
@@ -575,6 +576,7 @@ fn migrations_from_version_1_keep_tracked_users_and_query_them_again() {
         .execute_batch(
             "DROP TABLE tracked_users;
              DROP TABLE undecryptable_events;
+             DROP TABLE send_queue;
              CREATE TABLE tracked_users (
                  user_id TEXT PRIMARY KEY NOT NULL,
                  outdated INTEGER NOT NULL,

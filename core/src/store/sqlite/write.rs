@@ -5,8 +5,8 @@ use rusqlite::{Transaction, params};
 use super::super::cipher::StoreCipher;
 use super::super::{Changes, StoreError};
 use super::{
-    aad_account, aad_inbound, aad_olm, aad_outbound, aad_secret_value, db, meta, set_meta,
-    u64_to_sql,
+    aad_account, aad_inbound, aad_olm, aad_outbound, aad_queued_send, aad_secret_value, db, meta,
+    set_meta, u64_to_sql,
 };
 
 /// Write every record of `changes` and bump the generation, all inside `tx`. On error the
@@ -224,6 +224,32 @@ pub(super) fn write_changes(
             .prepare_cached("DELETE FROM pending_to_device WHERE txn_id = ?1")
             .map_err(db)?;
         for txn_id in &changes.sent_to_device {
+            st.execute([txn_id]).map_err(db)?;
+        }
+    }
+    if !changes.queued_sends.is_empty() {
+        // An upsert keeps `seq`, i.e. the message's place in the queue.
+        let mut st = tx
+            .prepare_cached(
+                "INSERT INTO send_queue (txn_id, room_id, content) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (txn_id) DO UPDATE SET
+                    room_id = excluded.room_id,
+                    content = excluded.content",
+            )
+            .map_err(db)?;
+        for q in &changes.queued_sends {
+            let blob = c.encrypt(
+                &aad_queued_send(&q.txn_id, &q.room_id),
+                q.content.as_bytes(),
+            )?;
+            st.execute(params![q.txn_id, q.room_id, blob]).map_err(db)?;
+        }
+    }
+    if !changes.finished_sends.is_empty() {
+        let mut st = tx
+            .prepare_cached("DELETE FROM send_queue WHERE txn_id = ?1")
+            .map_err(db)?;
+        for txn_id in &changes.finished_sends {
             st.execute([txn_id]).map_err(db)?;
         }
     }
