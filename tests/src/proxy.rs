@@ -20,6 +20,9 @@ pub enum Action {
     Delay(Duration),
     /// Close the connection without answering (a network failure).
     Drop,
+    /// Forward, let the server handle the request, then close the connection without passing
+    /// the answer on (the response is lost on the way back).
+    ForwardThenDrop,
     /// Forward with the request body replaced by what the function makes of it (e.g. a
     /// homeserver that loses part of an upload).
     RewriteRequest(Rewrite),
@@ -180,8 +183,8 @@ fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::R
             "dropped".to_owned()
         }
         other => {
-            match other {
-                Some(Action::Delay(d)) => thread::sleep(d),
+            match &other {
+                Some(Action::Delay(d)) => thread::sleep(*d),
                 Some(Action::RewriteRequest(Rewrite(f))) => body = f(&body),
                 _ => {}
             }
@@ -194,6 +197,15 @@ fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::R
             up.write_all(&body)?;
             let mut response = Vec::new();
             up.read_to_end(&mut response)?;
+            if matches!(other, Some(Action::ForwardThenDrop)) {
+                let _ = client.shutdown(Shutdown::Both);
+                state
+                    .lock()
+                    .unwrap()
+                    .log
+                    .push(format!("{method} {path} answer dropped"));
+                return Ok(());
+            }
             client.write_all(&response)?;
             String::from_utf8_lossy(&response)
                 .split(' ')

@@ -284,3 +284,55 @@ async fn a_message_queued_offline_is_sent_by_the_next_process() {
     assert_eq!(got.body.as_deref(), Some("survives a restart"));
     assert!(got.decrypted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_answers_are_lost_reaches_the_room_once() {
+    use newt_e2e_tests::proxy::{Action, FaultProxy};
+    let hs = Synapse::start();
+    hs.register("alice", "alice-pw");
+    hs.register("bob", "bob-pw");
+    let dirs = tempfile::tempdir().unwrap();
+    let proxy = FaultProxy::start(&hs.base_url);
+    let alice = login(&proxy.base_url, &dirs.path().join("alice"), "alice").await;
+    let bob = login(&hs.base_url, &dirs.path().join("bob"), "bob").await;
+    let room = alice
+        .create_encrypted_room(None, &["@bob:localhost".into()])
+        .await
+        .unwrap();
+    bob.sync_once(Duration::ZERO).await.unwrap();
+    bob.join(&room).await.unwrap();
+    bob.sync_once(Duration::ZERO).await.unwrap();
+    alice.sync_once(Duration::ZERO).await.unwrap();
+
+    // The server stores the event each time, but its answers never come back: the send
+    // fails after its retries and stays queued; the retry later re-encrypts it, with the
+    // same transaction id.
+    proxy.rule("/send/m.room.encrypted/", Action::ForwardThenDrop, Some(4));
+    let err = alice.send_text(&room, "exactly once").await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Http(e) if e.is_transient()),
+        "{err:?}"
+    );
+    let lost = proxy
+        .log()
+        .iter()
+        .filter(|l| l.ends_with("answer dropped"))
+        .count();
+    assert_eq!(lost, 4);
+    let report = alice.run_due_work().await.unwrap();
+    assert_eq!((report.completed, report.remaining), (1, 0));
+
+    let mut rx = bob.subscribe_timeline();
+    for _ in 0..3 {
+        bob.sync_once(Duration::from_millis(300)).await.unwrap();
+    }
+    let mut copies = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        if e.room_id == room && e.sender == "@alice:localhost" {
+            copies.push(e);
+        }
+    }
+    assert_eq!(copies.len(), 1, "the room got the message once: {copies:?}");
+    assert!(copies[0].decrypted);
+    assert_eq!(copies[0].body.as_deref(), Some("exactly once"));
+}
