@@ -111,4 +111,13 @@ impl World {
     pub async fn login(&self, user: &str, store: &str) -> Arc<Client> {
         login(&self.hs.base_url, &self.dir(store), user).await
     }
+
+    /// alice and bob logged in (stores `alice` and `bob`), in an encrypted room alice
+    /// created: `(alice, bob, room id)`.
+    pub async fn alice_and_bob(&self) -> (Arc<Client>, Arc<Client>, String) {
+        let alice = self.login("alice", "alice").await;
+        let bob = self.login("bob", "bob").await;
+        let room = room_with(&alice, &[&bob]).await;
+        (alice, bob, room)
+    }
 }

@@ -52,9 +52,7 @@ async fn a_member_leaving_rotates_the_session_and_stays_members_keep_reading() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_rotation_on_restart_or_new_own_device() {
     let w = World::new(&["alice", "bob"]);
-    let alice = w.login("alice", "alice").await;
-    let bob = w.login("bob", "bob").await;
-    let room = room_with(&alice, &[&bob]).await;
+    let (alice, bob, room) = w.alice_and_bob().await;
     alice.send_text(&room, "one").await.unwrap();
     let first = session_id(&alice, &room);
     drop(alice);
@@ -134,9 +132,7 @@ async fn room_key_from_a_new_device_is_kept_while_queries_fail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_to_device_messages_in_one_sync_are_all_handled_in_order() {
     let w = World::new(&["alice", "bob"]);
-    let alice = w.login("alice", "alice").await;
-    let bob = w.login("bob", "bob").await;
-    let room = room_with(&alice, &[&bob]).await;
+    let (alice, bob, room) = w.alice_and_bob().await;
     // 120 messages, each with its own session: 120 room keys reach bob in one sync.
     let expected: Vec<String> = (0..120).map(|i| format!("rotated {i:03}")).collect();
     for body in &expected {
@@ -182,9 +178,7 @@ async fn many_to_device_messages_in_one_sync_are_all_handled_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wedged_olm_session_recovers_with_a_dummy() {
     let w = World::new(&["alice", "bob"]);
-    let alice = w.login("alice", "alice").await;
-    let bob = w.login("bob", "bob").await;
-    let room = room_with(&alice, &[&bob]).await;
+    let (alice, bob, room) = w.alice_and_bob().await;
     alice.send_text(&room, "before").await.unwrap();
     receive(&bob, &room, 1).await;
     bob.send_text(&room, "reply").await.unwrap();
@@ -339,9 +333,7 @@ async fn stale_device_list_is_repaired_by_a_key_request_to_an_own_verified_devic
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_device_gets_the_current_room_key_before_the_next_message() {
     let w = World::new(&["alice", "bob"]);
-    let alice = w.login("alice", "alice").await;
-    let bob = w.login("bob", "bob").await;
-    let room = room_with(&alice, &[&bob]).await;
+    let (alice, bob, room) = w.alice_and_bob().await;
     bob.send_text(&room, "before the phone").await.unwrap();
     receive(&alice, &room, 1).await;
     let session = session_id(&bob, &room);
@@ -637,9 +629,7 @@ async fn rotation_on_count_logout_blacklisting_and_period_but_not_on_renames() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_keys_decrypt_events_kept_from_before_a_restart() {
     let w = World::new(&["alice", "bob"]);
-    let alice = w.login("alice", "alice").await;
-    let bob = w.login("bob", "bob").await;
-    let room = room_with(&alice, &[&bob]).await;
+    let (alice, bob, room) = w.alice_and_bob().await;
     // 110 sessions: Synapse hands out at most 100 to-device events per sync, so some
     // events arrive before their keys.
     for i in 0..110 {
@@ -792,9 +782,7 @@ async fn a_key_query_cut_off_by_stopping_sync_is_sent_again() {
 async fn a_key_stored_just_before_a_crash_decrypts_the_waiting_event_after_restart() {
     use newt_core::store::{Changes, LocalTrust};
     let w = World::new(&["alice", "bob"]);
-    let alice = w.login("alice", "alice").await;
-    let bob = w.login("bob", "bob").await;
-    let room = room_with(&alice, &[&bob]).await;
+    let (alice, bob, room) = w.alice_and_bob().await;
     // bob gets the event but not its key (alice withholds it from him).
     let bob_device = bob.session().unwrap().device_id;
     alice

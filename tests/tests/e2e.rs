@@ -19,9 +19,7 @@ fn bodies(events: &[TimelineEvent]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alice_and_bob_exchange_messages_both_ways() {
     let w = World::new(&["alice", "bob"]);
-    let alice = w.login("alice", "alice").await;
-    let bob = w.login("bob", "bob").await;
-    let room = room_with(&alice, &[&bob]).await;
+    let (alice, bob, room) = w.alice_and_bob().await;
 
     alice.send_text(&room, "hello bob").await.unwrap();
     let got = receive(&bob, &room, 1).await;
@@ -38,9 +36,7 @@ async fn alice_and_bob_exchange_messages_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_recipient_decrypts_everything_after_restart() {
     let w = World::new(&["alice", "bob"]);
-    let alice = w.login("alice", "alice").await;
-    let bob = w.login("bob", "bob").await;
-    let room = room_with(&alice, &[&bob]).await;
+    let (alice, bob, room) = w.alice_and_bob().await;
     let bob_device = bob.session().unwrap().device_id;
     drop(bob);
 
@@ -62,9 +58,7 @@ async fn offline_recipient_decrypts_everything_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_device_decrypts_messages_sent_after_it_appeared() {
     let w = World::new(&["alice", "bob"]);
-    let alice = w.login("alice", "alice").await;
-    let bob = w.login("bob", "bob").await;
-    let room = room_with(&alice, &[&bob]).await;
+    let (alice, bob, room) = w.alice_and_bob().await;
     alice.send_text(&room, "before").await.unwrap();
     receive(&bob, &room, 1).await;
 
@@ -82,9 +76,7 @@ async fn second_device_decrypts_messages_sent_after_it_appeared() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiner_decrypts_new_messages() {
     let w = World::new(&["alice", "bob", "carol"]);
-    let alice = w.login("alice", "alice").await;
-    let bob = w.login("bob", "bob").await;
-    let room = room_with(&alice, &[&bob]).await;
+    let (alice, bob, room) = w.alice_and_bob().await;
     alice.send_text(&room, "only bob").await.unwrap();
     receive(&bob, &room, 1).await;
 
@@ -105,9 +97,7 @@ async fn late_joiner_decrypts_new_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_messages_arrive_decrypted_and_in_order() {
     let w = World::new(&["alice", "bob"]);
-    let alice = w.login("alice", "alice").await;
-    let bob = w.login("bob", "bob").await;
-    let room = room_with(&alice, &[&bob]).await;
+    let (alice, bob, room) = w.alice_and_bob().await;
     let expected: Vec<String> = (0..100).map(|i| format!("message {i:03}")).collect();
     for body in &expected {
         alice.send_text(&room, body).await.unwrap();

@@ -11,6 +11,7 @@ use newt_core::client::{
 use newt_core::store::LocalTrust;
 use newt_e2e_tests::Synapse;
 use newt_e2e_tests::clients::login;
+use newt_e2e_tests::proxy::{Action, FaultProxy};
 use zeroize::Zeroizing;
 
 async fn next_message(client: &Client, room: &str) -> TimelineEvent {
@@ -37,11 +38,18 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with_proxy(false).await.0
+}
+
+/// [`setup`], with alice talking to the server through a fault proxy if `proxy`.
+async fn setup_with_proxy(proxy: bool) -> (Setup, Option<FaultProxy>) {
     let hs = Synapse::start();
     hs.register("alice", "alice-pw");
     hs.register("bob", "bob-pw");
     let dirs = tempfile::tempdir().unwrap();
-    let alice = login(&hs.base_url, &dirs.path().join("alice"), "alice").await;
+    let proxy = proxy.then(|| FaultProxy::start(&hs.base_url));
+    let alice_url = proxy.as_ref().map_or(&hs.base_url, |p| &p.base_url);
+    let alice = login(alice_url, &dirs.path().join("alice"), "alice").await;
     let bob = login(&hs.base_url, &dirs.path().join("bob"), "bob").await;
     let room = alice
         .create_encrypted_room(None, &["@bob:localhost".into()])
@@ -51,13 +59,14 @@ async fn setup() -> Setup {
     bob.join(&room).await.unwrap();
     bob.sync_once(Duration::ZERO).await.unwrap();
     alice.sync_once(Duration::ZERO).await.unwrap();
-    Setup {
+    let setup = Setup {
         hs,
         _dirs: dirs,
         alice,
         bob,
         room,
-    }
+    };
+    (setup, proxy)
 }
 
 /// Answers every new-device prompt with one decision and records what it was asked.
@@ -287,22 +296,9 @@ async fn a_message_queued_offline_is_sent_by_the_next_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_whose_answers_are_lost_reaches_the_room_once() {
-    use newt_e2e_tests::proxy::{Action, FaultProxy};
-    let hs = Synapse::start();
-    hs.register("alice", "alice-pw");
-    hs.register("bob", "bob-pw");
-    let dirs = tempfile::tempdir().unwrap();
-    let proxy = FaultProxy::start(&hs.base_url);
-    let alice = login(&proxy.base_url, &dirs.path().join("alice"), "alice").await;
-    let bob = login(&hs.base_url, &dirs.path().join("bob"), "bob").await;
-    let room = alice
-        .create_encrypted_room(None, &["@bob:localhost".into()])
-        .await
-        .unwrap();
-    bob.sync_once(Duration::ZERO).await.unwrap();
-    bob.join(&room).await.unwrap();
-    bob.sync_once(Duration::ZERO).await.unwrap();
-    alice.sync_once(Duration::ZERO).await.unwrap();
+    let (s, proxy) = setup_with_proxy(true).await;
+    let (alice, bob, room) = (&s.alice, &s.bob, s.room.clone());
+    let proxy = proxy.unwrap();
 
     // The server stores the event each time, but its answers never come back: the send
     // fails after its retries and stays queued; the retry later re-encrypts it, with the

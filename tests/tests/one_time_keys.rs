@@ -88,9 +88,7 @@ impl BackgroundScheduler for Scheduler {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_one_time_keys_fall_back_to_the_fallback_key() {
     let w = World::new(&["alice", "bob", "mallory"]);
-    let alice = w.login("alice", "alice").await;
-    let bob = w.login("bob", "bob").await;
-    let room = room_with(&alice, &[&bob]).await;
+    let (alice, bob, room) = w.alice_and_bob().await;
     let bob_device = bob.session().unwrap().device_id;
 
     let (taken, next) = exhaust(&w.hs.base_url, "mallory", "@bob:localhost", &bob_device);

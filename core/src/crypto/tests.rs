@@ -252,6 +252,14 @@ fn exchange(
         .decrypt_room_event(ROOM, &room_event(ROOM, &from.user(), event_id, content))
 }
 
+/// `err` is a withheld room key with this code.
+fn assert_withheld(err: &CryptoError, expected: &str) {
+    assert!(
+        matches!(err, CryptoError::Megolm(MegolmError::Withheld { code, .. }) if code == expected),
+        "expected withheld {expected}: {err:?}"
+    );
+}
+
 fn text(body: &str) -> Value {
     json!({"msgtype": "m.text", "body": body})
 }
@@ -1022,10 +1030,7 @@ fn devices_without_a_session_get_a_withheld_notice_once() {
         .machine
         .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$w", content))
         .unwrap_err();
-    assert!(
-        matches!(&err, CryptoError::Megolm(MegolmError::Withheld { code, .. }) if code == "m.no_olm"),
-        "{err:?}"
-    );
+    assert_withheld(&err, "m.no_olm");
     // Once per session: sharing again sends no second notice.
     assert!(
         alice
@@ -1075,10 +1080,7 @@ fn blacklisting_a_recipient_rotates_the_session_and_withholds_the_key() {
         .machine
         .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$b", content))
         .unwrap_err();
-    assert!(
-        matches!(&err, CryptoError::Megolm(MegolmError::Withheld { code, .. }) if code == "m.blacklisted"),
-        "{err:?}"
-    );
+    assert_withheld(&err, "m.blacklisted");
 }
 
 #[test]
@@ -1763,10 +1765,7 @@ fn sharing_with_verified_devices_only_withholds_unverified_ones_until_verified()
     let outcome = server.sync(&bob);
     assert_eq!(outcome.to_device[0].event_type, "m.room_key.withheld");
     let err = exchange(&alice, &bob, "secret", "$v1").unwrap_err();
-    assert!(
-        matches!(&err, CryptoError::Megolm(MegolmError::Withheld { code, .. }) if code == "m.unverified"),
-        "{err:?}"
-    );
+    assert_withheld(&err, "m.unverified");
     // Sharing again does not repeat the notice.
     alice
         .machine
