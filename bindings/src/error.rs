@@ -25,6 +25,12 @@ pub enum NewtError {
         /// The server's message.
         message: String,
     },
+    /// The homeserver's answer could not be used (malformed, or larger than Newt reads).
+    #[error("unusable server answer: {message}")]
+    InvalidResponse {
+        /// What is wrong with it.
+        message: String,
+    },
     /// The local store failed.
     #[error("store error: {message}")]
     Store {
@@ -92,7 +98,10 @@ impl From<HttpError> for NewtError {
                 message: "authentication required".into(),
             },
             HttpError::Request(message) => NewtError::InvalidInput { message },
-            HttpError::Response(message) => NewtError::Internal { message },
+            HttpError::Response(message) => NewtError::InvalidResponse { message },
+            too_large @ HttpError::TooLarge { .. } => NewtError::InvalidResponse {
+                message: too_large.to_string(),
+            },
         }
     }
 }
@@ -132,6 +141,7 @@ impl From<ClientError> for NewtError {
             },
             ClientError::UnknownDevices(devices) => NewtError::UnknownDevices { devices },
             ClientError::PromptDismissed => NewtError::PromptDismissed,
+            ClientError::InvalidResponse(message) => NewtError::InvalidResponse { message },
         }
     }
 }

@@ -13,12 +13,15 @@ mod common;
 
 use common::{read, sqlite};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use newt_core::crypto::{OlmMachine, OutgoingKind, RotationSettings, SyncChanges};
+use newt_core::crypto::{
+    KeysClaimResponse, KeysQueryResponse, KeysUploadResponse, OlmMachine, OutgoingKind,
+    RotationSettings, SIGNED_CURVE25519, SyncChanges,
+};
 use newt_core::store::MemoryStore;
 use ruma::api::IncomingResponseExt;
-use ruma::api::client::keys::{claim_keys, get_keys, upload_keys};
+use ruma::api::client::keys::{claim_keys, get_keys};
 use ruma::serde::Raw;
-use ruma::{OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId};
+use ruma::{OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId};
 use serde_json::Value;
 
 const USER: &str = "@alice:example.org";
@@ -35,9 +38,12 @@ fn machine_knowing(response: &get_keys::v3::Response) -> (OlmMachine, tempfile::
     let machine = OlmMachine::open(USER, DEVICE, store).unwrap();
     let users: Vec<String> = response.device_keys.keys().map(|u| u.to_string()).collect();
     machine.update_tracked_users(&users).unwrap();
+    let response = KeysQueryResponse::from(response);
     for request in machine.outgoing_requests().unwrap() {
         if matches!(request.kind, OutgoingKind::KeysQuery(_)) {
-            machine.mark_keys_query_sent(&request.id, response).unwrap();
+            machine
+                .mark_keys_query_sent(&request.id, &response)
+                .unwrap();
         }
     }
     (machine, dir)
@@ -104,7 +110,7 @@ fn share_with_2000_devices(c: &mut Criterion) {
     let (machine, _dir) = machine_knowing(&query);
     assert_eq!(
         machine
-            .mark_keys_claim_sent(&claim)
+            .mark_keys_claim_sent(&KeysClaimResponse::from(&claim))
             .unwrap()
             .sessions_created,
         2000
@@ -136,6 +142,10 @@ fn share_with_2000_devices(c: &mut Criterion) {
 fn device_lists_changed_500(c: &mut Criterion) {
     use newt_core::store::{Changes, TrackedUser, TrackingState};
     let users: Vec<String> = (0..500).map(|i| format!("@m{i}:example.org")).collect();
+    let changed: Vec<OwnedUserId> = users
+        .iter()
+        .map(|u| OwnedUserId::try_from(u.as_str()).unwrap())
+        .collect();
     // The users are tracked and up to date; the sync names all of them as changed. Measured:
     // marking them pending (one transaction with the sync token) and building the
     // `/keys/query` requests (250 users each, their state persisted as downloading).
@@ -160,17 +170,18 @@ fn device_lists_changed_500(c: &mut Criterion) {
                 let machine = OlmMachine::open(USER, DEVICE, store).unwrap();
                 // Own keys already published, so that only the queries are built.
                 assert_eq!(machine.outgoing_requests().unwrap().len(), 1);
-                let counts =
-                    BTreeMap::from([(OneTimeKeyAlgorithm::SignedCurve25519, 50u32.into())]);
+                let counts = BTreeMap::from([(SIGNED_CURVE25519.to_owned(), 50)]);
                 machine
-                    .mark_keys_upload_sent(&upload_keys::v3::Response::new(counts))
+                    .mark_keys_upload_sent(&KeysUploadResponse {
+                        one_time_key_counts: counts,
+                    })
                     .unwrap();
                 (machine, dir)
             },
             |(machine, dir)| {
                 machine
                     .receive_sync_changes(SyncChanges {
-                        changed_users: users.clone(),
+                        changed_users: changed.clone(),
                         next_batch: Some("s2".into()),
                         ..Default::default()
                     })

@@ -4,8 +4,13 @@
 //! the only part of Newt that does network I/O.
 
 mod hooks;
+mod late_keys;
+mod room_state;
 mod rooms;
 mod sync;
+mod sync_response;
+#[cfg(test)]
+mod tests;
 mod timeline;
 
 use std::collections::{HashMap, VecDeque};
@@ -16,14 +21,12 @@ use std::time::Duration;
 use ruma::api::client::session::login;
 use ruma::api::client::uiaa::{MatrixUserIdentifier, UserIdentifier};
 use tokio::sync::{Mutex as AsyncMutex, broadcast};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::crypto::{CryptoError, Device, OlmMachine};
 use crate::http::{HttpClient, HttpError};
-use crate::store::{
-    Changes, LocalTrust, SecretBlob, SqliteStore, Store, StoreError, StoreKey, UndecryptableEvent,
-};
+use crate::store::{Changes, LocalTrust, SecretBlob, SqliteStore, Store, StoreError, StoreKey};
 
 use hooks::Hooks;
 pub use hooks::{
@@ -31,6 +34,7 @@ pub use hooks::{
     TrustPolicyProvider, WakeupRequest,
 };
 pub use sync::SyncHandle;
+pub use sync_response::MAX_EVENT_BYTES;
 pub use timeline::TimelineEvent;
 
 const KEY_USER_ID: &str = "session.user_id";
@@ -64,10 +68,30 @@ pub enum ClientError {
     /// A prompt the operation needs was dismissed or no prompt handler is set.
     #[error("the operation needs an answer from the user, which was not given")]
     PromptDismissed,
+    /// A server answer could not be used at all (e.g. a `/sync` answer without a token).
+    #[error("invalid server answer: {0}")]
+    InvalidResponse(String),
 }
 
-/// Undecryptable events kept (in the store) for a retry when their key arrives.
-const MAX_UNDECRYPTABLE: u64 = 2000;
+impl ClientError {
+    /// Whether retrying the same operation later cannot help: the server refused it for good
+    /// (4xx other than 429), it was accepted but its answer is unreadable, or the app must
+    /// decide something first. Network and server failures, and our own store or crypto
+    /// failures, may go away: a queued message stays queued for them.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ClientError::Http(e) => !e.is_transient(),
+            ClientError::RoomNotEncrypted(_)
+            | ClientError::InvalidInput(_)
+            | ClientError::UnknownDevices(_)
+            | ClientError::PromptDismissed => true,
+            ClientError::Store(_)
+            | ClientError::Crypto(_)
+            | ClientError::NotLoggedIn
+            | ClientError::InvalidResponse(_) => false,
+        }
+    }
+}
 
 /// First wake-up delay for devices that got `m.no_olm`.
 const NO_OLM_FIRST_DELAY: Duration = Duration::from_secs(300);
@@ -134,6 +158,11 @@ pub struct Client {
     pub(crate) stored_events_checked: std::sync::atomic::AtomicBool,
     /// Messages a previous process left in the send queue were resumed (first sync).
     pub(crate) send_queue_resumed: std::sync::atomic::AtomicBool,
+    /// The last `/sync` answer was too large to read: ask for a smaller one.
+    pub(crate) sync_answer_too_large: std::sync::atomic::AtomicBool,
+    /// A key query found new devices since the last sync (kept events of sessions whose
+    /// sender was unknown are retried).
+    pub(crate) new_devices_learned: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Client {
@@ -167,6 +196,8 @@ impl Client {
             no_olm_retry: Mutex::new(NoOlmRetry::default()),
             stored_events_checked: std::sync::atomic::AtomicBool::new(false),
             send_queue_resumed: std::sync::atomic::AtomicBool::new(false),
+            sync_answer_too_large: std::sync::atomic::AtomicBool::new(false),
+            new_devices_learned: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -350,55 +381,16 @@ impl Client {
         let _ = self.timeline.send(item);
     }
 
-    /// A record of an event whose key is missing, to store so that it is decrypted when the
-    /// key arrives (also after a restart). `None` if it names no session.
-    pub(crate) fn undecryptable_record(
-        room_id: &str,
-        event: &serde_json::Value,
-    ) -> Option<UndecryptableEvent> {
-        Some(UndecryptableEvent {
-            room_id: room_id.to_owned(),
-            session_id: event["content"]["session_id"].as_str()?.to_owned(),
-            event_id: event["event_id"].as_str()?.to_owned(),
-            event_json: event.to_string(),
-        })
-    }
-
-    /// Store undecryptable events; beyond [`MAX_UNDECRYPTABLE`] in all, the oldest are
-    /// forgotten (they are no longer retried when a key arrives).
-    pub(crate) fn keep_undecryptable(
-        &self,
-        mut events: Vec<UndecryptableEvent>,
-    ) -> Result<(), ClientError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        if events.len() as u64 > MAX_UNDECRYPTABLE {
-            events.drain(..events.len() - MAX_UNDECRYPTABLE as usize);
-        }
-        let over = (self.store.undecryptable_event_count()? + events.len() as u64)
-            .saturating_sub(MAX_UNDECRYPTABLE);
-        let mut evicted = if over > 0 {
-            debug!(evicted = over, "forgetting the oldest undecryptable events");
-            self.store.oldest_undecryptable_events(over)?
-        } else {
-            Vec::new()
-        };
-        evicted.retain(|(room, id)| {
-            !events
-                .iter()
-                .any(|e| &e.room_id == room && &e.event_id == id)
-        });
-        self.store.save_changes(Changes {
-            undecryptable_events: events,
-            resolved_events: evicted,
-            ..Default::default()
-        })?;
-        Ok(())
-    }
-
     pub(crate) fn hooks(&self) -> Hooks {
         self.hooks.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The app's trust policy for a room (the default without a provider).
+    pub(crate) fn policy_of(&self, room_id: &str) -> TrustPolicy {
+        self.hooks()
+            .trust_policy
+            .map(|p| p.policy_for_room(room_id))
+            .unwrap_or_default()
     }
 
     /// Share room keys only with devices the user verified (remembered in the store). The
@@ -564,14 +556,19 @@ impl Client {
         Ok((done, left))
     }
 
-    /// Send the queued messages, oldest first, until one fails transiently. Returns
-    /// `(sent, still queued, the transient error)`; messages that fail for good (e.g. we
-    /// were removed from the room) are dropped so they do not block the rest.
+    /// Send the queued messages, oldest first. A message that fails for a reason that may go
+    /// away stays queued, and the later messages of its room wait behind it (order is kept);
+    /// other rooms go on. One that fails for good (e.g. we were removed from the room) is
+    /// dropped. Returns `(sent, still queued, the first error worth a retry)`.
     pub(crate) async fn send_queued(&self) -> Result<(u32, u32, Option<ClientError>), ClientError> {
         let queued = self.store.queued_sends()?;
-        let total = queued.len() as u32;
         let mut sent = 0;
-        for q in queued {
+        let mut blocked: std::collections::HashSet<String> = Default::default();
+        let mut retry_error = None;
+        for q in &queued {
+            if blocked.contains(&q.room_id) {
+                continue;
+            }
             let finished = match serde_json::from_slice::<serde_json::Value>(q.content.as_bytes()) {
                 Err(e) => {
                     warn!(error = %e, "a queued message is unreadable; dropped");
@@ -585,24 +582,27 @@ impl Client {
                         sent += 1;
                         true
                     }
-                    Err(e) if is_transient(&e) => {
-                        let left = total - sent;
-                        return Ok((sent, left, Some(e)));
-                    }
-                    Err(e) => {
+                    Err(e) if e.is_permanent() => {
                         warn!(error = %e, "a queued message failed for good; dropped");
                         true
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "a queued message stays queued");
+                        blocked.insert(q.room_id.clone());
+                        retry_error.get_or_insert(e);
+                        false
                     }
                 },
             };
             if finished {
                 self.store.save_changes(Changes {
-                    finished_sends: vec![q.txn_id],
+                    finished_sends: vec![q.txn_id.clone()],
                     ..Default::default()
                 })?;
             }
         }
-        Ok((sent, 0, None))
+        let left = self.store.queued_sends()?.len() as u32;
+        Ok((sent, left, retry_error))
     }
 
     /// Run the work that was waiting for a wake-up: crypto requests that failed to go out and
@@ -617,13 +617,9 @@ impl Client {
         }
         let after = self.store.pending_to_device()?.len();
         report.completed += before.saturating_sub(after) as u32;
-        let mut queued_left = self.store.queued_sends()?.len() as u32;
-        if last_error.is_none() {
-            let (sent, left, error) = self.send_queued().await?;
-            report.completed += sent;
-            queued_left = left;
-            last_error = error;
-        }
+        let (sent, queued_left, error) = self.send_queued().await?;
+        report.completed += sent;
+        last_error = last_error.or(error);
         let mut without_olm = 0;
         if !last_error.as_ref().is_some_and(is_transient) {
             match self.retry_devices_without_olm().await {
@@ -684,23 +680,35 @@ impl Client {
         Ok(())
     }
 
-    /// Send everything the crypto machine is waiting to send.
+    /// Send everything the crypto machine is waiting to send. Each request succeeds or fails
+    /// alone: one that fails does not keep the others from going out (a to-device message
+    /// the server refuses for good is dropped). Returns the first failure, after trying all.
     pub async fn send_outgoing(&self) -> Result<(), ClientError> {
         let _guard = self.outgoing.lock().await;
         let machine = self.machine()?;
+        let mut first_error = None;
+        // Answers may produce more requests (e.g. more one-time keys): a few rounds.
         for _ in 0..4 {
             let requests = machine.outgoing_requests()?;
             if requests.is_empty() {
                 break;
             }
             let mut unreported = Unreported::new(&machine, &requests);
+            let mut failed = false;
             for request in requests {
                 let id = request.id.clone();
-                self.send_request(&machine, request).await?;
+                if let Err(e) = self.send_request(&machine, request).await {
+                    warn!(error = %e, "a crypto request failed");
+                    failed = true;
+                    first_error.get_or_insert(e);
+                }
                 unreported.done(&id);
             }
+            if failed {
+                break;
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -738,7 +746,7 @@ impl Drop for Unreported<'_> {
         for (id, upload) in self.ids.drain(..) {
             if upload {
                 self.machine.mark_upload_failed();
-            } else if let Err(e) = self.machine.mark_query_failed(&id) {
+            } else if let Err(e) = self.machine.mark_query_failed(&id, false) {
                 warn!(error = %e, "could not return an unsent key query");
             }
         }

@@ -1,7 +1,5 @@
 //! Rooms: creating, joining, member lists and sending encrypted messages.
 
-use std::time::Duration;
-
 use ruma::api::client::membership::{
     get_member_events, invite_user, join_room_by_id_or_alias, leave_room,
 };
@@ -13,41 +11,14 @@ use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use super::hooks::{Prompt, PromptAnswer};
+use super::room_state::apply_state;
 use super::{Client, ClientError, is_transient};
-use crate::crypto::{OlmMachine, OutgoingKind, OutgoingRequest, RotationSettings};
-use crate::http::HttpError;
+use crate::crypto::{
+    KeysClaimResponse, KeysQueryResponse, KeysUploadResponse, OlmMachine, OutgoingKind,
+    OutgoingRequest, RotationSettings,
+};
+use crate::http::{HttpError, MAX_BODY_BYTES, with_retry};
 use crate::store::{Changes, LocalTrust, MemberRecord, QueuedSend, RoomRecord, SecretBlob};
-
-/// Attempts for a request that fails transiently (network, 429, 5xx).
-const ATTEMPTS: u32 = 4;
-
-/// Run `f` until it succeeds, fails for good, or attempts run out (backoff 0.5 s, 1 s, 2 s).
-pub(crate) async fn with_retry<T, F, Fut>(mut f: F) -> Result<T, HttpError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, HttpError>>,
-{
-    let mut delay = Duration::from_millis(500);
-    let mut attempt = 1;
-    loop {
-        match f().await {
-            Err(e) if e.is_transient() && attempt < ATTEMPTS => {
-                let wait = match &e {
-                    HttpError::Server {
-                        retry_after_ms: Some(ms),
-                        ..
-                    } => Duration::from_millis(*ms),
-                    _ => delay,
-                };
-                warn!(attempt, error = %e, "transient failure, retrying");
-                tokio::time::sleep(wait).await;
-                delay *= 2;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
 
 fn parse_room_id(room_id: &str) -> Result<OwnedRoomId, ClientError> {
     OwnedRoomId::try_from(room_id).map_err(|e| ClientError::InvalidInput(format!("room id: {e}")))
@@ -64,56 +35,96 @@ pub(crate) fn recipients(room: &RoomRecord, members: &[MemberRecord]) -> Vec<Str
 }
 
 impl Client {
-    /// Send one request of the crypto machine and report the answer back to it.
+    /// Send one request of the crypto machine and report the answer back to it. Answers are
+    /// parsed leniently (an invalid entry is left out, not the whole answer refused).
     pub(crate) async fn send_request(
         &self,
         machine: &OlmMachine,
         request: OutgoingRequest,
     ) -> Result<(), ClientError> {
         match request.kind {
-            OutgoingKind::KeysUpload(r) => match with_retry(|| self.http.send(r.clone())).await {
-                Ok(response) => machine.mark_keys_upload_sent(&response)?,
+            OutgoingKind::KeysUpload(r) => match self.send_raw(r).await {
+                Ok(body) => {
+                    machine.mark_keys_upload_sent(&KeysUploadResponse::from_json(&body)?)?
+                }
                 Err(e) => {
                     machine.mark_upload_failed();
                     return Err(e.into());
                 }
             },
-            OutgoingKind::KeysQuery(r) => match with_retry(|| self.http.send(r.clone())).await {
-                Ok(response) => {
-                    let outcome = machine.mark_keys_query_sent(&request.id, &response)?;
-                    debug!(
-                        updated = outcome.updated_devices,
-                        new = outcome.new_devices.len(),
-                        removed = outcome.removed_devices.len(),
-                        rejected = outcome.rejected.len(),
-                        "keys query"
-                    );
-                    if !outcome.new_devices.is_empty() {
-                        self.rooms_with_new_devices
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .extend(outcome.affected_rooms);
-                    }
+            OutgoingKind::KeysQuery(r) => match self.send_raw(r).await {
+                Ok(body) => {
+                    let response = KeysQueryResponse::from_json(&body);
+                    let response = match response {
+                        Ok(r) => r,
+                        Err(e) => {
+                            machine.mark_query_failed(&request.id, true)?;
+                            return Err(e.into());
+                        }
+                    };
+                    self.keys_query_answered(machine, &request.id, &response)?;
                 }
                 Err(e) => {
-                    machine.mark_query_failed(&request.id)?;
+                    machine.mark_query_failed(&request.id, !e.is_transient())?;
                     return Err(e.into());
                 }
             },
             OutgoingKind::KeysClaim(r) => {
-                let response = with_retry(|| self.http.send(r.clone())).await?;
-                let outcome = machine.mark_keys_claim_sent(&response)?;
+                let body = self.send_raw(r).await?;
+                let outcome =
+                    machine.mark_keys_claim_sent(&KeysClaimResponse::from_json(&body)?)?;
                 debug!(
                     created = outcome.sessions_created,
                     failed = outcome.failed.len(),
                     "keys claim"
                 );
             }
-            OutgoingKind::ToDevice(r) => {
+            OutgoingKind::ToDevice(r) => match self.send_raw(r).await {
                 // Same transaction id on every retry: the server delivers it once.
-                with_retry(|| self.http.send(r.clone())).await?;
-                machine.mark_to_device_sent(&request.id)?;
-            }
+                Ok(_) => machine.mark_to_device_sent(&request.id)?,
+                Err(e) if e.is_transient() => return Err(e.into()),
+                // Refused for good: dropped, so that it does not hold up the others.
+                Err(_) => machine.mark_to_device_failed(&request.id)?,
+            },
+        }
+        Ok(())
+    }
+
+    /// Send with retries on transient failures; the body of the answer.
+    async fn send_raw<R>(&self, request: R) -> Result<bytes::Bytes, HttpError>
+    where
+        R: ruma::api::OutgoingRequest + Clone,
+        for<'a> R::Authentication: ruma::api::auth_scheme::AuthScheme<
+                Input<'a> = ruma::api::auth_scheme::SendAccessToken<'a>,
+            >,
+        for<'a> R::PathBuilder: ruma::api::path_builder::PathBuilder<
+                Input<'a> = std::borrow::Cow<'a, ruma::api::SupportedVersions>,
+            >,
+    {
+        with_retry(|| self.http.send_raw(request.clone(), MAX_BODY_BYTES)).await
+    }
+
+    fn keys_query_answered(
+        &self,
+        machine: &OlmMachine,
+        request_id: &str,
+        response: &KeysQueryResponse,
+    ) -> Result<(), ClientError> {
+        let outcome = machine.mark_keys_query_sent(request_id, response)?;
+        debug!(
+            updated = outcome.updated_devices,
+            new = outcome.new_devices.len(),
+            removed = outcome.removed_devices.len(),
+            rejected = outcome.rejected.len(),
+            "keys query"
+        );
+        if !outcome.new_devices.is_empty() {
+            self.new_devices_learned
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.rooms_with_new_devices
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(outcome.affected_rooms);
         }
         Ok(())
     }
@@ -212,6 +223,10 @@ impl Client {
             room_id: room_id.clone(),
             ..Default::default()
         });
+        if record.own_membership.as_deref() != Some("join") {
+            // Member changes while we were not joined were not seen: load the list again.
+            record.members_synced = false;
+        }
         record.own_membership = Some("join".into());
         self.store.save_changes(Changes {
             rooms: vec![record],
@@ -228,6 +243,7 @@ impl Client {
         with_retry(|| self.http.send(leave_room::v3::Request::new(room.clone()))).await?;
         if let Some(mut record) = self.store.room(room_id)? {
             record.own_membership = Some("leave".into());
+            record.members_synced = false;
             self.store.save_changes(Changes {
                 rooms: vec![record],
                 ..Default::default()
@@ -276,7 +292,9 @@ impl Client {
         Ok(())
     }
 
-    /// Load the full member list (`/members`) once per room, then sync keeps it current.
+    /// Load the full member list (`/members`) once per room (again after each join), then
+    /// sync keeps it current. The answer replaces every member record of the room, so
+    /// nothing learned earlier (e.g. from an invite) outlives it.
     async fn ensure_members(&self, room: &RoomRecord) -> Result<(), ClientError> {
         if room.members_synced {
             return Ok(());
@@ -287,29 +305,25 @@ impl Client {
                 .send(get_member_events::v3::Request::new(room_id.clone()))
         })
         .await?;
-        let mut changes = Changes::default();
+        let mut changes = Changes {
+            replaced_member_lists: vec![room.room_id.clone()],
+            ..Default::default()
+        };
+        let mut record = RoomRecord {
+            members_synced: true,
+            ..room.clone()
+        };
+        let own_membership = record.own_membership.clone();
         for event in &response.chunk {
             let Ok(event) = serde_json::from_str::<Value>(event.json().get()) else {
                 continue;
             };
-            if let (Some(user), Some(membership)) = (
-                event.get("state_key").and_then(Value::as_str),
-                event
-                    .get("content")
-                    .and_then(|c| c.get("membership"))
-                    .and_then(Value::as_str),
-            ) {
-                changes.members.push(MemberRecord {
-                    room_id: room.room_id.clone(),
-                    user_id: user.into(),
-                    membership: membership.into(),
-                });
+            if event.get("type").and_then(Value::as_str) == Some("m.room.member") {
+                apply_state(&mut record, &mut changes.members, &event, "");
             }
         }
-        changes.rooms.push(RoomRecord {
-            members_synced: true,
-            ..room.clone()
-        });
+        record.own_membership = own_membership;
+        changes.rooms.push(record);
         self.store.save_changes(changes)?;
         Ok(())
     }
@@ -328,12 +342,18 @@ impl Client {
         let room = self.store.room(room_id)?.unwrap_or(room);
         let users = recipients(&room, &self.store.members(room_id)?);
         machine.update_tracked_users(&users)?;
-        self.send_outgoing().await?;
+        // A request the server refuses for good must not stop the message: the devices it
+        // concerns get `m.no_olm` (or keep what we knew of them); network failures do.
+        if let Err(e) = self.send_outgoing().await {
+            transient_or_logged(e)?;
+        }
         if self.hooks().ask_about_new_devices {
             self.decide_new_devices(&machine, &users).await?;
         }
-        if let Some(claim) = machine.missing_sessions(&users)? {
-            self.send_request(&machine, claim).await?;
+        if let Some(claim) = machine.missing_sessions(&users)?
+            && let Err(e) = self.send_request(&machine, claim).await
+        {
+            transient_or_logged(e)?;
         }
         let settings = serde_json::from_str::<Value>(&encryption)
             .map(|c| RotationSettings::from_encryption_content(&c))
@@ -342,7 +362,9 @@ impl Client {
         {
             let _guard = self.outgoing.lock().await;
             for request in requests {
-                self.send_request(&machine, request).await?;
+                if let Err(e) = self.send_request(&machine, request).await {
+                    transient_or_logged(e)?;
+                }
             }
         }
         if !machine.devices_without_olm(room_id)?.is_empty() {
@@ -496,8 +518,24 @@ impl Client {
             MessageLikeEventType::RoomEncrypted,
             body,
         );
-        let response = with_retry(|| self.http.send(request.clone())).await?;
+        let body = with_retry(|| self.http.send_raw(request.clone(), MAX_BODY_BYTES)).await?;
         debug!(room_id, "sent encrypted message");
-        Ok(response.event_id.to_string())
+        // The server has the event now; an answer without a valid event id is its problem.
+        serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("event_id")?.as_str().map(str::to_owned))
+            .filter(|id| ruma::EventId::parse(id).is_ok())
+            .ok_or_else(|| HttpError::Response("no valid event_id in the answer".into()).into())
+    }
+}
+
+/// A transient failure is returned (the operation is retried later); any other is logged and
+/// the operation goes on without what failed.
+fn transient_or_logged(e: ClientError) -> Result<(), ClientError> {
+    if e.is_permanent() {
+        warn!(error = %e, "a crypto request failed for good; going on without it");
+        Ok(())
+    } else {
+        Err(e)
     }
 }

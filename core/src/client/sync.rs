@@ -1,76 +1,38 @@
-//! The sync loop: `/sync` responses into the crypto machine, the store and the timeline.
+//! The sync loop: `/sync` answers into the crypto machine, the store and the timeline.
+//!
+//! [`Client::sync_once`] reads as its steps: send what is pending, fetch the answer (parsed
+//! leniently, [`super::sync_response`]), fill timeline gaps, apply it in one transaction
+//! ([`Client::apply_sync`]), then the network follow-ups ([`Client::after_sync`]).
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ruma::api::client::filter::{FilterDefinition, LazyLoadOptions};
 use ruma::api::client::message::get_message_events;
 use ruma::api::client::sync::sync_events;
-use ruma::serde::Raw;
 use ruma::{OwnedRoomId, UInt};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use super::room_state::room_changes;
 use super::rooms::recipients;
+use super::sync_response::{JoinedRoom, SyncResponse};
 use super::timeline::TimelineEvent;
 use super::{Client, ClientError};
-use crate::crypto::SyncChanges;
-use crate::store::{Changes, MemberRecord, RoomRecord};
+use crate::crypto::{OlmMachine, SyncBatch, SyncChanges};
+use crate::http::{HttpError, MAX_BODY_BYTES, with_retry};
+use crate::store::{Changes, MemberRecord};
 
 /// Timeline events per room per sync; older ones are fetched with `/messages`.
 const TIMELINE_LIMIT: u32 = 50;
+/// Timeline limit after an answer was too large to read (gaps are filled page by page).
+const SMALL_TIMELINE_LIMIT: u32 = 1;
 /// At most this many `/messages` pages (of 100) to fill one gap.
 const MAX_BACKFILL_PAGES: usize = 20;
-
-fn json<T>(raw: &Raw<T>) -> Option<Value> {
-    serde_json::from_str(raw.json().get()).ok()
-}
-
-/// Apply one state event to the room and member records being built.
-fn apply_state(
-    room: &mut RoomRecord,
-    members: &mut Vec<MemberRecord>,
-    event: &Value,
-    own_user: &str,
-) {
-    let event_type = event
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let Some(state_key) = event.get("state_key").and_then(Value::as_str) else {
-        return;
-    };
-    let content = event.get("content").cloned().unwrap_or(Value::Null);
-    match event_type {
-        // Encryption can never be turned off; the first setting stays.
-        "m.room.encryption" if room.encryption.is_none() && content.get("algorithm").is_some() => {
-            room.encryption = Some(content.to_string());
-        }
-        "m.room.history_visibility" => {
-            room.history_visibility = content
-                .get("history_visibility")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-        }
-        "m.room.member" => {
-            if let Some(membership) = content.get("membership").and_then(Value::as_str) {
-                if state_key == own_user {
-                    room.own_membership = Some(membership.to_owned());
-                }
-                members.retain(|m| m.user_id != state_key);
-                members.push(MemberRecord {
-                    room_id: room.room_id.clone(),
-                    user_id: state_key.to_owned(),
-                    membership: membership.to_owned(),
-                });
-            }
-        }
-        _ => {}
-    }
-}
 
 /// Stops the background sync loop when dropped or stopped.
 pub struct SyncHandle {
@@ -97,6 +59,15 @@ impl Drop for SyncHandle {
     }
 }
 
+/// What decrypting the timelines of one answer produced.
+#[derive(Default)]
+struct Timelines {
+    /// Items to publish once the answer is committed.
+    items: Vec<TimelineEvent>,
+    /// Their event ids (late-key retries skip them).
+    event_ids: HashSet<String>,
+}
+
 impl Client {
     /// Run one `/sync` (long-polling up to `timeout`) and process it completely.
     pub async fn sync_once(&self, timeout: Duration) -> Result<(), ClientError> {
@@ -106,223 +77,155 @@ impl Client {
             warn!(error = %e, "sending pending crypto requests failed; will retry");
         }
         let since = self.store.sync_token()?;
+        let mut sync = self.fetch_sync(since.clone(), timeout).await?;
+        if let Some(since) = &since {
+            self.fill_gaps(&mut sync, since).await;
+        }
+        self.apply_sync(&machine, sync)?;
+        self.after_sync(&machine).await
+    }
+
+    /// Fetch one answer. After an answer too large to read, the next asks for a smaller
+    /// timeline (the gaps are filled page by page), so that sync moves on.
+    async fn fetch_sync(
+        &self,
+        since: Option<String>,
+        timeout: Duration,
+    ) -> Result<SyncResponse, ClientError> {
+        let shrink = self.sync_answer_too_large.load(Ordering::SeqCst);
+        let limit = if shrink {
+            SMALL_TIMELINE_LIMIT
+        } else {
+            TIMELINE_LIMIT
+        };
         let mut request = sync_events::v3::Request::new();
-        request.since = since.clone();
+        request.since = since;
         request.timeout = Some(timeout);
         let mut filter = FilterDefinition::default();
         filter.room.state.lazy_load_options = LazyLoadOptions::Enabled {
             include_redundant_members: false,
         };
-        filter.room.timeline.limit = Some(UInt::from(TIMELINE_LIMIT));
+        filter.room.timeline.limit = Some(UInt::from(limit));
         request.filter = Some(sync_events::v3::Filter::FilterDefinition(filter));
-        let response = self.http.send(request).await?;
+        let body = match self.http.send_raw(request, MAX_BODY_BYTES).await {
+            Err(e @ HttpError::TooLarge { .. }) => {
+                self.sync_answer_too_large.store(true, Ordering::SeqCst);
+                return Err(e.into());
+            }
+            other => other?,
+        };
+        self.sync_answer_too_large.store(false, Ordering::SeqCst);
+        SyncResponse::parse(&body)
+    }
 
-        let own_user = machine.user_id().to_owned();
-        let mut extra = Changes::default();
-        let mut timelines: Vec<(String, Vec<Value>)> = Vec::new();
-        let mut encrypted_rooms = Vec::new();
-        for (room_id, joined) in &response.rooms.join {
-            let room_id = room_id.to_string();
-            let mut room = self.store.room(&room_id)?.unwrap_or_else(|| RoomRecord {
-                room_id: room_id.clone(),
-                ..Default::default()
-            });
-            room.own_membership = Some("join".into());
-            let mut members = Vec::new();
-            let state_events = match &joined.state {
-                sync_events::v3::State::Before(s) | sync_events::v3::State::After(s) => &s.events,
-                _ => &Vec::new(),
-            };
-            for event in state_events.iter().filter_map(json) {
-                apply_state(&mut room, &mut members, &event, &own_user);
-            }
-            let mut events: Vec<Value> = joined.timeline.events.iter().filter_map(json).collect();
-            if let (true, Some(since), Some(prev_batch)) =
-                (joined.timeline.limited, &since, &joined.timeline.prev_batch)
-            {
-                // The server skipped events since our last sync: fetch the gap so that no
-                // message is lost and order is kept.
-                let mut gap = self.backfill(&room_id, prev_batch, since).await?;
-                gap.append(&mut events);
-                events = gap;
-            }
-            for event in events.iter().filter(|e| e.get("state_key").is_some()) {
-                apply_state(&mut room, &mut members, event, &own_user);
-            }
-            if room.encryption.is_some() {
-                encrypted_rooms.push(room_id.clone());
-            }
-            extra.members.extend(members);
-            extra.rooms.push(room);
-            timelines.push((room_id, events));
-        }
-        for (room_id, invited) in &response.rooms.invite {
-            let room_id = room_id.to_string();
-            let mut room = self.store.room(&room_id)?.unwrap_or_else(|| RoomRecord {
-                room_id: room_id.clone(),
-                ..Default::default()
-            });
-            let mut members = Vec::new();
-            for event in invited.invite_state.events.iter().filter_map(json) {
-                apply_state(&mut room, &mut members, &event, &own_user);
-            }
-            room.own_membership = Some("invite".into());
-            extra.members.extend(members);
-            extra.rooms.push(room);
-        }
-        for room_id in response.rooms.leave.keys() {
-            if let Some(mut room) = self.store.room(room_id.as_str())? {
-                room.own_membership = Some("leave".into());
-                extra.rooms.push(room);
-            }
-        }
+    /// Apply an answer body without the network (tests; what a background decryptor feeds).
+    #[cfg(test)]
+    pub(crate) fn receive_sync_response(&self, body: &[u8]) -> Result<(), ClientError> {
+        let machine = self.machine()?;
+        self.apply_sync(&machine, SyncResponse::parse(body)?)
+    }
 
+    /// Everything the answer carries, stored in one transaction with its sync token: to-device
+    /// events, device lists, room state, tracking of the encrypted rooms' members, replay
+    /// records, key requests and the undecryptable events kept for late keys. Then the
+    /// timeline items are published and kept events whose keys arrived are retried.
+    fn apply_sync(&self, machine: &Arc<OlmMachine>, sync: SyncResponse) -> Result<(), ClientError> {
+        let (extra, encrypted_rooms) = room_changes(&*self.store, &sync, machine.user_id())?;
         let changes = SyncChanges {
-            to_device_events: response.to_device.events.iter().filter_map(json).collect(),
-            changed_users: response
-                .device_lists
-                .changed
-                .iter()
-                .map(|u| u.to_string())
-                .collect(),
-            left_users: response
-                .device_lists
-                .left
-                .iter()
-                .map(|u| u.to_string())
-                .collect(),
-            one_time_key_counts: Some(
-                response
-                    .device_one_time_keys_count
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), u64::from(*v)))
-                    .collect::<BTreeMap<_, _>>(),
-            ),
-            unused_fallback_key_types: response
-                .device_unused_fallback_key_types
-                .as_ref()
-                .map(|types| types.iter().map(|t| t.to_string()).collect()),
-            next_batch: Some(response.next_batch.clone()),
+            to_device_events: sync.to_device,
+            changed_users: sync.changed_users,
+            left_users: sync.left_users,
+            one_time_key_counts: sync.one_time_key_counts,
+            unused_fallback_key_types: sync.unused_fallback_key_types,
+            next_batch: Some(sync.next_batch),
             extra,
         };
-        let outcome = machine.receive_sync_changes(changes)?;
-        self.ask_about_key_share_requests(&machine)?;
-        debug!(
-            to_device = outcome.to_device.len(),
-            room_keys = outcome.room_keys.len(),
-            "sync processed"
-        );
-        let provider = self.hooks().trust_policy;
-        let policy_of = |room_id: &str| {
-            provider
-                .as_ref()
-                .map(|p| p.policy_for_room(room_id))
-                .unwrap_or_default()
-        };
-        // Late keys: events that could not be decrypted before (stored, so also those of an
-        // earlier run) are retried now. The first sync of a process also retries stored
-        // events whose key is already there (it arrived just before the process died),
-        // re-delivering only those that now decrypt.
-        let mut retry: Vec<(String, String, bool)> = outcome
-            .room_keys
-            .iter()
-            .map(|k| (k.room_id.clone(), k.session_id.clone(), false))
-            .collect();
-        if !self
-            .stored_events_checked
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            for (room_id, session_id) in self.store.undecryptable_sessions()? {
-                if self
-                    .store
-                    .inbound_group_session(&room_id, &session_id)?
-                    .is_some()
-                {
-                    retry.push((room_id, session_id, true));
-                }
-            }
+        let mut batch = machine.begin_sync(changes)?;
+        self.track_members(&mut batch, &encrypted_rooms)?;
+        let timelines = self.decrypt_timelines(&mut batch, &sync.joined)?;
+        let outcome = batch.commit()?;
+        crash_point();
+        for item in timelines.items {
+            self.publish(item);
         }
-        let mut resolved = Vec::new();
-        for (room_id, session_id, only_if_decrypted) in &retry {
-            for waiting in self.store.undecryptable_events(room_id, session_id)? {
-                let Ok(event) = serde_json::from_str::<Value>(&waiting.event_json) else {
-                    resolved.push((waiting.room_id, waiting.event_id));
+        self.retry_late_keys(machine, &outcome, &timelines.event_ids)
+    }
+
+    /// Track the recipients of every encrypted room of the answer (with its own member
+    /// changes).
+    fn track_members(
+        &self,
+        batch: &mut SyncBatch<'_>,
+        rooms: &[String],
+    ) -> Result<(), ClientError> {
+        for room_id in rooms {
+            let pending = batch.pending();
+            let Some(room) = pending.rooms.iter().rev().find(|r| &r.room_id == room_id) else {
+                continue;
+            };
+            let mut members: Vec<MemberRecord> = self.store.members(room_id)?;
+            for m in pending.members.iter().filter(|m| &m.room_id == room_id) {
+                members.retain(|old| old.user_id != m.user_id);
+                members.push(m.clone());
+            }
+            let users = recipients(room, &members);
+            batch.track_users(&users)?;
+        }
+        Ok(())
+    }
+
+    /// Decrypt the timelines with the batch's keys. Events that may still get a key are
+    /// kept (with the batch) and their key is asked for.
+    fn decrypt_timelines(
+        &self,
+        batch: &mut SyncBatch<'_>,
+        joined: &[JoinedRoom],
+    ) -> Result<Timelines, ClientError> {
+        let mut out = Timelines::default();
+        let mut kept = Vec::new();
+        for room in joined {
+            let room_id = room.room_id.as_str();
+            let policy = self.policy_of(room_id);
+            for event in &room.timeline {
+                let Some(item) = TimelineEvent::from_sync(batch, room_id, event, policy)? else {
                     continue;
                 };
-                let item = TimelineEvent::from_sync(&machine, room_id, &event, policy_of(room_id))?;
-                let Some(mut item) = item else {
-                    resolved.push((waiting.room_id, waiting.event_id));
-                    continue;
-                };
-                if *only_if_decrypted && !item.decrypted {
-                    continue;
+                if item.waiting_for_key {
+                    kept.extend(Self::undecryptable_record(room_id, event));
+                    request_key(batch, &room.room_id, &item, event)?;
                 }
-                // Delivered again either way: decrypted, or with the new reason (e.g. the
-                // key arrived but starts after this message). Kept while a better key may
-                // still come.
-                item.is_update = true;
-                if !item.waiting_for_key {
-                    resolved.push((waiting.room_id.clone(), waiting.event_id.clone()));
-                }
-                self.publish(item);
+                out.event_ids.insert(item.event_id.clone());
+                out.items.push(item);
             }
         }
-        if !resolved.is_empty() {
-            self.store.save_changes(Changes {
-                resolved_events: resolved,
-                ..Default::default()
-            })?;
-        }
+        batch.keep(Changes {
+            undecryptable_events: kept,
+            ..Default::default()
+        });
+        Ok(out)
+    }
+
+    /// The network follow-ups of a committed answer: prompts about key requests, repair of
+    /// broken Olm channels, pending requests, keys for new devices, the send queue.
+    async fn after_sync(&self, machine: &Arc<OlmMachine>) -> Result<(), ClientError> {
+        self.ask_about_key_share_requests(machine)?;
         // Olm channels that broke are repaired (new session + m.dummy), and own devices we
         // answer key requests of get a session.
         if let Some(claim) = machine.session_repair_request()?
-            && let Err(e) = self.send_request(&machine, claim).await
+            && let Err(e) = self.send_request(machine, claim).await
         {
             warn!(error = %e, "unwedging failed; will retry");
         }
-
-        for room_id in &encrypted_rooms {
-            if let Some(room) = self.store.room(room_id)? {
-                let users = recipients(&room, &self.store.members(room_id)?);
-                machine.update_tracked_users(&users)?;
-            }
-        }
-        let mut undecryptable = Vec::new();
-        for (room_id, events) in timelines {
-            if events.is_empty() {
-                continue;
-            }
-            let policy = policy_of(&room_id);
-            for event in &events {
-                if let Some(item) = TimelineEvent::from_sync(&machine, &room_id, event, policy)? {
-                    if item.waiting_for_key {
-                        undecryptable.extend(Self::undecryptable_record(&room_id, event));
-                        // Our other devices may have the key (seed 004: key sharing).
-                        let content = &event["content"];
-                        if let (Some(session_id), Some(sender_key)) = (
-                            content["session_id"].as_str(),
-                            content["sender_key"].as_str(),
-                        ) {
-                            let sender =
-                                event["sender"].as_str().zip(content["device_id"].as_str());
-                            machine.request_room_key(&room_id, session_id, sender_key, sender)?;
-                        }
-                    }
-                    self.publish(item);
-                }
-            }
-        }
-        self.keep_undecryptable(undecryptable)?;
         if let Err(e) = self.send_outgoing().await {
             warn!(error = %e, "sending crypto requests failed; will retry");
             self.schedule_retry(&e, "pending encryption requests");
         }
+        if self.new_devices_learned.swap(false, Ordering::SeqCst) {
+            self.retry_unconfirmed_senders(machine)?;
+        }
         self.share_with_new_devices().await;
         // Messages a previous process could not send (it died, or the network was gone).
-        if !self
-            .send_queue_resumed
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
+        if !self.send_queue_resumed.swap(true, Ordering::SeqCst) {
             match self.send_queued().await {
                 Ok((_, _, Some(e))) => self.schedule_retry(&e, "message send failed"),
                 Ok(_) => {}
@@ -332,15 +235,33 @@ impl Client {
         Ok(())
     }
 
-    /// Events of `room_id` between the sync token `since` and `prev_batch`, oldest first.
+    /// Fill the gaps of limited timelines with `/messages`, so that no message is skipped
+    /// and order is kept. A room whose gap cannot be filled keeps its gap (logged): one room
+    /// never holds up the sync.
+    async fn fill_gaps(&self, sync: &mut SyncResponse, since: &str) {
+        for room in &mut sync.joined {
+            let Some(prev_batch) = room.prev_batch.clone().filter(|_| room.limited) else {
+                continue;
+            };
+            match self.backfill(&room.room_id, &prev_batch, since).await {
+                Ok(mut gap) => {
+                    gap.append(&mut room.timeline);
+                    room.timeline = gap;
+                }
+                Err(e) => {
+                    warn!(room_id = %room.room_id, error = %e, "could not fill a timeline gap")
+                }
+            }
+        }
+    }
+
+    /// Events of `room` between the sync token `since` and `prev_batch`, oldest first.
     async fn backfill(
         &self,
-        room_id: &str,
+        room: &OwnedRoomId,
         prev_batch: &str,
         since: &str,
     ) -> Result<Vec<Value>, ClientError> {
-        let room =
-            OwnedRoomId::try_from(room_id).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
         let mut from = prev_batch.to_owned();
         let mut newest_first = Vec::new();
         for _ in 0..MAX_BACKFILL_PAGES {
@@ -348,21 +269,24 @@ impl Client {
             request.from = Some(from.clone());
             request.to = Some(since.to_owned());
             request.limit = UInt::from(100u32);
-            let response = super::rooms::with_retry(|| self.http.send(request.clone())).await?;
+            let response = with_retry(|| self.http.send(request.clone())).await?;
             if response.chunk.is_empty() {
                 break;
             }
-            newest_first.extend(response.chunk.iter().filter_map(json));
+            newest_first.extend(response.chunk.iter().filter_map(|raw| {
+                let json = raw.json().get();
+                let small = json.len() <= super::sync_response::MAX_EVENT_BYTES;
+                small
+                    .then(|| serde_json::from_str::<Value>(json).ok())
+                    .flatten()
+                    .filter(Value::is_object)
+            }));
             match response.end {
                 Some(end) if end != from => from = end,
                 _ => break,
             }
         }
-        debug!(
-            room_id,
-            events = newest_first.len(),
-            "filled a timeline gap"
-        );
+        debug!(room_id = %room, events = newest_first.len(), "filled a timeline gap");
         newest_first.reverse();
         Ok(newest_first)
     }
@@ -398,5 +322,34 @@ impl Client {
             stop,
             task: Some(task),
         }
+    }
+}
+
+/// Ask our other devices (and the sending device) for the key of an event we keep.
+fn request_key(
+    batch: &mut SyncBatch<'_>,
+    room_id: &OwnedRoomId,
+    item: &TimelineEvent,
+    event: &Value,
+) -> Result<(), ClientError> {
+    let content = &event["content"];
+    let (Some(session_id), Some(sender_key)) = (
+        content["session_id"].as_str().filter(|s| !s.is_empty()),
+        content["sender_key"].as_str(),
+    ) else {
+        return Ok(());
+    };
+    let sender = ruma::UserId::parse(&item.sender).ok();
+    let device = content["device_id"].as_str().map(ruma::OwnedDeviceId::from);
+    let target = sender.as_deref().zip(device.as_deref());
+    batch.request_room_key(room_id, session_id, sender_key, target)?;
+    Ok(())
+}
+
+/// Test hook: a child process of the store crash tests dies right after a sync committed.
+fn crash_point() {
+    #[cfg(test)]
+    if std::env::var_os("NEWT_TEST_ABORT_AFTER_SYNC_COMMIT").is_some() {
+        std::process::abort();
     }
 }

@@ -1,10 +1,12 @@
 //! Timeline events as the app receives them.
 
+use ruma::{OwnedEventId, OwnedUserId};
 use serde::Serialize;
 use serde_json::Value;
+use tracing::debug;
 
 use super::hooks::TrustPolicy;
-use crate::crypto::{CryptoError, MegolmError, OlmMachine};
+use crate::crypto::{CryptoError, DecryptedRoomEvent, OlmMachine, SyncBatch};
 
 /// A received room message, decrypted where possible.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -15,7 +17,7 @@ pub struct TimelineEvent {
     pub room_id: String,
     /// Sender user.
     pub sender: String,
-    /// Sending device, when the event was decrypted.
+    /// Sending device, when the event was decrypted and the device is known.
     pub sender_device: Option<String>,
     /// Event type after decryption (`m.room.encrypted` if it could not be decrypted).
     pub event_type: String,
@@ -38,65 +40,98 @@ pub struct TimelineEvent {
     /// decrypted, or still not, with the new reason (the key starts after this message).
     pub is_update: bool,
     /// Undecryptable for now, but a key may still arrive (it was not received, was withheld,
-    /// or starts at a later index: the sender retries `m.no_olm`, and our own devices may
-    /// forward it): Newt retries when one does and then delivers the event
-    /// again with `is_update`. `false` for decrypted events and for ones that can never be
-    /// decrypted (forged, replayed, malformed).
+    /// starts at a later index, or its sending device is not downloaded yet: the sender
+    /// retries `m.no_olm`, and our own devices may forward it): Newt retries when one does
+    /// and then delivers the event again with `is_update`. `false` for decrypted events and
+    /// for ones that can never be decrypted (forged, replayed, malformed).
     pub waiting_for_key: bool,
 }
 
+/// Something that decrypts room events: the machine, or a sync batch (which also sees the
+/// keys of its own response before they are committed).
+pub(crate) trait RoomDecryptor {
+    fn decrypt(&mut self, room_id: &str, event: &Value) -> Result<DecryptedRoomEvent, CryptoError>;
+}
+
+impl RoomDecryptor for &OlmMachine {
+    fn decrypt(&mut self, room_id: &str, event: &Value) -> Result<DecryptedRoomEvent, CryptoError> {
+        self.decrypt_room_event(room_id, event)
+    }
+}
+
+impl RoomDecryptor for SyncBatch<'_> {
+    fn decrypt(&mut self, room_id: &str, event: &Value) -> Result<DecryptedRoomEvent, CryptoError> {
+        self.decrypt_room_event(room_id, event)
+    }
+}
+
+/// The ids every timeline event must have, checked at the edge.
+struct Envelope {
+    event_type: String,
+    event_id: OwnedEventId,
+    sender: OwnedUserId,
+    origin_server_ts: u64,
+}
+
+impl Envelope {
+    fn parse(event: &Value) -> Option<Self> {
+        let str_of = |name: &str| event.get(name).and_then(Value::as_str);
+        let parsed = (|| {
+            Some(Self {
+                event_type: str_of("type")?.to_owned(),
+                event_id: OwnedEventId::try_from(str_of("event_id")?).ok()?,
+                sender: OwnedUserId::try_from(str_of("sender")?).ok()?,
+                origin_server_ts: event
+                    .get("origin_server_ts")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+            })
+        })();
+        if parsed.is_none() {
+            debug!("skipping a timeline event without a valid type, event id or sender");
+        }
+        parsed
+    }
+}
+
 impl TimelineEvent {
-    /// Turn a timeline event into what the app sees; `None` for events that are not messages.
+    /// Turn a timeline event into what the app sees; `None` for events that are not messages
+    /// or lack valid ids (a sender that is not a user id, say).
     pub(crate) fn from_sync(
-        machine: &OlmMachine,
+        decryptor: &mut impl RoomDecryptor,
         room_id: &str,
         event: &Value,
         trust_policy: TrustPolicy,
     ) -> Result<Option<Self>, CryptoError> {
-        let str_of = |name: &str| event.get(name).and_then(Value::as_str).map(str::to_owned);
-        let (Some(event_type), Some(event_id), Some(sender)) =
-            (str_of("type"), str_of("event_id"), str_of("sender"))
-        else {
+        let Some(envelope) = Envelope::parse(event) else {
             return Ok(None);
         };
-        let origin_server_ts = event
-            .get("origin_server_ts")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        let content = event.get("content").cloned().unwrap_or(Value::Null);
         let mut out = Self {
-            event_id,
+            event_id: envelope.event_id.to_string(),
             room_id: room_id.to_owned(),
-            sender,
+            sender: envelope.sender.to_string(),
             sender_device: None,
-            event_type: event_type.clone(),
+            event_type: envelope.event_type.clone(),
             body: None,
-            content,
+            content: event.get("content").cloned().unwrap_or(Value::Null),
             decrypted: false,
             error: None,
-            origin_server_ts,
+            origin_server_ts: envelope.origin_server_ts,
             trust_policy,
             policy_enforced: trust_policy.enforceable(),
             is_update: false,
             waiting_for_key: false,
         };
-        match event_type.as_str() {
-            "m.room.encrypted" => match machine.decrypt_room_event(room_id, event) {
+        match envelope.event_type.as_str() {
+            "m.room.encrypted" => match decryptor.decrypt(room_id, event) {
                 Ok(d) => {
                     out.event_type = d.event_type;
                     out.content = d.content;
-                    out.sender_device = Some(d.sender_device);
+                    out.sender_device = d.sender_device;
                     out.decrypted = true;
                 }
                 Err(CryptoError::Megolm(e)) => {
-                    // The sender retries devices it had no Olm channel to; for the other
-                    // withheld codes our own devices may still forward the key.
-                    out.waiting_for_key = matches!(
-                        e,
-                        MegolmError::MissingSession { .. }
-                            | MegolmError::UnknownIndex { .. }
-                            | MegolmError::Withheld { .. }
-                    );
+                    out.waiting_for_key = e.may_resolve_later();
                     out.error = Some(e.to_string());
                 }
                 Err(CryptoError::Signing(e)) => out.error = Some(e.to_string()),

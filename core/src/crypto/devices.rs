@@ -47,13 +47,35 @@ fn str_member<'a>(value: &'a Value, name: &str) -> Result<&'a str, DeviceKeyErro
         .ok_or_else(|| DeviceKeyError::Malformed(format!("missing string member {name}")))
 }
 
-/// Check device keys listed under `user_id`/`device_id` in a `/keys/query` response: the ids
-/// inside match, both keys parse, and the self-signature verifies.
+/// Longest device id we accept, in bytes (the spec's limit for identifiers).
+const MAX_DEVICE_ID_BYTES: usize = 255;
+
+/// Whether we can address a device by this id: not empty, not the to-device wildcard `*`,
+/// at most 255 bytes, no control characters.
+pub(crate) fn check_device_id(device_id: &str) -> Result<(), DeviceKeyError> {
+    let problem = if device_id.is_empty() {
+        "empty"
+    } else if device_id == "*" {
+        "the wildcard *"
+    } else if device_id.len() > MAX_DEVICE_ID_BYTES {
+        "longer than 255 bytes"
+    } else if device_id.chars().any(char::is_control) {
+        "contains control characters"
+    } else {
+        return Ok(());
+    };
+    Err(DeviceKeyError::InvalidDeviceId(problem.to_owned()))
+}
+
+/// Check device keys listed under `user_id`/`device_id` in a `/keys/query` response: the
+/// device id is usable, the ids inside match, both keys parse, and the self-signature
+/// verifies.
 pub(crate) fn verify_device_keys(
     user_id: &str,
     device_id: &str,
     keys: &Value,
 ) -> Result<DeviceRecord, DeviceKeyError> {
+    check_device_id(device_id)?;
     let inner_user = str_member(keys, "user_id")?;
     if inner_user != user_id {
         return Err(DeviceKeyError::UserIdMismatch {
@@ -146,5 +168,21 @@ mod tests {
             verify_device_keys("@a:x", "DEV", &broken),
             Err(DeviceKeyError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn unaddressable_device_ids_are_refused_even_when_signed() {
+        for id in ["", "*", "A\nB", &"D".repeat(256)] {
+            let account = OwnAccount::new("@a:x", id);
+            let keys = account.device_keys().unwrap();
+            assert!(
+                matches!(
+                    verify_device_keys("@a:x", id, &keys),
+                    Err(DeviceKeyError::InvalidDeviceId(_))
+                ),
+                "{id:?}"
+            );
+        }
+        assert!(check_device_id("ABCDEFGHIJ").is_ok());
     }
 }

@@ -28,6 +28,22 @@ pub enum DeviceKeyError {
     /// The self-signature does not verify.
     #[error("the device's self-signature does not verify: {0}")]
     Signature(String),
+    /// The device id is not one we can address (empty, `*`, too long or with control
+    /// characters).
+    #[error("invalid device id: {0}")]
+    InvalidDeviceId(String),
+    /// Another device already has this Curve25519 identity key (one key identifies one
+    /// device: a device publishing someone else's key is refused).
+    #[error("the curve25519 key is already the key of device {device_id} of {user_id}")]
+    Curve25519Taken {
+        /// owner of the device that has the key
+        user_id: String,
+        /// that device
+        device_id: String,
+    },
+    /// The user lists more devices than we keep.
+    #[error("more than {0} devices listed for one user; the others are ignored")]
+    TooManyDevices(usize),
     /// A known device now presents a different ed25519 key.
     #[error("device {device_id} of {user_id} changed its ed25519 key; keeping the old one")]
     Ed25519Changed {
@@ -79,6 +95,10 @@ pub enum OlmError {
     /// Encrypting failed.
     #[error("Olm encryption failed: {0}")]
     Encryption(String),
+    /// A notice sent in clear (e.g. `m.room_key.withheld`) from someone who is not a member
+    /// of the room, or from a device of theirs we do not know: ignored.
+    #[error("notice from a non-member or an unknown device; ignored")]
+    UnauthenticatedNotice,
 }
 
 /// A Megolm (room) event could not be decrypted.
@@ -123,6 +143,13 @@ pub enum MegolmError {
         /// room inside the ciphertext
         got: String,
     },
+    /// The session came from a forwarded key whose original device we do not know, and no
+    /// known device of the event's sender has its key: who sent it cannot be told yet.
+    #[error("the session's sending device ({sender_key}) is not known; the sender is unconfirmed")]
+    UnknownSenderDevice {
+        /// Curve25519 key the session was created by
+        sender_key: String,
+    },
     /// The event's sender is not the device that owns the session.
     #[error("the event claims sender {got}, but the session belongs to {expected}")]
     SenderMismatch {
@@ -147,6 +174,22 @@ pub enum MegolmError {
         /// event that used it first
         first_event_id: String,
     },
+}
+
+impl MegolmError {
+    /// Whether the event may still become decryptable without anything changing on our
+    /// side: its key was not received, was withheld (the sender retries some codes; our own
+    /// devices may forward it), starts at a later index, or came from a device we have not
+    /// downloaded yet. Forged, replayed and malformed events never will.
+    pub fn may_resolve_later(&self) -> bool {
+        matches!(
+            self,
+            MegolmError::MissingSession { .. }
+                | MegolmError::UnknownIndex { .. }
+                | MegolmError::Withheld { .. }
+                | MegolmError::UnknownSenderDevice { .. }
+        )
+    }
 }
 
 /// A claimed one-time key was rejected.
@@ -208,4 +251,11 @@ pub enum CryptoError {
     /// The room is not known as encrypted.
     #[error("room {0} is not encrypted or not known")]
     RoomNotEncrypted(String),
+    /// A server answer is not JSON of the expected shape at all (partly invalid answers
+    /// are accepted without their invalid entries).
+    #[error("invalid server answer: {0}")]
+    InvalidResponse(String),
+    /// An argument is invalid (e.g. an empty device id).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
 }

@@ -11,20 +11,19 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
+use ruma::{DeviceId, RoomId, UserId};
+
 use super::account::MEGOLM_ALGORITHM;
+use super::devices::check_device_id;
 use super::error::{CryptoError, OlmError};
 use super::machine::{OlmMachine, RoomKeyInfo, State};
-use super::megolm::InboundGroup;
+use super::megolm::{ForwardedKey, InboundGroup};
 use super::olm::{IncomingOlm, OlmPayload, OlmSession};
 use super::to_device::Batch;
-use crate::store::{Changes, DeviceRecord, LocalTrust, PendingToDevice};
+use crate::store::{Changes, DeviceRecord, KeyRequestRecord, LocalTrust, PendingToDevice};
 
 /// Key requests held in memory for undecided own devices, at most.
 const MAX_HELD_REQUESTS: usize = 100;
-
-fn request_key(room_id: &str, session_id: &str) -> String {
-    format!("keyreq|{room_id}|{session_id}")
-}
 
 /// `messages` of a `/sendToDevice` body: the same content for each `(user, device)`.
 fn messages_json(targets: &[(&str, &str)], content: Value) -> Result<String, CryptoError> {
@@ -48,45 +47,90 @@ impl OlmMachine {
     /// [`Self::outgoing_requests`].
     pub fn request_room_key(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         session_id: &str,
         sender_key: &str,
-        sender: Option<(&str, &str)>,
+        sender: Option<(&UserId, &DeviceId)>,
     ) -> Result<bool, CryptoError> {
         let mut state = self.lock()?;
-        if self
-            .store
-            .value(&request_key(room_id, session_id))?
-            .is_some()
-        {
-            return Ok(false);
+        let pending = Changes::default();
+        match self.key_request_changes(room_id, session_id, sender_key, sender, &pending)? {
+            Some(changes) => {
+                self.save(&mut state, changes)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The records of a new key request, or `None` if the session was asked for already
+    /// (stored, or in `pending`). The sending device is addressed only if its id is usable.
+    pub(crate) fn key_request_changes(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+        sender_key: &str,
+        sender: Option<(&UserId, &DeviceId)>,
+        pending: &Changes,
+    ) -> Result<Option<Changes>, CryptoError> {
+        if session_id.is_empty() {
+            return Err(CryptoError::InvalidInput("empty session id".into()));
+        }
+        let room = room_id.as_str();
+        let asked_in_batch = pending
+            .key_requests
+            .iter()
+            .any(|r| r.room_id == room && r.session_id == session_id);
+        if asked_in_batch || self.store.key_request(room, session_id)?.is_some() {
+            return Ok(None);
         }
         let request_id = ruma::TransactionId::new().to_string();
         let content = json!({
             "action": "request",
             "body": {
-                "algorithm": MEGOLM_ALGORITHM, "room_id": room_id,
+                "algorithm": MEGOLM_ALGORITHM, "room_id": room,
                 "session_id": session_id, "sender_key": sender_key,
             },
             "request_id": request_id,
             "requesting_device_id": self.device_id,
         });
         let mut targets = vec![(self.user_id.as_str(), "*")];
-        if let Some((user, device)) = sender.filter(|(u, d)| *u != self.user_id && !d.is_empty()) {
-            targets.push((user, device));
+        if let Some((user, device)) = sender
+            && user.as_str() != self.user_id
+            && check_device_id(device.as_str()).is_ok()
+        {
+            targets.push((user.as_str(), device.as_str()));
         }
-        let mut changes = Changes::default();
-        changes
-            .values
-            .insert(request_key(room_id, session_id), request_id.clone());
-        changes.pending_to_device.push(PendingToDevice {
-            txn_id: ruma::TransactionId::new().to_string(),
-            event_type: "m.room_key_request".into(),
-            messages_json: messages_json(&targets, content)?,
-        });
-        self.save(&mut state, changes)?;
-        debug!(room_id, "asked own devices for a missing room key");
-        Ok(true)
+        let changes = Changes {
+            key_requests: vec![KeyRequestRecord {
+                room_id: room.to_owned(),
+                session_id: session_id.to_owned(),
+                request_id,
+            }],
+            pending_to_device: vec![PendingToDevice {
+                txn_id: ruma::TransactionId::new().to_string(),
+                event_type: "m.room_key_request".into(),
+                messages_json: messages_json(&targets, content)?,
+            }],
+            ..Default::default()
+        };
+        debug!(room_id = room, "asking own devices for a missing room key");
+        Ok(Some(changes))
+    }
+
+    /// Answer key requests that waited (held for a decision, or for an Olm session).
+    pub(crate) fn answer_key_requests(
+        &self,
+        state: &mut State,
+        requests: Vec<Value>,
+        changes: &mut Changes,
+    ) -> Result<(), CryptoError> {
+        let mut batch = Batch::default();
+        for event in &requests {
+            // A request that cannot be answered any more is simply dropped.
+            let _ = self.handle_key_request(state, &mut batch, event, changes)?;
+        }
+        self.flush_batch(batch, changes)
     }
 
     /// Answer a key request from one of our own devices, if the user verified it and we have
@@ -103,6 +147,11 @@ impl OlmMachine {
             .get("sender")
             .and_then(Value::as_str)
             .unwrap_or_default();
+        if UserId::parse(sender).is_err() {
+            return Ok(Err(OlmError::Malformed(
+                "key request from an invalid user id".into(),
+            )));
+        }
         let content = event.get("content").unwrap_or(&Value::Null);
         let requesting = content
             .get("requesting_device_id")
@@ -114,11 +163,7 @@ impl OlmMachine {
             // room keys from now on.
             // Only for users whose devices we keep (we share rooms with them): a stranger's
             // requests do not make us track anyone.
-            let devices = if sender.is_empty() {
-                Vec::new()
-            } else {
-                self.store.devices(&[sender])?
-            };
+            let devices = self.store.devices(&[sender])?;
             let known = devices
                 .iter()
                 .any(|d| d.device_id == requesting && !d.deleted);
@@ -269,13 +314,17 @@ impl OlmMachine {
         Ok(true)
     }
 
-    /// Accept an `m.forwarded_room_key` that arrived over Olm.
+    /// Accept an `m.forwarded_room_key` that arrived over Olm: only from an own verified
+    /// device, only for a session we asked for, never replacing a session of another sending
+    /// device, and attributed to its original device only if we know that device (otherwise
+    /// the sender is confirmed at decryption, from the device list).
     pub(super) fn accept_forwarded_key(
         &self,
         batch: &mut Batch,
         incoming: &IncomingOlm,
         payload: &OlmPayload,
         device: Option<&DeviceRecord>,
+        pending: &Changes,
     ) -> Result<Result<Option<RoomKeyInfo>, OlmError>, CryptoError> {
         let from_verified_own = device
             .is_some_and(|d| d.user_id == self.user_id && d.local_trust == LocalTrust::Verified);
@@ -284,50 +333,76 @@ impl OlmMachine {
                 "forwarded keys are accepted only from own verified devices".into(),
             )));
         }
-        let c = &payload.content;
-        let field = |name: &str| c.get(name).and_then(Value::as_str).unwrap_or_default();
-        let (room_id, session_id) = (field("room_id"), field("session_id"));
-        if self
-            .store
-            .value(&request_key(room_id, session_id))?
-            .is_none()
+        let key = match ForwardedKey::parse(&payload.content) {
+            Ok(key) => key,
+            Err(e) => return Ok(Err(e)),
+        };
+        let asked = pending
+            .key_requests
+            .iter()
+            .any(|r| r.room_id == key.room_id && r.session_id == key.session_id);
+        if !asked
+            && self
+                .store
+                .key_request(&key.room_id, &key.session_id)?
+                .is_none()
         {
             return Ok(Err(OlmError::InvalidRoomKey(
                 "a forwarded key we did not ask for".into(),
             )));
         }
-        let original = self.device_for_key(batch, field("sender_key"))?;
-        let group = match InboundGroup::from_forwarded(
-            room_id,
-            session_id,
-            field("session_key"),
-            field("sender_key"),
-            field("sender_claimed_ed25519_key"),
-            original
-                .as_ref()
-                .map(|d| d.user_id.as_str())
-                .unwrap_or_default(),
-            original
-                .as_ref()
-                .map(|d| d.device_id.as_str())
-                .unwrap_or_default(),
-        ) {
+        let origin = self.original_device(&key)?;
+        if let Err(e) = origin {
+            return Ok(Err(e));
+        }
+        let origin = origin.ok().flatten();
+        let sender = origin
+            .as_ref()
+            .map(|d| (d.user_id.as_str(), Some(d.device_id.as_str())));
+        let group = match InboundGroup::from_forwarded(&key, sender) {
             Ok(g) => g,
             Err(e) => return Ok(Err(e)),
         };
-        let id = (room_id.to_owned(), session_id.to_owned());
+        let id = (key.room_id.clone(), key.session_id.clone());
         let existing = match batch.inbound.get(&id) {
             Some(r) => Some(r.clone()),
-            None => self.store.inbound_group_session(room_id, session_id)?,
+            None => self.store.inbound_group_session(&id.0, &id.1)?,
         };
-        if existing.is_some_and(|e| e.first_known_index <= group.record.first_known_index) {
-            return Ok(Ok(None));
+        if let Some(existing) = existing {
+            if existing.sender_key != key.sender_key {
+                return Ok(Err(OlmError::InvalidRoomKey(
+                    "session already known from another device".into(),
+                )));
+            }
+            if existing.first_known_index <= group.record.first_known_index {
+                return Ok(Ok(None));
+            }
         }
         batch.inbound.insert(id, group.record);
         Ok(Ok(Some(RoomKeyInfo {
-            room_id: room_id.to_owned(),
-            session_id: session_id.to_owned(),
+            room_id: key.room_id,
+            session_id: key.session_id,
             sender: incoming.sender.clone(),
         })))
+    }
+
+    /// The device that created a forwarded session: `Ok(Some)` if we know a device with its
+    /// Curve25519 key and it claims the same Ed25519 key, `Ok(None)` if we know none, an
+    /// error if the claimed Ed25519 key is not that device's.
+    fn original_device(
+        &self,
+        key: &ForwardedKey,
+    ) -> Result<Result<Option<DeviceRecord>, OlmError>, CryptoError> {
+        let known = self.store.devices_with_curve25519(&[&key.sender_key])?;
+        if known.is_empty() {
+            return Ok(Ok(None));
+        }
+        Ok(known
+            .into_iter()
+            .find(|d| d.ed25519 == key.sender_claimed_ed25519_key)
+            .map(Some)
+            .ok_or_else(|| {
+                OlmError::InvalidRoomKey("the forwarded key names another ed25519 key".into())
+            }))
     }
 }

@@ -9,23 +9,12 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use super::account::{OwnAccount, SIGNED_CURVE25519};
-use super::devices::{Device, verify_device_keys};
-use super::error::{CryptoError, DeviceKeyError, MegolmError, OlmError};
-use super::megolm::InboundGroup;
-use super::requests::{OutgoingKind, OutgoingRequest, json_of, raw, raw_map};
-use crate::store::{
-    Changes, DeviceRecord, LocalTrust, MegolmIndexRecord, Store, TrackedUser, TrackingState,
-};
-
-/// First back-off of a server whose key queries fail.
-const BACKOFF_BASE_MS: u64 = 15_000;
-/// Longest back-off.
-const BACKOFF_MAX_MS: u64 = 15 * 60_000;
-
-/// The server name of a user id.
-fn server_of(user_id: &str) -> Option<&str> {
-    user_id.split_once(':').map(|(_, server)| server)
-}
+use super::devices::Device;
+use super::error::{CryptoError, DeviceKeyError, OlmError};
+use super::keys_query::server_of;
+use super::requests::{OutgoingKind, OutgoingRequest, raw, raw_map};
+use super::responses::KeysUploadResponse;
+use crate::store::{Changes, DeviceRecord, LocalTrust, Store, TrackedUser, TrackingState};
 
 /// Users per `/keys/query` request.
 const QUERY_BATCH: usize = 250;
@@ -36,9 +25,9 @@ pub struct SyncChanges {
     /// `to_device.events`, as received, in order.
     pub to_device_events: Vec<Value>,
     /// `device_lists.changed`.
-    pub changed_users: Vec<String>,
+    pub changed_users: Vec<OwnedUserId>,
     /// `device_lists.left`.
-    pub left_users: Vec<String>,
+    pub left_users: Vec<OwnedUserId>,
     /// `device_one_time_keys_count`; `None` if the response had none.
     pub one_time_key_counts: Option<BTreeMap<String, u64>>,
     /// `device_unused_fallback_key_types`; `None` if the response had none.
@@ -114,8 +103,8 @@ pub struct DecryptedRoomEvent {
     pub content: Value,
     /// Sender user (checked against the session owner).
     pub sender: String,
-    /// Device that created the session.
-    pub sender_device: String,
+    /// Device that created the session, when known.
+    pub sender_device: Option<String>,
     /// Curve25519 key of that device.
     pub sender_curve25519: String,
     /// Megolm session id.
@@ -315,12 +304,36 @@ impl OlmMachine {
     }
 
     /// Start tracking these users' devices: users not tracked yet (or no longer) become
-    /// pending download; the others keep their state.
+    /// pending download; the others keep their state. Invalid user ids are ignored.
     pub fn update_tracked_users(&self, users: &[String]) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
-        let tracked = self.tracked_by_user()?;
-        let new: Vec<TrackedUser> = users
+        let changes = Changes {
+            tracked_users: self.newly_tracked(users, &[])?,
+            ..Default::default()
+        };
+        self.save(&mut state, changes)
+    }
+
+    /// Records for the `users` that are not tracked yet, given the store and `pending`
+    /// (not yet committed) tracking records.
+    pub(crate) fn newly_tracked(
+        &self,
+        users: &[String],
+        pending: &[TrackedUser],
+    ) -> Result<Vec<TrackedUser>, CryptoError> {
+        let mut tracked = self.tracked_by_user()?;
+        for t in pending {
+            tracked.insert(t.user_id.clone(), t.clone());
+        }
+        Ok(users
             .iter()
+            .filter(|u| {
+                let valid = ruma::UserId::parse(u.as_str()).is_ok();
+                if !valid {
+                    warn!("not tracking an invalid user id");
+                }
+                valid
+            })
             .collect::<HashSet<_>>()
             .into_iter()
             .filter_map(|u| match tracked.get(u) {
@@ -331,14 +344,7 @@ impl OlmMachine {
                     sequence: other.map_or(1, |t| t.sequence + 1),
                 }),
             })
-            .collect();
-        self.save(
-            &mut state,
-            Changes {
-                tracked_users: new,
-                ..Default::default()
-            },
-        )
+            .collect())
     }
 
     /// Users whose device lists must be downloaded before encrypting for them.
@@ -371,69 +377,6 @@ impl OlmMachine {
             .into_iter()
             .find(|u| u.user_id == user_id)
             .map_or(TrackingState::NotTracked, |u| u.state))
-    }
-
-    /// Feed one sync response. Everything it carried is stored in one transaction together
-    /// with `next_batch`, so a crash never skips a to-device event or room key.
-    pub fn receive_sync_changes(&self, sync: SyncChanges) -> Result<SyncOutcome, CryptoError> {
-        let mut state = self.lock()?;
-        let mut changes = Changes::default();
-        let mut account_changed = false;
-
-        if !sync.changed_users.is_empty() || !sync.left_users.is_empty() {
-            let tracked = self.tracked_by_user()?;
-            // The sequence bump makes an answer to a query already in flight stale.
-            for user in &sync.changed_users {
-                if let Some(t) = tracked.get(user).filter(|t| t.is_tracked()) {
-                    changes.tracked_users.push(TrackedUser {
-                        user_id: user.clone(),
-                        state: TrackingState::PendingDownload,
-                        sequence: t.sequence + 1,
-                    });
-                }
-            }
-            for user in &sync.left_users {
-                if let Some(t) = tracked.get(user).filter(|t| t.is_tracked()) {
-                    // Keep the devices (and the user's decisions about them), stop updating.
-                    changes.tracked_users.push(TrackedUser {
-                        user_id: user.clone(),
-                        state: TrackingState::NotTracked,
-                        sequence: t.sequence + 1,
-                    });
-                }
-            }
-        }
-
-        let (outcomes, room_keys) =
-            self.handle_to_device_batch(&mut state, &sync.to_device_events, &mut changes)?;
-        if outcomes
-            .iter()
-            .any(|o| o.result.is_ok() && o.event_type == "m.room.encrypted")
-        {
-            account_changed = true;
-        }
-
-        if let Some(counts) = &sync.one_time_key_counts {
-            let count = counts.get(SIGNED_CURVE25519).copied().unwrap_or(0);
-            if state.account.device_keys_uploaded && !state.upload_in_flight {
-                account_changed |= state.account.update_one_time_key_count(count);
-            }
-        }
-        if let Some(unused) = &sync.unused_fallback_key_types
-            && state.account.device_keys_uploaded
-        {
-            account_changed |= state.account.update_unused_fallback_keys(unused);
-        }
-        if account_changed {
-            changes.account = Some(state.account.to_record()?);
-        }
-        changes.extend(sync.extra);
-        changes.sync_token = sync.next_batch;
-        self.save(&mut state, changes)?;
-        Ok(SyncOutcome {
-            to_device: outcomes,
-            room_keys,
-        })
     }
 
     /// Requests to send now: key uploads, device-list queries and pending to-device messages.
@@ -513,9 +456,32 @@ impl OlmMachine {
             });
         }
 
+        requests.extend(self.pending_to_device_requests(&mut state)?);
+        Ok(requests)
+    }
+
+    /// The stored to-device messages, as requests. One that cannot be built (a record an
+    /// earlier version stored, naming an invalid user) is dropped for good, alone.
+    fn pending_to_device_requests(
+        &self,
+        state: &mut State,
+    ) -> Result<Vec<OutgoingRequest>, CryptoError> {
+        let mut requests = Vec::new();
+        let mut dropped = Vec::new();
         for pending in self.store.pending_to_device()? {
-            requests.push(super::sharing::to_device_request(&pending)?);
+            match super::sharing::to_device_request(&pending) {
+                Ok(request) => requests.push(request),
+                Err(e) => {
+                    warn!(error = %e, "dropping a stored to-device message that cannot be sent");
+                    dropped.push(pending.txn_id);
+                }
+            }
         }
+        let changes = Changes {
+            sent_to_device: dropped,
+            ..Default::default()
+        };
+        self.save(state, changes)?;
         Ok(requests)
     }
 
@@ -527,57 +493,14 @@ impl OlmMachine {
             .upload_in_flight = false;
     }
 
-    /// A query failed; its users go back to pending download and are offered again.
-    pub fn mark_query_failed(&self, request_id: &str) -> Result<(), CryptoError> {
-        let mut state = self.lock()?;
-        let Some(requested) = state.queries_in_flight.remove(request_id) else {
-            return Ok(());
-        };
-        let changes = Changes {
-            tracked_users: self.settle_tracking(&requested, |_| false)?,
-            ..Default::default()
-        };
-        self.save(&mut state, changes)
-    }
-
-    /// New states of the users of a query that ended: up to date if `answered` and nothing
-    /// invalidated the user since the query left, pending again if not answered. Users
-    /// invalidated or dropped meanwhile keep the state that says so.
-    fn settle_tracking(
-        &self,
-        requested: &[(String, u64)],
-        answered: impl Fn(&str) -> bool,
-    ) -> Result<Vec<TrackedUser>, CryptoError> {
-        let current = self.tracked_by_user()?;
-        Ok(requested
-            .iter()
-            .filter_map(|(user, sequence)| {
-                let t = current.get(user)?;
-                if t.sequence != *sequence || t.state != TrackingState::Downloading {
-                    return None;
-                }
-                let state = if answered(user) {
-                    TrackingState::UpToDate
-                } else {
-                    TrackingState::PendingDownload
-                };
-                Some(TrackedUser { state, ..t.clone() })
-            })
-            .collect())
-    }
-
     /// The server answered a key upload.
-    pub fn mark_keys_upload_sent(
-        &self,
-        response: &upload_keys::v3::Response,
-    ) -> Result<(), CryptoError> {
+    pub fn mark_keys_upload_sent(&self, response: &KeysUploadResponse) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
         state.upload_in_flight = false;
         let count = response
             .one_time_key_counts
-            .iter()
-            .find(|(alg, _)| alg.as_str() == SIGNED_CURVE25519)
-            .map(|(_, c)| u64::from(*c))
+            .get(SIGNED_CURVE25519)
+            .copied()
             .unwrap_or(0);
         state.account.mark_keys_as_published(count);
         state.account.update_one_time_key_count(count);
@@ -591,128 +514,6 @@ impl OlmMachine {
         )?;
         info!(one_time_keys = count, "keys uploaded");
         Ok(())
-    }
-
-    /// The server answered a `/keys/query`.
-    pub fn mark_keys_query_sent(
-        &self,
-        request_id: &str,
-        response: &get_keys::v3::Response,
-    ) -> Result<QueryOutcome, CryptoError> {
-        let mut state = self.lock()?;
-        let requested = state
-            .queries_in_flight
-            .remove(request_id)
-            .ok_or_else(|| CryptoError::UnknownRequest(request_id.to_owned()))?;
-        let mut outcome = QueryOutcome::default();
-        let mut changes = Changes::default();
-        // A server that failed is backed off (15 s doubling to 15 min) without holding up
-        // the users of other servers; one that answered is forgiven.
-        let now = crate::time::now_ms();
-        for (user, _) in &requested {
-            let Some(server) = server_of(user) else {
-                continue;
-            };
-            if response.failures.contains_key(server) {
-                let (failures, _) = state.server_backoff.get(server).copied().unwrap_or((0, 0));
-                let delay = (BACKOFF_BASE_MS << failures.min(6)).min(BACKOFF_MAX_MS);
-                state
-                    .server_backoff
-                    .insert(server.to_owned(), (failures + 1, now + delay));
-            } else {
-                state.server_backoff.remove(server);
-            }
-        }
-
-        let users: Vec<&str> = response.device_keys.keys().map(|u| u.as_str()).collect();
-        let mut stored: HashMap<(String, String), DeviceRecord> = self
-            .store
-            .devices(&users)?
-            .into_iter()
-            .map(|d| ((d.user_id.clone(), d.device_id.clone()), d))
-            .collect();
-
-        for (user_id, devices) in &response.device_keys {
-            let user_id = user_id.as_str();
-            let mut seen = HashSet::new();
-            for (device_id, keys) in devices {
-                let device_id = device_id.as_str();
-                seen.insert(device_id.to_owned());
-                if user_id == self.user_id && device_id == self.device_id {
-                    continue;
-                }
-                let verified = json_of(keys)
-                    .ok_or_else(|| DeviceKeyError::Malformed("not JSON".into()))
-                    .and_then(|keys| verify_device_keys(user_id, device_id, &keys));
-                let mut record = match verified {
-                    Ok(record) => record,
-                    Err(e) => {
-                        warn!(user_id, device_id, error = %e, "rejected device keys");
-                        outcome
-                            .rejected
-                            .push((user_id.to_owned(), device_id.to_owned(), e));
-                        continue;
-                    }
-                };
-                if let Some(old) = stored.get(&(user_id.to_owned(), device_id.to_owned())) {
-                    if old.ed25519 != record.ed25519 || old.curve25519 != record.curve25519 {
-                        let e = DeviceKeyError::Ed25519Changed {
-                            user_id: user_id.to_owned(),
-                            device_id: device_id.to_owned(),
-                        };
-                        warn!(
-                            user_id,
-                            device_id, "device changed its keys; keeping the old ones"
-                        );
-                        outcome
-                            .rejected
-                            .push((user_id.to_owned(), device_id.to_owned(), e));
-                        continue;
-                    }
-                    record.local_trust = old.local_trust;
-                    if old == &record {
-                        continue;
-                    }
-                    if old.deleted {
-                        // Back in the list (e.g. a restored device id): new to us again.
-                        outcome
-                            .new_devices
-                            .push((user_id.to_owned(), device_id.to_owned()));
-                    }
-                } else {
-                    outcome
-                        .new_devices
-                        .push((user_id.to_owned(), device_id.to_owned()));
-                }
-                outcome.updated_devices += 1;
-                changes.devices.push(record);
-            }
-            for ((owner, device_id), old) in stored.iter_mut() {
-                if owner == user_id && !seen.contains(device_id) && !old.deleted {
-                    old.deleted = true;
-                    changes.devices.push(old.clone());
-                    outcome
-                        .removed_devices
-                        .push((owner.clone(), device_id.clone()));
-                }
-            }
-        }
-
-        let churned: HashSet<&str> = outcome
-            .new_devices
-            .iter()
-            .chain(&outcome.removed_devices)
-            .map(|(u, _)| u.as_str())
-            .collect();
-        if !churned.is_empty() {
-            let churned: Vec<&str> = churned.into_iter().collect();
-            outcome.affected_rooms = self.store.encrypted_rooms_with(&churned)?;
-        }
-        changes.tracked_users = self.settle_tracking(&requested, |user| {
-            response.device_keys.keys().any(|u| u.as_str() == user)
-        })?;
-        self.save(&mut state, changes)?;
-        Ok(outcome)
     }
 
     /// Known devices of a user (including our own other devices).
@@ -762,10 +563,8 @@ impl OlmMachine {
             if trust == LocalTrust::Verified && !held.is_empty() {
                 // Save the decision first: answering reads the device's trust from the store.
                 self.save(&mut state, std::mem::take(&mut changes))?;
-                state
-                    .deferred_key_requests
-                    .extend(held.into_iter().map(|(_, e)| e));
-                self.handle_to_device_batch(&mut state, &[], &mut changes)?;
+                let held = held.into_iter().map(|(_, e)| e).collect();
+                self.answer_key_requests(&mut state, held, &mut changes)?;
             }
         }
         self.save(&mut state, changes)?;
@@ -785,134 +584,5 @@ impl OlmMachine {
             .filter(|d| ids.contains(&d.device_id) && d.local_trust == LocalTrust::Unset)
             .map(Device::from)
             .collect())
-    }
-
-    /// Decrypt an `m.room.encrypted` room event received in `room_id`.
-    pub fn decrypt_room_event(
-        &self,
-        room_id: &str,
-        event: &Value,
-    ) -> Result<DecryptedRoomEvent, CryptoError> {
-        let malformed = |what: &str| MegolmError::Malformed(format!("missing {what}"));
-        let content = event.get("content").ok_or_else(|| malformed("content"))?;
-        let algorithm = content
-            .get("algorithm")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if algorithm != super::account::MEGOLM_ALGORITHM {
-            return Err(MegolmError::UnsupportedAlgorithm(algorithm.to_owned()).into());
-        }
-        let session_id = content
-            .get("session_id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| malformed("session_id"))?;
-        let ciphertext = content
-            .get("ciphertext")
-            .and_then(Value::as_str)
-            .ok_or_else(|| malformed("ciphertext"))?;
-        let sender = event
-            .get("sender")
-            .and_then(Value::as_str)
-            .ok_or_else(|| malformed("sender"))?;
-        let event_id = event
-            .get("event_id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| malformed("event_id"))?;
-        let origin_ts = event
-            .get("origin_server_ts")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-
-        let Some(record) = self.store.inbound_group_session(room_id, session_id)? else {
-            let withheld = self
-                .store
-                .value(&super::to_device::withheld_key(room_id, session_id))?;
-            if let Some(notice) = withheld.and_then(|w| serde_json::from_str::<Value>(&w).ok()) {
-                return Err(MegolmError::Withheld {
-                    code: notice["code"].as_str().unwrap_or_default().to_owned(),
-                    reason: notice["reason"].as_str().map(str::to_owned),
-                }
-                .into());
-            }
-            return Err(MegolmError::MissingSession {
-                session_id: session_id.to_owned(),
-            }
-            .into());
-        };
-        let mut group = InboundGroup::from_record(record)?;
-        let (payload, index) = group.decrypt(ciphertext)?;
-        let payload_room = payload
-            .get("room_id")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if payload_room != room_id {
-            return Err(MegolmError::RoomMismatch {
-                expected: room_id.to_owned(),
-                got: payload_room.to_owned(),
-            }
-            .into());
-        }
-        if !group.record.sender_user.is_empty() && sender != group.record.sender_user {
-            return Err(MegolmError::SenderMismatch {
-                expected: group.record.sender_user.clone(),
-                got: sender.to_owned(),
-            }
-            .into());
-        }
-        let sender_key = group.record.sender_key.clone();
-        // `sender_key` in the content is deprecated and optional; when present it must agree.
-        if let Some(claimed) = content.get("sender_key").and_then(Value::as_str)
-            && claimed != sender_key
-        {
-            return Err(MegolmError::SenderKeyMismatch {
-                expected: sender_key,
-                got: claimed.to_owned(),
-            }
-            .into());
-        }
-        match self.store.megolm_index(&sender_key, session_id, index)? {
-            Some(seen) if seen.event_id != event_id || seen.origin_ts != origin_ts => {
-                return Err(MegolmError::Replay {
-                    index,
-                    first_event_id: seen.event_id,
-                }
-                .into());
-            }
-            Some(_) => {}
-            None => {
-                let mut state = self.lock()?;
-                self.save(
-                    &mut state,
-                    Changes {
-                        megolm_indices: vec![MegolmIndexRecord {
-                            session_id: session_id.to_owned(),
-                            sender_key: sender_key.clone(),
-                            index,
-                            event_id: event_id.to_owned(),
-                            origin_ts,
-                        }],
-                        ..Default::default()
-                    },
-                )?;
-            }
-        }
-        let event_type = payload
-            .get("type")
-            .and_then(Value::as_str)
-            .ok_or_else(|| malformed("decrypted type"))?
-            .to_owned();
-        let content = payload
-            .get("content")
-            .cloned()
-            .ok_or_else(|| malformed("decrypted content"))?;
-        Ok(DecryptedRoomEvent {
-            event_type,
-            content,
-            sender: sender.to_owned(),
-            sender_device: group.record.sender_device.clone(),
-            sender_curve25519: sender_key,
-            session_id: session_id.to_owned(),
-            message_index: index,
-        })
     }
 }

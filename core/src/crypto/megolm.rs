@@ -170,6 +170,45 @@ impl RoomKeyContent {
     }
 }
 
+/// `m.forwarded_room_key` content.
+#[derive(Deserialize)]
+pub(crate) struct ForwardedKey {
+    pub algorithm: String,
+    pub room_id: String,
+    pub session_id: String,
+    pub session_key: String,
+    pub sender_key: String,
+    pub sender_claimed_ed25519_key: String,
+}
+
+impl ForwardedKey {
+    pub fn parse(content: &Value) -> Result<Self, OlmError> {
+        let key: Self = serde_json::from_value(content.clone())
+            .map_err(|e| OlmError::InvalidRoomKey(e.to_string()))?;
+        if key.algorithm != MEGOLM_ALGORITHM {
+            return Err(OlmError::InvalidRoomKey(format!(
+                "algorithm {}",
+                key.algorithm
+            )));
+        }
+        ruma::RoomId::parse(&key.room_id)
+            .map_err(|e| OlmError::InvalidRoomKey(format!("room id: {e}")))?;
+        vodozemac::Curve25519PublicKey::from_base64(&key.sender_key)
+            .map_err(|e| OlmError::InvalidRoomKey(format!("sender key: {e}")))?;
+        Ok(key)
+    }
+}
+
+/// Who a session comes from.
+struct Origin<'a> {
+    /// Curve25519 key of the device that created the session.
+    sender_key: &'a str,
+    /// Ed25519 key that device claimed.
+    signing_key: &'a str,
+    /// The user and device, when authenticated; `None` for a forwarded key of unknown origin.
+    sender: Option<(&'a str, Option<&'a str>)>,
+}
+
 /// An inbound session loaded from the store or created from a room key.
 pub(crate) struct InboundGroup {
     pub record: InboundGroupSessionRecord,
@@ -177,49 +216,48 @@ pub(crate) struct InboundGroup {
 }
 
 impl InboundGroup {
-    /// Create from a room key received over Olm; the session id must match the key.
+    /// Create from a room key received over Olm; the session id must match the key. `sender`
+    /// is the user (and device, if known) the Olm channel authenticated.
     pub fn from_room_key(
         key: &RoomKeyContent,
         sender_key: &str,
         signing_key: &str,
-        sender_user: &str,
-        sender_device: &str,
+        sender: Option<(&str, Option<&str>)>,
     ) -> Result<Self, CryptoError> {
         let session_key = SessionKey::from_base64(&key.session_key)
             .map_err(|e| OlmError::InvalidRoomKey(format!("session key: {e}")))?;
         let session = InboundGroupSession::new(&session_key, SessionConfig::version_1());
-        let origin = [sender_key, signing_key, sender_user, sender_device];
+        let origin = Origin {
+            sender_key,
+            signing_key,
+            sender,
+        };
         Ok(Self::wrap(session, &key.room_id, &key.session_id, origin)?)
     }
 
-    /// Create from a forwarded (exported) key; the session id must match the key.
+    /// Create from a forwarded (exported) key; the session id must match the key. `sender`
+    /// is the original sending device, when we know it.
     pub fn from_forwarded(
-        room_id: &str,
-        session_id: &str,
-        exported_key: &str,
-        sender_key: &str,
-        signing_key: &str,
-        sender_user: &str,
-        sender_device: &str,
+        key: &ForwardedKey,
+        sender: Option<(&str, Option<&str>)>,
     ) -> Result<Self, OlmError> {
-        let key = vodozemac::megolm::ExportedSessionKey::from_base64(exported_key)
+        let exported = vodozemac::megolm::ExportedSessionKey::from_base64(&key.session_key)
             .map_err(|e| OlmError::InvalidRoomKey(format!("forwarded key: {e}")))?;
-        let session = InboundGroupSession::import(&key, SessionConfig::version_1());
-        Self::wrap(
-            session,
-            room_id,
-            session_id,
-            [sender_key, signing_key, sender_user, sender_device],
-        )
+        let session = InboundGroupSession::import(&exported, SessionConfig::version_1());
+        let origin = Origin {
+            sender_key: &key.sender_key,
+            signing_key: &key.sender_claimed_ed25519_key,
+            sender,
+        };
+        Self::wrap(session, &key.room_id, &key.session_id, origin)
     }
 
-    /// Check that `session` is the claimed one and build its record. `origin` is the sender's
-    /// Curve25519 key, claimed Ed25519 key, user id and device id.
+    /// Check that `session` is the claimed one and build its record.
     fn wrap(
         session: InboundGroupSession,
         room_id: &str,
         session_id: &str,
-        origin: [&str; 4],
+        origin: Origin<'_>,
     ) -> Result<Self, OlmError> {
         if session.session_id() != session_id {
             return Err(OlmError::InvalidRoomKey(format!(
@@ -231,15 +269,18 @@ impl InboundGroup {
             serde_json::to_vec(&session.pickle())
                 .map_err(|e| OlmError::InvalidRoomKey(format!("inbound pickle: {e}")))?,
         );
-        let [sender_key, signing_key, sender_user, sender_device] = origin;
+        let (sender_user, sender_device) = match origin.sender {
+            Some((user, device)) => (Some(user.to_owned()), device.map(str::to_owned)),
+            None => (None, None),
+        };
         Ok(Self {
             record: InboundGroupSessionRecord {
                 room_id: room_id.to_owned(),
                 session_id: session_id.to_owned(),
-                sender_key: sender_key.to_owned(),
-                signing_key: signing_key.to_owned(),
-                sender_user: sender_user.to_owned(),
-                sender_device: sender_device.to_owned(),
+                sender_key: origin.sender_key.to_owned(),
+                signing_key: origin.signing_key.to_owned(),
+                sender_user,
+                sender_device: sender_device.filter(|d| !d.is_empty()),
                 pickle: SecretBlob::new(json.to_vec()),
                 first_known_index: session.first_known_index(),
             },

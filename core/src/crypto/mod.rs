@@ -9,16 +9,21 @@ mod account;
 mod devices;
 mod error;
 mod key_requests;
+mod keys_query;
 mod machine;
 mod megolm;
+mod membership;
 mod olm;
 mod requests;
+mod responses;
+mod room_events;
 mod sharing;
 pub mod signing;
 #[cfg(test)]
 mod spec_vectors;
+mod sync_batch;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod to_device;
 
 pub use account::{MEGOLM_ALGORITHM, OLM_ALGORITHM, SIGNED_CURVE25519};
@@ -30,3 +35,5 @@ pub use machine::{
 };
 pub use megolm::RotationSettings;
 pub use requests::{OutgoingKind, OutgoingRequest, raw_json};
+pub use responses::{KeysClaimResponse, KeysQueryResponse, KeysUploadResponse};
+pub use sync_batch::SyncBatch;

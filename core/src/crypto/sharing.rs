@@ -17,7 +17,8 @@ use super::error::{CryptoError, OneTimeKeyError};
 use super::machine::{ClaimOutcome, OlmMachine};
 use super::megolm::{InboundGroup, OutboundGroup, RoomKeyContent, RotationSettings};
 use super::olm::{Ed25519Keys, OlmPayload, OlmSession};
-use super::requests::{OutgoingKind, OutgoingRequest, json_of, raw};
+use super::requests::{OutgoingKind, OutgoingRequest, raw};
+use super::responses::KeysClaimResponse;
 use super::signing::verify_json;
 use crate::store::{
     Changes, DeviceRecord, LocalTrust, PendingToDevice, SecretBlob, ShareRecipient,
@@ -134,7 +135,7 @@ impl OlmMachine {
     /// against the device's ed25519 key; a device whose key fails gets no session.
     pub fn mark_keys_claim_sent(
         &self,
-        response: &claim_keys::v3::Response,
+        response: &KeysClaimResponse,
     ) -> Result<ClaimOutcome, CryptoError> {
         let mut state = self.lock()?;
         let users: Vec<&str> = response.one_time_keys.keys().map(|u| u.as_str()).collect();
@@ -150,18 +151,17 @@ impl OlmMachine {
         let mut answerable = Vec::new();
         for (user, by_device) in &response.one_time_keys {
             for (device_id, keys) in by_device {
-                let (user, device_id) = (user.to_string(), device_id.to_string());
+                let (user, device_id) = (user.to_string(), device_id.clone());
                 let result = devices
                     .get(&(user.clone(), device_id.clone()))
                     .ok_or(OneTimeKeyError::UnknownDevice)
                     .and_then(|device| {
+                        let prefix = format!("{SIGNED_CURVE25519}:");
                         let (_, key) = keys
                             .iter()
-                            .find(|(id, _)| id.algorithm().as_str() == SIGNED_CURVE25519)
+                            .find(|(id, _)| id.starts_with(&prefix))
                             .ok_or_else(|| OneTimeKeyError::Malformed("no signed key".into()))?;
-                        let key = json_of(key)
-                            .ok_or_else(|| OneTimeKeyError::Malformed("not JSON".into()))?;
-                        session_from_claimed_key(&state.account.inner, device, &key)
+                        session_from_claimed_key(&state.account.inner, device, key)
                     });
                 match result {
                     Ok(mut session) => {
@@ -205,8 +205,7 @@ impl OlmMachine {
         if !answerable.is_empty() {
             // The sessions are stored now: answer the key requests that waited for them.
             let mut changes = Changes::default();
-            state.deferred_key_requests.extend(answerable);
-            self.handle_to_device_batch(&mut state, &[], &mut changes)?;
+            self.answer_key_requests(&mut state, answerable, &mut changes)?;
             self.save(&mut state, changes)?;
         }
         Ok(outcome)
@@ -292,8 +291,7 @@ impl OlmMachine {
                 &key,
                 &own_curve,
                 &own_ed,
-                &self.user_id,
-                &self.device_id,
+                Some((&self.user_id, Some(&self.device_id))),
             )?;
             changes.inbound_group_sessions.push(own.record);
         }
@@ -479,6 +477,13 @@ impl OlmMachine {
         Ok(encrypted)
     }
 
+    /// A to-device request was refused for good (the server will never accept it): it is
+    /// dropped, so that it does not hold up the others.
+    pub fn mark_to_device_failed(&self, txn_id: &str) -> Result<(), CryptoError> {
+        warn!(txn_id, "a to-device message was refused for good; dropped");
+        self.mark_to_device_sent(txn_id)
+    }
+
     /// A to-device request was accepted by the server.
     pub fn mark_to_device_sent(&self, txn_id: &str) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
@@ -515,16 +520,19 @@ impl OlmMachine {
     pub fn set_share_with_verified_only(&self, on: bool) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
         let mut changes = Changes::default();
-        changes
-            .values
-            .insert(VERIFIED_ONLY_KEY.to_owned(), on.to_string());
+        // A secret value: encrypted and bound to its key, so it cannot be edited in the file.
+        changes.secret_values.insert(
+            VERIFIED_ONLY_KEY.to_owned(),
+            SecretBlob::new(on.to_string().into_bytes()),
+        );
         self.save(&mut state, changes)
     }
 
     /// Whether room keys go to verified devices only (see
     /// [`Self::set_share_with_verified_only`]).
     pub fn shares_with_verified_only(&self) -> Result<bool, CryptoError> {
-        Ok(self.store.value(VERIFIED_ONLY_KEY)?.as_deref() == Some("true"))
+        let value = self.store.secret_value(VERIFIED_ONLY_KEY)?;
+        Ok(value.is_some_and(|v| v.as_bytes() == b"true"))
     }
 
     /// Forget the room's outbound session; the next share creates a new one.
@@ -567,8 +575,7 @@ fn left_out_because(
     }
 }
 
-/// Store key of the "share room keys with verified devices only" setting.
-const VERIFIED_ONLY_KEY: &str = "setting|share_with_verified_only";
+use crate::store::VERIFIED_ONLY_KEY;
 
 /// Whether the recipients changed in a way that must cut them off from new messages: a
 /// member left, or a device that got the key is gone, changed, blacklisted or (when sharing

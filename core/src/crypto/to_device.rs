@@ -13,30 +13,32 @@ use super::error::{CryptoError, OlmError};
 use super::machine::{OlmMachine, RoomKeyInfo, State, ToDeviceOutcome};
 use super::megolm::{InboundGroup, RoomKeyContent};
 use super::olm::{IncomingOlm, OlmPayload, OlmSession};
-use crate::store::{Changes, DeviceRecord, InboundGroupSessionRecord};
+use crate::store::{Changes, DeviceRecord, InboundGroupSessionRecord, WithheldNotice};
 
 /// Olm sessions and devices loaded once for a whole batch of to-device events.
 #[derive(Default)]
 pub(super) struct Batch {
     pub(super) sessions: HashMap<String, Vec<OlmSession>>,
     pub(super) dirty: HashSet<String>,
-    devices: HashMap<String, Option<DeviceRecord>>,
+    /// Devices by (user id, Curve25519 key).
+    devices: HashMap<(String, String), Option<DeviceRecord>>,
     pub(super) inbound: HashMap<(String, String), InboundGroupSessionRecord>,
     /// Users whose device sent us an Olm message although we don't know that device: our
     /// copy of their device list is stale.
     pub(super) unknown_senders: HashSet<String>,
     /// Known devices whose Olm messages none of our sessions decrypts.
     wedged: Vec<DeviceRecord>,
-}
-
-/// Store key of a withheld notice for one session.
-pub(crate) fn withheld_key(room_id: &str, session_id: &str) -> String {
-    format!("withheld|{room_id}|{session_id}")
+    /// A one-time key was consumed: the account must be stored with the batch.
+    pub(super) account_changed: bool,
 }
 
 fn str_of<'a>(v: &'a Value, name: &str) -> &'a str {
     v.get(name).and_then(Value::as_str).unwrap_or_default()
 }
+
+/// What one batch of to-device events produced: the outcome per event, the room keys
+/// accepted, and whether the account changed.
+pub(crate) type HandledBatch = (Vec<ToDeviceOutcome>, Vec<RoomKeyInfo>, bool);
 
 impl OlmMachine {
     pub(crate) fn handle_to_device_batch(
@@ -44,7 +46,7 @@ impl OlmMachine {
         state: &mut State,
         events: &[Value],
         changes: &mut Changes,
-    ) -> Result<(Vec<ToDeviceOutcome>, Vec<RoomKeyInfo>), CryptoError> {
+    ) -> Result<HandledBatch, CryptoError> {
         let mut batch = Batch::default();
         let own_curve = state.account.curve25519();
         // One store round trip for the sessions of every sender in the batch.
@@ -81,9 +83,10 @@ impl OlmMachine {
             let sender = str_of(event, "sender").to_owned();
             let result = match event_type.as_str() {
                 "m.room.encrypted" => {
-                    self.handle_encrypted(state, &mut batch, event, &own_curve, &mut room_keys)?
+                    let rk = &mut room_keys;
+                    self.handle_encrypted(state, &mut batch, event, &own_curve, rk, changes)?
                 }
-                "m.room_key.withheld" => self.handle_withheld(event, changes),
+                "m.room_key.withheld" => self.handle_withheld(&mut batch, event, changes)?,
                 "m.room_key_request" => {
                     self.handle_key_request(state, &mut batch, event, changes)?
                 }
@@ -103,24 +106,22 @@ impl OlmMachine {
             });
         }
 
-        if !batch.unknown_senders.is_empty() {
-            let tracked = self.tracked_by_user()?;
-            for user in &batch.unknown_senders {
-                let sequence = tracked.get(user).map_or(1, |t| t.sequence + 1);
-                debug!(
-                    user,
-                    "message from an unknown device: re-querying the user's devices"
-                );
-                changes.tracked_users.push(crate::store::TrackedUser {
-                    user_id: user.clone(),
-                    state: crate::store::TrackingState::PendingDownload,
-                    sequence,
-                });
-            }
-        }
+        self.requery_unknown_senders(&batch, changes)?;
         for device in batch.wedged.drain(..) {
             state.note_wedged(device);
         }
+        let account_changed = batch.account_changed;
+        self.flush_batch(batch, changes)?;
+        Ok((outcomes, room_keys, account_changed))
+    }
+
+    /// The sessions the batch advanced or created, and the room keys it accepted, into
+    /// `changes`.
+    pub(super) fn flush_batch(
+        &self,
+        batch: Batch,
+        changes: &mut Changes,
+    ) -> Result<(), CryptoError> {
         for key in &batch.dirty {
             for session in batch.sessions.get(key).into_iter().flatten() {
                 changes.olm_sessions.push(session.to_record()?);
@@ -129,20 +130,93 @@ impl OlmMachine {
         changes
             .inbound_group_sessions
             .extend(batch.inbound.into_values());
-        Ok((outcomes, room_keys))
+        Ok(())
     }
 
+    /// An Olm message from a device we don't know means our list of its owner's devices is
+    /// stale: re-query them, if we track them at all (a stranger's message does not make
+    /// us start tracking anyone), and always our own user.
+    fn requery_unknown_senders(
+        &self,
+        batch: &Batch,
+        changes: &mut Changes,
+    ) -> Result<(), CryptoError> {
+        if batch.unknown_senders.is_empty() {
+            return Ok(());
+        }
+        let mut tracked = self.tracked_by_user()?;
+        for t in &changes.tracked_users {
+            tracked.insert(t.user_id.clone(), t.clone());
+        }
+        for user in &batch.unknown_senders {
+            let current = tracked.get(user);
+            if !current.is_some_and(|t| t.is_tracked()) && user != &self.user_id {
+                continue;
+            }
+            debug!(
+                user,
+                "message from an unknown device: re-querying the user's devices"
+            );
+            changes.tracked_users.push(crate::store::TrackedUser {
+                user_id: user.clone(),
+                state: crate::store::TrackingState::PendingDownload,
+                sequence: current.map_or(1, |t| t.sequence + 1),
+            });
+        }
+        Ok(())
+    }
+
+    /// The device of `user` with this Curve25519 key (cached for the batch).
     pub(super) fn device_for_key(
         &self,
         batch: &mut Batch,
+        user: &str,
         sender_key: &str,
     ) -> Result<Option<DeviceRecord>, CryptoError> {
-        if let Some(d) = batch.devices.get(sender_key) {
+        let id = (user.to_owned(), sender_key.to_owned());
+        if let Some(d) = batch.devices.get(&id) {
             return Ok(d.clone());
         }
-        let device = self.store.device_by_curve25519(sender_key)?;
-        batch.devices.insert(sender_key.to_owned(), device.clone());
+        let device = self.store.device_by_curve25519(user, sender_key)?;
+        batch.devices.insert(id, device.clone());
         Ok(device)
+    }
+
+    /// The message came from `sender_key` under `incoming.sender`, whose devices do not
+    /// include that key. If a known device of another user has it and the payload names
+    /// that device's Ed25519 key, the message is that device's and the sender was rewritten:
+    /// refused. Devices of other users whose Ed25519 key the key's holder does not claim
+    /// published a key they cannot use (squatters): dropped.
+    fn check_other_claimants(
+        &self,
+        incoming: &IncomingOlm,
+        payload: &OlmPayload,
+        changes: &mut Changes,
+    ) -> Result<Result<(), OlmError>, CryptoError> {
+        let claimants: Vec<DeviceRecord> = self
+            .store
+            .devices_with_curve25519(&[&incoming.sender_key])?
+            .into_iter()
+            .filter(|d| !d.deleted && d.user_id != incoming.sender)
+            .collect();
+        if let Some(owner) = claimants.iter().find(|d| d.ed25519 == payload.keys.ed25519) {
+            return Ok(Err(OlmError::PayloadMismatch {
+                field: "sender",
+                expected: owner.user_id.clone(),
+                got: incoming.sender.clone(),
+            }));
+        }
+        for squatter in claimants {
+            tracing::warn!(
+                user = %squatter.user_id, device = %squatter.device_id,
+                "a device published a Curve25519 key whose holder is someone else; dropped"
+            );
+            changes.devices.push(DeviceRecord {
+                deleted: true,
+                ..squatter
+            });
+        }
+        Ok(Ok(()))
     }
 
     /// Decrypt one Olm event. The outer `Result` is a store failure (aborts the batch); the
@@ -154,6 +228,7 @@ impl OlmMachine {
         event: &Value,
         own_curve: &str,
         room_keys: &mut Vec<RoomKeyInfo>,
+        changes: &mut Changes,
     ) -> Result<Result<String, OlmError>, CryptoError> {
         let incoming = match IncomingOlm::parse(event, own_curve) {
             Ok(i) => i,
@@ -171,19 +246,21 @@ impl OlmMachine {
                 if matches!(
                     e,
                     OlmError::NoMatchingSession { .. } | OlmError::SessionCreation(_)
-                ) && let Some(device) = self.device_for_key(batch, &incoming.sender_key)?
-                    && device.user_id == incoming.sender
+                ) && let Some(device) =
+                    self.device_for_key(batch, &incoming.sender, &incoming.sender_key)?
                 {
                     batch.wedged.push(device);
                 }
                 return Ok(Err(e));
             }
         };
-        let device = self.device_for_key(batch, &incoming.sender_key)?;
-        if device.is_none() {
-            batch.unknown_senders.insert(incoming.sender.clone());
+        let device = self.device_for_key(batch, &incoming.sender, &incoming.sender_key)?;
+        let mut verdict = check_payload(&state.account, &incoming, device.as_ref(), &plaintext);
+        if let (Ok(payload), None) = (&verdict, &device)
+            && let Err(e) = self.check_other_claimants(&incoming, payload, changes)?
+        {
+            verdict = Err(e);
         }
-        let verdict = check_payload(&state.account, &incoming, device.as_ref(), &plaintext);
         let payload = match verdict {
             Ok(p) => p,
             Err(e) => {
@@ -193,7 +270,12 @@ impl OlmMachine {
                 return Ok(Err(e));
             }
         };
+        if device.is_none() {
+            batch.unknown_senders.insert(incoming.sender.clone());
+        }
         if let Some(session) = new_session {
+            // The one-time key is used up, whatever the message turns out to carry.
+            batch.account_changed = true;
             batch
                 .sessions
                 .entry(incoming.sender_key.clone())
@@ -206,9 +288,9 @@ impl OlmMachine {
             let sender_device = payload
                 .sender_device
                 .clone()
-                .or_else(|| device.as_ref().map(|d| d.device_id.clone()))
-                .unwrap_or_default();
-            let accepted = self.accept_room_key(batch, &incoming, &payload, &sender_device)?;
+                .or_else(|| device.as_ref().map(|d| d.device_id.clone()));
+            let accepted =
+                self.accept_room_key(batch, &incoming, &payload, sender_device.as_deref())?;
             match accepted {
                 Ok(Some(info)) => room_keys.push(info),
                 Ok(None) => {}
@@ -216,7 +298,9 @@ impl OlmMachine {
             }
         }
         if payload.event_type == "m.forwarded_room_key" {
-            match self.accept_forwarded_key(batch, &incoming, &payload, device.as_ref())? {
+            let forwarded =
+                self.accept_forwarded_key(batch, &incoming, &payload, device.as_ref(), changes)?;
+            match forwarded {
                 Ok(Some(info)) => room_keys.push(info),
                 Ok(None) => {}
                 Err(e) => return Ok(Err(e)),
@@ -226,27 +310,55 @@ impl OlmMachine {
         Ok(Ok(payload.event_type))
     }
 
-    /// Remember an `m.room_key.withheld` notice: it becomes the reason on undecryptable events.
-    fn handle_withheld(&self, event: &Value, changes: &mut Changes) -> Result<String, OlmError> {
+    /// Remember an `m.room_key.withheld` notice. It arrives in clear and proves nothing: it
+    /// is kept only from a member of the room (naming one of their devices, once we know
+    /// them), and is only ever shown on that sender's events (as the reason they cannot be
+    /// decrypted).
+    fn handle_withheld(
+        &self,
+        batch: &mut Batch,
+        event: &Value,
+        changes: &mut Changes,
+    ) -> Result<Result<String, OlmError>, CryptoError> {
         let content = event.get("content").unwrap_or(&Value::Null);
-        let (Some(room_id), Some(session_id), Some(code)) = (
-            content.get("room_id").and_then(Value::as_str),
-            content.get("session_id").and_then(Value::as_str),
-            content.get("code").and_then(Value::as_str),
-        ) else {
-            return Err(OlmError::Malformed(
+        let field = |name: &str| content.get(name).and_then(Value::as_str);
+        let sender = str_of(event, "sender");
+        let (Some(room_id), Some(session_id), Some(code)) =
+            (field("room_id"), field("session_id"), field("code"))
+        else {
+            return Ok(Err(OlmError::Malformed(
                 "withheld notice without room, session or code".into(),
-            ));
+            )));
         };
-        let notice = serde_json::json!({
-            "code": code,
-            "reason": content.get("reason").and_then(Value::as_str),
-            "sender": str_of(event, "sender"),
+        let sender_key = field("sender_key").unwrap_or_default();
+        if ruma::UserId::parse(sender).is_err() || session_id.is_empty() {
+            return Ok(Err(OlmError::Malformed(
+                "withheld notice: invalid ids".into(),
+            )));
+        }
+        let member = super::membership::is_member(&self.store, changes, room_id, sender)?;
+        // Before the sender's devices are downloaded (e.g. the first sync after joining)
+        // the key cannot be checked; once they are, it must be one of them.
+        let known_device = match self.device_for_key(batch, sender, sender_key)? {
+            Some(_) => true,
+            None => self.store.devices(&[sender])?.is_empty(),
+        };
+        if !member || !known_device {
+            debug!(
+                sender,
+                "ignoring a withheld notice of a non-member or another device"
+            );
+            return Ok(Err(OlmError::UnauthenticatedNotice));
+        }
+        changes.withheld_notices.push(WithheldNotice {
+            room_id: room_id.to_owned(),
+            session_id: session_id.to_owned(),
+            sender: sender.to_owned(),
+            sender_key: sender_key.to_owned(),
+            code: code.chars().take(255).collect(),
+            reason: field("reason").map(|r| r.chars().take(1000).collect()),
         });
-        changes
-            .values
-            .insert(withheld_key(room_id, session_id), notice.to_string());
-        Ok("m.room_key.withheld".to_owned())
+        Ok(Ok("m.room_key.withheld".to_owned()))
     }
 
     fn accept_room_key(
@@ -254,7 +366,7 @@ impl OlmMachine {
         batch: &mut Batch,
         incoming: &IncomingOlm,
         payload: &OlmPayload,
-        sender_device: &str,
+        sender_device: Option<&str>,
     ) -> Result<Result<Option<RoomKeyInfo>, OlmError>, CryptoError> {
         let key = match RoomKeyContent::parse(&payload.content) {
             Ok(k) => k,
@@ -264,8 +376,7 @@ impl OlmMachine {
             &key,
             &incoming.sender_key,
             &payload.keys.ed25519,
-            &incoming.sender,
-            sender_device,
+            Some((&incoming.sender, sender_device)),
         ) {
             Ok(g) => g,
             Err(CryptoError::Olm(e)) => return Ok(Err(e)),

@@ -1,4 +1,11 @@
 //! The connection to the homeserver: reqwest (rustls) carrying ruma's typed requests.
+//!
+//! Answers are read with a size limit ([`MAX_BODY_BYTES`]): a server cannot make us hold an
+//! arbitrarily large body in memory.
+
+mod retry;
+
+pub(crate) use retry::with_retry;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -43,10 +50,23 @@ pub enum HttpError {
     /// The request could not be built.
     #[error("could not build the request: {0}")]
     Request(String),
-    /// The answer could not be parsed.
+    /// The answer could not be parsed. The server accepted the request (2xx).
     #[error("could not parse the server's answer: {0}")]
     Response(String),
+    /// The answer is larger than we accept; it was not read.
+    #[error("the server's answer is larger than {limit} bytes")]
+    TooLarge {
+        /// the limit, in bytes
+        limit: usize,
+    },
 }
+
+/// Largest answer body read, in bytes (a `/sync` of a large account fits; a phone's memory
+/// is not at the server's mercy).
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Largest error body read (`errcode`, `error`, `retry_after_ms`, UIA flows).
+const ERROR_BODY_BYTES: usize = 64 * 1024;
 
 impl HttpError {
     /// Whether retrying the same request later may succeed.
@@ -124,6 +144,32 @@ impl HttpClient {
         for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
         for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
     {
+        let (status, bytes) = self.send_raw_inner(request, MAX_BODY_BYTES).await?;
+        let http_response = http::Response::builder()
+            .status(status)
+            .body(bytes.as_ref())
+            .map_err(|e| HttpError::Response(e.to_string()))?;
+        R::IncomingResponse::try_from_http_response(http_response)
+            .map_err(|e| HttpError::Response(e.to_string()))
+    }
+
+    /// Send a ruma request and return the body of a successful (2xx) answer as it is, read
+    /// up to `limit` bytes, for the caller to parse leniently.
+    pub async fn send_raw<R>(&self, request: R, limit: usize) -> Result<Bytes, HttpError>
+    where
+        R: OutgoingRequest,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+    {
+        Ok(self.send_raw_inner(request, limit).await?.1)
+    }
+
+    async fn send_raw_inner<R>(&self, request: R, limit: usize) -> Result<(u16, Bytes), HttpError>
+    where
+        R: OutgoingRequest,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+    {
         let token = self
             .access_token
             .read()
@@ -150,23 +196,37 @@ impl HttpClient {
             .send()
             .await
             .map_err(|e| HttpError::Network(e.without_url().to_string()))?;
-        let status = response.status();
-        let bytes: Bytes = response
-            .bytes()
-            .await
-            .map_err(|e| HttpError::Network(e.without_url().to_string()))?;
-        if status.as_u16() >= 400 {
-            let error = server_error(status.as_u16(), &bytes);
+        let status = response.status().as_u16();
+        if status >= 400 {
+            // An error body is only ever a small JSON object; a larger one is not read.
+            let bytes = read_body(response, ERROR_BODY_BYTES)
+                .await
+                .unwrap_or_default();
+            let error = server_error(status, &bytes);
             warn!(path = %redact_path(&path), %error, "request failed");
             return Err(error);
         }
-        let http_response = http::Response::builder()
-            .status(status.as_u16())
-            .body(bytes.as_ref())
-            .map_err(|e| HttpError::Response(e.to_string()))?;
-        R::IncomingResponse::try_from_http_response(http_response)
-            .map_err(|e| HttpError::Response(e.to_string()))
+        Ok((status, read_body(response, limit).await?))
     }
+}
+
+/// The body, refused as soon as it is larger than `limit` (declared or actual).
+async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Bytes, HttpError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(HttpError::TooLarge { limit });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| HttpError::Network(e.without_url().to_string()))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(HttpError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
 }
 
 /// Keep the endpoint, drop ids and transaction ids from log lines.

@@ -55,6 +55,8 @@ const MAX_PBKDF2_ROUNDS: u32 = 10_000_000;
 const ENC_LABEL: &[u8] = b"newt store enc";
 /// Label for the derived MAC key.
 const MAC_LABEL: &[u8] = b"newt store mac";
+/// Label for the derived key of standalone tags (public columns bound to their row).
+const TAG_LABEL: &[u8] = b"newt store tag";
 
 /// The key that protects the secrets of a [`SqliteStore`](super::SqliteStore).
 ///
@@ -116,6 +118,7 @@ impl KdfParams {
 pub(crate) struct StoreCipher {
     enc_key: Zeroizing<[u8; 32]>,
     mac_key: Zeroizing<[u8; 32]>,
+    tag_key: Zeroizing<[u8; 32]>,
 }
 
 impl fmt::Debug for StoreCipher {
@@ -151,6 +154,7 @@ impl StoreCipher {
         Ok(Self {
             enc_key: derive(&master, ENC_LABEL)?,
             mac_key: derive(&master, MAC_LABEL)?,
+            tag_key: derive(&master, TAG_LABEL)?,
         })
     }
 
@@ -203,18 +207,41 @@ impl StoreCipher {
         Ok(plaintext)
     }
 
+    /// A tag over public values that must not be edited (e.g. a device's trust decision):
+    /// HMAC-SHA256 with its own derived key over the length-prefixed `parts`.
+    pub(crate) fn tag(&self, parts: &[&[u8]]) -> Result<Vec<u8>, StoreError> {
+        Ok(keyed_mac(&self.tag_key, b"", parts)?
+            .finalize()
+            .into_bytes()
+            .to_vec())
+    }
+
+    /// Check a [`StoreCipher::tag`] in constant time; a mismatch is
+    /// [`StoreError::Corrupted`].
+    pub(crate) fn verify_tag(&self, parts: &[&[u8]], tag: &[u8]) -> Result<(), StoreError> {
+        keyed_mac(&self.tag_key, b"", parts)?
+            .verify_slice(tag)
+            .map_err(|_| StoreError::Corrupted("a tagged row failed authentication".into()))
+    }
+
     /// HMAC over `data` followed by the length-prefixed `aad` parts.
     fn mac(&self, data: &[u8], aad: &[&[u8]]) -> Result<HmacSha256, StoreError> {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&*self.mac_key)
-            .map_err(|_| StoreError::Corrupted("invalid MAC key length".into()))?;
-        mac.update(data);
-        for part in aad {
-            mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part);
-        }
-        mac.update(&(aad.len() as u64).to_be_bytes());
-        Ok(mac)
+        keyed_mac(&self.mac_key, data, aad)
     }
+}
+
+/// HMAC-SHA256 with `key` over `data` followed by the length-prefixed `aad` parts and their
+/// count.
+fn keyed_mac(key: &[u8; 32], data: &[u8], aad: &[&[u8]]) -> Result<HmacSha256, StoreError> {
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key)
+        .map_err(|_| StoreError::Corrupted("invalid MAC key length".into()))?;
+    mac.update(data);
+    for part in aad {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    mac.update(&(aad.len() as u64).to_be_bytes());
+    Ok(mac)
 }
 
 /// `HMAC-SHA256(master, label)`.
@@ -316,6 +343,8 @@ mod tests {
         assert_ne!(*c.enc_key, [1u8; 32]);
         assert_ne!(*c.mac_key, [1u8; 32]);
         assert_ne!(*c.enc_key, *c.mac_key);
+        assert_ne!(*c.tag_key, *c.mac_key);
+        assert_ne!(*c.tag_key, *c.enc_key);
     }
 
     #[test]

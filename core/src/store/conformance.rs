@@ -4,10 +4,12 @@
 //! all of them as `#[test]`s for one implementation (see the bottom of this file).
 
 mod batches;
+mod bounded;
 mod fixtures;
 mod records;
 
 pub(crate) use batches::*;
+pub(crate) use bounded::*;
 pub(crate) use fixtures::*;
 pub(crate) use records::*;
 
@@ -47,6 +49,12 @@ macro_rules! store_conformance_tests {
                 encrypted_rooms_of_users,
                 undecryptable_events_by_session,
                 send_queue_in_order,
+                withheld_notices_by_sender,
+                key_requests_one_per_session,
+                member_lists_replaced_by_a_full_answer,
+                quotas_forget_the_oldest_first,
+                sessions_of_non_members_are_bounded,
+                invites_are_bounded,
                 pending_to_device_queue,
                 values_and_secret_values,
                 sync_token,

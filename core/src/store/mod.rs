@@ -17,6 +17,7 @@ mod cipher;
 #[cfg(test)]
 pub(crate) mod conformance;
 mod memory;
+pub mod quota;
 mod sqlite;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +29,7 @@ use zeroize::Zeroizing;
 pub use cipher::StoreKey;
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
+pub(crate) use sqlite::VERIFIED_ONLY_KEY;
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
@@ -125,10 +127,12 @@ pub struct InboundGroupSessionRecord {
     pub sender_key: String,
     /// Ed25519 key the sending device claimed (checked against its device keys).
     pub signing_key: String,
-    /// User id of the sender, as authenticated by the Olm channel.
-    pub sender_user: String,
-    /// Device id of the sender, as authenticated by the Olm channel.
-    pub sender_device: String,
+    /// User id of the sender, as authenticated by the Olm channel; `None` when the session
+    /// came from a forwarded key whose original device we did not know (the sender is then
+    /// resolved from the device list at decryption, or the event is refused).
+    pub sender_user: Option<String>,
+    /// Device id of the sender, as authenticated by the Olm channel; `None` if unknown.
+    pub sender_device: Option<String>,
     /// Pickled `vodozemac::megolm::InboundGroupSession`.
     pub pickle: SecretBlob,
     /// First message index the session can decrypt.
@@ -358,6 +362,54 @@ pub struct UndecryptableEvent {
     pub event_json: String,
 }
 
+/// An `m.room_key.withheld` notice: why a session's sender did not give us its key. Shown
+/// only on events of that sender (it is sent in clear and proves nothing else).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WithheldNotice {
+    /// Room.
+    pub room_id: String,
+    /// Megolm session id.
+    pub session_id: String,
+    /// User who sent the notice (a member of the room when it was accepted).
+    pub sender: String,
+    /// Curve25519 key of the sending device as named in the notice (empty for notices kept
+    /// by an earlier version).
+    pub sender_key: String,
+    /// `code`, e.g. `m.unverified`, `m.blacklisted`, `m.no_olm`.
+    pub code: String,
+    /// Human-readable `reason`, if given.
+    pub reason: Option<String>,
+}
+
+/// A room-key request we sent for one session (at most one per session).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRequestRecord {
+    /// Room.
+    pub room_id: String,
+    /// Megolm session id.
+    pub session_id: String,
+    /// `request_id` of the `m.room_key_request`.
+    pub request_id: String,
+}
+
+/// How many records of the kinds other users can make us store are kept (see
+/// [`quota`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    /// Inbound group sessions in all.
+    pub inbound_group_sessions: u64,
+    /// Inbound group sessions whose sender is not a member of the room as far as we know.
+    pub inbound_sessions_from_non_members: u64,
+    /// Rooms we are invited to.
+    pub invites: u64,
+    /// Withheld notices.
+    pub withheld_notices: u64,
+    /// Key requests remembered.
+    pub key_requests: u64,
+    /// Undecryptable events kept.
+    pub undecryptable_events: u64,
+}
+
 /// A message the app sent that has not reached the server yet (the send queue). Its content
 /// is plaintext and encrypted at rest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -393,6 +445,9 @@ pub struct Changes {
     pub rooms: Vec<RoomRecord>,
     /// Members to insert or replace.
     pub members: Vec<MemberRecord>,
+    /// Rooms whose member list is replaced by the `members` of this batch: their other
+    /// member records are deleted first (a full `/members` answer).
+    pub replaced_member_lists: Vec<String>,
     /// To-device requests to remember until sent.
     pub pending_to_device: Vec<PendingToDevice>,
     /// To-device requests that were sent (by transaction id).
@@ -407,6 +462,10 @@ pub struct Changes {
     pub undecryptable_events: Vec<UndecryptableEvent>,
     /// Undecryptable events to forget: `(room id, event id)`; applied after the inserts.
     pub resolved_events: Vec<(String, String)>,
+    /// Withheld notices to keep (insert or replace by room, session and sender).
+    pub withheld_notices: Vec<WithheldNotice>,
+    /// Key requests sent (insert, or keep the existing one of the session).
+    pub key_requests: Vec<KeyRequestRecord>,
     /// Arbitrary small values (not secret) by key, e.g. `access_token` is NOT allowed here.
     pub values: BTreeMap<String, String>,
     /// Secret values by key (encrypted at rest), e.g. the access token.
@@ -428,12 +487,15 @@ impl Changes {
             && self.megolm_indices.is_empty()
             && self.rooms.is_empty()
             && self.members.is_empty()
+            && self.replaced_member_lists.is_empty()
             && self.pending_to_device.is_empty()
             && self.sent_to_device.is_empty()
             && self.queued_sends.is_empty()
             && self.finished_sends.is_empty()
             && self.undecryptable_events.is_empty()
             && self.resolved_events.is_empty()
+            && self.withheld_notices.is_empty()
+            && self.key_requests.is_empty()
             && self.values.is_empty()
             && self.secret_values.is_empty()
             && self.sync_token.is_none()
@@ -488,6 +550,18 @@ impl Changes {
             non_empty("member room_id", &m.room_id)?;
             non_empty("member user_id", &m.user_id)?;
         }
+        for room_id in &self.replaced_member_lists {
+            non_empty("replaced member list room_id", room_id)?;
+        }
+        for w in &self.withheld_notices {
+            non_empty("withheld notice room_id", &w.room_id)?;
+            non_empty("withheld notice session_id", &w.session_id)?;
+            non_empty("withheld notice sender", &w.sender)?;
+        }
+        for r in &self.key_requests {
+            non_empty("key request room_id", &r.room_id)?;
+            non_empty("key request session_id", &r.session_id)?;
+        }
         for p in &self.pending_to_device {
             non_empty("pending to-device txn_id", &p.txn_id)?;
         }
@@ -536,12 +610,16 @@ impl Changes {
         self.megolm_indices.extend(other.megolm_indices);
         self.rooms.extend(other.rooms);
         self.members.extend(other.members);
+        self.replaced_member_lists
+            .extend(other.replaced_member_lists);
         self.pending_to_device.extend(other.pending_to_device);
         self.sent_to_device.extend(other.sent_to_device);
         self.queued_sends.extend(other.queued_sends);
         self.finished_sends.extend(other.finished_sends);
         self.undecryptable_events.extend(other.undecryptable_events);
         self.resolved_events.extend(other.resolved_events);
+        self.withheld_notices.extend(other.withheld_notices);
+        self.key_requests.extend(other.key_requests);
         self.values.extend(other.values);
         self.secret_values.extend(other.secret_values);
         if other.sync_token.is_some() {
@@ -555,7 +633,8 @@ impl Changes {
 /// Reads take batches where a caller needs many rows (devices of many users, sessions of
 /// many devices) so that a SQLite implementation answers with one query, not one per row.
 pub trait Store: Send + Sync + 'static {
-    /// Apply all changes atomically; on error nothing is applied.
+    /// Apply all changes atomically; on error nothing is applied. The [`quota`] limits are
+    /// enforced in the same transaction (oldest records first).
     fn save_changes(&self, changes: Changes) -> Result<(), StoreError>;
 
     /// A counter bumped by every committed `save_changes`, by any process.
@@ -589,8 +668,16 @@ pub trait Store: Send + Sync + 'static {
     /// All known devices of these users (deleted ones included), in one batch.
     fn devices(&self, user_ids: &[&str]) -> Result<Vec<DeviceRecord>, StoreError>;
 
-    /// The device with this Curve25519 identity key, if known.
-    fn device_by_curve25519(&self, curve25519: &str) -> Result<Option<DeviceRecord>, StoreError>;
+    /// The device of `user_id` with this Curve25519 identity key, if known.
+    fn device_by_curve25519(
+        &self,
+        user_id: &str,
+        curve25519: &str,
+    ) -> Result<Option<DeviceRecord>, StoreError>;
+
+    /// Every device (of any user, deleted ones included) with one of these Curve25519
+    /// identity keys, sorted by user and device id.
+    fn devices_with_curve25519(&self, keys: &[&str]) -> Result<Vec<DeviceRecord>, StoreError>;
 
     /// All tracked users.
     fn tracked_users(&self) -> Result<Vec<TrackedUser>, StoreError>;
@@ -611,6 +698,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// All member records of a room.
     fn members(&self, room_id: &str) -> Result<Vec<MemberRecord>, StoreError>;
+
+    /// One member record.
+    fn member(&self, room_id: &str, user_id: &str) -> Result<Option<MemberRecord>, StoreError>;
 
     /// The encrypted rooms in which any of these users is joined or invited, sorted by room
     /// id; answered from an index, without loading member lists.
@@ -633,11 +723,26 @@ pub trait Store: Send + Sync + 'static {
     /// Number of undecryptable events kept (to bound them).
     fn undecryptable_event_count(&self) -> Result<u64, StoreError>;
 
-    /// `(room id, event id)` of the `limit` undecryptable events stored first.
-    fn oldest_undecryptable_events(&self, limit: u64) -> Result<Vec<(String, String)>, StoreError>;
-
     /// To-device requests not yet confirmed as sent, oldest first.
     fn pending_to_device(&self) -> Result<Vec<PendingToDevice>, StoreError>;
+
+    /// The withheld notice `sender` sent for one session.
+    fn withheld_notice(
+        &self,
+        room_id: &str,
+        session_id: &str,
+        sender: &str,
+    ) -> Result<Option<WithheldNotice>, StoreError>;
+
+    /// The key request sent for one session, if any.
+    fn key_request(
+        &self,
+        room_id: &str,
+        session_id: &str,
+    ) -> Result<Option<KeyRequestRecord>, StoreError>;
+
+    /// How many records of each bounded kind are kept.
+    fn counts(&self) -> Result<StoreCounts, StoreError>;
 
     /// A plain value.
     fn value(&self, key: &str) -> Result<Option<String>, StoreError>;

@@ -21,17 +21,19 @@ use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
 use super::cipher::{StoreCipher, StoreKey};
 use super::{
-    AccountRecord, Changes, DeviceRecord, InboundGroupSessionRecord, LocalTrust, MegolmIndexRecord,
-    MemberRecord, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice, QueuedSend,
-    RoomRecord, SecretBlob, ShareRecipient, Store, StoreError, TrackedUser, TrackingState,
-    UndecryptableEvent,
+    AccountRecord, Changes, DeviceRecord, InboundGroupSessionRecord, KeyRequestRecord, LocalTrust,
+    MegolmIndexRecord, MemberRecord, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice,
+    QueuedSend, RoomRecord, SecretBlob, ShareRecipient, Store, StoreCounts, StoreError,
+    TrackedUser, TrackingState, UndecryptableEvent, WithheldNotice,
 };
 
+mod migrate_5;
 mod schema;
 #[cfg(test)]
 mod tests;
 mod write;
 
+pub(crate) use migrate_5::VERIFIED_ONLY_KEY;
 #[cfg(test)]
 use schema::{BUSY_TIMEOUT, MIGRATIONS};
 use schema::{load_cipher, meta, migrate, open_connection, schema_version};
@@ -76,7 +78,7 @@ impl SqliteStore {
             0 => None,
             _ => Some(load_cipher(&writer, key)?),
         };
-        if let Some(created) = migrate(&mut writer, key)? {
+        if let Some(created) = migrate(&mut writer, key, cipher.as_ref())? {
             cipher = Some(created);
         }
         let cipher = match cipher {
@@ -233,8 +235,8 @@ impl Store for SqliteStore {
                     session_id: col(r, 1)?,
                     sender_key: col(r, 2)?,
                     signing_key: col(r, 3)?,
-                    sender_user: col(r, 4)?,
-                    sender_device: col(r, 5)?,
+                    sender_user: non_empty(col(r, 4)?),
+                    sender_device: non_empty(col(r, 5)?),
                     pickle: SecretBlob::new(Vec::new()),
                     first_known_index: col(r, 7)?,
                 };
@@ -268,18 +270,20 @@ impl Store for SqliteStore {
                 let room_id: String = col(r, 0)?;
                 let session_id: String = col(r, 1)?;
                 let blob: Vec<u8> = col(r, 2)?;
-                let pickle = self
-                    .cipher
-                    .decrypt(&aad_outbound(&room_id, &session_id), &blob)?;
-                let shared_with: String = col(r, 5)?;
-                let shared_with: Vec<ShareRecipient> = serde_json::from_str(&shared_with)
+                let created_ms = u64_from_sql(col(r, 3)?);
+                let message_count = u64_from_sql(col(r, 4)?);
+                let json: String = col(r, 5)?;
+                let (created, count) = (created_ms.to_be_bytes(), message_count.to_be_bytes());
+                let aad = aad_outbound(&room_id, &session_id, &created, &count, &json);
+                let pickle = self.cipher.decrypt(&aad, &blob)?;
+                let shared_with: Vec<ShareRecipient> = serde_json::from_str(&json)
                     .map_err(|e| StoreError::Decode(format!("shared_with: {e}")))?;
                 Ok(OutboundGroupSessionRecord {
                     room_id,
                     session_id,
                     pickle: SecretBlob(pickle),
-                    created_ms: u64_from_sql(col(r, 3)?),
-                    message_count: u64_from_sql(col(r, 4)?),
+                    created_ms,
+                    message_count,
                     shared_with,
                 })
             },
@@ -292,26 +296,44 @@ impl Store for SqliteStore {
         }
         query_all(
             &self.reader(),
-            "SELECT user_id, device_id, curve25519, ed25519, algorithms, display_name,
-                keys_json, local_trust, deleted
-             FROM devices WHERE user_id IN (SELECT value FROM json_each(?1))
-             ORDER BY user_id, device_id",
+            &format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices
+                 WHERE user_id IN (SELECT value FROM json_each(?1)) ORDER BY user_id, device_id"
+            ),
             [json_list(user_ids)?],
-            device_from_row,
+            |r| device_from_row(r, Some(&self.cipher)),
         )
     }
 
-    fn device_by_curve25519(&self, curve25519: &str) -> Result<Option<DeviceRecord>, StoreError> {
-        // Two devices claiming one key should not happen; if it does, the choice is
-        // deterministic: a live device before a deleted one, then by ids.
+    fn device_by_curve25519(
+        &self,
+        user_id: &str,
+        curve25519: &str,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        // One device per key is kept; older stores may hold more: a live one first.
         query_opt(
             &self.reader(),
-            "SELECT user_id, device_id, curve25519, ed25519, algorithms, display_name,
-                keys_json, local_trust, deleted
-             FROM devices WHERE curve25519 = ?1
-             ORDER BY deleted, user_id, device_id LIMIT 1",
-            [curve25519],
-            device_from_row,
+            &format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices WHERE curve25519 = ?2 AND user_id = ?1
+                 ORDER BY deleted, device_id LIMIT 1"
+            ),
+            [user_id, curve25519],
+            |r| device_from_row(r, Some(&self.cipher)),
+        )
+    }
+
+    fn devices_with_curve25519(&self, keys: &[&str]) -> Result<Vec<DeviceRecord>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        query_all(
+            &self.reader(),
+            &format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices
+                 WHERE curve25519 IN (SELECT value FROM json_each(?1)) ORDER BY user_id, device_id"
+            ),
+            [json_list(keys)?],
+            |r| device_from_row(r, Some(&self.cipher)),
         )
     }
 
@@ -440,15 +462,6 @@ impl Store for SqliteStore {
         Ok(u64_from_sql(count))
     }
 
-    fn oldest_undecryptable_events(&self, limit: u64) -> Result<Vec<(String, String)>, StoreError> {
-        query_all(
-            &self.reader(),
-            "SELECT room_id, event_id FROM undecryptable_events ORDER BY seq LIMIT ?1",
-            [i64::try_from(limit).unwrap_or(i64::MAX)],
-            |r| Ok((col(r, 0)?, col(r, 1)?)),
-        )
-    }
-
     fn encrypted_rooms_with(&self, user_ids: &[&str]) -> Result<Vec<String>, StoreError> {
         if user_ids.is_empty() {
             return Ok(Vec::new());
@@ -481,6 +494,21 @@ impl Store for SqliteStore {
         )
     }
 
+    fn member(&self, room_id: &str, user_id: &str) -> Result<Option<MemberRecord>, StoreError> {
+        query_opt(
+            &self.reader(),
+            "SELECT room_id, user_id, membership FROM members WHERE room_id = ?1 AND user_id = ?2",
+            [room_id, user_id],
+            |r| {
+                Ok(MemberRecord {
+                    room_id: col(r, 0)?,
+                    user_id: col(r, 1)?,
+                    membership: col(r, 2)?,
+                })
+            },
+        )
+    }
+
     fn pending_to_device(&self) -> Result<Vec<PendingToDevice>, StoreError> {
         query_all(
             &self.reader(),
@@ -494,6 +522,68 @@ impl Store for SqliteStore {
                 })
             },
         )
+    }
+
+    fn withheld_notice(
+        &self,
+        room_id: &str,
+        session_id: &str,
+        sender: &str,
+    ) -> Result<Option<WithheldNotice>, StoreError> {
+        query_opt(
+            &self.reader(),
+            "SELECT room_id, session_id, sender, sender_key, code, reason FROM withheld_notices
+             WHERE room_id = ?1 AND session_id = ?2 AND sender = ?3",
+            [room_id, session_id, sender],
+            |r| {
+                Ok(WithheldNotice {
+                    room_id: col(r, 0)?,
+                    session_id: col(r, 1)?,
+                    sender: col(r, 2)?,
+                    sender_key: col(r, 3)?,
+                    code: col(r, 4)?,
+                    reason: col(r, 5)?,
+                })
+            },
+        )
+    }
+
+    fn key_request(
+        &self,
+        room_id: &str,
+        session_id: &str,
+    ) -> Result<Option<KeyRequestRecord>, StoreError> {
+        query_opt(
+            &self.reader(),
+            "SELECT room_id, session_id, request_id FROM key_requests
+             WHERE room_id = ?1 AND session_id = ?2",
+            [room_id, session_id],
+            |r| {
+                Ok(KeyRequestRecord {
+                    room_id: col(r, 0)?,
+                    session_id: col(r, 1)?,
+                    request_id: col(r, 2)?,
+                })
+            },
+        )
+    }
+
+    fn counts(&self) -> Result<StoreCounts, StoreError> {
+        let conn = self.reader();
+        let count = |sql: &str| -> Result<u64, StoreError> {
+            let n: i64 = query_opt(&conn, sql, [], |r| col(r, 0))?.unwrap_or(0);
+            Ok(u64_from_sql(n))
+        };
+        Ok(StoreCounts {
+            inbound_group_sessions: count("SELECT count(*) FROM inbound_group_sessions")?,
+            inbound_sessions_from_non_members: count(&format!(
+                "SELECT count(*) FROM inbound_group_sessions s WHERE {FROM_NON_MEMBER}"
+            ))?,
+            invites: count("SELECT count(*) FROM rooms WHERE own_membership = 'invite'")?,
+            withheld_notices: count("SELECT count(*) FROM withheld_notices")?,
+            key_requests: count("SELECT count(*) FROM key_requests")?,
+            undecryptable_events: count("SELECT count(*) FROM undecryptable_events")?,
+        })
     }
 
     fn value(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -603,10 +693,19 @@ fn query_opt<T, P: Params>(
     }
 }
 
-fn device_from_row(r: &Row<'_>) -> Result<DeviceRecord, StoreError> {
+/// An inbound session (`s`) whose sender is not known as a member of its room.
+const FROM_NON_MEMBER: &str = "NOT EXISTS (SELECT 1 FROM members m \
+    WHERE m.room_id = s.room_id AND m.user_id = s.sender_user)";
+
+/// The columns [`device_from_row`] reads, in order.
+const DEVICE_COLUMNS: &str = "user_id, device_id, curve25519, ed25519, algorithms, \
+    display_name, keys_json, local_trust, deleted, trust_tag";
+
+/// A device row ([`DEVICE_COLUMNS`]); with `cipher`, its tag is checked.
+fn device_from_row(r: &Row<'_>, cipher: Option<&StoreCipher>) -> Result<DeviceRecord, StoreError> {
     let algorithms: String = col(r, 4)?;
     let local_trust: String = col(r, 7)?;
-    Ok(DeviceRecord {
+    let device = DeviceRecord {
         user_id: col(r, 0)?,
         device_id: col(r, 1)?,
         curve25519: col(r, 2)?,
@@ -618,7 +717,32 @@ fn device_from_row(r: &Row<'_>) -> Result<DeviceRecord, StoreError> {
         local_trust: LocalTrust::parse(&local_trust)
             .ok_or_else(|| StoreError::Decode("unknown device local_trust value".into()))?,
         deleted: col(r, 8)?,
-    })
+    };
+    if let Some(cipher) = cipher {
+        let tag: Option<Vec<u8>> = col(r, 9)?;
+        let tag = tag.ok_or_else(|| StoreError::Corrupted("device row without a tag".into()))?;
+        cipher.verify_tag(&device_tag_parts(&device), &tag)?;
+    }
+    Ok(device)
+}
+
+/// What a device's tag covers: who it is, its keys, the user's decision and whether it was
+/// removed (editing any of them in the file must not go unnoticed).
+fn device_tag_parts(d: &DeviceRecord) -> [&[u8]; 7] {
+    [
+        b"device",
+        d.user_id.as_bytes(),
+        d.device_id.as_bytes(),
+        d.curve25519.as_bytes(),
+        d.ed25519.as_bytes(),
+        d.local_trust.as_str().as_bytes(),
+        if d.deleted { b"deleted" } else { b"live" },
+    ]
+}
+
+/// `""` (how SQLite keeps an unknown value in a `NOT NULL` column) as `None`.
+fn non_empty(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
 }
 
 fn room_from_row(r: &Row<'_>) -> Result<RoomRecord, StoreError> {
@@ -653,17 +777,28 @@ fn aad_inbound<'a>(s: &'a InboundGroupSessionRecord, index: &'a [u8; 4]) -> [&'a
         s.session_id.as_bytes(),
         s.sender_key.as_bytes(),
         s.signing_key.as_bytes(),
-        s.sender_user.as_bytes(),
-        s.sender_device.as_bytes(),
+        s.sender_user.as_deref().unwrap_or_default().as_bytes(),
+        s.sender_device.as_deref().unwrap_or_default().as_bytes(),
         index,
     ]
 }
 
-fn aad_outbound<'a>(room_id: &'a str, session_id: &'a str) -> [&'a [u8]; 3] {
+/// Binds also the rotation state (creation time, message count) and the recipient journal:
+/// editing them would keep a session in use longer or hide who has it.
+fn aad_outbound<'a>(
+    room_id: &'a str,
+    session_id: &'a str,
+    created_ms: &'a [u8; 8],
+    message_count: &'a [u8; 8],
+    shared_with_json: &'a str,
+) -> [&'a [u8]; 6] {
     [
         b"outbound_group_session",
         room_id.as_bytes(),
         session_id.as_bytes(),
+        created_ms,
+        message_count,
+        shared_with_json.as_bytes(),
     ]
 }
 

@@ -85,7 +85,7 @@ pub(crate) fn tricky_ids_stored_exactly<S: Store>(s: &S) {
             "devices of {id:?}"
         );
         assert_eq!(
-            s.device_by_curve25519(&format!("curve {id}"))
+            s.device_by_curve25519(id, &format!("curve {id}"))
                 .unwrap()
                 .map(|d| d.user_id),
             Some(id.to_owned())
@@ -176,6 +176,24 @@ pub(crate) fn invalidators() -> Vec<Invalidator> {
             c.members.push(member("", "@u:x", "join"))
         }),
         ("member user", |c| c.members.push(member("!r", "", "join"))),
+        ("replaced member list", |c| {
+            c.replaced_member_lists.push(String::new())
+        }),
+        ("withheld room", |c| {
+            c.withheld_notices.push(notice("", "s", "@u:x"))
+        }),
+        ("withheld session", |c| {
+            c.withheld_notices.push(notice("!r", "", "@u:x"))
+        }),
+        ("withheld sender", |c| {
+            c.withheld_notices.push(notice("!r", "s", ""))
+        }),
+        ("key request room", |c| {
+            c.key_requests.push(key_request("", "s"))
+        }),
+        ("key request session", |c| {
+            c.key_requests.push(key_request("!r", ""))
+        }),
         ("pending txn", |c| {
             c.pending_to_device.push(pending("", "{}"))
         }),

@@ -34,8 +34,8 @@ pub(crate) fn inbound(room: &str, session_id: &str) -> InboundGroupSessionRecord
         session_id: session_id.into(),
         sender_key: format!("curve-of-{session_id}"),
         signing_key: format!("ed-of-{session_id}"),
-        sender_user: "@alice:example.org".into(),
-        sender_device: "ALICEDEV".into(),
+        sender_user: Some("@alice:example.org".into()),
+        sender_device: Some("ALICEDEV".into()),
         pickle: blob(format!("inbound pickle {room} {session_id}").as_bytes()),
         first_known_index: 3,
     }
@@ -141,6 +141,25 @@ pub(crate) fn queued(txn_id: &str, room_id: &str, content: &[u8]) -> QueuedSend 
     }
 }
 
+pub(crate) fn notice(room: &str, session_id: &str, sender: &str) -> WithheldNotice {
+    WithheldNotice {
+        room_id: room.into(),
+        session_id: session_id.into(),
+        sender: sender.into(),
+        sender_key: format!("curve-of-{sender}"),
+        code: "m.unverified".into(),
+        reason: Some(format!("reason {session_id}")),
+    }
+}
+
+pub(crate) fn key_request(room: &str, session_id: &str) -> KeyRequestRecord {
+    KeyRequestRecord {
+        room_id: room.into(),
+        session_id: session_id.into(),
+        request_id: format!("req-{session_id}"),
+    }
+}
+
 /// One record of every kind (and a sync token), keys derived from `tag`.
 pub(crate) fn full_changes(tag: &str) -> Changes {
     let mut c = Changes {
@@ -163,6 +182,8 @@ pub(crate) fn full_changes(tag: &str) -> Changes {
             &format!("!room-{tag}"),
             b"{}",
         )],
+        withheld_notices: vec![notice(&format!("!room-{tag}"), "wh1", "@w:x")],
+        key_requests: vec![key_request(&format!("!room-{tag}"), "kr1")],
         sync_token: Some(format!("token-{tag}")),
         ..Default::default()
     };
@@ -203,6 +224,14 @@ pub(crate) fn assert_full_present<S: Store + ?Sized>(s: &S, tag: &str) {
     );
     assert!(s.queued_sends().unwrap().contains(&c.queued_sends[0]));
     assert_eq!(
+        s.withheld_notice(&room_id, "wh1", "@w:x").unwrap().as_ref(),
+        c.withheld_notices.first()
+    );
+    assert_eq!(
+        s.key_request(&room_id, "kr1").unwrap().as_ref(),
+        c.key_requests.first()
+    );
+    assert_eq!(
         s.value(&format!("v-{tag}")).unwrap().as_deref(),
         Some("plain")
     );
@@ -226,14 +255,16 @@ pub(crate) fn assert_full_absent<S: Store + ?Sized>(s: &S, tag: &str) {
     assert_eq!(s.outbound_group_session(&room_id).unwrap(), None);
     assert!(s.devices(&[&user]).unwrap().is_empty());
     assert!(
-        s.device_by_curve25519(&format!("curve-{tag}"))
+        s.devices_with_curve25519(&[&format!("curve-{tag}")])
             .unwrap()
-            .is_none()
+            .is_empty()
     );
     assert!(!s.tracked_users().unwrap().iter().any(|u| u.user_id == user));
     assert_eq!(s.megolm_index(&sk, "igs1", 1).unwrap(), None);
     assert_eq!(s.room(&room_id).unwrap(), None);
     assert!(s.members(&room_id).unwrap().is_empty());
+    assert_eq!(s.withheld_notice(&room_id, "wh1", "@w:x").unwrap(), None);
+    assert_eq!(s.key_request(&room_id, "kr1").unwrap(), None);
     let txn = format!("txn-{tag}");
     assert!(
         !s.pending_to_device()

@@ -135,6 +135,46 @@ pub(super) const MIGRATIONS: &[&str] = &[
         room_id TEXT NOT NULL,
         content BLOB NOT NULL
     );",
+    // 5: withheld notices and key requests get tables of their own (bounded, oldest
+    // first); a device's trust decision is bound to its row by a tag (filled in by
+    // `migrate_data`, which also re-binds outbound sessions and moves the sharing setting).
+    "CREATE TABLE withheld_notices (
+        seq INTEGER PRIMARY KEY,
+        room_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        sender_key TEXT NOT NULL,
+        code TEXT NOT NULL,
+        reason TEXT,
+        UNIQUE (room_id, session_id, sender)
+    );
+    CREATE TABLE key_requests (
+        seq INTEGER PRIMARY KEY,
+        room_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        UNIQUE (room_id, session_id)
+    );
+    CREATE TEMP TABLE split_keys AS
+        SELECT key, value, substr(key, instr(key, '|') + 1) AS rest FROM plain_values
+        WHERE key LIKE 'withheld|%|%' OR key LIKE 'keyreq|%|%';
+    CREATE TEMP TABLE split_ids AS
+        SELECT key, value, substr(head, 1, length(head) - 1) AS room_id,
+            substr(rest, length(head) + 1) AS session_id
+        FROM (SELECT key, value, rest, rtrim(rest, replace(rest, '|', '')) AS head
+              FROM split_keys);
+    INSERT OR IGNORE INTO withheld_notices (room_id, session_id, sender, sender_key, code, reason)
+        SELECT room_id, session_id, coalesce(json_extract(value, '$.sender'), ''), '',
+            coalesce(json_extract(value, '$.code'), ''), json_extract(value, '$.reason')
+        FROM split_ids WHERE key LIKE 'withheld|%' AND json_valid(value)
+            AND room_id != '' AND session_id != '';
+    INSERT OR IGNORE INTO key_requests (room_id, session_id, request_id)
+        SELECT room_id, session_id, value FROM split_ids
+        WHERE key LIKE 'keyreq|%' AND room_id != '' AND session_id != '';
+    DELETE FROM plain_values WHERE key IN (SELECT key FROM split_keys);
+    DROP TABLE split_ids;
+    DROP TABLE split_keys;
+    ALTER TABLE devices ADD COLUMN trust_tag BLOB;",
 ];
 
 /// Keys of the `meta` table.
@@ -178,13 +218,17 @@ pub(super) fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
     Ok(found)
 }
 
-/// Apply all pending migrations, each in its own transaction. Returns the cipher if this call
-/// created the store (migration 1 also saves the key-derivation parameters and key check).
+/// Apply all pending migrations, each in its own transaction. `cipher` is the store's cipher
+/// when the store exists already (checked against the key); migrations that rewrite secrets
+/// need it. Returns the cipher if this call created the store (migration 1 also saves the
+/// key-derivation parameters and key check).
 pub(super) fn migrate(
     conn: &mut Connection,
     key: &StoreKey,
+    cipher: Option<&StoreCipher>,
 ) -> Result<Option<StoreCipher>, StoreError> {
-    let mut created = None;
+    let mut created: Option<StoreCipher> = None;
+    let mut loaded: Option<StoreCipher> = None;
     while schema_version(conn)? < MIGRATIONS.len() as i64 {
         // Stretching the passphrase happens before taking the write lock.
         let fresh = if schema_version(conn)? == 0 {
@@ -218,11 +262,31 @@ pub(super) fn migrate(
             set_meta(&tx, meta::GENERATION, 0i64)?;
             created = Some(cipher);
         }
+        let cipher = match (cipher, created.as_ref()) {
+            (Some(c), _) | (None, Some(c)) => c,
+            // Another process created the store between our version check and now.
+            (None, None) => loaded.insert(load_cipher(&tx, key)?),
+        };
+        migrate_data(&tx, version + 1, cipher)?;
         tx.pragma_update(None, "user_version", version + 1)
             .map_err(db)?;
         tx.commit().map_err(db)?;
     }
     Ok(created)
+}
+
+/// The part of migration `to` that needs the cipher (rows re-encrypted or tagged).
+fn migrate_data(
+    tx: &rusqlite::Transaction<'_>,
+    to: i64,
+    cipher: &StoreCipher,
+) -> Result<(), StoreError> {
+    if to != 5 {
+        return Ok(());
+    }
+    super::migrate_5::tag_devices(tx, cipher)?;
+    super::migrate_5::rebind_outbound_sessions(tx, cipher)?;
+    super::migrate_5::protect_sharing_setting(tx, cipher)
 }
 
 /// Derive the cipher from the saved parameters and check it against the saved key check.

@@ -392,13 +392,13 @@ fn tampered_rows_are_errors_not_panics() {
     tamper(
         d,
         sql("UPDATE devices SET algorithms = 'not json' WHERE device_id = 'D2'"),
-        || s.device_by_curve25519("curve-t2"),
+        || s.devices_with_curve25519(&["curve-t2"]),
         decode,
     );
     tamper(
         d,
         sql("UPDATE devices SET deleted = 'yes' WHERE device_id = 'D3'"),
-        || s.device_by_curve25519("curve-t3"),
+        || s.devices_with_curve25519(&["curve-t3"]),
         decode,
     );
     tamper(
@@ -413,11 +413,12 @@ fn tampered_rows_are_errors_not_panics() {
         || s.rooms(),
         decode,
     );
+    // The recipient journal is bound to the pickle: any edit fails authentication.
     tamper(
         d,
         sql("UPDATE outbound_group_sessions SET shared_with = '{' WHERE room_id = '!json'"),
         || s.outbound_group_session("!json"),
-        decode,
+        corrupted,
     );
     // The rest of the store is still usable.
     s.save_changes(full_changes("fine")).unwrap();
@@ -577,6 +578,9 @@ fn migrations_from_version_1_keep_tracked_users_and_query_them_again() {
             "DROP TABLE tracked_users;
              DROP TABLE undecryptable_events;
              DROP TABLE send_queue;
+             DROP TABLE withheld_notices;
+             DROP TABLE key_requests;
+             ALTER TABLE devices DROP COLUMN trust_tag;
              CREATE TABLE tracked_users (
                  user_id TEXT PRIMARY KEY NOT NULL,
                  outdated INTEGER NOT NULL,
@@ -619,4 +623,149 @@ fn unknown_tracking_state_is_a_decode_error() {
         .unwrap();
     let e = open(dir.path()).tracked_users().unwrap_err();
     assert!(decode(&e), "{e:?}");
+}
+
+#[test]
+fn trust_decisions_and_rotation_state_cannot_be_edited_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = open(d);
+    let mut c = full_changes("t");
+    c.devices.push(device("@u-t", "D2", "curve-t2"));
+    s.save_changes(c).unwrap();
+    let verified_only = |s: &SqliteStore| s.secret_value(VERIFIED_ONLY_KEY);
+    s.save_changes(Changes {
+        secret_values: [(VERIFIED_ONLY_KEY.to_owned(), blob(b"true"))].into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let edits = [
+        "UPDATE devices SET local_trust = 'verified' WHERE device_id = 'D1'",
+        "UPDATE devices SET deleted = 1 WHERE device_id = 'D2'",
+    ];
+    for edit in edits {
+        tamper(d, sql(edit), || s.devices(&["@u-t"]), corrupted);
+        s.save_changes(Changes {
+            devices: vec![
+                device("@u-t", "D1", "curve-t"),
+                device("@u-t", "D2", "curve-t2"),
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    tamper(
+        d,
+        sql("UPDATE devices SET curve25519 = 'other' WHERE device_id = 'D1'"),
+        || s.devices(&["@u-t"]),
+        corrupted,
+    );
+    let room = "!room-t";
+    for edit in [
+        "UPDATE outbound_group_sessions SET message_count = 0 WHERE room_id = '!room-t'",
+        "UPDATE outbound_group_sessions SET created_ms = 9999999999999 WHERE room_id = '!room-t'",
+        "UPDATE outbound_group_sessions SET shared_with = '[]' WHERE room_id = '!room-t'",
+    ] {
+        tamper(d, sql(edit), || s.outbound_group_session(room), corrupted);
+        s.save_changes(Changes {
+            outbound_group_sessions: vec![outbound(room, "ogs1")],
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    // The sharing setting is a secret value: it cannot be read or edited in clear.
+    assert_eq!(verified_only(&s).unwrap(), Some(blob(b"true")));
+    let in_clear: i64 = raw(d)
+        .query_row(
+            "SELECT count(*) FROM plain_values WHERE key = ?1",
+            [VERIFIED_ONLY_KEY],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(in_clear, 0);
+}
+
+#[test]
+fn migration_5_moves_notices_and_requests_and_binds_trust_and_rotation_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = open(d);
+    // A room id may contain the old separator; session ids (base64) never do.
+    let (room, session) = ("!r|oom:x", "sess+ion/0");
+    let pickle = b"outbound pickle";
+    let old_aad: [&[u8]; 3] = [b"outbound_group_session", b"!r:x", b"S1"];
+    let old_blob = s.cipher.encrypt(&old_aad, pickle).unwrap();
+    drop(s);
+    // Back to schema version 4, with what version 4 stored.
+    let conn = raw(d);
+    conn.execute_batch(
+        "DROP TABLE withheld_notices;
+         DROP TABLE key_requests;
+         ALTER TABLE devices DROP COLUMN trust_tag;
+         PRAGMA user_version = 4;
+         INSERT INTO devices VALUES ('@a:x', 'DEV', 'curve', 'ed', '[]', NULL, '{}', 'verified', 0);
+         INSERT INTO plain_values VALUES ('setting|share_with_verified_only', 'true');",
+    )
+    .unwrap();
+    let withheld = serde_json::json!({"code": "m.no_olm", "reason": "r", "sender": "@a:x"});
+    conn.execute(
+        "INSERT INTO plain_values VALUES (?1, ?2), (?3, 'req-1'), ('keyreq|broken', 'x')",
+        [
+            format!("withheld|{room}|{session}"),
+            withheld.to_string(),
+            format!("keyreq|{room}|{session}"),
+        ],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO outbound_group_sessions VALUES ('!r:x', 'S1', ?1, 5, 3, '[]')",
+        [old_blob],
+    )
+    .unwrap();
+    drop(conn);
+
+    let s = open(d);
+    let notice = s.withheld_notice(room, session, "@a:x").unwrap().unwrap();
+    assert_eq!(
+        (notice.code.as_str(), notice.reason.as_deref()),
+        ("m.no_olm", Some("r"))
+    );
+    assert_eq!(
+        s.key_request(room, session).unwrap().map(|r| r.request_id),
+        Some("req-1".to_owned())
+    );
+    let device = &s.devices(&["@a:x"]).unwrap()[0];
+    assert_eq!(device.local_trust, LocalTrust::Verified);
+    let outbound = s.outbound_group_session("!r:x").unwrap().unwrap();
+    assert_eq!(outbound.pickle.as_bytes(), pickle);
+    assert_eq!((outbound.created_ms, outbound.message_count), (5, 3));
+    assert_eq!(
+        s.secret_value(VERIFIED_ONLY_KEY).unwrap(),
+        Some(blob(b"true"))
+    );
+    let left: Vec<String> = raw(d)
+        .prepare("SELECT key FROM plain_values ORDER BY key")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        left,
+        ["keyreq|broken"],
+        "only what could not be parsed stays"
+    );
+}
+
+#[test]
+fn stored_counts_match_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.save_changes(full_changes("c")).unwrap();
+    let counts = s.counts().unwrap();
+    assert_eq!(counts.inbound_group_sessions, 1);
+    assert_eq!(counts.withheld_notices, 1);
+    assert_eq!(counts.key_requests, 1);
+    // The full record's session sender is not a member of its room.
+    assert_eq!(counts.inbound_sessions_from_non_members, 1);
 }

@@ -5,15 +5,22 @@
 //! atomicity of [`Store::save_changes`]: the changes are validated before the state is
 //! touched, and nothing after validation can fail.
 
+mod ordered;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 
+use ordered::Ordered;
+
 use super::{
-    AccountRecord, Changes, DeviceRecord, InboundGroupSessionRecord, MegolmIndexRecord,
-    MemberRecord, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice, QueuedSend,
-    RoomRecord, SecretBlob, Store, StoreError, TrackedUser, UndecryptableEvent,
+    AccountRecord, Changes, DeviceRecord, InboundGroupSessionRecord, KeyRequestRecord,
+    MegolmIndexRecord, MemberRecord, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice,
+    QueuedSend, RoomRecord, SecretBlob, Store, StoreCounts, StoreError, TrackedUser,
+    UndecryptableEvent, WithheldNotice, quota,
 };
+
+type RoomSession = (String, String);
 
 /// Everything the store holds.
 #[derive(Default)]
@@ -22,8 +29,8 @@ struct State {
     account: Option<AccountRecord>,
     /// sender key -> session id -> session.
     olm_sessions: HashMap<String, BTreeMap<String, OlmSessionRecord>>,
-    /// (room id, session id) -> session.
-    inbound: HashMap<(String, String), InboundGroupSessionRecord>,
+    /// (room id, session id) -> session, in write order.
+    inbound: Ordered<RoomSession, InboundGroupSessionRecord>,
     /// room id -> session.
     outbound: HashMap<String, OutboundGroupSessionRecord>,
     /// user id -> device id -> device.
@@ -33,22 +40,20 @@ struct State {
     tracked_users: BTreeMap<String, TrackedUser>,
     /// (sender key, session id, index) -> record.
     megolm_indices: HashMap<(String, String, u32), MegolmIndexRecord>,
-    rooms: BTreeMap<String, RoomRecord>,
+    /// room id -> room, in write order.
+    rooms: Ordered<String, RoomRecord>,
     /// room id -> user id -> member.
     members: HashMap<String, BTreeMap<String, MemberRecord>>,
-    /// insertion sequence -> request.
-    pending: BTreeMap<u64, PendingToDevice>,
-    /// insertion sequence -> queued message, and transaction id -> its sequence.
-    send_queue: BTreeMap<u64, QueuedSend>,
-    send_queue_by_txn: HashMap<String, u64>,
-    next_send_seq: u64,
-    /// insertion sequence -> event, and (room id, event id) -> its sequence.
-    undecryptable: BTreeMap<u64, UndecryptableEvent>,
-    undecryptable_by_event: HashMap<(String, String), u64>,
-    next_undecryptable_seq: u64,
-    /// txn id -> insertion sequence.
-    pending_by_txn: HashMap<String, u64>,
-    next_pending_seq: u64,
+    /// txn id -> request, in queue order.
+    pending: Ordered<String, PendingToDevice>,
+    /// txn id -> queued message, in queue order.
+    send_queue: Ordered<String, QueuedSend>,
+    /// (room id, event id) -> event, in the order first stored.
+    undecryptable: Ordered<RoomSession, UndecryptableEvent>,
+    /// (room id, session id, sender) -> notice, newest last.
+    withheld: Ordered<(String, String, String), WithheldNotice>,
+    /// (room id, session id) -> request, in the order sent.
+    key_requests: Ordered<RoomSession, KeyRequestRecord>,
     values: HashMap<String, String>,
     secret_values: HashMap<String, SecretBlob>,
     sync_token: Option<String>,
@@ -57,107 +62,115 @@ struct State {
 impl State {
     /// Apply validated changes. Must not fail (atomicity relies on it).
     fn apply(&mut self, changes: Changes) {
-        if let Some(account) = changes.account {
-            self.account = Some(account);
+        if let Some(account) = &changes.account {
+            self.account = Some(account.clone());
         }
-        for s in changes.olm_sessions {
-            self.olm_sessions
-                .entry(s.sender_key.clone())
-                .or_default()
-                .insert(s.session_id.clone(), s);
+        self.apply_sessions(&changes);
+        for d in &changes.devices {
+            self.upsert_device(d.clone());
         }
-        for s in changes.inbound_group_sessions {
-            self.inbound
-                .insert((s.room_id.clone(), s.session_id.clone()), s);
+        for u in &changes.tracked_users {
+            self.tracked_users.insert(u.user_id.clone(), u.clone());
         }
-        for s in changes.outbound_group_sessions {
-            self.outbound.insert(s.room_id.clone(), s);
+        self.apply_rooms(&changes);
+        self.apply_queues(&changes);
+        for w in changes.withheld_notices {
+            let key = (w.room_id.clone(), w.session_id.clone(), w.sender.clone());
+            self.withheld.replace(key, w);
         }
-        // Discards come after the upserts of the same batch: when in doubt, a session is
-        // thrown away rather than kept (fail closed).
-        for room_id in &changes.discarded_outbound_sessions {
-            self.outbound.remove(room_id);
-        }
-        for d in changes.devices {
-            self.upsert_device(d);
-        }
-        for u in changes.tracked_users {
-            self.tracked_users.insert(u.user_id.clone(), u);
-        }
-        // The first event seen at an index is kept (replay detection).
-        for i in changes.megolm_indices {
-            self.megolm_indices
-                .entry((i.sender_key.clone(), i.session_id.clone(), i.index))
-                .or_insert(i);
-        }
-        for r in changes.rooms {
-            self.rooms.insert(r.room_id.clone(), r);
-        }
-        for m in changes.members {
-            self.members
-                .entry(m.room_id.clone())
-                .or_default()
-                .insert(m.user_id.clone(), m);
-        }
-        for p in changes.pending_to_device {
-            // A re-queued transaction keeps its place in the queue.
-            let seq = match self.pending_by_txn.get(&p.txn_id) {
-                Some(seq) => *seq,
-                None => {
-                    self.next_pending_seq += 1;
-                    self.pending_by_txn
-                        .insert(p.txn_id.clone(), self.next_pending_seq);
-                    self.next_pending_seq
-                }
-            };
-            self.pending.insert(seq, p);
-        }
-        for txn_id in &changes.sent_to_device {
-            if let Some(seq) = self.pending_by_txn.remove(txn_id) {
-                self.pending.remove(&seq);
-            }
-        }
-        for q in changes.queued_sends {
-            let seq = match self.send_queue_by_txn.get(&q.txn_id) {
-                Some(seq) => *seq,
-                None => {
-                    self.next_send_seq += 1;
-                    self.send_queue_by_txn
-                        .insert(q.txn_id.clone(), self.next_send_seq);
-                    self.next_send_seq
-                }
-            };
-            self.send_queue.insert(seq, q);
-        }
-        for txn_id in &changes.finished_sends {
-            if let Some(seq) = self.send_queue_by_txn.remove(txn_id) {
-                self.send_queue.remove(&seq);
-            }
-        }
-        for e in changes.undecryptable_events {
-            let key = (e.room_id.clone(), e.event_id.clone());
-            let seq = match self.undecryptable_by_event.get(&key) {
-                Some(seq) => *seq,
-                None => {
-                    self.next_undecryptable_seq += 1;
-                    self.undecryptable_by_event
-                        .insert(key, self.next_undecryptable_seq);
-                    self.next_undecryptable_seq
-                }
-            };
-            self.undecryptable.insert(seq, e);
-        }
-        for key in changes.resolved_events {
-            if let Some(seq) = self.undecryptable_by_event.remove(&key) {
-                self.undecryptable.remove(&seq);
-            }
+        for r in changes.key_requests {
+            self.key_requests
+                .insert_new((r.room_id.clone(), r.session_id.clone()), r);
         }
         self.values.extend(changes.values);
         self.secret_values.extend(changes.secret_values);
         if let Some(token) = changes.sync_token {
             self.sync_token = Some(token);
         }
+        self.enforce_quotas();
         self.generation += 1;
+    }
+
+    fn apply_sessions(&mut self, changes: &Changes) {
+        for s in &changes.olm_sessions {
+            self.olm_sessions
+                .entry(s.sender_key.clone())
+                .or_default()
+                .insert(s.session_id.clone(), s.clone());
+        }
+        for s in &changes.inbound_group_sessions {
+            let key = (s.room_id.clone(), s.session_id.clone());
+            self.inbound.replace(key, s.clone());
+        }
+        for s in &changes.outbound_group_sessions {
+            self.outbound.insert(s.room_id.clone(), s.clone());
+        }
+        // Discards come after the upserts of the same batch: when in doubt, a session is
+        // thrown away rather than kept (fail closed).
+        for room_id in &changes.discarded_outbound_sessions {
+            self.outbound.remove(room_id);
+        }
+        // The first event seen at an index is kept (replay detection).
+        for i in &changes.megolm_indices {
+            self.megolm_indices
+                .entry((i.sender_key.clone(), i.session_id.clone(), i.index))
+                .or_insert_with(|| i.clone());
+        }
+    }
+
+    fn apply_rooms(&mut self, changes: &Changes) {
+        for r in &changes.rooms {
+            self.rooms.replace(r.room_id.clone(), r.clone());
+        }
+        for room_id in &changes.replaced_member_lists {
+            self.members.remove(room_id);
+        }
+        for m in &changes.members {
+            self.members
+                .entry(m.room_id.clone())
+                .or_default()
+                .insert(m.user_id.clone(), m.clone());
+        }
+    }
+
+    fn apply_queues(&mut self, changes: &Changes) {
+        for p in &changes.pending_to_device {
+            self.pending.upsert(p.txn_id.clone(), p.clone());
+        }
+        for txn_id in &changes.sent_to_device {
+            self.pending.remove(txn_id);
+        }
+        for q in &changes.queued_sends {
+            self.send_queue.upsert(q.txn_id.clone(), q.clone());
+        }
+        for txn_id in &changes.finished_sends {
+            self.send_queue.remove(txn_id);
+        }
+        for e in &changes.undecryptable_events {
+            let key = (e.room_id.clone(), e.event_id.clone());
+            self.undecryptable.upsert(key, e.clone());
+        }
+        for key in &changes.resolved_events {
+            self.undecryptable.remove(key);
+        }
+    }
+
+    /// The [`quota`] limits, oldest first (same as SQLite).
+    fn enforce_quotas(&mut self) {
+        self.rooms.keep_newest(quota::MAX_INVITES, |_, r| {
+            r.own_membership.as_deref() == Some("invite")
+        });
+        let members = &self.members;
+        self.inbound
+            .keep_newest(quota::MAX_SESSIONS_FROM_NON_MEMBERS, |_, s| {
+                !is_member(members, s)
+            });
+        self.undecryptable
+            .keep_newest(quota::MAX_UNDECRYPTABLE_EVENTS, |_, _| true);
+        self.withheld
+            .keep_newest(quota::MAX_WITHHELD_NOTICES, |_, _| true);
+        self.key_requests
+            .keep_newest(quota::MAX_KEY_REQUESTS, |_, _| true);
     }
 
     fn upsert_device(&mut self, d: DeviceRecord) {
@@ -184,6 +197,27 @@ impl State {
     fn device(&self, user_id: &str, device_id: &str) -> Option<&DeviceRecord> {
         self.devices.get(user_id)?.get(device_id)
     }
+
+    /// Devices with this Curve25519 key, sorted by user and device id.
+    fn devices_with_key(&self, curve25519: &str) -> Vec<&DeviceRecord> {
+        self.devices_by_curve
+            .get(curve25519)
+            .into_iter()
+            .flatten()
+            .filter_map(|(u, d)| self.device(u, d))
+            .collect()
+    }
+}
+
+/// Whether the sender of `session` is known as a member of its room.
+fn is_member(
+    members: &HashMap<String, BTreeMap<String, MemberRecord>>,
+    session: &InboundGroupSessionRecord,
+) -> bool {
+    let sender = session.sender_user.as_deref().unwrap_or_default();
+    members
+        .get(&session.room_id)
+        .is_some_and(|m| m.contains_key(sender))
 }
 
 /// A [`Store`] that keeps everything in memory (lost on drop). Thread-safe.
@@ -284,19 +318,31 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
-    fn device_by_curve25519(&self, curve25519: &str) -> Result<Option<DeviceRecord>, StoreError> {
+    fn device_by_curve25519(
+        &self,
+        user_id: &str,
+        curve25519: &str,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
         let state = self.lock();
-        let Some(ids) = state.devices_by_curve.get(curve25519) else {
-            return Ok(None);
-        };
-        // Same choice as SQLite: a live device before a deleted one, then by ids.
-        let best = ids
-            .iter()
-            .filter_map(|(u, d)| state.device(u, d))
-            .min_by(|a, b| {
-                (a.deleted, &a.user_id, &a.device_id).cmp(&(b.deleted, &b.user_id, &b.device_id))
-            });
+        // Same choice as SQLite: a live device before a deleted one, then by device id.
+        let best = state
+            .devices_with_key(curve25519)
+            .into_iter()
+            .filter(|d| d.user_id == user_id)
+            .min_by(|a, b| (a.deleted, &a.device_id).cmp(&(b.deleted, &b.device_id)));
         Ok(best.cloned())
+    }
+
+    fn devices_with_curve25519(&self, keys: &[&str]) -> Result<Vec<DeviceRecord>, StoreError> {
+        let state = self.lock();
+        let keys: BTreeSet<&str> = keys.iter().copied().collect();
+        let mut out: Vec<DeviceRecord> = keys
+            .into_iter()
+            .flat_map(|k| state.devices_with_key(k))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (&a.user_id, &a.device_id).cmp(&(&b.user_id, &b.device_id)));
+        Ok(out)
     }
 
     fn tracked_users(&self) -> Result<Vec<TrackedUser>, StoreError> {
@@ -317,11 +363,13 @@ impl Store for MemoryStore {
     }
 
     fn room(&self, room_id: &str) -> Result<Option<RoomRecord>, StoreError> {
-        Ok(self.lock().rooms.get(room_id).cloned())
+        Ok(self.lock().rooms.get(&room_id.to_owned()).cloned())
     }
 
     fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
-        Ok(self.lock().rooms.values().cloned().collect())
+        let mut rooms: Vec<RoomRecord> = self.lock().rooms.values().cloned().collect();
+        rooms.sort_by(|a, b| a.room_id.cmp(&b.room_id));
+        Ok(rooms)
     }
 
     fn undecryptable_events(
@@ -356,20 +404,10 @@ impl Store for MemoryStore {
         Ok(self.lock().undecryptable.len() as u64)
     }
 
-    fn oldest_undecryptable_events(&self, limit: u64) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(self
-            .lock()
-            .undecryptable
-            .values()
-            .take(usize::try_from(limit).unwrap_or(usize::MAX))
-            .map(|e| (e.room_id.clone(), e.event_id.clone()))
-            .collect())
-    }
-
     fn encrypted_rooms_with(&self, user_ids: &[&str]) -> Result<Vec<String>, StoreError> {
         let state = self.lock();
         // Scans the encrypted rooms; fine for the sizes tests and benchmarks use.
-        Ok(state
+        let mut rooms: Vec<String> = state
             .rooms
             .values()
             .filter(|r| r.encryption.is_some())
@@ -383,7 +421,9 @@ impl Store for MemoryStore {
                 })
             })
             .map(|r| r.room_id.clone())
-            .collect())
+            .collect();
+        rooms.sort();
+        Ok(rooms)
     }
 
     fn members(&self, room_id: &str) -> Result<Vec<MemberRecord>, StoreError> {
@@ -395,8 +435,58 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
+    fn member(&self, room_id: &str, user_id: &str) -> Result<Option<MemberRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .members
+            .get(room_id)
+            .and_then(|m| m.get(user_id))
+            .cloned())
+    }
+
     fn pending_to_device(&self) -> Result<Vec<PendingToDevice>, StoreError> {
         Ok(self.lock().pending.values().cloned().collect())
+    }
+
+    fn withheld_notice(
+        &self,
+        room_id: &str,
+        session_id: &str,
+        sender: &str,
+    ) -> Result<Option<WithheldNotice>, StoreError> {
+        let key = (room_id.to_owned(), session_id.to_owned(), sender.to_owned());
+        Ok(self.lock().withheld.get(&key).cloned())
+    }
+
+    fn key_request(
+        &self,
+        room_id: &str,
+        session_id: &str,
+    ) -> Result<Option<KeyRequestRecord>, StoreError> {
+        let key = (room_id.to_owned(), session_id.to_owned());
+        Ok(self.lock().key_requests.get(&key).cloned())
+    }
+
+    fn counts(&self) -> Result<StoreCounts, StoreError> {
+        let state = self.lock();
+        let unknown = state
+            .inbound
+            .values()
+            .filter(|s| !is_member(&state.members, s))
+            .count();
+        let invites = state
+            .rooms
+            .values()
+            .filter(|r| r.own_membership.as_deref() == Some("invite"))
+            .count();
+        Ok(StoreCounts {
+            inbound_group_sessions: state.inbound.len() as u64,
+            inbound_sessions_from_non_members: unknown as u64,
+            invites: invites as u64,
+            withheld_notices: state.withheld.len() as u64,
+            key_requests: state.key_requests.len() as u64,
+            undecryptable_events: state.undecryptable.len() as u64,
+        })
     }
 
     fn value(&self, key: &str) -> Result<Option<String>, StoreError> {

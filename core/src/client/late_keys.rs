@@ -1,0 +1,141 @@
+//! Late keys: events that could not be decrypted are kept (in the sync's own transaction),
+//! and decrypted again when a key for their session arrives, also across restarts.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use serde_json::Value;
+use tracing::debug;
+
+use super::timeline::TimelineEvent;
+use super::{Client, ClientError};
+use crate::crypto::{OlmMachine, SyncOutcome};
+use crate::store::{Changes, UndecryptableEvent};
+
+/// Which kept events to decrypt again.
+pub(crate) struct Retry {
+    /// `(room id, session id)` of the sessions to retry.
+    pub sessions: Vec<(String, String)>,
+    /// Deliver again only the events that now decrypt (a check, not news about a key).
+    pub only_if_decrypted: bool,
+}
+
+impl Client {
+    /// A record of an event whose key is missing, to store so that it is decrypted when the
+    /// key arrives (also after a restart). `None` if it names no session.
+    pub(crate) fn undecryptable_record(room_id: &str, event: &Value) -> Option<UndecryptableEvent> {
+        Some(UndecryptableEvent {
+            room_id: room_id.to_owned(),
+            session_id: event["content"]["session_id"].as_str()?.to_owned(),
+            event_id: event["event_id"].as_str()?.to_owned(),
+            event_json: event.to_string(),
+        })
+    }
+
+    /// After a sync committed: kept events of the sessions whose keys it brought, and at the
+    /// first sync of a process the kept events whose key is already stored (it arrived just
+    /// before an earlier process died). Events of this very sync (`fresh`) are skipped:
+    /// they were decrypted with the batch's keys already.
+    pub(crate) fn retry_late_keys(
+        &self,
+        machine: &OlmMachine,
+        outcome: &SyncOutcome,
+        fresh: &HashSet<String>,
+    ) -> Result<(), ClientError> {
+        let arrived = outcome
+            .room_keys
+            .iter()
+            .map(|k| (k.room_id.clone(), k.session_id.clone()))
+            .collect();
+        self.retry_kept_events(
+            machine,
+            Retry {
+                sessions: arrived,
+                only_if_decrypted: false,
+            },
+            fresh,
+        )?;
+        if !self.stored_events_checked.swap(true, Ordering::SeqCst) {
+            let mut stored = Vec::new();
+            for (room_id, session_id) in self.store.undecryptable_sessions()? {
+                if self
+                    .store
+                    .inbound_group_session(&room_id, &session_id)?
+                    .is_some()
+                {
+                    stored.push((room_id, session_id));
+                }
+            }
+            let retry = Retry {
+                sessions: stored,
+                only_if_decrypted: true,
+            };
+            self.retry_kept_events(machine, retry, fresh)?;
+        }
+        Ok(())
+    }
+
+    /// After new devices were learned: kept events of sessions whose sending device was
+    /// unknown (forwarded keys of unknown origin) may be attributable now.
+    pub(crate) fn retry_unconfirmed_senders(
+        &self,
+        machine: &OlmMachine,
+    ) -> Result<(), ClientError> {
+        let mut sessions = Vec::new();
+        for (room_id, session_id) in self.store.undecryptable_sessions()? {
+            let record = self.store.inbound_group_session(&room_id, &session_id)?;
+            if record.is_some_and(|r| r.sender_user.is_none()) {
+                sessions.push((room_id, session_id));
+            }
+        }
+        let retry = Retry {
+            sessions,
+            only_if_decrypted: true,
+        };
+        self.retry_kept_events(machine, retry, &HashSet::new())
+    }
+
+    /// Decrypt the kept events of `retry.sessions` again and deliver them as updates
+    /// (decrypted, or with the new reason); forget those no key can change any more.
+    fn retry_kept_events(
+        &self,
+        mut machine: &OlmMachine,
+        retry: Retry,
+        fresh: &HashSet<String>,
+    ) -> Result<(), ClientError> {
+        let mut resolved = Vec::new();
+        for (room_id, session_id) in &retry.sessions {
+            let policy = self.policy_of(room_id);
+            for waiting in self.store.undecryptable_events(room_id, session_id)? {
+                if fresh.contains(&waiting.event_id) {
+                    continue;
+                }
+                let event = serde_json::from_str::<Value>(&waiting.event_json).ok();
+                let item = match &event {
+                    Some(event) => TimelineEvent::from_sync(&mut machine, room_id, event, policy)?,
+                    None => None,
+                };
+                let Some(mut item) = item else {
+                    resolved.push((waiting.room_id, waiting.event_id));
+                    continue;
+                };
+                if retry.only_if_decrypted && !item.decrypted {
+                    continue;
+                }
+                item.is_update = true;
+                if !item.waiting_for_key {
+                    resolved.push((waiting.room_id.clone(), waiting.event_id.clone()));
+                }
+                self.publish(item);
+            }
+        }
+        if !resolved.is_empty() {
+            debug!(events = resolved.len(), "kept events resolved by late keys");
+            self.store.save_changes(Changes {
+                resolved_events: resolved,
+                ..Default::default()
+            })?;
+        }
+        Ok(())
+    }
+}

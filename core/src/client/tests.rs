@@ -1,0 +1,216 @@
+//! Client tests without a homeserver: `/sync` answers fed as JSON, crypto peers from the
+//! crypto tests' fake server. (The end-to-end tests against Synapse are in `tests/`.)
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::{Client, KEY_ACCESS_TOKEN, KEY_DEVICE_ID, KEY_USER_ID};
+use crate::crypto::tests::{FakeServer, Peer, room_event};
+use crate::crypto::{OutgoingKind, RotationSettings};
+use crate::store::{Changes, MemoryStore, SecretBlob, SqliteStore, Store, StoreKey};
+
+const ROOM: &str = "!room:localhost";
+const BOB: &str = "@bob:localhost";
+
+/// A logged-in client on `store` that never talks to a server (the address is unroutable).
+pub(crate) fn offline_client(store: Arc<dyn Store>, user: &str, device: &str) -> Client {
+    let mut changes = Changes::default();
+    changes.values.insert(KEY_USER_ID.into(), user.into());
+    changes.values.insert(KEY_DEVICE_ID.into(), device.into());
+    changes
+        .secret_values
+        .insert(KEY_ACCESS_TOKEN.into(), SecretBlob::new(b"token".to_vec()));
+    store.save_changes(changes).unwrap();
+    let client = Client::with_store("http://127.0.0.1:9", store).unwrap();
+    assert!(client.restore_session().unwrap());
+    client
+}
+
+/// A `/sync` answer body.
+pub(crate) fn sync_body(next_batch: &str, rooms: Value, to_device: Vec<Value>) -> Vec<u8> {
+    json!({"next_batch": next_batch, "rooms": rooms, "to_device": {"events": to_device}})
+        .to_string()
+        .into_bytes()
+}
+
+fn joined(room: &str, timeline: Vec<Value>) -> Value {
+    json!({"join": {room: {"timeline": {"events": timeline}}}})
+}
+
+#[test]
+fn an_invite_whose_stripped_state_names_an_invalid_member_does_not_stall_sync() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let client = offline_client(store.clone(), BOB, "BOB");
+    let invite = json!({"invite": {ROOM: {"invite_state": {"events": [
+        {"type": "m.room.member", "state_key": "", "sender": "@x:evil",
+         "content": {"membership": "join"}},
+        {"type": "m.room.member", "state_key": "@mallory:evil", "sender": "@x:evil",
+         "content": {"membership": "join"}},
+        {"type": "m.room.encryption", "state_key": "", "sender": "@x:evil",
+         "content": {"algorithm": "m.megolm.v1.aes-sha2", "rotation_period_msgs": 1000000}},
+    ]}}}});
+    client
+        .receive_sync_response(&sync_body("s1", invite, vec![]))
+        .expect("the sync goes through");
+    assert_eq!(store.sync_token().unwrap().as_deref(), Some("s1"));
+    // Stripped state is written by whoever invites us: it decides nothing.
+    assert!(store.members(ROOM).unwrap().is_empty());
+    let room = store.room(ROOM).unwrap().unwrap();
+    assert_eq!(room.own_membership.as_deref(), Some("invite"));
+    assert_eq!(room.encryption, None);
+    // Joining: the real state is taken, and the member list will be loaded from scratch.
+    let state = json!({"join": {ROOM: {"state": {"events": [
+        {"type": "m.room.encryption", "state_key": "", "sender": "@a:localhost",
+         "event_id": "$e", "content": {"algorithm": "m.megolm.v1.aes-sha2"}},
+        {"type": "m.room.member", "state_key": "not a user", "sender": "@a:localhost",
+         "event_id": "$m", "content": {"membership": "join"}},
+        {"type": "m.room.member", "state_key": "@a:localhost", "sender": "@a:localhost",
+         "event_id": "$n", "content": {"membership": "sideways"}},
+    ]}}}});
+    client
+        .receive_sync_response(&sync_body("s2", state, vec![]))
+        .unwrap();
+    let room = store.room(ROOM).unwrap().unwrap();
+    assert_eq!(room.own_membership.as_deref(), Some("join"));
+    assert!(!room.members_synced);
+    assert!(room.encryption.is_some());
+    assert!(store.members(ROOM).unwrap().is_empty());
+    assert_eq!(store.sync_token().unwrap().as_deref(), Some("s2"));
+}
+
+#[test]
+fn an_event_whose_sender_is_not_a_user_id_is_skipped_and_asks_for_nothing() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let client = offline_client(store.clone(), BOB, "BOB");
+    let content = json!({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AAAA",
+        "session_id": "missing", "sender_key": "abc", "device_id": "DEV"});
+    let mut forged = room_event(ROOM, "not-a-user", "$1", content.clone());
+    forged["origin_server_ts"] = 1.into();
+    let mut empty_device = room_event(ROOM, "@alice:localhost", "$2", content);
+    empty_device["content"]["device_id"] = "".into();
+    empty_device["content"]["session_id"] = "other".into();
+    let mut rx = client.subscribe_timeline();
+    client
+        .receive_sync_response(&sync_body(
+            "s1",
+            joined(ROOM, vec![forged, empty_device]),
+            vec![],
+        ))
+        .unwrap();
+    let item = rx.try_recv().unwrap();
+    assert_eq!(item.event_id, "$2");
+    assert!(rx.try_recv().is_err(), "the forged event is not shown");
+    // Only the valid event is kept for a late key and asked for (from our own devices only:
+    // an empty device id is not addressed).
+    assert_eq!(store.counts().unwrap().undecryptable_events, 1);
+    assert!(store.key_request(ROOM, "missing").unwrap().is_none());
+    let requests = client.machine().unwrap().outgoing_requests().unwrap();
+    let to_device: Vec<_> = requests
+        .iter()
+        .filter_map(|r| match &r.kind {
+            OutgoingKind::ToDevice(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(to_device.len(), 1);
+    assert_eq!(
+        to_device[0]
+            .messages
+            .keys()
+            .map(|u| u.as_str())
+            .collect::<Vec<_>>(),
+        [BOB]
+    );
+}
+
+/// alice's peer, bob's device keys published from `bob_store`, and an encrypted event of
+/// alice in [`ROOM`] whose room key is waiting in the fake server for bob.
+fn alice_event_and_held_key(bob_store: Arc<dyn Store>) -> (FakeServer, Peer, Value) {
+    let mut server = FakeServer::default();
+    let alice = Peer::new("@alice:localhost", "ALICE");
+    let bob = Peer::with_store(BOB, "BOB", bob_store);
+    server.drive(&alice);
+    server.drive(&bob);
+    let members = vec![alice.user(), bob.user()];
+    server.establish(&alice, &members);
+    alice
+        .machine
+        .share_room_key(ROOM, &members, RotationSettings::default())
+        .unwrap();
+    server.drive(&alice);
+    let content = alice
+        .machine
+        .encrypt_room_event(
+            ROOM,
+            "m.room.message",
+            &json!({"msgtype": "m.text", "body": "late"}),
+        )
+        .unwrap();
+    let mut event = room_event(ROOM, &alice.user(), "$late", content);
+    event["origin_server_ts"] = 1.into();
+    (server, bob, event)
+}
+
+const CRASH_DIR: &str = "NEWT_CLIENT_TEST_CRASH_DIR";
+const CRASH_CHILD: &str = "client::tests::crash_child_syncs_then_dies";
+
+fn sqlite(dir: &Path) -> Arc<dyn Store> {
+    Arc::new(SqliteStore::open(dir, &StoreKey::from_bytes([3; 32])).unwrap())
+}
+
+/// Child half of `a_kill_right_after_a_sync_commit_loses_no_late_key_redelivery`: sync an
+/// undecryptable event, die right after the commit (before anything else runs).
+#[test]
+fn crash_child_syncs_then_dies() {
+    let Some(dir) = std::env::var_os(CRASH_DIR) else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    let event: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("event.json")).unwrap()).unwrap();
+    let client = offline_client(sqlite(&dir.join("store")), BOB, "BOB");
+    let _ = client.receive_sync_response(&sync_body("s1", joined(ROOM, vec![event]), vec![]));
+    unreachable!("the crash hook aborts after the commit");
+}
+
+#[test]
+fn a_kill_right_after_a_sync_commit_loses_no_late_key_redelivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let (mut server, bob, event) = alice_event_and_held_key(sqlite(&store_dir));
+    drop(bob);
+    std::fs::write(dir.path().join("event.json"), event.to_string()).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", CRASH_CHILD, "--nocapture", "--test-threads=1"])
+        .env(CRASH_DIR, dir.path())
+        .env("NEWT_TEST_ABORT_AFTER_SYNC_COMMIT", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(6), "SIGABRT expected: {stderr}");
+    }
+
+    // A new process: the event was kept with the sync, so its late key re-delivers it.
+    let store = sqlite(&store_dir);
+    assert_eq!(store.sync_token().unwrap().as_deref(), Some("s1"));
+    assert_eq!(store.counts().unwrap().undecryptable_events, 1);
+    let client = offline_client(store, BOB, "BOB");
+    let mut rx = client.subscribe_timeline();
+    let key = server
+        .inbox
+        .remove(&(BOB.to_owned(), "BOB".to_owned()))
+        .unwrap();
+    client
+        .receive_sync_response(&sync_body("s2", json!({}), key))
+        .unwrap();
+    let item = rx.try_recv().expect("the kept event is delivered again");
+    assert_eq!(item.event_id, "$late");
+    assert!(item.is_update && item.decrypted, "{item:?}");
+    assert_eq!(item.body.as_deref(), Some("late"));
+}

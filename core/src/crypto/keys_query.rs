@@ -1,0 +1,342 @@
+//! `/keys/query` answers: verifying and storing other users' devices.
+//!
+//! Every device is checked on its own; one that fails (bad id, bad signature, changed keys,
+//! a Curve25519 key another device already has) is refused with a reason and the rest of
+//! the answer is stored. Only users we asked about are looked at, at most
+//! [`MAX_DEVICES_PER_USER`] devices each.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use ruma::OwnedUserId;
+use serde_json::Value;
+use tracing::warn;
+
+use super::devices::verify_device_keys;
+use super::error::{CryptoError, DeviceKeyError};
+use super::machine::{OlmMachine, QueryOutcome, State};
+use super::responses::KeysQueryResponse;
+use crate::store::quota::MAX_DEVICES_PER_USER;
+use crate::store::{Changes, DeviceRecord, TrackedUser, TrackingState};
+
+/// First back-off of a server whose key queries fail.
+const BACKOFF_BASE_MS: u64 = 15_000;
+/// Longest back-off.
+const BACKOFF_MAX_MS: u64 = 15 * 60_000;
+
+/// The server name of a user id.
+pub(crate) fn server_of(user_id: &str) -> Option<&str> {
+    user_id.split_once(':').map(|(_, server)| server)
+}
+
+type DeviceKey = (String, String);
+
+/// A device of the answer that passed its own checks, before the checks against others.
+struct Candidate {
+    record: DeviceRecord,
+    /// We did not know this device (or it was deleted).
+    new: bool,
+}
+
+impl OlmMachine {
+    /// The server answered a `/keys/query`.
+    pub fn mark_keys_query_sent(
+        &self,
+        request_id: &str,
+        response: &KeysQueryResponse,
+    ) -> Result<QueryOutcome, CryptoError> {
+        let mut state = self.lock()?;
+        let requested = state
+            .queries_in_flight
+            .remove(request_id)
+            .ok_or_else(|| CryptoError::UnknownRequest(request_id.to_owned()))?;
+        let asked: HashSet<&str> = requested.iter().map(|(u, _)| u.as_str()).collect();
+        let answered: BTreeMap<&OwnedUserId, &BTreeMap<String, Value>> = response
+            .device_keys
+            .iter()
+            .filter(|(user, _)| asked.contains(user.as_str()))
+            .collect();
+        back_off_failed_servers(&mut state, &requested, |user| {
+            let failed = server_of(user).is_some_and(|s| response.failures.contains(s));
+            failed || !answered.keys().any(|u| u.as_str() == user)
+        });
+
+        let users: Vec<&str> = answered.keys().map(|u| u.as_str()).collect();
+        let stored: HashMap<DeviceKey, DeviceRecord> = self
+            .store
+            .devices(&users)?
+            .into_iter()
+            .map(|d| ((d.user_id.clone(), d.device_id.clone()), d))
+            .collect();
+        let mut outcome = QueryOutcome::default();
+        let mut candidates = Vec::new();
+        for (user, devices) in &answered {
+            candidates.extend(self.check_devices(user, devices, &stored, &mut outcome));
+        }
+        let own_curve = state.account.curve25519();
+        let accepted = self.without_key_conflicts(candidates, &own_curve, &mut outcome)?;
+        let mut changes = Changes::default();
+        for candidate in accepted {
+            if candidate.new {
+                let id = (
+                    candidate.record.user_id.clone(),
+                    candidate.record.device_id.clone(),
+                );
+                outcome.new_devices.push(id);
+            }
+            outcome.updated_devices += 1;
+            changes.devices.push(candidate.record);
+        }
+        for (user, devices) in &answered {
+            removed_devices(user.as_str(), devices, &stored, &mut changes, &mut outcome);
+        }
+        outcome.affected_rooms = self.rooms_affected_by(&outcome)?;
+        changes.tracked_users = self.settle_tracking(&requested, |user| {
+            answered.keys().any(|u| u.as_str() == user)
+        })?;
+        self.save(&mut state, changes)?;
+        Ok(outcome)
+    }
+
+    /// The devices of one user that pass their own checks and changed, at most
+    /// [`MAX_DEVICES_PER_USER`] (the known ones first).
+    fn check_devices(
+        &self,
+        user: &OwnedUserId,
+        devices: &BTreeMap<String, Value>,
+        stored: &HashMap<DeviceKey, DeviceRecord>,
+        outcome: &mut QueryOutcome,
+    ) -> Vec<Candidate> {
+        let user_id = user.as_str();
+        let known = |id: &String| stored.contains_key(&(user_id.to_owned(), id.clone()));
+        let mut ids: Vec<&String> = devices.keys().collect();
+        ids.sort_by_key(|id| !known(id));
+        let mut out = Vec::new();
+        for (kept, device_id) in ids.into_iter().enumerate() {
+            if user_id == self.user_id && device_id == &self.device_id {
+                continue;
+            }
+            let verdict = if kept >= MAX_DEVICES_PER_USER {
+                Err(DeviceKeyError::TooManyDevices(MAX_DEVICES_PER_USER))
+            } else {
+                verify_device_keys(user_id, device_id, &devices[device_id])
+                    .and_then(|record| compare_with_stored(record, stored))
+            };
+            match verdict {
+                Ok(Some(candidate)) => out.push(candidate),
+                Ok(None) => {}
+                Err(e) => refuse(outcome, user_id, device_id, e),
+            }
+        }
+        out
+    }
+
+    /// Refuse devices whose Curve25519 key is ours or already another live device's, and
+    /// new devices that claim the same key as each other (we cannot tell which one has it).
+    fn without_key_conflicts(
+        &self,
+        candidates: Vec<Candidate>,
+        own_curve: &str,
+        outcome: &mut QueryOutcome,
+    ) -> Result<Vec<Candidate>, CryptoError> {
+        let keys: Vec<&str> = candidates
+            .iter()
+            .map(|c| c.record.curve25519.as_str())
+            .collect();
+        let holders: HashMap<String, DeviceRecord> = self
+            .store
+            .devices_with_curve25519(&keys)?
+            .into_iter()
+            .filter(|d| !d.deleted)
+            .map(|d| (d.curve25519.clone(), d))
+            .collect();
+        let mut claims: HashMap<&str, usize> = HashMap::new();
+        for c in &candidates {
+            *claims.entry(c.record.curve25519.as_str()).or_default() += 1;
+        }
+        let contested: HashSet<String> = claims
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(k, _)| k.to_owned())
+            .collect();
+        let mut accepted = Vec::new();
+        for c in candidates {
+            let (user, device, key) =
+                (&c.record.user_id, &c.record.device_id, &c.record.curve25519);
+            let taken = match holders.get(key) {
+                Some(h) if (&h.user_id, &h.device_id) != (user, device) => Some(h.clone()),
+                _ if key == own_curve => Some(self.own_device_record()),
+                _ => None,
+            };
+            let error = match taken {
+                Some(holder) => Some(DeviceKeyError::Curve25519Taken {
+                    user_id: holder.user_id,
+                    device_id: holder.device_id,
+                }),
+                None if contested.contains(key) => Some(DeviceKeyError::Curve25519Taken {
+                    user_id: user.clone(),
+                    device_id: "(several new devices)".to_owned(),
+                }),
+                None => None,
+            };
+            match error {
+                Some(e) => refuse(outcome, &user.clone(), &device.clone(), e),
+                None => accepted.push(c),
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// A stand-in record naming our own device (for "the key is ours").
+    fn own_device_record(&self) -> DeviceRecord {
+        DeviceRecord {
+            user_id: self.user_id.clone(),
+            device_id: self.device_id.clone(),
+            curve25519: String::new(),
+            ed25519: String::new(),
+            algorithms: Vec::new(),
+            display_name: None,
+            keys_json: String::new(),
+            local_trust: Default::default(),
+            deleted: false,
+        }
+    }
+
+    /// Encrypted rooms shared with users whose devices were added or removed.
+    fn rooms_affected_by(&self, outcome: &QueryOutcome) -> Result<Vec<String>, CryptoError> {
+        let churned: HashSet<&str> = outcome
+            .new_devices
+            .iter()
+            .chain(&outcome.removed_devices)
+            .map(|(u, _)| u.as_str())
+            .collect();
+        if churned.is_empty() {
+            return Ok(Vec::new());
+        }
+        let churned: Vec<&str> = churned.into_iter().collect();
+        Ok(self.store.encrypted_rooms_with(&churned)?)
+    }
+
+    /// A query failed; its users go back to pending download and are offered again. When
+    /// the server refused it for good (`permanent`), their servers are backed off.
+    pub fn mark_query_failed(&self, request_id: &str, permanent: bool) -> Result<(), CryptoError> {
+        let mut state = self.lock()?;
+        let Some(requested) = state.queries_in_flight.remove(request_id) else {
+            return Ok(());
+        };
+        if permanent {
+            back_off_failed_servers(&mut state, &requested, |_| true);
+        }
+        let changes = Changes {
+            tracked_users: self.settle_tracking(&requested, |_| false)?,
+            ..Default::default()
+        };
+        self.save(&mut state, changes)
+    }
+
+    /// New states of the users of a query that ended: up to date if `answered` and nothing
+    /// invalidated the user since the query left, pending again if not answered. Users
+    /// invalidated or dropped meanwhile keep the state that says so.
+    pub(crate) fn settle_tracking(
+        &self,
+        requested: &[(String, u64)],
+        answered: impl Fn(&str) -> bool,
+    ) -> Result<Vec<TrackedUser>, CryptoError> {
+        let current = self.tracked_by_user()?;
+        Ok(requested
+            .iter()
+            .filter_map(|(user, sequence)| {
+                let t = current.get(user)?;
+                if t.sequence != *sequence || t.state != TrackingState::Downloading {
+                    return None;
+                }
+                let state = if answered(user) {
+                    TrackingState::UpToDate
+                } else {
+                    TrackingState::PendingDownload
+                };
+                Some(TrackedUser { state, ..t.clone() })
+            })
+            .collect())
+    }
+}
+
+/// Servers of the `requested` users for whom `failed` holds are backed off (15 s doubling to
+/// 15 min) without holding up the users of other servers; the others are forgiven.
+fn back_off_failed_servers(
+    state: &mut State,
+    requested: &[(String, u64)],
+    failed: impl Fn(&str) -> bool,
+) {
+    let now = crate::time::now_ms();
+    for (user, _) in requested {
+        let Some(server) = server_of(user) else {
+            continue;
+        };
+        if failed(user) {
+            let (failures, _) = state.server_backoff.get(server).copied().unwrap_or((0, 0));
+            let delay = (BACKOFF_BASE_MS << failures.min(6)).min(BACKOFF_MAX_MS);
+            state
+                .server_backoff
+                .insert(server.to_owned(), (failures.saturating_add(1), now + delay));
+        } else {
+            state.server_backoff.remove(server);
+        }
+    }
+}
+
+/// A verified device against what we stored: `None` if nothing changed, an error if its keys
+/// changed (the old ones are kept).
+fn compare_with_stored(
+    mut record: DeviceRecord,
+    stored: &HashMap<DeviceKey, DeviceRecord>,
+) -> Result<Option<Candidate>, DeviceKeyError> {
+    let Some(old) = stored.get(&(record.user_id.clone(), record.device_id.clone())) else {
+        return Ok(Some(Candidate { record, new: true }));
+    };
+    if old.ed25519 != record.ed25519 || old.curve25519 != record.curve25519 {
+        return Err(DeviceKeyError::Ed25519Changed {
+            user_id: record.user_id,
+            device_id: record.device_id,
+        });
+    }
+    record.local_trust = old.local_trust;
+    if old == &record {
+        return Ok(None);
+    }
+    // Back in the list after it was removed (e.g. a restored device id): new to us again.
+    Ok(Some(Candidate {
+        new: old.deleted,
+        record,
+    }))
+}
+
+/// Stored devices of `user` missing from the answer are marked deleted.
+fn removed_devices(
+    user: &str,
+    listed: &BTreeMap<String, Value>,
+    stored: &HashMap<DeviceKey, DeviceRecord>,
+    changes: &mut Changes,
+    outcome: &mut QueryOutcome,
+) {
+    let mut gone: Vec<&DeviceRecord> = stored
+        .values()
+        .filter(|d| d.user_id == user && !d.deleted && !listed.contains_key(&d.device_id))
+        .collect();
+    gone.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    for old in gone {
+        changes.devices.push(DeviceRecord {
+            deleted: true,
+            ..old.clone()
+        });
+        outcome
+            .removed_devices
+            .push((old.user_id.clone(), old.device_id.clone()));
+    }
+}
+
+fn refuse(outcome: &mut QueryOutcome, user_id: &str, device_id: &str, e: DeviceKeyError) {
+    warn!(user_id, device_id, error = %e, "rejected device keys");
+    outcome
+        .rejected
+        .push((user_id.to_owned(), device_id.to_owned(), e));
+}

@@ -1,0 +1,29 @@
+//! Room membership as the machine needs it to judge what others send (a room key, a
+//! withheld notice): from the store, overlaid with what the batch being processed adds.
+
+use std::sync::Arc;
+
+use super::error::CryptoError;
+use crate::store::{Changes, Store};
+
+/// Whether `user_id` is joined to or invited into `room_id`, as the store and the `pending`
+/// records of a batch (later ones win) know it.
+pub(crate) fn is_member(
+    store: &Arc<dyn Store>,
+    pending: &Changes,
+    room_id: &str,
+    user_id: &str,
+) -> Result<bool, CryptoError> {
+    let replaced = pending.replaced_member_lists.iter().any(|r| r == room_id);
+    let membership = match pending
+        .members
+        .iter()
+        .rev()
+        .find(|m| m.room_id == room_id && m.user_id == user_id)
+    {
+        Some(m) => Some(m.membership.clone()),
+        None if replaced => None,
+        None => store.member(room_id, user_id)?.map(|m| m.membership),
+    };
+    Ok(matches!(membership.as_deref(), Some("join" | "invite")))
+}

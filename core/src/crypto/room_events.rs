@@ -1,0 +1,265 @@
+//! Decryption of `m.room.encrypted` room events (Megolm): the session lookup, the checks of
+//! who sent the event, replay detection, and the reason when no key is there.
+
+use ruma::{OwnedEventId, OwnedUserId, UserId};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::account::MEGOLM_ALGORITHM;
+use super::error::{CryptoError, MegolmError};
+use super::machine::{DecryptedRoomEvent, OlmMachine};
+use super::megolm::InboundGroup;
+use crate::store::{Changes, InboundGroupSessionRecord, MegolmIndexRecord, WithheldNotice};
+
+/// An `m.room.encrypted` room event, parsed at the edge.
+#[derive(Deserialize)]
+struct EncryptedEvent {
+    sender: OwnedUserId,
+    event_id: OwnedEventId,
+    #[serde(default)]
+    origin_server_ts: u64,
+    content: MegolmContent,
+}
+
+#[derive(Deserialize)]
+struct MegolmContent {
+    algorithm: String,
+    #[serde(default)]
+    session_id: Option<String>,
+    #[serde(default)]
+    ciphertext: Option<String>,
+    /// Deprecated and optional; when present it must name the session's sender.
+    #[serde(default)]
+    sender_key: Option<String>,
+}
+
+impl EncryptedEvent {
+    fn parse(event: &Value) -> Result<(Self, String, String), MegolmError> {
+        let parsed = Self::deserialize(event)
+            .map_err(|e| MegolmError::Malformed(format!("encrypted event: {e}")))?;
+        if parsed.content.algorithm != MEGOLM_ALGORITHM {
+            let algorithm = parsed.content.algorithm.clone();
+            return Err(MegolmError::UnsupportedAlgorithm(algorithm));
+        }
+        let missing = |what: &str| MegolmError::Malformed(format!("missing {what}"));
+        let session_id = parsed.content.session_id.clone();
+        let ciphertext = parsed.content.ciphertext.clone();
+        Ok((
+            parsed,
+            session_id.ok_or_else(|| missing("session_id"))?,
+            ciphertext.ok_or_else(|| missing("ciphertext"))?,
+        ))
+    }
+}
+
+/// Records of a sync batch that are not committed yet; decryption inside the batch sees
+/// them as if they were stored (later entries win).
+pub(crate) fn uncommitted_session<'a>(
+    pending: &'a Changes,
+    room_id: &str,
+    session_id: &str,
+) -> Option<&'a InboundGroupSessionRecord> {
+    pending
+        .inbound_group_sessions
+        .iter()
+        .rev()
+        .find(|s| s.room_id == room_id && s.session_id == session_id)
+}
+
+impl OlmMachine {
+    /// Decrypt an `m.room.encrypted` room event received in `room_id`. The message index is
+    /// recorded (replay detection) before the plaintext is returned.
+    pub fn decrypt_room_event(
+        &self,
+        room_id: &str,
+        event: &Value,
+    ) -> Result<DecryptedRoomEvent, CryptoError> {
+        let (decrypted, index) = self.decrypt_with(room_id, event, &Changes::default())?;
+        if let Some(index) = index {
+            let mut state = self.lock()?;
+            let changes = Changes {
+                megolm_indices: vec![index],
+                ..Default::default()
+            };
+            self.save(&mut state, changes)?;
+        }
+        Ok(decrypted)
+    }
+
+    /// Decrypt with the store and the `pending` records of a batch. Returns the index record
+    /// to store if this index was not seen before.
+    pub(crate) fn decrypt_with(
+        &self,
+        room_id: &str,
+        event: &Value,
+        pending: &Changes,
+    ) -> Result<(DecryptedRoomEvent, Option<MegolmIndexRecord>), CryptoError> {
+        let (event, session_id, ciphertext) = EncryptedEvent::parse(event)?;
+        let record = match uncommitted_session(pending, room_id, &session_id) {
+            Some(r) => Some(r.clone()),
+            None => self.store.inbound_group_session(room_id, &session_id)?,
+        };
+        let Some(record) = record else {
+            return Err(self
+                .why_no_session(room_id, &session_id, &event, pending)?
+                .into());
+        };
+        let mut group = InboundGroup::from_record(record)?;
+        let (payload, index) = group.decrypt(&ciphertext)?;
+        let payload_room = payload.get("room_id").and_then(Value::as_str);
+        if payload_room != Some(room_id) {
+            return Err(MegolmError::RoomMismatch {
+                expected: room_id.to_owned(),
+                got: payload_room.unwrap_or_default().to_owned(),
+            }
+            .into());
+        }
+        let sender_device = self.confirm_sender(&group.record, &event.sender)?;
+        let sender_key = group.record.sender_key.clone();
+        if let Some(claimed) = &event.content.sender_key
+            && claimed != &sender_key
+        {
+            return Err(MegolmError::SenderKeyMismatch {
+                expected: sender_key,
+                got: claimed.clone(),
+            }
+            .into());
+        }
+        let seen = MegolmIndexRecord {
+            session_id: session_id.clone(),
+            sender_key: sender_key.clone(),
+            index,
+            event_id: event.event_id.to_string(),
+            origin_ts: event.origin_server_ts,
+        };
+        let new_index = self.check_replay(seen, pending)?;
+        let malformed = |what: &str| MegolmError::Malformed(format!("missing decrypted {what}"));
+        let event_type = payload
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| malformed("type"))?
+            .to_owned();
+        let content = payload
+            .get("content")
+            .filter(|c| c.is_object())
+            .cloned()
+            .ok_or_else(|| malformed("content"))?;
+        let decrypted = DecryptedRoomEvent {
+            event_type,
+            content,
+            sender: event.sender.to_string(),
+            sender_device,
+            sender_curve25519: sender_key,
+            session_id,
+            message_index: index,
+        };
+        Ok((decrypted, new_index))
+    }
+
+    /// The device that sent the session, checked against the event's `sender`. A session of
+    /// unknown origin (a forwarded key) is attributed only to a known device of `sender`
+    /// holding its keys; otherwise the event is refused, never shown as `sender`'s.
+    fn confirm_sender(
+        &self,
+        record: &InboundGroupSessionRecord,
+        sender: &UserId,
+    ) -> Result<Option<String>, CryptoError> {
+        if let Some(owner) = &record.sender_user {
+            if owner != sender.as_str() {
+                return Err(MegolmError::SenderMismatch {
+                    expected: owner.clone(),
+                    got: sender.to_string(),
+                }
+                .into());
+            }
+            return Ok(record.sender_device.clone());
+        }
+        let devices = self.store.devices_with_curve25519(&[&record.sender_key])?;
+        let owner = devices
+            .iter()
+            .find(|d| d.user_id == sender.as_str() && d.ed25519 == record.signing_key);
+        match (owner, devices.first()) {
+            (Some(device), _) => Ok(Some(device.device_id.clone())),
+            (None, Some(other)) => Err(MegolmError::SenderMismatch {
+                expected: other.user_id.clone(),
+                got: sender.to_string(),
+            }
+            .into()),
+            (None, None) => Err(MegolmError::UnknownSenderDevice {
+                sender_key: record.sender_key.clone(),
+            }
+            .into()),
+        }
+    }
+
+    /// `Ok(Some(record))` if the index is new, `Ok(None)` if this very event used it before,
+    /// a [`MegolmError::Replay`] if another event did.
+    fn check_replay(
+        &self,
+        seen: MegolmIndexRecord,
+        pending: &Changes,
+    ) -> Result<Option<MegolmIndexRecord>, CryptoError> {
+        let same_index = |r: &&MegolmIndexRecord| {
+            r.sender_key == seen.sender_key
+                && r.session_id == seen.session_id
+                && r.index == seen.index
+        };
+        let first = match pending.megolm_indices.iter().find(same_index) {
+            Some(r) => Some(r.clone()),
+            None => self
+                .store
+                .megolm_index(&seen.sender_key, &seen.session_id, seen.index)?,
+        };
+        match first {
+            Some(first) if first.event_id != seen.event_id || first.origin_ts != seen.origin_ts => {
+                Err(MegolmError::Replay {
+                    index: seen.index,
+                    first_event_id: first.event_id,
+                }
+                .into())
+            }
+            Some(_) => Ok(None),
+            None => Ok(Some(seen)),
+        }
+    }
+
+    /// Why we have no session: the event's sender withheld it (a notice of that sender for
+    /// that key), or it was not received.
+    fn why_no_session(
+        &self,
+        room_id: &str,
+        session_id: &str,
+        event: &EncryptedEvent,
+        pending: &Changes,
+    ) -> Result<MegolmError, CryptoError> {
+        let sender = event.sender.as_str();
+        let notice = match pending
+            .withheld_notices
+            .iter()
+            .rev()
+            .find(|w| w.room_id == room_id && w.session_id == session_id && w.sender == sender)
+        {
+            Some(n) => Some(n.clone()),
+            None => self.store.withheld_notice(room_id, session_id, sender)?,
+        };
+        Ok(
+            match notice.filter(|n| names_key(n, &event.content.sender_key)) {
+                Some(notice) => MegolmError::Withheld {
+                    code: notice.code,
+                    reason: notice.reason,
+                },
+                None => MegolmError::MissingSession {
+                    session_id: session_id.to_owned(),
+                },
+            },
+        )
+    }
+}
+
+/// Whether a notice is about the key the event names (when both name one).
+fn names_key(notice: &WithheldNotice, event_key: &Option<String>) -> bool {
+    match event_key {
+        Some(key) if !notice.sender_key.is_empty() => &notice.sender_key == key,
+        _ => true,
+    }
+}

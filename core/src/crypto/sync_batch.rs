@@ -1,0 +1,200 @@
+//! One `/sync` response, committed as one transaction: its to-device events, device-list
+//! changes and key counts, the room state the client adds, what decrypting its timeline
+//! produced (replay records, key requests, events kept for late keys) and the sync token.
+//! A crash before the commit replays the whole response; after it, nothing is lost.
+
+use std::sync::MutexGuard;
+
+use ruma::{DeviceId, RoomId, UserId};
+use serde_json::Value;
+use tracing::debug;
+
+use super::account::{OwnAccount, SIGNED_CURVE25519};
+use super::error::CryptoError;
+use super::machine::{DecryptedRoomEvent, OlmMachine, State, SyncChanges, SyncOutcome};
+use crate::store::{Changes, TrackedUser, TrackingState};
+
+/// A sync response being processed. Holds the machine's state until [`SyncBatch::commit`]
+/// (or drop, which stores nothing and forgets what the batch did in memory). Do not hold it
+/// across an `.await`.
+pub struct SyncBatch<'m> {
+    machine: &'m OlmMachine,
+    state: Option<MutexGuard<'m, State>>,
+    changes: Changes,
+    outcome: SyncOutcome,
+}
+
+impl std::fmt::Debug for SyncBatch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncBatch").finish_non_exhaustive()
+    }
+}
+
+impl OlmMachine {
+    /// Feed one sync response. Everything it carried is stored in one transaction together
+    /// with `next_batch`, so a crash never skips a to-device event or room key.
+    pub fn receive_sync_changes(&self, sync: SyncChanges) -> Result<SyncOutcome, CryptoError> {
+        self.begin_sync(sync)?.commit()
+    }
+
+    /// Process the crypto part of a sync response without storing it yet: the caller may
+    /// decrypt the timeline and add its own records, then [`SyncBatch::commit`]s it all.
+    pub fn begin_sync(&self, sync: SyncChanges) -> Result<SyncBatch<'_>, CryptoError> {
+        let mut batch = SyncBatch {
+            machine: self,
+            state: Some(self.lock()?),
+            changes: sync.extra,
+            outcome: SyncOutcome::default(),
+        };
+        batch.apply_device_lists(&sync.changed_users, &sync.left_users)?;
+        let mut changes = std::mem::take(&mut batch.changes);
+        let state = batch.state_mut()?;
+        let handled = self.handle_to_device_batch(state, &sync.to_device_events, &mut changes);
+        batch.changes = changes;
+        let (to_device, room_keys, mut account_changed) = handled?;
+        batch.outcome = SyncOutcome {
+            to_device,
+            room_keys,
+        };
+        let state = batch.state_mut()?;
+        // Keys generated while an upload is in flight would be marked published by its
+        // answer without having been uploaded: wait for the answer.
+        if !state.upload_in_flight && state.account.device_keys_uploaded {
+            if let Some(counts) = &sync.one_time_key_counts {
+                let count = counts.get(SIGNED_CURVE25519).copied().unwrap_or(0);
+                account_changed |= state.account.update_one_time_key_count(count);
+            }
+            if let Some(unused) = &sync.unused_fallback_key_types {
+                account_changed |= state.account.update_unused_fallback_keys(unused);
+            }
+        }
+        if account_changed {
+            batch.changes.account = Some(state.account.to_record()?);
+        }
+        batch.changes.sync_token = sync.next_batch;
+        Ok(batch)
+    }
+}
+
+impl SyncBatch<'_> {
+    fn state_mut(&mut self) -> Result<&mut State, CryptoError> {
+        self.state
+            .as_deref_mut()
+            .ok_or_else(|| CryptoError::CorruptState("sync batch already committed".into()))
+    }
+
+    /// `device_lists.changed` makes tracked users pending (the sequence bump makes an answer
+    /// already in flight stale); `left` stops tracking (devices and decisions are kept).
+    fn apply_device_lists(
+        &mut self,
+        changed: &[ruma::OwnedUserId],
+        left: &[ruma::OwnedUserId],
+    ) -> Result<(), CryptoError> {
+        if changed.is_empty() && left.is_empty() {
+            return Ok(());
+        }
+        let tracked = self.machine.tracked_by_user()?;
+        let updates = [
+            (changed, TrackingState::PendingDownload),
+            (left, TrackingState::NotTracked),
+        ];
+        for (users, new_state) in updates {
+            for user in users {
+                if let Some(t) = tracked.get(user.as_str()).filter(|t| t.is_tracked()) {
+                    self.changes.tracked_users.push(TrackedUser {
+                        user_id: user.to_string(),
+                        state: new_state,
+                        sequence: t.sequence + 1,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What the to-device part of the response did.
+    pub fn outcome(&self) -> &SyncOutcome {
+        &self.outcome
+    }
+
+    /// Decrypt a room event of this response with the keys stored and those of this batch;
+    /// its replay record is committed with the batch.
+    pub fn decrypt_room_event(
+        &mut self,
+        room_id: &str,
+        event: &Value,
+    ) -> Result<DecryptedRoomEvent, CryptoError> {
+        let (decrypted, index) = self.machine.decrypt_with(room_id, event, &self.changes)?;
+        self.changes.megolm_indices.extend(index);
+        Ok(decrypted)
+    }
+
+    /// [`OlmMachine::request_room_key`], committed with the batch.
+    pub fn request_room_key(
+        &mut self,
+        room_id: &RoomId,
+        session_id: &str,
+        sender_key: &str,
+        sender: Option<(&UserId, &DeviceId)>,
+    ) -> Result<bool, CryptoError> {
+        let request = self.machine.key_request_changes(
+            room_id,
+            session_id,
+            sender_key,
+            sender,
+            &self.changes,
+        )?;
+        let asked = request.is_some();
+        self.changes.extend(request.unwrap_or_default());
+        Ok(asked)
+    }
+
+    /// [`OlmMachine::update_tracked_users`], committed with the batch.
+    pub fn track_users(&mut self, users: &[String]) -> Result<(), CryptoError> {
+        let new = self
+            .machine
+            .newly_tracked(users, &self.changes.tracked_users)?;
+        self.changes.tracked_users.extend(new);
+        Ok(())
+    }
+
+    /// Records of the caller's to commit with the batch (e.g. events kept for late keys).
+    pub fn keep(&mut self, changes: Changes) {
+        self.changes.extend(changes);
+    }
+
+    /// The records of this batch not committed yet.
+    pub fn pending(&self) -> &Changes {
+        &self.changes
+    }
+
+    /// Store everything in one transaction.
+    pub fn commit(mut self) -> Result<SyncOutcome, CryptoError> {
+        let changes = std::mem::take(&mut self.changes);
+        let mut state = self
+            .state
+            .take()
+            .ok_or_else(|| CryptoError::CorruptState("sync batch already committed".into()))?;
+        // On failure `save` restores the stored account, as a drop would.
+        self.machine.save(&mut state, changes)?;
+        debug!(
+            to_device = self.outcome.to_device.len(),
+            room_keys = self.outcome.room_keys.len(),
+            "sync committed"
+        );
+        Ok(std::mem::take(&mut self.outcome))
+    }
+}
+
+impl Drop for SyncBatch<'_> {
+    fn drop(&mut self) {
+        // Not committed: nothing was stored, so what the batch did to the account in memory
+        // (one-time keys consumed, keys generated) must be forgotten too.
+        if let Some(state) = self.state.as_deref_mut()
+            && let Ok(Some(record)) = self.machine.store.account()
+            && let Ok(account) = OwnAccount::from_record(&record)
+        {
+            state.account = account;
+        }
+    }
+}

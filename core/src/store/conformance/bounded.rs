@@ -1,0 +1,224 @@
+//! Conformance checks of what other users can make us store: withheld notices, key
+//! requests, member lists replaced by a full answer, and the [`quota`] limits.
+
+use super::super::*;
+use super::*;
+
+pub(crate) fn withheld_notices_by_sender<S: Store>(s: &S) {
+    let first = notice("!r:x", "s1", "@a:x");
+    let other_sender = notice("!r:x", "s1", "@b:x");
+    save(
+        s,
+        Changes {
+            withheld_notices: vec![first.clone(), other_sender.clone()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        s.withheld_notice("!r:x", "s1", "@a:x").unwrap(),
+        Some(first)
+    );
+    assert_eq!(
+        s.withheld_notice("!r:x", "s1", "@b:x").unwrap(),
+        Some(other_sender)
+    );
+    assert_eq!(s.withheld_notice("!r:x", "s2", "@a:x").unwrap(), None);
+    assert_eq!(s.withheld_notice("!other:x", "s1", "@a:x").unwrap(), None);
+    // A newer notice of the same sender replaces the older one.
+    let mut newer = notice("!r:x", "s1", "@a:x");
+    newer.code = "m.blacklisted".into();
+    newer.reason = None;
+    save(
+        s,
+        Changes {
+            withheld_notices: vec![newer.clone()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        s.withheld_notice("!r:x", "s1", "@a:x").unwrap(),
+        Some(newer)
+    );
+    assert_eq!(s.counts().unwrap().withheld_notices, 2);
+}
+
+pub(crate) fn key_requests_one_per_session<S: Store>(s: &S) {
+    let first = key_request("!r:x", "s1");
+    save(
+        s,
+        Changes {
+            key_requests: vec![first.clone(), key_request("!r:x", "s2")],
+            ..Default::default()
+        },
+    );
+    let mut again = key_request("!r:x", "s1");
+    again.request_id = "another".into();
+    save(
+        s,
+        Changes {
+            key_requests: vec![again],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        s.key_request("!r:x", "s1").unwrap(),
+        Some(first),
+        "the first stays"
+    );
+    assert_eq!(s.key_request("!r:x", "s3").unwrap(), None);
+    assert_eq!(s.counts().unwrap().key_requests, 2);
+}
+
+pub(crate) fn member_lists_replaced_by_a_full_answer<S: Store>(s: &S) {
+    save(
+        s,
+        Changes {
+            rooms: vec![room("!r:x"), room("!o:x")],
+            members: vec![
+                member("!r:x", "@stale:x", "join"),
+                member("!r:x", "@kept:x", "invite"),
+                member("!o:x", "@stale:x", "join"),
+            ],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        s.member("!r:x", "@stale:x").unwrap(),
+        Some(member("!r:x", "@stale:x", "join"))
+    );
+    save(
+        s,
+        Changes {
+            replaced_member_lists: vec!["!r:x".into()],
+            members: vec![member("!r:x", "@kept:x", "join")],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        s.members("!r:x").unwrap(),
+        vec![member("!r:x", "@kept:x", "join")]
+    );
+    assert_eq!(s.member("!r:x", "@stale:x").unwrap(), None);
+    assert_eq!(
+        s.members("!o:x").unwrap().len(),
+        1,
+        "other rooms keep theirs"
+    );
+    assert_eq!(s.encrypted_rooms_with(&["@stale:x"]).unwrap(), ["!o:x"]);
+}
+
+/// Save `n` records made by `make(i)` in batches of at most 500.
+fn save_many<S: Store>(s: &S, n: u64, make: impl Fn(u64, &mut Changes)) {
+    let mut i = 0;
+    while i < n {
+        let mut c = Changes::default();
+        for j in i..(i + 500).min(n) {
+            make(j, &mut c);
+        }
+        save(s, c);
+        i += 500;
+    }
+}
+
+pub(crate) fn quotas_forget_the_oldest_first<S: Store>(s: &S) {
+    use super::super::quota::*;
+    let over = |max: u64| max + 7;
+    save_many(s, over(MAX_UNDECRYPTABLE_EVENTS), |i, c| {
+        c.undecryptable_events.push(UndecryptableEvent {
+            room_id: "!r:x".into(),
+            session_id: format!("s{i}"),
+            event_id: format!("$e{i}"),
+            event_json: "{}".into(),
+        })
+    });
+    save_many(s, over(MAX_WITHHELD_NOTICES), |i, c| {
+        c.withheld_notices
+            .push(notice("!r:x", &format!("s{i}"), "@a:x"))
+    });
+    save_many(s, over(MAX_KEY_REQUESTS), |i, c| {
+        c.key_requests.push(key_request("!r:x", &format!("s{i}")))
+    });
+    let counts = s.counts().unwrap();
+    assert_eq!(counts.undecryptable_events, MAX_UNDECRYPTABLE_EVENTS);
+    assert_eq!(counts.withheld_notices, MAX_WITHHELD_NOTICES);
+    assert_eq!(counts.key_requests, MAX_KEY_REQUESTS);
+    assert!(s.undecryptable_events("!r:x", "s6").unwrap().is_empty());
+    assert_eq!(s.undecryptable_events("!r:x", "s7").unwrap().len(), 1);
+    assert_eq!(s.withheld_notice("!r:x", "s6", "@a:x").unwrap(), None);
+    assert!(s.withheld_notice("!r:x", "s7", "@a:x").unwrap().is_some());
+    assert_eq!(s.key_request("!r:x", "s6").unwrap(), None);
+    assert!(s.key_request("!r:x", "s7").unwrap().is_some());
+}
+
+pub(crate) fn sessions_of_non_members_are_bounded<S: Store>(s: &S) {
+    use super::super::quota::MAX_SESSIONS_FROM_NON_MEMBERS as MAX;
+    // A member's sessions are never counted against the limit.
+    let mut members_session = inbound("!known:x", "member-session");
+    members_session.sender_user = Some("@alice:x".into());
+    save(
+        s,
+        Changes {
+            rooms: vec![room("!known:x")],
+            members: vec![member("!known:x", "@alice:x", "join")],
+            inbound_group_sessions: vec![members_session.clone()],
+            ..Default::default()
+        },
+    );
+    save_many(s, MAX + 10, |i, c| {
+        let mut session = inbound(&format!("!unknown{i}:x"), "s");
+        session.sender_user = if i % 2 == 0 {
+            Some("@stranger:x".into())
+        } else {
+            None
+        };
+        c.inbound_group_sessions.push(session);
+    });
+    let counts = s.counts().unwrap();
+    assert_eq!(counts.inbound_sessions_from_non_members, MAX);
+    assert_eq!(counts.inbound_group_sessions, MAX + 1);
+    assert_eq!(s.inbound_group_session("!unknown9:x", "s").unwrap(), None);
+    assert!(
+        s.inbound_group_session("!unknown10:x", "s")
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        s.inbound_group_session("!known:x", "member-session")
+            .unwrap(),
+        Some(members_session)
+    );
+    // Membership learnt later keeps a session.
+    save(
+        s,
+        Changes {
+            members: vec![member("!unknown10:x", "@stranger:x", "join")],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        s.counts().unwrap().inbound_sessions_from_non_members,
+        MAX - 1
+    );
+}
+
+pub(crate) fn invites_are_bounded<S: Store>(s: &S) {
+    use super::super::quota::MAX_INVITES;
+    let mut joined = room("!joined:x");
+    joined.own_membership = Some("join".into());
+    save(
+        s,
+        Changes {
+            rooms: vec![joined.clone()],
+            ..Default::default()
+        },
+    );
+    save_many(s, MAX_INVITES + 3, |i, c| {
+        let mut invite = room(&format!("!inv{i}:x"));
+        invite.own_membership = Some("invite".into());
+        c.rooms.push(invite);
+    });
+    assert_eq!(s.counts().unwrap().invites, MAX_INVITES);
+    assert_eq!(s.room("!inv2:x").unwrap(), None);
+    assert!(s.room("!inv3:x").unwrap().is_some());
+    assert_eq!(s.room("!joined:x").unwrap(), Some(joined));
+}

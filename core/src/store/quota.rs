@@ -1,0 +1,31 @@
+//! Limits on what other users and the homeserver can make us store.
+//!
+//! Every kind of record a stranger can cause us to write without any action of ours is
+//! bounded here. [`Store::save_changes`](super::Store::save_changes) enforces the limits in
+//! the same transaction as the write that exceeds them, forgetting the oldest records first,
+//! so both store implementations behave the same (checked by the conformance suite).
+//!
+//! Records that only our own actions create (rooms we joined, our outbound sessions, the
+//! send queue) and records bounded by them (members of rooms we joined, devices of users we
+//! share rooms with, at most [`MAX_DEVICES_PER_USER`] each) are not limited here.
+
+/// Undecryptable events kept for a retry when their key arrives (any room we are in).
+pub const MAX_UNDECRYPTABLE_EVENTS: u64 = 2_000;
+
+/// `m.room_key.withheld` notices kept (only from members of the room, for display).
+pub const MAX_WITHHELD_NOTICES: u64 = 1_000;
+
+/// Key requests remembered (one per session whose events we could not decrypt).
+pub const MAX_KEY_REQUESTS: u64 = 1_000;
+
+/// Inbound group sessions whose sender is not known as a member of the session's room (a
+/// room key may arrive before the invite, the join or the member event that explains it;
+/// a forwarded key of unknown origin names no sender). Sessions of members are not limited.
+pub const MAX_SESSIONS_FROM_NON_MEMBERS: u64 = 500;
+
+/// Rooms we are invited to (anyone can invite us).
+pub const MAX_INVITES: u64 = 200;
+
+/// Devices kept per user from a `/keys/query` answer (the ones we know first, then by
+/// device id); checked by the crypto machine before anything is stored.
+pub const MAX_DEVICES_PER_USER: usize = 1_000;
