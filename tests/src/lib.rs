@@ -30,6 +30,7 @@
 //! directory (about 2–3 s to start, ~120 MB RSS). User ids are `@name:localhost`; clients
 //! must use [`Synapse::base_url`] (`http://127.0.0.1:PORT`), not the server name.
 
+pub mod attacker;
 pub mod clients;
 pub mod proxy;
 

@@ -26,14 +26,35 @@ pub enum Action {
     /// Forward with the request body replaced by what the function makes of it (e.g. a
     /// homeserver that loses part of an upload).
     RewriteRequest(Rewrite),
+    /// Forward, then pass the answer on with its body replaced by what the function makes of
+    /// it (a hostile or broken homeserver). The function gets the body with any chunked
+    /// transfer encoding removed; the answer keeps its status line and headers, with a
+    /// `Content-Length` for the new body.
+    RewriteResponse(Rewrite),
 }
 
-/// A function from a request body to the body to forward.
+/// A function from a body to the body to pass on.
 pub type RewriteFn = dyn Fn(&[u8]) -> Vec<u8> + Send + Sync;
 
-/// A request-body rewrite for [`Action::RewriteRequest`].
+/// A body rewrite for [`Action::RewriteRequest`] and [`Action::RewriteResponse`].
 #[derive(Clone)]
 pub struct Rewrite(pub Arc<RewriteFn>);
+
+impl Rewrite {
+    /// A rewrite of JSON bodies: `f` edits the parsed value in place. A body that is not
+    /// JSON is passed on unchanged.
+    pub fn json(f: impl Fn(&mut serde_json::Value) + Send + Sync + 'static) -> Rewrite {
+        Rewrite(Arc::new(move |body: &[u8]| {
+            match serde_json::from_slice::<serde_json::Value>(body) {
+                Ok(mut value) => {
+                    f(&mut value);
+                    serde_json::to_vec(&value).expect("serialise a JSON value")
+                }
+                Err(_) => body.to_vec(),
+            }
+        }))
+    }
+}
 
 impl std::fmt::Debug for Rewrite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -206,12 +227,34 @@ fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::R
                     .push(format!("{method} {path} answer dropped"));
                 return Ok(());
             }
-            client.write_all(&response)?;
-            String::from_utf8_lossy(&response)
+            let rewritten = match &other {
+                Some(Action::RewriteResponse(Rewrite(f))) => {
+                    response = rewrite_response(&response, f.as_ref())?;
+                    true
+                }
+                _ => false,
+            };
+            let status = String::from_utf8_lossy(&response[..response.len().min(64)])
                 .split(' ')
                 .nth(1)
                 .unwrap_or("?")
-                .to_owned()
+                .to_owned();
+            match client.write_all(&response) {
+                Ok(()) => {}
+                // A client may hang up early on a rewritten body it refuses (e.g. one too
+                // large to read): that exchange is still logged.
+                Err(_) if rewritten => {
+                    let _ = client.shutdown(Shutdown::Both);
+                    state
+                        .lock()
+                        .unwrap()
+                        .log
+                        .push(format!("{method} {path} {status}"));
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+            status
         }
     };
     state
@@ -221,4 +264,110 @@ fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::R
         .push(format!("{method} {path} {status}"));
     let _ = client.shutdown(Shutdown::Both);
     Ok(())
+}
+
+/// `response` (a whole HTTP/1.x answer) with its body replaced by `f(body)`: the same status
+/// line and headers, without `Content-Length`, `Transfer-Encoding` and `Connection`, then a
+/// `Content-Length` for the new body and `Connection: close`. A chunked body is decoded
+/// before `f` sees it.
+fn rewrite_response(response: &[u8], f: &RewriteFn) -> std::io::Result<Vec<u8>> {
+    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| invalid("answer without a complete head"))?;
+    let head = String::from_utf8_lossy(&response[..end]).into_owned();
+    let raw_body = &response[end + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut kept = Vec::new();
+    let mut chunked = false;
+    for line in lines {
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("transfer-encoding:") {
+            chunked |= lower.contains("chunked");
+        } else if !lower.starts_with("content-length:") && !lower.starts_with("connection:") {
+            kept.push(line);
+        }
+    }
+    let body = if chunked {
+        decode_chunked(raw_body).ok_or_else(|| invalid("malformed chunked body"))?
+    } else {
+        raw_body.to_vec()
+    };
+    let new_body = f(&body);
+    let mut out = Vec::with_capacity(new_body.len() + head.len() + 64);
+    out.extend_from_slice(status_line.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for line in kept {
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(
+        format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            new_body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&new_body);
+    Ok(out)
+}
+
+/// The payload of a `Transfer-Encoding: chunked` body (chunk extensions and trailers are
+/// dropped), or `None` if it is malformed or cut short.
+fn decode_chunked(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size_line = std::str::from_utf8(&raw[..line_end]).ok()?;
+        let size_hex = size_line.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_hex, 16).ok()?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            // Trailers (if any) end with an empty line; nothing in them is kept.
+            return Some(body);
+        }
+        if raw.len() < size + 2 || &raw[size..size + 2] != b"\r\n" {
+            return None;
+        }
+        body.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_answers_are_decoded_and_reframed() {
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4;ext=1\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n";
+        let out = rewrite_response(answer, &|body: &[u8]| {
+            assert_eq!(body, b"{\"a\":1}");
+            b"{}".to_vec()
+        })
+        .unwrap();
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+        );
+    }
+
+    #[test]
+    fn plain_answers_get_a_new_length() {
+        let answer = b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\nX-Kept: yes\r\n\r\nhello";
+        let out = rewrite_response(answer, &|body: &[u8]| [body, b" world"].concat()).unwrap();
+        assert_eq!(
+            out,
+            b"HTTP/1.1 404 Not Found\r\nX-Kept: yes\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world"
+        );
+    }
+
+    #[test]
+    fn cut_chunked_bodies_are_refused() {
+        assert!(decode_chunked(b"5\r\nab").is_none());
+        assert!(decode_chunked(b"zz\r\n").is_none());
+        assert_eq!(decode_chunked(b"0\r\n\r\n"), Some(Vec::new()));
+    }
 }

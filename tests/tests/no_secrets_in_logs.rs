@@ -32,6 +32,8 @@ impl<'a> MakeWriter<'a> for Capture {
 const PASSPHRASE: &str = "correct horse battery staple 7f3a";
 const SECRET_TEXT: &str = "the eagle lands at midnight 91c2";
 
+/// The room key of `client`'s current outbound session in `room`, as `m.room_key` carries
+/// it over Olm (from the session's current index).
 fn session_key_of(client: &Client, room: &str) -> String {
     let record = client
         .store()
@@ -43,6 +45,47 @@ fn session_key_of(client: &Client, room: &str) -> String {
     vodozemac::megolm::GroupSession::from_pickle(pickle)
         .session_key()
         .to_base64()
+}
+
+/// `client`'s inbound copy of `session_id` in `room`, exported from its first index (what a
+/// key forward or export would carry).
+fn exported_key_of(client: &Client, room: &str, session_id: &str) -> String {
+    let record = client
+        .store()
+        .inbound_group_session(room, session_id)
+        .unwrap()
+        .expect("inbound session");
+    let pickle: vodozemac::megolm::InboundGroupSessionPickle =
+        serde_json::from_slice(record.pickle.as_bytes()).unwrap();
+    vodozemac::megolm::InboundGroupSession::from_pickle(pickle)
+        .export_at_first_known_index()
+        .to_base64()
+}
+
+/// Every 32- and 64-byte array in a pickle (private keys, ratchet secrets), base64 encoded
+/// as Matrix encodes keys.
+fn key_material(pickle: &[u8]) -> Vec<String> {
+    fn walk(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Array(items) => {
+                let bytes: Option<Vec<u8>> = items
+                    .iter()
+                    .map(|v| v.as_u64().and_then(|b| u8::try_from(b).ok()))
+                    .collect();
+                match bytes {
+                    Some(bytes) if bytes.len() == 32 || bytes.len() == 64 => {
+                        out.push(vodozemac::base64_encode(&bytes));
+                    }
+                    _ => items.iter().for_each(|v| walk(v, out)),
+                }
+            }
+            serde_json::Value::Object(map) => map.values().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&serde_json::from_slice(pickle).unwrap(), &mut out);
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,6 +126,9 @@ async fn full_exchange_at_trace_level_logs_no_secrets() {
     bob.join(&room).await.unwrap();
     alice.sync_once(Duration::ZERO).await.unwrap();
     let mut rx = bob.subscribe_timeline();
+    // The room key as it goes to bob over Olm: the session at index 0, before any message.
+    alice.prepare_room_key(&room).await.unwrap();
+    let shared_key = session_key_of(&alice, &room);
     alice.send_text(&room, SECRET_TEXT).await.unwrap();
     let mut received = None;
     for _ in 0..20 {
@@ -99,11 +145,24 @@ async fn full_exchange_at_trace_level_logs_no_secrets() {
         "the exchange itself worked"
     );
 
+    let session_id = alice
+        .store()
+        .outbound_group_session(&room)
+        .unwrap()
+        .unwrap()
+        .session_id;
     let mut secrets = vec![
         ("store passphrase", PASSPHRASE.to_owned()),
         ("message plaintext", SECRET_TEXT.to_owned()),
-        ("room session key", session_key_of(&alice, &room)),
+        ("room key shared over Olm (index 0)", shared_key.clone()),
+        ("room key at the current index", session_key_of(&alice, &room)),
+        ("bob's copy of the room key", exported_key_of(&bob, &room, &session_id)),
     ];
+    assert_ne!(
+        shared_key,
+        session_key_of(&alice, &room),
+        "the message moved the session on: the two keys are different secrets"
+    );
     for (who, client) in [("alice", &alice), ("bob", &bob)] {
         let token = client
             .store()
@@ -118,6 +177,16 @@ async fn full_exchange_at_trace_level_logs_no_secrets() {
             },
             String::from_utf8(token.as_bytes().to_vec()).unwrap(),
         ));
+    }
+    for (who, client) in [("alice", &alice), ("bob", &bob)] {
+        let account = client.store().account().unwrap().expect("account");
+        let keys = key_material(account.pickle.as_bytes());
+        assert!(keys.len() >= 3, "{who}'s identity and one-time keys found");
+        for key in keys {
+            secrets.push(("a private key of an Olm account", key));
+        }
+        let own_key = client.fingerprint().unwrap();
+        assert!(!secrets.iter().any(|(_, s)| s == &own_key), "public keys are not secrets");
     }
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
     assert!(

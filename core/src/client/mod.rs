@@ -5,6 +5,8 @@
 
 mod hooks;
 mod late_keys;
+#[cfg(test)]
+mod proptests;
 mod room_state;
 mod rooms;
 mod sync;

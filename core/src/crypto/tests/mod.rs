@@ -238,6 +238,13 @@ impl FakeServer {
     }
 }
 
+/// Self-signed device keys of a new account for `user`/`device` (any strings).
+pub(crate) fn signed_device_keys(user: &str, device: &str) -> Value {
+    super::account::OwnAccount::new(user, device)
+        .device_keys()
+        .unwrap_or(Value::Null)
+}
+
 pub(crate) fn room_event(room: &str, sender: &str, event_id: &str, content: Value) -> Value {
     let _ = room;
     json!({"type": "m.room.encrypted", "sender": sender, "event_id": event_id,
