@@ -32,6 +32,9 @@
 
 pub mod client;
 pub mod crypto;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod store;
 mod time;

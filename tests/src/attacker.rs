@@ -19,8 +19,8 @@ use std::collections::HashMap;
 
 use newt_core::crypto::signing::sign_json_with;
 use serde_json::{Value, json};
-use vodozemac::olm::{Account, OlmMessage, PreKeyMessage, Session, SessionConfig};
 use vodozemac::Curve25519PublicKey;
+use vodozemac::olm::{Account, OlmMessage, PreKeyMessage, Session, SessionConfig};
 
 use crate::{Synapse, http_request};
 
@@ -92,9 +92,12 @@ pub fn signed_device_keys(
             format!("ed25519:{device_id}"): account.ed25519_key().to_base64(),
         },
     });
-    sign_json_with(&mut keys, user_id, &format!("ed25519:{device_id}"), |bytes| {
-        account.sign(bytes)
-    })
+    sign_json_with(
+        &mut keys,
+        user_id,
+        &format!("ed25519:{device_id}"),
+        |bytes| account.sign(bytes),
+    )
     .expect("sign device keys");
     keys
 }
@@ -209,8 +212,10 @@ impl Attacker {
         for (id, key) in self.account.one_time_keys() {
             let mut signed = json!({"key": key.to_base64()});
             let key_id = format!("ed25519:{}", self.device_id);
-            sign_json_with(&mut signed, &self.user_id, &key_id, |b| self.account.sign(b))
-                .expect("sign a one-time key");
+            sign_json_with(&mut signed, &self.user_id, &key_id, |b| {
+                self.account.sign(b)
+            })
+            .expect("sign a one-time key");
             otks.insert(format!("signed_curve25519:{}", id.to_base64()), signed);
         }
         let body = json!({"device_keys": device_keys, "one_time_keys": otks});
@@ -252,7 +257,8 @@ impl Attacker {
 
     /// Claim one of `device`'s one-time keys (`POST /keys/claim`).
     pub fn claim_one_time_key(&self, device: &RemoteDevice) -> Curve25519PublicKey {
-        let body = json!({"one_time_keys": {&device.user_id: {&device.device_id: "signed_curve25519"}}});
+        let body =
+            json!({"one_time_keys": {&device.user_id: {&device.device_id: "signed_curve25519"}}});
         let answer = self.api("POST", "/keys/claim", Some(&body));
         let keys = answer["one_time_keys"][&device.user_id][&device.device_id]
             .as_object()
@@ -321,7 +327,12 @@ impl Attacker {
             "sender_key": self.curve25519(),
             "ciphertext": {&device.curve25519: {"type": message_type, "body": body}},
         });
-        self.send_to_device("m.room.encrypted", &device.user_id, &device.device_id, content);
+        self.send_to_device(
+            "m.room.encrypted",
+            &device.user_id,
+            &device.device_id,
+            content,
+        );
     }
 
     /// `PUT /sendToDevice/{event_type}/{txn}` with `content` for `user`'s `device` (`*`: all
@@ -339,7 +350,11 @@ impl Attacker {
 
     /// Join `room` (by id).
     pub fn join(&self, room: &str) {
-        self.api("POST", &format!("/join/{}", encode_segment(room)), Some(&json!({})));
+        self.api(
+            "POST",
+            &format!("/join/{}", encode_segment(room)),
+            Some(&json!({})),
+        );
     }
 
     /// Send a raw room event of `event_type` with `content`; returns its event id.

@@ -271,7 +271,8 @@ fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::R
 /// `Content-Length` for the new body and `Connection: close`. A chunked body is decoded
 /// before `f` sees it.
 fn rewrite_response(response: &[u8], f: &RewriteFn) -> std::io::Result<Vec<u8>> {
-    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
     let end = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

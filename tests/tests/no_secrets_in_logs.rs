@@ -155,8 +155,14 @@ async fn full_exchange_at_trace_level_logs_no_secrets() {
         ("store passphrase", PASSPHRASE.to_owned()),
         ("message plaintext", SECRET_TEXT.to_owned()),
         ("room key shared over Olm (index 0)", shared_key.clone()),
-        ("room key at the current index", session_key_of(&alice, &room)),
-        ("bob's copy of the room key", exported_key_of(&bob, &room, &session_id)),
+        (
+            "room key at the current index",
+            session_key_of(&alice, &room),
+        ),
+        (
+            "bob's copy of the room key",
+            exported_key_of(&bob, &room, &session_id),
+        ),
     ];
     assert_ne!(
         shared_key,
@@ -186,7 +192,10 @@ async fn full_exchange_at_trace_level_logs_no_secrets() {
             secrets.push(("a private key of an Olm account", key));
         }
         let own_key = client.fingerprint().unwrap();
-        assert!(!secrets.iter().any(|(_, s)| s == &own_key), "public keys are not secrets");
+        assert!(
+            !secrets.iter().any(|(_, s)| s == &own_key),
+            "public keys are not secrets"
+        );
     }
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
     assert!(

@@ -111,6 +111,7 @@ impl OlmMachine {
                 txn_id: ruma::TransactionId::new().to_string(),
                 event_type: "m.room_key_request".into(),
                 messages_json: messages_json(&targets, content)?,
+                room_key: None,
             }],
             ..Default::default()
         };
@@ -310,6 +311,7 @@ impl OlmMachine {
             txn_id: ruma::TransactionId::new().to_string(),
             event_type: "m.room.encrypted".into(),
             messages_json: messages_json(&[(&device.user_id, &device.device_id)], encrypted)?,
+            room_key: None,
         });
         Ok(true)
     }

@@ -22,7 +22,7 @@ pub mod signing;
 #[cfg(test)]
 mod spec_vectors;
 mod sync_batch;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod tests;
 mod to_device;
 

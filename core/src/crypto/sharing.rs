@@ -21,7 +21,8 @@ use super::requests::{OutgoingKind, OutgoingRequest, raw};
 use super::responses::KeysClaimResponse;
 use super::signing::verify_json;
 use crate::store::{
-    Changes, DeviceRecord, LocalTrust, PendingToDevice, SecretBlob, ShareRecipient,
+    Changes, DeviceRecord, LocalTrust, OutboundGroupSessionRecord, PendingToDevice, SecretBlob,
+    ShareRecipient,
 };
 
 /// Recipient devices per `/sendToDevice` request.
@@ -295,7 +296,7 @@ impl OlmMachine {
             )?;
             changes.inbound_group_sessions.push(own.record);
         }
-        let mut keys_out = ToDeviceBatcher::new("m.room.encrypted");
+        let mut keys_out = ToDeviceBatcher::room_keys(room_id, &session_id);
         let mut notices = ToDeviceBatcher::new("m.room_key.withheld");
         let mut withhold =
             |device: &DeviceRecord, code: &str, reason: &str, group: &mut OutboundGroup| {
@@ -478,10 +479,51 @@ impl OlmMachine {
     }
 
     /// A to-device request was refused for good (the server will never accept it): it is
-    /// dropped, so that it does not hold up the others.
+    /// dropped, so that it does not hold up the others. If it carried a room key, its
+    /// recipients no longer count as having it: the next share sends it again (from the
+    /// session's index then).
     pub fn mark_to_device_failed(&self, txn_id: &str) -> Result<(), CryptoError> {
         warn!(txn_id, "a to-device message was refused for good; dropped");
-        self.mark_to_device_sent(txn_id)
+        let mut state = self.lock()?;
+        let mut changes = Changes {
+            sent_to_device: vec![txn_id.to_owned()],
+            ..Default::default()
+        };
+        let refused = self
+            .store
+            .pending_to_device()?
+            .into_iter()
+            .find(|p| p.txn_id == txn_id);
+        if let Some(record) = refused.map(|p| self.unshared(&p)).transpose()?.flatten() {
+            info!(room_id = %record.room_id, "recipients of a refused room key get it again");
+            changes.outbound_group_sessions.push(record);
+        }
+        self.save(&mut state, changes)
+    }
+
+    /// The room's outbound session without the recipients of `refused`, if that request
+    /// carried the room's current session.
+    fn unshared(
+        &self,
+        refused: &PendingToDevice,
+    ) -> Result<Option<OutboundGroupSessionRecord>, CryptoError> {
+        let Some((room_id, session_id)) = &refused.room_key else {
+            return Ok(None);
+        };
+        let Some(mut record) = self.store.outbound_group_session(room_id)? else {
+            return Ok(None);
+        };
+        let targets: BTreeMap<String, BTreeMap<String, Value>> =
+            serde_json::from_str(&refused.messages_json).unwrap_or_default();
+        if &record.session_id != session_id {
+            return Ok(None);
+        }
+        record.shared_with.retain(|r| {
+            !targets
+                .get(&r.user_id)
+                .is_some_and(|devices| devices.contains_key(&r.device_id))
+        });
+        Ok(Some(record))
     }
 
     /// A to-device request was accepted by the server.
@@ -611,6 +653,8 @@ struct ToDeviceBatcher {
     event_type: &'static str,
     chunks: Vec<BTreeMap<String, BTreeMap<String, Value>>>,
     in_chunk: usize,
+    /// The room and session whose key the messages carry, if they do.
+    room_key: Option<(String, String)>,
 }
 
 impl ToDeviceBatcher {
@@ -619,6 +663,15 @@ impl ToDeviceBatcher {
             event_type,
             chunks: Vec::new(),
             in_chunk: TO_DEVICE_BATCH,
+            room_key: None,
+        }
+    }
+
+    /// Batches of room keys of `session_id` in `room_id`.
+    fn room_keys(room_id: &str, session_id: &str) -> Self {
+        Self {
+            room_key: Some((room_id.to_owned(), session_id.to_owned())),
+            ..Self::new("m.room.encrypted")
         }
     }
 
@@ -645,6 +698,7 @@ impl ToDeviceBatcher {
                 event_type: self.event_type.into(),
                 messages_json: serde_json::to_string(&chunk)
                     .map_err(|e| CryptoError::CorruptState(e.to_string()))?,
+                room_key: self.room_key.clone(),
             };
             requests.push(to_device_request(&pending)?);
             changes.pending_to_device.push(pending);

@@ -3,6 +3,9 @@
 //! Each check is a generic function over `S: Store`; `store_conformance_tests!` instantiates
 //! all of them as `#[test]`s for one implementation (see the bottom of this file).
 
+// Also built (without its tests) for the fuzzing harnesses, which use its helpers.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+
 mod batches;
 mod bounded;
 mod fixtures;

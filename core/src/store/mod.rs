@@ -14,7 +14,7 @@
 //! caches in memory.
 
 mod cipher;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod conformance;
 mod memory;
 pub mod quota;
@@ -346,6 +346,9 @@ pub struct PendingToDevice {
     pub event_type: String,
     /// `messages` body of `PUT /sendToDevice` as JSON (Olm ciphertexts only, no plaintext).
     pub messages_json: String,
+    /// For a room-key share: the room and Megolm session whose key it carries, so that the
+    /// recipients of a request the server refuses for good get the key again.
+    pub room_key: Option<(String, String)>,
 }
 
 /// A room event that could not be decrypted yet, kept to be decrypted when the key of its

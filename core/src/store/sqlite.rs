@@ -512,13 +512,17 @@ impl Store for SqliteStore {
     fn pending_to_device(&self) -> Result<Vec<PendingToDevice>, StoreError> {
         query_all(
             &self.reader(),
-            "SELECT txn_id, event_type, messages_json FROM pending_to_device ORDER BY seq",
+            "SELECT txn_id, event_type, messages_json, room_id, session_id
+             FROM pending_to_device ORDER BY seq",
             [],
             |r| {
+                let room: Option<String> = col(r, 3)?;
+                let session: Option<String> = col(r, 4)?;
                 Ok(PendingToDevice {
                     txn_id: col(r, 0)?,
                     event_type: col(r, 1)?,
                     messages_json: col(r, 2)?,
+                    room_key: room.zip(session),
                 })
             },
         )

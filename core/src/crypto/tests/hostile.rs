@@ -162,11 +162,13 @@ fn a_stored_to_device_request_that_cannot_be_built_is_dropped_alone() {
                     txn_id: "bad".into(),
                     event_type: "m.room_key_request".into(),
                     messages_json: json!({"not-a-user": {"DEV": {}}}).to_string(),
+                    room_key: None,
                 },
                 PendingToDevice {
                     txn_id: "good".into(),
                     event_type: "m.room_key_request".into(),
                     messages_json: json!({"@bob:localhost": {"BOB": {}}}).to_string(),
+                    room_key: None,
                 },
             ],
             ..Default::default()
@@ -443,4 +445,38 @@ fn an_olm_message_from_a_stranger_does_not_make_us_track_them() {
         bob.machine.tracking_state(&mallory.user()).unwrap(),
         crate::store::TrackingState::NotTracked
     );
+}
+
+#[test]
+fn recipients_of_a_room_key_the_server_refused_for_good_get_it_with_the_next_share() {
+    let (mut server, alice, bob) = setup_pair();
+    let members = vec![alice.user(), bob.user()];
+    server.establish(&alice, &members);
+    let settings = RotationSettings::default();
+    let requests = alice
+        .machine
+        .share_room_key(ROOM, &members, settings)
+        .unwrap();
+    assert_eq!(requests.len(), 1);
+    alice
+        .machine
+        .mark_to_device_failed(&requests[0].id)
+        .unwrap();
+    assert!(
+        alice.store.pending_to_device().unwrap().is_empty(),
+        "dropped"
+    );
+    let again = alice
+        .machine
+        .share_room_key(ROOM, &members, settings)
+        .unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "bob gets the key again, in the same session"
+    );
+    server.drive(&alice);
+    let outcome = server.sync(&bob);
+    assert_eq!(outcome.room_keys.len(), 1, "{:?}", outcome.to_device);
+    exchange(&alice, &bob, "after the refusal", "$r").unwrap();
 }

@@ -1,5 +1,8 @@
 //! Protocol tests with two and three in-process machines and a fake homeserver. No network.
 
+// Also built (without its tests) for the fuzzing harnesses, which use its helpers.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -13,6 +16,7 @@ use super::requests::{json_of, raw};
 use super::*;
 use crate::store::{LocalTrust, MemoryStore, Store};
 
+#[cfg(test)]
 mod hostile;
 
 /// The parts of a homeserver the crypto machine talks to.
@@ -504,6 +508,61 @@ fn olm_event(from: &Peer, to: &Peer, event_sender: &str, payload: &OlmPayload) -
         })
         .unwrap();
     json!({"type": "m.room.encrypted", "sender": event_sender, "content": content})
+}
+
+/// An Olm to-device event from `from` to `to` whose plaintext is `plaintext` (any bytes),
+/// over their newest session.
+pub(crate) fn olm_event_raw(from: &Peer, to: &Peer, plaintext: &[u8]) -> Value {
+    let to_key = to.machine.curve25519_key();
+    let records = from.store.olm_sessions(&[&to_key]).unwrap_or_default();
+    let Some(record) = records.get(&to_key).and_then(|r| r.first()) else {
+        return Value::Null;
+    };
+    let Ok(mut session) = OlmSession::from_record(record) else {
+        return Value::Null;
+    };
+    let Ok(message) = session.session.encrypt(plaintext) else {
+        return Value::Null;
+    };
+    if let Ok(record) = session.to_record() {
+        let _ = from.store.save_changes(crate::store::Changes {
+            olm_sessions: vec![record],
+            ..Default::default()
+        });
+    }
+    let (message_type, body) = match message {
+        vodozemac::olm::OlmMessage::PreKey(m) => (0, m.to_base64()),
+        vodozemac::olm::OlmMessage::Normal(m) => (1, m.to_base64()),
+    };
+    json!({"type": "m.room.encrypted", "sender": from.user(), "content": {
+        "algorithm": OLM_ALGORITHM, "sender_key": from.machine.curve25519_key(),
+        "ciphertext": {to_key: {"type": message_type, "body": body}}}})
+}
+
+/// The identity fields of an Olm payload from `from` to `to`, as the checks want them.
+pub(crate) fn olm_identity(from: &Peer, to: &Peer) -> Value {
+    serde_json::to_value(payload(from, to, "m.dummy", json!({}))).unwrap_or_default()
+}
+
+/// `m.room.encrypted` content of `plaintext` (any bytes) encrypted with `peer`'s outbound
+/// session in `room`.
+pub(crate) fn megolm_raw(peer: &Peer, room: &str, plaintext: &[u8]) -> Value {
+    let Ok(Some(record)) = peer.store.outbound_group_session(room) else {
+        return Value::Null;
+    };
+    let Ok(mut group) = super::megolm::OutboundGroup::from_record(&record) else {
+        return Value::Null;
+    };
+    let message = group.session.encrypt(plaintext);
+    if let Ok(record) = group.to_record() {
+        let _ = peer.store.save_changes(crate::store::Changes {
+            outbound_group_sessions: vec![record],
+            ..Default::default()
+        });
+    }
+    json!({"algorithm": MEGOLM_ALGORITHM, "ciphertext": message.to_base64(),
+           "session_id": group.session.session_id(), "sender_key": peer.machine.curve25519_key(),
+           "device_id": peer.machine.device_id()})
 }
 
 fn payload(from: &Peer, to: &Peer, event_type: &str, content: Value) -> OlmPayload {

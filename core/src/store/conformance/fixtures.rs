@@ -130,6 +130,7 @@ pub(crate) fn pending(txn_id: &str, body: &str) -> PendingToDevice {
         txn_id: txn_id.into(),
         event_type: "m.room.encrypted".into(),
         messages_json: body.into(),
+        room_key: Some(("!room:x".into(), format!("session-of-{txn_id}"))),
     }
 }
 

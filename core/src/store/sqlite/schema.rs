@@ -174,7 +174,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     DELETE FROM plain_values WHERE key IN (SELECT key FROM split_keys);
     DROP TABLE split_ids;
     DROP TABLE split_keys;
-    ALTER TABLE devices ADD COLUMN trust_tag BLOB;",
+    ALTER TABLE devices ADD COLUMN trust_tag BLOB;
+    ALTER TABLE pending_to_device ADD COLUMN room_id TEXT;
+    ALTER TABLE pending_to_device ADD COLUMN session_id TEXT;",
 ];
 
 /// Keys of the `meta` table.

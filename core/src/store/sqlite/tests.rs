@@ -581,6 +581,8 @@ fn migrations_from_version_1_keep_tracked_users_and_query_them_again() {
              DROP TABLE withheld_notices;
              DROP TABLE key_requests;
              ALTER TABLE devices DROP COLUMN trust_tag;
+             ALTER TABLE pending_to_device DROP COLUMN room_id;
+             ALTER TABLE pending_to_device DROP COLUMN session_id;
              CREATE TABLE tracked_users (
                  user_id TEXT PRIMARY KEY NOT NULL,
                  outdated INTEGER NOT NULL,
@@ -702,6 +704,8 @@ fn migration_5_moves_notices_and_requests_and_binds_trust_and_rotation_state() {
         "DROP TABLE withheld_notices;
          DROP TABLE key_requests;
          ALTER TABLE devices DROP COLUMN trust_tag;
+         ALTER TABLE pending_to_device DROP COLUMN room_id;
+         ALTER TABLE pending_to_device DROP COLUMN session_id;
          PRAGMA user_version = 4;
          INSERT INTO devices VALUES ('@a:x', 'DEV', 'curve', 'ed', '[]', NULL, '{}', 'verified', 0);
          INSERT INTO plain_values VALUES ('setting|share_with_verified_only', 'true');",

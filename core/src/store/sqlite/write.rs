@@ -276,16 +276,21 @@ fn write_queues(
     // Upserts (not REPLACE) keep `seq`, i.e. each item's place in its queue.
     each(
         tx,
-        "INSERT INTO pending_to_device (txn_id, event_type, messages_json) VALUES (?1, ?2, ?3)
+        "INSERT INTO pending_to_device (txn_id, event_type, messages_json, room_id, session_id)
+         VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (txn_id) DO UPDATE SET
-            event_type = excluded.event_type, messages_json = excluded.messages_json",
+            event_type = excluded.event_type, messages_json = excluded.messages_json,
+            room_id = excluded.room_id, session_id = excluded.session_id",
         &changes.pending_to_device,
         |p| {
-            Ok([
+            let (room, session) = p.room_key.clone().unzip();
+            Ok((
                 p.txn_id.clone(),
                 p.event_type.clone(),
                 p.messages_json.clone(),
-            ])
+                room,
+                session,
+            ))
         },
     )?;
     each(
