@@ -38,7 +38,7 @@ smoke)
     # No sanitizer: the smoke run checks that every target builds, takes its seeds and
     # survives a few seconds of mutations; the long runs use AddressSanitizer.
     for target in "${TARGETS[@]}"; do
-        run_target "$target" 5 -O --sanitizer none
+        run_target "$target" 5 --dev --sanitizer none
     done
     ;;
 run)

@@ -5,7 +5,8 @@
 #   scripts/test.sh
 #
 # Steps: Synapse venv (cached in .cache/), rustfmt, clippy, all tests with
-# cargo-nextest (end-to-end tests start their own Synapse servers), Kotlin tests.
+# cargo-nextest (end-to-end tests start their own Synapse servers), a fuzzing smoke run
+# (nightly toolchain, cargo-fuzz installed if missing), Kotlin tests, Swift checks.
 # Every step runs even if an earlier one failed; the exit code is non-zero if any failed.
 set -uo pipefail
 
@@ -75,6 +76,7 @@ step "cargo fmt --all -- --check" fmt_check
 step "newt-ffi builds with the workspace's features (scripts/feature-parity.sh)" bash scripts/feature-parity.sh
 step "cargo clippy --workspace --all-targets -- -D warnings" clippy
 step "cargo nextest run --workspace --no-fail-fast" nextest
+step "Fuzz smoke run, 5 s per target (scripts/fuzz.sh smoke)" bash scripts/fuzz.sh smoke
 step "Kotlin tests" kotlin_tests
 step "Swift syntax check (scripts/swift-check.sh)" bash scripts/swift-check.sh
 step "Swift host checks (build-xcframework.sh --check-host)" bash scripts/build-xcframework.sh --check-host

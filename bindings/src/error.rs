@@ -153,3 +153,20 @@ impl From<uniffi::UnexpectedUniFFICallbackError> for NewtError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_server_answers_are_their_own_error() {
+        let cases: Vec<NewtError> = vec![
+            HttpError::Response("no event id".into()).into(),
+            HttpError::TooLarge { limit: 8 }.into(),
+            ClientError::InvalidResponse("sync: no next_batch".into()).into(),
+        ];
+        for e in cases {
+            assert!(matches!(e, NewtError::InvalidResponse { .. }), "{e:?}");
+        }
+    }
+}

@@ -222,21 +222,6 @@ mod tempfile_dir {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    /// The harnesses run (and do not panic) on a few inputs of every mode; the fuzz
-    /// corpus seeds come from the same shapes.
-    #[test]
-    fn harnesses_take_every_kind_of_input() {
-        for data in super::seeds() {
-            super::to_device(&data);
-            super::room_event_decryption(&data);
-            super::keys_query(&data);
-            super::store_records(&data);
-        }
-    }
-}
-
 /// Inputs that reach each harness's interesting paths (also the fuzz corpus seeds).
 pub fn seeds() -> Vec<Vec<u8>> {
     let payload = json!({"type": "m.room_key", "content": {"algorithm": "m.megolm.v1.aes-sha2",
@@ -259,4 +244,19 @@ pub fn seeds() -> Vec<Vec<u8>> {
         vec![],
         vec![0],
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    /// The harnesses run (and do not panic) on a few inputs of every mode; the fuzz
+    /// corpus seeds come from the same shapes.
+    #[test]
+    fn harnesses_take_every_kind_of_input() {
+        for data in super::seeds() {
+            super::to_device(&data);
+            super::room_event_decryption(&data);
+            super::keys_query(&data);
+            super::store_records(&data);
+        }
+    }
 }

@@ -509,7 +509,9 @@ impl Client {
     ) -> Result<String, ClientError> {
         let machine = self.machine()?;
         let room = parse_room_id(room_id)?;
-        self.prepare_room_key(room_id).await?;
+        self.prepare_room_key(room_id)
+            .await
+            .map_err(unusable_answer_is_not_delivery)?;
         let encrypted = machine.encrypt_room_event(room_id, "m.room.message", content)?;
         let body = crate::crypto::raw_json(&encrypted)?;
         let request = send_message_event::v3::Request::new_raw(
@@ -526,6 +528,18 @@ impl Client {
             .and_then(|v| v.get("event_id")?.as_str().map(str::to_owned))
             .filter(|id| ruma::EventId::parse(id).is_ok())
             .ok_or_else(|| HttpError::Response("no valid event_id in the answer".into()).into())
+    }
+}
+
+/// An unreadable answer before the message itself was sent (e.g. to `/members`) does not
+/// mean the message was delivered, as it does for the send itself: it stays queued.
+fn unusable_answer_is_not_delivery(e: ClientError) -> ClientError {
+    match e {
+        ClientError::Http(HttpError::Response(m)) => ClientError::InvalidResponse(m),
+        ClientError::Http(e @ HttpError::TooLarge { .. }) => {
+            ClientError::InvalidResponse(e.to_string())
+        }
+        other => other,
     }
 }
 

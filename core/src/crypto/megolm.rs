@@ -156,16 +156,8 @@ pub(crate) struct RoomKeyContent {
 
 impl RoomKeyContent {
     pub fn parse(content: &Value) -> Result<Self, OlmError> {
-        let key: Self = serde_json::from_value(content.clone())
-            .map_err(|e| OlmError::InvalidRoomKey(e.to_string()))?;
-        if key.algorithm != MEGOLM_ALGORITHM {
-            return Err(OlmError::InvalidRoomKey(format!(
-                "algorithm {}",
-                key.algorithm
-            )));
-        }
-        ruma::RoomId::parse(&key.room_id)
-            .map_err(|e| OlmError::InvalidRoomKey(format!("room id: {e}")))?;
+        let key: Self = parse_key_content(content)?;
+        check_room_key(&key.algorithm, &key.room_id)?;
         Ok(key)
     }
 }
@@ -183,20 +175,25 @@ pub(crate) struct ForwardedKey {
 
 impl ForwardedKey {
     pub fn parse(content: &Value) -> Result<Self, OlmError> {
-        let key: Self = serde_json::from_value(content.clone())
-            .map_err(|e| OlmError::InvalidRoomKey(e.to_string()))?;
-        if key.algorithm != MEGOLM_ALGORITHM {
-            return Err(OlmError::InvalidRoomKey(format!(
-                "algorithm {}",
-                key.algorithm
-            )));
-        }
-        ruma::RoomId::parse(&key.room_id)
-            .map_err(|e| OlmError::InvalidRoomKey(format!("room id: {e}")))?;
+        let key: Self = parse_key_content(content)?;
+        check_room_key(&key.algorithm, &key.room_id)?;
         vodozemac::Curve25519PublicKey::from_base64(&key.sender_key)
             .map_err(|e| OlmError::InvalidRoomKey(format!("sender key: {e}")))?;
         Ok(key)
     }
+}
+
+fn parse_key_content<T: serde::de::DeserializeOwned>(content: &Value) -> Result<T, OlmError> {
+    T::deserialize(content).map_err(|e| OlmError::InvalidRoomKey(e.to_string()))
+}
+
+/// A room key is a Megolm key of a room with a valid id.
+fn check_room_key(algorithm: &str, room_id: &str) -> Result<(), OlmError> {
+    if algorithm != MEGOLM_ALGORITHM {
+        return Err(OlmError::InvalidRoomKey(format!("algorithm {algorithm}")));
+    }
+    ruma::RoomId::parse(room_id).map_err(|e| OlmError::InvalidRoomKey(format!("room id: {e}")))?;
+    Ok(())
 }
 
 /// Who a session comes from.

@@ -58,6 +58,7 @@ macro_rules! store_conformance_tests {
                 quotas_forget_the_oldest_first,
                 sessions_of_non_members_are_bounded,
                 invites_are_bounded,
+                olm_sessions_are_bounded,
                 pending_to_device_queue,
                 values_and_secret_values,
                 sync_token,

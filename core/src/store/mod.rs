@@ -399,6 +399,10 @@ pub struct KeyRequestRecord {
 /// [`quota`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreCounts {
+    /// Olm sessions in all.
+    pub olm_sessions: u64,
+    /// Olm sessions with keys of no (live) device we know.
+    pub olm_sessions_of_unknown_devices: u64,
     /// Inbound group sessions in all.
     pub inbound_group_sessions: u64,
     /// Inbound group sessions whose sender is not a member of the room as far as we know.

@@ -23,6 +23,14 @@ pub const MAX_KEY_REQUESTS: u64 = 1_000;
 /// a forwarded key of unknown origin names no sender). Sessions of members are not limited.
 pub const MAX_SESSIONS_FROM_NON_MEMBERS: u64 = 500;
 
+/// Olm sessions per Curve25519 key (a device that keeps starting new sessions); the least
+/// recently used are forgotten (a peer still using one unwedges it with a new session).
+pub const MAX_OLM_SESSIONS_PER_KEY: u64 = 50;
+
+/// Olm sessions with keys of no device we know: anyone can start them (with our fallback
+/// key, any number of them); the least recently used are forgotten.
+pub const MAX_OLM_SESSIONS_OF_UNKNOWN_DEVICES: u64 = 1_000;
+
 /// Rooms we are invited to (anyone can invite us).
 pub const MAX_INVITES: u64 = 200;
 

@@ -579,6 +579,11 @@ impl Store for SqliteStore {
             Ok(u64_from_sql(n))
         };
         Ok(StoreCounts {
+            olm_sessions: count("SELECT count(*) FROM olm_sessions")?,
+            olm_sessions_of_unknown_devices: count(
+                "SELECT count(*) FROM olm_sessions
+                 WHERE sender_key NOT IN (SELECT curve25519 FROM devices WHERE deleted = 0)",
+            )?,
             inbound_group_sessions: count("SELECT count(*) FROM inbound_group_sessions")?,
             inbound_sessions_from_non_members: count(&format!(
                 "SELECT count(*) FROM inbound_group_sessions s WHERE {FROM_NON_MEMBER}"

@@ -200,6 +200,19 @@ final class NewtTests: XCTestCase {
         try await openStore(key).close()
     }
 
+    func testAnUnusableAnswerIsInvalidResponse() async throws {
+        // Mirrors the Kotlin ErrorsTest: a server whose login answer is not one.
+        let server = try OneAnswerServer(body: #"{"user_id": "not a user id", "access_token": 5}"#)
+        defer { server.stop() }
+        let client = try await makeClient(self, homeserver: server.url)
+        do {
+            _ = try await client.loginPassword(user: "alice", password: "pw", deviceId: nil)
+            XCTFail("an unusable answer was taken")
+        } catch NewtError.InvalidResponse {
+            XCTAssertNil(client.session())
+        }
+    }
+
     func testNotLoggedIn() async throws {
         let client = try await makeClient(self, homeserver: unreachableHomeserver)
         XCTAssertNil(client.session())

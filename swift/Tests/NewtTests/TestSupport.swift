@@ -198,3 +198,47 @@ struct TimedOut: Error, CustomStringConvertible {
     let seen: [TimelineUpdate]
     var description: String { "no \(what) within \(Int(seconds)) s; saw: \(seen)" }
 }
+
+/// A loopback HTTP server that answers every request with `200` and the same JSON body
+/// (a homeserver whose answers cannot be used). One connection at a time, BSD sockets.
+final class OneAnswerServer: @unchecked Sendable {
+    let url: String
+    private let socketFd: Int32
+    private let body: String
+
+    init(body: String) throws {
+        self.body = body
+        socketFd = socket(AF_INET, SOCK_STREAM, 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { ptr -> Int32 in
+                guard bind(socketFd, ptr, len) == 0, listen(socketFd, 8) == 0 else { return -1 }
+                return getsockname(socketFd, ptr, &len)
+            }
+        }
+        guard bound == 0 else { throw NSError(domain: "OneAnswerServer", code: Int(errno)) }
+        url = "http://127.0.0.1:\(UInt16(bigEndian: addr.sin_port))"
+        Thread { [self] in serve() }.start()
+    }
+
+    private func serve() {
+        while true {
+            let client = accept(socketFd, nil, nil)
+            if client < 0 { return }
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            _ = read(client, &buffer, buffer.count)
+            let response = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
+            _ = response.withCString { write(client, $0, strlen($0)) }
+            close(client)
+        }
+    }
+
+    func stop() {
+        close(socketFd)
+    }
+}

@@ -480,3 +480,38 @@ fn recipients_of_a_room_key_the_server_refused_for_good_get_it_with_the_next_sha
     assert_eq!(outcome.room_keys.len(), 1, "{:?}", outcome.to_device);
     exchange(&alice, &bob, "after the refusal", "$r").unwrap();
 }
+
+#[test]
+fn olm_sessions_a_stranger_starts_with_our_fallback_key_are_bounded() {
+    let (server, _alice, bob) = setup_pair();
+    let bob_id = (bob.user(), "BOB".to_owned());
+    // The fallback key starts any number of sessions, from any number of fresh keys.
+    let (_, fallback) = server.fallback_keys[&bob_id].first_key_value().unwrap();
+    let fallback = Curve25519PublicKey::from_base64(fallback["key"].as_str().unwrap()).unwrap();
+    let bob_curve = bob.machine.curve25519_key();
+    let identity = Curve25519PublicKey::from_base64(&bob_curve).unwrap();
+    let max = crate::store::quota::MAX_OLM_SESSIONS_OF_UNKNOWN_DEVICES;
+    let events: Vec<Value> = (0..max + 20)
+        .map(|_| {
+            let account = vodozemac::olm::Account::new();
+            let mut session = account
+                .create_outbound_session(SessionConfig::version_1(), identity, fallback)
+                .unwrap();
+            let payload = json!({"type": "m.dummy", "content": {}, "sender": "@mallory:evil",
+                "recipient": bob.user(), "recipient_keys": {"ed25519": bob.machine.ed25519_key()},
+                "keys": {"ed25519": account.ed25519_key().to_base64()}});
+            let vodozemac::olm::OlmMessage::PreKey(message) =
+                session.encrypt(payload.to_string()).unwrap()
+            else {
+                unreachable!("the first message of a session is a pre-key message")
+            };
+            json!({"type": "m.room.encrypted", "sender": "@mallory:evil", "content": {
+                "algorithm": OLM_ALGORITHM, "sender_key": account.curve25519_key().to_base64(),
+                "ciphertext": {&bob_curve: {"type": 0, "body": message.to_base64()}}}})
+        })
+        .collect();
+    let outcome = receive(&bob, events);
+    assert!(outcome.to_device.iter().all(|o| o.result.is_ok()));
+    let counts = bob.store.counts().unwrap();
+    assert_eq!(counts.olm_sessions_of_unknown_devices, max);
+}

@@ -222,3 +222,42 @@ pub(crate) fn invites_are_bounded<S: Store>(s: &S) {
     assert!(s.room("!inv3:x").unwrap().is_some());
     assert_eq!(s.room("!joined:x").unwrap(), Some(joined));
 }
+
+pub(crate) fn olm_sessions_are_bounded<S: Store>(s: &S) {
+    use super::super::quota::{MAX_OLM_SESSIONS_OF_UNKNOWN_DEVICES, MAX_OLM_SESSIONS_PER_KEY};
+    let session = |key: &str, id: u64| OlmSessionRecord {
+        last_used_ms: id,
+        ..olm(key, &format!("s{id:05}"), b"p")
+    };
+    // A known device that keeps starting sessions: the most recently used ones stay.
+    let per_key = MAX_OLM_SESSIONS_PER_KEY;
+    save(
+        s,
+        Changes {
+            devices: vec![device("@a:x", "A", "known-key")],
+            olm_sessions: (0..per_key + 5).map(|i| session("known-key", i)).collect(),
+            ..Default::default()
+        },
+    );
+    let kept = &s.olm_sessions(&["known-key"]).unwrap()["known-key"];
+    assert_eq!(kept.len() as u64, per_key);
+    assert!(
+        kept.iter().all(|k| k.last_used_ms >= 5),
+        "least recently used go first"
+    );
+    // Sessions with keys of no device we know: bounded in all.
+    let unknown = MAX_OLM_SESSIONS_OF_UNKNOWN_DEVICES;
+    save_many(s, unknown + 7, |i, c| {
+        c.olm_sessions
+            .push(session(&format!("stranger-{i}"), 1_000 + i))
+    });
+    let counts = s.counts().unwrap();
+    assert_eq!(counts.olm_sessions_of_unknown_devices, unknown);
+    assert_eq!(
+        counts.olm_sessions,
+        unknown + per_key,
+        "the known device keeps its own"
+    );
+    assert!(s.olm_sessions(&["stranger-6"]).unwrap().is_empty());
+    assert_eq!(s.olm_sessions(&["stranger-7"]).unwrap().len(), 1);
+}

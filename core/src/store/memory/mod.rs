@@ -74,20 +74,20 @@ impl State {
         }
         self.apply_rooms(&changes);
         self.apply_queues(&changes);
-        for w in changes.withheld_notices {
+        for w in &changes.withheld_notices {
             let key = (w.room_id.clone(), w.session_id.clone(), w.sender.clone());
-            self.withheld.replace(key, w);
+            self.withheld.replace(key, w.clone());
         }
-        for r in changes.key_requests {
-            self.key_requests
-                .insert_new((r.room_id.clone(), r.session_id.clone()), r);
+        for r in &changes.key_requests {
+            let key = (r.room_id.clone(), r.session_id.clone());
+            self.key_requests.insert_new(key, r.clone());
         }
+        self.enforce_quotas(&changes);
         self.values.extend(changes.values);
         self.secret_values.extend(changes.secret_values);
         if let Some(token) = changes.sync_token {
             self.sync_token = Some(token);
         }
-        self.enforce_quotas();
         self.generation += 1;
     }
 
@@ -155,8 +155,56 @@ impl State {
         }
     }
 
+    /// The Olm session limits for the keys of `written` (least recently used first, same as
+    /// SQLite).
+    fn bound_olm_sessions(&mut self, written: &[OlmSessionRecord]) {
+        let by_use = |a: &OlmSessionRecord, b: &OlmSessionRecord| {
+            (b.last_used_ms, &a.sender_key, &a.session_id).cmp(&(
+                a.last_used_ms,
+                &b.sender_key,
+                &b.session_id,
+            ))
+        };
+        let keep = usize::try_from(quota::MAX_OLM_SESSIONS_PER_KEY).unwrap_or(usize::MAX);
+        for key in written.iter().map(|s| &s.sender_key) {
+            let Some(sessions) = self.olm_sessions.get_mut(key) else {
+                continue;
+            };
+            let mut all: Vec<OlmSessionRecord> = sessions.values().cloned().collect();
+            all.sort_by(by_use);
+            for old in all.into_iter().skip(keep) {
+                sessions.remove(&old.session_id);
+            }
+        }
+        let known = |key: &str| {
+            self.devices_by_curve.get(key).is_some_and(|ids| {
+                ids.iter()
+                    .any(|(u, d)| self.device(u, d).is_some_and(|d| !d.deleted))
+            })
+        };
+        if written.iter().all(|s| known(&s.sender_key)) {
+            return;
+        }
+        let mut unknown: Vec<OlmSessionRecord> = self
+            .olm_sessions
+            .iter()
+            .filter(|(key, _)| !known(key))
+            .flat_map(|(_, sessions)| sessions.values().cloned())
+            .collect();
+        unknown.sort_by(by_use);
+        let keep =
+            usize::try_from(quota::MAX_OLM_SESSIONS_OF_UNKNOWN_DEVICES).unwrap_or(usize::MAX);
+        for old in unknown.into_iter().skip(keep) {
+            if let Some(sessions) = self.olm_sessions.get_mut(&old.sender_key) {
+                sessions.remove(&old.session_id);
+            }
+        }
+        self.olm_sessions.retain(|_, sessions| !sessions.is_empty());
+    }
+
     /// The [`quota`] limits, oldest first (same as SQLite).
-    fn enforce_quotas(&mut self) {
+    fn enforce_quotas(&mut self, changes: &Changes) {
+        self.bound_olm_sessions(&changes.olm_sessions);
         self.rooms.keep_newest(quota::MAX_INVITES, |_, r| {
             r.own_membership.as_deref() == Some("invite")
         });
@@ -479,7 +527,24 @@ impl Store for MemoryStore {
             .values()
             .filter(|r| r.own_membership.as_deref() == Some("invite"))
             .count();
+        let known = |key: &str| {
+            state.devices_by_curve.get(key).is_some_and(|ids| {
+                ids.iter()
+                    .any(|(u, d)| state.device(u, d).is_some_and(|d| !d.deleted))
+            })
+        };
+        let olm = |filter: &dyn Fn(&str) -> bool| -> u64 {
+            let n: usize = state
+                .olm_sessions
+                .iter()
+                .filter(|(key, _)| filter(key))
+                .map(|(_, s)| s.len())
+                .sum();
+            n as u64
+        };
         Ok(StoreCounts {
+            olm_sessions: olm(&|_| true),
+            olm_sessions_of_unknown_devices: olm(&|key| !known(key)),
             inbound_group_sessions: state.inbound.len() as u64,
             inbound_sessions_from_non_members: unknown as u64,
             invites: invites as u64,

@@ -438,8 +438,54 @@ fn adds_sessions_of_non_members(
     Ok(false)
 }
 
+/// The Olm session limits, for the keys this batch wrote sessions of.
+fn bound_olm_sessions(tx: &Transaction<'_>, changes: &Changes) -> Result<(), StoreError> {
+    let mut keys: Vec<&str> = changes
+        .olm_sessions
+        .iter()
+        .map(|s| s.sender_key.as_str())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut per_key = tx
+        .prepare_cached(
+            "DELETE FROM olm_sessions WHERE sender_key = ?1 AND session_id IN (
+                SELECT session_id FROM olm_sessions WHERE sender_key = ?1
+                ORDER BY last_used_ms DESC, session_id LIMIT -1 OFFSET ?2)",
+        )
+        .map_err(db)?;
+    let max = i64::try_from(quota::MAX_OLM_SESSIONS_PER_KEY).unwrap_or(i64::MAX);
+    for key in keys {
+        per_key.execute(params![key, max]).map_err(db)?;
+    }
+    // Only a session with a key of no known device makes their number grow.
+    let mut known = tx
+        .prepare_cached("SELECT 1 FROM devices WHERE curve25519 = ?1 AND deleted = 0")
+        .map_err(db)?;
+    let mut all_known = true;
+    for s in &changes.olm_sessions {
+        all_known &= known.exists([&s.sender_key]).map_err(db)?;
+    }
+    if all_known {
+        return Ok(());
+    }
+    let max = i64::try_from(quota::MAX_OLM_SESSIONS_OF_UNKNOWN_DEVICES).unwrap_or(i64::MAX);
+    tx.prepare_cached(
+        "DELETE FROM olm_sessions WHERE (sender_key, session_id) IN (
+            SELECT sender_key, session_id FROM olm_sessions
+            WHERE sender_key NOT IN (SELECT curve25519 FROM devices WHERE deleted = 0)
+            ORDER BY last_used_ms DESC, sender_key, session_id LIMIT -1 OFFSET ?1)",
+    )
+    .and_then(|mut st| st.execute([max]))
+    .map_err(db)?;
+    Ok(())
+}
+
 /// The [`quota`] limits, checked only for the tables this batch wrote to.
 fn enforce_quotas(tx: &Transaction<'_>, changes: &Changes) -> Result<(), StoreError> {
+    if !changes.olm_sessions.is_empty() {
+        bound_olm_sessions(tx, changes)?;
+    }
     if !changes.rooms.is_empty() {
         let invites = "own_membership = 'invite'";
         keep_newest(tx, "rooms", "rowid", invites, quota::MAX_INVITES)?;

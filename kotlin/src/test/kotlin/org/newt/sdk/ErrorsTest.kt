@@ -8,6 +8,8 @@ import kotlinx.coroutines.runBlocking
 import org.junit.Rule
 import org.junit.Test
 import org.junit.rules.Timeout
+import com.sun.net.httpserver.HttpServer
+import java.net.InetSocketAddress
 import uniffi.newt_ffi.NewtException
 
 class ErrorsTest {
@@ -46,6 +48,28 @@ class ErrorsTest {
             assertEquals(null, client.restoreSession())
             assertFailsWith<NewtException.NotLoggedIn> { client.ownFingerprint() }
             assertFailsWith<NewtException.NotLoggedIn> { client.syncOnce(0uL) }
+        }
+    }
+
+    @Test
+    fun `an answer the SDK cannot use is NewtException InvalidResponse`() = runBlocking<Unit> {
+        // A "homeserver" that accepts a login but answers with something that is not one.
+        val server = HttpServer.create(InetSocketAddress("127.0.0.1", 0), 0)
+        server.createContext("/") { exchange ->
+            val body = """{"user_id": "not a user id", "access_token": 5}""".toByteArray()
+            exchange.responseHeaders.add("Content-Type", "application/json")
+            exchange.sendResponseHeaders(200, body.size.toLong())
+            exchange.responseBody.use { it.write(body) }
+        }
+        server.start()
+        try {
+            val url = "http://127.0.0.1:${server.address.port}"
+            openClient(config(TestEnv.newStoreDir("badanswer"), homeserver = url)).use { client ->
+                assertFailsWith<NewtException.InvalidResponse> { client.loginPassword("alice", "pw", null) }
+                assertEquals(null, client.session(), "nothing was stored from it")
+            }
+        } finally {
+            server.stop(0)
         }
     }
 }
