@@ -36,5 +36,6 @@ pub mod crypto;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+mod lenient;
 pub mod store;
 mod time;

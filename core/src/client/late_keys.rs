@@ -24,10 +24,11 @@ impl Client {
     /// A record of an event whose key is missing, to store so that it is decrypted when the
     /// key arrives (also after a restart). `None` if it names no session.
     pub(crate) fn undecryptable_record(room_id: &str, event: &Value) -> Option<UndecryptableEvent> {
+        let non_empty = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
         Some(UndecryptableEvent {
             room_id: room_id.to_owned(),
-            session_id: event["content"]["session_id"].as_str()?.to_owned(),
-            event_id: event["event_id"].as_str()?.to_owned(),
+            session_id: non_empty(&event["content"]["session_id"])?,
+            event_id: non_empty(&event["event_id"])?,
             event_json: event.to_string(),
         })
     }

@@ -11,6 +11,7 @@ mod room_state;
 mod rooms;
 mod sync;
 mod sync_response;
+mod sync_stream;
 #[cfg(test)]
 mod tests;
 mod timeline;
@@ -82,7 +83,7 @@ impl ClientError {
     /// failures, may go away: a queued message stays queued for them.
     pub fn is_permanent(&self) -> bool {
         match self {
-            ClientError::Http(e) => !e.is_transient(),
+            ClientError::Http(e) => e.is_permanent(),
             ClientError::RoomNotEncrypted(_)
             | ClientError::InvalidInput(_)
             | ClientError::UnknownDevices(_)
@@ -483,6 +484,9 @@ impl Client {
     pub(crate) fn schedule_retry(&self, error: &ClientError, reason: &str) {
         if is_transient(error) {
             self.schedule_wakeup(Duration::from_secs(30), reason);
+        } else if !error.is_permanent() {
+            // Our own store or crypto failing, or an answer we could not use: later.
+            self.schedule_wakeup(Duration::from_secs(300), reason);
         }
     }
 

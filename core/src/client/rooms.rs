@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::hooks::{Prompt, PromptAnswer};
 use super::room_state::apply_state;
-use super::{Client, ClientError, is_transient};
+use super::{Client, ClientError};
 use crate::crypto::{
     KeysClaimResponse, KeysQueryResponse, KeysUploadResponse, OlmMachine, OutgoingKind,
     OutgoingRequest, RotationSettings,
@@ -43,15 +43,20 @@ impl Client {
         request: OutgoingRequest,
     ) -> Result<(), ClientError> {
         match request.kind {
-            OutgoingKind::KeysUpload(r) => match self.send_raw(r).await {
-                Ok(body) => {
-                    machine.mark_keys_upload_sent(&KeysUploadResponse::from_json(&body)?)?
+            OutgoingKind::KeysUpload(r) => {
+                let answer = self.send_raw(r).await.map_err(ClientError::from);
+                let response = answer.and_then(|body| {
+                    KeysUploadResponse::from_json(&body).map_err(ClientError::from)
+                });
+                match response {
+                    Ok(response) => machine.mark_keys_upload_sent(&response)?,
+                    // The same keys go up again (identical keys are accepted again).
+                    Err(e) => {
+                        machine.mark_upload_failed();
+                        return Err(e);
+                    }
                 }
-                Err(e) => {
-                    machine.mark_upload_failed();
-                    return Err(e.into());
-                }
-            },
+            }
             OutgoingKind::KeysQuery(r) => match self.send_raw(r).await {
                 Ok(body) => {
                     let response = KeysQueryResponse::from_json(&body);
@@ -65,7 +70,7 @@ impl Client {
                     self.keys_query_answered(machine, &request.id, &response)?;
                 }
                 Err(e) => {
-                    machine.mark_query_failed(&request.id, !e.is_transient())?;
+                    machine.mark_query_failed(&request.id, e.is_permanent())?;
                     return Err(e.into());
                 }
             },
@@ -82,9 +87,9 @@ impl Client {
             OutgoingKind::ToDevice(r) => match self.send_raw(r).await {
                 // Same transaction id on every retry: the server delivers it once.
                 Ok(_) => machine.mark_to_device_sent(&request.id)?,
-                Err(e) if e.is_transient() => return Err(e.into()),
                 // Refused for good: dropped, so that it does not hold up the others.
-                Err(_) => machine.mark_to_device_failed(&request.id)?,
+                Err(e) if e.is_permanent() => machine.mark_to_device_failed(&request.id)?,
+                Err(e) => return Err(e.into()),
             },
         }
         Ok(())
@@ -492,7 +497,8 @@ impl Client {
         })?;
         let result = self.send_message_once(room_id, content, &txn_id).await;
         match &result {
-            Err(e) if is_transient(e) => self.schedule_retry(e, "message send failed"),
+            // Not over: the message stays queued and is sent later (same transaction id).
+            Err(e) if !e.is_permanent() => self.schedule_retry(e, "message send failed"),
             _ => self.store.save_changes(Changes {
                 finished_sends: vec![txn_id],
                 ..Default::default()

@@ -4,12 +4,12 @@
 //! leniently, [`super::sync_response`]), fill timeline gaps, apply it in one transaction
 //! ([`Client::apply_sync`]), then the network follow-ups ([`Client::after_sync`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ruma::api::client::filter::{FilterDefinition, LazyLoadOptions};
+use ruma::api::client::filter::{Filter, FilterDefinition, LazyLoadOptions, RoomEventFilter};
 use ruma::api::client::message::get_message_events;
 use ruma::api::client::sync::sync_events;
 use ruma::{OwnedRoomId, UInt};
@@ -20,11 +20,12 @@ use tracing::{debug, warn};
 
 use super::room_state::room_changes;
 use super::rooms::recipients;
-use super::sync_response::{JoinedRoom, SyncResponse};
+use super::sync_response::{JoinedRoom, SyncResponse, event_within_limits};
+use super::sync_stream::{self, MAX_KEPT_BYTES};
 use super::timeline::TimelineEvent;
-use super::{Client, ClientError};
+use super::{Client, ClientError, TrustPolicy};
 use crate::crypto::{OlmMachine, SyncBatch, SyncChanges};
-use crate::http::{HttpError, MAX_BODY_BYTES, with_retry};
+use crate::http::{HttpError, with_retry};
 use crate::store::{Changes, MemberRecord};
 
 /// Timeline events per room per sync; older ones are fetched with `/messages`.
@@ -33,6 +34,26 @@ const TIMELINE_LIMIT: u32 = 50;
 const SMALL_TIMELINE_LIMIT: u32 = 1;
 /// At most this many `/messages` pages (of 100) to fill one gap.
 const MAX_BACKFILL_PAGES: usize = 20;
+/// At most this many bytes of events back-filled for one sync (all rooms).
+const MAX_BACKFILL_BYTES: usize = 16 * 1024 * 1024;
+
+/// Bytes of a `/sync` answer read at most (never held whole: see `sync_stream`).
+const MAX_SYNC_READ_BYTES: usize = 256 * 1024 * 1024;
+
+/// The sync filter: lazy-loaded members, `limit` timeline events per room, and nothing of
+/// what Newt does not use (presence, account data, ephemeral events).
+fn sync_filter(limit: u32) -> FilterDefinition {
+    let mut filter = FilterDefinition::default();
+    filter.room.state.lazy_load_options = LazyLoadOptions::Enabled {
+        include_redundant_members: false,
+    };
+    filter.room.timeline.limit = Some(UInt::from(limit));
+    filter.presence = Filter::ignore_all();
+    filter.account_data = Filter::ignore_all();
+    filter.room.ephemeral = RoomEventFilter::ignore_all();
+    filter.room.account_data = RoomEventFilter::ignore_all();
+    filter
+}
 
 /// Stops the background sync loop when dropped or stopped.
 pub struct SyncHandle {
@@ -101,21 +122,24 @@ impl Client {
         let mut request = sync_events::v3::Request::new();
         request.since = since;
         request.timeout = Some(timeout);
-        let mut filter = FilterDefinition::default();
-        filter.room.state.lazy_load_options = LazyLoadOptions::Enabled {
-            include_redundant_members: false,
-        };
-        filter.room.timeline.limit = Some(UInt::from(limit));
-        request.filter = Some(sync_events::v3::Filter::FilterDefinition(filter));
-        let body = match self.http.send_raw(request, MAX_BODY_BYTES).await {
+        request.filter = Some(sync_events::v3::Filter::FilterDefinition(sync_filter(
+            limit,
+        )));
+        // Read as a stream: only what Newt keeps is held (`sync_stream`).
+        let read = |body: &mut dyn std::io::Read| sync_stream::read(body, MAX_KEPT_BYTES);
+        let sync = match self
+            .http
+            .send_streaming(request, MAX_SYNC_READ_BYTES, read)
+            .await
+        {
             Err(e @ HttpError::TooLarge { .. }) => {
                 self.sync_answer_too_large.store(true, Ordering::SeqCst);
                 return Err(e.into());
             }
-            other => other?,
+            other => other??,
         };
         self.sync_answer_too_large.store(false, Ordering::SeqCst);
-        SyncResponse::parse(&body)
+        Ok(sync)
     }
 
     /// Apply an answer body without the network (tests; what a background decryptor feeds).
@@ -131,6 +155,12 @@ impl Client {
     /// timeline items are published and kept events whose keys arrived are retried.
     fn apply_sync(&self, machine: &Arc<OlmMachine>, sync: SyncResponse) -> Result<(), ClientError> {
         let (extra, encrypted_rooms) = room_changes(&*self.store, &sync, machine.user_id())?;
+        // The app's callback runs before the machine is locked (it may call back into us).
+        let policies: HashMap<String, TrustPolicy> = sync
+            .joined
+            .iter()
+            .map(|r| (r.room_id.to_string(), self.policy_of(r.room_id.as_str())))
+            .collect();
         let changes = SyncChanges {
             to_device_events: sync.to_device,
             changed_users: sync.changed_users,
@@ -142,7 +172,7 @@ impl Client {
         };
         let mut batch = machine.begin_sync(changes)?;
         self.track_members(&mut batch, &encrypted_rooms)?;
-        let timelines = self.decrypt_timelines(&mut batch, &sync.joined)?;
+        let timelines = self.decrypt_timelines(&mut batch, &sync.joined, &policies)?;
         let outcome = batch.commit()?;
         crash_point();
         for item in timelines.items {
@@ -180,12 +210,13 @@ impl Client {
         &self,
         batch: &mut SyncBatch<'_>,
         joined: &[JoinedRoom],
+        policies: &HashMap<String, TrustPolicy>,
     ) -> Result<Timelines, ClientError> {
         let mut out = Timelines::default();
         let mut kept = Vec::new();
         for room in joined {
             let room_id = room.room_id.as_str();
-            let policy = self.policy_of(room_id);
+            let policy = policies.get(room_id).copied().unwrap_or_default();
             for event in &room.timeline {
                 let Some(item) = TimelineEvent::from_sync(batch, room_id, event, policy)? else {
                     continue;
@@ -239,11 +270,20 @@ impl Client {
     /// and order is kept. A room whose gap cannot be filled keeps its gap (logged): one room
     /// never holds up the sync.
     async fn fill_gaps(&self, sync: &mut SyncResponse, since: &str) {
+        // What back-filling may add to one sync, in bytes of events, across all rooms.
+        let mut budget = MAX_BACKFILL_BYTES;
         for room in &mut sync.joined {
             let Some(prev_batch) = room.prev_batch.clone().filter(|_| room.limited) else {
                 continue;
             };
-            match self.backfill(&room.room_id, &prev_batch, since).await {
+            if budget == 0 {
+                warn!(room_id = %room.room_id, "timeline gap left: back-fill budget used up");
+                continue;
+            }
+            match self
+                .backfill(&room.room_id, &prev_batch, since, &mut budget)
+                .await
+            {
                 Ok(mut gap) => {
                     gap.append(&mut room.timeline);
                     room.timeline = gap;
@@ -261,10 +301,14 @@ impl Client {
         room: &OwnedRoomId,
         prev_batch: &str,
         since: &str,
+        budget: &mut usize,
     ) -> Result<Vec<Value>, ClientError> {
         let mut from = prev_batch.to_owned();
         let mut newest_first = Vec::new();
         for _ in 0..MAX_BACKFILL_PAGES {
+            if *budget == 0 {
+                break;
+            }
             let mut request = get_message_events::v3::Request::backward(room.clone());
             request.from = Some(from.clone());
             request.to = Some(since.to_owned());
@@ -273,14 +317,11 @@ impl Client {
             if response.chunk.is_empty() {
                 break;
             }
-            newest_first.extend(response.chunk.iter().filter_map(|raw| {
+            for raw in &response.chunk {
                 let json = raw.json().get();
-                let small = json.len() <= super::sync_response::MAX_EVENT_BYTES;
-                small
-                    .then(|| serde_json::from_str::<Value>(json).ok())
-                    .flatten()
-                    .filter(Value::is_object)
-            }));
+                *budget = budget.saturating_sub(json.len());
+                newest_first.extend(event_within_limits(json, "messages"));
+            }
             match response.end {
                 Some(end) if end != from => from = end,
                 _ => break,

@@ -214,3 +214,86 @@ fn a_kill_right_after_a_sync_commit_loses_no_late_key_redelivery() {
     assert!(item.is_update && item.decrypted, "{item:?}");
     assert_eq!(item.body.as_deref(), Some("late"));
 }
+
+#[test]
+fn an_encrypted_event_naming_an_empty_session_does_not_stall_sync() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let client = offline_client(store.clone(), BOB, "BOB");
+    let content = json!({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AAAA",
+        "session_id": "", "sender_key": "k", "device_id": "D"});
+    let mut event = room_event(ROOM, "@alice:localhost", "$e", content);
+    event["origin_server_ts"] = 1.into();
+    client
+        .receive_sync_response(&sync_body("s1", joined(ROOM, vec![event]), vec![]))
+        .expect("the sync goes through");
+    assert_eq!(store.sync_token().unwrap().as_deref(), Some("s1"));
+    assert_eq!(
+        store.counts().unwrap().undecryptable_events,
+        0,
+        "malformed: not kept"
+    );
+}
+
+#[test]
+fn one_sync_asks_for_a_bounded_number_of_keys() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let client = offline_client(store.clone(), BOB, "BOB");
+    let events: Vec<Value> = (0..80)
+        .map(|i| {
+            let content = json!({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AAAA",
+                "session_id": format!("s{i}"), "sender_key": "k", "device_id": "D"});
+            let mut e = room_event(ROOM, "@mallory:evil", &format!("$e{i}"), content);
+            e["origin_server_ts"] = 1.into();
+            e
+        })
+        .collect();
+    client
+        .receive_sync_response(&sync_body("s1", joined(ROOM, events), vec![]))
+        .unwrap();
+    let counts = store.counts().unwrap();
+    assert_eq!(
+        counts.undecryptable_events, 80,
+        "all are kept for their keys"
+    );
+    assert_eq!(
+        counts.key_requests, 50,
+        "but one sync asks for at most 50 keys"
+    );
+}
+
+/// A policy provider that calls back into the client (as a UI might, for the own device's
+/// fingerprint) while it is asked.
+struct ReentrantPolicy(std::sync::Mutex<Option<std::sync::Weak<Client>>>);
+
+impl super::TrustPolicyProvider for ReentrantPolicy {
+    fn policy_for_room(&self, _room_id: &str) -> super::TrustPolicy {
+        let client = self.0.lock().unwrap().as_ref().and_then(|w| w.upgrade());
+        if let Some(client) = client {
+            let _ = client.fingerprint();
+        }
+        super::TrustPolicy::default()
+    }
+}
+
+#[test]
+fn a_policy_provider_may_call_back_into_the_client_while_a_sync_is_applied() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let client = Arc::new(offline_client(store, BOB, "BOB"));
+    let policy = Arc::new(ReentrantPolicy(std::sync::Mutex::new(None)));
+    *policy.0.lock().unwrap() = Some(Arc::downgrade(&client));
+    client.set_trust_policy_provider(Some(policy));
+    let content = json!({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AAAA",
+        "session_id": "s", "sender_key": "k"});
+    let mut event = room_event(ROOM, "@alice:localhost", "$e", content);
+    event["origin_server_ts"] = 1.into();
+    let body = sync_body("s1", joined(ROOM, vec![event]), vec![]);
+    let (done, finished) = std::sync::mpsc::channel();
+    let syncing = Arc::clone(&client);
+    std::thread::spawn(move || {
+        let _ = done.send(syncing.receive_sync_response(&body).is_ok());
+    });
+    let ok = finished
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("no deadlock");
+    assert!(ok);
+}

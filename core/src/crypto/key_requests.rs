@@ -17,7 +17,7 @@ use super::account::MEGOLM_ALGORITHM;
 use super::devices::check_device_id;
 use super::error::{CryptoError, OlmError};
 use super::machine::{OlmMachine, RoomKeyInfo, State};
-use super::megolm::{ForwardedKey, InboundGroup};
+use super::megolm::{ForwardedKey, InboundGroup, Merge, merge};
 use super::olm::{IncomingOlm, OlmPayload, OlmSession};
 use super::to_device::Batch;
 use crate::store::{Changes, DeviceRecord, KeyRequestRecord, LocalTrust, PendingToDevice};
@@ -370,17 +370,15 @@ impl OlmMachine {
             Some(r) => Some(r.clone()),
             None => self.store.inbound_group_session(&id.0, &id.1)?,
         };
-        if let Some(existing) = existing {
-            if existing.sender_key != key.sender_key {
-                return Ok(Err(OlmError::InvalidRoomKey(
-                    "session already known from another device".into(),
-                )));
-            }
-            if existing.first_known_index <= group.record.first_known_index {
-                return Ok(Ok(None));
-            }
-        }
-        batch.inbound.insert(id, group.record);
+        let record = match existing {
+            None => group.record,
+            Some(existing) => match merge(existing, group)? {
+                Ok(Merge::Replace(record)) => record,
+                Ok(Merge::Keep) => return Ok(Ok(None)),
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        batch.inbound.insert(id, record);
         Ok(Ok(Some(RoomKeyInfo {
             room_id: key.room_id,
             session_id: key.session_id,

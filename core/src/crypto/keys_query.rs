@@ -8,20 +8,24 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ruma::OwnedUserId;
+use ruma::api::client::keys::get_keys;
 use serde_json::Value;
 use tracing::warn;
 
 use super::devices::verify_device_keys;
 use super::error::{CryptoError, DeviceKeyError};
 use super::machine::{OlmMachine, QueryOutcome, State};
+use super::requests::{OutgoingKind, OutgoingRequest};
 use super::responses::KeysQueryResponse;
 use crate::store::quota::MAX_DEVICES_PER_USER;
-use crate::store::{Changes, DeviceRecord, TrackedUser, TrackingState};
+use crate::store::{Changes, DeviceRecord, LocalTrust, TrackedUser, TrackingState};
 
 /// First back-off of a server whose key queries fail.
 const BACKOFF_BASE_MS: u64 = 15_000;
 /// Longest back-off.
 const BACKOFF_MAX_MS: u64 = 15 * 60_000;
+/// Users per `/keys/query` request.
+const QUERY_BATCH: usize = 250;
 
 /// The server name of a user id.
 pub(crate) fn server_of(user_id: &str) -> Option<&str> {
@@ -59,6 +63,10 @@ impl OlmMachine {
             let failed = server_of(user).is_some_and(|s| response.failures.contains(s));
             failed || !answered.keys().any(|u| u.as_str() == user)
         });
+        for user in answered.keys() {
+            state.solo_users.remove(user.as_str());
+            state.user_backoff.remove(user.as_str());
+        }
 
         let users: Vec<&str> = answered.keys().map(|u| u.as_str()).collect();
         let stored: HashMap<DeviceKey, DeviceRecord> = self
@@ -149,14 +157,19 @@ impl OlmMachine {
             .filter(|d| !d.deleted)
             .map(|d| (d.curve25519.clone(), d))
             .collect();
-        let mut claims: HashMap<&str, usize> = HashMap::new();
-        for c in &candidates {
-            *claims.entry(c.record.curve25519.as_str()).or_default() += 1;
+        // Devices once caught squatting (blacklisted when a key's holder contradicted them)
+        // do not contest a key: they lose it to any other claimant.
+        let squatter =
+            |c: &Candidate| c.record.deleted || c.record.local_trust == LocalTrust::Blacklisted;
+        let mut claims: HashMap<String, usize> = HashMap::new();
+        for c in candidates.iter().filter(|c| !squatter(c)) {
+            *claims.entry(c.record.curve25519.clone()).or_default() += 1;
         }
+        let claimed: HashSet<String> = claims.keys().cloned().collect();
         let contested: HashSet<String> = claims
             .into_iter()
             .filter(|(_, n)| *n > 1)
-            .map(|(k, _)| k.to_owned())
+            .map(|(k, _)| k)
             .collect();
         let mut accepted = Vec::new();
         for c in candidates {
@@ -167,14 +180,15 @@ impl OlmMachine {
                 _ if key == own_curve => Some(self.own_device_record()),
                 _ => None,
             };
+            let lost = squatter(&c) && claimed.contains(key);
             let error = match taken {
                 Some(holder) => Some(DeviceKeyError::Curve25519Taken {
                     user_id: holder.user_id,
                     device_id: holder.device_id,
                 }),
-                None if contested.contains(key) => Some(DeviceKeyError::Curve25519Taken {
+                None if contested.contains(key) || lost => Some(DeviceKeyError::Curve25519Taken {
                     user_id: user.clone(),
-                    device_id: "(several new devices)".to_owned(),
+                    device_id: "(another new device)".to_owned(),
                 }),
                 None => None,
             };
@@ -216,15 +230,76 @@ impl OlmMachine {
         Ok(self.store.encrypted_rooms_with(&churned)?)
     }
 
+    /// `/keys/query` requests for the tracked users whose device lists are outdated (at most
+    /// 250 users each; users of a refused query alone), their states persisted as
+    /// downloading. Users of backed-off servers, and users backed off alone, wait.
+    pub(crate) fn key_queries(
+        &self,
+        state: &mut State,
+    ) -> Result<Vec<OutgoingRequest>, CryptoError> {
+        let in_flight: HashSet<String> = state
+            .queries_in_flight
+            .values()
+            .flatten()
+            .map(|(u, _)| u.clone())
+            .collect();
+        let now = crate::time::now_ms();
+        let waiting = |user: &str| {
+            let server = server_of(user).and_then(|s| state.server_backoff.get(s));
+            let alone = state.user_backoff.get(user);
+            server
+                .into_iter()
+                .chain(alone)
+                .any(|(_, until)| *until > now)
+        };
+        // `Downloading` without a query in flight: the answer was lost with a restart.
+        let outdated: Vec<TrackedUser> = self
+            .store
+            .tracked_users()?
+            .into_iter()
+            .filter(|u| {
+                u.needs_download() && !in_flight.contains(&u.user_id) && !waiting(&u.user_id)
+            })
+            .map(|u| TrackedUser {
+                state: TrackingState::Downloading,
+                ..u
+            })
+            .collect();
+        let changes = Changes {
+            tracked_users: outdated.clone(),
+            ..Default::default()
+        };
+        self.save(state, changes)?;
+        let (solo, together): (Vec<TrackedUser>, Vec<TrackedUser>) = outdated
+            .into_iter()
+            .partition(|u| state.solo_users.contains(&u.user_id));
+        let batches = solo
+            .chunks(1)
+            .chain(together.chunks(QUERY_BATCH))
+            .map(<[TrackedUser]>::to_vec)
+            .collect::<Vec<_>>();
+        Ok(batches
+            .into_iter()
+            .map(|batch| query_request(state, &batch))
+            .collect())
+    }
+
     /// A query failed; its users go back to pending download and are offered again. When
-    /// the server refused it for good (`permanent`), their servers are backed off.
+    /// the server refused it for good (`permanent`), its users are queried alone from then
+    /// on (one of them may be why), and a user refused alone is backed off.
     pub fn mark_query_failed(&self, request_id: &str, permanent: bool) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
         let Some(requested) = state.queries_in_flight.remove(request_id) else {
             return Ok(());
         };
         if permanent {
-            back_off_failed_servers(&mut state, &requested, |_| true);
+            match requested.as_slice() {
+                [(user, _)] => back_off_user(&mut state, user),
+                users => {
+                    let users: Vec<String> = users.iter().map(|(u, _)| u.clone()).collect();
+                    state.solo_users.extend(users);
+                }
+            }
         }
         let changes = Changes {
             tracked_users: self.settle_tracking(&requested, |_| false)?,
@@ -258,6 +333,39 @@ impl OlmMachine {
             })
             .collect())
     }
+}
+
+/// One `/keys/query` for `users`, registered as in flight.
+fn query_request(state: &mut State, users: &[TrackedUser]) -> OutgoingRequest {
+    let mut request = get_keys::v3::Request::new();
+    for user in users {
+        match OwnedUserId::try_from(user.user_id.as_str()) {
+            Ok(id) => {
+                request.device_keys.insert(id, Vec::new());
+            }
+            Err(_) => warn!(user = %user.user_id, "not querying an invalid user id"),
+        }
+    }
+    let id = state.next_id("query");
+    let requested = users
+        .iter()
+        .map(|u| (u.user_id.clone(), u.sequence))
+        .collect();
+    state.queries_in_flight.insert(id.clone(), requested);
+    OutgoingRequest {
+        id,
+        kind: OutgoingKind::KeysQuery(request),
+    }
+}
+
+/// Back `user` off alone (15 s doubling to 15 min): a query of only them was refused.
+fn back_off_user(state: &mut State, user: &str) {
+    let now = crate::time::now_ms();
+    let (failures, _) = state.user_backoff.get(user).copied().unwrap_or((0, 0));
+    let delay = (BACKOFF_BASE_MS << failures.min(6)).min(BACKOFF_MAX_MS);
+    state
+        .user_backoff
+        .insert(user.to_owned(), (failures.saturating_add(1), now + delay));
 }
 
 /// Servers of the `requested` users for whom `failed` holds are backed off (15 s doubling to

@@ -4,20 +4,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ruma::OwnedUserId;
-use ruma::api::client::keys::{get_keys, upload_keys};
+use ruma::api::client::keys::upload_keys;
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use super::account::{OwnAccount, SIGNED_CURVE25519};
 use super::devices::Device;
 use super::error::{CryptoError, DeviceKeyError, OlmError};
-use super::keys_query::server_of;
 use super::requests::{OutgoingKind, OutgoingRequest, raw, raw_map};
 use super::responses::KeysUploadResponse;
 use crate::store::{Changes, DeviceRecord, LocalTrust, Store, TrackedUser, TrackingState};
-
-/// Users per `/keys/query` request.
-const QUERY_BATCH: usize = 250;
 
 /// What one `/sync` response carries for the crypto machine.
 #[derive(Debug, Default)]
@@ -136,6 +132,11 @@ pub(crate) struct State {
     pub prompted: HashSet<String>,
     /// Servers whose `/keys/query` failed: (consecutive failures, retry not before, ms).
     pub server_backoff: HashMap<String, (u32, u64)>,
+    /// Users queried alone: they were in a query the server refused for good (one of them
+    /// may be why), so each is asked about on its own until answered.
+    pub solo_users: HashSet<String>,
+    /// Users whose query alone was refused for good: (failures, retry not before, ms).
+    pub user_backoff: HashMap<String, (u32, u64)>,
 }
 
 /// Claims for a session to answer an own device's key requests before giving up on them.
@@ -226,6 +227,8 @@ impl OlmMachine {
                 awaiting_session: HashMap::new(),
                 prompted: HashSet::new(),
                 server_backoff: HashMap::new(),
+                solo_users: HashSet::new(),
+                user_backoff: HashMap::new(),
             }),
         })
     }
@@ -383,81 +386,28 @@ impl OlmMachine {
     pub fn outgoing_requests(&self) -> Result<Vec<OutgoingRequest>, CryptoError> {
         let mut state = self.lock()?;
         let mut requests = Vec::new();
-        if state.account.needs_upload() && !state.upload_in_flight {
-            let mut request = upload_keys::v3::Request::new();
-            if !state.account.device_keys_uploaded {
-                request.device_keys = Some(raw(&state.account.device_keys()?)?);
-            }
-            request.one_time_keys = raw_map(state.account.unpublished_one_time_keys()?)?;
-            request.fallback_keys = raw_map(state.account.unpublished_fallback_keys()?)?;
-            state.upload_in_flight = true;
-            let id = state.next_id("upload");
-            requests.push(OutgoingRequest {
-                id,
-                kind: OutgoingKind::KeysUpload(request),
-            });
-        }
-
-        let in_flight: HashSet<String> = state
-            .queries_in_flight
-            .values()
-            .flatten()
-            .map(|(u, _)| u.clone())
-            .collect();
-        let now = crate::time::now_ms();
-        let backed_off = |user: &str| {
-            server_of(user)
-                .and_then(|s| state.server_backoff.get(s))
-                .is_some_and(|(_, until)| *until > now)
-        };
-        // `Downloading` without a query in flight: the answer was lost with a restart.
-        let outdated: Vec<TrackedUser> = self
-            .store
-            .tracked_users()?
-            .into_iter()
-            .filter(|u| {
-                u.needs_download() && !in_flight.contains(&u.user_id) && !backed_off(&u.user_id)
-            })
-            .map(|u| TrackedUser {
-                state: TrackingState::Downloading,
-                ..u
-            })
-            .collect();
-        if !outdated.is_empty() {
-            self.save(
-                &mut state,
-                Changes {
-                    tracked_users: outdated.clone(),
-                    ..Default::default()
-                },
-            )?;
-        }
-        for chunk in outdated.chunks(QUERY_BATCH) {
-            let mut request = get_keys::v3::Request::new();
-            for user in chunk {
-                match OwnedUserId::try_from(user.user_id.as_str()) {
-                    Ok(id) => {
-                        request.device_keys.insert(id, Vec::new());
-                    }
-                    Err(_) => warn!(user = %user.user_id, "not querying an invalid user id"),
-                }
-            }
-            let id = state.next_id("query");
-            state.queries_in_flight.insert(
-                id.clone(),
-                chunk
-                    .iter()
-                    .map(|u| (u.user_id.clone(), u.sequence))
-                    .collect(),
-            );
-            requests.push(OutgoingRequest {
-                id,
-                kind: OutgoingKind::KeysQuery(request),
-            });
-        }
-
+        requests.extend(self.key_upload(&mut state)?);
+        requests.extend(self.key_queries(&mut state)?);
         requests.extend(self.pending_to_device_requests(&mut state)?);
         Ok(requests)
+    }
+
+    /// The `/keys/upload` of what is not published yet, unless one is in flight.
+    fn key_upload(&self, state: &mut State) -> Result<Option<OutgoingRequest>, CryptoError> {
+        if !state.account.needs_upload() || state.upload_in_flight {
+            return Ok(None);
+        }
+        let mut request = upload_keys::v3::Request::new();
+        if !state.account.device_keys_uploaded {
+            request.device_keys = Some(raw(&state.account.device_keys()?)?);
+        }
+        request.one_time_keys = raw_map(state.account.unpublished_one_time_keys()?)?;
+        request.fallback_keys = raw_map(state.account.unpublished_fallback_keys()?)?;
+        state.upload_in_flight = true;
+        Ok(Some(OutgoingRequest {
+            id: state.next_id("upload"),
+            kind: OutgoingKind::KeysUpload(request),
+        }))
     }
 
     /// The stored to-device messages, as requests. One that cannot be built (a record an
@@ -468,7 +418,10 @@ impl OlmMachine {
     ) -> Result<Vec<OutgoingRequest>, CryptoError> {
         let mut requests = Vec::new();
         let mut dropped = Vec::new();
-        for pending in self.store.pending_to_device()? {
+        let mut pending = self.store.pending_to_device()?;
+        // Room keys first (others may wait behind a slow or rate-limited server).
+        pending.sort_by_key(|p| p.room_key.is_none());
+        for pending in pending {
             match super::sharing::to_device_request(&pending) {
                 Ok(request) => requests.push(request),
                 Err(e) => {

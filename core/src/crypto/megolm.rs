@@ -4,7 +4,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use vodozemac::megolm::{
     GroupSession, GroupSessionPickle, InboundGroupSession, InboundGroupSessionPickle,
-    MegolmMessage, SessionConfig, SessionKey,
+    MegolmMessage, SessionConfig, SessionKey, SessionOrdering,
 };
 use zeroize::Zeroizing;
 
@@ -160,6 +160,51 @@ impl RoomKeyContent {
         check_room_key(&key.algorithm, &key.room_id)?;
         Ok(key)
     }
+}
+
+/// What to do with a newly received copy of a session we already have.
+pub(crate) enum Merge {
+    /// Keep what we have.
+    Keep,
+    /// Store this record instead.
+    Replace(InboundGroupSessionRecord),
+}
+
+/// Merge a new copy of a session into the stored one (same room and session id). The new
+/// copy must come from the same sending and signing keys and be the same ratchet; it
+/// replaces the stored one only if it reaches further back, and an authenticated origin is
+/// never given up for an unknown one (a copy of unknown origin learns it from the stored
+/// one, and a stored copy of unknown origin learns it from an authenticated new one).
+pub(crate) fn merge(
+    existing: InboundGroupSessionRecord,
+    mut new: InboundGroup,
+) -> Result<Result<Merge, OlmError>, CryptoError> {
+    let refuse = |why: &str| Ok(Err(OlmError::InvalidRoomKey(why.to_owned())));
+    if existing.sender_key != new.record.sender_key
+        || existing.signing_key != new.record.signing_key
+    {
+        return refuse("session already known from another device");
+    }
+    let mut old = InboundGroup::from_record(existing)?;
+    Ok(Ok(match new.session.compare(&mut old.session) {
+        SessionOrdering::Unconnected => return refuse("not the session we have"),
+        SessionOrdering::Better => {
+            if new.record.sender_user.is_none() {
+                new.record.sender_user = old.record.sender_user;
+                new.record.sender_device = old.record.sender_device;
+            }
+            Merge::Replace(new.record)
+        }
+        SessionOrdering::Equal | SessionOrdering::Worse => {
+            if old.record.sender_user.is_none() && new.record.sender_user.is_some() {
+                old.record.sender_user = new.record.sender_user;
+                old.record.sender_device = new.record.sender_device;
+                Merge::Replace(old.record)
+            } else {
+                Merge::Keep
+            }
+        }
+    }))
 }
 
 /// `m.forwarded_room_key` content.

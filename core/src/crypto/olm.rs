@@ -42,7 +42,8 @@ impl IncomingOlm {
         let sender = event
             .get("sender")
             .and_then(Value::as_str)
-            .ok_or_else(|| OlmError::Malformed("missing sender".into()))?;
+            .filter(|s| ruma::UserId::parse(*s).is_ok())
+            .ok_or_else(|| OlmError::Malformed("missing or invalid sender".into()))?;
         let content = event
             .get("content")
             .ok_or_else(|| OlmError::Malformed("missing content".into()))?;

@@ -7,11 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ruma::OwnedUserId;
 use ruma::api::client::keys::{claim_keys, get_keys, upload_keys};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 use tracing::warn;
 
 use super::error::CryptoError;
 use super::requests::json_of;
+use crate::lenient::{Object, object, top, value};
 
 /// A `/keys/query` answer.
 #[derive(Clone, Debug, Default)]
@@ -37,64 +39,67 @@ pub struct KeysUploadResponse {
     pub one_time_key_counts: BTreeMap<String, u64>,
 }
 
-/// The top-level object of a JSON answer; anything else is an error (nothing to salvage).
-fn object(body: &[u8], what: &str) -> Result<Map<String, Value>, CryptoError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(CryptoError::InvalidResponse(format!(
-            "{what}: not a JSON object"
-        ))),
-        Err(e) => Err(CryptoError::InvalidResponse(format!("{what}: {e}"))),
-    }
-}
+/// Largest signed device keys kept (a device lists a few keys and signatures; its display
+/// name is in there too).
+const MAX_DEVICE_KEYS_BYTES: usize = 16 * 1024;
 
-/// The members of `value[name]` if it is an object (empty otherwise, logged if present).
-fn members(value: &Map<String, Value>, name: &str) -> Map<String, Value> {
-    match value.get(name) {
-        Some(Value::Object(map)) => map.clone(),
-        None | Some(Value::Null) => Map::new(),
-        Some(_) => {
-            warn!(
-                field = name,
-                "ignoring a malformed field of the server's answer"
-            );
-            Map::new()
-        }
-    }
+/// Largest claimed one-time key kept.
+const MAX_ONE_TIME_KEY_BYTES: usize = 4 * 1024;
+
+/// The top-level object of an answer; anything else is an error (nothing to salvage).
+fn answer<'a>(body: &'a [u8], what: &str) -> Result<Object<'a>, CryptoError> {
+    top(body).ok_or_else(|| CryptoError::InvalidResponse(format!("{what}: not a JSON object")))
 }
 
 /// Entries keyed by user id; entries whose key is not a user id are left out.
-fn by_user(map: Map<String, Value>) -> impl Iterator<Item = (OwnedUserId, Value)> {
-    map.into_iter()
-        .filter_map(|(user, value)| match OwnedUserId::try_from(user) {
-            Ok(user) => Some((user, value)),
-            Err(e) => {
-                warn!(error = %e, "ignoring an entry for an invalid user id");
-                None
-            }
-        })
+fn by_user<'a>(map: Object<'a>) -> impl Iterator<Item = (OwnedUserId, Object<'a>)> {
+    map.into_iter().filter_map(|(user, value)| {
+        let user = OwnedUserId::try_from(user)
+            .map_err(|e| warn!(error = %e, "ignoring an entry for an invalid user id"))
+            .ok()?;
+        Some((user, object(Some(value), "entries of a user")?))
+    })
+}
+
+/// A JSON object of at most `max` bytes, or `None` (logged).
+fn small_object(raw: &RawValue, max: usize, what: &str) -> Option<Value> {
+    if raw.get().len() > max {
+        warn!(
+            field = what,
+            bytes = raw.get().len(),
+            "ignoring an oversized entry"
+        );
+        return None;
+    }
+    match serde_json::from_str::<Value>(raw.get()) {
+        Ok(value @ Value::Object(_)) => Some(value),
+        _ => {
+            warn!(field = what, "ignoring a malformed entry");
+            None
+        }
+    }
 }
 
 impl KeysQueryResponse {
     /// Parse the body of a `/keys/query` answer.
     pub fn from_json(body: &[u8]) -> Result<Self, CryptoError> {
-        let top = object(body, "keys query")?;
+        let top = answer(body, "keys query")?;
         let mut out = Self::default();
-        for (user, devices) in by_user(members(&top, "device_keys")) {
-            let Value::Object(devices) = devices else {
-                warn!(%user, "ignoring malformed device keys of a user");
-                continue;
-            };
+        let users = object(top.get("device_keys").copied(), "device_keys").unwrap_or_default();
+        for (user, devices) in by_user(users) {
             let devices = devices
                 .into_iter()
-                .filter(|(_, keys)| keys.is_object())
+                .filter_map(|(id, keys)| {
+                    Some((
+                        id,
+                        small_object(keys, MAX_DEVICE_KEYS_BYTES, "device keys")?,
+                    ))
+                })
                 .collect();
             out.device_keys.insert(user, devices);
         }
-        out.failures = members(&top, "failures")
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        let failures = object(top.get("failures").copied(), "failures").unwrap_or_default();
+        out.failures = failures.into_keys().collect();
         Ok(out)
     }
 }
@@ -122,18 +127,23 @@ impl From<&get_keys::v3::Response> for KeysQueryResponse {
 impl KeysClaimResponse {
     /// Parse the body of a `/keys/claim` answer.
     pub fn from_json(body: &[u8]) -> Result<Self, CryptoError> {
-        let top = object(body, "keys claim")?;
+        let top = answer(body, "keys claim")?;
         let mut out = Self::default();
-        for (user, devices) in by_user(members(&top, "one_time_keys")) {
-            let Value::Object(devices) = devices else {
-                warn!(%user, "ignoring malformed one-time keys of a user");
-                continue;
-            };
+        let users = object(top.get("one_time_keys").copied(), "one_time_keys").unwrap_or_default();
+        for (user, devices) in by_user(users) {
             let devices = devices
                 .into_iter()
-                .filter_map(|(device, keys)| match keys {
-                    Value::Object(keys) => Some((device, keys.into_iter().collect())),
-                    _ => None,
+                .filter_map(|(device, keys)| {
+                    let keys = object(Some(keys), "one-time keys of a device")?
+                        .into_iter()
+                        .filter_map(|(id, key)| {
+                            Some((
+                                id,
+                                small_object(key, MAX_ONE_TIME_KEY_BYTES, "one-time key")?,
+                            ))
+                        })
+                        .collect();
+                    Some((device, keys))
                 })
                 .collect();
             out.one_time_keys.insert(user, devices);
@@ -168,10 +178,15 @@ impl From<&claim_keys::v3::Response> for KeysClaimResponse {
 impl KeysUploadResponse {
     /// Parse the body of a `/keys/upload` answer (counts that are not numbers are left out).
     pub fn from_json(body: &[u8]) -> Result<Self, CryptoError> {
-        let top = object(body, "keys upload")?;
-        let one_time_key_counts = members(&top, "one_time_key_counts")
+        let top = answer(body, "keys upload")?;
+        let counts = object(
+            top.get("one_time_key_counts").copied(),
+            "one_time_key_counts",
+        );
+        let one_time_key_counts = counts
+            .unwrap_or_default()
             .into_iter()
-            .filter_map(|(algorithm, count)| Some((algorithm, count.as_u64()?)))
+            .filter_map(|(algorithm, count)| Some((algorithm, value::<u64>(Some(count), "count")?)))
             .collect();
         Ok(Self {
             one_time_key_counts,
@@ -216,6 +231,14 @@ mod tests {
         .unwrap();
         assert_eq!(r.one_time_key_counts.len(), 1);
         assert_eq!(r.one_time_key_counts["signed_curve25519"], 20);
+
+        // Nested deeper than the JSON parser goes: that device alone is left out.
+        let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+        let body =
+            format!(r#"{{"device_keys": {{"@a:x": {{"D": {{"k": 1}}, "E": {{"x": {deep}}}}}}}}}"#);
+        let r = KeysQueryResponse::from_json(body.as_bytes()).unwrap();
+        let a = &r.device_keys[&OwnedUserId::try_from("@a:x").unwrap()];
+        assert_eq!(a.keys().collect::<Vec<_>>(), ["D"]);
 
         for body in [&b"[]"[..], b"null", b"{", b""] {
             assert!(KeysQueryResponse::from_json(body).is_err());

@@ -42,8 +42,9 @@ impl EncryptedEvent {
             return Err(MegolmError::UnsupportedAlgorithm(algorithm));
         }
         let missing = |what: &str| MegolmError::Malformed(format!("missing {what}"));
-        let session_id = parsed.content.session_id.clone();
-        let ciphertext = parsed.content.ciphertext.clone();
+        let present = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        let session_id = present(&parsed.content.session_id);
+        let ciphertext = present(&parsed.content.ciphertext);
         Ok((
             parsed,
             session_id.ok_or_else(|| missing("session_id"))?,

@@ -62,7 +62,10 @@ pub(crate) fn to_device_request(pending: &PendingToDevice) -> Result<OutgoingReq
 /// Devices we may encrypt for: not ours, not deleted, not blacklisted.
 fn eligible(device: &DeviceRecord, own_user: &str, own_device: &str) -> bool {
     let own = device.user_id == own_user && device.device_id == own_device;
-    !own && !device.deleted && device.local_trust != LocalTrust::Blacklisted
+    // An id an older version stored (e.g. `*`, which would address every device) is never
+    // addressed.
+    let addressable = super::devices::check_device_id(&device.device_id).is_ok();
+    !own && addressable && !device.deleted && device.local_trust != LocalTrust::Blacklisted
 }
 
 impl OlmMachine {
@@ -235,6 +238,7 @@ impl OlmMachine {
             .devices(&refs)?
             .into_iter()
             .filter(|d| !d.deleted && !self.is_own_device(d))
+            .filter(|d| super::devices::check_device_id(&d.device_id).is_ok())
             .partition(|d| left_out_because(d, verified_only).is_none());
 
         let stored = self.store.outbound_group_session(room_id)?;
@@ -436,12 +440,18 @@ impl OlmMachine {
             );
             due.push((key.clone(), true));
         }
-        // Devices unwedged less than an hour ago are dropped from the queue.
+        // Devices unwedged less than an hour ago are dropped from the queue; for the others
+        // the attempt counts (whether or not the claim brings a key), so that a device we
+        // cannot make a session with is not claimed again on every sync.
+        let mut attempts = Changes::default();
         for (key, wanted) in due {
-            if !wanted {
+            if wanted {
+                attempts.values.insert(unwedge_key(&key), now.to_string());
+            } else {
                 state.wedged.remove(&key);
             }
         }
+        self.save(&mut state, attempts)?;
         if request.one_time_keys.is_empty() {
             return Ok(None);
         }

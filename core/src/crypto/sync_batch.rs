@@ -12,7 +12,10 @@ use tracing::debug;
 use super::account::{OwnAccount, SIGNED_CURVE25519};
 use super::error::CryptoError;
 use super::machine::{DecryptedRoomEvent, OlmMachine, State, SyncChanges, SyncOutcome};
-use crate::store::{Changes, TrackedUser, TrackingState};
+use crate::store::{AccountRecord, Changes, TrackedUser, TrackingState};
+
+/// Room-key requests one sync response may cause.
+const MAX_KEY_REQUESTS_PER_SYNC: usize = 50;
 
 /// A sync response being processed. Holds the machine's state until [`SyncBatch::commit`]
 /// (or drop, which stores nothing and forgets what the batch did in memory). Do not hold it
@@ -20,6 +23,8 @@ use crate::store::{Changes, TrackedUser, TrackingState};
 pub struct SyncBatch<'m> {
     machine: &'m OlmMachine,
     state: Option<MutexGuard<'m, State>>,
+    /// The account as it was when the batch began: what an uncommitted batch goes back to.
+    snapshot: AccountRecord,
     changes: Changes,
     outcome: SyncOutcome,
 }
@@ -40,9 +45,12 @@ impl OlmMachine {
     /// Process the crypto part of a sync response without storing it yet: the caller may
     /// decrypt the timeline and add its own records, then [`SyncBatch::commit`]s it all.
     pub fn begin_sync(&self, sync: SyncChanges) -> Result<SyncBatch<'_>, CryptoError> {
+        let state = self.lock()?;
+        let snapshot = state.account.to_record()?;
         let mut batch = SyncBatch {
             machine: self,
-            state: Some(self.lock()?),
+            state: Some(state),
+            snapshot,
             changes: sync.extra,
             outcome: SyncOutcome::default(),
         };
@@ -137,6 +145,12 @@ impl SyncBatch<'_> {
         sender_key: &str,
         sender: Option<(&UserId, &DeviceId)>,
     ) -> Result<bool, CryptoError> {
+        // Members choose the session ids their events name: one sync asks for at most so
+        // many keys (the events are kept anyway and decrypt if a key comes).
+        if self.changes.key_requests.len() >= MAX_KEY_REQUESTS_PER_SYNC {
+            debug!("not asking for more keys in this sync");
+            return Ok(false);
+        }
         let request = self.machine.key_request_changes(
             room_id,
             session_id,
@@ -170,13 +184,21 @@ impl SyncBatch<'_> {
 
     /// Store everything in one transaction.
     pub fn commit(mut self) -> Result<SyncOutcome, CryptoError> {
-        let changes = std::mem::take(&mut self.changes);
+        let mut changes = std::mem::take(&mut self.changes);
+        // Whatever the answer carried, an invalid record (a bug of ours) must not stop the
+        // sync: it is left out, the rest is stored.
+        changes.drop_invalid();
         let mut state = self
             .state
             .take()
             .ok_or_else(|| CryptoError::CorruptState("sync batch already committed".into()))?;
-        // On failure `save` restores the stored account, as a drop would.
-        self.machine.save(&mut state, changes)?;
+        if let Err(e) = self.machine.save(&mut state, changes) {
+            // Nothing was stored: what the batch did to the account in memory is forgotten.
+            if let Ok(account) = OwnAccount::from_record(&self.snapshot) {
+                state.account = account;
+            }
+            return Err(e);
+        }
         debug!(
             to_device = self.outcome.to_device.len(),
             room_keys = self.outcome.room_keys.len(),
@@ -191,8 +213,7 @@ impl Drop for SyncBatch<'_> {
         // Not committed: nothing was stored, so what the batch did to the account in memory
         // (one-time keys consumed, keys generated) must be forgotten too.
         if let Some(state) = self.state.as_deref_mut()
-            && let Ok(Some(record)) = self.machine.store.account()
-            && let Ok(account) = OwnAccount::from_record(&record)
+            && let Ok(account) = OwnAccount::from_record(&self.snapshot)
         {
             state.account = account;
         }

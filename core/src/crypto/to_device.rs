@@ -11,9 +11,9 @@ use zeroize::Zeroizing;
 use super::account::OwnAccount;
 use super::error::{CryptoError, OlmError};
 use super::machine::{OlmMachine, RoomKeyInfo, State, ToDeviceOutcome};
-use super::megolm::{InboundGroup, RoomKeyContent};
+use super::megolm::{InboundGroup, Merge, RoomKeyContent, merge};
 use super::olm::{IncomingOlm, OlmPayload, OlmSession};
-use crate::store::{Changes, DeviceRecord, InboundGroupSessionRecord, WithheldNotice};
+use crate::store::{Changes, DeviceRecord, InboundGroupSessionRecord, LocalTrust, WithheldNotice};
 
 /// Olm sessions and devices loaded once for a whole batch of to-device events.
 #[derive(Default)]
@@ -76,6 +76,9 @@ impl OlmMachine {
             self.handle_key_request(state, &mut batch, event, changes)?
                 .ok();
         }
+        // Deferred once already: a device still unknown after the refresh is not waited for
+        // again (each deferral re-queries our own devices).
+        state.deferred_key_requests.clear();
         let mut outcomes = Vec::with_capacity(events.len());
         let mut room_keys = Vec::new();
         for event in events {
@@ -211,8 +214,10 @@ impl OlmMachine {
                 user = %squatter.user_id, device = %squatter.device_id,
                 "a device published a Curve25519 key whose holder is someone else; dropped"
             );
+            // Blacklisted too: listed again with that key, it never contests it again.
             changes.devices.push(DeviceRecord {
                 deleted: true,
+                local_trust: LocalTrust::Blacklisted,
                 ..squatter
             });
         }
@@ -285,10 +290,8 @@ impl OlmMachine {
         batch.dirty.insert(incoming.sender_key.clone());
 
         if payload.event_type == "m.room_key" {
-            let sender_device = payload
-                .sender_device
-                .clone()
-                .or_else(|| device.as_ref().map(|d| d.device_id.clone()));
+            // Only a device we know is authenticated; a claim in the payload is not.
+            let sender_device = device.as_ref().map(|d| d.device_id.clone());
             let accepted =
                 self.accept_room_key(batch, &incoming, &payload, sender_device.as_deref())?;
             match accepted {
@@ -389,18 +392,18 @@ impl OlmMachine {
                 .store
                 .inbound_group_session(&key.room_id, &key.session_id)?,
         };
-        if let Some(existing) = existing {
-            if existing.sender_key != incoming.sender_key {
-                return Ok(Err(OlmError::InvalidRoomKey(
-                    "session already known from another device".into(),
-                )));
-            }
-            if existing.first_known_index <= group.record.first_known_index {
-                debug!(room_id = %key.room_id, "room key already known at an equal or better index");
-                return Ok(Ok(None));
-            }
-        }
-        batch.inbound.insert(id, group.record);
+        let record = match existing {
+            None => group.record,
+            Some(existing) => match merge(existing, group)? {
+                Ok(Merge::Replace(record)) => record,
+                Ok(Merge::Keep) => {
+                    debug!(room_id = %key.room_id, "room key already known at an equal or better index");
+                    return Ok(Ok(None));
+                }
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        batch.inbound.insert(id, record);
         Ok(Ok(Some(RoomKeyInfo {
             room_id: key.room_id,
             session_id: key.session_id,

@@ -4,6 +4,7 @@
 //! arbitrarily large body in memory.
 
 mod retry;
+mod stream;
 
 pub(crate) use retry::with_retry;
 
@@ -75,6 +76,23 @@ impl HttpError {
             HttpError::Network(_) => true,
             HttpError::Server { status, .. } => *status == 429 || *status >= 500,
             _ => false,
+        }
+    }
+
+    /// Whether the server refused the request for good: a 4xx other than 429 (rate limit)
+    /// and 401 (a token that expired or was logged out: the request is fine, the session is
+    /// not), a request that cannot be built, or an answer that is not usable. Network
+    /// failures, 5xx and those two 4xx may go away.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            HttpError::Network(_) => false,
+            HttpError::Server { status, .. } => {
+                (400..500).contains(status) && *status != 429 && *status != 401
+            }
+            HttpError::AuthRequired { .. }
+            | HttpError::Request(_)
+            | HttpError::Response(_)
+            | HttpError::TooLarge { .. } => true,
         }
     }
 
@@ -164,7 +182,34 @@ impl HttpClient {
         Ok(self.send_raw_inner(request, limit).await?.1)
     }
 
-    async fn send_raw_inner<R>(&self, request: R, limit: usize) -> Result<(u16, Bytes), HttpError>
+    /// Send a ruma request and hand the body of a successful answer to `read`, as a stream
+    /// (on a blocking worker thread, while the body arrives): the body is never held whole.
+    /// At most `limit` bytes are read.
+    pub async fn send_streaming<R, T>(
+        &self,
+        request: R,
+        limit: usize,
+        read: impl FnOnce(&mut dyn std::io::Read) -> T + Send + 'static,
+    ) -> Result<T, HttpError>
+    where
+        R: OutgoingRequest,
+        T: Send + 'static,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+    {
+        let mut response = self.start(request).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let reader = tokio::task::spawn_blocking(move || read(&mut stream::ChannelReader::new(rx)));
+        let fed = stream::feed(&mut response, &tx, limit).await;
+        drop(tx);
+        let parsed = reader
+            .await
+            .map_err(|e| HttpError::Response(format!("reading the answer: {e}")))?;
+        fed.map(|()| parsed)
+    }
+
+    /// Send the request; an error status becomes the typed error.
+    async fn start<R>(&self, request: R) -> Result<reqwest::Response, HttpError>
     where
         R: OutgoingRequest,
         for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
@@ -206,6 +251,17 @@ impl HttpClient {
             warn!(path = %redact_path(&path), %error, "request failed");
             return Err(error);
         }
+        Ok(response)
+    }
+
+    async fn send_raw_inner<R>(&self, request: R, limit: usize) -> Result<(u16, Bytes), HttpError>
+    where
+        R: OutgoingRequest,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+    {
+        let response = self.start(request).await?;
+        let status = response.status().as_u16();
         Ok((status, read_body(response, limit).await?))
     }
 }
@@ -324,6 +380,20 @@ mod tests {
         let e = server_error(502, b"<html>bad gateway</html>");
         assert_eq!(e.errcode(), Some("M_UNKNOWN"));
         assert!(e.is_transient());
+    }
+
+    #[test]
+    fn refusals_for_good_are_told_apart_from_what_may_go_away() {
+        let server = |status| server_error(status, br#"{"errcode":"M_X"}"#);
+        for status in [400, 403, 404, 413] {
+            assert!(server(status).is_permanent(), "{status}");
+        }
+        // A rate limit, a logged-out token, a server failure: later.
+        for status in [429, 401, 500, 502] {
+            assert!(!server(status).is_permanent(), "{status}");
+        }
+        assert!(!HttpError::Network("down".into()).is_permanent());
+        assert!(HttpError::TooLarge { limit: 1 }.is_permanent());
     }
 
     #[test]

@@ -59,6 +59,9 @@ macro_rules! store_conformance_tests {
                 sessions_of_non_members_are_bounded,
                 invites_are_bounded,
                 olm_sessions_are_bounded,
+                a_flooding_room_evicts_its_own_records_first,
+                sessions_per_sender_and_room_are_bounded,
+                sessions_we_asked_for_are_not_counted_as_strangers,
                 pending_to_device_queue,
                 values_and_secret_values,
                 sync_token,
@@ -102,5 +105,9 @@ fn changes_is_empty_and_extend() {
             matches!(c.validate(), Err(StoreError::InvalidRecord(_))),
             "{what}"
         );
+        let mut valid_too = full_changes("keep");
+        invalidate(&mut valid_too);
+        assert_eq!(valid_too.drop_invalid(), 1, "{what}");
+        assert!(valid_too.validate().is_ok(), "{what}");
     }
 }

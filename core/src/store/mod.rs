@@ -13,6 +13,7 @@
 //! [`Store::generation`] lets a process notice that somebody else wrote and reload what it
 //! caches in memory.
 
+mod changes;
 mod cipher;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod conformance;
@@ -20,12 +21,13 @@ mod memory;
 pub mod quota;
 mod sqlite;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+pub use changes::Changes;
 pub use cipher::StoreKey;
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
@@ -407,7 +409,7 @@ pub struct StoreCounts {
     pub inbound_group_sessions: u64,
     /// Inbound group sessions whose sender is not a member of the room as far as we know.
     pub inbound_sessions_from_non_members: u64,
-    /// Rooms we are invited to.
+    /// Rooms we are invited to and were never in (no encryption setting kept).
     pub invites: u64,
     /// Withheld notices.
     pub withheld_notices: u64,
@@ -427,212 +429,6 @@ pub struct QueuedSend {
     pub room_id: String,
     /// `m.room.message` content as JSON (secret: encrypted at rest).
     pub content: SecretBlob,
-}
-
-/// Everything one step changed, applied atomically by [`Store::save_changes`].
-#[derive(Clone, Debug, Default)]
-pub struct Changes {
-    /// New state of the own account.
-    pub account: Option<AccountRecord>,
-    /// Olm sessions to insert or replace (key: sender key + session id).
-    pub olm_sessions: Vec<OlmSessionRecord>,
-    /// Inbound Megolm sessions to insert or replace.
-    pub inbound_group_sessions: Vec<InboundGroupSessionRecord>,
-    /// Outbound Megolm sessions to insert or replace (one per room).
-    pub outbound_group_sessions: Vec<OutboundGroupSessionRecord>,
-    /// Rooms whose outbound session must be discarded.
-    pub discarded_outbound_sessions: Vec<String>,
-    /// Devices to insert or replace.
-    pub devices: Vec<DeviceRecord>,
-    /// Tracked users to insert or replace.
-    pub tracked_users: Vec<TrackedUser>,
-    /// Megolm indices seen.
-    pub megolm_indices: Vec<MegolmIndexRecord>,
-    /// Rooms to insert or replace.
-    pub rooms: Vec<RoomRecord>,
-    /// Members to insert or replace.
-    pub members: Vec<MemberRecord>,
-    /// Rooms whose member list is replaced by the `members` of this batch: their other
-    /// member records are deleted first (a full `/members` answer).
-    pub replaced_member_lists: Vec<String>,
-    /// To-device requests to remember until sent.
-    pub pending_to_device: Vec<PendingToDevice>,
-    /// To-device requests that were sent (by transaction id).
-    pub sent_to_device: Vec<String>,
-    /// Messages to queue for sending (insert or replace by transaction id; a replaced one keeps
-    /// its place in the queue).
-    pub queued_sends: Vec<QueuedSend>,
-    /// Queued messages done with (sent or given up), by transaction id; applied after the
-    /// inserts.
-    pub finished_sends: Vec<String>,
-    /// Undecryptable events to keep (insert or replace by room and event id).
-    pub undecryptable_events: Vec<UndecryptableEvent>,
-    /// Undecryptable events to forget: `(room id, event id)`; applied after the inserts.
-    pub resolved_events: Vec<(String, String)>,
-    /// Withheld notices to keep (insert or replace by room, session and sender).
-    pub withheld_notices: Vec<WithheldNotice>,
-    /// Key requests sent (insert, or keep the existing one of the session).
-    pub key_requests: Vec<KeyRequestRecord>,
-    /// Arbitrary small values (not secret) by key, e.g. `access_token` is NOT allowed here.
-    pub values: BTreeMap<String, String>,
-    /// Secret values by key (encrypted at rest), e.g. the access token.
-    pub secret_values: BTreeMap<String, SecretBlob>,
-    /// The sync token; written last, only together with everything the sync carried.
-    pub sync_token: Option<String>,
-}
-
-impl Changes {
-    /// Whether nothing would be written.
-    pub fn is_empty(&self) -> bool {
-        self.account.is_none()
-            && self.olm_sessions.is_empty()
-            && self.inbound_group_sessions.is_empty()
-            && self.outbound_group_sessions.is_empty()
-            && self.discarded_outbound_sessions.is_empty()
-            && self.devices.is_empty()
-            && self.tracked_users.is_empty()
-            && self.megolm_indices.is_empty()
-            && self.rooms.is_empty()
-            && self.members.is_empty()
-            && self.replaced_member_lists.is_empty()
-            && self.pending_to_device.is_empty()
-            && self.sent_to_device.is_empty()
-            && self.queued_sends.is_empty()
-            && self.finished_sends.is_empty()
-            && self.undecryptable_events.is_empty()
-            && self.resolved_events.is_empty()
-            && self.withheld_notices.is_empty()
-            && self.key_requests.is_empty()
-            && self.values.is_empty()
-            && self.secret_values.is_empty()
-            && self.sync_token.is_none()
-    }
-
-    /// Check every record for what both store implementations refuse: an empty
-    /// identifier (user, device, room, session id, sender key, transaction id, value key).
-    /// [`Store::save_changes`] runs this first and saves nothing if it fails.
-    pub fn validate(&self) -> Result<(), StoreError> {
-        fn non_empty(what: &str, value: &str) -> Result<(), StoreError> {
-            if value.is_empty() {
-                Err(StoreError::InvalidRecord(format!("{what} is empty")))
-            } else {
-                Ok(())
-            }
-        }
-        if let Some(a) = &self.account {
-            non_empty("account user_id", &a.user_id)?;
-            non_empty("account device_id", &a.device_id)?;
-        }
-        for s in &self.olm_sessions {
-            non_empty("olm session sender_key", &s.sender_key)?;
-            non_empty("olm session session_id", &s.session_id)?;
-        }
-        for s in &self.inbound_group_sessions {
-            non_empty("inbound group session room_id", &s.room_id)?;
-            non_empty("inbound group session session_id", &s.session_id)?;
-            non_empty("inbound group session sender_key", &s.sender_key)?;
-        }
-        for s in &self.outbound_group_sessions {
-            non_empty("outbound group session room_id", &s.room_id)?;
-            non_empty("outbound group session session_id", &s.session_id)?;
-        }
-        for room_id in &self.discarded_outbound_sessions {
-            non_empty("discarded outbound session room_id", room_id)?;
-        }
-        for d in &self.devices {
-            non_empty("device user_id", &d.user_id)?;
-            non_empty("device device_id", &d.device_id)?;
-        }
-        for u in &self.tracked_users {
-            non_empty("tracked user user_id", &u.user_id)?;
-        }
-        for i in &self.megolm_indices {
-            non_empty("megolm index session_id", &i.session_id)?;
-            non_empty("megolm index sender_key", &i.sender_key)?;
-        }
-        for r in &self.rooms {
-            non_empty("room room_id", &r.room_id)?;
-        }
-        for m in &self.members {
-            non_empty("member room_id", &m.room_id)?;
-            non_empty("member user_id", &m.user_id)?;
-        }
-        for room_id in &self.replaced_member_lists {
-            non_empty("replaced member list room_id", room_id)?;
-        }
-        for w in &self.withheld_notices {
-            non_empty("withheld notice room_id", &w.room_id)?;
-            non_empty("withheld notice session_id", &w.session_id)?;
-            non_empty("withheld notice sender", &w.sender)?;
-        }
-        for r in &self.key_requests {
-            non_empty("key request room_id", &r.room_id)?;
-            non_empty("key request session_id", &r.session_id)?;
-        }
-        for p in &self.pending_to_device {
-            non_empty("pending to-device txn_id", &p.txn_id)?;
-        }
-        for txn_id in &self.sent_to_device {
-            non_empty("sent to-device txn_id", txn_id)?;
-        }
-        for q in &self.queued_sends {
-            non_empty("queued send txn_id", &q.txn_id)?;
-            non_empty("queued send room_id", &q.room_id)?;
-        }
-        for txn_id in &self.finished_sends {
-            non_empty("finished send txn_id", txn_id)?;
-        }
-        for e in &self.undecryptable_events {
-            non_empty("undecryptable event room_id", &e.room_id)?;
-            non_empty("undecryptable event session_id", &e.session_id)?;
-            non_empty("undecryptable event event_id", &e.event_id)?;
-        }
-        for (room_id, event_id) in &self.resolved_events {
-            non_empty("resolved event room_id", room_id)?;
-            non_empty("resolved event event_id", event_id)?;
-        }
-        for key in self.values.keys() {
-            non_empty("value key", key)?;
-        }
-        for key in self.secret_values.keys() {
-            non_empty("secret value key", key)?;
-        }
-        Ok(())
-    }
-
-    /// Fold `other` into `self` (later values win).
-    pub fn extend(&mut self, other: Changes) {
-        if other.account.is_some() {
-            self.account = other.account;
-        }
-        self.olm_sessions.extend(other.olm_sessions);
-        self.inbound_group_sessions
-            .extend(other.inbound_group_sessions);
-        self.outbound_group_sessions
-            .extend(other.outbound_group_sessions);
-        self.discarded_outbound_sessions
-            .extend(other.discarded_outbound_sessions);
-        self.devices.extend(other.devices);
-        self.tracked_users.extend(other.tracked_users);
-        self.megolm_indices.extend(other.megolm_indices);
-        self.rooms.extend(other.rooms);
-        self.members.extend(other.members);
-        self.replaced_member_lists
-            .extend(other.replaced_member_lists);
-        self.pending_to_device.extend(other.pending_to_device);
-        self.sent_to_device.extend(other.sent_to_device);
-        self.queued_sends.extend(other.queued_sends);
-        self.finished_sends.extend(other.finished_sends);
-        self.undecryptable_events.extend(other.undecryptable_events);
-        self.resolved_events.extend(other.resolved_events);
-        self.withheld_notices.extend(other.withheld_notices);
-        self.key_requests.extend(other.key_requests);
-        self.values.extend(other.values);
-        self.secret_values.extend(other.secret_values);
-        if other.sync_token.is_some() {
-            self.sync_token = other.sync_token;
-        }
-    }
 }
 
 /// The one storage interface of Newt. Implementations must be safe to share between threads.

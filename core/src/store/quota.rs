@@ -23,6 +23,11 @@ pub const MAX_KEY_REQUESTS: u64 = 1_000;
 /// a forwarded key of unknown origin names no sender). Sessions of members are not limited.
 pub const MAX_SESSIONS_FROM_NON_MEMBERS: u64 = 500;
 
+/// Inbound group sessions per sender per room, even for members (anyone can join a public
+/// room): the oldest are forgotten. A legitimate sender reaches it after some 200,000
+/// messages (a new session every 100).
+pub const MAX_SESSIONS_PER_SENDER_PER_ROOM: u64 = 2_000;
+
 /// Olm sessions per Curve25519 key (a device that keeps starting new sessions); the least
 /// recently used are forgotten (a peer still using one unwedges it with a new session).
 pub const MAX_OLM_SESSIONS_PER_KEY: u64 = 50;

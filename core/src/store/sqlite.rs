@@ -588,7 +588,9 @@ impl Store for SqliteStore {
             inbound_sessions_from_non_members: count(&format!(
                 "SELECT count(*) FROM inbound_group_sessions s WHERE {FROM_NON_MEMBER}"
             ))?,
-            invites: count("SELECT count(*) FROM rooms WHERE own_membership = 'invite'")?,
+            invites: count(
+                "SELECT count(*) FROM rooms WHERE own_membership = 'invite' AND encryption IS NULL",
+            )?,
             withheld_notices: count("SELECT count(*) FROM withheld_notices")?,
             key_requests: count("SELECT count(*) FROM key_requests")?,
             undecryptable_events: count("SELECT count(*) FROM undecryptable_events")?,
@@ -702,9 +704,12 @@ fn query_opt<T, P: Params>(
     }
 }
 
-/// An inbound session (`s`) whose sender is not known as a member of its room.
+/// An inbound session (`s`) whose sender is not known as a member of its room (and that we
+/// did not ask for: a forwarded key of unknown origin from an own device counts as ours).
 const FROM_NON_MEMBER: &str = "NOT EXISTS (SELECT 1 FROM members m \
-    WHERE m.room_id = s.room_id AND m.user_id = s.sender_user)";
+    WHERE m.room_id = s.room_id AND m.user_id = s.sender_user) \
+    AND NOT EXISTS (SELECT 1 FROM key_requests k \
+    WHERE k.room_id = s.room_id AND k.session_id = s.session_id)";
 
 /// The columns [`device_from_row`] reads, in order.
 const DEVICE_COLUMNS: &str = "user_id, device_id, curve25519, ed25519, algorithms, \

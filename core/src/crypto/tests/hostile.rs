@@ -515,3 +515,156 @@ fn olm_sessions_a_stranger_starts_with_our_fallback_key_are_bounded() {
     let counts = bob.store.counts().unwrap();
     assert_eq!(counts.olm_sessions_of_unknown_devices, max);
 }
+
+#[test]
+fn users_of_a_query_refused_for_good_are_queried_alone_and_only_the_culprit_waits() {
+    let (mut server, alice, bob) = setup_pair();
+    let carol = Peer::new("@carol:localhost", "CAROL");
+    server.drive(&carol);
+    alice
+        .machine
+        .update_tracked_users(&[bob.user(), carol.user()])
+        .unwrap();
+    let queries = pending_queries(&alice);
+    assert_eq!(queries.len(), 1, "one query for both");
+    alice
+        .machine
+        .mark_query_failed(&queries[0].0, true)
+        .unwrap();
+    // Each alone now.
+    let queries = pending_queries(&alice);
+    assert_eq!(queries.len(), 2);
+    assert!(queries.iter().all(|(_, q)| q.device_keys.len() == 1));
+    // bob's is refused again (bob is the culprit): he waits; carol's is answered.
+    for (id, query) in &queries {
+        if query.device_keys.keys().any(|u| u.as_str() == bob.user()) {
+            alice.machine.mark_query_failed(id, true).unwrap();
+        } else {
+            alice
+                .machine
+                .mark_keys_query_sent(id, &server.query(query))
+                .unwrap();
+        }
+    }
+    assert_eq!(alice.machine.devices(&carol.user()).unwrap().len(), 1);
+    assert!(pending_queries(&alice).is_empty(), "bob is backed off");
+    assert_eq!(
+        alice.machine.tracking_state(&bob.user()).unwrap(),
+        crate::store::TrackingState::PendingDownload
+    );
+}
+
+#[test]
+fn a_squatter_caught_once_never_contests_the_key_again() {
+    let (mut server, alice, bob) = setup_pair();
+    let squatter = "@0:evil";
+    server
+        .device_keys
+        .entry(squatter.into())
+        .or_default()
+        .insert(
+            "EVIL".into(),
+            device_keys_with_curve(squatter, "EVIL", &alice.machine.curve25519_key()),
+        );
+    bob.machine
+        .update_tracked_users(&[squatter.to_owned()])
+        .unwrap();
+    server.drive(&bob);
+    bob.machine.update_tracked_users(&[alice.user()]).unwrap();
+    server.drive(&bob);
+    assert!(
+        bob.machine.devices(&alice.user()).unwrap().is_empty(),
+        "the key was taken"
+    );
+    // alice's Olm message shows the squatter for what it is: blacklisted and dropped.
+    let members = vec![alice.user(), bob.user()];
+    server.share(&alice, ROOM, &members);
+    server.sync(&bob);
+    let caught = &bob.machine.devices(squatter).unwrap()[0];
+    assert!(caught.deleted && caught.local_trust == LocalTrust::Blacklisted);
+    // Listed again in the same answer as alice: alice's device wins the key.
+    changed(&bob, vec![squatter.to_owned(), alice.user()], vec![]);
+    server.drive(&bob);
+    let alice_devices = bob.machine.devices(&alice.user()).unwrap();
+    assert_eq!(alice_devices.len(), 1, "{alice_devices:?}");
+    assert!(bob.machine.devices(squatter).unwrap()[0].deleted);
+}
+
+#[test]
+fn a_room_key_from_an_unknown_device_names_no_device_and_a_later_one_confirms_it() {
+    let (mut server, alice, bob) = setup_pair();
+    let members = vec![alice.user(), bob.user()];
+    // bob does not know alice's device: the device the payload names is only a claim.
+    server.share(&alice, ROOM, &members);
+    server.sync(&bob);
+    let session_id = alice
+        .store
+        .outbound_group_session(ROOM)
+        .unwrap()
+        .unwrap()
+        .session_id;
+    let record = bob
+        .store
+        .inbound_group_session(ROOM, &session_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.sender_user, Some(alice.user()));
+    assert_eq!(record.sender_device, None);
+    // A copy forwarded at the same index by an own device changes nothing.
+    let decrypted = exchange(&alice, &bob, "hi", "$1").unwrap();
+    assert_eq!(decrypted.sender_device, None);
+}
+
+/// A well-formed normal Olm message of a session between two strangers.
+fn foreign_normal_message() -> String {
+    let x = vodozemac::olm::Account::new();
+    let mut y = vodozemac::olm::Account::new();
+    y.generate_one_time_keys(1);
+    let otk = *y.one_time_keys().values().next().unwrap();
+    let mut outbound = x
+        .create_outbound_session(SessionConfig::version_1(), y.curve25519_key(), otk)
+        .unwrap();
+    let vodozemac::olm::OlmMessage::PreKey(first) = outbound.encrypt("hi").unwrap() else {
+        unreachable!("a session's first message is a pre-key message")
+    };
+    let mut inbound = y
+        .create_inbound_session(SessionConfig::version_1(), x.curve25519_key(), &first)
+        .unwrap()
+        .session;
+    let vodozemac::olm::OlmMessage::Normal(reply) = inbound.encrypt("reply").unwrap() else {
+        unreachable!("a reply is a normal message")
+    };
+    reply.to_base64()
+}
+
+#[test]
+fn a_device_we_cannot_make_a_session_with_is_claimed_once_an_hour_not_every_sync() {
+    let (mut server, alice, bob) = olm_pair();
+    // An Olm message from bob's key that none of alice's sessions decrypts: alice wants
+    // to unwedge the channel...
+    let garbage = json!({"type": "m.room.encrypted", "sender": bob.user(), "content": {
+        "algorithm": OLM_ALGORITHM, "sender_key": bob.machine.curve25519_key(),
+        "ciphertext": {alice.machine.curve25519_key(): {"type": 1,
+                                                        "body": foreign_normal_message()}}}});
+    receive(&alice, vec![garbage.clone()]);
+    // ...but bob has no key left to claim.
+    let bob_id = (bob.user(), "BOB".to_owned());
+    server.one_time_keys.get_mut(&bob_id).unwrap().clear();
+    server.fallback_keys.get_mut(&bob_id).unwrap().clear();
+    let claim = alice.machine.session_repair_request().unwrap();
+    let Some(OutgoingRequest {
+        kind: OutgoingKind::KeysClaim(r),
+        ..
+    }) = claim
+    else {
+        panic!("a claim to unwedge: {claim:?}");
+    };
+    let outcome = alice
+        .machine
+        .mark_keys_claim_sent(&server.claim(&r))
+        .unwrap();
+    assert_eq!(outcome.sessions_created, 0);
+    // The next undecryptable message within the hour asks for no claim again.
+    receive(&alice, vec![garbage]);
+    assert!(alice.machine.session_repair_request().unwrap().is_none());
+}

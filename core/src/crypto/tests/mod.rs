@@ -329,6 +329,9 @@ fn setup_pair() -> (FakeServer, Peer, Peer) {
 fn two_machines_exchange_olm_and_megolm() {
     let (mut server, alice, bob) = setup_pair();
     let members = vec![alice.user(), bob.user()];
+    // bob knows alice's device: the room key is attributed to it.
+    bob.machine.update_tracked_users(&members).unwrap();
+    server.drive(&bob);
     server.share(&alice, ROOM, &members);
     let outcome = server.sync(&bob);
     assert_eq!(outcome.room_keys.len(), 1);
@@ -1087,19 +1090,27 @@ fn room_key_and_sync_token_are_committed_together_and_survive_a_restart() {
 
 #[test]
 fn a_failed_sync_commit_stores_neither_the_key_nor_the_token() {
-    let (mut server, alice, bob) = setup_pair();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(
+        crate::store::SqliteStore::open(dir.path(), &crate::store::StoreKey::from_bytes([5; 32]))
+            .unwrap(),
+    );
+    let mut server = FakeServer::default();
+    let alice = Peer::new("@alice:localhost", "ALICE");
+    let bob = Peer::with_store("@bob:localhost", "BOB", sqlite.clone());
+    server.drive(&alice);
+    server.drive(&bob);
     let members = vec![alice.user(), bob.user()];
     server.share(&alice, ROOM, &members);
     let events = server.take_inbox(&bob);
-    // Room state from the same sync with an invalid record makes the whole batch fail.
-    let mut extra = crate::store::Changes::default();
-    extra.rooms.push(crate::store::RoomRecord::default());
+    // The commit fails (e.g. the disk is full): nothing of the batch is stored.
+    sqlite.set_fail_before_commit(true);
     let result = bob.machine.receive_sync_changes(SyncChanges {
         to_device_events: events.clone(),
         next_batch: Some("s1".into()),
-        extra,
         ..Default::default()
     });
+    sqlite.set_fail_before_commit(false);
     assert!(matches!(result, Err(CryptoError::Store(_))));
     assert_eq!(bob.store.sync_token().unwrap(), None);
     assert_eq!(bob.store.inbound_group_session_count().unwrap(), 0);

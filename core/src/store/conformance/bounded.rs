@@ -212,15 +212,29 @@ pub(crate) fn invites_are_bounded<S: Store>(s: &S) {
             ..Default::default()
         },
     );
+    // A room we were in once and are invited to again keeps its record (and the first
+    // encryption setting in it).
+    let mut again = room("!again:x");
+    again.own_membership = Some("invite".into());
+    save(
+        s,
+        Changes {
+            rooms: vec![again.clone()],
+            ..Default::default()
+        },
+    );
     save_many(s, MAX_INVITES + 3, |i, c| {
-        let mut invite = room(&format!("!inv{i}:x"));
-        invite.own_membership = Some("invite".into());
-        c.rooms.push(invite);
+        c.rooms.push(RoomRecord {
+            room_id: format!("!inv{i}:x"),
+            own_membership: Some("invite".into()),
+            ..Default::default()
+        });
     });
     assert_eq!(s.counts().unwrap().invites, MAX_INVITES);
     assert_eq!(s.room("!inv2:x").unwrap(), None);
     assert!(s.room("!inv3:x").unwrap().is_some());
     assert_eq!(s.room("!joined:x").unwrap(), Some(joined));
+    assert_eq!(s.room("!again:x").unwrap(), Some(again));
 }
 
 pub(crate) fn olm_sessions_are_bounded<S: Store>(s: &S) {
@@ -260,4 +274,98 @@ pub(crate) fn olm_sessions_are_bounded<S: Store>(s: &S) {
     );
     assert!(s.olm_sessions(&["stranger-6"]).unwrap().is_empty());
     assert_eq!(s.olm_sessions(&["stranger-7"]).unwrap().len(), 1);
+}
+
+pub(crate) fn a_flooding_room_evicts_its_own_records_first<S: Store>(s: &S) {
+    use super::super::quota::MAX_UNDECRYPTABLE_EVENTS as MAX;
+    let event = |room: &str, i: u64| UndecryptableEvent {
+        room_id: room.into(),
+        session_id: format!("s{i}"),
+        event_id: format!("$e{i}"),
+        event_json: "{}".into(),
+    };
+    // A private room keeps 100 events; then a public room floods the table.
+    save_many(s, 100, |i, c| {
+        c.undecryptable_events.push(event("!private:x", i))
+    });
+    save_many(s, MAX + 50, |i, c| {
+        c.undecryptable_events.push(event("!public:x", i))
+    });
+    assert_eq!(s.counts().unwrap().undecryptable_events, MAX);
+    assert_eq!(
+        s.undecryptable_events("!private:x", "s0").unwrap().len(),
+        1,
+        "kept"
+    );
+    assert!(
+        s.undecryptable_events("!public:x", "s0")
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.undecryptable_sessions()
+            .unwrap()
+            .iter()
+            .filter(|(room, _)| room == "!private:x")
+            .count(),
+        100
+    );
+}
+
+pub(crate) fn sessions_per_sender_and_room_are_bounded<S: Store>(s: &S) {
+    use super::super::quota::MAX_SESSIONS_PER_SENDER_PER_ROOM as MAX;
+    let session = |sender: &str, i: u64| InboundGroupSessionRecord {
+        sender_user: Some(sender.into()),
+        ..inbound("!r:x", &format!("{sender}-{i}"))
+    };
+    save(
+        s,
+        Changes {
+            rooms: vec![room("!r:x")],
+            members: vec![
+                member("!r:x", "@flood:x", "join"),
+                member("!r:x", "@a:x", "join"),
+            ],
+            inbound_group_sessions: vec![session("@a:x", 0)],
+            ..Default::default()
+        },
+    );
+    save_many(s, MAX + 3, |i, c| {
+        c.inbound_group_sessions.push(session("@flood:x", i))
+    });
+    assert_eq!(s.counts().unwrap().inbound_group_sessions, MAX + 1);
+    assert_eq!(s.inbound_group_session("!r:x", "@flood:x-2").unwrap(), None);
+    assert!(
+        s.inbound_group_session("!r:x", "@flood:x-3")
+            .unwrap()
+            .is_some()
+    );
+    assert!(s.inbound_group_session("!r:x", "@a:x-0").unwrap().is_some());
+}
+
+pub(crate) fn sessions_we_asked_for_are_not_counted_as_strangers<S: Store>(s: &S) {
+    use super::super::quota::MAX_SESSIONS_FROM_NON_MEMBERS as MAX;
+    // A forwarded key of unknown origin that we asked for (no sender recorded).
+    let asked = InboundGroupSessionRecord {
+        sender_user: None,
+        sender_device: None,
+        ..inbound("!r:x", "asked")
+    };
+    save(
+        s,
+        Changes {
+            key_requests: vec![key_request("!r:x", "asked")],
+            inbound_group_sessions: vec![asked.clone()],
+            ..Default::default()
+        },
+    );
+    save_many(s, MAX + 5, |i, c| {
+        c.inbound_group_sessions
+            .push(inbound(&format!("!made-up{i}:x"), "s"))
+    });
+    assert_eq!(s.counts().unwrap().inbound_sessions_from_non_members, MAX);
+    assert_eq!(
+        s.inbound_group_session("!r:x", "asked").unwrap(),
+        Some(asked)
+    );
 }

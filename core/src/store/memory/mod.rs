@@ -206,19 +206,26 @@ impl State {
     fn enforce_quotas(&mut self, changes: &Changes) {
         self.bound_olm_sessions(&changes.olm_sessions);
         self.rooms.keep_newest(quota::MAX_INVITES, |_, r| {
-            r.own_membership.as_deref() == Some("invite")
+            r.own_membership.as_deref() == Some("invite") && r.encryption.is_none()
         });
-        let members = &self.members;
+        let (members, requests) = (&self.members, &self.key_requests);
         self.inbound
             .keep_newest(quota::MAX_SESSIONS_FROM_NON_MEMBERS, |_, s| {
-                !is_member(members, s)
+                !vouched(members, requests, s)
             });
+        for s in &changes.inbound_group_sessions {
+            let (room, sender) = (&s.room_id, &s.sender_user);
+            self.inbound
+                .keep_newest(quota::MAX_SESSIONS_PER_SENDER_PER_ROOM, |_, other| {
+                    &other.room_id == room && &other.sender_user == sender
+                });
+        }
         self.undecryptable
-            .keep_newest(quota::MAX_UNDECRYPTABLE_EVENTS, |_, _| true);
+            .keep_fair(quota::MAX_UNDECRYPTABLE_EVENTS, |e| e.room_id.clone());
         self.withheld
-            .keep_newest(quota::MAX_WITHHELD_NOTICES, |_, _| true);
+            .keep_fair(quota::MAX_WITHHELD_NOTICES, |w| w.sender.clone());
         self.key_requests
-            .keep_newest(quota::MAX_KEY_REQUESTS, |_, _| true);
+            .keep_fair(quota::MAX_KEY_REQUESTS, |r| r.room_id.clone());
     }
 
     fn upsert_device(&mut self, d: DeviceRecord) {
@@ -257,15 +264,21 @@ impl State {
     }
 }
 
-/// Whether the sender of `session` is known as a member of its room.
-fn is_member(
+/// Whether `session` is vouched for: its sender is known as a member of its room, or we
+/// asked for it (same rule as SQLite's `FROM_NON_MEMBER`).
+fn vouched(
     members: &HashMap<String, BTreeMap<String, MemberRecord>>,
+    requests: &Ordered<RoomSession, KeyRequestRecord>,
     session: &InboundGroupSessionRecord,
 ) -> bool {
     let sender = session.sender_user.as_deref().unwrap_or_default();
-    members
+    let member = members
         .get(&session.room_id)
-        .is_some_and(|m| m.contains_key(sender))
+        .is_some_and(|m| m.contains_key(sender));
+    let asked = requests
+        .get(&(session.room_id.clone(), session.session_id.clone()))
+        .is_some();
+    member || asked
 }
 
 /// A [`Store`] that keeps everything in memory (lost on drop). Thread-safe.
@@ -520,12 +533,12 @@ impl Store for MemoryStore {
         let unknown = state
             .inbound
             .values()
-            .filter(|s| !is_member(&state.members, s))
+            .filter(|s| !vouched(&state.members, &state.key_requests, s))
             .count();
         let invites = state
             .rooms
             .values()
-            .filter(|r| r.own_membership.as_deref() == Some("invite"))
+            .filter(|r| r.own_membership.as_deref() == Some("invite") && r.encryption.is_none())
             .count();
         let known = |key: &str| {
             state.devices_by_curve.get(key).is_some_and(|ids| {

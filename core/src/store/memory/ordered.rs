@@ -74,6 +74,35 @@ impl<K: Clone + Eq + Hash, V> Ordered<K, V> {
         self.by_seq.len()
     }
 
+    /// Keep at most `max` records, forgetting the oldest records of the biggest group (by
+    /// `group_of`) first, down to the size of the next biggest (same as SQLite's).
+    pub(super) fn keep_fair(&mut self, max: u64, group_of: impl Fn(&V) -> String) {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        while self.len() > max {
+            let excess = self.len() - max;
+            let mut sizes: HashMap<String, usize> = HashMap::new();
+            for v in self.values() {
+                *sizes.entry(group_of(v)).or_default() += 1;
+            }
+            let mut ranked: Vec<(String, usize)> = sizes.into_iter().collect();
+            ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            let Some((name, n)) = ranked.first().cloned() else {
+                return;
+            };
+            let next = ranked.get(1).map_or(0, |(_, m)| *m);
+            let k = excess.min((n - next).max(1));
+            let oldest: Vec<K> = self
+                .iter()
+                .filter(|(_, v)| group_of(v) == name)
+                .take(k)
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in oldest {
+                self.remove(&key);
+            }
+        }
+    }
+
     /// Keep the newest `max` of the records `matches` selects; forget the older ones.
     pub(super) fn keep_newest(&mut self, max: u64, matches: impl Fn(&K, &V) -> bool) {
         let selected: Vec<K> = self

@@ -420,6 +420,45 @@ fn keep_newest(
     Ok(())
 }
 
+/// Keep at most `max` rows of `table` (ordered by `seq`), forgetting the oldest rows of the
+/// biggest `group` first, down to the size of the next biggest.
+fn keep_fair(tx: &Transaction<'_>, table: &str, group: &str, max: u64) -> Result<(), StoreError> {
+    let max = i64::try_from(max).unwrap_or(i64::MAX);
+    let count_sql = format!("SELECT count(*) FROM {table}");
+    let groups_sql = format!(
+        "SELECT {group}, count(*) AS n FROM {table} GROUP BY {group} ORDER BY n DESC, {group} LIMIT 2"
+    );
+    let delete_sql = format!(
+        "DELETE FROM {table} WHERE seq IN (
+            SELECT seq FROM {table} WHERE {group} = ?1 ORDER BY seq LIMIT ?2)"
+    );
+    loop {
+        let total: i64 = tx
+            .prepare_cached(&count_sql)
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
+            .map_err(db)?;
+        let excess = total - max;
+        if excess <= 0 {
+            return Ok(());
+        }
+        let biggest: Vec<(String, i64)> = tx
+            .prepare_cached(&groups_sql)
+            .and_then(|mut st| {
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(db)?;
+        let Some((name, n)) = biggest.first() else {
+            return Ok(());
+        };
+        let next = biggest.get(1).map_or(0, |(_, m)| *m);
+        let k = excess.min((n - next).max(1));
+        tx.prepare_cached(&delete_sql)
+            .and_then(|mut st| st.execute(params![name, k]))
+            .map_err(db)?;
+    }
+}
+
 /// Whether this batch stores an inbound session whose sender is not a member of its room
 /// (the only way their number grows, besides replaced member lists).
 fn adds_sessions_of_non_members(
@@ -436,6 +475,35 @@ fn adds_sessions_of_non_members(
         }
     }
     Ok(false)
+}
+
+/// At most [`quota::MAX_SESSIONS_PER_SENDER_PER_ROOM`] inbound sessions per sender and
+/// room, for the senders this batch wrote sessions of.
+fn bound_sessions_per_sender(tx: &Transaction<'_>, changes: &Changes) -> Result<(), StoreError> {
+    let mut senders: Vec<(&str, &str)> = changes
+        .inbound_group_sessions
+        .iter()
+        .map(|s| {
+            (
+                s.room_id.as_str(),
+                s.sender_user.as_deref().unwrap_or_default(),
+            )
+        })
+        .collect();
+    senders.sort_unstable();
+    senders.dedup();
+    let mut st = tx
+        .prepare_cached(
+            "DELETE FROM inbound_group_sessions WHERE rowid IN (
+                SELECT rowid FROM inbound_group_sessions WHERE room_id = ?1 AND sender_user = ?2
+                ORDER BY rowid DESC LIMIT -1 OFFSET ?3)",
+        )
+        .map_err(db)?;
+    let max = i64::try_from(quota::MAX_SESSIONS_PER_SENDER_PER_ROOM).unwrap_or(i64::MAX);
+    for (room, sender) in senders {
+        st.execute(params![room, sender, max]).map_err(db)?;
+    }
+    Ok(())
 }
 
 /// The Olm session limits, for the keys this batch wrote sessions of.
@@ -487,9 +555,11 @@ fn enforce_quotas(tx: &Transaction<'_>, changes: &Changes) -> Result<(), StoreEr
         bound_olm_sessions(tx, changes)?;
     }
     if !changes.rooms.is_empty() {
-        let invites = "own_membership = 'invite'";
+        // Rooms joined once keep their records (their first encryption setting stays).
+        let invites = "own_membership = 'invite' AND encryption IS NULL";
         keep_newest(tx, "rooms", "rowid", invites, quota::MAX_INVITES)?;
     }
+    bound_sessions_per_sender(tx, changes)?;
     if adds_sessions_of_non_members(tx, changes)? || !changes.replaced_member_lists.is_empty() {
         let max = quota::MAX_SESSIONS_FROM_NON_MEMBERS;
         keep_newest(
@@ -500,21 +570,21 @@ fn enforce_quotas(tx: &Transaction<'_>, changes: &Changes) -> Result<(), StoreEr
             max,
         )?;
     }
+    // One room (or sender) filling these tables evicts its own records first.
     if !changes.undecryptable_events.is_empty() {
         let max = quota::MAX_UNDECRYPTABLE_EVENTS;
-        keep_newest(tx, "undecryptable_events", "seq", "1", max)?;
+        keep_fair(tx, "undecryptable_events", "room_id", max)?;
     }
     if !changes.withheld_notices.is_empty() {
-        keep_newest(
+        keep_fair(
             tx,
             "withheld_notices",
-            "seq",
-            "1",
+            "sender",
             quota::MAX_WITHHELD_NOTICES,
         )?;
     }
     if !changes.key_requests.is_empty() {
-        keep_newest(tx, "key_requests", "seq", "1", quota::MAX_KEY_REQUESTS)?;
+        keep_fair(tx, "key_requests", "room_id", quota::MAX_KEY_REQUESTS)?;
     }
     Ok(())
 }

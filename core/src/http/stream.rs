@@ -1,0 +1,72 @@
+//! An answer's body as a `std::io::Read` on a blocking thread, fed chunk by chunk by the
+//! task that receives it, with a limit on the bytes read.
+
+use std::io::{self, Read};
+
+use bytes::{Buf, Bytes};
+use tokio::sync::mpsc;
+
+use super::HttpError;
+
+type Chunk = Result<Bytes, io::Error>;
+
+/// The reading end: blocks until the next chunk arrives (use on a blocking thread only).
+pub(super) struct ChannelReader {
+    rx: mpsc::Receiver<Chunk>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    pub(super) fn new(rx: mpsc::Receiver<Chunk>) -> Self {
+        Self {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
+    }
+}
+
+/// Pass the body of `response` to `tx`, chunk by chunk, up to `limit` bytes. A body larger
+/// than that, or a broken connection, ends the stream with an error for the reader too.
+pub(super) async fn feed(
+    response: &mut reqwest::Response,
+    tx: &mpsc::Sender<Chunk>,
+    limit: usize,
+) -> Result<(), HttpError> {
+    let mut total = 0usize;
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                let error = HttpError::Network(e.without_url().to_string());
+                let _ = tx.send(Err(io::Error::other(error.to_string()))).await;
+                return Err(error);
+            }
+        };
+        total = total.saturating_add(chunk.len());
+        if total > limit {
+            let _ = tx.send(Err(io::Error::other("answer too large"))).await;
+            return Err(HttpError::TooLarge { limit });
+        }
+        if tx.send(Ok(chunk)).await.is_err() {
+            // The reader stopped (it had what it needed, or failed): nothing more to do.
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! [`Changes`]: everything one step changed, applied atomically by
+//! [`Store::save_changes`](super::Store::save_changes), and the checks both stores apply
+//! to it.
+
+use std::collections::BTreeMap;
+
+use super::{
+    AccountRecord, DeviceRecord, InboundGroupSessionRecord, KeyRequestRecord, MegolmIndexRecord,
+    MemberRecord, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice, QueuedSend,
+    RoomRecord, SecretBlob, StoreError, TrackedUser, UndecryptableEvent, WithheldNotice,
+};
+
+/// Everything one step changed, applied atomically by [`Store::save_changes`].
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// New state of the own account.
+    pub account: Option<AccountRecord>,
+    /// Olm sessions to insert or replace (key: sender key + session id).
+    pub olm_sessions: Vec<OlmSessionRecord>,
+    /// Inbound Megolm sessions to insert or replace.
+    pub inbound_group_sessions: Vec<InboundGroupSessionRecord>,
+    /// Outbound Megolm sessions to insert or replace (one per room).
+    pub outbound_group_sessions: Vec<OutboundGroupSessionRecord>,
+    /// Rooms whose outbound session must be discarded.
+    pub discarded_outbound_sessions: Vec<String>,
+    /// Devices to insert or replace.
+    pub devices: Vec<DeviceRecord>,
+    /// Tracked users to insert or replace.
+    pub tracked_users: Vec<TrackedUser>,
+    /// Megolm indices seen.
+    pub megolm_indices: Vec<MegolmIndexRecord>,
+    /// Rooms to insert or replace.
+    pub rooms: Vec<RoomRecord>,
+    /// Members to insert or replace.
+    pub members: Vec<MemberRecord>,
+    /// Rooms whose member list is replaced by the `members` of this batch: their other
+    /// member records are deleted first (a full `/members` answer).
+    pub replaced_member_lists: Vec<String>,
+    /// To-device requests to remember until sent.
+    pub pending_to_device: Vec<PendingToDevice>,
+    /// To-device requests that were sent (by transaction id).
+    pub sent_to_device: Vec<String>,
+    /// Messages to queue for sending (insert or replace by transaction id; a replaced one keeps
+    /// its place in the queue).
+    pub queued_sends: Vec<QueuedSend>,
+    /// Queued messages done with (sent or given up), by transaction id; applied after the
+    /// inserts.
+    pub finished_sends: Vec<String>,
+    /// Undecryptable events to keep (insert or replace by room and event id).
+    pub undecryptable_events: Vec<UndecryptableEvent>,
+    /// Undecryptable events to forget: `(room id, event id)`; applied after the inserts.
+    pub resolved_events: Vec<(String, String)>,
+    /// Withheld notices to keep (insert or replace by room, session and sender).
+    pub withheld_notices: Vec<WithheldNotice>,
+    /// Key requests sent (insert, or keep the existing one of the session).
+    pub key_requests: Vec<KeyRequestRecord>,
+    /// Arbitrary small values (not secret) by key, e.g. `access_token` is NOT allowed here.
+    pub values: BTreeMap<String, String>,
+    /// Secret values by key (encrypted at rest), e.g. the access token.
+    pub secret_values: BTreeMap<String, SecretBlob>,
+    /// The sync token; written last, only together with everything the sync carried.
+    pub sync_token: Option<String>,
+}
+
+impl Changes {
+    /// Whether nothing would be written.
+    pub fn is_empty(&self) -> bool {
+        self.account.is_none()
+            && self.olm_sessions.is_empty()
+            && self.inbound_group_sessions.is_empty()
+            && self.outbound_group_sessions.is_empty()
+            && self.discarded_outbound_sessions.is_empty()
+            && self.devices.is_empty()
+            && self.tracked_users.is_empty()
+            && self.megolm_indices.is_empty()
+            && self.rooms.is_empty()
+            && self.members.is_empty()
+            && self.replaced_member_lists.is_empty()
+            && self.pending_to_device.is_empty()
+            && self.sent_to_device.is_empty()
+            && self.queued_sends.is_empty()
+            && self.finished_sends.is_empty()
+            && self.undecryptable_events.is_empty()
+            && self.resolved_events.is_empty()
+            && self.withheld_notices.is_empty()
+            && self.key_requests.is_empty()
+            && self.values.is_empty()
+            && self.secret_values.is_empty()
+            && self.sync_token.is_none()
+    }
+
+    /// Check every record for what both store implementations refuse: an empty
+    /// identifier (user, device, room, session id, sender key, transaction id, value key).
+    /// [`Store::save_changes`] runs this first and saves nothing if it fails.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if let Some(a) = &self.account {
+            a.check()?;
+        }
+        all(&self.olm_sessions)?;
+        all(&self.inbound_group_sessions)?;
+        all(&self.outbound_group_sessions)?;
+        for room_id in &self.discarded_outbound_sessions {
+            non_empty("discarded outbound session room_id", room_id)?;
+        }
+        all(&self.devices)?;
+        all(&self.tracked_users)?;
+        all(&self.megolm_indices)?;
+        all(&self.rooms)?;
+        all(&self.members)?;
+        for room_id in &self.replaced_member_lists {
+            non_empty("replaced member list room_id", room_id)?;
+        }
+        all(&self.withheld_notices)?;
+        all(&self.key_requests)?;
+        all(&self.pending_to_device)?;
+        for txn_id in self.sent_to_device.iter().chain(&self.finished_sends) {
+            non_empty("finished to-device or send txn_id", txn_id)?;
+        }
+        all(&self.queued_sends)?;
+        all(&self.undecryptable_events)?;
+        for (room_id, event_id) in &self.resolved_events {
+            non_empty("resolved event room_id", room_id)?;
+            non_empty("resolved event event_id", event_id)?;
+        }
+        for key in self.values.keys().chain(self.secret_values.keys()) {
+            non_empty("value key", key)?;
+        }
+        Ok(())
+    }
+
+    /// Leave out every record [`Changes::validate`] would refuse (logged), so that the
+    /// rest can be saved. For batches built from the network: one invalid record there is
+    /// a bug of ours, and must not stop the sync. Returns how many were left out.
+    pub fn drop_invalid(&mut self) -> usize {
+        let before = self.len();
+        if self.account.as_ref().is_some_and(|a| a.check().is_err()) {
+            self.account = None;
+        }
+        keep_valid(&mut self.olm_sessions);
+        keep_valid(&mut self.inbound_group_sessions);
+        keep_valid(&mut self.outbound_group_sessions);
+        self.discarded_outbound_sessions.retain(|r| !r.is_empty());
+        keep_valid(&mut self.devices);
+        keep_valid(&mut self.tracked_users);
+        keep_valid(&mut self.megolm_indices);
+        keep_valid(&mut self.rooms);
+        keep_valid(&mut self.members);
+        self.replaced_member_lists.retain(|r| !r.is_empty());
+        keep_valid(&mut self.withheld_notices);
+        keep_valid(&mut self.key_requests);
+        keep_valid(&mut self.pending_to_device);
+        self.sent_to_device.retain(|t| !t.is_empty());
+        keep_valid(&mut self.queued_sends);
+        self.finished_sends.retain(|t| !t.is_empty());
+        keep_valid(&mut self.undecryptable_events);
+        self.resolved_events
+            .retain(|(r, e)| !r.is_empty() && !e.is_empty());
+        self.values.retain(|k, _| !k.is_empty());
+        self.secret_values.retain(|k, _| !k.is_empty());
+        let dropped = before - self.len();
+        if dropped > 0 {
+            tracing::warn!(dropped, "left out invalid records of a batch");
+        }
+        dropped
+    }
+
+    /// Number of records (for [`Changes::drop_invalid`]'s count).
+    fn len(&self) -> usize {
+        usize::from(self.account.is_some())
+            + self.olm_sessions.len()
+            + self.inbound_group_sessions.len()
+            + self.outbound_group_sessions.len()
+            + self.discarded_outbound_sessions.len()
+            + self.devices.len()
+            + self.tracked_users.len()
+            + self.megolm_indices.len()
+            + self.rooms.len()
+            + self.members.len()
+            + self.replaced_member_lists.len()
+            + self.withheld_notices.len()
+            + self.key_requests.len()
+            + self.pending_to_device.len()
+            + self.sent_to_device.len()
+            + self.queued_sends.len()
+            + self.finished_sends.len()
+            + self.undecryptable_events.len()
+            + self.resolved_events.len()
+            + self.values.len()
+            + self.secret_values.len()
+    }
+
+    /// Fold `other` into `self` (later values win).
+    pub fn extend(&mut self, other: Changes) {
+        if other.account.is_some() {
+            self.account = other.account;
+        }
+        self.olm_sessions.extend(other.olm_sessions);
+        self.inbound_group_sessions
+            .extend(other.inbound_group_sessions);
+        self.outbound_group_sessions
+            .extend(other.outbound_group_sessions);
+        self.discarded_outbound_sessions
+            .extend(other.discarded_outbound_sessions);
+        self.devices.extend(other.devices);
+        self.tracked_users.extend(other.tracked_users);
+        self.megolm_indices.extend(other.megolm_indices);
+        self.rooms.extend(other.rooms);
+        self.members.extend(other.members);
+        self.replaced_member_lists
+            .extend(other.replaced_member_lists);
+        self.pending_to_device.extend(other.pending_to_device);
+        self.sent_to_device.extend(other.sent_to_device);
+        self.queued_sends.extend(other.queued_sends);
+        self.finished_sends.extend(other.finished_sends);
+        self.undecryptable_events.extend(other.undecryptable_events);
+        self.resolved_events.extend(other.resolved_events);
+        self.withheld_notices.extend(other.withheld_notices);
+        self.key_requests.extend(other.key_requests);
+        self.values.extend(other.values);
+        self.secret_values.extend(other.secret_values);
+        if other.sync_token.is_some() {
+            self.sync_token = other.sync_token;
+        }
+    }
+}
+
+fn non_empty(what: &str, value: &str) -> Result<(), StoreError> {
+    if value.is_empty() {
+        Err(StoreError::InvalidRecord(format!("{what} is empty")))
+    } else {
+        Ok(())
+    }
+}
+
+/// What both stores refuse in a record (an empty identifier).
+trait Check {
+    fn check(&self) -> Result<(), StoreError>;
+}
+
+fn all<T: Check>(records: &[T]) -> Result<(), StoreError> {
+    records.iter().try_for_each(Check::check)
+}
+
+fn keep_valid<T: Check>(records: &mut Vec<T>) {
+    records.retain(|r| r.check().is_ok());
+}
+
+/// `Check` for a record: every named field must be non-empty.
+macro_rules! non_empty_fields {
+    ($type:ty, $what:literal: $($field:ident),+) => {
+        impl Check for $type {
+            fn check(&self) -> Result<(), StoreError> {
+                $(non_empty(concat!($what, " ", stringify!($field)), &self.$field)?;)+
+                Ok(())
+            }
+        }
+    };
+}
+
+non_empty_fields!(AccountRecord, "account": user_id, device_id);
+non_empty_fields!(OlmSessionRecord, "olm session": sender_key, session_id);
+non_empty_fields!(InboundGroupSessionRecord, "inbound group session": room_id, session_id, sender_key);
+non_empty_fields!(OutboundGroupSessionRecord, "outbound group session": room_id, session_id);
+non_empty_fields!(DeviceRecord, "device": user_id, device_id);
+non_empty_fields!(TrackedUser, "tracked user": user_id);
+non_empty_fields!(MegolmIndexRecord, "megolm index": session_id, sender_key);
+non_empty_fields!(RoomRecord, "room": room_id);
+non_empty_fields!(MemberRecord, "member": room_id, user_id);
+non_empty_fields!(WithheldNotice, "withheld notice": room_id, session_id, sender);
+non_empty_fields!(KeyRequestRecord, "key request": room_id, session_id);
+non_empty_fields!(PendingToDevice, "pending to-device": txn_id);
+non_empty_fields!(QueuedSend, "queued send": txn_id, room_id);
+non_empty_fields!(UndecryptableEvent, "undecryptable event": room_id, session_id, event_id);
