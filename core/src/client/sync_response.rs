@@ -12,7 +12,6 @@ use ruma::{OwnedRoomId, OwnedUserId};
 use serde_json::Value;
 use tracing::warn;
 
-
 /// Largest event we look at, in bytes of JSON (the spec's limit for a whole event), not
 /// counting `unsigned` (which the server adds: a thread's latest event, edits).
 pub const MAX_EVENT_BYTES: usize = 65_536;

@@ -117,8 +117,10 @@ impl KdfParams {
 /// Encrypts and authenticates byte blobs with keys derived from a [`StoreKey`].
 pub(crate) struct StoreCipher {
     enc_key: Zeroizing<[u8; 32]>,
-    mac_key: Zeroizing<[u8; 32]>,
-    tag_key: Zeroizing<[u8; 32]>,
+    /// HMACs keyed once with `mac_key` and `tag_key` (cloned for each value: keying costs as
+    /// much as a short MAC).
+    mac_base: HmacSha256,
+    tag_base: HmacSha256,
 }
 
 impl fmt::Debug for StoreCipher {
@@ -151,10 +153,16 @@ impl StoreCipher {
                 out
             }
         };
+        let mac_key = derive(&master, MAC_LABEL)?;
+        let tag_key = derive(&master, TAG_LABEL)?;
+        let keyed = |key: &[u8; 32]| {
+            <HmacSha256 as Mac>::new_from_slice(key)
+                .map_err(|_| StoreError::Corrupted("invalid MAC key length".into()))
+        };
         Ok(Self {
             enc_key: derive(&master, ENC_LABEL)?,
-            mac_key: derive(&master, MAC_LABEL)?,
-            tag_key: derive(&master, TAG_LABEL)?,
+            mac_base: keyed(&mac_key)?,
+            tag_base: keyed(&tag_key)?,
         })
     }
 
@@ -210,7 +218,7 @@ impl StoreCipher {
     /// A tag over public values that must not be edited (e.g. a device's trust decision):
     /// HMAC-SHA256 with its own derived key over the length-prefixed `parts`.
     pub(crate) fn tag(&self, parts: &[&[u8]]) -> Result<Vec<u8>, StoreError> {
-        Ok(keyed_mac(&self.tag_key, b"", parts)?
+        Ok(keyed_mac(&self.tag_base, b"", parts)
             .finalize()
             .into_bytes()
             .to_vec())
@@ -219,29 +227,28 @@ impl StoreCipher {
     /// Check a [`StoreCipher::tag`] in constant time; a mismatch is
     /// [`StoreError::Corrupted`].
     pub(crate) fn verify_tag(&self, parts: &[&[u8]], tag: &[u8]) -> Result<(), StoreError> {
-        keyed_mac(&self.tag_key, b"", parts)?
+        keyed_mac(&self.tag_base, b"", parts)
             .verify_slice(tag)
             .map_err(|_| StoreError::Corrupted("a tagged row failed authentication".into()))
     }
 
     /// HMAC over `data` followed by the length-prefixed `aad` parts.
     fn mac(&self, data: &[u8], aad: &[&[u8]]) -> Result<HmacSha256, StoreError> {
-        keyed_mac(&self.mac_key, data, aad)
+        Ok(keyed_mac(&self.mac_base, data, aad))
     }
 }
 
 /// HMAC-SHA256 with `key` over `data` followed by the length-prefixed `aad` parts and their
 /// count.
-fn keyed_mac(key: &[u8; 32], data: &[u8], aad: &[&[u8]]) -> Result<HmacSha256, StoreError> {
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key)
-        .map_err(|_| StoreError::Corrupted("invalid MAC key length".into()))?;
+fn keyed_mac(base: &HmacSha256, data: &[u8], aad: &[&[u8]]) -> HmacSha256 {
+    let mut mac = base.clone();
     mac.update(data);
     for part in aad {
         mac.update(&(part.len() as u64).to_be_bytes());
         mac.update(part);
     }
     mac.update(&(aad.len() as u64).to_be_bytes());
-    Ok(mac)
+    mac
 }
 
 /// `HMAC-SHA256(master, label)`.
@@ -340,11 +347,19 @@ mod tests {
     #[test]
     fn derived_keys_are_independent_of_master() {
         let c = cipher(1);
-        assert_ne!(*c.enc_key, [1u8; 32]);
-        assert_ne!(*c.mac_key, [1u8; 32]);
-        assert_ne!(*c.enc_key, *c.mac_key);
-        assert_ne!(*c.tag_key, *c.mac_key);
-        assert_ne!(*c.tag_key, *c.enc_key);
+        let master = [1u8; 32];
+        let keys = [ENC_LABEL, MAC_LABEL, TAG_LABEL].map(|l| *derive(&master, l).unwrap());
+        assert_eq!(keys[0], *c.enc_key);
+        assert!(keys.iter().all(|k| k != &master));
+        assert!(keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2]);
+        // The tag and the MAC of the same parts differ (independent keys).
+        let mac = c
+            .mac(b"", &[b"x"])
+            .unwrap()
+            .finalize()
+            .into_bytes()
+            .to_vec();
+        assert_ne!(c.tag(&[b"x"]).unwrap(), mac);
     }
 
     #[test]

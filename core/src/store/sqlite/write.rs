@@ -508,13 +508,25 @@ fn bound_sessions_per_sender(tx: &Transaction<'_>, changes: &Changes) -> Result<
 
 /// The Olm session limits, for the keys this batch wrote sessions of.
 fn bound_olm_sessions(tx: &Transaction<'_>, changes: &Changes) -> Result<(), StoreError> {
-    let mut keys: Vec<&str> = changes
+    let keys: Vec<&str> = changes
         .olm_sessions
         .iter()
         .map(|s| s.sender_key.as_str())
         .collect();
-    keys.sort_unstable();
-    keys.dedup();
+    let keys = super::json_list(&keys)?;
+    // One query finds the keys over the limit (usually none: a share updates sessions).
+    let max = i64::try_from(quota::MAX_OLM_SESSIONS_PER_KEY).unwrap_or(i64::MAX);
+    let crowded: Vec<String> = tx
+        .prepare_cached(
+            "SELECT sender_key FROM olm_sessions
+             WHERE sender_key IN (SELECT value FROM json_each(?1))
+             GROUP BY sender_key HAVING count(*) > ?2",
+        )
+        .and_then(|mut st| {
+            st.query_map(params![keys, max], |r| r.get(0))?
+                .collect::<Result<_, _>>()
+        })
+        .map_err(db)?;
     let mut per_key = tx
         .prepare_cached(
             "DELETE FROM olm_sessions WHERE sender_key = ?1 AND session_id IN (
@@ -522,19 +534,18 @@ fn bound_olm_sessions(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Sto
                 ORDER BY last_used_ms DESC, session_id LIMIT -1 OFFSET ?2)",
         )
         .map_err(db)?;
-    let max = i64::try_from(quota::MAX_OLM_SESSIONS_PER_KEY).unwrap_or(i64::MAX);
-    for key in keys {
+    for key in crowded {
         per_key.execute(params![key, max]).map_err(db)?;
     }
     // Only a session with a key of no known device makes their number grow.
-    let mut known = tx
-        .prepare_cached("SELECT 1 FROM devices WHERE curve25519 = ?1 AND deleted = 0")
+    let unknown_keys: i64 = tx
+        .prepare_cached(
+            "SELECT count(*) FROM json_each(?1)
+             WHERE value NOT IN (SELECT curve25519 FROM devices WHERE deleted = 0)",
+        )
+        .and_then(|mut st| st.query_row([&keys], |r| r.get(0)))
         .map_err(db)?;
-    let mut all_known = true;
-    for s in &changes.olm_sessions {
-        all_known &= known.exists([&s.sender_key]).map_err(db)?;
-    }
-    if all_known {
+    if unknown_keys == 0 {
         return Ok(());
     }
     let max = i64::try_from(quota::MAX_OLM_SESSIONS_OF_UNKNOWN_DEVICES).unwrap_or(i64::MAX);
