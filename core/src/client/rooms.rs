@@ -13,10 +13,7 @@ use tracing::{debug, info, warn};
 use super::hooks::{Prompt, PromptAnswer};
 use super::room_state::apply_state;
 use super::{Client, ClientError};
-use crate::crypto::{
-    KeysClaimResponse, KeysQueryResponse, KeysUploadResponse, OlmMachine, OutgoingKind,
-    OutgoingRequest, RotationSettings,
-};
+use crate::crypto::{OlmMachine, RotationSettings};
 use crate::http::{HttpError, MAX_BODY_BYTES, with_retry};
 use crate::store::{Changes, LocalTrust, MemberRecord, QueuedSend, RoomRecord, SecretBlob};
 
@@ -35,105 +32,6 @@ pub(crate) fn recipients(room: &RoomRecord, members: &[MemberRecord]) -> Vec<Str
 }
 
 impl Client {
-    /// Send one request of the crypto machine and report the answer back to it. Answers are
-    /// parsed leniently (an invalid entry is left out, not the whole answer refused).
-    pub(crate) async fn send_request(
-        &self,
-        machine: &OlmMachine,
-        request: OutgoingRequest,
-    ) -> Result<(), ClientError> {
-        match request.kind {
-            OutgoingKind::KeysUpload(r) => {
-                let answer = self.send_raw(r).await.map_err(ClientError::from);
-                let response = answer.and_then(|body| {
-                    KeysUploadResponse::from_json(&body).map_err(ClientError::from)
-                });
-                match response {
-                    Ok(response) => machine.mark_keys_upload_sent(&response)?,
-                    // The same keys go up again (identical keys are accepted again).
-                    Err(e) => {
-                        machine.mark_upload_failed();
-                        return Err(e);
-                    }
-                }
-            }
-            OutgoingKind::KeysQuery(r) => match self.send_raw(r).await {
-                Ok(body) => {
-                    let response = KeysQueryResponse::from_json(&body);
-                    let response = match response {
-                        Ok(r) => r,
-                        Err(e) => {
-                            machine.mark_query_failed(&request.id, true)?;
-                            return Err(e.into());
-                        }
-                    };
-                    self.keys_query_answered(machine, &request.id, &response)?;
-                }
-                Err(e) => {
-                    machine.mark_query_failed(&request.id, e.is_permanent())?;
-                    return Err(e.into());
-                }
-            },
-            OutgoingKind::KeysClaim(r) => {
-                let body = self.send_raw(r).await?;
-                let outcome =
-                    machine.mark_keys_claim_sent(&KeysClaimResponse::from_json(&body)?)?;
-                debug!(
-                    created = outcome.sessions_created,
-                    failed = outcome.failed.len(),
-                    "keys claim"
-                );
-            }
-            OutgoingKind::ToDevice(r) => match self.send_raw(r).await {
-                // Same transaction id on every retry: the server delivers it once.
-                Ok(_) => machine.mark_to_device_sent(&request.id)?,
-                // Refused for good: dropped, so that it does not hold up the others.
-                Err(e) if e.is_permanent() => machine.mark_to_device_failed(&request.id)?,
-                Err(e) => return Err(e.into()),
-            },
-        }
-        Ok(())
-    }
-
-    /// Send with retries on transient failures; the body of the answer.
-    async fn send_raw<R>(&self, request: R) -> Result<bytes::Bytes, HttpError>
-    where
-        R: ruma::api::OutgoingRequest + Clone,
-        for<'a> R::Authentication: ruma::api::auth_scheme::AuthScheme<
-                Input<'a> = ruma::api::auth_scheme::SendAccessToken<'a>,
-            >,
-        for<'a> R::PathBuilder: ruma::api::path_builder::PathBuilder<
-                Input<'a> = std::borrow::Cow<'a, ruma::api::SupportedVersions>,
-            >,
-    {
-        with_retry(|| self.http.send_raw(request.clone(), MAX_BODY_BYTES)).await
-    }
-
-    fn keys_query_answered(
-        &self,
-        machine: &OlmMachine,
-        request_id: &str,
-        response: &KeysQueryResponse,
-    ) -> Result<(), ClientError> {
-        let outcome = machine.mark_keys_query_sent(request_id, response)?;
-        debug!(
-            updated = outcome.updated_devices,
-            new = outcome.new_devices.len(),
-            removed = outcome.removed_devices.len(),
-            rejected = outcome.rejected.len(),
-            "keys query"
-        );
-        if !outcome.new_devices.is_empty() {
-            self.new_devices_learned
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            self.rooms_with_new_devices
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(outcome.affected_rooms);
-        }
-        Ok(())
-    }
-
     /// Create a private room with encryption enabled from the start, inviting `invite`.
     /// Room keys rotate after the default week or 100 messages.
     pub async fn create_encrypted_room(

@@ -74,15 +74,6 @@ pub(crate) struct SyncResponse {
     pub unused_fallback_key_types: Option<Vec<String>>,
 }
 
-impl SyncResponse {
-    /// Parse a `/sync` answer body held in memory (tests; the sync loop reads the answer
-    /// as a stream, [`super::sync_stream`]).
-    #[cfg(test)]
-    pub(crate) fn parse(body: &[u8]) -> Result<Self, super::ClientError> {
-        super::sync_stream::read(body, super::sync_stream::MAX_KEPT_BYTES)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

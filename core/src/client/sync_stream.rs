@@ -23,6 +23,15 @@ use super::sync_response::{JoinedRoom, SyncResponse, event_within_limits};
 /// Bytes of events one answer may leave us holding.
 pub const MAX_KEPT_BYTES: usize = 32 * 1024 * 1024;
 
+impl SyncResponse {
+    /// Parse a `/sync` answer body held in memory (tests; the sync loop reads the answer
+    /// as a stream).
+    #[cfg(test)]
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, ClientError> {
+        read(body, MAX_KEPT_BYTES)
+    }
+}
+
 /// Accept any JSON value where `Self::Value::default()` will do: a part of the wrong shape
 /// is skipped (maps and lists drained without keeping anything).
 macro_rules! anything_else_is_empty {

@@ -6,36 +6,24 @@
 //! by the app) decides. Forwarded keys are accepted only over Olm, from an own verified device, for a
 //! key we asked for.
 
-use std::collections::BTreeMap;
-
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
 use ruma::{DeviceId, RoomId, UserId};
 
 use super::account::MEGOLM_ALGORITHM;
+use super::batch::Batch;
 use super::devices::check_device_id;
 use super::error::{CryptoError, OlmError};
-use super::machine::{OlmMachine, RoomKeyInfo, State};
+use super::machine::OlmMachine;
 use super::megolm::{ForwardedKey, InboundGroup, Merge, merge};
-use super::olm::{IncomingOlm, OlmPayload, OlmSession};
-use super::to_device::Batch;
+use super::olm::{IncomingOlm, OlmPayload};
+use super::outbox::messages_json;
+use super::outcomes::RoomKeyInfo;
+use super::state::State;
 use crate::store::{Changes, DeviceRecord, KeyRequestRecord, LocalTrust, PendingToDevice};
 
-/// Key requests held in memory for undecided own devices, at most.
-const MAX_HELD_REQUESTS: usize = 100;
-
-/// `messages` of a `/sendToDevice` body: the same content for each `(user, device)`.
-fn messages_json(targets: &[(&str, &str)], content: Value) -> Result<String, CryptoError> {
-    let mut messages: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
-    for (user, device) in targets {
-        messages
-            .entry((*user).to_owned())
-            .or_default()
-            .insert((*device).to_owned(), content.clone());
-    }
-    serde_json::to_string(&messages).map_err(|e| CryptoError::CorruptState(e.to_string()))
-}
+const KEY_REQUEST: &str = "m.room_key_request";
 
 impl OlmMachine {
     /// Ask our other devices for the key of a session we miss, and tell the session's
@@ -131,7 +119,25 @@ impl OlmMachine {
             // A request that cannot be answered any more is simply dropped.
             let _ = self.handle_key_request(state, &mut batch, event, changes)?;
         }
-        self.flush_batch(batch, changes)
+        batch.flush(changes)
+    }
+
+    /// Answer the requests of own devices we did not know when they came (each deferral
+    /// re-queried our own devices). Tried once: a device still unknown is not waited for
+    /// again.
+    pub(crate) fn answer_deferred_key_requests(
+        &self,
+        state: &mut State,
+        batch: &mut Batch,
+        changes: &mut Changes,
+    ) -> Result<(), CryptoError> {
+        let deferred = std::mem::take(&mut state.held.deferred);
+        for event in &deferred {
+            // A request that cannot be answered any more is simply dropped.
+            let _ = self.handle_key_request(state, batch, event, changes)?;
+        }
+        state.held.deferred.clear();
+        Ok(())
     }
 
     /// Answer a key request from one of our own devices, if the user verified it and we have
@@ -143,7 +149,6 @@ impl OlmMachine {
         event: &Value,
         changes: &mut Changes,
     ) -> Result<Result<String, OlmError>, CryptoError> {
-        const TYPE: &str = "m.room_key_request";
         let sender = event
             .get("sender")
             .and_then(Value::as_str)
@@ -159,29 +164,13 @@ impl OlmMachine {
             .and_then(Value::as_str)
             .unwrap_or_default();
         if sender != self.user_id {
-            // Never answered. But a device we don't know asking means our list of its
-            // owner's devices is stale (seed 002): re-query, so that the device gets our
-            // room keys from now on.
-            // Only for users whose devices we keep (we share rooms with them): a stranger's
-            // requests do not make us track anyone.
-            let devices = self.store.devices(&[sender])?;
-            let known = devices
-                .iter()
-                .any(|d| d.device_id == requesting && !d.deleted);
-            if !devices.is_empty() && !known {
-                debug!(
-                    sender,
-                    "key request from a device we don't know; re-querying"
-                );
-                batch.unknown_senders.insert(sender.to_owned());
-            }
-            debug!(sender, "not answering a key request of another user");
-            return Ok(Ok(TYPE.into()));
+            self.note_request_of_other_user(batch, sender, requesting)?;
+            return Ok(Ok(KEY_REQUEST.into()));
         }
         if requesting == self.device_id
             || content.get("action").and_then(Value::as_str) != Some("request")
         {
-            return Ok(Ok(TYPE.into()));
+            return Ok(Ok(KEY_REQUEST.into()));
         }
         let body = content.get("body").unwrap_or(&Value::Null);
         let (Some(room_id), Some(session_id)) = (
@@ -192,56 +181,12 @@ impl OlmMachine {
                 "key request without room or session".into(),
             )));
         };
-        let device = self
-            .store
-            .devices(&[&self.user_id])?
-            .into_iter()
-            .find(|d| d.device_id == requesting);
-        let Some(device) = device.filter(|d| !d.deleted) else {
-            // Our own device we don't know: our list is stale; re-query, answer next time.
-            debug!(
-                requesting,
-                "key request from an unknown own device; re-querying"
-            );
-            batch.unknown_senders.insert(self.user_id.clone());
-            // Answered once the device list is fresh (bounded, in memory).
-            if state.deferred_key_requests.len() < 100 {
-                state.deferred_key_requests.push(event.clone());
-            }
-            return Ok(Ok(TYPE.into()));
+        let Some(device) = self.verified_requester(state, batch, requesting, event)? else {
+            return Ok(Ok(KEY_REQUEST.into()));
         };
-        match device.local_trust {
-            LocalTrust::Verified => {}
-            LocalTrust::Unset => {
-                // Held until the user decides (the app may ask: `take_key_share_prompts`).
-                debug!(device = %device.device_id, "holding a key request of an undecided own device");
-                let held = &mut state.untrusted_key_requests;
-                let duplicate = held.iter().any(|(_, e)| e == event);
-                if !duplicate && held.len() < MAX_HELD_REQUESTS {
-                    held.push((device.device_id.clone(), event.clone()));
-                    // One prompt per device until the user decides.
-                    if state.prompted.insert(device.device_id.clone()) {
-                        state.key_share_prompts.insert(device.device_id.clone());
-                    }
-                }
-                return Ok(Ok(TYPE.into()));
-            }
-            LocalTrust::Blacklisted | LocalTrust::Ignored => {
-                debug!(device = %device.device_id, "not answering a key request of an untrusted own device");
-                return Ok(Ok(TYPE.into()));
-            }
-        }
-        let in_batch = batch
-            .inbound
-            .get(&(room_id.to_owned(), session_id.to_owned()))
-            .cloned();
-        let record = match in_batch {
-            Some(r) => Some(r),
-            None => self.store.inbound_group_session(room_id, session_id)?,
-        };
-        let Some(record) = record else {
+        let Some(record) = batch.inbound_session(&*self.store, room_id, session_id)? else {
             debug!(room_id, "key request for a session we don't have");
-            return Ok(Ok(TYPE.into()));
+            return Ok(Ok(KEY_REQUEST.into()));
         };
         let group = InboundGroup::from_record(record)?;
         let forwarded = json!({
@@ -253,27 +198,79 @@ impl OlmMachine {
             "sender_claimed_ed25519_key": group.record.signing_key,
             "forwarding_curve25519_key_chain": [],
         });
-        if self.encrypt_for_device(
-            state,
-            batch,
-            &device,
-            "m.forwarded_room_key",
-            forwarded,
-            changes,
-        )? {
+        let kind = "m.forwarded_room_key";
+        if self.encrypt_for_device(state, batch, &device, kind, forwarded, changes)? {
             info!(device = %device.device_id, "forwarded a room key to an own verified device");
         } else {
             // Answered once a session is claimed (`session_repair_request`).
             debug!(device = %device.device_id, "no Olm session to answer a key request yet");
-            let (_, waiting, _) = state
-                .awaiting_session
-                .entry(device.curve25519.clone())
-                .or_insert_with(|| (device.clone(), Vec::new(), 0));
-            if waiting.len() < MAX_HELD_REQUESTS && !waiting.contains(event) {
-                waiting.push(event.clone());
+            state.held.await_session(device, event);
+        }
+        Ok(Ok(KEY_REQUEST.into()))
+    }
+
+    /// Another user's request is never answered. But a device we don't know asking means our
+    /// list of its owner's devices is stale (seed 002): re-query, so that the device gets our
+    /// room keys from now on. Only for users whose devices we keep (we share rooms with
+    /// them): a stranger's requests do not make us track anyone.
+    fn note_request_of_other_user(
+        &self,
+        batch: &mut Batch,
+        sender: &str,
+        requesting: &str,
+    ) -> Result<(), CryptoError> {
+        let devices = self.store.devices(&[sender])?;
+        let known = devices
+            .iter()
+            .any(|d| d.device_id == requesting && !d.deleted);
+        if !devices.is_empty() && !known {
+            debug!(
+                sender,
+                "key request from a device we don't know; re-querying"
+            );
+            batch.unknown_senders.insert(sender.to_owned());
+        }
+        debug!(sender, "not answering a key request of another user");
+        Ok(())
+    }
+
+    /// The own device `requesting`, if the user verified it. A request of an own device we
+    /// don't know is deferred (our list is stale: re-queried, answered next time), one of an
+    /// undecided device is held until the user decides, others are dropped.
+    fn verified_requester(
+        &self,
+        state: &mut State,
+        batch: &mut Batch,
+        requesting: &str,
+        event: &Value,
+    ) -> Result<Option<DeviceRecord>, CryptoError> {
+        let device = self
+            .store
+            .devices(&[&self.user_id])?
+            .into_iter()
+            .find(|d| d.device_id == requesting);
+        let Some(device) = device.filter(|d| !d.deleted) else {
+            debug!(
+                requesting,
+                "key request from an unknown own device; re-querying"
+            );
+            batch.unknown_senders.insert(self.user_id.clone());
+            state.held.defer(event);
+            return Ok(None);
+        };
+        match device.local_trust {
+            LocalTrust::Verified => Ok(Some(device)),
+            LocalTrust::Unset => {
+                // Held until the user decides (the app may ask: `take_key_share_prompts`).
+                debug!(device = %device.device_id, "holding a key request of an undecided own device");
+                state.held.hold_undecided(&device.device_id, event);
+                Ok(None)
+            }
+            LocalTrust::Blacklisted | LocalTrust::Ignored => {
+                debug!(device = %device.device_id, "not answering a key request of an untrusted own device");
+                Ok(None)
             }
         }
-        Ok(Ok(TYPE.into()))
     }
 
     /// Queue an Olm-encrypted to-device message over the newest session with `device`.
@@ -288,14 +285,7 @@ impl OlmMachine {
         changes: &mut Changes,
     ) -> Result<bool, CryptoError> {
         if !batch.sessions.contains_key(&device.curve25519) {
-            let loaded = self.store.olm_sessions(&[&device.curve25519])?;
-            let sessions = loaded
-                .get(&device.curve25519)
-                .into_iter()
-                .flatten()
-                .map(OlmSession::from_record)
-                .collect::<Result<Vec<_>, _>>()?;
-            batch.sessions.insert(device.curve25519.clone(), sessions);
+            batch.load_sessions(&*self.store, &[&device.curve25519])?;
         }
         let Some(session) = batch
             .sessions
@@ -304,7 +294,7 @@ impl OlmMachine {
         else {
             return Ok(false);
         };
-        let payload = self.payload_for(device, &state.account.ed25519(), event_type, content);
+        let payload = OlmPayload::to_device(&state.account, device, event_type, content);
         let encrypted = session.encrypt(&state.account.curve25519(), &payload)?;
         batch.dirty.insert(device.curve25519.clone());
         changes.pending_to_device.push(PendingToDevice {
@@ -366,10 +356,7 @@ impl OlmMachine {
             Err(e) => return Ok(Err(e)),
         };
         let id = (key.room_id.clone(), key.session_id.clone());
-        let existing = match batch.inbound.get(&id) {
-            Some(r) => Some(r.clone()),
-            None => self.store.inbound_group_session(&id.0, &id.1)?,
-        };
+        let existing = batch.inbound_session(&*self.store, &id.0, &id.1)?;
         let record = match existing {
             None => group.record,
             Some(existing) => match merge(existing, group)? {

@@ -14,9 +14,11 @@ use tracing::warn;
 
 use super::devices::verify_device_keys;
 use super::error::{CryptoError, DeviceKeyError};
-use super::machine::{OlmMachine, QueryOutcome, State};
+use super::machine::OlmMachine;
+use super::outcomes::QueryOutcome;
 use super::requests::{OutgoingKind, OutgoingRequest};
 use super::responses::KeysQueryResponse;
+use super::state::{State, TrackerState};
 use crate::store::quota::MAX_DEVICES_PER_USER;
 use crate::store::{Changes, DeviceRecord, LocalTrust, TrackedUser, TrackingState};
 
@@ -50,6 +52,7 @@ impl OlmMachine {
     ) -> Result<QueryOutcome, CryptoError> {
         let mut state = self.lock()?;
         let requested = state
+            .tracker
             .queries_in_flight
             .remove(request_id)
             .ok_or_else(|| CryptoError::UnknownRequest(request_id.to_owned()))?;
@@ -59,13 +62,13 @@ impl OlmMachine {
             .iter()
             .filter(|(user, _)| asked.contains(user.as_str()))
             .collect();
-        back_off_failed_servers(&mut state, &requested, |user| {
+        state.tracker.back_off_failed_servers(&requested, |user| {
             let failed = server_of(user).is_some_and(|s| response.failures.contains(s));
             failed || !answered.keys().any(|u| u.as_str() == user)
         });
         for user in answered.keys() {
-            state.solo_users.remove(user.as_str());
-            state.user_backoff.remove(user.as_str());
+            state.tracker.solo_users.remove(user.as_str());
+            state.tracker.user_backoff.remove(user.as_str());
         }
 
         let users: Vec<&str> = answered.keys().map(|u| u.as_str()).collect();
@@ -238,6 +241,7 @@ impl OlmMachine {
         state: &mut State,
     ) -> Result<Vec<OutgoingRequest>, CryptoError> {
         let in_flight: HashSet<String> = state
+            .tracker
             .queries_in_flight
             .values()
             .flatten()
@@ -245,8 +249,8 @@ impl OlmMachine {
             .collect();
         let now = crate::time::now_ms();
         let waiting = |user: &str| {
-            let server = server_of(user).and_then(|s| state.server_backoff.get(s));
-            let alone = state.user_backoff.get(user);
+            let server = server_of(user).and_then(|s| state.tracker.server_backoff.get(s));
+            let alone = state.tracker.user_backoff.get(user);
             server
                 .into_iter()
                 .chain(alone)
@@ -272,7 +276,7 @@ impl OlmMachine {
         self.save(state, changes)?;
         let (solo, together): (Vec<TrackedUser>, Vec<TrackedUser>) = outdated
             .into_iter()
-            .partition(|u| state.solo_users.contains(&u.user_id));
+            .partition(|u| state.tracker.solo_users.contains(&u.user_id));
         let batches = solo
             .chunks(1)
             .chain(together.chunks(QUERY_BATCH))
@@ -280,7 +284,10 @@ impl OlmMachine {
             .collect::<Vec<_>>();
         Ok(batches
             .into_iter()
-            .map(|batch| query_request(state, &batch))
+            .map(|batch| {
+                let id = state.ids.next("query");
+                state.tracker.query_request(id, &batch)
+            })
             .collect())
     }
 
@@ -289,15 +296,15 @@ impl OlmMachine {
     /// on (one of them may be why), and a user refused alone is backed off.
     pub fn mark_query_failed(&self, request_id: &str, permanent: bool) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
-        let Some(requested) = state.queries_in_flight.remove(request_id) else {
+        let Some(requested) = state.tracker.queries_in_flight.remove(request_id) else {
             return Ok(());
         };
         if permanent {
             match requested.as_slice() {
-                [(user, _)] => back_off_user(&mut state, user),
+                [(user, _)] => state.tracker.back_off_user(user),
                 users => {
                     let users: Vec<String> = users.iter().map(|(u, _)| u.clone()).collect();
-                    state.solo_users.extend(users);
+                    state.tracker.solo_users.extend(users);
                 }
             }
         }
@@ -335,59 +342,58 @@ impl OlmMachine {
     }
 }
 
-/// One `/keys/query` for `users`, registered as in flight.
-fn query_request(state: &mut State, users: &[TrackedUser]) -> OutgoingRequest {
-    let mut request = get_keys::v3::Request::new();
-    for user in users {
-        match OwnedUserId::try_from(user.user_id.as_str()) {
-            Ok(id) => {
-                request.device_keys.insert(id, Vec::new());
+impl TrackerState {
+    /// One `/keys/query` for `users`, registered as in flight.
+    pub(crate) fn query_request(&mut self, id: String, users: &[TrackedUser]) -> OutgoingRequest {
+        let mut request = get_keys::v3::Request::new();
+        for user in users {
+            match OwnedUserId::try_from(user.user_id.as_str()) {
+                Ok(id) => {
+                    request.device_keys.insert(id, Vec::new());
+                }
+                Err(_) => warn!(user = %user.user_id, "not querying an invalid user id"),
             }
-            Err(_) => warn!(user = %user.user_id, "not querying an invalid user id"),
+        }
+        let requested = users
+            .iter()
+            .map(|u| (u.user_id.clone(), u.sequence))
+            .collect();
+        self.queries_in_flight.insert(id.clone(), requested);
+        OutgoingRequest {
+            id,
+            kind: OutgoingKind::KeysQuery(request),
         }
     }
-    let id = state.next_id("query");
-    let requested = users
-        .iter()
-        .map(|u| (u.user_id.clone(), u.sequence))
-        .collect();
-    state.queries_in_flight.insert(id.clone(), requested);
-    OutgoingRequest {
-        id,
-        kind: OutgoingKind::KeysQuery(request),
+
+    /// Back `user` off alone (15 s doubling to 15 min): a query of only them was refused.
+    pub(crate) fn back_off_user(&mut self, user: &str) {
+        let now = crate::time::now_ms();
+        let (failures, _) = self.user_backoff.get(user).copied().unwrap_or((0, 0));
+        let delay = (BACKOFF_BASE_MS << failures.min(6)).min(BACKOFF_MAX_MS);
+        self.user_backoff
+            .insert(user.to_owned(), (failures.saturating_add(1), now + delay));
     }
-}
 
-/// Back `user` off alone (15 s doubling to 15 min): a query of only them was refused.
-fn back_off_user(state: &mut State, user: &str) {
-    let now = crate::time::now_ms();
-    let (failures, _) = state.user_backoff.get(user).copied().unwrap_or((0, 0));
-    let delay = (BACKOFF_BASE_MS << failures.min(6)).min(BACKOFF_MAX_MS);
-    state
-        .user_backoff
-        .insert(user.to_owned(), (failures.saturating_add(1), now + delay));
-}
-
-/// Servers of the `requested` users for whom `failed` holds are backed off (15 s doubling to
-/// 15 min) without holding up the users of other servers; the others are forgiven.
-fn back_off_failed_servers(
-    state: &mut State,
-    requested: &[(String, u64)],
-    failed: impl Fn(&str) -> bool,
-) {
-    let now = crate::time::now_ms();
-    for (user, _) in requested {
-        let Some(server) = server_of(user) else {
-            continue;
-        };
-        if failed(user) {
-            let (failures, _) = state.server_backoff.get(server).copied().unwrap_or((0, 0));
-            let delay = (BACKOFF_BASE_MS << failures.min(6)).min(BACKOFF_MAX_MS);
-            state
-                .server_backoff
-                .insert(server.to_owned(), (failures.saturating_add(1), now + delay));
-        } else {
-            state.server_backoff.remove(server);
+    /// Servers of the `requested` users for whom `failed` holds are backed off (15 s doubling to
+    /// 15 min) without holding up the users of other servers; the others are forgiven.
+    pub(crate) fn back_off_failed_servers(
+        &mut self,
+        requested: &[(String, u64)],
+        failed: impl Fn(&str) -> bool,
+    ) {
+        let now = crate::time::now_ms();
+        for (user, _) in requested {
+            let Some(server) = server_of(user) else {
+                continue;
+            };
+            if failed(user) {
+                let (failures, _) = self.server_backoff.get(server).copied().unwrap_or((0, 0));
+                let delay = (BACKOFF_BASE_MS << failures.min(6)).min(BACKOFF_MAX_MS);
+                self.server_backoff
+                    .insert(server.to_owned(), (failures.saturating_add(1), now + delay));
+            } else {
+                self.server_backoff.remove(server);
+            }
         }
     }
 }

@@ -1,163 +1,21 @@
-//! [`OlmMachine`]: state, sync input, key upload and device-list queries.
+//! [`OlmMachine`]: the facade. Opens the account, locks the state, persists changes, and
+//! holds the calls that belong to no sub-machine (key upload, device trust).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ruma::OwnedUserId;
 use ruma::api::client::keys::upload_keys;
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use super::account::{OwnAccount, SIGNED_CURVE25519};
 use super::devices::Device;
-use super::error::{CryptoError, DeviceKeyError, OlmError};
+use super::error::CryptoError;
+use super::outbox::to_device_request;
 use super::requests::{OutgoingKind, OutgoingRequest, raw, raw_map};
 use super::responses::KeysUploadResponse;
-use crate::store::{Changes, DeviceRecord, LocalTrust, Store, TrackedUser, TrackingState};
-
-/// What one `/sync` response carries for the crypto machine.
-#[derive(Debug, Default)]
-pub struct SyncChanges {
-    /// `to_device.events`, as received, in order.
-    pub to_device_events: Vec<Value>,
-    /// `device_lists.changed`.
-    pub changed_users: Vec<OwnedUserId>,
-    /// `device_lists.left`.
-    pub left_users: Vec<OwnedUserId>,
-    /// `device_one_time_keys_count`; `None` if the response had none.
-    pub one_time_key_counts: Option<BTreeMap<String, u64>>,
-    /// `device_unused_fallback_key_types`; `None` if the response had none.
-    pub unused_fallback_key_types: Option<Vec<String>>,
-    /// `next_batch`, stored in the same transaction as everything else.
-    pub next_batch: Option<String>,
-    /// Other state from the same sync (rooms, members) to commit atomically with it.
-    pub extra: Changes,
-}
-
-/// Result of handling one to-device event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ToDeviceOutcome {
-    /// Event type as received (`m.room.encrypted` for Olm).
-    pub event_type: String,
-    /// Sender as given by the server.
-    pub sender: String,
-    /// The decrypted event type, or why the event was rejected.
-    pub result: Result<String, OlmError>,
-}
-
-/// A room key that was accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoomKeyInfo {
-    /// Room.
-    pub room_id: String,
-    /// Megolm session id.
-    pub session_id: String,
-    /// Sender user.
-    pub sender: String,
-}
-
-/// What [`OlmMachine::receive_sync_changes`] did.
-#[derive(Debug, Default)]
-pub struct SyncOutcome {
-    /// One entry per to-device event, in order.
-    pub to_device: Vec<ToDeviceOutcome>,
-    /// Room keys accepted in this batch.
-    pub room_keys: Vec<RoomKeyInfo>,
-}
-
-/// What a `/keys/query` answer changed.
-#[derive(Debug, Default)]
-pub struct QueryOutcome {
-    /// Devices stored (new or updated).
-    pub updated_devices: usize,
-    /// Devices whose keys were rejected, with the reason.
-    pub rejected: Vec<(String, String, DeviceKeyError)>,
-    /// Devices seen for the first time: `(user id, device id)`.
-    pub new_devices: Vec<(String, String)>,
-    /// Devices that disappeared from their owner's list: `(user id, device id)`.
-    pub removed_devices: Vec<(String, String)>,
-    /// Encrypted rooms shared with the users whose devices were added or removed, found
-    /// through the store's index (no member list is loaded).
-    pub affected_rooms: Vec<String>,
-}
-
-/// What a `/keys/claim` answer changed.
-#[derive(Debug, Default)]
-pub struct ClaimOutcome {
-    /// Sessions created.
-    pub sessions_created: usize,
-    /// Devices for which no session could be created, with the reason.
-    pub failed: Vec<(String, String, super::error::OneTimeKeyError)>,
-}
-
-/// A decrypted room event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DecryptedRoomEvent {
-    /// Decrypted event type, e.g. `m.room.message`.
-    pub event_type: String,
-    /// Decrypted content.
-    pub content: Value,
-    /// Sender user (checked against the session owner).
-    pub sender: String,
-    /// Device that created the session, when known.
-    pub sender_device: Option<String>,
-    /// Curve25519 key of that device.
-    pub sender_curve25519: String,
-    /// Megolm session id.
-    pub session_id: String,
-    /// Message index.
-    pub message_index: u32,
-}
-
-pub(crate) struct State {
-    pub account: OwnAccount,
-    pub generation: u64,
-    pub queries_in_flight: HashMap<String, Vec<(String, u64)>>,
-    pub upload_in_flight: bool,
-    pub next_request: u64,
-    /// Devices whose Olm messages we could not decrypt, waiting for a new session + `m.dummy`.
-    pub wedged: HashMap<String, DeviceRecord>,
-    /// Key requests from own devices we did not know yet, retried with the next sync.
-    pub deferred_key_requests: Vec<Value>,
-    /// Key requests from own devices nobody decided about yet: (device id, event). Answered
-    /// if the user verifies the device, dropped if it is blacklisted or ignored.
-    pub untrusted_key_requests: Vec<(String, Value)>,
-    /// Own devices whose held key requests the app was not asked about yet.
-    pub key_share_prompts: std::collections::BTreeSet<String>,
-    /// Key requests we may answer but have no Olm session for, by the device's Curve25519
-    /// key: the device, the requests and the claims made so far. A session is claimed with
-    /// the next repair claims, at most [`MAX_ANSWER_CLAIMS`] times.
-    pub awaiting_session: HashMap<String, (DeviceRecord, Vec<Value>, u32)>,
-    /// Own devices the app was already asked about (key-share prompt), until decided.
-    pub prompted: HashSet<String>,
-    /// Servers whose `/keys/query` failed: (consecutive failures, retry not before, ms).
-    pub server_backoff: HashMap<String, (u32, u64)>,
-    /// Users queried alone: they were in a query the server refused for good (one of them
-    /// may be why), so each is asked about on its own until answered.
-    pub solo_users: HashSet<String>,
-    /// Users whose query alone was refused for good: (failures, retry not before, ms).
-    pub user_backoff: HashMap<String, (u32, u64)>,
-}
-
-/// Claims for a session to answer an own device's key requests before giving up on them.
-pub(crate) const MAX_ANSWER_CLAIMS: u32 = 3;
-
-/// At most one unwedging per device per this many milliseconds.
-pub(crate) const UNWEDGE_INTERVAL_MS: u64 = 3600 * 1000;
-
-impl State {
-    /// Queue a device for unwedging (deduplicated by identity key).
-    pub fn note_wedged(&mut self, device: DeviceRecord) {
-        self.wedged
-            .entry(device.curve25519.clone())
-            .or_insert(device);
-    }
-
-    pub fn next_id(&mut self, prefix: &str) -> String {
-        self.next_request += 1;
-        format!("{prefix}-{}", self.next_request)
-    }
-}
+use super::state::State;
+use crate::store::{Changes, LocalTrust, Store, TrackedUser, TrackingState};
 
 /// The end-to-end encryption state machine of one device. Does no network I/O.
 pub struct OlmMachine {
@@ -214,22 +72,7 @@ impl OlmMachine {
             user_id: user_id.to_owned(),
             device_id: device_id.to_owned(),
             store,
-            state: Mutex::new(State {
-                account,
-                generation,
-                queries_in_flight: HashMap::new(),
-                upload_in_flight: false,
-                next_request: 0,
-                wedged: HashMap::new(),
-                deferred_key_requests: Vec::new(),
-                untrusted_key_requests: Vec::new(),
-                key_share_prompts: Default::default(),
-                awaiting_session: HashMap::new(),
-                prompted: HashSet::new(),
-                server_backoff: HashMap::new(),
-                solo_users: HashSet::new(),
-                user_backoff: HashMap::new(),
-            }),
+            state: Mutex::new(State::new(account, generation)),
         })
     }
 
@@ -405,7 +248,7 @@ impl OlmMachine {
         request.fallback_keys = raw_map(state.account.unpublished_fallback_keys()?)?;
         state.upload_in_flight = true;
         Ok(Some(OutgoingRequest {
-            id: state.next_id("upload"),
+            id: state.ids.next("upload"),
             kind: OutgoingKind::KeysUpload(request),
         }))
     }
@@ -422,7 +265,7 @@ impl OlmMachine {
         // Room keys first (others may wait behind a slow or rate-limited server).
         pending.sort_by_key(|p| p.room_key.is_none());
         for pending in pending {
-            match super::sharing::to_device_request(&pending) {
+            match to_device_request(&pending) {
                 Ok(request) => requests.push(request),
                 Err(e) => {
                     warn!(error = %e, "dropping a stored to-device message that cannot be sent");
@@ -503,20 +346,11 @@ impl OlmMachine {
         };
         if user_id == self.user_id {
             // Key requests this own device made while undecided: answer or drop them now.
-            let (held, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut state.untrusted_key_requests)
-                .into_iter()
-                .partition(|(d, _)| d == device_id);
-            state.untrusted_key_requests = rest;
-            state.key_share_prompts.remove(device_id);
-            state.prompted.remove(device_id);
-            if trust != LocalTrust::Verified {
-                // No answers for it any more, so no session to claim for them either.
-                state.awaiting_session.remove(&curve);
-            }
-            if trust == LocalTrust::Verified && !held.is_empty() {
+            let verified = trust == LocalTrust::Verified;
+            let held = state.held.decided(device_id, &curve, verified);
+            if !held.is_empty() {
                 // Save the decision first: answering reads the device's trust from the store.
                 self.save(&mut state, std::mem::take(&mut changes))?;
-                let held = held.into_iter().map(|(_, e)| e).collect();
                 self.answer_key_requests(&mut state, held, &mut changes)?;
             }
         }
@@ -529,7 +363,7 @@ impl OlmMachine {
     /// held requests through [`Self::set_local_trust`]).
     pub fn take_key_share_prompts(&self) -> Result<Vec<Device>, CryptoError> {
         let mut state = self.lock()?;
-        let ids = std::mem::take(&mut state.key_share_prompts);
+        let ids = std::mem::take(&mut state.held.prompts);
         Ok(self
             .store
             .devices(&[&self.user_id])?

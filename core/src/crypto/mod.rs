@@ -6,6 +6,7 @@
 //! answers back with the `mark_*_sent` methods.
 
 mod account;
+mod batch;
 mod devices;
 mod error;
 mod key_requests;
@@ -14,6 +15,9 @@ mod machine;
 mod megolm;
 mod membership;
 mod olm;
+mod olm_sessions;
+mod outbox;
+mod outcomes;
 mod requests;
 mod responses;
 mod room_events;
@@ -21,6 +25,7 @@ mod sharing;
 pub mod signing;
 #[cfg(test)]
 mod spec_vectors;
+mod state;
 mod sync_batch;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod tests;
@@ -29,11 +34,12 @@ mod to_device;
 pub use account::{MEGOLM_ALGORITHM, OLM_ALGORITHM, SIGNED_CURVE25519};
 pub use devices::Device;
 pub use error::{CryptoError, DeviceKeyError, MegolmError, OlmError, OneTimeKeyError};
-pub use machine::{
-    ClaimOutcome, DecryptedRoomEvent, OlmMachine, QueryOutcome, RoomKeyInfo, SyncChanges,
-    SyncOutcome, ToDeviceOutcome,
-};
+pub use machine::OlmMachine;
 pub use megolm::RotationSettings;
+pub use outcomes::{
+    ClaimOutcome, DecryptedRoomEvent, QueryOutcome, RoomKeyInfo, SyncChanges, SyncOutcome,
+    ToDeviceOutcome,
+};
 pub use requests::{OutgoingKind, OutgoingRequest, raw_json};
 pub use responses::{KeysClaimResponse, KeysQueryResponse, KeysUploadResponse};
 pub use sync_batch::SyncBatch;

@@ -5,9 +5,9 @@ use serde_json::{Value, json};
 use vodozemac::olm::{OlmMessage, PreKeyMessage, Session, SessionPickle};
 use zeroize::Zeroizing;
 
-use super::account::OLM_ALGORITHM;
+use super::account::{OLM_ALGORITHM, OwnAccount};
 use super::error::{CryptoError, OlmError};
-use crate::store::{OlmSessionRecord, SecretBlob};
+use crate::store::{DeviceRecord, OlmSessionRecord, SecretBlob};
 use crate::time::now_ms;
 
 /// The plaintext inside an Olm message (spec: `m.olm.v1.curve25519-aes-sha2`).
@@ -22,6 +22,30 @@ pub(crate) struct OlmPayload {
     pub recipient: String,
     pub recipient_keys: Ed25519Keys,
     pub keys: Ed25519Keys,
+}
+
+impl OlmPayload {
+    /// The plaintext of an Olm message from `account`'s device to `device`.
+    pub(crate) fn to_device(
+        account: &OwnAccount,
+        device: &DeviceRecord,
+        event_type: &str,
+        content: Value,
+    ) -> Self {
+        Self {
+            event_type: event_type.into(),
+            content,
+            sender: account.user_id.clone(),
+            sender_device: Some(account.device_id.clone()),
+            recipient: device.user_id.clone(),
+            recipient_keys: Ed25519Keys {
+                ed25519: device.ed25519.clone(),
+            },
+            keys: Ed25519Keys {
+                ed25519: account.ed25519(),
+            },
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]

@@ -7,8 +7,9 @@ use serde_json::Value;
 
 use super::account::MEGOLM_ALGORITHM;
 use super::error::{CryptoError, MegolmError};
-use super::machine::{DecryptedRoomEvent, OlmMachine};
+use super::machine::OlmMachine;
 use super::megolm::InboundGroup;
+use super::outcomes::DecryptedRoomEvent;
 use crate::store::{Changes, InboundGroupSessionRecord, MegolmIndexRecord, WithheldNotice};
 
 /// An `m.room.encrypted` room event, parsed at the edge.

@@ -11,7 +11,9 @@ use tracing::debug;
 
 use super::account::{OwnAccount, SIGNED_CURVE25519};
 use super::error::CryptoError;
-use super::machine::{DecryptedRoomEvent, OlmMachine, State, SyncChanges, SyncOutcome};
+use super::machine::OlmMachine;
+use super::outcomes::{DecryptedRoomEvent, SyncChanges, SyncOutcome};
+use super::state::State;
 use crate::store::{AccountRecord, Changes, TrackedUser, TrackingState};
 
 /// Room-key requests one sync response may cause.

@@ -1,6 +1,6 @@
 //! Handling of to-device events: Olm decryption and room keys.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde_json::Value;
 use tracing::{debug, warn};
@@ -9,28 +9,14 @@ use vodozemac::olm::{OlmMessage, SessionConfig};
 use zeroize::Zeroizing;
 
 use super::account::OwnAccount;
+use super::batch::Batch;
 use super::error::{CryptoError, OlmError};
-use super::machine::{OlmMachine, RoomKeyInfo, State, ToDeviceOutcome};
+use super::machine::OlmMachine;
 use super::megolm::{InboundGroup, Merge, RoomKeyContent, merge};
 use super::olm::{IncomingOlm, OlmPayload, OlmSession};
-use crate::store::{Changes, DeviceRecord, InboundGroupSessionRecord, LocalTrust, WithheldNotice};
-
-/// Olm sessions and devices loaded once for a whole batch of to-device events.
-#[derive(Default)]
-pub(super) struct Batch {
-    pub(super) sessions: HashMap<String, Vec<OlmSession>>,
-    pub(super) dirty: HashSet<String>,
-    /// Devices by (user id, Curve25519 key).
-    devices: HashMap<(String, String), Option<DeviceRecord>>,
-    pub(super) inbound: HashMap<(String, String), InboundGroupSessionRecord>,
-    /// Users whose device sent us an Olm message although we don't know that device: our
-    /// copy of their device list is stale.
-    pub(super) unknown_senders: HashSet<String>,
-    /// Known devices whose Olm messages none of our sessions decrypts.
-    wedged: Vec<DeviceRecord>,
-    /// A one-time key was consumed: the account must be stored with the batch.
-    pub(super) account_changed: bool,
-}
+use super::outcomes::{RoomKeyInfo, ToDeviceOutcome};
+use super::state::State;
+use crate::store::{Changes, DeviceRecord, LocalTrust, WithheldNotice};
 
 fn str_of<'a>(v: &'a Value, name: &str) -> &'a str {
     v.get(name).and_then(Value::as_str).unwrap_or_default()
@@ -62,23 +48,9 @@ impl OlmMachine {
             .into_iter()
             .collect();
         let refs: Vec<&str> = sender_keys.iter().map(String::as_str).collect();
-        for (key, records) in self.store.olm_sessions(&refs)? {
-            let sessions = records
-                .iter()
-                .map(OlmSession::from_record)
-                .collect::<Result<Vec<_>, _>>()?;
-            batch.sessions.insert(key, sessions);
-        }
-
-        // Key requests deferred until our own device list was refreshed come first.
-        let deferred = std::mem::take(&mut state.deferred_key_requests);
-        for event in &deferred {
-            self.handle_key_request(state, &mut batch, event, changes)?
-                .ok();
-        }
-        // Deferred once already: a device still unknown after the refresh is not waited for
-        // again (each deferral re-queries our own devices).
-        state.deferred_key_requests.clear();
+        batch.load_sessions(&*self.store, &refs)?;
+        // In the same batch: answering may advance a session the events then use.
+        self.answer_deferred_key_requests(state, &mut batch, changes)?;
         let mut outcomes = Vec::with_capacity(events.len());
         let mut room_keys = Vec::new();
         for event in events {
@@ -111,29 +83,11 @@ impl OlmMachine {
 
         self.requery_unknown_senders(&batch, changes)?;
         for device in batch.wedged.drain(..) {
-            state.note_wedged(device);
+            state.unwedging.note(device);
         }
         let account_changed = batch.account_changed;
-        self.flush_batch(batch, changes)?;
+        batch.flush(changes)?;
         Ok((outcomes, room_keys, account_changed))
-    }
-
-    /// The sessions the batch advanced or created, and the room keys it accepted, into
-    /// `changes`.
-    pub(super) fn flush_batch(
-        &self,
-        batch: Batch,
-        changes: &mut Changes,
-    ) -> Result<(), CryptoError> {
-        for key in &batch.dirty {
-            for session in batch.sessions.get(key).into_iter().flatten() {
-                changes.olm_sessions.push(session.to_record()?);
-            }
-        }
-        changes
-            .inbound_group_sessions
-            .extend(batch.inbound.into_values());
-        Ok(())
     }
 
     /// An Olm message from a device we don't know means our list of its owner's devices is
@@ -167,22 +121,6 @@ impl OlmMachine {
             });
         }
         Ok(())
-    }
-
-    /// The device of `user` with this Curve25519 key (cached for the batch).
-    pub(super) fn device_for_key(
-        &self,
-        batch: &mut Batch,
-        user: &str,
-        sender_key: &str,
-    ) -> Result<Option<DeviceRecord>, CryptoError> {
-        let id = (user.to_owned(), sender_key.to_owned());
-        if let Some(d) = batch.devices.get(&id) {
-            return Ok(d.clone());
-        }
-        let device = self.store.device_by_curve25519(user, sender_key)?;
-        batch.devices.insert(id, device.clone());
-        Ok(device)
     }
 
     /// The message came from `sender_key` under `incoming.sender`, whose devices do not
@@ -252,14 +190,14 @@ impl OlmMachine {
                     e,
                     OlmError::NoMatchingSession { .. } | OlmError::SessionCreation(_)
                 ) && let Some(device) =
-                    self.device_for_key(batch, &incoming.sender, &incoming.sender_key)?
+                    batch.device_for_key(&*self.store, &incoming.sender, &incoming.sender_key)?
                 {
                     batch.wedged.push(device);
                 }
                 return Ok(Err(e));
             }
         };
-        let device = self.device_for_key(batch, &incoming.sender, &incoming.sender_key)?;
+        let device = batch.device_for_key(&*self.store, &incoming.sender, &incoming.sender_key)?;
         let mut verdict = check_payload(&state.account, &incoming, device.as_ref(), &plaintext);
         if let (Ok(payload), None) = (&verdict, &device)
             && let Err(e) = self.check_other_claimants(&incoming, payload, changes)?
@@ -289,28 +227,37 @@ impl OlmMachine {
         }
         batch.dirty.insert(incoming.sender_key.clone());
 
-        if payload.event_type == "m.room_key" {
-            // Only a device we know is authenticated; a claim in the payload is not.
-            let sender_device = device.as_ref().map(|d| d.device_id.clone());
-            let accepted =
-                self.accept_room_key(batch, &incoming, &payload, sender_device.as_deref())?;
-            match accepted {
-                Ok(Some(info)) => room_keys.push(info),
-                Ok(None) => {}
-                Err(e) => return Ok(Err(e)),
-            }
-        }
-        if payload.event_type == "m.forwarded_room_key" {
-            let forwarded =
-                self.accept_forwarded_key(batch, &incoming, &payload, device.as_ref(), changes)?;
-            match forwarded {
-                Ok(Some(info)) => room_keys.push(info),
-                Ok(None) => {}
-                Err(e) => return Ok(Err(e)),
-            }
+        let accepted = self.accept_keys(batch, &incoming, &payload, device.as_ref(), changes)?;
+        match accepted {
+            Ok(Some(info)) => room_keys.push(info),
+            Ok(None) => {}
+            Err(e) => return Ok(Err(e)),
         }
         debug!(sender = %incoming.sender, event_type = %payload.event_type, "decrypted to-device event");
         Ok(Ok(payload.event_type))
+    }
+
+    /// The room key a decrypted payload carries, if it carries one: `m.room_key` from the
+    /// session's creator, or `m.forwarded_room_key` we asked our own devices for.
+    fn accept_keys(
+        &self,
+        batch: &mut Batch,
+        incoming: &IncomingOlm,
+        payload: &OlmPayload,
+        device: Option<&DeviceRecord>,
+        changes: &Changes,
+    ) -> Result<Result<Option<RoomKeyInfo>, OlmError>, CryptoError> {
+        match payload.event_type.as_str() {
+            "m.room_key" => {
+                // Only a device we know is authenticated; a claim in the payload is not.
+                let sender_device = device.map(|d| d.device_id.as_str());
+                self.accept_room_key(batch, incoming, payload, sender_device)
+            }
+            "m.forwarded_room_key" => {
+                self.accept_forwarded_key(batch, incoming, payload, device, changes)
+            }
+            _ => Ok(Ok(None)),
+        }
     }
 
     /// Remember an `m.room_key.withheld` notice. It arrives in clear and proves nothing: it
@@ -342,7 +289,7 @@ impl OlmMachine {
         let member = super::membership::is_member(&self.store, changes, room_id, sender)?;
         // Before the sender's devices are downloaded (e.g. the first sync after joining)
         // the key cannot be checked; once they are, it must be one of them.
-        let known_device = match self.device_for_key(batch, sender, sender_key)? {
+        let known_device = match batch.device_for_key(&*self.store, sender, sender_key)? {
             Some(_) => true,
             None => self.store.devices(&[sender])?.is_empty(),
         };
@@ -386,12 +333,7 @@ impl OlmMachine {
             Err(e) => return Err(e),
         };
         let id = (key.room_id.clone(), key.session_id.clone());
-        let existing = match batch.inbound.get(&id) {
-            Some(r) => Some(r.clone()),
-            None => self
-                .store
-                .inbound_group_session(&key.room_id, &key.session_id)?,
-        };
+        let existing = batch.inbound_session(&*self.store, &id.0, &id.1)?;
         let record = match existing {
             None => group.record,
             Some(existing) => match merge(existing, group)? {

@@ -1,0 +1,60 @@
+//! The send queue: messages the app sent that are waiting to go out, sent oldest first,
+//! in order within each room.
+
+use std::collections::HashSet;
+
+use tracing::warn;
+
+use super::{Client, ClientError};
+use crate::store::Changes;
+
+impl Client {
+    /// Send the queued messages, oldest first. A message that fails for a reason that may go
+    /// away stays queued, and the later messages of its room wait behind it (order is kept);
+    /// other rooms go on. One that fails for good (e.g. we were removed from the room) is
+    /// dropped. Returns `(sent, still queued, the first error worth a retry)`.
+    pub(crate) async fn send_queued(&self) -> Result<(u32, u32, Option<ClientError>), ClientError> {
+        let queued = self.store.queued_sends()?;
+        let mut sent = 0;
+        let mut blocked: HashSet<String> = HashSet::new();
+        let mut retry_error = None;
+        for q in &queued {
+            if blocked.contains(&q.room_id) {
+                continue;
+            }
+            let finished = match serde_json::from_slice::<serde_json::Value>(q.content.as_bytes()) {
+                Err(e) => {
+                    warn!(error = %e, "a queued message is unreadable; dropped");
+                    true
+                }
+                Ok(content) => match self
+                    .send_message_once(&q.room_id, &content, &q.txn_id)
+                    .await
+                {
+                    Ok(_) => {
+                        sent += 1;
+                        true
+                    }
+                    Err(e) if e.is_permanent() => {
+                        warn!(error = %e, "a queued message failed for good; dropped");
+                        true
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "a queued message stays queued");
+                        blocked.insert(q.room_id.clone());
+                        retry_error.get_or_insert(e);
+                        false
+                    }
+                },
+            };
+            if finished {
+                self.store.save_changes(Changes {
+                    finished_sends: vec![q.txn_id.clone()],
+                    ..Default::default()
+                })?;
+            }
+        }
+        let left = self.store.queued_sends()?.len() as u32;
+        Ok((sent, left, retry_error))
+    }
+}

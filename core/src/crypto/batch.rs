@@ -1,0 +1,92 @@
+//! What one batch of to-device events works on: the Olm sessions and devices of its
+//! senders, loaded once, and the room keys it accepted, stored together at the end.
+
+use std::collections::{HashMap, HashSet};
+
+use super::error::CryptoError;
+use super::olm::OlmSession;
+use crate::store::{Changes, DeviceRecord, InboundGroupSessionRecord, Store};
+
+/// Olm sessions and devices loaded once for a whole batch of to-device events.
+#[derive(Default)]
+pub(crate) struct Batch {
+    /// Olm sessions by the peer's Curve25519 key.
+    pub sessions: HashMap<String, Vec<OlmSession>>,
+    /// Curve25519 keys whose sessions changed (decrypted, encrypted or created).
+    pub dirty: HashSet<String>,
+    /// Devices by (user id, Curve25519 key).
+    devices: HashMap<(String, String), Option<DeviceRecord>>,
+    /// Inbound Megolm sessions accepted by the batch, by (room id, session id).
+    pub inbound: HashMap<(String, String), InboundGroupSessionRecord>,
+    /// Users whose device sent us an Olm message although we don't know that device: our
+    /// copy of their device list is stale.
+    pub unknown_senders: HashSet<String>,
+    /// Known devices whose Olm messages none of our sessions decrypts.
+    pub wedged: Vec<DeviceRecord>,
+    /// A one-time key was consumed: the account must be stored with the batch.
+    pub account_changed: bool,
+}
+
+impl Batch {
+    /// Load the Olm sessions of these Curve25519 keys (one store round trip).
+    pub(crate) fn load_sessions(
+        &mut self,
+        store: &dyn Store,
+        keys: &[&str],
+    ) -> Result<(), CryptoError> {
+        for (key, records) in store.olm_sessions(keys)? {
+            let sessions = records
+                .iter()
+                .map(OlmSession::from_record)
+                .collect::<Result<Vec<_>, _>>()?;
+            self.sessions.insert(key, sessions);
+        }
+        Ok(())
+    }
+
+    /// The device of `user` with this Curve25519 key (cached for the batch).
+    pub(crate) fn device_for_key(
+        &mut self,
+        store: &dyn Store,
+        user: &str,
+        sender_key: &str,
+    ) -> Result<Option<DeviceRecord>, CryptoError> {
+        let id = (user.to_owned(), sender_key.to_owned());
+        if let Some(d) = self.devices.get(&id) {
+            return Ok(d.clone());
+        }
+        let device = store.device_by_curve25519(user, sender_key)?;
+        self.devices.insert(id, device.clone());
+        Ok(device)
+    }
+
+    /// The inbound session `session_id` of `room_id`: as this batch left it, or as stored.
+    pub(crate) fn inbound_session(
+        &self,
+        store: &dyn Store,
+        room_id: &str,
+        session_id: &str,
+    ) -> Result<Option<InboundGroupSessionRecord>, CryptoError> {
+        match self
+            .inbound
+            .get(&(room_id.to_owned(), session_id.to_owned()))
+        {
+            Some(record) => Ok(Some(record.clone())),
+            None => Ok(store.inbound_group_session(room_id, session_id)?),
+        }
+    }
+
+    /// The sessions the batch advanced or created, and the room keys it accepted, into
+    /// `changes`.
+    pub(crate) fn flush(self, changes: &mut Changes) -> Result<(), CryptoError> {
+        for key in &self.dirty {
+            for session in self.sessions.get(key).into_iter().flatten() {
+                changes.olm_sessions.push(session.to_record()?);
+            }
+        }
+        changes
+            .inbound_group_sessions
+            .extend(self.inbound.into_values());
+        Ok(())
+    }
+}

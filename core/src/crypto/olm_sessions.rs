@@ -1,0 +1,253 @@
+//! Olm session establishment: `/keys/claim` for devices we have no session with, and
+//! repairs (a new session for a wedged one, announced with `m.dummy`; a session to answer an
+//! own device's key requests).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use ruma::api::client::keys::claim_keys;
+use ruma::{OneTimeKeyAlgorithm, OwnedUserId};
+use serde_json::{Value, json};
+use tracing::{info, warn};
+use vodozemac::olm::SessionConfig;
+use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
+
+use super::account::SIGNED_CURVE25519;
+use super::error::{CryptoError, OneTimeKeyError};
+use super::machine::OlmMachine;
+use super::olm::{OlmPayload, OlmSession};
+use super::outbox::ToDeviceBatcher;
+use super::outcomes::ClaimOutcome;
+use super::requests::{OutgoingKind, OutgoingRequest};
+use super::responses::KeysClaimResponse;
+use super::signing::verify_json;
+use super::state::{MAX_ANSWER_CLAIMS, UNWEDGE_INTERVAL_MS};
+use crate::store::{Changes, DeviceRecord, LocalTrust};
+
+/// Devices we may encrypt for: not ours, not deleted, not blacklisted.
+fn eligible(device: &DeviceRecord, own_user: &str, own_device: &str) -> bool {
+    let own = device.user_id == own_user && device.device_id == own_device;
+    // An id an older version stored (e.g. `*`, which would address every device) is never
+    // addressed.
+    let addressable = super::devices::check_device_id(&device.device_id).is_ok();
+    !own && addressable && !device.deleted && device.local_trust != LocalTrust::Blacklisted
+}
+
+impl OlmMachine {
+    /// A `/keys/claim` request for every device of `users` we have no Olm session with, or
+    /// `None` if there is none. All devices go into one request.
+    pub fn missing_sessions(
+        &self,
+        users: &[String],
+    ) -> Result<Option<OutgoingRequest>, CryptoError> {
+        let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+        let devices: Vec<DeviceRecord> = self
+            .store
+            .devices(&refs)?
+            .into_iter()
+            .filter(|d| eligible(d, &self.user_id, &self.device_id))
+            .collect();
+        let keys: Vec<&str> = devices.iter().map(|d| d.curve25519.as_str()).collect();
+        let with_session: HashSet<String> = self.store.olm_sessions(&keys)?.into_keys().collect();
+        let mut request = claim_keys::v3::Request::new(BTreeMap::new());
+        for device in devices
+            .iter()
+            .filter(|d| !with_session.contains(&d.curve25519))
+        {
+            let Ok(user) = OwnedUserId::try_from(device.user_id.as_str()) else {
+                continue;
+            };
+            request.one_time_keys.entry(user).or_default().insert(
+                device.device_id.as_str().into(),
+                OneTimeKeyAlgorithm::SignedCurve25519,
+            );
+        }
+        if request.one_time_keys.is_empty() {
+            return Ok(None);
+        }
+        let mut state = self.lock()?;
+        let id = state.ids.next("claim");
+        Ok(Some(OutgoingRequest {
+            id,
+            kind: OutgoingKind::KeysClaim(request),
+        }))
+    }
+
+    /// Create Olm sessions from a `/keys/claim` answer. Each key's signature is checked
+    /// against the device's ed25519 key; a device whose key fails gets no session.
+    pub fn mark_keys_claim_sent(
+        &self,
+        response: &KeysClaimResponse,
+    ) -> Result<ClaimOutcome, CryptoError> {
+        let mut state = self.lock()?;
+        let users: Vec<&str> = response.one_time_keys.keys().map(|u| u.as_str()).collect();
+        let devices: HashMap<(String, String), DeviceRecord> = self
+            .store
+            .devices(&users)?
+            .into_iter()
+            .map(|d| ((d.user_id.clone(), d.device_id.clone()), d))
+            .collect();
+        let mut outcome = ClaimOutcome::default();
+        let mut changes = Changes::default();
+        let mut dummies = ToDeviceBatcher::new("m.room.encrypted");
+        let mut answerable = Vec::new();
+        for (user, by_device) in &response.one_time_keys {
+            for (device_id, keys) in by_device {
+                let (user, device_id) = (user.to_string(), device_id.clone());
+                let result = devices
+                    .get(&(user.clone(), device_id.clone()))
+                    .ok_or(OneTimeKeyError::UnknownDevice)
+                    .and_then(|device| {
+                        let prefix = format!("{SIGNED_CURVE25519}:");
+                        let (_, key) = keys
+                            .iter()
+                            .find(|(id, _)| id.starts_with(&prefix))
+                            .ok_or_else(|| OneTimeKeyError::Malformed("no signed key".into()))?;
+                        session_from_claimed_key(&state.account.inner, device, key)
+                    });
+                match result {
+                    Ok(mut session) => {
+                        if let Some(device) = state.unwedging.wedged.remove(&session.sender_key) {
+                            // The new session announces itself; the peer drops the wedged one.
+                            let payload = OlmPayload::to_device(
+                                &state.account,
+                                &device,
+                                "m.dummy",
+                                json!({}),
+                            );
+                            let content = session.encrypt(&state.account.curve25519(), &payload)?;
+                            dummies.push(&device, content);
+                            changes.values.insert(
+                                unwedge_key(&device.curve25519),
+                                crate::time::now_ms().to_string(),
+                            );
+                            info!(user = %device.user_id, device = %device.device_id, "unwedging an Olm session");
+                        }
+                        if let Some((_, requests, _)) =
+                            state.held.awaiting_session.remove(&session.sender_key)
+                        {
+                            answerable.extend(requests);
+                        }
+                        changes.olm_sessions.push(session.to_record()?);
+                        outcome.sessions_created += 1;
+                    }
+                    Err(e) => {
+                        warn!(user, device_id, error = %e, "no Olm session from claimed key");
+                        if let Some(device) = devices.get(&(user.clone(), device_id.clone())) {
+                            // No key to make a session with: its requests are dropped.
+                            state.held.awaiting_session.remove(&device.curve25519);
+                        }
+                        outcome.failed.push((user, device_id, e));
+                    }
+                }
+            }
+        }
+        dummies.finish(&mut changes)?;
+        self.save(&mut state, changes)?;
+        if !answerable.is_empty() {
+            // The sessions are stored now: answer the key requests that waited for them.
+            let mut changes = Changes::default();
+            self.answer_key_requests(&mut state, answerable, &mut changes)?;
+            self.save(&mut state, changes)?;
+        }
+        Ok(outcome)
+    }
+
+    /// A `/keys/claim` for devices we need a new Olm session with: those whose Olm messages
+    /// we could not decrypt (a wedged session; at most once per device per hour; the new
+    /// session sends an `m.dummy` so the other side switches to it), and own devices whose
+    /// key requests we want to answer but have no session with (answered when the claim is).
+    pub fn session_repair_request(&self) -> Result<Option<OutgoingRequest>, CryptoError> {
+        let mut state = self.lock()?;
+        let now = crate::time::now_ms();
+        let mut request = claim_keys::v3::Request::new(BTreeMap::new());
+        // A device that got no session from a few claims (no keys, or gone): its requests
+        // are dropped.
+        state
+            .held
+            .awaiting_session
+            .retain(|_, (_, _, claims)| *claims < MAX_ANSWER_CLAIMS);
+        for (device, _, claims) in state.held.awaiting_session.values_mut() {
+            *claims += 1;
+            if let Ok(user) = OwnedUserId::try_from(device.user_id.as_str()) {
+                request.one_time_keys.entry(user).or_default().insert(
+                    device.device_id.as_str().into(),
+                    OneTimeKeyAlgorithm::SignedCurve25519,
+                );
+            }
+        }
+        let mut due = Vec::new();
+        for (key, device) in &state.unwedging.wedged {
+            let last: u64 = self
+                .store
+                .value(&unwedge_key(key))?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if now.saturating_sub(last) < UNWEDGE_INTERVAL_MS {
+                due.push((key.clone(), false));
+                continue;
+            }
+            let Ok(user) = OwnedUserId::try_from(device.user_id.as_str()) else {
+                continue;
+            };
+            request.one_time_keys.entry(user).or_default().insert(
+                device.device_id.as_str().into(),
+                OneTimeKeyAlgorithm::SignedCurve25519,
+            );
+            due.push((key.clone(), true));
+        }
+        // Devices unwedged less than an hour ago are dropped from the queue; for the others
+        // the attempt counts (whether or not the claim brings a key), so that a device we
+        // cannot make a session with is not claimed again on every sync.
+        let mut attempts = Changes::default();
+        for (key, wanted) in due {
+            if wanted {
+                attempts.values.insert(unwedge_key(&key), now.to_string());
+            } else {
+                state.unwedging.wedged.remove(&key);
+            }
+        }
+        self.save(&mut state, attempts)?;
+        if request.one_time_keys.is_empty() {
+            return Ok(None);
+        }
+        let id = state.ids.next("claim");
+        Ok(Some(OutgoingRequest {
+            id,
+            kind: OutgoingKind::KeysClaim(request),
+        }))
+    }
+}
+
+/// Store key of the time a device was last unwedged.
+fn unwedge_key(curve25519: &str) -> String {
+    format!("unwedge|{curve25519}")
+}
+
+/// Verify a claimed one-time key and create an outbound session with it.
+fn session_from_claimed_key(
+    account: &vodozemac::olm::Account,
+    device: &DeviceRecord,
+    key: &Value,
+) -> Result<OlmSession, OneTimeKeyError> {
+    let ed = Ed25519PublicKey::from_base64(&device.ed25519)
+        .map_err(|e| OneTimeKeyError::Malformed(format!("device ed25519: {e}")))?;
+    verify_json(
+        key,
+        &device.user_id,
+        &format!("ed25519:{}", device.device_id),
+        &ed,
+    )
+    .map_err(|e| OneTimeKeyError::BadSignature(e.to_string()))?;
+    let otk = key
+        .get("key")
+        .and_then(Value::as_str)
+        .ok_or_else(|| OneTimeKeyError::Malformed("missing key".into()))?;
+    let otk = Curve25519PublicKey::from_base64(otk)
+        .map_err(|e| OneTimeKeyError::Malformed(format!("one-time key: {e}")))?;
+    let identity = Curve25519PublicKey::from_base64(&device.curve25519)
+        .map_err(|e| OneTimeKeyError::Malformed(format!("identity key: {e}")))?;
+    let session = account
+        .create_outbound_session(SessionConfig::version_1(), identity, otk)
+        .map_err(|e| OneTimeKeyError::SessionCreation(e.to_string()))?;
+    Ok(OlmSession::new(device.curve25519.clone(), session))
+}

@@ -1,0 +1,104 @@
+//! What the machine's calls return and take: sync input, to-device and query outcomes,
+//! decrypted room events. Plain data, shared by the sub-machines and the facade.
+
+use std::collections::BTreeMap;
+
+use ruma::OwnedUserId;
+use serde_json::Value;
+
+use super::error::{DeviceKeyError, OlmError, OneTimeKeyError};
+use crate::store::Changes;
+
+/// What one `/sync` response carries for the crypto machine.
+#[derive(Debug, Default)]
+pub struct SyncChanges {
+    /// `to_device.events`, as received, in order.
+    pub to_device_events: Vec<Value>,
+    /// `device_lists.changed`.
+    pub changed_users: Vec<OwnedUserId>,
+    /// `device_lists.left`.
+    pub left_users: Vec<OwnedUserId>,
+    /// `device_one_time_keys_count`; `None` if the response had none.
+    pub one_time_key_counts: Option<BTreeMap<String, u64>>,
+    /// `device_unused_fallback_key_types`; `None` if the response had none.
+    pub unused_fallback_key_types: Option<Vec<String>>,
+    /// `next_batch`, stored in the same transaction as everything else.
+    pub next_batch: Option<String>,
+    /// Other state from the same sync (rooms, members) to commit atomically with it.
+    pub extra: Changes,
+}
+
+/// Result of handling one to-device event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToDeviceOutcome {
+    /// Event type as received (`m.room.encrypted` for Olm).
+    pub event_type: String,
+    /// Sender as given by the server.
+    pub sender: String,
+    /// The decrypted event type, or why the event was rejected.
+    pub result: Result<String, OlmError>,
+}
+
+/// A room key that was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomKeyInfo {
+    /// Room.
+    pub room_id: String,
+    /// Megolm session id.
+    pub session_id: String,
+    /// Sender user.
+    pub sender: String,
+}
+
+/// What [`super::OlmMachine::receive_sync_changes`] did.
+#[derive(Debug, Default)]
+pub struct SyncOutcome {
+    /// One entry per to-device event, in order.
+    pub to_device: Vec<ToDeviceOutcome>,
+    /// Room keys accepted in this batch.
+    pub room_keys: Vec<RoomKeyInfo>,
+}
+
+/// What a `/keys/query` answer changed.
+#[derive(Debug, Default)]
+pub struct QueryOutcome {
+    /// Devices stored (new or updated).
+    pub updated_devices: usize,
+    /// Devices whose keys were rejected, with the reason.
+    pub rejected: Vec<(String, String, DeviceKeyError)>,
+    /// Devices seen for the first time: `(user id, device id)`.
+    pub new_devices: Vec<(String, String)>,
+    /// Devices that disappeared from their owner's list: `(user id, device id)`.
+    pub removed_devices: Vec<(String, String)>,
+    /// Encrypted rooms shared with the users whose devices were added or removed, found
+    /// through the store's index (no member list is loaded).
+    pub affected_rooms: Vec<String>,
+}
+
+/// What a `/keys/claim` answer changed.
+#[derive(Debug, Default)]
+pub struct ClaimOutcome {
+    /// Sessions created.
+    pub sessions_created: usize,
+    /// Devices for which no session could be created, with the reason.
+    pub failed: Vec<(String, String, OneTimeKeyError)>,
+}
+
+/// A decrypted room event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecryptedRoomEvent {
+    /// Decrypted event type, e.g. `m.room.message`.
+    pub event_type: String,
+    /// Decrypted content.
+    pub content: Value,
+    /// Sender user (checked against the session owner).
+    pub sender: String,
+    /// Device that created the session, when known.
+    pub sender_device: Option<String>,
+    /// Curve25519 key of that device.
+    pub sender_curve25519: String,
+    /// Megolm session id.
+    pub session_id: String,
+    /// Message index.
+    pub message_index: u32,
+}

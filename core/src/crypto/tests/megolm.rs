@@ -1,0 +1,137 @@
+//! Megolm room events: decryption between machines, and the room, replay and sender checks.
+
+use super::*;
+
+#[test]
+fn two_machines_exchange_olm_and_megolm() {
+    let (mut server, alice, bob) = setup_pair();
+    let members = vec![alice.user(), bob.user()];
+    // bob knows alice's device: the room key is attributed to it.
+    bob.machine.update_tracked_users(&members).unwrap();
+    server.drive(&bob);
+    server.share(&alice, ROOM, &members);
+    let outcome = server.sync(&bob);
+    assert_eq!(outcome.room_keys.len(), 1);
+    assert_eq!(outcome.to_device[0].result, Ok("m.room_key".to_owned()));
+
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("hi bob"))
+        .unwrap();
+    let event = room_event(ROOM, &alice.user(), "$1", content);
+    let decrypted = bob.machine.decrypt_room_event(ROOM, &event).unwrap();
+    assert_eq!(decrypted.content["body"], "hi bob");
+    assert_eq!(decrypted.sender_device.as_deref(), Some("ALICE"));
+    assert_eq!(decrypted.sender_curve25519, alice.machine.curve25519_key());
+
+    // And back, bob -> alice, over a session alice created from bob's pre-key message.
+    server.share(&bob, ROOM, &members);
+    assert_eq!(server.sync(&alice).room_keys.len(), 1);
+    let decrypted = exchange(&bob, &alice, "hi alice", "$2").unwrap();
+    assert_eq!(decrypted.content["body"], "hi alice");
+}
+
+#[test]
+fn session_of_another_room_does_not_decrypt() {
+    let (_server, alice, bob) = olm_pair();
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("secret"))
+        .unwrap();
+    let err = bob
+        .machine
+        .decrypt_room_event(
+            "!elsewhere:localhost",
+            &room_event("", &alice.user(), "$x", content),
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        CryptoError::Megolm(MegolmError::MissingSession { .. })
+    ));
+
+    // A key that claims another room than the one its messages were encrypted for.
+    let room_b = "!b:localhost";
+    alice
+        .machine
+        .share_room_key(room_b, &[alice.user()], RotationSettings::default())
+        .unwrap();
+    let mut key = room_key_of(&alice, room_b);
+    key["room_id"] = ROOM.into();
+    receive(
+        &bob,
+        vec![olm_event(
+            &alice,
+            &bob,
+            &alice.user(),
+            &payload(&alice, &bob, "m.room_key", key),
+        )],
+    );
+    let content = alice
+        .machine
+        .encrypt_room_event(room_b, "m.room.message", &text("b"))
+        .unwrap();
+    let err = bob
+        .machine
+        .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$y", content))
+        .unwrap_err();
+    assert!(
+        matches!(err, CryptoError::Megolm(MegolmError::RoomMismatch { .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn replayed_megolm_index_is_detected() {
+    let (_server, alice, bob) = olm_pair();
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("once"))
+        .unwrap();
+    let first = room_event(ROOM, &alice.user(), "$first", content.clone());
+    bob.machine.decrypt_room_event(ROOM, &first).unwrap();
+    // The same event again (e.g. from a second sync or /messages) is fine.
+    bob.machine.decrypt_room_event(ROOM, &first).unwrap();
+    let replay = room_event(ROOM, &alice.user(), "$replay", content);
+    let err = bob.machine.decrypt_room_event(ROOM, &replay).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CryptoError::Megolm(MegolmError::Replay { index: 0, .. })
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn event_sender_must_own_the_session() {
+    let (_server, alice, bob) = olm_pair();
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("x"))
+        .unwrap();
+    let err = bob
+        .machine
+        .decrypt_room_event(
+            ROOM,
+            &room_event(ROOM, "@mallory:localhost", "$m", content.clone()),
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        CryptoError::Megolm(MegolmError::SenderMismatch { .. })
+    ));
+    let mut forged = content;
+    forged["sender_key"] = bob.machine.curve25519_key().into();
+    let err = bob
+        .machine
+        .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$k", forged))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CryptoError::Megolm(MegolmError::SenderKeyMismatch { .. })
+        ),
+        "{err:?}"
+    );
+}

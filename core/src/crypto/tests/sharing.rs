@@ -1,0 +1,281 @@
+//! Room key sharing: batches, rotation, and withheld notices.
+
+use super::*;
+
+#[test]
+fn three_machines_share_one_session() {
+    let (mut server, alice, bob) = setup_pair();
+    let carol = Peer::new("@carol:localhost", "CAROL");
+    server.drive(&carol);
+    let members = vec![alice.user(), bob.user(), carol.user()];
+    server.share(&alice, ROOM, &members);
+    server.sync(&bob);
+    server.sync(&carol);
+    for i in 0..5 {
+        let content = alice
+            .machine
+            .encrypt_room_event(ROOM, "m.room.message", &text(&format!("m{i}")))
+            .unwrap();
+        let event = room_event(ROOM, &alice.user(), &format!("${i}"), content);
+        for peer in [&bob, &carol] {
+            let d = peer.machine.decrypt_room_event(ROOM, &event).unwrap();
+            assert_eq!(d.content["body"], format!("m{i}"));
+            assert_eq!(d.message_index, i);
+        }
+    }
+    // Sharing again sends nothing new: everyone has the session.
+    let again = alice
+        .machine
+        .share_room_key(ROOM, &members, RotationSettings::default())
+        .unwrap();
+    assert!(again.is_empty());
+}
+
+#[test]
+fn room_keys_go_out_in_batches_and_retries_reuse_the_transaction_id() {
+    let mut server = FakeServer::default();
+    let alice = Peer::new("@alice:localhost", "ALICE");
+    server.drive(&alice);
+    let mut users = Vec::new();
+    for i in 0..130 {
+        for d in 0..2 {
+            let peer = Peer::new(&format!("@u{i}:localhost"), &format!("D{d}"));
+            server.drive(&peer);
+        }
+        users.push(format!("@u{i}:localhost"));
+    }
+    server.establish(&alice, &users);
+    let requests = alice
+        .machine
+        .share_room_key(ROOM, &users, RotationSettings::default())
+        .unwrap();
+    assert_eq!(requests.len(), 2, "260 devices in chunks of 250");
+    let ids: Vec<String> = requests.iter().map(|r| r.id.clone()).collect();
+    // Not yet confirmed: the same requests come back with the same transaction ids.
+    let pending: Vec<String> = alice
+        .machine
+        .outgoing_requests()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(pending.len(), 2);
+    for id in &ids {
+        assert!(pending.contains(id));
+    }
+    server.drive(&alice);
+    let sizes: Vec<usize> = server.to_device_requests.iter().map(|(_, n)| *n).collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 260);
+    assert!(alice.machine.outgoing_requests().unwrap().is_empty());
+}
+
+#[test]
+fn devices_without_a_session_get_a_withheld_notice_once() {
+    let (mut server, alice, bob) = setup_pair();
+    let members = vec![alice.user(), bob.user()];
+    for peer in [&alice, &bob] {
+        peer.machine.update_tracked_users(&members).unwrap();
+        server.drive(peer);
+    }
+    // Withheld notices are taken only from members of the room.
+    room_members(&bob, &members);
+    // bob's one-time keys and fallback key are gone: no session can be made.
+    server.one_time_keys.clear();
+    server.fallback_keys.clear();
+    server.establish(&alice, &members);
+    alice
+        .machine
+        .share_room_key(ROOM, &members, RotationSettings::default())
+        .unwrap();
+    server.drive(&alice);
+    let outcome = server.sync(&bob);
+    assert_eq!(outcome.to_device[0].event_type, "m.room_key.withheld");
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("x"))
+        .unwrap();
+    let err = bob
+        .machine
+        .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$w", content))
+        .unwrap_err();
+    assert_withheld(&err, "m.no_olm");
+    // Once per session: sharing again sends no second notice.
+    assert!(
+        alice
+            .machine
+            .share_room_key(ROOM, &members, RotationSettings::default())
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn blacklisting_a_recipient_rotates_the_session_and_withholds_the_key() {
+    let (mut server, alice, bob) = olm_pair();
+    let members = vec![alice.user(), bob.user()];
+    room_members(&bob, &members);
+    let before = alice
+        .store
+        .outbound_group_session(ROOM)
+        .unwrap()
+        .unwrap()
+        .session_id;
+    alice
+        .machine
+        .set_local_trust(&bob.user(), "BOB", crate::store::LocalTrust::Blacklisted)
+        .unwrap();
+    alice
+        .machine
+        .share_room_key(ROOM, &members, RotationSettings::default())
+        .unwrap();
+    server.drive(&alice);
+    let after = alice
+        .store
+        .outbound_group_session(ROOM)
+        .unwrap()
+        .unwrap()
+        .session_id;
+    assert_ne!(
+        before, after,
+        "a blacklisted device must not read new messages"
+    );
+    let outcome = server.sync(&bob);
+    assert_eq!(outcome.to_device[0].event_type, "m.room_key.withheld");
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("x"))
+        .unwrap();
+    let err = bob
+        .machine
+        .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$b", content))
+        .unwrap_err();
+    assert_withheld(&err, "m.blacklisted");
+}
+
+#[test]
+fn rotation_follows_message_count_and_not_unrelated_changes() {
+    let (mut server, alice, bob) = olm_pair();
+    let members = vec![alice.user(), bob.user()];
+    let settings = RotationSettings {
+        period_ms: u64::MAX,
+        messages: 3,
+    };
+    let id = |p: &Peer| {
+        p.store
+            .outbound_group_session(ROOM)
+            .unwrap()
+            .unwrap()
+            .session_id
+    };
+    let first = id(&alice);
+    for _ in 0..3 {
+        alice
+            .machine
+            .share_room_key(ROOM, &members, settings)
+            .unwrap();
+        alice
+            .machine
+            .encrypt_room_event(ROOM, "m.room.message", &text("m"))
+            .unwrap();
+    }
+    // A restart is no reason to rotate.
+    let restarted = Peer::with_store(&alice.user(), "ALICE", alice.store.clone());
+    assert_eq!(id(&restarted), first);
+    // A new own device is no reason either; it just gets the key.
+    let phone = Peer::new(&alice.user(), "PHONE");
+    server.drive(&phone);
+    restarted
+        .machine
+        .receive_sync_changes(SyncChanges {
+            changed_users: vec![uid(&alice.user())],
+            ..Default::default()
+        })
+        .unwrap();
+    restarted.machine.update_tracked_users(&members).unwrap();
+    server.establish(&restarted, &members);
+    // ...but the 4th message is over the count of 3.
+    restarted
+        .machine
+        .share_room_key(ROOM, &members, settings)
+        .unwrap();
+    assert_ne!(id(&restarted), first);
+    let _ = bob;
+}
+
+#[test]
+fn a_member_leaving_rotates_the_session() {
+    let (_server, alice, bob) = olm_pair();
+    let before = alice
+        .store
+        .outbound_group_session(ROOM)
+        .unwrap()
+        .unwrap()
+        .session_id;
+    alice
+        .machine
+        .share_room_key(ROOM, &[alice.user()], RotationSettings::default())
+        .unwrap();
+    let after = alice
+        .store
+        .outbound_group_session(ROOM)
+        .unwrap()
+        .unwrap()
+        .session_id;
+    assert_ne!(before, after);
+    let _ = bob;
+}
+
+#[test]
+fn sharing_with_verified_devices_only_withholds_unverified_ones_until_verified() {
+    let (mut server, alice, bob) = olm_pair();
+    let members = vec![alice.user(), bob.user()];
+    room_members(&bob, &members);
+    let session = |peer: &Peer| {
+        peer.store
+            .outbound_group_session(ROOM)
+            .unwrap()
+            .unwrap()
+            .session_id
+    };
+    let before = session(&alice);
+    assert!(!alice.machine.shares_with_verified_only().unwrap());
+    alice.machine.set_share_with_verified_only(true).unwrap();
+    assert!(alice.machine.shares_with_verified_only().unwrap());
+    server.take_inbox(&bob);
+    alice
+        .machine
+        .share_room_key(ROOM, &members, RotationSettings::default())
+        .unwrap();
+    server.drive(&alice);
+    let withheld = session(&alice);
+    assert_ne!(
+        withheld, before,
+        "bob had the key, and is not verified: rotate"
+    );
+    let outcome = server.sync(&bob);
+    assert_eq!(outcome.to_device[0].event_type, "m.room_key.withheld");
+    let err = exchange(&alice, &bob, "secret", "$v1").unwrap_err();
+    assert_withheld(&err, "m.unverified");
+    // Sharing again does not repeat the notice.
+    alice
+        .machine
+        .share_room_key(ROOM, &members, RotationSettings::default())
+        .unwrap();
+    server.drive(&alice);
+    assert!(server.take_inbox(&bob).is_empty());
+
+    // Verified: bob gets the current session, without another rotation.
+    alice
+        .machine
+        .set_local_trust(&bob.user(), "BOB", LocalTrust::Verified)
+        .unwrap();
+    alice
+        .machine
+        .share_room_key(ROOM, &members, RotationSettings::default())
+        .unwrap();
+    server.drive(&alice);
+    assert_eq!(session(&alice), withheld);
+    assert_eq!(server.sync(&bob).room_keys.len(), 1);
+    let ok = exchange(&alice, &bob, "for verified bob", "$v2").unwrap();
+    assert_eq!(ok.content["body"], "for verified bob");
+}
