@@ -97,14 +97,17 @@ impl Client {
     }
 
     /// Decrypt the kept events of `retry.sessions` again and deliver them as updates
-    /// (decrypted, or with the new reason); forget those no key can change any more.
+    /// (decrypted, or with the new reason); forget those no key can change any more. Their
+    /// replay records and the forgetting are one transaction, committed before any is shown.
     fn retry_kept_events(
         &self,
-        mut machine: &OlmMachine,
+        machine: &OlmMachine,
         retry: Retry,
         fresh: &HashSet<String>,
     ) -> Result<(), ClientError> {
+        let mut batch = machine.begin_decrypt();
         let mut resolved = Vec::new();
+        let mut updates = Vec::new();
         for (room_id, session_id) in &retry.sessions {
             let policy = self.policy_of(room_id);
             for waiting in self.store.undecryptable_events(room_id, session_id)? {
@@ -113,7 +116,7 @@ impl Client {
                 }
                 let event = serde_json::from_str::<Value>(&waiting.event_json).ok();
                 let item = match &event {
-                    Some(event) => TimelineEvent::from_sync(&mut machine, room_id, event, policy)?,
+                    Some(event) => TimelineEvent::from_sync(&mut batch, room_id, event, policy)?,
                     None => None,
                 };
                 let Some(mut item) = item else {
@@ -127,15 +130,18 @@ impl Client {
                 if !item.waiting_for_key {
                     resolved.push((waiting.room_id.clone(), waiting.event_id.clone()));
                 }
-                self.publish(item);
+                updates.push(item);
             }
         }
         if !resolved.is_empty() {
             debug!(events = resolved.len(), "kept events resolved by late keys");
-            self.store.save_changes(Changes {
-                resolved_events: resolved,
-                ..Default::default()
-            })?;
+        }
+        batch.commit(Changes {
+            resolved_events: resolved,
+            ..Default::default()
+        })?;
+        for item in updates {
+            self.publish(item);
         }
         Ok(())
     }

@@ -397,10 +397,12 @@ impl Client {
         match &result {
             // Not over: the message stays queued and is sent later (same transaction id).
             Err(e) if !e.is_permanent() => self.schedule_retry(e, "message send failed"),
-            _ => self.store.save_changes(Changes {
-                finished_sends: vec![txn_id],
-                ..Default::default()
-            })?,
+            _ => {
+                self.store.save_changes(Changes {
+                    finished_sends: vec![txn_id],
+                    ..Default::default()
+                })?;
+            }
         }
         result
     }

@@ -6,7 +6,7 @@ use serde_json::Value;
 use tracing::debug;
 
 use super::hooks::TrustPolicy;
-use crate::crypto::{CryptoError, DecryptedRoomEvent, OlmMachine, SyncBatch};
+use crate::crypto::{CryptoError, DecryptBatch, DecryptedRoomEvent, SyncBatch};
 
 /// A received room message, decrypted where possible.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -47,13 +47,14 @@ pub struct TimelineEvent {
     pub waiting_for_key: bool,
 }
 
-/// Something that decrypts room events: the machine, or a sync batch (which also sees the
-/// keys of its own response before they are committed).
+/// Something that decrypts room events and commits their replay records later, together: a
+/// sync batch (which also sees the keys of its own response before they are committed), or
+/// a decryption batch outside a sync.
 pub(crate) trait RoomDecryptor {
     fn decrypt(&mut self, room_id: &str, event: &Value) -> Result<DecryptedRoomEvent, CryptoError>;
 }
 
-impl RoomDecryptor for &OlmMachine {
+impl RoomDecryptor for DecryptBatch<'_> {
     fn decrypt(&mut self, room_id: &str, event: &Value) -> Result<DecryptedRoomEvent, CryptoError> {
         self.decrypt_room_event(room_id, event)
     }

@@ -42,7 +42,9 @@ impl OlmMachine {
         device_id: &str,
         store: Arc<dyn Store>,
     ) -> Result<Self, CryptoError> {
-        let account = match store.account()? {
+        // Read before the account: a write in between makes the first `lock` reload it.
+        let read_at = store.generation()?;
+        let (account, generation) = match store.account()? {
             Some(record) => {
                 if record.user_id != user_id || record.device_id != device_id {
                     return Err(CryptoError::AccountMismatch {
@@ -52,22 +54,21 @@ impl OlmMachine {
                         stored_device: record.device_id,
                     });
                 }
-                OwnAccount::from_record(&record)?
+                (OwnAccount::from_record(&record)?, read_at)
             }
             None => {
                 let mut account = OwnAccount::new(user_id, device_id);
                 let max = account.inner.max_number_of_one_time_keys();
                 account.inner.generate_one_time_keys(max);
                 // Persist before anything is published, so the keys survive a crash.
-                store.save_changes(Changes {
+                let written = store.save_changes(Changes {
                     account: Some(account.to_record()?),
                     ..Default::default()
                 })?;
                 info!(user_id, device_id, "created a new Olm account");
-                account
+                (account, written)
             }
         };
-        let generation = store.generation()?;
         Ok(Self {
             user_id: user_id.to_owned(),
             device_id: device_id.to_owned(),
@@ -112,18 +113,23 @@ impl OlmMachine {
         if changes.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.store.save_changes(changes) {
-            // Nothing was stored: drop in-memory changes too (e.g. a one-time key consumed
-            // by a message whose batch failed), so a retry sees exactly the stored state.
-            if let Ok(Some(record)) = self.store.account()
-                && let Ok(account) = OwnAccount::from_record(&record)
-            {
-                state.account = account;
+        match self.store.save_changes(changes) {
+            Ok(generation) => {
+                state.generation = generation;
+                Ok(())
             }
-            return Err(e.into());
+            Err(e) => {
+                // Nothing was stored: drop in-memory changes too (e.g. a one-time key
+                // consumed by a message whose batch failed), so a retry sees exactly the
+                // stored state.
+                if let Ok(Some(record)) = self.store.account()
+                    && let Ok(account) = OwnAccount::from_record(&record)
+                {
+                    state.account = account;
+                }
+                Err(e.into())
+            }
         }
-        state.generation = self.store.generation()?;
-        Ok(())
     }
 
     /// Own Curve25519 identity key (base64).

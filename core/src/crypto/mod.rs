@@ -7,6 +7,7 @@
 
 mod account;
 mod batch;
+mod decrypt_batch;
 mod devices;
 mod error;
 mod key_requests;
@@ -32,6 +33,7 @@ pub(crate) mod tests;
 mod to_device;
 
 pub use account::{MEGOLM_ALGORITHM, OLM_ALGORITHM, SIGNED_CURVE25519};
+pub use decrypt_batch::DecryptBatch;
 pub use devices::Device;
 pub use error::{CryptoError, DeviceKeyError, MegolmError, OlmError, OneTimeKeyError};
 pub use machine::OlmMachine;

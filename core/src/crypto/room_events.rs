@@ -70,21 +70,16 @@ pub(crate) fn uncommitted_session<'a>(
 
 impl OlmMachine {
     /// Decrypt an `m.room.encrypted` room event received in `room_id`. The message index is
-    /// recorded (replay detection) before the plaintext is returned.
+    /// recorded (replay detection) before the plaintext is returned. To decrypt several,
+    /// [`OlmMachine::begin_decrypt`] commits their records in one transaction.
     pub fn decrypt_room_event(
         &self,
         room_id: &str,
         event: &Value,
     ) -> Result<DecryptedRoomEvent, CryptoError> {
-        let (decrypted, index) = self.decrypt_with(room_id, event, &Changes::default())?;
-        if let Some(index) = index {
-            let mut state = self.lock()?;
-            let changes = Changes {
-                megolm_indices: vec![index],
-                ..Default::default()
-            };
-            self.save(&mut state, changes)?;
-        }
+        let mut batch = self.begin_decrypt();
+        let decrypted = batch.decrypt_room_event(room_id, event)?;
+        batch.commit(Changes::default())?;
         Ok(decrypted)
     }
 

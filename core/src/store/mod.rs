@@ -437,8 +437,12 @@ pub struct QueuedSend {
 /// many devices) so that a SQLite implementation answers with one query, not one per row.
 pub trait Store: Send + Sync + 'static {
     /// Apply all changes atomically; on error nothing is applied. The [`quota`] limits are
-    /// enforced in the same transaction (oldest records first).
-    fn save_changes(&self, changes: Changes) -> Result<(), StoreError>;
+    /// enforced in the same transaction (oldest records first). Returns the [`generation`]
+    /// this commit wrote (the current one if `changes` is empty), so that a writer knows it
+    /// is up to date without reading it back.
+    ///
+    /// [`generation`]: Store::generation
+    fn save_changes(&self, changes: Changes) -> Result<u64, StoreError>;
 
     /// A counter bumped by every committed `save_changes`, by any process.
     fn generation(&self) -> Result<u64, StoreError>;

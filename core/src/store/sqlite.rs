@@ -121,10 +121,10 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn save_changes(&self, changes: Changes) -> Result<(), StoreError> {
+    fn save_changes(&self, changes: Changes) -> Result<u64, StoreError> {
         changes.validate()?;
         if changes.is_empty() {
-            return Ok(());
+            return self.generation();
         }
         let mut conn = self.writer();
         // IMMEDIATE: take the write lock up front (waiting up to the busy timeout for another
@@ -132,7 +132,7 @@ impl Store for SqliteStore {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db)?;
-        write::write_changes(&tx, &self.cipher, &changes)?;
+        let generation = write::write_changes(&tx, &self.cipher, &changes)?;
         #[cfg(test)]
         if self
             .fail_before_commit
@@ -143,7 +143,8 @@ impl Store for SqliteStore {
             ));
         }
         // Dropping `tx` on any error above rolls everything back.
-        tx.commit().map_err(db)
+        tx.commit().map_err(db)?;
+        Ok(generation)
     }
 
     fn generation(&self) -> Result<u64, StoreError> {
@@ -648,7 +649,7 @@ fn u64_to_sql(v: u64) -> i64 {
 }
 
 /// Inverse of [`u64_to_sql`].
-fn u64_from_sql(v: i64) -> u64 {
+pub(super) fn u64_from_sql(v: i64) -> u64 {
     v as u64
 }
 

@@ -1,6 +1,7 @@
 //! Megolm room events: decryption between machines, and the room, replay and sender checks.
 
 use super::*;
+use crate::store::Changes;
 
 #[test]
 fn two_machines_exchange_olm_and_megolm() {
@@ -132,6 +133,81 @@ fn event_sender_must_own_the_session() {
             err,
             CryptoError::Megolm(MegolmError::SenderKeyMismatch { .. })
         ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_decryption_batch_commits_its_replay_records_once_and_sees_its_own() {
+    let (_server, alice, bob) = olm_pair();
+    let encrypt = |body: &str| {
+        alice
+            .machine
+            .encrypt_room_event(ROOM, "m.room.message", &text(body))
+            .unwrap()
+    };
+    let contents = [encrypt("one"), encrypt("two"), encrypt("three")];
+    let events: Vec<Value> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, c)| room_event(ROOM, &alice.user(), &format!("${i}"), c.clone()))
+        .collect();
+    let store = bob.machine.store().clone();
+    let before = store.generation().unwrap();
+
+    let mut batch = bob.machine.begin_decrypt();
+    for (event, body) in events.iter().zip(["one", "two", "three"]) {
+        let decrypted = batch.decrypt_room_event(ROOM, event).unwrap();
+        assert_eq!(decrypted.content["body"], body);
+    }
+    // The batch sees its own records: another event reusing an index is a replay.
+    let replay = room_event(ROOM, &alice.user(), "$replay", contents[1].clone());
+    let err = batch.decrypt_room_event(ROOM, &replay).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CryptoError::Megolm(MegolmError::Replay { index: 1, .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        store.generation().unwrap(),
+        before,
+        "nothing written before the commit"
+    );
+    batch.commit(Changes::default()).unwrap();
+    assert_eq!(
+        store.generation().unwrap(),
+        before + 1,
+        "one transaction for all events"
+    );
+
+    // Committed: a later replay of any of them is refused, a re-delivery is not.
+    let err = bob.machine.decrypt_room_event(ROOM, &replay).unwrap_err();
+    assert!(
+        matches!(err, CryptoError::Megolm(MegolmError::Replay { .. })),
+        "{err:?}"
+    );
+    bob.machine.decrypt_room_event(ROOM, &events[2]).unwrap();
+}
+
+#[test]
+fn a_decryption_batch_dropped_without_commit_stores_nothing() {
+    let (_server, alice, bob) = olm_pair();
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("once"))
+        .unwrap();
+    let first = room_event(ROOM, &alice.user(), "$first", content.clone());
+    let mut batch = bob.machine.begin_decrypt();
+    batch.decrypt_room_event(ROOM, &first).unwrap();
+    drop(batch);
+    // Nothing recorded: the index is still free for the first event that is committed.
+    let other = room_event(ROOM, &alice.user(), "$other", content);
+    bob.machine.decrypt_room_event(ROOM, &other).unwrap();
+    let err = bob.machine.decrypt_room_event(ROOM, &first).unwrap_err();
+    assert!(
+        matches!(err, CryptoError::Megolm(MegolmError::Replay { .. })),
         "{err:?}"
     );
 }

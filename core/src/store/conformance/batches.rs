@@ -28,10 +28,19 @@ pub(crate) fn generation_counts_nonempty_saves<S: Store>(s: &S) {
         full_changes("g"),
     ];
     for (i, c) in singles.into_iter().enumerate() {
-        save(s, c);
-        assert_eq!(s.generation().unwrap(), i as u64 + 1);
+        let written = s.save_changes(c).unwrap();
+        assert_eq!(
+            written,
+            i as u64 + 1,
+            "save_changes returns the generation it wrote"
+        );
+        assert_eq!(s.generation().unwrap(), written);
     }
-    save(s, Changes::default());
+    assert_eq!(
+        s.save_changes(Changes::default()).unwrap(),
+        5,
+        "nothing written: the current one"
+    );
     assert_eq!(s.generation().unwrap(), 5);
     let bad = Changes {
         rooms: vec![room("")],

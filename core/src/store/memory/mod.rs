@@ -311,13 +311,13 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn save_changes(&self, changes: Changes) -> Result<(), StoreError> {
+    fn save_changes(&self, changes: Changes) -> Result<u64, StoreError> {
         changes.validate()?;
-        if changes.is_empty() {
-            return Ok(());
+        let mut inner = self.lock();
+        if !changes.is_empty() {
+            inner.apply(changes);
         }
-        self.lock().apply(changes);
-        Ok(())
+        Ok(inner.generation)
     }
 
     fn generation(&self) -> Result<u64, StoreError> {

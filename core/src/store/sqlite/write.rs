@@ -11,7 +11,7 @@ use super::super::{
 };
 use super::{
     FROM_NON_MEMBER, aad_account, aad_inbound, aad_olm, aad_outbound, aad_queued_send,
-    aad_secret_value, db, device_tag_parts, meta, set_meta, u64_to_sql,
+    aad_secret_value, db, device_tag_parts, meta, set_meta, u64_from_sql, u64_to_sql,
 };
 
 /// Write every record of `changes`, enforce the quotas and bump the generation, all inside
@@ -20,7 +20,7 @@ pub(super) fn write_changes(
     tx: &Transaction<'_>,
     c: &StoreCipher,
     changes: &Changes,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     if let Some(a) = &changes.account {
         write_account(tx, c, a)?;
     }
@@ -37,10 +37,11 @@ pub(super) fn write_changes(
         set_meta(tx, meta::SYNC_TOKEN, token)?;
     }
     enforce_quotas(tx, changes)?;
-    tx.prepare_cached("UPDATE meta SET value = value + 1 WHERE key = ?1")
-        .and_then(|mut st| st.execute([meta::GENERATION]))
+    let generation: i64 = tx
+        .prepare_cached("UPDATE meta SET value = value + 1 WHERE key = ?1 RETURNING value")
+        .and_then(|mut st| st.query_row([meta::GENERATION], |row| row.get(0)))
         .map_err(db)?;
-    Ok(())
+    Ok(u64_from_sql(generation))
 }
 
 /// Run `sql` once per item, with the parameters `f` gives.

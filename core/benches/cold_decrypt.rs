@@ -1,0 +1,161 @@
+//! Cold single-event decryption, as a push notification does it: a fresh process opens a
+//! SQLite store holding 10,000 inbound Megolm sessions, decrypts one event it has not seen
+//! (so its replay record is written) and exits. Each measured iteration is one such process
+//! (this binary, started again in child mode); the figure includes process start-up.
+//! The children's peak resident memory (`VmHWM`, Linux) is printed after the run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group};
+use newt_core::crypto::{OlmMachine, RotationSettings};
+use newt_core::store::{
+    Changes, InboundGroupSessionRecord, SecretBlob, SqliteStore, Store, StoreKey,
+};
+use serde_json::{Value, json};
+use vodozemac::megolm::{GroupSession, InboundGroupSession, SessionConfig};
+
+const USER: &str = "@alice:example.org";
+const DEVICE: &str = "JLAFKJWSCS";
+const ROOM: &str = "!push:example.org";
+const SESSIONS: usize = 10_000;
+/// Distinct events: each process decrypts one not decrypted before.
+const EVENTS: usize = 2_000;
+const KEY: [u8; 32] = [7; 32];
+const CHILD_ENV: &str = "NEWT_COLD_DECRYPT_CHILD";
+
+/// Inbound sessions of other rooms and senders, as a long-used account has them.
+fn other_sessions(count: usize) -> Vec<InboundGroupSessionRecord> {
+    (0..count)
+        .map(|i| {
+            let outbound = GroupSession::new(SessionConfig::version_1());
+            let inbound =
+                InboundGroupSession::new(&outbound.session_key(), SessionConfig::version_1());
+            let pickle = serde_json::to_vec(&inbound.pickle()).unwrap();
+            InboundGroupSessionRecord {
+                room_id: format!("!room{}:example.org", i % 500),
+                session_id: outbound.session_id(),
+                sender_key: format!("sender-curve-{}", i % 50),
+                signing_key: format!("sender-ed-{}", i % 50),
+                sender_user: Some(format!("@user{}:example.org", i % 50)),
+                sender_device: Some(format!("DEVICE{}", i % 50)),
+                pickle: SecretBlob::new(pickle),
+                first_known_index: 0,
+            }
+        })
+        .collect()
+}
+
+/// The store and the events to decrypt, written once.
+fn prepare(dir: &Path) -> Vec<PathBuf> {
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(dir, &StoreKey::from_bytes(KEY)).unwrap());
+    for chunk in other_sessions(SESSIONS - 1).chunks(1_000) {
+        store
+            .save_changes(Changes {
+                inbound_group_sessions: chunk.to_vec(),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    let machine = OlmMachine::open(USER, DEVICE, Arc::clone(&store)).unwrap();
+    let never = RotationSettings {
+        period_ms: u64::MAX,
+        messages: u64::MAX,
+    };
+    // Our own inbound copy of the room key is the 10,000th session.
+    machine
+        .share_room_key(ROOM, &[USER.to_owned()], never)
+        .unwrap();
+    let content = json!({"msgtype": "m.text", "body": "You have a new message"});
+    (0..EVENTS)
+        .map(|i| {
+            let encrypted = machine
+                .encrypt_room_event(ROOM, "m.room.message", &content)
+                .unwrap();
+            let event = json!({"type": "m.room.encrypted", "sender": USER,
+                "event_id": format!("$push{i}"), "origin_server_ts": 1, "content": encrypted});
+            let path = dir.join(format!("event{i}.json"));
+            std::fs::write(&path, serde_json::to_vec(&event).unwrap()).unwrap();
+            path
+        })
+        .collect()
+}
+
+/// Child mode: open, decrypt one event, close; print the peak resident memory.
+fn child(dir: &Path, event: &Path) {
+    let event: Value = serde_json::from_slice(&std::fs::read(event).unwrap()).unwrap();
+    let store = SqliteStore::open(dir, &StoreKey::from_bytes(KEY)).unwrap();
+    let machine = OlmMachine::open(USER, DEVICE, Arc::new(store)).unwrap();
+    let decrypted = machine.decrypt_room_event(ROOM, &event).unwrap();
+    assert_eq!(decrypted.content["body"], "You have a new message");
+    drop(machine);
+    println!("{}", peak_rss_kib().unwrap_or(0));
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn cold_decrypt(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let events = prepare(dir.path());
+    let exe = std::env::current_exe().unwrap();
+    let mut next = 0;
+    let mut peak_kib = 0;
+    c.bench_function("cold_decrypt/sqlite_10000_sessions", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                // Past the prepared events, an event is re-delivered (no write): avoid it.
+                assert!(
+                    next < events.len(),
+                    "raise EVENTS: every process needs a new event"
+                );
+                let start = Instant::now();
+                let out = Command::new(&exe)
+                    .env(CHILD_ENV, dir.path())
+                    .arg(&events[next])
+                    .output()
+                    .unwrap();
+                total += start.elapsed();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let kib: u64 = String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                peak_kib = peak_kib.max(kib);
+                next += 1;
+            }
+            total
+        })
+    });
+    println!("cold_decrypt: {next} processes, peak resident memory {peak_kib} KiB");
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(5));
+    targets = cold_decrypt
+}
+
+fn main() {
+    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+        let event = std::env::args_os().nth(1).expect("event file");
+        child(Path::new(&dir), Path::new(&event));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
