@@ -6,6 +6,9 @@
 //!   reporting the number of HTTP requests it takes;
 //! - handle a `device_lists.changed` of 500 tracked users (mark them, build the queries).
 
+// A benchmark may stop at the first failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -4,6 +4,9 @@
 //! (this binary, started again in child mode); the figure includes process start-up.
 //! The children's peak resident memory (`VmHWM`, Linux) is printed after the run.
 
+// A benchmark may stop at the first failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;

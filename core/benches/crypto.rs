@@ -3,6 +3,9 @@
 //!
 //! Set `NEWT_BENCH_FIXTURES` to read the fixtures from elsewhere.
 
+// A benchmark may stop at the first failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 mod common;

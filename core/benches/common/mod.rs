@@ -7,7 +7,7 @@ use newt_core::store::{SqliteStore, Store, StoreKey};
 
 /// The folder of the reference implementation's benchmark inputs
 /// (`../shared/bench-fixtures`, or `NEWT_BENCH_FIXTURES`).
-pub fn fixtures() -> PathBuf {
+pub(crate) fn fixtures() -> PathBuf {
     std::env::var_os("NEWT_BENCH_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -16,13 +16,13 @@ pub fn fixtures() -> PathBuf {
 }
 
 /// One fixture file.
-pub fn read(name: &str) -> Vec<u8> {
+pub(crate) fn read(name: &str) -> Vec<u8> {
     let path = fixtures().join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
 /// A fresh SQLite store in a temporary folder (kept alive by the returned guard).
-pub fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+pub(crate) fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path(), &StoreKey::from_bytes([7; 32])).unwrap();
     (Arc::new(store), dir)

@@ -21,7 +21,7 @@ use super::ClientError;
 use super::sync_response::{JoinedRoom, SyncResponse, event_within_limits};
 
 /// Bytes of events one answer may leave us holding.
-pub const MAX_KEPT_BYTES: usize = 32 * 1024 * 1024;
+pub(super) const MAX_KEPT_BYTES: usize = 32 * 1024 * 1024;
 
 impl SyncResponse {
     /// Parse a `/sync` answer body held in memory (tests; the sync loop reads the answer

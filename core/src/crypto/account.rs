@@ -30,7 +30,7 @@ pub(crate) struct OwnAccount {
 
 impl OwnAccount {
     /// A fresh account with a fallback key, nothing published yet.
-    pub fn new(user_id: &str, device_id: &str) -> Self {
+    pub(crate) fn new(user_id: &str, device_id: &str) -> Self {
         let mut inner = Account::new();
         inner.generate_fallback_key();
         Self {
@@ -43,7 +43,7 @@ impl OwnAccount {
         }
     }
 
-    pub fn from_record(record: &AccountRecord) -> Result<Self, CryptoError> {
+    pub(crate) fn from_record(record: &AccountRecord) -> Result<Self, CryptoError> {
         let pickle: AccountPickle = serde_json::from_slice(record.pickle.as_bytes())
             .map_err(|e| CryptoError::CorruptState(format!("account pickle: {e}")))?;
         Ok(Self {
@@ -56,7 +56,7 @@ impl OwnAccount {
         })
     }
 
-    pub fn to_record(&self) -> Result<AccountRecord, CryptoError> {
+    pub(crate) fn to_record(&self) -> Result<AccountRecord, CryptoError> {
         let json = Zeroizing::new(
             serde_json::to_vec(&self.inner.pickle())
                 .map_err(|e| CryptoError::CorruptState(format!("account pickle: {e}")))?,
@@ -71,11 +71,11 @@ impl OwnAccount {
         })
     }
 
-    pub fn curve25519(&self) -> String {
+    pub(crate) fn curve25519(&self) -> String {
         self.inner.curve25519_key().to_base64()
     }
 
-    pub fn ed25519(&self) -> String {
+    pub(crate) fn ed25519(&self) -> String {
         self.inner.ed25519_key().to_base64()
     }
 
@@ -88,7 +88,7 @@ impl OwnAccount {
     }
 
     /// Signed device keys as published with `/keys/upload`.
-    pub fn device_keys(&self) -> Result<Value, CryptoError> {
+    pub(crate) fn device_keys(&self) -> Result<Value, CryptoError> {
         let mut keys = json!({
             "user_id": self.user_id,
             "device_id": self.device_id,
@@ -113,7 +113,7 @@ impl OwnAccount {
     }
 
     /// Unpublished one-time keys, signed, by key id (`signed_curve25519:ID`).
-    pub fn unpublished_one_time_keys(&self) -> Result<BTreeMap<String, Value>, CryptoError> {
+    pub(crate) fn unpublished_one_time_keys(&self) -> Result<BTreeMap<String, Value>, CryptoError> {
         self.inner
             .one_time_keys()
             .into_iter()
@@ -127,7 +127,7 @@ impl OwnAccount {
     }
 
     /// The unpublished fallback key, signed, by key id.
-    pub fn unpublished_fallback_keys(&self) -> Result<BTreeMap<String, Value>, CryptoError> {
+    pub(crate) fn unpublished_fallback_keys(&self) -> Result<BTreeMap<String, Value>, CryptoError> {
         self.inner
             .fallback_key()
             .into_iter()
@@ -141,7 +141,7 @@ impl OwnAccount {
     }
 
     /// Whether something must be uploaded.
-    pub fn needs_upload(&self) -> bool {
+    pub(crate) fn needs_upload(&self) -> bool {
         !self.device_keys_uploaded
             || !self.inner.one_time_keys().is_empty()
             || !self.inner.fallback_key().is_empty()
@@ -149,7 +149,7 @@ impl OwnAccount {
 
     /// React to the server's one-time key count. Returns true if new keys were generated
     /// (the caller must persist the account before uploading them).
-    pub fn update_one_time_key_count(&mut self, count: u64) -> bool {
+    pub(crate) fn update_one_time_key_count(&mut self, count: u64) -> bool {
         self.server_one_time_key_count = count;
         let max = self.inner.max_number_of_one_time_keys() as u64;
         // Keys generated earlier and not yet confirmed are re-uploaded as they are; generating
@@ -163,7 +163,7 @@ impl OwnAccount {
 
     /// React to the server's list of unused fallback key algorithms. Returns true if a new
     /// fallback key was generated.
-    pub fn update_unused_fallback_keys(&mut self, unused: &[String]) -> bool {
+    pub(crate) fn update_unused_fallback_keys(&mut self, unused: &[String]) -> bool {
         if unused.iter().any(|a| a == SIGNED_CURVE25519) || !self.inner.fallback_key().is_empty() {
             return false;
         }
@@ -175,7 +175,7 @@ impl OwnAccount {
     }
 
     /// The server accepted the keys that were pending.
-    pub fn mark_keys_as_published(&mut self, one_time_key_count: u64) {
+    pub(crate) fn mark_keys_as_published(&mut self, one_time_key_count: u64) {
         self.inner.mark_keys_as_published();
         self.device_keys_uploaded = true;
         self.server_one_time_key_count = one_time_key_count;

@@ -66,7 +66,7 @@ pub(crate) struct OutboundGroup {
 }
 
 impl OutboundGroup {
-    pub fn new(room_id: &str) -> Self {
+    pub(super) fn new(room_id: &str) -> Self {
         Self {
             room_id: room_id.to_owned(),
             session: GroupSession::new(SessionConfig::version_1()),
@@ -76,7 +76,7 @@ impl OutboundGroup {
         }
     }
 
-    pub fn from_record(r: &OutboundGroupSessionRecord) -> Result<Self, CryptoError> {
+    pub(super) fn from_record(r: &OutboundGroupSessionRecord) -> Result<Self, CryptoError> {
         let pickle: GroupSessionPickle =
             serde_json::from_slice(r.pickle.as_bytes()).map_err(|e| pickle_err("outbound", e))?;
         Ok(Self {
@@ -88,7 +88,7 @@ impl OutboundGroup {
         })
     }
 
-    pub fn to_record(&self) -> Result<OutboundGroupSessionRecord, CryptoError> {
+    pub(super) fn to_record(&self) -> Result<OutboundGroupSessionRecord, CryptoError> {
         let json = Zeroizing::new(
             serde_json::to_vec(&self.session.pickle()).map_err(|e| pickle_err("outbound", e))?,
         );
@@ -102,13 +102,13 @@ impl OutboundGroup {
         })
     }
 
-    pub fn expired(&self, settings: RotationSettings) -> bool {
+    pub(super) fn expired(&self, settings: RotationSettings) -> bool {
         self.message_count >= settings.messages
             || now_ms().saturating_sub(self.created_ms) >= settings.period_ms
     }
 
     /// `m.room_key` content carrying the session from its current index.
-    pub fn room_key_content(&self) -> Value {
+    pub(super) fn room_key_content(&self) -> Value {
         json!({
             "algorithm": MEGOLM_ALGORITHM,
             "room_id": self.room_id,
@@ -118,7 +118,7 @@ impl OutboundGroup {
     }
 
     /// Encrypt an event, returning `m.room.encrypted` content.
-    pub fn encrypt(
+    pub(super) fn encrypt(
         &mut self,
         event_type: &str,
         content: &Value,
@@ -155,7 +155,7 @@ pub(crate) struct RoomKeyContent {
 }
 
 impl RoomKeyContent {
-    pub fn parse(content: &Value) -> Result<Self, OlmError> {
+    pub(super) fn parse(content: &Value) -> Result<Self, OlmError> {
         let key: Self = parse_key_content(content)?;
         check_room_key(&key.algorithm, &key.room_id)?;
         Ok(key)
@@ -219,7 +219,7 @@ pub(crate) struct ForwardedKey {
 }
 
 impl ForwardedKey {
-    pub fn parse(content: &Value) -> Result<Self, OlmError> {
+    pub(super) fn parse(content: &Value) -> Result<Self, OlmError> {
         let key: Self = parse_key_content(content)?;
         check_room_key(&key.algorithm, &key.room_id)?;
         vodozemac::Curve25519PublicKey::from_base64(&key.sender_key)
@@ -260,7 +260,7 @@ pub(crate) struct InboundGroup {
 impl InboundGroup {
     /// Create from a room key received over Olm; the session id must match the key. `sender`
     /// is the user (and device, if known) the Olm channel authenticated.
-    pub fn from_room_key(
+    pub(super) fn from_room_key(
         key: &RoomKeyContent,
         sender_key: &str,
         signing_key: &str,
@@ -279,7 +279,7 @@ impl InboundGroup {
 
     /// Create from a forwarded (exported) key; the session id must match the key. `sender`
     /// is the original sending device, when we know it.
-    pub fn from_forwarded(
+    pub(super) fn from_forwarded(
         key: &ForwardedKey,
         sender: Option<(&str, Option<&str>)>,
     ) -> Result<Self, OlmError> {
@@ -331,11 +331,11 @@ impl InboundGroup {
     }
 
     /// The session exported from its first known index (for forwarding to own devices).
-    pub fn export(&self) -> String {
+    pub(super) fn export(&self) -> String {
         self.session.export_at_first_known_index().to_base64()
     }
 
-    pub fn from_record(record: InboundGroupSessionRecord) -> Result<Self, CryptoError> {
+    pub(super) fn from_record(record: InboundGroupSessionRecord) -> Result<Self, CryptoError> {
         let pickle: InboundGroupSessionPickle = serde_json::from_slice(record.pickle.as_bytes())
             .map_err(|e| pickle_err("inbound", e))?;
         Ok(Self {
@@ -345,7 +345,7 @@ impl InboundGroup {
     }
 
     /// Decrypt a Megolm ciphertext; returns the plaintext payload and the message index.
-    pub fn decrypt(&mut self, ciphertext: &str) -> Result<(Value, u32), MegolmError> {
+    pub(super) fn decrypt(&mut self, ciphertext: &str) -> Result<(Value, u32), MegolmError> {
         let message = MegolmMessage::from_base64(ciphertext)
             .map_err(|e| MegolmError::Malformed(format!("ciphertext: {e}")))?;
         let decrypted = self.session.decrypt(&message).map_err(|e| match e {

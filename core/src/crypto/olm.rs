@@ -62,7 +62,7 @@ pub(crate) struct IncomingOlm {
 
 impl IncomingOlm {
     /// Parse the event; `own_curve25519` selects our ciphertext.
-    pub fn parse(event: &Value, own_curve25519: &str) -> Result<Self, OlmError> {
+    pub(super) fn parse(event: &Value, own_curve25519: &str) -> Result<Self, OlmError> {
         let sender = event
             .get("sender")
             .and_then(Value::as_str)
@@ -124,7 +124,7 @@ pub(crate) struct OlmSession {
 }
 
 impl OlmSession {
-    pub fn new(sender_key: String, session: Session) -> Self {
+    pub(crate) fn new(sender_key: String, session: Session) -> Self {
         let now = now_ms();
         Self {
             sender_key,
@@ -134,7 +134,7 @@ impl OlmSession {
         }
     }
 
-    pub fn from_record(record: &OlmSessionRecord) -> Result<Self, CryptoError> {
+    pub(crate) fn from_record(record: &OlmSessionRecord) -> Result<Self, CryptoError> {
         let pickle: SessionPickle = serde_json::from_slice(record.pickle.as_bytes())
             .map_err(|e| CryptoError::CorruptState(format!("olm session pickle: {e}")))?;
         Ok(Self {
@@ -145,7 +145,7 @@ impl OlmSession {
         })
     }
 
-    pub fn to_record(&self) -> Result<OlmSessionRecord, CryptoError> {
+    pub(crate) fn to_record(&self) -> Result<OlmSessionRecord, CryptoError> {
         let json = Zeroizing::new(
             serde_json::to_vec(&self.session.pickle())
                 .map_err(|e| CryptoError::CorruptState(format!("olm session pickle: {e}")))?,
@@ -160,7 +160,7 @@ impl OlmSession {
     }
 
     /// Encrypt `payload` and wrap it in `m.room.encrypted` to-device content.
-    pub fn encrypt(
+    pub(crate) fn encrypt(
         &mut self,
         own_curve25519: &str,
         payload: &OlmPayload,

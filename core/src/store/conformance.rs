@@ -5,6 +5,8 @@
 
 // Also built (without its tests) for the fuzzing harnesses, which use its helpers.
 #![cfg_attr(not(test), allow(dead_code, unused_imports))]
+// Test code (also in the fuzzing build): a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod batches;
 mod bounded;

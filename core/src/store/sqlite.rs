@@ -39,7 +39,7 @@ use schema::{BUSY_TIMEOUT, MIGRATIONS};
 use schema::{load_cipher, meta, migrate, open_connection, schema_version};
 
 /// Name of the database file inside the store directory.
-pub const DB_FILE_NAME: &str = "newt.sqlite3";
+pub(super) const DB_FILE_NAME: &str = "newt.sqlite3";
 
 /// The SQLite-backed [`Store`]. Thread-safe; several instances (also in several processes)
 /// may open the same directory.

@@ -2,6 +2,8 @@
 
 // Also built (without its tests) for the fuzzing harnesses, which use its helpers.
 #![cfg_attr(not(test), allow(dead_code, unused_imports))]
+// Test code (also in the fuzzing build): a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -47,23 +49,23 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    pub fn new(user: &str, device: &str) -> Self {
+    pub(crate) fn new(user: &str, device: &str) -> Self {
         Self::with_store(user, device, Arc::new(MemoryStore::new()))
     }
-    pub fn with_store(user: &str, device: &str, store: Arc<dyn Store>) -> Self {
+    pub(crate) fn with_store(user: &str, device: &str, store: Arc<dyn Store>) -> Self {
         Self {
             machine: OlmMachine::open(user, device, store.clone()).unwrap(),
             store,
         }
     }
-    pub fn user(&self) -> String {
+    pub(crate) fn user(&self) -> String {
         self.machine.user_id().to_owned()
     }
 }
 
 impl FakeServer {
     /// Send everything the machine asks for; returns the query outcomes.
-    pub fn drive(&mut self, peer: &Peer) -> Vec<QueryOutcome> {
+    pub(crate) fn drive(&mut self, peer: &Peer) -> Vec<QueryOutcome> {
         let mut outcomes = Vec::new();
         for _ in 0..4 {
             let requests = peer.machine.outgoing_requests().unwrap();
@@ -125,11 +127,11 @@ impl FakeServer {
         }
     }
 
-    pub fn query(&self, r: &get_keys::v3::Request) -> KeysQueryResponse {
+    pub(crate) fn query(&self, r: &get_keys::v3::Request) -> KeysQueryResponse {
         KeysQueryResponse::from(&self.ruma_query(r))
     }
 
-    pub fn ruma_query(&self, r: &get_keys::v3::Request) -> get_keys::v3::Response {
+    pub(crate) fn ruma_query(&self, r: &get_keys::v3::Request) -> get_keys::v3::Response {
         let mut response = get_keys::v3::Response::new();
         for user in r.device_keys.keys() {
             let devices = self
@@ -145,11 +147,11 @@ impl FakeServer {
         response
     }
 
-    pub fn claim(&mut self, r: &claim_keys::v3::Request) -> KeysClaimResponse {
+    pub(crate) fn claim(&mut self, r: &claim_keys::v3::Request) -> KeysClaimResponse {
         KeysClaimResponse::from(&self.ruma_claim(r))
     }
 
-    pub fn ruma_claim(&mut self, r: &claim_keys::v3::Request) -> claim_keys::v3::Response {
+    pub(crate) fn ruma_claim(&mut self, r: &claim_keys::v3::Request) -> claim_keys::v3::Response {
         let mut keys: BTreeMap<OwnedUserId, claim_keys::v3::OneTimeKeys> = BTreeMap::new();
         for (user, devices) in &r.one_time_keys {
             for device in devices.keys() {
@@ -209,14 +211,14 @@ impl FakeServer {
             .push((r.txn_id.to_string(), recipients));
     }
 
-    pub fn take_inbox(&mut self, peer: &Peer) -> Vec<Value> {
+    pub(crate) fn take_inbox(&mut self, peer: &Peer) -> Vec<Value> {
         self.inbox
             .remove(&(peer.user(), peer.machine.device_id().to_owned()))
             .unwrap_or_default()
     }
 
     /// Deliver the peer's to-device inbox as one sync.
-    pub fn sync(&mut self, peer: &Peer) -> SyncOutcome {
+    pub(crate) fn sync(&mut self, peer: &Peer) -> SyncOutcome {
         let events = self.take_inbox(peer);
         peer.machine
             .receive_sync_changes(SyncChanges {
@@ -227,7 +229,7 @@ impl FakeServer {
     }
 
     /// Track `users`, download their devices, claim keys for missing sessions.
-    pub fn establish(&mut self, peer: &Peer, users: &[String]) -> ClaimOutcome {
+    pub(crate) fn establish(&mut self, peer: &Peer, users: &[String]) -> ClaimOutcome {
         peer.machine.update_tracked_users(users).unwrap();
         self.drive(peer);
         match peer.machine.missing_sessions(users).unwrap() {
@@ -243,7 +245,7 @@ impl FakeServer {
     }
 
     /// Share the room key of `room` from `peer` with `users` and deliver it to the server.
-    pub fn share(&mut self, peer: &Peer, room: &str, users: &[String]) {
+    pub(crate) fn share(&mut self, peer: &Peer, room: &str, users: &[String]) {
         self.establish(peer, users);
         let requests = peer
             .machine
