@@ -38,4 +38,4 @@ pub mod fuzzing;
 pub mod http;
 mod lenient;
 pub mod store;
-mod time;
+pub mod time;

@@ -9,7 +9,6 @@ use zeroize::Zeroizing;
 use super::error::CryptoError;
 use super::signing::sign_json_with;
 use crate::store::{AccountRecord, SecretBlob};
-use crate::time::now_ms;
 
 /// Olm algorithm name.
 pub const OLM_ALGORITHM: &str = "m.olm.v1.curve25519-aes-sha2";
@@ -30,7 +29,7 @@ pub(crate) struct OwnAccount {
 
 impl OwnAccount {
     /// A fresh account with a fallback key, nothing published yet.
-    pub(crate) fn new(user_id: &str, device_id: &str) -> Self {
+    pub(crate) fn new(user_id: &str, device_id: &str, now: u64) -> Self {
         let mut inner = Account::new();
         inner.generate_fallback_key();
         Self {
@@ -39,7 +38,7 @@ impl OwnAccount {
             inner,
             device_keys_uploaded: false,
             server_one_time_key_count: 0,
-            fallback_key_created_ms: now_ms(),
+            fallback_key_created_ms: now,
         }
     }
 
@@ -163,14 +162,14 @@ impl OwnAccount {
 
     /// React to the server's list of unused fallback key algorithms. Returns true if a new
     /// fallback key was generated.
-    pub(crate) fn update_unused_fallback_keys(&mut self, unused: &[String]) -> bool {
+    pub(crate) fn update_unused_fallback_keys(&mut self, unused: &[String], now: u64) -> bool {
         if unused.iter().any(|a| a == SIGNED_CURVE25519) || !self.inner.fallback_key().is_empty() {
             return false;
         }
         // Our published fallback key was used: publish a new one. vodozemac keeps the previous
         // private key for messages still in flight.
         self.inner.generate_fallback_key();
-        self.fallback_key_created_ms = now_ms();
+        self.fallback_key_created_ms = now;
         true
     }
 

@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn own_device_keys_verify() {
-        let account = OwnAccount::new("@a:x", "DEV");
+        let account = OwnAccount::new("@a:x", "DEV", 0);
         let keys = account.device_keys().unwrap();
         let record = verify_device_keys("@a:x", "DEV", &keys).unwrap();
         assert_eq!(record.ed25519, account.ed25519());
@@ -145,7 +145,7 @@ mod tests {
 
     #[test]
     fn forged_device_keys_are_rejected() {
-        let account = OwnAccount::new("@a:x", "DEV");
+        let account = OwnAccount::new("@a:x", "DEV", 0);
         let keys = account.device_keys().unwrap();
         assert!(matches!(
             verify_device_keys("@b:x", "DEV", &keys),
@@ -156,7 +156,7 @@ mod tests {
             Err(DeviceKeyError::DeviceIdMismatch { .. })
         ));
         let mut swapped = keys.clone();
-        let other = OwnAccount::new("@a:x", "DEV");
+        let other = OwnAccount::new("@a:x", "DEV", 0);
         swapped["keys"]["curve25519:DEV"] = other.curve25519().into();
         assert!(matches!(
             verify_device_keys("@a:x", "DEV", &swapped),
@@ -173,7 +173,7 @@ mod tests {
     #[test]
     fn unaddressable_device_ids_are_refused_even_when_signed() {
         for id in ["", "*", "A\nB", &"D".repeat(256)] {
-            let account = OwnAccount::new("@a:x", id);
+            let account = OwnAccount::new("@a:x", id, 0);
             let keys = account.device_keys().unwrap();
             assert!(
                 matches!(

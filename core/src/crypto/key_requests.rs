@@ -295,7 +295,7 @@ impl OlmMachine {
             return Ok(false);
         };
         let payload = OlmPayload::to_device(&state.account, device, event_type, content);
-        let encrypted = session.encrypt(&state.account.curve25519(), &payload)?;
+        let encrypted = session.encrypt(&state.account.curve25519(), &payload, state.now_ms())?;
         batch.dirty.insert(device.curve25519.clone());
         changes.pending_to_device.push(PendingToDevice {
             txn_id: ruma::TransactionId::new().to_string(),

@@ -62,10 +62,13 @@ impl OlmMachine {
             .iter()
             .filter(|(user, _)| asked.contains(user.as_str()))
             .collect();
-        state.tracker.back_off_failed_servers(&requested, |user| {
-            let failed = server_of(user).is_some_and(|s| response.failures.contains(s));
-            failed || !answered.keys().any(|u| u.as_str() == user)
-        });
+        let now = state.now_ms();
+        state
+            .tracker
+            .back_off_failed_servers(&requested, now, |user| {
+                let failed = server_of(user).is_some_and(|s| response.failures.contains(s));
+                failed || !answered.keys().any(|u| u.as_str() == user)
+            });
         for user in answered.keys() {
             state.tracker.solo_users.remove(user.as_str());
             state.tracker.user_backoff.remove(user.as_str());
@@ -247,7 +250,7 @@ impl OlmMachine {
             .flatten()
             .map(|(u, _)| u.clone())
             .collect();
-        let now = crate::time::now_ms();
+        let now = state.now_ms();
         let waiting = |user: &str| {
             let server = server_of(user).and_then(|s| state.tracker.server_backoff.get(s));
             let alone = state.tracker.user_backoff.get(user);
@@ -301,7 +304,10 @@ impl OlmMachine {
         };
         if permanent {
             match requested.as_slice() {
-                [(user, _)] => state.tracker.back_off_user(user),
+                [(user, _)] => {
+                    let now = state.now_ms();
+                    state.tracker.back_off_user(user, now);
+                }
                 users => {
                     let users: Vec<String> = users.iter().map(|(u, _)| u.clone()).collect();
                     state.tracker.solo_users.extend(users);
@@ -366,8 +372,7 @@ impl TrackerState {
     }
 
     /// Back `user` off alone (15 s doubling to 15 min): a query of only them was refused.
-    pub(crate) fn back_off_user(&mut self, user: &str) {
-        let now = crate::time::now_ms();
+    pub(crate) fn back_off_user(&mut self, user: &str, now: u64) {
         let (failures, _) = self.user_backoff.get(user).copied().unwrap_or((0, 0));
         let delay = (BACKOFF_BASE_MS << failures.min(6)).min(BACKOFF_MAX_MS);
         self.user_backoff
@@ -379,9 +384,9 @@ impl TrackerState {
     pub(crate) fn back_off_failed_servers(
         &mut self,
         requested: &[(String, u64)],
+        now: u64,
         failed: impl Fn(&str) -> bool,
     ) {
-        let now = crate::time::now_ms();
         for (user, _) in requested {
             let Some(server) = server_of(user) else {
                 continue;

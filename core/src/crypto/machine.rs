@@ -16,6 +16,7 @@ use super::requests::{OutgoingKind, OutgoingRequest, raw, raw_map};
 use super::responses::KeysUploadResponse;
 use super::state::State;
 use crate::store::{Changes, LocalTrust, Store, TrackedUser, TrackingState};
+use crate::time::{Clock, SystemClock};
 
 /// The end-to-end encryption state machine of one device. Does no network I/O.
 pub struct OlmMachine {
@@ -42,6 +43,17 @@ impl OlmMachine {
         device_id: &str,
         store: Arc<dyn Store>,
     ) -> Result<Self, CryptoError> {
+        Self::open_with_clock(user_id, device_id, store, Arc::new(SystemClock))
+    }
+
+    /// [`OlmMachine::open`] with the time taken from `clock` (backoff, rotation periods,
+    /// retry intervals, session ages).
+    pub fn open_with_clock(
+        user_id: &str,
+        device_id: &str,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, CryptoError> {
         // Read before the account: a write in between makes the first `lock` reload it.
         let read_at = store.generation()?;
         let (account, generation) = match store.account()? {
@@ -57,7 +69,7 @@ impl OlmMachine {
                 (OwnAccount::from_record(&record)?, read_at)
             }
             None => {
-                let mut account = OwnAccount::new(user_id, device_id);
+                let mut account = OwnAccount::new(user_id, device_id, clock.now_ms());
                 let max = account.inner.max_number_of_one_time_keys();
                 account.inner.generate_one_time_keys(max);
                 // Persist before anything is published, so the keys survive a crash.
@@ -73,7 +85,7 @@ impl OlmMachine {
             user_id: user_id.to_owned(),
             device_id: device_id.to_owned(),
             store,
-            state: Mutex::new(State::new(account, generation)),
+            state: Mutex::new(State::new(account, generation, clock)),
         })
     }
 

@@ -13,7 +13,6 @@ use super::error::{CryptoError, MegolmError, OlmError};
 use crate::store::{
     InboundGroupSessionRecord, OutboundGroupSessionRecord, SecretBlob, ShareRecipient,
 };
-use crate::time::now_ms;
 
 /// Rotation settings from `m.room.encryption`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,11 +65,11 @@ pub(crate) struct OutboundGroup {
 }
 
 impl OutboundGroup {
-    pub(super) fn new(room_id: &str) -> Self {
+    pub(super) fn new(room_id: &str, now: u64) -> Self {
         Self {
             room_id: room_id.to_owned(),
             session: GroupSession::new(SessionConfig::version_1()),
-            created_ms: now_ms(),
+            created_ms: now,
             message_count: 0,
             shared_with: Vec::new(),
         }
@@ -102,9 +101,9 @@ impl OutboundGroup {
         })
     }
 
-    pub(super) fn expired(&self, settings: RotationSettings) -> bool {
+    pub(super) fn expired(&self, settings: RotationSettings, now: u64) -> bool {
         self.message_count >= settings.messages
-            || now_ms().saturating_sub(self.created_ms) >= settings.period_ms
+            || now.saturating_sub(self.created_ms) >= settings.period_ms
     }
 
     /// `m.room_key` content carrying the session from its current index.

@@ -8,7 +8,6 @@ use zeroize::Zeroizing;
 use super::account::{OLM_ALGORITHM, OwnAccount};
 use super::error::{CryptoError, OlmError};
 use crate::store::{DeviceRecord, OlmSessionRecord, SecretBlob};
-use crate::time::now_ms;
 
 /// The plaintext inside an Olm message (spec: `m.olm.v1.curve25519-aes-sha2`).
 #[derive(Serialize, Deserialize)]
@@ -124,8 +123,7 @@ pub(crate) struct OlmSession {
 }
 
 impl OlmSession {
-    pub(crate) fn new(sender_key: String, session: Session) -> Self {
-        let now = now_ms();
+    pub(crate) fn new(sender_key: String, session: Session, now: u64) -> Self {
         Self {
             sender_key,
             session,
@@ -164,6 +162,7 @@ impl OlmSession {
         &mut self,
         own_curve25519: &str,
         payload: &OlmPayload,
+        now: u64,
     ) -> Result<Value, OlmError> {
         let plaintext = Zeroizing::new(
             serde_json::to_vec(payload).map_err(|e| OlmError::Encryption(e.to_string()))?,
@@ -172,7 +171,7 @@ impl OlmSession {
             .session
             .encrypt(&*plaintext)
             .map_err(|e| OlmError::Encryption(e.to_string()))?;
-        self.last_used_ms = now_ms();
+        self.last_used_ms = now;
         let (message_type, body) = match message {
             OlmMessage::PreKey(m) => (0, m.to_base64()),
             OlmMessage::Normal(m) => (1, m.to_base64()),

@@ -90,6 +90,7 @@ impl OlmMachine {
         let mut changes = Changes::default();
         let mut dummies = ToDeviceBatcher::new("m.room.encrypted");
         let mut answerable = Vec::new();
+        let now = state.now_ms();
         for (user, by_device) in &response.one_time_keys {
             for (device_id, keys) in by_device {
                 let (user, device_id) = (user.to_string(), device_id.clone());
@@ -102,7 +103,7 @@ impl OlmMachine {
                             .iter()
                             .find(|(id, _)| id.starts_with(&prefix))
                             .ok_or_else(|| OneTimeKeyError::Malformed("no signed key".into()))?;
-                        session_from_claimed_key(&state.account.inner, device, key)
+                        session_from_claimed_key(&state.account.inner, device, key, now)
                     });
                 match result {
                     Ok(mut session) => {
@@ -114,12 +115,12 @@ impl OlmMachine {
                                 "m.dummy",
                                 json!({}),
                             );
-                            let content = session.encrypt(&state.account.curve25519(), &payload)?;
+                            let content =
+                                session.encrypt(&state.account.curve25519(), &payload, now)?;
                             dummies.push(&device, content);
-                            changes.values.insert(
-                                unwedge_key(&device.curve25519),
-                                crate::time::now_ms().to_string(),
-                            );
+                            changes
+                                .values
+                                .insert(unwedge_key(&device.curve25519), now.to_string());
                             info!(user = %device.user_id, device = %device.device_id, "unwedging an Olm session");
                         }
                         if let Some((_, requests, _)) =
@@ -158,7 +159,7 @@ impl OlmMachine {
     /// key requests we want to answer but have no session with (answered when the claim is).
     pub fn session_repair_request(&self) -> Result<Option<OutgoingRequest>, CryptoError> {
         let mut state = self.lock()?;
-        let now = crate::time::now_ms();
+        let now = state.now_ms();
         let mut request = claim_keys::v3::Request::new(BTreeMap::new());
         // A device that got no session from a few claims (no keys, or gone): its requests
         // are dropped.
@@ -228,6 +229,7 @@ fn session_from_claimed_key(
     account: &vodozemac::olm::Account,
     device: &DeviceRecord,
     key: &Value,
+    now: u64,
 ) -> Result<OlmSession, OneTimeKeyError> {
     let ed = Ed25519PublicKey::from_base64(&device.ed25519)
         .map_err(|e| OneTimeKeyError::Malformed(format!("device ed25519: {e}")))?;
@@ -249,5 +251,5 @@ fn session_from_claimed_key(
     let session = account
         .create_outbound_session(SessionConfig::version_1(), identity, otk)
         .map_err(|e| OneTimeKeyError::SessionCreation(e.to_string()))?;
-    Ok(OlmSession::new(device.curve25519.clone(), session))
+    Ok(OlmSession::new(device.curve25519.clone(), session, now))
 }

@@ -42,20 +42,21 @@ impl OlmMachine {
         let verified_only = self.shares_with_verified_only()?;
         let (devices, left_out) = self.share_targets(&members, verified_only)?;
         let stored = self.store.outbound_group_session(room_id)?;
+        let now = state.now_ms();
         let group = match stored.as_ref() {
             Some(record) => {
                 let group = OutboundGroup::from_record(record)?;
-                if group.expired(settings) || needs_rotation(&group, &members, &devices) {
+                if group.expired(settings, now) || needs_rotation(&group, &members, &devices) {
                     info!(room_id, "rotating the outbound Megolm session");
-                    OutboundGroup::new(room_id)
+                    OutboundGroup::new(room_id, now)
                 } else {
                     group
                 }
             }
-            None => OutboundGroup::new(room_id),
+            None => OutboundGroup::new(room_id, now),
         };
         let mut changes = Changes::default();
-        let mut share = Share::new(room_id, group, &state.account);
+        let mut share = Share::new(room_id, group, &state.account, now);
         if stored.as_ref().map(|r| r.session_id.as_str()) != Some(share.session_id.as_str()) {
             // A new session: keep an inbound copy so our own messages decrypt too.
             changes
@@ -333,6 +334,8 @@ struct Share<'a> {
     /// `m.room_key` content at `index`.
     room_key: Value,
     own_curve: String,
+    /// The machine's time when the share began.
+    now: u64,
     /// Devices told before this share: `true` if they got the key, `false` if withheld.
     journal: HashMap<JournalKey, bool>,
     keys_out: ToDeviceBatcher,
@@ -340,7 +343,7 @@ struct Share<'a> {
 }
 
 impl<'a> Share<'a> {
-    fn new(room_id: &'a str, group: OutboundGroup, account: &OwnAccount) -> Self {
+    fn new(room_id: &'a str, group: OutboundGroup, account: &OwnAccount, now: u64) -> Self {
         let journal = group
             .shared_with
             .iter()
@@ -354,6 +357,7 @@ impl<'a> Share<'a> {
             keys_out: ToDeviceBatcher::room_keys(room_id, &session_id),
             notices: ToDeviceBatcher::new("m.room_key.withheld"),
             own_curve: account.curve25519(),
+            now,
             session_id,
             group,
             journal,
@@ -415,8 +419,10 @@ impl<'a> Share<'a> {
     ) -> Result<(), CryptoError> {
         let (content, shared_at) = self.key_for(store, device)?;
         let payload = OlmPayload::to_device(account, device, "m.room_key", content);
-        self.keys_out
-            .push(device, session.encrypt(&self.own_curve, &payload)?);
+        self.keys_out.push(
+            device,
+            session.encrypt(&self.own_curve, &payload, self.now)?,
+        );
         self.group.shared_with.retain(|r| {
             (r.user_id.as_str(), r.device_id.as_str()) != (&device.user_id, &device.device_id)
         });

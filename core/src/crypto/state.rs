@@ -3,11 +3,13 @@
 //! lost with the process (requests in flight, backoff, held key requests).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::account::OwnAccount;
 use crate::store::DeviceRecord;
+use crate::time::Clock;
 
 /// Claims for a session to answer an own device's key requests before giving up on them.
 pub(crate) const MAX_ANSWER_CLAIMS: u32 = 3;
@@ -31,10 +33,12 @@ pub(crate) struct State {
     pub unwedging: Unwedging,
     /// Key requests of own devices waiting for something (`key_requests.rs`).
     pub held: HeldKeyRequests,
+    /// Where the machine's time comes from.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl State {
-    pub(crate) fn new(account: OwnAccount, generation: u64) -> Self {
+    pub(crate) fn new(account: OwnAccount, generation: u64, clock: Arc<dyn Clock>) -> Self {
         Self {
             account,
             generation,
@@ -43,7 +47,13 @@ impl State {
             tracker: TrackerState::default(),
             unwedging: Unwedging::default(),
             held: HeldKeyRequests::default(),
+            clock,
         }
+    }
+
+    /// Milliseconds since the Unix epoch, by the machine's clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 }
 

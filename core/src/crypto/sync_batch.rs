@@ -75,7 +75,8 @@ impl OlmMachine {
                 account_changed |= state.account.update_one_time_key_count(count);
             }
             if let Some(unused) = &sync.unused_fallback_key_types {
-                account_changed |= state.account.update_unused_fallback_keys(unused);
+                let now = state.now_ms();
+                account_changed |= state.account.update_unused_fallback_keys(unused, now);
             }
         }
         if account_changed {

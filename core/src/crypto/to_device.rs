@@ -183,7 +183,8 @@ impl OlmMachine {
             OlmMessage::PreKey(_) => Some(state.account.inner.pickle()),
             OlmMessage::Normal(_) => None,
         };
-        let (plaintext, new_session) = match decrypt(&mut state.account, batch, &incoming) {
+        let now = state.now_ms();
+        let (plaintext, new_session) = match decrypt(&mut state.account, batch, &incoming, now) {
             Ok(x) => x,
             Err(e) => {
                 if matches!(
@@ -359,6 +360,7 @@ fn decrypt(
     account: &mut OwnAccount,
     batch: &mut Batch,
     incoming: &IncomingOlm,
+    now: u64,
 ) -> Result<(Zeroizing<Vec<u8>>, Option<OlmSession>), OlmError> {
     let sessions = batch
         .sessions
@@ -369,7 +371,7 @@ fn decrypt(
         OlmMessage::Normal(_) => {
             for session in sessions.iter_mut() {
                 if let Ok(plaintext) = session.session.decrypt(&incoming.message) {
-                    session.last_used_ms = crate::time::now_ms();
+                    session.last_used_ms = now;
                     return Ok((Zeroizing::new(plaintext), None));
                 }
             }
@@ -387,7 +389,7 @@ fn decrypt(
                     .session
                     .decrypt(&incoming.message)
                     .map_err(|e| OlmError::SessionCreation(e.to_string()))?;
-                session.last_used_ms = crate::time::now_ms();
+                session.last_used_ms = now;
                 return Ok((Zeroizing::new(plaintext), None));
             }
             let their_key = Curve25519PublicKey::from_base64(&incoming.sender_key)
@@ -396,7 +398,7 @@ fn decrypt(
                 .inner
                 .create_inbound_session(SessionConfig::version_1(), their_key, pre_key)
                 .map_err(|e| OlmError::SessionCreation(e.to_string()))?;
-            let session = OlmSession::new(incoming.sender_key.clone(), created.session);
+            let session = OlmSession::new(incoming.sender_key.clone(), created.session, now);
             Ok((Zeroizing::new(created.plaintext), Some(session)))
         }
     }

@@ -9,13 +9,14 @@ use vodozemac::olm::SessionConfig;
 use super::super::account::OwnAccount;
 use super::super::olm::OlmSession;
 use super::super::signing::sign_json_with;
+use super::super::state::UNWEDGE_INTERVAL_MS;
 use super::*;
 use crate::store::{Changes, PendingToDevice};
 
 /// Device keys of `user`/`device` published with `curve25519` as identity key, self-signed
 /// with a fresh ed25519 key (what a homeserver or a user can publish for anyone's key).
 fn device_keys_with_curve(user: &str, device: &str, curve25519: &str) -> Value {
-    let account = OwnAccount::new(user, device);
+    let account = OwnAccount::new(user, device, 0);
     let mut keys = account.device_keys().unwrap();
     keys["keys"][format!("curve25519:{device}")] = curve25519.into();
     keys.as_object_mut().unwrap().remove("signatures");
@@ -32,7 +33,7 @@ fn a_device_with_an_empty_id_is_skipped_and_the_rest_of_the_answer_is_stored() {
     let carol = Peer::new("@carol:localhost", "CAROL");
     server.drive(&carol);
     // bob's homeserver lists a device "" whose self-signature verifies.
-    let ghost = OwnAccount::new(&bob.user(), "");
+    let ghost = OwnAccount::new(&bob.user(), "", 0);
     server
         .device_keys
         .get_mut(&bob.user())
@@ -331,10 +332,10 @@ fn a_refused_room_key_still_consumes_the_one_time_key_for_good() {
         .inner
         .create_outbound_session(SessionConfig::version_1(), identity, otk)
         .unwrap();
-    let mut session = OlmSession::new(bob.machine.curve25519_key(), session);
+    let mut session = OlmSession::new(bob.machine.curve25519_key(), session, 0);
     let p = payload(&alice, &bob, "m.dummy", json!({}));
     let content = session
-        .encrypt(&alice.machine.curve25519_key(), &p)
+        .encrypt(&alice.machine.curve25519_key(), &p, 0)
         .unwrap();
     let event = json!({"type": "m.room.encrypted", "sender": alice.user(), "content": content});
     let outcome = receive(&bob, vec![event]);
@@ -518,7 +519,8 @@ fn olm_sessions_a_stranger_starts_with_our_fallback_key_are_bounded() {
 
 #[test]
 fn users_of_a_query_refused_for_good_are_queried_alone_and_only_the_culprit_waits() {
-    let (mut server, alice, bob) = setup_pair();
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let (mut server, alice, bob) = setup_pair_with_clock(&clock);
     let carol = Peer::new("@carol:localhost", "CAROL");
     server.drive(&carol);
     alice
@@ -551,6 +553,24 @@ fn users_of_a_query_refused_for_good_are_queried_alone_and_only_the_culprit_wait
     assert_eq!(
         alice.machine.tracking_state(&bob.user()).unwrap(),
         crate::store::TrackingState::PendingDownload
+    );
+    // bob's first refusal alone: 15 s. Not a moment earlier...
+    clock.advance(14_999);
+    assert!(pending_queries(&alice).is_empty(), "bob still waits");
+    // ...then he is asked again, alone.
+    clock.advance(1);
+    let queries = pending_queries(&alice);
+    assert_eq!(
+        queries.len(),
+        1,
+        "bob is queried again once his backoff is over"
+    );
+    assert!(
+        queries[0]
+            .1
+            .device_keys
+            .keys()
+            .all(|u| u.as_str() == bob.user())
     );
 }
 
@@ -639,7 +659,8 @@ fn foreign_normal_message() -> String {
 
 #[test]
 fn a_device_we_cannot_make_a_session_with_is_claimed_once_an_hour_not_every_sync() {
-    let (mut server, alice, bob) = olm_pair();
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let (mut server, alice, bob) = olm_pair_with_clock(&clock);
     // An Olm message from bob's key that none of alice's sessions decrypts: alice wants
     // to unwedge the channel...
     let garbage = json!({"type": "m.room.encrypted", "sender": bob.user(), "content": {
@@ -664,7 +685,15 @@ fn a_device_we_cannot_make_a_session_with_is_claimed_once_an_hour_not_every_sync
         .mark_keys_claim_sent(&server.claim(&r))
         .unwrap();
     assert_eq!(outcome.sessions_created, 0);
-    // The next undecryptable message within the hour asks for no claim again.
-    receive(&alice, vec![garbage]);
+    // The next undecryptable message within the hour asks for no claim again...
+    clock.advance(UNWEDGE_INTERVAL_MS - 1);
+    receive(&alice, vec![garbage.clone()]);
     assert!(alice.machine.session_repair_request().unwrap().is_none());
+    // ...one after the hour does.
+    clock.advance(1);
+    receive(&alice, vec![garbage]);
+    assert!(
+        alice.machine.session_repair_request().unwrap().is_some(),
+        "claimed again after the hour"
+    );
 }

@@ -17,6 +17,7 @@ use super::olm::{Ed25519Keys, OlmPayload, OlmSession};
 use super::requests::{json_of, raw};
 use super::*;
 use crate::store::{LocalTrust, MemoryStore, Store};
+use crate::time::ManualClock;
 
 #[cfg(test)]
 mod devices;
@@ -55,6 +56,14 @@ impl Peer {
     pub(crate) fn with_store(user: &str, device: &str, store: Arc<dyn Store>) -> Self {
         Self {
             machine: OlmMachine::open(user, device, store.clone()).unwrap(),
+            store,
+        }
+    }
+    /// A peer whose time is `clock` (tests of backoff, rotation periods, retry intervals).
+    pub(crate) fn with_clock(user: &str, device: &str, clock: Arc<ManualClock>) -> Self {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        Self {
+            machine: OlmMachine::open_with_clock(user, device, store.clone(), clock).unwrap(),
             store,
         }
     }
@@ -258,7 +267,7 @@ impl FakeServer {
 
 /// Self-signed device keys of a new account for `user`/`device` (any strings).
 pub(crate) fn signed_device_keys(user: &str, device: &str) -> Value {
-    super::account::OwnAccount::new(user, device)
+    super::account::OwnAccount::new(user, device, 0)
         .device_keys()
         .unwrap_or(Value::Null)
 }
@@ -331,8 +340,20 @@ fn uid(user: &str) -> OwnedUserId {
 }
 
 fn setup_pair() -> (FakeServer, Peer, Peer) {
+    setup_pair_of(Peer::new("@alice:localhost", "ALICE"))
+}
+
+/// [`setup_pair`] with alice's time from `clock`.
+fn setup_pair_with_clock(clock: &Arc<ManualClock>) -> (FakeServer, Peer, Peer) {
+    setup_pair_of(Peer::with_clock(
+        "@alice:localhost",
+        "ALICE",
+        Arc::clone(clock),
+    ))
+}
+
+fn setup_pair_of(alice: Peer) -> (FakeServer, Peer, Peer) {
     let mut server = FakeServer::default();
-    let alice = Peer::new("@alice:localhost", "ALICE");
     let bob = Peer::new("@bob:localhost", "BOB");
     server.drive(&alice);
     server.drive(&bob);
@@ -346,7 +367,7 @@ fn olm_event(from: &Peer, to: &Peer, event_sender: &str, payload: &OlmPayload) -
     let record = &records[&to_key][0];
     let mut session = OlmSession::from_record(record).unwrap();
     let content = session
-        .encrypt(&from.machine.curve25519_key(), payload)
+        .encrypt(&from.machine.curve25519_key(), payload, 0)
         .unwrap();
     from.store
         .save_changes(crate::store::Changes {
@@ -446,7 +467,15 @@ fn receive(peer: &Peer, events: Vec<Value>) -> SyncOutcome {
 
 /// alice and bob with an established Olm channel both ways, bob knowing alice's device.
 fn olm_pair() -> (FakeServer, Peer, Peer) {
-    let (mut server, alice, bob) = setup_pair();
+    olm_pair_of(setup_pair())
+}
+
+/// [`olm_pair`] with alice's time from `clock`.
+fn olm_pair_with_clock(clock: &Arc<ManualClock>) -> (FakeServer, Peer, Peer) {
+    olm_pair_of(setup_pair_with_clock(clock))
+}
+
+fn olm_pair_of((mut server, alice, bob): (FakeServer, Peer, Peer)) -> (FakeServer, Peer, Peer) {
     let members = vec![alice.user(), bob.user()];
     server.share(&alice, ROOM, &members);
     server.sync(&bob);

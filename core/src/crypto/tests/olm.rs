@@ -229,6 +229,7 @@ fn second_pre_key_message_reusing_a_consumed_one_time_key_is_rejected() {
         .encrypt(
             &bob.machine.curve25519_key(),
             &payload(&bob, &alice, "m.dummy", json!({})),
+            0,
         )
         .unwrap();
     let second = json!({"type": "m.room.encrypted", "sender": bob.user(), "content": content});
@@ -334,7 +335,7 @@ fn a_wedged_session_is_replaced_and_announced_with_a_dummy() {
                 vodozemac::Curve25519PublicKey::from(&vodozemac::Curve25519SecretKey::new()),
             )
             .unwrap();
-        OlmSession::new(alice_key.clone(), session)
+        OlmSession::new(alice_key.clone(), session, 0)
             .to_record()
             .unwrap()
     };

@@ -279,3 +279,39 @@ fn sharing_with_verified_devices_only_withholds_unverified_ones_until_verified()
     let ok = exchange(&alice, &bob, "for verified bob", "$v2").unwrap();
     assert_eq!(ok.content["body"], "for verified bob");
 }
+
+#[test]
+fn rotation_follows_the_period_by_the_machines_clock() {
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let (_server, alice, bob) = setup_pair_with_clock(&clock);
+    let members = vec![alice.user(), bob.user()];
+    let settings = RotationSettings {
+        period_ms: 3_600_000,
+        messages: u64::MAX,
+    };
+    let id = || {
+        alice
+            .store
+            .outbound_group_session(ROOM)
+            .unwrap()
+            .unwrap()
+            .session_id
+    };
+    alice
+        .machine
+        .share_room_key(ROOM, &members, settings)
+        .unwrap();
+    let first = id();
+    clock.advance(3_599_999);
+    alice
+        .machine
+        .share_room_key(ROOM, &members, settings)
+        .unwrap();
+    assert_eq!(id(), first, "within the period");
+    clock.advance(1);
+    alice
+        .machine
+        .share_room_key(ROOM, &members, settings)
+        .unwrap();
+    assert_ne!(id(), first, "rotated once the period is over");
+}
