@@ -16,7 +16,8 @@
 #      kotlin/build/outputs/native-debug-symbols/newt_ffi-symbols.zip (upload to Play /
 #      crash reporting); the copies in jniLibs are stripped (llvm-strip from the NDK);
 #   3. the Kotlin bindings are generated from the host library into kotlin/src/main/kotlin
-#      (uniffi/newt_ffi/newt_ffi.kt: generated, gitignored, never edited);
+#      (uniffi/newt_ffi/newt_ffi.kt: generated, gitignored, never edited), with the settings
+#      (renames) of bindings/uniffi.toml, the file the Swift bindings are generated with too;
 #   4. gradle -p kotlin assembleRelease -> kotlin/build/outputs/aar/newt-release.aar.
 #
 # Environment:
@@ -67,11 +68,10 @@ check_alignment() {
 generate_bindings() {
     local lib=$1
     rm -rf "$KOTLIN_SRC/uniffi"
-    # Kotlin-only generator settings (renames), if the module has them.
-    local config=()
-    [[ -f $MODULE/uniffi.toml ]] && config=(--config "$REPO_ROOT/$MODULE/uniffi.toml")
+    # No --config: the generator reads bindings/uniffi.toml (the renames Kotlin and Swift share).
+    [[ -f bindings/uniffi.toml ]] || die "bindings/uniffi.toml is missing (without its renames the bindings do not compile)"
     cargo run -q -p newt-ffi --bin uniffi-bindgen -- generate --library "$lib" \
-        --language kotlin --out-dir "$KOTLIN_SRC" --no-format "${config[@]}" >&2 \
+        --language kotlin --out-dir "$KOTLIN_SRC" --no-format >&2 \
         || die "uniffi-bindgen generate failed"
     [[ -f $GENERATED ]] || die "bindings generated, but not at $GENERATED"
     log "ok: generated $GENERATED ($(wc -l <"$GENERATED") lines)"

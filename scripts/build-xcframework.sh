@@ -44,9 +44,10 @@
 #   a. cargo build -p newt-ffi (host target) -> target/<profile>/libnewt_ffi.so (+ .a)
 #   b. sqlite3 symbols: `nm -D --defined-only libnewt_ffi.so | grep sqlite3_` must be empty;
 #      also reports the visibility of sqlite3_* in the host static archive (readelf)
-#   c. Swift generation in library mode into a temp dir; checks the file set, that the Swift
-#      file imports the FFI module the module map declares, and that the declarations the
-#      hand-written Swift in swift/ uses exist in the generated code
+#   c. Swift generation in library mode into a temp dir (with bindings/uniffi.toml, whose
+#      Kotlin and Swift renames must be the same); checks the file set, that the Swift file
+#      imports the FFI module the module map declares, and that the declarations the
+#      hand-written Swift in swift/ uses exist in the generated code (so also the renames)
 #   d. layout of swift/: Package.swift targets, folders, .gitignore of generated files
 #   Steps needing Xcode are reported as skipped.
 set -uo pipefail
@@ -105,9 +106,11 @@ have_xcode() {
         && xcodebuild -version >/dev/null 2>&1 && xcrun --find lipo >/dev/null 2>&1
 }
 
-# Generate Swift + header + modulemap from LIB into OUT (library mode).
+# Generate Swift + header + modulemap from LIB into OUT (library mode). No --config: the
+# generator reads bindings/uniffi.toml, the settings the Kotlin is generated with too.
 generate_swift() {
     local lib=$1 out=$2
+    [[ -f $REPO_ROOT/bindings/uniffi.toml ]] || { log "error: bindings/uniffi.toml is missing"; return 1; }
     mkdir -p "$out"
     cargo run -q -p newt-ffi --bin uniffi-bindgen -- generate --library "$lib" \
         --language swift --out-dir "$out" --no-format >&2
@@ -156,6 +159,7 @@ check_host() {
     fi
 
     # c. Swift generation
+    check_shared_renames
     gen=$(mktemp -d "${TMPDIR:-/tmp}/newt-xcf-check.XXXXXX")
     # shellcheck disable=SC2064
     trap "rm -rf '$gen'" EXIT
@@ -212,6 +216,40 @@ check_sqlite_hidden() {
     fi
 }
 
+# bindings/uniffi.toml renames the same items the same way for Kotlin and Swift (uniffi 0.32
+# has no rename table shared by all languages), so the app sees one API (bindings/API.md).
+# A rename that must differ goes into ALLOWED_DIFFERENCES, with its reason in bindings/API.md.
+check_shared_renames() {
+    local out
+    if out=$(python3 - "$REPO_ROOT/bindings/uniffi.toml" 2>&1 <<'PY'
+import sys
+try:
+    import tomllib
+except ImportError:
+    print("needs Python 3.11 or later (tomllib)")
+    sys.exit(1)
+ALLOWED_DIFFERENCES = set()   # "Type.item" keys; none so far
+with open(sys.argv[1], "rb") as f:
+    bindings = tomllib.load(f).get("bindings", {})
+kotlin = bindings.get("kotlin", {}).get("rename", {})
+swift = bindings.get("swift", {}).get("rename", {})
+if not kotlin or not swift:
+    print("no [bindings.kotlin.rename] or no [bindings.swift.rename]")
+    sys.exit(1)
+differ = sorted(k for k in kotlin.keys() | swift.keys()
+                if kotlin.get(k) != swift.get(k) and k not in ALLOWED_DIFFERENCES)
+if differ:
+    print("; ".join(f"{k}: Kotlin {kotlin.get(k)!r}, Swift {swift.get(k)!r}" for k in differ))
+    sys.exit(1)
+print(len(kotlin))
+PY
+    ); then
+        record ok "bindings/uniffi.toml: Kotlin and Swift get the same $out renames"
+    else
+        record FAIL "bindings/uniffi.toml: Kotlin and Swift renames differ: $out"
+    fi
+}
+
 # Declarations that the hand-written Swift in swift/ (helpers and tests) relies on, looked up
 # in the generated file after removing doc comments and normalising whitespace. A missing one
 # means swift/ no longer matches the bindings (there is no compiler here to say so).
@@ -247,8 +285,9 @@ func setPromptHandler(handler: PromptHandler?) throws
 func setTrustPolicyProvider(provider: TrustPolicyProvider?) throws
 func setBackgroundScheduler(scheduler: BackgroundScheduler?) throws
 func runDueWork() async throws -> DueWorkReport
-func close()
+func shutdown()
 class TimelineSubscription: TimelineSubscriptionProtocol
+func cancel()
 public func setLogger(logger: Logger?, level: LogLevel)
 public func newtVersion() -> String
 public protocol TimelineListener: AnyObject
@@ -262,9 +301,11 @@ func policyForRoom(roomId: String) throws -> TrustPolicy
 public protocol BackgroundScheduler: AnyObject
 func scheduleWakeup(request: WakeupRequest) throws
 enum NewtError: Swift.Error
-case Network(message: String)
-case Server(status: UInt16, errcode: String, message: String)
+case Network(details: String)
+case Server(status: UInt16, errcode: String, details: String)
+case InvalidResponse(details: String)
 case WrongStoreKey
+case AccountMismatch(userId: String, deviceId: String, storedUserId: String, storedDeviceId: String)
 case NotLoggedIn
 case PromptDismissed
 case Closed

@@ -6,8 +6,9 @@
 # 1. installs the toolchain if missing (scripts/kotlin-toolchain.sh: kotlinc from npm, JNA
 #    and JUnit 4 from apt), builds the host library (cargo build -p newt-ffi);
 # 2. generates the Kotlin bindings in library mode into a temporary directory (never
-#    committed, never edited) and compiles them to a jar cached under
-#    $NEWT_CACHE/kotlin-test/, keyed by the hash of the generated source (saves ~20 s);
+#    committed, never edited; settings, e.g. renames, from bindings/uniffi.toml) and
+#    compiles them to a jar cached under $NEWT_CACHE/kotlin-test/, keyed by the hash of the
+#    generated source (saves ~20 s);
 # 3. compiles the wrapper (kotlin/src/main/kotlin/org/...) and the tests
 #    (kotlin/src/test/kotlin) with kotlinc;
 # 4. runs scripts/build-aar.sh --check-host (release host library with the 16 KB page
@@ -92,11 +93,10 @@ log "host library built ($((SECONDS - step_start))s)"
 # ---------------------------------------------------------------- bindings
 
 GEN_DIR=$WORK/generated
-# Kotlin-only generator settings (renames), if the module has them.
-GEN_CONFIG=()
-[[ -f kotlin/uniffi.toml ]] && GEN_CONFIG=(--config "$REPO_ROOT/kotlin/uniffi.toml")
+# No --config: the generator reads bindings/uniffi.toml (the renames Kotlin and Swift share).
+[[ -f bindings/uniffi.toml ]] || fatal "bindings/uniffi.toml is missing (without its renames the bindings do not compile)"
 cargo run -q -p newt-ffi --bin uniffi-bindgen -- generate --library "$LIB" --language kotlin \
-    --out-dir "$GEN_DIR" --no-format "${GEN_CONFIG[@]}" >&2 || fatal "uniffi-bindgen generate failed"
+    --out-dir "$GEN_DIR" --no-format >&2 || fatal "uniffi-bindgen generate failed"
 GENERATED=$GEN_DIR/uniffi/newt_ffi/newt_ffi.kt
 [[ -f $GENERATED ]] || fatal "expected $GENERATED; generated: $(cd "$GEN_DIR" && find . -type f | tr '\n' ' ')"
 

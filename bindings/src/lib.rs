@@ -15,7 +15,7 @@ pub use callbacks::{
     BackgroundScheduler, Logger, PromptHandler, TimelineListener, TrustPolicyProvider,
 };
 pub use client::{NewtClient, TimelineSubscription};
-pub use error::NewtError;
+pub use error::{DecryptionFailure, NewtError};
 pub use logging::set_logger;
 pub use types::*;
 

@@ -50,6 +50,7 @@ impl From<newt_core::client::Session> for Session {
 
 /// The user's decision about a device.
 #[derive(uniffi::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeviceTrust {
     /// Not decided.
     Unset,
@@ -132,6 +133,7 @@ impl From<DeviceInfo> for Device {
 
 /// Which senders' messages a room shows.
 #[derive(uniffi::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TrustPolicy {
     /// Everything.
     ShowAll,
@@ -215,6 +217,7 @@ impl From<TimelineEvent> for TimelineItem {
 
 /// What a timeline subscription delivers: the current items first, then each new one.
 #[derive(uniffi::Enum, Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum TimelineUpdate {
     /// The items received recently (possibly none); always the first update.
     Initial {
@@ -285,6 +288,7 @@ pub struct DueWorkReport {
 /// A decision the SDK needs from the user. Answer kinds you don't know with
 /// `PromptAnswer::Dismissed`; new kinds will be added.
 #[derive(uniffi::Enum, Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Prompt {
     /// The account password, for user-interactive authentication.
     Password {
@@ -337,6 +341,7 @@ pub enum PromptAnswer {
 
 /// Log levels.
 #[derive(uniffi::Enum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum LogLevel {
     /// Errors.
     Error,

@@ -5,6 +5,7 @@ use crate::store::StoreError;
 
 /// A device's published keys were rejected.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeviceKeyError {
     /// The keys are not a JSON object with the expected members.
     #[error("malformed device keys: {0}")]
@@ -56,6 +57,7 @@ pub enum DeviceKeyError {
 
 /// An Olm (to-device) message was rejected.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OlmError {
     /// The event or its content could not be parsed.
     #[error("malformed Olm event: {0}")]
@@ -103,6 +105,7 @@ pub enum OlmError {
 
 /// A Megolm (room) event could not be decrypted.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MegolmError {
     /// The event or its content could not be parsed.
     #[error("malformed encrypted room event: {0}")]
@@ -194,6 +197,7 @@ impl MegolmError {
 
 /// A claimed one-time key was rejected.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OneTimeKeyError {
     /// The claimed key is malformed.
     #[error("malformed one-time key: {0}")]
@@ -211,6 +215,7 @@ pub enum OneTimeKeyError {
 
 /// Any failure of the crypto machine.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CryptoError {
     /// Persisting or loading failed; nothing of the operation was stored.
     #[error(transparent)]

@@ -18,9 +18,11 @@
 // and the call returns its normal result or error afterwards. (Newt's Rust side would stop
 // the work if the future were dropped early, and on Kotlin a cancelled coroutine does drop
 // it.) To bound or stop work from Swift: use short `timeoutMs` values, `stopSync()` for the
-// background loop, `close()` on the subscription or the client; check `Task.isCancelled`
-// after an `await` if a late result must be discarded.
+// background loop, `cancel()` on the subscription or `shutdown()` on the client; check
+// `Task.isCancelled` after an `await` if a late result must be discarded.
 //
-// `close()` stops everything a client runs in the background (the sync loop from
+// `shutdown()` stops everything a client runs in the background (the sync loop from
 // `startSync()` and all timeline subscriptions); later calls throw `NewtError.Closed`.
+// (Kotlin has the same names: there `close()` is taken by `AutoCloseable`; see
+// bindings/uniffi.toml.)
 @_exported import NewtFFIBindings

@@ -6,9 +6,9 @@ extension NewtClient {
     /// The first element is `.initial(items:)` (the recent items Newt keeps in memory, maybe
     /// none), then one `.appended(item:)` per new item, and `.updated(item:)` when an item
     /// changed (e.g. a late room key decrypted it: replace the item with the same `eventId`).
-    /// The stream finishes when the client is
-    /// closed; the underlying `TimelineSubscription` is closed when the consuming task is
-    /// cancelled, when the loop breaks, or when the stream is released.
+    /// The stream finishes when the client is shut down (`shutdown()`); the underlying
+    /// `TimelineSubscription` is cancelled when the consuming task is cancelled, when the loop
+    /// breaks, or when the stream is released.
     ///
     /// Newt calls the listener on its own worker threads; `AsyncStream.Continuation` is safe
     /// to use from any thread, so elements arrive in order on the consuming task.
@@ -30,14 +30,14 @@ extension NewtClient {
             throw error
         }
         // Updates that arrive before this line are buffered, not lost.
-        continuation.onTermination = { _ in subscription.close() }
+        continuation.onTermination = { _ in subscription.cancel() }
         return stream
     }
 }
 
 /// Forwards updates into a stream continuation (which is thread-safe by itself). Newt holds
-/// the only reference; it releases the listener when the subscription ends (closed, or the
-/// client closed), and then the stream finishes.
+/// the only reference; it releases the listener when the subscription ends (cancelled, or
+/// the client shut down), and then the stream finishes.
 private final class StreamTimelineListener: TimelineListener, @unchecked Sendable {
     private let continuation: AsyncStream<TimelineUpdate>.Continuation
 

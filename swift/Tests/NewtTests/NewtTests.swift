@@ -117,7 +117,7 @@ final class NewtTests: XCTestCase {
         _ = try await online.loginPassword(user: name, password: password, deviceId: nil)
         let room = try await online.createEncryptedRoom(name: nil, invite: [])
         try await online.syncOnce(timeoutMs: 0)
-        online.close()
+        online.shutdown()
 
         // Same store, but the server is now unreachable: the send fails transiently, is kept
         // for later, and the app is asked for a wake-up.
@@ -189,7 +189,7 @@ final class NewtTests: XCTestCase {
             try await NewtClient.create(config: ClientConfig(
                 homeserver: unreachableHomeserver, storeDir: dir, storeKey: .bytes(key: key)))
         }
-        try await openStore(key).close()
+        try await openStore(key).shutdown()
         do {
             _ = try await openStore(Data(repeating: 8, count: 32))
             XCTFail("a wrong store key opened the store")
@@ -197,7 +197,37 @@ final class NewtTests: XCTestCase {
             // expected
         }
         // the right key still opens it
-        try await openStore(key).close()
+        try await openStore(key).shutdown()
+    }
+
+    func testAStoreHoldingAnotherAccountIsAccountMismatchNamingBoth() async throws {
+        // Mirrors the Kotlin ErrorsTest: the server accepts bob; the store's encryption
+        // account is alice's.
+        let hs = try homeserverOrSkip()
+        let (aliceName, alicePassword) = try await registerUser(homeserver: hs, prefix: "mismatch_alice")
+        let (bobName, bobPassword) = try await registerUser(homeserver: hs, prefix: "mismatch_bob")
+        let dir = try temporaryStoreDir(self)
+        let first = try await makeClient(self, homeserver: hs, storeDir: dir)
+        let aliceSession = try await first.loginPassword(user: aliceName, password: alicePassword, deviceId: nil)
+        first.shutdown()
+
+        let client = try await makeClient(self, homeserver: hs, storeDir: dir)
+        do {
+            _ = try await client.loginPassword(user: bobName, password: bobPassword, deviceId: "BOBDEVICE")
+            XCTFail("bob logged in on a store holding alice's account")
+        } catch let NewtError.AccountMismatch(userId, deviceId, storedUserId, storedDeviceId) {
+            XCTAssertTrue(userId.hasPrefix("@\(bobName):"), userId)
+            XCTAssertEqual(deviceId, "BOBDEVICE")
+            XCTAssertEqual(storedUserId, aliceSession.userId)
+            XCTAssertEqual(storedDeviceId, aliceSession.deviceId)
+        }
+        XCTAssertNil(client.session(), "bob is not logged in")
+        client.shutdown()
+
+        // Nothing was written: the store still holds alice's session.
+        let reopened = try await makeClient(self, homeserver: hs, storeDir: dir)
+        let restored = try await reopened.restoreSession()
+        XCTAssertEqual(restored, aliceSession)
     }
 
     func testAnUnusableAnswerIsInvalidResponse() async throws {
@@ -239,23 +269,23 @@ final class NewtTests: XCTestCase {
         }
     }
 
-    // MARK: close
+    // MARK: shutdown
 
-    func testCloseIsIdempotentAndLaterCallsThrowClosed() async throws {
+    func testShutdownIsIdempotentAndLaterCallsThrowClosed() async throws {
         let client = try await makeClient(self, homeserver: unreachableHomeserver)
         let subscription = try client.subscribeTimeline(roomId: "!nowhere:localhost", listener: NoopListener())
-        subscription.close()
-        subscription.close()
-        client.close()
-        client.close()
+        subscription.cancel()
+        subscription.cancel()
+        client.shutdown()
+        client.shutdown()
         func expectClosed(_ what: String, _ call: () async throws -> Void) async {
             do {
                 try await call()
-                XCTFail("\(what) after close succeeded")
+                XCTFail("\(what) after shutdown succeeded")
             } catch NewtError.Closed {
                 // expected
             } catch {
-                XCTFail("\(what) after close: expected Closed, got \(error)")
+                XCTFail("\(what) after shutdown: expected Closed, got \(error)")
             }
         }
         await expectClosed("restoreSession") { _ = try await client.restoreSession() }
@@ -268,7 +298,7 @@ final class NewtTests: XCTestCase {
 
     // MARK: the AsyncStream helper
 
-    func testTimelineStreamStartsWithInitialAndFinishesWhenClientCloses() async throws {
+    func testTimelineStreamStartsWithInitialAndFinishesWhenClientShutsDown() async throws {
         let client = try await makeClient(self, homeserver: unreachableHomeserver)
         let updates = try client.timelineUpdates(roomId: "!nowhere:localhost")
         let consumer = Task { () -> (seen: [TimelineUpdate], finished: Bool) in
@@ -277,14 +307,14 @@ final class NewtTests: XCTestCase {
             return (seen, !Task.isCancelled) // the loop also ends when the task is cancelled
         }
         try await Task.sleep(nanoseconds: 500_000_000)
-        client.close()
+        client.shutdown()
         let watchdog = Task {
             try await Task.sleep(nanoseconds: 10_000_000_000)
             consumer.cancel() // a stream that never finishes would hang the test
         }
         let (seen, finished) = await consumer.value
         watchdog.cancel()
-        XCTAssertTrue(finished, "the stream did not finish within 10 s of close()")
+        XCTAssertTrue(finished, "the stream did not finish within 10 s of shutdown()")
         guard case .initial(let items)? = seen.first else {
             return XCTFail("first update is not .initial: \(seen)")
         }

@@ -43,6 +43,30 @@ class ErrorsTest {
     }
 
     @Test
+    fun `a store holding another account is NewtException AccountMismatch naming both`() = runBlocking<Unit> {
+        val alice = TestUser.register("mismatch_alice")
+        val bob = TestUser.register("mismatch_bob")
+        val dir = TestEnv.newStoreDir("mismatch")
+        val aliceSession = openClient(config(dir)).use { it.loginPassword(alice.localpart, alice.password, null) }
+
+        openClient(config(dir)).use { client ->
+            // The server accepts bob; the store's encryption account is alice's.
+            val e = assertFailsWith<NewtException.AccountMismatch> {
+                client.loginPassword(bob.localpart, bob.password, "BOBDEVICE")
+            }
+            assertEquals(bob.userId, e.userId)
+            assertEquals("BOBDEVICE", e.deviceId)
+            assertEquals(aliceSession.userId, e.storedUserId)
+            assertEquals(aliceSession.deviceId, e.storedDeviceId)
+            assertEquals(null, client.session(), "bob is not logged in")
+        }
+        // Nothing was written: the store still holds alice's session.
+        openClient(config(dir)).use { client ->
+            assertEquals(aliceSession, client.restoreSession())
+        }
+    }
+
+    @Test
     fun `calls that need a session throw NotLoggedIn`() = runBlocking<Unit> {
         openClient(config(TestEnv.newStoreDir("nosession"))).use { client ->
             assertEquals(null, client.restoreSession())
