@@ -297,7 +297,14 @@ impl NewtClient {
                     message: "unknown device".into(),
                 });
             }
-            client.set_device_trust(&user_id, &device_id, trust.into())?;
+            // A store write: on a blocking thread, not on the runtime's workers.
+            tokio::task::spawn_blocking(move || {
+                client.set_device_trust(&user_id, &device_id, trust.into())
+            })
+            .await
+            .map_err(|_| NewtError::Internal {
+                message: "set_device_trust panicked".into(),
+            })??;
             Ok(())
         })
         .await
@@ -414,13 +421,37 @@ impl NewtClient {
         .await
     }
 
-    /// Stop syncing and every subscription and release the store. Idempotent; later calls
-    /// fail with `Closed`.
-    pub fn close(&self) {
-        if let Some(handle) = self.sync.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            // Dropping the handle aborts the loop.
-            drop(handle);
+    /// Stop syncing and every subscription, wait until the client's background work has
+    /// ended, then release the store (its files can be opened again). Idempotent: a second
+    /// call returns once the first has finished; later calls fail with `Closed`. Cancelling
+    /// the caller does not stop the closing.
+    pub async fn close(&self) {
+        self.stop_subscriptions();
+        let sync = self.sync.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let client = self.inner.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(client) = client {
+            match runtime() {
+                // On the SDK runtime (the caller's may be any), not aborted with the caller.
+                Ok(runtime) => {
+                    if runtime
+                        .spawn(async move { client.close().await })
+                        .await
+                        .is_err()
+                    {
+                        warn!("closing the client failed");
+                    }
+                }
+                Err(e) => warn!(error = %e, "closing without the runtime"),
+            }
         }
+        // The loop has ended (closing stopped it); dropping its handle is all that is left.
+        drop(sync);
+        self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+impl NewtClient {
+    fn stop_subscriptions(&self) {
         for task in self
             .tasks
             .lock()
@@ -429,13 +460,20 @@ impl NewtClient {
         {
             task.abort();
         }
-        self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 
 impl Drop for NewtClient {
+    /// Without `close`: everything is stopped now and the store is released in the
+    /// background, once the work in flight has ended.
     fn drop(&mut self) {
-        self.close();
+        self.stop_subscriptions();
+        // Dropping the handle aborts the loop.
+        drop(self.sync.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let client = self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let (Some(client), Ok(runtime)) = (client, runtime()) {
+            runtime.spawn(async move { client.close().await });
+        }
     }
 }
 
@@ -523,8 +561,8 @@ mod tests {
             client.own_fingerprint(),
             Err(NewtError::NotLoggedIn)
         ));
-        client.close();
-        client.close();
+        block_on(client.close());
+        block_on(client.close());
         assert!(matches!(client.own_fingerprint(), Err(NewtError::Closed)));
         assert!(matches!(
             block_on(client.sync_once(0)),
@@ -537,7 +575,7 @@ mod tests {
     fn a_wrong_store_key_is_a_typed_error() {
         let dir = tempfile::tempdir().unwrap();
         let client = block_on(NewtClient::create(config(dir.path(), "right"))).unwrap();
-        client.close();
+        block_on(client.close());
         let err = block_on(NewtClient::create(config(dir.path(), "wrong")))
             .err()
             .unwrap();

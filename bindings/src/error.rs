@@ -300,6 +300,7 @@ impl From<ClientError> for NewtError {
             ClientError::UnknownDevices(devices) => NewtError::UnknownDevices { devices },
             ClientError::PromptDismissed => NewtError::PromptDismissed,
             ClientError::InvalidResponse(message) => NewtError::InvalidResponse { message },
+            ClientError::Closed => NewtError::Closed,
         }
     }
 }

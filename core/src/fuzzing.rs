@@ -175,6 +175,9 @@ const COLUMNS: &[(&str, &str)] = &[
     ("send_queue", "content"),
     ("withheld_notices", "code"),
     ("key_requests", "request_id"),
+    ("no_olm_room_keys", "session_key"),
+    ("no_olm_room_keys", "message_index"),
+    ("unwedged_devices", "unwedged_ms"),
     ("secret_values", "value"),
     ("meta", "value"),
 ];
@@ -195,6 +198,8 @@ fn read_everything(s: &SqliteStore) {
     let _ = s.queued_sends();
     let _ = s.withheld_notice("!room-f", "wh1", "@w:x");
     let _ = s.key_request("!room-f", "kr1");
+    let _ = s.no_olm_room_key("!room-f", "ogs1", 2);
+    let _ = s.unwedge_record("curve-f");
     let _ = s.counts();
     let _ = s.secret_value("s-f");
     let _ = s.sync_token();

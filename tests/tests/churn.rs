@@ -11,6 +11,7 @@ use newt_e2e_tests::proxy::{Action, FaultProxy};
 fn session_id(client: &Client, room: &str) -> String {
     client
         .store()
+        .unwrap()
         .outbound_group_session(room)
         .unwrap()
         .unwrap()
@@ -43,6 +44,7 @@ async fn a_member_leaving_rotates_the_session_and_stays_members_keep_reading() {
     assert!(
         carol
             .store()
+            .unwrap()
             .inbound_group_session(&room, &new_session)
             .unwrap()
             .is_none()
@@ -190,6 +192,7 @@ async fn a_wedged_olm_session_recovers_with_a_dummy() {
         .clone();
     let sessions = bob
         .store()
+        .unwrap()
         .olm_sessions(&[&alice_curve])
         .unwrap()
         .remove(&alice_curve)
@@ -208,6 +211,7 @@ async fn a_wedged_olm_session_recovers_with_a_dummy() {
         corrupted.push(s);
     }
     bob.store()
+        .unwrap()
         .save_changes(Changes {
             olm_sessions: corrupted,
             ..Default::default()
@@ -347,6 +351,7 @@ async fn a_new_device_gets_the_current_room_key_before_the_next_message() {
         phone.sync_once(Duration::ZERO).await.unwrap();
         if phone
             .store()
+            .unwrap()
             .inbound_group_session(&room, &session)
             .unwrap()
             .is_some()
@@ -651,7 +656,7 @@ async fn late_keys_decrypt_events_kept_from_before_a_restart() {
         "some keys must come after their events"
     );
     assert_eq!(
-        bob.store().undecryptable_event_count().unwrap(),
+        bob.store().unwrap().undecryptable_event_count().unwrap(),
         waiting.len() as u64
     );
 
@@ -677,7 +682,7 @@ async fn late_keys_decrypt_events_kept_from_before_a_restart() {
     waiting.sort();
     assert_eq!(healed.keys().cloned().collect::<Vec<_>>(), waiting);
     assert!(healed.values().all(|b| b.starts_with('m')));
-    assert_eq!(bob.store().undecryptable_event_count().unwrap(), 0);
+    assert_eq!(bob.store().unwrap().undecryptable_event_count().unwrap(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -742,6 +747,7 @@ async fn a_key_query_cut_off_by_stopping_sync_is_sent_again() {
     let state_of_bob = |alice: &Client| {
         alice
             .store()
+            .unwrap()
             .tracked_users()
             .unwrap()
             .into_iter()
@@ -791,17 +797,19 @@ async fn a_key_stored_just_before_a_crash_decrypts_the_waiting_event_after_resta
     let event_id = alice.send_text(&room, "kept for later").await.unwrap();
     let got = receive(&bob, &room, 1).await;
     assert!(!got[0].decrypted && got[0].waiting_for_key, "{got:?}");
-    assert_eq!(bob.store().undecryptable_event_count().unwrap(), 1);
+    assert_eq!(bob.store().unwrap().undecryptable_event_count().unwrap(), 1);
 
     // The key reaches bob's store (as if a sync committed it) and the process dies before
     // the retry that sync would have made.
     let session = session_id(&alice, &room);
     let key = alice
         .store()
+        .unwrap()
         .inbound_group_session(&room, &session)
         .unwrap()
         .unwrap();
     bob.store()
+        .unwrap()
         .save_changes(Changes {
             inbound_group_sessions: vec![key],
             ..Default::default()
@@ -822,5 +830,5 @@ async fn a_key_stored_just_before_a_crash_decrypts_the_waiting_event_after_resta
     let healed = healed.expect("the first sync re-delivers the event");
     assert!(healed.decrypted, "{healed:?}");
     assert_eq!(healed.body.as_deref(), Some("kept for later"));
-    assert_eq!(bob.store().undecryptable_event_count().unwrap(), 0);
+    assert_eq!(bob.store().unwrap().undecryptable_event_count().unwrap(), 0);
 }

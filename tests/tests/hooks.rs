@@ -275,20 +275,20 @@ async fn a_message_queued_offline_is_sent_by_the_next_process() {
         matches!(&err, ClientError::Http(e) if e.is_transient()),
         "{err:?}"
     );
-    assert_eq!(alice.store().queued_sends().unwrap().len(), 1);
+    assert_eq!(alice.store().unwrap().queued_sends().unwrap().len(), 1);
     // The app is killed before any wake-up; the server comes back.
     drop(alice);
     hs.restart_same_port().unwrap();
     let alice = newt_e2e_tests::clients::open(&hs.base_url, &_dirs.path().join("alice"));
     assert!(alice.restore_session().unwrap());
     assert_eq!(
-        alice.store().queued_sends().unwrap().len(),
+        alice.store().unwrap().queued_sends().unwrap().len(),
         1,
         "kept on disk"
     );
     // The first sync of the new process sends it.
     alice.sync_once(Duration::ZERO).await.unwrap();
-    assert!(alice.store().queued_sends().unwrap().is_empty());
+    assert!(alice.store().unwrap().queued_sends().unwrap().is_empty());
     let got = next_message(&bob, &room).await;
     assert_eq!(got.body.as_deref(), Some("survives a restart"));
     assert!(got.decrypted);

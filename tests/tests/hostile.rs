@@ -59,7 +59,11 @@ fn device_of(client: &Client) -> String {
 }
 
 fn token(client: &Client) -> Option<String> {
-    client.store().sync_token().expect("read the sync token")
+    client
+        .store()
+        .unwrap()
+        .sync_token()
+        .expect("read the sync token")
 }
 
 /// A shared counter, for rewrites to report what they did.
@@ -105,7 +109,11 @@ async fn before(victim: &Client, other: &Client) -> Before {
         "setup: the victim must know the other party's device first: {devices:?}"
     );
     Before {
-        sessions: victim.store().inbound_group_session_count().unwrap(),
+        sessions: victim
+            .store()
+            .unwrap()
+            .inbound_group_session_count()
+            .unwrap(),
         devices,
     }
 }
@@ -174,7 +182,11 @@ async fn assert_still_works(
     assert_eq!(back.body.as_deref(), Some(text.as_str()));
 
     // (3): nothing lost.
-    let sessions = victim.store().inbound_group_session_count().unwrap();
+    let sessions = victim
+        .store()
+        .unwrap()
+        .inbound_group_session_count()
+        .unwrap();
     assert!(
         sessions >= before.sessions,
         "inbound group sessions went from {} to {sessions}",
@@ -310,28 +322,28 @@ async fn stripped_invite_state_never_makes_anyone_a_member() {
     assert_ne!(token(&s.bob), token_before, "that sync advanced");
 
     // The invite itself is taken (our own membership is the one thing it may say)...
-    let record = s.bob.store().room(invite_room).unwrap();
+    let record = s.bob.store().unwrap().room(invite_room).unwrap();
     assert_eq!(
         record.and_then(|r| r.own_membership).as_deref(),
         Some("invite"),
         "the hostile invite did not reach the client"
     );
     // ...but nobody becomes a member through it, and nobody is tracked because of it.
-    let members = s.bob.store().members(invite_room).unwrap();
+    let members = s.bob.store().unwrap().members(invite_room).unwrap();
     assert!(
         members
             .iter()
             .all(|m| !m.user_id.is_empty() && m.user_id != "@mallory:localhost"),
         "stripped state made members: {members:?}"
     );
-    let shared = s.bob.store().members(&s.room).unwrap();
+    let shared = s.bob.store().unwrap().members(&s.room).unwrap();
     assert!(
         shared
             .iter()
             .all(|m| !m.user_id.is_empty() && m.user_id != "@mallory:localhost"),
         "{shared:?}"
     );
-    let tracked = s.bob.store().tracked_users().unwrap();
+    let tracked = s.bob.store().unwrap().tracked_users().unwrap();
     assert!(
         tracked
             .iter()
@@ -404,7 +416,7 @@ async fn timeline_events_without_a_valid_sender_are_dropped_and_ask_for_no_key()
         .expect("the well-formed injected event is shown: the injection worked");
     assert!(!control.decrypted && control.waiting_for_key, "{control:?}");
 
-    let store = s.bob.store();
+    let store = s.bob.store().unwrap();
     for (_, sender, session) in &injected[..2] {
         assert!(
             store.key_request(&s.room, session).unwrap().is_none(),
@@ -517,6 +529,7 @@ async fn a_device_squatting_a_members_curve25519_key_is_refused() {
         bob.sync_once(Duration::from_millis(300)).await.unwrap();
         up_to_date = bob
             .store()
+            .unwrap()
             .tracked_users()
             .unwrap()
             .iter()
@@ -569,6 +582,7 @@ async fn forwarded_keys_from_strangers_unverified_or_wrong_devices_change_nothin
     }
     let session = alice
         .store()
+        .unwrap()
         .outbound_group_session(&room)
         .unwrap()
         .expect("alice's session")
@@ -606,6 +620,7 @@ async fn forwarded_keys_from_strangers_unverified_or_wrong_devices_change_nothin
     assert!(receive_event(&bob, &room, &sent).await.decrypted);
     let current = alice
         .store()
+        .unwrap()
         .outbound_group_session(&room)
         .unwrap()
         .unwrap();
@@ -615,12 +630,17 @@ async fn forwarded_keys_from_strangers_unverified_or_wrong_devices_change_nothin
     );
     let original = bob
         .store()
+        .unwrap()
         .inbound_group_session(&room, &session)
         .unwrap()
         .expect("bob has alice's session");
     assert!(original.first_known_index > 0, "{original:?}");
     assert!(
-        bob.store().key_request(&room, &session).unwrap().is_some(),
+        bob.store()
+            .unwrap()
+            .key_request(&room, &session)
+            .unwrap()
+            .is_some(),
         "setup: bob asked for the key of the messages from before he joined"
     );
     let before = before(&bob, &alice).await;
@@ -634,7 +654,11 @@ async fn forwarded_keys_from_strangers_unverified_or_wrong_devices_change_nothin
     );
     let bob_device: RemoteDevice = mallory.query_device(&user_of(&bob), &device_of(&bob));
     let unchanged = |why: &str| {
-        let now = bob.store().inbound_group_session(&room, &session).unwrap();
+        let now = bob
+            .store()
+            .unwrap()
+            .inbound_group_session(&room, &session)
+            .unwrap();
         assert_eq!(now.as_ref(), Some(&original), "{why}");
     };
 
@@ -663,6 +687,7 @@ async fn forwarded_keys_from_strangers_unverified_or_wrong_devices_change_nothin
     settle(&bob).await;
     assert!(
         bob.store()
+            .unwrap()
             .inbound_group_session(&room, &own.session_id())
             .unwrap()
             .is_some(),
@@ -671,6 +696,7 @@ async fn forwarded_keys_from_strangers_unverified_or_wrong_devices_change_nothin
     unchanged("a forward from another user replaced alice's session");
     assert!(
         bob.store()
+            .unwrap()
             .inbound_group_session(&room, &forged.session_id())
             .unwrap()
             .is_none(),
@@ -708,6 +734,7 @@ async fn forwarded_keys_from_strangers_unverified_or_wrong_devices_change_nothin
     settle(&bob).await;
     let improved = bob
         .store()
+        .unwrap()
         .inbound_group_session(&room, &session)
         .unwrap()
         .expect("alice's session");
@@ -757,7 +784,7 @@ async fn a_sync_answer_bloated_by_others_is_read_without_holding_it() {
         got.is_some_and(|e| e.decrypted),
         "the message it carried arrived"
     );
-    assert_eq!(s.bob.store().counts().unwrap().invites, 60);
+    assert_eq!(s.bob.store().unwrap().counts().unwrap().invites, 60);
     assert_still_works(&s.bob, &s.alice, &s.room, &before).await;
 }
 
@@ -787,7 +814,12 @@ async fn a_to_device_request_refused_for_good_is_dropped_and_later_sends_get_thr
         "the refused request is the Olm-encrypted room key: {refused_path}"
     );
     assert!(
-        s.bob.store().pending_to_device().unwrap().is_empty(),
+        s.bob
+            .store()
+            .unwrap()
+            .pending_to_device()
+            .unwrap()
+            .is_empty(),
         "the refused request is kept for a retry"
     );
 
@@ -963,6 +995,7 @@ async fn withheld_notices_of_strangers_or_other_members_never_explain_alices_eve
     assert!(
         s.bob
             .store()
+            .unwrap()
             .withheld_notice(&s.room, &session, &stranger.user_id)
             .unwrap()
             .is_none(),
@@ -971,6 +1004,7 @@ async fn withheld_notices_of_strangers_or_other_members_never_explain_alices_eve
     assert!(
         s.bob
             .store()
+            .unwrap()
             .withheld_notice(&s.room, &session, &eve.user_id)
             .unwrap()
             .is_none(),

@@ -37,6 +37,7 @@ const SECRET_TEXT: &str = "the eagle lands at midnight 91c2";
 fn session_key_of(client: &Client, room: &str) -> String {
     let record = client
         .store()
+        .unwrap()
         .outbound_group_session(room)
         .unwrap()
         .expect("outbound session");
@@ -52,6 +53,7 @@ fn session_key_of(client: &Client, room: &str) -> String {
 fn exported_key_of(client: &Client, room: &str, session_id: &str) -> String {
     let record = client
         .store()
+        .unwrap()
         .inbound_group_session(room, session_id)
         .unwrap()
         .expect("inbound session");
@@ -147,6 +149,7 @@ async fn full_exchange_at_trace_level_logs_no_secrets() {
 
     let session_id = alice
         .store()
+        .unwrap()
         .outbound_group_session(&room)
         .unwrap()
         .unwrap()
@@ -172,6 +175,7 @@ async fn full_exchange_at_trace_level_logs_no_secrets() {
     for (who, client) in [("alice", &alice), ("bob", &bob)] {
         let token = client
             .store()
+            .unwrap()
             .secret_value("session.access_token")
             .unwrap()
             .expect("token stored");
@@ -185,7 +189,7 @@ async fn full_exchange_at_trace_level_logs_no_secrets() {
         ));
     }
     for (who, client) in [("alice", &alice), ("bob", &bob)] {
-        let account = client.store().account().unwrap().expect("account");
+        let account = client.store().unwrap().account().unwrap().expect("account");
         let keys = key_material(account.pickle.as_bytes());
         assert!(keys.len() >= 3, "{who}'s identity and one-time keys found");
         for key in keys {

@@ -146,7 +146,7 @@ async fn a_device_without_any_key_gets_no_olm_and_is_retried_by_due_work() {
     );
     let reason = got[0].error.as_deref().unwrap_or_default();
     assert!(reason.contains("m.no_olm"), "{reason}");
-    assert_eq!(bob.store().undecryptable_event_count().unwrap(), 1);
+    assert_eq!(bob.store().unwrap().undecryptable_event_count().unwrap(), 1);
     let withheld_event = got[0].event_id.clone();
 
     // bob's sync saw his key count at zero and uploaded new one-time keys; the wake-up
@@ -157,6 +157,7 @@ async fn a_device_without_any_key_gets_no_olm_and_is_retried_by_due_work() {
     assert!(alice.devices_without_olm(&room).unwrap().is_empty());
     let session = alice
         .store()
+        .unwrap()
         .outbound_group_session(&room)
         .unwrap()
         .unwrap()
@@ -164,6 +165,7 @@ async fn a_device_without_any_key_gets_no_olm_and_is_retried_by_due_work() {
     bob.sync_once(Duration::ZERO).await.unwrap();
     assert!(
         bob.store()
+            .unwrap()
             .inbound_group_session(&room, &session)
             .unwrap()
             .is_some(),
@@ -180,7 +182,7 @@ async fn a_device_without_any_key_gets_no_olm_and_is_retried_by_due_work() {
     let healed = healed.expect("the withheld message was re-delivered");
     assert!(healed.decrypted, "{healed:?}");
     assert_eq!(healed.body.as_deref(), Some("no channel to bob"));
-    assert_eq!(bob.store().undecryptable_event_count().unwrap(), 0);
+    assert_eq!(bob.store().unwrap().undecryptable_event_count().unwrap(), 0);
     alice.send_text(&room, "now bob can read").await.unwrap();
     let got = receive(&bob, &room, 1).await;
     assert!(got[0].decrypted, "{got:?}");

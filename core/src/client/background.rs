@@ -2,10 +2,12 @@
 //! messages whose sending failed, and room keys withheld from devices without one-time keys
 //! (`m.no_olm`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::hooks::{DueWorkReport, WakeupRequest};
 use super::{Client, ClientError, is_transient};
+use crate::crypto::OlmMachine;
 
 /// First wake-up delay for devices that got `m.no_olm`.
 const NO_OLM_FIRST_DELAY: Duration = Duration::from_secs(300);
@@ -27,12 +29,12 @@ impl Client {
     pub async fn run_due_work(&self) -> Result<DueWorkReport, ClientError> {
         self.machine()?;
         let mut report = DueWorkReport::default();
-        let before = self.store.pending_to_device()?.len();
+        let before = self.pending_to_device().await?;
         let mut last_error = None;
         if let Err(e) = self.send_outgoing().await {
             last_error = Some(e);
         }
-        let after = self.store.pending_to_device()?.len();
+        let after = self.pending_to_device().await?;
         report.completed += before.saturating_sub(after) as u32;
         let (sent, queued_left, error) = self.send_queued().await?;
         report.completed += sent;
@@ -47,7 +49,7 @@ impl Client {
                 Err(e) => last_error = Some(e),
             }
         }
-        report.remaining = queued_left + self.store.pending_to_device()?.len() as u32 + without_olm;
+        report.remaining = queued_left + self.pending_to_device().await? as u32 + without_olm;
         if report.remaining > 0
             && let Some(e) = &last_error
         {
@@ -56,6 +58,12 @@ impl Client {
             self.schedule_no_olm_retry(false);
         }
         Ok(report)
+    }
+
+    /// How many to-device messages wait to be sent.
+    async fn pending_to_device(&self) -> Result<usize, ClientError> {
+        self.blocking(|c| Ok(c.store()?.pending_to_device()?.len()))
+            .await
     }
 
     /// Ask the app for a wake-up if `error` is worth retrying later.
@@ -90,7 +98,11 @@ impl Client {
         if self.hooks().scheduler.is_none() {
             return;
         }
-        let mut retry = self.no_olm_retry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut retry = self
+            .inner
+            .no_olm_retry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         // (A retry in progress also counts as pending: its own sends do not start over.)
         if after_send && !retry.wakeup_pending {
             retry.attempts = 0;
@@ -108,12 +120,17 @@ impl Client {
     /// in. Returns `(devices that got their key, devices still without)`.
     async fn retry_devices_without_olm(&self) -> Result<(u32, u32), ClientError> {
         // No wake-up from inside the retry; the caller asks for one with the new delay.
-        self.no_olm_retry
+        self.inner
+            .no_olm_retry
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .wakeup_pending = true;
         let result = self.share_with_devices_without_olm().await;
-        let mut retry = self.no_olm_retry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut retry = self
+            .inner
+            .no_olm_retry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         retry.wakeup_pending = false;
         if let Ok((_, left)) = result {
             retry.attempts = if left == 0 { 0 } else { retry.attempts + 1 };
@@ -124,19 +141,31 @@ impl Client {
     async fn share_with_devices_without_olm(&self) -> Result<(u32, u32), ClientError> {
         let machine = self.machine()?;
         let (mut done, mut left) = (0, 0);
-        for room in self.store.rooms()? {
+        let rooms = self.blocking(|c| Ok(c.store()?.rooms()?)).await?;
+        for room in rooms {
             if room.encryption.is_none() || room.own_membership.as_deref() != Some("join") {
                 continue;
             }
-            let before = machine.devices_without_olm(&room.room_id)?.len() as u32;
+            let before = self.count_without_olm(&machine, &room.room_id).await?;
             if before == 0 {
                 continue;
             }
             self.prepare_room_key(&room.room_id).await?;
-            let after = machine.devices_without_olm(&room.room_id)?.len() as u32;
+            let after = self.count_without_olm(&machine, &room.room_id).await?;
             done += before.saturating_sub(after);
             left += after;
         }
         Ok((done, left))
+    }
+
+    /// How many devices of the room got `m.no_olm` and still lack the room key.
+    pub(crate) async fn count_without_olm(
+        &self,
+        machine: &Arc<OlmMachine>,
+        room_id: &str,
+    ) -> Result<u32, ClientError> {
+        let (machine, room_id) = (Arc::clone(machine), room_id.to_owned());
+        self.blocking(move |_| Ok(machine.devices_without_olm(&room_id)?.len() as u32))
+            .await
     }
 }

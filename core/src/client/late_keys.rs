@@ -36,7 +36,8 @@ impl Client {
     /// After a sync committed: kept events of the sessions whose keys it brought, and at the
     /// first sync of a process the kept events whose key is already stored (it arrived just
     /// before an earlier process died). Events of this very sync (`fresh`) are skipped:
-    /// they were decrypted with the batch's keys already.
+    /// they were decrypted with the batch's keys already. Store and crypto I/O: runs on a
+    /// blocking thread, as all of this module.
     pub(crate) fn retry_late_keys(
         &self,
         machine: &OlmMachine,
@@ -56,11 +57,15 @@ impl Client {
             },
             fresh,
         )?;
-        if !self.stored_events_checked.swap(true, Ordering::SeqCst) {
+        if !self
+            .inner
+            .stored_events_checked
+            .swap(true, Ordering::SeqCst)
+        {
+            let store = self.store()?;
             let mut stored = Vec::new();
-            for (room_id, session_id) in self.store.undecryptable_sessions()? {
-                if self
-                    .store
+            for (room_id, session_id) in store.undecryptable_sessions()? {
+                if store
                     .inbound_group_session(&room_id, &session_id)?
                     .is_some()
                 {
@@ -82,9 +87,10 @@ impl Client {
         &self,
         machine: &OlmMachine,
     ) -> Result<(), ClientError> {
+        let store = self.store()?;
         let mut sessions = Vec::new();
-        for (room_id, session_id) in self.store.undecryptable_sessions()? {
-            let record = self.store.inbound_group_session(&room_id, &session_id)?;
+        for (room_id, session_id) in store.undecryptable_sessions()? {
+            let record = store.inbound_group_session(&room_id, &session_id)?;
             if record.is_some_and(|r| r.sender_user.is_none()) {
                 sessions.push((room_id, session_id));
             }
@@ -105,12 +111,13 @@ impl Client {
         retry: Retry,
         fresh: &HashSet<String>,
     ) -> Result<(), ClientError> {
+        let store = self.store()?;
         let mut batch = machine.begin_decrypt();
         let mut resolved = Vec::new();
         let mut updates = Vec::new();
         for (room_id, session_id) in &retry.sessions {
             let policy = self.policy_of(room_id);
-            for waiting in self.store.undecryptable_events(room_id, session_id)? {
+            for waiting in store.undecryptable_events(room_id, session_id)? {
                 if fresh.contains(&waiting.event_id) {
                     continue;
                 }

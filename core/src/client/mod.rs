@@ -6,6 +6,7 @@
 mod background;
 mod hooks;
 mod late_keys;
+mod lifecycle;
 mod outgoing;
 mod prompts;
 #[cfg(test)]
@@ -40,6 +41,7 @@ pub use hooks::{
     BackgroundScheduler, DueWorkReport, Prompt, PromptAnswer, PromptHandler, TrustPolicy,
     TrustPolicyProvider, WakeupRequest,
 };
+use lifecycle::Lifecycle;
 pub use sync::SyncHandle;
 pub use sync_response::MAX_EVENT_BYTES;
 pub use timeline::TimelineEvent;
@@ -78,6 +80,9 @@ pub enum ClientError {
     /// A server answer could not be used at all (e.g. a `/sync` answer without a token).
     #[error("invalid server answer: {0}")]
     InvalidResponse(String),
+    /// [`Client::close`] was called: the client released its store and does nothing more.
+    #[error("the client is closed")]
+    Closed,
 }
 
 impl ClientError {
@@ -91,7 +96,8 @@ impl ClientError {
             ClientError::RoomNotEncrypted(_)
             | ClientError::InvalidInput(_)
             | ClientError::UnknownDevices(_)
-            | ClientError::PromptDismissed => true,
+            | ClientError::PromptDismissed
+            | ClientError::Closed => true,
             ClientError::Store(_)
             | ClientError::Crypto(_)
             | ClientError::NotLoggedIn
@@ -128,40 +134,52 @@ pub struct Session {
 }
 
 /// A Matrix client with end-to-end encryption.
+///
+/// Store and crypto work runs on tokio's blocking threads, never on the async workers.
+/// [`Client::close`] stops what the client runs in the background and releases the store.
 pub struct Client {
-    pub(crate) http: HttpClient,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) machine: RwLock<Option<Arc<OlmMachine>>>,
-    pub(crate) timeline: broadcast::Sender<TimelineEvent>,
+    /// Shared with the client's background tasks and blocking work.
+    inner: Arc<Inner>,
+}
+
+/// The client's state; [`Client::handle`] shares it with work that runs elsewhere.
+struct Inner {
+    http: HttpClient,
+    /// `None` once closed.
+    store: RwLock<Option<Arc<dyn Store>>>,
+    machine: RwLock<Option<Arc<OlmMachine>>>,
+    timeline: broadcast::Sender<TimelineEvent>,
     /// Serialises sending of the machine's outgoing requests.
-    pub(crate) outgoing: AsyncMutex<()>,
-    /// Serialises `/sync` processing.
-    pub(crate) sync_lock: AsyncMutex<()>,
+    outgoing: AsyncMutex<()>,
+    /// Serialises `/sync` processing (owned guards: a blocking job may hold it).
+    sync_lock: Arc<AsyncMutex<()>>,
     hooks: RwLock<Hooks>,
     /// Recent items per room; published and read under this lock so that a subscriber gets
     /// every item exactly once (the snapshot, then the live ones).
     recent: Mutex<HashMap<String, VecDeque<TimelineEvent>>>,
     /// Encrypted rooms in which a member got a new device since the last sync; their
     /// current room key is shared with it before the next message (seed 002).
-    pub(crate) rooms_with_new_devices: Mutex<std::collections::BTreeSet<String>>,
+    rooms_with_new_devices: Mutex<std::collections::BTreeSet<String>>,
     /// Wake-ups for devices without one-time keys (`m.no_olm`).
     no_olm_retry: Mutex<NoOlmRetry>,
     /// The stored undecryptable events were checked against the stored keys (once per
     /// process, at the first sync).
-    pub(crate) stored_events_checked: std::sync::atomic::AtomicBool,
+    stored_events_checked: std::sync::atomic::AtomicBool,
     /// Messages a previous process left in the send queue were resumed (first sync).
-    pub(crate) send_queue_resumed: std::sync::atomic::AtomicBool,
+    send_queue_resumed: std::sync::atomic::AtomicBool,
     /// The last `/sync` answer was too large to read: ask for a smaller one.
-    pub(crate) sync_answer_too_large: std::sync::atomic::AtomicBool,
+    sync_answer_too_large: std::sync::atomic::AtomicBool,
     /// A key query found new devices since the last sync (kept events of sessions whose
     /// sender was unknown are retried).
-    pub(crate) new_devices_learned: std::sync::atomic::AtomicBool,
+    new_devices_learned: std::sync::atomic::AtomicBool,
+    /// Background tasks and blocking work, which closing waits for.
+    lifecycle: Lifecycle,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("homeserver", &self.http.homeserver())
+            .field("homeserver", &self.inner.http.homeserver())
             .finish_non_exhaustive()
     }
 }
@@ -176,13 +194,13 @@ impl Client {
     /// A client on any [`Store`] implementation.
     pub fn with_store(homeserver: &str, store: Arc<dyn Store>) -> Result<Self, ClientError> {
         let (timeline, _) = broadcast::channel(4096);
-        Ok(Self {
+        let inner = Inner {
             http: HttpClient::new(homeserver)?,
-            store,
+            store: RwLock::new(Some(store)),
             machine: RwLock::new(None),
             timeline,
             outgoing: AsyncMutex::new(()),
-            sync_lock: AsyncMutex::new(()),
+            sync_lock: Arc::new(AsyncMutex::new(())),
             hooks: RwLock::new(Hooks::default()),
             recent: Mutex::new(HashMap::new()),
             rooms_with_new_devices: Mutex::new(Default::default()),
@@ -191,16 +209,36 @@ impl Client {
             send_queue_resumed: std::sync::atomic::AtomicBool::new(false),
             sync_answer_too_large: std::sync::atomic::AtomicBool::new(false),
             new_devices_learned: std::sync::atomic::AtomicBool::new(false),
+            lifecycle: Lifecycle::new(),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
         })
     }
 
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    /// Another handle on this client (same state), for work that runs elsewhere.
+    pub(crate) fn handle(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// The store; [`ClientError::Closed`] once the client is closed.
+    pub fn store(&self) -> Result<Arc<dyn Store>, ClientError> {
+        self.inner
+            .store
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(ClientError::Closed)
     }
 
     pub(crate) fn machine(&self) -> Result<Arc<OlmMachine>, ClientError> {
-        self.machine
+        if self.inner.lifecycle.is_closed() {
+            return Err(ClientError::Closed);
+        }
+        self.inner
+            .machine
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -210,6 +248,7 @@ impl Client {
     /// The logged-in session, if any.
     pub fn session(&self) -> Option<Session> {
         let machine = self
+            .inner
             .machine
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -222,10 +261,8 @@ impl Client {
 
     /// Session stored by an earlier login, if any.
     pub fn stored_session(&self) -> Result<Option<Session>, ClientError> {
-        match (
-            self.store.value(KEY_USER_ID)?,
-            self.store.value(KEY_DEVICE_ID)?,
-        ) {
+        let store = self.store()?;
+        match (store.value(KEY_USER_ID)?, store.value(KEY_DEVICE_ID)?) {
             (Some(user_id), Some(device_id)) => Ok(Some(Session { user_id, device_id })),
             _ => Ok(None),
         }
@@ -237,12 +274,14 @@ impl Client {
         let Some(session) = self.stored_session()? else {
             return Ok(false);
         };
-        let Some(token) = self.store.secret_value(KEY_ACCESS_TOKEN)? else {
+        let Some(token) = self.store()?.secret_value(KEY_ACCESS_TOKEN)? else {
             return Ok(false);
         };
         let token = String::from_utf8(token.as_bytes().to_vec())
             .map_err(|_| StoreError::Decode("access token is not UTF-8".into()))?;
-        self.http.set_access_token(Some(Zeroizing::new(token)));
+        self.inner
+            .http
+            .set_access_token(Some(Zeroizing::new(token)));
         self.open_machine(&session)?;
         info!(user_id = %session.user_id, device_id = %session.device_id, "session restored");
         Ok(true)
@@ -256,7 +295,7 @@ impl Client {
         password: &str,
         device_id: Option<&str>,
     ) -> Result<Session, ClientError> {
-        let stored = self.stored_session()?;
+        let stored = self.blocking(|c| c.stored_session()).await?;
         let device_id = device_id
             .map(str::to_owned)
             .or_else(|| stored.as_ref().map(|s| s.device_id.clone()));
@@ -266,20 +305,36 @@ impl Client {
         ));
         request.device_id = device_id.map(Into::into);
         request.initial_device_display_name = Some("Newt".to_owned());
-        let response = self.http.send(request).await?;
+        let response = self.inner.http.send(request).await?;
         let session = Session {
             user_id: response.user_id.to_string(),
             device_id: response.device_id.to_string(),
         };
         let token = Zeroizing::new(response.access_token);
+        let logged_in = session.clone();
+        self.blocking(move |c| c.start_session(stored, &logged_in, token))
+            .await?;
+        info!(user_id = %session.user_id, device_id = %session.device_id, "logged in");
+        self.send_outgoing().await?;
+        Ok(session)
+    }
+
+    /// Store a new login's session and open its machine (store I/O: a blocking thread).
+    fn start_session(
+        &self,
+        stored: Option<Session>,
+        session: &Session,
+        token: Zeroizing<String>,
+    ) -> Result<(), ClientError> {
+        let store = self.store()?;
         // Refuse to mix two accounts in one store before anything is written.
         if let Some(stored) = &stored
             && (stored.user_id != session.user_id || stored.device_id != session.device_id)
-            && self.store.account()?.is_some()
+            && store.account()?.is_some()
         {
             return Err(CryptoError::AccountMismatch {
-                user: session.user_id,
-                device: session.device_id,
+                user: session.user_id.clone(),
+                device: session.device_id.clone(),
                 stored_user: stored.user_id.clone(),
                 stored_device: stored.device_id.clone(),
             }
@@ -296,17 +351,30 @@ impl Client {
             KEY_ACCESS_TOKEN.into(),
             SecretBlob::new(token.as_bytes().to_vec()),
         );
-        self.store.save_changes(changes)?;
-        self.http.set_access_token(Some(token));
-        self.open_machine(&session)?;
-        info!(user_id = %session.user_id, device_id = %session.device_id, "logged in");
-        self.send_outgoing().await?;
-        Ok(session)
+        store.save_changes(changes)?;
+        self.inner.http.set_access_token(Some(token));
+        self.open_machine(session)
     }
 
     fn open_machine(&self, session: &Session) -> Result<(), ClientError> {
-        let machine = OlmMachine::open(&session.user_id, &session.device_id, self.store.clone())?;
-        *self.machine.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(machine));
+        let machine = OlmMachine::open(&session.user_id, &session.device_id, self.store()?)?;
+        // Same lock order as `close` (machine, then store): a machine opened while the
+        // client closes is not kept, so it cannot hold the store open.
+        let mut slot = self
+            .inner
+            .machine
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if self
+            .inner
+            .store
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            return Err(ClientError::Closed);
+        }
+        *slot = Some(Arc::new(machine));
         Ok(())
     }
 
@@ -331,14 +399,18 @@ impl Client {
         ruma::UserId::parse(user_id)
             .map_err(|e| ClientError::InvalidInput(format!("user id: {e}")))?;
         let machine = self.machine()?;
-        machine.update_tracked_users(&[user_id.to_owned()])?;
+        let tracked = vec![user_id.to_owned()];
+        let m = Arc::clone(&machine);
+        self.blocking(move |_| Ok(m.update_tracked_users(&tracked)?))
+            .await?;
         self.send_outgoing().await?;
-        Ok(machine.devices(user_id)?)
+        let user_id = user_id.to_owned();
+        self.blocking(move |_| Ok(machine.devices(&user_id)?)).await
     }
 
     /// Subscribe to received timeline events of all rooms (new ones only).
     pub fn subscribe_timeline(&self) -> broadcast::Receiver<TimelineEvent> {
-        self.timeline.subscribe()
+        self.inner.timeline.subscribe()
     }
 
     /// Subscribe to one room: the items received recently (current state) and a receiver of
@@ -347,16 +419,16 @@ impl Client {
         &self,
         room_id: &str,
     ) -> (Vec<TimelineEvent>, broadcast::Receiver<TimelineEvent>) {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
         let snapshot = recent
             .get(room_id)
             .map(|q| q.iter().cloned().collect())
             .unwrap_or_default();
-        (snapshot, self.timeline.subscribe())
+        (snapshot, self.inner.timeline.subscribe())
     }
 
     pub(crate) fn publish(&self, item: TimelineEvent) {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
         let queue = recent.entry(item.room_id.clone()).or_default();
         match queue
             .iter_mut()
@@ -371,7 +443,7 @@ impl Client {
             }
         }
         // No receiver is fine: nobody is listening.
-        let _ = self.timeline.send(item);
+        let _ = self.inner.timeline.send(item);
     }
 
     /// Share room keys only with devices the user verified (remembered in the store). The

@@ -1,6 +1,8 @@
 //! The crypto machine's outgoing requests (key uploads, queries and claims, to-device
 //! messages) sent over HTTP, each alone, with the answers reported back to the machine.
 
+use std::sync::Arc;
+
 use tracing::{debug, warn};
 
 use super::{Client, ClientError};
@@ -11,13 +13,16 @@ use crate::crypto::{
 use crate::http::{HttpError, MAX_BODY_BYTES, with_retry};
 
 impl Client {
-    /// Send one request of the crypto machine and report the answer back to it. Answers are
-    /// parsed leniently (an invalid entry is left out, not the whole answer refused).
+    /// Send one request of the crypto machine and report the answer back to it (on a
+    /// blocking thread: the machine writes to the store). Answers are parsed leniently (an
+    /// invalid entry is left out, not the whole answer refused).
     pub(crate) async fn send_request(
         &self,
-        machine: &OlmMachine,
+        machine: &Arc<OlmMachine>,
         request: OutgoingRequest,
     ) -> Result<(), ClientError> {
+        let m = Arc::clone(machine);
+        let id = request.id;
         match request.kind {
             OutgoingKind::KeysUpload(r) => {
                 let answer = self.send_raw(r).await.map_err(ClientError::from);
@@ -25,7 +30,10 @@ impl Client {
                     KeysUploadResponse::from_json(&body).map_err(ClientError::from)
                 });
                 match response {
-                    Ok(response) => machine.mark_keys_upload_sent(&response)?,
+                    Ok(response) => {
+                        self.blocking(move |_| Ok(m.mark_keys_upload_sent(&response)?))
+                            .await?
+                    }
                     // The same keys go up again (identical keys are accepted again).
                     Err(e) => {
                         machine.mark_upload_failed();
@@ -39,21 +47,27 @@ impl Client {
                     let response = match response {
                         Ok(r) => r,
                         Err(e) => {
-                            machine.mark_query_failed(&request.id, true)?;
+                            self.blocking(move |_| Ok(m.mark_query_failed(&id, true)?))
+                                .await?;
                             return Err(e.into());
                         }
                     };
-                    self.keys_query_answered(machine, &request.id, &response)?;
+                    self.blocking(move |c| c.keys_query_answered(&m, &id, &response))
+                        .await?;
                 }
                 Err(e) => {
-                    machine.mark_query_failed(&request.id, e.is_permanent())?;
+                    let permanent = e.is_permanent();
+                    self.blocking(move |_| Ok(m.mark_query_failed(&id, permanent)?))
+                        .await?;
                     return Err(e.into());
                 }
             },
             OutgoingKind::KeysClaim(r) => {
                 let body = self.send_raw(r).await?;
-                let outcome =
-                    machine.mark_keys_claim_sent(&KeysClaimResponse::from_json(&body)?)?;
+                let response = KeysClaimResponse::from_json(&body)?;
+                let outcome = self
+                    .blocking(move |_| Ok(m.mark_keys_claim_sent(&response)?))
+                    .await?;
                 debug!(
                     created = outcome.sessions_created,
                     failed = outcome.failed.len(),
@@ -62,9 +76,15 @@ impl Client {
             }
             OutgoingKind::ToDevice(r) => match self.send_raw(r).await {
                 // Same transaction id on every retry: the server delivers it once.
-                Ok(_) => machine.mark_to_device_sent(&request.id)?,
+                Ok(_) => {
+                    self.blocking(move |_| Ok(m.mark_to_device_sent(&id)?))
+                        .await?
+                }
                 // Refused for good: dropped, so that it does not hold up the others.
-                Err(e) if e.is_permanent() => machine.mark_to_device_failed(&request.id)?,
+                Err(e) if e.is_permanent() => {
+                    self.blocking(move |_| Ok(m.mark_to_device_failed(&id)?))
+                        .await?
+                }
                 Err(e) => return Err(e.into()),
             },
         }
@@ -82,7 +102,7 @@ impl Client {
                 Input<'a> = std::borrow::Cow<'a, ruma::api::SupportedVersions>,
             >,
     {
-        with_retry(|| self.http.send_raw(request.clone(), MAX_BODY_BYTES)).await
+        with_retry(|| self.inner.http.send_raw(request.clone(), MAX_BODY_BYTES)).await
     }
 
     fn keys_query_answered(
@@ -100,9 +120,11 @@ impl Client {
             "keys query"
         );
         if !outcome.new_devices.is_empty() {
-            self.new_devices_learned
+            self.inner
+                .new_devices_learned
                 .store(true, std::sync::atomic::Ordering::SeqCst);
-            self.rooms_with_new_devices
+            self.inner
+                .rooms_with_new_devices
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .extend(outcome.affected_rooms);
@@ -114,16 +136,24 @@ impl Client {
     /// alone: one that fails does not keep the others from going out (a to-device message
     /// the server refuses for good is dropped). Returns the first failure, after trying all.
     pub async fn send_outgoing(&self) -> Result<(), ClientError> {
-        let _guard = self.outgoing.lock().await;
+        let _guard = self.inner.outgoing.lock().await;
         let machine = self.machine()?;
         let mut first_error = None;
         // Answers may produce more requests (e.g. more one-time keys): a few rounds.
         for _ in 0..4 {
-            let requests = machine.outgoing_requests()?;
+            let m = Arc::clone(&machine);
+            // The guard is made with the requests, so that they are returned to the machine
+            // even if this future is dropped while the blocking job runs.
+            let (requests, mut unreported) = self
+                .blocking(move |_| {
+                    let requests = m.outgoing_requests()?;
+                    let unreported = Unreported::new(m, &requests);
+                    Ok((requests, unreported))
+                })
+                .await?;
             if requests.is_empty() {
                 break;
             }
-            let mut unreported = Unreported::new(&machine, &requests);
             let mut failed = false;
             for request in requests {
                 let id = request.id.clone();
@@ -146,14 +176,14 @@ impl Client {
 /// sending stops early (an error, or the future is dropped, e.g. the sync loop stopped),
 /// they are reported as failed on drop, so the machine offers them again instead of
 /// treating them as in flight forever.
-struct Unreported<'a> {
-    machine: &'a OlmMachine,
+struct Unreported {
+    machine: Arc<OlmMachine>,
     /// Request id and whether it is the key upload.
     ids: Vec<(String, bool)>,
 }
 
-impl<'a> Unreported<'a> {
-    fn new(machine: &'a OlmMachine, requests: &[OutgoingRequest]) -> Self {
+impl Unreported {
+    fn new(machine: Arc<OlmMachine>, requests: &[OutgoingRequest]) -> Self {
         let ids = requests
             .iter()
             .filter_map(|r| match r.kind {
@@ -170,7 +200,7 @@ impl<'a> Unreported<'a> {
     }
 }
 
-impl Drop for Unreported<'_> {
+impl Drop for Unreported {
     fn drop(&mut self) {
         for (id, upload) in self.ids.drain(..) {
             if upload {

@@ -17,7 +17,11 @@ use crate::store::LocalTrust;
 
 impl Client {
     pub(crate) fn hooks(&self) -> Hooks {
-        self.hooks.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner
+            .hooks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The app's trust policy for a room (the default without a provider).
@@ -30,7 +34,8 @@ impl Client {
 
     /// Set or remove the handler of user prompts.
     pub fn set_prompt_handler(&self, handler: Option<Arc<dyn PromptHandler>>) {
-        self.hooks
+        self.inner
+            .hooks
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .prompts = handler;
@@ -39,7 +44,8 @@ impl Client {
     /// Ask the prompt handler about devices seen for the first time before sharing room keys
     /// with them (verify, blacklist or ignore, per device).
     pub fn set_ask_about_new_devices(&self, ask: bool) {
-        self.hooks
+        self.inner
+            .hooks
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .ask_about_new_devices = ask;
@@ -47,7 +53,8 @@ impl Client {
 
     /// Set or remove the provider of per-room trust policies.
     pub fn set_trust_policy_provider(&self, provider: Option<Arc<dyn TrustPolicyProvider>>) {
-        self.hooks
+        self.inner
+            .hooks
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .trust_policy = provider;
@@ -55,7 +62,8 @@ impl Client {
 
     /// Set or remove the scheduler of background wake-ups.
     pub fn set_background_scheduler(&self, scheduler: Option<Arc<dyn BackgroundScheduler>>) {
-        self.hooks
+        self.inner
+            .hooks
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .scheduler = scheduler;
@@ -74,7 +82,8 @@ impl Client {
     /// Ask the app, in the background, about own undecided devices that requested room keys
     /// (one prompt per device). A device the user verifies gets the held requests answered;
     /// the answers go out with the next sync. Without a prompt handler nothing is asked and
-    /// the requests wait until the device is verified some other way.
+    /// the requests wait until the device is verified some other way. Store I/O: runs on a
+    /// blocking thread (the prompts are tasks of the runtime).
     pub(crate) fn ask_about_key_share_requests(
         &self,
         machine: &Arc<OlmMachine>,
@@ -84,7 +93,8 @@ impl Client {
         };
         for device in machine.take_key_share_prompts()? {
             let (machine, handler) = (Arc::clone(machine), Arc::clone(&handler));
-            tokio::spawn(async move {
+            let client = self.handle();
+            self.spawn_abortable(async move {
                 let prompt = Prompt::KeyShareRequest {
                     device: device.clone(),
                 };
@@ -92,14 +102,20 @@ impl Client {
                 let Ok(PromptAnswer::DeviceDecisions(decisions)) = answer else {
                     return;
                 };
-                for (user, id, trust) in decisions {
-                    let about_this = user == device.user_id && id == device.device_id;
-                    if about_this
-                        && trust != LocalTrust::Unset
-                        && let Err(e) = machine.set_local_trust(&user, &id, trust)
-                    {
-                        warn!(error = %e, "recording the decision about a key request failed");
+                let record = client.blocking(move |_| {
+                    for (user, id, trust) in decisions {
+                        let about_this = user == device.user_id && id == device.device_id;
+                        if about_this
+                            && trust != LocalTrust::Unset
+                            && let Err(e) = machine.set_local_trust(&user, &id, trust)
+                        {
+                            warn!(error = %e, "recording the decision about a key request failed");
+                        }
                     }
+                    Ok(())
+                });
+                if let Err(e) = record.await {
+                    warn!(error = %e, "recording the decision about a key request failed");
                 }
             });
         }
@@ -114,6 +130,7 @@ impl Client {
         let machine = self.machine()?;
         let device = ruma::OwnedDeviceId::from(device_id);
         let first = self
+            .inner
             .http
             .send(delete_device::v3::Request::new(device.clone()))
             .await;
@@ -141,7 +158,7 @@ impl Client {
         auth.session = session;
         let mut request = delete_device::v3::Request::new(device);
         request.auth = Some(AuthData::Password(auth));
-        self.http.send(request).await?;
+        self.inner.http.send(request).await?;
         Ok(())
     }
 }

@@ -1,5 +1,7 @@
 //! Rooms: creating, joining, member lists and sending encrypted messages.
 
+use std::sync::Arc;
+
 use ruma::api::client::membership::{
     get_member_events, invite_user, join_room_by_id_or_alias, leave_room,
 };
@@ -84,7 +86,7 @@ impl Client {
         request.initial_state = vec![crate::crypto::raw_json(&json!({
             "type": "m.room.encryption", "state_key": "", "content": encryption,
         }))?];
-        let response = self.http.send(request).await?;
+        let response = self.inner.http.send(request).await?;
         let room_id = response.room_id.to_string();
         let mut changes = Changes::default();
         changes.rooms.push(RoomRecord {
@@ -106,7 +108,7 @@ impl Client {
                 membership: "invite".into(),
             });
         }
-        self.store.save_changes(changes)?;
+        self.save_changes(changes).await?;
         info!(room_id, "created encrypted room");
         Ok(room_id)
     }
@@ -117,24 +119,31 @@ impl Client {
         let target = OwnedRoomOrAliasId::try_from(room)
             .map_err(|e| ClientError::InvalidInput(format!("room id or alias: {e}")))?;
         let response = with_retry(|| {
-            self.http
+            self.inner
+                .http
                 .send(join_room_by_id_or_alias::v3::Request::new(target.clone()))
         })
         .await?;
         let room_id = response.room_id.to_string();
-        let mut record = self.store.room(&room_id)?.unwrap_or_else(|| RoomRecord {
-            room_id: room_id.clone(),
-            ..Default::default()
-        });
-        if record.own_membership.as_deref() != Some("join") {
-            // Member changes while we were not joined were not seen: load the list again.
-            record.members_synced = false;
-        }
-        record.own_membership = Some("join".into());
-        self.store.save_changes(Changes {
-            rooms: vec![record],
-            ..Default::default()
-        })?;
+        let id = room_id.clone();
+        self.blocking(move |c| {
+            let store = c.store()?;
+            let mut record = store.room(&id)?.unwrap_or_else(|| RoomRecord {
+                room_id: id.clone(),
+                ..Default::default()
+            });
+            if record.own_membership.as_deref() != Some("join") {
+                // Member changes while we were not joined were not seen: load them again.
+                record.members_synced = false;
+            }
+            record.own_membership = Some("join".into());
+            store.save_changes(Changes {
+                rooms: vec![record],
+                ..Default::default()
+            })?;
+            Ok(())
+        })
+        .await?;
         info!(room_id, "joined");
         Ok(room_id)
     }
@@ -143,16 +152,26 @@ impl Client {
     pub async fn leave(&self, room_id: &str) -> Result<(), ClientError> {
         self.machine()?;
         let room = parse_room_id(room_id)?;
-        with_retry(|| self.http.send(leave_room::v3::Request::new(room.clone()))).await?;
-        if let Some(mut record) = self.store.room(room_id)? {
-            record.own_membership = Some("leave".into());
-            record.members_synced = false;
-            self.store.save_changes(Changes {
-                rooms: vec![record],
-                ..Default::default()
-            })?;
-        }
-        Ok(())
+        with_retry(|| {
+            self.inner
+                .http
+                .send(leave_room::v3::Request::new(room.clone()))
+        })
+        .await?;
+        let room_id = room_id.to_owned();
+        self.blocking(move |c| {
+            let store = c.store()?;
+            if let Some(mut record) = store.room(&room_id)? {
+                record.own_membership = Some("leave".into());
+                record.members_synced = false;
+                store.save_changes(Changes {
+                    rooms: vec![record],
+                    ..Default::default()
+                })?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Start a new Megolm session for the room's next message (e.g. after a security
@@ -178,21 +197,21 @@ impl Client {
         let recipient =
             invite_user::v3::InvitationRecipient::UserId(invite_user::v3::InviteUserId::new(user));
         with_retry(|| {
-            self.http.send(invite_user::v3::Request::new(
+            self.inner.http.send(invite_user::v3::Request::new(
                 room.clone(),
                 recipient.clone(),
             ))
         })
         .await?;
-        self.store.save_changes(Changes {
+        self.save_changes(Changes {
             members: vec![MemberRecord {
                 room_id: room_id.into(),
                 user_id: user_id.into(),
                 membership: "invite".into(),
             }],
             ..Default::default()
-        })?;
-        Ok(())
+        })
+        .await
     }
 
     /// Load the full member list (`/members`) once per room (again after each join), then
@@ -204,7 +223,8 @@ impl Client {
         }
         let room_id = parse_room_id(&room.room_id)?;
         let response = with_retry(|| {
-            self.http
+            self.inner
+                .http
                 .send(get_member_events::v3::Request::new(room_id.clone()))
         })
         .await?;
@@ -227,24 +247,31 @@ impl Client {
         }
         record.own_membership = own_membership;
         changes.rooms.push(record);
-        self.store.save_changes(changes)?;
-        Ok(())
+        self.save_changes(changes).await
     }
 
     /// Make sure every current recipient device of the room has the room key.
     pub async fn prepare_room_key(&self, room_id: &str) -> Result<(), ClientError> {
         let machine = self.machine()?;
+        let id = room_id.to_owned();
         let room = self
-            .store
-            .room(room_id)?
+            .blocking(move |c| Ok(c.store()?.room(&id)?))
+            .await?
             .ok_or_else(|| ClientError::RoomNotEncrypted(room_id.into()))?;
         let Some(encryption) = room.encryption.clone() else {
             return Err(ClientError::RoomNotEncrypted(room_id.into()));
         };
         self.ensure_members(&room).await?;
-        let room = self.store.room(room_id)?.unwrap_or(room);
-        let users = recipients(&room, &self.store.members(room_id)?);
-        machine.update_tracked_users(&users)?;
+        let (m, id) = (Arc::clone(&machine), room_id.to_owned());
+        let users = self
+            .blocking(move |c| {
+                let store = c.store()?;
+                let room = store.room(&id)?.unwrap_or(room);
+                let users = recipients(&room, &store.members(&id)?);
+                m.update_tracked_users(&users)?;
+                Ok(users)
+            })
+            .await?;
         // A request the server refuses for good must not stop the message: the devices it
         // concerns get `m.no_olm` (or keep what we knew of them); network failures do.
         if let Err(e) = self.send_outgoing().await {
@@ -253,7 +280,11 @@ impl Client {
         if self.hooks().ask_about_new_devices {
             self.decide_new_devices(&machine, &users).await?;
         }
-        if let Some(claim) = machine.missing_sessions(&users)?
+        let (m, recipients) = (Arc::clone(&machine), users.clone());
+        let claim = self
+            .blocking(move |_| Ok(m.missing_sessions(&recipients)?))
+            .await?;
+        if let Some(claim) = claim
             && let Err(e) = self.send_request(&machine, claim).await
         {
             transient_or_logged(e)?;
@@ -261,16 +292,19 @@ impl Client {
         let settings = serde_json::from_str::<Value>(&encryption)
             .map(|c| RotationSettings::from_encryption_content(&c))
             .unwrap_or_default();
-        let requests = machine.share_room_key(room_id, &users, settings)?;
+        let (m, id) = (Arc::clone(&machine), room_id.to_owned());
+        let requests = self
+            .blocking(move |_| Ok(m.share_room_key(&id, &users, settings)?))
+            .await?;
         {
-            let _guard = self.outgoing.lock().await;
+            let _guard = self.inner.outgoing.lock().await;
             for request in requests {
                 if let Err(e) = self.send_request(&machine, request).await {
                     transient_or_logged(e)?;
                 }
             }
         }
-        if !machine.devices_without_olm(room_id)?.is_empty() {
+        if self.count_without_olm(&machine, room_id).await? > 0 {
             self.schedule_no_olm_retry(true);
         }
         Ok(())
@@ -287,18 +321,24 @@ impl Client {
         }
         let rooms = std::mem::take(
             &mut *self
+                .inner
                 .rooms_with_new_devices
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
         for room_id in rooms {
-            match self.store.room(&room_id) {
-                Ok(Some(room)) if room.own_membership.as_deref() == Some("join") => {}
-                _ => continue,
-            }
-            match self.store.outbound_group_session(&room_id) {
-                Ok(Some(_)) => {}
-                Ok(None) => continue,
+            let id = room_id.clone();
+            let shared = self.blocking(move |c| {
+                let store = c.store()?;
+                match store.room(&id) {
+                    Ok(Some(room)) if room.own_membership.as_deref() == Some("join") => {}
+                    _ => return Ok(false),
+                }
+                Ok(store.outbound_group_session(&id)?.is_some())
+            });
+            match shared.await {
+                Ok(true) => {}
+                Ok(false) => continue,
                 Err(e) => {
                     warn!(room_id, error = %e, "reading the outbound session failed");
                     continue;
@@ -307,7 +347,8 @@ impl Client {
             if let Err(e) = self.prepare_room_key(&room_id).await {
                 warn!(room_id, error = %e, "sharing the room key with new devices failed");
                 if matches!(&e, ClientError::Http(h) if h.is_transient()) {
-                    self.rooms_with_new_devices
+                    self.inner
+                        .rooms_with_new_devices
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(room_id);
@@ -321,34 +362,28 @@ impl Client {
     /// Ask the prompt handler about devices of `users` nobody decided about yet.
     async fn decide_new_devices(
         &self,
-        machine: &OlmMachine,
+        machine: &Arc<OlmMachine>,
         users: &[String],
     ) -> Result<(), ClientError> {
-        let undecided = |machine: &OlmMachine| -> Result<Vec<crate::crypto::Device>, ClientError> {
-            let mut out = Vec::new();
-            for user in users {
-                out.extend(machine.devices(user)?.into_iter().filter(|d| {
-                    d.local_trust == LocalTrust::Unset
-                        && !d.deleted
-                        && !(d.user_id == machine.user_id() && d.device_id == machine.device_id())
-                }));
-            }
-            Ok(out)
-        };
-        let devices = undecided(machine)?;
+        let (m, all) = (Arc::clone(machine), users.to_vec());
+        let devices = self.blocking(move |_| undecided(&m, &all)).await?;
         if devices.is_empty() {
             return Ok(());
         }
-        if let PromptAnswer::DeviceDecisions(decisions) =
-            self.prompt(Prompt::NewDevices { devices }).await
-        {
-            for (user, device, trust) in decisions {
-                if trust != LocalTrust::Unset {
-                    machine.set_local_trust(&user, &device, trust)?;
+        let answer = self.prompt(Prompt::NewDevices { devices }).await;
+        let (m, all) = (Arc::clone(machine), users.to_vec());
+        let still: Vec<String> = self
+            .blocking(move |_| {
+                if let PromptAnswer::DeviceDecisions(decisions) = answer {
+                    for (user, device, trust) in decisions {
+                        if trust != LocalTrust::Unset {
+                            m.set_local_trust(&user, &device, trust)?;
+                        }
+                    }
                 }
-            }
-        }
-        let still: Vec<String> = undecided(machine)?
+                undecided(&m, &all)
+            })
+            .await?
             .iter()
             .map(|d| format!("{}/{}", d.user_id, d.device_id))
             .collect();
@@ -389,19 +424,21 @@ impl Client {
             ),
         };
         let txn_id = queued.txn_id.clone();
-        self.store.save_changes(Changes {
+        self.save_changes(Changes {
             queued_sends: vec![queued],
             ..Default::default()
-        })?;
+        })
+        .await?;
         let result = self.send_message_once(room_id, content, &txn_id).await;
         match &result {
             // Not over: the message stays queued and is sent later (same transaction id).
             Err(e) if !e.is_permanent() => self.schedule_retry(e, "message send failed"),
             _ => {
-                self.store.save_changes(Changes {
+                self.save_changes(Changes {
                     finished_sends: vec![txn_id],
                     ..Default::default()
-                })?;
+                })
+                .await?;
             }
         }
         result
@@ -418,7 +455,10 @@ impl Client {
         self.prepare_room_key(room_id)
             .await
             .map_err(unusable_answer_is_not_delivery)?;
-        let encrypted = machine.encrypt_room_event(room_id, "m.room.message", content)?;
+        let (id, content) = (room_id.to_owned(), content.clone());
+        let encrypted = self
+            .blocking(move |_| Ok(machine.encrypt_room_event(&id, "m.room.message", &content)?))
+            .await?;
         let body = crate::crypto::raw_json(&encrypted)?;
         let request = send_message_event::v3::Request::new_raw(
             room,
@@ -426,7 +466,7 @@ impl Client {
             MessageLikeEventType::RoomEncrypted,
             body,
         );
-        let body = with_retry(|| self.http.send_raw(request.clone(), MAX_BODY_BYTES)).await?;
+        let body = with_retry(|| self.inner.http.send_raw(request.clone(), MAX_BODY_BYTES)).await?;
         debug!(room_id, "sent encrypted message");
         // The server has the event now; an answer without a valid event id is its problem.
         serde_json::from_slice::<Value>(&body)
@@ -435,6 +475,22 @@ impl Client {
             .filter(|id| ruma::EventId::parse(id).is_ok())
             .ok_or_else(|| HttpError::Response("no valid event_id in the answer".into()).into())
     }
+}
+
+/// Devices of `users` nobody decided about yet (not deleted, not our own).
+fn undecided(
+    machine: &OlmMachine,
+    users: &[String],
+) -> Result<Vec<crate::crypto::Device>, ClientError> {
+    let mut out = Vec::new();
+    for user in users {
+        out.extend(machine.devices(user)?.into_iter().filter(|d| {
+            d.local_trust == LocalTrust::Unset
+                && !d.deleted
+                && !(d.user_id == machine.user_id() && d.device_id == machine.device_id())
+        }));
+    }
+    Ok(out)
 }
 
 /// An unreadable answer before the message itself was sent (e.g. to `/members`) does not

@@ -14,7 +14,7 @@ impl Client {
     /// other rooms go on. One that fails for good (e.g. we were removed from the room) is
     /// dropped. Returns `(sent, still queued, the first error worth a retry)`.
     pub(crate) async fn send_queued(&self) -> Result<(u32, u32, Option<ClientError>), ClientError> {
-        let queued = self.store.queued_sends()?;
+        let queued = self.blocking(|c| Ok(c.store()?.queued_sends()?)).await?;
         let mut sent = 0;
         let mut blocked: HashSet<String> = HashSet::new();
         let mut retry_error = None;
@@ -48,13 +48,19 @@ impl Client {
                 },
             };
             if finished {
-                self.store.save_changes(Changes {
-                    finished_sends: vec![q.txn_id.clone()],
-                    ..Default::default()
-                })?;
+                let txn_id = q.txn_id.clone();
+                self.blocking(move |c| {
+                    c.store()?.save_changes(Changes {
+                        finished_sends: vec![txn_id],
+                        ..Default::default()
+                    })?;
+                    Ok(())
+                })
+                .await?;
             }
         }
-        let left = self.store.queued_sends()?.len() as u32;
+        let left = self.blocking(|c| Ok(c.store()?.queued_sends()?.len() as u32));
+        let left = left.await?;
         Ok((sent, left, retry_error))
     }
 }

@@ -26,7 +26,7 @@ use super::timeline::TimelineEvent;
 use super::{Client, ClientError, TrustPolicy};
 use crate::crypto::{OlmMachine, SyncBatch, SyncChanges};
 use crate::http::{HttpError, with_retry};
-use crate::store::{Changes, MemberRecord};
+use crate::store::{Changes, MemberRecord, Store};
 
 /// Timeline events per room per sync; older ones are fetched with `/messages`.
 const TIMELINE_LIMIT: u32 = 50;
@@ -92,17 +92,23 @@ struct Timelines {
 impl Client {
     /// Run one `/sync` (long-polling up to `timeout`) and process it completely.
     pub async fn sync_once(&self, timeout: Duration) -> Result<(), ClientError> {
-        let _guard = self.sync_lock.lock().await;
+        let guard = Arc::clone(&self.inner.sync_lock).lock_owned().await;
         let machine = self.machine()?;
         if let Err(e) = self.send_outgoing().await {
             warn!(error = %e, "sending pending crypto requests failed; will retry");
         }
-        let since = self.store.sync_token()?;
+        let since = self.blocking(|c| Ok(c.store()?.sync_token()?)).await?;
         let mut sync = self.fetch_sync(since.clone(), timeout).await?;
         if let Some(since) = &since {
             self.fill_gaps(&mut sync, since).await;
         }
-        self.apply_sync(&machine, sync)?;
+        // The whole answer in one blocking job: the batch holds the machine's lock. The
+        // job holds the sync lock too: if this call is dropped meanwhile, the next sync
+        // starts only after the answer is committed (with its token).
+        let m = Arc::clone(&machine);
+        let _guard = self
+            .blocking(move |c| c.apply_sync(&m, sync).map(|()| guard))
+            .await?;
         self.after_sync(&machine).await
     }
 
@@ -113,7 +119,7 @@ impl Client {
         since: Option<String>,
         timeout: Duration,
     ) -> Result<SyncResponse, ClientError> {
-        let shrink = self.sync_answer_too_large.load(Ordering::SeqCst);
+        let shrink = self.inner.sync_answer_too_large.load(Ordering::SeqCst);
         let limit = if shrink {
             SMALL_TIMELINE_LIMIT
         } else {
@@ -128,17 +134,22 @@ impl Client {
         // Read as a stream: only what Newt keeps is held (`sync_stream`).
         let read = |body: &mut dyn std::io::Read| sync_stream::read(body, MAX_KEPT_BYTES);
         let sync = match self
+            .inner
             .http
             .send_streaming(request, MAX_SYNC_READ_BYTES, read)
             .await
         {
             Err(e @ HttpError::TooLarge { .. }) => {
-                self.sync_answer_too_large.store(true, Ordering::SeqCst);
+                self.inner
+                    .sync_answer_too_large
+                    .store(true, Ordering::SeqCst);
                 return Err(e.into());
             }
             other => other??,
         };
-        self.sync_answer_too_large.store(false, Ordering::SeqCst);
+        self.inner
+            .sync_answer_too_large
+            .store(false, Ordering::SeqCst);
         Ok(sync)
     }
 
@@ -153,8 +164,11 @@ impl Client {
     /// events, device lists, room state, tracking of the encrypted rooms' members, replay
     /// records, key requests and the undecryptable events kept for late keys. Then the
     /// timeline items are published and kept events whose keys arrived are retried.
+    ///
+    /// Store and crypto I/O: runs on a blocking thread ([`Client::blocking`]).
     fn apply_sync(&self, machine: &Arc<OlmMachine>, sync: SyncResponse) -> Result<(), ClientError> {
-        let (extra, encrypted_rooms) = room_changes(&*self.store, &sync, machine.user_id())?;
+        let store = self.store()?;
+        let (extra, encrypted_rooms) = room_changes(&*store, &sync, machine.user_id())?;
         // The app's callback runs before the machine is locked (it may call back into us).
         let policies: HashMap<String, TrustPolicy> = sync
             .joined
@@ -171,7 +185,7 @@ impl Client {
             extra,
         };
         let mut batch = machine.begin_sync(changes)?;
-        self.track_members(&mut batch, &encrypted_rooms)?;
+        track_members(&*store, &mut batch, &encrypted_rooms)?;
         let timelines = self.decrypt_timelines(&mut batch, &sync.joined, &policies)?;
         let outcome = batch.commit()?;
         crash_point();
@@ -179,29 +193,6 @@ impl Client {
             self.publish(item);
         }
         self.retry_late_keys(machine, &outcome, &timelines.event_ids)
-    }
-
-    /// Track the recipients of every encrypted room of the answer (with its own member
-    /// changes).
-    fn track_members(
-        &self,
-        batch: &mut SyncBatch<'_>,
-        rooms: &[String],
-    ) -> Result<(), ClientError> {
-        for room_id in rooms {
-            let pending = batch.pending();
-            let Some(room) = pending.rooms.iter().rev().find(|r| &r.room_id == room_id) else {
-                continue;
-            };
-            let mut members: Vec<MemberRecord> = self.store.members(room_id)?;
-            for m in pending.members.iter().filter(|m| &m.room_id == room_id) {
-                members.retain(|old| old.user_id != m.user_id);
-                members.push(m.clone());
-            }
-            let users = recipients(room, &members);
-            batch.track_users(&users)?;
-        }
-        Ok(())
     }
 
     /// Decrypt the timelines with the batch's keys. Events that may still get a key are
@@ -239,10 +230,17 @@ impl Client {
     /// The network follow-ups of a committed answer: prompts about key requests, repair of
     /// broken Olm channels, pending requests, keys for new devices, the send queue.
     async fn after_sync(&self, machine: &Arc<OlmMachine>) -> Result<(), ClientError> {
-        self.ask_about_key_share_requests(machine)?;
+        let m = Arc::clone(machine);
+        let repair = self
+            .blocking(move |c| {
+                // Taken and handed to their tasks in one job: none is lost on the way.
+                c.ask_about_key_share_requests(&m)?;
+                Ok(m.session_repair_request()?)
+            })
+            .await?;
         // Olm channels that broke are repaired (new session + m.dummy), and own devices we
         // answer key requests of get a session.
-        if let Some(claim) = machine.session_repair_request()?
+        if let Some(claim) = repair
             && let Err(e) = self.send_request(machine, claim).await
         {
             warn!(error = %e, "unwedging failed; will retry");
@@ -251,12 +249,14 @@ impl Client {
             warn!(error = %e, "sending crypto requests failed; will retry");
             self.schedule_retry(&e, "pending encryption requests");
         }
-        if self.new_devices_learned.swap(false, Ordering::SeqCst) {
-            self.retry_unconfirmed_senders(machine)?;
+        if self.inner.new_devices_learned.swap(false, Ordering::SeqCst) {
+            let m = Arc::clone(machine);
+            self.blocking(move |c| c.retry_unconfirmed_senders(&m))
+                .await?;
         }
         self.share_with_new_devices().await;
         // Messages a previous process could not send (it died, or the network was gone).
-        if !self.send_queue_resumed.swap(true, Ordering::SeqCst) {
+        if !self.inner.send_queue_resumed.swap(true, Ordering::SeqCst) {
             match self.send_queued().await {
                 Ok((_, _, Some(e))) => self.schedule_retry(&e, "message send failed"),
                 Ok(_) => {}
@@ -313,7 +313,7 @@ impl Client {
             request.from = Some(from.clone());
             request.to = Some(since.to_owned());
             request.limit = UInt::from(100u32);
-            let response = with_retry(|| self.http.send(request.clone())).await?;
+            let response = with_retry(|| self.inner.http.send(request.clone())).await?;
             if response.chunk.is_empty() {
                 break;
             }
@@ -332,29 +332,40 @@ impl Client {
         Ok(newest_first)
     }
 
-    /// Sync in the background until the handle is stopped or dropped. Failures are retried
-    /// with backoff (1 s doubling to 30 s).
+    /// Sync in the background until the handle is stopped or dropped, or the client is
+    /// closed (after which nothing is started). Failures are retried with backoff (1 s
+    /// doubling to 30 s).
     pub fn start_sync(self: &Arc<Self>) -> SyncHandle {
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
+        let Ok(tracked) = self.track() else {
+            return SyncHandle { stop, task: None };
+        };
+        let closing = self.closing();
         let client = Arc::clone(self);
         let task = tokio::spawn(async move {
+            // Dropped last: closing waits for it, and the client's other references go first.
+            let _tracked = tracked;
+            let (client, mut stopped, mut closing) = (client, stopped, closing);
             let mut backoff = Duration::from_secs(1);
             loop {
                 tokio::select! {
                     _ = stopped.changed() => break,
+                    _ = closed(&mut closing) => break,
                     result = client.sync_once(Duration::from_secs(30)) => match result {
                         Ok(()) => backoff = Duration::from_secs(1),
+                        Err(ClientError::Closed) => break,
                         Err(e) => {
                             warn!(error = %e, "sync failed");
                             tokio::select! {
                                 _ = stopped.changed() => break,
+                                _ = closed(&mut closing) => break,
                                 _ = tokio::time::sleep(backoff) => {}
                             }
                             backoff = (backoff * 2).min(Duration::from_secs(30));
                         }
                     },
                 }
-                if *stopped.borrow() {
+                if *stopped.borrow() || *closing.borrow() {
                     break;
                 }
             }
@@ -364,6 +375,34 @@ impl Client {
             task: Some(task),
         }
     }
+}
+
+/// Ends when the client starts closing.
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    // (An error means the client is gone: closed too.)
+    let _ = closing.wait_for(|closing| *closing).await;
+}
+
+/// Track the recipients of every encrypted room of the answer (with its own member changes).
+fn track_members(
+    store: &dyn Store,
+    batch: &mut SyncBatch<'_>,
+    rooms: &[String],
+) -> Result<(), ClientError> {
+    for room_id in rooms {
+        let pending = batch.pending();
+        let Some(room) = pending.rooms.iter().rev().find(|r| &r.room_id == room_id) else {
+            continue;
+        };
+        let mut members: Vec<MemberRecord> = store.members(room_id)?;
+        for m in pending.members.iter().filter(|m| &m.room_id == room_id) {
+            members.retain(|old| old.user_id != m.user_id);
+            members.push(m.clone());
+        }
+        let users = recipients(room, &members);
+        batch.track_users(&users)?;
+    }
+    Ok(())
 }
 
 /// Ask our other devices (and the sending device) for the key of an event we keep.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::{Client, KEY_ACCESS_TOKEN, KEY_DEVICE_ID, KEY_USER_ID};
+use super::{Client, ClientError, KEY_ACCESS_TOKEN, KEY_DEVICE_ID, KEY_USER_ID};
 use crate::crypto::tests::{FakeServer, Peer, room_event};
 use crate::crypto::{OutgoingKind, RotationSettings};
 use crate::store::{Changes, MemoryStore, SecretBlob, SqliteStore, Store, StoreKey};
@@ -296,4 +296,44 @@ fn a_policy_provider_may_call_back_into_the_client_while_a_sync_is_applied() {
         .recv_timeout(std::time::Duration::from_secs(20))
         .expect("no deadlock");
     assert!(ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_the_sync_loop_releases_the_store_and_later_calls_fail_with_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(dir.path());
+    let released = Arc::downgrade(&store);
+    let client = Arc::new(offline_client(store, BOB, "BOB"));
+    let fingerprint = client.fingerprint().unwrap();
+    // The server is unreachable: the loop fails, backs off and tries again until closed.
+    let sync = client.start_sync();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(Arc::strong_count(&client), 2, "the loop holds the client");
+
+    tokio::time::timeout(std::time::Duration::from_secs(10), client.close())
+        .await
+        .expect("close returns once the loop has ended");
+    assert_eq!(Arc::strong_count(&client), 1, "the sync task has ended");
+    // The store was only ever held by the client: its connections are closed now.
+    assert!(
+        released.upgrade().is_none(),
+        "the client and its machine released every reference to the store"
+    );
+    client.close().await;
+    drop(sync);
+
+    assert!(matches!(client.store(), Err(ClientError::Closed)));
+    assert!(matches!(client.fingerprint(), Err(ClientError::Closed)));
+    assert!(matches!(client.restore_session(), Err(ClientError::Closed)));
+    let synced = client.sync_once(std::time::Duration::ZERO).await;
+    assert!(matches!(synced, Err(ClientError::Closed)), "{synced:?}");
+    let sent = client.send_text(ROOM, "after close").await;
+    assert!(matches!(sent, Err(ClientError::Closed)), "{sent:?}");
+    let _nothing = client.start_sync();
+    assert_eq!(Arc::strong_count(&client), 1, "no loop starts after close");
+
+    // The same directory opens again, with the same account.
+    let reopened = offline_client(sqlite(dir.path()), BOB, "BOB");
+    assert_eq!(reopened.fingerprint().unwrap(), fingerprint);
+    reopened.close().await;
 }

@@ -43,9 +43,8 @@ impl DecryptBatch<'_> {
         room_id: &str,
         event: &Value,
     ) -> Result<DecryptedRoomEvent, CryptoError> {
-        let (decrypted, index) = self.machine.decrypt_with(room_id, event, &self.changes)?;
-        self.changes.megolm_indices.extend(index);
-        Ok(decrypted)
+        self.machine
+            .decrypt_recording(room_id, event, &mut self.changes)
     }
 
     /// Store the replay records of the events decrypted, with the caller's `extra` records,

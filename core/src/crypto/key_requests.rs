@@ -29,7 +29,7 @@ impl OlmMachine {
     /// Ask our other devices for the key of a session we miss, and tell the session's
     /// sending device (`sender`: user and device id, when the event names them). The
     /// sender does not answer another user's request, but if it does not know this device
-    /// yet, its device list of us is stale (seed 002): the request makes it re-query, and it
+    /// yet, its device list of us is stale: the request makes it re-query, and it
     /// shares its current room key with us, so its next messages decrypt. Returns `false` if
     /// it was asked already (one request per session). The request goes out with
     /// [`Self::outgoing_requests`].
@@ -210,7 +210,7 @@ impl OlmMachine {
     }
 
     /// Another user's request is never answered. But a device we don't know asking means our
-    /// list of its owner's devices is stale (seed 002): re-query, so that the device gets our
+    /// list of its owner's devices is stale: re-query, so that the device gets our
     /// room keys from now on. Only for users whose devices we keep (we share rooms with
     /// them): a stranger's requests do not make us track anyone.
     fn note_request_of_other_user(

@@ -21,7 +21,10 @@ use super::requests::{OutgoingKind, OutgoingRequest};
 use super::responses::KeysClaimResponse;
 use super::signing::verify_json;
 use super::state::{MAX_ANSWER_CLAIMS, UNWEDGE_INTERVAL_MS};
-use crate::store::{Changes, DeviceRecord, LocalTrust};
+use crate::store::{Changes, DeviceRecord, LocalTrust, UnwedgeRecord, quota};
+
+// The store forgets an unwedge record only once it can no longer hold back an unwedging.
+const _: () = assert!(UNWEDGE_INTERVAL_MS <= quota::UNWEDGE_RECORD_LIFETIME_MS);
 
 /// Devices we may encrypt for: not ours, not deleted, not blacklisted.
 fn eligible(device: &DeviceRecord, own_user: &str, own_device: &str) -> bool {
@@ -118,9 +121,10 @@ impl OlmMachine {
                             let content =
                                 session.encrypt(&state.account.curve25519(), &payload, now)?;
                             dummies.push(&device, content);
-                            changes
-                                .values
-                                .insert(unwedge_key(&device.curve25519), now.to_string());
+                            changes.unwedge_records.push(UnwedgeRecord {
+                                curve25519: device.curve25519.clone(),
+                                unwedged_ms: now,
+                            });
                             info!(user = %device.user_id, device = %device.device_id, "unwedging an Olm session");
                         }
                         if let Some((_, requests, _)) =
@@ -178,11 +182,7 @@ impl OlmMachine {
         }
         let mut due = Vec::new();
         for (key, device) in &state.unwedging.wedged {
-            let last: u64 = self
-                .store
-                .value(&unwedge_key(key))?
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let last = self.store.unwedge_record(key)?.map_or(0, |u| u.unwedged_ms);
             if now.saturating_sub(last) < UNWEDGE_INTERVAL_MS {
                 due.push((key.clone(), false));
                 continue;
@@ -202,7 +202,10 @@ impl OlmMachine {
         let mut attempts = Changes::default();
         for (key, wanted) in due {
             if wanted {
-                attempts.values.insert(unwedge_key(&key), now.to_string());
+                attempts.unwedge_records.push(UnwedgeRecord {
+                    curve25519: key,
+                    unwedged_ms: now,
+                });
             } else {
                 state.unwedging.wedged.remove(&key);
             }
@@ -217,11 +220,6 @@ impl OlmMachine {
             kind: OutgoingKind::KeysClaim(request),
         }))
     }
-}
-
-/// Store key of the time a device was last unwedged.
-fn unwedge_key(curve25519: &str) -> String {
-    format!("unwedge|{curve25519}")
 }
 
 /// Verify a claimed one-time key and create an outbound session with it.

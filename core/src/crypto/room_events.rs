@@ -83,6 +83,19 @@ impl OlmMachine {
         Ok(decrypted)
     }
 
+    /// [`OlmMachine::decrypt_with`], adding the replay record to `pending` (stored when the
+    /// batch commits).
+    pub(crate) fn decrypt_recording(
+        &self,
+        room_id: &str,
+        event: &Value,
+        pending: &mut Changes,
+    ) -> Result<DecryptedRoomEvent, CryptoError> {
+        let (decrypted, index) = self.decrypt_with(room_id, event, pending)?;
+        pending.megolm_indices.extend(index);
+        Ok(decrypted)
+    }
+
     /// Decrypt with the store and the `pending` records of a batch. Returns the index record
     /// to store if this index was not seen before.
     pub(crate) fn decrypt_with(

@@ -14,8 +14,9 @@ use super::olm::{OlmPayload, OlmSession};
 use super::outbox::ToDeviceBatcher;
 use super::requests::OutgoingRequest;
 use crate::store::{
-    Changes, DeviceRecord, InboundGroupSessionRecord, LocalTrust, OutboundGroupSessionRecord,
-    PendingToDevice, SecretBlob, ShareRecipient, Store, VERIFIED_ONLY_KEY,
+    Changes, DeviceRecord, InboundGroupSessionRecord, LocalTrust, NoOlmRoomKey,
+    OutboundGroupSessionRecord, PendingToDevice, SecretBlob, ShareRecipient, Store,
+    VERIFIED_ONLY_KEY,
 };
 
 impl OlmMachine {
@@ -259,11 +260,6 @@ impl OlmMachine {
     }
 }
 
-/// Store key of the session key at `index`, kept for devices that got `m.no_olm` there.
-fn no_olm_key(room_id: &str, session_id: &str, index: u32) -> String {
-    format!("no_olm_key|{room_id}|{session_id}|{index}")
-}
-
 /// Why a device gets an `m.room_key.withheld` instead of the room key: `(code, reason)`.
 fn left_out_because(
     device: &DeviceRecord,
@@ -458,12 +454,13 @@ impl<'a> Share<'a> {
         let Some(at) = earlier else {
             return Ok((self.room_key.clone(), self.index));
         };
-        let kept = store.secret_value(&no_olm_key(self.room_id, &self.session_id, at))?;
+        let kept = store.no_olm_room_key(self.room_id, &self.session_id, at)?;
         Ok(match kept {
-            Some(key) => {
+            Some(kept) => {
                 let mut content = self.room_key.clone();
-                content["session_key"] =
-                    String::from_utf8_lossy(key.as_bytes()).into_owned().into();
+                content["session_key"] = String::from_utf8_lossy(kept.session_key.as_bytes())
+                    .into_owned()
+                    .into();
                 (content, at)
             }
             None => (self.room_key.clone(), self.index),
@@ -480,10 +477,12 @@ impl<'a> Share<'a> {
             .any(|r| r.withheld.as_deref() == Some("m.no_olm") && r.index == self.index);
         if withheld_now && let Some(key) = self.room_key["session_key"].as_str() {
             // The session key at this index, encrypted at rest, for the retry.
-            changes.secret_values.insert(
-                no_olm_key(self.room_id, &self.session_id, self.index),
-                SecretBlob::new(key.as_bytes().to_vec()),
-            );
+            changes.no_olm_room_keys.push(NoOlmRoomKey {
+                room_id: self.room_id.to_owned(),
+                session_id: self.session_id.clone(),
+                index: self.index,
+                session_key: SecretBlob::new(key.as_bytes().to_vec()),
+            });
         }
         let mut requests = self.keys_out.finish(changes)?;
         requests.extend(self.notices.finish(changes)?);

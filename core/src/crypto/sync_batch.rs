@@ -135,9 +135,8 @@ impl SyncBatch<'_> {
         room_id: &str,
         event: &Value,
     ) -> Result<DecryptedRoomEvent, CryptoError> {
-        let (decrypted, index) = self.machine.decrypt_with(room_id, event, &self.changes)?;
-        self.changes.megolm_indices.extend(index);
-        Ok(decrypted)
+        self.machine
+            .decrypt_recording(room_id, event, &mut self.changes)
     }
 
     /// [`OlmMachine::request_room_key`], committed with the batch.

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use super::{
     AccountRecord, DeviceRecord, InboundGroupSessionRecord, KeyRequestRecord, MegolmIndexRecord,
-    MemberRecord, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice, QueuedSend,
-    RoomRecord, SecretBlob, StoreError, TrackedUser, UndecryptableEvent, WithheldNotice,
+    MemberRecord, NoOlmRoomKey, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice,
+    QueuedSend, RoomRecord, SecretBlob, StoreError, TrackedUser, UndecryptableEvent, UnwedgeRecord,
+    WithheldNotice,
 };
 
 /// Everything one step changed, applied atomically by [`Store::save_changes`].
@@ -23,6 +24,12 @@ pub struct Changes {
     pub outbound_group_sessions: Vec<OutboundGroupSessionRecord>,
     /// Rooms whose outbound session must be discarded.
     pub discarded_outbound_sessions: Vec<String>,
+    /// Room keys to keep for devices sent `m.no_olm` (insert or replace by room, session and
+    /// index). A room whose outbound session this batch writes or discards keeps only the
+    /// keys of the session it has afterwards (those of this batch included).
+    pub no_olm_room_keys: Vec<NoOlmRoomKey>,
+    /// Unwedge times to record (insert or replace by device key).
+    pub unwedge_records: Vec<UnwedgeRecord>,
     /// Devices to insert or replace.
     pub devices: Vec<DeviceRecord>,
     /// Tracked users to insert or replace.
@@ -70,6 +77,8 @@ impl Changes {
             && self.inbound_group_sessions.is_empty()
             && self.outbound_group_sessions.is_empty()
             && self.discarded_outbound_sessions.is_empty()
+            && self.no_olm_room_keys.is_empty()
+            && self.unwedge_records.is_empty()
             && self.devices.is_empty()
             && self.tracked_users.is_empty()
             && self.megolm_indices.is_empty()
@@ -102,6 +111,8 @@ impl Changes {
         for room_id in &self.discarded_outbound_sessions {
             non_empty("discarded outbound session room_id", room_id)?;
         }
+        all(&self.no_olm_room_keys)?;
+        all(&self.unwedge_records)?;
         all(&self.devices)?;
         all(&self.tracked_users)?;
         all(&self.megolm_indices)?;
@@ -140,6 +151,8 @@ impl Changes {
         keep_valid(&mut self.inbound_group_sessions);
         keep_valid(&mut self.outbound_group_sessions);
         self.discarded_outbound_sessions.retain(|r| !r.is_empty());
+        keep_valid(&mut self.no_olm_room_keys);
+        keep_valid(&mut self.unwedge_records);
         keep_valid(&mut self.devices);
         keep_valid(&mut self.tracked_users);
         keep_valid(&mut self.megolm_indices);
@@ -171,6 +184,8 @@ impl Changes {
             + self.inbound_group_sessions.len()
             + self.outbound_group_sessions.len()
             + self.discarded_outbound_sessions.len()
+            + self.no_olm_room_keys.len()
+            + self.unwedge_records.len()
             + self.devices.len()
             + self.tracked_users.len()
             + self.megolm_indices.len()
@@ -201,6 +216,8 @@ impl Changes {
             .extend(other.outbound_group_sessions);
         self.discarded_outbound_sessions
             .extend(other.discarded_outbound_sessions);
+        self.no_olm_room_keys.extend(other.no_olm_room_keys);
+        self.unwedge_records.extend(other.unwedge_records);
         self.devices.extend(other.devices);
         self.tracked_users.extend(other.tracked_users);
         self.megolm_indices.extend(other.megolm_indices);
@@ -261,6 +278,8 @@ non_empty_fields!(AccountRecord, "account": user_id, device_id);
 non_empty_fields!(OlmSessionRecord, "olm session": sender_key, session_id);
 non_empty_fields!(InboundGroupSessionRecord, "inbound group session": room_id, session_id, sender_key);
 non_empty_fields!(OutboundGroupSessionRecord, "outbound group session": room_id, session_id);
+non_empty_fields!(NoOlmRoomKey, "no_olm room key": room_id, session_id);
+non_empty_fields!(UnwedgeRecord, "unwedge record": curve25519);
 non_empty_fields!(DeviceRecord, "device": user_id, device_id);
 non_empty_fields!(TrackedUser, "tracked user": user_id);
 non_empty_fields!(MegolmIndexRecord, "megolm index": session_id, sender_key);

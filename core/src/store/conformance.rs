@@ -11,11 +11,13 @@
 mod batches;
 mod bounded;
 mod fixtures;
+mod kept_for_repair;
 mod records;
 
 pub(crate) use batches::*;
 pub(crate) use bounded::*;
 pub(crate) use fixtures::*;
+pub(crate) use kept_for_repair::*;
 pub(crate) use records::*;
 
 use super::*;
@@ -56,6 +58,10 @@ macro_rules! store_conformance_tests {
                 send_queue_in_order,
                 withheld_notices_by_sender,
                 key_requests_one_per_session,
+                no_olm_room_keys_by_index,
+                no_olm_room_keys_go_with_their_outbound_session,
+                unwedge_records_by_device,
+                unwedge_records_expire_and_are_bounded,
                 member_lists_replaced_by_a_full_answer,
                 quotas_forget_the_oldest_first,
                 sessions_of_non_members_are_bounded,

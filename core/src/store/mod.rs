@@ -397,6 +397,32 @@ pub struct KeyRequestRecord {
     pub request_id: String,
 }
 
+/// The session key of our outbound Megolm session at one index, kept for the devices that
+/// were sent `m.no_olm` there instead of the key: when they get an Olm session, they get
+/// the key from that index, so the messages they missed decrypt too. Secret (encrypted at
+/// rest). Dropped when the room's outbound session is replaced or discarded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoOlmRoomKey {
+    /// Room.
+    pub room_id: String,
+    /// Megolm session id of our outbound session.
+    pub session_id: String,
+    /// Message index the key starts at.
+    pub index: u32,
+    /// The exported session key at `index` (base64, as in `m.room_key`).
+    pub session_key: SecretBlob,
+}
+
+/// When we last replaced a wedged Olm session with a device (or tried to): at most one
+/// unwedging per device per hour. Bounded (see [`quota::MAX_UNWEDGE_RECORDS`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnwedgeRecord {
+    /// The device's Curve25519 identity key (base64).
+    pub curve25519: String,
+    /// Unix millis of the last unwedging.
+    pub unwedged_ms: u64,
+}
+
 /// How many records of the kinds other users can make us store are kept (see
 /// [`quota`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -417,6 +443,10 @@ pub struct StoreCounts {
     pub key_requests: u64,
     /// Undecryptable events kept.
     pub undecryptable_events: u64,
+    /// Unwedge records kept.
+    pub unwedge_records: u64,
+    /// Room keys kept for devices sent `m.no_olm` (ours, bounded by our outbound sessions).
+    pub no_olm_room_keys: u64,
 }
 
 /// A message the app sent that has not reached the server yet (the send queue). Its content
@@ -547,6 +577,18 @@ pub trait Store: Send + Sync + 'static {
         room_id: &str,
         session_id: &str,
     ) -> Result<Option<KeyRequestRecord>, StoreError>;
+
+    /// The session key kept at `index` of a room's outbound session for the devices that
+    /// were sent `m.no_olm` there.
+    fn no_olm_room_key(
+        &self,
+        room_id: &str,
+        session_id: &str,
+        index: u32,
+    ) -> Result<Option<NoOlmRoomKey>, StoreError>;
+
+    /// When the Olm session with the device owning `curve25519` was last unwedged.
+    fn unwedge_record(&self, curve25519: &str) -> Result<Option<UnwedgeRecord>, StoreError>;
 
     /// How many records of each bounded kind are kept.
     fn counts(&self) -> Result<StoreCounts, StoreError>;

@@ -5,8 +5,8 @@
 //! the same transaction as the write that exceeds them, forgetting the oldest records first,
 //! so both store implementations behave the same (checked by the conformance suite).
 //!
-//! Records that only our own actions create (rooms we joined, our outbound sessions, the
-//! send queue) and records bounded by them (members of rooms we joined, devices of users we
+//! Records that only our own actions create (rooms we joined, our outbound sessions and the
+//! keys kept with them for devices sent `m.no_olm`, the send queue) and records bounded by them (members of rooms we joined, devices of users we
 //! share rooms with, at most [`MAX_DEVICES_PER_USER`] each) are not limited here.
 
 /// Undecryptable events kept for a retry when their key arrives (any room we are in).
@@ -42,3 +42,12 @@ pub const MAX_INVITES: u64 = 200;
 /// Devices kept per user from a `/keys/query` answer (the ones we know first, then by
 /// device id); checked by the crypto machine before anything is stored.
 pub const MAX_DEVICES_PER_USER: usize = 1_000;
+
+/// Unwedge records (one per device key; any device we know can make us unwedge it by
+/// sending an Olm message we cannot decrypt): the oldest are forgotten.
+pub const MAX_UNWEDGE_RECORDS: u64 = 1_000;
+
+/// How long an unwedge record holds back the next unwedging of its device: a batch that
+/// writes unwedge records forgets those older than this before the newest it wrote. At
+/// least the crypto machine's unwedge interval (checked where it is defined).
+pub const UNWEDGE_RECORD_LIFETIME_MS: u64 = 3_600_000;

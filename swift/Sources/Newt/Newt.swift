@@ -21,8 +21,9 @@
 // background loop, `cancel()` on the subscription or `shutdown()` on the client; check
 // `Task.isCancelled` after an `await` if a late result must be discarded.
 //
-// `shutdown()` stops everything a client runs in the background (the sync loop from
-// `startSync()` and all timeline subscriptions); later calls throw `NewtError.Closed`.
+// `await shutdown()` stops everything a client runs in the background (the sync loop from
+// `startSync()` and all timeline subscriptions), waits until it has ended, then releases the
+// store (the same directory can be opened again); later calls throw `NewtError.Closed`.
 // (Kotlin has the same names: there `close()` is taken by `AutoCloseable`; see
 // bindings/uniffi.toml.)
 @_exported import NewtFFIBindings

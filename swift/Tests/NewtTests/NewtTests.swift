@@ -117,7 +117,7 @@ final class NewtTests: XCTestCase {
         _ = try await online.loginPassword(user: name, password: password, deviceId: nil)
         let room = try await online.createEncryptedRoom(name: nil, invite: [])
         try await online.syncOnce(timeoutMs: 0)
-        online.shutdown()
+        await online.shutdown()
 
         // Same store, but the server is now unreachable: the send fails transiently, is kept
         // for later, and the app is asked for a wake-up.
@@ -209,7 +209,7 @@ final class NewtTests: XCTestCase {
         let dir = try temporaryStoreDir(self)
         let first = try await makeClient(self, homeserver: hs, storeDir: dir)
         let aliceSession = try await first.loginPassword(user: aliceName, password: alicePassword, deviceId: nil)
-        first.shutdown()
+        await first.shutdown()
 
         let client = try await makeClient(self, homeserver: hs, storeDir: dir)
         do {
@@ -222,7 +222,7 @@ final class NewtTests: XCTestCase {
             XCTAssertEqual(storedDeviceId, aliceSession.deviceId)
         }
         XCTAssertNil(client.session(), "bob is not logged in")
-        client.shutdown()
+        await client.shutdown()
 
         // Nothing was written: the store still holds alice's session.
         let reopened = try await makeClient(self, homeserver: hs, storeDir: dir)
@@ -276,8 +276,8 @@ final class NewtTests: XCTestCase {
         let subscription = try client.subscribeTimeline(roomId: "!nowhere:localhost", listener: NoopListener())
         subscription.cancel()
         subscription.cancel()
-        client.shutdown()
-        client.shutdown()
+        await client.shutdown()
+        await client.shutdown()
         func expectClosed(_ what: String, _ call: () async throws -> Void) async {
             do {
                 try await call()
@@ -296,6 +296,35 @@ final class NewtTests: XCTestCase {
         await expectClosed("subscribeTimeline") { _ = try client.timelineUpdates(roomId: "!room:localhost") }
     }
 
+    func testShutdownWaitsForTheSyncLoopAndReleasesTheStoreForANewClient() async throws {
+        // Mirrors the Kotlin LifecycleTest.
+        let hs = try homeserverOrSkip()
+        let (name, password) = try await registerUser(homeserver: hs, prefix: "reopen")
+        let dir = try temporaryStoreDir(self)
+        let client = try await makeClient(self, homeserver: hs, storeDir: dir)
+        let session = try await client.loginPassword(user: name, password: password, deviceId: nil)
+        let fingerprint = try client.ownFingerprint()
+        try client.startSync()
+        try await client.syncOnce(timeoutMs: 0)
+        // Returns once the loop has ended and the store is released.
+        await client.shutdown()
+        do {
+            try await client.syncOnce(timeoutMs: 0)
+            XCTFail("syncOnce after shutdown succeeded")
+        } catch NewtError.Closed {
+            // expected
+        }
+        await client.shutdown() // idempotent
+
+        // The same store, opened again in this process: same device, same keys.
+        let again = try await makeClient(self, homeserver: hs, storeDir: dir)
+        let restored = try await again.restoreSession()
+        XCTAssertEqual(restored, session)
+        XCTAssertEqual(try again.ownFingerprint(), fingerprint)
+        try await again.syncOnce(timeoutMs: 0)
+        await again.shutdown()
+    }
+
     // MARK: the AsyncStream helper
 
     func testTimelineStreamStartsWithInitialAndFinishesWhenClientShutsDown() async throws {
@@ -307,7 +336,7 @@ final class NewtTests: XCTestCase {
             return (seen, !Task.isCancelled) // the loop also ends when the task is cancelled
         }
         try await Task.sleep(nanoseconds: 500_000_000)
-        client.shutdown()
+        await client.shutdown()
         let watchdog = Task {
             try await Task.sleep(nanoseconds: 10_000_000_000)
             consumer.cancel() // a stream that never finishes would hang the test

@@ -28,7 +28,7 @@ func makeClient(_ test: XCTestCase, homeserver: String, storeDir: String? = nil,
     let dir = try storeDir ?? temporaryStoreDir(test)
     let client = try await NewtClient.create(
         config: ClientConfig(homeserver: homeserver, storeDir: dir, storeKey: key))
-    test.addTeardownBlock { client.shutdown() }
+    test.addTeardownBlock { await client.shutdown() }
     return client
 }
 

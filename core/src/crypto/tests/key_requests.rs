@@ -271,7 +271,7 @@ fn a_key_request_from_an_unknown_device_of_a_known_user_makes_us_requery_them() 
         .map(|s| s.session_id)
         .unwrap_or_else(|| "unknown-session".into());
     assert_eq!(bob.machine.tracking_state(&alice.user()).unwrap(), UpToDate);
-    // alice logs in a laptop; bob's list of her devices is now stale (seed 002).
+    // alice logs in a laptop; bob's list of her devices is now stale.
     let laptop = Peer::new(&alice.user(), "LAPTOP");
     server.drive(&laptop);
     laptop

@@ -315,3 +315,59 @@ fn rotation_follows_the_period_by_the_machines_clock() {
         .unwrap();
     assert_ne!(id(), first, "rotated once the period is over");
 }
+
+#[test]
+fn a_no_olm_device_gets_the_key_from_the_index_it_was_withheld_at() {
+    let (mut server, alice, bob) = setup_pair();
+    let members = vec![alice.user(), bob.user()];
+    for peer in [&alice, &bob] {
+        peer.machine.update_tracked_users(&members).unwrap();
+        server.drive(peer);
+    }
+    room_members(&bob, &members);
+    let (otks, fbs) = (server.one_time_keys.clone(), server.fallback_keys.clone());
+    server.one_time_keys.clear();
+    server.fallback_keys.clear();
+    server.establish(&alice, &members);
+    alice
+        .machine
+        .share_room_key(ROOM, &members, RotationSettings::default())
+        .unwrap();
+    server.drive(&alice);
+    server.sync(&bob);
+    let session = alice
+        .store
+        .outbound_group_session(ROOM)
+        .unwrap()
+        .unwrap()
+        .session_id;
+    assert!(
+        alice
+            .store
+            .no_olm_room_key(ROOM, &session, 0)
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(alice.store.counts().unwrap().no_olm_room_keys, 1);
+    let content = alice
+        .machine
+        .encrypt_room_event(ROOM, "m.room.message", &text("missed"))
+        .unwrap();
+    let ev = room_event(ROOM, &alice.user(), "$m", content);
+    assert!(bob.machine.decrypt_room_event(ROOM, &ev).is_err());
+    server.one_time_keys = otks;
+    server.fallback_keys = fbs;
+    server.establish(&alice, &members);
+    assert!(
+        !alice
+            .machine
+            .share_room_key(ROOM, &members, RotationSettings::default())
+            .unwrap()
+            .is_empty()
+    );
+    server.drive(&alice);
+    server.sync(&bob);
+    bob.machine.decrypt_room_event(ROOM, &ev).unwrap();
+    alice.machine.discard_room_key(ROOM).unwrap();
+    assert_eq!(alice.store.counts().unwrap().no_olm_room_keys, 0);
+}

@@ -171,6 +171,13 @@ pub(crate) fn invalidators() -> Vec<Invalidator> {
         ("discarded room", |c| {
             c.discarded_outbound_sessions.push(String::new())
         }),
+        ("no_olm key room", |c| {
+            c.no_olm_room_keys.push(no_olm_key("", "s", 0))
+        }),
+        ("no_olm key session", |c| {
+            c.no_olm_room_keys.push(no_olm_key("!r", "", 0))
+        }),
+        ("unwedge key", |c| c.unwedge_records.push(unwedged("", 1))),
         ("device user", |c| c.devices.push(device("", "D", "c"))),
         ("device id", |c| c.devices.push(device("@u:x", "", "c"))),
         ("tracked user", |c| {

@@ -161,6 +161,22 @@ pub(crate) fn key_request(room: &str, session_id: &str) -> KeyRequestRecord {
     }
 }
 
+pub(crate) fn no_olm_key(room: &str, session_id: &str, index: u32) -> NoOlmRoomKey {
+    NoOlmRoomKey {
+        room_id: room.into(),
+        session_id: session_id.into(),
+        index,
+        session_key: blob(format!("session key {room} {session_id} {index}").as_bytes()),
+    }
+}
+
+pub(crate) fn unwedged(curve25519: &str, unwedged_ms: u64) -> UnwedgeRecord {
+    UnwedgeRecord {
+        curve25519: curve25519.into(),
+        unwedged_ms,
+    }
+}
+
 /// One record of every kind (and a sync token), keys derived from `tag`.
 pub(crate) fn full_changes(tag: &str) -> Changes {
     let mut c = Changes {
@@ -168,6 +184,8 @@ pub(crate) fn full_changes(tag: &str) -> Changes {
         olm_sessions: vec![olm(&format!("sk-{tag}"), "os1", b"olm pickle")],
         inbound_group_sessions: vec![inbound(&format!("!room-{tag}"), "igs1")],
         outbound_group_sessions: vec![outbound(&format!("!room-{tag}"), "ogs1")],
+        no_olm_room_keys: vec![no_olm_key(&format!("!room-{tag}"), "ogs1", 2)],
+        unwedge_records: vec![unwedged(&format!("curve-{tag}"), 1_700_000_000_000)],
         devices: vec![device(&format!("@u-{tag}"), "D1", &format!("curve-{tag}"))],
         tracked_users: vec![tracked(&format!("@u-{tag}"), TrackingState::Downloading, 4)],
         megolm_indices: vec![megolm(&format!("sk-{tag}"), "igs1", 1, "$e")],
@@ -208,6 +226,14 @@ pub(crate) fn assert_full_present<S: Store + ?Sized>(s: &S, tag: &str) {
     assert_eq!(
         s.outbound_group_session(&room_id).unwrap().as_ref(),
         c.outbound_group_sessions.first()
+    );
+    assert_eq!(
+        s.no_olm_room_key(&room_id, "ogs1", 2).unwrap().as_ref(),
+        c.no_olm_room_keys.first()
+    );
+    assert_eq!(
+        s.unwedge_record(&format!("curve-{tag}")).unwrap().as_ref(),
+        c.unwedge_records.first()
     );
     let user = format!("@u-{tag}");
     assert_eq!(s.devices(&[&user]).unwrap(), c.devices);
@@ -254,6 +280,8 @@ pub(crate) fn assert_full_absent<S: Store + ?Sized>(s: &S, tag: &str) {
     assert!(s.olm_sessions(&[&sk]).unwrap().is_empty());
     assert_eq!(s.inbound_group_session(&room_id, "igs1").unwrap(), None);
     assert_eq!(s.outbound_group_session(&room_id).unwrap(), None);
+    assert_eq!(s.no_olm_room_key(&room_id, "ogs1", 2).unwrap(), None);
+    assert_eq!(s.unwedge_record(&format!("curve-{tag}")).unwrap(), None);
     assert!(s.devices(&[&user]).unwrap().is_empty());
     assert!(
         s.devices_with_curve25519(&[&format!("curve-{tag}")])

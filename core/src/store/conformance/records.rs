@@ -25,6 +25,8 @@ pub(crate) fn empty_store<S: Store>(s: &S) {
     assert!(s.pending_to_device().unwrap().is_empty());
     assert_eq!(s.value("k").unwrap(), None);
     assert_eq!(s.secret_value("k").unwrap(), None);
+    assert_eq!(s.no_olm_room_key("!r", "s", 0).unwrap(), None);
+    assert_eq!(s.unwedge_record("c").unwrap(), None);
     assert_eq!(s.sync_token().unwrap(), None);
     save(s, Changes::default());
     assert_eq!(s.generation().unwrap(), 0, "an empty save is not a write");

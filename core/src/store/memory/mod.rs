@@ -15,9 +15,9 @@ use ordered::Ordered;
 
 use super::{
     AccountRecord, Changes, DeviceRecord, InboundGroupSessionRecord, KeyRequestRecord,
-    MegolmIndexRecord, MemberRecord, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice,
-    QueuedSend, RoomRecord, SecretBlob, Store, StoreCounts, StoreError, TrackedUser,
-    UndecryptableEvent, WithheldNotice, quota,
+    MegolmIndexRecord, MemberRecord, NoOlmRoomKey, OlmSessionRecord, OutboundGroupSessionRecord,
+    PendingToDevice, QueuedSend, RoomRecord, SecretBlob, Store, StoreCounts, StoreError,
+    TrackedUser, UndecryptableEvent, UnwedgeRecord, WithheldNotice, quota,
 };
 
 type RoomSession = (String, String);
@@ -33,6 +33,10 @@ struct State {
     inbound: Ordered<RoomSession, InboundGroupSessionRecord>,
     /// room id -> session.
     outbound: HashMap<String, OutboundGroupSessionRecord>,
+    /// (room id, session id, index) -> key kept for devices sent `m.no_olm`.
+    no_olm_keys: BTreeMap<(String, String, u32), NoOlmRoomKey>,
+    /// curve25519 key -> when the device was last unwedged.
+    unwedged: HashMap<String, UnwedgeRecord>,
     /// user id -> device id -> device.
     devices: BTreeMap<String, BTreeMap<String, DeviceRecord>>,
     /// curve25519 key -> (user id, device id) of the devices claiming it.
@@ -66,6 +70,10 @@ impl State {
             self.account = Some(account.clone());
         }
         self.apply_sessions(&changes);
+        self.apply_no_olm_keys(&changes);
+        for u in &changes.unwedge_records {
+            self.unwedged.insert(u.curve25519.clone(), u.clone());
+        }
         for d in &changes.devices {
             self.upsert_device(d.clone());
         }
@@ -115,6 +123,53 @@ impl State {
             self.megolm_indices
                 .entry((i.sender_key.clone(), i.session_id.clone(), i.index))
                 .or_insert_with(|| i.clone());
+        }
+    }
+
+    /// The kept keys; then a room whose outbound session the batch wrote or discarded keeps
+    /// only the keys of the session it has now (same as SQLite).
+    fn apply_no_olm_keys(&mut self, changes: &Changes) {
+        for k in &changes.no_olm_room_keys {
+            let key = (k.room_id.clone(), k.session_id.clone(), k.index);
+            self.no_olm_keys.insert(key, k.clone());
+        }
+        let touched: BTreeSet<&String> = changes
+            .outbound_group_sessions
+            .iter()
+            .map(|s| &s.room_id)
+            .chain(&changes.discarded_outbound_sessions)
+            .collect();
+        if touched.is_empty() {
+            return;
+        }
+        let outbound = &self.outbound;
+        self.no_olm_keys.retain(|(room, session, _), _| {
+            !touched.contains(room) || outbound.get(room).is_some_and(|s| &s.session_id == session)
+        });
+    }
+
+    /// The unwedge record limits for a batch that wrote some (same as SQLite): records too
+    /// old to matter, then the oldest (ties by key) beyond the maximum.
+    fn bound_unwedge_records(&mut self, written: &[UnwedgeRecord]) {
+        let Some(newest) = written.iter().map(|u| u.unwedged_ms).max() else {
+            return;
+        };
+        if let Some(cutoff) = newest.checked_sub(quota::UNWEDGE_RECORD_LIFETIME_MS) {
+            self.unwedged.retain(|_, u| u.unwedged_ms >= cutoff);
+        }
+        let max = usize::try_from(quota::MAX_UNWEDGE_RECORDS).unwrap_or(usize::MAX);
+        if self.unwedged.len() <= max {
+            return;
+        }
+        let mut by_age: Vec<(u64, String)> = self
+            .unwedged
+            .values()
+            .map(|u| (u.unwedged_ms, u.curve25519.clone()))
+            .collect();
+        by_age.sort();
+        let excess = by_age.len() - max;
+        for (_, key) in by_age.into_iter().take(excess) {
+            self.unwedged.remove(&key);
         }
     }
 
@@ -226,6 +281,7 @@ impl State {
             .keep_fair(quota::MAX_WITHHELD_NOTICES, |w| w.sender.clone());
         self.key_requests
             .keep_fair(quota::MAX_KEY_REQUESTS, |r| r.room_id.clone());
+        self.bound_unwedge_records(&changes.unwedge_records);
     }
 
     fn upsert_device(&mut self, d: DeviceRecord) {
@@ -528,6 +584,20 @@ impl Store for MemoryStore {
         Ok(self.lock().key_requests.get(&key).cloned())
     }
 
+    fn no_olm_room_key(
+        &self,
+        room_id: &str,
+        session_id: &str,
+        index: u32,
+    ) -> Result<Option<NoOlmRoomKey>, StoreError> {
+        let key = (room_id.to_owned(), session_id.to_owned(), index);
+        Ok(self.lock().no_olm_keys.get(&key).cloned())
+    }
+
+    fn unwedge_record(&self, curve25519: &str) -> Result<Option<UnwedgeRecord>, StoreError> {
+        Ok(self.lock().unwedged.get(curve25519).cloned())
+    }
+
     fn counts(&self) -> Result<StoreCounts, StoreError> {
         let state = self.lock();
         let unknown = state
@@ -564,6 +634,8 @@ impl Store for MemoryStore {
             withheld_notices: state.withheld.len() as u64,
             key_requests: state.key_requests.len() as u64,
             undecryptable_events: state.undecryptable.len() as u64,
+            unwedge_records: state.unwedged.len() as u64,
+            no_olm_room_keys: state.no_olm_keys.len() as u64,
         })
     }
 

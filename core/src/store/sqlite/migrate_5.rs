@@ -3,12 +3,13 @@
 
 use rusqlite::{Transaction, params};
 
+use super::super::DeviceRecord;
 use super::super::StoreError;
 use super::super::cipher::StoreCipher;
-use super::{
-    DeviceRecord, aad_outbound, aad_secret_value, db, device_from_row, device_tag_parts, query_all,
-    u64_from_sql,
-};
+use super::devices::{device_from_row, device_tag_parts};
+use super::megolm::aad_outbound;
+use super::sql::{col, db, query_all, query_opt, u64_from_sql};
+use super::values::aad_secret_value;
 
 /// Key of the "share room keys with verified devices only" setting; version 4 kept it in
 /// clear in `plain_values`, version 5 as a secret value (encrypted and bound to its key).
@@ -48,12 +49,12 @@ pub(super) fn rebind_outbound_sessions(
         [],
         |r| {
             Ok((
-                super::col(r, 0)?,
-                super::col(r, 1)?,
-                super::col(r, 2)?,
-                super::col(r, 3)?,
-                super::col(r, 4)?,
-                super::col(r, 5)?,
+                col(r, 0)?,
+                col(r, 1)?,
+                col(r, 2)?,
+                col(r, 3)?,
+                col(r, 4)?,
+                col(r, 5)?,
             ))
         },
     )?;
@@ -84,11 +85,11 @@ pub(super) fn protect_sharing_setting(
     tx: &Transaction<'_>,
     cipher: &StoreCipher,
 ) -> Result<(), StoreError> {
-    let value: Option<String> = super::query_opt(
+    let value: Option<String> = query_opt(
         tx,
         "SELECT value FROM plain_values WHERE key = ?1",
         [VERIFIED_ONLY_KEY],
-        |r| super::col(r, 0),
+        |r| col(r, 0),
     )?;
     let Some(value) = value else {
         return Ok(());

@@ -8,7 +8,8 @@ use rusqlite::config::DbConfig;
 
 use super::super::StoreError;
 use super::super::cipher::{KdfParams, StoreCipher, StoreKey};
-use super::{aad_canary, db, get_meta, set_meta};
+use super::aad_canary;
+use super::sql::{db, get_meta, set_meta};
 
 /// How long a connection waits for a lock held by another connection or process.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -178,6 +179,27 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN trust_tag BLOB;
     ALTER TABLE pending_to_device ADD COLUMN room_id TEXT;
     ALTER TABLE pending_to_device ADD COLUMN session_id TEXT;",
+    // 6: the keys kept for devices sent `m.no_olm` (moved out of `secret_values` by
+    // `migrate_data`: they must be re-encrypted for their rows) and the unwedge times (out
+    // of `plain_values`, those that parse) get tables of their own.
+    "CREATE TABLE no_olm_room_keys (
+        room_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        message_index INTEGER NOT NULL,
+        session_key BLOB NOT NULL,
+        PRIMARY KEY (room_id, session_id, message_index)
+    ) WITHOUT ROWID;
+    CREATE TABLE unwedged_devices (
+        curve25519 TEXT PRIMARY KEY NOT NULL,
+        unwedged_ms INTEGER NOT NULL
+    );
+    CREATE INDEX unwedged_by_time ON unwedged_devices (unwedged_ms);
+    INSERT OR IGNORE INTO unwedged_devices (curve25519, unwedged_ms)
+        SELECT substr(key, 9), CAST(value AS INTEGER) FROM plain_values
+        WHERE key GLOB 'unwedge|?*' AND length(value) BETWEEN 1 AND 18
+            AND value NOT GLOB '*[^0-9]*';
+    DELETE FROM plain_values
+        WHERE key IN (SELECT 'unwedge|' || curve25519 FROM unwedged_devices);",
 ];
 
 /// Keys of the `meta` table.
@@ -290,12 +312,15 @@ fn migrate_data(
     to: i64,
     cipher: &StoreCipher,
 ) -> Result<(), StoreError> {
-    if to != 5 {
-        return Ok(());
+    match to {
+        5 => {
+            super::migrate_5::tag_devices(tx, cipher)?;
+            super::migrate_5::rebind_outbound_sessions(tx, cipher)?;
+            super::migrate_5::protect_sharing_setting(tx, cipher)
+        }
+        6 => super::migrate_6::move_no_olm_keys(tx, cipher),
+        _ => Ok(()),
     }
-    super::migrate_5::tag_devices(tx, cipher)?;
-    super::migrate_5::rebind_outbound_sessions(tx, cipher)?;
-    super::migrate_5::protect_sharing_setting(tx, cipher)
 }
 
 /// Derive the cipher from the saved parameters and check it against the saved key check.

@@ -606,6 +606,8 @@ fn migrations_from_version_1_keep_tracked_users_and_query_them_again() {
              DROP TABLE send_queue;
              DROP TABLE withheld_notices;
              DROP TABLE key_requests;
+             DROP TABLE no_olm_room_keys;
+             DROP TABLE unwedged_devices;
              ALTER TABLE devices DROP COLUMN trust_tag;
              ALTER TABLE pending_to_device DROP COLUMN room_id;
              ALTER TABLE pending_to_device DROP COLUMN session_id;
@@ -729,6 +731,8 @@ fn migration_5_moves_notices_and_requests_and_binds_trust_and_rotation_state() {
     conn.execute_batch(
         "DROP TABLE withheld_notices;
          DROP TABLE key_requests;
+         DROP TABLE no_olm_room_keys;
+         DROP TABLE unwedged_devices;
          ALTER TABLE devices DROP COLUMN trust_tag;
          ALTER TABLE pending_to_device DROP COLUMN room_id;
          ALTER TABLE pending_to_device DROP COLUMN session_id;
@@ -798,4 +802,144 @@ fn stored_counts_match_the_records() {
     assert_eq!(counts.key_requests, 1);
     // The full record's session sender is not a member of its room.
     assert_eq!(counts.inbound_sessions_from_non_members, 1);
+}
+
+#[test]
+fn migration_6_moves_no_olm_keys_and_unwedge_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = open(d);
+    // The room's outbound session is s1 (s0 was rotated away); a room id may contain `|`.
+    let room = "!r|oom:x";
+    s.save_changes(Changes {
+        outbound_group_sessions: vec![outbound(room, "s1")],
+        ..Default::default()
+    })
+    .unwrap();
+    let old = |key: &str, plain: &[u8]| {
+        s.cipher
+            .encrypt(&values::aad_secret_value(key), plain)
+            .unwrap()
+    };
+    let current = format!("no_olm_key|{room}|s1|3");
+    let rotated = format!("no_olm_key|{room}|s0|0");
+    let no_session = "no_olm_key|!gone:x|g1|0".to_owned();
+    let copied = format!("no_olm_key|{room}|s1|4");
+    let rows = [
+        (current.clone(), old(&current, b"key at 3")),
+        (rotated.clone(), old(&rotated, b"key of s0")),
+        (no_session.clone(), old(&no_session, b"key of g1")),
+        (copied.clone(), old(&current, b"bound to another key")),
+        (
+            "no_olm_key|broken".to_owned(),
+            old("no_olm_key|broken", b"x"),
+        ),
+        ("access_token".to_owned(), old("access_token", b"token")),
+    ];
+    drop(s);
+    // Back to schema version 5, with what version 5 stored.
+    let conn = raw(d);
+    conn.execute_batch(
+        "DROP TABLE no_olm_room_keys;
+         DROP TABLE unwedged_devices;
+         PRAGMA user_version = 5;
+         INSERT INTO plain_values VALUES ('unwedge|curve-a', '1700000000000'),
+             ('unwedge|curve-b', 'soon'), ('unwedge|', '5'), ('user_id', '@me:x');",
+    )
+    .unwrap();
+    for (key, value) in &rows {
+        conn.execute(
+            "INSERT INTO secret_values (key, value) VALUES (?1, ?2)",
+            rusqlite::params![key, value],
+        )
+        .unwrap();
+    }
+    drop(conn);
+
+    let s = open(d);
+    let kept = s.no_olm_room_key(room, "s1", 3).unwrap();
+    assert_eq!(kept.map(|k| k.session_key), Some(blob(b"key at 3")));
+    // Keys of sessions that are no longer a room's outbound session are never read again.
+    assert_eq!(s.no_olm_room_key(room, "s0", 0).unwrap(), None);
+    assert_eq!(s.no_olm_room_key("!gone:x", "g1", 0).unwrap(), None);
+    assert_eq!(s.no_olm_room_key(room, "s1", 4).unwrap(), None);
+    assert_eq!(
+        s.unwedge_record("curve-a").unwrap(),
+        Some(UnwedgeRecord {
+            curve25519: "curve-a".into(),
+            unwedged_ms: 1_700_000_000_000,
+        })
+    );
+    assert_eq!(s.unwedge_record("curve-b").unwrap(), None);
+    assert_eq!(
+        s.secret_value("access_token").unwrap(),
+        Some(blob(b"token"))
+    );
+    let keys = |table: &str| -> Vec<String> {
+        raw(d)
+            .prepare(&format!("SELECT key FROM {table} ORDER BY key"))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let mut unreadable = vec![
+        "access_token".to_owned(),
+        copied,
+        "no_olm_key|broken".into(),
+    ];
+    unreadable.sort();
+    assert_eq!(
+        keys("secret_values"),
+        unreadable,
+        "moved or dropped; only what cannot be parsed or read stays"
+    );
+    assert_eq!(
+        keys("plain_values"),
+        ["unwedge|", "unwedge|curve-b", "user_id"]
+    );
+}
+
+#[test]
+fn no_olm_room_keys_are_encrypted_and_bound_to_their_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = open(d);
+    let marker = b"NO-OLM-SESSION-KEY-MARKER-42";
+    s.save_changes(Changes {
+        outbound_group_sessions: vec![outbound("!r:x", "s1")],
+        no_olm_room_keys: vec![
+            NoOlmRoomKey {
+                session_key: blob(marker),
+                ..no_olm_key("!r:x", "s1", 1)
+            },
+            no_olm_key("!r:x", "s1", 2),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let bytes: Vec<u8> = dir_snapshot(d)
+        .into_iter()
+        .flat_map(|(_, bytes, _)| bytes)
+        .collect();
+    assert!(
+        !bytes.windows(marker.len()).any(|w| w == marker),
+        "a kept room key is in the file in clear"
+    );
+    // A key moved to another index, or copied from another row, does not authenticate.
+    tamper(
+        d,
+        sql("UPDATE no_olm_room_keys SET message_index = 7 WHERE message_index = 1"),
+        || s.no_olm_room_key("!r:x", "s1", 7),
+        corrupted,
+    );
+    tamper(
+        d,
+        sql("UPDATE no_olm_room_keys SET session_key =
+                (SELECT session_key FROM no_olm_room_keys WHERE message_index = 7)
+             WHERE message_index = 2"),
+        || s.no_olm_room_key("!r:x", "s1", 2),
+        corrupted,
+    );
 }

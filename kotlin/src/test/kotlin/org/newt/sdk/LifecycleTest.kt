@@ -8,6 +8,7 @@ import kotlinx.coroutines.cancelAndJoin
 import kotlinx.coroutines.delay
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
+import kotlinx.coroutines.withTimeout
 import org.junit.Rule
 import org.junit.Test
 import org.junit.rules.Timeout
@@ -56,6 +57,28 @@ class LifecycleTest {
             client.startSync()
             client.close()
             assertFailsWith<IllegalStateException> { client.startSync() }
+        }
+    }
+
+    @Test
+    fun `shutdown waits for the sync loop and releases the store for a new client`() = runBlocking<Unit> {
+        Resources().use { res ->
+            val login = res.login(TestUser.register("reopen"))
+            val client = login.client
+            val fingerprint = client.ownFingerprint()
+            client.startSync()
+            client.syncOnce(0uL)
+            // Suspends until the loop has ended and the store is released.
+            withTimeout(30_000) { client.shutdown() }
+            assertFailsWith<NewtException.Closed> { client.syncOnce(0uL) }
+            withTimeout(10_000) { client.shutdown() } // idempotent, returns at once
+
+            // The same store, opened again in this process: same device, same keys.
+            val again = res.add(openClient(config(login.storeDir)))
+            assertEquals(login.session, again.restoreSession())
+            assertEquals(fingerprint, again.ownFingerprint())
+            again.syncOnce(0uL)
+            again.shutdown()
         }
     }
 
