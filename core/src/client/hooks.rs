@@ -29,7 +29,7 @@ pub enum Prompt {
         devices: Vec<Device>,
     },
     /// One of the user's own devices, which nobody verified yet, asks for room keys it is
-    /// missing (seed 004: key sharing). Answering [`PromptAnswer::DeviceDecisions`] with
+    /// missing (key sharing between own devices). Answering [`PromptAnswer::DeviceDecisions`] with
     /// [`LocalTrust::Verified`] for it shares the keys; other answers share nothing. Asked
     /// once per device; the keys go out with the next sync.
     KeyShareRequest {
@@ -64,7 +64,7 @@ pub trait PromptHandler: Send + Sync {
     fn on_prompt(&self, prompt: Prompt) -> PromptAnswer;
 }
 
-/// Which senders' messages a room shows (seed 003, "invisible crypto").
+/// Which senders' messages a room shows ("invisible crypto").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
 pub enum TrustPolicy {
     /// Show messages from every session (except evidence of tampering).

@@ -158,7 +158,7 @@ struct Inner {
     /// every item exactly once (the snapshot, then the live ones).
     recent: Mutex<HashMap<String, VecDeque<TimelineEvent>>>,
     /// Encrypted rooms in which a member got a new device since the last sync; their
-    /// current room key is shared with it before the next message (seed 002).
+    /// current room key is shared with it before the next message, so that it can read it.
     rooms_with_new_devices: Mutex<std::collections::BTreeSet<String>>,
     /// Wake-ups for devices without one-time keys (`m.no_olm`).
     no_olm_retry: Mutex<NoOlmRetry>,

@@ -234,7 +234,7 @@ pub struct DeviceRecord {
     pub deleted: bool,
 }
 
-/// Where our copy of one user's device list stands (seed 001).
+/// Where our copy of one user's device list stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum TrackingState {
     /// We share no encrypted room with the user any more: the devices (and the user's

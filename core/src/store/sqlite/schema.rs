@@ -116,7 +116,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY NOT NULL,
         value BLOB NOT NULL
     );",
-    // 2: four tracking states instead of an `outdated` flag (seed 001). Version 1 stored users
+    // 2: four tracking states instead of an `outdated` flag. Version 1 stored users
     // who left as not outdated too, so every user is queried once again.
     "ALTER TABLE tracked_users ADD COLUMN state TEXT NOT NULL DEFAULT 'pending';
     ALTER TABLE tracked_users DROP COLUMN outdated;",
