@@ -64,6 +64,8 @@ impl core::PromptHandler for PromptAdapter {
             core::Prompt::KeyShareRequest { device } => Prompt::KeyShareRequest {
                 device: DeviceInfo::from(device),
             },
+            // A kind this layer does not map yet: the documented answer to unknown kinds.
+            _ => return core::PromptAnswer::Dismissed,
         };
         match self.0.on_prompt(prompt) {
             Ok(PromptAnswer::Password { password }) => {

@@ -143,6 +143,10 @@ impl From<HttpError> for NewtError {
             too_large @ HttpError::TooLarge { .. } => NewtError::InvalidResponse {
                 message: too_large.to_string(),
             },
+            // `HttpError` is non-exhaustive: a failure added to the core later.
+            other => NewtError::Internal {
+                message: other.to_string(),
+            },
         }
     }
 }
@@ -301,6 +305,10 @@ impl From<ClientError> for NewtError {
             ClientError::PromptDismissed => NewtError::PromptDismissed,
             ClientError::InvalidResponse(message) => NewtError::InvalidResponse { message },
             ClientError::Closed => NewtError::Closed,
+            // `ClientError` is non-exhaustive: a failure added to the core later.
+            other => NewtError::Internal {
+                message: other.to_string(),
+            },
         }
     }
 }

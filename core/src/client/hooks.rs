@@ -14,6 +14,7 @@ use crate::store::LocalTrust;
 /// A decision the SDK needs from the user. New kinds are added as new variants; apps should
 /// answer unknown ones with [`PromptAnswer::Dismissed`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Prompt {
     /// The server asks for the account password (user-interactive authentication).
     Password {
@@ -39,6 +40,7 @@ pub enum Prompt {
 }
 
 /// The app's answer to a [`Prompt`].
+#[non_exhaustive]
 pub enum PromptAnswer {
     /// The password (wiped after use).
     Password(Zeroizing<String>),
@@ -65,6 +67,9 @@ pub trait PromptHandler: Send + Sync {
 }
 
 /// Which senders' messages a room shows ("invisible crypto").
+///
+/// Deliberately exhaustive: a new policy must be mapped by the bindings, never defaulted to
+/// a looser one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
 pub enum TrustPolicy {
     /// Show messages from every session (except evidence of tampering).

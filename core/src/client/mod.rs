@@ -52,6 +52,7 @@ const KEY_ACCESS_TOKEN: &str = "session.access_token";
 
 /// Everything that can go wrong in the client.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// Talking to the homeserver failed.
     #[error(transparent)]

@@ -19,6 +19,9 @@ pub struct OutgoingRequest {
 }
 
 /// The kinds of requests the machine produces.
+///
+/// Deliberately exhaustive: whoever drives the machine must send every kind; a kind it
+/// does not know would be dropped silently behind a wildcard.
 #[derive(Clone, Debug)]
 pub enum OutgoingKind {
     /// `POST /keys/upload`.

@@ -8,6 +8,7 @@ use vodozemac::{Ed25519PublicKey, Ed25519SecretKey, Ed25519Signature};
 
 /// Why a JSON object could not be canonicalised, signed or verified.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SigningError {
     /// The value is not a JSON object.
     #[error("expected a JSON object, got another JSON type")]

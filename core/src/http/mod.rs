@@ -24,6 +24,7 @@ use zeroize::Zeroizing;
 
 /// Failures talking to the homeserver.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HttpError {
     /// The server could not be reached or the connection broke.
     #[error("network error: {0}")]

@@ -64,6 +64,7 @@ const TAG_LABEL: &[u8] = b"newt store tag";
 /// user passphrase. The key material is wiped from memory when the value is dropped, and
 /// `Debug` never shows it.
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum StoreKey {
     /// 32 bytes of uniformly random key material, used as is.
     Bytes(Zeroizing<[u8; 32]>),

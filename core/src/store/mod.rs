@@ -35,6 +35,7 @@ pub(crate) use sqlite::VERIFIED_ONLY_KEY;
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The store key does not open this store. Nothing was changed.
     #[error("the store key does not match the key this store was created with")]
@@ -176,6 +177,9 @@ pub struct OutboundGroupSessionRecord {
 }
 
 /// The local, user-controlled trust of a device.
+///
+/// Deliberately exhaustive (unlike the other public enums): a new decision must be mapped
+/// by every layer that shows or stores it (the bindings' `DeviceTrust`), never defaulted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum LocalTrust {
     /// No decision yet.
@@ -236,6 +240,7 @@ pub struct DeviceRecord {
 
 /// Where our copy of one user's device list stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum TrackingState {
     /// We share no encrypted room with the user any more: the devices (and the user's
     /// decisions about them) are kept, but no longer updated.
