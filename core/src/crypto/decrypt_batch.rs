@@ -52,6 +52,10 @@ impl DecryptBatch<'_> {
     pub fn commit(self, extra: Changes) -> Result<(), CryptoError> {
         let mut changes = extra;
         changes.megolm_indices.extend(self.changes.megolm_indices);
+        if changes.is_empty() {
+            // Only events seen before: nothing to write, no need for the machine's lock.
+            return Ok(());
+        }
         let mut state = self.machine.lock()?;
         self.machine.save(&mut state, changes)
     }

@@ -4,7 +4,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::Connection;
-use rusqlite::config::DbConfig;
 
 use super::super::StoreError;
 use super::super::cipher::{KdfParams, StoreCipher, StoreKey};
@@ -227,12 +226,6 @@ pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         )));
     }
     conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(db)?;
-    // No checkpoint when the last connection closes: a short-lived process (a push
-    // notification decrypting one event) would spend most of its time copying the WAL back.
-    // Commits checkpoint once the WAL passes 1,000 pages, and every commit is already durable
-    // in the WAL, so nothing waits there that a crash could lose.
-    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
         .map_err(db)?;
     Ok(conn)
 }

@@ -58,29 +58,6 @@ fn reopen_after_clean_drop_keeps_everything() {
 }
 
 #[test]
-fn closing_leaves_the_wal_for_a_later_commit_to_checkpoint() {
-    // A push-notification process writes one replay record and exits: closing must not copy
-    // the WAL back into the database (that was most of its time).
-    let dir = tempfile::tempdir().unwrap();
-    let wal = dir.path().join(format!("{DB_FILE_NAME}-wal"));
-    {
-        let s = open(dir.path());
-        s.save_changes(full_changes("a")).unwrap();
-    }
-    let left = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-    assert!(left > 0, "the WAL was checkpointed and removed at close");
-    // What it holds is read by the next process, and written on by it.
-    let s = open(dir.path());
-    assert_full_present(&s, "a");
-    s.save_changes(full_changes("b")).unwrap();
-    drop(s);
-    let s = open(dir.path());
-    assert_full_present(&s, "a");
-    assert_full_present(&s, "b");
-    assert_eq!(s.generation().unwrap(), 2);
-}
-
-#[test]
 fn open_creates_missing_directories() {
     let dir = tempfile::tempdir().unwrap();
     let nested = dir.path().join("a").join("b");
@@ -97,18 +74,11 @@ fn wrong_key_refused_and_store_untouched() {
         let s = open(dir.path());
         s.save_changes(full_changes("kept")).unwrap();
     }
-    // The database and its WAL (left for a later commit to checkpoint); the `-shm` index is
-    // shared memory any reader may rebuild, not data.
-    let data = || {
-        let mut files = dir_snapshot(dir.path());
-        files.retain(|(name, _, _)| !name.ends_with("-shm"));
-        files
-    };
-    let before = data();
+    let before = dir_snapshot(dir.path());
     assert_eq!(
         before.len(),
-        2,
-        "the database and its WAL after a clean close"
+        1,
+        "only the database file after a clean close"
     );
     for wrong in [
         StoreKey::from_bytes([8; 32]),
@@ -119,7 +89,11 @@ fn wrong_key_refused_and_store_untouched() {
             other => panic!("expected WrongKey, got {other:?}"),
         }
     }
-    assert_eq!(data(), before, "file bytes and mtime unchanged");
+    assert_eq!(
+        dir_snapshot(dir.path()),
+        before,
+        "file bytes and mtime unchanged"
+    );
     let s = open(dir.path());
     assert_full_present(&s, "kept");
     assert_eq!(s.generation().unwrap(), 1);
