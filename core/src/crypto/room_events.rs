@@ -77,9 +77,15 @@ impl OlmMachine {
         room_id: &str,
         event: &Value,
     ) -> Result<DecryptedRoomEvent, CryptoError> {
-        let mut batch = self.begin_decrypt();
-        let decrypted = batch.decrypt_room_event(room_id, event)?;
-        batch.commit(Changes::default())?;
+        let (decrypted, index) = self.decrypt_with(room_id, event, &Changes::default())?;
+        if let Some(index) = index {
+            let mut state = self.lock()?;
+            let changes = Changes {
+                megolm_indices: vec![index],
+                ..Default::default()
+            };
+            self.save(&mut state, changes)?;
+        }
         Ok(decrypted)
     }
 
