@@ -189,19 +189,18 @@ fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::R
     let method = parts.next().unwrap_or_default().to_owned();
     let path = parts.next().unwrap_or_default().to_owned();
     let mut client = client;
-    let status = match action_for(state, &path) {
+    match action_for(state, &path) {
         Some(Action::Fail(status)) => {
             let body = r#"{"errcode":"M_UNKNOWN","error":"injected failure"}"#;
+            log(state, format!("{method} {path} {status}"));
             write!(
                 client,
                 "HTTP/1.1 {status} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             )?;
-            status.to_string()
         }
         Some(Action::Drop) => {
-            let _ = client.shutdown(Shutdown::Both);
-            "dropped".to_owned()
+            log(state, format!("{method} {path} dropped"));
         }
         other => {
             match &other {
@@ -219,12 +218,8 @@ fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::R
             let mut response = Vec::new();
             up.read_to_end(&mut response)?;
             if matches!(other, Some(Action::ForwardThenDrop)) {
+                log(state, format!("{method} {path} answer dropped"));
                 let _ = client.shutdown(Shutdown::Both);
-                state
-                    .lock()
-                    .unwrap()
-                    .log
-                    .push(format!("{method} {path} answer dropped"));
                 return Ok(());
             }
             let rewritten = match &other {
@@ -239,31 +234,24 @@ fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::R
                 .nth(1)
                 .unwrap_or("?")
                 .to_owned();
+            log(state, format!("{method} {path} {status}"));
             match client.write_all(&response) {
                 Ok(()) => {}
                 // A client may hang up early on a rewritten body it refuses (e.g. one too
-                // large to read): that exchange is still logged.
-                Err(_) if rewritten => {
-                    let _ = client.shutdown(Shutdown::Both);
-                    state
-                        .lock()
-                        .unwrap()
-                        .log
-                        .push(format!("{method} {path} {status}"));
-                    return Ok(());
-                }
+                // large to read): that exchange is logged all the same.
+                Err(_) if rewritten => {}
                 Err(e) => return Err(e),
             }
-            status
         }
-    };
-    state
-        .lock()
-        .unwrap()
-        .log
-        .push(format!("{method} {path} {status}"));
+    }
     let _ = client.shutdown(Shutdown::Both);
     Ok(())
+}
+
+/// Records one exchange. Always called before the client can see the answer (or the hang-up):
+/// a test that reads the log right after its request returned then finds the line there.
+fn log(state: &Mutex<State>, line: String) {
+    state.lock().unwrap().log.push(line);
 }
 
 /// `response` (a whole HTTP/1.x answer) with its body replaced by `f(body)`: the same status
@@ -363,6 +351,65 @@ mod tests {
             out,
             b"HTTP/1.1 404 Not Found\r\nX-Kept: yes\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world"
         );
+    }
+
+    /// An upstream that answers every connection with `answer` and closes.
+    fn upstream(answer: &'static [u8]) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    line.clear();
+                }
+                let _ = conn.write_all(answer);
+            }
+        });
+        url
+    }
+
+    /// One request through the proxy, read as an HTTP client does: the answer's length is
+    /// known, so the client goes on as soon as it has it (or the hang-up), not at the close.
+    fn request(proxy: &FaultProxy, path: &str, expected: &[u8]) {
+        let mut conn = TcpStream::connect(proxy.base_url.trim_start_matches("http://")).unwrap();
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut got = vec![0; expected.len()];
+        let mut read = 0;
+        while read < got.len() {
+            match conn.read(&mut got[read..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    }
+
+    /// CI once saw 3 of 4 "answer dropped" lines: the proxy hung up first and logged after,
+    /// and the test read the log in between. Every line must be there when the client has
+    /// its answer or its hang-up.
+    #[test]
+    fn each_exchange_is_logged_before_the_client_sees_its_outcome() {
+        const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        let proxy = FaultProxy::start(&upstream(ANSWER));
+        for i in 0..200 {
+            let (path, action) = match i % 4 {
+                0 => ("/lost", Some(Action::ForwardThenDrop)),
+                1 => ("/drop", Some(Action::Drop)),
+                2 => ("/fail", Some(Action::Fail(502))),
+                _ => ("/ok", None),
+            };
+            if let Some(action) = action {
+                proxy.rule(path, action, Some(1));
+            }
+            request(&proxy, path, ANSWER);
+            assert_eq!(
+                proxy.log().len(),
+                i + 1,
+                "exchange {i} ({path}) not logged yet"
+            );
+        }
     }
 
     #[test]
