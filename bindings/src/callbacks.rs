@@ -8,12 +8,16 @@
 use std::sync::Arc;
 
 use newt_core::client as core;
+use newt_core::ruma::{OwnedDeviceId, OwnedUserId, RoomId};
+use newt_core::store::LocalTrust;
 use tracing::warn;
 use zeroize::Zeroizing;
 
 use crate::error::NewtError;
+use crate::ids;
 use crate::types::{
-    DeviceInfo, LogRecord, Prompt, PromptAnswer, TimelineUpdate, TrustPolicy, WakeupRequest,
+    DeviceDecision, DeviceInfo, LogRecord, Prompt, PromptAnswer, TimelineUpdate, TrustPolicy,
+    WakeupRequest,
 };
 
 /// Receives timeline updates of one room.
@@ -57,7 +61,10 @@ pub(crate) struct PromptAdapter(pub Arc<dyn PromptHandler>);
 impl core::PromptHandler for PromptAdapter {
     fn on_prompt(&self, prompt: core::Prompt) -> core::PromptAnswer {
         let prompt = match prompt {
-            core::Prompt::Password { user_id, reason } => Prompt::Password { user_id, reason },
+            core::Prompt::Password { user_id, reason } => Prompt::Password {
+                user_id: user_id.to_string(),
+                reason,
+            },
             core::Prompt::NewDevices { devices } => Prompt::NewDevices {
                 devices: devices.into_iter().map(DeviceInfo::from).collect(),
             },
@@ -71,12 +78,9 @@ impl core::PromptHandler for PromptAdapter {
             Ok(PromptAnswer::Password { password }) => {
                 core::PromptAnswer::Password(Zeroizing::new(password))
             }
-            Ok(PromptAnswer::DeviceDecisions { decisions }) => core::PromptAnswer::DeviceDecisions(
-                decisions
-                    .into_iter()
-                    .map(|d| (d.user_id, d.device_id, d.trust.into()))
-                    .collect(),
-            ),
+            Ok(PromptAnswer::DeviceDecisions { decisions }) => {
+                core::PromptAnswer::DeviceDecisions(device_decisions(decisions))
+            }
             Ok(PromptAnswer::Dismissed) => core::PromptAnswer::Dismissed,
             Err(e) => {
                 warn!(error = %e, "prompt handler failed; treating as dismissed");
@@ -86,11 +90,30 @@ impl core::PromptHandler for PromptAdapter {
     }
 }
 
+/// The app's decisions, as the core takes them. A decision naming an invalid user or device
+/// id is about no device we showed: it is left out (logged), and the device stays undecided.
+fn device_decisions(
+    decisions: Vec<DeviceDecision>,
+) -> Vec<(OwnedUserId, OwnedDeviceId, LocalTrust)> {
+    decisions
+        .into_iter()
+        .filter_map(
+            |d| match (ids::user_id(&d.user_id), ids::device_id(&d.device_id)) {
+                (Ok(user), Ok(device)) => Some((user, device, d.trust.into())),
+                (Err(e), _) | (_, Err(e)) => {
+                    warn!(error = %e, "a device decision names no valid device; ignored");
+                    None
+                }
+            },
+        )
+        .collect()
+}
+
 pub(crate) struct PolicyAdapter(pub Arc<dyn TrustPolicyProvider>);
 
 impl core::TrustPolicyProvider for PolicyAdapter {
-    fn policy_for_room(&self, room_id: &str) -> core::TrustPolicy {
-        match self.0.policy_for_room(room_id.to_owned()) {
+    fn policy_for_room(&self, room_id: &RoomId) -> core::TrustPolicy {
+        match self.0.policy_for_room(room_id.to_string()) {
             Ok(policy) => policy.into(),
             Err(e) => {
                 warn!(error = %e, "trust policy provider failed; using show-all");

@@ -15,6 +15,7 @@ use crate::callbacks::{
     TimelineListener, TrustPolicyProvider,
 };
 use crate::error::NewtError;
+use crate::ids;
 use crate::types::{
     ClientConfig, DeviceInfo, DeviceTrust, DueWorkReport, RoomKeyRotation, Session, StoreKey,
     TimelineItem, TimelineUpdate, UserDevice,
@@ -210,10 +211,12 @@ impl NewtClient {
         invite: Vec<String>,
     ) -> Result<String, NewtError> {
         let client = self.client()?;
+        let invite = ids::user_ids(&invite)?;
         run(async move {
             Ok(client
                 .create_encrypted_room(name.as_deref(), &invite)
-                .await?)
+                .await?
+                .to_string())
         })
         .await
     }
@@ -226,10 +229,12 @@ impl NewtClient {
         rotation: RoomKeyRotation,
     ) -> Result<String, NewtError> {
         let client = self.client()?;
+        let invite = ids::user_ids(&invite)?;
         run(async move {
             Ok(client
                 .create_encrypted_room_with_rotation(name.as_deref(), &invite, rotation.into())
-                .await?)
+                .await?
+                .to_string())
         })
         .await
     }
@@ -240,33 +245,40 @@ impl NewtClient {
     pub fn devices_without_olm(&self, room_id: String) -> Result<Vec<UserDevice>, NewtError> {
         Ok(self
             .client()?
-            .devices_without_olm(&room_id)?
+            .devices_without_olm(&ids::room_id(&room_id)?)?
             .into_iter()
-            .map(|(user_id, device_id)| UserDevice { user_id, device_id })
+            .map(|(user_id, device_id)| UserDevice {
+                user_id: user_id.to_string(),
+                device_id: device_id.to_string(),
+            })
             .collect())
     }
 
     /// Join a room by id or alias; returns the room id.
     pub async fn join_room(&self, room_id_or_alias: String) -> Result<String, NewtError> {
         let client = self.client()?;
-        run(async move { Ok(client.join(&room_id_or_alias).await?) }).await
+        let room = ids::room_or_alias(&room_id_or_alias)?;
+        run(async move { Ok(client.join(&room).await?.to_string()) }).await
     }
 
     /// Invite a user.
     pub async fn invite_user(&self, room_id: String, user_id: String) -> Result<(), NewtError> {
         let client = self.client()?;
+        let (room_id, user_id) = (ids::room_id(&room_id)?, ids::user_id(&user_id)?);
         run(async move { Ok(client.invite(&room_id, &user_id).await?) }).await
     }
 
     /// Send an encrypted text message; returns the event id.
     pub async fn send_text(&self, room_id: String, body: String) -> Result<String, NewtError> {
         let client = self.client()?;
-        run(async move { Ok(client.send_text(&room_id, &body).await?) }).await
+        let room_id = ids::room_id(&room_id)?;
+        run(async move { Ok(client.send_text(&room_id, &body).await?.to_string()) }).await
     }
 
     /// A user's devices (downloaded if not known or stale).
     pub async fn devices(&self, user_id: String) -> Result<Vec<DeviceInfo>, NewtError> {
         let client = self.client()?;
+        let user_id = ids::user_id(&user_id)?;
         run(async move {
             Ok(client
                 .devices(&user_id)
@@ -286,6 +298,7 @@ impl NewtClient {
         trust: DeviceTrust,
     ) -> Result<(), NewtError> {
         let client = self.client()?;
+        let (user_id, device_id) = (ids::user_id(&user_id)?, ids::device_id(&device_id)?);
         run(async move {
             let machine_has = client
                 .devices(&user_id)
@@ -313,6 +326,7 @@ impl NewtClient {
     /// Delete one of the own devices; asks the `PromptHandler` for the password.
     pub async fn delete_device(&self, device_id: String) -> Result<(), NewtError> {
         let client = self.client()?;
+        let device_id = ids::device_id(&device_id)?;
         run(async move { Ok(client.delete_device(&device_id).await?) }).await
     }
 
@@ -325,6 +339,7 @@ impl NewtClient {
         listener: Arc<dyn TimelineListener>,
     ) -> Result<Arc<TimelineSubscription>, NewtError> {
         let client = self.client()?;
+        let room_id = ids::room_id(&room_id)?;
         let (snapshot, mut receiver) = client.subscribe_room(&room_id);
         drop(client);
         let task = runtime()?.spawn(async move {

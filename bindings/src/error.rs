@@ -212,7 +212,7 @@ impl From<&MegolmError> for DecryptionFailure {
         match e {
             MegolmError::MissingSession { .. } => DecryptionFailure::MissingRoomKey,
             MegolmError::Withheld { code, reason } => DecryptionFailure::Withheld {
-                code: code.clone(),
+                code: code.to_string(),
                 reason: reason.clone(),
             },
             MegolmError::UnknownIndex { first_known, index } => {
@@ -227,7 +227,7 @@ impl From<&MegolmError> for DecryptionFailure {
                 first_event_id,
             } => DecryptionFailure::Replayed {
                 index: *index,
-                first_event_id: first_event_id.clone(),
+                first_event_id: first_event_id.to_string(),
             },
             MegolmError::SenderMismatch { .. } | MegolmError::SenderKeyMismatch { .. } => {
                 DecryptionFailure::SenderMismatch
@@ -265,10 +265,10 @@ impl From<CryptoError> for NewtError {
                 stored_user,
                 stored_device,
             } => NewtError::AccountMismatch {
-                user_id: user,
-                device_id: device,
-                stored_user_id: stored_user,
-                stored_device_id: stored_device,
+                user_id: user.to_string(),
+                device_id: device.to_string(),
+                stored_user_id: stored_user.to_string(),
+                stored_device_id: stored_device.to_string(),
             },
             // Kept together on purpose: none needs a different reaction from the app, and
             // `InvalidResponse` / `InvalidInput` of their own would promise what
@@ -328,6 +328,15 @@ mod tests {
 
     use super::*;
 
+    /// A ruma id from a literal.
+    fn id<T>(value: &'static str) -> T
+    where
+        T: TryFrom<&'static str>,
+        T::Error: std::fmt::Debug,
+    {
+        T::try_from(value).unwrap()
+    }
+
     fn failure_of(e: MegolmError) -> DecryptionFailure {
         match NewtError::from(CryptoError::Megolm(e)) {
             NewtError::Undecryptable { failure, .. } => failure,
@@ -363,7 +372,7 @@ mod tests {
             (
                 MegolmError::Replay {
                     index: 4,
-                    first_event_id: "$first".into(),
+                    first_event_id: id("$first"),
                 },
                 DecryptionFailure::Replayed {
                     index: 4,
@@ -372,8 +381,8 @@ mod tests {
             ),
             (
                 MegolmError::SenderMismatch {
-                    expected: "@a:x".into(),
-                    got: "@m:x".into(),
+                    expected: id("@a:x"),
+                    got: id("@m:x"),
                 },
                 DecryptionFailure::SenderMismatch,
             ),
@@ -494,15 +503,16 @@ mod tests {
             DeviceKeyError::InvalidDeviceId("*".into()).into(),
             DeviceKeyError::Signature("does not verify".into()).into(),
             DeviceKeyError::Ed25519Changed {
-                user_id: "@a:x".into(),
+                user_id: id("@a:x"),
                 device_id: "D".into(),
             }
             .into(),
             DeviceKeyError::Curve25519Taken {
-                user_id: "@a:x".into(),
+                user_id: id("@a:x"),
                 device_id: "E".into(),
             }
             .into(),
+            DeviceKeyError::Curve25519Contested.into(),
             DeviceKeyError::TooManyDevices(1000).into(),
         ];
         for core in cases {
@@ -517,9 +527,9 @@ mod tests {
     #[test]
     fn another_account_in_the_store_names_both_accounts() {
         let e = NewtError::from(CryptoError::AccountMismatch {
-            user: "@bob:x".into(),
+            user: id("@bob:x"),
             device: "BOBDEV".into(),
-            stored_user: "@alice:x".into(),
+            stored_user: id("@alice:x"),
             stored_device: "ALICEDEV".into(),
         });
         let NewtError::AccountMismatch {
@@ -542,9 +552,9 @@ mod tests {
         );
         // The same through the client layer, as the bindings' calls see it.
         let through_client = NewtError::from(ClientError::Crypto(CryptoError::AccountMismatch {
-            user: "@bob:x".into(),
+            user: id("@bob:x"),
             device: "BOBDEV".into(),
-            stored_user: "@alice:x".into(),
+            stored_user: id("@alice:x"),
             stored_device: "ALICEDEV".into(),
         }));
         assert!(
@@ -559,7 +569,7 @@ mod tests {
             SigningError::InvalidSignature.into(),
             CryptoError::CorruptState("account pickle: bad".into()),
             CryptoError::UnknownRequest("r1".into()),
-            CryptoError::RoomNotEncrypted("!r:x".into()),
+            CryptoError::RoomNotEncrypted(id("!r:x")),
             CryptoError::InvalidResponse("keys/claim: not a JSON object".into()),
             CryptoError::InvalidInput("empty session id".into()),
         ];

@@ -8,6 +8,7 @@
 mod callbacks;
 mod client;
 mod error;
+mod ids;
 mod logging;
 mod types;
 

@@ -42,8 +42,8 @@ pub struct Session {
 impl From<newt_core::client::Session> for Session {
     fn from(s: newt_core::client::Session) -> Self {
         Self {
-            user_id: s.user_id,
-            device_id: s.device_id,
+            user_id: s.user_id.to_string(),
+            device_id: s.device_id.to_string(),
         }
     }
 }
@@ -106,26 +106,12 @@ pub struct DeviceInfo {
 impl From<Device> for DeviceInfo {
     fn from(d: Device) -> Self {
         Self {
-            user_id: d.user_id,
-            device_id: d.device_id,
+            user_id: d.user_id.to_string(),
+            device_id: d.device_id.to_string(),
             display_name: d.display_name,
             ed25519: d.ed25519,
             curve25519: d.curve25519,
             trust: d.local_trust.into(),
-            deleted: d.deleted,
-        }
-    }
-}
-
-impl From<DeviceInfo> for Device {
-    fn from(d: DeviceInfo) -> Self {
-        Self {
-            user_id: d.user_id,
-            device_id: d.device_id,
-            curve25519: d.curve25519,
-            ed25519: d.ed25519,
-            display_name: d.display_name,
-            local_trust: d.trust.into(),
             deleted: d.deleted,
         }
     }
@@ -199,10 +185,10 @@ pub struct TimelineItem {
 impl From<TimelineEvent> for TimelineItem {
     fn from(e: TimelineEvent) -> Self {
         Self {
-            event_id: e.event_id,
-            room_id: e.room_id,
-            sender: e.sender,
-            sender_device: e.sender_device,
+            event_id: e.event_id.to_string(),
+            room_id: e.room_id.to_string(),
+            sender: e.sender.to_string(),
+            sender_device: e.sender_device.map(|d| d.to_string()),
             event_type: e.event_type,
             body: e.body,
             decrypted: e.decrypted,

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use newt_core::client::{Client, ClientConfig, ClientError};
+use newt_core::ruma::{OwnedRoomId, OwnedRoomOrAliasId, OwnedUserId};
 use newt_core::store::StoreKey;
 use serde_json::json;
 
@@ -148,11 +149,11 @@ async fn run(args: Args) -> Result<(), String> {
         "create-room" => {
             restored(&client)?;
             let (opts, _) = options(&args.rest, &["--name", "--invite"], &[])?;
-            let invites: Vec<String> = opts
+            let invites: Vec<OwnedUserId> = opts
                 .iter()
                 .filter(|(k, _)| k == "--invite")
-                .map(|(_, v)| v.clone())
-                .collect();
+                .map(|(_, v)| parse_id::<OwnedUserId>(v, "--invite"))
+                .collect::<Result<_, _>>()?;
             client.sync_once(quick).await.map_err(err)?;
             let room = client
                 .create_encrypted_room(opt(&opts, "--name"), &invites)
@@ -163,7 +164,8 @@ async fn run(args: Args) -> Result<(), String> {
         "join" => {
             restored(&client)?;
             let room = args.rest.first().ok_or("join needs a room")?;
-            let room_id = client.join(room).await.map_err(err)?;
+            let room: OwnedRoomOrAliasId = parse_id(room, "room id or alias")?;
+            let room_id = client.join(&room).await.map_err(err)?;
             client.sync_once(quick).await.map_err(err)?;
             println!("{room_id}");
         }
@@ -176,16 +178,18 @@ async fn run(args: Args) -> Result<(), String> {
             if texts.is_empty() {
                 return Err("send needs at least one text".into());
             }
+            let room: OwnedRoomId = parse_id(room, "room id")?;
             client.sync_once(quick).await.map_err(err)?;
             for text in texts {
-                println!("{}", client.send_text(room, text).await.map_err(err)?);
+                println!("{}", client.send_text(&room, text).await.map_err(err)?);
             }
         }
         "listen" => {
             restored(&client)?;
             let (opts, positional) =
                 options(&args.rest, &["--count", "--timeout"], &["--include-own"])?;
-            let room = positional.first().ok_or("listen needs a room")?.clone();
+            let room: OwnedRoomId =
+                parse_id(positional.first().ok_or("listen needs a room")?, "room id")?;
             let count: usize = opt(&opts, "--count")
                 .unwrap_or("1")
                 .parse()
@@ -195,7 +199,7 @@ async fn run(args: Args) -> Result<(), String> {
                 .parse()
                 .map_err(|_| "--timeout must be seconds")?;
             let include_own = opt(&opts, "--include-own").is_some();
-            let own = client.session().map(|s| s.user_id).unwrap_or_default();
+            let own = client.session().ok_or("not logged in")?.user_id;
             let mut events = client.subscribe_timeline();
             let deadline = Instant::now() + Duration::from_secs(timeout);
             let mut seen = 0;
@@ -231,7 +235,8 @@ async fn run(args: Args) -> Result<(), String> {
         "devices" => {
             restored(&client)?;
             let user = args.rest.first().ok_or("devices needs a user id")?;
-            for device in client.devices(user).await.map_err(err)? {
+            let user: OwnedUserId = parse_id(user, "user id")?;
+            for device in client.devices(&user).await.map_err(err)? {
                 println!(
                     "{}",
                     json!({
@@ -246,6 +251,15 @@ async fn run(args: Args) -> Result<(), String> {
         other => return Err(format!("unknown command {other}\n{USAGE}")),
     }
     Ok(())
+}
+
+/// An id from the command line, or a message naming what was expected.
+fn parse_id<T>(value: &str, what: &str) -> Result<T, String>
+where
+    T: for<'a> TryFrom<&'a str>,
+    for<'a> <T as TryFrom<&'a str>>::Error: std::fmt::Display,
+{
+    T::try_from(value).map_err(|e| format!("invalid {what} {value:?}: {e}"))
 }
 
 fn main() -> ExitCode {

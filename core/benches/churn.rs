@@ -24,12 +24,23 @@ use newt_core::store::MemoryStore;
 use ruma::api::IncomingResponseExt;
 use ruma::api::client::keys::{claim_keys, get_keys};
 use ruma::serde::Raw;
-use ruma::{OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId};
+use ruma::{
+    DeviceId, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId, RoomId, UserId, device_id, room_id,
+    user_id,
+};
 use serde_json::Value;
 
-const USER: &str = "@alice:example.org";
-const DEVICE: &str = "JLAFKJWSCS";
-const ROOM: &str = "!bench:example.org";
+fn user() -> &'static UserId {
+    user_id!("@alice:example.org")
+}
+
+fn device() -> &'static DeviceId {
+    device_id!("JLAFKJWSCS")
+}
+
+fn room() -> &'static RoomId {
+    room_id!("!bench:example.org")
+}
 
 fn raw<T>(value: &Value) -> Raw<T> {
     Raw::from_json(serde_json::value::to_raw_value(value).unwrap())
@@ -38,8 +49,8 @@ fn raw<T>(value: &Value) -> Raw<T> {
 /// Machine with `users` tracked and `response` handled.
 fn machine_knowing(response: &get_keys::v3::Response) -> (OlmMachine, tempfile::TempDir) {
     let (store, dir) = sqlite();
-    let machine = OlmMachine::open(USER, DEVICE, store).unwrap();
-    let users: Vec<String> = response.device_keys.keys().map(|u| u.to_string()).collect();
+    let machine = OlmMachine::open(user(), device(), store).unwrap();
+    let users: Vec<OwnedUserId> = response.device_keys.keys().cloned().collect();
     machine.update_tracked_users(&users).unwrap();
     let response = KeysQueryResponse::from(response);
     for request in machine.outgoing_requests().unwrap() {
@@ -61,7 +72,7 @@ fn missing_sessions_2000(c: &mut Criterion) {
             .unwrap(),
     )
     .unwrap();
-    let users: Vec<String> = response.device_keys.keys().map(|u| u.to_string()).collect();
+    let users: Vec<OwnedUserId> = response.device_keys.keys().cloned().collect();
     let (machine, _dir) = machine_knowing(&response);
     c.bench_function("missing_sessions_2000_users/sqlite", |b| {
         b.iter(|| {
@@ -79,17 +90,16 @@ fn synthetic_devices() -> (get_keys::v3::Response, claim_keys::v3::Response) {
     let mut query = get_keys::v3::Response::new();
     let mut claims: BTreeMap<OwnedUserId, claim_keys::v3::OneTimeKeys> = BTreeMap::new();
     for u in 0..1000 {
-        let user = format!("@u{u}:example.org");
+        let user_id = OwnedUserId::try_from(format!("@u{u}:example.org")).unwrap();
         for d in 0..2 {
-            let device = format!("D{d}");
-            let peer = OlmMachine::open(&user, &device, Arc::new(MemoryStore::new())).unwrap();
+            let device = OwnedDeviceId::from(format!("D{d}"));
+            let peer = OlmMachine::open(&user_id, &device, Arc::new(MemoryStore::new())).unwrap();
             let keys = peer.device_keys().unwrap();
-            let user_id = OwnedUserId::try_from(user.as_str()).unwrap();
             query
                 .device_keys
                 .entry(user_id.clone())
                 .or_default()
-                .insert(OwnedDeviceId::from(device.as_str()), raw(&keys));
+                .insert(device.clone(), raw(&keys));
             let upload = peer.outgoing_requests().unwrap().remove(0);
             let OutgoingKind::KeysUpload(upload) = upload.kind else {
                 unreachable!()
@@ -97,9 +107,9 @@ fn synthetic_devices() -> (get_keys::v3::Response, claim_keys::v3::Response) {
             let (id, key) = upload.one_time_keys.into_iter().next().unwrap();
             let key: Value = serde_json::from_str(key.json().get()).unwrap();
             claims
-                .entry(user_id)
+                .entry(user_id.clone())
                 .or_default()
-                .entry(OwnedDeviceId::from(device.as_str()))
+                .entry(device)
                 .or_default()
                 .insert(OwnedOneTimeKeyId::try_from(id.as_str()).unwrap(), raw(&key));
         }
@@ -109,7 +119,7 @@ fn synthetic_devices() -> (get_keys::v3::Response, claim_keys::v3::Response) {
 
 fn share_with_2000_devices(c: &mut Criterion) {
     let (query, claim) = synthetic_devices();
-    let users: Vec<String> = query.device_keys.keys().map(|u| u.to_string()).collect();
+    let users: Vec<OwnedUserId> = query.device_keys.keys().cloned().collect();
     let (machine, _dir) = machine_knowing(&query);
     assert_eq!(
         machine
@@ -119,7 +129,7 @@ fn share_with_2000_devices(c: &mut Criterion) {
         2000
     );
     let requests = machine
-        .share_room_key(ROOM, &users, RotationSettings::default())
+        .share_room_key(room(), &users, RotationSettings::default())
         .unwrap();
     println!(
         "share_room_key 1000 users x 2 devices: {} /sendToDevice requests",
@@ -130,9 +140,9 @@ fn share_with_2000_devices(c: &mut Criterion) {
     }
     c.bench_function("share_room_key_1000_users_x2/sqlite", |b| {
         b.iter(|| {
-            machine.discard_room_key(ROOM).unwrap();
+            machine.discard_room_key(room()).unwrap();
             let requests = machine
-                .share_room_key(ROOM, &users, RotationSettings::default())
+                .share_room_key(room(), &users, RotationSettings::default())
                 .unwrap();
             assert_eq!(requests.len(), 8);
             for r in &requests {
@@ -144,11 +154,10 @@ fn share_with_2000_devices(c: &mut Criterion) {
 
 fn device_lists_changed_500(c: &mut Criterion) {
     use newt_core::store::{Changes, TrackedUser, TrackingState};
-    let users: Vec<String> = (0..500).map(|i| format!("@m{i}:example.org")).collect();
-    let changed: Vec<OwnedUserId> = users
-        .iter()
-        .map(|u| OwnedUserId::try_from(u.as_str()).unwrap())
+    let users: Vec<OwnedUserId> = (0..500)
+        .map(|i| OwnedUserId::try_from(format!("@m{i}:example.org")).unwrap())
         .collect();
+    let changed = users.clone();
     // The users are tracked and up to date; the sync names all of them as changed. Measured:
     // marking them pending (one transaction with the sync token) and building the
     // `/keys/query` requests (250 users each, their state persisted as downloading).
@@ -170,7 +179,7 @@ fn device_lists_changed_500(c: &mut Criterion) {
                         ..Default::default()
                     })
                     .unwrap();
-                let machine = OlmMachine::open(USER, DEVICE, store).unwrap();
+                let machine = OlmMachine::open(user(), device(), store).unwrap();
                 // Own keys already published, so that only the queries are built.
                 assert_eq!(machine.outgoing_requests().unwrap().len(), 1);
                 let counts = BTreeMap::from([(SIGNED_CURVE25519.to_owned(), 50)]);

@@ -17,12 +17,23 @@ use newt_core::crypto::{OlmMachine, RotationSettings};
 use newt_core::store::{
     Changes, InboundGroupSessionRecord, SecretBlob, SqliteStore, Store, StoreKey,
 };
+use ruma::{
+    DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId, device_id, room_id, user_id,
+};
 use serde_json::{Value, json};
 use vodozemac::megolm::{GroupSession, InboundGroupSession, SessionConfig};
 
-const USER: &str = "@alice:example.org";
-const DEVICE: &str = "JLAFKJWSCS";
-const ROOM: &str = "!push:example.org";
+fn user() -> &'static UserId {
+    user_id!("@alice:example.org")
+}
+
+fn device() -> &'static DeviceId {
+    device_id!("JLAFKJWSCS")
+}
+
+fn room() -> &'static RoomId {
+    room_id!("!push:example.org")
+}
 const SESSIONS: usize = 10_000;
 /// Distinct events: each process decrypts one not decrypted before.
 const EVENTS: usize = 2_000;
@@ -38,12 +49,14 @@ fn other_sessions(count: usize) -> Vec<InboundGroupSessionRecord> {
                 InboundGroupSession::new(&outbound.session_key(), SessionConfig::version_1());
             let pickle = serde_json::to_vec(&inbound.pickle()).unwrap();
             InboundGroupSessionRecord {
-                room_id: format!("!room{}:example.org", i % 500),
+                room_id: OwnedRoomId::try_from(format!("!room{}:example.org", i % 500)).unwrap(),
                 session_id: outbound.session_id(),
                 sender_key: format!("sender-curve-{}", i % 50),
                 signing_key: format!("sender-ed-{}", i % 50),
-                sender_user: Some(format!("@user{}:example.org", i % 50)),
-                sender_device: Some(format!("DEVICE{}", i % 50)),
+                sender_user: Some(
+                    OwnedUserId::try_from(format!("@user{}:example.org", i % 50)).unwrap(),
+                ),
+                sender_device: Some(OwnedDeviceId::from(format!("device(){}", i % 50))),
                 pickle: SecretBlob::new(pickle),
                 first_known_index: 0,
             }
@@ -63,22 +76,22 @@ fn prepare(dir: &Path) -> Vec<PathBuf> {
             })
             .unwrap();
     }
-    let machine = OlmMachine::open(USER, DEVICE, Arc::clone(&store)).unwrap();
+    let machine = OlmMachine::open(user(), device(), Arc::clone(&store)).unwrap();
     let never = RotationSettings {
         period_ms: u64::MAX,
         messages: u64::MAX,
     };
     // Our own inbound copy of the room key is the 10,000th session.
     machine
-        .share_room_key(ROOM, &[USER.to_owned()], never)
+        .share_room_key(room(), &[user().to_owned()], never)
         .unwrap();
     let content = json!({"msgtype": "m.text", "body": "You have a new message"});
     (0..EVENTS)
         .map(|i| {
             let encrypted = machine
-                .encrypt_room_event(ROOM, "m.room.message", &content)
+                .encrypt_room_event(room(), "m.room.message", &content)
                 .unwrap();
-            let event = json!({"type": "m.room.encrypted", "sender": USER,
+            let event = json!({"type": "m.room.encrypted", "sender": user(),
                 "event_id": format!("$push{i}"), "origin_server_ts": 1, "content": encrypted});
             let path = dir.join(format!("event{i}.json"));
             std::fs::write(&path, serde_json::to_vec(&event).unwrap()).unwrap();
@@ -91,8 +104,8 @@ fn prepare(dir: &Path) -> Vec<PathBuf> {
 fn child(dir: &Path, event: &Path) {
     let event: Value = serde_json::from_slice(&std::fs::read(event).unwrap()).unwrap();
     let store = SqliteStore::open(dir, &StoreKey::from_bytes(KEY)).unwrap();
-    let machine = OlmMachine::open(USER, DEVICE, Arc::new(store)).unwrap();
-    let decrypted = machine.decrypt_room_event(ROOM, &event).unwrap();
+    let machine = OlmMachine::open(user(), device(), Arc::new(store)).unwrap();
+    let decrypted = machine.decrypt_room_event(room(), &event).unwrap();
     assert_eq!(decrypted.content["body"], "You have a new message");
     drop(machine);
     println!("{}", peak_rss_kib().unwrap_or(0));

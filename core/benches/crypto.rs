@@ -16,11 +16,20 @@ use newt_core::crypto::{
     KeysClaimResponse, KeysQueryResponse, OlmMachine, OutgoingKind, RotationSettings,
 };
 use newt_core::store::{MemoryStore, Store};
+use ruma::{DeviceId, OwnedUserId, RoomId, UserId, device_id, room_id, user_id};
 use serde_json::json;
 
-const USER: &str = "@alice:example.org";
-const DEVICE: &str = "JLAFKJWSCS";
-const ROOM: &str = "!bench:example.org";
+fn user() -> &'static UserId {
+    user_id!("@alice:example.org")
+}
+
+fn device() -> &'static DeviceId {
+    device_id!("JLAFKJWSCS")
+}
+
+fn room() -> &'static RoomId {
+    room_id!("!bench:example.org")
+}
 
 /// A `/keys/query` fixture, parsed as the client parses answers (once, outside the timing,
 /// as the reference does).
@@ -48,10 +57,10 @@ const STORES: [(&str, StoreFactory); 2] = [("memory", memory), ("sqlite", sqlite
 /// A machine with `users` tracked and one query in flight; returns the query's id.
 fn machine_with_query(
     factory: StoreFactory,
-    users: &[String],
+    users: &[OwnedUserId],
 ) -> (OlmMachine, String, Option<tempfile::TempDir>) {
     let (store, dir) = factory();
-    let machine = OlmMachine::open(USER, DEVICE, store).unwrap();
+    let machine = OlmMachine::open(user(), device(), store).unwrap();
     machine.update_tracked_users(users).unwrap();
     let id = machine
         .outgoing_requests()
@@ -63,8 +72,8 @@ fn machine_with_query(
     (machine, id, dir)
 }
 
-fn users_of(response: &KeysQueryResponse) -> Vec<String> {
-    response.device_keys.keys().map(|u| u.to_string()).collect()
+fn users_of(response: &KeysQueryResponse) -> Vec<OwnedUserId> {
+    response.device_keys.keys().cloned().collect()
 }
 
 fn keys_query(c: &mut Criterion) {
@@ -131,13 +140,13 @@ fn room_key_sharing(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let requests = machine
-                    .share_room_key(ROOM, &users, RotationSettings::default())
+                    .share_room_key(room(), &users, RotationSettings::default())
                     .unwrap();
                 assert!(!requests.is_empty());
                 for r in &requests {
                     machine.mark_to_device_sent(&r.id).unwrap();
                 }
-                machine.discard_room_key(ROOM).unwrap();
+                machine.discard_room_key(room()).unwrap();
             })
         });
     }
@@ -150,12 +159,12 @@ fn megolm_1kb(c: &mut Criterion) {
     let mut group = c.benchmark_group("megolm_1kb");
     for (name, factory) in STORES {
         let (store, _dir) = factory();
-        let machine = OlmMachine::open(USER, DEVICE, store).unwrap();
+        let machine = OlmMachine::open(user(), device(), store).unwrap();
         // Sharing with nobody still creates the session and our own inbound copy.
         machine
             .share_room_key(
-                ROOM,
-                &[USER.to_owned()],
+                room(),
+                &[user().to_owned()],
                 RotationSettings {
                     period_ms: u64::MAX,
                     messages: u64::MAX,
@@ -165,17 +174,17 @@ fn megolm_1kb(c: &mut Criterion) {
         group.bench_function(format!("encrypt/{name}"), |b| {
             b.iter(|| {
                 machine
-                    .encrypt_room_event(ROOM, "m.room.message", &content)
+                    .encrypt_room_event(room(), "m.room.message", &content)
                     .unwrap()
             })
         });
         let encrypted = machine
-            .encrypt_room_event(ROOM, "m.room.message", &content)
+            .encrypt_room_event(room(), "m.room.message", &content)
             .unwrap();
-        let event = json!({"type": "m.room.encrypted", "sender": USER, "event_id": "$e",
+        let event = json!({"type": "m.room.encrypted", "sender": user(), "event_id": "$e",
             "origin_server_ts": 1, "content": encrypted});
         group.bench_function(format!("decrypt/{name}"), |b| {
-            b.iter(|| machine.decrypt_room_event(ROOM, &event).unwrap())
+            b.iter(|| machine.decrypt_room_event(room(), &event).unwrap())
         });
     }
     group.finish();

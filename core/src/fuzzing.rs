@@ -11,11 +11,13 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
+use ruma::OwnedUserId;
 use serde_json::{Value, json};
 
 use crate::crypto::tests::{FakeServer, Peer, olm_event_raw, olm_identity, room_event};
 use crate::crypto::{KeysQueryResponse, OlmMachine, OutgoingKind, SyncChanges};
-use crate::store::{MemoryStore, SqliteStore, Store, StoreKey};
+use crate::store::{Changes, MemoryStore, SqliteStore, Store, StoreKey};
+use crate::test_ids::{did, rid, uid};
 
 const ROOM: &str = "!fuzz:localhost";
 
@@ -34,7 +36,7 @@ fn pair() -> &'static Mutex<Pair> {
         server.drive(&alice);
         server.drive(&bob);
         let members = vec![alice.user(), bob.user()];
-        server.share(&alice, ROOM, &members);
+        server.share(&alice, &rid(ROOM), &members);
         server.sync(&bob);
         server.establish(&bob, &members);
         Mutex::new(Pair { alice, bob })
@@ -97,10 +99,10 @@ pub fn room_event_decryption(data: &[u8]) {
             Err(_) => return,
         }
     } else {
-        let content = crate::crypto::tests::megolm_raw(&pair.alice, ROOM, rest);
-        room_event(ROOM, &pair.alice.user(), "$fuzz", content)
+        let content = crate::crypto::tests::megolm_raw(&pair.alice, &rid(ROOM), rest);
+        room_event(ROOM, pair.alice.user(), "$fuzz", content)
     };
-    let _ = pair.bob.machine.decrypt_room_event(ROOM, &event);
+    let _ = pair.bob.machine.decrypt_room_event(&rid(ROOM), &event);
 }
 
 /// A `/keys/query` answer, for a machine that asked about every user it names.
@@ -110,10 +112,14 @@ pub fn keys_query(data: &[u8]) {
     };
     static MACHINE: OnceLock<OlmMachine> = OnceLock::new();
     let machine = MACHINE.get_or_init(|| {
-        OlmMachine::open("@me:localhost", "ME", Arc::new(MemoryStore::new()))
-            .expect("a machine on an empty store")
+        OlmMachine::open(
+            &uid("@me:localhost"),
+            &did("ME"),
+            Arc::new(MemoryStore::new()),
+        )
+        .expect("a machine on an empty store")
     });
-    let users: Vec<String> = response.device_keys.keys().map(|u| u.to_string()).collect();
+    let users: Vec<OwnedUserId> = response.device_keys.keys().cloned().collect();
     if machine.update_tracked_users(&users).is_err() {
         return;
     }
@@ -134,13 +140,15 @@ pub fn store_records(data: &[u8]) {
         return;
     };
     static STORE: OnceLock<(SqliteStore, tempfile_dir::Dir)> = OnceLock::new();
+    static WRITTEN: OnceLock<Changes> = OnceLock::new();
     let (store, _dir) = STORE.get_or_init(|| {
         let dir = tempfile_dir::Dir::new();
         let store = SqliteStore::open(dir.path(), &StoreKey::from_bytes([9; 32]))
             .expect("a store in a fresh directory");
         (store, dir)
     });
-    let _ = store.save_changes(crate::store::conformance::full_changes("f"));
+    let written = WRITTEN.get_or_init(|| crate::store::conformance::full_changes("f"));
+    let _ = store.save_changes(written.clone());
     let (table, column) = COLUMNS[usize::from(*which) % COLUMNS.len()];
     let Ok(conn) = rusqlite::Connection::open(store.path()) else {
         return;
@@ -148,7 +156,7 @@ pub fn store_records(data: &[u8]) {
     let sql = format!("UPDATE {table} SET {column} = ?1");
     let _ = conn.execute(&sql, [value]);
     let _ = conn.execute(&sql, [String::from_utf8_lossy(value)]);
-    read_everything(store);
+    read_everything(store, written);
 }
 
 /// Columns [`store_records`] writes into.
@@ -182,23 +190,26 @@ const COLUMNS: &[(&str, &str)] = &[
     ("meta", "value"),
 ];
 
-fn read_everything(s: &SqliteStore) {
+/// Every read of `s`, for the records of `written` (the ids its rows are stored under).
+fn read_everything(s: &SqliteStore, written: &Changes) {
+    let room = &written.rooms[0].room_id;
+    let user = &written.devices[0].user_id;
     let _ = s.account();
     let _ = s.generation();
     let _ = s.olm_sessions(&["sk-f"]);
-    let _ = s.inbound_group_session("!room-f", "igs1");
-    let _ = s.outbound_group_session("!room-f");
-    let _ = s.devices(&["@u-f"]);
+    let _ = s.inbound_group_session(room, "igs1");
+    let _ = s.outbound_group_session(room);
+    let _ = s.devices(&[user]);
     let _ = s.devices_with_curve25519(&["curve-f"]);
     let _ = s.tracked_users();
     let _ = s.megolm_index("sk-f", "igs1", 1);
     let _ = s.rooms();
-    let _ = s.members("!room-f");
+    let _ = s.members(room);
     let _ = s.pending_to_device();
     let _ = s.queued_sends();
-    let _ = s.withheld_notice("!room-f", "wh1", "@w:x");
-    let _ = s.key_request("!room-f", "kr1");
-    let _ = s.no_olm_room_key("!room-f", "ogs1", 2);
+    let _ = s.withheld_notice(room, "wh1", &written.withheld_notices[0].sender);
+    let _ = s.key_request(room, "kr1");
+    let _ = s.no_olm_room_key(room, "ogs1", 2);
     let _ = s.unwedge_record("curve-f");
     let _ = s.counts();
     let _ = s.secret_value("s-f");

@@ -23,12 +23,18 @@
 //!     store_key: StoreKey::from_passphrase("app-provided secret"),
 //! })?;
 //! client.login_password("alice", "password", None).await?;
-//! let room = client.create_encrypted_room(Some("chat"), &["@bob:localhost".into()]).await?;
+//! let bob = newt_core::ruma::OwnedUserId::try_from("@bob:localhost").expect("a valid user id");
+//! let room = client.create_encrypted_room(Some("chat"), &[bob]).await?;
 //! client.send_text(&room, "hello").await?;
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+/// The ruma version Newt's API speaks: its ids (`OwnedUserId`, `OwnedRoomId`, …) and event
+/// types, so that apps and the bindings use the same types without depending on ruma
+/// themselves.
+pub use ruma;
 
 pub mod client;
 pub mod crypto;
@@ -38,4 +44,7 @@ pub mod fuzzing;
 pub mod http;
 mod lenient;
 pub mod store;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod test_ids;
 pub mod time;

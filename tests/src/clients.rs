@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use newt_core::client::{Client, ClientConfig, TimelineEvent};
+use newt_core::ruma::{OwnedRoomId, OwnedRoomOrAliasId, OwnedUserId, RoomId};
 use newt_core::store::StoreKey;
 
 use crate::Synapse;
@@ -37,7 +38,7 @@ pub async fn login(homeserver: &str, dir: &Path, user: &str) -> Arc<Client> {
 
 /// Sync until `n` new messages from other users arrived in `room` (re-deliveries of earlier
 /// events are skipped); panics after 60 s.
-pub async fn receive(client: &Client, room: &str, n: usize) -> Vec<TimelineEvent> {
+pub async fn receive(client: &Client, room: &RoomId, n: usize) -> Vec<TimelineEvent> {
     let own = client.session().expect("logged in").user_id;
     let mut rx = client.subscribe_timeline();
     let mut got = Vec::new();
@@ -63,8 +64,8 @@ pub async fn receive(client: &Client, room: &str, n: usize) -> Vec<TimelineEvent
 }
 
 /// alice creates an encrypted room inviting the others; they join.
-pub async fn room_with(alice: &Client, others: &[&Client]) -> String {
-    let invites: Vec<String> = others
+pub async fn room_with(alice: &Client, others: &[&Client]) -> OwnedRoomId {
+    let invites: Vec<OwnedUserId> = others
         .iter()
         .map(|c| c.session().expect("logged in").user_id)
         .collect();
@@ -74,7 +75,10 @@ pub async fn room_with(alice: &Client, others: &[&Client]) -> String {
         .expect("create room");
     for other in others {
         other.sync_once(Duration::ZERO).await.expect("sync");
-        other.join(&room).await.expect("join");
+        other
+            .join(&OwnedRoomOrAliasId::from(room.clone()))
+            .await
+            .expect("join");
         other.sync_once(Duration::ZERO).await.expect("sync");
     }
     alice.sync_once(Duration::ZERO).await.expect("sync");
@@ -114,7 +118,7 @@ impl World {
 
     /// alice and bob logged in (stores `alice` and `bob`), in an encrypted room alice
     /// created: `(alice, bob, room id)`.
-    pub async fn alice_and_bob(&self) -> (Arc<Client>, Arc<Client>, String) {
+    pub async fn alice_and_bob(&self) -> (Arc<Client>, Arc<Client>, OwnedRoomId) {
         let alice = self.login("alice", "alice").await;
         let bob = self.login("bob", "bob").await;
         let room = room_with(&alice, &[&bob]).await;

@@ -4,11 +4,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use newt_core::client::{Client, TimelineEvent};
+use newt_core::ruma::{
+    OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedRoomOrAliasId, OwnedUserId, RoomId,
+};
 use newt_core::store::Changes;
 use newt_e2e_tests::clients::{World, login, open, receive, room_with};
 use newt_e2e_tests::proxy::{Action, FaultProxy};
 
-fn session_id(client: &Client, room: &str) -> String {
+/// A user id from a literal.
+fn user(id: &str) -> OwnedUserId {
+    OwnedUserId::try_from(id).unwrap()
+}
+
+fn session_id(client: &Client, room: &RoomId) -> String {
     client
         .store()
         .unwrap()
@@ -124,7 +132,7 @@ async fn room_key_from_a_new_device_is_kept_while_queries_fail() {
     proxy.clear();
     bob.sync_once(Duration::ZERO).await.unwrap();
     let phone_id = phone.session().unwrap().device_id;
-    let devices = bob.devices("@alice:localhost").await.unwrap();
+    let devices = bob.devices(&user("@alice:localhost")).await.unwrap();
     assert!(
         devices.iter().any(|d| d.device_id == phone_id),
         "{devices:?}"
@@ -145,8 +153,8 @@ async fn many_to_device_messages_in_one_sync_are_all_handled_in_order() {
     // their events, which are then re-delivered decrypted (`is_update`).
     let own = bob.session().unwrap().user_id;
     let mut rx = bob.subscribe_timeline();
-    let mut order: Vec<String> = Vec::new();
-    let mut latest: std::collections::HashMap<String, TimelineEvent> = Default::default();
+    let mut order: Vec<OwnedEventId> = Vec::new();
+    let mut latest: std::collections::HashMap<OwnedEventId, TimelineEvent> = Default::default();
     let mut updates = 0;
     for _ in 0..40 {
         bob.sync_once(Duration::from_secs(1)).await.unwrap();
@@ -187,7 +195,7 @@ async fn a_wedged_olm_session_recovers_with_a_dummy() {
     receive(&alice, &room, 1).await;
 
     // Corrupt bob's Olm sessions with alice: same ids, another session's state.
-    let alice_curve = bob.devices("@alice:localhost").await.unwrap()[0]
+    let alice_curve = bob.devices(&user("@alice:localhost")).await.unwrap()[0]
         .curve25519
         .clone();
     let sessions = bob
@@ -252,7 +260,7 @@ fn scramble(value: &mut serde_json::Value) {
 /// Seed 002's start: alice's phone and bob share a room and bob knows the phone; then alice
 /// logs in on a laptop while bob does not sync, so his list of her devices is stale.
 /// Returns `(phone, bob, laptop, room)`.
-async fn stale_device_list(w: &World) -> (Arc<Client>, Arc<Client>, Arc<Client>, String) {
+async fn stale_device_list(w: &World) -> (Arc<Client>, Arc<Client>, Arc<Client>, OwnedRoomId) {
     let phone = w.login("alice", "alice-phone").await;
     let bob = w.login("bob", "bob").await;
     let room = room_with(&phone, &[&bob]).await;
@@ -274,7 +282,7 @@ async fn stale_device_list_is_repaired_by_a_key_request_to_an_own_verified_devic
     phone.sync_once(Duration::ZERO).await.unwrap();
     assert!(
         phone
-            .devices("@alice:localhost")
+            .devices(&user("@alice:localhost"))
             .await
             .unwrap()
             .iter()
@@ -282,7 +290,7 @@ async fn stale_device_list_is_repaired_by_a_key_request_to_an_own_verified_devic
     );
     assert!(
         laptop
-            .devices("@alice:localhost")
+            .devices(&user("@alice:localhost"))
             .await
             .unwrap()
             .iter()
@@ -290,10 +298,10 @@ async fn stale_device_list_is_repaired_by_a_key_request_to_an_own_verified_devic
     );
     // The user verified both own devices.
     phone
-        .set_device_trust("@alice:localhost", &laptop_id, LocalTrust::Verified)
+        .set_device_trust(&user("@alice:localhost"), &laptop_id, LocalTrust::Verified)
         .unwrap();
     laptop
-        .set_device_trust("@alice:localhost", &phone_id, LocalTrust::Verified)
+        .set_device_trust(&user("@alice:localhost"), &phone_id, LocalTrust::Verified)
         .unwrap();
     phone
         .send_text(&room, "phone knows the laptop")
@@ -390,7 +398,10 @@ async fn a_user_invited_while_the_inviters_sync_is_delayed_gets_the_next_key() {
             .count()
     };
     let before = syncs_done();
-    alice.invite(&room, "@carol:localhost").await.unwrap();
+    alice
+        .invite(&room, &user("@carol:localhost"))
+        .await
+        .unwrap();
     alice.send_text(&room, "welcome carol").await.unwrap();
     assert_eq!(
         syncs_done(),
@@ -401,7 +412,10 @@ async fn a_user_invited_while_the_inviters_sync_is_delayed_gets_the_next_key() {
     proxy.clear();
 
     carol.sync_once(Duration::ZERO).await.unwrap();
-    carol.join(&room).await.unwrap();
+    carol
+        .join(&OwnedRoomOrAliasId::from(room.clone()))
+        .await
+        .unwrap();
     let got = receive(&carol, &room, 2).await;
     let welcome = got
         .iter()
@@ -416,7 +430,7 @@ async fn a_user_invited_while_the_inviters_sync_is_delayed_gets_the_next_key() {
 }
 
 /// Answers key-share prompts with `Verified` and records the devices asked about.
-struct VerifyOnKeyRequest(std::sync::Mutex<Vec<String>>);
+struct VerifyOnKeyRequest(std::sync::Mutex<Vec<OwnedDeviceId>>);
 
 impl newt_core::client::PromptHandler for VerifyOnKeyRequest {
     fn on_prompt(&self, prompt: newt_core::client::Prompt) -> newt_core::client::PromptAnswer {
@@ -457,7 +471,7 @@ async fn a_key_request_of_an_unverified_own_device_is_answered_once_the_user_ver
     let mut rx = laptop.subscribe_timeline();
     assert!(
         laptop
-            .set_device_trust("@alice:localhost", &phone_id, LocalTrust::Verified)
+            .set_device_trust(&user("@alice:localhost"), &phone_id, LocalTrust::Verified)
             .unwrap(),
         "the laptop knows the phone"
     );
@@ -480,7 +494,7 @@ async fn a_key_request_of_an_unverified_own_device_is_answered_once_the_user_ver
         "asked once"
     );
     let trust = phone
-        .devices("@alice:localhost")
+        .devices(&user("@alice:localhost"))
         .await
         .unwrap()
         .into_iter()
@@ -529,11 +543,13 @@ async fn rotation_on_count_logout_blacklisting_and_period_but_not_on_renames() {
         messages: 3,
     };
     let room = alice
-        .create_encrypted_room_with_rotation(Some("rotating"), &["@bob:localhost".into()], rotation)
+        .create_encrypted_room_with_rotation(Some("rotating"), &[user("@bob:localhost")], rotation)
         .await
         .unwrap();
     bob.sync_once(Duration::ZERO).await.unwrap();
-    bob.join(&room).await.unwrap();
+    bob.join(&OwnedRoomOrAliasId::from(room.clone()))
+        .await
+        .unwrap();
     alice.sync_once(Duration::ZERO).await.unwrap();
     let send = async |text: &str| {
         alice.send_text(&room, text).await.unwrap();
@@ -580,7 +596,7 @@ async fn rotation_on_count_logout_blacklisting_and_period_but_not_on_renames() {
     }
     settle(&alice).await;
     let renamed = alice
-        .devices("@bob:localhost")
+        .devices(&user("@bob:localhost"))
         .await
         .unwrap()
         .into_iter()
@@ -600,7 +616,11 @@ async fn rotation_on_count_logout_blacklisting_and_period_but_not_on_renames() {
 
     // alice blacklists bob's remaining device: rotation, and bob is told why.
     alice
-        .set_device_trust("@bob:localhost", &bob_device, LocalTrust::Blacklisted)
+        .set_device_trust(
+            &user("@bob:localhost"),
+            &bob_device,
+            LocalTrust::Blacklisted,
+        )
         .unwrap();
     let s4 = send("7").await;
     assert_ne!(s4, s3);
@@ -698,7 +718,7 @@ async fn a_stale_sender_learns_the_new_device_from_its_key_request() {
         .unwrap();
     let own = laptop.session().unwrap().user_id;
     let mut rx = laptop.subscribe_timeline();
-    let mut latest: std::collections::HashMap<String, TimelineEvent> = Default::default();
+    let mut latest: std::collections::HashMap<OwnedEventId, TimelineEvent> = Default::default();
     let mut repaired = None;
     for round in 0..20 {
         laptop.sync_once(Duration::from_millis(300)).await.unwrap();
@@ -777,7 +797,7 @@ async fn a_key_query_cut_off_by_stopping_sync_is_sent_again() {
     alice.sync_once(Duration::ZERO).await.unwrap();
     assert_eq!(state_of_bob(&alice), Some(TrackingState::UpToDate));
     let phone_id = phone.session().unwrap().device_id;
-    let devices = alice.devices("@bob:localhost").await.unwrap();
+    let devices = alice.devices(&user("@bob:localhost")).await.unwrap();
     assert!(
         devices.iter().any(|d| d.device_id == phone_id),
         "{devices:?}"
@@ -792,7 +812,11 @@ async fn a_key_stored_just_before_a_crash_decrypts_the_waiting_event_after_resta
     // bob gets the event but not its key (alice withholds it from him).
     let bob_device = bob.session().unwrap().device_id;
     alice
-        .set_device_trust("@bob:localhost", &bob_device, LocalTrust::Blacklisted)
+        .set_device_trust(
+            &user("@bob:localhost"),
+            &bob_device,
+            LocalTrust::Blacklisted,
+        )
         .unwrap();
     let event_id = alice.send_text(&room, "kept for later").await.unwrap();
     let got = receive(&bob, &room, 1).await;

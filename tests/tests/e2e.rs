@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use newt_core::client::TimelineEvent;
+use newt_core::ruma::{OwnedRoomOrAliasId, OwnedUserId};
 use newt_e2e_tests::clients::{World, open, receive, room_with};
 
 fn bodies(events: &[TimelineEvent]) -> Vec<String> {
@@ -25,8 +26,8 @@ async fn alice_and_bob_exchange_messages_both_ways() {
     let got = receive(&bob, &room, 1).await;
     assert_eq!(bodies(&got), ["hello bob"]);
     assert_eq!(
-        got[0].sender_device.as_deref(),
-        Some(alice.session().unwrap().device_id.as_str())
+        got[0].sender_device.as_ref(),
+        Some(&alice.session().unwrap().device_id)
     );
 
     bob.send_text(&room, "hello alice").await.unwrap();
@@ -81,9 +82,13 @@ async fn late_joiner_decrypts_new_messages() {
     receive(&bob, &room, 1).await;
 
     let carol = w.login("carol", "carol").await;
-    alice.invite(&room, "@carol:localhost").await.unwrap();
+    let carol_id = OwnedUserId::try_from("@carol:localhost").unwrap();
+    alice.invite(&room, &carol_id).await.unwrap();
     carol.sync_once(Duration::ZERO).await.unwrap();
-    carol.join(&room).await.unwrap();
+    carol
+        .join(&OwnedRoomOrAliasId::from(room.clone()))
+        .await
+        .unwrap();
     // History from before carol joined arrives now (undecryptable for her, as it should be).
     carol.sync_once(Duration::ZERO).await.unwrap();
     alice.sync_once(Duration::ZERO).await.unwrap();
@@ -121,7 +126,8 @@ async fn restarting_with_the_same_store_reuses_the_device() {
     let alice = w.login("alice", "alice").await;
     assert_eq!(alice.session().unwrap().device_id, device);
     assert_eq!(alice.fingerprint().unwrap(), fingerprint);
-    let devices = bob.devices("@alice:localhost").await.unwrap();
+    let alice_id = OwnedUserId::try_from("@alice:localhost").unwrap();
+    let devices = bob.devices(&alice_id).await.unwrap();
     assert_eq!(devices.len(), 1, "{devices:?}");
     assert_eq!(devices[0].device_id, device);
     assert_eq!(devices[0].ed25519, fingerprint);

@@ -8,13 +8,19 @@ use newt_core::client::{
     BackgroundScheduler, Client, ClientError, Prompt, PromptAnswer, PromptHandler, TimelineEvent,
     TrustPolicy, TrustPolicyProvider, WakeupRequest,
 };
+use newt_core::ruma::{OwnedRoomId, OwnedRoomOrAliasId, OwnedUserId, RoomId};
 use newt_core::store::LocalTrust;
 use newt_e2e_tests::Synapse;
 use newt_e2e_tests::clients::login;
 use newt_e2e_tests::proxy::{Action, FaultProxy};
 use zeroize::Zeroizing;
 
-async fn next_message(client: &Client, room: &str) -> TimelineEvent {
+/// A user id from a literal.
+fn user(id: &str) -> OwnedUserId {
+    OwnedUserId::try_from(id).unwrap()
+}
+
+async fn next_message(client: &Client, room: &RoomId) -> TimelineEvent {
     let own = client.session().unwrap().user_id;
     let mut rx = client.subscribe_timeline();
     for _ in 0..30 {
@@ -34,7 +40,7 @@ struct Setup {
     _dirs: tempfile::TempDir,
     alice: Arc<Client>,
     bob: Arc<Client>,
-    room: String,
+    room: OwnedRoomId,
 }
 
 async fn setup() -> Setup {
@@ -52,11 +58,13 @@ async fn setup_with_proxy(proxy: bool) -> (Setup, Option<FaultProxy>) {
     let alice = login(alice_url, &dirs.path().join("alice"), "alice").await;
     let bob = login(&hs.base_url, &dirs.path().join("bob"), "bob").await;
     let room = alice
-        .create_encrypted_room(None, &["@bob:localhost".into()])
+        .create_encrypted_room(None, &[user("@bob:localhost")])
         .await
         .unwrap();
     bob.sync_once(Duration::ZERO).await.unwrap();
-    bob.join(&room).await.unwrap();
+    bob.join(&OwnedRoomOrAliasId::from(room.clone()))
+        .await
+        .unwrap();
     bob.sync_once(Duration::ZERO).await.unwrap();
     alice.sync_once(Duration::ZERO).await.unwrap();
     let setup = Setup {
@@ -116,7 +124,7 @@ async fn new_device_prompt_blacklist_withholds_the_key_and_verify_shares_it() {
     let bob_device = s.bob.session().unwrap().device_id;
     assert!(
         s.alice
-            .set_device_trust("@bob:localhost", &bob_device, LocalTrust::Verified)
+            .set_device_trust(&user("@bob:localhost"), &bob_device, LocalTrust::Verified)
             .unwrap()
     );
     s.alice.send_text(&s.room, "now for bob").await.unwrap();
@@ -147,7 +155,14 @@ async fn delete_device_asks_for_the_password() {
     let phone_device = phone.session().unwrap().device_id;
     // bob tracks alice already: the new device reaches him through device_lists.changed.
     s.bob.sync_once(Duration::ZERO).await.unwrap();
-    assert_eq!(s.bob.devices("@alice:localhost").await.unwrap().len(), 2);
+    assert_eq!(
+        s.bob
+            .devices(&user("@alice:localhost"))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 
     // Without a handler the prompt counts as dismissed.
     assert!(matches!(
@@ -169,15 +184,15 @@ async fn delete_device_asks_for_the_password() {
     assert_eq!(right.1.load(Ordering::SeqCst), 1);
     // bob learns of the deletion through device_lists.changed.
     s.bob.sync_once(Duration::ZERO).await.unwrap();
-    let devices = s.bob.devices("@alice:localhost").await.unwrap();
+    let devices = s.bob.devices(&user("@alice:localhost")).await.unwrap();
     let live: Vec<_> = devices.iter().filter(|d| !d.deleted).collect();
     assert_eq!(live.len(), 1, "{devices:?}");
 }
 
-struct Policy(TrustPolicy, Mutex<Vec<String>>);
+struct Policy(TrustPolicy, Mutex<Vec<OwnedRoomId>>);
 
 impl TrustPolicyProvider for Policy {
-    fn policy_for_room(&self, room_id: &str) -> TrustPolicy {
+    fn policy_for_room(&self, room_id: &RoomId) -> TrustPolicy {
         self.1.lock().unwrap().push(room_id.to_owned());
         self.0
     }

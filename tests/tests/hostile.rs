@@ -12,6 +12,11 @@ use std::time::Duration;
 
 use newt_core::client::{Client, TimelineEvent};
 use newt_core::crypto::Device;
+use newt_core::ruma::events::room::member::MembershipState;
+use newt_core::ruma::{
+    DeviceId, EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedRoomOrAliasId, OwnedUserId,
+    RoomId, UserId,
+};
 use newt_core::store::{LocalTrust, TrackingState};
 use newt_e2e_tests::attacker::{Attacker, MEGOLM, RemoteDevice, signed_device_keys};
 use newt_e2e_tests::clients::{World, login, receive, room_with};
@@ -29,7 +34,7 @@ struct Scene {
     proxy: FaultProxy,
     alice: Arc<Client>,
     bob: Arc<Client>,
-    room: String,
+    room: OwnedRoomId,
 }
 
 /// A server with `users` (alice and bob among them), `rules` set on bob's proxy before
@@ -50,12 +55,22 @@ async fn scene(users: &[&str], rules: impl FnOnce(&FaultProxy)) -> Scene {
     }
 }
 
-fn user_of(client: &Client) -> String {
+fn user_of(client: &Client) -> OwnedUserId {
     client.session().expect("logged in").user_id
 }
 
-fn device_of(client: &Client) -> String {
+fn device_of(client: &Client) -> OwnedDeviceId {
     client.session().expect("logged in").device_id
+}
+
+/// A user id from a string (a literal, or an attacker's `user_id`).
+fn parse_user(id: &str) -> OwnedUserId {
+    OwnedUserId::try_from(id).expect("a valid user id")
+}
+
+/// A device id from a string (an attacker's `device_id`).
+fn device(id: &str) -> &DeviceId {
+    id.into()
 }
 
 fn token(client: &Client) -> Option<String> {
@@ -120,7 +135,7 @@ async fn before(victim: &Client, other: &Client) -> Before {
 
 /// Sync `client` until the event `event_id` of another user arrives in `room` (as a new
 /// item, not an update); panics after a minute without it.
-async fn receive_event(client: &Client, room: &str, event_id: &str) -> TimelineEvent {
+async fn receive_event(client: &Client, room: &RoomId, event_id: &EventId) -> TimelineEvent {
     let mut seen = Vec::new();
     for _ in 0..10 {
         for event in receive(client, room, 1).await {
@@ -146,7 +161,7 @@ fn unique(what: &str) -> String {
 async fn assert_still_works(
     victim: &Client,
     other: &Client,
-    room: &str,
+    room: &RoomId,
     before: &Before,
 ) -> TimelineEvent {
     // (1) and (2): other -> victim, over the victim's sync.
@@ -217,7 +232,7 @@ async fn settle(client: &Client) {
 
 /// A plain message from `from`, so that the next sync of the others has something new (a
 /// sync with nothing new may keep its token).
-async fn poke(from: &Client, room: &str) -> String {
+async fn poke(from: &Client, room: &RoomId) -> OwnedEventId {
     from.send_text(room, &unique("poke")).await.expect("poke")
 }
 
@@ -269,7 +284,7 @@ fn withheld(room: &str, session_id: &str, sender_key: &str, code: &str, reason: 
 }
 
 /// `client`'s device `device_id` of `user`, once its device list shows it (syncing meanwhile).
-async fn wait_for_device(client: &Client, user: &str, device_id: &str) -> Device {
+async fn wait_for_device(client: &Client, user: &UserId, device_id: &str) -> Device {
     for _ in 0..20 {
         let devices = client.devices(user).await.expect("devices");
         if let Some(d) = devices.into_iter().find(|d| d.device_id == device_id) {
@@ -322,34 +337,27 @@ async fn stripped_invite_state_never_makes_anyone_a_member() {
     assert_ne!(token(&s.bob), token_before, "that sync advanced");
 
     // The invite itself is taken (our own membership is the one thing it may say)...
-    let record = s.bob.store().unwrap().room(invite_room).unwrap();
+    let invite_room_id = OwnedRoomId::try_from(invite_room).expect("a valid room id");
+    let record = s.bob.store().unwrap().room(&invite_room_id).unwrap();
     assert_eq!(
-        record.and_then(|r| r.own_membership).as_deref(),
-        Some("invite"),
+        record.and_then(|r| r.own_membership),
+        Some(MembershipState::Invite),
         "the hostile invite did not reach the client"
     );
     // ...but nobody becomes a member through it, and nobody is tracked because of it.
-    let members = s.bob.store().unwrap().members(invite_room).unwrap();
+    // Member and tracked user ids can no longer be empty by type (the member event with an
+    // empty state key cannot be stored as one): every one must name alice or bob, the only
+    // users actually in a room with bob (so neither the empty key nor mallory).
+    let in_scene = |u: &UserId| u == "@alice:localhost" || u == "@bob:localhost";
+    let members = s.bob.store().unwrap().members(&invite_room_id).unwrap();
     assert!(
-        members
-            .iter()
-            .all(|m| !m.user_id.is_empty() && m.user_id != "@mallory:localhost"),
+        members.iter().all(|m| in_scene(&m.user_id)),
         "stripped state made members: {members:?}"
     );
     let shared = s.bob.store().unwrap().members(&s.room).unwrap();
-    assert!(
-        shared
-            .iter()
-            .all(|m| !m.user_id.is_empty() && m.user_id != "@mallory:localhost"),
-        "{shared:?}"
-    );
+    assert!(shared.iter().all(|m| in_scene(&m.user_id)), "{shared:?}");
     let tracked = s.bob.store().unwrap().tracked_users().unwrap();
-    assert!(
-        tracked
-            .iter()
-            .all(|t| t.user_id != "@mallory:localhost" && !t.user_id.is_empty()),
-        "{tracked:?}"
-    );
+    assert!(tracked.iter().all(|t| in_scene(&t.user_id)), "{tracked:?}");
 
     assert_still_works(&s.bob, &s.alice, &s.room, &before).await;
 }
@@ -379,7 +387,10 @@ async fn timeline_events_without_a_valid_sender_are_dropped_and_ask_for_no_key()
         if sync.get("next_batch").is_none() {
             return;
         }
-        let timeline = entry(sync, &["rooms", "join", &room, "timeline", "events"]);
+        let timeline = entry(
+            sync,
+            &["rooms", "join", room.as_str(), "timeline", "events"],
+        );
         if !timeline.is_array() {
             *timeline = json!([]);
         }
@@ -468,11 +479,15 @@ async fn a_device_with_an_empty_id_in_a_key_query_is_refused_and_the_rest_kept()
     .await;
     assert!(count(&applied) >= 1, "no key query of bob listed alice");
 
-    let devices = s.bob.devices("@alice:localhost").await.unwrap();
+    let devices = s
+        .bob
+        .devices(&parse_user("@alice:localhost"))
+        .await
+        .unwrap();
     assert!(
         devices
             .iter()
-            .all(|d| !d.device_id.is_empty() && d.curve25519 != ghost_curve),
+            .all(|d| !d.device_id.as_str().is_empty() && d.curve25519 != ghost_curve),
         "the device with an empty id was stored: {devices:?}"
     );
     let real = devices
@@ -520,8 +535,11 @@ async fn a_device_squatting_a_members_curve25519_key_is_refused() {
         published.curve25519, alice_device.curve25519,
         "the server publishes the squatted key as it is"
     );
-    alice.invite(&room, &mallory.user_id).await.unwrap();
-    mallory.join(&room);
+    alice
+        .invite(&room, &parse_user(&mallory.user_id))
+        .await
+        .unwrap();
+    mallory.join(room.as_str());
 
     // bob sees the new member and downloads his devices.
     let mut up_to_date = false;
@@ -539,7 +557,7 @@ async fn a_device_squatting_a_members_curve25519_key_is_refused() {
         }
     }
     assert!(up_to_date, "bob never downloaded the new member's devices");
-    let mallorys = bob.devices(&mallory.user_id).await.unwrap();
+    let mallorys = bob.devices(&parse_user(&mallory.user_id)).await.unwrap();
     assert!(
         mallorys.iter().all(|d| d.device_id != mallory.device_id),
         "the squatting device was stored: {mallorys:?}"
@@ -547,8 +565,8 @@ async fn a_device_squatting_a_members_curve25519_key_is_refused() {
 
     let got = assert_still_works(&bob, &alice, &room, &before).await;
     assert_eq!(
-        got.sender_device.as_deref(),
-        Some(alice_device.device_id.as_str()),
+        got.sender_device.as_ref(),
+        Some(&alice_device.device_id),
         "alice's message is attributed to her device"
     );
 }
@@ -569,10 +587,10 @@ async fn forwarded_keys_from_strangers_unverified_or_wrong_devices_change_nothin
 
     // mallory is in the room from the start and gets alice's session from index 0.
     let room = alice
-        .create_encrypted_room(None, &[mallory.user_id.clone()])
+        .create_encrypted_room(None, &[parse_user(&mallory.user_id)])
         .await
         .unwrap();
-    mallory.join(&room);
+    mallory.join(room.as_str());
     alice.sync_once(Duration::ZERO).await.unwrap();
     for i in 0..3 {
         alice
@@ -613,7 +631,9 @@ async fn forwarded_keys_from_strangers_unverified_or_wrong_devices_change_nothin
     // earlier messages' key.
     alice.invite(&room, &user_of(&bob)).await.unwrap();
     bob.sync_once(Duration::ZERO).await.unwrap();
-    bob.join(&room).await.unwrap();
+    bob.join(&OwnedRoomOrAliasId::from(room.clone()))
+        .await
+        .unwrap();
     bob.sync_once(Duration::ZERO).await.unwrap();
     alice.sync_once(Duration::ZERO).await.unwrap();
     let sent = alice.send_text(&room, "bob is here").await.unwrap();
@@ -646,13 +666,14 @@ async fn forwarded_keys_from_strangers_unverified_or_wrong_devices_change_nothin
     let before = before(&bob, &alice).await;
     let alice_device = before.devices[0].clone();
     let genuine = forwarded_key(
-        &room,
+        room.as_str(),
         &session,
         &from_index_0,
         &alice_device.curve25519,
         &alice_device.ed25519,
     );
-    let bob_device: RemoteDevice = mallory.query_device(&user_of(&bob), &device_of(&bob));
+    let bob_device: RemoteDevice =
+        mallory.query_device(user_of(&bob).as_str(), device_of(&bob).as_str());
     let unchanged = |why: &str| {
         let now = bob
             .store()
@@ -671,7 +692,7 @@ async fn forwarded_keys_from_strangers_unverified_or_wrong_devices_change_nothin
         .export_at_first_known_index()
         .to_base64();
     let forged_forward = forwarded_key(
-        &room,
+        room.as_str(),
         &forged.session_id(),
         &forged_export,
         &alice_device.curve25519,
@@ -680,7 +701,7 @@ async fn forwarded_keys_from_strangers_unverified_or_wrong_devices_change_nothin
     mallory.send_olm(&bob_device, "m.forwarded_room_key", forged_forward);
     let own = GroupSession::new(SessionConfig::version_1());
     let own_key = json!({
-        "algorithm": MEGOLM, "room_id": room, "session_id": own.session_id(),
+        "algorithm": MEGOLM, "room_id": room.as_str(), "session_id": own.session_id(),
         "session_key": own.session_key().to_base64(),
     });
     mallory.send_olm(&bob_device, "m.room_key", own_key);
@@ -718,8 +739,12 @@ async fn forwarded_keys_from_strangers_unverified_or_wrong_devices_change_nothin
     // (c) From that device once verified, with a lower first index but naming another
     // sending device (mallory's) than the one bob has the session from (alice's).
     assert!(
-        bob.set_device_trust(&user_of(&bob), &evil.device_id, LocalTrust::Verified)
-            .unwrap()
+        bob.set_device_trust(
+            &user_of(&bob),
+            device(&evil.device_id),
+            LocalTrust::Verified
+        )
+        .unwrap()
     );
     let mut other_sender = genuine.clone();
     other_sender["sender_key"] = mallory.curve25519().into();
@@ -927,10 +952,13 @@ async fn withheld_notices_of_strangers_or_other_members_never_explain_alices_eve
     let mut eve = Attacker::login(&base, "eve", "eve-pw", None);
     eve.publish_keys(10);
     let mut stranger = Attacker::login(&base, "stranger", "stranger-pw", None);
-    s.alice.invite(&s.room, &eve.user_id).await.unwrap();
-    eve.join(&s.room);
+    s.alice
+        .invite(&s.room, &parse_user(&eve.user_id))
+        .await
+        .unwrap();
+    eve.join(s.room.as_str());
     s.alice.sync_once(Duration::ZERO).await.unwrap();
-    wait_for_device(&s.bob, &eve.user_id, &eve.device_id).await;
+    wait_for_device(&s.bob, &parse_user(&eve.user_id), &eve.device_id).await;
     let before = before(&s.bob, &s.alice).await;
 
     // bob loses alice's room keys on the way (a server that drops them); the notices in
@@ -961,7 +989,7 @@ async fn withheld_notices_of_strangers_or_other_members_never_explain_alices_eve
     let hidden = s.alice.send_text(&s.room, "hidden from bob").await.unwrap();
     // eve, a member, reads the session off the event; she and the stranger claim it withheld.
     let event = eve
-        .room_messages(&s.room)
+        .room_messages(s.room.as_str())
         .into_iter()
         .find(|e| e["event_id"] == hidden.as_str())
         .expect("eve sees alice's event");
@@ -973,8 +1001,13 @@ async fn withheld_notices_of_strangers_or_other_members_never_explain_alices_eve
         (&mut eve, "m.unverified", "MEMBER SAYS SO"),
     ];
     for (attacker, code, reason) in lies {
-        let notice = withheld(&s.room, &session, &alice_curve, code, reason);
-        attacker.send_to_device("m.room_key.withheld", "@bob:localhost", &bob_device, notice);
+        let notice = withheld(s.room.as_str(), &session, &alice_curve, code, reason);
+        attacker.send_to_device(
+            "m.room_key.withheld",
+            "@bob:localhost",
+            bob_device.as_str(),
+            notice,
+        );
     }
     let shows_a_lie = |e: &TimelineEvent| {
         let reason = e.error.clone().unwrap_or_default();
@@ -996,7 +1029,7 @@ async fn withheld_notices_of_strangers_or_other_members_never_explain_alices_eve
         s.bob
             .store()
             .unwrap()
-            .withheld_notice(&s.room, &session, &stranger.user_id)
+            .withheld_notice(&s.room, &session, &parse_user(&stranger.user_id))
             .unwrap()
             .is_none(),
         "a stranger's notice was kept"
@@ -1005,7 +1038,7 @@ async fn withheld_notices_of_strangers_or_other_members_never_explain_alices_eve
         s.bob
             .store()
             .unwrap()
-            .withheld_notice(&s.room, &session, &eve.user_id)
+            .withheld_notice(&s.room, &session, &parse_user(&eve.user_id))
             .unwrap()
             .is_none(),
         "a member's notice naming another member's device was kept"

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use newt_core::client::{Client, ClientConfig};
+use newt_core::ruma::{OwnedRoomOrAliasId, OwnedUserId, RoomId};
 use newt_core::store::StoreKey;
 use newt_e2e_tests::Synapse;
 use tracing_subscriber::fmt::MakeWriter;
@@ -34,7 +35,7 @@ const SECRET_TEXT: &str = "the eagle lands at midnight 91c2";
 
 /// The room key of `client`'s current outbound session in `room`, as `m.room_key` carries
 /// it over Olm (from the session's current index).
-fn session_key_of(client: &Client, room: &str) -> String {
+fn session_key_of(client: &Client, room: &RoomId) -> String {
     let record = client
         .store()
         .unwrap()
@@ -50,7 +51,7 @@ fn session_key_of(client: &Client, room: &str) -> String {
 
 /// `client`'s inbound copy of `session_id` in `room`, exported from its first index (what a
 /// key forward or export would carry).
-fn exported_key_of(client: &Client, room: &str, session_id: &str) -> String {
+fn exported_key_of(client: &Client, room: &RoomId, session_id: &str) -> String {
     let record = client
         .store()
         .unwrap()
@@ -121,11 +122,13 @@ async fn full_exchange_at_trace_level_logs_no_secrets() {
         .unwrap();
     bob.login_password("bob", "bob-pw", None).await.unwrap();
     let room = alice
-        .create_encrypted_room(None, &["@bob:localhost".into()])
+        .create_encrypted_room(None, &[OwnedUserId::try_from("@bob:localhost").unwrap()])
         .await
         .unwrap();
     bob.sync_once(Duration::ZERO).await.unwrap();
-    bob.join(&room).await.unwrap();
+    bob.join(&OwnedRoomOrAliasId::from(room.clone()))
+        .await
+        .unwrap();
     alice.sync_once(Duration::ZERO).await.unwrap();
     let mut rx = bob.subscribe_timeline();
     // The room key as it goes to bob over Olm: the session at index 0, before any message.

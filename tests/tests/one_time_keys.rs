@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use newt_core::client::{BackgroundScheduler, WakeupRequest};
+use newt_core::ruma::OwnedUserId;
 use newt_e2e_tests::clients::{World, login, receive, room_with};
 use newt_e2e_tests::http_request;
 use newt_e2e_tests::proxy::{Action, FaultProxy, Rewrite};
@@ -91,7 +92,12 @@ async fn exhausted_one_time_keys_fall_back_to_the_fallback_key() {
     let (alice, bob, room) = w.alice_and_bob().await;
     let bob_device = bob.session().unwrap().device_id;
 
-    let (taken, next) = exhaust(&w.hs.base_url, "mallory", "@bob:localhost", &bob_device);
+    let (taken, next) = exhaust(
+        &w.hs.base_url,
+        "mallory",
+        "@bob:localhost",
+        bob_device.as_str(),
+    );
     assert!(taken >= 1, "bob had published one-time keys");
     assert_eq!(next, Claimed::FallbackKey);
 
@@ -122,7 +128,12 @@ async fn a_device_without_any_key_gets_no_olm_and_is_retried_by_due_work() {
     let bob = login(&proxy.base_url, &w.dir("bob"), "bob").await;
     let room = room_with(&alice, &[&bob]).await;
     let bob_device = bob.session().unwrap().device_id;
-    let (taken, next) = exhaust(&w.hs.base_url, "mallory", "@bob:localhost", &bob_device);
+    let (taken, next) = exhaust(
+        &w.hs.base_url,
+        "mallory",
+        "@bob:localhost",
+        bob_device.as_str(),
+    );
     assert!(taken >= 1);
     assert_eq!(next, Claimed::Nothing, "bob's fallback key must be gone");
 
@@ -132,7 +143,10 @@ async fn a_device_without_any_key_gets_no_olm_and_is_retried_by_due_work() {
     alice.send_text(&room, "no channel to bob").await.unwrap();
     assert_eq!(
         alice.devices_without_olm(&room).unwrap(),
-        vec![("@bob:localhost".to_owned(), bob_device.clone())]
+        vec![(
+            OwnedUserId::try_from("@bob:localhost").unwrap(),
+            bob_device.clone()
+        )]
     );
     let wakeups = scheduler.0.lock().unwrap().clone();
     assert_eq!(wakeups.len(), 1, "{wakeups:?}");

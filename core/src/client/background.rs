@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ruma::events::room::member::MembershipState;
+
 use super::hooks::{DueWorkReport, WakeupRequest};
 use super::{Client, ClientError, is_transient};
 use crate::crypto::OlmMachine;
@@ -143,7 +145,8 @@ impl Client {
         let (mut done, mut left) = (0, 0);
         let rooms = self.blocking(|c| Ok(c.store()?.rooms()?)).await?;
         for room in rooms {
-            if room.encryption.is_none() || room.own_membership.as_deref() != Some("join") {
+            let joined = room.own_membership == Some(MembershipState::Join);
+            if room.encryption.is_none() || !joined {
                 continue;
             }
             let before = self.count_without_olm(&machine, &room.room_id).await?;
@@ -162,7 +165,7 @@ impl Client {
     pub(crate) async fn count_without_olm(
         &self,
         machine: &Arc<OlmMachine>,
-        room_id: &str,
+        room_id: &ruma::RoomId,
     ) -> Result<u32, ClientError> {
         let (machine, room_id) = (Arc::clone(machine), room_id.to_owned());
         self.blocking(move |_| Ok(machine.devices_without_olm(&room_id)?.len() as u32))

@@ -19,7 +19,7 @@ pub enum Prompt {
     /// The server asks for the account password (user-interactive authentication).
     Password {
         /// Whose password.
-        user_id: String,
+        user_id: ruma::OwnedUserId,
         /// What it is for, e.g. "delete device ABC".
         reason: String,
     },
@@ -45,7 +45,7 @@ pub enum PromptAnswer {
     /// The password (wiped after use).
     Password(Zeroizing<String>),
     /// One decision per device: `(user id, device id, trust)`.
-    DeviceDecisions(Vec<(String, String, LocalTrust)>),
+    DeviceDecisions(Vec<(ruma::OwnedUserId, ruma::OwnedDeviceId, LocalTrust)>),
     /// The user declined or the prompt is not supported.
     Dismissed,
 }
@@ -94,7 +94,7 @@ impl TrustPolicy {
 /// Chooses the trust policy of a room; asked when the room's messages are decrypted.
 pub trait TrustPolicyProvider: Send + Sync {
     /// The policy for `room_id`.
-    fn policy_for_room(&self, room_id: &str) -> TrustPolicy;
+    fn policy_for_room(&self, room_id: &ruma::RoomId) -> TrustPolicy;
 }
 
 /// A request to wake the app later (Android WorkManager, iOS BGTaskScheduler), then call

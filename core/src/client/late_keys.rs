@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
+use ruma::{OwnedEventId, OwnedRoomId, RoomId};
 use serde_json::Value;
 use tracing::debug;
 
@@ -15,7 +16,7 @@ use crate::store::{Changes, UndecryptableEvent};
 /// Which kept events to decrypt again.
 pub(crate) struct Retry {
     /// `(room id, session id)` of the sessions to retry.
-    pub sessions: Vec<(String, String)>,
+    pub sessions: Vec<(OwnedRoomId, String)>,
     /// Deliver again only the events that now decrypt (a check, not news about a key).
     pub only_if_decrypted: bool,
 }
@@ -23,12 +24,15 @@ pub(crate) struct Retry {
 impl Client {
     /// A record of an event whose key is missing, to store so that it is decrypted when the
     /// key arrives (also after a restart). `None` if it names no session.
-    pub(crate) fn undecryptable_record(room_id: &str, event: &Value) -> Option<UndecryptableEvent> {
-        let non_empty = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+    pub(crate) fn undecryptable_record(
+        room_id: &RoomId,
+        event: &Value,
+    ) -> Option<UndecryptableEvent> {
+        let session_id = event["content"]["session_id"].as_str()?;
         Some(UndecryptableEvent {
             room_id: room_id.to_owned(),
-            session_id: non_empty(&event["content"]["session_id"])?,
-            event_id: non_empty(&event["event_id"])?,
+            session_id: Some(session_id).filter(|s| !s.is_empty())?.to_owned(),
+            event_id: OwnedEventId::try_from(event["event_id"].as_str()?).ok()?,
             event_json: event.to_string(),
         })
     }
@@ -42,7 +46,7 @@ impl Client {
         &self,
         machine: &OlmMachine,
         outcome: &SyncOutcome,
-        fresh: &HashSet<String>,
+        fresh: &HashSet<OwnedEventId>,
     ) -> Result<(), ClientError> {
         let arrived = outcome
             .room_keys
@@ -109,7 +113,7 @@ impl Client {
         &self,
         machine: &OlmMachine,
         retry: Retry,
-        fresh: &HashSet<String>,
+        fresh: &HashSet<OwnedEventId>,
     ) -> Result<(), ClientError> {
         let store = self.store()?;
         let mut batch = machine.begin_decrypt();

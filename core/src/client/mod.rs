@@ -11,8 +11,10 @@ mod outgoing;
 mod prompts;
 #[cfg(test)]
 mod proptests;
+mod room_keys;
 mod room_state;
 mod rooms;
+mod send;
 mod send_queue;
 mod sync;
 mod sync_response;
@@ -27,6 +29,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use ruma::api::client::session::login;
 use ruma::api::client::uiaa::{MatrixUserIdentifier, UserIdentifier};
+use ruma::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use tokio::sync::{Mutex as AsyncMutex, broadcast};
 use tracing::info;
 use zeroize::Zeroizing;
@@ -71,7 +74,7 @@ pub enum ClientError {
     InvalidInput(String),
     /// The room is not encrypted (Newt only sends encrypted messages).
     #[error("room {0} is not known as encrypted")]
-    RoomNotEncrypted(String),
+    RoomNotEncrypted(OwnedRoomId),
     /// The app asked to decide about new devices and some are still undecided.
     #[error("{} device(s) need a decision before keys are shared", .0.len())]
     UnknownDevices(Vec<String>),
@@ -129,9 +132,9 @@ pub struct ClientConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
     /// Own user id.
-    pub user_id: String,
+    pub user_id: OwnedUserId,
     /// Own device id.
-    pub device_id: String,
+    pub device_id: OwnedDeviceId,
 }
 
 /// A Matrix client with end-to-end encryption.
@@ -157,10 +160,10 @@ struct Inner {
     hooks: RwLock<Hooks>,
     /// Recent items per room; published and read under this lock so that a subscriber gets
     /// every item exactly once (the snapshot, then the live ones).
-    recent: Mutex<HashMap<String, VecDeque<TimelineEvent>>>,
+    recent: Mutex<HashMap<OwnedRoomId, VecDeque<TimelineEvent>>>,
     /// Encrypted rooms in which a member got a new device since the last sync; their
     /// current room key is shared with it before the next message, so that it can read it.
-    rooms_with_new_devices: Mutex<std::collections::BTreeSet<String>>,
+    rooms_with_new_devices: Mutex<std::collections::BTreeSet<OwnedRoomId>>,
     /// Wake-ups for devices without one-time keys (`m.no_olm`).
     no_olm_retry: Mutex<NoOlmRetry>,
     /// The stored undecryptable events were checked against the stored keys (once per
@@ -264,7 +267,12 @@ impl Client {
     pub fn stored_session(&self) -> Result<Option<Session>, ClientError> {
         let store = self.store()?;
         match (store.value(KEY_USER_ID)?, store.value(KEY_DEVICE_ID)?) {
-            (Some(user_id), Some(device_id)) => Ok(Some(Session { user_id, device_id })),
+            (Some(user_id), Some(device_id)) => {
+                let user_id = OwnedUserId::try_from(user_id)
+                    .map_err(|e| StoreError::Decode(format!("stored user id: {e}")))?;
+                let device_id = OwnedDeviceId::from(device_id);
+                Ok(Some(Session { user_id, device_id }))
+            }
             _ => Ok(None),
         }
     }
@@ -298,18 +306,18 @@ impl Client {
     ) -> Result<Session, ClientError> {
         let stored = self.blocking(|c| c.stored_session()).await?;
         let device_id = device_id
-            .map(str::to_owned)
+            .map(OwnedDeviceId::from)
             .or_else(|| stored.as_ref().map(|s| s.device_id.clone()));
         let identifier = UserIdentifier::Matrix(MatrixUserIdentifier::new(user.to_owned()));
         let mut request = login::v3::Request::new(login::v3::LoginInfo::Password(
             login::v3::Password::new(identifier, password.to_owned()),
         ));
-        request.device_id = device_id.map(Into::into);
+        request.device_id = device_id;
         request.initial_device_display_name = Some("Newt".to_owned());
         let response = self.inner.http.send(request).await?;
         let session = Session {
-            user_id: response.user_id.to_string(),
-            device_id: response.device_id.to_string(),
+            user_id: response.user_id,
+            device_id: response.device_id,
         };
         let token = Zeroizing::new(response.access_token);
         let logged_in = session.clone();
@@ -344,10 +352,10 @@ impl Client {
         let mut changes = Changes::default();
         changes
             .values
-            .insert(KEY_USER_ID.into(), session.user_id.clone());
+            .insert(KEY_USER_ID.into(), session.user_id.to_string());
         changes
             .values
-            .insert(KEY_DEVICE_ID.into(), session.device_id.clone());
+            .insert(KEY_DEVICE_ID.into(), session.device_id.to_string());
         changes.secret_values.insert(
             KEY_ACCESS_TOKEN.into(),
             SecretBlob::new(token.as_bytes().to_vec()),
@@ -383,8 +391,8 @@ impl Client {
     /// takes effect for the next room key shared.
     pub fn set_device_trust(
         &self,
-        user_id: &str,
-        device_id: &str,
+        user_id: &UserId,
+        device_id: &DeviceId,
         trust: crate::store::LocalTrust,
     ) -> Result<bool, ClientError> {
         Ok(self.machine()?.set_local_trust(user_id, device_id, trust)?)
@@ -396,9 +404,7 @@ impl Client {
     }
 
     /// A user's devices, downloaded from the server if our copy is missing or stale.
-    pub async fn devices(&self, user_id: &str) -> Result<Vec<Device>, ClientError> {
-        ruma::UserId::parse(user_id)
-            .map_err(|e| ClientError::InvalidInput(format!("user id: {e}")))?;
+    pub async fn devices(&self, user_id: &UserId) -> Result<Vec<Device>, ClientError> {
         let machine = self.machine()?;
         let tracked = vec![user_id.to_owned()];
         let m = Arc::clone(&machine);
@@ -418,7 +424,7 @@ impl Client {
     /// everything after them, with nothing lost or repeated in between.
     pub fn subscribe_room(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
     ) -> (Vec<TimelineEvent>, broadcast::Receiver<TimelineEvent>) {
         let recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
         let snapshot = recent

@@ -25,7 +25,7 @@ impl Client {
     }
 
     /// The app's trust policy for a room (the default without a provider).
-    pub(crate) fn policy_of(&self, room_id: &str) -> TrustPolicy {
+    pub(crate) fn policy_of(&self, room_id: &ruma::RoomId) -> TrustPolicy {
         self.hooks()
             .trust_policy
             .map(|p| p.policy_for_room(room_id))
@@ -124,11 +124,11 @@ impl Client {
 
     /// Delete one of the own devices. The server asks for the password, which comes from the
     /// prompt handler ([`Prompt::Password`]).
-    pub async fn delete_device(&self, device_id: &str) -> Result<(), ClientError> {
+    pub async fn delete_device(&self, device_id: &ruma::DeviceId) -> Result<(), ClientError> {
         use ruma::api::client::device::delete_device;
         use ruma::api::client::uiaa::{AuthData, Password};
         let machine = self.machine()?;
-        let device = ruma::OwnedDeviceId::from(device_id);
+        let device = device_id.to_owned();
         let first = self
             .inner
             .http
@@ -153,7 +153,7 @@ impl Client {
             return Err(ClientError::PromptDismissed);
         };
         let identifier =
-            UserIdentifier::Matrix(MatrixUserIdentifier::new(machine.user_id().to_owned()));
+            UserIdentifier::Matrix(MatrixUserIdentifier::new(machine.user_id().to_string()));
         let mut auth = Password::new(identifier, password.to_string());
         auth.session = session;
         let mut request = delete_device::v3::Request::new(device);

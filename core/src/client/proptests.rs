@@ -4,11 +4,13 @@
 use std::sync::Arc;
 
 use proptest::prelude::*;
+use ruma::OwnedUserId;
 use serde_json::{Map, Value, json};
 
 use super::tests::offline_client;
 use crate::crypto::{KeysQueryResponse, OlmMachine, OutgoingKind};
 use crate::store::{MemoryStore, Store, TrackingState};
+use crate::test_ids::{did, uid};
 
 /// Strings a hostile server likes: empty, wildcards, ids of every kind, invalid ids,
 /// control characters, long ones.
@@ -244,12 +246,17 @@ proptest! {
         extra in prop::collection::vec(user_id(), 0..3),
     ) {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let machine = OlmMachine::open("@bob:localhost", "BOB", store).unwrap();
-        let mut users: Vec<String> = answer["device_keys"]
+        let machine = OlmMachine::open(&uid("@bob:localhost"), &did("BOB"), store).unwrap();
+        let mut names: Vec<String> = answer["device_keys"]
             .as_object()
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default();
-        users.extend(extra);
+        names.extend(extra);
+        // Only user ids can be tracked (the machine used to skip the others itself).
+        let users: Vec<OwnedUserId> = names
+            .iter()
+            .filter_map(|name| OwnedUserId::try_from(name.as_str()).ok())
+            .collect();
         machine.update_tracked_users(&users).unwrap();
         let body = answer.to_string();
         let response = KeysQueryResponse::from_json(body.as_bytes()).unwrap();

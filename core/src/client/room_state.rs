@@ -4,21 +4,22 @@
 //! is skipped. Invites carry only stripped state, which anyone who can invite us writes: it
 //! is not used for anything but our own membership.
 
+use ruma::events::room::history_visibility::RoomHistoryVisibilityEventContent;
+use ruma::events::room::member::MembershipState;
+use ruma::{OwnedUserId, RoomId, UserId};
+use serde::Deserialize;
 use serde_json::Value;
 use tracing::debug;
 
 use super::sync_response::SyncResponse;
-use crate::store::{Changes, MemberRecord, RoomRecord, Store, StoreError};
-
-/// Memberships a member event may carry.
-const MEMBERSHIPS: [&str; 5] = ["join", "invite", "leave", "ban", "knock"];
+use crate::store::{Changes, MemberRecord, RoomEncryption, RoomRecord, Store, StoreError};
 
 /// Apply one state event to the room and member records being built.
 pub(crate) fn apply_state(
     room: &mut RoomRecord,
     members: &mut Vec<MemberRecord>,
     event: &Value,
-    own_user: &str,
+    own_user: &UserId,
 ) {
     let event_type = event
         .get("type")
@@ -27,61 +28,84 @@ pub(crate) fn apply_state(
     let Some(state_key) = event.get("state_key").and_then(Value::as_str) else {
         return;
     };
-    let content = event.get("content").cloned().unwrap_or(Value::Null);
+    let content = event.get("content").unwrap_or(&Value::Null);
     match event_type {
         // Encryption can never be turned off; the first setting stays.
-        "m.room.encryption"
-            if room.encryption.is_none()
-                && state_key.is_empty()
-                && content.get("algorithm").is_some_and(Value::is_string) =>
-        {
-            room.encryption = Some(content.to_string());
+        "m.room.encryption" if room.encryption.is_none() && state_key.is_empty() => {
+            room.encryption = RoomEncryption::from_content(content);
         }
         "m.room.history_visibility" if state_key.is_empty() => {
-            room.history_visibility = content
-                .get("history_visibility")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
+            room.history_visibility = RoomHistoryVisibilityEventContent::deserialize(content)
+                .ok()
+                .map(|c| c.history_visibility);
         }
-        "m.room.member" => {
-            let membership = content.get("membership").and_then(Value::as_str);
-            let (Some(membership), Ok(user)) = (membership, ruma::UserId::parse(state_key)) else {
-                debug!("skipping a member event without a valid user id or membership");
-                return;
-            };
-            if !MEMBERSHIPS.contains(&membership) {
-                debug!("skipping a member event with an unknown membership");
-                return;
-            }
-            if user.as_str() == own_user {
-                room.own_membership = Some(membership.to_owned());
-            }
-            members.retain(|m| m.user_id != user.as_str());
-            members.push(MemberRecord {
-                room_id: room.room_id.clone(),
-                user_id: user.to_string(),
-                membership: membership.to_owned(),
-            });
-        }
+        "m.room.member" => apply_member(room, members, state_key, content, own_user),
         _ => {}
     }
 }
 
+/// The part of `m.room.member` content that counts here. Only `membership` is read: a
+/// malformed display name or avatar must not make a member's `leave` go unseen.
+#[derive(Deserialize)]
+struct MemberContent {
+    membership: MembershipState,
+}
+
+/// A member event: skipped unless its `state_key` is a user id and its content has a
+/// membership the spec defines.
+fn apply_member(
+    room: &mut RoomRecord,
+    members: &mut Vec<MemberRecord>,
+    state_key: &str,
+    content: &Value,
+    own_user: &UserId,
+) {
+    let membership = MemberContent::deserialize(content).map(|c| c.membership);
+    let (Ok(membership), Ok(user)) = (membership, OwnedUserId::try_from(state_key)) else {
+        debug!("skipping a member event without a valid user id or membership");
+        return;
+    };
+    if !is_known(&membership) {
+        debug!("skipping a member event with an unknown membership");
+        return;
+    }
+    if user == own_user {
+        room.own_membership = Some(membership.clone());
+    }
+    members.retain(|m| m.user_id != user);
+    members.push(MemberRecord {
+        room_id: room.room_id.clone(),
+        user_id: user,
+        membership,
+    });
+}
+
+/// The memberships the spec defines (not a custom value another server made up).
+fn is_known(membership: &MembershipState) -> bool {
+    matches!(
+        membership,
+        MembershipState::Join
+            | MembershipState::Invite
+            | MembershipState::Leave
+            | MembershipState::Ban
+            | MembershipState::Knock
+    )
+}
+
 /// The stored record of `room_id` with our membership set to `membership`. When it changes,
 /// the member list must be loaded again (we may have missed changes while not joined).
-fn with_membership(
+pub(crate) fn with_membership(
     store: &dyn Store,
-    room_id: &str,
-    membership: &str,
+    room_id: &RoomId,
+    membership: MembershipState,
 ) -> Result<RoomRecord, StoreError> {
-    let mut room = store.room(room_id)?.unwrap_or_else(|| RoomRecord {
-        room_id: room_id.to_owned(),
-        ..Default::default()
-    });
-    if room.own_membership.as_deref() != Some(membership) {
+    let mut room = store
+        .room(room_id)?
+        .unwrap_or_else(|| RoomRecord::new(room_id.to_owned()));
+    if room.own_membership.as_ref() != Some(&membership) {
         room.members_synced = false;
     }
-    room.own_membership = Some(membership.to_owned());
+    room.own_membership = Some(membership);
     Ok(room)
 }
 
@@ -90,25 +114,25 @@ fn with_membership(
 pub(crate) fn room_changes(
     store: &dyn Store,
     sync: &SyncResponse,
-    own_user: &str,
-) -> Result<(Changes, Vec<String>), StoreError> {
+    own_user: &UserId,
+) -> Result<(Changes, Vec<ruma::OwnedRoomId>), StoreError> {
     let mut changes = Changes::default();
     // A room listed in several sections: invite, then leave, then join win in this order.
     for room_id in &sync.invited {
         changes
             .rooms
-            .push(with_membership(store, room_id.as_str(), "invite")?);
+            .push(with_membership(store, room_id, MembershipState::Invite)?);
     }
     for room_id in &sync.left {
-        if store.room(room_id.as_str())?.is_some() {
+        if store.room(room_id)?.is_some() {
             changes
                 .rooms
-                .push(with_membership(store, room_id.as_str(), "leave")?);
+                .push(with_membership(store, room_id, MembershipState::Leave)?);
         }
     }
     let mut encrypted = Vec::new();
     for joined in &sync.joined {
-        let mut room = with_membership(store, joined.room_id.as_str(), "join")?;
+        let mut room = with_membership(store, &joined.room_id, MembershipState::Join)?;
         let mut members = Vec::new();
         let state = joined.state.iter().chain(&joined.timeline);
         for event in state.filter(|e| e.get("state_key").is_some()) {

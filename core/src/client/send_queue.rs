@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use ruma::OwnedRoomId;
 use tracing::warn;
 
 use super::{Client, ClientError};
@@ -16,7 +17,7 @@ impl Client {
     pub(crate) async fn send_queued(&self) -> Result<(u32, u32, Option<ClientError>), ClientError> {
         let queued = self.blocking(|c| Ok(c.store()?.queued_sends()?)).await?;
         let mut sent = 0;
-        let mut blocked: HashSet<String> = HashSet::new();
+        let mut blocked: HashSet<OwnedRoomId> = HashSet::new();
         let mut retry_error = None;
         for q in &queued {
             if blocked.contains(&q.room_id) {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ruma::api::client::filter::{Filter, FilterDefinition, LazyLoadOptions, RoomEventFilter};
 use ruma::api::client::message::get_message_events;
 use ruma::api::client::sync::sync_events;
-use ruma::{OwnedRoomId, UInt};
+use ruma::{OwnedEventId, OwnedRoomId, UInt};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -86,7 +86,7 @@ struct Timelines {
     /// Items to publish once the answer is committed.
     items: Vec<TimelineEvent>,
     /// Their event ids (late-key retries skip them).
-    event_ids: HashSet<String>,
+    event_ids: HashSet<OwnedEventId>,
 }
 
 impl Client {
@@ -170,10 +170,10 @@ impl Client {
         let store = self.store()?;
         let (extra, encrypted_rooms) = room_changes(&*store, &sync, machine.user_id())?;
         // The app's callback runs before the machine is locked (it may call back into us).
-        let policies: HashMap<String, TrustPolicy> = sync
+        let policies: HashMap<OwnedRoomId, TrustPolicy> = sync
             .joined
             .iter()
-            .map(|r| (r.room_id.to_string(), self.policy_of(r.room_id.as_str())))
+            .map(|r| (r.room_id.clone(), self.policy_of(&r.room_id)))
             .collect();
         let changes = SyncChanges {
             to_device_events: sync.to_device,
@@ -201,12 +201,12 @@ impl Client {
         &self,
         batch: &mut SyncBatch<'_>,
         joined: &[JoinedRoom],
-        policies: &HashMap<String, TrustPolicy>,
+        policies: &HashMap<OwnedRoomId, TrustPolicy>,
     ) -> Result<Timelines, ClientError> {
         let mut out = Timelines::default();
         let mut kept = Vec::new();
         for room in joined {
-            let room_id = room.room_id.as_str();
+            let room_id = &room.room_id;
             let policy = policies.get(room_id).copied().unwrap_or_default();
             for event in &room.timeline {
                 let Some(item) = TimelineEvent::from_sync(batch, room_id, event, policy)? else {
@@ -387,7 +387,7 @@ async fn closed(closing: &mut watch::Receiver<bool>) {
 fn track_members(
     store: &dyn Store,
     batch: &mut SyncBatch<'_>,
-    rooms: &[String],
+    rooms: &[OwnedRoomId],
 ) -> Result<(), ClientError> {
     for room_id in rooms {
         let pending = batch.pending();

@@ -5,12 +5,15 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
+use ruma::RoomId;
+use ruma::events::room::member::MembershipState;
 use serde_json::{Value, json};
 
 use super::{Client, ClientError, KEY_ACCESS_TOKEN, KEY_DEVICE_ID, KEY_USER_ID};
 use crate::crypto::tests::{FakeServer, Peer, room_event};
 use crate::crypto::{OutgoingKind, RotationSettings};
 use crate::store::{Changes, MemoryStore, SecretBlob, SqliteStore, Store, StoreKey};
+use crate::test_ids::{did, rid, uid};
 
 const ROOM: &str = "!room:localhost";
 const BOB: &str = "@bob:localhost";
@@ -57,9 +60,9 @@ fn an_invite_whose_stripped_state_names_an_invalid_member_does_not_stall_sync() 
         .expect("the sync goes through");
     assert_eq!(store.sync_token().unwrap().as_deref(), Some("s1"));
     // Stripped state is written by whoever invites us: it decides nothing.
-    assert!(store.members(ROOM).unwrap().is_empty());
-    let room = store.room(ROOM).unwrap().unwrap();
-    assert_eq!(room.own_membership.as_deref(), Some("invite"));
+    assert!(store.members(&rid(ROOM)).unwrap().is_empty());
+    let room = store.room(&rid(ROOM)).unwrap().unwrap();
+    assert_eq!(room.own_membership, Some(MembershipState::Invite));
     assert_eq!(room.encryption, None);
     // Joining: the real state is taken, and the member list will be loaded from scratch.
     let state = json!({"join": {ROOM: {"state": {"events": [
@@ -73,11 +76,11 @@ fn an_invite_whose_stripped_state_names_an_invalid_member_does_not_stall_sync() 
     client
         .receive_sync_response(&sync_body("s2", state, vec![]))
         .unwrap();
-    let room = store.room(ROOM).unwrap().unwrap();
-    assert_eq!(room.own_membership.as_deref(), Some("join"));
+    let room = store.room(&rid(ROOM)).unwrap().unwrap();
+    assert_eq!(room.own_membership, Some(MembershipState::Join));
     assert!(!room.members_synced);
     assert!(room.encryption.is_some());
-    assert!(store.members(ROOM).unwrap().is_empty());
+    assert!(store.members(&rid(ROOM)).unwrap().is_empty());
     assert_eq!(store.sync_token().unwrap().as_deref(), Some("s2"));
 }
 
@@ -106,7 +109,7 @@ fn an_event_whose_sender_is_not_a_user_id_is_skipped_and_asks_for_nothing() {
     // Only the valid event is kept for a late key and asked for (from our own devices only:
     // an empty device id is not addressed).
     assert_eq!(store.counts().unwrap().undecryptable_events, 1);
-    assert!(store.key_request(ROOM, "missing").unwrap().is_none());
+    assert!(store.key_request(&rid(ROOM), "missing").unwrap().is_none());
     let requests = client.machine().unwrap().outgoing_requests().unwrap();
     let to_device: Vec<_> = requests
         .iter()
@@ -138,18 +141,18 @@ fn alice_event_and_held_key(bob_store: Arc<dyn Store>) -> (FakeServer, Peer, Val
     server.establish(&alice, &members);
     alice
         .machine
-        .share_room_key(ROOM, &members, RotationSettings::default())
+        .share_room_key(&rid(ROOM), &members, RotationSettings::default())
         .unwrap();
     server.drive(&alice);
     let content = alice
         .machine
         .encrypt_room_event(
-            ROOM,
+            &rid(ROOM),
             "m.room.message",
             &json!({"msgtype": "m.text", "body": "late"}),
         )
         .unwrap();
-    let mut event = room_event(ROOM, &alice.user(), "$late", content);
+    let mut event = room_event(ROOM, alice.user(), "$late", content);
     event["origin_server_ts"] = 1.into();
     (server, bob, event)
 }
@@ -202,10 +205,7 @@ fn a_kill_right_after_a_sync_commit_loses_no_late_key_redelivery() {
     assert_eq!(store.counts().unwrap().undecryptable_events, 1);
     let client = offline_client(store, BOB, "BOB");
     let mut rx = client.subscribe_timeline();
-    let key = server
-        .inbox
-        .remove(&(BOB.to_owned(), "BOB".to_owned()))
-        .unwrap();
+    let key = server.inbox.remove(&(uid(BOB), did("BOB"))).unwrap();
     client
         .receive_sync_response(&sync_body("s2", json!({}), key))
         .unwrap();
@@ -266,7 +266,7 @@ fn one_sync_asks_for_a_bounded_number_of_keys() {
 struct ReentrantPolicy(std::sync::Mutex<Option<std::sync::Weak<Client>>>);
 
 impl super::TrustPolicyProvider for ReentrantPolicy {
-    fn policy_for_room(&self, _room_id: &str) -> super::TrustPolicy {
+    fn policy_for_room(&self, _room_id: &RoomId) -> super::TrustPolicy {
         let client = self.0.lock().unwrap().as_ref().and_then(|w| w.upgrade());
         if let Some(client) = client {
             let _ = client.fingerprint();
@@ -327,7 +327,7 @@ async fn close_ends_the_sync_loop_releases_the_store_and_later_calls_fail_with_c
     assert!(matches!(client.restore_session(), Err(ClientError::Closed)));
     let synced = client.sync_once(std::time::Duration::ZERO).await;
     assert!(matches!(synced, Err(ClientError::Closed)), "{synced:?}");
-    let sent = client.send_text(ROOM, "after close").await;
+    let sent = client.send_text(&rid(ROOM), "after close").await;
     assert!(matches!(sent, Err(ClientError::Closed)), "{sent:?}");
     let _nothing = client.start_sync();
     assert_eq!(Arc::strong_count(&client), 1, "no loop starts after close");

@@ -1,6 +1,6 @@
 //! Timeline events as the app receives them.
 
-use ruma::{OwnedEventId, OwnedUserId};
+use ruma::{OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId};
 use serde::Serialize;
 use serde_json::Value;
 use tracing::debug;
@@ -12,13 +12,13 @@ use crate::crypto::{CryptoError, DecryptBatch, DecryptedRoomEvent, SyncBatch};
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TimelineEvent {
     /// Event id.
-    pub event_id: String,
+    pub event_id: OwnedEventId,
     /// Room.
-    pub room_id: String,
+    pub room_id: OwnedRoomId,
     /// Sender user.
-    pub sender: String,
+    pub sender: OwnedUserId,
     /// Sending device, when the event was decrypted and the device is known.
-    pub sender_device: Option<String>,
+    pub sender_device: Option<OwnedDeviceId>,
     /// Event type after decryption (`m.room.encrypted` if it could not be decrypted).
     pub event_type: String,
     /// Content after decryption (the encrypted content if it could not be decrypted).
@@ -51,17 +51,29 @@ pub struct TimelineEvent {
 /// sync batch (which also sees the keys of its own response before they are committed), or
 /// a decryption batch outside a sync.
 pub(crate) trait RoomDecryptor {
-    fn decrypt(&mut self, room_id: &str, event: &Value) -> Result<DecryptedRoomEvent, CryptoError>;
+    fn decrypt(
+        &mut self,
+        room_id: &RoomId,
+        event: &Value,
+    ) -> Result<DecryptedRoomEvent, CryptoError>;
 }
 
 impl RoomDecryptor for DecryptBatch<'_> {
-    fn decrypt(&mut self, room_id: &str, event: &Value) -> Result<DecryptedRoomEvent, CryptoError> {
+    fn decrypt(
+        &mut self,
+        room_id: &RoomId,
+        event: &Value,
+    ) -> Result<DecryptedRoomEvent, CryptoError> {
         self.decrypt_room_event(room_id, event)
     }
 }
 
 impl RoomDecryptor for SyncBatch<'_> {
-    fn decrypt(&mut self, room_id: &str, event: &Value) -> Result<DecryptedRoomEvent, CryptoError> {
+    fn decrypt(
+        &mut self,
+        room_id: &RoomId,
+        event: &Value,
+    ) -> Result<DecryptedRoomEvent, CryptoError> {
         self.decrypt_room_event(room_id, event)
     }
 }
@@ -100,7 +112,7 @@ impl TimelineEvent {
     /// or lack valid ids (a sender that is not a user id, say).
     pub(crate) fn from_sync(
         decryptor: &mut impl RoomDecryptor,
-        room_id: &str,
+        room_id: &RoomId,
         event: &Value,
         trust_policy: TrustPolicy,
     ) -> Result<Option<Self>, CryptoError> {
@@ -108,9 +120,9 @@ impl TimelineEvent {
             return Ok(None);
         };
         let mut out = Self {
-            event_id: envelope.event_id.to_string(),
+            event_id: envelope.event_id,
             room_id: room_id.to_owned(),
-            sender: envelope.sender.to_string(),
+            sender: envelope.sender,
             sender_device: None,
             event_type: envelope.event_type.clone(),
             body: None,

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde_json::{Value, json};
 use vodozemac::olm::{Account, AccountPickle};
 use zeroize::Zeroizing;
@@ -19,8 +20,8 @@ pub const SIGNED_CURVE25519: &str = "signed_curve25519";
 
 /// The account plus the bookkeeping that is persisted with it.
 pub(crate) struct OwnAccount {
-    pub user_id: String,
-    pub device_id: String,
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
     pub inner: Account,
     pub device_keys_uploaded: bool,
     pub server_one_time_key_count: u64,
@@ -29,7 +30,7 @@ pub(crate) struct OwnAccount {
 
 impl OwnAccount {
     /// A fresh account with a fallback key, nothing published yet.
-    pub(crate) fn new(user_id: &str, device_id: &str, now: u64) -> Self {
+    pub(crate) fn new(user_id: &UserId, device_id: &DeviceId, now: u64) -> Self {
         let mut inner = Account::new();
         inner.generate_fallback_key();
         Self {
@@ -80,7 +81,7 @@ impl OwnAccount {
 
     fn sign(&self, value: &mut Value) -> Result<(), CryptoError> {
         let key_id = format!("ed25519:{}", self.device_id);
-        sign_json_with(value, &self.user_id, &key_id, |bytes| {
+        sign_json_with(value, self.user_id.as_str(), &key_id, |bytes| {
             self.inner.sign(bytes)
         })?;
         Ok(())

@@ -3,6 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+
 use super::error::CryptoError;
 use super::olm::OlmSession;
 use crate::store::{Changes, DeviceRecord, InboundGroupSessionRecord, Store};
@@ -15,12 +17,12 @@ pub(crate) struct Batch {
     /// Curve25519 keys whose sessions changed (decrypted, encrypted or created).
     pub dirty: HashSet<String>,
     /// Devices by (user id, Curve25519 key).
-    devices: HashMap<(String, String), Option<DeviceRecord>>,
+    devices: HashMap<(OwnedUserId, String), Option<DeviceRecord>>,
     /// Inbound Megolm sessions accepted by the batch, by (room id, session id).
-    pub inbound: HashMap<(String, String), InboundGroupSessionRecord>,
+    pub inbound: HashMap<(OwnedRoomId, String), InboundGroupSessionRecord>,
     /// Users whose device sent us an Olm message although we don't know that device: our
     /// copy of their device list is stale.
-    pub unknown_senders: HashSet<String>,
+    pub unknown_senders: HashSet<OwnedUserId>,
     /// Known devices whose Olm messages none of our sessions decrypts.
     pub wedged: Vec<DeviceRecord>,
     /// A one-time key was consumed: the account must be stored with the batch.
@@ -48,7 +50,7 @@ impl Batch {
     pub(crate) fn device_for_key(
         &mut self,
         store: &dyn Store,
-        user: &str,
+        user: &UserId,
         sender_key: &str,
     ) -> Result<Option<DeviceRecord>, CryptoError> {
         let id = (user.to_owned(), sender_key.to_owned());
@@ -64,7 +66,7 @@ impl Batch {
     pub(crate) fn inbound_session(
         &self,
         store: &dyn Store,
-        room_id: &str,
+        room_id: &RoomId,
         session_id: &str,
     ) -> Result<Option<InboundGroupSessionRecord>, CryptoError> {
         match self

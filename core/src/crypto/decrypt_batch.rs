@@ -40,7 +40,7 @@ impl DecryptBatch<'_> {
     /// an earlier event of this batch is a replay, as one stored already is.
     pub fn decrypt_room_event(
         &mut self,
-        room_id: &str,
+        room_id: &ruma::RoomId,
         event: &Value,
     ) -> Result<DecryptedRoomEvent, CryptoError> {
         self.machine

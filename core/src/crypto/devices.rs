@@ -1,5 +1,6 @@
 //! Verification of other devices' published keys.
 
+use ruma::{DeviceId, EventEncryptionAlgorithm, OwnedDeviceId, OwnedUserId, UserId};
 use serde_json::Value;
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
 
@@ -11,9 +12,9 @@ use crate::store::{DeviceRecord, LocalTrust};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Device {
     /// Owner.
-    pub user_id: String,
+    pub user_id: OwnedUserId,
     /// Device id.
-    pub device_id: String,
+    pub device_id: OwnedDeviceId,
     /// Curve25519 identity key.
     pub curve25519: String,
     /// Ed25519 fingerprint key.
@@ -71,22 +72,22 @@ pub(crate) fn check_device_id(device_id: &str) -> Result<(), DeviceKeyError> {
 /// device id is usable, the ids inside match, both keys parse, and the self-signature
 /// verifies.
 pub(crate) fn verify_device_keys(
-    user_id: &str,
-    device_id: &str,
+    user_id: &UserId,
+    device_id: &DeviceId,
     keys: &Value,
 ) -> Result<DeviceRecord, DeviceKeyError> {
-    check_device_id(device_id)?;
+    check_device_id(device_id.as_str())?;
     let inner_user = str_member(keys, "user_id")?;
     if inner_user != user_id {
         return Err(DeviceKeyError::UserIdMismatch {
-            expected: user_id.to_owned(),
+            expected: user_id.to_string(),
             got: inner_user.to_owned(),
         });
     }
     let inner_device = str_member(keys, "device_id")?;
     if inner_device != device_id {
         return Err(DeviceKeyError::DeviceIdMismatch {
-            expected: device_id.to_owned(),
+            expected: device_id.to_string(),
             got: inner_device.to_owned(),
         });
     }
@@ -99,15 +100,20 @@ pub(crate) fn verify_device_keys(
         .map_err(|e| DeviceKeyError::Malformed(format!("ed25519 key: {e}")))?;
     Curve25519PublicKey::from_base64(curve25519)
         .map_err(|e| DeviceKeyError::Malformed(format!("curve25519 key: {e}")))?;
-    verify_json(keys, user_id, &format!("ed25519:{device_id}"), &ed_key)
-        .map_err(|e| DeviceKeyError::Signature(e.to_string()))?;
+    verify_json(
+        keys,
+        user_id.as_str(),
+        &format!("ed25519:{device_id}"),
+        &ed_key,
+    )
+    .map_err(|e| DeviceKeyError::Signature(e.to_string()))?;
     let algorithms = keys
         .get("algorithms")
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
                 .filter_map(Value::as_str)
-                .map(str::to_owned)
+                .map(EventEncryptionAlgorithm::from)
                 .collect()
         })
         .unwrap_or_default();
@@ -133,39 +139,40 @@ pub(crate) fn verify_device_keys(
 mod tests {
     use super::*;
     use crate::crypto::account::OwnAccount;
+    use crate::test_ids::{did, uid};
 
     #[test]
     fn own_device_keys_verify() {
-        let account = OwnAccount::new("@a:x", "DEV", 0);
+        let account = OwnAccount::new(&uid("@a:x"), &did("DEV"), 0);
         let keys = account.device_keys().unwrap();
-        let record = verify_device_keys("@a:x", "DEV", &keys).unwrap();
+        let record = verify_device_keys(&uid("@a:x"), &did("DEV"), &keys).unwrap();
         assert_eq!(record.ed25519, account.ed25519());
         assert_eq!(record.curve25519, account.curve25519());
     }
 
     #[test]
     fn forged_device_keys_are_rejected() {
-        let account = OwnAccount::new("@a:x", "DEV", 0);
+        let account = OwnAccount::new(&uid("@a:x"), &did("DEV"), 0);
         let keys = account.device_keys().unwrap();
         assert!(matches!(
-            verify_device_keys("@b:x", "DEV", &keys),
+            verify_device_keys(&uid("@b:x"), &did("DEV"), &keys),
             Err(DeviceKeyError::UserIdMismatch { .. })
         ));
         assert!(matches!(
-            verify_device_keys("@a:x", "OTHER", &keys),
+            verify_device_keys(&uid("@a:x"), &did("OTHER"), &keys),
             Err(DeviceKeyError::DeviceIdMismatch { .. })
         ));
         let mut swapped = keys.clone();
-        let other = OwnAccount::new("@a:x", "DEV", 0);
+        let other = OwnAccount::new(&uid("@a:x"), &did("DEV"), 0);
         swapped["keys"]["curve25519:DEV"] = other.curve25519().into();
         assert!(matches!(
-            verify_device_keys("@a:x", "DEV", &swapped),
+            verify_device_keys(&uid("@a:x"), &did("DEV"), &swapped),
             Err(DeviceKeyError::Signature(_))
         ));
         let mut broken = keys;
         broken["keys"]["ed25519:DEV"] = "###".into();
         assert!(matches!(
-            verify_device_keys("@a:x", "DEV", &broken),
+            verify_device_keys(&uid("@a:x"), &did("DEV"), &broken),
             Err(DeviceKeyError::Malformed(_))
         ));
     }
@@ -173,11 +180,11 @@ mod tests {
     #[test]
     fn unaddressable_device_ids_are_refused_even_when_signed() {
         for id in ["", "*", "A\nB", &"D".repeat(256)] {
-            let account = OwnAccount::new("@a:x", id, 0);
+            let account = OwnAccount::new(&uid("@a:x"), &did(id), 0);
             let keys = account.device_keys().unwrap();
             assert!(
                 matches!(
-                    verify_device_keys("@a:x", id, &keys),
+                    verify_device_keys(&uid("@a:x"), &did(id), &keys),
                     Err(DeviceKeyError::InvalidDeviceId(_))
                 ),
                 "{id:?}"

@@ -38,10 +38,14 @@ pub enum DeviceKeyError {
     #[error("the curve25519 key is already the key of device {device_id} of {user_id}")]
     Curve25519Taken {
         /// owner of the device that has the key
-        user_id: String,
+        user_id: ruma::OwnedUserId,
         /// that device
-        device_id: String,
+        device_id: ruma::OwnedDeviceId,
     },
+    /// Another new device of the same answer claims the same Curve25519 identity key: we
+    /// cannot tell which one holds it, so neither is accepted.
+    #[error("another new device claims the same curve25519 key")]
+    Curve25519Contested,
     /// The user lists more devices than we keep.
     #[error("more than {0} devices listed for one user; the others are ignored")]
     TooManyDevices(usize),
@@ -49,9 +53,9 @@ pub enum DeviceKeyError {
     #[error("device {device_id} of {user_id} changed its ed25519 key; keeping the old one")]
     Ed25519Changed {
         /// owner
-        user_id: String,
+        user_id: ruma::OwnedUserId,
         /// device
-        device_id: String,
+        device_id: ruma::OwnedDeviceId,
     },
 }
 
@@ -123,7 +127,7 @@ pub enum MegolmError {
     #[error("the sender withheld the room key ({code}){}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
     Withheld {
         /// `m.room_key.withheld` code, e.g. `m.blacklisted`, `m.unverified`, `m.no_olm`.
-        code: String,
+        code: ruma::events::room_key::withheld::RoomKeyWithheldCode,
         /// Human-readable reason the sender gave.
         reason: Option<String>,
     },
@@ -157,9 +161,9 @@ pub enum MegolmError {
     #[error("the event claims sender {got}, but the session belongs to {expected}")]
     SenderMismatch {
         /// owner of the session
-        expected: String,
+        expected: ruma::OwnedUserId,
         /// `sender` of the event
-        got: String,
+        got: ruma::OwnedUserId,
     },
     /// The event names another sender key than the device that owns the session.
     #[error("the event names sender key {got}, but the session belongs to {expected}")]
@@ -175,7 +179,7 @@ pub enum MegolmError {
         /// the reused index
         index: u32,
         /// event that used it first
-        first_event_id: String,
+        first_event_id: ruma::OwnedEventId,
     },
 }
 
@@ -242,20 +246,20 @@ pub enum CryptoError {
     #[error("the store holds the account of {stored_user}/{stored_device}, not {user}/{device}")]
     AccountMismatch {
         /// user asked for
-        user: String,
+        user: ruma::OwnedUserId,
         /// device asked for
-        device: String,
+        device: ruma::OwnedDeviceId,
         /// user in the store
-        stored_user: String,
+        stored_user: ruma::OwnedUserId,
         /// device in the store
-        stored_device: String,
+        stored_device: ruma::OwnedDeviceId,
     },
     /// A request id that is not in flight was reported as sent.
     #[error("unknown request id {0}")]
     UnknownRequest(String),
     /// The room is not known as encrypted.
     #[error("room {0} is not encrypted or not known")]
-    RoomNotEncrypted(String),
+    RoomNotEncrypted(ruma::OwnedRoomId),
     /// A server answer is not JSON of the expected shape at all (partly invalid answers
     /// are accepted without their invalid entries).
     #[error("invalid server answer: {0}")]

@@ -9,7 +9,8 @@
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
-use ruma::{DeviceId, RoomId, UserId};
+use ruma::events::ToDeviceEventType;
+use ruma::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use super::account::MEGOLM_ALGORITHM;
 use super::batch::Batch;
@@ -20,7 +21,7 @@ use super::megolm::{ForwardedKey, InboundGroup, Merge, merge};
 use super::olm::{IncomingOlm, OlmPayload};
 use super::outbox::messages_json;
 use super::outcomes::RoomKeyInfo;
-use super::state::State;
+use super::state::{KeyRequest, State};
 use crate::store::{Changes, DeviceRecord, KeyRequestRecord, LocalTrust, PendingToDevice};
 
 const KEY_REQUEST: &str = "m.room_key_request";
@@ -64,46 +65,48 @@ impl OlmMachine {
         if session_id.is_empty() {
             return Err(CryptoError::InvalidInput("empty session id".into()));
         }
-        let room = room_id.as_str();
         let asked_in_batch = pending
             .key_requests
             .iter()
-            .any(|r| r.room_id == room && r.session_id == session_id);
-        if asked_in_batch || self.store.key_request(room, session_id)?.is_some() {
+            .any(|r| r.room_id == room_id && r.session_id == session_id);
+        if asked_in_batch || self.store.key_request(room_id, session_id)?.is_some() {
             return Ok(None);
         }
         let request_id = ruma::TransactionId::new().to_string();
         let content = json!({
             "action": "request",
             "body": {
-                "algorithm": MEGOLM_ALGORITHM, "room_id": room,
+                "algorithm": MEGOLM_ALGORITHM, "room_id": room_id,
                 "session_id": session_id, "sender_key": sender_key,
             },
             "request_id": request_id,
             "requesting_device_id": self.device_id,
         });
-        let mut targets = vec![(self.user_id.as_str(), "*")];
+        let all_devices = OwnedDeviceId::from("*");
+        let mut targets = vec![(self.user_id.clone(), all_devices)];
         if let Some((user, device)) = sender
-            && user.as_str() != self.user_id
+            && user != self.user_id
             && check_device_id(device.as_str()).is_ok()
         {
-            targets.push((user.as_str(), device.as_str()));
+            targets.push((user.to_owned(), device.to_owned()));
         }
+        let targets: Vec<(&OwnedUserId, &OwnedDeviceId)> =
+            targets.iter().map(|(u, d)| (u, d)).collect();
         let changes = Changes {
             key_requests: vec![KeyRequestRecord {
-                room_id: room.to_owned(),
+                room_id: room_id.to_owned(),
                 session_id: session_id.to_owned(),
                 request_id,
             }],
             pending_to_device: vec![PendingToDevice {
                 txn_id: ruma::TransactionId::new().to_string(),
-                event_type: "m.room_key_request".into(),
+                event_type: ToDeviceEventType::RoomKeyRequest,
                 messages_json: messages_json(&targets, content)?,
                 room_key: None,
             }],
             ..Default::default()
         };
-        debug!(room_id = room, "asking own devices for a missing room key");
+        debug!(%room_id, "asking own devices for a missing room key");
         Ok(Some(changes))
     }
 
@@ -111,13 +114,13 @@ impl OlmMachine {
     pub(crate) fn answer_key_requests(
         &self,
         state: &mut State,
-        requests: Vec<Value>,
+        requests: Vec<KeyRequest>,
         changes: &mut Changes,
     ) -> Result<(), CryptoError> {
         let mut batch = Batch::default();
-        for event in &requests {
+        for request in &requests {
             // A request that cannot be answered any more is simply dropped.
-            let _ = self.handle_key_request(state, &mut batch, event, changes)?;
+            self.answer_request(state, &mut batch, request, changes)?;
         }
         batch.flush(changes)
     }
@@ -132,16 +135,17 @@ impl OlmMachine {
         changes: &mut Changes,
     ) -> Result<(), CryptoError> {
         let deferred = std::mem::take(&mut state.held.deferred);
-        for event in &deferred {
+        for request in &deferred {
             // A request that cannot be answered any more is simply dropped.
-            let _ = self.handle_key_request(state, batch, event, changes)?;
+            self.answer_request(state, batch, request, changes)?;
         }
         state.held.deferred.clear();
         Ok(())
     }
 
-    /// Answer a key request from one of our own devices, if the user verified it and we have
-    /// the key. Requests of other users are never answered.
+    /// An `m.room_key_request` to-device event: answered if it is one of our own devices
+    /// the user verified asking for a key we have. Requests of other users are never
+    /// answered.
     pub(super) fn handle_key_request(
         &self,
         state: &mut State,
@@ -149,44 +153,35 @@ impl OlmMachine {
         event: &Value,
         changes: &mut Changes,
     ) -> Result<Result<String, OlmError>, CryptoError> {
-        let sender = event
-            .get("sender")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if UserId::parse(sender).is_err() {
-            return Ok(Err(OlmError::Malformed(
-                "key request from an invalid user id".into(),
-            )));
+        match parse_key_request(event, &self.user_id, &self.device_id) {
+            Err(e) => return Ok(Err(e)),
+            Ok(Incoming::Ignored) => {}
+            Ok(Incoming::OtherUser { sender, requesting }) => {
+                self.note_request_of_other_user(batch, &sender, &requesting)?;
+            }
+            Ok(Incoming::Request(request)) => {
+                self.answer_request(state, batch, &request, changes)?;
+            }
         }
-        let content = event.get("content").unwrap_or(&Value::Null);
-        let requesting = content
-            .get("requesting_device_id")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if sender != self.user_id {
-            self.note_request_of_other_user(batch, sender, requesting)?;
-            return Ok(Ok(KEY_REQUEST.into()));
-        }
-        if requesting == self.device_id
-            || content.get("action").and_then(Value::as_str) != Some("request")
-        {
-            return Ok(Ok(KEY_REQUEST.into()));
-        }
-        let body = content.get("body").unwrap_or(&Value::Null);
-        let (Some(room_id), Some(session_id)) = (
-            body.get("room_id").and_then(Value::as_str),
-            body.get("session_id").and_then(Value::as_str),
-        ) else {
-            return Ok(Err(OlmError::Malformed(
-                "key request without room or session".into(),
-            )));
+        Ok(Ok(KEY_REQUEST.into()))
+    }
+
+    /// Forward the key `request` asks for, if its device is verified and we have the key;
+    /// hold it if the device is undecided or unknown, or if we have no Olm session with it.
+    fn answer_request(
+        &self,
+        state: &mut State,
+        batch: &mut Batch,
+        request: &KeyRequest,
+        changes: &mut Changes,
+    ) -> Result<(), CryptoError> {
+        let Some(device) = self.verified_requester(state, batch, request)? else {
+            return Ok(());
         };
-        let Some(device) = self.verified_requester(state, batch, requesting, event)? else {
-            return Ok(Ok(KEY_REQUEST.into()));
-        };
+        let (room_id, session_id) = (&request.room_id, &request.session_id);
         let Some(record) = batch.inbound_session(&*self.store, room_id, session_id)? else {
-            debug!(room_id, "key request for a session we don't have");
-            return Ok(Ok(KEY_REQUEST.into()));
+            debug!(%room_id, "key request for a session we don't have");
+            return Ok(());
         };
         let group = InboundGroup::from_record(record)?;
         let forwarded = json!({
@@ -204,9 +199,9 @@ impl OlmMachine {
         } else {
             // Answered once a session is claimed (`session_repair_request`).
             debug!(device = %device.device_id, "no Olm session to answer a key request yet");
-            state.held.await_session(device, event);
+            state.held.await_session(device, request);
         }
-        Ok(Ok(KEY_REQUEST.into()))
+        Ok(())
     }
 
     /// Another user's request is never answered. But a device we don't know asking means our
@@ -216,7 +211,7 @@ impl OlmMachine {
     fn note_request_of_other_user(
         &self,
         batch: &mut Batch,
-        sender: &str,
+        sender: &UserId,
         requesting: &str,
     ) -> Result<(), CryptoError> {
         let devices = self.store.devices(&[sender])?;
@@ -225,12 +220,12 @@ impl OlmMachine {
             .any(|d| d.device_id == requesting && !d.deleted);
         if !devices.is_empty() && !known {
             debug!(
-                sender,
+                %sender,
                 "key request from a device we don't know; re-querying"
             );
             batch.unknown_senders.insert(sender.to_owned());
         }
-        debug!(sender, "not answering a key request of another user");
+        debug!(%sender, "not answering a key request of another user");
         Ok(())
     }
 
@@ -241,21 +236,21 @@ impl OlmMachine {
         &self,
         state: &mut State,
         batch: &mut Batch,
-        requesting: &str,
-        event: &Value,
+        request: &KeyRequest,
     ) -> Result<Option<DeviceRecord>, CryptoError> {
+        let requesting = &request.requesting_device;
         let device = self
             .store
             .devices(&[&self.user_id])?
             .into_iter()
-            .find(|d| d.device_id == requesting);
+            .find(|d| &d.device_id == requesting);
         let Some(device) = device.filter(|d| !d.deleted) else {
             debug!(
-                requesting,
+                %requesting,
                 "key request from an unknown own device; re-querying"
             );
             batch.unknown_senders.insert(self.user_id.clone());
-            state.held.defer(event);
+            state.held.defer(request);
             return Ok(None);
         };
         match device.local_trust {
@@ -263,7 +258,7 @@ impl OlmMachine {
             LocalTrust::Unset => {
                 // Held until the user decides (the app may ask: `take_key_share_prompts`).
                 debug!(device = %device.device_id, "holding a key request of an undecided own device");
-                state.held.hold_undecided(&device.device_id, event);
+                state.held.hold_undecided(request);
                 Ok(None)
             }
             LocalTrust::Blacklisted | LocalTrust::Ignored => {
@@ -299,7 +294,7 @@ impl OlmMachine {
         batch.dirty.insert(device.curve25519.clone());
         changes.pending_to_device.push(PendingToDevice {
             txn_id: ruma::TransactionId::new().to_string(),
-            event_type: "m.room.encrypted".into(),
+            event_type: ToDeviceEventType::RoomEncrypted,
             messages_json: messages_json(&[(&device.user_id, &device.device_id)], encrypted)?,
             room_key: None,
         });
@@ -348,9 +343,7 @@ impl OlmMachine {
             return Ok(Err(e));
         }
         let origin = origin.ok().flatten();
-        let sender = origin
-            .as_ref()
-            .map(|d| (d.user_id.as_str(), Some(d.device_id.as_str())));
+        let sender = origin.as_ref().map(|d| (&*d.user_id, Some(&*d.device_id)));
         let group = match InboundGroup::from_forwarded(&key, sender) {
             Ok(g) => g,
             Err(e) => return Ok(Err(e)),
@@ -392,4 +385,54 @@ impl OlmMachine {
                 OlmError::InvalidRoomKey("the forwarded key names another ed25519 key".into())
             }))
     }
+}
+
+/// What an `m.room_key_request` event is, once its ids are checked.
+enum Incoming {
+    /// A request (or cancellation) of another user, with the device id as given, unchecked
+    /// (it is only compared with the devices we know).
+    OtherUser {
+        sender: OwnedUserId,
+        requesting: String,
+    },
+    /// A cancellation, or a request of this very device: nothing to do.
+    Ignored,
+    /// A request of another device of ours.
+    Request(KeyRequest),
+}
+
+/// Parse an `m.room_key_request` at the edge: a sender that is not a user id, and an own
+/// device's request without a valid room id or a session id, are malformed.
+fn parse_key_request(
+    event: &Value,
+    own_user: &UserId,
+    own_device: &DeviceId,
+) -> Result<Incoming, OlmError> {
+    let sender = event.get("sender").and_then(Value::as_str);
+    let sender = sender
+        .and_then(|s| OwnedUserId::try_from(s).ok())
+        .ok_or_else(|| OlmError::Malformed("key request from an invalid user id".into()))?;
+    let content = event.get("content").unwrap_or(&Value::Null);
+    let text = |v: &Value, name: &str| v.get(name).and_then(Value::as_str).map(str::to_owned);
+    let requesting = text(content, "requesting_device_id").unwrap_or_default();
+    if sender != own_user {
+        return Ok(Incoming::OtherUser { sender, requesting });
+    }
+    let action = content.get("action").and_then(Value::as_str);
+    if requesting == own_device.as_str() || action != Some("request") {
+        return Ok(Incoming::Ignored);
+    }
+    let body = content.get("body").unwrap_or(&Value::Null);
+    let room_id = text(body, "room_id").and_then(|r| OwnedRoomId::try_from(r).ok());
+    let (Some(room_id), Some(session_id)) = (room_id, text(body, "session_id")) else {
+        return Err(OlmError::Malformed(
+            "key request without room or session".into(),
+        ));
+    };
+    Ok(Incoming::Request(KeyRequest {
+        requesting_device: OwnedDeviceId::from(requesting),
+        request_id: text(content, "request_id").unwrap_or_default(),
+        room_id,
+        session_id,
+    }))
 }

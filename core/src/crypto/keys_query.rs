@@ -7,8 +7,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use ruma::OwnedUserId;
 use ruma::api::client::keys::get_keys;
+use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, UserId};
 use serde_json::Value;
 use tracing::warn;
 
@@ -29,12 +29,7 @@ const BACKOFF_MAX_MS: u64 = 15 * 60_000;
 /// Users per `/keys/query` request.
 const QUERY_BATCH: usize = 250;
 
-/// The server name of a user id.
-pub(crate) fn server_of(user_id: &str) -> Option<&str> {
-    user_id.split_once(':').map(|(_, server)| server)
-}
-
-type DeviceKey = (String, String);
+type DeviceKey = (OwnedUserId, OwnedDeviceId);
 
 /// A device of the answer that passed its own checks, before the checks against others.
 struct Candidate {
@@ -56,25 +51,25 @@ impl OlmMachine {
             .queries_in_flight
             .remove(request_id)
             .ok_or_else(|| CryptoError::UnknownRequest(request_id.to_owned()))?;
-        let asked: HashSet<&str> = requested.iter().map(|(u, _)| u.as_str()).collect();
+        let asked: HashSet<&OwnedUserId> = requested.iter().map(|(u, _)| u).collect();
         let answered: BTreeMap<&OwnedUserId, &BTreeMap<String, Value>> = response
             .device_keys
             .iter()
-            .filter(|(user, _)| asked.contains(user.as_str()))
+            .filter(|(user, _)| asked.contains(user))
             .collect();
         let now = state.now_ms();
         state
             .tracker
             .back_off_failed_servers(&requested, now, |user| {
-                let failed = server_of(user).is_some_and(|s| response.failures.contains(s));
-                failed || !answered.keys().any(|u| u.as_str() == user)
+                let failed = response.failures.contains(user.server_name().as_str());
+                failed || !answered.contains_key(&user.to_owned())
             });
         for user in answered.keys() {
-            state.tracker.solo_users.remove(user.as_str());
-            state.tracker.user_backoff.remove(user.as_str());
+            state.tracker.solo_users.remove(*user);
+            state.tracker.user_backoff.remove(*user);
         }
 
-        let users: Vec<&str> = answered.keys().map(|u| u.as_str()).collect();
+        let users: Vec<&UserId> = answered.keys().map(|u| u.as_ref()).collect();
         let stored: HashMap<DeviceKey, DeviceRecord> = self
             .store
             .devices(&users)?
@@ -101,12 +96,11 @@ impl OlmMachine {
             changes.devices.push(candidate.record);
         }
         for (user, devices) in &answered {
-            removed_devices(user.as_str(), devices, &stored, &mut changes, &mut outcome);
+            removed_devices(user, devices, &stored, &mut changes, &mut outcome);
         }
         outcome.affected_rooms = self.rooms_affected_by(&outcome)?;
-        changes.tracked_users = self.settle_tracking(&requested, |user| {
-            answered.keys().any(|u| u.as_str() == user)
-        })?;
+        changes.tracked_users =
+            self.settle_tracking(&requested, |user| answered.contains_key(&user.to_owned()))?;
         self.save(&mut state, changes)?;
         Ok(outcome)
     }
@@ -120,25 +114,27 @@ impl OlmMachine {
         stored: &HashMap<DeviceKey, DeviceRecord>,
         outcome: &mut QueryOutcome,
     ) -> Vec<Candidate> {
-        let user_id = user.as_str();
-        let known = |id: &String| stored.contains_key(&(user_id.to_owned(), id.clone()));
-        let mut ids: Vec<&String> = devices.keys().collect();
-        ids.sort_by_key(|id| !known(id));
+        let known = |id: &OwnedDeviceId| stored.contains_key(&(user.clone(), id.clone()));
+        let mut ids: Vec<(OwnedDeviceId, &Value)> = devices
+            .iter()
+            .map(|(id, keys)| (OwnedDeviceId::from(id.as_str()), keys))
+            .collect();
+        ids.sort_by_key(|(id, _)| !known(id));
         let mut out = Vec::new();
-        for (kept, device_id) in ids.into_iter().enumerate() {
-            if user_id == self.user_id && device_id == &self.device_id {
+        for (kept, (device_id, keys)) in ids.into_iter().enumerate() {
+            if *user == self.user_id && device_id == self.device_id {
                 continue;
             }
             let verdict = if kept >= MAX_DEVICES_PER_USER {
                 Err(DeviceKeyError::TooManyDevices(MAX_DEVICES_PER_USER))
             } else {
-                verify_device_keys(user_id, device_id, &devices[device_id])
+                verify_device_keys(user, &device_id, keys)
                     .and_then(|record| compare_with_stored(record, stored))
             };
             match verdict {
                 Ok(Some(candidate)) => out.push(candidate),
                 Ok(None) => {}
-                Err(e) => refuse(outcome, user_id, device_id, e),
+                Err(e) => refuse(outcome, user, &device_id, e),
             }
         }
         out
@@ -192,14 +188,13 @@ impl OlmMachine {
                     user_id: holder.user_id,
                     device_id: holder.device_id,
                 }),
-                None if contested.contains(key) || lost => Some(DeviceKeyError::Curve25519Taken {
-                    user_id: user.clone(),
-                    device_id: "(another new device)".to_owned(),
-                }),
+                None if contested.contains(key) || lost => {
+                    Some(DeviceKeyError::Curve25519Contested)
+                }
                 None => None,
             };
             match error {
-                Some(e) => refuse(outcome, &user.clone(), &device.clone(), e),
+                Some(e) => refuse(outcome, user, device, e),
                 None => accepted.push(c),
             }
         }
@@ -222,17 +217,17 @@ impl OlmMachine {
     }
 
     /// Encrypted rooms shared with users whose devices were added or removed.
-    fn rooms_affected_by(&self, outcome: &QueryOutcome) -> Result<Vec<String>, CryptoError> {
-        let churned: HashSet<&str> = outcome
+    fn rooms_affected_by(&self, outcome: &QueryOutcome) -> Result<Vec<OwnedRoomId>, CryptoError> {
+        let churned: HashSet<&UserId> = outcome
             .new_devices
             .iter()
             .chain(&outcome.removed_devices)
-            .map(|(u, _)| u.as_str())
+            .map(|(u, _)| u.as_ref())
             .collect();
         if churned.is_empty() {
             return Ok(Vec::new());
         }
-        let churned: Vec<&str> = churned.into_iter().collect();
+        let churned: Vec<&UserId> = churned.into_iter().collect();
         Ok(self.store.encrypted_rooms_with(&churned)?)
     }
 
@@ -243,7 +238,7 @@ impl OlmMachine {
         &self,
         state: &mut State,
     ) -> Result<Vec<OutgoingRequest>, CryptoError> {
-        let in_flight: HashSet<String> = state
+        let in_flight: HashSet<OwnedUserId> = state
             .tracker
             .queries_in_flight
             .values()
@@ -251,8 +246,8 @@ impl OlmMachine {
             .map(|(u, _)| u.clone())
             .collect();
         let now = state.now_ms();
-        let waiting = |user: &str| {
-            let server = server_of(user).and_then(|s| state.tracker.server_backoff.get(s));
+        let waiting = |user: &UserId| {
+            let server = state.tracker.server_backoff.get(user.server_name());
             let alone = state.tracker.user_backoff.get(user);
             server
                 .into_iter()
@@ -309,7 +304,7 @@ impl OlmMachine {
                     state.tracker.back_off_user(user, now);
                 }
                 users => {
-                    let users: Vec<String> = users.iter().map(|(u, _)| u.clone()).collect();
+                    let users: Vec<OwnedUserId> = users.iter().map(|(u, _)| u.clone()).collect();
                     state.tracker.solo_users.extend(users);
                 }
             }
@@ -326,8 +321,8 @@ impl OlmMachine {
     /// invalidated or dropped meanwhile keep the state that says so.
     pub(crate) fn settle_tracking(
         &self,
-        requested: &[(String, u64)],
-        answered: impl Fn(&str) -> bool,
+        requested: &[(OwnedUserId, u64)],
+        answered: impl Fn(&UserId) -> bool,
     ) -> Result<Vec<TrackedUser>, CryptoError> {
         let current = self.tracked_by_user()?;
         Ok(requested
@@ -353,12 +348,7 @@ impl TrackerState {
     pub(crate) fn query_request(&mut self, id: String, users: &[TrackedUser]) -> OutgoingRequest {
         let mut request = get_keys::v3::Request::new();
         for user in users {
-            match OwnedUserId::try_from(user.user_id.as_str()) {
-                Ok(id) => {
-                    request.device_keys.insert(id, Vec::new());
-                }
-                Err(_) => warn!(user = %user.user_id, "not querying an invalid user id"),
-            }
+            request.device_keys.insert(user.user_id.clone(), Vec::new());
         }
         let requested = users
             .iter()
@@ -372,7 +362,7 @@ impl TrackerState {
     }
 
     /// Back `user` off alone (15 s doubling to 15 min): a query of only them was refused.
-    pub(crate) fn back_off_user(&mut self, user: &str, now: u64) {
+    pub(crate) fn back_off_user(&mut self, user: &UserId, now: u64) {
         let (failures, _) = self.user_backoff.get(user).copied().unwrap_or((0, 0));
         let delay = (BACKOFF_BASE_MS << failures.min(6)).min(BACKOFF_MAX_MS);
         self.user_backoff
@@ -383,14 +373,12 @@ impl TrackerState {
     /// 15 min) without holding up the users of other servers; the others are forgiven.
     pub(crate) fn back_off_failed_servers(
         &mut self,
-        requested: &[(String, u64)],
+        requested: &[(OwnedUserId, u64)],
         now: u64,
-        failed: impl Fn(&str) -> bool,
+        failed: impl Fn(&UserId) -> bool,
     ) {
         for (user, _) in requested {
-            let Some(server) = server_of(user) else {
-                continue;
-            };
+            let server = user.server_name();
             if failed(user) {
                 let (failures, _) = self.server_backoff.get(server).copied().unwrap_or((0, 0));
                 let delay = (BACKOFF_BASE_MS << failures.min(6)).min(BACKOFF_MAX_MS);
@@ -431,7 +419,7 @@ fn compare_with_stored(
 
 /// Stored devices of `user` missing from the answer are marked deleted.
 fn removed_devices(
-    user: &str,
+    user: &UserId,
     listed: &BTreeMap<String, Value>,
     stored: &HashMap<DeviceKey, DeviceRecord>,
     changes: &mut Changes,
@@ -439,7 +427,7 @@ fn removed_devices(
 ) {
     let mut gone: Vec<&DeviceRecord> = stored
         .values()
-        .filter(|d| d.user_id == user && !d.deleted && !listed.contains_key(&d.device_id))
+        .filter(|d| d.user_id == user && !d.deleted && !listed.contains_key(d.device_id.as_str()))
         .collect();
     gone.sort_by(|a, b| a.device_id.cmp(&b.device_id));
     for old in gone {
@@ -453,9 +441,14 @@ fn removed_devices(
     }
 }
 
-fn refuse(outcome: &mut QueryOutcome, user_id: &str, device_id: &str, e: DeviceKeyError) {
-    warn!(user_id, device_id, error = %e, "rejected device keys");
+fn refuse(
+    outcome: &mut QueryOutcome,
+    user_id: &UserId,
+    device_id: &OwnedDeviceId,
+    e: DeviceKeyError,
+) {
+    warn!(%user_id, %device_id, error = %e, "rejected device keys");
     outcome
         .rejected
-        .push((user_id.to_owned(), device_id.to_owned(), e));
+        .push((user_id.to_owned(), device_id.clone(), e));
 }

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ruma::api::client::keys::upload_keys;
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
@@ -20,8 +21,8 @@ use crate::time::{Clock, SystemClock};
 
 /// The end-to-end encryption state machine of one device. Does no network I/O.
 pub struct OlmMachine {
-    pub(crate) user_id: String,
-    pub(crate) device_id: String,
+    pub(crate) user_id: OwnedUserId,
+    pub(crate) device_id: OwnedDeviceId,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) state: Mutex<State>,
 }
@@ -39,8 +40,8 @@ impl OlmMachine {
     /// Open the machine of `user_id`/`device_id`: restore the account from `store`, or create
     /// and persist a new one. A store holding another account is an error.
     pub fn open(
-        user_id: &str,
-        device_id: &str,
+        user_id: &UserId,
+        device_id: &DeviceId,
         store: Arc<dyn Store>,
     ) -> Result<Self, CryptoError> {
         Self::open_with_clock(user_id, device_id, store, Arc::new(SystemClock))
@@ -49,8 +50,8 @@ impl OlmMachine {
     /// [`OlmMachine::open`] with the time taken from `clock` (backoff, rotation periods,
     /// retry intervals, session ages).
     pub fn open_with_clock(
-        user_id: &str,
-        device_id: &str,
+        user_id: &UserId,
+        device_id: &DeviceId,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, CryptoError> {
@@ -77,7 +78,7 @@ impl OlmMachine {
                     account: Some(account.to_record()?),
                     ..Default::default()
                 })?;
-                info!(user_id, device_id, "created a new Olm account");
+                info!(%user_id, %device_id, "created a new Olm account");
                 (account, written)
             }
         };
@@ -90,12 +91,12 @@ impl OlmMachine {
     }
 
     /// Own user id.
-    pub fn user_id(&self) -> &str {
+    pub fn user_id(&self) -> &UserId {
         &self.user_id
     }
 
     /// Own device id.
-    pub fn device_id(&self) -> &str {
+    pub fn device_id(&self) -> &DeviceId {
         &self.device_id
     }
 
@@ -168,8 +169,8 @@ impl OlmMachine {
     }
 
     /// Start tracking these users' devices: users not tracked yet (or no longer) become
-    /// pending download; the others keep their state. Invalid user ids are ignored.
-    pub fn update_tracked_users(&self, users: &[String]) -> Result<(), CryptoError> {
+    /// pending download; the others keep their state.
+    pub fn update_tracked_users(&self, users: &[OwnedUserId]) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
         let changes = Changes {
             tracked_users: self.newly_tracked(users, &[])?,
@@ -182,7 +183,7 @@ impl OlmMachine {
     /// (not yet committed) tracking records.
     pub(crate) fn newly_tracked(
         &self,
-        users: &[String],
+        users: &[OwnedUserId],
         pending: &[TrackedUser],
     ) -> Result<Vec<TrackedUser>, CryptoError> {
         let mut tracked = self.tracked_by_user()?;
@@ -191,13 +192,6 @@ impl OlmMachine {
         }
         Ok(users
             .iter()
-            .filter(|u| {
-                let valid = ruma::UserId::parse(u.as_str()).is_ok();
-                if !valid {
-                    warn!("not tracking an invalid user id");
-                }
-                valid
-            })
             .collect::<HashSet<_>>()
             .into_iter()
             .filter_map(|u| match tracked.get(u) {
@@ -212,8 +206,8 @@ impl OlmMachine {
     }
 
     /// Users whose device lists must be downloaded before encrypting for them.
-    pub fn outdated_users(&self, users: &[String]) -> Result<Vec<String>, CryptoError> {
-        let wanted: HashSet<&String> = users.iter().collect();
+    pub fn outdated_users(&self, users: &[OwnedUserId]) -> Result<Vec<OwnedUserId>, CryptoError> {
+        let wanted: HashSet<&OwnedUserId> = users.iter().collect();
         Ok(self
             .store
             .tracked_users()?
@@ -224,7 +218,7 @@ impl OlmMachine {
     }
 
     /// Every tracked user's record, by user id.
-    pub(crate) fn tracked_by_user(&self) -> Result<HashMap<String, TrackedUser>, CryptoError> {
+    pub(crate) fn tracked_by_user(&self) -> Result<HashMap<OwnedUserId, TrackedUser>, CryptoError> {
         Ok(self
             .store
             .tracked_users()?
@@ -234,7 +228,7 @@ impl OlmMachine {
     }
 
     /// The tracking state of a user's device list.
-    pub fn tracking_state(&self, user_id: &str) -> Result<TrackingState, CryptoError> {
+    pub fn tracking_state(&self, user_id: &UserId) -> Result<TrackingState, CryptoError> {
         Ok(self
             .store
             .tracked_users()?
@@ -331,7 +325,7 @@ impl OlmMachine {
     }
 
     /// Known devices of a user (including our own other devices).
-    pub fn devices(&self, user_id: &str) -> Result<Vec<Device>, CryptoError> {
+    pub fn devices(&self, user_id: &UserId) -> Result<Vec<Device>, CryptoError> {
         Ok(self
             .store
             .devices(&[user_id])?
@@ -343,8 +337,8 @@ impl OlmMachine {
     /// Record the user's decision about a device (verify, blacklist, ignore).
     pub fn set_local_trust(
         &self,
-        user_id: &str,
-        device_id: &str,
+        user_id: &UserId,
+        device_id: &DeviceId,
         trust: LocalTrust,
     ) -> Result<bool, CryptoError> {
         let mut state = self.lock()?;

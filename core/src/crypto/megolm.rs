@@ -1,5 +1,6 @@
 //! Megolm: one outbound session per encrypted room, inbound sessions per sender.
 
+use ruma::{DeviceId, OwnedRoomId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use vodozemac::megolm::{
@@ -11,7 +12,8 @@ use zeroize::Zeroizing;
 use super::account::MEGOLM_ALGORITHM;
 use super::error::{CryptoError, MegolmError, OlmError};
 use crate::store::{
-    InboundGroupSessionRecord, OutboundGroupSessionRecord, SecretBlob, ShareRecipient,
+    InboundGroupSessionRecord, OutboundGroupSessionRecord, RoomEncryption, SecretBlob,
+    ShareRecipient,
 };
 
 /// Rotation settings from `m.room.encryption`.
@@ -32,21 +34,13 @@ impl Default for RotationSettings {
     }
 }
 
-impl RotationSettings {
-    /// Read `rotation_period_ms` and `rotation_period_msgs` from `m.room.encryption` content.
-    pub fn from_encryption_content(content: &Value) -> Self {
+impl From<&RoomEncryption> for RotationSettings {
+    /// The room's rotation settings; the defaults for what it does not set.
+    fn from(encryption: &RoomEncryption) -> Self {
         let default = Self::default();
         Self {
-            period_ms: content
-                .get("rotation_period_ms")
-                .and_then(Value::as_u64)
-                .filter(|v| *v > 0)
-                .unwrap_or(default.period_ms),
-            messages: content
-                .get("rotation_period_msgs")
-                .and_then(Value::as_u64)
-                .filter(|v| *v > 0)
-                .unwrap_or(default.messages),
+            period_ms: encryption.rotation_period_ms.unwrap_or(default.period_ms),
+            messages: encryption.rotation_period_msgs.unwrap_or(default.messages),
         }
     }
 }
@@ -57,7 +51,7 @@ fn pickle_err(what: &str, e: impl std::fmt::Display) -> CryptoError {
 
 /// Our outbound session in one room.
 pub(crate) struct OutboundGroup {
-    pub room_id: String,
+    pub room_id: OwnedRoomId,
     pub session: GroupSession,
     pub created_ms: u64,
     pub message_count: u64,
@@ -65,7 +59,7 @@ pub(crate) struct OutboundGroup {
 }
 
 impl OutboundGroup {
-    pub(super) fn new(room_id: &str, now: u64) -> Self {
+    pub(super) fn new(room_id: &RoomId, now: u64) -> Self {
         Self {
             room_id: room_id.to_owned(),
             session: GroupSession::new(SessionConfig::version_1()),
@@ -122,7 +116,7 @@ impl OutboundGroup {
         event_type: &str,
         content: &Value,
         own_curve25519: &str,
-        own_device_id: &str,
+        own_device_id: &DeviceId,
     ) -> Result<Value, CryptoError> {
         let plaintext = Zeroizing::new(
             serde_json::to_vec(&json!({
@@ -148,7 +142,7 @@ impl OutboundGroup {
 #[derive(Deserialize)]
 pub(crate) struct RoomKeyContent {
     pub algorithm: String,
-    pub room_id: String,
+    pub room_id: OwnedRoomId,
     pub session_id: String,
     pub session_key: String,
 }
@@ -156,7 +150,7 @@ pub(crate) struct RoomKeyContent {
 impl RoomKeyContent {
     pub(super) fn parse(content: &Value) -> Result<Self, OlmError> {
         let key: Self = parse_key_content(content)?;
-        check_room_key(&key.algorithm, &key.room_id)?;
+        check_algorithm(&key.algorithm)?;
         Ok(key)
     }
 }
@@ -210,7 +204,7 @@ pub(crate) fn merge(
 #[derive(Deserialize)]
 pub(crate) struct ForwardedKey {
     pub algorithm: String,
-    pub room_id: String,
+    pub room_id: OwnedRoomId,
     pub session_id: String,
     pub session_key: String,
     pub sender_key: String,
@@ -220,7 +214,7 @@ pub(crate) struct ForwardedKey {
 impl ForwardedKey {
     pub(super) fn parse(content: &Value) -> Result<Self, OlmError> {
         let key: Self = parse_key_content(content)?;
-        check_room_key(&key.algorithm, &key.room_id)?;
+        check_algorithm(&key.algorithm)?;
         vodozemac::Curve25519PublicKey::from_base64(&key.sender_key)
             .map_err(|e| OlmError::InvalidRoomKey(format!("sender key: {e}")))?;
         Ok(key)
@@ -231,12 +225,11 @@ fn parse_key_content<T: serde::de::DeserializeOwned>(content: &Value) -> Result<
     T::deserialize(content).map_err(|e| OlmError::InvalidRoomKey(e.to_string()))
 }
 
-/// A room key is a Megolm key of a room with a valid id.
-fn check_room_key(algorithm: &str, room_id: &str) -> Result<(), OlmError> {
+/// A room key is a Megolm key (its room id was checked when it was parsed).
+fn check_algorithm(algorithm: &str) -> Result<(), OlmError> {
     if algorithm != MEGOLM_ALGORITHM {
         return Err(OlmError::InvalidRoomKey(format!("algorithm {algorithm}")));
     }
-    ruma::RoomId::parse(room_id).map_err(|e| OlmError::InvalidRoomKey(format!("room id: {e}")))?;
     Ok(())
 }
 
@@ -247,7 +240,7 @@ struct Origin<'a> {
     /// Ed25519 key that device claimed.
     signing_key: &'a str,
     /// The user and device, when authenticated; `None` for a forwarded key of unknown origin.
-    sender: Option<(&'a str, Option<&'a str>)>,
+    sender: Option<(&'a UserId, Option<&'a DeviceId>)>,
 }
 
 /// An inbound session loaded from the store or created from a room key.
@@ -263,7 +256,7 @@ impl InboundGroup {
         key: &RoomKeyContent,
         sender_key: &str,
         signing_key: &str,
-        sender: Option<(&str, Option<&str>)>,
+        sender: Option<(&UserId, Option<&DeviceId>)>,
     ) -> Result<Self, CryptoError> {
         let session_key = SessionKey::from_base64(&key.session_key)
             .map_err(|e| OlmError::InvalidRoomKey(format!("session key: {e}")))?;
@@ -280,7 +273,7 @@ impl InboundGroup {
     /// is the original sending device, when we know it.
     pub(super) fn from_forwarded(
         key: &ForwardedKey,
-        sender: Option<(&str, Option<&str>)>,
+        sender: Option<(&UserId, Option<&DeviceId>)>,
     ) -> Result<Self, OlmError> {
         let exported = vodozemac::megolm::ExportedSessionKey::from_base64(&key.session_key)
             .map_err(|e| OlmError::InvalidRoomKey(format!("forwarded key: {e}")))?;
@@ -296,7 +289,7 @@ impl InboundGroup {
     /// Check that `session` is the claimed one and build its record.
     fn wrap(
         session: InboundGroupSession,
-        room_id: &str,
+        room_id: &RoomId,
         session_id: &str,
         origin: Origin<'_>,
     ) -> Result<Self, OlmError> {
@@ -311,7 +304,7 @@ impl InboundGroup {
                 .map_err(|e| OlmError::InvalidRoomKey(format!("inbound pickle: {e}")))?,
         );
         let (sender_user, sender_device) = match origin.sender {
-            Some((user, device)) => (Some(user.to_owned()), device.map(str::to_owned)),
+            Some((user, device)) => (Some(user.to_owned()), device.map(DeviceId::to_owned)),
             None => (None, None),
         };
         Ok(Self {
@@ -321,7 +314,7 @@ impl InboundGroup {
                 sender_key: origin.sender_key.to_owned(),
                 signing_key: origin.signing_key.to_owned(),
                 sender_user,
-                sender_device: sender_device.filter(|d| !d.is_empty()),
+                sender_device: sender_device.filter(|d| !d.as_str().is_empty()),
                 pickle: SecretBlob::new(json.to_vec()),
                 first_known_index: session.first_known_index(),
             },

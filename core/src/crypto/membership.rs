@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use ruma::events::room::member::MembershipState;
+use ruma::{RoomId, UserId};
+
 use super::error::CryptoError;
 use crate::store::{Changes, Store};
 
@@ -11,8 +14,8 @@ use crate::store::{Changes, Store};
 pub(crate) fn is_member(
     store: &Arc<dyn Store>,
     pending: &Changes,
-    room_id: &str,
-    user_id: &str,
+    room_id: &RoomId,
+    user_id: &UserId,
 ) -> Result<bool, CryptoError> {
     let replaced = pending.replaced_member_lists.iter().any(|r| r == room_id);
     let membership = match pending
@@ -25,5 +28,8 @@ pub(crate) fn is_member(
         None if replaced => None,
         None => store.member(room_id, user_id)?.map(|m| m.membership),
     };
-    Ok(matches!(membership.as_deref(), Some("join" | "invite")))
+    Ok(matches!(
+        membership,
+        Some(MembershipState::Join | MembershipState::Invite)
+    ))
 }

@@ -1,5 +1,6 @@
 //! Olm: the pairwise channel that carries room keys to each device.
 
+use ruma::{OwnedDeviceId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use vodozemac::olm::{OlmMessage, PreKeyMessage, Session, SessionPickle};
@@ -15,10 +16,10 @@ pub(crate) struct OlmPayload {
     #[serde(rename = "type")]
     pub event_type: String,
     pub content: Value,
-    pub sender: String,
+    pub sender: OwnedUserId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sender_device: Option<String>,
-    pub recipient: String,
+    pub sender_device: Option<OwnedDeviceId>,
+    pub recipient: OwnedUserId,
     pub recipient_keys: Ed25519Keys,
     pub keys: Ed25519Keys,
 }
@@ -54,7 +55,7 @@ pub(crate) struct Ed25519Keys {
 
 /// A parsed `m.room.encrypted` to-device event addressed to us.
 pub(crate) struct IncomingOlm {
-    pub sender: String,
+    pub sender: OwnedUserId,
     pub sender_key: String,
     pub message: OlmMessage,
 }
@@ -65,7 +66,7 @@ impl IncomingOlm {
         let sender = event
             .get("sender")
             .and_then(Value::as_str)
-            .filter(|s| ruma::UserId::parse(*s).is_ok())
+            .and_then(|s| OwnedUserId::try_from(s).ok())
             .ok_or_else(|| OlmError::Malformed("missing or invalid sender".into()))?;
         let content = event
             .get("content")
@@ -107,7 +108,7 @@ impl IncomingOlm {
             other => return Err(OlmError::Malformed(format!("unknown message type {other}"))),
         };
         Ok(Self {
-            sender: sender.to_owned(),
+            sender,
             sender_key: sender_key.to_owned(),
             message,
         })

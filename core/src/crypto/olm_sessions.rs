@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ruma::api::client::keys::claim_keys;
-use ruma::{OneTimeKeyAlgorithm, OwnedUserId};
+use ruma::events::ToDeviceEventType;
+use ruma::{DeviceId, OneTimeKeyAlgorithm, OwnedDeviceId, OwnedUserId, UserId};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 use vodozemac::olm::SessionConfig;
@@ -27,11 +28,11 @@ use crate::store::{Changes, DeviceRecord, LocalTrust, UnwedgeRecord, quota};
 const _: () = assert!(UNWEDGE_INTERVAL_MS <= quota::UNWEDGE_RECORD_LIFETIME_MS);
 
 /// Devices we may encrypt for: not ours, not deleted, not blacklisted.
-fn eligible(device: &DeviceRecord, own_user: &str, own_device: &str) -> bool {
+fn eligible(device: &DeviceRecord, own_user: &UserId, own_device: &DeviceId) -> bool {
     let own = device.user_id == own_user && device.device_id == own_device;
     // An id an older version stored (e.g. `*`, which would address every device) is never
     // addressed.
-    let addressable = super::devices::check_device_id(&device.device_id).is_ok();
+    let addressable = super::devices::check_device_id(device.device_id.as_str()).is_ok();
     !own && addressable && !device.deleted && device.local_trust != LocalTrust::Blacklisted
 }
 
@@ -40,9 +41,9 @@ impl OlmMachine {
     /// `None` if there is none. All devices go into one request.
     pub fn missing_sessions(
         &self,
-        users: &[String],
+        users: &[OwnedUserId],
     ) -> Result<Option<OutgoingRequest>, CryptoError> {
-        let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+        let refs: Vec<&UserId> = users.iter().map(|u| u.as_ref()).collect();
         let devices: Vec<DeviceRecord> = self
             .store
             .devices(&refs)?
@@ -56,13 +57,14 @@ impl OlmMachine {
             .iter()
             .filter(|d| !with_session.contains(&d.curve25519))
         {
-            let Ok(user) = OwnedUserId::try_from(device.user_id.as_str()) else {
-                continue;
-            };
-            request.one_time_keys.entry(user).or_default().insert(
-                device.device_id.as_str().into(),
-                OneTimeKeyAlgorithm::SignedCurve25519,
-            );
+            request
+                .one_time_keys
+                .entry(device.user_id.clone())
+                .or_default()
+                .insert(
+                    device.device_id.clone(),
+                    OneTimeKeyAlgorithm::SignedCurve25519,
+                );
         }
         if request.one_time_keys.is_empty() {
             return Ok(None);
@@ -82,8 +84,8 @@ impl OlmMachine {
         response: &KeysClaimResponse,
     ) -> Result<ClaimOutcome, CryptoError> {
         let mut state = self.lock()?;
-        let users: Vec<&str> = response.one_time_keys.keys().map(|u| u.as_str()).collect();
-        let devices: HashMap<(String, String), DeviceRecord> = self
+        let users: Vec<&UserId> = response.one_time_keys.keys().map(|u| u.as_ref()).collect();
+        let devices: HashMap<(OwnedUserId, OwnedDeviceId), DeviceRecord> = self
             .store
             .devices(&users)?
             .into_iter()
@@ -91,12 +93,12 @@ impl OlmMachine {
             .collect();
         let mut outcome = ClaimOutcome::default();
         let mut changes = Changes::default();
-        let mut dummies = ToDeviceBatcher::new("m.room.encrypted");
+        let mut dummies = ToDeviceBatcher::new(ToDeviceEventType::RoomEncrypted);
         let mut answerable = Vec::new();
         let now = state.now_ms();
         for (user, by_device) in &response.one_time_keys {
             for (device_id, keys) in by_device {
-                let (user, device_id) = (user.to_string(), device_id.clone());
+                let (user, device_id) = (user.clone(), OwnedDeviceId::from(device_id.as_str()));
                 let result = devices
                     .get(&(user.clone(), device_id.clone()))
                     .ok_or(OneTimeKeyError::UnknownDevice)
@@ -136,7 +138,7 @@ impl OlmMachine {
                         outcome.sessions_created += 1;
                     }
                     Err(e) => {
-                        warn!(user, device_id, error = %e, "no Olm session from claimed key");
+                        warn!(%user, %device_id, error = %e, "no Olm session from claimed key");
                         if let Some(device) = devices.get(&(user.clone(), device_id.clone())) {
                             // No key to make a session with: its requests are dropped.
                             state.held.awaiting_session.remove(&device.curve25519);
@@ -173,12 +175,14 @@ impl OlmMachine {
             .retain(|_, (_, _, claims)| *claims < MAX_ANSWER_CLAIMS);
         for (device, _, claims) in state.held.awaiting_session.values_mut() {
             *claims += 1;
-            if let Ok(user) = OwnedUserId::try_from(device.user_id.as_str()) {
-                request.one_time_keys.entry(user).or_default().insert(
-                    device.device_id.as_str().into(),
+            request
+                .one_time_keys
+                .entry(device.user_id.clone())
+                .or_default()
+                .insert(
+                    device.device_id.clone(),
                     OneTimeKeyAlgorithm::SignedCurve25519,
                 );
-            }
         }
         let mut due = Vec::new();
         for (key, device) in &state.unwedging.wedged {
@@ -187,13 +191,14 @@ impl OlmMachine {
                 due.push((key.clone(), false));
                 continue;
             }
-            let Ok(user) = OwnedUserId::try_from(device.user_id.as_str()) else {
-                continue;
-            };
-            request.one_time_keys.entry(user).or_default().insert(
-                device.device_id.as_str().into(),
-                OneTimeKeyAlgorithm::SignedCurve25519,
-            );
+            request
+                .one_time_keys
+                .entry(device.user_id.clone())
+                .or_default()
+                .insert(
+                    device.device_id.clone(),
+                    OneTimeKeyAlgorithm::SignedCurve25519,
+                );
             due.push((key.clone(), true));
         }
         // Devices unwedged less than an hour ago are dropped from the queue; for the others
@@ -233,7 +238,7 @@ fn session_from_claimed_key(
         .map_err(|e| OneTimeKeyError::Malformed(format!("device ed25519: {e}")))?;
     verify_json(
         key,
-        &device.user_id,
+        device.user_id.as_str(),
         &format!("ed25519:{}", device.device_id),
         &ed,
     )

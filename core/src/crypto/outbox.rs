@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use ruma::api::client::to_device::send_event_to_device;
 use ruma::events::ToDeviceEventType;
 use ruma::to_device::DeviceIdOrAllDevices;
-use ruma::{OwnedDeviceId, OwnedTransactionId, OwnedUserId, TransactionId};
+use ruma::{OwnedDeviceId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, TransactionId};
 use serde_json::Value;
 
 use super::error::CryptoError;
@@ -36,11 +36,8 @@ pub(crate) fn to_device_request(pending: &PendingToDevice) -> Result<OutgoingReq
         }
     }
     let txn_id: OwnedTransactionId = pending.txn_id.as_str().into();
-    let request = send_event_to_device::v3::Request::new_raw(
-        ToDeviceEventType::from(pending.event_type.as_str()),
-        txn_id,
-        typed,
-    );
+    let request =
+        send_event_to_device::v3::Request::new_raw(pending.event_type.clone(), txn_id, typed);
     Ok(OutgoingRequest {
         id: pending.txn_id.clone(),
         kind: OutgoingKind::ToDevice(request),
@@ -49,15 +46,15 @@ pub(crate) fn to_device_request(pending: &PendingToDevice) -> Result<OutgoingReq
 
 /// `messages` of a `/sendToDevice` body: the same content for each `(user, device)`.
 pub(crate) fn messages_json(
-    targets: &[(&str, &str)],
+    targets: &[(&OwnedUserId, &OwnedDeviceId)],
     content: Value,
 ) -> Result<String, CryptoError> {
-    let mut messages: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+    let mut messages: BTreeMap<&OwnedUserId, BTreeMap<&OwnedDeviceId, Value>> = BTreeMap::new();
     for (user, device) in targets {
         messages
-            .entry((*user).to_owned())
+            .entry(*user)
             .or_default()
-            .insert((*device).to_owned(), content.clone());
+            .insert(*device, content.clone());
     }
     serde_json::to_string(&messages).map_err(|e| CryptoError::CorruptState(e.to_string()))
 }
@@ -65,15 +62,15 @@ pub(crate) fn messages_json(
 /// Collects to-device messages of one event type into stored requests of at most
 /// [`TO_DEVICE_BATCH`] devices each.
 pub(crate) struct ToDeviceBatcher {
-    event_type: &'static str,
-    chunks: Vec<BTreeMap<String, BTreeMap<String, Value>>>,
+    event_type: ToDeviceEventType,
+    chunks: Vec<BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, Value>>>,
     in_chunk: usize,
     /// The room and session whose key the messages carry, if they do.
-    room_key: Option<(String, String)>,
+    room_key: Option<(OwnedRoomId, String)>,
 }
 
 impl ToDeviceBatcher {
-    pub(crate) fn new(event_type: &'static str) -> Self {
+    pub(crate) fn new(event_type: ToDeviceEventType) -> Self {
         Self {
             event_type,
             chunks: Vec::new(),
@@ -83,10 +80,10 @@ impl ToDeviceBatcher {
     }
 
     /// Batches of room keys of `session_id` in `room_id`.
-    pub(crate) fn room_keys(room_id: &str, session_id: &str) -> Self {
+    pub(crate) fn room_keys(room_id: &RoomId, session_id: &str) -> Self {
         Self {
             room_key: Some((room_id.to_owned(), session_id.to_owned())),
-            ..Self::new("m.room.encrypted")
+            ..Self::new(ToDeviceEventType::RoomEncrypted)
         }
     }
 
@@ -110,7 +107,7 @@ impl ToDeviceBatcher {
         for chunk in self.chunks {
             let pending = PendingToDevice {
                 txn_id: TransactionId::new().to_string(),
-                event_type: self.event_type.into(),
+                event_type: self.event_type.clone(),
                 messages_json: serde_json::to_string(&chunk)
                     .map_err(|e| CryptoError::CorruptState(e.to_string()))?,
                 room_key: self.room_key.clone(),

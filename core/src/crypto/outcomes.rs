@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use ruma::OwnedUserId;
+use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId};
 use serde_json::Value;
 
 use super::error::{DeviceKeyError, OlmError, OneTimeKeyError};
@@ -43,11 +43,11 @@ pub struct ToDeviceOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomKeyInfo {
     /// Room.
-    pub room_id: String,
+    pub room_id: OwnedRoomId,
     /// Megolm session id.
     pub session_id: String,
     /// Sender user.
-    pub sender: String,
+    pub sender: OwnedUserId,
 }
 
 /// What [`super::OlmMachine::receive_sync_changes`] did.
@@ -65,14 +65,14 @@ pub struct QueryOutcome {
     /// Devices stored (new or updated).
     pub updated_devices: usize,
     /// Devices whose keys were rejected, with the reason.
-    pub rejected: Vec<(String, String, DeviceKeyError)>,
+    pub rejected: Vec<(OwnedUserId, OwnedDeviceId, DeviceKeyError)>,
     /// Devices seen for the first time: `(user id, device id)`.
-    pub new_devices: Vec<(String, String)>,
+    pub new_devices: Vec<(OwnedUserId, OwnedDeviceId)>,
     /// Devices that disappeared from their owner's list: `(user id, device id)`.
-    pub removed_devices: Vec<(String, String)>,
+    pub removed_devices: Vec<(OwnedUserId, OwnedDeviceId)>,
     /// Encrypted rooms shared with the users whose devices were added or removed, found
     /// through the store's index (no member list is loaded).
-    pub affected_rooms: Vec<String>,
+    pub affected_rooms: Vec<OwnedRoomId>,
 }
 
 /// What a `/keys/claim` answer changed.
@@ -81,7 +81,7 @@ pub struct ClaimOutcome {
     /// Sessions created.
     pub sessions_created: usize,
     /// Devices for which no session could be created, with the reason.
-    pub failed: Vec<(String, String, OneTimeKeyError)>,
+    pub failed: Vec<(OwnedUserId, OwnedDeviceId, OneTimeKeyError)>,
 }
 
 /// A decrypted room event.
@@ -92,9 +92,9 @@ pub struct DecryptedRoomEvent {
     /// Decrypted content.
     pub content: Value,
     /// Sender user (checked against the session owner).
-    pub sender: String,
+    pub sender: OwnedUserId,
     /// Device that created the session, when known.
-    pub sender_device: Option<String>,
+    pub sender_device: Option<OwnedDeviceId>,
     /// Curve25519 key of that device.
     pub sender_curve25519: String,
     /// Megolm session id.

@@ -1,7 +1,7 @@
 //! Decryption of `m.room.encrypted` room events (Megolm): the session lookup, the checks of
 //! who sent the event, replay detection, and the reason when no key is there.
 
-use ruma::{OwnedEventId, OwnedUserId, UserId};
+use ruma::{OwnedDeviceId, OwnedEventId, OwnedUserId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -58,7 +58,7 @@ impl EncryptedEvent {
 /// them as if they were stored (later entries win).
 pub(crate) fn uncommitted_session<'a>(
     pending: &'a Changes,
-    room_id: &str,
+    room_id: &RoomId,
     session_id: &str,
 ) -> Option<&'a InboundGroupSessionRecord> {
     pending
@@ -74,7 +74,7 @@ impl OlmMachine {
     /// [`OlmMachine::begin_decrypt`] commits their records in one transaction.
     pub fn decrypt_room_event(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         event: &Value,
     ) -> Result<DecryptedRoomEvent, CryptoError> {
         let (decrypted, index) = self.decrypt_with(room_id, event, &Changes::default())?;
@@ -93,7 +93,7 @@ impl OlmMachine {
     /// batch commits).
     pub(crate) fn decrypt_recording(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         event: &Value,
         pending: &mut Changes,
     ) -> Result<DecryptedRoomEvent, CryptoError> {
@@ -106,7 +106,7 @@ impl OlmMachine {
     /// to store if this index was not seen before.
     pub(crate) fn decrypt_with(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         event: &Value,
         pending: &Changes,
     ) -> Result<(DecryptedRoomEvent, Option<MegolmIndexRecord>), CryptoError> {
@@ -123,9 +123,9 @@ impl OlmMachine {
         let mut group = InboundGroup::from_record(record)?;
         let (payload, index) = group.decrypt(&ciphertext)?;
         let payload_room = payload.get("room_id").and_then(Value::as_str);
-        if payload_room != Some(room_id) {
+        if payload_room != Some(room_id.as_str()) {
             return Err(MegolmError::RoomMismatch {
-                expected: room_id.to_owned(),
+                expected: room_id.to_string(),
                 got: payload_room.unwrap_or_default().to_owned(),
             }
             .into());
@@ -145,7 +145,7 @@ impl OlmMachine {
             session_id: session_id.clone(),
             sender_key: sender_key.clone(),
             index,
-            event_id: event.event_id.to_string(),
+            event_id: event.event_id.clone(),
             origin_ts: event.origin_server_ts,
         };
         let new_index = self.check_replay(seen, pending)?;
@@ -163,7 +163,7 @@ impl OlmMachine {
         let decrypted = DecryptedRoomEvent {
             event_type,
             content,
-            sender: event.sender.to_string(),
+            sender: event.sender,
             sender_device,
             sender_curve25519: sender_key,
             session_id,
@@ -179,12 +179,12 @@ impl OlmMachine {
         &self,
         record: &InboundGroupSessionRecord,
         sender: &UserId,
-    ) -> Result<Option<String>, CryptoError> {
+    ) -> Result<Option<OwnedDeviceId>, CryptoError> {
         if let Some(owner) = &record.sender_user {
-            if owner != sender.as_str() {
+            if owner != sender {
                 return Err(MegolmError::SenderMismatch {
                     expected: owner.clone(),
-                    got: sender.to_string(),
+                    got: sender.to_owned(),
                 }
                 .into());
             }
@@ -193,12 +193,12 @@ impl OlmMachine {
         let devices = self.store.devices_with_curve25519(&[&record.sender_key])?;
         let owner = devices
             .iter()
-            .find(|d| d.user_id == sender.as_str() && d.ed25519 == record.signing_key);
+            .find(|d| d.user_id == sender && d.ed25519 == record.signing_key);
         match (owner, devices.first()) {
             (Some(device), _) => Ok(Some(device.device_id.clone())),
             (None, Some(other)) => Err(MegolmError::SenderMismatch {
                 expected: other.user_id.clone(),
-                got: sender.to_string(),
+                got: sender.to_owned(),
             }
             .into()),
             (None, None) => Err(MegolmError::UnknownSenderDevice {
@@ -243,12 +243,12 @@ impl OlmMachine {
     /// that key), or it was not received.
     fn why_no_session(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         session_id: &str,
         event: &EncryptedEvent,
         pending: &Changes,
     ) -> Result<MegolmError, CryptoError> {
-        let sender = event.sender.as_str();
+        let sender = &*event.sender;
         let notice = match pending
             .withheld_notices
             .iter()

@@ -3,6 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use ruma::events::ToDeviceEventType;
+use ruma::events::room_key::withheld::RoomKeyWithheldCode;
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
@@ -34,12 +37,12 @@ impl OlmMachine {
     /// [`Self::missing_sessions`] first).
     pub fn share_room_key(
         &self,
-        room_id: &str,
-        users: &[String],
+        room_id: &RoomId,
+        users: &[OwnedUserId],
         settings: RotationSettings,
     ) -> Result<Vec<OutgoingRequest>, CryptoError> {
         let mut state = self.lock()?;
-        let members: HashSet<&str> = users.iter().map(String::as_str).collect();
+        let members: HashSet<&UserId> = users.iter().map(|u| u.as_ref()).collect();
         let verified_only = self.shares_with_verified_only()?;
         let (devices, left_out) = self.share_targets(&members, verified_only)?;
         let stored = self.store.outbound_group_session(room_id)?;
@@ -48,7 +51,7 @@ impl OlmMachine {
             Some(record) => {
                 let group = OutboundGroup::from_record(record)?;
                 if group.expired(settings, now) || needs_rotation(&group, &members, &devices) {
-                    info!(room_id, "rotating the outbound Megolm session");
+                    info!(%room_id, "rotating the outbound Megolm session");
                     OutboundGroup::new(room_id, now)
                 } else {
                     group
@@ -75,7 +78,11 @@ impl OlmMachine {
         for device in recipients {
             match sessions.get_mut(&device.curve25519) {
                 Some(session) => share.send_key(&*self.store, &state.account, device, session)?,
-                None => share.withhold(device, "m.no_olm", "Unable to establish a secure channel"),
+                None => share.withhold(
+                    device,
+                    RoomKeyWithheldCode::NoOlm,
+                    "Unable to establish a secure channel",
+                ),
             }
         }
         let requests = share.finish(&mut changes)?;
@@ -91,16 +98,16 @@ impl OlmMachine {
     /// or unverified when sharing with verified devices only).
     fn share_targets(
         &self,
-        members: &HashSet<&str>,
+        members: &HashSet<&UserId>,
         verified_only: bool,
     ) -> Result<(Vec<DeviceRecord>, Vec<DeviceRecord>), CryptoError> {
-        let refs: Vec<&str> = members.iter().copied().collect();
+        let refs: Vec<&UserId> = members.iter().copied().collect();
         Ok(self
             .store
             .devices(&refs)?
             .into_iter()
             .filter(|d| !d.deleted && !self.is_own_device(d))
-            .filter(|d| super::devices::check_device_id(&d.device_id).is_ok())
+            .filter(|d| super::devices::check_device_id(d.device_id.as_str()).is_ok())
             .partition(|d| left_out_because(d, verified_only).is_none()))
     }
 
@@ -126,7 +133,7 @@ impl OlmMachine {
     /// session is stored before the ciphertext is returned, so an index is never reused.
     pub fn encrypt_room_event(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         event_type: &str,
         content: &Value,
     ) -> Result<Value, CryptoError> {
@@ -183,7 +190,7 @@ impl OlmMachine {
         let Some(mut record) = self.store.outbound_group_session(room_id)? else {
             return Ok(None);
         };
-        let targets: BTreeMap<String, BTreeMap<String, Value>> =
+        let targets: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, Value>> =
             serde_json::from_str(&refused.messages_json).unwrap_or_default();
         if &record.session_id != session_id {
             return Ok(None);
@@ -211,7 +218,10 @@ impl OlmMachine {
     /// Devices of the room's current outbound session that were sent `m.no_olm` instead of
     /// the key (no Olm session could be made: no one-time key and no fallback key) and
     /// have not received it since: `(user id, device id)`. Sharing again retries them.
-    pub fn devices_without_olm(&self, room_id: &str) -> Result<Vec<(String, String)>, CryptoError> {
+    pub fn devices_without_olm(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<Vec<(OwnedUserId, OwnedDeviceId)>, CryptoError> {
         Ok(self
             .store
             .outbound_group_session(room_id)?
@@ -219,7 +229,7 @@ impl OlmMachine {
                 record
                     .shared_with
                     .into_iter()
-                    .filter(|r| r.withheld.as_deref() == Some("m.no_olm"))
+                    .filter(|r| r.withheld == Some(RoomKeyWithheldCode::NoOlm))
                     .map(|r| (r.user_id, r.device_id))
                     .collect()
             })
@@ -248,7 +258,7 @@ impl OlmMachine {
     }
 
     /// Forget the room's outbound session; the next share creates a new one.
-    pub fn discard_room_key(&self, room_id: &str) -> Result<(), CryptoError> {
+    pub fn discard_room_key(&self, room_id: &RoomId) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
         self.save(
             &mut state,
@@ -264,12 +274,15 @@ impl OlmMachine {
 fn left_out_because(
     device: &DeviceRecord,
     verified_only: bool,
-) -> Option<(&'static str, &'static str)> {
+) -> Option<(RoomKeyWithheldCode, &'static str)> {
     if device.local_trust == LocalTrust::Blacklisted {
-        Some(("m.blacklisted", "You have been blocked by this device"))
+        Some((
+            RoomKeyWithheldCode::Blacklisted,
+            "You have been blocked by this device",
+        ))
     } else if verified_only && device.local_trust != LocalTrust::Verified {
         Some((
-            "m.unverified",
+            RoomKeyWithheldCode::Unverified,
             "This device only shares keys with verified devices",
         ))
     } else {
@@ -282,31 +295,25 @@ fn left_out_because(
 /// with verified devices only) no longer verified.
 fn needs_rotation(
     group: &OutboundGroup,
-    members: &HashSet<&str>,
+    members: &HashSet<&UserId>,
     devices: &[DeviceRecord],
 ) -> bool {
-    let current: HashMap<(&str, &str), &str> = devices
+    let current: HashMap<(&UserId, &DeviceId), &str> = devices
         .iter()
-        .map(|d| {
-            (
-                (d.user_id.as_str(), d.device_id.as_str()),
-                d.curve25519.as_str(),
-            )
-        })
+        .map(|d| ((&*d.user_id, &*d.device_id), d.curve25519.as_str()))
         .collect();
     group
         .shared_with
         .iter()
         .filter(|r| r.withheld.is_none())
         .any(|r| {
-            !members.contains(r.user_id.as_str())
-                || current.get(&(r.user_id.as_str(), r.device_id.as_str()))
-                    != Some(&r.curve25519.as_str())
+            !members.contains(&*r.user_id)
+                || current.get(&(&*r.user_id, &*r.device_id)) != Some(&r.curve25519.as_str())
         })
 }
 
 /// A device as the share journal names it: user, device and Curve25519 key.
-type JournalKey = (String, String, String);
+type JournalKey = (OwnedUserId, OwnedDeviceId, String);
 
 fn journal_key(device: &DeviceRecord) -> JournalKey {
     (
@@ -322,7 +329,7 @@ fn recipient_key(r: &ShareRecipient) -> JournalKey {
 
 /// One sharing of a room's outbound session: who had it before, and what goes out now.
 struct Share<'a> {
-    room_id: &'a str,
+    room_id: &'a RoomId,
     group: OutboundGroup,
     session_id: String,
     /// The session's current index: what new recipients get.
@@ -339,7 +346,7 @@ struct Share<'a> {
 }
 
 impl<'a> Share<'a> {
-    fn new(room_id: &'a str, group: OutboundGroup, account: &OwnAccount, now: u64) -> Self {
+    fn new(room_id: &'a RoomId, group: OutboundGroup, account: &OwnAccount, now: u64) -> Self {
         let journal = group
             .shared_with
             .iter()
@@ -351,7 +358,7 @@ impl<'a> Share<'a> {
             index: group.session.message_index(),
             room_key: group.room_key_content(),
             keys_out: ToDeviceBatcher::room_keys(room_id, &session_id),
-            notices: ToDeviceBatcher::new("m.room_key.withheld"),
+            notices: ToDeviceBatcher::new(ToDeviceEventType::RoomKeyWithheld),
             own_curve: account.curve25519(),
             now,
             session_id,
@@ -384,7 +391,7 @@ impl<'a> Share<'a> {
     }
 
     /// Tell `device` why it does not get the key, once per session.
-    fn withhold(&mut self, device: &DeviceRecord, code: &str, reason: &str) {
+    fn withhold(&mut self, device: &DeviceRecord, code: RoomKeyWithheldCode, reason: &str) {
         if self.journal.contains_key(&journal_key(device)) {
             return; // already told, once per session
         }
@@ -393,7 +400,7 @@ impl<'a> Share<'a> {
             json!({
                 "algorithm": MEGOLM_ALGORITHM, "room_id": self.room_id,
                 "session_id": self.session_id, "sender_key": self.own_curve,
-                "code": code, "reason": reason,
+                "code": code.as_str(), "reason": reason,
             }),
         );
         self.group.shared_with.push(ShareRecipient {
@@ -401,7 +408,7 @@ impl<'a> Share<'a> {
             device_id: device.device_id.clone(),
             curve25519: device.curve25519.clone(),
             index: self.index,
-            withheld: Some(code.to_owned()),
+            withheld: Some(code),
         });
     }
 
@@ -419,9 +426,9 @@ impl<'a> Share<'a> {
             device,
             session.encrypt(&self.own_curve, &payload, self.now)?,
         );
-        self.group.shared_with.retain(|r| {
-            (r.user_id.as_str(), r.device_id.as_str()) != (&device.user_id, &device.device_id)
-        });
+        self.group
+            .shared_with
+            .retain(|r| (&r.user_id, &r.device_id) != (&device.user_id, &device.device_id));
         self.group.shared_with.push(ShareRecipient {
             user_id: device.user_id.clone(),
             device_id: device.device_id.clone(),
@@ -447,7 +454,7 @@ impl<'a> Share<'a> {
             .iter()
             .find(|r| {
                 recipient_key(r) == id
-                    && r.withheld.as_deref() == Some("m.no_olm")
+                    && r.withheld == Some(RoomKeyWithheldCode::NoOlm)
                     && r.index < self.index
             })
             .map(|r| r.index);
@@ -474,7 +481,7 @@ impl<'a> Share<'a> {
             .group
             .shared_with
             .iter()
-            .any(|r| r.withheld.as_deref() == Some("m.no_olm") && r.index == self.index);
+            .any(|r| r.withheld == Some(RoomKeyWithheldCode::NoOlm) && r.index == self.index);
         if withheld_now && let Some(key) = self.room_key["session_key"].as_str() {
             // The session key at this index, encrypted at rest, for the retry.
             changes.no_olm_room_keys.push(NoOlmRoomKey {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use serde_json::Value;
+use ruma::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedServerName, OwnedUserId};
 
 use super::account::OwnAccount;
 use crate::store::DeviceRecord;
@@ -75,14 +75,14 @@ impl RequestIds {
 #[derive(Default)]
 pub(crate) struct TrackerState {
     /// Queries in flight: request id → the users asked and their tracking sequence.
-    pub queries_in_flight: HashMap<String, Vec<(String, u64)>>,
+    pub queries_in_flight: HashMap<String, Vec<(OwnedUserId, u64)>>,
     /// Servers whose `/keys/query` failed: (consecutive failures, retry not before, ms).
-    pub server_backoff: HashMap<String, (u32, u64)>,
+    pub server_backoff: HashMap<OwnedServerName, (u32, u64)>,
     /// Users queried alone: they were in a query the server refused for good (one of them
     /// may be why), so each is asked about on its own until answered.
-    pub solo_users: HashSet<String>,
+    pub solo_users: HashSet<OwnedUserId>,
     /// Users whose query alone was refused for good: (failures, retry not before, ms).
-    pub user_backoff: HashMap<String, (u32, u64)>,
+    pub user_backoff: HashMap<OwnedUserId, (u32, u64)>,
 }
 
 /// Devices whose Olm messages we could not decrypt, waiting for a new session + `m.dummy`,
@@ -101,6 +101,19 @@ impl Unwedging {
     }
 }
 
+/// An `m.room_key_request` of one of our own devices, parsed where it arrived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct KeyRequest {
+    /// The own device asking.
+    pub requesting_device: OwnedDeviceId,
+    /// `request_id` (two requests for one key are two requests).
+    pub request_id: String,
+    /// Room of the session asked for.
+    pub room_id: OwnedRoomId,
+    /// The session asked for.
+    pub session_id: String,
+}
+
 /// Key requests held in memory per reason (and per device while awaiting a session), at most.
 const MAX_HELD_REQUESTS: usize = 100;
 
@@ -108,27 +121,32 @@ const MAX_HELD_REQUESTS: usize = 100;
 #[derive(Default)]
 pub(crate) struct HeldKeyRequests {
     /// From own devices we did not know yet, retried once with the next sync.
-    pub deferred: Vec<Value>,
-    /// From own devices nobody decided about yet: (device id, event). Answered if the user
-    /// verifies the device, dropped if it is blacklisted or ignored.
-    pub undecided: Vec<(String, Value)>,
+    pub deferred: Vec<KeyRequest>,
+    /// From own devices nobody decided about yet. Answered if the user verifies the
+    /// device, dropped if it is blacklisted or ignored.
+    pub undecided: Vec<KeyRequest>,
     /// Own devices whose held key requests the app was not asked about yet.
-    pub prompts: BTreeSet<String>,
+    pub prompts: BTreeSet<OwnedDeviceId>,
     /// Own devices the app was already asked about (key-share prompt), until decided.
-    pub prompted: HashSet<String>,
+    pub prompted: HashSet<OwnedDeviceId>,
     /// Requests we may answer but have no Olm session for, by the device's Curve25519 key:
     /// the device, the requests and the claims made so far. A session is claimed with the
     /// next repair claims, at most [`MAX_ANSWER_CLAIMS`] times.
-    pub awaiting_session: HashMap<String, (DeviceRecord, Vec<Value>, u32)>,
+    pub awaiting_session: HashMap<String, (DeviceRecord, Vec<KeyRequest>, u32)>,
 }
 
 impl HeldKeyRequests {
     /// The user decided about own device `device_id` (Curve25519 key `curve`): its held
     /// requests, to answer if `answer`, are returned; it is not prompted about any more.
-    pub(crate) fn decided(&mut self, device_id: &str, curve: &str, answer: bool) -> Vec<Value> {
+    pub(crate) fn decided(
+        &mut self,
+        device_id: &DeviceId,
+        curve: &str,
+        answer: bool,
+    ) -> Vec<KeyRequest> {
         let (held, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.undecided)
             .into_iter()
-            .partition(|(d, _)| d == device_id);
+            .partition(|r| r.requesting_device == device_id);
         self.undecided = rest;
         self.prompts.remove(device_id);
         self.prompted.remove(device_id);
@@ -137,38 +155,39 @@ impl HeldKeyRequests {
             self.awaiting_session.remove(curve);
             return Vec::new();
         }
-        held.into_iter().map(|(_, e)| e).collect()
+        held
     }
 
     /// A request of an own device we do not know yet, answered once our device list is
     /// fresh.
-    pub(crate) fn defer(&mut self, event: &Value) {
+    pub(crate) fn defer(&mut self, request: &KeyRequest) {
         if self.deferred.len() < MAX_HELD_REQUESTS {
-            self.deferred.push(event.clone());
+            self.deferred.push(request.clone());
         }
     }
 
     /// A request of an undecided own device, held until the user decides; the app is
     /// prompted once per device.
-    pub(crate) fn hold_undecided(&mut self, device_id: &str, event: &Value) {
-        let duplicate = self.undecided.iter().any(|(_, e)| e == event);
+    pub(crate) fn hold_undecided(&mut self, request: &KeyRequest) {
+        let duplicate = self.undecided.contains(request);
         if duplicate || self.undecided.len() >= MAX_HELD_REQUESTS {
             return;
         }
-        self.undecided.push((device_id.to_owned(), event.clone()));
-        if self.prompted.insert(device_id.to_owned()) {
-            self.prompts.insert(device_id.to_owned());
+        self.undecided.push(request.clone());
+        let device = &request.requesting_device;
+        if self.prompted.insert(device.clone()) {
+            self.prompts.insert(device.clone());
         }
     }
 
     /// A request we may answer but have no Olm session with `device` for.
-    pub(crate) fn await_session(&mut self, device: DeviceRecord, event: &Value) {
+    pub(crate) fn await_session(&mut self, device: DeviceRecord, request: &KeyRequest) {
         let (_, waiting, _) = self
             .awaiting_session
             .entry(device.curve25519.clone())
             .or_insert_with(|| (device, Vec::new(), 0));
-        if waiting.len() < MAX_HELD_REQUESTS && !waiting.contains(event) {
-            waiting.push(event.clone());
+        if waiting.len() < MAX_HELD_REQUESTS && !waiting.contains(request) {
+            waiting.push(request.clone());
         }
     }
 }

@@ -111,9 +111,9 @@ impl SyncBatch<'_> {
         ];
         for (users, new_state) in updates {
             for user in users {
-                if let Some(t) = tracked.get(user.as_str()).filter(|t| t.is_tracked()) {
+                if let Some(t) = tracked.get(user).filter(|t| t.is_tracked()) {
                     self.changes.tracked_users.push(TrackedUser {
-                        user_id: user.to_string(),
+                        user_id: user.clone(),
                         state: new_state,
                         sequence: t.sequence + 1,
                     });
@@ -132,7 +132,7 @@ impl SyncBatch<'_> {
     /// its replay record is committed with the batch.
     pub fn decrypt_room_event(
         &mut self,
-        room_id: &str,
+        room_id: &RoomId,
         event: &Value,
     ) -> Result<DecryptedRoomEvent, CryptoError> {
         self.machine
@@ -166,7 +166,7 @@ impl SyncBatch<'_> {
     }
 
     /// [`OlmMachine::update_tracked_users`], committed with the batch.
-    pub fn track_users(&mut self, users: &[String]) -> Result<(), CryptoError> {
+    pub fn track_users(&mut self, users: &[ruma::OwnedUserId]) -> Result<(), CryptoError> {
         let new = self
             .machine
             .newly_tracked(users, &self.changes.tracked_users)?;

@@ -2,6 +2,8 @@
 
 use std::collections::HashSet;
 
+use ruma::events::room_key::withheld::RoomKeyWithheldCode;
+use ruma::{DeviceId, OwnedRoomId, OwnedUserId};
 use serde_json::Value;
 use tracing::{debug, warn};
 use vodozemac::Curve25519PublicKey;
@@ -111,7 +113,7 @@ impl OlmMachine {
                 continue;
             }
             debug!(
-                user,
+                %user,
                 "message from an unknown device: re-querying the user's devices"
             );
             changes.tracked_users.push(crate::store::TrackedUser {
@@ -143,8 +145,8 @@ impl OlmMachine {
         if let Some(owner) = claimants.iter().find(|d| d.ed25519 == payload.keys.ed25519) {
             return Ok(Err(OlmError::PayloadMismatch {
                 field: "sender",
-                expected: owner.user_id.clone(),
-                got: incoming.sender.clone(),
+                expected: owner.user_id.to_string(),
+                got: incoming.sender.to_string(),
             }));
         }
         for squatter in claimants {
@@ -251,7 +253,7 @@ impl OlmMachine {
         match payload.event_type.as_str() {
             "m.room_key" => {
                 // Only a device we know is authenticated; a claim in the payload is not.
-                let sender_device = device.map(|d| d.device_id.as_str());
+                let sender_device = device.map(|d| &*d.device_id);
                 self.accept_room_key(batch, incoming, payload, sender_device)
             }
             "m.forwarded_room_key" => {
@@ -273,7 +275,6 @@ impl OlmMachine {
     ) -> Result<Result<String, OlmError>, CryptoError> {
         let content = event.get("content").unwrap_or(&Value::Null);
         let field = |name: &str| content.get(name).and_then(Value::as_str);
-        let sender = str_of(event, "sender");
         let (Some(room_id), Some(session_id), Some(code)) =
             (field("room_id"), field("session_id"), field("code"))
         else {
@@ -282,31 +283,34 @@ impl OlmMachine {
             )));
         };
         let sender_key = field("sender_key").unwrap_or_default();
-        if ruma::UserId::parse(sender).is_err() || session_id.is_empty() {
+        let ids = OwnedUserId::try_from(str_of(event, "sender"))
+            .ok()
+            .zip(OwnedRoomId::try_from(room_id).ok());
+        let Some((sender, room_id)) = ids.filter(|_| !session_id.is_empty()) else {
             return Ok(Err(OlmError::Malformed(
                 "withheld notice: invalid ids".into(),
             )));
-        }
-        let member = super::membership::is_member(&self.store, changes, room_id, sender)?;
+        };
+        let member = super::membership::is_member(&self.store, changes, &room_id, &sender)?;
         // Before the sender's devices are downloaded (e.g. the first sync after joining)
         // the key cannot be checked; once they are, it must be one of them.
-        let known_device = match batch.device_for_key(&*self.store, sender, sender_key)? {
+        let known_device = match batch.device_for_key(&*self.store, &sender, sender_key)? {
             Some(_) => true,
-            None => self.store.devices(&[sender])?.is_empty(),
+            None => self.store.devices(&[&sender])?.is_empty(),
         };
         if !member || !known_device {
             debug!(
-                sender,
+                %sender,
                 "ignoring a withheld notice of a non-member or another device"
             );
             return Ok(Err(OlmError::UnauthenticatedNotice));
         }
         changes.withheld_notices.push(WithheldNotice {
-            room_id: room_id.to_owned(),
+            room_id,
             session_id: session_id.to_owned(),
-            sender: sender.to_owned(),
+            sender,
             sender_key: sender_key.to_owned(),
-            code: code.chars().take(255).collect(),
+            code: RoomKeyWithheldCode::from(code.chars().take(255).collect::<String>()),
             reason: field("reason").map(|r| r.chars().take(1000).collect()),
         });
         Ok(Ok("m.room_key.withheld".to_owned()))
@@ -317,7 +321,7 @@ impl OlmMachine {
         batch: &mut Batch,
         incoming: &IncomingOlm,
         payload: &OlmPayload,
-        sender_device: Option<&str>,
+        sender_device: Option<&DeviceId>,
     ) -> Result<Result<Option<RoomKeyInfo>, OlmError>, CryptoError> {
         let key = match RoomKeyContent::parse(&payload.content) {
             Ok(k) => k,
@@ -421,10 +425,14 @@ fn check_payload(
         })
     };
     if payload.sender != incoming.sender {
-        return mismatch("sender", &incoming.sender, &payload.sender);
+        return mismatch("sender", incoming.sender.as_str(), payload.sender.as_str());
     }
     if payload.recipient != account.user_id {
-        return mismatch("recipient", &account.user_id, &payload.recipient);
+        return mismatch(
+            "recipient",
+            account.user_id.as_str(),
+            payload.recipient.as_str(),
+        );
     }
     let own_ed = account.ed25519();
     if payload.recipient_keys.ed25519 != own_ed {
@@ -436,7 +444,7 @@ fn check_payload(
     }
     if let Some(device) = device {
         if device.user_id != incoming.sender {
-            return mismatch("sender", &device.user_id, &incoming.sender);
+            return mismatch("sender", device.user_id.as_str(), incoming.sender.as_str());
         }
         if payload.keys.ed25519 != device.ed25519 {
             return mismatch("keys.ed25519", &device.ed25519, &payload.keys.ed25519);
@@ -444,7 +452,11 @@ fn check_payload(
         if let Some(sender_device) = &payload.sender_device
             && sender_device != &device.device_id
         {
-            return mismatch("sender_device", &device.device_id, sender_device);
+            return mismatch(
+                "sender_device",
+                device.device_id.as_str(),
+                sender_device.as_str(),
+            );
         }
     }
     Ok(payload)

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use ruma::{OwnedEventId, OwnedRoomId};
+
 use super::{
     AccountRecord, DeviceRecord, InboundGroupSessionRecord, KeyRequestRecord, MegolmIndexRecord,
     MemberRecord, NoOlmRoomKey, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice,
@@ -23,7 +25,7 @@ pub struct Changes {
     /// Outbound Megolm sessions to insert or replace (one per room).
     pub outbound_group_sessions: Vec<OutboundGroupSessionRecord>,
     /// Rooms whose outbound session must be discarded.
-    pub discarded_outbound_sessions: Vec<String>,
+    pub discarded_outbound_sessions: Vec<OwnedRoomId>,
     /// Room keys to keep for devices sent `m.no_olm` (insert or replace by room, session and
     /// index). A room whose outbound session this batch writes or discards keeps only the
     /// keys of the session it has afterwards (those of this batch included).
@@ -42,7 +44,7 @@ pub struct Changes {
     pub members: Vec<MemberRecord>,
     /// Rooms whose member list is replaced by the `members` of this batch: their other
     /// member records are deleted first (a full `/members` answer).
-    pub replaced_member_lists: Vec<String>,
+    pub replaced_member_lists: Vec<OwnedRoomId>,
     /// To-device requests to remember until sent.
     pub pending_to_device: Vec<PendingToDevice>,
     /// To-device requests that were sent (by transaction id).
@@ -56,7 +58,7 @@ pub struct Changes {
     /// Undecryptable events to keep (insert or replace by room and event id).
     pub undecryptable_events: Vec<UndecryptableEvent>,
     /// Undecryptable events to forget: `(room id, event id)`; applied after the inserts.
-    pub resolved_events: Vec<(String, String)>,
+    pub resolved_events: Vec<(OwnedRoomId, OwnedEventId)>,
     /// Withheld notices to keep (insert or replace by room, session and sender).
     pub withheld_notices: Vec<WithheldNotice>,
     /// Key requests sent (insert, or keep the existing one of the session).
@@ -108,9 +110,6 @@ impl Changes {
         all(&self.olm_sessions)?;
         all(&self.inbound_group_sessions)?;
         all(&self.outbound_group_sessions)?;
-        for room_id in &self.discarded_outbound_sessions {
-            non_empty("discarded outbound session room_id", room_id)?;
-        }
         all(&self.no_olm_room_keys)?;
         all(&self.unwedge_records)?;
         all(&self.devices)?;
@@ -118,9 +117,6 @@ impl Changes {
         all(&self.megolm_indices)?;
         all(&self.rooms)?;
         all(&self.members)?;
-        for room_id in &self.replaced_member_lists {
-            non_empty("replaced member list room_id", room_id)?;
-        }
         all(&self.withheld_notices)?;
         all(&self.key_requests)?;
         all(&self.pending_to_device)?;
@@ -129,10 +125,6 @@ impl Changes {
         }
         all(&self.queued_sends)?;
         all(&self.undecryptable_events)?;
-        for (room_id, event_id) in &self.resolved_events {
-            non_empty("resolved event room_id", room_id)?;
-            non_empty("resolved event event_id", event_id)?;
-        }
         for key in self.values.keys().chain(self.secret_values.keys()) {
             non_empty("value key", key)?;
         }
@@ -150,7 +142,6 @@ impl Changes {
         keep_valid(&mut self.olm_sessions);
         keep_valid(&mut self.inbound_group_sessions);
         keep_valid(&mut self.outbound_group_sessions);
-        self.discarded_outbound_sessions.retain(|r| !r.is_empty());
         keep_valid(&mut self.no_olm_room_keys);
         keep_valid(&mut self.unwedge_records);
         keep_valid(&mut self.devices);
@@ -158,7 +149,6 @@ impl Changes {
         keep_valid(&mut self.megolm_indices);
         keep_valid(&mut self.rooms);
         keep_valid(&mut self.members);
-        self.replaced_member_lists.retain(|r| !r.is_empty());
         keep_valid(&mut self.withheld_notices);
         keep_valid(&mut self.key_requests);
         keep_valid(&mut self.pending_to_device);
@@ -166,8 +156,6 @@ impl Changes {
         keep_valid(&mut self.queued_sends);
         self.finished_sends.retain(|t| !t.is_empty());
         keep_valid(&mut self.undecryptable_events);
-        self.resolved_events
-            .retain(|(r, e)| !r.is_empty() && !e.is_empty());
         self.values.retain(|k, _| !k.is_empty());
         self.secret_values.retain(|k, _| !k.is_empty());
         let dropped = before - self.len();
@@ -241,8 +229,10 @@ impl Changes {
     }
 }
 
-fn non_empty(what: &str, value: &str) -> Result<(), StoreError> {
-    if value.is_empty() {
+/// Typed ids (user, room, event) are never empty; device ids, session ids, keys and
+/// transaction ids can be.
+fn non_empty(what: &str, value: &(impl AsRef<str> + ?Sized)) -> Result<(), StoreError> {
+    if value.as_ref().is_empty() {
         Err(StoreError::InvalidRecord(format!("{what} is empty")))
     } else {
         Ok(())
@@ -264,29 +254,38 @@ fn keep_valid<T: Check>(records: &mut Vec<T>) {
 
 /// `Check` for a record: every named field must be non-empty.
 macro_rules! non_empty_fields {
-    ($type:ty, $what:literal: $($field:ident),+) => {
+    ($type:ty, $what:literal: $($field:ident),*) => {
         impl Check for $type {
             fn check(&self) -> Result<(), StoreError> {
-                $(non_empty(concat!($what, " ", stringify!($field)), &self.$field)?;)+
+                $(non_empty(concat!($what, " ", stringify!($field)), &self.$field)?;)*
                 Ok(())
             }
         }
     };
 }
 
-non_empty_fields!(AccountRecord, "account": user_id, device_id);
+non_empty_fields!(AccountRecord, "account": device_id);
 non_empty_fields!(OlmSessionRecord, "olm session": sender_key, session_id);
-non_empty_fields!(InboundGroupSessionRecord, "inbound group session": room_id, session_id, sender_key);
-non_empty_fields!(OutboundGroupSessionRecord, "outbound group session": room_id, session_id);
-non_empty_fields!(NoOlmRoomKey, "no_olm room key": room_id, session_id);
+impl Check for InboundGroupSessionRecord {
+    fn check(&self) -> Result<(), StoreError> {
+        non_empty("inbound group session session_id", &self.session_id)?;
+        non_empty("inbound group session sender_key", &self.sender_key)?;
+        match &self.sender_device {
+            Some(device) => non_empty("inbound group session sender_device", device),
+            None => Ok(()),
+        }
+    }
+}
+non_empty_fields!(OutboundGroupSessionRecord, "outbound group session": session_id);
+non_empty_fields!(NoOlmRoomKey, "no_olm room key": session_id);
 non_empty_fields!(UnwedgeRecord, "unwedge record": curve25519);
-non_empty_fields!(DeviceRecord, "device": user_id, device_id);
-non_empty_fields!(TrackedUser, "tracked user": user_id);
+non_empty_fields!(DeviceRecord, "device": device_id);
+non_empty_fields!(TrackedUser, "tracked user":);
 non_empty_fields!(MegolmIndexRecord, "megolm index": session_id, sender_key);
-non_empty_fields!(RoomRecord, "room": room_id);
-non_empty_fields!(MemberRecord, "member": room_id, user_id);
-non_empty_fields!(WithheldNotice, "withheld notice": room_id, session_id, sender);
-non_empty_fields!(KeyRequestRecord, "key request": room_id, session_id);
+non_empty_fields!(RoomRecord, "room":);
+non_empty_fields!(MemberRecord, "member":);
+non_empty_fields!(WithheldNotice, "withheld notice": session_id);
+non_empty_fields!(KeyRequestRecord, "key request": session_id);
 non_empty_fields!(PendingToDevice, "pending to-device": txn_id);
-non_empty_fields!(QueuedSend, "queued send": txn_id, room_id);
-non_empty_fields!(UndecryptableEvent, "undecryptable event": room_id, session_id, event_id);
+non_empty_fields!(QueuedSend, "queued send": txn_id);
+non_empty_fields!(UndecryptableEvent, "undecryptable event": session_id);

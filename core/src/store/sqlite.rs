@@ -23,6 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use std::collections::HashMap;
 
+use ruma::{OwnedRoomId, RoomId, UserId};
 use rusqlite::Connection;
 
 use super::cipher::{StoreCipher, StoreKey};
@@ -38,6 +39,9 @@ mod devices;
 mod megolm;
 mod migrate_5;
 mod migrate_6;
+mod migrate_7;
+#[cfg(test)]
+mod migration_tests;
 mod no_olm_keys;
 mod notices;
 mod olm_sessions;
@@ -191,7 +195,7 @@ impl Store for SqliteStore {
 
     fn inbound_group_session(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         session_id: &str,
     ) -> Result<Option<InboundGroupSessionRecord>, StoreError> {
         megolm::inbound(&self.reader(), &self.cipher, room_id, session_id)
@@ -203,18 +207,18 @@ impl Store for SqliteStore {
 
     fn outbound_group_session(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
     ) -> Result<Option<OutboundGroupSessionRecord>, StoreError> {
         megolm::outbound(&self.reader(), &self.cipher, room_id)
     }
 
-    fn devices(&self, user_ids: &[&str]) -> Result<Vec<DeviceRecord>, StoreError> {
+    fn devices(&self, user_ids: &[&UserId]) -> Result<Vec<DeviceRecord>, StoreError> {
         devices::of_users(&self.reader(), &self.cipher, user_ids)
     }
 
     fn device_by_curve25519(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         curve25519: &str,
     ) -> Result<Option<DeviceRecord>, StoreError> {
         devices::by_curve25519(&self.reader(), &self.cipher, user_id, curve25519)
@@ -237,7 +241,7 @@ impl Store for SqliteStore {
         megolm::index(&self.reader(), sender_key, session_id, index)
     }
 
-    fn room(&self, room_id: &str) -> Result<Option<RoomRecord>, StoreError> {
+    fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>, StoreError> {
         rooms::room(&self.reader(), room_id)
     }
 
@@ -245,21 +249,25 @@ impl Store for SqliteStore {
         rooms::all(&self.reader())
     }
 
-    fn members(&self, room_id: &str) -> Result<Vec<MemberRecord>, StoreError> {
+    fn members(&self, room_id: &RoomId) -> Result<Vec<MemberRecord>, StoreError> {
         rooms::members(&self.reader(), room_id)
     }
 
-    fn member(&self, room_id: &str, user_id: &str) -> Result<Option<MemberRecord>, StoreError> {
+    fn member(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<MemberRecord>, StoreError> {
         rooms::member(&self.reader(), room_id, user_id)
     }
 
-    fn encrypted_rooms_with(&self, user_ids: &[&str]) -> Result<Vec<String>, StoreError> {
+    fn encrypted_rooms_with(&self, user_ids: &[&UserId]) -> Result<Vec<OwnedRoomId>, StoreError> {
         rooms::encrypted_with(&self.reader(), user_ids)
     }
 
     fn undecryptable_events(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         session_id: &str,
     ) -> Result<Vec<UndecryptableEvent>, StoreError> {
         notices::undecryptable_events(&self.reader(), room_id, session_id)
@@ -269,7 +277,7 @@ impl Store for SqliteStore {
         queues::queued_sends(&self.reader(), &self.cipher)
     }
 
-    fn undecryptable_sessions(&self) -> Result<Vec<(String, String)>, StoreError> {
+    fn undecryptable_sessions(&self) -> Result<Vec<(OwnedRoomId, String)>, StoreError> {
         notices::undecryptable_sessions(&self.reader())
     }
 
@@ -283,16 +291,16 @@ impl Store for SqliteStore {
 
     fn withheld_notice(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         session_id: &str,
-        sender: &str,
+        sender: &UserId,
     ) -> Result<Option<WithheldNotice>, StoreError> {
         notices::withheld_notice(&self.reader(), room_id, session_id, sender)
     }
 
     fn key_request(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         session_id: &str,
     ) -> Result<Option<KeyRequestRecord>, StoreError> {
         notices::key_request(&self.reader(), room_id, session_id)
@@ -300,7 +308,7 @@ impl Store for SqliteStore {
 
     fn no_olm_room_key(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         session_id: &str,
         index: u32,
     ) -> Result<Option<NoOlmRoomKey>, StoreError> {

@@ -253,6 +253,35 @@ final class NewtTests: XCTestCase {
         }
     }
 
+    func testInvalidIdsAreInvalidInputAndNothingIsQueued() async throws {
+        let hs = try homeserverOrSkip()
+        let (name, password) = try await registerUser(homeserver: hs, prefix: "badids")
+        let client = try await makeClient(self, homeserver: hs)
+        let session = try await client.loginPassword(user: name, password: password, deviceId: nil)
+        func expectInvalidInput(_ what: String, _ call: () async throws -> Void) async {
+            do {
+                try await call()
+                XCTFail("\(what): an invalid id was accepted")
+            } catch NewtError.InvalidInput {
+            } catch {
+                XCTFail("\(what): expected InvalidInput, got \(error)")
+            }
+        }
+        await expectInvalidInput("sendText") { _ = try await client.sendText(roomId: "not a room id", body: "lost?") }
+        await expectInvalidInput("createEncryptedRoom") { _ = try await client.createEncryptedRoom(name: nil, invite: ["bob"]) }
+        await expectInvalidInput("joinRoom") { _ = try await client.joinRoom(roomIdOrAlias: "room") }
+        await expectInvalidInput("inviteUser") { try await client.inviteUser(roomId: "!r:localhost", userId: "@") }
+        await expectInvalidInput("devices") { _ = try await client.devices(userId: "bob") }
+        await expectInvalidInput("setDeviceTrust") {
+            try await client.setDeviceTrust(userId: session.userId, deviceId: "", trust: .verified)
+        }
+        await expectInvalidInput("deleteDevice") { try await client.deleteDevice(deviceId: "") }
+        await expectInvalidInput("devicesWithoutOlm") { _ = try client.devicesWithoutOlm(roomId: "#alias:localhost") }
+        let report = try await client.runDueWork()
+        XCTAssertEqual(report.completed, 0)
+        XCTAssertEqual(report.remaining, 0)
+    }
+
     func testPromptDismissedIsTyped() async throws {
         let hs = try homeserverOrSkip()
         let (name, password) = try await registerUser(homeserver: hs, prefix: "frank")

@@ -35,9 +35,7 @@ fn changed_ed25519_key_of_known_device_is_rejected() {
         .unwrap()
         .insert("BOB".into(), impostor.machine.device_keys().unwrap());
     let mut request = get_keys::v3::Request::new();
-    request
-        .device_keys
-        .insert(OwnedUserId::try_from(bob.user()).unwrap(), vec![]);
+    request.device_keys.insert(bob.user(), vec![]);
     let response = server.query(&request);
     alice.machine.update_tracked_users(&[bob.user()]).unwrap();
     let store = alice.store.clone();
@@ -92,13 +90,13 @@ fn message_from_an_unknown_device_marks_its_user_outdated() {
     );
     // The next outgoing requests re-query alice at once.
     let queries = bob.machine.outgoing_requests().unwrap();
-    assert!(queries.iter().any(|r| matches!(&r.kind, OutgoingKind::KeysQuery(q) if q.device_keys.keys().any(|u| u.as_str() == alice.user()))));
+    assert!(queries.iter().any(|r| matches!(&r.kind, OutgoingKind::KeysQuery(q) if q.device_keys.keys().any(|u| *u == alice.user()))));
 }
 
 #[test]
 fn a_failing_server_is_backed_off_without_delaying_others() {
     let (mut server, alice, bob) = setup_pair();
-    let remote = "@carol:remote.example".to_owned();
+    let remote = uid("@carol:remote.example");
     alice
         .machine
         .update_tracked_users(&[bob.user(), remote.clone()])
@@ -110,7 +108,7 @@ fn a_failing_server_is_backed_off_without_delaying_others() {
     });
     let (id, q) = query.expect("a query");
     let mut response = server.query(&q);
-    response.device_keys.retain(|u, _| u.as_str() != remote);
+    response.device_keys.retain(|u, _| *u != remote);
     response.failures.insert("remote.example".into());
     alice.machine.mark_keys_query_sent(&id, &response).unwrap();
     assert_eq!(
@@ -133,20 +131,15 @@ fn a_failing_server_is_backed_off_without_delaying_others() {
     alice
         .machine
         .receive_sync_changes(SyncChanges {
-            changed_users: vec![uid(&bob.user())],
+            changed_users: vec![bob.user()],
             ..Default::default()
         })
         .unwrap();
     let requests = alice.machine.outgoing_requests().unwrap();
-    let users: Vec<String> = requests
+    let users: Vec<OwnedUserId> = requests
         .iter()
         .filter_map(|r| match &r.kind {
-            OutgoingKind::KeysQuery(q) => Some(
-                q.device_keys
-                    .keys()
-                    .map(|u| u.to_string())
-                    .collect::<Vec<_>>(),
-            ),
+            OutgoingKind::KeysQuery(q) => Some(q.device_keys.keys().cloned().collect::<Vec<_>>()),
             _ => None,
         })
         .flatten()
@@ -159,7 +152,7 @@ fn a_failing_server_is_backed_off_without_delaying_others() {
 fn tracking_states_follow_queries_and_invalidations() {
     use crate::store::TrackingState::*;
     let (server, alice, bob) = setup_pair();
-    let state = |user: &str| alice.machine.tracking_state(user).unwrap();
+    let state = |user: &ruma::UserId| alice.machine.tracking_state(user).unwrap();
     assert_eq!(state(&bob.user()), NotTracked);
     alice.machine.update_tracked_users(&[bob.user()]).unwrap();
     assert_eq!(state(&bob.user()), PendingDownload);
@@ -179,7 +172,7 @@ fn tracking_states_follow_queries_and_invalidations() {
         .machine
         .mark_keys_query_sent(id, &server.query(q))
         .unwrap();
-    assert_eq!(outcome.new_devices, vec![(bob.user(), "BOB".to_owned())]);
+    assert_eq!(outcome.new_devices, vec![(bob.user(), did("BOB"))]);
     assert_eq!(state(&bob.user()), PendingDownload);
     assert_eq!(alice.machine.devices(&bob.user()).unwrap().len(), 1);
 
@@ -197,7 +190,7 @@ fn tracking_states_follow_queries_and_invalidations() {
     // Left: no longer tracked, devices and the user's decision kept, changes ignored.
     alice
         .machine
-        .set_local_trust(&bob.user(), "BOB", LocalTrust::Verified)
+        .set_local_trust(&bob.user(), "BOB".into(), LocalTrust::Verified)
         .unwrap();
     changed(&alice, vec![], vec![bob.user()]);
     assert_eq!(state(&bob.user()), NotTracked);
@@ -256,15 +249,14 @@ fn a_query_lost_with_a_restart_is_sent_again() {
 fn a_device_change_names_the_affected_rooms_from_the_index() {
     use crate::store::{Changes, MemberRecord, RoomRecord};
     let (mut server, alice, bob) = setup_pair();
-    let member = |room: &str, user: String, membership: &str| MemberRecord {
-        room_id: room.into(),
+    let member = |room: &str, user: OwnedUserId, membership: MembershipState| MemberRecord {
+        room_id: rid(room),
         user_id: user,
-        membership: membership.into(),
+        membership,
     };
     let room = |room_id: &str, encrypted: bool| RoomRecord {
-        room_id: room_id.into(),
-        encryption: encrypted.then(|| json!({"algorithm": MEGOLM_ALGORITHM}).to_string()),
-        ..Default::default()
+        encryption: encrypted.then(megolm_encryption),
+        ..RoomRecord::new(rid(room_id))
     };
     alice
         .store
@@ -275,16 +267,16 @@ fn a_device_change_names_the_affected_rooms_from_the_index() {
                 room("!plain:x", false),
             ],
             members: vec![
-                member("!a:x", bob.user(), "join"),
-                member("!b:x", bob.user(), "leave"),
-                member("!plain:x", bob.user(), "join"),
+                member("!a:x", bob.user(), MembershipState::Join),
+                member("!b:x", bob.user(), MembershipState::Leave),
+                member("!plain:x", bob.user(), MembershipState::Join),
             ],
             ..Default::default()
         })
         .unwrap();
     alice.machine.update_tracked_users(&[bob.user()]).unwrap();
     let outcomes = server.drive(&alice);
-    assert_eq!(outcomes[0].affected_rooms, vec!["!a:x".to_owned()]);
+    assert_eq!(outcomes[0].affected_rooms, vec![rid("!a:x")]);
 
     // Nothing changed: no rooms to look at.
     changed(&alice, vec![bob.user()], vec![]);
@@ -295,9 +287,6 @@ fn a_device_change_names_the_affected_rooms_from_the_index() {
     server.device_keys.remove(&bob.user());
     changed(&alice, vec![bob.user()], vec![]);
     let outcomes = server.drive(&alice);
-    assert_eq!(
-        outcomes[0].removed_devices,
-        vec![(bob.user(), "BOB".to_owned())]
-    );
-    assert_eq!(outcomes[0].affected_rooms, vec!["!a:x".to_owned()]);
+    assert_eq!(outcomes[0].removed_devices, vec![(bob.user(), did("BOB"))]);
+    assert_eq!(outcomes[0].affected_rooms, vec![rid("!a:x")]);
 }

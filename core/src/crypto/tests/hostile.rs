@@ -2,6 +2,8 @@
 //! homeserver never stops the machine, never loosens a check and never overwrites what is
 //! stored.
 
+use ruma::UserId;
+use ruma::events::ToDeviceEventType;
 use serde_json::{Value, json};
 use vodozemac::Curve25519PublicKey;
 use vodozemac::olm::SessionConfig;
@@ -15,14 +17,17 @@ use crate::store::{Changes, PendingToDevice};
 
 /// Device keys of `user`/`device` published with `curve25519` as identity key, self-signed
 /// with a fresh ed25519 key (what a homeserver or a user can publish for anyone's key).
-fn device_keys_with_curve(user: &str, device: &str, curve25519: &str) -> Value {
-    let account = OwnAccount::new(user, device, 0);
+fn device_keys_with_curve(user: &UserId, device: &str, curve25519: &str) -> Value {
+    let account = OwnAccount::new(user, &did(device), 0);
     let mut keys = account.device_keys().unwrap();
     keys["keys"][format!("curve25519:{device}")] = curve25519.into();
     keys.as_object_mut().unwrap().remove("signatures");
-    sign_json_with(&mut keys, user, &format!("ed25519:{device}"), |b| {
-        account.inner.sign(b)
-    })
+    sign_json_with(
+        &mut keys,
+        user.as_str(),
+        &format!("ed25519:{device}"),
+        |b| account.inner.sign(b),
+    )
     .unwrap();
     keys
 }
@@ -33,12 +38,12 @@ fn a_device_with_an_empty_id_is_skipped_and_the_rest_of_the_answer_is_stored() {
     let carol = Peer::new("@carol:localhost", "CAROL");
     server.drive(&carol);
     // bob's homeserver lists a device "" whose self-signature verifies.
-    let ghost = OwnAccount::new(&bob.user(), "", 0);
+    let ghost = OwnAccount::new(&bob.user(), &did(""), 0);
     server
         .device_keys
         .get_mut(&bob.user())
         .unwrap()
-        .insert(String::new(), ghost.device_keys().unwrap());
+        .insert(did(""), ghost.device_keys().unwrap());
     alice
         .machine
         .update_tracked_users(&[bob.user(), carol.user()])
@@ -51,7 +56,7 @@ fn a_device_with_an_empty_id_is_skipped_and_the_rest_of_the_answer_is_stored() {
         .mark_keys_query_sent(id, &server.query(query))
         .expect("one invalid device does not fail the answer");
     assert_eq!(outcome.rejected.len(), 1, "{:?}", outcome.rejected);
-    let ids = |user: &str| -> Vec<String> {
+    let ids = |user: &UserId| -> Vec<OwnedDeviceId> {
         alice
             .machine
             .devices(user)
@@ -74,33 +79,33 @@ fn a_device_with_an_empty_id_is_skipped_and_the_rest_of_the_answer_is_stored() {
 #[test]
 fn a_device_squatting_another_users_curve25519_key_is_refused() {
     let (mut server, alice, bob) = setup_pair();
-    let squatter = "@0:evil";
+    let squatter = uid("@0:evil");
     server
         .device_keys
-        .entry(squatter.into())
+        .entry(squatter.clone())
         .or_default()
         .insert(
             "EVIL".into(),
-            device_keys_with_curve(squatter, "EVIL", &alice.machine.curve25519_key()),
+            device_keys_with_curve(&squatter, "EVIL", &alice.machine.curve25519_key()),
         );
     // bob knows alice's device, then learns the squatter's.
     bob.machine.update_tracked_users(&[alice.user()]).unwrap();
     server.drive(&bob);
     bob.machine
-        .update_tracked_users(&[squatter.to_owned()])
+        .update_tracked_users(std::slice::from_ref(&squatter))
         .unwrap();
     let outcomes = server.drive(&bob);
     assert_eq!(outcomes.len(), 1);
     assert_eq!(outcomes[0].rejected.len(), 1, "{:?}", outcomes[0].rejected);
-    assert!(bob.machine.devices(squatter).unwrap().is_empty());
+    assert!(bob.machine.devices(&squatter).unwrap().is_empty());
 
     // alice's Olm messages still reach bob, and bob's reach alice.
     let members = vec![alice.user(), bob.user()];
-    server.share(&alice, ROOM, &members);
+    server.share(&alice, room(), &members);
     let outcome = server.sync(&bob);
     assert_eq!(outcome.room_keys.len(), 1, "{:?}", outcome.to_device);
     exchange(&alice, &bob, "hello bob", "$a").unwrap();
-    server.share(&bob, ROOM, &members);
+    server.share(&bob, room(), &members);
     let outcome = server.sync(&alice);
     assert_eq!(outcome.room_keys.len(), 1, "{:?}", outcome.to_device);
     exchange(&bob, &alice, "hello alice", "$b").unwrap();
@@ -109,23 +114,31 @@ fn a_device_squatting_another_users_curve25519_key_is_refused() {
 #[test]
 fn a_squatter_known_first_loses_the_key_to_the_device_that_proves_it_holds_it() {
     let (mut server, alice, bob) = setup_pair();
-    let squatter = "@0:evil";
+    let squatter = uid("@0:evil");
     server
         .device_keys
-        .entry(squatter.into())
+        .entry(squatter.clone())
         .or_default()
         .insert(
             "EVIL".into(),
-            device_keys_with_curve(squatter, "EVIL", &alice.machine.curve25519_key()),
+            device_keys_with_curve(&squatter, "EVIL", &alice.machine.curve25519_key()),
         );
     // Learnt in one answer, neither can be told from the other: both are refused.
     bob.machine
-        .update_tracked_users(&[squatter.to_owned(), alice.user()])
+        .update_tracked_users(&[squatter.clone(), alice.user()])
         .unwrap();
     let outcomes = server.drive(&bob);
     assert_eq!(outcomes[0].rejected.len(), 2, "{:?}", outcomes[0].rejected);
+    assert!(
+        outcomes[0]
+            .rejected
+            .iter()
+            .all(|(_, _, e)| matches!(e, DeviceKeyError::Curve25519Contested)),
+        "{:?}",
+        outcomes[0].rejected
+    );
     // Learnt first on its own, the squatter is stored and alice's device refused.
-    changed(&bob, vec![squatter.to_owned()], vec![]);
+    changed(&bob, vec![squatter.clone()], vec![]);
     server.drive(&bob);
     changed(&bob, vec![alice.user()], vec![]);
     let outcomes = server.drive(&bob);
@@ -133,19 +146,19 @@ fn a_squatter_known_first_loses_the_key_to_the_device_that_proves_it_holds_it() 
         outcomes[0].rejected[..],
         [(_, _, DeviceKeyError::Curve25519Taken { .. })]
     ));
-    assert_eq!(bob.machine.devices(squatter).unwrap().len(), 1);
+    assert_eq!(bob.machine.devices(&squatter).unwrap().len(), 1);
     // alice's first Olm message shows who holds the key (the squatter's Ed25519 key is not
     // the one it claims): the squatter is dropped, alice re-queried and known from then on.
     let members = vec![alice.user(), bob.user()];
-    server.share(&alice, ROOM, &members);
+    server.share(&alice, room(), &members);
     let outcome = server.sync(&bob);
     assert_eq!(outcome.room_keys.len(), 1, "{:?}", outcome.to_device);
     server.drive(&bob);
     let alice_devices = bob.machine.devices(&alice.user()).unwrap();
     assert_eq!(alice_devices.len(), 1);
     assert!(!alice_devices[0].deleted);
-    assert!(bob.machine.devices(squatter).unwrap()[0].deleted);
-    server.share(&bob, ROOM, &members);
+    assert!(bob.machine.devices(&squatter).unwrap()[0].deleted);
+    server.share(&bob, room(), &members);
     let outcome = server.sync(&alice);
     assert_eq!(outcome.room_keys.len(), 1, "{:?}", outcome.to_device);
     exchange(&bob, &alice, "hello alice", "$b").unwrap();
@@ -161,13 +174,13 @@ fn a_stored_to_device_request_that_cannot_be_built_is_dropped_alone() {
             pending_to_device: vec![
                 PendingToDevice {
                     txn_id: "bad".into(),
-                    event_type: "m.room_key_request".into(),
+                    event_type: ToDeviceEventType::RoomKeyRequest,
                     messages_json: json!({"not-a-user": {"DEV": {}}}).to_string(),
                     room_key: None,
                 },
                 PendingToDevice {
                     txn_id: "good".into(),
-                    event_type: "m.room_key_request".into(),
+                    event_type: ToDeviceEventType::RoomKeyRequest,
                     messages_json: json!({"@bob:localhost": {"BOB": {}}}).to_string(),
                     room_key: None,
                 },
@@ -196,13 +209,13 @@ fn a_stored_to_device_request_that_cannot_be_built_is_dropped_alone() {
 /// Returns bob's event in that session and its session id.
 fn laptop_missing_bobs_key() -> (FakeServer, Peer, Peer, Peer, Value) {
     let (mut server, alice, bob, laptop, _) = alice_with_laptop();
-    server.share(&bob, ROOM, &[bob.user(), alice.user()]);
+    server.share(&bob, room(), &[bob.user(), alice.user()]);
     server.sync(&alice);
     let content = bob
         .machine
-        .encrypt_room_event(ROOM, "m.room.message", &text("from bob"))
+        .encrypt_room_event(room(), "m.room.message", &text("from bob"))
         .unwrap();
-    let event = room_event(ROOM, &bob.user(), "$bob", content);
+    let event = room_event(room(), bob.user(), "$bob", content);
     server.take_inbox(&laptop);
     for (me, other) in [(&alice, "LAPTOP"), (&laptop, "ALICE")] {
         me.machine.update_tracked_users(&[alice.user()]).unwrap();
@@ -210,7 +223,7 @@ fn laptop_missing_bobs_key() -> (FakeServer, Peer, Peer, Peer, Value) {
         server.drive(me);
         assert!(
             me.machine
-                .set_local_trust(&alice.user(), other, LocalTrust::Verified)
+                .set_local_trust(&alice.user(), other.into(), LocalTrust::Verified)
                 .unwrap()
         );
     }
@@ -228,7 +241,7 @@ fn a_forwarded_key_of_unknown_origin_never_vouches_for_a_sender() {
     assert!(
         laptop
             .machine
-            .request_room_key(&room_id(), session_id, sender_key, None)
+            .request_room_key(room(), session_id, sender_key, None)
             .unwrap()
     );
     server.drive(&laptop);
@@ -240,16 +253,16 @@ fn a_forwarded_key_of_unknown_origin_never_vouches_for_a_sender() {
     // The server attributes bob's message to mallory: never shown as mallory's.
     let mut forged = event.clone();
     forged["sender"] = "@mallory:localhost".into();
-    assert!(laptop.machine.decrypt_room_event(ROOM, &forged).is_err());
+    assert!(laptop.machine.decrypt_room_event(room(), &forged).is_err());
     // Once the laptop knows bob's devices, bob's message decrypts, as bob's, and the
     // forgery is a sender mismatch.
     laptop.machine.update_tracked_users(&[bob.user()]).unwrap();
     server.drive(&laptop);
-    let decrypted = laptop.machine.decrypt_room_event(ROOM, &event).unwrap();
+    let decrypted = laptop.machine.decrypt_room_event(room(), &event).unwrap();
     assert_eq!(decrypted.sender, bob.user());
-    assert_eq!(decrypted.sender_device.as_deref(), Some("BOB"));
+    assert_eq!(decrypted.sender_device, Some(did("BOB")));
     assert!(matches!(
-        laptop.machine.decrypt_room_event(ROOM, &forged),
+        laptop.machine.decrypt_room_event(room(), &forged),
         Err(CryptoError::Megolm(MegolmError::SenderMismatch { .. }))
     ));
 }
@@ -261,13 +274,13 @@ fn a_forwarded_key_at_a_lower_index_from_another_sender_key_replaces_nothing() {
     // The laptop gets bob's session directly, after bob's first message (index 1).
     changed(&bob, vec![alice.user()], vec![]);
     server.establish(&bob, &[alice.user()]);
-    let key = room_key_of(&bob, ROOM);
+    let key = room_key_of(&bob, room());
     let p = payload(&bob, &laptop, "m.room_key", key);
-    let outcome = receive(&laptop, vec![olm_event(&bob, &laptop, &bob.user(), &p)]);
+    let outcome = receive(&laptop, vec![olm_event(&bob, &laptop, bob.user(), &p)]);
     assert_eq!(outcome.room_keys.len(), 1, "{:?}", outcome.to_device);
     let before = laptop
         .store
-        .inbound_group_session(ROOM, &session_id)
+        .inbound_group_session(room(), &session_id)
         .unwrap()
         .expect("laptop has bob's session");
     assert_eq!(before.first_known_index, 1);
@@ -276,12 +289,12 @@ fn a_forwarded_key_at_a_lower_index_from_another_sender_key_replaces_nothing() {
     assert!(
         laptop
             .machine
-            .request_room_key(&room_id(), &session_id, &before.sender_key, None)
+            .request_room_key(room(), &session_id, &before.sender_key, None)
             .unwrap()
     );
     let record = alice
         .store
-        .inbound_group_session(ROOM, &session_id)
+        .inbound_group_session(room(), &session_id)
         .unwrap()
         .unwrap();
     let group = super::super::megolm::InboundGroup::from_record(record).unwrap();
@@ -295,11 +308,11 @@ fn a_forwarded_key_at_a_lower_index_from_another_sender_key_replaces_nothing() {
         "forwarding_curve25519_key_chain": [],
     });
     let p = payload(&alice, &laptop, "m.forwarded_room_key", forwarded);
-    let outcome = receive(&laptop, vec![olm_event(&alice, &laptop, &alice.user(), &p)]);
+    let outcome = receive(&laptop, vec![olm_event(&alice, &laptop, alice.user(), &p)]);
     assert!(outcome.room_keys.is_empty(), "{:?}", outcome.to_device);
     let after = laptop
         .store
-        .inbound_group_session(ROOM, &session_id)
+        .inbound_group_session(room(), &session_id)
         .unwrap()
         .unwrap();
     assert_eq!(after, before);
@@ -310,7 +323,7 @@ fn a_refused_room_key_still_consumes_the_one_time_key_for_good() {
     let (mut server, alice, bob) = setup_pair();
     bob.machine.update_tracked_users(&[alice.user()]).unwrap();
     server.drive(&bob);
-    let bob_id = (bob.user(), "BOB".to_owned());
+    let bob_id = (bob.user(), did("BOB"));
     let (_, otk) = server.one_time_keys[&bob_id]
         .first_key_value()
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -320,11 +333,11 @@ fn a_refused_room_key_still_consumes_the_one_time_key_for_good() {
     let bad_key = json!({"algorithm": MEGOLM_ALGORITHM, "room_id": ROOM,
                          "session_id": "x", "session_key": "not a key"});
     let p = payload(&alice, &bob, "m.room_key", bad_key);
-    let outcome = receive(&bob, vec![olm_event(&alice, &bob, &alice.user(), &p)]);
+    let outcome = receive(&bob, vec![olm_event(&alice, &bob, alice.user(), &p)]);
     assert!(outcome.to_device[0].result.is_err());
 
     // After a restart, a second session built on the same one-time key is refused.
-    let bob = Peer::with_store(&bob.user(), "BOB", bob.store.clone());
+    let bob = Peer::with_store(bob.user().as_str(), "BOB", bob.store.clone());
     let alice_account = OwnAccount::from_record(&alice.store.account().unwrap().unwrap()).unwrap();
     let otk = Curve25519PublicKey::from_base64(otk["key"].as_str().unwrap()).unwrap();
     let identity = Curve25519PublicKey::from_base64(&bob.machine.curve25519_key()).unwrap();
@@ -352,14 +365,14 @@ fn a_refused_room_key_still_consumes_the_one_time_key_for_good() {
 #[test]
 fn a_fallback_key_rotated_while_an_upload_is_in_flight_is_uploaded_before_the_next_rotation() {
     let (mut server, alice, bob) = setup_pair();
-    let bob_id = (bob.user(), "BOB".to_owned());
+    let bob_id = (bob.user(), did("BOB"));
     // bob's one-time keys are gone: alice's session is built on bob's fallback key.
     server.one_time_keys.get_mut(&bob_id).unwrap().clear();
     server.establish(&alice, &[bob.user()]);
     let held = olm_event(
         &alice,
         &bob,
-        &alice.user(),
+        alice.user(),
         &payload(&alice, &bob, "m.dummy", json!({})),
     );
     // bob tops up its one-time keys: an upload is in flight...
@@ -404,17 +417,17 @@ fn a_withheld_notice_from_a_stranger_does_not_change_another_senders_events() {
     let (_server, alice, bob) = olm_pair();
     room_members(&bob, &[alice.user(), bob.user()]);
     // A session bob does not have.
-    alice.machine.discard_room_key(ROOM).unwrap();
+    alice.machine.discard_room_key(room()).unwrap();
     alice
         .machine
-        .share_room_key(ROOM, &[alice.user()], RotationSettings::default())
+        .share_room_key(room(), &[alice.user()], RotationSettings::default())
         .unwrap();
     let content = alice
         .machine
-        .encrypt_room_event(ROOM, "m.room.message", &text("x"))
+        .encrypt_room_event(room(), "m.room.message", &text("x"))
         .unwrap();
     let session_id = content["session_id"].as_str().unwrap().to_owned();
-    let event = room_event(ROOM, &alice.user(), "$x", content);
+    let event = room_event(room(), alice.user(), "$x", content);
     let notice = |sender: &str| {
         json!({"type": "m.room_key.withheld", "sender": sender, "content": {
             "algorithm": MEGOLM_ALGORITHM, "room_id": ROOM, "session_id": session_id,
@@ -422,14 +435,14 @@ fn a_withheld_notice_from_a_stranger_does_not_change_another_senders_events() {
             "reason": "forged"}})
     };
     receive(&bob, vec![notice("@mallory:localhost")]);
-    let err = bob.machine.decrypt_room_event(ROOM, &event).unwrap_err();
+    let err = bob.machine.decrypt_room_event(room(), &event).unwrap_err();
     assert!(
         matches!(err, CryptoError::Megolm(MegolmError::MissingSession { .. })),
         "{err:?}"
     );
     // The session's sender may say why.
-    receive(&bob, vec![notice(&alice.user())]);
-    let err = bob.machine.decrypt_room_event(ROOM, &event).unwrap_err();
+    receive(&bob, vec![notice(alice.user().as_str())]);
+    let err = bob.machine.decrypt_room_event(room(), &event).unwrap_err();
     assert_withheld(&err, "m.blacklisted");
 }
 
@@ -440,7 +453,7 @@ fn an_olm_message_from_a_stranger_does_not_make_us_track_them() {
     server.drive(&mallory);
     server.establish(&mallory, &[bob.user()]);
     let p = payload(&mallory, &bob, "m.dummy", json!({}));
-    let outcome = receive(&bob, vec![olm_event(&mallory, &bob, &mallory.user(), &p)]);
+    let outcome = receive(&bob, vec![olm_event(&mallory, &bob, mallory.user(), &p)]);
     assert!(outcome.to_device[0].result.is_ok());
     assert_eq!(
         bob.machine.tracking_state(&mallory.user()).unwrap(),
@@ -456,7 +469,7 @@ fn recipients_of_a_room_key_the_server_refused_for_good_get_it_with_the_next_sha
     let settings = RotationSettings::default();
     let requests = alice
         .machine
-        .share_room_key(ROOM, &members, settings)
+        .share_room_key(room(), &members, settings)
         .unwrap();
     assert_eq!(requests.len(), 1);
     alice
@@ -469,7 +482,7 @@ fn recipients_of_a_room_key_the_server_refused_for_good_get_it_with_the_next_sha
     );
     let again = alice
         .machine
-        .share_room_key(ROOM, &members, settings)
+        .share_room_key(room(), &members, settings)
         .unwrap();
     assert_eq!(
         again.len(),
@@ -485,7 +498,7 @@ fn recipients_of_a_room_key_the_server_refused_for_good_get_it_with_the_next_sha
 #[test]
 fn olm_sessions_a_stranger_starts_with_our_fallback_key_are_bounded() {
     let (server, _alice, bob) = setup_pair();
-    let bob_id = (bob.user(), "BOB".to_owned());
+    let bob_id = (bob.user(), did("BOB"));
     // The fallback key starts any number of sessions, from any number of fresh keys.
     let (_, fallback) = server.fallback_keys[&bob_id].first_key_value().unwrap();
     let fallback = Curve25519PublicKey::from_base64(fallback["key"].as_str().unwrap()).unwrap();
@@ -577,17 +590,17 @@ fn users_of_a_query_refused_for_good_are_queried_alone_and_only_the_culprit_wait
 #[test]
 fn a_squatter_caught_once_never_contests_the_key_again() {
     let (mut server, alice, bob) = setup_pair();
-    let squatter = "@0:evil";
+    let squatter = uid("@0:evil");
     server
         .device_keys
-        .entry(squatter.into())
+        .entry(squatter.clone())
         .or_default()
         .insert(
             "EVIL".into(),
-            device_keys_with_curve(squatter, "EVIL", &alice.machine.curve25519_key()),
+            device_keys_with_curve(&squatter, "EVIL", &alice.machine.curve25519_key()),
         );
     bob.machine
-        .update_tracked_users(&[squatter.to_owned()])
+        .update_tracked_users(std::slice::from_ref(&squatter))
         .unwrap();
     server.drive(&bob);
     bob.machine.update_tracked_users(&[alice.user()]).unwrap();
@@ -598,16 +611,16 @@ fn a_squatter_caught_once_never_contests_the_key_again() {
     );
     // alice's Olm message shows the squatter for what it is: blacklisted and dropped.
     let members = vec![alice.user(), bob.user()];
-    server.share(&alice, ROOM, &members);
+    server.share(&alice, room(), &members);
     server.sync(&bob);
-    let caught = &bob.machine.devices(squatter).unwrap()[0];
+    let caught = &bob.machine.devices(&squatter).unwrap()[0];
     assert!(caught.deleted && caught.local_trust == LocalTrust::Blacklisted);
     // Listed again in the same answer as alice: alice's device wins the key.
-    changed(&bob, vec![squatter.to_owned(), alice.user()], vec![]);
+    changed(&bob, vec![squatter.clone(), alice.user()], vec![]);
     server.drive(&bob);
     let alice_devices = bob.machine.devices(&alice.user()).unwrap();
     assert_eq!(alice_devices.len(), 1, "{alice_devices:?}");
-    assert!(bob.machine.devices(squatter).unwrap()[0].deleted);
+    assert!(bob.machine.devices(&squatter).unwrap()[0].deleted);
 }
 
 #[test]
@@ -615,17 +628,17 @@ fn a_room_key_from_an_unknown_device_names_no_device_and_a_later_one_confirms_it
     let (mut server, alice, bob) = setup_pair();
     let members = vec![alice.user(), bob.user()];
     // bob does not know alice's device: the device the payload names is only a claim.
-    server.share(&alice, ROOM, &members);
+    server.share(&alice, room(), &members);
     server.sync(&bob);
     let session_id = alice
         .store
-        .outbound_group_session(ROOM)
+        .outbound_group_session(room())
         .unwrap()
         .unwrap()
         .session_id;
     let record = bob
         .store
-        .inbound_group_session(ROOM, &session_id)
+        .inbound_group_session(room(), &session_id)
         .unwrap()
         .unwrap();
     assert_eq!(record.sender_user, Some(alice.user()));
@@ -669,7 +682,7 @@ fn a_device_we_cannot_make_a_session_with_is_claimed_once_an_hour_not_every_sync
                                                         "body": foreign_normal_message()}}}});
     receive(&alice, vec![garbage.clone()]);
     // ...but bob has no key left to claim.
-    let bob_id = (bob.user(), "BOB".to_owned());
+    let bob_id = (bob.user(), did("BOB"));
     server.one_time_keys.get_mut(&bob_id).unwrap().clear();
     server.fallback_keys.get_mut(&bob_id).unwrap().clear();
     let claim = alice.machine.session_repair_request().unwrap();
@@ -695,5 +708,78 @@ fn a_device_we_cannot_make_a_session_with_is_claimed_once_an_hour_not_every_sync
     assert!(
         alice.machine.session_repair_request().unwrap().is_some(),
         "claimed again after the hour"
+    );
+}
+
+#[test]
+fn invalid_ids_in_to_device_events_are_refused_where_they_enter() {
+    let (_server, alice, bob) = olm_pair();
+    room_members(&bob, &[alice.user(), bob.user()]);
+    let sessions_before = bob.store.inbound_group_session_count().unwrap();
+    // An Olm payload (over a real session, every other identity field right) whose sender
+    // is not a user id does not parse; the same payload with alice as sender does.
+    let dummy = olm_identity(&alice, &bob);
+    let mut forged = dummy.clone();
+    forged["sender"] = "not-a-user".into();
+    // A room key (a real one) whose room id is not a room id.
+    let mut bad_room = olm_identity(&alice, &bob);
+    bad_room["type"] = "m.room_key".into();
+    bad_room["content"] = room_key_of(&alice, room());
+    bad_room["content"]["room_id"] = "not-a-room".into();
+    // A withheld notice of the session's sender, a member, naming no valid room; the same
+    // notice for the room is kept.
+    let session_id = bad_room["content"]["session_id"].clone();
+    let notice = |room_id: &str| {
+        json!({"type": "m.room_key.withheld", "sender": alice.user(), "content": {
+            "algorithm": MEGOLM_ALGORITHM, "room_id": room_id, "session_id": session_id,
+            "sender_key": alice.machine.curve25519_key(), "code": "m.blacklisted"}})
+    };
+    let outcome = receive(
+        &bob,
+        vec![
+            olm_event_raw(&alice, &bob, dummy.to_string().as_bytes()),
+            olm_event_raw(&alice, &bob, forged.to_string().as_bytes()),
+            olm_event_raw(&alice, &bob, bad_room.to_string().as_bytes()),
+            notice("not-a-room"),
+            notice(ROOM),
+        ],
+    );
+    let results: Vec<_> = outcome.to_device.iter().map(|o| &o.result).collect();
+    assert!(
+        matches!(
+            &results[..],
+            [
+                Ok(dummy),
+                Err(OlmError::Malformed(_)),
+                Err(OlmError::InvalidRoomKey(_)),
+                Err(OlmError::Malformed(_)),
+                Ok(withheld),
+            ] if dummy == "m.dummy" && withheld == "m.room_key.withheld"
+        ),
+        "{results:?}"
+    );
+    assert!(outcome.room_keys.is_empty());
+    assert_eq!(
+        bob.store.inbound_group_session_count().unwrap(),
+        sessions_before
+    );
+    assert_eq!(bob.store.counts().unwrap().withheld_notices, 1);
+
+    // A key request of an own device naming no valid room is malformed; naming the room,
+    // it is a request.
+    let request = |room_id: &str| {
+        json!({"type": "m.room_key_request", "sender": alice.user(), "content": {
+            "action": "request", "request_id": room_id, "requesting_device_id": "LAPTOP",
+            "body": {"algorithm": MEGOLM_ALGORITHM, "room_id": room_id,
+                     "session_id": session_id, "sender_key": alice.machine.curve25519_key()}}})
+    };
+    let outcome = receive(&alice, vec![request("not-a-room"), request(ROOM)]);
+    let results: Vec<_> = outcome.to_device.iter().map(|o| &o.result).collect();
+    assert!(
+        matches!(
+            &results[..],
+            [Err(OlmError::Malformed(_)), Ok(request)] if request == "m.room_key_request"
+        ),
+        "{results:?}"
     );
 }

@@ -1,5 +1,8 @@
 //! Room key requests (`m.room_key_request`): asking own devices, answering or holding them.
 
+use ruma::events::ToDeviceEventType;
+use ruma::{DeviceId, UserId};
+
 use super::*;
 
 #[test]
@@ -7,23 +10,26 @@ fn missing_keys_are_requested_from_own_verified_devices_only() {
     let (mut server, alice, bob) = olm_pair();
     let members = vec![alice.user(), bob.user()];
     // alice logs in a second device after bob shared the session: it misses the key.
-    let laptop = Peer::new(&alice.user(), "LAPTOP");
+    let laptop = Peer::new(alice.user().as_str(), "LAPTOP");
     server.drive(&laptop);
     let content = alice
         .machine
-        .encrypt_room_event(ROOM, "m.room.message", &text("x"))
+        .encrypt_room_event(room(), "m.room.message", &text("x"))
         .unwrap();
     let _ = content;
     let bob_content = {
-        server.share(&bob, ROOM, &[bob.user(), alice.user()]);
+        server.share(&bob, room(), &[bob.user(), alice.user()]);
         server.sync(&alice);
         bob.machine
-            .encrypt_room_event(ROOM, "m.room.message", &text("for alice"))
+            .encrypt_room_event(room(), "m.room.message", &text("for alice"))
             .unwrap()
     };
-    let event = room_event(ROOM, &bob.user(), "$k", bob_content);
+    let event = room_event(room(), bob.user(), "$k", bob_content);
     server.take_inbox(&laptop);
-    let err = laptop.machine.decrypt_room_event(ROOM, &event).unwrap_err();
+    let err = laptop
+        .machine
+        .decrypt_room_event(room(), &event)
+        .unwrap_err();
     assert!(matches!(
         err,
         CryptoError::Megolm(MegolmError::MissingSession { .. })
@@ -34,14 +40,14 @@ fn missing_keys_are_requested_from_own_verified_devices_only() {
         me.machine.update_tracked_users(&[alice.user()]).unwrap();
         me.machine
             .receive_sync_changes(SyncChanges {
-                changed_users: vec![uid(&alice.user())],
+                changed_users: vec![alice.user()],
                 ..Default::default()
             })
             .unwrap();
         server.drive(me);
         assert!(
             me.machine
-                .set_local_trust(&alice.user(), other, crate::store::LocalTrust::Verified)
+                .set_local_trust(&alice.user(), other.into(), LocalTrust::Verified)
                 .unwrap()
         );
     }
@@ -52,17 +58,17 @@ fn missing_keys_are_requested_from_own_verified_devices_only() {
         laptop
             .machine
             .request_room_key(
-                &room_id(),
+                room(),
                 &session_id,
                 &sender_key,
-                Some((&uid(&bob.user()), "BOB".into()))
+                Some((&bob.user(), "BOB".into()))
             )
             .unwrap()
     );
     assert!(
         !laptop
             .machine
-            .request_room_key(&room_id(), &session_id, &sender_key, None)
+            .request_room_key(room(), &session_id, &sender_key, None)
             .unwrap(),
         "asked once"
     );
@@ -85,18 +91,19 @@ fn missing_keys_are_requested_from_own_verified_devices_only() {
     // A forwarded key vouches for no sender: the laptop confirms bob's device itself.
     laptop.machine.update_tracked_users(&members).unwrap();
     server.drive(&laptop);
-    let d = laptop.machine.decrypt_room_event(ROOM, &event).unwrap();
+    let d = laptop.machine.decrypt_room_event(room(), &event).unwrap();
     assert_eq!(d.content["body"], "for alice");
 }
 
 /// An `m.room_key_request` to-device event for alice's session `session_id` in [`ROOM`].
 fn key_request(
     alice: &Peer,
-    sender: &str,
+    sender: impl AsRef<str>,
     device: &str,
     request_id: &str,
     session_id: &str,
 ) -> Value {
+    let sender = sender.as_ref();
     json!({"type": "m.room_key_request", "sender": sender, "content": {
         "action": "request", "request_id": request_id, "requesting_device_id": device,
         "body": {"algorithm": MEGOLM_ALGORITHM, "room_id": ROOM, "session_id": session_id,
@@ -107,7 +114,7 @@ fn key_request(
 fn key_requests_of_other_users_and_unverified_devices_are_not_answered() {
     let (mut server, alice, bob, _laptop, session_id) = alice_with_laptop();
     let request =
-        |sender: &str, device: &str| key_request(&alice, sender, device, "r1", &session_id);
+        |sender: &UserId, device: &str| key_request(&alice, sender, device, "r1", &session_id);
     server.establish(&alice, &[alice.user()]);
     let pending_before = alice.store.pending_to_device().unwrap().len();
     // bob's device (another user) and alice's unverified laptop: no answer.
@@ -143,7 +150,7 @@ fn key_requests_of_other_users_and_unverified_devices_are_not_answered() {
     // Once verified, the held request is answered at once (exactly one answer).
     alice
         .machine
-        .set_local_trust(&alice.user(), "LAPTOP", LocalTrust::Verified)
+        .set_local_trust(&alice.user(), "LAPTOP".into(), LocalTrust::Verified)
         .unwrap();
     let pending = alice.store.pending_to_device().unwrap();
     assert_eq!(
@@ -152,7 +159,10 @@ fn key_requests_of_other_users_and_unverified_devices_are_not_answered() {
         "both held requests answered"
     );
     assert!(pending[pending_before].messages_json.contains("LAPTOP"));
-    assert_eq!(pending[pending_before].event_type, "m.room.encrypted");
+    assert_eq!(
+        pending[pending_before].event_type,
+        ToDeviceEventType::RoomEncrypted
+    );
     let _ = bob;
 }
 
@@ -165,7 +175,7 @@ fn held_key_requests_of_a_blacklisted_own_device_are_dropped() {
         &alice,
         vec![key_request(
             &alice,
-            &alice.user(),
+            alice.user(),
             "LAPTOP",
             "r9",
             &session_id,
@@ -176,7 +186,7 @@ fn held_key_requests_of_a_blacklisted_own_device_are_dropped() {
     assert!(
         alice
             .machine
-            .set_local_trust(&alice.user(), "LAPTOP", LocalTrust::Blacklisted)
+            .set_local_trust(&alice.user(), "LAPTOP".into(), LocalTrust::Blacklisted)
             .unwrap()
     );
     assert!(alice.machine.take_key_share_prompts().unwrap().is_empty());
@@ -184,7 +194,7 @@ fn held_key_requests_of_a_blacklisted_own_device_are_dropped() {
     assert!(
         alice
             .machine
-            .set_local_trust(&alice.user(), "LAPTOP", LocalTrust::Verified)
+            .set_local_trust(&alice.user(), "LAPTOP".into(), LocalTrust::Verified)
             .unwrap()
     );
     assert_eq!(
@@ -198,7 +208,7 @@ fn a_key_request_without_an_olm_session_is_answered_after_a_claim() {
     let (mut server, alice, _bob, laptop, session_id) = alice_with_laptop();
     alice
         .machine
-        .set_local_trust(&alice.user(), "LAPTOP", LocalTrust::Verified)
+        .set_local_trust(&alice.user(), "LAPTOP".into(), LocalTrust::Verified)
         .unwrap();
     assert!(alice.machine.session_repair_request().unwrap().is_none());
     let pending_before = alice.store.pending_to_device().unwrap().len();
@@ -206,7 +216,7 @@ fn a_key_request_without_an_olm_session_is_answered_after_a_claim() {
         &alice,
         vec![key_request(
             &alice,
-            &alice.user(),
+            alice.user(),
             "LAPTOP",
             "r2",
             &session_id,
@@ -224,10 +234,7 @@ fn a_key_request_without_an_olm_session_is_answered_after_a_claim() {
     else {
         panic!("expected a claim for the laptop");
     };
-    assert!(
-        claim.one_time_keys[&OwnedUserId::try_from(alice.user()).unwrap()]
-            .contains_key(&OwnedDeviceId::from("LAPTOP"))
-    );
+    assert!(claim.one_time_keys[&alice.user()].contains_key(<&DeviceId>::from("LAPTOP")));
     let response = server.claim(&claim);
     alice.machine.mark_keys_claim_sent(&response).unwrap();
     assert_eq!(
@@ -244,16 +251,11 @@ fn a_key_request_without_an_olm_session_is_answered_after_a_claim() {
     server.drive(&laptop);
     laptop
         .machine
-        .set_local_trust(&alice.user(), "ALICE", LocalTrust::Verified)
+        .set_local_trust(&alice.user(), "ALICE".into(), LocalTrust::Verified)
         .unwrap();
     laptop
         .machine
-        .request_room_key(
-            &room_id(),
-            &session_id,
-            &alice.machine.curve25519_key(),
-            None,
-        )
+        .request_room_key(room(), &session_id, &alice.machine.curve25519_key(), None)
         .unwrap();
     server.drive(&alice);
     let outcome = server.sync(&laptop);
@@ -266,21 +268,21 @@ fn a_key_request_from_an_unknown_device_of_a_known_user_makes_us_requery_them() 
     let (mut server, alice, bob) = olm_pair();
     let session_id = bob
         .store
-        .outbound_group_session(ROOM)
+        .outbound_group_session(room())
         .unwrap()
         .map(|s| s.session_id)
         .unwrap_or_else(|| "unknown-session".into());
     assert_eq!(bob.machine.tracking_state(&alice.user()).unwrap(), UpToDate);
     // alice logs in a laptop; bob's list of her devices is now stale.
-    let laptop = Peer::new(&alice.user(), "LAPTOP");
+    let laptop = Peer::new(alice.user().as_str(), "LAPTOP");
     server.drive(&laptop);
     laptop
         .machine
         .request_room_key(
-            &room_id(),
+            room(),
             &session_id,
             &bob.machine.curve25519_key(),
-            Some((&uid(&bob.user()), "BOB".into())),
+            Some((&bob.user(), "BOB".into())),
         )
         .unwrap();
     server.drive(&laptop);
@@ -300,7 +302,7 @@ fn a_key_request_from_an_unknown_device_of_a_known_user_makes_us_requery_them() 
     assert!(
         outcomes
             .iter()
-            .any(|o| o.new_devices == vec![(alice.user(), "LAPTOP".to_owned())]),
+            .any(|o| o.new_devices == vec![(alice.user(), did("LAPTOP"))]),
         "{outcomes:?}"
     );
 
@@ -310,16 +312,16 @@ fn a_key_request_from_an_unknown_device_of_a_known_user_makes_us_requery_them() 
     stranger
         .machine
         .request_room_key(
-            &room_id(),
+            room(),
             &session_id,
             "key",
-            Some((&uid(&bob.user()), "BOB".into())),
+            Some((&bob.user(), "BOB".into())),
         )
         .unwrap();
     server.drive(&stranger);
     server.sync(&bob);
     assert_eq!(
-        bob.machine.tracking_state("@mallory:localhost").unwrap(),
+        bob.machine.tracking_state(&stranger.user()).unwrap(),
         NotTracked
     );
 }

@@ -10,23 +10,23 @@ fn two_machines_exchange_olm_and_megolm() {
     // bob knows alice's device: the room key is attributed to it.
     bob.machine.update_tracked_users(&members).unwrap();
     server.drive(&bob);
-    server.share(&alice, ROOM, &members);
+    server.share(&alice, room(), &members);
     let outcome = server.sync(&bob);
     assert_eq!(outcome.room_keys.len(), 1);
     assert_eq!(outcome.to_device[0].result, Ok("m.room_key".to_owned()));
 
     let content = alice
         .machine
-        .encrypt_room_event(ROOM, "m.room.message", &text("hi bob"))
+        .encrypt_room_event(room(), "m.room.message", &text("hi bob"))
         .unwrap();
-    let event = room_event(ROOM, &alice.user(), "$1", content);
-    let decrypted = bob.machine.decrypt_room_event(ROOM, &event).unwrap();
+    let event = room_event(room(), alice.user(), "$1", content);
+    let decrypted = bob.machine.decrypt_room_event(room(), &event).unwrap();
     assert_eq!(decrypted.content["body"], "hi bob");
-    assert_eq!(decrypted.sender_device.as_deref(), Some("ALICE"));
+    assert_eq!(decrypted.sender_device, Some(did("ALICE")));
     assert_eq!(decrypted.sender_curve25519, alice.machine.curve25519_key());
 
     // And back, bob -> alice, over a session alice created from bob's pre-key message.
-    server.share(&bob, ROOM, &members);
+    server.share(&bob, room(), &members);
     assert_eq!(server.sync(&alice).room_keys.len(), 1);
     let decrypted = exchange(&bob, &alice, "hi alice", "$2").unwrap();
     assert_eq!(decrypted.content["body"], "hi alice");
@@ -37,13 +37,13 @@ fn session_of_another_room_does_not_decrypt() {
     let (_server, alice, bob) = olm_pair();
     let content = alice
         .machine
-        .encrypt_room_event(ROOM, "m.room.message", &text("secret"))
+        .encrypt_room_event(room(), "m.room.message", &text("secret"))
         .unwrap();
     let err = bob
         .machine
         .decrypt_room_event(
-            "!elsewhere:localhost",
-            &room_event("", &alice.user(), "$x", content),
+            &rid("!elsewhere:localhost"),
+            &room_event("", alice.user(), "$x", content),
         )
         .unwrap_err();
     assert!(matches!(
@@ -52,7 +52,7 @@ fn session_of_another_room_does_not_decrypt() {
     ));
 
     // A key that claims another room than the one its messages were encrypted for.
-    let room_b = "!b:localhost";
+    let room_b: &RoomId = &rid("!b:localhost");
     alice
         .machine
         .share_room_key(room_b, &[alice.user()], RotationSettings::default())
@@ -64,7 +64,7 @@ fn session_of_another_room_does_not_decrypt() {
         vec![olm_event(
             &alice,
             &bob,
-            &alice.user(),
+            alice.user(),
             &payload(&alice, &bob, "m.room_key", key),
         )],
     );
@@ -74,7 +74,7 @@ fn session_of_another_room_does_not_decrypt() {
         .unwrap();
     let err = bob
         .machine
-        .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$y", content))
+        .decrypt_room_event(room(), &room_event(room(), alice.user(), "$y", content))
         .unwrap_err();
     assert!(
         matches!(err, CryptoError::Megolm(MegolmError::RoomMismatch { .. })),
@@ -87,14 +87,14 @@ fn replayed_megolm_index_is_detected() {
     let (_server, alice, bob) = olm_pair();
     let content = alice
         .machine
-        .encrypt_room_event(ROOM, "m.room.message", &text("once"))
+        .encrypt_room_event(room(), "m.room.message", &text("once"))
         .unwrap();
-    let first = room_event(ROOM, &alice.user(), "$first", content.clone());
-    bob.machine.decrypt_room_event(ROOM, &first).unwrap();
+    let first = room_event(room(), alice.user(), "$first", content.clone());
+    bob.machine.decrypt_room_event(room(), &first).unwrap();
     // The same event again (e.g. from a second sync or /messages) is fine.
-    bob.machine.decrypt_room_event(ROOM, &first).unwrap();
-    let replay = room_event(ROOM, &alice.user(), "$replay", content);
-    let err = bob.machine.decrypt_room_event(ROOM, &replay).unwrap_err();
+    bob.machine.decrypt_room_event(room(), &first).unwrap();
+    let replay = room_event(room(), alice.user(), "$replay", content);
+    let err = bob.machine.decrypt_room_event(room(), &replay).unwrap_err();
     assert!(
         matches!(
             err,
@@ -109,13 +109,13 @@ fn event_sender_must_own_the_session() {
     let (_server, alice, bob) = olm_pair();
     let content = alice
         .machine
-        .encrypt_room_event(ROOM, "m.room.message", &text("x"))
+        .encrypt_room_event(room(), "m.room.message", &text("x"))
         .unwrap();
     let err = bob
         .machine
         .decrypt_room_event(
-            ROOM,
-            &room_event(ROOM, "@mallory:localhost", "$m", content.clone()),
+            room(),
+            &room_event(room(), "@mallory:localhost", "$m", content.clone()),
         )
         .unwrap_err();
     assert!(matches!(
@@ -126,7 +126,7 @@ fn event_sender_must_own_the_session() {
     forged["sender_key"] = bob.machine.curve25519_key().into();
     let err = bob
         .machine
-        .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$k", forged))
+        .decrypt_room_event(room(), &room_event(room(), alice.user(), "$k", forged))
         .unwrap_err();
     assert!(
         matches!(
@@ -143,26 +143,26 @@ fn a_decryption_batch_commits_its_replay_records_once_and_sees_its_own() {
     let encrypt = |body: &str| {
         alice
             .machine
-            .encrypt_room_event(ROOM, "m.room.message", &text(body))
+            .encrypt_room_event(room(), "m.room.message", &text(body))
             .unwrap()
     };
     let contents = [encrypt("one"), encrypt("two"), encrypt("three")];
     let events: Vec<Value> = contents
         .iter()
         .enumerate()
-        .map(|(i, c)| room_event(ROOM, &alice.user(), &format!("${i}"), c.clone()))
+        .map(|(i, c)| room_event(room(), alice.user(), &format!("${i}"), c.clone()))
         .collect();
     let store = bob.machine.store().clone();
     let before = store.generation().unwrap();
 
     let mut batch = bob.machine.begin_decrypt();
     for (event, body) in events.iter().zip(["one", "two", "three"]) {
-        let decrypted = batch.decrypt_room_event(ROOM, event).unwrap();
+        let decrypted = batch.decrypt_room_event(room(), event).unwrap();
         assert_eq!(decrypted.content["body"], body);
     }
     // The batch sees its own records: another event reusing an index is a replay.
-    let replay = room_event(ROOM, &alice.user(), "$replay", contents[1].clone());
-    let err = batch.decrypt_room_event(ROOM, &replay).unwrap_err();
+    let replay = room_event(room(), alice.user(), "$replay", contents[1].clone());
+    let err = batch.decrypt_room_event(room(), &replay).unwrap_err();
     assert!(
         matches!(
             err,
@@ -183,12 +183,12 @@ fn a_decryption_batch_commits_its_replay_records_once_and_sees_its_own() {
     );
 
     // Committed: a later replay of any of them is refused, a re-delivery is not.
-    let err = bob.machine.decrypt_room_event(ROOM, &replay).unwrap_err();
+    let err = bob.machine.decrypt_room_event(room(), &replay).unwrap_err();
     assert!(
         matches!(err, CryptoError::Megolm(MegolmError::Replay { .. })),
         "{err:?}"
     );
-    bob.machine.decrypt_room_event(ROOM, &events[2]).unwrap();
+    bob.machine.decrypt_room_event(room(), &events[2]).unwrap();
 }
 
 #[test]
@@ -196,16 +196,16 @@ fn a_decryption_batch_dropped_without_commit_stores_nothing() {
     let (_server, alice, bob) = olm_pair();
     let content = alice
         .machine
-        .encrypt_room_event(ROOM, "m.room.message", &text("once"))
+        .encrypt_room_event(room(), "m.room.message", &text("once"))
         .unwrap();
-    let first = room_event(ROOM, &alice.user(), "$first", content.clone());
+    let first = room_event(room(), alice.user(), "$first", content.clone());
     let mut batch = bob.machine.begin_decrypt();
-    batch.decrypt_room_event(ROOM, &first).unwrap();
+    batch.decrypt_room_event(room(), &first).unwrap();
     drop(batch);
     // Nothing recorded: the index is still free for the first event that is committed.
-    let other = room_event(ROOM, &alice.user(), "$other", content);
-    bob.machine.decrypt_room_event(ROOM, &other).unwrap();
-    let err = bob.machine.decrypt_room_event(ROOM, &first).unwrap_err();
+    let other = room_event(room(), alice.user(), "$other", content);
+    bob.machine.decrypt_room_event(room(), &other).unwrap();
+    let err = bob.machine.decrypt_room_event(room(), &first).unwrap_err();
     assert!(
         matches!(err, CryptoError::Megolm(MegolmError::Replay { .. })),
         "{err:?}"

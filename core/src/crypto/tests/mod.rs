@@ -9,14 +9,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ruma::api::client::keys::{claim_keys, get_keys, upload_keys};
+use ruma::events::room::member::MembershipState;
 use ruma::to_device::DeviceIdOrAllDevices;
-use ruma::{OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId};
+use ruma::{OwnedDeviceId, OwnedOneTimeKeyId, OwnedRoomId, OwnedUserId, RoomId};
 use serde_json::{Value, json};
 
 use super::olm::{Ed25519Keys, OlmPayload, OlmSession};
 use super::requests::{json_of, raw};
 use super::*;
 use crate::store::{LocalTrust, MemoryStore, Store};
+use crate::test_ids::{did, rid, uid};
 use crate::time::ManualClock;
 
 #[cfg(test)]
@@ -37,10 +39,10 @@ mod sync;
 /// The parts of a homeserver the crypto machine talks to.
 #[derive(Default)]
 pub(crate) struct FakeServer {
-    pub device_keys: BTreeMap<String, BTreeMap<String, Value>>,
-    pub one_time_keys: BTreeMap<(String, String), BTreeMap<String, Value>>,
-    pub fallback_keys: BTreeMap<(String, String), BTreeMap<String, Value>>,
-    pub inbox: HashMap<(String, String), Vec<Value>>,
+    pub device_keys: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, Value>>,
+    pub one_time_keys: BTreeMap<(OwnedUserId, OwnedDeviceId), BTreeMap<String, Value>>,
+    pub fallback_keys: BTreeMap<(OwnedUserId, OwnedDeviceId), BTreeMap<String, Value>>,
+    pub inbox: HashMap<(OwnedUserId, OwnedDeviceId), Vec<Value>>,
     pub to_device_requests: Vec<(String, usize)>,
 }
 
@@ -50,12 +52,13 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
+    /// The machine of `user` (a valid user id) and `device` on a fresh memory store.
     pub(crate) fn new(user: &str, device: &str) -> Self {
         Self::with_store(user, device, Arc::new(MemoryStore::new()))
     }
     pub(crate) fn with_store(user: &str, device: &str, store: Arc<dyn Store>) -> Self {
         Self {
-            machine: OlmMachine::open(user, device, store.clone()).unwrap(),
+            machine: OlmMachine::open(&uid(user), &did(device), store.clone()).unwrap(),
             store,
         }
     }
@@ -63,12 +66,20 @@ impl Peer {
     pub(crate) fn with_clock(user: &str, device: &str, clock: Arc<ManualClock>) -> Self {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         Self {
-            machine: OlmMachine::open_with_clock(user, device, store.clone(), clock).unwrap(),
+            machine: OlmMachine::open_with_clock(&uid(user), &did(device), store.clone(), clock)
+                .unwrap(),
             store,
         }
     }
-    pub(crate) fn user(&self) -> String {
+    pub(crate) fn user(&self) -> OwnedUserId {
         self.machine.user_id().to_owned()
+    }
+    pub(crate) fn device(&self) -> OwnedDeviceId {
+        self.machine.device_id().to_owned()
+    }
+    /// Where the server keeps this peer's keys and inbox.
+    fn id(&self) -> (OwnedUserId, OwnedDeviceId) {
+        (self.user(), self.device())
     }
 }
 
@@ -107,7 +118,7 @@ impl FakeServer {
     }
 
     fn upload(&mut self, peer: &Peer, r: &upload_keys::v3::Request) -> KeysUploadResponse {
-        let id = (peer.user(), peer.machine.device_id().to_owned());
+        let id = peer.id();
         if let Some(keys) = &r.device_keys {
             self.device_keys
                 .entry(id.0.clone())
@@ -143,14 +154,10 @@ impl FakeServer {
     pub(crate) fn ruma_query(&self, r: &get_keys::v3::Request) -> get_keys::v3::Response {
         let mut response = get_keys::v3::Response::new();
         for user in r.device_keys.keys() {
-            let devices = self
-                .device_keys
-                .get(user.as_str())
-                .cloned()
-                .unwrap_or_default();
+            let devices = self.device_keys.get(user).cloned().unwrap_or_default();
             let entry = response.device_keys.entry(user.clone()).or_default();
             for (device, keys) in devices {
-                entry.insert(OwnedDeviceId::from(device), raw(&keys).unwrap());
+                entry.insert(device, raw(&keys).unwrap());
             }
         }
         response
@@ -164,7 +171,7 @@ impl FakeServer {
         let mut keys: BTreeMap<OwnedUserId, claim_keys::v3::OneTimeKeys> = BTreeMap::new();
         for (user, devices) in &r.one_time_keys {
             for device in devices.keys() {
-                let id = (user.to_string(), device.to_string());
+                let id = (user.clone(), device.clone());
                 let otk = self.one_time_keys.get_mut(&id).and_then(|k| k.pop_first());
                 let key = otk.or_else(|| {
                     self.fallback_keys
@@ -192,21 +199,21 @@ impl FakeServer {
         let mut recipients = 0;
         for (user, devices) in &r.messages {
             for (device, content) in devices {
-                let targets: Vec<String> = match device {
-                    DeviceIdOrAllDevices::DeviceId(device) => vec![device.to_string()],
+                let targets: Vec<OwnedDeviceId> = match device {
+                    DeviceIdOrAllDevices::DeviceId(device) => vec![device.clone()],
                     DeviceIdOrAllDevices::AllDevices => self
                         .device_keys
-                        .get(user.as_str())
+                        .get(user)
                         .map(|d| d.keys().cloned().collect())
                         .unwrap_or_default(),
                 };
                 for device in targets {
-                    if user.as_str() == from.user() && device == from.machine.device_id() {
+                    if *user == from.user() && device == from.machine.device_id() {
                         continue;
                     }
                     recipients += 1;
                     self.inbox
-                        .entry((user.to_string(), device))
+                        .entry((user.clone(), device))
                         .or_default()
                         .push(json!({
                             "type": r.event_type.to_string(),
@@ -221,9 +228,7 @@ impl FakeServer {
     }
 
     pub(crate) fn take_inbox(&mut self, peer: &Peer) -> Vec<Value> {
-        self.inbox
-            .remove(&(peer.user(), peer.machine.device_id().to_owned()))
-            .unwrap_or_default()
+        self.inbox.remove(&peer.id()).unwrap_or_default()
     }
 
     /// Deliver the peer's to-device inbox as one sync.
@@ -238,7 +243,7 @@ impl FakeServer {
     }
 
     /// Track `users`, download their devices, claim keys for missing sessions.
-    pub(crate) fn establish(&mut self, peer: &Peer, users: &[String]) -> ClaimOutcome {
+    pub(crate) fn establish(&mut self, peer: &Peer, users: &[OwnedUserId]) -> ClaimOutcome {
         peer.machine.update_tracked_users(users).unwrap();
         self.drive(peer);
         match peer.machine.missing_sessions(users).unwrap() {
@@ -254,7 +259,7 @@ impl FakeServer {
     }
 
     /// Share the room key of `room` from `peer` with `users` and deliver it to the server.
-    pub(crate) fn share(&mut self, peer: &Peer, room: &str, users: &[String]) {
+    pub(crate) fn share(&mut self, peer: &Peer, room: &RoomId, users: &[OwnedUserId]) {
         self.establish(peer, users);
         let requests = peer
             .machine
@@ -265,16 +270,38 @@ impl FakeServer {
     }
 }
 
-/// Self-signed device keys of a new account for `user`/`device` (any strings).
+/// Self-signed device keys of a new account for `user`/`device` (any strings: an account
+/// needs a valid user id, so the keys are made under one and then named and signed for
+/// `user`).
 pub(crate) fn signed_device_keys(user: &str, device: &str) -> Value {
-    super::account::OwnAccount::new(user, device, 0)
-        .device_keys()
-        .unwrap_or(Value::Null)
+    let account = super::account::OwnAccount::new(&uid("@keys:localhost"), &did(device), 0);
+    let Ok(mut keys) = account.device_keys() else {
+        return Value::Null;
+    };
+    keys["user_id"] = user.into();
+    if let Some(keys) = keys.as_object_mut() {
+        keys.remove("signatures");
+    }
+    let signed =
+        super::signing::sign_json_with(&mut keys, user, &format!("ed25519:{device}"), |b| {
+            account.inner.sign(b)
+        });
+    if signed.is_err() {
+        return Value::Null;
+    }
+    keys
 }
 
-pub(crate) fn room_event(room: &str, sender: &str, event_id: &str, content: Value) -> Value {
-    let _ = room;
-    json!({"type": "m.room.encrypted", "sender": sender, "event_id": event_id,
+/// An `m.room.encrypted` room event (`sender` and `event_id` any strings; the room is not
+/// part of the event).
+pub(crate) fn room_event(
+    room: impl AsRef<str>,
+    sender: impl AsRef<str>,
+    event_id: &str,
+    content: Value,
+) -> Value {
+    let _ = room.as_ref();
+    json!({"type": "m.room.encrypted", "sender": sender.as_ref(), "event_id": event_id,
            "origin_server_ts": 1_700_000_000_000u64, "content": content})
 }
 
@@ -287,27 +314,26 @@ fn exchange(
 ) -> Result<DecryptedRoomEvent, CryptoError> {
     let content = from
         .machine
-        .encrypt_room_event(ROOM, "m.room.message", &text(body))?;
+        .encrypt_room_event(room(), "m.room.message", &text(body))?;
     to.machine
-        .decrypt_room_event(ROOM, &room_event(ROOM, &from.user(), event_id, content))
+        .decrypt_room_event(room(), &room_event(ROOM, from.user(), event_id, content))
 }
 
 /// `peer`'s store knows [`ROOM`] as an encrypted room `joined` are members of.
-fn room_members(peer: &Peer, joined: &[String]) {
+fn room_members(peer: &Peer, joined: &[OwnedUserId]) {
     peer.store
         .save_changes(crate::store::Changes {
             rooms: vec![crate::store::RoomRecord {
-                room_id: ROOM.into(),
-                encryption: Some(json!({"algorithm": MEGOLM_ALGORITHM}).to_string()),
-                own_membership: Some("join".into()),
-                ..Default::default()
+                encryption: Some(megolm_encryption()),
+                own_membership: Some(MembershipState::Join),
+                ..crate::store::RoomRecord::new(room().to_owned())
             }],
             members: joined
                 .iter()
                 .map(|u| crate::store::MemberRecord {
-                    room_id: ROOM.into(),
+                    room_id: room().to_owned(),
                     user_id: u.clone(),
-                    membership: "join".into(),
+                    membership: MembershipState::Join,
                 })
                 .collect(),
             ..Default::default()
@@ -318,9 +344,14 @@ fn room_members(peer: &Peer, joined: &[String]) {
 /// `err` is a withheld room key with this code.
 fn assert_withheld(err: &CryptoError, expected: &str) {
     assert!(
-        matches!(err, CryptoError::Megolm(MegolmError::Withheld { code, .. }) if code == expected),
+        matches!(err, CryptoError::Megolm(MegolmError::Withheld { code, .. }) if code.as_str() == expected),
         "expected withheld {expected}: {err:?}"
     );
+}
+
+/// `m.room.encryption` with Megolm and the default rotation.
+fn megolm_encryption() -> crate::store::RoomEncryption {
+    crate::store::RoomEncryption::from_content(&json!({"algorithm": MEGOLM_ALGORITHM})).unwrap()
 }
 
 fn text(body: &str) -> Value {
@@ -330,13 +361,8 @@ fn text(body: &str) -> Value {
 const ROOM: &str = "!room:localhost";
 
 /// [`ROOM`] as a room id.
-fn room_id() -> ruma::OwnedRoomId {
-    ruma::OwnedRoomId::try_from(ROOM).unwrap()
-}
-
-/// A user id from a string the test knows is valid.
-fn uid(user: &str) -> OwnedUserId {
-    OwnedUserId::try_from(user).unwrap()
+fn room() -> &'static RoomId {
+    <&RoomId>::try_from(ROOM).unwrap()
 }
 
 fn setup_pair() -> (FakeServer, Peer, Peer) {
@@ -361,7 +387,7 @@ fn setup_pair_of(alice: Peer) -> (FakeServer, Peer, Peer) {
 }
 
 /// Encrypt an arbitrary Olm payload from `from` to `to` over their existing session.
-fn olm_event(from: &Peer, to: &Peer, event_sender: &str, payload: &OlmPayload) -> Value {
+fn olm_event(from: &Peer, to: &Peer, event_sender: impl AsRef<str>, payload: &OlmPayload) -> Value {
     let to_key = to.machine.curve25519_key();
     let records = from.store.olm_sessions(&[&to_key]).unwrap();
     let record = &records[&to_key][0];
@@ -375,7 +401,7 @@ fn olm_event(from: &Peer, to: &Peer, event_sender: &str, payload: &OlmPayload) -
             ..Default::default()
         })
         .unwrap();
-    json!({"type": "m.room.encrypted", "sender": event_sender, "content": content})
+    json!({"type": "m.room.encrypted", "sender": event_sender.as_ref(), "content": content})
 }
 
 /// An Olm to-device event from `from` to `to` whose plaintext is `plaintext` (any bytes),
@@ -414,7 +440,7 @@ pub(crate) fn olm_identity(from: &Peer, to: &Peer) -> Value {
 
 /// `m.room.encrypted` content of `plaintext` (any bytes) encrypted with `peer`'s outbound
 /// session in `room`.
-pub(crate) fn megolm_raw(peer: &Peer, room: &str, plaintext: &[u8]) -> Value {
+pub(crate) fn megolm_raw(peer: &Peer, room: &RoomId, plaintext: &[u8]) -> Value {
     let Ok(Some(record)) = peer.store.outbound_group_session(room) else {
         return Value::Null;
     };
@@ -438,7 +464,7 @@ fn payload(from: &Peer, to: &Peer, event_type: &str, content: Value) -> OlmPaylo
         event_type: event_type.into(),
         content,
         sender: from.user(),
-        sender_device: Some(from.machine.device_id().into()),
+        sender_device: Some(from.device()),
         recipient: to.user(),
         recipient_keys: Ed25519Keys {
             ed25519: to.machine.ed25519_key(),
@@ -449,7 +475,7 @@ fn payload(from: &Peer, to: &Peer, event_type: &str, content: Value) -> OlmPaylo
     }
 }
 
-fn room_key_of(peer: &Peer, room: &str) -> Value {
+fn room_key_of(peer: &Peer, room: &RoomId) -> Value {
     let record = peer.store.outbound_group_session(room).unwrap().unwrap();
     super::megolm::OutboundGroup::from_record(&record)
         .unwrap()
@@ -477,7 +503,7 @@ fn olm_pair_with_clock(clock: &Arc<ManualClock>) -> (FakeServer, Peer, Peer) {
 
 fn olm_pair_of((mut server, alice, bob): (FakeServer, Peer, Peer)) -> (FakeServer, Peer, Peer) {
     let members = vec![alice.user(), bob.user()];
-    server.share(&alice, ROOM, &members);
+    server.share(&alice, room(), &members);
     server.sync(&bob);
     server.establish(&bob, &members);
     (server, alice, bob)
@@ -487,7 +513,7 @@ fn olm_pair_of((mut server, alice, bob): (FakeServer, Peer, Peer)) -> (FakeServe
 fn pre_key_event(server: &mut FakeServer, from: &Peer, to: &Peer) -> Value {
     server.establish(from, &[to.user()]);
     let p = payload(from, to, "m.dummy", json!({}));
-    olm_event(from, to, &from.user(), &p)
+    olm_event(from, to, from.user(), &p)
 }
 
 fn sqlite_store(dir: &std::path::Path) -> Arc<dyn Store> {
@@ -502,11 +528,11 @@ fn alice_with_laptop() -> (FakeServer, Peer, Peer, Peer, String) {
     let (mut server, alice, bob) = olm_pair();
     let session_id = alice
         .store
-        .outbound_group_session(ROOM)
+        .outbound_group_session(room())
         .unwrap()
         .unwrap()
         .session_id;
-    let laptop = Peer::new(&alice.user(), "LAPTOP");
+    let laptop = Peer::new(alice.user().as_str(), "LAPTOP");
     server.drive(&laptop);
     changed(&alice, vec![alice.user()], vec![]);
     server.drive(&alice);
@@ -526,11 +552,11 @@ fn pending_queries(peer: &Peer) -> Vec<(String, get_keys::v3::Request)> {
         .collect()
 }
 
-fn changed(peer: &Peer, changed_users: Vec<String>, left_users: Vec<String>) {
+fn changed(peer: &Peer, changed_users: Vec<OwnedUserId>, left_users: Vec<OwnedUserId>) {
     peer.machine
         .receive_sync_changes(SyncChanges {
-            changed_users: changed_users.iter().map(|u| uid(u)).collect(),
-            left_users: left_users.iter().map(|u| uid(u)).collect(),
+            changed_users,
+            left_users,
             ..Default::default()
         })
         .unwrap();

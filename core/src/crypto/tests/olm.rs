@@ -52,7 +52,7 @@ fn claimed_one_time_key_with_bad_signature_creates_no_session() {
 #[test]
 fn forged_olm_payload_fields_are_rejected_without_storing_the_key() {
     let (_server, alice, bob) = olm_pair();
-    let mallory_room = "!other:localhost";
+    let mallory_room: &RoomId = &rid("!other:localhost");
     alice
         .machine
         .share_room_key(mallory_room, &[alice.user()], RotationSettings::default())
@@ -60,13 +60,10 @@ fn forged_olm_payload_fields_are_rejected_without_storing_the_key() {
     let key = room_key_of(&alice, mallory_room);
     type Forgery = Box<dyn Fn(&mut OlmPayload)>;
     let cases: Vec<(&str, Forgery)> = vec![
-        (
-            "sender",
-            Box::new(|p| p.sender = "@mallory:localhost".into()),
-        ),
+        ("sender", Box::new(|p| p.sender = uid("@mallory:localhost"))),
         (
             "recipient",
-            Box::new(|p| p.recipient = "@carol:localhost".into()),
+            Box::new(|p| p.recipient = uid("@carol:localhost")),
         ),
         (
             "recipient_keys.ed25519",
@@ -77,7 +74,7 @@ fn forged_olm_payload_fields_are_rejected_without_storing_the_key() {
     for (field, forge) in cases {
         let mut p = payload(&alice, &bob, "m.room_key", key.clone());
         forge(&mut p);
-        let outcome = receive(&bob, vec![olm_event(&alice, &bob, &alice.user(), &p)]);
+        let outcome = receive(&bob, vec![olm_event(&alice, &bob, alice.user(), &p)]);
         match &outcome.to_device[0].result {
             Err(OlmError::PayloadMismatch { field: f, .. }) => assert_eq!(*f, field),
             other => panic!("{field}: expected a mismatch, got {other:?}"),
@@ -100,7 +97,7 @@ fn room_key_from_a_device_of_another_user_is_rejected() {
     let members = vec![bob.user(), mallory.user()];
     server.establish(&mallory, &members);
     server.establish(&bob, &members);
-    let room = "!mal:localhost";
+    let room: &RoomId = &rid("!mal:localhost");
     mallory
         .machine
         .share_room_key(room, &[mallory.user()], RotationSettings::default())
@@ -108,7 +105,7 @@ fn room_key_from_a_device_of_another_user_is_rejected() {
     let mut p = payload(&mallory, &bob, "m.room_key", room_key_of(&mallory, room));
     // Mallory claims to be alice, and a malicious server delivers it as from alice.
     p.sender = alice.user();
-    let outcome = receive(&bob, vec![olm_event(&mallory, &bob, &alice.user(), &p)]);
+    let outcome = receive(&bob, vec![olm_event(&mallory, &bob, alice.user(), &p)]);
     assert!(matches!(
         &outcome.to_device[0].result,
         Err(OlmError::PayloadMismatch {
@@ -126,7 +123,7 @@ fn room_key_from_a_device_of_another_user_is_rejected() {
 #[test]
 fn room_keys_not_over_olm_are_rejected() {
     let (_server, alice, bob) = olm_pair();
-    let room = "!plain:localhost";
+    let room: &RoomId = &rid("!plain:localhost");
     alice
         .machine
         .share_room_key(room, &[alice.user()], RotationSettings::default())
@@ -210,14 +207,14 @@ fn second_pre_key_message_reusing_a_consumed_one_time_key_is_rejected() {
     let first = olm_event(
         &bob,
         &alice,
-        &bob.user(),
+        bob.user(),
         &payload(&bob, &alice, "m.dummy", json!({})),
     );
     let key = alice.machine.curve25519_key();
     let sessions = bob.store.olm_sessions(&[&key]).unwrap();
     assert_eq!(sessions[&key].len(), 1);
     // Replace the session with a fresh one built from the same one-time key.
-    let bob2 = Peer::with_store(&bob.user(), "BOB", bob.store.clone());
+    let bob2 = Peer::with_store(bob.user().as_str(), "BOB", bob.store.clone());
     let _ = bob2.machine.mark_keys_claim_sent(&response).unwrap();
     let second_session = bob.store.olm_sessions(&[&key]).unwrap()[&key]
         .iter()
@@ -346,11 +343,11 @@ fn a_wedged_session_is_replaced_and_announced_with_a_dummy() {
             ..Default::default()
         })
         .unwrap();
-    let bob = Peer::with_store(&bob.user(), "BOB", bob.store.clone());
+    let bob = Peer::with_store(bob.user().as_str(), "BOB", bob.store.clone());
 
     // alice rotates and sends the new key over the (now wedged) channel: bob cannot read it.
-    alice.machine.discard_room_key(ROOM).unwrap();
-    server.share(&alice, ROOM, &members);
+    alice.machine.discard_room_key(room()).unwrap();
+    server.share(&alice, room(), &members);
     let outcome = server.sync(&bob);
     assert!(
         matches!(
@@ -377,8 +374,8 @@ fn a_wedged_session_is_replaced_and_announced_with_a_dummy() {
     // At most once an hour.
     assert!(bob.machine.session_repair_request().unwrap().is_none());
     // alice's next key goes over the new session and bob decrypts again.
-    alice.machine.discard_room_key(ROOM).unwrap();
-    server.share(&alice, ROOM, &members);
+    alice.machine.discard_room_key(room()).unwrap();
+    server.share(&alice, room(), &members);
     assert_eq!(server.sync(&bob).room_keys.len(), 1);
     let d = exchange(&alice, &bob, "healed", "$h").unwrap();
     assert_eq!(d.content["body"], "healed");

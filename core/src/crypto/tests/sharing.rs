@@ -8,17 +8,17 @@ fn three_machines_share_one_session() {
     let carol = Peer::new("@carol:localhost", "CAROL");
     server.drive(&carol);
     let members = vec![alice.user(), bob.user(), carol.user()];
-    server.share(&alice, ROOM, &members);
+    server.share(&alice, room(), &members);
     server.sync(&bob);
     server.sync(&carol);
     for i in 0..5 {
         let content = alice
             .machine
-            .encrypt_room_event(ROOM, "m.room.message", &text(&format!("m{i}")))
+            .encrypt_room_event(room(), "m.room.message", &text(&format!("m{i}")))
             .unwrap();
-        let event = room_event(ROOM, &alice.user(), &format!("${i}"), content);
+        let event = room_event(room(), alice.user(), &format!("${i}"), content);
         for peer in [&bob, &carol] {
-            let d = peer.machine.decrypt_room_event(ROOM, &event).unwrap();
+            let d = peer.machine.decrypt_room_event(room(), &event).unwrap();
             assert_eq!(d.content["body"], format!("m{i}"));
             assert_eq!(d.message_index, i);
         }
@@ -26,7 +26,7 @@ fn three_machines_share_one_session() {
     // Sharing again sends nothing new: everyone has the session.
     let again = alice
         .machine
-        .share_room_key(ROOM, &members, RotationSettings::default())
+        .share_room_key(room(), &members, RotationSettings::default())
         .unwrap();
     assert!(again.is_empty());
 }
@@ -42,12 +42,12 @@ fn room_keys_go_out_in_batches_and_retries_reuse_the_transaction_id() {
             let peer = Peer::new(&format!("@u{i}:localhost"), &format!("D{d}"));
             server.drive(&peer);
         }
-        users.push(format!("@u{i}:localhost"));
+        users.push(uid(&format!("@u{i}:localhost")));
     }
     server.establish(&alice, &users);
     let requests = alice
         .machine
-        .share_room_key(ROOM, &users, RotationSettings::default())
+        .share_room_key(room(), &users, RotationSettings::default())
         .unwrap();
     assert_eq!(requests.len(), 2, "260 devices in chunks of 250");
     let ids: Vec<String> = requests.iter().map(|r| r.id.clone()).collect();
@@ -85,25 +85,25 @@ fn devices_without_a_session_get_a_withheld_notice_once() {
     server.establish(&alice, &members);
     alice
         .machine
-        .share_room_key(ROOM, &members, RotationSettings::default())
+        .share_room_key(room(), &members, RotationSettings::default())
         .unwrap();
     server.drive(&alice);
     let outcome = server.sync(&bob);
     assert_eq!(outcome.to_device[0].event_type, "m.room_key.withheld");
     let content = alice
         .machine
-        .encrypt_room_event(ROOM, "m.room.message", &text("x"))
+        .encrypt_room_event(room(), "m.room.message", &text("x"))
         .unwrap();
     let err = bob
         .machine
-        .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$w", content))
+        .decrypt_room_event(room(), &room_event(room(), alice.user(), "$w", content))
         .unwrap_err();
     assert_withheld(&err, "m.no_olm");
     // Once per session: sharing again sends no second notice.
     assert!(
         alice
             .machine
-            .share_room_key(ROOM, &members, RotationSettings::default())
+            .share_room_key(room(), &members, RotationSettings::default())
             .unwrap()
             .is_empty()
     );
@@ -116,22 +116,26 @@ fn blacklisting_a_recipient_rotates_the_session_and_withholds_the_key() {
     room_members(&bob, &members);
     let before = alice
         .store
-        .outbound_group_session(ROOM)
+        .outbound_group_session(room())
         .unwrap()
         .unwrap()
         .session_id;
     alice
         .machine
-        .set_local_trust(&bob.user(), "BOB", crate::store::LocalTrust::Blacklisted)
+        .set_local_trust(
+            &bob.user(),
+            "BOB".into(),
+            crate::store::LocalTrust::Blacklisted,
+        )
         .unwrap();
     alice
         .machine
-        .share_room_key(ROOM, &members, RotationSettings::default())
+        .share_room_key(room(), &members, RotationSettings::default())
         .unwrap();
     server.drive(&alice);
     let after = alice
         .store
-        .outbound_group_session(ROOM)
+        .outbound_group_session(room())
         .unwrap()
         .unwrap()
         .session_id;
@@ -143,11 +147,11 @@ fn blacklisting_a_recipient_rotates_the_session_and_withholds_the_key() {
     assert_eq!(outcome.to_device[0].event_type, "m.room_key.withheld");
     let content = alice
         .machine
-        .encrypt_room_event(ROOM, "m.room.message", &text("x"))
+        .encrypt_room_event(room(), "m.room.message", &text("x"))
         .unwrap();
     let err = bob
         .machine
-        .decrypt_room_event(ROOM, &room_event(ROOM, &alice.user(), "$b", content))
+        .decrypt_room_event(room(), &room_event(room(), alice.user(), "$b", content))
         .unwrap_err();
     assert_withheld(&err, "m.blacklisted");
 }
@@ -162,7 +166,7 @@ fn rotation_follows_message_count_and_not_unrelated_changes() {
     };
     let id = |p: &Peer| {
         p.store
-            .outbound_group_session(ROOM)
+            .outbound_group_session(room())
             .unwrap()
             .unwrap()
             .session_id
@@ -171,23 +175,23 @@ fn rotation_follows_message_count_and_not_unrelated_changes() {
     for _ in 0..3 {
         alice
             .machine
-            .share_room_key(ROOM, &members, settings)
+            .share_room_key(room(), &members, settings)
             .unwrap();
         alice
             .machine
-            .encrypt_room_event(ROOM, "m.room.message", &text("m"))
+            .encrypt_room_event(room(), "m.room.message", &text("m"))
             .unwrap();
     }
     // A restart is no reason to rotate.
-    let restarted = Peer::with_store(&alice.user(), "ALICE", alice.store.clone());
+    let restarted = Peer::with_store(alice.user().as_str(), "ALICE", alice.store.clone());
     assert_eq!(id(&restarted), first);
     // A new own device is no reason either; it just gets the key.
-    let phone = Peer::new(&alice.user(), "PHONE");
+    let phone = Peer::new(alice.user().as_str(), "PHONE");
     server.drive(&phone);
     restarted
         .machine
         .receive_sync_changes(SyncChanges {
-            changed_users: vec![uid(&alice.user())],
+            changed_users: vec![alice.user()],
             ..Default::default()
         })
         .unwrap();
@@ -196,7 +200,7 @@ fn rotation_follows_message_count_and_not_unrelated_changes() {
     // ...but the 4th message is over the count of 3.
     restarted
         .machine
-        .share_room_key(ROOM, &members, settings)
+        .share_room_key(room(), &members, settings)
         .unwrap();
     assert_ne!(id(&restarted), first);
     let _ = bob;
@@ -207,17 +211,17 @@ fn a_member_leaving_rotates_the_session() {
     let (_server, alice, bob) = olm_pair();
     let before = alice
         .store
-        .outbound_group_session(ROOM)
+        .outbound_group_session(room())
         .unwrap()
         .unwrap()
         .session_id;
     alice
         .machine
-        .share_room_key(ROOM, &[alice.user()], RotationSettings::default())
+        .share_room_key(room(), &[alice.user()], RotationSettings::default())
         .unwrap();
     let after = alice
         .store
-        .outbound_group_session(ROOM)
+        .outbound_group_session(room())
         .unwrap()
         .unwrap()
         .session_id;
@@ -232,7 +236,7 @@ fn sharing_with_verified_devices_only_withholds_unverified_ones_until_verified()
     room_members(&bob, &members);
     let session = |peer: &Peer| {
         peer.store
-            .outbound_group_session(ROOM)
+            .outbound_group_session(room())
             .unwrap()
             .unwrap()
             .session_id
@@ -244,7 +248,7 @@ fn sharing_with_verified_devices_only_withholds_unverified_ones_until_verified()
     server.take_inbox(&bob);
     alice
         .machine
-        .share_room_key(ROOM, &members, RotationSettings::default())
+        .share_room_key(room(), &members, RotationSettings::default())
         .unwrap();
     server.drive(&alice);
     let withheld = session(&alice);
@@ -259,7 +263,7 @@ fn sharing_with_verified_devices_only_withholds_unverified_ones_until_verified()
     // Sharing again does not repeat the notice.
     alice
         .machine
-        .share_room_key(ROOM, &members, RotationSettings::default())
+        .share_room_key(room(), &members, RotationSettings::default())
         .unwrap();
     server.drive(&alice);
     assert!(server.take_inbox(&bob).is_empty());
@@ -267,11 +271,11 @@ fn sharing_with_verified_devices_only_withholds_unverified_ones_until_verified()
     // Verified: bob gets the current session, without another rotation.
     alice
         .machine
-        .set_local_trust(&bob.user(), "BOB", LocalTrust::Verified)
+        .set_local_trust(&bob.user(), "BOB".into(), LocalTrust::Verified)
         .unwrap();
     alice
         .machine
-        .share_room_key(ROOM, &members, RotationSettings::default())
+        .share_room_key(room(), &members, RotationSettings::default())
         .unwrap();
     server.drive(&alice);
     assert_eq!(session(&alice), withheld);
@@ -292,26 +296,26 @@ fn rotation_follows_the_period_by_the_machines_clock() {
     let id = || {
         alice
             .store
-            .outbound_group_session(ROOM)
+            .outbound_group_session(room())
             .unwrap()
             .unwrap()
             .session_id
     };
     alice
         .machine
-        .share_room_key(ROOM, &members, settings)
+        .share_room_key(room(), &members, settings)
         .unwrap();
     let first = id();
     clock.advance(3_599_999);
     alice
         .machine
-        .share_room_key(ROOM, &members, settings)
+        .share_room_key(room(), &members, settings)
         .unwrap();
     assert_eq!(id(), first, "within the period");
     clock.advance(1);
     alice
         .machine
-        .share_room_key(ROOM, &members, settings)
+        .share_room_key(room(), &members, settings)
         .unwrap();
     assert_ne!(id(), first, "rotated once the period is over");
 }
@@ -331,43 +335,43 @@ fn a_no_olm_device_gets_the_key_from_the_index_it_was_withheld_at() {
     server.establish(&alice, &members);
     alice
         .machine
-        .share_room_key(ROOM, &members, RotationSettings::default())
+        .share_room_key(room(), &members, RotationSettings::default())
         .unwrap();
     server.drive(&alice);
     server.sync(&bob);
     let session = alice
         .store
-        .outbound_group_session(ROOM)
+        .outbound_group_session(room())
         .unwrap()
         .unwrap()
         .session_id;
     assert!(
         alice
             .store
-            .no_olm_room_key(ROOM, &session, 0)
+            .no_olm_room_key(room(), &session, 0)
             .unwrap()
             .is_some()
     );
     assert_eq!(alice.store.counts().unwrap().no_olm_room_keys, 1);
     let content = alice
         .machine
-        .encrypt_room_event(ROOM, "m.room.message", &text("missed"))
+        .encrypt_room_event(room(), "m.room.message", &text("missed"))
         .unwrap();
-    let ev = room_event(ROOM, &alice.user(), "$m", content);
-    assert!(bob.machine.decrypt_room_event(ROOM, &ev).is_err());
+    let ev = room_event(room(), alice.user(), "$m", content);
+    assert!(bob.machine.decrypt_room_event(room(), &ev).is_err());
     server.one_time_keys = otks;
     server.fallback_keys = fbs;
     server.establish(&alice, &members);
     assert!(
         !alice
             .machine
-            .share_room_key(ROOM, &members, RotationSettings::default())
+            .share_room_key(room(), &members, RotationSettings::default())
             .unwrap()
             .is_empty()
     );
     server.drive(&alice);
     server.sync(&bob);
-    bob.machine.decrypt_room_event(ROOM, &ev).unwrap();
-    alice.machine.discard_room_key(ROOM).unwrap();
+    bob.machine.decrypt_room_event(room(), &ev).unwrap();
+    alice.machine.discard_room_key(room()).unwrap();
     assert_eq!(alice.store.counts().unwrap().no_olm_room_keys, 0);
 }

@@ -10,7 +10,7 @@ fn to_device_events_are_handled_in_order_in_one_batch() {
     server.establish(&alice, &members);
     let mut events = Vec::new();
     for i in 0..30 {
-        let room = format!("!r{i}:localhost");
+        let room = rid(&format!("!r{i}:localhost"));
         alice
             .machine
             .share_room_key(&room, &members, RotationSettings::default())
@@ -21,12 +21,12 @@ fn to_device_events_are_handled_in_order_in_one_batch() {
     // All 30 are Olm messages on one session; the first is a pre-key message.
     let outcome = receive(&bob, events);
     assert_eq!(outcome.room_keys.len(), 30);
-    let rooms: Vec<String> = outcome
+    let rooms: Vec<OwnedRoomId> = outcome
         .room_keys
         .iter()
         .map(|k| k.room_id.clone())
         .collect();
-    let expected: Vec<String> = (0..30).map(|i| format!("!r{i}:localhost")).collect();
+    let expected: Vec<OwnedRoomId> = (0..30).map(|i| rid(&format!("!r{i}:localhost"))).collect();
     assert_eq!(rooms, expected);
 }
 
@@ -39,7 +39,7 @@ fn room_key_and_sync_token_are_committed_together_and_survive_a_restart() {
     server.drive(&alice);
     server.drive(&bob);
     let members = vec![alice.user(), bob.user()];
-    server.share(&alice, ROOM, &members);
+    server.share(&alice, room(), &members);
     let events = server.take_inbox(&bob);
     assert!(bob.store.sync_token().unwrap().is_none());
     let outcome = bob
@@ -73,7 +73,7 @@ fn a_failed_sync_commit_stores_neither_the_key_nor_the_token() {
     server.drive(&alice);
     server.drive(&bob);
     let members = vec![alice.user(), bob.user()];
-    server.share(&alice, ROOM, &members);
+    server.share(&alice, room(), &members);
     let events = server.take_inbox(&bob);
     // The commit fails (e.g. the disk is full): nothing of the batch is stored.
     sqlite.set_fail_before_commit(true);

@@ -3,8 +3,11 @@
 
 use std::collections::HashMap;
 
+use ruma::{OwnedUserId, UserId};
+
 use super::super::*;
 use super::fixtures::*;
+use crate::test_ids::{did, rid, uid};
 
 pub(crate) fn generation_counts_nonempty_saves<S: Store>(s: &S) {
     assert_eq!(s.generation().unwrap(), 0);
@@ -18,7 +21,7 @@ pub(crate) fn generation_counts_nonempty_saves<S: Store>(s: &S) {
             ..Default::default()
         },
         Changes {
-            discarded_outbound_sessions: vec!["!none".into()],
+            discarded_outbound_sessions: vec![rid("!none")],
             ..Default::default()
         },
         Changes {
@@ -42,15 +45,19 @@ pub(crate) fn generation_counts_nonempty_saves<S: Store>(s: &S) {
         "nothing written: the current one"
     );
     assert_eq!(s.generation().unwrap(), 5);
+    // (A room id can no longer be empty; an empty device id still makes a record invalid.)
     let bad = Changes {
-        rooms: vec![room("")],
+        devices: vec![device("@u:x", "", "c")],
         ..Default::default()
     };
     assert!(s.save_changes(bad).is_err());
     assert_eq!(s.generation().unwrap(), 5, "a failed save is not counted");
 }
 
-/// Ids that break naive SQL: quotes, LIKE wildcards, injection attempts, unicode.
+/// Ids that break naive SQL: quotes, LIKE wildcards, injection attempts, unicode. Used as
+/// they are where any string is an id (device ids, keys, session and transaction ids,
+/// value keys), and inside a user, room or event id ([`tricky_user`], [`tricky_room`],
+/// [`tricky_event`]).
 const TRICKY: &[&str] = &[
     "@o'brien:x",
     "a\"b",
@@ -69,75 +76,107 @@ const TRICKY: &[&str] = &[
     "\"); DELETE FROM rooms; --",
 ];
 
+/// A tricky string as a user id: itself if it is one, else as the localpart.
+fn tricky_user(id: &str) -> String {
+    match UserId::parse(id) {
+        Ok(user) => user.to_string(),
+        Err(_) => format!("@{id}:x"),
+    }
+}
+
+/// A tricky string as a room id.
+fn tricky_room(id: &str) -> String {
+    format!("!{id}")
+}
+
+/// A tricky string as an event id.
+fn tricky_event(id: &str) -> String {
+    format!("${id}")
+}
+
 pub(crate) fn tricky_ids_stored_exactly<S: Store>(s: &S) {
     let mut c = Changes::default();
     for (i, &id) in TRICKY.iter().enumerate() {
-        c.devices.push(device(id, id, &format!("curve {id}")));
+        let (user, room_id) = (tricky_user(id), tricky_room(id));
+        c.devices.push(device(&user, id, &format!("curve {id}")));
         c.olm_sessions.push(olm(id, id, id.as_bytes()));
-        c.inbound_group_sessions.push(inbound(id, id));
-        c.outbound_group_sessions.push(outbound(id, id));
+        c.inbound_group_sessions.push(inbound(&room_id, id));
+        c.outbound_group_sessions.push(outbound(&room_id, id));
         c.tracked_users
-            .push(tracked(id, TrackingState::UpToDate, i as u64));
-        c.megolm_indices.push(megolm(id, id, 0, id));
-        c.rooms.push(room(id));
-        c.members.push(member(id, id, "join"));
+            .push(tracked(&user, TrackingState::UpToDate, i as u64));
+        c.megolm_indices.push(megolm(id, id, 0, &tricky_event(id)));
+        c.rooms.push(room(&room_id));
+        c.members.push(member(&room_id, &user, "join"));
         c.pending_to_device.push(pending(id, id));
         c.values.insert(id.to_owned(), id.to_owned());
         c.secret_values.insert(id.to_owned(), blob(id.as_bytes()));
     }
     save(s, c);
     for &id in TRICKY {
-        let devices = s.devices(&[id]).unwrap();
+        let (user, room_id) = (uid(&tricky_user(id)), rid(&tricky_room(id)));
+        let devices = s.devices(&[&user]).unwrap();
         assert_eq!(
             devices,
-            vec![device(id, id, &format!("curve {id}"))],
+            vec![device(user.as_str(), id, &format!("curve {id}"))],
             "devices of {id:?}"
         );
         assert_eq!(
-            s.device_by_curve25519(id, &format!("curve {id}"))
+            s.device_by_curve25519(&user, &format!("curve {id}"))
                 .unwrap()
-                .map(|d| d.user_id),
-            Some(id.to_owned())
+                .map(|d| (d.user_id, d.device_id)),
+            Some((user.clone(), did(id)))
         );
         let olms = s.olm_sessions(&[id]).unwrap();
         assert_eq!(olms.len(), 1, "{id:?}");
         assert_eq!(olms[id], vec![olm(id, id, id.as_bytes())]);
         assert_eq!(
-            s.inbound_group_session(id, id).unwrap(),
-            Some(inbound(id, id))
+            s.inbound_group_session(&room_id, id).unwrap(),
+            Some(inbound(room_id.as_str(), id))
         );
         assert_eq!(
-            s.outbound_group_session(id).unwrap(),
-            Some(outbound(id, id))
+            s.outbound_group_session(&room_id).unwrap(),
+            Some(outbound(room_id.as_str(), id))
         );
         assert_eq!(
             s.megolm_index(id, id, 0).unwrap(),
-            Some(megolm(id, id, 0, id))
+            Some(megolm(id, id, 0, &tricky_event(id)))
         );
-        assert_eq!(s.room(id).unwrap(), Some(room(id)));
+        assert_eq!(s.room(&room_id).unwrap(), Some(room(room_id.as_str())));
         assert_eq!(
-            s.members(id).unwrap(),
-            vec![member(id, id, "join")],
+            s.members(&room_id).unwrap(),
+            vec![member(room_id.as_str(), user.as_str(), "join")],
             "members of {id:?}"
         );
         assert_eq!(s.value(id).unwrap().as_deref(), Some(id));
         assert_eq!(s.secret_value(id).unwrap(), Some(blob(id.as_bytes())));
     }
     // A LIKE-style wildcard matches only itself.
-    assert_eq!(s.devices(&["a%"]).unwrap().len(), 1);
-    assert_eq!(s.devices(&["%"]).unwrap()[0].user_id, "%");
-    assert!(s.devices(&["a_"]).unwrap().is_empty());
-    assert!(s.devices(&["ab%"]).unwrap().is_empty());
+    let user = |id: &str| uid(&tricky_user(id));
+    assert_eq!(s.devices(&[&user("a%")]).unwrap().len(), 1);
+    assert_eq!(
+        s.devices(&[&user("%")]).unwrap()[0].user_id,
+        tricky_user("%")
+    );
+    assert!(s.devices(&[&user("a_")]).unwrap().is_empty());
+    assert!(s.devices(&[&user("ab%")]).unwrap().is_empty());
     assert!(s.olm_sessions(&["a%c"]).unwrap().is_empty());
     assert_eq!(s.value("a_").unwrap(), None);
-    assert!(s.members("a%").unwrap().iter().all(|m| m.room_id == "a%"));
-    assert!(s.room("%c").unwrap().is_none());
+    let wildcard_room = rid(&tricky_room("a%"));
+    assert!(
+        s.members(&wildcard_room)
+            .unwrap()
+            .iter()
+            .all(|m| m.room_id == wildcard_room)
+    );
+    assert!(s.room(&rid(&tricky_room("%c"))).unwrap().is_none());
     // Everything survived the injection attempts.
     assert_eq!(s.rooms().unwrap().len(), TRICKY.len());
     assert_eq!(s.tracked_users().unwrap().len(), TRICKY.len());
     assert_eq!(s.pending_to_device().unwrap().len(), TRICKY.len());
     let all: Vec<&str> = TRICKY.to_vec();
-    assert_eq!(s.devices(&all).unwrap().len(), TRICKY.len());
+    let users: Vec<OwnedUserId> = TRICKY.iter().map(|id| user(id)).collect();
+    let users: Vec<&UserId> = users.iter().map(|u| &**u).collect();
+    assert_eq!(s.devices(&users).unwrap().len(), TRICKY.len());
     assert_eq!(s.olm_sessions(&all).unwrap().len(), TRICKY.len());
     save(s, full_changes("after"));
     assert_full_present(s, "after");
@@ -146,10 +185,11 @@ pub(crate) fn tricky_ids_stored_exactly<S: Store>(s: &S) {
 /// A named way to break a batch.
 pub(crate) type Invalidator = (&'static str, fn(&mut Changes));
 
-/// Ways to make an otherwise valid batch invalid, one record at the end of a list.
+/// Ways to make an otherwise valid batch invalid, one record at the end of a list. (User,
+/// room and event ids are typed and cannot be empty: nothing to invalidate there; see the
+/// SQLite test `invalid_ids_in_the_file_are_decode_errors` for what guards them in a file.)
 pub(crate) fn invalidators() -> Vec<Invalidator> {
     vec![
-        ("account user", |c| c.account = Some(account("", "D", b"p"))),
         ("account device", |c| {
             c.account = Some(account("@me:x", "", b"p"))
         }),
@@ -159,53 +199,28 @@ pub(crate) fn invalidators() -> Vec<Invalidator> {
         ("olm session id", |c| {
             c.olm_sessions.push(olm("k", "", b"p"))
         }),
-        ("inbound room", |c| {
-            c.inbound_group_sessions.push(inbound("", "s"))
-        }),
         ("inbound session", |c| {
             c.inbound_group_sessions.push(inbound("!r", ""))
         }),
-        ("outbound room", |c| {
-            c.outbound_group_sessions.push(outbound("", "s"))
+        ("inbound sender device", |c| {
+            c.inbound_group_sessions.push(InboundGroupSessionRecord {
+                sender_device: Some(did("")),
+                ..inbound("!r", "s")
+            })
         }),
-        ("discarded room", |c| {
-            c.discarded_outbound_sessions.push(String::new())
-        }),
-        ("no_olm key room", |c| {
-            c.no_olm_room_keys.push(no_olm_key("", "s", 0))
+        ("outbound session", |c| {
+            c.outbound_group_sessions.push(outbound("!r", ""))
         }),
         ("no_olm key session", |c| {
             c.no_olm_room_keys.push(no_olm_key("!r", "", 0))
         }),
         ("unwedge key", |c| c.unwedge_records.push(unwedged("", 1))),
-        ("device user", |c| c.devices.push(device("", "D", "c"))),
         ("device id", |c| c.devices.push(device("@u:x", "", "c"))),
-        ("tracked user", |c| {
-            c.tracked_users
-                .push(tracked("", TrackingState::PendingDownload, 0))
-        }),
         ("megolm sender", |c| {
             c.megolm_indices.push(megolm("", "s", 0, "$e"))
         }),
-        ("room id", |c| c.rooms.push(room(""))),
-        ("member room", |c| {
-            c.members.push(member("", "@u:x", "join"))
-        }),
-        ("member user", |c| c.members.push(member("!r", "", "join"))),
-        ("replaced member list", |c| {
-            c.replaced_member_lists.push(String::new())
-        }),
-        ("withheld room", |c| {
-            c.withheld_notices.push(notice("", "s", "@u:x"))
-        }),
         ("withheld session", |c| {
             c.withheld_notices.push(notice("!r", "", "@u:x"))
-        }),
-        ("withheld sender", |c| {
-            c.withheld_notices.push(notice("!r", "s", ""))
-        }),
-        ("key request room", |c| {
-            c.key_requests.push(key_request("", "s"))
         }),
         ("key request session", |c| {
             c.key_requests.push(key_request("!r", ""))
@@ -229,16 +244,19 @@ pub(crate) fn failed_save_applies_nothing<S: Store>(s: &S) {
     for (what, invalidate) in invalidators() {
         let mut c = full_changes("bad");
         // Valid records before the invalid one, in several lists.
-        c.devices.push(device("@u-bad2", "D2", "curve-bad2"));
+        c.devices.push(device("@u-bad2:x", "D2", "curve-bad2"));
         c.sent_to_device.push("txn-base".into());
-        c.discarded_outbound_sessions.push("!room-base".into());
+        c.discarded_outbound_sessions.push(rid("!room-base"));
         invalidate(&mut c);
         match s.save_changes(c) {
             Err(StoreError::InvalidRecord(_)) => {}
             other => panic!("{what}: expected InvalidRecord, got {other:?}"),
         }
         assert_full_absent(s, "bad");
-        assert!(s.devices(&["@u-bad2"]).unwrap().is_empty(), "{what}");
+        assert!(
+            s.devices(&[&uid("@u-bad2:x")]).unwrap().is_empty(),
+            "{what}"
+        );
         assert_full_present(s, "base");
         assert_eq!(s.account().unwrap(), account_before, "{what}");
         assert_eq!(
@@ -278,13 +296,13 @@ pub(crate) fn concurrent_saves<S: Store>(s: &S) {
                     };
                     s.save_changes(c).unwrap();
                     // Reads interleave with other threads' writes.
-                    assert_eq!(s.devices(&[&user]).unwrap().len(), 1);
+                    assert_eq!(s.devices(&[&uid(&user)]).unwrap().len(), 1);
                 }
             });
         }
     });
     assert_eq!(s.generation().unwrap(), 60);
-    assert_eq!(s.members("!shared").unwrap().len(), 60);
+    assert_eq!(s.members(&rid("!shared")).unwrap().len(), 60);
 }
 
 /// A store is usable through `&dyn Store` (object safety is part of the contract).

@@ -3,6 +3,7 @@
 
 use super::super::*;
 use super::*;
+use crate::test_ids::{eid, rid, uid};
 
 pub(crate) fn withheld_notices_by_sender<S: Store>(s: &S) {
     let first = notice("!r:x", "s1", "@a:x");
@@ -15,15 +16,22 @@ pub(crate) fn withheld_notices_by_sender<S: Store>(s: &S) {
         },
     );
     assert_eq!(
-        s.withheld_notice("!r:x", "s1", "@a:x").unwrap(),
+        s.withheld_notice(&rid("!r:x"), "s1", &uid("@a:x")).unwrap(),
         Some(first)
     );
     assert_eq!(
-        s.withheld_notice("!r:x", "s1", "@b:x").unwrap(),
+        s.withheld_notice(&rid("!r:x"), "s1", &uid("@b:x")).unwrap(),
         Some(other_sender)
     );
-    assert_eq!(s.withheld_notice("!r:x", "s2", "@a:x").unwrap(), None);
-    assert_eq!(s.withheld_notice("!other:x", "s1", "@a:x").unwrap(), None);
+    assert_eq!(
+        s.withheld_notice(&rid("!r:x"), "s2", &uid("@a:x")).unwrap(),
+        None
+    );
+    assert_eq!(
+        s.withheld_notice(&rid("!other:x"), "s1", &uid("@a:x"))
+            .unwrap(),
+        None
+    );
     // A newer notice of the same sender replaces the older one.
     let mut newer = notice("!r:x", "s1", "@a:x");
     newer.code = "m.blacklisted".into();
@@ -36,7 +44,7 @@ pub(crate) fn withheld_notices_by_sender<S: Store>(s: &S) {
         },
     );
     assert_eq!(
-        s.withheld_notice("!r:x", "s1", "@a:x").unwrap(),
+        s.withheld_notice(&rid("!r:x"), "s1", &uid("@a:x")).unwrap(),
         Some(newer)
     );
     assert_eq!(s.counts().unwrap().withheld_notices, 2);
@@ -61,11 +69,11 @@ pub(crate) fn key_requests_one_per_session<S: Store>(s: &S) {
         },
     );
     assert_eq!(
-        s.key_request("!r:x", "s1").unwrap(),
+        s.key_request(&rid("!r:x"), "s1").unwrap(),
         Some(first),
         "the first stays"
     );
-    assert_eq!(s.key_request("!r:x", "s3").unwrap(), None);
+    assert_eq!(s.key_request(&rid("!r:x"), "s3").unwrap(), None);
     assert_eq!(s.counts().unwrap().key_requests, 2);
 }
 
@@ -83,28 +91,31 @@ pub(crate) fn member_lists_replaced_by_a_full_answer<S: Store>(s: &S) {
         },
     );
     assert_eq!(
-        s.member("!r:x", "@stale:x").unwrap(),
+        s.member(&rid("!r:x"), &uid("@stale:x")).unwrap(),
         Some(member("!r:x", "@stale:x", "join"))
     );
     save(
         s,
         Changes {
-            replaced_member_lists: vec!["!r:x".into()],
+            replaced_member_lists: vec![rid("!r:x")],
             members: vec![member("!r:x", "@kept:x", "join")],
             ..Default::default()
         },
     );
     assert_eq!(
-        s.members("!r:x").unwrap(),
+        s.members(&rid("!r:x")).unwrap(),
         vec![member("!r:x", "@kept:x", "join")]
     );
-    assert_eq!(s.member("!r:x", "@stale:x").unwrap(), None);
+    assert_eq!(s.member(&rid("!r:x"), &uid("@stale:x")).unwrap(), None);
     assert_eq!(
-        s.members("!o:x").unwrap().len(),
+        s.members(&rid("!o:x")).unwrap().len(),
         1,
         "other rooms keep theirs"
     );
-    assert_eq!(s.encrypted_rooms_with(&["@stale:x"]).unwrap(), ["!o:x"]);
+    assert_eq!(
+        s.encrypted_rooms_with(&[&uid("@stale:x")]).unwrap(),
+        ["!o:x"]
+    );
 }
 
 /// Save `n` records made by `make(i)` in batches of at most 500.
@@ -125,9 +136,9 @@ pub(crate) fn quotas_forget_the_oldest_first<S: Store>(s: &S) {
     let over = |max: u64| max + 7;
     save_many(s, over(MAX_UNDECRYPTABLE_EVENTS), |i, c| {
         c.undecryptable_events.push(UndecryptableEvent {
-            room_id: "!r:x".into(),
+            room_id: rid("!r:x"),
             session_id: format!("s{i}"),
-            event_id: format!("$e{i}"),
+            event_id: eid(&format!("$e{i}")),
             event_json: "{}".into(),
         })
     });
@@ -142,19 +153,30 @@ pub(crate) fn quotas_forget_the_oldest_first<S: Store>(s: &S) {
     assert_eq!(counts.undecryptable_events, MAX_UNDECRYPTABLE_EVENTS);
     assert_eq!(counts.withheld_notices, MAX_WITHHELD_NOTICES);
     assert_eq!(counts.key_requests, MAX_KEY_REQUESTS);
-    assert!(s.undecryptable_events("!r:x", "s6").unwrap().is_empty());
-    assert_eq!(s.undecryptable_events("!r:x", "s7").unwrap().len(), 1);
-    assert_eq!(s.withheld_notice("!r:x", "s6", "@a:x").unwrap(), None);
-    assert!(s.withheld_notice("!r:x", "s7", "@a:x").unwrap().is_some());
-    assert_eq!(s.key_request("!r:x", "s6").unwrap(), None);
-    assert!(s.key_request("!r:x", "s7").unwrap().is_some());
+    assert!(
+        s.undecryptable_events(&rid("!r:x"), "s6")
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.undecryptable_events(&rid("!r:x"), "s7").unwrap().len(), 1);
+    assert_eq!(
+        s.withheld_notice(&rid("!r:x"), "s6", &uid("@a:x")).unwrap(),
+        None
+    );
+    assert!(
+        s.withheld_notice(&rid("!r:x"), "s7", &uid("@a:x"))
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(s.key_request(&rid("!r:x"), "s6").unwrap(), None);
+    assert!(s.key_request(&rid("!r:x"), "s7").unwrap().is_some());
 }
 
 pub(crate) fn sessions_of_non_members_are_bounded<S: Store>(s: &S) {
     use super::super::quota::MAX_SESSIONS_FROM_NON_MEMBERS as MAX;
     // A member's sessions are never counted against the limit.
     let mut members_session = inbound("!known:x", "member-session");
-    members_session.sender_user = Some("@alice:x".into());
+    members_session.sender_user = Some(uid("@alice:x"));
     save(
         s,
         Changes {
@@ -167,7 +189,7 @@ pub(crate) fn sessions_of_non_members_are_bounded<S: Store>(s: &S) {
     save_many(s, MAX + 10, |i, c| {
         let mut session = inbound(&format!("!unknown{i}:x"), "s");
         session.sender_user = if i % 2 == 0 {
-            Some("@stranger:x".into())
+            Some(uid("@stranger:x"))
         } else {
             None
         };
@@ -176,14 +198,17 @@ pub(crate) fn sessions_of_non_members_are_bounded<S: Store>(s: &S) {
     let counts = s.counts().unwrap();
     assert_eq!(counts.inbound_sessions_from_non_members, MAX);
     assert_eq!(counts.inbound_group_sessions, MAX + 1);
-    assert_eq!(s.inbound_group_session("!unknown9:x", "s").unwrap(), None);
+    assert_eq!(
+        s.inbound_group_session(&rid("!unknown9:x"), "s").unwrap(),
+        None
+    );
     assert!(
-        s.inbound_group_session("!unknown10:x", "s")
+        s.inbound_group_session(&rid("!unknown10:x"), "s")
             .unwrap()
             .is_some()
     );
     assert_eq!(
-        s.inbound_group_session("!known:x", "member-session")
+        s.inbound_group_session(&rid("!known:x"), "member-session")
             .unwrap(),
         Some(members_session)
     );
@@ -225,16 +250,15 @@ pub(crate) fn invites_are_bounded<S: Store>(s: &S) {
     );
     save_many(s, MAX_INVITES + 3, |i, c| {
         c.rooms.push(RoomRecord {
-            room_id: format!("!inv{i}:x"),
             own_membership: Some("invite".into()),
-            ..Default::default()
+            ..RoomRecord::new(rid(&format!("!inv{i}:x")))
         });
     });
     assert_eq!(s.counts().unwrap().invites, MAX_INVITES);
-    assert_eq!(s.room("!inv2:x").unwrap(), None);
-    assert!(s.room("!inv3:x").unwrap().is_some());
-    assert_eq!(s.room("!joined:x").unwrap(), Some(joined));
-    assert_eq!(s.room("!again:x").unwrap(), Some(again));
+    assert_eq!(s.room(&rid("!inv2:x")).unwrap(), None);
+    assert!(s.room(&rid("!inv3:x")).unwrap().is_some());
+    assert_eq!(s.room(&rid("!joined:x")).unwrap(), Some(joined));
+    assert_eq!(s.room(&rid("!again:x")).unwrap(), Some(again));
 }
 
 pub(crate) fn olm_sessions_are_bounded<S: Store>(s: &S) {
@@ -279,9 +303,9 @@ pub(crate) fn olm_sessions_are_bounded<S: Store>(s: &S) {
 pub(crate) fn a_flooding_room_evicts_its_own_records_first<S: Store>(s: &S) {
     use super::super::quota::MAX_UNDECRYPTABLE_EVENTS as MAX;
     let event = |room: &str, i: u64| UndecryptableEvent {
-        room_id: room.into(),
+        room_id: rid(room),
         session_id: format!("s{i}"),
-        event_id: format!("$e{i}"),
+        event_id: eid(&format!("$e{i}")),
         event_json: "{}".into(),
     };
     // A private room keeps 100 events; then a public room floods the table.
@@ -293,12 +317,14 @@ pub(crate) fn a_flooding_room_evicts_its_own_records_first<S: Store>(s: &S) {
     });
     assert_eq!(s.counts().unwrap().undecryptable_events, MAX);
     assert_eq!(
-        s.undecryptable_events("!private:x", "s0").unwrap().len(),
+        s.undecryptable_events(&rid("!private:x"), "s0")
+            .unwrap()
+            .len(),
         1,
         "kept"
     );
     assert!(
-        s.undecryptable_events("!public:x", "s0")
+        s.undecryptable_events(&rid("!public:x"), "s0")
             .unwrap()
             .is_empty()
     );
@@ -315,7 +341,7 @@ pub(crate) fn a_flooding_room_evicts_its_own_records_first<S: Store>(s: &S) {
 pub(crate) fn sessions_per_sender_and_room_are_bounded<S: Store>(s: &S) {
     use super::super::quota::MAX_SESSIONS_PER_SENDER_PER_ROOM as MAX;
     let session = |sender: &str, i: u64| InboundGroupSessionRecord {
-        sender_user: Some(sender.into()),
+        sender_user: Some(uid(sender)),
         ..inbound("!r:x", &format!("{sender}-{i}"))
     };
     save(
@@ -334,13 +360,20 @@ pub(crate) fn sessions_per_sender_and_room_are_bounded<S: Store>(s: &S) {
         c.inbound_group_sessions.push(session("@flood:x", i))
     });
     assert_eq!(s.counts().unwrap().inbound_group_sessions, MAX + 1);
-    assert_eq!(s.inbound_group_session("!r:x", "@flood:x-2").unwrap(), None);
+    assert_eq!(
+        s.inbound_group_session(&rid("!r:x"), "@flood:x-2").unwrap(),
+        None
+    );
     assert!(
-        s.inbound_group_session("!r:x", "@flood:x-3")
+        s.inbound_group_session(&rid("!r:x"), "@flood:x-3")
             .unwrap()
             .is_some()
     );
-    assert!(s.inbound_group_session("!r:x", "@a:x-0").unwrap().is_some());
+    assert!(
+        s.inbound_group_session(&rid("!r:x"), "@a:x-0")
+            .unwrap()
+            .is_some()
+    );
 }
 
 pub(crate) fn sessions_we_asked_for_are_not_counted_as_strangers<S: Store>(s: &S) {
@@ -365,7 +398,7 @@ pub(crate) fn sessions_we_asked_for_are_not_counted_as_strangers<S: Store>(s: &S
     });
     assert_eq!(s.counts().unwrap().inbound_sessions_from_non_members, MAX);
     assert_eq!(
-        s.inbound_group_session("!r:x", "asked").unwrap(),
+        s.inbound_group_session(&rid("!r:x"), "asked").unwrap(),
         Some(asked)
     );
 }

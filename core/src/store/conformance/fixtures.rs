@@ -1,7 +1,13 @@
 //! Record builders and whole-store assertions shared by the conformance suite and the
 //! SQLite-specific tests.
 
+use ruma::EventEncryptionAlgorithm;
+use ruma::events::room::history_visibility::HistoryVisibility;
+use ruma::events::room::member::MembershipState;
+use ruma::events::room_key::withheld::RoomKeyWithheldCode;
+
 use super::super::*;
+use crate::test_ids::{did, eid, rid, uid};
 
 pub(crate) fn blob(bytes: &[u8]) -> SecretBlob {
     SecretBlob::new(bytes.to_vec())
@@ -9,8 +15,8 @@ pub(crate) fn blob(bytes: &[u8]) -> SecretBlob {
 
 pub(crate) fn account(user: &str, device: &str, pickle: &[u8]) -> AccountRecord {
     AccountRecord {
-        user_id: user.into(),
-        device_id: device.into(),
+        user_id: uid(user),
+        device_id: did(device),
         pickle: blob(pickle),
         device_keys_uploaded: true,
         server_one_time_key_count: 50,
@@ -30,12 +36,12 @@ pub(crate) fn olm(sender_key: &str, session_id: &str, pickle: &[u8]) -> OlmSessi
 
 pub(crate) fn inbound(room: &str, session_id: &str) -> InboundGroupSessionRecord {
     InboundGroupSessionRecord {
-        room_id: room.into(),
+        room_id: rid(room),
         session_id: session_id.into(),
         sender_key: format!("curve-of-{session_id}"),
         signing_key: format!("ed-of-{session_id}"),
-        sender_user: Some("@alice:example.org".into()),
-        sender_device: Some("ALICEDEV".into()),
+        sender_user: Some(uid("@alice:example.org")),
+        sender_device: Some(did("ALICEDEV")),
         pickle: blob(format!("inbound pickle {room} {session_id}").as_bytes()),
         first_known_index: 3,
     }
@@ -43,22 +49,22 @@ pub(crate) fn inbound(room: &str, session_id: &str) -> InboundGroupSessionRecord
 
 pub(crate) fn outbound(room: &str, session_id: &str) -> OutboundGroupSessionRecord {
     OutboundGroupSessionRecord {
-        room_id: room.into(),
+        room_id: rid(room),
         session_id: session_id.into(),
         pickle: blob(format!("outbound pickle {room} {session_id}").as_bytes()),
         created_ms: 1234,
         message_count: 7,
         shared_with: vec![
             ShareRecipient {
-                user_id: "@bob:example.org".into(),
-                device_id: "BOBDEV".into(),
+                user_id: uid("@bob:example.org"),
+                device_id: did("BOBDEV"),
                 curve25519: "bobcurve".into(),
                 index: 0,
                 withheld: None,
             },
             ShareRecipient {
-                user_id: "@carol:example.org".into(),
-                device_id: "CAROLDEV".into(),
+                user_id: uid("@carol:example.org"),
+                device_id: did("CAROLDEV"),
                 curve25519: "carolcurve".into(),
                 index: 5,
                 withheld: None,
@@ -69,13 +75,13 @@ pub(crate) fn outbound(room: &str, session_id: &str) -> OutboundGroupSessionReco
 
 pub(crate) fn device(user: &str, device_id: &str, curve: &str) -> DeviceRecord {
     DeviceRecord {
-        user_id: user.into(),
-        device_id: device_id.into(),
+        user_id: uid(user),
+        device_id: did(device_id),
         curve25519: curve.into(),
         ed25519: format!("ed-{curve}"),
         algorithms: vec![
-            "m.olm.v1.curve25519-aes-sha2".into(),
-            "m.megolm.v1.aes-sha2".into(),
+            EventEncryptionAlgorithm::OlmV1Curve25519AesSha2,
+            EventEncryptionAlgorithm::MegolmV1AesSha2,
         ],
         display_name: Some(format!("{device_id} phone")),
         keys_json: format!("{{\"device_id\":\"{device_id}\"}}"),
@@ -86,7 +92,7 @@ pub(crate) fn device(user: &str, device_id: &str, curve: &str) -> DeviceRecord {
 
 pub(crate) fn tracked(user: &str, state: TrackingState, sequence: u64) -> TrackedUser {
     TrackedUser {
-        user_id: user.into(),
+        user_id: uid(user),
         state,
         sequence,
     }
@@ -102,26 +108,30 @@ pub(crate) fn megolm(
         session_id: session_id.into(),
         sender_key: sender_key.into(),
         index,
-        event_id: event.into(),
+        event_id: eid(event),
         origin_ts: 99,
     }
 }
 
 pub(crate) fn room(room_id: &str) -> RoomRecord {
     RoomRecord {
-        room_id: room_id.into(),
-        encryption: Some("{\"algorithm\":\"m.megolm.v1.aes-sha2\"}".into()),
-        history_visibility: Some("shared".into()),
+        room_id: rid(room_id),
+        encryption: Some(RoomEncryption {
+            algorithm: EventEncryptionAlgorithm::MegolmV1AesSha2,
+            rotation_period_ms: None,
+            rotation_period_msgs: None,
+        }),
+        history_visibility: Some(HistoryVisibility::Shared),
         members_synced: true,
-        own_membership: Some("join".into()),
+        own_membership: Some(MembershipState::Join),
     }
 }
 
 pub(crate) fn member(room_id: &str, user: &str, membership: &str) -> MemberRecord {
     MemberRecord {
-        room_id: room_id.into(),
-        user_id: user.into(),
-        membership: membership.into(),
+        room_id: rid(room_id),
+        user_id: uid(user),
+        membership: MembershipState::from(membership),
     }
 }
 
@@ -130,32 +140,32 @@ pub(crate) fn pending(txn_id: &str, body: &str) -> PendingToDevice {
         txn_id: txn_id.into(),
         event_type: "m.room.encrypted".into(),
         messages_json: body.into(),
-        room_key: Some(("!room:x".into(), format!("session-of-{txn_id}"))),
+        room_key: Some((rid("!room:x"), format!("session-of-{txn_id}"))),
     }
 }
 
 pub(crate) fn queued(txn_id: &str, room_id: &str, content: &[u8]) -> QueuedSend {
     QueuedSend {
         txn_id: txn_id.into(),
-        room_id: room_id.into(),
+        room_id: rid(room_id),
         content: blob(content),
     }
 }
 
 pub(crate) fn notice(room: &str, session_id: &str, sender: &str) -> WithheldNotice {
     WithheldNotice {
-        room_id: room.into(),
+        room_id: rid(room),
         session_id: session_id.into(),
-        sender: sender.into(),
+        sender: uid(sender),
         sender_key: format!("curve-of-{sender}"),
-        code: "m.unverified".into(),
+        code: RoomKeyWithheldCode::Unverified,
         reason: Some(format!("reason {session_id}")),
     }
 }
 
 pub(crate) fn key_request(room: &str, session_id: &str) -> KeyRequestRecord {
     KeyRequestRecord {
-        room_id: room.into(),
+        room_id: rid(room),
         session_id: session_id.into(),
         request_id: format!("req-{session_id}"),
     }
@@ -163,7 +173,7 @@ pub(crate) fn key_request(room: &str, session_id: &str) -> KeyRequestRecord {
 
 pub(crate) fn no_olm_key(room: &str, session_id: &str, index: u32) -> NoOlmRoomKey {
     NoOlmRoomKey {
-        room_id: room.into(),
+        room_id: rid(room),
         session_id: session_id.into(),
         index,
         session_key: blob(format!("session key {room} {session_id} {index}").as_bytes()),
@@ -186,13 +196,21 @@ pub(crate) fn full_changes(tag: &str) -> Changes {
         outbound_group_sessions: vec![outbound(&format!("!room-{tag}"), "ogs1")],
         no_olm_room_keys: vec![no_olm_key(&format!("!room-{tag}"), "ogs1", 2)],
         unwedge_records: vec![unwedged(&format!("curve-{tag}"), 1_700_000_000_000)],
-        devices: vec![device(&format!("@u-{tag}"), "D1", &format!("curve-{tag}"))],
-        tracked_users: vec![tracked(&format!("@u-{tag}"), TrackingState::Downloading, 4)],
+        devices: vec![device(
+            &format!("@u-{tag}:x"),
+            "D1",
+            &format!("curve-{tag}"),
+        )],
+        tracked_users: vec![tracked(
+            &format!("@u-{tag}:x"),
+            TrackingState::Downloading,
+            4,
+        )],
         megolm_indices: vec![megolm(&format!("sk-{tag}"), "igs1", 1, "$e")],
         rooms: vec![room(&format!("!room-{tag}"))],
         members: vec![member(
             &format!("!room-{tag}"),
-            &format!("@u-{tag}"),
+            &format!("@u-{tag}:x"),
             "join",
         )],
         pending_to_device: vec![pending(&format!("txn-{tag}"), "{}")],
@@ -218,7 +236,7 @@ pub(crate) fn assert_full_present<S: Store + ?Sized>(s: &S, tag: &str) {
     let c = full_changes(tag);
     let sk = format!("sk-{tag}");
     assert_eq!(s.olm_sessions(&[&sk]).unwrap()[&sk], c.olm_sessions);
-    let room_id = format!("!room-{tag}");
+    let room_id = rid(&format!("!room-{tag}"));
     assert_eq!(
         s.inbound_group_session(&room_id, "igs1").unwrap().as_ref(),
         c.inbound_group_sessions.first()
@@ -235,7 +253,7 @@ pub(crate) fn assert_full_present<S: Store + ?Sized>(s: &S, tag: &str) {
         s.unwedge_record(&format!("curve-{tag}")).unwrap().as_ref(),
         c.unwedge_records.first()
     );
-    let user = format!("@u-{tag}");
+    let user = uid(&format!("@u-{tag}:x"));
     assert_eq!(s.devices(&[&user]).unwrap(), c.devices);
     assert!(s.tracked_users().unwrap().contains(&c.tracked_users[0]));
     assert_eq!(
@@ -251,7 +269,9 @@ pub(crate) fn assert_full_present<S: Store + ?Sized>(s: &S, tag: &str) {
     );
     assert!(s.queued_sends().unwrap().contains(&c.queued_sends[0]));
     assert_eq!(
-        s.withheld_notice(&room_id, "wh1", "@w:x").unwrap().as_ref(),
+        s.withheld_notice(&room_id, "wh1", &uid("@w:x"))
+            .unwrap()
+            .as_ref(),
         c.withheld_notices.first()
     );
     assert_eq!(
@@ -271,11 +291,11 @@ pub(crate) fn assert_full_present<S: Store + ?Sized>(s: &S, tag: &str) {
 /// Nothing of [`full_changes`]`(tag)` is in the store.
 pub(crate) fn assert_full_absent<S: Store + ?Sized>(s: &S, tag: &str) {
     let sk = format!("sk-{tag}");
-    let room_id = format!("!room-{tag}");
-    let user = format!("@u-{tag}");
+    let room_id = rid(&format!("!room-{tag}"));
+    let user = uid(&format!("@u-{tag}:x"));
     assert_ne!(
         s.account().unwrap().map(|a| a.user_id),
-        Some(format!("@me-{tag}:x"))
+        Some(uid(&format!("@me-{tag}:x")))
     );
     assert!(s.olm_sessions(&[&sk]).unwrap().is_empty());
     assert_eq!(s.inbound_group_session(&room_id, "igs1").unwrap(), None);
@@ -292,7 +312,10 @@ pub(crate) fn assert_full_absent<S: Store + ?Sized>(s: &S, tag: &str) {
     assert_eq!(s.megolm_index(&sk, "igs1", 1).unwrap(), None);
     assert_eq!(s.room(&room_id).unwrap(), None);
     assert!(s.members(&room_id).unwrap().is_empty());
-    assert_eq!(s.withheld_notice(&room_id, "wh1", "@w:x").unwrap(), None);
+    assert_eq!(
+        s.withheld_notice(&room_id, "wh1", &uid("@w:x")).unwrap(),
+        None
+    );
     assert_eq!(s.key_request(&room_id, "kr1").unwrap(), None);
     let txn = format!("txn-{tag}");
     assert!(

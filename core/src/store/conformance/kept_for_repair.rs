@@ -4,6 +4,7 @@
 
 use super::super::*;
 use super::*;
+use crate::test_ids::rid;
 
 pub(crate) fn no_olm_room_keys_by_index<S: Store>(s: &S) {
     save(
@@ -15,16 +16,16 @@ pub(crate) fn no_olm_room_keys_by_index<S: Store>(s: &S) {
         },
     );
     assert_eq!(
-        s.no_olm_room_key("!r:x", "s1", 0).unwrap(),
+        s.no_olm_room_key(&rid("!r:x"), "s1", 0).unwrap(),
         Some(no_olm_key("!r:x", "s1", 0))
     );
     assert_eq!(
-        s.no_olm_room_key("!r:x", "s1", 3).unwrap(),
+        s.no_olm_room_key(&rid("!r:x"), "s1", 3).unwrap(),
         Some(no_olm_key("!r:x", "s1", 3))
     );
-    assert_eq!(s.no_olm_room_key("!r:x", "s1", 1).unwrap(), None);
-    assert_eq!(s.no_olm_room_key("!r:x", "s2", 0).unwrap(), None);
-    assert_eq!(s.no_olm_room_key("!o:x", "s1", 0).unwrap(), None);
+    assert_eq!(s.no_olm_room_key(&rid("!r:x"), "s1", 1).unwrap(), None);
+    assert_eq!(s.no_olm_room_key(&rid("!r:x"), "s2", 0).unwrap(), None);
+    assert_eq!(s.no_olm_room_key(&rid("!o:x"), "s1", 0).unwrap(), None);
     // The same index again replaces the key.
     let again = NoOlmRoomKey {
         session_key: blob(b"other"),
@@ -37,12 +38,15 @@ pub(crate) fn no_olm_room_keys_by_index<S: Store>(s: &S) {
             ..Default::default()
         },
     );
-    assert_eq!(s.no_olm_room_key("!r:x", "s1", 3).unwrap(), Some(again));
+    assert_eq!(
+        s.no_olm_room_key(&rid("!r:x"), "s1", 3).unwrap(),
+        Some(again)
+    );
     assert_eq!(s.counts().unwrap().no_olm_room_keys, 2);
 }
 
 pub(crate) fn no_olm_room_keys_go_with_their_outbound_session<S: Store>(s: &S) {
-    let key = |room: &str, session: &str| s.no_olm_room_key(room, session, 0).unwrap();
+    let key = |room: &str, session: &str| s.no_olm_room_key(&rid(room), session, 0).unwrap();
     save(
         s,
         Changes {
@@ -77,12 +81,12 @@ pub(crate) fn no_olm_room_keys_go_with_their_outbound_session<S: Store>(s: &S) {
         s,
         Changes {
             no_olm_room_keys: vec![no_olm_key("!r:x", "s2", 5)],
-            discarded_outbound_sessions: vec!["!r:x".into()],
+            discarded_outbound_sessions: vec![rid("!r:x")],
             ..Default::default()
         },
     );
     assert_eq!(key("!r:x", "s2"), None);
-    assert_eq!(s.no_olm_room_key("!r:x", "s2", 5).unwrap(), None);
+    assert_eq!(s.no_olm_room_key(&rid("!r:x"), "s2", 5).unwrap(), None);
     assert!(key("!o:x", "o1").is_some());
     assert_eq!(s.counts().unwrap().no_olm_room_keys, 1);
 }

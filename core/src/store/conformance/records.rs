@@ -2,30 +2,34 @@
 
 use std::collections::BTreeMap;
 
+use ruma::events::room::member::MembershipState;
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+
 use super::super::*;
 use super::fixtures::*;
+use crate::test_ids::{did, eid, rid, uid};
 
 pub(crate) fn empty_store<S: Store>(s: &S) {
     assert_eq!(s.generation().unwrap(), 0);
     assert_eq!(s.account().unwrap(), None);
     assert!(s.olm_sessions(&["a", "b"]).unwrap().is_empty());
     assert!(s.olm_sessions(&[]).unwrap().is_empty());
-    assert_eq!(s.inbound_group_session("!r", "s").unwrap(), None);
+    assert_eq!(s.inbound_group_session(&rid("!r"), "s").unwrap(), None);
     assert_eq!(s.inbound_group_session_count().unwrap(), 0);
-    assert_eq!(s.outbound_group_session("!r").unwrap(), None);
-    assert!(s.devices(&["@a:x"]).unwrap().is_empty());
+    assert_eq!(s.outbound_group_session(&rid("!r")).unwrap(), None);
+    assert!(s.devices(&[&uid("@a:x")]).unwrap().is_empty());
     assert!(s.devices(&[]).unwrap().is_empty());
-    assert_eq!(s.device_by_curve25519("@u:x", "c").unwrap(), None);
+    assert_eq!(s.device_by_curve25519(&uid("@u:x"), "c").unwrap(), None);
     assert!(s.devices_with_curve25519(&["c"]).unwrap().is_empty());
     assert!(s.tracked_users().unwrap().is_empty());
     assert_eq!(s.megolm_index("sk", "s", 0).unwrap(), None);
-    assert_eq!(s.room("!r").unwrap(), None);
+    assert_eq!(s.room(&rid("!r")).unwrap(), None);
     assert!(s.rooms().unwrap().is_empty());
-    assert!(s.members("!r").unwrap().is_empty());
+    assert!(s.members(&rid("!r")).unwrap().is_empty());
     assert!(s.pending_to_device().unwrap().is_empty());
     assert_eq!(s.value("k").unwrap(), None);
     assert_eq!(s.secret_value("k").unwrap(), None);
-    assert_eq!(s.no_olm_room_key("!r", "s", 0).unwrap(), None);
+    assert_eq!(s.no_olm_room_key(&rid("!r"), "s", 0).unwrap(), None);
     assert_eq!(s.unwedge_record("c").unwrap(), None);
     assert_eq!(s.sync_token().unwrap(), None);
     save(s, Changes::default());
@@ -140,18 +144,18 @@ pub(crate) fn inbound_group_sessions<S: Store>(s: &S) {
         },
     );
     assert_eq!(s.inbound_group_session_count().unwrap(), 3);
-    assert_eq!(s.inbound_group_session("!r1", "sA").unwrap(), Some(a));
+    assert_eq!(s.inbound_group_session(&rid("!r1"), "sA").unwrap(), Some(a));
     assert_eq!(
-        s.inbound_group_session("!r1", "sB").unwrap(),
+        s.inbound_group_session(&rid("!r1"), "sB").unwrap(),
         Some(b.clone())
     );
-    assert_eq!(s.inbound_group_session("!r2", "sA").unwrap(), Some(c));
-    assert_eq!(s.inbound_group_session("sA", "!r1").unwrap(), None);
-    assert_eq!(s.inbound_group_session("!r2", "sB").unwrap(), None);
+    assert_eq!(s.inbound_group_session(&rid("!r2"), "sA").unwrap(), Some(c));
+    assert_eq!(s.inbound_group_session(&rid("!r1"), "!r1").unwrap(), None);
+    assert_eq!(s.inbound_group_session(&rid("!r2"), "sB").unwrap(), None);
     let mut a2 = inbound("!r1", "sA");
     a2.first_known_index = 0;
     a2.pickle = blob(b"better session from backup");
-    a2.sender_user = Some("@alice2:example.org".into());
+    a2.sender_user = Some(uid("@alice2:example.org"));
     save(
         s,
         Changes {
@@ -159,8 +163,11 @@ pub(crate) fn inbound_group_sessions<S: Store>(s: &S) {
             ..Default::default()
         },
     );
-    assert_eq!(s.inbound_group_session("!r1", "sA").unwrap(), Some(a2));
-    assert_eq!(s.inbound_group_session("!r1", "sB").unwrap(), Some(b));
+    assert_eq!(
+        s.inbound_group_session(&rid("!r1"), "sA").unwrap(),
+        Some(a2)
+    );
+    assert_eq!(s.inbound_group_session(&rid("!r1"), "sB").unwrap(), Some(b));
     assert_eq!(s.inbound_group_session_count().unwrap(), 3);
 }
 
@@ -173,7 +180,7 @@ pub(crate) fn outbound_sessions_replace_and_discard<S: Store>(s: &S) {
         },
     );
     assert_eq!(
-        s.outbound_group_session("!a").unwrap(),
+        s.outbound_group_session(&rid("!a")).unwrap(),
         Some(outbound("!a", "s1"))
     );
     let mut next = outbound("!a", "s2");
@@ -186,17 +193,17 @@ pub(crate) fn outbound_sessions_replace_and_discard<S: Store>(s: &S) {
             ..Default::default()
         },
     );
-    assert_eq!(s.outbound_group_session("!a").unwrap(), Some(next));
+    assert_eq!(s.outbound_group_session(&rid("!a")).unwrap(), Some(next));
     save(
         s,
         Changes {
-            discarded_outbound_sessions: vec!["!a".into(), "!never-existed".into()],
+            discarded_outbound_sessions: vec![rid("!a"), rid("!never-existed")],
             ..Default::default()
         },
     );
-    assert_eq!(s.outbound_group_session("!a").unwrap(), None);
+    assert_eq!(s.outbound_group_session(&rid("!a")).unwrap(), None);
     assert_eq!(
-        s.outbound_group_session("!b").unwrap(),
+        s.outbound_group_session(&rid("!b")).unwrap(),
         Some(outbound("!b", "s1"))
     );
     // A batch that both writes and discards a room's session discards it (fail closed).
@@ -204,11 +211,11 @@ pub(crate) fn outbound_sessions_replace_and_discard<S: Store>(s: &S) {
         s,
         Changes {
             outbound_group_sessions: vec![outbound("!c", "s1")],
-            discarded_outbound_sessions: vec!["!c".into()],
+            discarded_outbound_sessions: vec![rid("!c")],
             ..Default::default()
         },
     );
-    assert_eq!(s.outbound_group_session("!c").unwrap(), None);
+    assert_eq!(s.outbound_group_session(&rid("!c")).unwrap(), None);
     assert_eq!(s.generation().unwrap(), 4);
 }
 
@@ -231,14 +238,16 @@ pub(crate) fn devices_batch_and_deleted<S: Store>(s: &S) {
             c.devices.push(rec);
         }
     }
-    let expected: BTreeMap<(String, String), DeviceRecord> = c
+    let expected: BTreeMap<(OwnedUserId, OwnedDeviceId), DeviceRecord> = c
         .devices
         .iter()
         .map(|d| ((d.user_id.clone(), d.device_id.clone()), d.clone()))
         .collect();
     save(s, c);
-    let mut query: Vec<&str> = users.iter().map(String::as_str).collect();
-    query.push("@nobody:example.org");
+    let users: Vec<OwnedUserId> = users.iter().map(|u| uid(u)).collect();
+    let nobody = uid("@nobody:example.org");
+    let mut query: Vec<&UserId> = users.iter().map(|u| &**u).collect();
+    query.push(&nobody);
     query.push(&users[0]);
     let got = s.devices(&query).unwrap();
     assert_eq!(got.len(), 1500, "deleted devices are returned too");
@@ -290,7 +299,7 @@ pub(crate) fn devices_batch_and_deleted<S: Store>(s: &S) {
     );
 
     // Replacing a device with a new key: the old key no longer finds it.
-    let mut moved = expected[&(users[5].clone(), "DEV_A".to_string())].clone();
+    let mut moved = expected[&(users[5].clone(), did("DEV_A"))].clone();
     moved.curve25519 = "rotated".into();
     moved.local_trust = LocalTrust::Blacklisted;
     save(
@@ -323,7 +332,7 @@ pub(crate) fn devices_batch_and_deleted<S: Store>(s: &S) {
         },
     );
     assert_eq!(
-        s.device_by_curve25519("@a:x", "shared-key").unwrap(),
+        s.device_by_curve25519(&uid("@a:x"), "shared-key").unwrap(),
         Some(live.clone())
     );
     assert_eq!(
@@ -402,10 +411,7 @@ pub(crate) fn megolm_indices_first_event_wins<S: Store>(s: &S) {
 }
 
 pub(crate) fn rooms_and_members<S: Store>(s: &S) {
-    let bare = RoomRecord {
-        room_id: "!b:x".into(),
-        ..Default::default()
-    };
+    let bare = RoomRecord::new(rid("!b:x"));
     save(
         s,
         Changes {
@@ -419,7 +425,7 @@ pub(crate) fn rooms_and_members<S: Store>(s: &S) {
             ..Default::default()
         },
     );
-    assert_eq!(s.room("!b:x").unwrap(), Some(bare));
+    assert_eq!(s.room(&rid("!b:x")).unwrap(), Some(bare));
     assert_eq!(
         s.rooms()
             .unwrap()
@@ -429,7 +435,7 @@ pub(crate) fn rooms_and_members<S: Store>(s: &S) {
         ["!a:x", "!b:x", "!c:x"]
     );
     assert_eq!(
-        s.members("!a:x").unwrap(),
+        s.members(&rid("!a:x")).unwrap(),
         vec![
             member("!a:x", "@u1:x", "invite"),
             member("!a:x", "@u2:x", "join"),
@@ -437,7 +443,7 @@ pub(crate) fn rooms_and_members<S: Store>(s: &S) {
         ]
     );
     let mut left = room("!a:x");
-    left.own_membership = Some("leave".into());
+    left.own_membership = Some(MembershipState::Leave);
     left.encryption = None;
     save(
         s,
@@ -447,25 +453,22 @@ pub(crate) fn rooms_and_members<S: Store>(s: &S) {
             ..Default::default()
         },
     );
-    assert_eq!(s.room("!a:x").unwrap(), Some(left));
+    assert_eq!(s.room(&rid("!a:x")).unwrap(), Some(left));
     assert_eq!(s.rooms().unwrap().len(), 3);
     assert_eq!(
-        s.members("!a:x").unwrap()[0],
+        s.members(&rid("!a:x")).unwrap()[0],
         member("!a:x", "@u1:x", "leave")
     );
-    assert_eq!(s.members("!a:x").unwrap().len(), 3);
+    assert_eq!(s.members(&rid("!a:x")).unwrap().len(), 3);
     assert_eq!(
-        s.members("!c:x").unwrap(),
+        s.members(&rid("!c:x")).unwrap(),
         vec![member("!c:x", "@u1:x", "join")]
     );
-    assert!(s.members("!unknown:x").unwrap().is_empty());
+    assert!(s.members(&rid("!unknown:x")).unwrap().is_empty());
 }
 
 pub(crate) fn encrypted_rooms_of_users<S: Store>(s: &S) {
-    let plain = RoomRecord {
-        room_id: "!plain:x".into(),
-        ..Default::default()
-    };
+    let plain = RoomRecord::new(rid("!plain:x"));
     save(
         s,
         Changes {
@@ -482,7 +485,11 @@ pub(crate) fn encrypted_rooms_of_users<S: Store>(s: &S) {
             ..Default::default()
         },
     );
-    let rooms = |users: &[&str]| s.encrypted_rooms_with(users).unwrap();
+    let rooms = |users: &[&str]| {
+        let users: Vec<OwnedUserId> = users.iter().map(|u| uid(u)).collect();
+        let users: Vec<&UserId> = users.iter().map(|u| &**u).collect();
+        s.encrypted_rooms_with(&users).unwrap()
+    };
     assert_eq!(rooms(&["@u1:x"]), ["!a:x"]);
     assert_eq!(rooms(&["@u2:x"]), ["!a:x", "!c:x"]);
     assert_eq!(rooms(&["@u1:x", "@u3:x", "@u2:x"]), ["!a:x", "!c:x"]);
@@ -634,9 +641,9 @@ pub(crate) fn sync_token<S: Store>(s: &S) {
 
 pub(crate) fn undecryptable_events_by_session<S: Store>(s: &S) {
     let event = |room: &str, session: &str, id: &str| UndecryptableEvent {
-        room_id: room.into(),
+        room_id: rid(room),
         session_id: session.into(),
-        event_id: id.into(),
+        event_id: eid(id),
         event_json: format!("{{\"event_id\":\"{id}\"}}"),
     };
     save(
@@ -652,7 +659,7 @@ pub(crate) fn undecryptable_events_by_session<S: Store>(s: &S) {
         },
     );
     assert_eq!(
-        s.undecryptable_events("!r:x", "s1").unwrap(),
+        s.undecryptable_events(&rid("!r:x"), "s1").unwrap(),
         vec![event("!r:x", "s1", "$b"), event("!r:x", "s1", "$a")],
         "in the order first stored"
     );
@@ -661,9 +668,9 @@ pub(crate) fn undecryptable_events_by_session<S: Store>(s: &S) {
     assert_eq!(
         s.undecryptable_sessions().unwrap(),
         vec![
-            ("!other:x".into(), "s1".into()),
-            ("!r:x".into(), "s1".into()),
-            ("!r:x".into(), "s2".into())
+            (rid("!other:x"), "s1".into()),
+            (rid("!r:x"), "s1".into()),
+            (rid("!r:x"), "s2".into())
         ]
     );
     // Stored again (e.g. a later key still did not fit): same place, new content.
@@ -673,26 +680,34 @@ pub(crate) fn undecryptable_events_by_session<S: Store>(s: &S) {
         s,
         Changes {
             undecryptable_events: vec![again.clone()],
-            resolved_events: vec![
-                ("!r:x".into(), "$a".into()),
-                ("!r:x".into(), "$none".into()),
-            ],
+            resolved_events: vec![(rid("!r:x"), eid("$a")), (rid("!r:x"), eid("$none"))],
             ..Default::default()
         },
     );
-    assert_eq!(s.undecryptable_events("!r:x", "s1").unwrap(), vec![again]);
+    assert_eq!(
+        s.undecryptable_events(&rid("!r:x"), "s1").unwrap(),
+        vec![again]
+    );
     assert_eq!(s.undecryptable_event_count().unwrap(), 3);
-    assert!(s.undecryptable_events("!r:x", "s9").unwrap().is_empty());
+    assert!(
+        s.undecryptable_events(&rid("!r:x"), "s9")
+            .unwrap()
+            .is_empty()
+    );
     // Resolved in the same save as stored: gone.
     save(
         s,
         Changes {
             undecryptable_events: vec![event("!r:x", "s3", "$e")],
-            resolved_events: vec![("!r:x".into(), "$e".into())],
+            resolved_events: vec![(rid("!r:x"), eid("$e"))],
             ..Default::default()
         },
     );
-    assert!(s.undecryptable_events("!r:x", "s3").unwrap().is_empty());
+    assert!(
+        s.undecryptable_events(&rid("!r:x"), "s3")
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub(crate) fn send_queue_in_order<S: Store>(s: &S) {

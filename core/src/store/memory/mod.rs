@@ -12,6 +12,8 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 
 use ordered::Ordered;
+use ruma::events::room::member::MembershipState;
+use ruma::{DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use super::{
     AccountRecord, Changes, DeviceRecord, InboundGroupSessionRecord, KeyRequestRecord,
@@ -20,7 +22,7 @@ use super::{
     TrackedUser, UndecryptableEvent, UnwedgeRecord, WithheldNotice, quota,
 };
 
-type RoomSession = (String, String);
+type RoomSession = (OwnedRoomId, String);
 
 /// Everything the store holds.
 #[derive(Default)]
@@ -32,30 +34,30 @@ struct State {
     /// (room id, session id) -> session, in write order.
     inbound: Ordered<RoomSession, InboundGroupSessionRecord>,
     /// room id -> session.
-    outbound: HashMap<String, OutboundGroupSessionRecord>,
+    outbound: HashMap<OwnedRoomId, OutboundGroupSessionRecord>,
     /// (room id, session id, index) -> key kept for devices sent `m.no_olm`.
-    no_olm_keys: BTreeMap<(String, String, u32), NoOlmRoomKey>,
+    no_olm_keys: BTreeMap<(OwnedRoomId, String, u32), NoOlmRoomKey>,
     /// curve25519 key -> when the device was last unwedged.
     unwedged: HashMap<String, UnwedgeRecord>,
     /// user id -> device id -> device.
-    devices: BTreeMap<String, BTreeMap<String, DeviceRecord>>,
+    devices: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, DeviceRecord>>,
     /// curve25519 key -> (user id, device id) of the devices claiming it.
-    devices_by_curve: HashMap<String, BTreeSet<(String, String)>>,
-    tracked_users: BTreeMap<String, TrackedUser>,
+    devices_by_curve: HashMap<String, BTreeSet<(OwnedUserId, OwnedDeviceId)>>,
+    tracked_users: BTreeMap<OwnedUserId, TrackedUser>,
     /// (sender key, session id, index) -> record.
     megolm_indices: HashMap<(String, String, u32), MegolmIndexRecord>,
     /// room id -> room, in write order.
-    rooms: Ordered<String, RoomRecord>,
+    rooms: Ordered<OwnedRoomId, RoomRecord>,
     /// room id -> user id -> member.
-    members: HashMap<String, BTreeMap<String, MemberRecord>>,
+    members: HashMap<OwnedRoomId, BTreeMap<OwnedUserId, MemberRecord>>,
     /// txn id -> request, in queue order.
     pending: Ordered<String, PendingToDevice>,
     /// txn id -> queued message, in queue order.
     send_queue: Ordered<String, QueuedSend>,
     /// (room id, event id) -> event, in the order first stored.
-    undecryptable: Ordered<RoomSession, UndecryptableEvent>,
+    undecryptable: Ordered<(OwnedRoomId, OwnedEventId), UndecryptableEvent>,
     /// (room id, session id, sender) -> notice, newest last.
-    withheld: Ordered<(String, String, String), WithheldNotice>,
+    withheld: Ordered<(OwnedRoomId, String, OwnedUserId), WithheldNotice>,
     /// (room id, session id) -> request, in the order sent.
     key_requests: Ordered<RoomSession, KeyRequestRecord>,
     values: HashMap<String, String>,
@@ -133,7 +135,7 @@ impl State {
             let key = (k.room_id.clone(), k.session_id.clone(), k.index);
             self.no_olm_keys.insert(key, k.clone());
         }
-        let touched: BTreeSet<&String> = changes
+        let touched: BTreeSet<&OwnedRoomId> = changes
             .outbound_group_sessions
             .iter()
             .map(|s| &s.room_id)
@@ -260,9 +262,8 @@ impl State {
     /// The [`quota`] limits, oldest first (same as SQLite).
     fn enforce_quotas(&mut self, changes: &Changes) {
         self.bound_olm_sessions(&changes.olm_sessions);
-        self.rooms.keep_newest(quota::MAX_INVITES, |_, r| {
-            r.own_membership.as_deref() == Some("invite") && r.encryption.is_none()
-        });
+        self.rooms
+            .keep_newest(quota::MAX_INVITES, |_, r| is_invite(r));
         let (members, requests) = (&self.members, &self.key_requests);
         self.inbound
             .keep_newest(quota::MAX_SESSIONS_FROM_NON_MEMBERS, |_, s| {
@@ -305,7 +306,7 @@ impl State {
             .insert(ids);
     }
 
-    fn device(&self, user_id: &str, device_id: &str) -> Option<&DeviceRecord> {
+    fn device(&self, user_id: &UserId, device_id: &DeviceId) -> Option<&DeviceRecord> {
         self.devices.get(user_id)?.get(device_id)
     }
 
@@ -323,18 +324,24 @@ impl State {
 /// Whether `session` is vouched for: its sender is known as a member of its room, or we
 /// asked for it (same rule as SQLite's `FROM_NON_MEMBER`).
 fn vouched(
-    members: &HashMap<String, BTreeMap<String, MemberRecord>>,
+    members: &HashMap<OwnedRoomId, BTreeMap<OwnedUserId, MemberRecord>>,
     requests: &Ordered<RoomSession, KeyRequestRecord>,
     session: &InboundGroupSessionRecord,
 ) -> bool {
-    let sender = session.sender_user.as_deref().unwrap_or_default();
-    let member = members
-        .get(&session.room_id)
-        .is_some_and(|m| m.contains_key(sender));
+    let member = session.sender_user.as_ref().is_some_and(|sender| {
+        members
+            .get(&session.room_id)
+            .is_some_and(|m| m.contains_key(sender))
+    });
     let asked = requests
         .get(&(session.room_id.clone(), session.session_id.clone()))
         .is_some();
     member || asked
+}
+
+/// A room we are invited to and were never in (what [`quota::MAX_INVITES`] bounds).
+fn is_invite(r: &RoomRecord) -> bool {
+    r.own_membership == Some(MembershipState::Invite) && r.encryption.is_none()
 }
 
 /// A [`Store`] that keeps everything in memory (lost on drop). Thread-safe.
@@ -402,7 +409,7 @@ impl Store for MemoryStore {
 
     fn inbound_group_session(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         session_id: &str,
     ) -> Result<Option<InboundGroupSessionRecord>, StoreError> {
         Ok(self
@@ -418,14 +425,14 @@ impl Store for MemoryStore {
 
     fn outbound_group_session(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
     ) -> Result<Option<OutboundGroupSessionRecord>, StoreError> {
         Ok(self.lock().outbound.get(room_id).cloned())
     }
 
-    fn devices(&self, user_ids: &[&str]) -> Result<Vec<DeviceRecord>, StoreError> {
+    fn devices(&self, user_ids: &[&UserId]) -> Result<Vec<DeviceRecord>, StoreError> {
         let state = self.lock();
-        let users: BTreeSet<&str> = user_ids.iter().copied().collect();
+        let users: BTreeSet<&UserId> = user_ids.iter().copied().collect();
         let mut out = Vec::new();
         for user in users {
             if let Some(devices) = state.devices.get(user) {
@@ -437,7 +444,7 @@ impl Store for MemoryStore {
 
     fn device_by_curve25519(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         curve25519: &str,
     ) -> Result<Option<DeviceRecord>, StoreError> {
         let state = self.lock();
@@ -479,7 +486,7 @@ impl Store for MemoryStore {
             .cloned())
     }
 
-    fn room(&self, room_id: &str) -> Result<Option<RoomRecord>, StoreError> {
+    fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>, StoreError> {
         Ok(self.lock().rooms.get(&room_id.to_owned()).cloned())
     }
 
@@ -491,7 +498,7 @@ impl Store for MemoryStore {
 
     fn undecryptable_events(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         session_id: &str,
     ) -> Result<Vec<UndecryptableEvent>, StoreError> {
         Ok(self
@@ -507,8 +514,8 @@ impl Store for MemoryStore {
         Ok(self.lock().send_queue.values().cloned().collect())
     }
 
-    fn undecryptable_sessions(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let sessions: BTreeSet<(String, String)> = self
+    fn undecryptable_sessions(&self) -> Result<Vec<(OwnedRoomId, String)>, StoreError> {
+        let sessions: BTreeSet<(OwnedRoomId, String)> = self
             .lock()
             .undecryptable
             .values()
@@ -521,19 +528,22 @@ impl Store for MemoryStore {
         Ok(self.lock().undecryptable.len() as u64)
     }
 
-    fn encrypted_rooms_with(&self, user_ids: &[&str]) -> Result<Vec<String>, StoreError> {
+    fn encrypted_rooms_with(&self, user_ids: &[&UserId]) -> Result<Vec<OwnedRoomId>, StoreError> {
         let state = self.lock();
         // Scans the encrypted rooms; fine for the sizes tests and benchmarks use.
-        let mut rooms: Vec<String> = state
+        let mut rooms: Vec<OwnedRoomId> = state
             .rooms
             .values()
             .filter(|r| r.encryption.is_some())
             .filter(|r| {
                 state.members.get(&r.room_id).is_some_and(|members| {
                     user_ids.iter().any(|u| {
-                        members
-                            .get(*u)
-                            .is_some_and(|m| m.membership == "join" || m.membership == "invite")
+                        members.get(*u).is_some_and(|m| {
+                            matches!(
+                                m.membership,
+                                MembershipState::Join | MembershipState::Invite
+                            )
+                        })
                     })
                 })
             })
@@ -543,7 +553,7 @@ impl Store for MemoryStore {
         Ok(rooms)
     }
 
-    fn members(&self, room_id: &str) -> Result<Vec<MemberRecord>, StoreError> {
+    fn members(&self, room_id: &RoomId) -> Result<Vec<MemberRecord>, StoreError> {
         Ok(self
             .lock()
             .members
@@ -552,7 +562,11 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
-    fn member(&self, room_id: &str, user_id: &str) -> Result<Option<MemberRecord>, StoreError> {
+    fn member(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<MemberRecord>, StoreError> {
         Ok(self
             .lock()
             .members
@@ -567,9 +581,9 @@ impl Store for MemoryStore {
 
     fn withheld_notice(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         session_id: &str,
-        sender: &str,
+        sender: &UserId,
     ) -> Result<Option<WithheldNotice>, StoreError> {
         let key = (room_id.to_owned(), session_id.to_owned(), sender.to_owned());
         Ok(self.lock().withheld.get(&key).cloned())
@@ -577,7 +591,7 @@ impl Store for MemoryStore {
 
     fn key_request(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         session_id: &str,
     ) -> Result<Option<KeyRequestRecord>, StoreError> {
         let key = (room_id.to_owned(), session_id.to_owned());
@@ -586,7 +600,7 @@ impl Store for MemoryStore {
 
     fn no_olm_room_key(
         &self,
-        room_id: &str,
+        room_id: &RoomId,
         session_id: &str,
         index: u32,
     ) -> Result<Option<NoOlmRoomKey>, StoreError> {
@@ -605,11 +619,7 @@ impl Store for MemoryStore {
             .values()
             .filter(|s| !vouched(&state.members, &state.key_requests, s))
             .count();
-        let invites = state
-            .rooms
-            .values()
-            .filter(|r| r.own_membership.as_deref() == Some("invite") && r.encryption.is_none())
-            .count();
+        let invites = state.rooms.values().filter(|r| is_invite(r)).count();
         let known = |key: &str| {
             state.devices_by_curve.get(key).is_some_and(|ids| {
                 ids.iter()

@@ -76,15 +76,19 @@ impl<K: Clone + Eq + Hash, V> Ordered<K, V> {
 
     /// Keep at most `max` records, forgetting the oldest records of the biggest group (by
     /// `group_of`) first, down to the size of the next biggest (same as SQLite's).
-    pub(super) fn keep_fair(&mut self, max: u64, group_of: impl Fn(&V) -> String) {
+    pub(super) fn keep_fair<G: Ord + Clone + std::hash::Hash>(
+        &mut self,
+        max: u64,
+        group_of: impl Fn(&V) -> G,
+    ) {
         let max = usize::try_from(max).unwrap_or(usize::MAX);
         while self.len() > max {
             let excess = self.len() - max;
-            let mut sizes: HashMap<String, usize> = HashMap::new();
+            let mut sizes: HashMap<G, usize> = HashMap::new();
             for v in self.values() {
                 *sizes.entry(group_of(v)).or_default() += 1;
             }
-            let mut ranked: Vec<(String, usize)> = sizes.into_iter().collect();
+            let mut ranked: Vec<(G, usize)> = sizes.into_iter().collect();
             ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             let Some((name, n)) = ranked.first().cloned() else {
                 return;

@@ -1,10 +1,11 @@
 //! The `account` table: the own Olm account (one row).
 
+use ruma::{OwnedDeviceId, OwnedUserId};
 use rusqlite::{Connection, Transaction, params};
 
 use super::super::cipher::StoreCipher;
 use super::super::{AccountRecord, SecretBlob, StoreError};
-use super::sql::{col, db, query_opt, u64_from_sql, u64_to_sql};
+use super::sql::{col, db, parsed, query_opt, u64_from_sql, u64_to_sql};
 
 pub(super) fn read(
     conn: &Connection,
@@ -17,10 +18,10 @@ pub(super) fn read(
          FROM account WHERE id = 0",
         [],
         |r| {
-            let user_id: String = col(r, 0)?;
-            let device_id: String = col(r, 1)?;
+            let user_id: OwnedUserId = parsed(r, 0)?;
+            let device_id: OwnedDeviceId = parsed(r, 1)?;
             let blob: Vec<u8> = col(r, 2)?;
-            let pickle = c.decrypt(&aad(&user_id, &device_id), &blob)?;
+            let pickle = c.decrypt(&aad(user_id.as_str(), device_id.as_str()), &blob)?;
             Ok(AccountRecord {
                 user_id,
                 device_id,
@@ -38,7 +39,10 @@ pub(super) fn write(
     c: &StoreCipher,
     a: &AccountRecord,
 ) -> Result<(), StoreError> {
-    let pickle = c.encrypt(&aad(&a.user_id, &a.device_id), a.pickle.as_bytes())?;
+    let pickle = c.encrypt(
+        &aad(a.user_id.as_str(), a.device_id.as_str()),
+        a.pickle.as_bytes(),
+    )?;
     tx.prepare_cached(
         "INSERT OR REPLACE INTO account (id, user_id, device_id, pickle,
             device_keys_uploaded, server_one_time_key_count, fallback_key_created_ms)
@@ -46,8 +50,8 @@ pub(super) fn write(
     )
     .and_then(|mut st| {
         st.execute(params![
-            a.user_id,
-            a.device_id,
+            a.user_id.as_str(),
+            a.device_id.as_str(),
             pickle,
             a.device_keys_uploaded,
             u64_to_sql(a.server_one_time_key_count),

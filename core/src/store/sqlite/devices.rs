@@ -1,11 +1,14 @@
 //! The `devices` table (each row's keys and trust decision bound to it by a tag) and the
 //! device-list tracking state of users (`tracked_users`).
 
+use ruma::UserId;
 use rusqlite::{Connection, Row, Transaction, params};
 
 use super::super::cipher::StoreCipher;
 use super::super::{Changes, DeviceRecord, LocalTrust, StoreError, TrackedUser, TrackingState};
-use super::sql::{col, db, each, json_list, query_all, query_opt, u64_from_sql, u64_to_sql};
+use super::sql::{
+    col, db, each, json_list, parsed, query_all, query_opt, u64_from_sql, u64_to_sql,
+};
 
 /// The columns [`device_from_row`] reads, in order.
 const DEVICE_COLUMNS: &str = "user_id, device_id, curve25519, ed25519, algorithms, \
@@ -15,7 +18,7 @@ const DEVICE_COLUMNS: &str = "user_id, device_id, curve25519, ed25519, algorithm
 pub(super) fn of_users(
     conn: &Connection,
     c: &StoreCipher,
-    user_ids: &[&str],
+    user_ids: &[&UserId],
 ) -> Result<Vec<DeviceRecord>, StoreError> {
     if user_ids.is_empty() {
         return Ok(Vec::new());
@@ -35,7 +38,7 @@ pub(super) fn of_users(
 pub(super) fn by_curve25519(
     conn: &Connection,
     c: &StoreCipher,
-    user_id: &str,
+    user_id: &UserId,
     curve25519: &str,
 ) -> Result<Option<DeviceRecord>, StoreError> {
     // One device per key is kept; older stores may hold more: a live one first.
@@ -45,7 +48,7 @@ pub(super) fn by_curve25519(
             "SELECT {DEVICE_COLUMNS} FROM devices WHERE curve25519 = ?2 AND user_id = ?1
              ORDER BY deleted, device_id LIMIT 1"
         ),
-        [user_id, curve25519],
+        [user_id.as_str(), curve25519],
         |r| device_from_row(r, Some(c)),
     )
 }
@@ -78,7 +81,7 @@ pub(super) fn tracked_users(conn: &Connection) -> Result<Vec<TrackedUser>, Store
         |r| {
             let state: String = col(r, 1)?;
             Ok(TrackedUser {
-                user_id: col(r, 0)?,
+                user_id: parsed(r, 0)?,
                 state: TrackingState::parse(&state)
                     .ok_or_else(|| StoreError::Decode("unknown tracking state".into()))?,
                 sequence: u64_from_sql(col(r, 2)?),
@@ -100,7 +103,7 @@ pub(super) fn write(
         tx,
         "INSERT OR REPLACE INTO tracked_users (user_id, state, sequence) VALUES (?1, ?2, ?3)",
         &changes.tracked_users,
-        |u| Ok((u.user_id.clone(), u.state.as_str(), u64_to_sql(u.sequence))),
+        |u| Ok((u.user_id.as_str(), u.state.as_str(), u64_to_sql(u.sequence))),
     )
 }
 
@@ -116,8 +119,8 @@ fn write_device(tx: &Transaction<'_>, c: &StoreCipher, d: &DeviceRecord) -> Resu
     )
     .and_then(|mut st| {
         st.execute(params![
-            d.user_id,
-            d.device_id,
+            d.user_id.as_str(),
+            d.device_id.as_str(),
             d.curve25519,
             d.ed25519,
             algorithms,
@@ -140,8 +143,8 @@ pub(super) fn device_from_row(
     let algorithms: String = col(r, 4)?;
     let local_trust: String = col(r, 7)?;
     let device = DeviceRecord {
-        user_id: col(r, 0)?,
-        device_id: col(r, 1)?,
+        user_id: parsed(r, 0)?,
+        device_id: parsed(r, 1)?,
         curve25519: col(r, 2)?,
         ed25519: col(r, 3)?,
         algorithms: serde_json::from_str(&algorithms)

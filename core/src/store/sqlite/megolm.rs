@@ -2,6 +2,7 @@
 //! not members), `outbound_group_sessions` (one per room, with its recipient journal) and
 //! `megolm_indices` (replay detection).
 
+use ruma::{OwnedRoomId, RoomId};
 use rusqlite::{Connection, Transaction, params};
 
 use super::super::cipher::StoreCipher;
@@ -9,7 +10,10 @@ use super::super::{
     Changes, InboundGroupSessionRecord, MegolmIndexRecord, OutboundGroupSessionRecord, SecretBlob,
     ShareRecipient, StoreError, quota,
 };
-use super::sql::{col, count, db, each, limit, non_empty, query_opt, u64_from_sql, u64_to_sql};
+use super::sql::{
+    col, count, db, each, limit, or_empty, parsed, parsed_non_empty, query_opt, u64_from_sql,
+    u64_to_sql,
+};
 
 /// An inbound session (`s`) whose sender is not known as a member of its room (and that we
 /// did not ask for: a forwarded key of unknown origin from an own device counts as ours).
@@ -21,7 +25,7 @@ pub(super) const FROM_NON_MEMBER: &str = "NOT EXISTS (SELECT 1 FROM members m \
 pub(super) fn inbound(
     conn: &Connection,
     c: &StoreCipher,
-    room_id: &str,
+    room_id: &RoomId,
     session_id: &str,
 ) -> Result<Option<InboundGroupSessionRecord>, StoreError> {
     query_opt(
@@ -29,15 +33,15 @@ pub(super) fn inbound(
         "SELECT room_id, session_id, sender_key, signing_key, sender_user, sender_device,
             pickle, first_known_index
          FROM inbound_group_sessions WHERE room_id = ?1 AND session_id = ?2",
-        [room_id, session_id],
+        [room_id.as_str(), session_id],
         |r| {
             let mut s = InboundGroupSessionRecord {
-                room_id: col(r, 0)?,
+                room_id: parsed(r, 0)?,
                 session_id: col(r, 1)?,
                 sender_key: col(r, 2)?,
                 signing_key: col(r, 3)?,
-                sender_user: non_empty(col(r, 4)?),
-                sender_device: non_empty(col(r, 5)?),
+                sender_user: parsed_non_empty(r, 4)?,
+                sender_device: parsed_non_empty(r, 5)?,
                 pickle: SecretBlob::new(Vec::new()),
                 first_known_index: col(r, 7)?,
             };
@@ -56,22 +60,22 @@ pub(super) fn inbound_count(conn: &Connection) -> Result<u64, StoreError> {
 pub(super) fn outbound(
     conn: &Connection,
     c: &StoreCipher,
-    room_id: &str,
+    room_id: &RoomId,
 ) -> Result<Option<OutboundGroupSessionRecord>, StoreError> {
     query_opt(
         conn,
         "SELECT room_id, session_id, pickle, created_ms, message_count, shared_with
          FROM outbound_group_sessions WHERE room_id = ?1",
-        [room_id],
+        [room_id.as_str()],
         |r| {
-            let room_id: String = col(r, 0)?;
+            let room_id: OwnedRoomId = parsed(r, 0)?;
             let session_id: String = col(r, 1)?;
             let blob: Vec<u8> = col(r, 2)?;
             let created_ms = u64_from_sql(col(r, 3)?);
             let message_count = u64_from_sql(col(r, 4)?);
             let json: String = col(r, 5)?;
             let (created, count) = (created_ms.to_be_bytes(), message_count.to_be_bytes());
-            let aad = aad_outbound(&room_id, &session_id, &created, &count, &json);
+            let aad = aad_outbound(room_id.as_str(), &session_id, &created, &count, &json);
             let pickle = c.decrypt(&aad, &blob)?;
             let shared_with: Vec<ShareRecipient> = serde_json::from_str(&json)
                 .map_err(|e| StoreError::Decode(format!("shared_with: {e}")))?;
@@ -104,7 +108,7 @@ pub(super) fn index(
                 sender_key: col(r, 0)?,
                 session_id: col(r, 1)?,
                 index: col(r, 2)?,
-                event_id: col(r, 3)?,
+                event_id: parsed(r, 3)?,
                 origin_ts: u64_from_sql(col(r, 4)?),
             })
         },
@@ -128,7 +132,7 @@ pub(super) fn write(
         tx,
         "DELETE FROM outbound_group_sessions WHERE room_id = ?1",
         &changes.discarded_outbound_sessions,
-        |room_id| Ok([room_id.clone()]),
+        |room_id| Ok([room_id.as_str()]),
     )?;
     // The first event seen at an index is kept (replay detection).
     each(
@@ -139,10 +143,10 @@ pub(super) fn write(
         &changes.megolm_indices,
         |i| {
             Ok((
-                i.sender_key.clone(),
-                i.session_id.clone(),
+                i.sender_key.as_str(),
+                i.session_id.as_str(),
                 i.index,
-                i.event_id.clone(),
+                i.event_id.as_str(),
                 u64_to_sql(i.origin_ts),
             ))
         },
@@ -163,12 +167,12 @@ fn write_inbound(
     )
     .and_then(|mut st| {
         st.execute(params![
-            s.room_id,
+            s.room_id.as_str(),
             s.session_id,
             s.sender_key,
             s.signing_key,
-            s.sender_user.as_deref().unwrap_or_default(),
-            s.sender_device.as_deref().unwrap_or_default(),
+            or_empty(&s.sender_user),
+            or_empty(&s.sender_device),
             pickle,
             s.first_known_index,
         ])
@@ -185,7 +189,13 @@ fn write_outbound(
     let shared_with = serde_json::to_string(&s.shared_with)
         .map_err(|e| StoreError::Decode(format!("shared_with: {e}")))?;
     let (created, count) = (s.created_ms.to_be_bytes(), s.message_count.to_be_bytes());
-    let aad = aad_outbound(&s.room_id, &s.session_id, &created, &count, &shared_with);
+    let aad = aad_outbound(
+        s.room_id.as_str(),
+        &s.session_id,
+        &created,
+        &count,
+        &shared_with,
+    );
     let pickle = c.encrypt(&aad, s.pickle.as_bytes())?;
     tx.prepare_cached(
         "INSERT OR REPLACE INTO outbound_group_sessions
@@ -194,7 +204,7 @@ fn write_outbound(
     )
     .and_then(|mut st| {
         st.execute(params![
-            s.room_id,
+            s.room_id.as_str(),
             s.session_id,
             pickle,
             u64_to_sql(s.created_ms),
@@ -216,8 +226,10 @@ pub(super) fn adds_sessions_of_non_members(
         .prepare_cached("SELECT 1 FROM members WHERE room_id = ?1 AND user_id = ?2")
         .map_err(db)?;
     for s in &changes.inbound_group_sessions {
-        let sender = s.sender_user.as_deref().unwrap_or_default();
-        if !st.exists([&s.room_id, sender]).map_err(db)? {
+        if !st
+            .exists([s.room_id.as_str(), or_empty(&s.sender_user)])
+            .map_err(db)?
+        {
             return Ok(true);
         }
     }
@@ -233,12 +245,7 @@ pub(super) fn bound_sessions_per_sender(
     let mut senders: Vec<(&str, &str)> = changes
         .inbound_group_sessions
         .iter()
-        .map(|s| {
-            (
-                s.room_id.as_str(),
-                s.sender_user.as_deref().unwrap_or_default(),
-            )
-        })
+        .map(|s| (s.room_id.as_str(), or_empty(&s.sender_user)))
         .collect();
     senders.sort_unstable();
     senders.dedup();
@@ -264,8 +271,8 @@ fn aad_inbound<'a>(s: &'a InboundGroupSessionRecord, index: &'a [u8; 4]) -> [&'a
         s.session_id.as_bytes(),
         s.sender_key.as_bytes(),
         s.signing_key.as_bytes(),
-        s.sender_user.as_deref().unwrap_or_default().as_bytes(),
-        s.sender_device.as_deref().unwrap_or_default().as_bytes(),
+        or_empty(&s.sender_user).as_bytes(),
+        or_empty(&s.sender_device).as_bytes(),
         index,
     ]
 }

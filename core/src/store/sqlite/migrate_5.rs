@@ -29,7 +29,7 @@ pub(super) fn tag_devices(tx: &Transaction<'_>, cipher: &StoreCipher) -> Result<
         .map_err(db)?;
     for d in &devices {
         let tag = cipher.tag(&device_tag_parts(d))?;
-        st.execute(params![d.user_id, d.device_id, tag])
+        st.execute(params![d.user_id.as_str(), d.device_id.as_str(), tag])
             .map_err(db)?;
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! device was sent `m.no_olm` instead, for when it gets an Olm session (encrypted, bound to
 //! its row). Kept only while that session is the room's outbound session.
 
+use ruma::{OwnedRoomId, RoomId};
 use rusqlite::{Connection, Transaction, params};
 
 use super::super::cipher::StoreCipher;
@@ -11,7 +12,7 @@ use super::sql::{col, count, each, query_opt};
 pub(super) fn read(
     conn: &Connection,
     c: &StoreCipher,
-    room_id: &str,
+    room_id: &RoomId,
     session_id: &str,
     index: u32,
 ) -> Result<Option<NoOlmRoomKey>, StoreError> {
@@ -19,11 +20,11 @@ pub(super) fn read(
         conn,
         "SELECT session_key FROM no_olm_room_keys
          WHERE room_id = ?1 AND session_id = ?2 AND message_index = ?3",
-        params![room_id, session_id, index],
+        params![room_id.as_str(), session_id, index],
         |r| {
             let blob: Vec<u8> = col(r, 0)?;
             let index_bytes = index.to_be_bytes();
-            let aad = aad(room_id, session_id, &index_bytes);
+            let aad = aad(room_id.as_str(), session_id, &index_bytes);
             Ok(NoOlmRoomKey {
                 room_id: room_id.to_owned(),
                 session_id: session_id.to_owned(),
@@ -53,12 +54,12 @@ pub(super) fn write(
         &changes.no_olm_room_keys,
         |k| {
             let index = k.index.to_be_bytes();
-            let aad = aad(&k.room_id, &k.session_id, &index);
+            let aad = aad(k.room_id.as_str(), &k.session_id, &index);
             let blob = c.encrypt(&aad, k.session_key.as_bytes())?;
-            Ok((k.room_id.clone(), k.session_id.clone(), k.index, blob))
+            Ok((k.room_id.as_str(), k.session_id.as_str(), k.index, blob))
         },
     )?;
-    let rooms: Vec<&String> = changes
+    let rooms: Vec<&OwnedRoomId> = changes
         .outbound_group_sessions
         .iter()
         .map(|s| &s.room_id)
@@ -69,7 +70,7 @@ pub(super) fn write(
         "DELETE FROM no_olm_room_keys WHERE room_id = ?1 AND session_id NOT IN (
             SELECT session_id FROM outbound_group_sessions WHERE room_id = ?1)",
         &rooms,
-        |room_id| Ok([*room_id]),
+        |room_id| Ok([room_id.as_str()]),
     )
 }
 

@@ -2,27 +2,28 @@
 //! the key arrives), `withheld_notices` (why a sender did not give us a key) and
 //! `key_requests` (one per session). All bounded, a flooding room or sender first.
 
+use ruma::{OwnedRoomId, RoomId, UserId};
 use rusqlite::{Connection, Transaction};
 
 use super::super::{Changes, KeyRequestRecord, StoreError, UndecryptableEvent, WithheldNotice};
-use super::sql::{col, count, each, query_all, query_opt};
+use super::sql::{col, count, each, parsed, query_all, query_opt};
 
 /// The events waiting for one session, in the order first stored.
 pub(super) fn undecryptable_events(
     conn: &Connection,
-    room_id: &str,
+    room_id: &RoomId,
     session_id: &str,
 ) -> Result<Vec<UndecryptableEvent>, StoreError> {
     query_all(
         conn,
         "SELECT room_id, session_id, event_id, event_json FROM undecryptable_events
          WHERE room_id = ?1 AND session_id = ?2 ORDER BY seq",
-        [room_id, session_id],
+        [room_id.as_str(), session_id],
         |r| {
             Ok(UndecryptableEvent {
-                room_id: col(r, 0)?,
+                room_id: parsed(r, 0)?,
                 session_id: col(r, 1)?,
-                event_id: col(r, 2)?,
+                event_id: parsed(r, 2)?,
                 event_json: col(r, 3)?,
             })
         },
@@ -32,13 +33,13 @@ pub(super) fn undecryptable_events(
 /// The distinct sessions undecryptable events wait for, sorted.
 pub(super) fn undecryptable_sessions(
     conn: &Connection,
-) -> Result<Vec<(String, String)>, StoreError> {
+) -> Result<Vec<(OwnedRoomId, String)>, StoreError> {
     query_all(
         conn,
         "SELECT DISTINCT room_id, session_id FROM undecryptable_events
          ORDER BY room_id, session_id",
         [],
-        |r| Ok((col(r, 0)?, col(r, 1)?)),
+        |r| Ok((parsed(r, 0)?, col(r, 1)?)),
     )
 }
 
@@ -48,22 +49,22 @@ pub(super) fn undecryptable_count(conn: &Connection) -> Result<u64, StoreError> 
 
 pub(super) fn withheld_notice(
     conn: &Connection,
-    room_id: &str,
+    room_id: &RoomId,
     session_id: &str,
-    sender: &str,
+    sender: &UserId,
 ) -> Result<Option<WithheldNotice>, StoreError> {
     query_opt(
         conn,
         "SELECT room_id, session_id, sender, sender_key, code, reason FROM withheld_notices
          WHERE room_id = ?1 AND session_id = ?2 AND sender = ?3",
-        [room_id, session_id, sender],
+        [room_id.as_str(), session_id, sender.as_str()],
         |r| {
             Ok(WithheldNotice {
-                room_id: col(r, 0)?,
+                room_id: parsed(r, 0)?,
                 session_id: col(r, 1)?,
-                sender: col(r, 2)?,
+                sender: parsed(r, 2)?,
                 sender_key: col(r, 3)?,
-                code: col(r, 4)?,
+                code: parsed(r, 4)?,
                 reason: col(r, 5)?,
             })
         },
@@ -72,17 +73,17 @@ pub(super) fn withheld_notice(
 
 pub(super) fn key_request(
     conn: &Connection,
-    room_id: &str,
+    room_id: &RoomId,
     session_id: &str,
 ) -> Result<Option<KeyRequestRecord>, StoreError> {
     query_opt(
         conn,
         "SELECT room_id, session_id, request_id FROM key_requests
          WHERE room_id = ?1 AND session_id = ?2",
-        [room_id, session_id],
+        [room_id.as_str(), session_id],
         |r| {
             Ok(KeyRequestRecord {
-                room_id: col(r, 0)?,
+                room_id: parsed(r, 0)?,
                 session_id: col(r, 1)?,
                 request_id: col(r, 2)?,
             })
@@ -101,10 +102,10 @@ pub(super) fn write(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Store
         &changes.undecryptable_events,
         |e| {
             Ok([
-                e.room_id.clone(),
-                e.event_id.clone(),
-                e.session_id.clone(),
-                e.event_json.clone(),
+                e.room_id.as_str(),
+                e.event_id.as_str(),
+                e.session_id.as_str(),
+                e.event_json.as_str(),
             ])
         },
     )?;
@@ -112,7 +113,7 @@ pub(super) fn write(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Store
         tx,
         "DELETE FROM undecryptable_events WHERE room_id = ?1 AND event_id = ?2",
         &changes.resolved_events,
-        |(room_id, event_id)| Ok([room_id.clone(), event_id.clone()]),
+        |(room_id, event_id)| Ok([room_id.as_str(), event_id.as_str()]),
     )?;
     // A newer notice of the same sender replaces the older one and counts as the newest.
     each(
@@ -123,12 +124,12 @@ pub(super) fn write(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Store
         &changes.withheld_notices,
         |w| {
             Ok((
-                w.room_id.clone(),
-                w.session_id.clone(),
-                w.sender.clone(),
-                w.sender_key.clone(),
-                w.code.clone(),
-                w.reason.clone(),
+                w.room_id.as_str(),
+                w.session_id.as_str(),
+                w.sender.as_str(),
+                w.sender_key.as_str(),
+                w.code.as_str(),
+                w.reason.as_deref(),
             ))
         },
     )?;
@@ -140,9 +141,9 @@ pub(super) fn write(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Store
         &changes.key_requests,
         |r| {
             Ok([
-                r.room_id.clone(),
-                r.session_id.clone(),
-                r.request_id.clone(),
+                r.room_id.as_str(),
+                r.session_id.as_str(),
+                r.request_id.as_str(),
             ])
         },
     )

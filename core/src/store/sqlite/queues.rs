@@ -2,11 +2,12 @@
 //! (`pending_to_device`) and the app's messages not yet sent (`send_queue`, content
 //! encrypted). Upserts keep each item's place (`seq`).
 
+use ruma::OwnedRoomId;
 use rusqlite::{Connection, Transaction};
 
 use super::super::cipher::StoreCipher;
 use super::super::{Changes, PendingToDevice, QueuedSend, SecretBlob, StoreError};
-use super::sql::{col, each, query_all};
+use super::sql::{col, each, parsed, parsed_opt, query_all};
 
 /// To-device requests, oldest first.
 pub(super) fn pending_to_device(conn: &Connection) -> Result<Vec<PendingToDevice>, StoreError> {
@@ -16,11 +17,11 @@ pub(super) fn pending_to_device(conn: &Connection) -> Result<Vec<PendingToDevice
          FROM pending_to_device ORDER BY seq",
         [],
         |r| {
-            let room: Option<String> = col(r, 3)?;
+            let room: Option<OwnedRoomId> = parsed_opt(r, 3)?;
             let session: Option<String> = col(r, 4)?;
             Ok(PendingToDevice {
                 txn_id: col(r, 0)?,
-                event_type: col(r, 1)?,
+                event_type: parsed(r, 1)?,
                 messages_json: col(r, 2)?,
                 room_key: room.zip(session),
             })
@@ -39,9 +40,10 @@ pub(super) fn queued_sends(
         [],
         |r| {
             let txn_id: String = col(r, 0)?;
-            let room_id: String = col(r, 1)?;
+            let room_id: OwnedRoomId = parsed(r, 1)?;
             let blob: Vec<u8> = col(r, 2)?;
-            let content = SecretBlob(c.decrypt(&aad_queued_send(&txn_id, &room_id), &blob)?);
+            let aad = aad_queued_send(&txn_id, room_id.as_str());
+            let content = SecretBlob(c.decrypt(&aad, &blob)?);
             Ok(QueuedSend {
                 txn_id,
                 room_id,
@@ -67,11 +69,15 @@ pub(super) fn write(
             room_id = excluded.room_id, session_id = excluded.session_id",
         &changes.pending_to_device,
         |p| {
-            let (room, session) = p.room_key.clone().unzip();
+            let (room, session) = p
+                .room_key
+                .as_ref()
+                .map(|(room, session)| (room.as_str(), session.as_str()))
+                .unzip();
             Ok((
-                p.txn_id.clone(),
-                p.event_type.clone(),
-                p.messages_json.clone(),
+                p.txn_id.as_str(),
+                p.event_type.to_string(),
+                p.messages_json.as_str(),
                 room,
                 session,
             ))
@@ -81,7 +87,7 @@ pub(super) fn write(
         tx,
         "DELETE FROM pending_to_device WHERE txn_id = ?1",
         &changes.sent_to_device,
-        |txn_id| Ok([txn_id.clone()]),
+        |txn_id| Ok([txn_id.as_str()]),
     )?;
     each(
         tx,
@@ -90,16 +96,16 @@ pub(super) fn write(
             room_id = excluded.room_id, content = excluded.content",
         &changes.queued_sends,
         |q| {
-            let aad = aad_queued_send(&q.txn_id, &q.room_id);
+            let aad = aad_queued_send(&q.txn_id, q.room_id.as_str());
             let blob = c.encrypt(&aad, q.content.as_bytes())?;
-            Ok((q.txn_id.clone(), q.room_id.clone(), blob))
+            Ok((q.txn_id.as_str(), q.room_id.as_str(), blob))
         },
     )?;
     each(
         tx,
         "DELETE FROM send_queue WHERE txn_id = ?1",
         &changes.finished_sends,
-        |txn_id| Ok([txn_id.clone()]),
+        |txn_id| Ok([txn_id.as_str()]),
     )
 }
 

@@ -1,20 +1,21 @@
 //! The `rooms` table (invites of rooms we were never in are bounded) and room `members`.
 
+use ruma::{OwnedRoomId, RoomId, UserId};
 use rusqlite::{Connection, Row, Transaction};
 
-use super::super::{Changes, MemberRecord, RoomRecord, StoreError};
-use super::sql::{col, each, json_list, query_all, query_opt};
+use super::super::{Changes, MemberRecord, RoomEncryption, RoomRecord, StoreError};
+use super::sql::{col, each, json_list, parsed, parsed_opt, query_all, query_opt};
 
 /// A room we are invited to and were never in (no encryption setting kept): what
 /// [`quota::MAX_INVITES`](super::super::quota::MAX_INVITES) bounds.
 pub(super) const INVITE: &str = "own_membership = 'invite' AND encryption IS NULL";
 
-pub(super) fn room(conn: &Connection, room_id: &str) -> Result<Option<RoomRecord>, StoreError> {
+pub(super) fn room(conn: &Connection, room_id: &RoomId) -> Result<Option<RoomRecord>, StoreError> {
     query_opt(
         conn,
         "SELECT room_id, encryption, history_visibility, members_synced, own_membership
          FROM rooms WHERE room_id = ?1",
-        [room_id],
+        [room_id.as_str()],
         room_from_row,
     )
 }
@@ -32,8 +33,8 @@ pub(super) fn all(conn: &Connection) -> Result<Vec<RoomRecord>, StoreError> {
 /// The encrypted rooms in which any of these users is joined or invited.
 pub(super) fn encrypted_with(
     conn: &Connection,
-    user_ids: &[&str],
-) -> Result<Vec<String>, StoreError> {
+    user_ids: &[&UserId],
+) -> Result<Vec<OwnedRoomId>, StoreError> {
     if user_ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -45,29 +46,32 @@ pub(super) fn encrypted_with(
            AND m.membership IN ('join', 'invite') AND r.encryption IS NOT NULL
          ORDER BY m.room_id",
         [json_list(user_ids)?],
-        |r| col(r, 0),
+        |r| parsed(r, 0),
     )
 }
 
-pub(super) fn members(conn: &Connection, room_id: &str) -> Result<Vec<MemberRecord>, StoreError> {
+pub(super) fn members(
+    conn: &Connection,
+    room_id: &RoomId,
+) -> Result<Vec<MemberRecord>, StoreError> {
     query_all(
         conn,
         "SELECT room_id, user_id, membership FROM members WHERE room_id = ?1
          ORDER BY user_id",
-        [room_id],
+        [room_id.as_str()],
         member_from_row,
     )
 }
 
 pub(super) fn member(
     conn: &Connection,
-    room_id: &str,
-    user_id: &str,
+    room_id: &RoomId,
+    user_id: &UserId,
 ) -> Result<Option<MemberRecord>, StoreError> {
     query_opt(
         conn,
         "SELECT room_id, user_id, membership FROM members WHERE room_id = ?1 AND user_id = ?2",
-        [room_id, user_id],
+        [room_id.as_str(), user_id.as_str()],
         member_from_row,
     )
 }
@@ -82,11 +86,11 @@ pub(super) fn write(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Store
         &changes.rooms,
         |r| {
             Ok((
-                r.room_id.clone(),
-                r.encryption.clone(),
-                r.history_visibility.clone(),
+                r.room_id.as_str(),
+                r.encryption.as_ref().map(|e| e.to_content().to_string()),
+                r.history_visibility.as_ref().map(|v| v.as_str()),
                 r.members_synced,
-                r.own_membership.clone(),
+                r.own_membership.as_ref().map(|m| m.as_str()),
             ))
         },
     )?;
@@ -94,30 +98,48 @@ pub(super) fn write(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Store
         tx,
         "DELETE FROM members WHERE room_id = ?1",
         &changes.replaced_member_lists,
-        |room_id| Ok([room_id.clone()]),
+        |room_id| Ok([room_id.as_str()]),
     )?;
     each(
         tx,
         "INSERT OR REPLACE INTO members (room_id, user_id, membership) VALUES (?1, ?2, ?3)",
         &changes.members,
-        |m| Ok([m.room_id.clone(), m.user_id.clone(), m.membership.clone()]),
+        |m| {
+            Ok([
+                m.room_id.as_str(),
+                m.user_id.as_str(),
+                m.membership.as_str(),
+            ])
+        },
     )
+}
+
+/// The stored setting: JSON content, read as [`RoomEncryption::from_content`] does.
+fn encryption_from_column(raw: Option<String>) -> Result<Option<RoomEncryption>, StoreError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let content: serde_json::Value = serde_json::from_str(&raw)
+        .map_err(|e| StoreError::Decode(format!("room encryption: {e}")))?;
+    RoomEncryption::from_content(&content)
+        .map(Some)
+        .ok_or_else(|| StoreError::Decode("room encryption without an algorithm".into()))
 }
 
 fn room_from_row(r: &Row<'_>) -> Result<RoomRecord, StoreError> {
     Ok(RoomRecord {
-        room_id: col(r, 0)?,
-        encryption: col(r, 1)?,
-        history_visibility: col(r, 2)?,
+        room_id: parsed(r, 0)?,
+        encryption: encryption_from_column(col(r, 1)?)?,
+        history_visibility: parsed_opt(r, 2)?,
         members_synced: col(r, 3)?,
-        own_membership: col(r, 4)?,
+        own_membership: parsed_opt(r, 4)?,
     })
 }
 
 fn member_from_row(r: &Row<'_>) -> Result<MemberRecord, StoreError> {
     Ok(MemberRecord {
-        room_id: col(r, 0)?,
-        user_id: col(r, 1)?,
-        membership: col(r, 2)?,
+        room_id: parsed(r, 0)?,
+        user_id: parsed(r, 1)?,
+        membership: parsed(r, 2)?,
     })
 }

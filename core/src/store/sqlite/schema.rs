@@ -199,6 +199,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
             AND value NOT GLOB '*[^0-9]*';
     DELETE FROM plain_values
         WHERE key IN (SELECT 'unwedge|' || curve25519 FROM unwedged_devices);",
+    // 6 -> 7: data only (`migrate_7`: rows holding ids that do not parse are removed).
+    "",
 ];
 
 /// Keys of the `meta` table.
@@ -307,11 +309,14 @@ fn migrate_data(
 ) -> Result<(), StoreError> {
     match to {
         5 => {
+            // Tagging reads every device: one with an invalid user id would stop it.
+            super::migrate_7::drop_rows_with_invalid_ids(tx)?;
             super::migrate_5::tag_devices(tx, cipher)?;
             super::migrate_5::rebind_outbound_sessions(tx, cipher)?;
             super::migrate_5::protect_sharing_setting(tx, cipher)
         }
         6 => super::migrate_6::move_no_olm_keys(tx, cipher),
+        7 => super::migrate_7::drop_rows_with_invalid_ids(tx),
         _ => Ok(()),
     }
 }

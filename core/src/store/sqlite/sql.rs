@@ -35,8 +35,49 @@ pub(super) fn limit(max: u64) -> i64 {
     i64::try_from(max).unwrap_or(i64::MAX)
 }
 
+/// Read a column holding an identifier or a protocol string (user, room or event id, which
+/// parse strictly; device ids, memberships, withheld codes and event types, which take any
+/// string): a value that does not parse is a decoding error (a corrupted or tampered row),
+/// never a panic and never a silently wrong value.
+pub(super) fn parsed<T>(row: &Row<'_>, idx: usize) -> Result<T, StoreError>
+where
+    T: TryFrom<String>,
+    T::Error: std::fmt::Display,
+{
+    let raw: String = col(row, idx)?;
+    T::try_from(raw).map_err(|e| StoreError::Decode(format!("column {idx}: {e}")))
+}
+
+/// [`parsed`] for a nullable column.
+pub(super) fn parsed_opt<T>(row: &Row<'_>, idx: usize) -> Result<Option<T>, StoreError>
+where
+    T: TryFrom<String>,
+    T::Error: std::fmt::Display,
+{
+    let raw: Option<String> = col(row, idx)?;
+    raw.map(|raw| T::try_from(raw).map_err(|e| StoreError::Decode(format!("column {idx}: {e}"))))
+        .transpose()
+}
+
+/// [`parsed`] for a `NOT NULL` column that keeps an unknown value as `""` (`None`).
+pub(super) fn parsed_non_empty<T>(row: &Row<'_>, idx: usize) -> Result<Option<T>, StoreError>
+where
+    T: TryFrom<String>,
+    T::Error: std::fmt::Display,
+{
+    let raw: String = col(row, idx)?;
+    non_empty(raw)
+        .map(|raw| T::try_from(raw).map_err(|e| StoreError::Decode(format!("column {idx}: {e}"))))
+        .transpose()
+}
+
+/// An optional id as kept in a `NOT NULL` column: `""` for `None`.
+pub(super) fn or_empty<T: AsRef<str>>(value: &Option<T>) -> &str {
+    value.as_ref().map_or("", AsRef::as_ref)
+}
+
 /// A list of keys as one JSON array, for `IN (SELECT value FROM json_each(?))`.
-pub(super) fn json_list(keys: &[&str]) -> Result<String, StoreError> {
+pub(super) fn json_list<K: serde::Serialize>(keys: &[K]) -> Result<String, StoreError> {
     serde_json::to_string(keys).map_err(|e| StoreError::Decode(e.to_string()))
 }
 
@@ -103,11 +144,11 @@ pub(super) fn count<P: Params>(conn: &Connection, sql: &str, params: P) -> Resul
 }
 
 /// Run `sql` once per item, with the parameters `f` gives.
-pub(super) fn each<T, P: Params>(
+pub(super) fn each<'a, T, P: Params>(
     tx: &Transaction<'_>,
     sql: &str,
-    items: &[T],
-    mut f: impl FnMut(&T) -> Result<P, StoreError>,
+    items: &'a [T],
+    mut f: impl FnMut(&'a T) -> Result<P, StoreError>,
 ) -> Result<(), StoreError> {
     if items.is_empty() {
         return Ok(());

@@ -6,17 +6,18 @@ use std::process::Command;
 use super::super::cipher::DEFAULT_PBKDF2_ROUNDS;
 use super::super::conformance::*;
 use super::*;
+use crate::test_ids::{rid, uid};
 
-fn key() -> StoreKey {
+pub(super) fn key() -> StoreKey {
     StoreKey::from_bytes([7; 32])
 }
 
-fn open(dir: &Path) -> SqliteStore {
+pub(super) fn open(dir: &Path) -> SqliteStore {
     SqliteStore::open(dir, &key()).unwrap()
 }
 
 /// A raw connection to the store's file, for inspecting and tampering.
-fn raw(dir: &Path) -> Connection {
+pub(super) fn raw(dir: &Path) -> Connection {
     let conn = Connection::open(dir.join(DB_FILE_NAME)).unwrap();
     conn.busy_timeout(BUSY_TIMEOUT).unwrap();
     conn
@@ -233,7 +234,7 @@ fn two_instances_see_each_others_writes() {
             scope.spawn(move || {
                 for i in 0..20 {
                     let c = Changes {
-                        members: vec![member("!r", &format!("@{t}-{i}"), "join")],
+                        members: vec![member("!r", &format!("@{t}-{i}:x"), "join")],
                         ..Default::default()
                     };
                     s.save_changes(c).unwrap();
@@ -243,7 +244,7 @@ fn two_instances_see_each_others_writes() {
     });
     assert_eq!(app.generation().unwrap(), 42);
     assert_eq!(extension.generation().unwrap(), 42);
-    assert_eq!(app.members("!r").unwrap().len(), 40);
+    assert_eq!(app.members(&rid("!r")).unwrap().len(), 40);
 }
 
 /// Apply `edit` to the raw file, then expect `check` to fail as `want` (and not panic).
@@ -312,8 +313,8 @@ fn tampered_rows_are_errors_not_panics() {
         olm("sk-a", "s", b"pickle a"),
         olm("sk-b", "s", b"pickle b"),
     ];
-    c.devices.push(device("@u-t", "D2", "curve-t2"));
-    c.devices.push(device("@u-t", "D3", "curve-t3"));
+    c.devices.push(device("@u-t:x", "D2", "curve-t2"));
+    c.devices.push(device("@u-t:x", "D3", "curve-t3"));
     c.outbound_group_sessions.push(outbound("!json", "j"));
     s.save_changes(c).unwrap();
 
@@ -361,7 +362,7 @@ fn tampered_rows_are_errors_not_panics() {
     tamper(
         d,
         sql("UPDATE inbound_group_sessions SET sender_user = '@mallory:evil'"),
-        || s.inbound_group_session("!room-t", "igs1"),
+        || s.inbound_group_session(&rid("!room-t"), "igs1"),
         corrupted,
     );
     tamper(
@@ -379,14 +380,14 @@ fn tampered_rows_are_errors_not_panics() {
     tamper(
         d,
         sql("UPDATE outbound_group_sessions SET session_id = 'other' WHERE room_id = '!room-t'"),
-        || s.outbound_group_session("!room-t"),
+        || s.outbound_group_session(&rid("!room-t")),
         corrupted,
     );
     // Bad enum strings, bad JSON, wrong column types.
     tamper(
         d,
         sql("UPDATE devices SET local_trust = 'trust-me' WHERE device_id = 'D1'"),
-        || s.devices(&["@u-t"]),
+        || s.devices(&[&uid("@u-t:x")]),
         decode,
     );
     tamper(
@@ -417,7 +418,7 @@ fn tampered_rows_are_errors_not_panics() {
     tamper(
         d,
         sql("UPDATE outbound_group_sessions SET shared_with = '{' WHERE room_id = '!json'"),
-        || s.outbound_group_session("!json"),
+        || s.outbound_group_session(&rid("!json")),
         corrupted,
     );
     // The rest of the store is still usable.
@@ -474,7 +475,7 @@ fn failure_before_commit_rolls_everything_back() {
     s.set_fail_before_commit(true);
     let mut c = full_changes("lost");
     c.sent_to_device.push("txn-base".into());
-    c.discarded_outbound_sessions.push("!room-base".into());
+    c.discarded_outbound_sessions.push(rid("!room-base"));
     assert!(matches!(s.save_changes(c), Err(StoreError::Database(_))));
     assert_full_absent(&s, "lost");
     assert_full_present(&s, "base");
@@ -488,43 +489,6 @@ fn failure_before_commit_rolls_everything_back() {
     let s = open(dir.path());
     assert_full_absent(&s, "lost");
     assert_full_present(&s, "next");
-}
-
-#[test]
-fn migration_from_an_empty_file() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join(DB_FILE_NAME), b"").unwrap();
-    let s = open(dir.path());
-    let conn = raw(dir.path());
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, MIGRATIONS.len() as i64);
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(mode, "wal");
-    assert_eq!(s.generation().unwrap(), 0);
-    s.save_changes(full_changes("m")).unwrap();
-    assert_full_present(&s, "m");
-}
-
-#[test]
-fn newer_schema_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    drop(open(dir.path()));
-    raw(dir.path())
-        .pragma_update(None, "user_version", 99)
-        .unwrap();
-    match SqliteStore::open(dir.path(), &key()) {
-        Err(StoreError::UnsupportedSchema {
-            found: 99,
-            supported,
-        }) => {
-            assert_eq!(supported, MIGRATIONS.len() as i64)
-        }
-        other => panic!("expected UnsupportedSchema, got {other:?}"),
-    }
 }
 
 #[test]
@@ -569,54 +533,6 @@ fn lookups_use_indices() {
 }
 
 #[test]
-fn migrations_from_version_1_keep_tracked_users_and_query_them_again() {
-    let dir = tempfile::tempdir().unwrap();
-    drop(open(dir.path()));
-    // Put the file back into the shape schema version 1 left it in, with two users.
-    raw(dir.path())
-        .execute_batch(
-            "DROP TABLE tracked_users;
-             DROP TABLE undecryptable_events;
-             DROP TABLE send_queue;
-             DROP TABLE withheld_notices;
-             DROP TABLE key_requests;
-             DROP TABLE no_olm_room_keys;
-             DROP TABLE unwedged_devices;
-             ALTER TABLE devices DROP COLUMN trust_tag;
-             ALTER TABLE pending_to_device DROP COLUMN room_id;
-             ALTER TABLE pending_to_device DROP COLUMN session_id;
-             CREATE TABLE tracked_users (
-                 user_id TEXT PRIMARY KEY NOT NULL,
-                 outdated INTEGER NOT NULL,
-                 sequence INTEGER NOT NULL
-             );
-             INSERT INTO tracked_users VALUES ('@stale:x', 1, 7), ('@fresh:x', 0, 3);
-             PRAGMA user_version = 1;",
-        )
-        .unwrap();
-    let s = open(dir.path());
-    assert_eq!(
-        s.tracked_users().unwrap(),
-        vec![
-            TrackedUser {
-                user_id: "@fresh:x".into(),
-                state: TrackingState::PendingDownload,
-                sequence: 3,
-            },
-            TrackedUser {
-                user_id: "@stale:x".into(),
-                state: TrackingState::PendingDownload,
-                sequence: 7,
-            },
-        ]
-    );
-    let version: i64 = raw(dir.path())
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, MIGRATIONS.len() as i64);
-}
-
-#[test]
 fn unknown_tracking_state_is_a_decode_error() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path()));
@@ -629,13 +545,128 @@ fn unknown_tracking_state_is_a_decode_error() {
     assert!(decode(&e), "{e:?}");
 }
 
+/// Run statements that must each change exactly one row.
+fn sql_all(statements: Vec<String>) -> impl FnOnce(&Connection) {
+    move |c| {
+        for st in &statements {
+            assert_eq!(c.execute(st, []).unwrap(), 1, "{st}");
+        }
+    }
+}
+
+/// A read that must fail once an id column holds something that is not an id.
+type IdRead = fn(&SqliteStore) -> Result<(), StoreError>;
+
+/// User, room and event ids are typed, so a batch can no longer hold an empty (or otherwise
+/// malformed) one: what guards them now is reading. A row whose user id, room id or event
+/// id column does not parse (empty, or without its sigil) is a decoding error, never a
+/// panic and never a record with a wrong id; every read that can reach such a row is
+/// checked. (Reads keyed by the id itself cannot reach it.)
+#[test]
+fn invalid_ids_in_the_file_are_decode_errors() {
+    let cases: Vec<(&str, &[&str], IdRead)> = vec![
+        (
+            "account user",
+            &["UPDATE account SET user_id = {bad}"],
+            |s| s.account().map(drop),
+        ),
+        (
+            "tracked user",
+            &["UPDATE tracked_users SET user_id = {bad} WHERE user_id = '@u-i:x'"],
+            |s| s.tracked_users().map(drop),
+        ),
+        (
+            "device user",
+            &["UPDATE devices SET user_id = {bad} WHERE device_id = 'D1'"],
+            |s| s.devices_with_curve25519(&["curve-i"]).map(drop),
+        ),
+        (
+            "megolm index event",
+            &["UPDATE megolm_indices SET event_id = {bad}"],
+            |s| s.megolm_index("sk-i", "igs1", 1).map(drop),
+        ),
+        (
+            "room",
+            &["UPDATE rooms SET room_id = {bad} WHERE room_id = '!room-i'"],
+            |s| s.rooms().map(drop),
+        ),
+        (
+            "member user",
+            &["UPDATE members SET user_id = {bad} WHERE room_id = '!room-i'"],
+            |s| s.members(&rid("!room-i")).map(drop),
+        ),
+        (
+            "member and room of an encrypted room",
+            &[
+                "UPDATE members SET room_id = {bad} WHERE room_id = '!room-i'",
+                "UPDATE rooms SET room_id = {bad} WHERE room_id = '!room-i'",
+            ],
+            |s| s.encrypted_rooms_with(&[&uid("@u-i:x")]).map(drop),
+        ),
+        (
+            "undecryptable event room",
+            &["UPDATE undecryptable_events SET room_id = {bad}"],
+            |s| s.undecryptable_sessions().map(drop),
+        ),
+        (
+            "undecryptable event id",
+            &["UPDATE undecryptable_events SET event_id = {bad}"],
+            |s| s.undecryptable_events(&rid("!room-i"), "u1").map(drop),
+        ),
+        (
+            "pending to-device room",
+            &["UPDATE pending_to_device SET room_id = {bad}"],
+            |s| s.pending_to_device().map(drop),
+        ),
+        (
+            "queued send room",
+            &["UPDATE send_queue SET room_id = {bad}"],
+            |s| s.queued_sends().map(drop),
+        ),
+    ];
+    // Empty, and a value of the right kind without its sigil.
+    for bad in ["''", "'not-an-id'"] {
+        for (what, statements, read) in &cases {
+            let dir = tempfile::tempdir().unwrap();
+            let s = open(dir.path());
+            let mut c = full_changes("i");
+            c.undecryptable_events = vec![UndecryptableEvent {
+                room_id: rid("!room-i"),
+                session_id: "u1".into(),
+                event_id: crate::test_ids::eid("$u1"),
+                event_json: "{}".into(),
+            }];
+            s.save_changes(c).unwrap();
+            let statements = statements
+                .iter()
+                .map(|st| st.replace("{bad}", bad))
+                .collect();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                tamper(dir.path(), sql_all(statements), || read(&s), decode)
+            }));
+            assert!(result.is_ok(), "{what} = {bad}: not a decoding error");
+        }
+    }
+    // The sender of an inbound session (empty there means unknown, which the pickle's
+    // binding refuses instead).
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.save_changes(full_changes("i")).unwrap();
+    tamper(
+        dir.path(),
+        sql("UPDATE inbound_group_sessions SET sender_user = 'mallory'"),
+        || s.inbound_group_session(&rid("!room-i"), "igs1"),
+        decode,
+    );
+}
+
 #[test]
 fn trust_decisions_and_rotation_state_cannot_be_edited_in_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let s = open(d);
     let mut c = full_changes("t");
-    c.devices.push(device("@u-t", "D2", "curve-t2"));
+    c.devices.push(device("@u-t:x", "D2", "curve-t2"));
     s.save_changes(c).unwrap();
     let verified_only = |s: &SqliteStore| s.secret_value(VERIFIED_ONLY_KEY);
     s.save_changes(Changes {
@@ -648,11 +679,11 @@ fn trust_decisions_and_rotation_state_cannot_be_edited_in_the_file() {
         "UPDATE devices SET deleted = 1 WHERE device_id = 'D2'",
     ];
     for edit in edits {
-        tamper(d, sql(edit), || s.devices(&["@u-t"]), corrupted);
+        tamper(d, sql(edit), || s.devices(&[&uid("@u-t:x")]), corrupted);
         s.save_changes(Changes {
             devices: vec![
-                device("@u-t", "D1", "curve-t"),
-                device("@u-t", "D2", "curve-t2"),
+                device("@u-t:x", "D1", "curve-t"),
+                device("@u-t:x", "D2", "curve-t2"),
             ],
             ..Default::default()
         })
@@ -661,7 +692,7 @@ fn trust_decisions_and_rotation_state_cannot_be_edited_in_the_file() {
     tamper(
         d,
         sql("UPDATE devices SET curve25519 = 'other' WHERE device_id = 'D1'"),
-        || s.devices(&["@u-t"]),
+        || s.devices(&[&uid("@u-t:x")]),
         corrupted,
     );
     let room = "!room-t";
@@ -670,7 +701,12 @@ fn trust_decisions_and_rotation_state_cannot_be_edited_in_the_file() {
         "UPDATE outbound_group_sessions SET created_ms = 9999999999999 WHERE room_id = '!room-t'",
         "UPDATE outbound_group_sessions SET shared_with = '[]' WHERE room_id = '!room-t'",
     ] {
-        tamper(d, sql(edit), || s.outbound_group_session(room), corrupted);
+        tamper(
+            d,
+            sql(edit),
+            || s.outbound_group_session(&rid(room)),
+            corrupted,
+        );
         s.save_changes(Changes {
             outbound_group_sessions: vec![outbound(room, "ogs1")],
             ..Default::default()
@@ -690,82 +726,6 @@ fn trust_decisions_and_rotation_state_cannot_be_edited_in_the_file() {
 }
 
 #[test]
-fn migration_5_moves_notices_and_requests_and_binds_trust_and_rotation_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let s = open(d);
-    // A room id may contain the old separator; session ids (base64) never do.
-    let (room, session) = ("!r|oom:x", "sess+ion/0");
-    let pickle = b"outbound pickle";
-    let old_aad: [&[u8]; 3] = [b"outbound_group_session", b"!r:x", b"S1"];
-    let old_blob = s.cipher.encrypt(&old_aad, pickle).unwrap();
-    drop(s);
-    // Back to schema version 4, with what version 4 stored.
-    let conn = raw(d);
-    conn.execute_batch(
-        "DROP TABLE withheld_notices;
-         DROP TABLE key_requests;
-         DROP TABLE no_olm_room_keys;
-         DROP TABLE unwedged_devices;
-         ALTER TABLE devices DROP COLUMN trust_tag;
-         ALTER TABLE pending_to_device DROP COLUMN room_id;
-         ALTER TABLE pending_to_device DROP COLUMN session_id;
-         PRAGMA user_version = 4;
-         INSERT INTO devices VALUES ('@a:x', 'DEV', 'curve', 'ed', '[]', NULL, '{}', 'verified', 0);
-         INSERT INTO plain_values VALUES ('setting|share_with_verified_only', 'true');",
-    )
-    .unwrap();
-    let withheld = serde_json::json!({"code": "m.no_olm", "reason": "r", "sender": "@a:x"});
-    conn.execute(
-        "INSERT INTO plain_values VALUES (?1, ?2), (?3, 'req-1'), ('keyreq|broken', 'x')",
-        [
-            format!("withheld|{room}|{session}"),
-            withheld.to_string(),
-            format!("keyreq|{room}|{session}"),
-        ],
-    )
-    .unwrap();
-    conn.execute(
-        "INSERT INTO outbound_group_sessions VALUES ('!r:x', 'S1', ?1, 5, 3, '[]')",
-        [old_blob],
-    )
-    .unwrap();
-    drop(conn);
-
-    let s = open(d);
-    let notice = s.withheld_notice(room, session, "@a:x").unwrap().unwrap();
-    assert_eq!(
-        (notice.code.as_str(), notice.reason.as_deref()),
-        ("m.no_olm", Some("r"))
-    );
-    assert_eq!(
-        s.key_request(room, session).unwrap().map(|r| r.request_id),
-        Some("req-1".to_owned())
-    );
-    let device = &s.devices(&["@a:x"]).unwrap()[0];
-    assert_eq!(device.local_trust, LocalTrust::Verified);
-    let outbound = s.outbound_group_session("!r:x").unwrap().unwrap();
-    assert_eq!(outbound.pickle.as_bytes(), pickle);
-    assert_eq!((outbound.created_ms, outbound.message_count), (5, 3));
-    assert_eq!(
-        s.secret_value(VERIFIED_ONLY_KEY).unwrap(),
-        Some(blob(b"true"))
-    );
-    let left: Vec<String> = raw(d)
-        .prepare("SELECT key FROM plain_values ORDER BY key")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(
-        left,
-        ["keyreq|broken"],
-        "only what could not be parsed stays"
-    );
-}
-
-#[test]
 fn stored_counts_match_the_records() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
@@ -776,103 +736,6 @@ fn stored_counts_match_the_records() {
     assert_eq!(counts.key_requests, 1);
     // The full record's session sender is not a member of its room.
     assert_eq!(counts.inbound_sessions_from_non_members, 1);
-}
-
-#[test]
-fn migration_6_moves_no_olm_keys_and_unwedge_times() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let s = open(d);
-    // The room's outbound session is s1 (s0 was rotated away); a room id may contain `|`.
-    let room = "!r|oom:x";
-    s.save_changes(Changes {
-        outbound_group_sessions: vec![outbound(room, "s1")],
-        ..Default::default()
-    })
-    .unwrap();
-    let old = |key: &str, plain: &[u8]| {
-        s.cipher
-            .encrypt(&values::aad_secret_value(key), plain)
-            .unwrap()
-    };
-    let current = format!("no_olm_key|{room}|s1|3");
-    let rotated = format!("no_olm_key|{room}|s0|0");
-    let no_session = "no_olm_key|!gone:x|g1|0".to_owned();
-    let copied = format!("no_olm_key|{room}|s1|4");
-    let rows = [
-        (current.clone(), old(&current, b"key at 3")),
-        (rotated.clone(), old(&rotated, b"key of s0")),
-        (no_session.clone(), old(&no_session, b"key of g1")),
-        (copied.clone(), old(&current, b"bound to another key")),
-        (
-            "no_olm_key|broken".to_owned(),
-            old("no_olm_key|broken", b"x"),
-        ),
-        ("access_token".to_owned(), old("access_token", b"token")),
-    ];
-    drop(s);
-    // Back to schema version 5, with what version 5 stored.
-    let conn = raw(d);
-    conn.execute_batch(
-        "DROP TABLE no_olm_room_keys;
-         DROP TABLE unwedged_devices;
-         PRAGMA user_version = 5;
-         INSERT INTO plain_values VALUES ('unwedge|curve-a', '1700000000000'),
-             ('unwedge|curve-b', 'soon'), ('unwedge|', '5'), ('user_id', '@me:x');",
-    )
-    .unwrap();
-    for (key, value) in &rows {
-        conn.execute(
-            "INSERT INTO secret_values (key, value) VALUES (?1, ?2)",
-            rusqlite::params![key, value],
-        )
-        .unwrap();
-    }
-    drop(conn);
-
-    let s = open(d);
-    let kept = s.no_olm_room_key(room, "s1", 3).unwrap();
-    assert_eq!(kept.map(|k| k.session_key), Some(blob(b"key at 3")));
-    // Keys of sessions that are no longer a room's outbound session are never read again.
-    assert_eq!(s.no_olm_room_key(room, "s0", 0).unwrap(), None);
-    assert_eq!(s.no_olm_room_key("!gone:x", "g1", 0).unwrap(), None);
-    assert_eq!(s.no_olm_room_key(room, "s1", 4).unwrap(), None);
-    assert_eq!(
-        s.unwedge_record("curve-a").unwrap(),
-        Some(UnwedgeRecord {
-            curve25519: "curve-a".into(),
-            unwedged_ms: 1_700_000_000_000,
-        })
-    );
-    assert_eq!(s.unwedge_record("curve-b").unwrap(), None);
-    assert_eq!(
-        s.secret_value("access_token").unwrap(),
-        Some(blob(b"token"))
-    );
-    let keys = |table: &str| -> Vec<String> {
-        raw(d)
-            .prepare(&format!("SELECT key FROM {table} ORDER BY key"))
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    };
-    let mut unreadable = vec![
-        "access_token".to_owned(),
-        copied,
-        "no_olm_key|broken".into(),
-    ];
-    unreadable.sort();
-    assert_eq!(
-        keys("secret_values"),
-        unreadable,
-        "moved or dropped; only what cannot be parsed or read stays"
-    );
-    assert_eq!(
-        keys("plain_values"),
-        ["unwedge|", "unwedge|curve-b", "user_id"]
-    );
 }
 
 #[test]
@@ -905,7 +768,7 @@ fn no_olm_room_keys_are_encrypted_and_bound_to_their_row() {
     tamper(
         d,
         sql("UPDATE no_olm_room_keys SET message_index = 7 WHERE message_index = 1"),
-        || s.no_olm_room_key("!r:x", "s1", 7),
+        || s.no_olm_room_key(&rid("!r:x"), "s1", 7),
         corrupted,
     );
     tamper(
@@ -913,7 +776,7 @@ fn no_olm_room_keys_are_encrypted_and_bound_to_their_row() {
         sql("UPDATE no_olm_room_keys SET session_key =
                 (SELECT session_key FROM no_olm_room_keys WHERE message_index = 7)
              WHERE message_index = 2"),
-        || s.no_olm_room_key("!r:x", "s1", 2),
+        || s.no_olm_room_key(&rid("!r:x"), "s1", 2),
         corrupted,
     );
 }

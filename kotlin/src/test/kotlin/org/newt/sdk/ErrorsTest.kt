@@ -10,6 +10,7 @@ import org.junit.Test
 import org.junit.rules.Timeout
 import com.sun.net.httpserver.HttpServer
 import java.net.InetSocketAddress
+import uniffi.newt_ffi.DeviceTrust
 import uniffi.newt_ffi.NewtException
 
 class ErrorsTest {
@@ -63,6 +64,26 @@ class ErrorsTest {
         // Nothing was written: the store still holds alice's session.
         openClient(config(dir)).use { client ->
             assertEquals(aliceSession, client.restoreSession())
+        }
+    }
+
+    @Test
+    fun `invalid ids are NewtException InvalidInput and nothing is sent or queued`() = runBlocking<Unit> {
+        val user = TestUser.register("badids")
+        openClient(config(TestEnv.newStoreDir("badids"))).use { client ->
+            val session = client.loginPassword(user.localpart, user.password, null)
+            assertFailsWith<NewtException.InvalidInput> { client.sendText("not a room id", "lost?") }
+            assertFailsWith<NewtException.InvalidInput> { client.createEncryptedRoom(null, listOf("bob")) }
+            assertFailsWith<NewtException.InvalidInput> { client.joinRoom("room") }
+            assertFailsWith<NewtException.InvalidInput> { client.inviteUser("!r:localhost", "@") }
+            assertFailsWith<NewtException.InvalidInput> { client.devices("bob") }
+            assertFailsWith<NewtException.InvalidInput> { client.setDeviceTrust(session.userId, "", DeviceTrust.VERIFIED) }
+            assertFailsWith<NewtException.InvalidInput> { client.deleteDevice("") }
+            assertFailsWith<NewtException.InvalidInput> { client.devicesWithoutOlm("#alias:localhost") }
+            // Nothing was queued: the next due-work run has nothing to send.
+            val report = client.runDueWork()
+            assertEquals(0u, report.completed)
+            assertEquals(0u, report.remaining)
         }
     }
 
