@@ -153,7 +153,7 @@ fn share_with_2000_devices(c: &mut Criterion) {
 }
 
 fn device_lists_changed_500(c: &mut Criterion) {
-    use newt_core::store::{Changes, TrackedUser, TrackingState};
+    use newt_core::store::{Changes, CryptoChanges, TrackedUser, TrackingState};
     let users: Vec<OwnedUserId> = (0..500)
         .map(|i| OwnedUserId::try_from(format!("@m{i}:example.org")).unwrap())
         .collect();
@@ -174,10 +174,10 @@ fn device_lists_changed_500(c: &mut Criterion) {
                     })
                     .collect();
                 store
-                    .save_changes(Changes {
+                    .save_changes(Changes::from(CryptoChanges {
                         tracked_users: tracked,
                         ..Default::default()
-                    })
+                    }))
                     .unwrap();
                 let machine = OlmMachine::open(user(), device(), store).unwrap();
                 // Own keys already published, so that only the queries are built.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group};
 use newt_core::crypto::{OlmMachine, RotationSettings};
 use newt_core::store::{
-    Changes, InboundGroupSessionRecord, SecretBlob, SqliteStore, Store, StoreKey,
+    Changes, CryptoChanges, InboundGroupSessionRecord, SecretBlob, SqliteStore, Store, StoreKey,
 };
 use ruma::{
     DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId, device_id, room_id, user_id,
@@ -70,10 +70,10 @@ fn prepare(dir: &Path) -> Vec<PathBuf> {
         Arc::new(SqliteStore::open(dir, &StoreKey::from_bytes(KEY)).unwrap());
     for chunk in other_sessions(SESSIONS - 1).chunks(1_000) {
         store
-            .save_changes(Changes {
+            .save_changes(Changes::from(CryptoChanges {
                 inbound_group_sessions: chunk.to_vec(),
                 ..Default::default()
-            })
+            }))
             .unwrap();
     }
     let machine = OlmMachine::open(user(), device(), Arc::clone(&store)).unwrap();

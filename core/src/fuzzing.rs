@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::crypto::tests::{FakeServer, Peer, olm_event_raw, olm_identity, room_event};
 use crate::crypto::{KeysQueryResponse, OlmMachine, OutgoingKind, SyncChanges};
-use crate::store::{Changes, MemoryStore, SqliteStore, Store, StoreKey};
+use crate::store::{Changes, ClientStore, CryptoStore, MemoryStore, SqliteStore, Store, StoreKey};
 use crate::test_ids::{did, rid, uid};
 
 const ROOM: &str = "!fuzz:localhost";
@@ -192,8 +192,8 @@ const COLUMNS: &[(&str, &str)] = &[
 
 /// Every read of `s`, for the records of `written` (the ids its rows are stored under).
 fn read_everything(s: &SqliteStore, written: &Changes) {
-    let room = &written.rooms[0].room_id;
-    let user = &written.devices[0].user_id;
+    let room = &written.client.rooms[0].room_id;
+    let user = &written.crypto.devices[0].user_id;
     let _ = s.account();
     let _ = s.generation();
     let _ = s.olm_sessions(&["sk-f"]);
@@ -207,12 +207,13 @@ fn read_everything(s: &SqliteStore, written: &Changes) {
     let _ = s.members(room);
     let _ = s.pending_to_device();
     let _ = s.queued_sends();
-    let _ = s.withheld_notice(room, "wh1", &written.withheld_notices[0].sender);
+    let _ = s.withheld_notice(room, "wh1", &written.crypto.withheld_notices[0].sender);
     let _ = s.key_request(room, "kr1");
     let _ = s.no_olm_room_key(room, "ogs1", 2);
     let _ = s.unwedge_record("curve-f");
     let _ = s.counts();
     let _ = s.secret_value("s-f");
+    let _ = s.share_with_verified_only();
     let _ = s.sync_token();
 }
 

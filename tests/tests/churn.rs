@@ -7,7 +7,7 @@ use newt_core::client::{Client, TimelineEvent};
 use newt_core::ruma::{
     OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedRoomOrAliasId, OwnedUserId, RoomId,
 };
-use newt_core::store::Changes;
+use newt_core::store::{Changes, CryptoChanges};
 use newt_e2e_tests::clients::{World, login, open, receive, room_with};
 use newt_e2e_tests::proxy::{Action, FaultProxy};
 
@@ -220,10 +220,10 @@ async fn a_wedged_olm_session_recovers_with_a_dummy() {
     }
     bob.store()
         .unwrap()
-        .save_changes(Changes {
+        .save_changes(Changes::from(CryptoChanges {
             olm_sessions: corrupted,
             ..Default::default()
-        })
+        }))
         .unwrap();
     drop(bob);
     let bob = open(&w.hs.base_url, &w.dir("bob"));
@@ -834,10 +834,10 @@ async fn a_key_stored_just_before_a_crash_decrypts_the_waiting_event_after_resta
         .unwrap();
     bob.store()
         .unwrap()
-        .save_changes(Changes {
+        .save_changes(Changes::from(CryptoChanges {
             inbound_group_sessions: vec![key],
             ..Default::default()
-        })
+        }))
         .unwrap();
     drop(bob);
 

@@ -11,7 +11,7 @@ use tracing::debug;
 use super::timeline::TimelineEvent;
 use super::{Client, ClientError};
 use crate::crypto::{OlmMachine, SyncOutcome};
-use crate::store::{Changes, UndecryptableEvent};
+use crate::store::{Changes, ClientChanges, UndecryptableEvent};
 
 /// Which kept events to decrypt again.
 pub(crate) struct Retry {
@@ -147,10 +147,10 @@ impl Client {
         if !resolved.is_empty() {
             debug!(events = resolved.len(), "kept events resolved by late keys");
         }
-        batch.commit(Changes {
+        batch.commit(Changes::from(ClientChanges {
             resolved_events: resolved,
             ..Default::default()
-        })?;
+        }))?;
         for item in updates {
             self.publish(item);
         }

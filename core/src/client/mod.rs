@@ -351,12 +351,14 @@ impl Client {
         }
         let mut changes = Changes::default();
         changes
+            .client
             .values
             .insert(KEY_USER_ID.into(), session.user_id.to_string());
         changes
+            .client
             .values
             .insert(KEY_DEVICE_ID.into(), session.device_id.to_string());
-        changes.secret_values.insert(
+        changes.client.secret_values.insert(
             KEY_ACCESS_TOKEN.into(),
             SecretBlob::new(token.as_bytes().to_vec()),
         );

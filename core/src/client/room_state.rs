@@ -120,12 +120,14 @@ pub(crate) fn room_changes(
     // A room listed in several sections: invite, then leave, then join win in this order.
     for room_id in &sync.invited {
         changes
+            .client
             .rooms
             .push(with_membership(store, room_id, MembershipState::Invite)?);
     }
     for room_id in &sync.left {
         if store.room(room_id)?.is_some() {
             changes
+                .client
                 .rooms
                 .push(with_membership(store, room_id, MembershipState::Leave)?);
         }
@@ -141,8 +143,8 @@ pub(crate) fn room_changes(
         if room.encryption.is_some() {
             encrypted.push(room.room_id.clone());
         }
-        changes.members.extend(members);
-        changes.rooms.push(room);
+        changes.client.members.extend(members);
+        changes.client.rooms.push(room);
     }
     Ok((changes, encrypted))
 }

@@ -14,7 +14,7 @@ use super::room_state::{apply_state, with_membership};
 use super::{Client, ClientError};
 use crate::crypto::RotationSettings;
 use crate::http::with_retry;
-use crate::store::{Changes, MemberRecord, RoomEncryption, RoomRecord};
+use crate::store::{Changes, ClientChanges, MemberRecord, RoomEncryption, RoomRecord};
 
 /// Users a room key goes to: joined members, and invited ones unless history is `joined` only.
 pub(crate) fn recipients(room: &RoomRecord, members: &[MemberRecord]) -> Vec<OwnedUserId> {
@@ -80,7 +80,7 @@ impl Client {
         }))?];
         let room_id = self.inner.http.send(request).await?.room_id;
         let mut changes = Changes::default();
-        changes.rooms.push(RoomRecord {
+        changes.client.rooms.push(RoomRecord {
             encryption: Some(encryption),
             history_visibility: Some(HistoryVisibility::Shared),
             own_membership: Some(MembershipState::Join),
@@ -89,7 +89,7 @@ impl Client {
         let own = std::iter::once((machine.user_id().to_owned(), MembershipState::Join));
         let invited = invite.iter().map(|u| (u.clone(), MembershipState::Invite));
         for (user_id, membership) in own.chain(invited) {
-            changes.members.push(MemberRecord {
+            changes.client.members.push(MemberRecord {
                 room_id: room_id.clone(),
                 user_id,
                 membership,
@@ -115,10 +115,10 @@ impl Client {
             let store = c.store()?;
             // Member changes while we were not joined were not seen: loaded again.
             let record = with_membership(&*store, &id, MembershipState::Join)?;
-            store.save_changes(Changes {
+            store.save_changes(Changes::from(ClientChanges {
                 rooms: vec![record],
                 ..Default::default()
-            })?;
+            }))?;
             Ok(())
         })
         .await?;
@@ -141,10 +141,10 @@ impl Client {
             if let Some(mut record) = store.room(&room_id)? {
                 record.own_membership = Some(MembershipState::Leave);
                 record.members_synced = false;
-                store.save_changes(Changes {
+                store.save_changes(Changes::from(ClientChanges {
                     rooms: vec![record],
                     ..Default::default()
-                })?;
+                }))?;
             }
             Ok(())
         })
@@ -165,14 +165,14 @@ impl Client {
             ))
         })
         .await?;
-        self.save_changes(Changes {
+        self.save_changes(Changes::from(ClientChanges {
             members: vec![MemberRecord {
                 room_id: room_id.to_owned(),
                 user_id: user_id.to_owned(),
                 membership: MembershipState::Invite,
             }],
             ..Default::default()
-        })
+        }))
         .await
     }
 
@@ -191,10 +191,10 @@ impl Client {
                 .send(get_member_events::v3::Request::new(room.room_id.clone()))
         })
         .await?;
-        let mut changes = Changes {
+        let mut changes = Changes::from(ClientChanges {
             replaced_member_lists: vec![room.room_id.clone()],
             ..Default::default()
-        };
+        });
         let mut record = RoomRecord {
             members_synced: true,
             ..room.clone()
@@ -205,11 +205,11 @@ impl Client {
                 continue;
             };
             if event.get("type").and_then(Value::as_str) == Some("m.room.member") {
-                apply_state(&mut record, &mut changes.members, &event, own_user);
+                apply_state(&mut record, &mut changes.client.members, &event, own_user);
             }
         }
         record.own_membership = own_membership;
-        changes.rooms.push(record);
+        changes.client.rooms.push(record);
         self.save_changes(changes).await
     }
 }

@@ -9,7 +9,7 @@ use tracing::debug;
 
 use super::{Client, ClientError};
 use crate::http::{HttpError, MAX_BODY_BYTES, with_retry};
-use crate::store::{Changes, QueuedSend, SecretBlob};
+use crate::store::{Changes, ClientChanges, QueuedSend, SecretBlob};
 
 impl Client {
     /// Send an encrypted `m.text` message; returns the event id.
@@ -45,20 +45,20 @@ impl Client {
             ),
         };
         let txn_id = queued.txn_id.clone();
-        self.save_changes(Changes {
+        self.save_changes(Changes::from(ClientChanges {
             queued_sends: vec![queued],
             ..Default::default()
-        })
+        }))
         .await?;
         let result = self.send_message_once(room_id, content, &txn_id).await;
         match &result {
             // Not over: the message stays queued and is sent later (same transaction id).
             Err(e) if !e.is_permanent() => self.schedule_retry(e, "message send failed"),
             _ => {
-                self.save_changes(Changes {
+                self.save_changes(Changes::from(ClientChanges {
                     finished_sends: vec![txn_id],
                     ..Default::default()
-                })
+                }))
                 .await?;
             }
         }

@@ -7,7 +7,7 @@ use ruma::OwnedRoomId;
 use tracing::warn;
 
 use super::{Client, ClientError};
-use crate::store::Changes;
+use crate::store::{Changes, ClientChanges};
 
 impl Client {
     /// Send the queued messages, oldest first. A message that fails for a reason that may go
@@ -51,10 +51,10 @@ impl Client {
             if finished {
                 let txn_id = q.txn_id.clone();
                 self.blocking(move |c| {
-                    c.store()?.save_changes(Changes {
+                    c.store()?.save_changes(Changes::from(ClientChanges {
                         finished_sends: vec![txn_id],
                         ..Default::default()
-                    })?;
+                    }))?;
                     Ok(())
                 })
                 .await?;

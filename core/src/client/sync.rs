@@ -26,7 +26,7 @@ use super::timeline::TimelineEvent;
 use super::{Client, ClientError, TrustPolicy};
 use crate::crypto::{OlmMachine, SyncBatch, SyncChanges};
 use crate::http::{HttpError, with_retry};
-use crate::store::{Changes, MemberRecord, Store};
+use crate::store::{Changes, ClientChanges, MemberRecord, Store};
 
 /// Timeline events per room per sync; older ones are fetched with `/messages`.
 const TIMELINE_LIMIT: u32 = 50;
@@ -220,10 +220,10 @@ impl Client {
                 out.items.push(item);
             }
         }
-        batch.keep(Changes {
+        batch.keep(Changes::from(ClientChanges {
             undecryptable_events: kept,
             ..Default::default()
-        });
+        }));
         Ok(out)
     }
 
@@ -391,11 +391,22 @@ fn track_members(
 ) -> Result<(), ClientError> {
     for room_id in rooms {
         let pending = batch.pending();
-        let Some(room) = pending.rooms.iter().rev().find(|r| &r.room_id == room_id) else {
+        let Some(room) = pending
+            .client
+            .rooms
+            .iter()
+            .rev()
+            .find(|r| &r.room_id == room_id)
+        else {
             continue;
         };
         let mut members: Vec<MemberRecord> = store.members(room_id)?;
-        for m in pending.members.iter().filter(|m| &m.room_id == room_id) {
+        for m in pending
+            .client
+            .members
+            .iter()
+            .filter(|m| &m.room_id == room_id)
+        {
             members.retain(|old| old.user_id != m.user_id);
             members.push(m.clone());
         }

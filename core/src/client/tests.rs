@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::{Client, ClientError, KEY_ACCESS_TOKEN, KEY_DEVICE_ID, KEY_USER_ID};
 use crate::crypto::tests::{FakeServer, Peer, room_event};
 use crate::crypto::{OutgoingKind, RotationSettings};
-use crate::store::{Changes, MemoryStore, SecretBlob, SqliteStore, Store, StoreKey};
+use crate::store::{ClientChanges, MemoryStore, SecretBlob, SqliteStore, Store, StoreKey};
 use crate::test_ids::{did, rid, uid};
 
 const ROOM: &str = "!room:localhost";
@@ -20,13 +20,13 @@ const BOB: &str = "@bob:localhost";
 
 /// A logged-in client on `store` that never talks to a server (the address is unroutable).
 pub(crate) fn offline_client(store: Arc<dyn Store>, user: &str, device: &str) -> Client {
-    let mut changes = Changes::default();
+    let mut changes = ClientChanges::default();
     changes.values.insert(KEY_USER_ID.into(), user.into());
     changes.values.insert(KEY_DEVICE_ID.into(), device.into());
     changes
         .secret_values
         .insert(KEY_ACCESS_TOKEN.into(), SecretBlob::new(b"token".to_vec()));
-    store.save_changes(changes).unwrap();
+    store.save_changes(changes.into()).unwrap();
     let client = Client::with_store("http://127.0.0.1:9", store).unwrap();
     assert!(client.restore_session().unwrap());
     client

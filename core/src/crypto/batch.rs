@@ -83,10 +83,11 @@ impl Batch {
     pub(crate) fn flush(self, changes: &mut Changes) -> Result<(), CryptoError> {
         for key in &self.dirty {
             for session in self.sessions.get(key).into_iter().flatten() {
-                changes.olm_sessions.push(session.to_record()?);
+                changes.crypto.olm_sessions.push(session.to_record()?);
             }
         }
         changes
+            .crypto
             .inbound_group_sessions
             .extend(self.inbound.into_values());
         Ok(())

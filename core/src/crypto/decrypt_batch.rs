@@ -20,7 +20,7 @@ pub struct DecryptBatch<'m> {
 impl std::fmt::Debug for DecryptBatch<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DecryptBatch")
-            .field("events", &self.changes.megolm_indices.len())
+            .field("events", &self.changes.crypto.megolm_indices.len())
             .finish_non_exhaustive()
     }
 }
@@ -51,7 +51,10 @@ impl DecryptBatch<'_> {
     /// in one transaction. Only then may the plaintexts be shown.
     pub fn commit(self, extra: Changes) -> Result<(), CryptoError> {
         let mut changes = extra;
-        changes.megolm_indices.extend(self.changes.megolm_indices);
+        changes
+            .crypto
+            .megolm_indices
+            .extend(self.changes.crypto.megolm_indices);
         if changes.is_empty() {
             // Only events seen before: nothing to write, no need for the machine's lock.
             return Ok(());

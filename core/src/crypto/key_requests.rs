@@ -22,7 +22,9 @@ use super::olm::{IncomingOlm, OlmPayload};
 use super::outbox::messages_json;
 use super::outcomes::RoomKeyInfo;
 use super::state::{KeyRequest, State};
-use crate::store::{Changes, DeviceRecord, KeyRequestRecord, LocalTrust, PendingToDevice};
+use crate::store::{
+    Changes, CryptoChanges, DeviceRecord, KeyRequestRecord, LocalTrust, PendingToDevice,
+};
 
 const KEY_REQUEST: &str = "m.room_key_request";
 
@@ -66,6 +68,7 @@ impl OlmMachine {
             return Err(CryptoError::InvalidInput("empty session id".into()));
         }
         let asked_in_batch = pending
+            .crypto
             .key_requests
             .iter()
             .any(|r| r.room_id == room_id && r.session_id == session_id);
@@ -92,7 +95,7 @@ impl OlmMachine {
         }
         let targets: Vec<(&OwnedUserId, &OwnedDeviceId)> =
             targets.iter().map(|(u, d)| (u, d)).collect();
-        let changes = Changes {
+        let changes = Changes::from(CryptoChanges {
             key_requests: vec![KeyRequestRecord {
                 room_id: room_id.to_owned(),
                 session_id: session_id.to_owned(),
@@ -105,7 +108,7 @@ impl OlmMachine {
                 room_key: None,
             }],
             ..Default::default()
-        };
+        });
         debug!(%room_id, "asking own devices for a missing room key");
         Ok(Some(changes))
     }
@@ -292,7 +295,7 @@ impl OlmMachine {
         let payload = OlmPayload::to_device(&state.account, device, event_type, content);
         let encrypted = session.encrypt(&state.account.curve25519(), &payload, state.now_ms())?;
         batch.dirty.insert(device.curve25519.clone());
-        changes.pending_to_device.push(PendingToDevice {
+        changes.crypto.pending_to_device.push(PendingToDevice {
             txn_id: ruma::TransactionId::new().to_string(),
             event_type: ToDeviceEventType::RoomEncrypted,
             messages_json: messages_json(&[(&device.user_id, &device.device_id)], encrypted)?,
@@ -325,6 +328,7 @@ impl OlmMachine {
             Err(e) => return Ok(Err(e)),
         };
         let asked = pending
+            .crypto
             .key_requests
             .iter()
             .any(|r| r.room_id == key.room_id && r.session_id == key.session_id);

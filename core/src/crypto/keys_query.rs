@@ -20,7 +20,7 @@ use super::requests::{OutgoingKind, OutgoingRequest};
 use super::responses::KeysQueryResponse;
 use super::state::{State, TrackerState};
 use crate::store::quota::MAX_DEVICES_PER_USER;
-use crate::store::{Changes, DeviceRecord, LocalTrust, TrackedUser, TrackingState};
+use crate::store::{Changes, CryptoChanges, DeviceRecord, LocalTrust, TrackedUser, TrackingState};
 
 /// First back-off of a server whose key queries fail.
 const BACKOFF_BASE_MS: u64 = 15_000;
@@ -93,13 +93,13 @@ impl OlmMachine {
                 outcome.new_devices.push(id);
             }
             outcome.updated_devices += 1;
-            changes.devices.push(candidate.record);
+            changes.crypto.devices.push(candidate.record);
         }
         for (user, devices) in &answered {
             removed_devices(user, devices, &stored, &mut changes, &mut outcome);
         }
         outcome.affected_rooms = self.rooms_affected_by(&outcome)?;
-        changes.tracked_users =
+        changes.crypto.tracked_users =
             self.settle_tracking(&requested, |user| answered.contains_key(&user.to_owned()))?;
         self.save(&mut state, changes)?;
         Ok(outcome)
@@ -267,10 +267,10 @@ impl OlmMachine {
                 ..u
             })
             .collect();
-        let changes = Changes {
+        let changes = Changes::from(CryptoChanges {
             tracked_users: outdated.clone(),
             ..Default::default()
-        };
+        });
         self.save(state, changes)?;
         let (solo, together): (Vec<TrackedUser>, Vec<TrackedUser>) = outdated
             .into_iter()
@@ -309,10 +309,10 @@ impl OlmMachine {
                 }
             }
         }
-        let changes = Changes {
+        let changes = Changes::from(CryptoChanges {
             tracked_users: self.settle_tracking(&requested, |_| false)?,
             ..Default::default()
-        };
+        });
         self.save(&mut state, changes)
     }
 
@@ -431,7 +431,7 @@ fn removed_devices(
         .collect();
     gone.sort_by(|a, b| a.device_id.cmp(&b.device_id));
     for old in gone {
-        changes.devices.push(DeviceRecord {
+        changes.crypto.devices.push(DeviceRecord {
             deleted: true,
             ..old.clone()
         });

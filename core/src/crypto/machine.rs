@@ -16,7 +16,7 @@ use super::outbox::to_device_request;
 use super::requests::{OutgoingKind, OutgoingRequest, raw, raw_map};
 use super::responses::KeysUploadResponse;
 use super::state::State;
-use crate::store::{Changes, LocalTrust, Store, TrackedUser, TrackingState};
+use crate::store::{Changes, CryptoChanges, LocalTrust, Store, TrackedUser, TrackingState};
 use crate::time::{Clock, SystemClock};
 
 /// The end-to-end encryption state machine of one device. Does no network I/O.
@@ -74,10 +74,10 @@ impl OlmMachine {
                 let max = account.inner.max_number_of_one_time_keys();
                 account.inner.generate_one_time_keys(max);
                 // Persist before anything is published, so the keys survive a crash.
-                let written = store.save_changes(Changes {
+                let written = store.save_changes(Changes::from(CryptoChanges {
                     account: Some(account.to_record()?),
                     ..Default::default()
-                })?;
+                }))?;
                 info!(%user_id, %device_id, "created a new Olm account");
                 (account, written)
             }
@@ -172,10 +172,10 @@ impl OlmMachine {
     /// pending download; the others keep their state.
     pub fn update_tracked_users(&self, users: &[OwnedUserId]) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
-        let changes = Changes {
+        let changes = Changes::from(CryptoChanges {
             tracked_users: self.newly_tracked(users, &[])?,
             ..Default::default()
-        };
+        });
         self.save(&mut state, changes)
     }
 
@@ -285,10 +285,10 @@ impl OlmMachine {
                 }
             }
         }
-        let changes = Changes {
+        let changes = Changes::from(CryptoChanges {
             sent_to_device: dropped,
             ..Default::default()
-        };
+        });
         self.save(state, changes)?;
         Ok(requests)
     }
@@ -315,10 +315,10 @@ impl OlmMachine {
         let record = state.account.to_record()?;
         self.save(
             &mut state,
-            Changes {
+            Changes::from(CryptoChanges {
                 account: Some(record),
                 ..Default::default()
-            },
+            }),
         )?;
         info!(one_time_keys = count, "keys uploaded");
         Ok(())
@@ -352,10 +352,10 @@ impl OlmMachine {
         };
         device.local_trust = trust;
         let curve = device.curve25519.clone();
-        let mut changes = Changes {
+        let mut changes = Changes::from(CryptoChanges {
             devices: vec![device],
             ..Default::default()
-        };
+        });
         if user_id == self.user_id {
             // Key requests this own device made while undecided: answer or drop them now.
             let verified = trust == LocalTrust::Verified;

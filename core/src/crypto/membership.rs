@@ -17,8 +17,13 @@ pub(crate) fn is_member(
     room_id: &RoomId,
     user_id: &UserId,
 ) -> Result<bool, CryptoError> {
-    let replaced = pending.replaced_member_lists.iter().any(|r| r == room_id);
+    let replaced = pending
+        .client
+        .replaced_member_lists
+        .iter()
+        .any(|r| r == room_id);
     let membership = match pending
+        .client
         .members
         .iter()
         .rev()

@@ -123,7 +123,7 @@ impl OlmMachine {
                             let content =
                                 session.encrypt(&state.account.curve25519(), &payload, now)?;
                             dummies.push(&device, content);
-                            changes.unwedge_records.push(UnwedgeRecord {
+                            changes.crypto.unwedge_records.push(UnwedgeRecord {
                                 curve25519: device.curve25519.clone(),
                                 unwedged_ms: now,
                             });
@@ -134,7 +134,7 @@ impl OlmMachine {
                         {
                             answerable.extend(requests);
                         }
-                        changes.olm_sessions.push(session.to_record()?);
+                        changes.crypto.olm_sessions.push(session.to_record()?);
                         outcome.sessions_created += 1;
                     }
                     Err(e) => {
@@ -207,7 +207,7 @@ impl OlmMachine {
         let mut attempts = Changes::default();
         for (key, wanted) in due {
             if wanted {
-                attempts.unwedge_records.push(UnwedgeRecord {
+                attempts.crypto.unwedge_records.push(UnwedgeRecord {
                     curve25519: key,
                     unwedged_ms: now,
                 });

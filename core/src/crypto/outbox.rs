@@ -113,7 +113,7 @@ impl ToDeviceBatcher {
                 room_key: self.room_key.clone(),
             };
             requests.push(to_device_request(&pending)?);
-            changes.pending_to_device.push(pending);
+            changes.crypto.pending_to_device.push(pending);
         }
         Ok(requests)
     }

@@ -10,7 +10,9 @@ use super::error::{CryptoError, MegolmError};
 use super::machine::OlmMachine;
 use super::megolm::InboundGroup;
 use super::outcomes::DecryptedRoomEvent;
-use crate::store::{Changes, InboundGroupSessionRecord, MegolmIndexRecord, WithheldNotice};
+use crate::store::{
+    Changes, CryptoChanges, InboundGroupSessionRecord, MegolmIndexRecord, WithheldNotice,
+};
 
 /// An `m.room.encrypted` room event, parsed at the edge.
 #[derive(Deserialize)]
@@ -62,6 +64,7 @@ pub(crate) fn uncommitted_session<'a>(
     session_id: &str,
 ) -> Option<&'a InboundGroupSessionRecord> {
     pending
+        .crypto
         .inbound_group_sessions
         .iter()
         .rev()
@@ -80,10 +83,10 @@ impl OlmMachine {
         let (decrypted, index) = self.decrypt_with(room_id, event, &Changes::default())?;
         if let Some(index) = index {
             let mut state = self.lock()?;
-            let changes = Changes {
+            let changes = Changes::from(CryptoChanges {
                 megolm_indices: vec![index],
                 ..Default::default()
-            };
+            });
             self.save(&mut state, changes)?;
         }
         Ok(decrypted)
@@ -98,7 +101,7 @@ impl OlmMachine {
         pending: &mut Changes,
     ) -> Result<DecryptedRoomEvent, CryptoError> {
         let (decrypted, index) = self.decrypt_with(room_id, event, pending)?;
-        pending.megolm_indices.extend(index);
+        pending.crypto.megolm_indices.extend(index);
         Ok(decrypted)
     }
 
@@ -220,7 +223,7 @@ impl OlmMachine {
                 && r.session_id == seen.session_id
                 && r.index == seen.index
         };
-        let first = match pending.megolm_indices.iter().find(same_index) {
+        let first = match pending.crypto.megolm_indices.iter().find(same_index) {
             Some(r) => Some(r.clone()),
             None => self
                 .store
@@ -250,6 +253,7 @@ impl OlmMachine {
     ) -> Result<MegolmError, CryptoError> {
         let sender = &*event.sender;
         let notice = match pending
+            .crypto
             .withheld_notices
             .iter()
             .rev()

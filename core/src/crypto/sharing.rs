@@ -17,9 +17,8 @@ use super::olm::{OlmPayload, OlmSession};
 use super::outbox::ToDeviceBatcher;
 use super::requests::OutgoingRequest;
 use crate::store::{
-    Changes, DeviceRecord, InboundGroupSessionRecord, LocalTrust, NoOlmRoomKey,
+    Changes, CryptoChanges, DeviceRecord, InboundGroupSessionRecord, LocalTrust, NoOlmRoomKey,
     OutboundGroupSessionRecord, PendingToDevice, SecretBlob, ShareRecipient, Store,
-    VERIFIED_ONLY_KEY,
 };
 
 impl OlmMachine {
@@ -64,6 +63,7 @@ impl OlmMachine {
         if stored.as_ref().map(|r| r.session_id.as_str()) != Some(share.session_id.as_str()) {
             // A new session: keep an inbound copy so our own messages decrypt too.
             changes
+                .crypto
                 .inbound_group_sessions
                 .push(share.own_inbound_copy(&state.account)?);
         }
@@ -87,7 +87,7 @@ impl OlmMachine {
         }
         let requests = share.finish(&mut changes)?;
         for session in sessions.values() {
-            changes.olm_sessions.push(session.to_record()?);
+            changes.crypto.olm_sessions.push(session.to_record()?);
         }
         // Sessions, journal and the messages themselves are stored before anything is sent.
         self.save(&mut state, changes)?;
@@ -147,10 +147,10 @@ impl OlmMachine {
         let encrypted = group.encrypt(event_type, content, &own_curve, &self.device_id)?;
         self.save(
             &mut state,
-            Changes {
+            Changes::from(CryptoChanges {
                 outbound_group_sessions: vec![group.to_record()?],
                 ..Default::default()
-            },
+            }),
         )?;
         Ok(encrypted)
     }
@@ -162,10 +162,10 @@ impl OlmMachine {
     pub fn mark_to_device_failed(&self, txn_id: &str) -> Result<(), CryptoError> {
         warn!(txn_id, "a to-device message was refused for good; dropped");
         let mut state = self.lock()?;
-        let mut changes = Changes {
+        let mut changes = Changes::from(CryptoChanges {
             sent_to_device: vec![txn_id.to_owned()],
             ..Default::default()
-        };
+        });
         let refused = self
             .store
             .pending_to_device()?
@@ -173,7 +173,7 @@ impl OlmMachine {
             .find(|p| p.txn_id == txn_id);
         if let Some(record) = refused.map(|p| self.unshared(&p)).transpose()?.flatten() {
             info!(room_id = %record.room_id, "recipients of a refused room key get it again");
-            changes.outbound_group_sessions.push(record);
+            changes.crypto.outbound_group_sessions.push(record);
         }
         self.save(&mut state, changes)
     }
@@ -208,10 +208,10 @@ impl OlmMachine {
         let mut state = self.lock()?;
         self.save(
             &mut state,
-            Changes {
+            Changes::from(CryptoChanges {
                 sent_to_device: vec![txn_id.to_owned()],
                 ..Default::default()
-            },
+            }),
         )
     }
 
@@ -241,20 +241,17 @@ impl OlmMachine {
     /// they are verified. Turning it on rotates sessions that unverified devices have.
     pub fn set_share_with_verified_only(&self, on: bool) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
-        let mut changes = Changes::default();
-        // A secret value: encrypted and bound to its key, so it cannot be edited in the file.
-        changes.secret_values.insert(
-            VERIFIED_ONLY_KEY.to_owned(),
-            SecretBlob::new(on.to_string().into_bytes()),
-        );
-        self.save(&mut state, changes)
+        let changes = CryptoChanges {
+            share_with_verified_only: Some(on),
+            ..Default::default()
+        };
+        self.save(&mut state, changes.into())
     }
 
     /// Whether room keys go to verified devices only (see
     /// [`Self::set_share_with_verified_only`]).
     pub fn shares_with_verified_only(&self) -> Result<bool, CryptoError> {
-        let value = self.store.secret_value(VERIFIED_ONLY_KEY)?;
-        Ok(value.is_some_and(|v| v.as_bytes() == b"true"))
+        Ok(self.store.share_with_verified_only()?)
     }
 
     /// Forget the room's outbound session; the next share creates a new one.
@@ -262,10 +259,10 @@ impl OlmMachine {
         let mut state = self.lock()?;
         self.save(
             &mut state,
-            Changes {
+            Changes::from(CryptoChanges {
                 discarded_outbound_sessions: vec![room_id.to_owned()],
                 ..Default::default()
-            },
+            }),
         )
     }
 }
@@ -484,7 +481,7 @@ impl<'a> Share<'a> {
             .any(|r| r.withheld == Some(RoomKeyWithheldCode::NoOlm) && r.index == self.index);
         if withheld_now && let Some(key) = self.room_key["session_key"].as_str() {
             // The session key at this index, encrypted at rest, for the retry.
-            changes.no_olm_room_keys.push(NoOlmRoomKey {
+            changes.crypto.no_olm_room_keys.push(NoOlmRoomKey {
                 room_id: self.room_id.to_owned(),
                 session_id: self.session_id.clone(),
                 index: self.index,
@@ -494,6 +491,7 @@ impl<'a> Share<'a> {
         let mut requests = self.keys_out.finish(changes)?;
         requests.extend(self.notices.finish(changes)?);
         changes
+            .crypto
             .outbound_group_sessions
             .push(self.group.to_record()?);
         Ok(requests)

@@ -80,7 +80,7 @@ impl OlmMachine {
             }
         }
         if account_changed {
-            batch.changes.account = Some(state.account.to_record()?);
+            batch.changes.crypto.account = Some(state.account.to_record()?);
         }
         batch.changes.sync_token = sync.next_batch;
         Ok(batch)
@@ -112,7 +112,7 @@ impl SyncBatch<'_> {
         for (users, new_state) in updates {
             for user in users {
                 if let Some(t) = tracked.get(user).filter(|t| t.is_tracked()) {
-                    self.changes.tracked_users.push(TrackedUser {
+                    self.changes.crypto.tracked_users.push(TrackedUser {
                         user_id: user.clone(),
                         state: new_state,
                         sequence: t.sequence + 1,
@@ -149,7 +149,7 @@ impl SyncBatch<'_> {
     ) -> Result<bool, CryptoError> {
         // Members choose the session ids their events name: one sync asks for at most so
         // many keys (the events are kept anyway and decrypt if a key comes).
-        if self.changes.key_requests.len() >= MAX_KEY_REQUESTS_PER_SYNC {
+        if self.changes.crypto.key_requests.len() >= MAX_KEY_REQUESTS_PER_SYNC {
             debug!("not asking for more keys in this sync");
             return Ok(false);
         }
@@ -169,8 +169,8 @@ impl SyncBatch<'_> {
     pub fn track_users(&mut self, users: &[ruma::OwnedUserId]) -> Result<(), CryptoError> {
         let new = self
             .machine
-            .newly_tracked(users, &self.changes.tracked_users)?;
-        self.changes.tracked_users.extend(new);
+            .newly_tracked(users, &self.changes.crypto.tracked_users)?;
+        self.changes.crypto.tracked_users.extend(new);
         Ok(())
     }
 

@@ -104,7 +104,7 @@ impl OlmMachine {
             return Ok(());
         }
         let mut tracked = self.tracked_by_user()?;
-        for t in &changes.tracked_users {
+        for t in &changes.crypto.tracked_users {
             tracked.insert(t.user_id.clone(), t.clone());
         }
         for user in &batch.unknown_senders {
@@ -116,11 +116,14 @@ impl OlmMachine {
                 %user,
                 "message from an unknown device: re-querying the user's devices"
             );
-            changes.tracked_users.push(crate::store::TrackedUser {
-                user_id: user.clone(),
-                state: crate::store::TrackingState::PendingDownload,
-                sequence: current.map_or(1, |t| t.sequence + 1),
-            });
+            changes
+                .crypto
+                .tracked_users
+                .push(crate::store::TrackedUser {
+                    user_id: user.clone(),
+                    state: crate::store::TrackingState::PendingDownload,
+                    sequence: current.map_or(1, |t| t.sequence + 1),
+                });
         }
         Ok(())
     }
@@ -155,7 +158,7 @@ impl OlmMachine {
                 "a device published a Curve25519 key whose holder is someone else; dropped"
             );
             // Blacklisted too: listed again with that key, it never contests it again.
-            changes.devices.push(DeviceRecord {
+            changes.crypto.devices.push(DeviceRecord {
                 deleted: true,
                 local_trust: LocalTrust::Blacklisted,
                 ..squatter
@@ -305,7 +308,7 @@ impl OlmMachine {
             );
             return Ok(Err(OlmError::UnauthenticatedNotice));
         }
-        changes.withheld_notices.push(WithheldNotice {
+        changes.crypto.withheld_notices.push(WithheldNotice {
             room_id,
             session_id: session_id.to_owned(),
             sender,

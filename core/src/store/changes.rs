@@ -1,6 +1,8 @@
 //! [`Changes`]: everything one step changed, applied atomically by
 //! [`Store::save_changes`](super::Store::save_changes), and the checks both stores apply
-//! to it.
+//! to it. It has two halves: what the crypto machine writes ([`CryptoChanges`]) and what
+//! the client writes ([`ClientChanges`]); a sync commits both with its token in one
+//! transaction.
 
 use std::collections::BTreeMap;
 
@@ -14,8 +16,23 @@ use super::{
 };
 
 /// Everything one step changed, applied atomically by [`Store::save_changes`].
+///
+/// [`Store::save_changes`]: super::Store::save_changes
 #[derive(Clone, Debug, Default)]
 pub struct Changes {
+    /// What the crypto machine wrote.
+    pub crypto: CryptoChanges,
+    /// What the client wrote.
+    pub client: ClientChanges,
+    /// The sync token; written last, only together with everything the sync carried.
+    pub sync_token: Option<String>,
+}
+
+/// What only the crypto machine writes: its account, Olm and Megolm sessions, devices and
+/// their tracking, replay records, the to-device messages it sends and what it keeps about
+/// keys it does not have.
+#[derive(Clone, Debug, Default)]
+pub struct CryptoChanges {
     /// New state of the own account.
     pub account: Option<AccountRecord>,
     /// Olm sessions to insert or replace (key: sender key + session id).
@@ -38,6 +55,23 @@ pub struct Changes {
     pub tracked_users: Vec<TrackedUser>,
     /// Megolm indices seen.
     pub megolm_indices: Vec<MegolmIndexRecord>,
+    /// To-device requests to remember until sent.
+    pub pending_to_device: Vec<PendingToDevice>,
+    /// To-device requests that were sent (by transaction id).
+    pub sent_to_device: Vec<String>,
+    /// Withheld notices to keep (insert or replace by room, session and sender).
+    pub withheld_notices: Vec<WithheldNotice>,
+    /// Key requests sent (insert, or keep the existing one of the session).
+    pub key_requests: Vec<KeyRequestRecord>,
+    /// Share room keys with verified devices only (a secret value, so that it cannot be
+    /// edited in the file).
+    pub share_with_verified_only: Option<bool>,
+}
+
+/// What the client writes: rooms and members, the send queue, events kept for late keys,
+/// and small values (the session, the access token).
+#[derive(Clone, Debug, Default)]
+pub struct ClientChanges {
     /// Rooms to insert or replace.
     pub rooms: Vec<RoomRecord>,
     /// Members to insert or replace.
@@ -45,10 +79,6 @@ pub struct Changes {
     /// Rooms whose member list is replaced by the `members` of this batch: their other
     /// member records are deleted first (a full `/members` answer).
     pub replaced_member_lists: Vec<OwnedRoomId>,
-    /// To-device requests to remember until sent.
-    pub pending_to_device: Vec<PendingToDevice>,
-    /// To-device requests that were sent (by transaction id).
-    pub sent_to_device: Vec<String>,
     /// Messages to queue for sending (insert or replace by transaction id; a replaced one keeps
     /// its place in the queue).
     pub queued_sends: Vec<QueuedSend>,
@@ -59,51 +89,70 @@ pub struct Changes {
     pub undecryptable_events: Vec<UndecryptableEvent>,
     /// Undecryptable events to forget: `(room id, event id)`; applied after the inserts.
     pub resolved_events: Vec<(OwnedRoomId, OwnedEventId)>,
-    /// Withheld notices to keep (insert or replace by room, session and sender).
-    pub withheld_notices: Vec<WithheldNotice>,
-    /// Key requests sent (insert, or keep the existing one of the session).
-    pub key_requests: Vec<KeyRequestRecord>,
-    /// Arbitrary small values (not secret) by key, e.g. `access_token` is NOT allowed here.
+    /// Small values (not secret) by key; the access token is NOT allowed here.
     pub values: BTreeMap<String, String>,
     /// Secret values by key (encrypted at rest), e.g. the access token.
     pub secret_values: BTreeMap<String, SecretBlob>,
-    /// The sync token; written last, only together with everything the sync carried.
-    pub sync_token: Option<String>,
+}
+
+impl From<CryptoChanges> for Changes {
+    fn from(crypto: CryptoChanges) -> Self {
+        Self {
+            crypto,
+            ..Default::default()
+        }
+    }
+}
+
+impl From<ClientChanges> for Changes {
+    fn from(client: ClientChanges) -> Self {
+        Self {
+            client,
+            ..Default::default()
+        }
+    }
 }
 
 impl Changes {
     /// Whether nothing would be written.
     pub fn is_empty(&self) -> bool {
-        self.account.is_none()
-            && self.olm_sessions.is_empty()
-            && self.inbound_group_sessions.is_empty()
-            && self.outbound_group_sessions.is_empty()
-            && self.discarded_outbound_sessions.is_empty()
-            && self.no_olm_room_keys.is_empty()
-            && self.unwedge_records.is_empty()
-            && self.devices.is_empty()
-            && self.tracked_users.is_empty()
-            && self.megolm_indices.is_empty()
-            && self.rooms.is_empty()
-            && self.members.is_empty()
-            && self.replaced_member_lists.is_empty()
-            && self.pending_to_device.is_empty()
-            && self.sent_to_device.is_empty()
-            && self.queued_sends.is_empty()
-            && self.finished_sends.is_empty()
-            && self.undecryptable_events.is_empty()
-            && self.resolved_events.is_empty()
-            && self.withheld_notices.is_empty()
-            && self.key_requests.is_empty()
-            && self.values.is_empty()
-            && self.secret_values.is_empty()
-            && self.sync_token.is_none()
+        self.crypto.len() == 0 && self.client.len() == 0 && self.sync_token.is_none()
     }
 
     /// Check every record for what both store implementations refuse: an empty
-    /// identifier (user, device, room, session id, sender key, transaction id, value key).
-    /// [`Store::save_changes`] runs this first and saves nothing if it fails.
+    /// identifier (device, session id, sender key, transaction id, value key; typed user,
+    /// room and event ids cannot be empty). [`Store::save_changes`] runs this first and
+    /// saves nothing if it fails.
+    ///
+    /// [`Store::save_changes`]: super::Store::save_changes
     pub fn validate(&self) -> Result<(), StoreError> {
+        self.crypto.validate()?;
+        self.client.validate()
+    }
+
+    /// Leave out every record [`Changes::validate`] would refuse (logged), so that the
+    /// rest can be saved. For batches built from the network: one invalid record there is
+    /// a bug of ours, and must not stop the sync. Returns how many were left out.
+    pub fn drop_invalid(&mut self) -> usize {
+        let dropped = self.crypto.drop_invalid() + self.client.drop_invalid();
+        if dropped > 0 {
+            tracing::warn!(dropped, "left out invalid records of a batch");
+        }
+        dropped
+    }
+
+    /// Fold `other` into `self` (later values win).
+    pub fn extend(&mut self, other: Changes) {
+        self.crypto.extend(other.crypto);
+        self.client.extend(other.client);
+        if other.sync_token.is_some() {
+            self.sync_token = other.sync_token;
+        }
+    }
+}
+
+impl CryptoChanges {
+    fn validate(&self) -> Result<(), StoreError> {
         if let Some(a) = &self.account {
             a.check()?;
         }
@@ -115,26 +164,16 @@ impl Changes {
         all(&self.devices)?;
         all(&self.tracked_users)?;
         all(&self.megolm_indices)?;
-        all(&self.rooms)?;
-        all(&self.members)?;
         all(&self.withheld_notices)?;
         all(&self.key_requests)?;
         all(&self.pending_to_device)?;
-        for txn_id in self.sent_to_device.iter().chain(&self.finished_sends) {
-            non_empty("finished to-device or send txn_id", txn_id)?;
-        }
-        all(&self.queued_sends)?;
-        all(&self.undecryptable_events)?;
-        for key in self.values.keys().chain(self.secret_values.keys()) {
-            non_empty("value key", key)?;
+        for txn_id in &self.sent_to_device {
+            non_empty("sent to-device txn_id", txn_id)?;
         }
         Ok(())
     }
 
-    /// Leave out every record [`Changes::validate`] would refuse (logged), so that the
-    /// rest can be saved. For batches built from the network: one invalid record there is
-    /// a bug of ours, and must not stop the sync. Returns how many were left out.
-    pub fn drop_invalid(&mut self) -> usize {
+    fn drop_invalid(&mut self) -> usize {
         let before = self.len();
         if self.account.as_ref().is_some_and(|a| a.check().is_err()) {
             self.account = None;
@@ -147,25 +186,14 @@ impl Changes {
         keep_valid(&mut self.devices);
         keep_valid(&mut self.tracked_users);
         keep_valid(&mut self.megolm_indices);
-        keep_valid(&mut self.rooms);
-        keep_valid(&mut self.members);
         keep_valid(&mut self.withheld_notices);
         keep_valid(&mut self.key_requests);
         keep_valid(&mut self.pending_to_device);
         self.sent_to_device.retain(|t| !t.is_empty());
-        keep_valid(&mut self.queued_sends);
-        self.finished_sends.retain(|t| !t.is_empty());
-        keep_valid(&mut self.undecryptable_events);
-        self.values.retain(|k, _| !k.is_empty());
-        self.secret_values.retain(|k, _| !k.is_empty());
-        let dropped = before - self.len();
-        if dropped > 0 {
-            tracing::warn!(dropped, "left out invalid records of a batch");
-        }
-        dropped
+        before - self.len()
     }
 
-    /// Number of records (for [`Changes::drop_invalid`]'s count).
+    /// Number of records (`share_with_verified_only` counts as one).
     fn len(&self) -> usize {
         usize::from(self.account.is_some())
             + self.olm_sessions.len()
@@ -177,23 +205,14 @@ impl Changes {
             + self.devices.len()
             + self.tracked_users.len()
             + self.megolm_indices.len()
-            + self.rooms.len()
-            + self.members.len()
-            + self.replaced_member_lists.len()
-            + self.withheld_notices.len()
-            + self.key_requests.len()
             + self.pending_to_device.len()
             + self.sent_to_device.len()
-            + self.queued_sends.len()
-            + self.finished_sends.len()
-            + self.undecryptable_events.len()
-            + self.resolved_events.len()
-            + self.values.len()
-            + self.secret_values.len()
+            + self.withheld_notices.len()
+            + self.key_requests.len()
+            + usize::from(self.share_with_verified_only.is_some())
     }
 
-    /// Fold `other` into `self` (later values win).
-    pub fn extend(&mut self, other: Changes) {
+    fn extend(&mut self, other: CryptoChanges) {
         if other.account.is_some() {
             self.account = other.account;
         }
@@ -209,23 +228,73 @@ impl Changes {
         self.devices.extend(other.devices);
         self.tracked_users.extend(other.tracked_users);
         self.megolm_indices.extend(other.megolm_indices);
+        self.pending_to_device.extend(other.pending_to_device);
+        self.sent_to_device.extend(other.sent_to_device);
+        self.withheld_notices.extend(other.withheld_notices);
+        self.key_requests.extend(other.key_requests);
+        if other.share_with_verified_only.is_some() {
+            self.share_with_verified_only = other.share_with_verified_only;
+        }
+    }
+}
+
+impl ClientChanges {
+    fn validate(&self) -> Result<(), StoreError> {
+        all(&self.rooms)?;
+        all(&self.members)?;
+        all(&self.queued_sends)?;
+        all(&self.undecryptable_events)?;
+        for txn_id in &self.finished_sends {
+            non_empty("finished send txn_id", txn_id)?;
+        }
+        for key in self.values.keys().chain(self.secret_values.keys()) {
+            non_empty("value key", key)?;
+            if key == super::VERIFIED_ONLY_KEY {
+                // The machine's setting, written through `CryptoChanges` only.
+                return Err(StoreError::InvalidRecord(format!(
+                    "value key {key} is reserved"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_invalid(&mut self) -> usize {
+        let before = self.len();
+        keep_valid(&mut self.rooms);
+        keep_valid(&mut self.members);
+        keep_valid(&mut self.queued_sends);
+        self.finished_sends.retain(|t| !t.is_empty());
+        keep_valid(&mut self.undecryptable_events);
+        let allowed = |k: &String| !k.is_empty() && k != super::VERIFIED_ONLY_KEY;
+        self.values.retain(|k, _| allowed(k));
+        self.secret_values.retain(|k, _| allowed(k));
+        before - self.len()
+    }
+
+    fn len(&self) -> usize {
+        self.rooms.len()
+            + self.members.len()
+            + self.replaced_member_lists.len()
+            + self.queued_sends.len()
+            + self.finished_sends.len()
+            + self.undecryptable_events.len()
+            + self.resolved_events.len()
+            + self.values.len()
+            + self.secret_values.len()
+    }
+
+    fn extend(&mut self, other: ClientChanges) {
         self.rooms.extend(other.rooms);
         self.members.extend(other.members);
         self.replaced_member_lists
             .extend(other.replaced_member_lists);
-        self.pending_to_device.extend(other.pending_to_device);
-        self.sent_to_device.extend(other.sent_to_device);
         self.queued_sends.extend(other.queued_sends);
         self.finished_sends.extend(other.finished_sends);
         self.undecryptable_events.extend(other.undecryptable_events);
         self.resolved_events.extend(other.resolved_events);
-        self.withheld_notices.extend(other.withheld_notices);
-        self.key_requests.extend(other.key_requests);
         self.values.extend(other.values);
         self.secret_values.extend(other.secret_values);
-        if other.sync_token.is_some() {
-            self.sync_token = other.sync_token;
-        }
     }
 }
 

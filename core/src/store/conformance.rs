@@ -72,6 +72,7 @@ macro_rules! store_conformance_tests {
                 sessions_we_asked_for_are_not_counted_as_strangers,
                 pending_to_device_queue,
                 values_and_secret_values,
+                share_with_verified_only,
                 sync_token,
                 generation_counts_nonempty_saves,
                 tricky_ids_stored_exactly,
@@ -98,10 +99,10 @@ fn changes_is_empty_and_extend() {
     let mut a = full_changes("a");
     assert!(!a.is_empty());
     a.extend(full_changes("b"));
-    assert_eq!(a.devices.len(), 2);
+    assert_eq!(a.crypto.devices.len(), 2);
     assert_eq!(a.sync_token.as_deref(), Some("token-b"));
     assert_eq!(
-        a.account.as_ref().map(|x| x.user_id.as_str()),
+        a.crypto.account.as_ref().map(|x| x.user_id.as_str()),
         Some("@me-b:x")
     );
     assert!(full_changes("v").validate().is_ok());

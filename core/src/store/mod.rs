@@ -26,7 +26,7 @@ use std::collections::HashMap;
 
 use ruma::{OwnedRoomId, RoomId, UserId};
 
-pub use changes::Changes;
+pub use changes::{Changes, ClientChanges, CryptoChanges};
 pub use cipher::StoreKey;
 pub use memory::MemoryStore;
 pub use records::{
@@ -71,11 +71,13 @@ pub enum StoreError {
     InvalidRecord(String),
 }
 
-/// The one storage interface of Newt. Implementations must be safe to share between threads.
+/// The one storage interface of Newt: what the crypto machine reads ([`CryptoStore`]),
+/// what the client reads ([`ClientStore`]), and one atomic commit of both halves of a
+/// [`Changes`]. Implementations must be safe to share between threads.
 ///
 /// Reads take batches where a caller needs many rows (devices of many users, sessions of
 /// many devices) so that a SQLite implementation answers with one query, not one per row.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: CryptoStore + ClientStore + 'static {
     /// Apply all changes atomically; on error nothing is applied. The [`quota`] limits are
     /// enforced in the same transaction (oldest records first). Returns the [`generation`]
     /// this commit wrote (the current one if `changes` is empty), so that a writer knows it
@@ -87,6 +89,15 @@ pub trait Store: Send + Sync + 'static {
     /// A counter bumped by every committed `save_changes`, by any process.
     fn generation(&self) -> Result<u64, StoreError>;
 
+    /// How many records of each bounded kind are kept.
+    fn counts(&self) -> Result<StoreCounts, StoreError>;
+}
+
+/// What the crypto machine reads: its account and sessions, devices and their tracking,
+/// replay records, its pending to-device messages, notices and requests, and the two
+/// membership questions it must answer about others (is this sender a member, which
+/// encrypted rooms do these users share with us).
+pub trait CryptoStore: Send + Sync {
     /// The own account, if one was created.
     fn account(&self) -> Result<Option<AccountRecord>, StoreError>;
 
@@ -137,15 +148,6 @@ pub trait Store: Send + Sync + 'static {
         index: u32,
     ) -> Result<Option<MegolmIndexRecord>, StoreError>;
 
-    /// One room.
-    fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>, StoreError>;
-
-    /// All rooms.
-    fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError>;
-
-    /// All member records of a room.
-    fn members(&self, room_id: &RoomId) -> Result<Vec<MemberRecord>, StoreError>;
-
     /// One member record.
     fn member(
         &self,
@@ -156,23 +158,6 @@ pub trait Store: Send + Sync + 'static {
     /// The encrypted rooms in which any of these users is joined or invited, sorted by room
     /// id; answered from an index, without loading member lists.
     fn encrypted_rooms_with(&self, user_ids: &[&UserId]) -> Result<Vec<OwnedRoomId>, StoreError>;
-
-    /// The undecryptable events waiting for the key of one Megolm session, in the order
-    /// they were first stored.
-    fn undecryptable_events(
-        &self,
-        room_id: &RoomId,
-        session_id: &str,
-    ) -> Result<Vec<UndecryptableEvent>, StoreError>;
-
-    /// The send queue, oldest first.
-    fn queued_sends(&self) -> Result<Vec<QueuedSend>, StoreError>;
-
-    /// The distinct `(room id, session id)` pairs undecryptable events wait for, sorted.
-    fn undecryptable_sessions(&self) -> Result<Vec<(OwnedRoomId, String)>, StoreError>;
-
-    /// Number of undecryptable events kept (to bound them).
-    fn undecryptable_event_count(&self) -> Result<u64, StoreError>;
 
     /// To-device requests not yet confirmed as sent, oldest first.
     fn pending_to_device(&self) -> Result<Vec<PendingToDevice>, StoreError>;
@@ -204,8 +189,38 @@ pub trait Store: Send + Sync + 'static {
     /// When the Olm session with the device owning `curve25519` was last unwedged.
     fn unwedge_record(&self, curve25519: &str) -> Result<Option<UnwedgeRecord>, StoreError>;
 
-    /// How many records of each bounded kind are kept.
-    fn counts(&self) -> Result<StoreCounts, StoreError>;
+    /// Whether room keys go to verified devices only (`false` until set).
+    fn share_with_verified_only(&self) -> Result<bool, StoreError>;
+}
+
+/// What the client reads: rooms and members, events kept for late keys, the send queue,
+/// small values and the sync token.
+pub trait ClientStore: Send + Sync {
+    /// One room.
+    fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>, StoreError>;
+
+    /// All rooms.
+    fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError>;
+
+    /// All member records of a room.
+    fn members(&self, room_id: &RoomId) -> Result<Vec<MemberRecord>, StoreError>;
+
+    /// The undecryptable events waiting for the key of one Megolm session, in the order
+    /// they were first stored.
+    fn undecryptable_events(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+    ) -> Result<Vec<UndecryptableEvent>, StoreError>;
+
+    /// The send queue, oldest first.
+    fn queued_sends(&self) -> Result<Vec<QueuedSend>, StoreError>;
+
+    /// The distinct `(room id, session id)` pairs undecryptable events wait for, sorted.
+    fn undecryptable_sessions(&self) -> Result<Vec<(OwnedRoomId, String)>, StoreError>;
+
+    /// Number of undecryptable events kept (to bound them).
+    fn undecryptable_event_count(&self) -> Result<u64, StoreError>;
 
     /// A plain value.
     fn value(&self, key: &str) -> Result<Option<String>, StoreError>;

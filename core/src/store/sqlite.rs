@@ -28,14 +28,15 @@ use rusqlite::Connection;
 
 use super::cipher::{StoreCipher, StoreKey};
 use super::{
-    AccountRecord, Changes, DeviceRecord, InboundGroupSessionRecord, KeyRequestRecord,
-    MegolmIndexRecord, MemberRecord, NoOlmRoomKey, OlmSessionRecord, OutboundGroupSessionRecord,
-    PendingToDevice, QueuedSend, RoomRecord, SecretBlob, Store, StoreCounts, StoreError,
-    TrackedUser, UndecryptableEvent, UnwedgeRecord, WithheldNotice,
+    AccountRecord, Changes, ClientStore, CryptoStore, DeviceRecord, InboundGroupSessionRecord,
+    KeyRequestRecord, MegolmIndexRecord, MemberRecord, NoOlmRoomKey, OlmSessionRecord,
+    OutboundGroupSessionRecord, PendingToDevice, QueuedSend, RoomRecord, SecretBlob, Store,
+    StoreCounts, StoreError, TrackedUser, UndecryptableEvent, UnwedgeRecord, WithheldNotice,
 };
 
 mod account;
 mod devices;
+mod kept_events;
 mod megolm;
 mod migrate_5;
 mod migrate_6;
@@ -45,13 +46,14 @@ mod migration_tests;
 mod no_olm_keys;
 mod notices;
 mod olm_sessions;
-mod queues;
 mod quotas;
 mod rooms;
 mod schema;
+mod send_queue;
 mod sql;
 #[cfg(test)]
 mod tests;
+mod to_device;
 mod unwedge;
 mod values;
 mod write;
@@ -182,6 +184,12 @@ impl Store for SqliteStore {
             .ok_or_else(|| StoreError::Corrupted("generation counter missing".into()))
     }
 
+    fn counts(&self) -> Result<StoreCounts, StoreError> {
+        quotas::counts(&self.reader())
+    }
+}
+
+impl CryptoStore for SqliteStore {
     fn account(&self) -> Result<Option<AccountRecord>, StoreError> {
         account::read(&self.reader(), &self.cipher)
     }
@@ -241,18 +249,6 @@ impl Store for SqliteStore {
         megolm::index(&self.reader(), sender_key, session_id, index)
     }
 
-    fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>, StoreError> {
-        rooms::room(&self.reader(), room_id)
-    }
-
-    fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
-        rooms::all(&self.reader())
-    }
-
-    fn members(&self, room_id: &RoomId) -> Result<Vec<MemberRecord>, StoreError> {
-        rooms::members(&self.reader(), room_id)
-    }
-
     fn member(
         &self,
         room_id: &RoomId,
@@ -265,28 +261,8 @@ impl Store for SqliteStore {
         rooms::encrypted_with(&self.reader(), user_ids)
     }
 
-    fn undecryptable_events(
-        &self,
-        room_id: &RoomId,
-        session_id: &str,
-    ) -> Result<Vec<UndecryptableEvent>, StoreError> {
-        notices::undecryptable_events(&self.reader(), room_id, session_id)
-    }
-
-    fn queued_sends(&self) -> Result<Vec<QueuedSend>, StoreError> {
-        queues::queued_sends(&self.reader(), &self.cipher)
-    }
-
-    fn undecryptable_sessions(&self) -> Result<Vec<(OwnedRoomId, String)>, StoreError> {
-        notices::undecryptable_sessions(&self.reader())
-    }
-
-    fn undecryptable_event_count(&self) -> Result<u64, StoreError> {
-        notices::undecryptable_count(&self.reader())
-    }
-
     fn pending_to_device(&self) -> Result<Vec<PendingToDevice>, StoreError> {
-        queues::pending_to_device(&self.reader())
+        to_device::pending_to_device(&self.reader())
     }
 
     fn withheld_notice(
@@ -319,8 +295,42 @@ impl Store for SqliteStore {
         unwedge::read(&self.reader(), curve25519)
     }
 
-    fn counts(&self) -> Result<StoreCounts, StoreError> {
-        quotas::counts(&self.reader())
+    fn share_with_verified_only(&self) -> Result<bool, StoreError> {
+        values::share_with_verified_only(&self.reader(), &self.cipher)
+    }
+}
+
+impl ClientStore for SqliteStore {
+    fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>, StoreError> {
+        rooms::room(&self.reader(), room_id)
+    }
+
+    fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
+        rooms::all(&self.reader())
+    }
+
+    fn members(&self, room_id: &RoomId) -> Result<Vec<MemberRecord>, StoreError> {
+        rooms::members(&self.reader(), room_id)
+    }
+
+    fn undecryptable_events(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+    ) -> Result<Vec<UndecryptableEvent>, StoreError> {
+        kept_events::undecryptable_events(&self.reader(), room_id, session_id)
+    }
+
+    fn queued_sends(&self) -> Result<Vec<QueuedSend>, StoreError> {
+        send_queue::queued_sends(&self.reader(), &self.cipher)
+    }
+
+    fn undecryptable_sessions(&self) -> Result<Vec<(OwnedRoomId, String)>, StoreError> {
+        kept_events::undecryptable_sessions(&self.reader())
+    }
+
+    fn undecryptable_event_count(&self) -> Result<u64, StoreError> {
+        kept_events::undecryptable_count(&self.reader())
     }
 
     fn value(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -40,14 +40,14 @@ fn changed_ed25519_key_of_known_device_is_rejected() {
     alice.machine.update_tracked_users(&[bob.user()]).unwrap();
     let store = alice.store.clone();
     store
-        .save_changes(crate::store::Changes {
+        .save_changes(crate::store::Changes::from(crate::store::CryptoChanges {
             tracked_users: vec![crate::store::TrackedUser {
                 user_id: bob.user(),
                 state: crate::store::TrackingState::PendingDownload,
                 sequence: 5,
             }],
             ..Default::default()
-        })
+        }))
         .unwrap();
     let id = match alice
         .machine
@@ -247,7 +247,7 @@ fn a_query_lost_with_a_restart_is_sent_again() {
 
 #[test]
 fn a_device_change_names_the_affected_rooms_from_the_index() {
-    use crate::store::{Changes, MemberRecord, RoomRecord};
+    use crate::store::{Changes, ClientChanges, MemberRecord, RoomRecord};
     let (mut server, alice, bob) = setup_pair();
     let member = |room: &str, user: OwnedUserId, membership: MembershipState| MemberRecord {
         room_id: rid(room),
@@ -260,7 +260,7 @@ fn a_device_change_names_the_affected_rooms_from_the_index() {
     };
     alice
         .store
-        .save_changes(Changes {
+        .save_changes(Changes::from(ClientChanges {
             rooms: vec![
                 room("!a:x", true),
                 room("!b:x", true),
@@ -272,7 +272,7 @@ fn a_device_change_names_the_affected_rooms_from_the_index() {
                 member("!plain:x", bob.user(), MembershipState::Join),
             ],
             ..Default::default()
-        })
+        }))
         .unwrap();
     alice.machine.update_tracked_users(&[bob.user()]).unwrap();
     let outcomes = server.drive(&alice);

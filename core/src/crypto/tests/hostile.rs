@@ -13,7 +13,7 @@ use super::super::olm::OlmSession;
 use super::super::signing::sign_json_with;
 use super::super::state::UNWEDGE_INTERVAL_MS;
 use super::*;
-use crate::store::{Changes, PendingToDevice};
+use crate::store::{Changes, CryptoChanges, PendingToDevice};
 
 /// Device keys of `user`/`device` published with `curve25519` as identity key, self-signed
 /// with a fresh ed25519 key (what a homeserver or a user can publish for anyone's key).
@@ -170,7 +170,7 @@ fn a_stored_to_device_request_that_cannot_be_built_is_dropped_alone() {
     let _ = server;
     alice
         .store
-        .save_changes(Changes {
+        .save_changes(Changes::from(CryptoChanges {
             pending_to_device: vec![
                 PendingToDevice {
                     txn_id: "bad".into(),
@@ -186,7 +186,7 @@ fn a_stored_to_device_request_that_cannot_be_built_is_dropped_alone() {
                 },
             ],
             ..Default::default()
-        })
+        }))
         .unwrap();
     let requests = alice
         .machine

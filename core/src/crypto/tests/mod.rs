@@ -322,7 +322,7 @@ fn exchange(
 /// `peer`'s store knows [`ROOM`] as an encrypted room `joined` are members of.
 fn room_members(peer: &Peer, joined: &[OwnedUserId]) {
     peer.store
-        .save_changes(crate::store::Changes {
+        .save_changes(crate::store::Changes::from(crate::store::ClientChanges {
             rooms: vec![crate::store::RoomRecord {
                 encryption: Some(megolm_encryption()),
                 own_membership: Some(MembershipState::Join),
@@ -337,7 +337,7 @@ fn room_members(peer: &Peer, joined: &[OwnedUserId]) {
                 })
                 .collect(),
             ..Default::default()
-        })
+        }))
         .unwrap();
 }
 
@@ -396,10 +396,10 @@ fn olm_event(from: &Peer, to: &Peer, event_sender: impl AsRef<str>, payload: &Ol
         .encrypt(&from.machine.curve25519_key(), payload, 0)
         .unwrap();
     from.store
-        .save_changes(crate::store::Changes {
+        .save_changes(crate::store::Changes::from(crate::store::CryptoChanges {
             olm_sessions: vec![session.to_record().unwrap()],
             ..Default::default()
-        })
+        }))
         .unwrap();
     json!({"type": "m.room.encrypted", "sender": event_sender.as_ref(), "content": content})
 }
@@ -419,10 +419,12 @@ pub(crate) fn olm_event_raw(from: &Peer, to: &Peer, plaintext: &[u8]) -> Value {
         return Value::Null;
     };
     if let Ok(record) = session.to_record() {
-        let _ = from.store.save_changes(crate::store::Changes {
-            olm_sessions: vec![record],
-            ..Default::default()
-        });
+        let _ = from
+            .store
+            .save_changes(crate::store::Changes::from(crate::store::CryptoChanges {
+                olm_sessions: vec![record],
+                ..Default::default()
+            }));
     }
     let (message_type, body) = match message {
         vodozemac::olm::OlmMessage::PreKey(m) => (0, m.to_base64()),
@@ -449,10 +451,12 @@ pub(crate) fn megolm_raw(peer: &Peer, room: &RoomId, plaintext: &[u8]) -> Value 
     };
     let message = group.session.encrypt(plaintext);
     if let Ok(record) = group.to_record() {
-        let _ = peer.store.save_changes(crate::store::Changes {
-            outbound_group_sessions: vec![record],
-            ..Default::default()
-        });
+        let _ = peer
+            .store
+            .save_changes(crate::store::Changes::from(crate::store::CryptoChanges {
+                outbound_group_sessions: vec![record],
+                ..Default::default()
+            }));
     }
     json!({"algorithm": MEGOLM_ALGORITHM, "ciphertext": message.to_base64(),
            "session_id": group.session.session_id(), "sender_key": peer.machine.curve25519_key(),

@@ -338,10 +338,10 @@ fn a_wedged_session_is_replaced_and_announced_with_a_dummy() {
     };
     record.pickle = other.pickle;
     bob.store
-        .save_changes(crate::store::Changes {
+        .save_changes(crate::store::Changes::from(crate::store::CryptoChanges {
             olm_sessions: vec![record],
             ..Default::default()
-        })
+        }))
         .unwrap();
     let bob = Peer::with_store(bob.user().as_str(), "BOB", bob.store.clone());
 

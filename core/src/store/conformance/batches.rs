@@ -12,18 +12,18 @@ use crate::test_ids::{did, rid, uid};
 pub(crate) fn generation_counts_nonempty_saves<S: Store>(s: &S) {
     assert_eq!(s.generation().unwrap(), 0);
     let singles = [
-        Changes {
+        Changes::from(CryptoChanges {
             account: Some(account("@me:x", "D", b"p")),
             ..Default::default()
-        },
-        Changes {
+        }),
+        Changes::from(CryptoChanges {
             sent_to_device: vec!["nothing-to-remove".into()],
             ..Default::default()
-        },
-        Changes {
+        }),
+        Changes::from(CryptoChanges {
             discarded_outbound_sessions: vec![rid("!none")],
             ..Default::default()
-        },
+        }),
         Changes {
             sync_token: Some("t".into()),
             ..Default::default()
@@ -46,10 +46,10 @@ pub(crate) fn generation_counts_nonempty_saves<S: Store>(s: &S) {
     );
     assert_eq!(s.generation().unwrap(), 5);
     // (A room id can no longer be empty; an empty device id still makes a record invalid.)
-    let bad = Changes {
+    let bad = Changes::from(CryptoChanges {
         devices: vec![device("@u:x", "", "c")],
         ..Default::default()
-    };
+    });
     assert!(s.save_changes(bad).is_err());
     assert_eq!(s.generation().unwrap(), 5, "a failed save is not counted");
 }
@@ -98,18 +98,27 @@ pub(crate) fn tricky_ids_stored_exactly<S: Store>(s: &S) {
     let mut c = Changes::default();
     for (i, &id) in TRICKY.iter().enumerate() {
         let (user, room_id) = (tricky_user(id), tricky_room(id));
-        c.devices.push(device(&user, id, &format!("curve {id}")));
-        c.olm_sessions.push(olm(id, id, id.as_bytes()));
-        c.inbound_group_sessions.push(inbound(&room_id, id));
-        c.outbound_group_sessions.push(outbound(&room_id, id));
-        c.tracked_users
+        c.crypto
+            .devices
+            .push(device(&user, id, &format!("curve {id}")));
+        c.crypto.olm_sessions.push(olm(id, id, id.as_bytes()));
+        c.crypto.inbound_group_sessions.push(inbound(&room_id, id));
+        c.crypto
+            .outbound_group_sessions
+            .push(outbound(&room_id, id));
+        c.crypto
+            .tracked_users
             .push(tracked(&user, TrackingState::UpToDate, i as u64));
-        c.megolm_indices.push(megolm(id, id, 0, &tricky_event(id)));
-        c.rooms.push(room(&room_id));
-        c.members.push(member(&room_id, &user, "join"));
-        c.pending_to_device.push(pending(id, id));
-        c.values.insert(id.to_owned(), id.to_owned());
-        c.secret_values.insert(id.to_owned(), blob(id.as_bytes()));
+        c.crypto
+            .megolm_indices
+            .push(megolm(id, id, 0, &tricky_event(id)));
+        c.client.rooms.push(room(&room_id));
+        c.client.members.push(member(&room_id, &user, "join"));
+        c.crypto.pending_to_device.push(pending(id, id));
+        c.client.values.insert(id.to_owned(), id.to_owned());
+        c.client
+            .secret_values
+            .insert(id.to_owned(), blob(id.as_bytes()));
     }
     save(s, c);
     for &id in TRICKY {
@@ -191,49 +200,55 @@ pub(crate) type Invalidator = (&'static str, fn(&mut Changes));
 pub(crate) fn invalidators() -> Vec<Invalidator> {
     vec![
         ("account device", |c| {
-            c.account = Some(account("@me:x", "", b"p"))
+            c.crypto.account = Some(account("@me:x", "", b"p"))
         }),
         ("olm sender key", |c| {
-            c.olm_sessions.push(olm("", "s", b"p"))
+            c.crypto.olm_sessions.push(olm("", "s", b"p"))
         }),
         ("olm session id", |c| {
-            c.olm_sessions.push(olm("k", "", b"p"))
+            c.crypto.olm_sessions.push(olm("k", "", b"p"))
         }),
         ("inbound session", |c| {
-            c.inbound_group_sessions.push(inbound("!r", ""))
+            c.crypto.inbound_group_sessions.push(inbound("!r", ""))
         }),
         ("inbound sender device", |c| {
-            c.inbound_group_sessions.push(InboundGroupSessionRecord {
-                sender_device: Some(did("")),
-                ..inbound("!r", "s")
-            })
+            c.crypto
+                .inbound_group_sessions
+                .push(InboundGroupSessionRecord {
+                    sender_device: Some(did("")),
+                    ..inbound("!r", "s")
+                })
         }),
         ("outbound session", |c| {
-            c.outbound_group_sessions.push(outbound("!r", ""))
+            c.crypto.outbound_group_sessions.push(outbound("!r", ""))
         }),
         ("no_olm key session", |c| {
-            c.no_olm_room_keys.push(no_olm_key("!r", "", 0))
+            c.crypto.no_olm_room_keys.push(no_olm_key("!r", "", 0))
         }),
-        ("unwedge key", |c| c.unwedge_records.push(unwedged("", 1))),
-        ("device id", |c| c.devices.push(device("@u:x", "", "c"))),
+        ("unwedge key", |c| {
+            c.crypto.unwedge_records.push(unwedged("", 1))
+        }),
+        ("device id", |c| {
+            c.crypto.devices.push(device("@u:x", "", "c"))
+        }),
         ("megolm sender", |c| {
-            c.megolm_indices.push(megolm("", "s", 0, "$e"))
+            c.crypto.megolm_indices.push(megolm("", "s", 0, "$e"))
         }),
         ("withheld session", |c| {
-            c.withheld_notices.push(notice("!r", "", "@u:x"))
+            c.crypto.withheld_notices.push(notice("!r", "", "@u:x"))
         }),
         ("key request session", |c| {
-            c.key_requests.push(key_request("!r", ""))
+            c.crypto.key_requests.push(key_request("!r", ""))
         }),
         ("pending txn", |c| {
-            c.pending_to_device.push(pending("", "{}"))
+            c.crypto.pending_to_device.push(pending("", "{}"))
         }),
-        ("sent txn", |c| c.sent_to_device.push(String::new())),
+        ("sent txn", |c| c.crypto.sent_to_device.push(String::new())),
         ("value key", |c| {
-            c.values.insert(String::new(), "v".into());
+            c.client.values.insert(String::new(), "v".into());
         }),
         ("secret key", |c| {
-            c.secret_values.insert(String::new(), blob(b"v"));
+            c.client.secret_values.insert(String::new(), blob(b"v"));
         }),
     ]
 }
@@ -244,9 +259,11 @@ pub(crate) fn failed_save_applies_nothing<S: Store>(s: &S) {
     for (what, invalidate) in invalidators() {
         let mut c = full_changes("bad");
         // Valid records before the invalid one, in several lists.
-        c.devices.push(device("@u-bad2:x", "D2", "curve-bad2"));
-        c.sent_to_device.push("txn-base".into());
-        c.discarded_outbound_sessions.push(rid("!room-base"));
+        c.crypto
+            .devices
+            .push(device("@u-bad2:x", "D2", "curve-bad2"));
+        c.crypto.sent_to_device.push("txn-base".into());
+        c.crypto.discarded_outbound_sessions.push(rid("!room-base"));
         invalidate(&mut c);
         match s.save_changes(c) {
             Err(StoreError::InvalidRecord(_)) => {}
@@ -272,12 +289,12 @@ pub(crate) fn everything_in_one_save<S: Store>(s: &S) {
     save(s, full_changes("one"));
     assert_eq!(s.generation().unwrap(), 1);
     assert_full_present(s, "one");
-    assert_eq!(s.account().unwrap(), full_changes("one").account);
+    assert_eq!(s.account().unwrap(), full_changes("one").crypto.account);
     assert_eq!(s.sync_token().unwrap().as_deref(), Some("token-one"));
     save(s, full_changes("two"));
     assert_full_present(s, "one");
     assert_full_present(s, "two");
-    assert_eq!(s.account().unwrap(), full_changes("two").account);
+    assert_eq!(s.account().unwrap(), full_changes("two").crypto.account);
     assert_eq!(s.sync_token().unwrap().as_deref(), Some("token-two"));
     assert_eq!(s.inbound_group_session_count().unwrap(), 2);
     assert_eq!(s.generation().unwrap(), 2);
@@ -290,8 +307,14 @@ pub(crate) fn concurrent_saves<S: Store>(s: &S) {
                 for i in 0..15 {
                     let user = format!("@t{t}-{i}:x");
                     let c = Changes {
-                        devices: vec![device(&user, "D", &format!("c{t}-{i}"))],
-                        members: vec![member("!shared", &user, "join")],
+                        crypto: CryptoChanges {
+                            devices: vec![device(&user, "D", &format!("c{t}-{i}"))],
+                            ..Default::default()
+                        },
+                        client: ClientChanges {
+                            members: vec![member("!shared", &user, "join")],
+                            ..Default::default()
+                        },
                         ..Default::default()
                     };
                     s.save_changes(c).unwrap();

@@ -10,10 +10,10 @@ pub(crate) fn withheld_notices_by_sender<S: Store>(s: &S) {
     let other_sender = notice("!r:x", "s1", "@b:x");
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             withheld_notices: vec![first.clone(), other_sender.clone()],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.withheld_notice(&rid("!r:x"), "s1", &uid("@a:x")).unwrap(),
@@ -38,10 +38,10 @@ pub(crate) fn withheld_notices_by_sender<S: Store>(s: &S) {
     newer.reason = None;
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             withheld_notices: vec![newer.clone()],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.withheld_notice(&rid("!r:x"), "s1", &uid("@a:x")).unwrap(),
@@ -54,19 +54,19 @@ pub(crate) fn key_requests_one_per_session<S: Store>(s: &S) {
     let first = key_request("!r:x", "s1");
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             key_requests: vec![first.clone(), key_request("!r:x", "s2")],
             ..Default::default()
-        },
+        }),
     );
     let mut again = key_request("!r:x", "s1");
     again.request_id = "another".into();
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             key_requests: vec![again],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.key_request(&rid("!r:x"), "s1").unwrap(),
@@ -80,7 +80,7 @@ pub(crate) fn key_requests_one_per_session<S: Store>(s: &S) {
 pub(crate) fn member_lists_replaced_by_a_full_answer<S: Store>(s: &S) {
     save(
         s,
-        Changes {
+        Changes::from(ClientChanges {
             rooms: vec![room("!r:x"), room("!o:x")],
             members: vec![
                 member("!r:x", "@stale:x", "join"),
@@ -88,7 +88,7 @@ pub(crate) fn member_lists_replaced_by_a_full_answer<S: Store>(s: &S) {
                 member("!o:x", "@stale:x", "join"),
             ],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.member(&rid("!r:x"), &uid("@stale:x")).unwrap(),
@@ -96,11 +96,11 @@ pub(crate) fn member_lists_replaced_by_a_full_answer<S: Store>(s: &S) {
     );
     save(
         s,
-        Changes {
+        Changes::from(ClientChanges {
             replaced_member_lists: vec![rid("!r:x")],
             members: vec![member("!r:x", "@kept:x", "join")],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.members(&rid("!r:x")).unwrap(),
@@ -135,7 +135,7 @@ pub(crate) fn quotas_forget_the_oldest_first<S: Store>(s: &S) {
     use super::super::quota::*;
     let over = |max: u64| max + 7;
     save_many(s, over(MAX_UNDECRYPTABLE_EVENTS), |i, c| {
-        c.undecryptable_events.push(UndecryptableEvent {
+        c.client.undecryptable_events.push(UndecryptableEvent {
             room_id: rid("!r:x"),
             session_id: format!("s{i}"),
             event_id: eid(&format!("$e{i}")),
@@ -143,11 +143,14 @@ pub(crate) fn quotas_forget_the_oldest_first<S: Store>(s: &S) {
         })
     });
     save_many(s, over(MAX_WITHHELD_NOTICES), |i, c| {
-        c.withheld_notices
+        c.crypto
+            .withheld_notices
             .push(notice("!r:x", &format!("s{i}"), "@a:x"))
     });
     save_many(s, over(MAX_KEY_REQUESTS), |i, c| {
-        c.key_requests.push(key_request("!r:x", &format!("s{i}")))
+        c.crypto
+            .key_requests
+            .push(key_request("!r:x", &format!("s{i}")))
     });
     let counts = s.counts().unwrap();
     assert_eq!(counts.undecryptable_events, MAX_UNDECRYPTABLE_EVENTS);
@@ -180,9 +183,15 @@ pub(crate) fn sessions_of_non_members_are_bounded<S: Store>(s: &S) {
     save(
         s,
         Changes {
-            rooms: vec![room("!known:x")],
-            members: vec![member("!known:x", "@alice:x", "join")],
-            inbound_group_sessions: vec![members_session.clone()],
+            crypto: CryptoChanges {
+                inbound_group_sessions: vec![members_session.clone()],
+                ..Default::default()
+            },
+            client: ClientChanges {
+                rooms: vec![room("!known:x")],
+                members: vec![member("!known:x", "@alice:x", "join")],
+                ..Default::default()
+            },
             ..Default::default()
         },
     );
@@ -193,7 +202,7 @@ pub(crate) fn sessions_of_non_members_are_bounded<S: Store>(s: &S) {
         } else {
             None
         };
-        c.inbound_group_sessions.push(session);
+        c.crypto.inbound_group_sessions.push(session);
     });
     let counts = s.counts().unwrap();
     assert_eq!(counts.inbound_sessions_from_non_members, MAX);
@@ -215,10 +224,10 @@ pub(crate) fn sessions_of_non_members_are_bounded<S: Store>(s: &S) {
     // Membership learnt later keeps a session.
     save(
         s,
-        Changes {
+        Changes::from(ClientChanges {
             members: vec![member("!unknown10:x", "@stranger:x", "join")],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.counts().unwrap().inbound_sessions_from_non_members,
@@ -232,10 +241,10 @@ pub(crate) fn invites_are_bounded<S: Store>(s: &S) {
     joined.own_membership = Some("join".into());
     save(
         s,
-        Changes {
+        Changes::from(ClientChanges {
             rooms: vec![joined.clone()],
             ..Default::default()
-        },
+        }),
     );
     // A room we were in once and are invited to again keeps its record (and the first
     // encryption setting in it).
@@ -243,13 +252,13 @@ pub(crate) fn invites_are_bounded<S: Store>(s: &S) {
     again.own_membership = Some("invite".into());
     save(
         s,
-        Changes {
+        Changes::from(ClientChanges {
             rooms: vec![again.clone()],
             ..Default::default()
-        },
+        }),
     );
     save_many(s, MAX_INVITES + 3, |i, c| {
-        c.rooms.push(RoomRecord {
+        c.client.rooms.push(RoomRecord {
             own_membership: Some("invite".into()),
             ..RoomRecord::new(rid(&format!("!inv{i}:x")))
         });
@@ -271,11 +280,11 @@ pub(crate) fn olm_sessions_are_bounded<S: Store>(s: &S) {
     let per_key = MAX_OLM_SESSIONS_PER_KEY;
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             devices: vec![device("@a:x", "A", "known-key")],
             olm_sessions: (0..per_key + 5).map(|i| session("known-key", i)).collect(),
             ..Default::default()
-        },
+        }),
     );
     let kept = &s.olm_sessions(&["known-key"]).unwrap()["known-key"];
     assert_eq!(kept.len() as u64, per_key);
@@ -286,7 +295,8 @@ pub(crate) fn olm_sessions_are_bounded<S: Store>(s: &S) {
     // Sessions with keys of no device we know: bounded in all.
     let unknown = MAX_OLM_SESSIONS_OF_UNKNOWN_DEVICES;
     save_many(s, unknown + 7, |i, c| {
-        c.olm_sessions
+        c.crypto
+            .olm_sessions
             .push(session(&format!("stranger-{i}"), 1_000 + i))
     });
     let counts = s.counts().unwrap();
@@ -310,10 +320,10 @@ pub(crate) fn a_flooding_room_evicts_its_own_records_first<S: Store>(s: &S) {
     };
     // A private room keeps 100 events; then a public room floods the table.
     save_many(s, 100, |i, c| {
-        c.undecryptable_events.push(event("!private:x", i))
+        c.client.undecryptable_events.push(event("!private:x", i))
     });
     save_many(s, MAX + 50, |i, c| {
-        c.undecryptable_events.push(event("!public:x", i))
+        c.client.undecryptable_events.push(event("!public:x", i))
     });
     assert_eq!(s.counts().unwrap().undecryptable_events, MAX);
     assert_eq!(
@@ -347,17 +357,23 @@ pub(crate) fn sessions_per_sender_and_room_are_bounded<S: Store>(s: &S) {
     save(
         s,
         Changes {
-            rooms: vec![room("!r:x")],
-            members: vec![
-                member("!r:x", "@flood:x", "join"),
-                member("!r:x", "@a:x", "join"),
-            ],
-            inbound_group_sessions: vec![session("@a:x", 0)],
+            crypto: CryptoChanges {
+                inbound_group_sessions: vec![session("@a:x", 0)],
+                ..Default::default()
+            },
+            client: ClientChanges {
+                rooms: vec![room("!r:x")],
+                members: vec![
+                    member("!r:x", "@flood:x", "join"),
+                    member("!r:x", "@a:x", "join"),
+                ],
+                ..Default::default()
+            },
             ..Default::default()
         },
     );
     save_many(s, MAX + 3, |i, c| {
-        c.inbound_group_sessions.push(session("@flood:x", i))
+        c.crypto.inbound_group_sessions.push(session("@flood:x", i))
     });
     assert_eq!(s.counts().unwrap().inbound_group_sessions, MAX + 1);
     assert_eq!(
@@ -386,14 +402,15 @@ pub(crate) fn sessions_we_asked_for_are_not_counted_as_strangers<S: Store>(s: &S
     };
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             key_requests: vec![key_request("!r:x", "asked")],
             inbound_group_sessions: vec![asked.clone()],
             ..Default::default()
-        },
+        }),
     );
     save_many(s, MAX + 5, |i, c| {
-        c.inbound_group_sessions
+        c.crypto
+            .inbound_group_sessions
             .push(inbound(&format!("!made-up{i}:x"), "s"))
     });
     assert_eq!(s.counts().unwrap().inbound_sessions_from_non_members, MAX);

@@ -190,42 +190,48 @@ pub(crate) fn unwedged(curve25519: &str, unwedged_ms: u64) -> UnwedgeRecord {
 /// One record of every kind (and a sync token), keys derived from `tag`.
 pub(crate) fn full_changes(tag: &str) -> Changes {
     let mut c = Changes {
-        account: Some(account(&format!("@me-{tag}:x"), "MYDEV", tag.as_bytes())),
-        olm_sessions: vec![olm(&format!("sk-{tag}"), "os1", b"olm pickle")],
-        inbound_group_sessions: vec![inbound(&format!("!room-{tag}"), "igs1")],
-        outbound_group_sessions: vec![outbound(&format!("!room-{tag}"), "ogs1")],
-        no_olm_room_keys: vec![no_olm_key(&format!("!room-{tag}"), "ogs1", 2)],
-        unwedge_records: vec![unwedged(&format!("curve-{tag}"), 1_700_000_000_000)],
-        devices: vec![device(
-            &format!("@u-{tag}:x"),
-            "D1",
-            &format!("curve-{tag}"),
-        )],
-        tracked_users: vec![tracked(
-            &format!("@u-{tag}:x"),
-            TrackingState::Downloading,
-            4,
-        )],
-        megolm_indices: vec![megolm(&format!("sk-{tag}"), "igs1", 1, "$e")],
-        rooms: vec![room(&format!("!room-{tag}"))],
-        members: vec![member(
-            &format!("!room-{tag}"),
-            &format!("@u-{tag}:x"),
-            "join",
-        )],
-        pending_to_device: vec![pending(&format!("txn-{tag}"), "{}")],
-        queued_sends: vec![queued(
-            &format!("send-{tag}"),
-            &format!("!room-{tag}"),
-            b"{}",
-        )],
-        withheld_notices: vec![notice(&format!("!room-{tag}"), "wh1", "@w:x")],
-        key_requests: vec![key_request(&format!("!room-{tag}"), "kr1")],
+        crypto: CryptoChanges {
+            account: Some(account(&format!("@me-{tag}:x"), "MYDEV", tag.as_bytes())),
+            olm_sessions: vec![olm(&format!("sk-{tag}"), "os1", b"olm pickle")],
+            inbound_group_sessions: vec![inbound(&format!("!room-{tag}"), "igs1")],
+            outbound_group_sessions: vec![outbound(&format!("!room-{tag}"), "ogs1")],
+            no_olm_room_keys: vec![no_olm_key(&format!("!room-{tag}"), "ogs1", 2)],
+            unwedge_records: vec![unwedged(&format!("curve-{tag}"), 1_700_000_000_000)],
+            devices: vec![device(
+                &format!("@u-{tag}:x"),
+                "D1",
+                &format!("curve-{tag}"),
+            )],
+            tracked_users: vec![tracked(
+                &format!("@u-{tag}:x"),
+                TrackingState::Downloading,
+                4,
+            )],
+            megolm_indices: vec![megolm(&format!("sk-{tag}"), "igs1", 1, "$e")],
+            pending_to_device: vec![pending(&format!("txn-{tag}"), "{}")],
+            withheld_notices: vec![notice(&format!("!room-{tag}"), "wh1", "@w:x")],
+            key_requests: vec![key_request(&format!("!room-{tag}"), "kr1")],
+            ..Default::default()
+        },
+        client: ClientChanges {
+            rooms: vec![room(&format!("!room-{tag}"))],
+            members: vec![member(
+                &format!("!room-{tag}"),
+                &format!("@u-{tag}:x"),
+                "join",
+            )],
+            queued_sends: vec![queued(
+                &format!("send-{tag}"),
+                &format!("!room-{tag}"),
+                b"{}",
+            )],
+            ..Default::default()
+        },
         sync_token: Some(format!("token-{tag}")),
-        ..Default::default()
     };
-    c.values.insert(format!("v-{tag}"), "plain".into());
-    c.secret_values
+    c.client.values.insert(format!("v-{tag}"), "plain".into());
+    c.client
+        .secret_values
         .insert(format!("s-{tag}"), blob(b"access token"));
     c
 }
@@ -235,48 +241,56 @@ pub(crate) fn full_changes(tag: &str) -> Changes {
 pub(crate) fn assert_full_present<S: Store + ?Sized>(s: &S, tag: &str) {
     let c = full_changes(tag);
     let sk = format!("sk-{tag}");
-    assert_eq!(s.olm_sessions(&[&sk]).unwrap()[&sk], c.olm_sessions);
+    assert_eq!(s.olm_sessions(&[&sk]).unwrap()[&sk], c.crypto.olm_sessions);
     let room_id = rid(&format!("!room-{tag}"));
     assert_eq!(
         s.inbound_group_session(&room_id, "igs1").unwrap().as_ref(),
-        c.inbound_group_sessions.first()
+        c.crypto.inbound_group_sessions.first()
     );
     assert_eq!(
         s.outbound_group_session(&room_id).unwrap().as_ref(),
-        c.outbound_group_sessions.first()
+        c.crypto.outbound_group_sessions.first()
     );
     assert_eq!(
         s.no_olm_room_key(&room_id, "ogs1", 2).unwrap().as_ref(),
-        c.no_olm_room_keys.first()
+        c.crypto.no_olm_room_keys.first()
     );
     assert_eq!(
         s.unwedge_record(&format!("curve-{tag}")).unwrap().as_ref(),
-        c.unwedge_records.first()
+        c.crypto.unwedge_records.first()
     );
     let user = uid(&format!("@u-{tag}:x"));
-    assert_eq!(s.devices(&[&user]).unwrap(), c.devices);
-    assert!(s.tracked_users().unwrap().contains(&c.tracked_users[0]));
+    assert_eq!(s.devices(&[&user]).unwrap(), c.crypto.devices);
+    assert!(
+        s.tracked_users()
+            .unwrap()
+            .contains(&c.crypto.tracked_users[0])
+    );
     assert_eq!(
         s.megolm_index(&sk, "igs1", 1).unwrap().as_ref(),
-        c.megolm_indices.first()
+        c.crypto.megolm_indices.first()
     );
-    assert_eq!(s.room(&room_id).unwrap().as_ref(), c.rooms.first());
-    assert_eq!(s.members(&room_id).unwrap(), c.members);
+    assert_eq!(s.room(&room_id).unwrap().as_ref(), c.client.rooms.first());
+    assert_eq!(s.members(&room_id).unwrap(), c.client.members);
     assert!(
         s.pending_to_device()
             .unwrap()
-            .contains(&c.pending_to_device[0])
+            .contains(&c.crypto.pending_to_device[0])
     );
-    assert!(s.queued_sends().unwrap().contains(&c.queued_sends[0]));
+    assert!(
+        s.queued_sends()
+            .unwrap()
+            .contains(&c.client.queued_sends[0])
+    );
     assert_eq!(
         s.withheld_notice(&room_id, "wh1", &uid("@w:x"))
             .unwrap()
             .as_ref(),
-        c.withheld_notices.first()
+        c.crypto.withheld_notices.first()
     );
     assert_eq!(
         s.key_request(&room_id, "kr1").unwrap().as_ref(),
-        c.key_requests.first()
+        c.crypto.key_requests.first()
     );
     assert_eq!(
         s.value(&format!("v-{tag}")).unwrap().as_deref(),

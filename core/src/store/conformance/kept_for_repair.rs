@@ -9,11 +9,11 @@ use crate::test_ids::rid;
 pub(crate) fn no_olm_room_keys_by_index<S: Store>(s: &S) {
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             outbound_group_sessions: vec![outbound("!r:x", "s1")],
             no_olm_room_keys: vec![no_olm_key("!r:x", "s1", 0), no_olm_key("!r:x", "s1", 3)],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.no_olm_room_key(&rid("!r:x"), "s1", 0).unwrap(),
@@ -33,10 +33,10 @@ pub(crate) fn no_olm_room_keys_by_index<S: Store>(s: &S) {
     };
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             no_olm_room_keys: vec![again.clone()],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.no_olm_room_key(&rid("!r:x"), "s1", 3).unwrap(),
@@ -49,29 +49,29 @@ pub(crate) fn no_olm_room_keys_go_with_their_outbound_session<S: Store>(s: &S) {
     let key = |room: &str, session: &str| s.no_olm_room_key(&rid(room), session, 0).unwrap();
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             outbound_group_sessions: vec![outbound("!r:x", "s1"), outbound("!o:x", "o1")],
             no_olm_room_keys: vec![no_olm_key("!r:x", "s1", 0), no_olm_key("!o:x", "o1", 0)],
             ..Default::default()
-        },
+        }),
     );
     // The same session written again (a message encrypted, a device added) keeps them.
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             outbound_group_sessions: vec![outbound("!r:x", "s1")],
             ..Default::default()
-        },
+        }),
     );
     assert!(key("!r:x", "s1").is_some());
     // A new session of the room (rotation) drops the old session's keys, keeps its own.
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             outbound_group_sessions: vec![outbound("!r:x", "s2")],
             no_olm_room_keys: vec![no_olm_key("!r:x", "s2", 0)],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(key("!r:x", "s1"), None);
     assert_eq!(key("!r:x", "s2"), Some(no_olm_key("!r:x", "s2", 0)));
@@ -79,11 +79,11 @@ pub(crate) fn no_olm_room_keys_go_with_their_outbound_session<S: Store>(s: &S) {
     // A discarded session takes its keys along, also one written in the same batch.
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             no_olm_room_keys: vec![no_olm_key("!r:x", "s2", 5)],
             discarded_outbound_sessions: vec![rid("!r:x")],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(key("!r:x", "s2"), None);
     assert_eq!(s.no_olm_room_key(&rid("!r:x"), "s2", 5).unwrap(), None);
@@ -94,10 +94,10 @@ pub(crate) fn no_olm_room_keys_go_with_their_outbound_session<S: Store>(s: &S) {
 pub(crate) fn unwedge_records_by_device<S: Store>(s: &S) {
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             unwedge_records: vec![unwedged("curve-a", 1_000), unwedged("curve-b", 2_000)],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.unwedge_record("curve-a").unwrap(),
@@ -107,10 +107,10 @@ pub(crate) fn unwedge_records_by_device<S: Store>(s: &S) {
     // A later unwedging replaces the record; within a batch, the last one wins.
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             unwedge_records: vec![unwedged("curve-a", 3_000), unwedged("curve-a", 4_000)],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.unwedge_record("curve-a").unwrap(),
@@ -128,27 +128,27 @@ pub(crate) fn unwedge_records_expire_and_are_bounded<S: Store>(s: &S) {
     let start = 1_700_000_000_000;
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             unwedge_records: vec![unwedged("old", start), unwedged("newer", start + 1)],
             ..Default::default()
-        },
+        }),
     );
     // Exactly the lifetime later, the oldest record still counts...
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             unwedge_records: vec![unwedged("x", start + LIFE)],
             ..Default::default()
-        },
+        }),
     );
     assert!(s.unwedge_record("old").unwrap().is_some());
     // ...one millisecond more, and it is forgotten.
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             unwedge_records: vec![unwedged("y", start + LIFE + 1)],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(s.unwedge_record("old").unwrap(), None);
     assert!(s.unwedge_record("newer").unwrap().is_some());
@@ -156,7 +156,9 @@ pub(crate) fn unwedge_records_expire_and_are_bounded<S: Store>(s: &S) {
     let t = start + 2 * LIFE;
     let mut c = Changes::default();
     for i in 0..MAX + 5 {
-        c.unwedge_records.push(unwedged(&format!("k{i:05}"), t + i));
+        c.crypto
+            .unwedge_records
+            .push(unwedged(&format!("k{i:05}"), t + i));
     }
     save(s, c);
     assert_eq!(s.counts().unwrap().unwedge_records, MAX);

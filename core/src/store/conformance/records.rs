@@ -40,10 +40,10 @@ pub(crate) fn account_insert_replace<S: Store>(s: &S) {
     let a = account("@me:x", "DEV1", b"pickle one");
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             account: Some(a.clone()),
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(s.account().unwrap(), Some(a));
     let mut b = account("@me:x", "DEV1", b"pickle two, longer");
@@ -52,10 +52,10 @@ pub(crate) fn account_insert_replace<S: Store>(s: &S) {
     b.fallback_key_created_ms = 0;
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             account: Some(b.clone()),
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(s.account().unwrap(), Some(b));
     assert_eq!(s.generation().unwrap(), 2);
@@ -70,10 +70,10 @@ pub(crate) fn olm_sessions_grouped_and_replaced<S: Store>(s: &S) {
     ];
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             olm_sessions,
             ..Default::default()
-        },
+        }),
     );
     let got = s.olm_sessions(&["keyA", "keyB", "keyC", "keyA"]).unwrap();
     assert_eq!(got.len(), 2, "unknown keys are absent: {:?}", got.keys());
@@ -91,10 +91,10 @@ pub(crate) fn olm_sessions_grouped_and_replaced<S: Store>(s: &S) {
     newer.last_used_ms = 5000;
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             olm_sessions: vec![newer.clone()],
             ..Default::default()
-        },
+        }),
     );
     let got = s.olm_sessions(&["keyA"]).unwrap();
     assert_eq!(
@@ -112,9 +112,9 @@ pub(crate) fn olm_sessions_many_keys<S: Store>(s: &S) {
     let keys: Vec<String> = (0..600).map(|i| format!("curve{i:04}")).collect();
     let mut c = Changes::default();
     for (i, k) in keys.iter().enumerate() {
-        c.olm_sessions.push(olm(k, "first", k.as_bytes()));
+        c.crypto.olm_sessions.push(olm(k, "first", k.as_bytes()));
         if i % 2 == 0 {
-            c.olm_sessions.push(olm(k, "second", b"2"));
+            c.crypto.olm_sessions.push(olm(k, "second", b"2"));
         }
     }
     save(s, c);
@@ -138,10 +138,10 @@ pub(crate) fn inbound_group_sessions<S: Store>(s: &S) {
     let c = inbound("!r2", "sA");
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             inbound_group_sessions: vec![a.clone(), b.clone(), c.clone()],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(s.inbound_group_session_count().unwrap(), 3);
     assert_eq!(s.inbound_group_session(&rid("!r1"), "sA").unwrap(), Some(a));
@@ -158,10 +158,10 @@ pub(crate) fn inbound_group_sessions<S: Store>(s: &S) {
     a2.sender_user = Some(uid("@alice2:example.org"));
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             inbound_group_sessions: vec![a2.clone()],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.inbound_group_session(&rid("!r1"), "sA").unwrap(),
@@ -174,10 +174,10 @@ pub(crate) fn inbound_group_sessions<S: Store>(s: &S) {
 pub(crate) fn outbound_sessions_replace_and_discard<S: Store>(s: &S) {
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             outbound_group_sessions: vec![outbound("!a", "s1"), outbound("!b", "s1")],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.outbound_group_session(&rid("!a")).unwrap(),
@@ -188,18 +188,18 @@ pub(crate) fn outbound_sessions_replace_and_discard<S: Store>(s: &S) {
     next.message_count = 0;
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             outbound_group_sessions: vec![next.clone()],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(s.outbound_group_session(&rid("!a")).unwrap(), Some(next));
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             discarded_outbound_sessions: vec![rid("!a"), rid("!never-existed")],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(s.outbound_group_session(&rid("!a")).unwrap(), None);
     assert_eq!(
@@ -209,11 +209,11 @@ pub(crate) fn outbound_sessions_replace_and_discard<S: Store>(s: &S) {
     // A batch that both writes and discards a room's session discards it (fail closed).
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             outbound_group_sessions: vec![outbound("!c", "s1")],
             discarded_outbound_sessions: vec![rid("!c")],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(s.outbound_group_session(&rid("!c")).unwrap(), None);
     assert_eq!(s.generation().unwrap(), 4);
@@ -235,10 +235,11 @@ pub(crate) fn devices_batch_and_deleted<S: Store>(s: &S) {
                 _ => LocalTrust::Ignored,
             };
             rec.display_name = (i % 3 != 0).then(|| format!("name {i}"));
-            c.devices.push(rec);
+            c.crypto.devices.push(rec);
         }
     }
     let expected: BTreeMap<(OwnedUserId, OwnedDeviceId), DeviceRecord> = c
+        .crypto
         .devices
         .iter()
         .map(|d| ((d.user_id.clone(), d.device_id.clone()), d.clone()))
@@ -304,10 +305,10 @@ pub(crate) fn devices_batch_and_deleted<S: Store>(s: &S) {
     moved.local_trust = LocalTrust::Blacklisted;
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             devices: vec![moved.clone()],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.device_by_curve25519(&users[5], "curve-5-DEV_A").unwrap(),
@@ -326,10 +327,10 @@ pub(crate) fn devices_batch_and_deleted<S: Store>(s: &S) {
     let other = device("@z:x", "Z", "shared-key");
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             devices: vec![dead.clone(), live.clone(), other.clone()],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.device_by_curve25519(&uid("@a:x"), "shared-key").unwrap(),
@@ -351,10 +352,10 @@ pub(crate) fn tracked_users<S: Store>(s: &S) {
     ];
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             tracked_users: users,
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.tracked_users().unwrap(),
@@ -367,10 +368,10 @@ pub(crate) fn tracked_users<S: Store>(s: &S) {
     );
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             tracked_users: vec![tracked("@c:x", UpToDate, u64::MAX)],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.tracked_users().unwrap()[2],
@@ -382,20 +383,20 @@ pub(crate) fn tracked_users<S: Store>(s: &S) {
 pub(crate) fn megolm_indices_first_event_wins<S: Store>(s: &S) {
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             megolm_indices: vec![
                 megolm("sk", "sess", 5, "$first"),
                 megolm("sk", "sess", u32::MAX, "$max"),
             ],
             ..Default::default()
-        },
+        }),
     );
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             megolm_indices: vec![megolm("sk", "sess", 5, "$replayed")],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.megolm_index("sk", "sess", 5).unwrap(),
@@ -414,7 +415,7 @@ pub(crate) fn rooms_and_members<S: Store>(s: &S) {
     let bare = RoomRecord::new(rid("!b:x"));
     save(
         s,
-        Changes {
+        Changes::from(ClientChanges {
             rooms: vec![room("!c:x"), bare.clone(), room("!a:x")],
             members: vec![
                 member("!a:x", "@u3:x", "join"),
@@ -423,7 +424,7 @@ pub(crate) fn rooms_and_members<S: Store>(s: &S) {
                 member("!c:x", "@u1:x", "join"),
             ],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(s.room(&rid("!b:x")).unwrap(), Some(bare));
     assert_eq!(
@@ -447,11 +448,11 @@ pub(crate) fn rooms_and_members<S: Store>(s: &S) {
     left.encryption = None;
     save(
         s,
-        Changes {
+        Changes::from(ClientChanges {
             rooms: vec![left.clone()],
             members: vec![member("!a:x", "@u1:x", "leave")],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(s.room(&rid("!a:x")).unwrap(), Some(left));
     assert_eq!(s.rooms().unwrap().len(), 3);
@@ -471,7 +472,7 @@ pub(crate) fn encrypted_rooms_of_users<S: Store>(s: &S) {
     let plain = RoomRecord::new(rid("!plain:x"));
     save(
         s,
-        Changes {
+        Changes::from(ClientChanges {
             rooms: vec![room("!b:x"), room("!a:x"), plain, room("!c:x")],
             members: vec![
                 member("!a:x", "@u1:x", "join"),
@@ -483,7 +484,7 @@ pub(crate) fn encrypted_rooms_of_users<S: Store>(s: &S) {
                 member("!plain:x", "@u1:x", "join"),
             ],
             ..Default::default()
-        },
+        }),
     );
     let rooms = |users: &[&str]| {
         let users: Vec<OwnedUserId> = users.iter().map(|u| uid(u)).collect();
@@ -498,10 +499,10 @@ pub(crate) fn encrypted_rooms_of_users<S: Store>(s: &S) {
     // Leaving a room takes it out of the answer.
     save(
         s,
-        Changes {
+        Changes::from(ClientChanges {
             members: vec![member("!c:x", "@u3:x", "leave")],
             ..Default::default()
-        },
+        }),
     );
     assert!(rooms(&["@u3:x"]).is_empty());
 }
@@ -509,17 +510,17 @@ pub(crate) fn encrypted_rooms_of_users<S: Store>(s: &S) {
 pub(crate) fn pending_to_device_queue<S: Store>(s: &S) {
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             pending_to_device: vec![pending("t3", "{\"n\":3}"), pending("t1", "{\"n\":1}")],
             ..Default::default()
-        },
+        }),
     );
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             pending_to_device: vec![pending("t2", "{\"n\":2}")],
             ..Default::default()
-        },
+        }),
     );
     let txns = |s: &S| {
         s.pending_to_device()
@@ -532,10 +533,10 @@ pub(crate) fn pending_to_device_queue<S: Store>(s: &S) {
     // Re-queueing keeps the request's place but updates its content.
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             pending_to_device: vec![pending("t1", "{\"n\":11}")],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.pending_to_device().unwrap()[1],
@@ -544,47 +545,50 @@ pub(crate) fn pending_to_device_queue<S: Store>(s: &S) {
     assert_eq!(txns(s), ["t3", "t1", "t2"]);
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             sent_to_device: vec!["t3".into(), "never-queued".into()],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(txns(s), ["t1", "t2"]);
     // Queued and confirmed in one batch: gone.
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             pending_to_device: vec![pending("t4", "{}")],
             sent_to_device: vec!["t4".into()],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(txns(s), ["t1", "t2"]);
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             pending_to_device: vec![pending("t0", "{}")],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(txns(s), ["t1", "t2", "t0"]);
     save(
         s,
-        Changes {
+        Changes::from(CryptoChanges {
             sent_to_device: vec!["t1".into(), "t2".into(), "t0".into()],
             ..Default::default()
-        },
+        }),
     );
     assert!(s.pending_to_device().unwrap().is_empty());
 }
 
 pub(crate) fn values_and_secret_values<S: Store>(s: &S) {
     let mut c = Changes::default();
-    c.values.insert("a".into(), "1".into());
-    c.values.insert("shared".into(), "plain".into());
-    c.secret_values
+    c.client.values.insert("a".into(), "1".into());
+    c.client.values.insert("shared".into(), "plain".into());
+    c.client
+        .secret_values
         .insert("access_token".into(), blob(b"syt_secret"));
-    c.secret_values.insert("shared".into(), blob(&[0, 255, 1]));
+    c.client
+        .secret_values
+        .insert("shared".into(), blob(&[0, 255, 1]));
     save(s, c);
     assert_eq!(s.value("a").unwrap().as_deref(), Some("1"));
     assert_eq!(s.value("shared").unwrap().as_deref(), Some("plain"));
@@ -600,12 +604,65 @@ pub(crate) fn values_and_secret_values<S: Store>(s: &S) {
     assert_eq!(s.secret_value("shared").unwrap(), Some(blob(&[0, 255, 1])));
     assert_eq!(s.secret_value("a").unwrap(), None);
     let mut c = Changes::default();
-    c.values.insert("a".into(), String::new());
-    c.secret_values.insert("access_token".into(), blob(b""));
+    c.client.values.insert("a".into(), String::new());
+    c.client
+        .secret_values
+        .insert("access_token".into(), blob(b""));
     save(s, c);
     assert_eq!(s.value("a").unwrap().as_deref(), Some(""));
     assert_eq!(s.secret_value("access_token").unwrap(), Some(blob(b"")));
     assert_eq!(s.value("shared").unwrap().as_deref(), Some("plain"));
+}
+
+pub(crate) fn share_with_verified_only<S: Store>(s: &S) {
+    let set = |on: bool| {
+        Changes::from(CryptoChanges {
+            share_with_verified_only: Some(on),
+            ..Default::default()
+        })
+    };
+    assert!(!s.share_with_verified_only().unwrap(), "off until set");
+    save(s, set(true));
+    assert!(s.share_with_verified_only().unwrap());
+    // Kept as a secret value (encrypted at rest in SQLite).
+    assert_eq!(
+        s.secret_value(VERIFIED_ONLY_KEY).unwrap(),
+        Some(blob(b"true"))
+    );
+    save(
+        s,
+        Changes::from(CryptoChanges {
+            devices: vec![device("@u:x", "D", "c")],
+            ..Default::default()
+        }),
+    );
+    assert!(s.share_with_verified_only().unwrap(), "kept when not given");
+    save(s, set(false));
+    assert!(!s.share_with_verified_only().unwrap());
+    assert_eq!(
+        s.secret_value(VERIFIED_ONLY_KEY).unwrap(),
+        Some(blob(b"false"))
+    );
+    assert_eq!(s.generation().unwrap(), 3);
+    // The client's half cannot write the machine's setting, as a secret or a plain value.
+    for secret in [true, false] {
+        let mut client = ClientChanges::default();
+        if secret {
+            client
+                .secret_values
+                .insert(VERIFIED_ONLY_KEY.to_owned(), blob(b"true"));
+        } else {
+            client
+                .values
+                .insert(VERIFIED_ONLY_KEY.to_owned(), "true".to_owned());
+        }
+        let err = s.save_changes(client.clone().into()).unwrap_err();
+        assert!(matches!(err, StoreError::InvalidRecord(_)), "{err:?}");
+        let mut dropped = Changes::from(client);
+        assert_eq!(dropped.drop_invalid(), 1);
+    }
+    assert!(!s.share_with_verified_only().unwrap());
+    assert_eq!(s.generation().unwrap(), 3);
 }
 
 pub(crate) fn sync_token<S: Store>(s: &S) {
@@ -619,10 +676,10 @@ pub(crate) fn sync_token<S: Store>(s: &S) {
     assert_eq!(s.sync_token().unwrap().as_deref(), Some("s1"));
     save(
         s,
-        Changes {
+        Changes::from(ClientChanges {
             rooms: vec![room("!r")],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.sync_token().unwrap().as_deref(),
@@ -648,7 +705,7 @@ pub(crate) fn undecryptable_events_by_session<S: Store>(s: &S) {
     };
     save(
         s,
-        Changes {
+        Changes::from(ClientChanges {
             undecryptable_events: vec![
                 event("!r:x", "s1", "$b"),
                 event("!r:x", "s2", "$c"),
@@ -656,7 +713,7 @@ pub(crate) fn undecryptable_events_by_session<S: Store>(s: &S) {
                 event("!other:x", "s1", "$d"),
             ],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.undecryptable_events(&rid("!r:x"), "s1").unwrap(),
@@ -678,11 +735,11 @@ pub(crate) fn undecryptable_events_by_session<S: Store>(s: &S) {
     again.event_json = "{\"retried\":true}".into();
     save(
         s,
-        Changes {
+        Changes::from(ClientChanges {
             undecryptable_events: vec![again.clone()],
             resolved_events: vec![(rid("!r:x"), eid("$a")), (rid("!r:x"), eid("$none"))],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(
         s.undecryptable_events(&rid("!r:x"), "s1").unwrap(),
@@ -697,11 +754,11 @@ pub(crate) fn undecryptable_events_by_session<S: Store>(s: &S) {
     // Resolved in the same save as stored: gone.
     save(
         s,
-        Changes {
+        Changes::from(ClientChanges {
             undecryptable_events: vec![event("!r:x", "s3", "$e")],
             resolved_events: vec![(rid("!r:x"), eid("$e"))],
             ..Default::default()
-        },
+        }),
     );
     assert!(
         s.undecryptable_events(&rid("!r:x"), "s3")
@@ -713,14 +770,14 @@ pub(crate) fn undecryptable_events_by_session<S: Store>(s: &S) {
 pub(crate) fn send_queue_in_order<S: Store>(s: &S) {
     save(
         s,
-        Changes {
+        Changes::from(ClientChanges {
             queued_sends: vec![
                 queued("t2", "!r:x", b"{\"body\":\"two\"}"),
                 queued("t1", "!r:x", b"{\"body\":\"one\"}"),
                 queued("t3", "!other:x", b"{}"),
             ],
             ..Default::default()
-        },
+        }),
     );
     let txns = |s: &S| -> Vec<String> {
         s.queued_sends()
@@ -737,11 +794,11 @@ pub(crate) fn send_queue_in_order<S: Store>(s: &S) {
     // Re-queued (another attempt): same place, new content; finished ones leave.
     save(
         s,
-        Changes {
+        Changes::from(ClientChanges {
             queued_sends: vec![queued("t2", "!r:x", b"{\"body\":\"2\"}")],
             finished_sends: vec!["t1".into(), "unknown".into()],
             ..Default::default()
-        },
+        }),
     );
     assert_eq!(txns(s), ["t2", "t3"]);
     assert_eq!(

@@ -16,10 +16,10 @@ use ruma::events::room::member::MembershipState;
 use ruma::{DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use super::{
-    AccountRecord, Changes, DeviceRecord, InboundGroupSessionRecord, KeyRequestRecord,
-    MegolmIndexRecord, MemberRecord, NoOlmRoomKey, OlmSessionRecord, OutboundGroupSessionRecord,
-    PendingToDevice, QueuedSend, RoomRecord, SecretBlob, Store, StoreCounts, StoreError,
-    TrackedUser, UndecryptableEvent, UnwedgeRecord, WithheldNotice, quota,
+    AccountRecord, Changes, ClientStore, CryptoStore, DeviceRecord, InboundGroupSessionRecord,
+    KeyRequestRecord, MegolmIndexRecord, MemberRecord, NoOlmRoomKey, OlmSessionRecord,
+    OutboundGroupSessionRecord, PendingToDevice, QueuedSend, RoomRecord, SecretBlob, Store,
+    StoreCounts, StoreError, TrackedUser, UndecryptableEvent, UnwedgeRecord, WithheldNotice, quota,
 };
 
 type RoomSession = (OwnedRoomId, String);
@@ -68,33 +68,39 @@ struct State {
 impl State {
     /// Apply validated changes. Must not fail (atomicity relies on it).
     fn apply(&mut self, changes: Changes) {
-        if let Some(account) = &changes.account {
+        if let Some(account) = &changes.crypto.account {
             self.account = Some(account.clone());
         }
         self.apply_sessions(&changes);
         self.apply_no_olm_keys(&changes);
-        for u in &changes.unwedge_records {
+        for u in &changes.crypto.unwedge_records {
             self.unwedged.insert(u.curve25519.clone(), u.clone());
         }
-        for d in &changes.devices {
+        for d in &changes.crypto.devices {
             self.upsert_device(d.clone());
         }
-        for u in &changes.tracked_users {
+        for u in &changes.crypto.tracked_users {
             self.tracked_users.insert(u.user_id.clone(), u.clone());
         }
         self.apply_rooms(&changes);
         self.apply_queues(&changes);
-        for w in &changes.withheld_notices {
+        for w in &changes.crypto.withheld_notices {
             let key = (w.room_id.clone(), w.session_id.clone(), w.sender.clone());
             self.withheld.replace(key, w.clone());
         }
-        for r in &changes.key_requests {
+        for r in &changes.crypto.key_requests {
             let key = (r.room_id.clone(), r.session_id.clone());
             self.key_requests.insert_new(key, r.clone());
         }
         self.enforce_quotas(&changes);
-        self.values.extend(changes.values);
-        self.secret_values.extend(changes.secret_values);
+        self.values.extend(changes.client.values);
+        self.secret_values.extend(changes.client.secret_values);
+        if let Some(on) = changes.crypto.share_with_verified_only {
+            // Where SQLite keeps it too.
+            let value = SecretBlob::new(on.to_string().into_bytes());
+            self.secret_values
+                .insert(super::VERIFIED_ONLY_KEY.to_owned(), value);
+        }
         if let Some(token) = changes.sync_token {
             self.sync_token = Some(token);
         }
@@ -102,26 +108,26 @@ impl State {
     }
 
     fn apply_sessions(&mut self, changes: &Changes) {
-        for s in &changes.olm_sessions {
+        for s in &changes.crypto.olm_sessions {
             self.olm_sessions
                 .entry(s.sender_key.clone())
                 .or_default()
                 .insert(s.session_id.clone(), s.clone());
         }
-        for s in &changes.inbound_group_sessions {
+        for s in &changes.crypto.inbound_group_sessions {
             let key = (s.room_id.clone(), s.session_id.clone());
             self.inbound.replace(key, s.clone());
         }
-        for s in &changes.outbound_group_sessions {
+        for s in &changes.crypto.outbound_group_sessions {
             self.outbound.insert(s.room_id.clone(), s.clone());
         }
         // Discards come after the upserts of the same batch: when in doubt, a session is
         // thrown away rather than kept (fail closed).
-        for room_id in &changes.discarded_outbound_sessions {
+        for room_id in &changes.crypto.discarded_outbound_sessions {
             self.outbound.remove(room_id);
         }
         // The first event seen at an index is kept (replay detection).
-        for i in &changes.megolm_indices {
+        for i in &changes.crypto.megolm_indices {
             self.megolm_indices
                 .entry((i.sender_key.clone(), i.session_id.clone(), i.index))
                 .or_insert_with(|| i.clone());
@@ -131,15 +137,16 @@ impl State {
     /// The kept keys; then a room whose outbound session the batch wrote or discarded keeps
     /// only the keys of the session it has now (same as SQLite).
     fn apply_no_olm_keys(&mut self, changes: &Changes) {
-        for k in &changes.no_olm_room_keys {
+        for k in &changes.crypto.no_olm_room_keys {
             let key = (k.room_id.clone(), k.session_id.clone(), k.index);
             self.no_olm_keys.insert(key, k.clone());
         }
         let touched: BTreeSet<&OwnedRoomId> = changes
+            .crypto
             .outbound_group_sessions
             .iter()
             .map(|s| &s.room_id)
-            .chain(&changes.discarded_outbound_sessions)
+            .chain(&changes.crypto.discarded_outbound_sessions)
             .collect();
         if touched.is_empty() {
             return;
@@ -176,13 +183,13 @@ impl State {
     }
 
     fn apply_rooms(&mut self, changes: &Changes) {
-        for r in &changes.rooms {
+        for r in &changes.client.rooms {
             self.rooms.replace(r.room_id.clone(), r.clone());
         }
-        for room_id in &changes.replaced_member_lists {
+        for room_id in &changes.client.replaced_member_lists {
             self.members.remove(room_id);
         }
-        for m in &changes.members {
+        for m in &changes.client.members {
             self.members
                 .entry(m.room_id.clone())
                 .or_default()
@@ -191,23 +198,23 @@ impl State {
     }
 
     fn apply_queues(&mut self, changes: &Changes) {
-        for p in &changes.pending_to_device {
+        for p in &changes.crypto.pending_to_device {
             self.pending.upsert(p.txn_id.clone(), p.clone());
         }
-        for txn_id in &changes.sent_to_device {
+        for txn_id in &changes.crypto.sent_to_device {
             self.pending.remove(txn_id);
         }
-        for q in &changes.queued_sends {
+        for q in &changes.client.queued_sends {
             self.send_queue.upsert(q.txn_id.clone(), q.clone());
         }
-        for txn_id in &changes.finished_sends {
+        for txn_id in &changes.client.finished_sends {
             self.send_queue.remove(txn_id);
         }
-        for e in &changes.undecryptable_events {
+        for e in &changes.client.undecryptable_events {
             let key = (e.room_id.clone(), e.event_id.clone());
             self.undecryptable.upsert(key, e.clone());
         }
-        for key in &changes.resolved_events {
+        for key in &changes.client.resolved_events {
             self.undecryptable.remove(key);
         }
     }
@@ -261,7 +268,7 @@ impl State {
 
     /// The [`quota`] limits, oldest first (same as SQLite).
     fn enforce_quotas(&mut self, changes: &Changes) {
-        self.bound_olm_sessions(&changes.olm_sessions);
+        self.bound_olm_sessions(&changes.crypto.olm_sessions);
         self.rooms
             .keep_newest(quota::MAX_INVITES, |_, r| is_invite(r));
         let (members, requests) = (&self.members, &self.key_requests);
@@ -269,7 +276,7 @@ impl State {
             .keep_newest(quota::MAX_SESSIONS_FROM_NON_MEMBERS, |_, s| {
                 !vouched(members, requests, s)
             });
-        for s in &changes.inbound_group_sessions {
+        for s in &changes.crypto.inbound_group_sessions {
             let (room, sender) = (&s.room_id, &s.sender_user);
             self.inbound
                 .keep_newest(quota::MAX_SESSIONS_PER_SENDER_PER_ROOM, |_, other| {
@@ -282,7 +289,7 @@ impl State {
             .keep_fair(quota::MAX_WITHHELD_NOTICES, |w| w.sender.clone());
         self.key_requests
             .keep_fair(quota::MAX_KEY_REQUESTS, |r| r.room_id.clone());
-        self.bound_unwedge_records(&changes.unwedge_records);
+        self.bound_unwedge_records(&changes.crypto.unwedge_records);
     }
 
     fn upsert_device(&mut self, d: DeviceRecord) {
@@ -387,6 +394,45 @@ impl Store for MemoryStore {
         Ok(self.lock().generation)
     }
 
+    fn counts(&self) -> Result<StoreCounts, StoreError> {
+        let state = self.lock();
+        let unknown = state
+            .inbound
+            .values()
+            .filter(|s| !vouched(&state.members, &state.key_requests, s))
+            .count();
+        let invites = state.rooms.values().filter(|r| is_invite(r)).count();
+        let known = |key: &str| {
+            state.devices_by_curve.get(key).is_some_and(|ids| {
+                ids.iter()
+                    .any(|(u, d)| state.device(u, d).is_some_and(|d| !d.deleted))
+            })
+        };
+        let olm = |filter: &dyn Fn(&str) -> bool| -> u64 {
+            let n: usize = state
+                .olm_sessions
+                .iter()
+                .filter(|(key, _)| filter(key))
+                .map(|(_, s)| s.len())
+                .sum();
+            n as u64
+        };
+        Ok(StoreCounts {
+            olm_sessions: olm(&|_| true),
+            olm_sessions_of_unknown_devices: olm(&|key| !known(key)),
+            inbound_group_sessions: state.inbound.len() as u64,
+            inbound_sessions_from_non_members: unknown as u64,
+            invites: invites as u64,
+            withheld_notices: state.withheld.len() as u64,
+            key_requests: state.key_requests.len() as u64,
+            undecryptable_events: state.undecryptable.len() as u64,
+            unwedge_records: state.unwedged.len() as u64,
+            no_olm_room_keys: state.no_olm_keys.len() as u64,
+        })
+    }
+}
+
+impl CryptoStore for MemoryStore {
     fn account(&self) -> Result<Option<AccountRecord>, StoreError> {
         Ok(self.lock().account.clone())
     }
@@ -486,48 +532,6 @@ impl Store for MemoryStore {
             .cloned())
     }
 
-    fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>, StoreError> {
-        Ok(self.lock().rooms.get(&room_id.to_owned()).cloned())
-    }
-
-    fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
-        let mut rooms: Vec<RoomRecord> = self.lock().rooms.values().cloned().collect();
-        rooms.sort_by(|a, b| a.room_id.cmp(&b.room_id));
-        Ok(rooms)
-    }
-
-    fn undecryptable_events(
-        &self,
-        room_id: &RoomId,
-        session_id: &str,
-    ) -> Result<Vec<UndecryptableEvent>, StoreError> {
-        Ok(self
-            .lock()
-            .undecryptable
-            .values()
-            .filter(|e| e.room_id == room_id && e.session_id == session_id)
-            .cloned()
-            .collect())
-    }
-
-    fn queued_sends(&self) -> Result<Vec<QueuedSend>, StoreError> {
-        Ok(self.lock().send_queue.values().cloned().collect())
-    }
-
-    fn undecryptable_sessions(&self) -> Result<Vec<(OwnedRoomId, String)>, StoreError> {
-        let sessions: BTreeSet<(OwnedRoomId, String)> = self
-            .lock()
-            .undecryptable
-            .values()
-            .map(|e| (e.room_id.clone(), e.session_id.clone()))
-            .collect();
-        Ok(sessions.into_iter().collect())
-    }
-
-    fn undecryptable_event_count(&self) -> Result<u64, StoreError> {
-        Ok(self.lock().undecryptable.len() as u64)
-    }
-
     fn encrypted_rooms_with(&self, user_ids: &[&UserId]) -> Result<Vec<OwnedRoomId>, StoreError> {
         let state = self.lock();
         // Scans the encrypted rooms; fine for the sizes tests and benchmarks use.
@@ -551,15 +555,6 @@ impl Store for MemoryStore {
             .collect();
         rooms.sort();
         Ok(rooms)
-    }
-
-    fn members(&self, room_id: &RoomId) -> Result<Vec<MemberRecord>, StoreError> {
-        Ok(self
-            .lock()
-            .members
-            .get(room_id)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default())
     }
 
     fn member(
@@ -612,41 +607,63 @@ impl Store for MemoryStore {
         Ok(self.lock().unwedged.get(curve25519).cloned())
     }
 
-    fn counts(&self) -> Result<StoreCounts, StoreError> {
+    fn share_with_verified_only(&self) -> Result<bool, StoreError> {
         let state = self.lock();
-        let unknown = state
-            .inbound
+        let value = state.secret_values.get(super::VERIFIED_ONLY_KEY);
+        Ok(value.is_some_and(|v| v.as_bytes() == b"true"))
+    }
+}
+
+impl ClientStore for MemoryStore {
+    fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>, StoreError> {
+        Ok(self.lock().rooms.get(&room_id.to_owned()).cloned())
+    }
+
+    fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
+        let mut rooms: Vec<RoomRecord> = self.lock().rooms.values().cloned().collect();
+        rooms.sort_by(|a, b| a.room_id.cmp(&b.room_id));
+        Ok(rooms)
+    }
+
+    fn undecryptable_events(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+    ) -> Result<Vec<UndecryptableEvent>, StoreError> {
+        Ok(self
+            .lock()
+            .undecryptable
             .values()
-            .filter(|s| !vouched(&state.members, &state.key_requests, s))
-            .count();
-        let invites = state.rooms.values().filter(|r| is_invite(r)).count();
-        let known = |key: &str| {
-            state.devices_by_curve.get(key).is_some_and(|ids| {
-                ids.iter()
-                    .any(|(u, d)| state.device(u, d).is_some_and(|d| !d.deleted))
-            })
-        };
-        let olm = |filter: &dyn Fn(&str) -> bool| -> u64 {
-            let n: usize = state
-                .olm_sessions
-                .iter()
-                .filter(|(key, _)| filter(key))
-                .map(|(_, s)| s.len())
-                .sum();
-            n as u64
-        };
-        Ok(StoreCounts {
-            olm_sessions: olm(&|_| true),
-            olm_sessions_of_unknown_devices: olm(&|key| !known(key)),
-            inbound_group_sessions: state.inbound.len() as u64,
-            inbound_sessions_from_non_members: unknown as u64,
-            invites: invites as u64,
-            withheld_notices: state.withheld.len() as u64,
-            key_requests: state.key_requests.len() as u64,
-            undecryptable_events: state.undecryptable.len() as u64,
-            unwedge_records: state.unwedged.len() as u64,
-            no_olm_room_keys: state.no_olm_keys.len() as u64,
-        })
+            .filter(|e| e.room_id == room_id && e.session_id == session_id)
+            .cloned()
+            .collect())
+    }
+
+    fn queued_sends(&self) -> Result<Vec<QueuedSend>, StoreError> {
+        Ok(self.lock().send_queue.values().cloned().collect())
+    }
+
+    fn undecryptable_sessions(&self) -> Result<Vec<(OwnedRoomId, String)>, StoreError> {
+        let sessions: BTreeSet<(OwnedRoomId, String)> = self
+            .lock()
+            .undecryptable
+            .values()
+            .map(|e| (e.room_id.clone(), e.session_id.clone()))
+            .collect();
+        Ok(sessions.into_iter().collect())
+    }
+
+    fn undecryptable_event_count(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().undecryptable.len() as u64)
+    }
+
+    fn members(&self, room_id: &RoomId) -> Result<Vec<MemberRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .members
+            .get(room_id)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default())
     }
 
     fn value(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -5,7 +5,9 @@ use ruma::UserId;
 use rusqlite::{Connection, Row, Transaction, params};
 
 use super::super::cipher::StoreCipher;
-use super::super::{Changes, DeviceRecord, LocalTrust, StoreError, TrackedUser, TrackingState};
+use super::super::{
+    CryptoChanges, DeviceRecord, LocalTrust, StoreError, TrackedUser, TrackingState,
+};
 use super::sql::{
     col, db, each, json_list, parsed, query_all, query_opt, u64_from_sql, u64_to_sql,
 };
@@ -94,7 +96,7 @@ pub(super) fn tracked_users(conn: &Connection) -> Result<Vec<TrackedUser>, Store
 pub(super) fn write(
     tx: &Transaction<'_>,
     c: &StoreCipher,
-    changes: &Changes,
+    changes: &CryptoChanges,
 ) -> Result<(), StoreError> {
     for d in &changes.devices {
         write_device(tx, c, d)?;

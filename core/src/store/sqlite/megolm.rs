@@ -7,8 +7,8 @@ use rusqlite::{Connection, Transaction, params};
 
 use super::super::cipher::StoreCipher;
 use super::super::{
-    Changes, InboundGroupSessionRecord, MegolmIndexRecord, OutboundGroupSessionRecord, SecretBlob,
-    ShareRecipient, StoreError, quota,
+    CryptoChanges, InboundGroupSessionRecord, MegolmIndexRecord, OutboundGroupSessionRecord,
+    SecretBlob, ShareRecipient, StoreError, quota,
 };
 use super::sql::{
     col, count, db, each, limit, or_empty, parsed, parsed_non_empty, query_opt, u64_from_sql,
@@ -119,7 +119,7 @@ pub(super) fn index(
 pub(super) fn write(
     tx: &Transaction<'_>,
     c: &StoreCipher,
-    changes: &Changes,
+    changes: &CryptoChanges,
 ) -> Result<(), StoreError> {
     for s in &changes.inbound_group_sessions {
         write_inbound(tx, c, s)?;
@@ -220,7 +220,7 @@ fn write_outbound(
 /// (the only way their number grows, besides replaced member lists).
 pub(super) fn adds_sessions_of_non_members(
     tx: &Transaction<'_>,
-    changes: &Changes,
+    changes: &CryptoChanges,
 ) -> Result<bool, StoreError> {
     let mut st = tx
         .prepare_cached("SELECT 1 FROM members WHERE room_id = ?1 AND user_id = ?2")
@@ -240,7 +240,7 @@ pub(super) fn adds_sessions_of_non_members(
 /// room, for the senders this batch wrote sessions of.
 pub(super) fn bound_sessions_per_sender(
     tx: &Transaction<'_>,
-    changes: &Changes,
+    changes: &CryptoChanges,
 ) -> Result<(), StoreError> {
     let mut senders: Vec<(&str, &str)> = changes
         .inbound_group_sessions

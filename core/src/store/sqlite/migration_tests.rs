@@ -1,6 +1,7 @@
 //! Schema migrations of the SQLite store: from an empty file, from each older version with
 //! what that version stored, and refusing a newer one.
 
+use super::super::CryptoChanges;
 use super::super::conformance::*;
 use super::tests::{key, open, raw};
 use super::*;
@@ -158,6 +159,7 @@ fn migration_5_moves_notices_and_requests_and_binds_trust_and_rotation_state() {
         s.secret_value(VERIFIED_ONLY_KEY).unwrap(),
         Some(blob(b"true"))
     );
+    assert!(s.share_with_verified_only().unwrap());
     let left: Vec<String> = raw(d)
         .prepare("SELECT key FROM plain_values ORDER BY key")
         .unwrap()
@@ -179,10 +181,10 @@ fn migration_6_moves_no_olm_keys_and_unwedge_times() {
     let s = open(d);
     // The room's outbound session is s1 (s0 was rotated away); a room id may contain `|`.
     let room = "!r|oom:x";
-    s.save_changes(Changes {
+    s.save_changes(Changes::from(CryptoChanges {
         outbound_group_sessions: vec![outbound(room, "s1")],
         ..Default::default()
-    })
+    }))
     .unwrap();
     let old = |key: &str, plain: &[u8]| {
         s.cipher

@@ -6,7 +6,7 @@ use ruma::{OwnedRoomId, RoomId};
 use rusqlite::{Connection, Transaction, params};
 
 use super::super::cipher::StoreCipher;
-use super::super::{Changes, NoOlmRoomKey, SecretBlob, StoreError};
+use super::super::{CryptoChanges, NoOlmRoomKey, SecretBlob, StoreError};
 use super::sql::{col, count, each, query_opt};
 
 pub(super) fn read(
@@ -44,7 +44,7 @@ pub(super) fn count_all(conn: &Connection) -> Result<u64, StoreError> {
 pub(super) fn write(
     tx: &Transaction<'_>,
     c: &StoreCipher,
-    changes: &Changes,
+    changes: &CryptoChanges,
 ) -> Result<(), StoreError> {
     each(
         tx,

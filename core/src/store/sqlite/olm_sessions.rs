@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, Transaction, params};
 
 use super::super::cipher::StoreCipher;
-use super::super::{Changes, OlmSessionRecord, SecretBlob, StoreError, quota};
+use super::super::{CryptoChanges, OlmSessionRecord, SecretBlob, StoreError, quota};
 use super::sql::{col, db, each, json_list, limit, query_all, u64_from_sql, u64_to_sql};
 
 /// All sessions with these keys, grouped by key.
@@ -50,7 +50,7 @@ pub(super) fn read(
 pub(super) fn write(
     tx: &Transaction<'_>,
     c: &StoreCipher,
-    changes: &Changes,
+    changes: &CryptoChanges,
 ) -> Result<(), StoreError> {
     each(
         tx,
@@ -72,7 +72,7 @@ pub(super) fn write(
 }
 
 /// The Olm session limits, for the keys this batch wrote sessions of.
-pub(super) fn bound(tx: &Transaction<'_>, changes: &Changes) -> Result<(), StoreError> {
+pub(super) fn bound(tx: &Transaction<'_>, changes: &CryptoChanges) -> Result<(), StoreError> {
     let keys: Vec<&str> = changes
         .olm_sessions
         .iter()

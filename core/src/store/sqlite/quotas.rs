@@ -10,16 +10,16 @@ use super::{no_olm_keys, olm_sessions, rooms, unwedge};
 
 /// The [`quota`] limits, checked only for the tables this batch wrote to.
 pub(super) fn enforce(tx: &Transaction<'_>, changes: &Changes) -> Result<(), StoreError> {
-    if !changes.olm_sessions.is_empty() {
-        olm_sessions::bound(tx, changes)?;
+    if !changes.crypto.olm_sessions.is_empty() {
+        olm_sessions::bound(tx, &changes.crypto)?;
     }
-    if !changes.rooms.is_empty() {
+    if !changes.client.rooms.is_empty() {
         // Rooms joined once keep their records (their first encryption setting stays).
         keep_newest(tx, "rooms", "rowid", rooms::INVITE, quota::MAX_INVITES)?;
     }
-    megolm::bound_sessions_per_sender(tx, changes)?;
-    if megolm::adds_sessions_of_non_members(tx, changes)?
-        || !changes.replaced_member_lists.is_empty()
+    megolm::bound_sessions_per_sender(tx, &changes.crypto)?;
+    if megolm::adds_sessions_of_non_members(tx, &changes.crypto)?
+        || !changes.client.replaced_member_lists.is_empty()
     {
         let max = quota::MAX_SESSIONS_FROM_NON_MEMBERS;
         keep_newest(
@@ -31,11 +31,11 @@ pub(super) fn enforce(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Sto
         )?;
     }
     // One room (or sender) filling these tables evicts its own records first.
-    if !changes.undecryptable_events.is_empty() {
+    if !changes.client.undecryptable_events.is_empty() {
         let max = quota::MAX_UNDECRYPTABLE_EVENTS;
         keep_fair(tx, "undecryptable_events", "room_id", max)?;
     }
-    if !changes.withheld_notices.is_empty() {
+    if !changes.crypto.withheld_notices.is_empty() {
         keep_fair(
             tx,
             "withheld_notices",
@@ -43,10 +43,10 @@ pub(super) fn enforce(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Sto
             quota::MAX_WITHHELD_NOTICES,
         )?;
     }
-    if !changes.key_requests.is_empty() {
+    if !changes.crypto.key_requests.is_empty() {
         keep_fair(tx, "key_requests", "room_id", quota::MAX_KEY_REQUESTS)?;
     }
-    unwedge::bound(tx, changes)
+    unwedge::bound(tx, &changes.crypto)
 }
 
 /// How many records of each bounded kind are kept.

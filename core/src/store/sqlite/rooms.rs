@@ -3,7 +3,7 @@
 use ruma::{OwnedRoomId, RoomId, UserId};
 use rusqlite::{Connection, Row, Transaction};
 
-use super::super::{Changes, MemberRecord, RoomEncryption, RoomRecord, StoreError};
+use super::super::{ClientChanges, MemberRecord, RoomEncryption, RoomRecord, StoreError};
 use super::sql::{col, each, json_list, parsed, parsed_opt, query_all, query_opt};
 
 /// A room we are invited to and were never in (no encryption setting kept): what
@@ -77,7 +77,7 @@ pub(super) fn member(
 }
 
 /// Rooms, then member lists replaced by a full answer, then members.
-pub(super) fn write(tx: &Transaction<'_>, changes: &Changes) -> Result<(), StoreError> {
+pub(super) fn write(tx: &Transaction<'_>, changes: &ClientChanges) -> Result<(), StoreError> {
     each(
         tx,
         "INSERT OR REPLACE INTO rooms (room_id, encryption, history_visibility,

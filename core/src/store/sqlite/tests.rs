@@ -5,6 +5,7 @@ use std::process::Command;
 
 use super::super::cipher::DEFAULT_PBKDF2_ROUNDS;
 use super::super::conformance::*;
+use super::super::{ClientChanges, CryptoChanges};
 use super::*;
 use crate::test_ids::{rid, uid};
 
@@ -52,7 +53,7 @@ fn reopen_after_clean_drop_keeps_everything() {
     let s = open(dir.path());
     assert_full_present(&s, "a");
     assert_full_present(&s, "b");
-    assert_eq!(s.account().unwrap(), full_changes("b").account);
+    assert_eq!(s.account().unwrap(), full_changes("b").crypto.account);
     assert_eq!(s.sync_token().unwrap().as_deref(), Some("token-b"));
     assert_eq!(s.generation().unwrap(), 2);
     assert!(dir.path().join(DB_FILE_NAME).is_file());
@@ -200,7 +201,7 @@ fn killed_process_loses_nothing_committed() {
     let s = open(dir.path());
     assert_full_present(&s, "first");
     assert_full_present(&s, "second");
-    assert_eq!(s.account().unwrap(), full_changes("second").account);
+    assert_eq!(s.account().unwrap(), full_changes("second").crypto.account);
     assert_eq!(s.generation().unwrap(), 2);
     assert_eq!(s.value("uncommitted").unwrap(), None);
     s.save_changes(full_changes("third")).unwrap();
@@ -220,7 +221,10 @@ fn two_instances_see_each_others_writes() {
     app.save_changes(full_changes("app")).unwrap();
     assert_eq!(extension.generation().unwrap(), 1);
     assert_full_present(&extension, "app");
-    assert_eq!(extension.account().unwrap(), full_changes("app").account);
+    assert_eq!(
+        extension.account().unwrap(),
+        full_changes("app").crypto.account
+    );
 
     extension.save_changes(full_changes("ext")).unwrap();
     assert_eq!(app.generation().unwrap(), 2);
@@ -233,10 +237,10 @@ fn two_instances_see_each_others_writes() {
         for (t, s) in [&app, &extension].into_iter().enumerate() {
             scope.spawn(move || {
                 for i in 0..20 {
-                    let c = Changes {
+                    let c = Changes::from(ClientChanges {
                         members: vec![member("!r", &format!("@{t}-{i}:x"), "join")],
                         ..Default::default()
-                    };
+                    });
                     s.save_changes(c).unwrap();
                 }
             });
@@ -308,14 +312,16 @@ fn tampered_rows_are_errors_not_panics() {
     let d = dir.path();
     let s = open(d);
     let mut c = full_changes("t");
-    c.olm_sessions = vec![
+    c.crypto.olm_sessions = vec![
         olm("sk-flip", "s", b"pickle f"),
         olm("sk-a", "s", b"pickle a"),
         olm("sk-b", "s", b"pickle b"),
     ];
-    c.devices.push(device("@u-t:x", "D2", "curve-t2"));
-    c.devices.push(device("@u-t:x", "D3", "curve-t3"));
-    c.outbound_group_sessions.push(outbound("!json", "j"));
+    c.crypto.devices.push(device("@u-t:x", "D2", "curve-t2"));
+    c.crypto.devices.push(device("@u-t:x", "D3", "curve-t3"));
+    c.crypto
+        .outbound_group_sessions
+        .push(outbound("!json", "j"));
     s.save_changes(c).unwrap();
 
     // A flipped ciphertext byte, in every part of the value.
@@ -323,10 +329,10 @@ fn tampered_rows_are_errors_not_panics() {
     for i in [0, 5, 19] {
         let dir2 = tempfile::tempdir().unwrap();
         let s2 = open(dir2.path());
-        s2.save_changes(Changes {
+        s2.save_changes(Changes::from(CryptoChanges {
             olm_sessions: vec![olm("k", "s", b"pickle")],
             ..Default::default()
-        })
+        }))
         .unwrap();
         tamper(
             dir2.path(),
@@ -432,17 +438,20 @@ fn secrets_are_not_stored_in_clear() {
     let s = open(dir.path());
     let mut c = full_changes("c");
     let marker = b"SECRET-MARKER-0123456789";
-    c.account = Some(account("@me:x", "D", marker));
-    c.olm_sessions = vec![olm("k", "s", marker)];
+    c.crypto.account = Some(account("@me:x", "D", marker));
+    c.crypto.olm_sessions = vec![olm("k", "s", marker)];
     let mut igs = inbound("!r", "s");
     igs.pickle = blob(marker);
-    c.inbound_group_sessions = vec![igs];
+    c.crypto.inbound_group_sessions = vec![igs];
     let mut ogs = outbound("!r", "s");
     ogs.pickle = blob(marker);
-    c.outbound_group_sessions = vec![ogs];
-    c.secret_values.insert("access_token".into(), blob(marker));
-    c.queued_sends = vec![queued("txn", "!r", marker)];
-    c.values
+    c.crypto.outbound_group_sessions = vec![ogs];
+    c.client
+        .secret_values
+        .insert("access_token".into(), blob(marker));
+    c.client.queued_sends = vec![queued("txn", "!r", marker)];
+    c.client
+        .values
         .insert("public".into(), "PUBLIC-MARKER-9876543210".into());
     s.save_changes(c).unwrap();
     let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
@@ -474,12 +483,12 @@ fn failure_before_commit_rolls_everything_back() {
     s.save_changes(full_changes("base")).unwrap();
     s.set_fail_before_commit(true);
     let mut c = full_changes("lost");
-    c.sent_to_device.push("txn-base".into());
-    c.discarded_outbound_sessions.push(rid("!room-base"));
+    c.crypto.sent_to_device.push("txn-base".into());
+    c.crypto.discarded_outbound_sessions.push(rid("!room-base"));
     assert!(matches!(s.save_changes(c), Err(StoreError::Database(_))));
     assert_full_absent(&s, "lost");
     assert_full_present(&s, "base");
-    assert_eq!(s.account().unwrap(), full_changes("base").account);
+    assert_eq!(s.account().unwrap(), full_changes("base").crypto.account);
     assert_eq!(s.sync_token().unwrap().as_deref(), Some("token-base"));
     assert_eq!(s.generation().unwrap(), 1);
     s.set_fail_before_commit(false);
@@ -630,7 +639,7 @@ fn invalid_ids_in_the_file_are_decode_errors() {
             let dir = tempfile::tempdir().unwrap();
             let s = open(dir.path());
             let mut c = full_changes("i");
-            c.undecryptable_events = vec![UndecryptableEvent {
+            c.client.undecryptable_events = vec![UndecryptableEvent {
                 room_id: rid("!room-i"),
                 session_id: "u1".into(),
                 event_id: crate::test_ids::eid("$u1"),
@@ -666,13 +675,13 @@ fn trust_decisions_and_rotation_state_cannot_be_edited_in_the_file() {
     let d = dir.path();
     let s = open(d);
     let mut c = full_changes("t");
-    c.devices.push(device("@u-t:x", "D2", "curve-t2"));
+    c.crypto.devices.push(device("@u-t:x", "D2", "curve-t2"));
     s.save_changes(c).unwrap();
     let verified_only = |s: &SqliteStore| s.secret_value(VERIFIED_ONLY_KEY);
-    s.save_changes(Changes {
-        secret_values: [(VERIFIED_ONLY_KEY.to_owned(), blob(b"true"))].into(),
+    s.save_changes(Changes::from(CryptoChanges {
+        share_with_verified_only: Some(true),
         ..Default::default()
-    })
+    }))
     .unwrap();
     let edits = [
         "UPDATE devices SET local_trust = 'verified' WHERE device_id = 'D1'",
@@ -680,13 +689,13 @@ fn trust_decisions_and_rotation_state_cannot_be_edited_in_the_file() {
     ];
     for edit in edits {
         tamper(d, sql(edit), || s.devices(&[&uid("@u-t:x")]), corrupted);
-        s.save_changes(Changes {
+        s.save_changes(Changes::from(CryptoChanges {
             devices: vec![
                 device("@u-t:x", "D1", "curve-t"),
                 device("@u-t:x", "D2", "curve-t2"),
             ],
             ..Default::default()
-        })
+        }))
         .unwrap();
     }
     tamper(
@@ -707,14 +716,15 @@ fn trust_decisions_and_rotation_state_cannot_be_edited_in_the_file() {
             || s.outbound_group_session(&rid(room)),
             corrupted,
         );
-        s.save_changes(Changes {
+        s.save_changes(Changes::from(CryptoChanges {
             outbound_group_sessions: vec![outbound(room, "ogs1")],
             ..Default::default()
-        })
+        }))
         .unwrap();
     }
     // The sharing setting is a secret value: it cannot be read or edited in clear.
     assert_eq!(verified_only(&s).unwrap(), Some(blob(b"true")));
+    assert!(s.share_with_verified_only().unwrap());
     let in_clear: i64 = raw(d)
         .query_row(
             "SELECT count(*) FROM plain_values WHERE key = ?1",
@@ -744,7 +754,7 @@ fn no_olm_room_keys_are_encrypted_and_bound_to_their_row() {
     let d = dir.path();
     let s = open(d);
     let marker = b"NO-OLM-SESSION-KEY-MARKER-42";
-    s.save_changes(Changes {
+    s.save_changes(Changes::from(CryptoChanges {
         outbound_group_sessions: vec![outbound("!r:x", "s1")],
         no_olm_room_keys: vec![
             NoOlmRoomKey {
@@ -754,7 +764,7 @@ fn no_olm_room_keys_are_encrypted_and_bound_to_their_row() {
             no_olm_key("!r:x", "s1", 2),
         ],
         ..Default::default()
-    })
+    }))
     .unwrap();
     let bytes: Vec<u8> = dir_snapshot(d)
         .into_iter()

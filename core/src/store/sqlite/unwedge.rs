@@ -4,7 +4,7 @@
 
 use rusqlite::{Connection, Transaction};
 
-use super::super::{Changes, StoreError, UnwedgeRecord, quota};
+use super::super::{CryptoChanges, StoreError, UnwedgeRecord, quota};
 use super::sql::{col, count, db, each, limit, query_opt, u64_from_sql, u64_to_sql};
 
 pub(super) fn read(
@@ -29,7 +29,7 @@ pub(super) fn count_all(conn: &Connection) -> Result<u64, StoreError> {
 }
 
 /// The records of this batch (later ones replace earlier ones of the same key).
-pub(super) fn write(tx: &Transaction<'_>, changes: &Changes) -> Result<(), StoreError> {
+pub(super) fn write(tx: &Transaction<'_>, changes: &CryptoChanges) -> Result<(), StoreError> {
     each(
         tx,
         "INSERT OR REPLACE INTO unwedged_devices (curve25519, unwedged_ms) VALUES (?1, ?2)",
@@ -41,7 +41,7 @@ pub(super) fn write(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Store
 /// When the batch wrote records: forget those more than
 /// [`quota::UNWEDGE_RECORD_LIFETIME_MS`] older than the newest it wrote, then all but the
 /// newest [`quota::MAX_UNWEDGE_RECORDS`].
-pub(super) fn bound(tx: &Transaction<'_>, changes: &Changes) -> Result<(), StoreError> {
+pub(super) fn bound(tx: &Transaction<'_>, changes: &CryptoChanges) -> Result<(), StoreError> {
     let Some(newest) = changes.unwedge_records.iter().map(|u| u.unwedged_ms).max() else {
         return Ok(());
     };

@@ -5,6 +5,7 @@ use rusqlite::{Connection, Transaction};
 
 use super::super::cipher::StoreCipher;
 use super::super::{Changes, SecretBlob, StoreError};
+use super::migrate_5::VERIFIED_ONLY_KEY;
 use super::schema::meta;
 use super::sql::{col, each, get_meta, query_opt, set_meta};
 
@@ -37,20 +38,40 @@ pub(super) fn sync_token(conn: &Connection) -> Result<Option<String>, StoreError
     get_meta(conn, meta::SYNC_TOKEN)
 }
 
-/// Plain and secret values (not the sync token: it is written last).
+/// Whether room keys go to verified devices only: a secret value (encrypted and bound to its
+/// key, so that it cannot be edited in the file), `false` until set.
+pub(super) fn share_with_verified_only(
+    conn: &Connection,
+    c: &StoreCipher,
+) -> Result<bool, StoreError> {
+    let value = secret(conn, c, VERIFIED_ONLY_KEY)?;
+    Ok(value.is_some_and(|v| v.as_bytes() == b"true"))
+}
+
+/// Plain and secret values, and the machine's sharing setting (not the sync token: it is
+/// written last).
 pub(super) fn write(
     tx: &Transaction<'_>,
     c: &StoreCipher,
     changes: &Changes,
 ) -> Result<(), StoreError> {
-    let values: Vec<_> = changes.values.iter().collect();
+    if let Some(on) = changes.crypto.share_with_verified_only {
+        let blob = c.encrypt(
+            &aad_secret_value(VERIFIED_ONLY_KEY),
+            on.to_string().as_bytes(),
+        )?;
+        tx.prepare_cached("INSERT OR REPLACE INTO secret_values (key, value) VALUES (?1, ?2)")
+            .and_then(|mut st| st.execute(rusqlite::params![VERIFIED_ONLY_KEY, blob]))
+            .map_err(super::sql::db)?;
+    }
+    let values: Vec<_> = changes.client.values.iter().collect();
     each(
         tx,
         "INSERT OR REPLACE INTO plain_values (key, value) VALUES (?1, ?2)",
         &values,
         |(k, v)| Ok([(*k).clone(), (*v).clone()]),
     )?;
-    let secrets: Vec<_> = changes.secret_values.iter().collect();
+    let secrets: Vec<_> = changes.client.secret_values.iter().collect();
     each(
         tx,
         "INSERT OR REPLACE INTO secret_values (key, value) VALUES (?1, ?2)",

@@ -9,8 +9,8 @@ use super::super::{Changes, StoreError};
 use super::schema::meta;
 use super::sql::{db, u64_from_sql};
 use super::{
-    account, devices, megolm, no_olm_keys, notices, olm_sessions, queues, quotas, rooms, unwedge,
-    values,
+    account, devices, kept_events, megolm, no_olm_keys, notices, olm_sessions, quotas, rooms,
+    send_queue, to_device, unwedge, values,
 };
 
 /// Write every record of `changes`, enforce the quotas and bump the generation, all inside
@@ -20,18 +20,21 @@ pub(super) fn write_changes(
     c: &StoreCipher,
     changes: &Changes,
 ) -> Result<u64, StoreError> {
-    if let Some(a) = &changes.account {
+    if let Some(a) = &changes.crypto.account {
         account::write(tx, c, a)?;
     }
-    olm_sessions::write(tx, c, changes)?;
-    megolm::write(tx, c, changes)?;
+    let (crypto, client) = (&changes.crypto, &changes.client);
+    olm_sessions::write(tx, c, crypto)?;
+    megolm::write(tx, c, crypto)?;
     // After the outbound sessions: a replaced or discarded one takes its kept keys along.
-    no_olm_keys::write(tx, c, changes)?;
-    unwedge::write(tx, changes)?;
-    devices::write(tx, c, changes)?;
-    rooms::write(tx, changes)?;
-    queues::write(tx, c, changes)?;
-    notices::write(tx, changes)?;
+    no_olm_keys::write(tx, c, crypto)?;
+    unwedge::write(tx, crypto)?;
+    devices::write(tx, c, crypto)?;
+    to_device::write(tx, crypto)?;
+    notices::write(tx, crypto)?;
+    rooms::write(tx, client)?;
+    send_queue::write(tx, c, client)?;
+    kept_events::write(tx, client)?;
     values::write(tx, c, changes)?;
     if let Some(token) = &changes.sync_token {
         values::write_sync_token(tx, token)?;
