@@ -25,11 +25,10 @@ impl std::fmt::Debug for DecryptBatch<'_> {
     }
 }
 
-impl OlmMachine {
-    /// Start decrypting room events whose replay records are committed together.
-    pub fn begin_decrypt(&self) -> DecryptBatch<'_> {
-        DecryptBatch {
-            machine: self,
+impl<'m> DecryptBatch<'m> {
+    pub(crate) fn new(machine: &'m OlmMachine) -> Self {
+        Self {
+            machine,
             changes: Changes::default(),
         }
     }
@@ -44,6 +43,7 @@ impl DecryptBatch<'_> {
         event: &Value,
     ) -> Result<DecryptedRoomEvent, CryptoError> {
         self.machine
+            .decryptor()
             .decrypt_recording(room_id, event, &mut self.changes)
     }
 

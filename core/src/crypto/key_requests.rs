@@ -14,9 +14,10 @@ use ruma::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use super::account::MEGOLM_ALGORITHM;
 use super::batch::Batch;
+use super::context::sub_machine;
+use super::devices::Device;
 use super::devices::check_device_id;
 use super::error::{CryptoError, OlmError};
-use super::machine::OlmMachine;
 use super::megolm::{ForwardedKey, InboundGroup, Merge, merge};
 use super::olm::{IncomingOlm, OlmPayload};
 use super::outbox::messages_json;
@@ -28,7 +29,12 @@ use crate::store::{
 
 const KEY_REQUEST: &str = "m.room_key_request";
 
-impl OlmMachine {
+sub_machine! {
+    /// Room-key requests between own devices: asking, answering, holding, forwarded keys.
+    KeyRequests
+}
+
+impl KeyRequests<'_> {
     /// Ask our other devices for the key of a session we miss, and tell the session's
     /// sending device (`sender`: user and device id, when the event names them). The
     /// sender does not answer another user's request, but if it does not know this device
@@ -36,18 +42,18 @@ impl OlmMachine {
     /// shares its current room key with us, so its next messages decrypt. Returns `false` if
     /// it was asked already (one request per session). The request goes out with
     /// [`Self::outgoing_requests`].
-    pub fn request_room_key(
+    pub(crate) fn request_room_key(
         &self,
+        state: &mut State,
         room_id: &RoomId,
         session_id: &str,
         sender_key: &str,
         sender: Option<(&UserId, &DeviceId)>,
     ) -> Result<bool, CryptoError> {
-        let mut state = self.lock()?;
         let pending = Changes::default();
         match self.key_request_changes(room_id, session_id, sender_key, sender, &pending)? {
             Some(changes) => {
-                self.save(&mut state, changes)?;
+                self.ctx.save(state, changes)?;
                 Ok(true)
             }
             None => Ok(false),
@@ -72,7 +78,7 @@ impl OlmMachine {
             .key_requests
             .iter()
             .any(|r| r.room_id == room_id && r.session_id == session_id);
-        if asked_in_batch || self.store.key_request(room_id, session_id)?.is_some() {
+        if asked_in_batch || self.ctx.store.key_request(room_id, session_id)?.is_some() {
             return Ok(None);
         }
         let request_id = ruma::TransactionId::new().to_string();
@@ -83,12 +89,12 @@ impl OlmMachine {
                 "session_id": session_id, "sender_key": sender_key,
             },
             "request_id": request_id,
-            "requesting_device_id": self.device_id,
+            "requesting_device_id": self.ctx.device_id,
         });
         let all_devices = OwnedDeviceId::from("*");
-        let mut targets = vec![(self.user_id.clone(), all_devices)];
+        let mut targets = vec![(self.ctx.user_id.to_owned(), all_devices)];
         if let Some((user, device)) = sender
-            && user != self.user_id
+            && user != self.ctx.user_id
             && check_device_id(device.as_str()).is_ok()
         {
             targets.push((user.to_owned(), device.to_owned()));
@@ -156,7 +162,7 @@ impl OlmMachine {
         event: &Value,
         changes: &mut Changes,
     ) -> Result<Result<String, OlmError>, CryptoError> {
-        match parse_key_request(event, &self.user_id, &self.device_id) {
+        match parse_key_request(event, self.ctx.user_id, self.ctx.device_id) {
             Err(e) => return Ok(Err(e)),
             Ok(Incoming::Ignored) => {}
             Ok(Incoming::OtherUser { sender, requesting }) => {
@@ -182,7 +188,7 @@ impl OlmMachine {
             return Ok(());
         };
         let (room_id, session_id) = (&request.room_id, &request.session_id);
-        let Some(record) = batch.inbound_session(&*self.store, room_id, session_id)? else {
+        let Some(record) = batch.inbound_session(self.ctx.store, room_id, session_id)? else {
             debug!(%room_id, "key request for a session we don't have");
             return Ok(());
         };
@@ -217,7 +223,7 @@ impl OlmMachine {
         sender: &UserId,
         requesting: &str,
     ) -> Result<(), CryptoError> {
-        let devices = self.store.devices(&[sender])?;
+        let devices = self.ctx.store.devices(&[sender])?;
         let known = devices
             .iter()
             .any(|d| d.device_id == requesting && !d.deleted);
@@ -243,8 +249,9 @@ impl OlmMachine {
     ) -> Result<Option<DeviceRecord>, CryptoError> {
         let requesting = &request.requesting_device;
         let device = self
+            .ctx
             .store
-            .devices(&[&self.user_id])?
+            .devices(&[self.ctx.user_id])?
             .into_iter()
             .find(|d| &d.device_id == requesting);
         let Some(device) = device.filter(|d| !d.deleted) else {
@@ -252,7 +259,7 @@ impl OlmMachine {
                 %requesting,
                 "key request from an unknown own device; re-querying"
             );
-            batch.unknown_senders.insert(self.user_id.clone());
+            batch.unknown_senders.insert(self.ctx.user_id.to_owned());
             state.held.defer(request);
             return Ok(None);
         };
@@ -283,7 +290,7 @@ impl OlmMachine {
         changes: &mut Changes,
     ) -> Result<bool, CryptoError> {
         if !batch.sessions.contains_key(&device.curve25519) {
-            batch.load_sessions(&*self.store, &[&device.curve25519])?;
+            batch.load_sessions(self.ctx.store, &[&device.curve25519])?;
         }
         let Some(session) = batch
             .sessions
@@ -316,8 +323,9 @@ impl OlmMachine {
         device: Option<&DeviceRecord>,
         pending: &Changes,
     ) -> Result<Result<Option<RoomKeyInfo>, OlmError>, CryptoError> {
-        let from_verified_own = device
-            .is_some_and(|d| d.user_id == self.user_id && d.local_trust == LocalTrust::Verified);
+        let from_verified_own = device.is_some_and(|d| {
+            d.user_id == self.ctx.user_id && d.local_trust == LocalTrust::Verified
+        });
         if !from_verified_own {
             return Ok(Err(OlmError::InvalidRoomKey(
                 "forwarded keys are accepted only from own verified devices".into(),
@@ -334,6 +342,7 @@ impl OlmMachine {
             .any(|r| r.room_id == key.room_id && r.session_id == key.session_id);
         if !asked
             && self
+                .ctx
                 .store
                 .key_request(&key.room_id, &key.session_id)?
                 .is_none()
@@ -353,7 +362,7 @@ impl OlmMachine {
             Err(e) => return Ok(Err(e)),
         };
         let id = (key.room_id.clone(), key.session_id.clone());
-        let existing = batch.inbound_session(&*self.store, &id.0, &id.1)?;
+        let existing = batch.inbound_session(self.ctx.store, &id.0, &id.1)?;
         let record = match existing {
             None => group.record,
             Some(existing) => match merge(existing, group)? {
@@ -377,7 +386,7 @@ impl OlmMachine {
         &self,
         key: &ForwardedKey,
     ) -> Result<Result<Option<DeviceRecord>, OlmError>, CryptoError> {
-        let known = self.store.devices_with_curve25519(&[&key.sender_key])?;
+        let known = self.ctx.store.devices_with_curve25519(&[&key.sender_key])?;
         if known.is_empty() {
             return Ok(Ok(None));
         }
@@ -388,6 +397,24 @@ impl OlmMachine {
             .ok_or_else(|| {
                 OlmError::InvalidRoomKey("the forwarded key names another ed25519 key".into())
             }))
+    }
+
+    /// Own devices that asked for room keys while nobody had decided whether to trust them,
+    /// not reported before. The app may ask the user ([`LocalTrust::Verified`] answers the
+    /// held requests through [`Self::set_local_trust`]).
+    pub(crate) fn take_key_share_prompts(
+        &self,
+        state: &mut State,
+    ) -> Result<Vec<Device>, CryptoError> {
+        let ids = std::mem::take(&mut state.held.prompts);
+        Ok(self
+            .ctx
+            .store
+            .devices(&[self.ctx.user_id])?
+            .iter()
+            .filter(|d| ids.contains(&d.device_id) && d.local_trust == LocalTrust::Unset)
+            .map(Device::from)
+            .collect())
     }
 }
 

@@ -8,13 +8,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ruma::api::client::keys::get_keys;
-use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, UserId};
 use serde_json::Value;
 use tracing::warn;
 
+use super::context::sub_machine;
+use super::devices::Device;
 use super::devices::verify_device_keys;
 use super::error::{CryptoError, DeviceKeyError};
-use super::machine::OlmMachine;
+use super::key_requests::KeyRequests;
 use super::outcomes::QueryOutcome;
 use super::requests::{OutgoingKind, OutgoingRequest};
 use super::responses::KeysQueryResponse;
@@ -38,14 +40,19 @@ struct Candidate {
     new: bool,
 }
 
-impl OlmMachine {
+sub_machine! {
+    /// Device tracking: who is tracked, `/keys/query` requests and answers, local trust.
+    DeviceTracker
+}
+
+impl DeviceTracker<'_> {
     /// The server answered a `/keys/query`.
-    pub fn mark_keys_query_sent(
+    pub(crate) fn mark_keys_query_sent(
         &self,
+        state: &mut State,
         request_id: &str,
         response: &KeysQueryResponse,
     ) -> Result<QueryOutcome, CryptoError> {
-        let mut state = self.lock()?;
         let requested = state
             .tracker
             .queries_in_flight
@@ -71,6 +78,7 @@ impl OlmMachine {
 
         let users: Vec<&UserId> = answered.keys().map(|u| u.as_ref()).collect();
         let stored: HashMap<DeviceKey, DeviceRecord> = self
+            .ctx
             .store
             .devices(&users)?
             .into_iter()
@@ -101,7 +109,7 @@ impl OlmMachine {
         outcome.affected_rooms = self.rooms_affected_by(&outcome)?;
         changes.crypto.tracked_users =
             self.settle_tracking(&requested, |user| answered.contains_key(&user.to_owned()))?;
-        self.save(&mut state, changes)?;
+        self.ctx.save(state, changes)?;
         Ok(outcome)
     }
 
@@ -122,7 +130,7 @@ impl OlmMachine {
         ids.sort_by_key(|(id, _)| !known(id));
         let mut out = Vec::new();
         for (kept, (device_id, keys)) in ids.into_iter().enumerate() {
-            if *user == self.user_id && device_id == self.device_id {
+            if *user == self.ctx.user_id && device_id == self.ctx.device_id {
                 continue;
             }
             let verdict = if kept >= MAX_DEVICES_PER_USER {
@@ -153,6 +161,7 @@ impl OlmMachine {
             .map(|c| c.record.curve25519.as_str())
             .collect();
         let holders: HashMap<String, DeviceRecord> = self
+            .ctx
             .store
             .devices_with_curve25519(&keys)?
             .into_iter()
@@ -204,8 +213,8 @@ impl OlmMachine {
     /// A stand-in record naming our own device (for "the key is ours").
     fn own_device_record(&self) -> DeviceRecord {
         DeviceRecord {
-            user_id: self.user_id.clone(),
-            device_id: self.device_id.clone(),
+            user_id: self.ctx.user_id.to_owned(),
+            device_id: self.ctx.device_id.to_owned(),
             curve25519: String::new(),
             ed25519: String::new(),
             algorithms: Vec::new(),
@@ -228,7 +237,7 @@ impl OlmMachine {
             return Ok(Vec::new());
         }
         let churned: Vec<&UserId> = churned.into_iter().collect();
-        Ok(self.store.encrypted_rooms_with(&churned)?)
+        Ok(self.ctx.store.encrypted_rooms_with(&churned)?)
     }
 
     /// `/keys/query` requests for the tracked users whose device lists are outdated (at most
@@ -256,6 +265,7 @@ impl OlmMachine {
         };
         // `Downloading` without a query in flight: the answer was lost with a restart.
         let outdated: Vec<TrackedUser> = self
+            .ctx
             .store
             .tracked_users()?
             .into_iter()
@@ -271,7 +281,7 @@ impl OlmMachine {
             tracked_users: outdated.clone(),
             ..Default::default()
         });
-        self.save(state, changes)?;
+        self.ctx.save(state, changes)?;
         let (solo, together): (Vec<TrackedUser>, Vec<TrackedUser>) = outdated
             .into_iter()
             .partition(|u| state.tracker.solo_users.contains(&u.user_id));
@@ -292,8 +302,12 @@ impl OlmMachine {
     /// A query failed; its users go back to pending download and are offered again. When
     /// the server refused it for good (`permanent`), its users are queried alone from then
     /// on (one of them may be why), and a user refused alone is backed off.
-    pub fn mark_query_failed(&self, request_id: &str, permanent: bool) -> Result<(), CryptoError> {
-        let mut state = self.lock()?;
+    pub(crate) fn mark_query_failed(
+        &self,
+        state: &mut State,
+        request_id: &str,
+        permanent: bool,
+    ) -> Result<(), CryptoError> {
         let Some(requested) = state.tracker.queries_in_flight.remove(request_id) else {
             return Ok(());
         };
@@ -313,7 +327,7 @@ impl OlmMachine {
             tracked_users: self.settle_tracking(&requested, |_| false)?,
             ..Default::default()
         });
-        self.save(&mut state, changes)
+        self.ctx.save(state, changes)
     }
 
     /// New states of the users of a query that ended: up to date if `answered` and nothing
@@ -340,6 +354,132 @@ impl OlmMachine {
                 Some(TrackedUser { state, ..t.clone() })
             })
             .collect())
+    }
+
+    /// Start tracking these users' devices: users not tracked yet (or no longer) become
+    /// pending download; the others keep their state.
+    pub(crate) fn update_tracked_users(
+        &self,
+        state: &mut State,
+        users: &[OwnedUserId],
+    ) -> Result<(), CryptoError> {
+        let changes = Changes::from(CryptoChanges {
+            tracked_users: self.newly_tracked(users, &[])?,
+            ..Default::default()
+        });
+        self.ctx.save(state, changes)
+    }
+
+    /// Records for the `users` that are not tracked yet, given the store and `pending`
+    /// (not yet committed) tracking records.
+    pub(crate) fn newly_tracked(
+        &self,
+        users: &[OwnedUserId],
+        pending: &[TrackedUser],
+    ) -> Result<Vec<TrackedUser>, CryptoError> {
+        let mut tracked = self.tracked_by_user()?;
+        for t in pending {
+            tracked.insert(t.user_id.clone(), t.clone());
+        }
+        Ok(users
+            .iter()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .filter_map(|u| match tracked.get(u) {
+                Some(t) if t.is_tracked() => None,
+                other => Some(TrackedUser {
+                    user_id: u.clone(),
+                    state: TrackingState::PendingDownload,
+                    sequence: other.map_or(1, |t| t.sequence + 1),
+                }),
+            })
+            .collect())
+    }
+
+    /// Users whose device lists must be downloaded before encrypting for them.
+    pub(crate) fn outdated_users(
+        &self,
+        users: &[OwnedUserId],
+    ) -> Result<Vec<OwnedUserId>, CryptoError> {
+        let wanted: HashSet<&OwnedUserId> = users.iter().collect();
+        Ok(self
+            .ctx
+            .store
+            .tracked_users()?
+            .into_iter()
+            .filter(|u| u.needs_download() && wanted.contains(&u.user_id))
+            .map(|u| u.user_id)
+            .collect())
+    }
+
+    /// Every tracked user's record, by user id.
+    pub(crate) fn tracked_by_user(&self) -> Result<HashMap<OwnedUserId, TrackedUser>, CryptoError> {
+        Ok(self
+            .ctx
+            .store
+            .tracked_users()?
+            .into_iter()
+            .map(|u| (u.user_id.clone(), u))
+            .collect())
+    }
+
+    /// The tracking state of a user's device list.
+    pub(crate) fn tracking_state(&self, user_id: &UserId) -> Result<TrackingState, CryptoError> {
+        Ok(self
+            .ctx
+            .store
+            .tracked_users()?
+            .into_iter()
+            .find(|u| u.user_id == user_id)
+            .map_or(TrackingState::NotTracked, |u| u.state))
+    }
+
+    /// Known devices of a user (including our own other devices).
+    pub(crate) fn devices(&self, user_id: &UserId) -> Result<Vec<Device>, CryptoError> {
+        Ok(self
+            .ctx
+            .store
+            .devices(&[user_id])?
+            .iter()
+            .map(Device::from)
+            .collect())
+    }
+
+    /// Record the user's decision about a device (verify, blacklist, ignore).
+    pub(crate) fn set_local_trust(
+        &self,
+        state: &mut State,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        trust: LocalTrust,
+    ) -> Result<bool, CryptoError> {
+        let Some(mut device) = self
+            .ctx
+            .store
+            .devices(&[user_id])?
+            .into_iter()
+            .find(|d| d.device_id == device_id)
+        else {
+            return Ok(false);
+        };
+        device.local_trust = trust;
+        let curve = device.curve25519.clone();
+        let mut changes = Changes::from(CryptoChanges {
+            devices: vec![device],
+            ..Default::default()
+        });
+        if user_id == self.ctx.user_id {
+            // Key requests this own device made while undecided: answer or drop them now.
+            let verified = trust == LocalTrust::Verified;
+            let held = state.held.decided(device_id, &curve, verified);
+            if !held.is_empty() {
+                // Save the decision first: answering reads the device's trust from the store.
+                self.ctx.save(state, std::mem::take(&mut changes))?;
+                KeyRequests::new(self.ctx).answer_key_requests(state, held, &mut changes)?;
+            }
+        }
+        self.ctx.save(state, changes)?;
+        Ok(true)
     }
 }
 

@@ -1,7 +1,6 @@
 //! [`OlmMachine`]: the facade. Opens the account, locks the state, persists changes, and
 //! holds the calls that belong to no sub-machine (key upload, device trust).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ruma::api::client::keys::upload_keys;
@@ -10,13 +9,19 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use super::account::{OwnAccount, SIGNED_CURVE25519};
-use super::devices::Device;
+use super::context::Ctx;
 use super::error::CryptoError;
+use super::key_requests::KeyRequests;
+use super::keys_query::DeviceTracker;
+use super::olm_sessions::OlmSessions;
 use super::outbox::to_device_request;
 use super::requests::{OutgoingKind, OutgoingRequest, raw, raw_map};
 use super::responses::KeysUploadResponse;
+use super::room_events::RoomDecryptor;
+use super::sharing::GroupSessions;
 use super::state::State;
-use crate::store::{Changes, CryptoChanges, LocalTrust, Store, TrackedUser, TrackingState};
+use super::to_device::ToDeviceHandler;
+use crate::store::{Changes, CryptoChanges, Store};
 use crate::time::{Clock, SystemClock};
 
 /// The end-to-end encryption state machine of one device. Does no network I/O.
@@ -105,6 +110,45 @@ impl OlmMachine {
         &self.store
     }
 
+    /// The identity and the store, for the sub-machines.
+    pub(crate) fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            user_id: &self.user_id,
+            device_id: &self.device_id,
+            store: &*self.store,
+        }
+    }
+
+    /// Device tracking and local trust.
+    pub(crate) fn tracker(&self) -> DeviceTracker<'_> {
+        DeviceTracker::new(self.ctx())
+    }
+
+    /// Olm session establishment and repair.
+    pub(crate) fn olm_sessions(&self) -> OlmSessions<'_> {
+        OlmSessions::new(self.ctx())
+    }
+
+    /// Room-key sharing and room-event encryption.
+    pub(crate) fn group_sessions(&self) -> GroupSessions<'_> {
+        GroupSessions::new(self.ctx())
+    }
+
+    /// Room-key requests between own devices.
+    pub(crate) fn key_requests(&self) -> KeyRequests<'_> {
+        KeyRequests::new(self.ctx())
+    }
+
+    /// Room-event decryption.
+    pub(crate) fn decryptor(&self) -> RoomDecryptor<'_> {
+        RoomDecryptor::new(self.ctx())
+    }
+
+    /// To-device events.
+    pub(crate) fn to_device(&self) -> ToDeviceHandler<'_> {
+        ToDeviceHandler::new(self.ctx())
+    }
+
     /// Lock the state, reloading the account if another process wrote to the store.
     pub(crate) fn lock(&self) -> Result<MutexGuard<'_, State>, CryptoError> {
         // A poisoned lock means a panic elsewhere; the state itself is still consistent with
@@ -123,26 +167,7 @@ impl OlmMachine {
 
     /// Persist `changes` and remember the resulting generation as our own.
     pub(crate) fn save(&self, state: &mut State, changes: Changes) -> Result<(), CryptoError> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        match self.store.save_changes(changes) {
-            Ok(generation) => {
-                state.generation = generation;
-                Ok(())
-            }
-            Err(e) => {
-                // Nothing was stored: drop in-memory changes too (e.g. a one-time key
-                // consumed by a message whose batch failed), so a retry sees exactly the
-                // stored state.
-                if let Ok(Some(record)) = self.store.account()
-                    && let Ok(account) = OwnAccount::from_record(&record)
-                {
-                    state.account = account;
-                }
-                Err(e.into())
-            }
-        }
+        self.ctx().save(state, changes)
     }
 
     /// Own Curve25519 identity key (base64).
@@ -168,81 +193,12 @@ impl OlmMachine {
         self.lock()?.account.device_keys()
     }
 
-    /// Start tracking these users' devices: users not tracked yet (or no longer) become
-    /// pending download; the others keep their state.
-    pub fn update_tracked_users(&self, users: &[OwnedUserId]) -> Result<(), CryptoError> {
-        let mut state = self.lock()?;
-        let changes = Changes::from(CryptoChanges {
-            tracked_users: self.newly_tracked(users, &[])?,
-            ..Default::default()
-        });
-        self.save(&mut state, changes)
-    }
-
-    /// Records for the `users` that are not tracked yet, given the store and `pending`
-    /// (not yet committed) tracking records.
-    pub(crate) fn newly_tracked(
-        &self,
-        users: &[OwnedUserId],
-        pending: &[TrackedUser],
-    ) -> Result<Vec<TrackedUser>, CryptoError> {
-        let mut tracked = self.tracked_by_user()?;
-        for t in pending {
-            tracked.insert(t.user_id.clone(), t.clone());
-        }
-        Ok(users
-            .iter()
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .filter_map(|u| match tracked.get(u) {
-                Some(t) if t.is_tracked() => None,
-                other => Some(TrackedUser {
-                    user_id: u.clone(),
-                    state: TrackingState::PendingDownload,
-                    sequence: other.map_or(1, |t| t.sequence + 1),
-                }),
-            })
-            .collect())
-    }
-
-    /// Users whose device lists must be downloaded before encrypting for them.
-    pub fn outdated_users(&self, users: &[OwnedUserId]) -> Result<Vec<OwnedUserId>, CryptoError> {
-        let wanted: HashSet<&OwnedUserId> = users.iter().collect();
-        Ok(self
-            .store
-            .tracked_users()?
-            .into_iter()
-            .filter(|u| u.needs_download() && wanted.contains(&u.user_id))
-            .map(|u| u.user_id)
-            .collect())
-    }
-
-    /// Every tracked user's record, by user id.
-    pub(crate) fn tracked_by_user(&self) -> Result<HashMap<OwnedUserId, TrackedUser>, CryptoError> {
-        Ok(self
-            .store
-            .tracked_users()?
-            .into_iter()
-            .map(|u| (u.user_id.clone(), u))
-            .collect())
-    }
-
-    /// The tracking state of a user's device list.
-    pub fn tracking_state(&self, user_id: &UserId) -> Result<TrackingState, CryptoError> {
-        Ok(self
-            .store
-            .tracked_users()?
-            .into_iter()
-            .find(|u| u.user_id == user_id)
-            .map_or(TrackingState::NotTracked, |u| u.state))
-    }
-
     /// Requests to send now: key uploads, device-list queries and pending to-device messages.
     pub fn outgoing_requests(&self) -> Result<Vec<OutgoingRequest>, CryptoError> {
         let mut state = self.lock()?;
         let mut requests = Vec::new();
         requests.extend(self.key_upload(&mut state)?);
-        requests.extend(self.key_queries(&mut state)?);
+        requests.extend(self.tracker().key_queries(&mut state)?);
         requests.extend(self.pending_to_device_requests(&mut state)?);
         Ok(requests)
     }
@@ -322,66 +278,5 @@ impl OlmMachine {
         )?;
         info!(one_time_keys = count, "keys uploaded");
         Ok(())
-    }
-
-    /// Known devices of a user (including our own other devices).
-    pub fn devices(&self, user_id: &UserId) -> Result<Vec<Device>, CryptoError> {
-        Ok(self
-            .store
-            .devices(&[user_id])?
-            .iter()
-            .map(Device::from)
-            .collect())
-    }
-
-    /// Record the user's decision about a device (verify, blacklist, ignore).
-    pub fn set_local_trust(
-        &self,
-        user_id: &UserId,
-        device_id: &DeviceId,
-        trust: LocalTrust,
-    ) -> Result<bool, CryptoError> {
-        let mut state = self.lock()?;
-        let Some(mut device) = self
-            .store
-            .devices(&[user_id])?
-            .into_iter()
-            .find(|d| d.device_id == device_id)
-        else {
-            return Ok(false);
-        };
-        device.local_trust = trust;
-        let curve = device.curve25519.clone();
-        let mut changes = Changes::from(CryptoChanges {
-            devices: vec![device],
-            ..Default::default()
-        });
-        if user_id == self.user_id {
-            // Key requests this own device made while undecided: answer or drop them now.
-            let verified = trust == LocalTrust::Verified;
-            let held = state.held.decided(device_id, &curve, verified);
-            if !held.is_empty() {
-                // Save the decision first: answering reads the device's trust from the store.
-                self.save(&mut state, std::mem::take(&mut changes))?;
-                self.answer_key_requests(&mut state, held, &mut changes)?;
-            }
-        }
-        self.save(&mut state, changes)?;
-        Ok(true)
-    }
-
-    /// Own devices that asked for room keys while nobody had decided whether to trust them,
-    /// not reported before. The app may ask the user ([`LocalTrust::Verified`] answers the
-    /// held requests through [`Self::set_local_trust`]).
-    pub fn take_key_share_prompts(&self) -> Result<Vec<Device>, CryptoError> {
-        let mut state = self.lock()?;
-        let ids = std::mem::take(&mut state.held.prompts);
-        Ok(self
-            .store
-            .devices(&[&self.user_id])?
-            .iter()
-            .filter(|d| ids.contains(&d.device_id) && d.local_trust == LocalTrust::Unset)
-            .map(Device::from)
-            .collect())
     }
 }

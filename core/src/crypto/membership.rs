@@ -1,8 +1,6 @@
 //! Room membership as the machine needs it to judge what others send (a room key, a
 //! withheld notice): from the store, overlaid with what the batch being processed adds.
 
-use std::sync::Arc;
-
 use ruma::events::room::member::MembershipState;
 use ruma::{RoomId, UserId};
 
@@ -12,7 +10,7 @@ use crate::store::{Changes, Store};
 /// Whether `user_id` is joined to or invited into `room_id`, as the store and the `pending`
 /// records of a batch (later ones win) know it.
 pub(crate) fn is_member(
-    store: &Arc<dyn Store>,
+    store: &dyn Store,
     pending: &Changes,
     room_id: &RoomId,
     user_id: &UserId,

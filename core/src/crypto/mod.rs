@@ -7,9 +7,11 @@
 
 mod account;
 mod batch;
+mod context;
 mod decrypt_batch;
 mod devices;
 mod error;
+mod facade;
 mod key_requests;
 mod keys_query;
 mod machine;

@@ -13,14 +13,16 @@ use vodozemac::olm::SessionConfig;
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
 
 use super::account::SIGNED_CURVE25519;
+use super::context::sub_machine;
 use super::error::{CryptoError, OneTimeKeyError};
-use super::machine::OlmMachine;
+use super::key_requests::KeyRequests;
 use super::olm::{OlmPayload, OlmSession};
 use super::outbox::ToDeviceBatcher;
 use super::outcomes::ClaimOutcome;
 use super::requests::{OutgoingKind, OutgoingRequest};
 use super::responses::KeysClaimResponse;
 use super::signing::verify_json;
+use super::state::State;
 use super::state::{MAX_ANSWER_CLAIMS, UNWEDGE_INTERVAL_MS};
 use crate::store::{Changes, DeviceRecord, LocalTrust, UnwedgeRecord, quota};
 
@@ -36,22 +38,30 @@ fn eligible(device: &DeviceRecord, own_user: &UserId, own_device: &DeviceId) -> 
     !own && addressable && !device.deleted && device.local_trust != LocalTrust::Blacklisted
 }
 
-impl OlmMachine {
+sub_machine! {
+    /// Olm session establishment and repair (`/keys/claim`).
+    OlmSessions
+}
+
+impl OlmSessions<'_> {
     /// A `/keys/claim` request for every device of `users` we have no Olm session with, or
     /// `None` if there is none. All devices go into one request.
-    pub fn missing_sessions(
+    pub(crate) fn missing_sessions(
         &self,
+        state: &mut State,
         users: &[OwnedUserId],
     ) -> Result<Option<OutgoingRequest>, CryptoError> {
         let refs: Vec<&UserId> = users.iter().map(|u| u.as_ref()).collect();
         let devices: Vec<DeviceRecord> = self
+            .ctx
             .store
             .devices(&refs)?
             .into_iter()
-            .filter(|d| eligible(d, &self.user_id, &self.device_id))
+            .filter(|d| eligible(d, self.ctx.user_id, self.ctx.device_id))
             .collect();
         let keys: Vec<&str> = devices.iter().map(|d| d.curve25519.as_str()).collect();
-        let with_session: HashSet<String> = self.store.olm_sessions(&keys)?.into_keys().collect();
+        let with_session: HashSet<String> =
+            self.ctx.store.olm_sessions(&keys)?.into_keys().collect();
         let mut request = claim_keys::v3::Request::new(BTreeMap::new());
         for device in devices
             .iter()
@@ -69,7 +79,6 @@ impl OlmMachine {
         if request.one_time_keys.is_empty() {
             return Ok(None);
         }
-        let mut state = self.lock()?;
         let id = state.ids.next("claim");
         Ok(Some(OutgoingRequest {
             id,
@@ -79,13 +88,14 @@ impl OlmMachine {
 
     /// Create Olm sessions from a `/keys/claim` answer. Each key's signature is checked
     /// against the device's ed25519 key; a device whose key fails gets no session.
-    pub fn mark_keys_claim_sent(
+    pub(crate) fn mark_keys_claim_sent(
         &self,
+        state: &mut State,
         response: &KeysClaimResponse,
     ) -> Result<ClaimOutcome, CryptoError> {
-        let mut state = self.lock()?;
         let users: Vec<&UserId> = response.one_time_keys.keys().map(|u| u.as_ref()).collect();
         let devices: HashMap<(OwnedUserId, OwnedDeviceId), DeviceRecord> = self
+            .ctx
             .store
             .devices(&users)?
             .into_iter()
@@ -149,12 +159,12 @@ impl OlmMachine {
             }
         }
         dummies.finish(&mut changes)?;
-        self.save(&mut state, changes)?;
+        self.ctx.save(state, changes)?;
         if !answerable.is_empty() {
             // The sessions are stored now: answer the key requests that waited for them.
             let mut changes = Changes::default();
-            self.answer_key_requests(&mut state, answerable, &mut changes)?;
-            self.save(&mut state, changes)?;
+            KeyRequests::new(self.ctx).answer_key_requests(state, answerable, &mut changes)?;
+            self.ctx.save(state, changes)?;
         }
         Ok(outcome)
     }
@@ -163,8 +173,10 @@ impl OlmMachine {
     /// we could not decrypt (a wedged session; at most once per device per hour; the new
     /// session sends an `m.dummy` so the other side switches to it), and own devices whose
     /// key requests we want to answer but have no session with (answered when the claim is).
-    pub fn session_repair_request(&self) -> Result<Option<OutgoingRequest>, CryptoError> {
-        let mut state = self.lock()?;
+    pub(crate) fn session_repair_request(
+        &self,
+        state: &mut State,
+    ) -> Result<Option<OutgoingRequest>, CryptoError> {
         let now = state.now_ms();
         let mut request = claim_keys::v3::Request::new(BTreeMap::new());
         // A device that got no session from a few claims (no keys, or gone): its requests
@@ -186,7 +198,11 @@ impl OlmMachine {
         }
         let mut due = Vec::new();
         for (key, device) in &state.unwedging.wedged {
-            let last = self.store.unwedge_record(key)?.map_or(0, |u| u.unwedged_ms);
+            let last = self
+                .ctx
+                .store
+                .unwedge_record(key)?
+                .map_or(0, |u| u.unwedged_ms);
             if now.saturating_sub(last) < UNWEDGE_INTERVAL_MS {
                 due.push((key.clone(), false));
                 continue;
@@ -215,7 +231,7 @@ impl OlmMachine {
                 state.unwedging.wedged.remove(&key);
             }
         }
-        self.save(&mut state, attempts)?;
+        self.ctx.save(state, attempts)?;
         if request.one_time_keys.is_empty() {
             return Ok(None);
         }

@@ -6,13 +6,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::account::MEGOLM_ALGORITHM;
+use super::context::sub_machine;
 use super::error::{CryptoError, MegolmError};
-use super::machine::OlmMachine;
 use super::megolm::InboundGroup;
 use super::outcomes::DecryptedRoomEvent;
-use crate::store::{
-    Changes, CryptoChanges, InboundGroupSessionRecord, MegolmIndexRecord, WithheldNotice,
-};
+use crate::store::{Changes, InboundGroupSessionRecord, MegolmIndexRecord, WithheldNotice};
 
 /// An `m.room.encrypted` room event, parsed at the edge.
 #[derive(Deserialize)]
@@ -71,28 +69,13 @@ pub(crate) fn uncommitted_session<'a>(
         .find(|s| s.room_id == room_id && s.session_id == session_id)
 }
 
-impl OlmMachine {
-    /// Decrypt an `m.room.encrypted` room event received in `room_id`. The message index is
-    /// recorded (replay detection) before the plaintext is returned. To decrypt several,
-    /// [`OlmMachine::begin_decrypt`] commits their records in one transaction.
-    pub fn decrypt_room_event(
-        &self,
-        room_id: &RoomId,
-        event: &Value,
-    ) -> Result<DecryptedRoomEvent, CryptoError> {
-        let (decrypted, index) = self.decrypt_with(room_id, event, &Changes::default())?;
-        if let Some(index) = index {
-            let mut state = self.lock()?;
-            let changes = Changes::from(CryptoChanges {
-                megolm_indices: vec![index],
-                ..Default::default()
-            });
-            self.save(&mut state, changes)?;
-        }
-        Ok(decrypted)
-    }
+sub_machine! {
+    /// Room-event decryption: session lookup, sender checks, replay records.
+    RoomDecryptor
+}
 
-    /// [`OlmMachine::decrypt_with`], adding the replay record to `pending` (stored when the
+impl RoomDecryptor<'_> {
+    /// [`RoomDecryptor::decrypt_with`], adding the replay record to `pending` (stored when the
     /// batch commits).
     pub(crate) fn decrypt_recording(
         &self,
@@ -116,7 +99,7 @@ impl OlmMachine {
         let (event, session_id, ciphertext) = EncryptedEvent::parse(event)?;
         let record = match uncommitted_session(pending, room_id, &session_id) {
             Some(r) => Some(r.clone()),
-            None => self.store.inbound_group_session(room_id, &session_id)?,
+            None => self.ctx.store.inbound_group_session(room_id, &session_id)?,
         };
         let Some(record) = record else {
             return Err(self
@@ -193,7 +176,10 @@ impl OlmMachine {
             }
             return Ok(record.sender_device.clone());
         }
-        let devices = self.store.devices_with_curve25519(&[&record.sender_key])?;
+        let devices = self
+            .ctx
+            .store
+            .devices_with_curve25519(&[&record.sender_key])?;
         let owner = devices
             .iter()
             .find(|d| d.user_id == sender && d.ed25519 == record.signing_key);
@@ -226,6 +212,7 @@ impl OlmMachine {
         let first = match pending.crypto.megolm_indices.iter().find(same_index) {
             Some(r) => Some(r.clone()),
             None => self
+                .ctx
                 .store
                 .megolm_index(&seen.sender_key, &seen.session_id, seen.index)?,
         };
@@ -260,7 +247,10 @@ impl OlmMachine {
             .find(|w| w.room_id == room_id && w.session_id == session_id && w.sender == sender)
         {
             Some(n) => Some(n.clone()),
-            None => self.store.withheld_notice(room_id, session_id, sender)?,
+            None => self
+                .ctx
+                .store
+                .withheld_notice(room_id, session_id, sender)?,
         };
         Ok(
             match notice.filter(|n| names_key(n, &event.content.sender_key)) {

@@ -10,20 +10,26 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::account::{MEGOLM_ALGORITHM, OwnAccount};
+use super::context::sub_machine;
 use super::error::CryptoError;
-use super::machine::OlmMachine;
 use super::megolm::{InboundGroup, OutboundGroup, RoomKeyContent, RotationSettings};
 use super::olm::{OlmPayload, OlmSession};
 use super::outbox::ToDeviceBatcher;
 use super::requests::OutgoingRequest;
+use super::state::State;
 use crate::store::{
     Changes, CryptoChanges, DeviceRecord, InboundGroupSessionRecord, LocalTrust, NoOlmRoomKey,
     OutboundGroupSessionRecord, PendingToDevice, SecretBlob, ShareRecipient, Store,
 };
 
-impl OlmMachine {
+sub_machine! {
+    /// Outbound group sessions: sharing room keys and encrypting room events.
+    GroupSessions
+}
+
+impl GroupSessions<'_> {
     fn is_own_device(&self, device: &DeviceRecord) -> bool {
-        device.user_id == self.user_id && device.device_id == self.device_id
+        device.user_id == self.ctx.user_id && device.device_id == self.ctx.device_id
     }
 
     /// Share the room's current outbound session with every eligible device of `users` that
@@ -34,17 +40,17 @@ impl OlmMachine {
     /// session: blacklisted ones (`m.blacklisted`), unverified ones when sharing with verified
     /// devices only (`m.unverified`), and those we have no Olm session with (`m.no_olm`; call
     /// [`Self::missing_sessions`] first).
-    pub fn share_room_key(
+    pub(crate) fn share_room_key(
         &self,
+        state: &mut State,
         room_id: &RoomId,
         users: &[OwnedUserId],
         settings: RotationSettings,
     ) -> Result<Vec<OutgoingRequest>, CryptoError> {
-        let mut state = self.lock()?;
         let members: HashSet<&UserId> = users.iter().map(|u| u.as_ref()).collect();
         let verified_only = self.shares_with_verified_only()?;
         let (devices, left_out) = self.share_targets(&members, verified_only)?;
-        let stored = self.store.outbound_group_session(room_id)?;
+        let stored = self.ctx.store.outbound_group_session(room_id)?;
         let now = state.now_ms();
         let group = match stored.as_ref() {
             Some(record) => {
@@ -77,7 +83,7 @@ impl OlmMachine {
         let mut sessions = self.newest_sessions(&recipients)?;
         for device in recipients {
             match sessions.get_mut(&device.curve25519) {
-                Some(session) => share.send_key(&*self.store, &state.account, device, session)?,
+                Some(session) => share.send_key(self.ctx.store, &state.account, device, session)?,
                 None => share.withhold(
                     device,
                     RoomKeyWithheldCode::NoOlm,
@@ -90,7 +96,7 @@ impl OlmMachine {
             changes.crypto.olm_sessions.push(session.to_record()?);
         }
         // Sessions, journal and the messages themselves are stored before anything is sent.
-        self.save(&mut state, changes)?;
+        self.ctx.save(state, changes)?;
         Ok(requests)
     }
 
@@ -103,6 +109,7 @@ impl OlmMachine {
     ) -> Result<(Vec<DeviceRecord>, Vec<DeviceRecord>), CryptoError> {
         let refs: Vec<&UserId> = members.iter().copied().collect();
         Ok(self
+            .ctx
             .store
             .devices(&refs)?
             .into_iter()
@@ -118,7 +125,7 @@ impl OlmMachine {
     ) -> Result<HashMap<String, OlmSession>, CryptoError> {
         let keys: Vec<&str> = devices.iter().map(|d| d.curve25519.as_str()).collect();
         let mut sessions = HashMap::new();
-        for (key, records) in self.store.olm_sessions(&keys)? {
+        for (key, records) in self.ctx.store.olm_sessions(&keys)? {
             if let Some(newest) = records
                 .iter()
                 .max_by_key(|r| (r.last_used_ms, r.created_ms))
@@ -131,22 +138,23 @@ impl OlmMachine {
 
     /// Encrypt a room event with the room's outbound session (share it first). The advanced
     /// session is stored before the ciphertext is returned, so an index is never reused.
-    pub fn encrypt_room_event(
+    pub(crate) fn encrypt_room_event(
         &self,
+        state: &mut State,
         room_id: &RoomId,
         event_type: &str,
         content: &Value,
     ) -> Result<Value, CryptoError> {
-        let mut state = self.lock()?;
         let record = self
+            .ctx
             .store
             .outbound_group_session(room_id)?
             .ok_or_else(|| CryptoError::RoomNotEncrypted(room_id.to_owned()))?;
         let mut group = OutboundGroup::from_record(&record)?;
         let own_curve = state.account.curve25519();
-        let encrypted = group.encrypt(event_type, content, &own_curve, &self.device_id)?;
-        self.save(
-            &mut state,
+        let encrypted = group.encrypt(event_type, content, &own_curve, self.ctx.device_id)?;
+        self.ctx.save(
+            state,
             Changes::from(CryptoChanges {
                 outbound_group_sessions: vec![group.to_record()?],
                 ..Default::default()
@@ -159,14 +167,18 @@ impl OlmMachine {
     /// dropped, so that it does not hold up the others. If it carried a room key, its
     /// recipients no longer count as having it: the next share sends it again (from the
     /// session's index then).
-    pub fn mark_to_device_failed(&self, txn_id: &str) -> Result<(), CryptoError> {
+    pub(crate) fn mark_to_device_failed(
+        &self,
+        state: &mut State,
+        txn_id: &str,
+    ) -> Result<(), CryptoError> {
         warn!(txn_id, "a to-device message was refused for good; dropped");
-        let mut state = self.lock()?;
         let mut changes = Changes::from(CryptoChanges {
             sent_to_device: vec![txn_id.to_owned()],
             ..Default::default()
         });
         let refused = self
+            .ctx
             .store
             .pending_to_device()?
             .into_iter()
@@ -175,7 +187,7 @@ impl OlmMachine {
             info!(room_id = %record.room_id, "recipients of a refused room key get it again");
             changes.crypto.outbound_group_sessions.push(record);
         }
-        self.save(&mut state, changes)
+        self.ctx.save(state, changes)
     }
 
     /// The room's outbound session without the recipients of `refused`, if that request
@@ -187,7 +199,7 @@ impl OlmMachine {
         let Some((room_id, session_id)) = &refused.room_key else {
             return Ok(None);
         };
-        let Some(mut record) = self.store.outbound_group_session(room_id)? else {
+        let Some(mut record) = self.ctx.store.outbound_group_session(room_id)? else {
             return Ok(None);
         };
         let targets: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, Value>> =
@@ -204,10 +216,13 @@ impl OlmMachine {
     }
 
     /// A to-device request was accepted by the server.
-    pub fn mark_to_device_sent(&self, txn_id: &str) -> Result<(), CryptoError> {
-        let mut state = self.lock()?;
-        self.save(
-            &mut state,
+    pub(crate) fn mark_to_device_sent(
+        &self,
+        state: &mut State,
+        txn_id: &str,
+    ) -> Result<(), CryptoError> {
+        self.ctx.save(
+            state,
             Changes::from(CryptoChanges {
                 sent_to_device: vec![txn_id.to_owned()],
                 ..Default::default()
@@ -218,11 +233,12 @@ impl OlmMachine {
     /// Devices of the room's current outbound session that were sent `m.no_olm` instead of
     /// the key (no Olm session could be made: no one-time key and no fallback key) and
     /// have not received it since: `(user id, device id)`. Sharing again retries them.
-    pub fn devices_without_olm(
+    pub(crate) fn devices_without_olm(
         &self,
         room_id: &RoomId,
     ) -> Result<Vec<(OwnedUserId, OwnedDeviceId)>, CryptoError> {
         Ok(self
+            .ctx
             .store
             .outbound_group_session(room_id)?
             .map(|record| {
@@ -239,26 +255,32 @@ impl OlmMachine {
     /// Share room keys only with devices the user verified (persisted). Other devices get
     /// `m.room_key.withheld` with code `m.unverified`, once per session, and the key as soon as
     /// they are verified. Turning it on rotates sessions that unverified devices have.
-    pub fn set_share_with_verified_only(&self, on: bool) -> Result<(), CryptoError> {
-        let mut state = self.lock()?;
+    pub(crate) fn set_share_with_verified_only(
+        &self,
+        state: &mut State,
+        on: bool,
+    ) -> Result<(), CryptoError> {
         let changes = CryptoChanges {
             share_with_verified_only: Some(on),
             ..Default::default()
         };
-        self.save(&mut state, changes.into())
+        self.ctx.save(state, changes.into())
     }
 
     /// Whether room keys go to verified devices only (see
     /// [`Self::set_share_with_verified_only`]).
-    pub fn shares_with_verified_only(&self) -> Result<bool, CryptoError> {
-        Ok(self.store.share_with_verified_only()?)
+    pub(crate) fn shares_with_verified_only(&self) -> Result<bool, CryptoError> {
+        Ok(self.ctx.store.share_with_verified_only()?)
     }
 
     /// Forget the room's outbound session; the next share creates a new one.
-    pub fn discard_room_key(&self, room_id: &RoomId) -> Result<(), CryptoError> {
-        let mut state = self.lock()?;
-        self.save(
-            &mut state,
+    pub(crate) fn discard_room_key(
+        &self,
+        state: &mut State,
+        room_id: &RoomId,
+    ) -> Result<(), CryptoError> {
+        self.ctx.save(
+            state,
             Changes::from(CryptoChanges {
                 discarded_outbound_sessions: vec![room_id.to_owned()],
                 ..Default::default()

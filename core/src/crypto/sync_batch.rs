@@ -37,20 +37,13 @@ impl std::fmt::Debug for SyncBatch<'_> {
     }
 }
 
-impl OlmMachine {
-    /// Feed one sync response. Everything it carried is stored in one transaction together
-    /// with `next_batch`, so a crash never skips a to-device event or room key.
-    pub fn receive_sync_changes(&self, sync: SyncChanges) -> Result<SyncOutcome, CryptoError> {
-        self.begin_sync(sync)?.commit()
-    }
-
-    /// Process the crypto part of a sync response without storing it yet: the caller may
-    /// decrypt the timeline and add its own records, then [`SyncBatch::commit`]s it all.
-    pub fn begin_sync(&self, sync: SyncChanges) -> Result<SyncBatch<'_>, CryptoError> {
-        let state = self.lock()?;
+impl<'m> SyncBatch<'m> {
+    /// Begin a sync response's batch: the state is locked until it commits or is dropped.
+    pub(crate) fn begin(machine: &'m OlmMachine, sync: SyncChanges) -> Result<Self, CryptoError> {
+        let state = machine.lock()?;
         let snapshot = state.account.to_record()?;
         let mut batch = SyncBatch {
-            machine: self,
+            machine,
             state: Some(state),
             snapshot,
             changes: sync.extra,
@@ -59,7 +52,10 @@ impl OlmMachine {
         batch.apply_device_lists(&sync.changed_users, &sync.left_users)?;
         let mut changes = std::mem::take(&mut batch.changes);
         let state = batch.state_mut()?;
-        let handled = self.handle_to_device_batch(state, &sync.to_device_events, &mut changes);
+        let handled =
+            machine
+                .to_device()
+                .handle_to_device_batch(state, &sync.to_device_events, &mut changes);
         batch.changes = changes;
         let (to_device, room_keys, mut account_changed) = handled?;
         batch.outcome = SyncOutcome {
@@ -104,7 +100,7 @@ impl SyncBatch<'_> {
         if changed.is_empty() && left.is_empty() {
             return Ok(());
         }
-        let tracked = self.machine.tracked_by_user()?;
+        let tracked = self.machine.tracker().tracked_by_user()?;
         let updates = [
             (changed, TrackingState::PendingDownload),
             (left, TrackingState::NotTracked),
@@ -136,6 +132,7 @@ impl SyncBatch<'_> {
         event: &Value,
     ) -> Result<DecryptedRoomEvent, CryptoError> {
         self.machine
+            .decryptor()
             .decrypt_recording(room_id, event, &mut self.changes)
     }
 
@@ -153,7 +150,7 @@ impl SyncBatch<'_> {
             debug!("not asking for more keys in this sync");
             return Ok(false);
         }
-        let request = self.machine.key_request_changes(
+        let request = self.machine.key_requests().key_request_changes(
             room_id,
             session_id,
             sender_key,
@@ -169,6 +166,7 @@ impl SyncBatch<'_> {
     pub fn track_users(&mut self, users: &[ruma::OwnedUserId]) -> Result<(), CryptoError> {
         let new = self
             .machine
+            .tracker()
             .newly_tracked(users, &self.changes.crypto.tracked_users)?;
         self.changes.crypto.tracked_users.extend(new);
         Ok(())

@@ -12,8 +12,10 @@ use zeroize::Zeroizing;
 
 use super::account::OwnAccount;
 use super::batch::Batch;
+use super::context::sub_machine;
 use super::error::{CryptoError, OlmError};
-use super::machine::OlmMachine;
+use super::key_requests::KeyRequests;
+use super::keys_query::DeviceTracker;
 use super::megolm::{InboundGroup, Merge, RoomKeyContent, merge};
 use super::olm::{IncomingOlm, OlmPayload, OlmSession};
 use super::outcomes::{RoomKeyInfo, ToDeviceOutcome};
@@ -28,7 +30,12 @@ fn str_of<'a>(v: &'a Value, name: &str) -> &'a str {
 /// accepted, and whether the account changed.
 pub(crate) type HandledBatch = (Vec<ToDeviceOutcome>, Vec<RoomKeyInfo>, bool);
 
-impl OlmMachine {
+sub_machine! {
+    /// To-device events: Olm decryption, room keys, withheld notices.
+    ToDeviceHandler
+}
+
+impl ToDeviceHandler<'_> {
     pub(crate) fn handle_to_device_batch(
         &self,
         state: &mut State,
@@ -50,9 +57,9 @@ impl OlmMachine {
             .into_iter()
             .collect();
         let refs: Vec<&str> = sender_keys.iter().map(String::as_str).collect();
-        batch.load_sessions(&*self.store, &refs)?;
+        batch.load_sessions(self.ctx.store, &refs)?;
         // In the same batch: answering may advance a session the events then use.
-        self.answer_deferred_key_requests(state, &mut batch, changes)?;
+        KeyRequests::new(self.ctx).answer_deferred_key_requests(state, &mut batch, changes)?;
         let mut outcomes = Vec::with_capacity(events.len());
         let mut room_keys = Vec::new();
         for event in events {
@@ -64,9 +71,8 @@ impl OlmMachine {
                     self.handle_encrypted(state, &mut batch, event, &own_curve, rk, changes)?
                 }
                 "m.room_key.withheld" => self.handle_withheld(&mut batch, event, changes)?,
-                "m.room_key_request" => {
-                    self.handle_key_request(state, &mut batch, event, changes)?
-                }
+                "m.room_key_request" => KeyRequests::new(self.ctx)
+                    .handle_key_request(state, &mut batch, event, changes)?,
                 "m.room_key" | "m.forwarded_room_key" => {
                     warn!(sender, "dropping a room key that was not Olm-encrypted");
                     Err(OlmError::RoomKeyNotOverOlm(event_type.clone()))
@@ -103,13 +109,13 @@ impl OlmMachine {
         if batch.unknown_senders.is_empty() {
             return Ok(());
         }
-        let mut tracked = self.tracked_by_user()?;
+        let mut tracked = DeviceTracker::new(self.ctx).tracked_by_user()?;
         for t in &changes.crypto.tracked_users {
             tracked.insert(t.user_id.clone(), t.clone());
         }
         for user in &batch.unknown_senders {
             let current = tracked.get(user);
-            if !current.is_some_and(|t| t.is_tracked()) && user != &self.user_id {
+            if !current.is_some_and(|t| t.is_tracked()) && user != self.ctx.user_id {
                 continue;
             }
             debug!(
@@ -140,6 +146,7 @@ impl OlmMachine {
         changes: &mut Changes,
     ) -> Result<Result<(), OlmError>, CryptoError> {
         let claimants: Vec<DeviceRecord> = self
+            .ctx
             .store
             .devices_with_curve25519(&[&incoming.sender_key])?
             .into_iter()
@@ -196,14 +203,15 @@ impl OlmMachine {
                     e,
                     OlmError::NoMatchingSession { .. } | OlmError::SessionCreation(_)
                 ) && let Some(device) =
-                    batch.device_for_key(&*self.store, &incoming.sender, &incoming.sender_key)?
+                    batch.device_for_key(self.ctx.store, &incoming.sender, &incoming.sender_key)?
                 {
                     batch.wedged.push(device);
                 }
                 return Ok(Err(e));
             }
         };
-        let device = batch.device_for_key(&*self.store, &incoming.sender, &incoming.sender_key)?;
+        let device =
+            batch.device_for_key(self.ctx.store, &incoming.sender, &incoming.sender_key)?;
         let mut verdict = check_payload(&state.account, &incoming, device.as_ref(), &plaintext);
         if let (Ok(payload), None) = (&verdict, &device)
             && let Err(e) = self.check_other_claimants(&incoming, payload, changes)?
@@ -259,9 +267,8 @@ impl OlmMachine {
                 let sender_device = device.map(|d| &*d.device_id);
                 self.accept_room_key(batch, incoming, payload, sender_device)
             }
-            "m.forwarded_room_key" => {
-                self.accept_forwarded_key(batch, incoming, payload, device, changes)
-            }
+            "m.forwarded_room_key" => KeyRequests::new(self.ctx)
+                .accept_forwarded_key(batch, incoming, payload, device, changes),
             _ => Ok(Ok(None)),
         }
     }
@@ -294,12 +301,12 @@ impl OlmMachine {
                 "withheld notice: invalid ids".into(),
             )));
         };
-        let member = super::membership::is_member(&self.store, changes, &room_id, &sender)?;
+        let member = super::membership::is_member(self.ctx.store, changes, &room_id, &sender)?;
         // Before the sender's devices are downloaded (e.g. the first sync after joining)
         // the key cannot be checked; once they are, it must be one of them.
-        let known_device = match batch.device_for_key(&*self.store, &sender, sender_key)? {
+        let known_device = match batch.device_for_key(self.ctx.store, &sender, sender_key)? {
             Some(_) => true,
-            None => self.store.devices(&[&sender])?.is_empty(),
+            None => self.ctx.store.devices(&[&sender])?.is_empty(),
         };
         if !member || !known_device {
             debug!(
@@ -341,7 +348,7 @@ impl OlmMachine {
             Err(e) => return Err(e),
         };
         let id = (key.room_id.clone(), key.session_id.clone());
-        let existing = batch.inbound_session(&*self.store, &id.0, &id.1)?;
+        let existing = batch.inbound_session(self.ctx.store, &id.0, &id.1)?;
         let record = match existing {
             None => group.record,
             Some(existing) => match merge(existing, group)? {
