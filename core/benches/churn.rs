@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 mod common;
 
-use common::{read, sqlite};
+use common::{device, read, room, sqlite, user};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use newt_core::crypto::{
     KeysClaimResponse, KeysQueryResponse, KeysUploadResponse, OlmMachine, OutgoingKind,
@@ -24,23 +24,8 @@ use newt_core::store::MemoryStore;
 use ruma::api::IncomingResponseExt;
 use ruma::api::client::keys::{claim_keys, get_keys};
 use ruma::serde::Raw;
-use ruma::{
-    DeviceId, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId, RoomId, UserId, device_id, room_id,
-    user_id,
-};
+use ruma::{OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId};
 use serde_json::Value;
-
-fn user() -> &'static UserId {
-    user_id!("@alice:example.org")
-}
-
-fn device() -> &'static DeviceId {
-    device_id!("JLAFKJWSCS")
-}
-
-fn room() -> &'static RoomId {
-    room_id!("!bench:example.org")
-}
 
 fn raw<T>(value: &Value) -> Raw<T> {
     Raw::from_json(serde_json::value::to_raw_value(value).unwrap())

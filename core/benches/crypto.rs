@@ -10,26 +10,14 @@ use std::sync::Arc;
 
 mod common;
 
-use common::read;
+use common::{device, read, room, user};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use newt_core::crypto::{
     KeysClaimResponse, KeysQueryResponse, OlmMachine, OutgoingKind, RotationSettings,
 };
 use newt_core::store::{MemoryStore, Store};
-use ruma::{DeviceId, OwnedUserId, RoomId, UserId, device_id, room_id, user_id};
+use ruma::OwnedUserId;
 use serde_json::json;
-
-fn user() -> &'static UserId {
-    user_id!("@alice:example.org")
-}
-
-fn device() -> &'static DeviceId {
-    device_id!("JLAFKJWSCS")
-}
-
-fn room() -> &'static RoomId {
-    room_id!("!bench:example.org")
-}
 
 /// A `/keys/query` fixture, parsed as the client parses answers (once, outside the timing,
 /// as the reference does).

@@ -67,14 +67,7 @@ impl OlmSessions<'_> {
             .iter()
             .filter(|d| !with_session.contains(&d.curve25519))
         {
-            request
-                .one_time_keys
-                .entry(device.user_id.clone())
-                .or_default()
-                .insert(
-                    device.device_id.clone(),
-                    OneTimeKeyAlgorithm::SignedCurve25519,
-                );
+            claim_one(&mut request, device);
         }
         if request.one_time_keys.is_empty() {
             return Ok(None);
@@ -187,14 +180,7 @@ impl OlmSessions<'_> {
             .retain(|_, (_, _, claims)| *claims < MAX_ANSWER_CLAIMS);
         for (device, _, claims) in state.held.awaiting_session.values_mut() {
             *claims += 1;
-            request
-                .one_time_keys
-                .entry(device.user_id.clone())
-                .or_default()
-                .insert(
-                    device.device_id.clone(),
-                    OneTimeKeyAlgorithm::SignedCurve25519,
-                );
+            claim_one(&mut request, device);
         }
         let mut due = Vec::new();
         for (key, device) in &state.unwedging.wedged {
@@ -207,14 +193,7 @@ impl OlmSessions<'_> {
                 due.push((key.clone(), false));
                 continue;
             }
-            request
-                .one_time_keys
-                .entry(device.user_id.clone())
-                .or_default()
-                .insert(
-                    device.device_id.clone(),
-                    OneTimeKeyAlgorithm::SignedCurve25519,
-                );
+            claim_one(&mut request, device);
             due.push((key.clone(), true));
         }
         // Devices unwedged less than an hour ago are dropped from the queue; for the others
@@ -271,4 +250,16 @@ fn session_from_claimed_key(
         .create_outbound_session(SessionConfig::version_1(), identity, otk)
         .map_err(|e| OneTimeKeyError::SessionCreation(e.to_string()))?;
     Ok(OlmSession::new(device.curve25519.clone(), session, now))
+}
+
+/// Ask for one signed one-time key of `device` in `request`.
+fn claim_one(request: &mut claim_keys::v3::Request, device: &DeviceRecord) {
+    request
+        .one_time_keys
+        .entry(device.user_id.clone())
+        .or_default()
+        .insert(
+            device.device_id.clone(),
+            OneTimeKeyAlgorithm::SignedCurve25519,
+        );
 }

@@ -7,6 +7,22 @@ use super::tests::{key, open, raw};
 use super::*;
 use crate::test_ids::{rid, uid};
 
+/// Take a store back to schema version 4: the tables and columns later versions added are
+/// dropped (what version 4 stored is then inserted by each test).
+fn back_to_version_4(conn: &Connection) {
+    conn.execute_batch(
+        "DROP TABLE withheld_notices;
+         DROP TABLE key_requests;
+         DROP TABLE no_olm_room_keys;
+         DROP TABLE unwedged_devices;
+         ALTER TABLE devices DROP COLUMN trust_tag;
+         ALTER TABLE pending_to_device DROP COLUMN room_id;
+         ALTER TABLE pending_to_device DROP COLUMN session_id;
+         PRAGMA user_version = 4;",
+    )
+    .unwrap();
+}
+
 #[test]
 fn migration_from_an_empty_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -105,16 +121,9 @@ fn migration_5_moves_notices_and_requests_and_binds_trust_and_rotation_state() {
     drop(s);
     // Back to schema version 4, with what version 4 stored.
     let conn = raw(d);
+    back_to_version_4(&conn);
     conn.execute_batch(
-        "DROP TABLE withheld_notices;
-         DROP TABLE key_requests;
-         DROP TABLE no_olm_room_keys;
-         DROP TABLE unwedged_devices;
-         ALTER TABLE devices DROP COLUMN trust_tag;
-         ALTER TABLE pending_to_device DROP COLUMN room_id;
-         ALTER TABLE pending_to_device DROP COLUMN session_id;
-         PRAGMA user_version = 4;
-         INSERT INTO devices VALUES ('@a:x', 'DEV', 'curve', 'ed', '[]', NULL, '{}', 'verified', 0);
+        "INSERT INTO devices VALUES ('@a:x', 'DEV', 'curve', 'ed', '[]', NULL, '{}', 'verified', 0);
          INSERT INTO plain_values VALUES ('setting|share_with_verified_only', 'true');",
     )
     .unwrap();
@@ -341,16 +350,9 @@ fn a_version_4_store_with_a_device_of_an_invalid_user_still_opens() {
     // Back to schema version 4 (as in the migration 5 test), with one device a version
     // that did not check user ids stored: migration 5 reads every device to tag it.
     let conn = raw(d);
+    back_to_version_4(&conn);
     conn.execute_batch(
-        "DROP TABLE withheld_notices;
-         DROP TABLE key_requests;
-         DROP TABLE no_olm_room_keys;
-         DROP TABLE unwedged_devices;
-         ALTER TABLE devices DROP COLUMN trust_tag;
-         ALTER TABLE pending_to_device DROP COLUMN room_id;
-         ALTER TABLE pending_to_device DROP COLUMN session_id;
-         PRAGMA user_version = 4;
-         INSERT INTO devices VALUES ('@a:x', 'DEV', 'curve', 'ed', '[]', NULL, '{}', 'verified', 0);
+        "INSERT INTO devices VALUES ('@a:x', 'DEV', 'curve', 'ed', '[]', NULL, '{}', 'verified', 0);
          INSERT INTO devices VALUES ('mallory', 'EVIL', 'curve-m', 'ed-m', '[]', NULL, '{}', 'unset', 0);",
     )
     .unwrap();
