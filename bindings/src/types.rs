@@ -4,6 +4,8 @@ use newt_core::client::{TimelineEvent, TrustPolicy as CoreTrustPolicy};
 use newt_core::crypto::Device;
 use newt_core::store::LocalTrust;
 
+use crate::error::DecryptionFailure;
+
 /// How the store's secrets are encrypted at rest.
 #[derive(uniffi::Enum)]
 pub enum StoreKey {
@@ -170,8 +172,10 @@ pub struct TimelineItem {
     pub body: Option<String>,
     /// Whether it was decrypted.
     pub decrypted: bool,
-    /// Why it could not be decrypted.
+    /// Why it could not be decrypted, in words (for logs).
     pub error: Option<String>,
+    /// Why it could not be decrypted, typed: what to show or do (`null` when decrypted).
+    pub failure: Option<DecryptionFailure>,
     /// Server timestamp (ms).
     pub origin_server_ts: u64,
     /// The room's trust policy at reception.
@@ -192,6 +196,11 @@ impl From<TimelineEvent> for TimelineItem {
             event_type: e.event_type,
             body: e.body,
             decrypted: e.decrypted,
+            failure: match (&e.failure, &e.error) {
+                (Some(failure), _) => Some(DecryptionFailure::from(failure)),
+                (None, Some(_)) => Some(DecryptionFailure::Other),
+                (None, None) => None,
+            },
             error: e.error,
             origin_server_ts: e.origin_server_ts,
             trust_policy: e.trust_policy.into(),

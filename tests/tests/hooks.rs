@@ -8,6 +8,8 @@ use newt_core::client::{
     BackgroundScheduler, Client, ClientError, Prompt, PromptAnswer, PromptHandler, TimelineEvent,
     TrustPolicy, TrustPolicyProvider, WakeupRequest,
 };
+use newt_core::crypto::MegolmError;
+use newt_core::ruma::events::room_key::withheld::RoomKeyWithheldCode;
 use newt_core::ruma::{OwnedRoomId, OwnedRoomOrAliasId, OwnedUserId, RoomId};
 use newt_core::store::LocalTrust;
 use newt_e2e_tests::Synapse;
@@ -119,6 +121,13 @@ async fn new_device_prompt_blacklist_withholds_the_key_and_verify_shares_it() {
     );
     let got = next_message(&s.bob, &s.room).await;
     assert!(!got.decrypted, "a blacklisted device must not get the key");
+    // The reason is typed on the item: what an app switches on.
+    assert!(
+        matches!(&got.failure, Some(MegolmError::Withheld { code, .. })
+            if *code == RoomKeyWithheldCode::Blacklisted),
+        "{:?}",
+        got.failure
+    );
 
     // Verified later: the next message's key reaches bob too.
     let bob_device = s.bob.session().unwrap().device_id;

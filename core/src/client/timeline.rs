@@ -6,7 +6,7 @@ use serde_json::Value;
 use tracing::debug;
 
 use super::hooks::TrustPolicy;
-use crate::crypto::{CryptoError, DecryptBatch, DecryptedRoomEvent, SyncBatch};
+use crate::crypto::{CryptoError, DecryptBatch, DecryptedRoomEvent, MegolmError, SyncBatch};
 
 /// A received room message, decrypted where possible.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -27,8 +27,13 @@ pub struct TimelineEvent {
     pub body: Option<String>,
     /// Whether the event was end-to-end encrypted and decrypted.
     pub decrypted: bool,
-    /// Why it could not be decrypted, if it could not.
+    /// Why it could not be decrypted, if it could not, in words (for logs).
     pub error: Option<String>,
+    /// Why it could not be decrypted, typed, when the reason is Megolm's (no key, withheld,
+    /// unknown index, forged, replayed, ...): what an app switches on. `None` when
+    /// decrypted, and for the other failures (a malformed signature: see `error`).
+    #[serde(skip)]
+    pub failure: Option<MegolmError>,
     /// Server timestamp.
     pub origin_server_ts: u64,
     /// The room's trust policy when the event was received.
@@ -129,6 +134,7 @@ impl TimelineEvent {
             content: event.get("content").cloned().unwrap_or(Value::Null),
             decrypted: false,
             error: None,
+            failure: None,
             origin_server_ts: envelope.origin_server_ts,
             trust_policy,
             policy_enforced: trust_policy.enforceable(),
@@ -146,6 +152,7 @@ impl TimelineEvent {
                 Err(CryptoError::Megolm(e)) => {
                     out.waiting_for_key = e.may_resolve_later();
                     out.error = Some(e.to_string());
+                    out.failure = Some(e);
                 }
                 Err(CryptoError::Signing(e)) => out.error = Some(e.to_string()),
                 Err(other) => return Err(other),

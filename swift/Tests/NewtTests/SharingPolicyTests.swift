@@ -34,6 +34,11 @@ final class SharingPolicyTests: XCTestCase {
         }
         XCTAssertFalse(first.decrypted, "\(first)")
         XCTAssertTrue(first.error?.contains("m.unverified") == true, "the reason is given: \(first)")
+        if case .withheld(let code, _)? = first.failure {
+            XCTAssertEqual(code, "m.unverified")
+        } else {
+            XCTFail("the reason is typed: \(String(describing: first.failure))")
+        }
         let withoutOlm = try alice.devicesWithoutOlm(roomId: pair.roomId)
         XCTAssertTrue(withoutOlm.isEmpty, "bob has an Olm channel, only no trust: \(withoutOlm)")
 

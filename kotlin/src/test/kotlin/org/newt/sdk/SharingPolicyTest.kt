@@ -10,6 +10,7 @@ import kotlinx.coroutines.runBlocking
 import org.junit.Rule
 import org.junit.Test
 import org.junit.rules.Timeout
+import uniffi.newt_ffi.DecryptionFailure
 import uniffi.newt_ffi.DeviceTrust
 import uniffi.newt_ffi.NewtException
 import uniffi.newt_ffi.RoomKeyRotation
@@ -34,6 +35,11 @@ class SharingPolicyTest {
                 val first = updates.awaitItem(what = "the withheld message at bob") { it.eventId == withheld }
                 assertFalse(first.decrypted, first.describe())
                 assertTrue(first.error?.contains("m.unverified") == true, "the reason is given: ${first.describe()}")
+                val failure = first.failure
+                assertTrue(
+                    failure is DecryptionFailure.Withheld && failure.code == "m.unverified",
+                    "the reason is typed: $failure",
+                )
                 assertTrue(alice.devicesWithoutOlm(pair.roomId).isEmpty(), "bob has an Olm channel, only no trust")
 
                 alice.setDeviceTrust(pair.bob.user.userId, pair.bob.session.deviceId, DeviceTrust.VERIFIED)
