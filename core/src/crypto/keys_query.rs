@@ -58,10 +58,11 @@ impl DeviceTracker<'_> {
             .queries_in_flight
             .remove(request_id)
             .ok_or_else(|| CryptoError::UnknownRequest(request_id.to_owned()))?;
-        let asked: HashSet<&OwnedUserId> = requested.iter().map(|(u, _)| u).collect();
-        let answered: BTreeMap<&OwnedUserId, &BTreeMap<String, Value>> = response
+        let asked: HashSet<&UserId> = requested.iter().map(|(u, _)| u.as_ref()).collect();
+        let answered: BTreeMap<&UserId, &BTreeMap<String, Value>> = response
             .device_keys
             .iter()
+            .map(|(user, devices)| (user.as_ref(), devices))
             .filter(|(user, _)| asked.contains(user))
             .collect();
         let now = state.now_ms();
@@ -69,14 +70,14 @@ impl DeviceTracker<'_> {
             .tracker
             .back_off_failed_servers(&requested, now, |user| {
                 let failed = response.failures.contains(user.server_name().as_str());
-                failed || !answered.contains_key(&user.to_owned())
+                failed || !answered.contains_key(user)
             });
         for user in answered.keys() {
             state.tracker.solo_users.remove(*user);
             state.tracker.user_backoff.remove(*user);
         }
 
-        let users: Vec<&UserId> = answered.keys().map(|u| u.as_ref()).collect();
+        let users: Vec<&UserId> = answered.keys().copied().collect();
         let stored: HashMap<DeviceKey, DeviceRecord> = self
             .ctx
             .store
@@ -108,7 +109,7 @@ impl DeviceTracker<'_> {
         }
         outcome.affected_rooms = self.rooms_affected_by(&outcome)?;
         changes.crypto.tracked_users =
-            self.settle_tracking(&requested, |user| answered.contains_key(&user.to_owned()))?;
+            self.settle_tracking(&requested, |user| answered.contains_key(user))?;
         self.ctx.save(state, changes)?;
         Ok(outcome)
     }
@@ -117,20 +118,20 @@ impl DeviceTracker<'_> {
     /// [`MAX_DEVICES_PER_USER`] (the known ones first).
     fn check_devices(
         &self,
-        user: &OwnedUserId,
+        user: &UserId,
         devices: &BTreeMap<String, Value>,
         stored: &HashMap<DeviceKey, DeviceRecord>,
         outcome: &mut QueryOutcome,
     ) -> Vec<Candidate> {
-        let known = |id: &OwnedDeviceId| stored.contains_key(&(user.clone(), id.clone()));
+        let known = |id: &OwnedDeviceId| stored.contains_key(&(user.to_owned(), id.clone()));
         let mut ids: Vec<(OwnedDeviceId, &Value)> = devices
             .iter()
             .map(|(id, keys)| (OwnedDeviceId::from(id.as_str()), keys))
             .collect();
-        ids.sort_by_key(|(id, _)| !known(id));
+        ids.sort_by_cached_key(|(id, _)| !known(id));
         let mut out = Vec::new();
         for (kept, (device_id, keys)) in ids.into_iter().enumerate() {
-            if *user == self.ctx.user_id && device_id == self.ctx.device_id {
+            if user == self.ctx.user_id && device_id == self.ctx.device_id {
                 continue;
             }
             let verdict = if kept >= MAX_DEVICES_PER_USER {

@@ -38,6 +38,17 @@ pub use records::{
 pub use sqlite::SqliteStore;
 pub(crate) use sqlite::VERIFIED_ONLY_KEY;
 
+/// The machine's verified-only setting as both stores keep it: the secret value under
+/// [`VERIFIED_ONLY_KEY`], `true` or `false`.
+pub(crate) fn verified_only_value(on: bool) -> SecretBlob {
+    SecretBlob::new(on.to_string().into_bytes())
+}
+
+/// [`verified_only_value`] read back: off unless it says `true`.
+pub(crate) fn is_verified_only(value: Option<&SecretBlob>) -> bool {
+    value.is_some_and(|v| v.as_bytes() == b"true")
+}
+
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

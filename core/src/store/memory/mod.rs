@@ -97,7 +97,7 @@ impl State {
         self.secret_values.extend(changes.client.secret_values);
         if let Some(on) = changes.crypto.share_with_verified_only {
             // Where SQLite keeps it too.
-            let value = SecretBlob::new(on.to_string().into_bytes());
+            let value = super::verified_only_value(on);
             self.secret_values
                 .insert(super::VERIFIED_ONLY_KEY.to_owned(), value);
         }
@@ -610,7 +610,7 @@ impl CryptoStore for MemoryStore {
     fn share_with_verified_only(&self) -> Result<bool, StoreError> {
         let state = self.lock();
         let value = state.secret_values.get(super::VERIFIED_ONLY_KEY);
-        Ok(value.is_some_and(|v| v.as_bytes() == b"true"))
+        Ok(super::is_verified_only(value))
     }
 }
 

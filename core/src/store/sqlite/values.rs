@@ -45,7 +45,7 @@ pub(super) fn share_with_verified_only(
     c: &StoreCipher,
 ) -> Result<bool, StoreError> {
     let value = secret(conn, c, VERIFIED_ONLY_KEY)?;
-    Ok(value.is_some_and(|v| v.as_bytes() == b"true"))
+    Ok(super::super::is_verified_only(value.as_ref()))
 }
 
 /// Plain and secret values, and the machine's sharing setting (not the sync token: it is
@@ -58,7 +58,7 @@ pub(super) fn write(
     if let Some(on) = changes.crypto.share_with_verified_only {
         let blob = c.encrypt(
             &aad_secret_value(VERIFIED_ONLY_KEY),
-            on.to_string().as_bytes(),
+            super::super::verified_only_value(on).as_bytes(),
         )?;
         tx.prepare_cached("INSERT OR REPLACE INTO secret_values (key, value) VALUES (?1, ?2)")
             .and_then(|mut st| st.execute(rusqlite::params![VERIFIED_ONLY_KEY, blob]))
