@@ -76,6 +76,8 @@ step "cargo fmt --all -- --check" fmt_check
 step "newt-ffi builds with the workspace's features (scripts/feature-parity.sh)" bash scripts/feature-parity.sh
 step "cargo clippy --workspace --all-targets -- -D warnings" clippy
 step "cargo nextest run --workspace --no-fail-fast" nextest
+# nextest does not run doctests; the examples in the crate docs must compile.
+step "cargo test --workspace --doc" cargo test --workspace --doc
 step "Fuzz smoke run, 5 s per target (scripts/fuzz.sh smoke)" bash scripts/fuzz.sh smoke
 step "Kotlin tests" kotlin_tests
 step "Swift syntax check (scripts/swift-check.sh)" bash scripts/swift-check.sh

@@ -17,7 +17,7 @@
 //! use newt_core::client::{Client, ClientConfig};
 //! use newt_core::store::StoreKey;
 //!
-//! let client = Client::builder(ClientConfig {
+//! let client = Client::new(ClientConfig {
 //!     homeserver: "http://127.0.0.1:8008".into(),
 //!     store_dir: "/tmp/alice-store".into(),
 //!     store_key: StoreKey::from_passphrase("app-provided secret"),
