@@ -71,6 +71,13 @@ impl core::PromptHandler for PromptAdapter {
             core::Prompt::KeyShareRequest { device } => Prompt::KeyShareRequest {
                 device: DeviceInfo::from(device),
             },
+            core::Prompt::IdentityChanged {
+                user_id,
+                verification_violation,
+            } => Prompt::IdentityChanged {
+                user_id: user_id.to_string(),
+                verification_violation,
+            },
             // A kind this layer does not map yet: the documented answer to unknown kinds.
             _ => return core::PromptAnswer::Dismissed,
         };
@@ -81,6 +88,7 @@ impl core::PromptHandler for PromptAdapter {
             Ok(PromptAnswer::DeviceDecisions { decisions }) => {
                 core::PromptAnswer::DeviceDecisions(device_decisions(decisions))
             }
+            Ok(PromptAnswer::Confirmed) => core::PromptAnswer::Confirmed,
             Ok(PromptAnswer::Dismissed) => core::PromptAnswer::Dismissed,
             Err(e) => {
                 warn!(error = %e, "prompt handler failed; treating as dismissed");

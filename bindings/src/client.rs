@@ -51,7 +51,7 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// Run `work` on the SDK runtime; cancelling the caller cancels the work; a panic becomes
 /// `NewtError::Internal`.
-async fn run<T, F>(work: F) -> Result<T, NewtError>
+pub(crate) async fn run<T, F>(work: F) -> Result<T, NewtError>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, NewtError>> + Send + 'static,
@@ -76,7 +76,7 @@ pub struct NewtClient {
 }
 
 impl NewtClient {
-    fn client(&self) -> Result<Arc<Client>, NewtError> {
+    pub(crate) fn client(&self) -> Result<Arc<Client>, NewtError> {
         self.inner
             .read()
             .unwrap_or_else(|e| e.into_inner())

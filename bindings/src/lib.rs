@@ -10,6 +10,7 @@ mod client;
 mod error;
 mod ids;
 mod logging;
+mod trust;
 mod types;
 
 pub use callbacks::{

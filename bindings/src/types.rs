@@ -3,6 +3,7 @@
 use newt_core::client::{TimelineEvent, TrustPolicy as CoreTrustPolicy};
 use newt_core::crypto::Device;
 use newt_core::store::LocalTrust;
+use newt_core::store::SenderTrust as CoreSenderTrust;
 
 use crate::error::DecryptionFailure;
 
@@ -155,6 +156,64 @@ impl From<CoreTrustPolicy> for TrustPolicy {
     }
 }
 
+/// How far the sender of a message is trusted, from worst to best.
+#[derive(uniffi::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SenderTrust {
+    /// A cross-signing signature of the device does not verify: never shown.
+    Tampered,
+    /// The sending device is not known (yet).
+    UnknownDevice,
+    /// The device is known but not cross-signed by its owner.
+    DeviceOnly,
+    /// Cross-signed by an identity that replaced one the user had verified.
+    VerificationViolation,
+    /// Cross-signed by its owner's identity, not verified.
+    CrossSigned,
+    /// Verified (the identity, or the device by hand).
+    Verified,
+}
+
+impl From<CoreSenderTrust> for SenderTrust {
+    fn from(t: CoreSenderTrust) -> Self {
+        match t {
+            CoreSenderTrust::Tampered => SenderTrust::Tampered,
+            CoreSenderTrust::UnknownDevice => SenderTrust::UnknownDevice,
+            CoreSenderTrust::DeviceOnly => SenderTrust::DeviceOnly,
+            CoreSenderTrust::VerificationViolation => SenderTrust::VerificationViolation,
+            CoreSenderTrust::CrossSigned => SenderTrust::CrossSigned,
+            CoreSenderTrust::Verified => SenderTrust::Verified,
+        }
+    }
+}
+
+/// A user's cross-signing identity.
+#[derive(uniffi::Record, Clone, Debug, PartialEq, Eq)]
+pub struct UserIdentityInfo {
+    /// The user.
+    pub user_id: String,
+    /// The master key (base64), to compare out of band.
+    pub master_key: String,
+    /// Verified by the user.
+    pub verified: bool,
+    /// Changed since first seen and never verified: show it, then `pinIdentity`.
+    pub pin_violation: bool,
+    /// Changed after the user verified the earlier one: verify again (or `pinIdentity`).
+    pub verification_violation: bool,
+}
+
+impl From<newt_core::crypto::UserIdentity> for UserIdentityInfo {
+    fn from(i: newt_core::crypto::UserIdentity) -> Self {
+        Self {
+            user_id: i.user_id.to_string(),
+            master_key: i.master_key,
+            verified: i.verified,
+            pin_violation: i.pin_violation,
+            verification_violation: i.verification_violation,
+        }
+    }
+}
+
 /// A received message.
 #[derive(uniffi::Record, Clone, Debug, PartialEq)]
 pub struct TimelineItem {
@@ -178,10 +237,15 @@ pub struct TimelineItem {
     pub failure: Option<DecryptionFailure>,
     /// Server timestamp (ms).
     pub origin_server_ts: u64,
-    /// The room's trust policy at reception.
+    /// The room's trust policy at reception (or at the last re-evaluation).
     pub trust_policy: TrustPolicy,
-    /// Whether that policy could be enforced.
-    pub policy_enforced: bool,
+    /// How far the sender of a decrypted message is trusted (`null` if not decrypted).
+    pub sender_trust: Option<SenderTrust>,
+    /// The session came from a key export, backup or forwarding.
+    pub legacy: bool,
+    /// Decrypted, but the room's policy does not show this sender (`body` is `null`;
+    /// `senderTrust` says why). Delivered again as `Updated` when it is shown.
+    pub hidden_by_policy: bool,
     /// Undecryptable for now, but its key may still arrive; Newt then sends `Updated`.
     pub waiting_for_key: bool,
 }
@@ -204,7 +268,9 @@ impl From<TimelineEvent> for TimelineItem {
             error: e.error,
             origin_server_ts: e.origin_server_ts,
             trust_policy: e.trust_policy.into(),
-            policy_enforced: e.policy_enforced,
+            sender_trust: e.sender_trust.map(SenderTrust::from),
+            legacy: e.legacy,
+            hidden_by_policy: e.hidden_by_policy,
             waiting_for_key: e.waiting_for_key,
         }
     }
@@ -304,6 +370,15 @@ pub enum Prompt {
         /// The requesting own device.
         device: DeviceInfo,
     },
+    /// A user's cross-signing identity changed. Answer `Confirmed` to acknowledge it (as
+    /// `NewtClient.pinIdentity` does); any other answer leaves it flagged on
+    /// `UserIdentityInfo`.
+    IdentityChanged {
+        /// Whose identity.
+        user_id: String,
+        /// `true` if we had verified the earlier identity: verify the new one again.
+        verification_violation: bool,
+    },
 }
 
 /// One device decision.
@@ -330,6 +405,8 @@ pub enum PromptAnswer {
         /// One per device.
         decisions: Vec<DeviceDecision>,
     },
+    /// Accepted what the prompt showed (e.g. a changed identity).
+    Confirmed,
     /// Declined or not supported.
     Dismissed,
 }

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group};
 use newt_core::crypto::{OlmMachine, RotationSettings};
 use newt_core::store::{
-    Changes, CryptoChanges, InboundGroupSessionRecord, SecretBlob, SqliteStore, Store, StoreKey,
+    Changes, CryptoChanges, InboundGroupSessionRecord, SecretBlob, SenderData, SqliteStore, Store,
+    StoreKey,
 };
 use ruma::{
     DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId, device_id, room_id, user_id,
@@ -59,6 +60,7 @@ fn other_sessions(count: usize) -> Vec<InboundGroupSessionRecord> {
                 sender_device: Some(OwnedDeviceId::from(format!("device(){}", i % 50))),
                 pickle: SecretBlob::new(pickle),
                 first_known_index: 0,
+                sender_data: SenderData::unknown(false),
             }
         })
         .collect()

@@ -11,7 +11,7 @@ use newt_core::client::{
 use newt_core::crypto::MegolmError;
 use newt_core::ruma::events::room_key::withheld::RoomKeyWithheldCode;
 use newt_core::ruma::{OwnedRoomId, OwnedRoomOrAliasId, OwnedUserId, RoomId};
-use newt_core::store::LocalTrust;
+use newt_core::store::{LocalTrust, SenderTrust};
 use newt_e2e_tests::Synapse;
 use newt_e2e_tests::clients::login;
 use newt_e2e_tests::proxy::{Action, FaultProxy};
@@ -208,7 +208,7 @@ impl TrustPolicyProvider for Policy {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trust_policy_is_consulted_and_reported_on_events() {
+async fn trust_policy_is_consulted_and_enforced_on_events() {
     let s = setup().await;
     let strict = Arc::new(Policy(TrustPolicy::CrossSignedOnly, Mutex::new(Vec::new())));
     s.bob.set_trust_policy_provider(Some(strict.clone()));
@@ -216,10 +216,10 @@ async fn trust_policy_is_consulted_and_reported_on_events() {
     let got = next_message(&s.bob, &s.room).await;
     assert!(strict.1.lock().unwrap().contains(&s.room));
     assert_eq!(got.trust_policy, TrustPolicy::CrossSignedOnly);
-    assert!(
-        !got.policy_enforced,
-        "cross-signing does not exist yet: the policy cannot be enforced"
-    );
+    // alice has no cross-signing: decrypted, but not shown.
+    assert!(got.decrypted && got.hidden_by_policy, "{got:?}");
+    assert_eq!(got.body, None);
+    assert_eq!(got.sender_trust, Some(SenderTrust::DeviceOnly));
 
     s.bob.set_trust_policy_provider(Some(Arc::new(Policy(
         TrustPolicy::ShowAll,
@@ -228,7 +228,8 @@ async fn trust_policy_is_consulted_and_reported_on_events() {
     s.alice.send_text(&s.room, "show all").await.unwrap();
     let got = next_message(&s.bob, &s.room).await;
     assert_eq!(got.trust_policy, TrustPolicy::ShowAll);
-    assert!(got.policy_enforced);
+    assert!(got.is_shown(), "{got:?}");
+    assert_eq!(got.body.as_deref(), Some("show all"));
 }
 
 struct Scheduler(Mutex<Vec<WakeupRequest>>);

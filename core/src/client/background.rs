@@ -51,6 +51,10 @@ impl Client {
                 Err(e) => last_error = Some(e),
             }
         }
+        match self.retry_sender_data(true).await {
+            Ok(improved) => report.completed += improved,
+            Err(e) => last_error = last_error.or(Some(e)),
+        }
         report.remaining = queued_left + self.pending_to_device().await? as u32 + without_olm;
         if report.remaining > 0
             && let Some(e) = &last_error
@@ -78,7 +82,7 @@ impl Client {
         }
     }
 
-    fn schedule_wakeup(&self, delay: Duration, reason: &str) {
+    pub(crate) fn schedule_wakeup(&self, delay: Duration, reason: &str) {
         if let Some(scheduler) = self.hooks().scheduler {
             scheduler.schedule_wakeup(WakeupRequest {
                 delay,

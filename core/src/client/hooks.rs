@@ -37,6 +37,16 @@ pub enum Prompt {
         /// The requesting device (own user, [`LocalTrust::Unset`]).
         device: Device,
     },
+    /// A user's cross-signing identity changed. Answering [`PromptAnswer::Confirmed`]
+    /// acknowledges the new identity (`Client::pin_identity`); any other answer leaves the
+    /// violation standing (the app can show it and decide later).
+    IdentityChanged {
+        /// Whose identity.
+        user_id: ruma::OwnedUserId,
+        /// `true` if we had verified the earlier identity (a verification violation: the
+        /// new one should be verified again); `false` if it was only pinned on first use.
+        verification_violation: bool,
+    },
 }
 
 /// The app's answer to a [`Prompt`].
@@ -46,6 +56,8 @@ pub enum PromptAnswer {
     Password(Zeroizing<String>),
     /// One decision per device: `(user id, device id, trust)`.
     DeviceDecisions(Vec<(ruma::OwnedUserId, ruma::OwnedDeviceId, LocalTrust)>),
+    /// The user accepted what the prompt showed (e.g. a changed identity).
+    Confirmed,
     /// The user declined or the prompt is not supported.
     Dismissed,
 }
@@ -55,6 +67,7 @@ impl std::fmt::Debug for PromptAnswer {
         match self {
             PromptAnswer::Password(_) => f.write_str("Password(<redacted>)"),
             PromptAnswer::DeviceDecisions(d) => f.debug_tuple("DeviceDecisions").field(d).finish(),
+            PromptAnswer::Confirmed => f.write_str("Confirmed"),
             PromptAnswer::Dismissed => f.write_str("Dismissed"),
         }
     }
@@ -66,30 +79,7 @@ pub trait PromptHandler: Send + Sync {
     fn on_prompt(&self, prompt: Prompt) -> PromptAnswer;
 }
 
-/// Which senders' messages a room shows ("invisible crypto").
-///
-/// Deliberately exhaustive: a new policy must be mapped by the bindings, never defaulted to
-/// a looser one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
-pub enum TrustPolicy {
-    /// Show messages from every session (except evidence of tampering).
-    #[default]
-    ShowAll,
-    /// Only cross-signed senders, plus legacy sessions.
-    CrossSignedOrLegacy,
-    /// Only cross-signed senders.
-    CrossSignedOnly,
-    /// Only senders the user verified manually.
-    VerifiedOnly,
-}
-
-impl TrustPolicy {
-    /// Whether this build can enforce the policy. Until sender data (cross-signing) exists,
-    /// only [`TrustPolicy::ShowAll`] can be; events say so in `policy_enforced`.
-    pub fn enforceable(self) -> bool {
-        self == TrustPolicy::ShowAll
-    }
-}
+pub use crate::crypto::TrustPolicy;
 
 /// Chooses the trust policy of a room; asked when the room's messages are decrypted.
 pub trait TrustPolicyProvider: Send + Sync {

@@ -17,7 +17,8 @@ use crate::store::{Changes, ClientChanges, UndecryptableEvent};
 pub(crate) struct Retry {
     /// `(room id, session id)` of the sessions to retry.
     pub sessions: Vec<(OwnedRoomId, String)>,
-    /// Deliver again only the events that now decrypt (a check, not news about a key).
+    /// Deliver again only the events that now decrypt and are shown (a check, not news
+    /// about a key).
     pub only_if_decrypted: bool,
 }
 
@@ -109,7 +110,7 @@ impl Client {
     /// Decrypt the kept events of `retry.sessions` again and deliver them as updates
     /// (decrypted, or with the new reason); forget those no key can change any more. Their
     /// replay records and the forgetting are one transaction, committed before any is shown.
-    fn retry_kept_events(
+    pub(crate) fn retry_kept_events(
         &self,
         machine: &OlmMachine,
         retry: Retry,
@@ -134,11 +135,11 @@ impl Client {
                     resolved.push((waiting.room_id, waiting.event_id));
                     continue;
                 };
-                if retry.only_if_decrypted && !item.decrypted {
+                if retry.only_if_decrypted && !item.is_shown() {
                     continue;
                 }
                 item.is_update = true;
-                if !item.waiting_for_key {
+                if !item.may_change() {
                     resolved.push((waiting.room_id.clone(), waiting.event_id.clone()));
                 }
                 updates.push(item);

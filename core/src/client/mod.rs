@@ -22,6 +22,7 @@ mod sync_stream;
 #[cfg(test)]
 mod tests;
 mod timeline;
+mod trust;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -397,7 +398,13 @@ impl Client {
         device_id: &DeviceId,
         trust: crate::store::LocalTrust,
     ) -> Result<bool, ClientError> {
-        Ok(self.machine()?.set_local_trust(user_id, device_id, trust)?)
+        let machine = self.machine()?;
+        let known = machine.set_local_trust(user_id, device_id, trust)?;
+        if known && trust == crate::store::LocalTrust::Verified {
+            // Messages a policy hid because the device was not verified may show now.
+            self.recheck_kept_events(&machine, None)?;
+        }
+        Ok(known)
     }
 
     /// Own device's Ed25519 fingerprint, for display.

@@ -119,6 +119,10 @@ impl Client {
             rejected = outcome.rejected.len(),
             "keys query"
         );
+        if !outcome.improved_sessions.is_empty() {
+            self.recheck_kept_events(machine, Some(outcome.improved_sessions))?;
+        }
+        self.report_identity_changes(outcome.identity_changes);
         if !outcome.new_devices.is_empty() {
             self.inner
                 .new_devices_learned

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use ruma::api::client::uiaa::{MatrixUserIdentifier, UserIdentifier};
 use tracing::warn;
 
 use super::hooks::{
@@ -126,7 +125,6 @@ impl Client {
     /// prompt handler ([`Prompt::Password`]).
     pub async fn delete_device(&self, device_id: &ruma::DeviceId) -> Result<(), ClientError> {
         use ruma::api::client::device::delete_device;
-        use ruma::api::client::uiaa::{AuthData, Password};
         let machine = self.machine()?;
         let device = device_id.to_owned();
         let first = self
@@ -143,21 +141,10 @@ impl Client {
             }
             Err(e) => return Err(e.into()),
         };
-        let answer = self
-            .prompt(Prompt::Password {
-                user_id: machine.user_id().to_owned(),
-                reason: format!("delete device {device_id}"),
-            })
-            .await;
-        let PromptAnswer::Password(password) = answer else {
-            return Err(ClientError::PromptDismissed);
-        };
-        let identifier =
-            UserIdentifier::Matrix(MatrixUserIdentifier::new(machine.user_id().to_string()));
-        let mut auth = Password::new(identifier, password.to_string());
-        auth.session = session;
+        let reason = format!("delete device {device_id}");
+        let auth = self.password_auth(&machine, session, &reason).await?;
         let mut request = delete_device::v3::Request::new(device);
-        request.auth = Some(AuthData::Password(auth));
+        request.auth = Some(auth);
         self.inner.http.send(request).await?;
         Ok(())
     }

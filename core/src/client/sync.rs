@@ -212,8 +212,10 @@ impl Client {
                 let Some(item) = TimelineEvent::from_sync(batch, room_id, event, policy)? else {
                     continue;
                 };
-                if item.waiting_for_key {
+                if item.may_change() {
                     kept.extend(Self::undecryptable_record(room_id, event));
+                }
+                if item.waiting_for_key {
                     request_key(batch, &room.room_id, &item, event)?;
                 }
                 out.event_ids.insert(item.event_id.clone());
@@ -255,6 +257,10 @@ impl Client {
                 .await?;
         }
         self.share_with_new_devices().await;
+        // Sender data the server could not give before (cheap when nothing is due).
+        if let Err(e) = self.retry_sender_data(false).await {
+            warn!(error = %e, "retrying sender data failed; will retry");
+        }
         // Messages a previous process could not send (it died, or the network was gone).
         if !self.inner.send_queue_resumed.swap(true, Ordering::SeqCst) {
             match self.send_queued().await {

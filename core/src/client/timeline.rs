@@ -7,6 +7,7 @@ use tracing::debug;
 
 use super::hooks::TrustPolicy;
 use crate::crypto::{CryptoError, DecryptBatch, DecryptedRoomEvent, MegolmError, SyncBatch};
+use crate::store::SenderTrust;
 
 /// A received room message, decrypted where possible.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -36,10 +37,16 @@ pub struct TimelineEvent {
     pub failure: Option<MegolmError>,
     /// Server timestamp.
     pub origin_server_ts: u64,
-    /// The room's trust policy when the event was received.
+    /// The room's trust policy when the event was received (or re-evaluated).
     pub trust_policy: TrustPolicy,
-    /// Whether that policy could be enforced (only `ShowAll` until sender trust exists).
-    pub policy_enforced: bool,
+    /// How far the sender of a decrypted event is trusted (`None` if not decrypted).
+    pub sender_trust: Option<SenderTrust>,
+    /// The session came from a key export, backup or forwarding (or predates sender data).
+    pub legacy: bool,
+    /// Decrypted, but the room's trust policy does not show this sender: `content` is the
+    /// encrypted content and `body` is `None`; `sender_trust` says why. Kept and delivered
+    /// again (`is_update`) when the policy or the sender's trust changes and it is shown.
+    pub hidden_by_policy: bool,
     /// This event was delivered before (undecryptable) and is delivered again because a key
     /// for it arrived late: replace the earlier item with the same `event_id`. It is then
     /// decrypted, or still not, with the new reason (the key starts after this message).
@@ -113,6 +120,17 @@ impl Envelope {
 }
 
 impl TimelineEvent {
+    /// Whether the app is shown this event's decrypted content.
+    pub fn is_shown(&self) -> bool {
+        self.decrypted && !self.hidden_by_policy
+    }
+
+    /// Whether this event must be kept to be delivered again later: its key may still come,
+    /// or the trust policy hides it for now.
+    pub(crate) fn may_change(&self) -> bool {
+        self.waiting_for_key || self.hidden_by_policy
+    }
+
     /// Turn a timeline event into what the app sees; `None` for events that are not messages
     /// or lack valid ids (a sender that is not a user id, say).
     pub(crate) fn from_sync(
@@ -137,17 +155,26 @@ impl TimelineEvent {
             failure: None,
             origin_server_ts: envelope.origin_server_ts,
             trust_policy,
-            policy_enforced: trust_policy.enforceable(),
+            sender_trust: None,
+            legacy: false,
+            hidden_by_policy: false,
             is_update: false,
             waiting_for_key: false,
         };
         match envelope.event_type.as_str() {
             "m.room.encrypted" => match decryptor.decrypt(room_id, event) {
                 Ok(d) => {
-                    out.event_type = d.event_type;
-                    out.content = d.content;
                     out.sender_device = d.sender_device;
                     out.decrypted = true;
+                    out.sender_trust = Some(d.sender_trust);
+                    out.legacy = d.legacy;
+                    if trust_policy.allows(d.sender_trust, d.legacy) {
+                        out.event_type = d.event_type;
+                        out.content = d.content;
+                    } else {
+                        debug!(event_id = %out.event_id, trust = ?d.sender_trust, "hidden by the trust policy");
+                        out.hidden_by_policy = true;
+                    }
                 }
                 Err(CryptoError::Megolm(e)) => {
                     out.waiting_for_key = e.may_resolve_later();

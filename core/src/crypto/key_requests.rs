@@ -366,7 +366,7 @@ impl KeyRequests<'_> {
         let record = match existing {
             None => group.record,
             Some(existing) => match merge(existing, group)? {
-                Ok(Merge::Replace(record)) => record,
+                Ok(Merge::Replace(record)) => *record,
                 Ok(Merge::Keep) => return Ok(Ok(None)),
                 Err(e) => return Ok(Err(e)),
             },

@@ -16,10 +16,12 @@ use super::context::sub_machine;
 use super::devices::Device;
 use super::devices::verify_device_keys;
 use super::error::{CryptoError, DeviceKeyError};
+use super::identities::Identities;
 use super::key_requests::KeyRequests;
 use super::outcomes::QueryOutcome;
 use super::requests::{OutgoingKind, OutgoingRequest};
 use super::responses::KeysQueryResponse;
+use super::sender_data::SenderDataMachine;
 use super::state::{State, TrackerState};
 use crate::store::quota::MAX_DEVICES_PER_USER;
 use crate::store::{Changes, CryptoChanges, DeviceRecord, LocalTrust, TrackedUser, TrackingState};
@@ -108,6 +110,14 @@ impl DeviceTracker<'_> {
             removed_devices(user, devices, &stored, &mut changes, &mut outcome);
         }
         outcome.affected_rooms = self.rooms_affected_by(&outcome)?;
+        Identities::new(self.ctx).update_identities(
+            &users,
+            response,
+            &mut changes,
+            &mut outcome,
+        )?;
+        outcome.improved_sessions =
+            SenderDataMachine::new(self.ctx).reevaluate(state, &users, true, &mut changes)?;
         changes.crypto.tracked_users =
             self.settle_tracking(&requested, |user| answered.contains_key(user))?;
         self.ctx.save(state, changes)?;

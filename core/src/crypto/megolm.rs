@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use super::account::MEGOLM_ALGORITHM;
 use super::error::{CryptoError, MegolmError, OlmError};
 use crate::store::{
-    InboundGroupSessionRecord, OutboundGroupSessionRecord, RoomEncryption, SecretBlob,
+    InboundGroupSessionRecord, OutboundGroupSessionRecord, RoomEncryption, SecretBlob, SenderData,
     ShareRecipient,
 };
 
@@ -160,7 +160,7 @@ pub(crate) enum Merge {
     /// Keep what we have.
     Keep,
     /// Store this record instead.
-    Replace(InboundGroupSessionRecord),
+    Replace(Box<InboundGroupSessionRecord>),
 }
 
 /// Merge a new copy of a session into the stored one (same room and session id). The new
@@ -179,6 +179,7 @@ pub(crate) fn merge(
         return refuse("session already known from another device");
     }
     let mut old = InboundGroup::from_record(existing)?;
+    let sender_data = SenderData::merged(&old.record.sender_data, &new.record.sender_data);
     Ok(Ok(match new.session.compare(&mut old.session) {
         SessionOrdering::Unconnected => return refuse("not the session we have"),
         SessionOrdering::Better => {
@@ -186,13 +187,19 @@ pub(crate) fn merge(
                 new.record.sender_user = old.record.sender_user;
                 new.record.sender_device = old.record.sender_device;
             }
-            Merge::Replace(new.record)
+            new.record.sender_data = sender_data;
+            Merge::Replace(Box::new(new.record))
         }
         SessionOrdering::Equal | SessionOrdering::Worse => {
-            if old.record.sender_user.is_none() && new.record.sender_user.is_some() {
+            let learns_sender =
+                old.record.sender_user.is_none() && new.record.sender_user.is_some();
+            if learns_sender {
                 old.record.sender_user = new.record.sender_user;
                 old.record.sender_device = new.record.sender_device;
-                Merge::Replace(old.record)
+            }
+            if learns_sender || sender_data != old.record.sender_data {
+                old.record.sender_data = sender_data;
+                Merge::Replace(Box::new(old.record))
             } else {
                 Merge::Keep
             }
@@ -241,6 +248,8 @@ struct Origin<'a> {
     signing_key: &'a str,
     /// The user and device, when authenticated; `None` for a forwarded key of unknown origin.
     sender: Option<(&'a UserId, Option<&'a DeviceId>)>,
+    /// Not received from its creator over Olm (forwarded, exported, backed up).
+    legacy: bool,
 }
 
 /// An inbound session loaded from the store or created from a room key.
@@ -265,6 +274,7 @@ impl InboundGroup {
             sender_key,
             signing_key,
             sender,
+            legacy: false,
         };
         Ok(Self::wrap(session, &key.room_id, &key.session_id, origin)?)
     }
@@ -282,6 +292,7 @@ impl InboundGroup {
             sender_key: &key.sender_key,
             signing_key: &key.sender_claimed_ed25519_key,
             sender,
+            legacy: true,
         };
         Self::wrap(session, &key.room_id, &key.session_id, origin)
     }
@@ -317,6 +328,7 @@ impl InboundGroup {
                 sender_device: sender_device.filter(|d| !d.as_str().is_empty()),
                 pickle: SecretBlob::new(json.to_vec()),
                 first_known_index: session.first_known_index(),
+                sender_data: SenderData::unknown(origin.legacy),
             },
             session,
         })

@@ -8,10 +8,14 @@
 mod account;
 mod batch;
 mod context;
+mod cross_signing;
 mod decrypt_batch;
 mod devices;
 mod error;
 mod facade;
+mod facade_trust;
+mod identities;
+mod identity;
 mod key_requests;
 mod keys_query;
 mod machine;
@@ -24,6 +28,7 @@ mod outcomes;
 mod requests;
 mod responses;
 mod room_events;
+mod sender_data;
 mod sharing;
 pub mod signing;
 #[cfg(test)]
@@ -33,17 +38,21 @@ mod sync_batch;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod tests;
 mod to_device;
+mod trust_policy;
 
 pub use account::{MEGOLM_ALGORITHM, OLM_ALGORITHM, SIGNED_CURVE25519};
 pub use decrypt_batch::DecryptBatch;
 pub use devices::Device;
 pub use error::{CryptoError, DeviceKeyError, MegolmError, OlmError, OneTimeKeyError};
+pub use facade_trust::{CrossSigningUpload, UserIdentity};
+pub use identity::{DeviceSignature, IdentityError};
 pub use machine::OlmMachine;
 pub use megolm::RotationSettings;
 pub use outcomes::{
-    ClaimOutcome, DecryptedRoomEvent, QueryOutcome, RoomKeyInfo, SyncChanges, SyncOutcome,
-    ToDeviceOutcome,
+    ClaimOutcome, DecryptedRoomEvent, IdentityChange, QueryOutcome, RoomKeyInfo, SyncChanges,
+    SyncOutcome, ToDeviceOutcome,
 };
 pub use requests::{OutgoingKind, OutgoingRequest, raw_json};
 pub use responses::{KeysClaimResponse, KeysQueryResponse, KeysUploadResponse};
 pub use sync_batch::SyncBatch;
+pub use trust_policy::TrustPolicy;

@@ -7,7 +7,8 @@ use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId};
 use serde_json::Value;
 
 use super::error::{DeviceKeyError, OlmError, OneTimeKeyError};
-use crate::store::Changes;
+use super::identity::IdentityError;
+use crate::store::{Changes, SenderTrust};
 
 /// What one `/sync` response carries for the crypto machine.
 #[derive(Debug, Default)]
@@ -73,6 +74,24 @@ pub struct QueryOutcome {
     /// Encrypted rooms shared with the users whose devices were added or removed, found
     /// through the store's index (no member list is loaded).
     pub affected_rooms: Vec<OwnedRoomId>,
+    /// Users whose cross-signing keys were refused (the stored identity is kept).
+    pub rejected_identities: Vec<(OwnedUserId, IdentityError)>,
+    /// Users whose identity changed since it was pinned or verified.
+    pub identity_changes: Vec<IdentityChange>,
+    /// Stored sessions whose sender data improved: `(room id, session id)`.
+    pub improved_sessions: Vec<(OwnedRoomId, String)>,
+}
+
+/// A user's cross-signing identity changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IdentityChange {
+    /// The identity is not the one pinned on first use, and was never verified: the app
+    /// should tell the user and may acknowledge it (`pin_identity`).
+    PinViolation(OwnedUserId),
+    /// We had verified an earlier identity of this user: their new one must be verified
+    /// again (or the verification withdrawn with `pin_identity`).
+    VerificationViolation(OwnedUserId),
 }
 
 /// What a `/keys/claim` answer changed.
@@ -101,4 +120,9 @@ pub struct DecryptedRoomEvent {
     pub session_id: String,
     /// Message index.
     pub message_index: u32,
+    /// How far the sender is trusted now: the session's sender data, raised when the user
+    /// has since verified the sender (see [`super::TrustPolicy::allows`]).
+    pub sender_trust: SenderTrust,
+    /// The session did not come from its creator over Olm (or predates sender data).
+    pub legacy: bool,
 }

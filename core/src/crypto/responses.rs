@@ -21,6 +21,12 @@ pub struct KeysQueryResponse {
     /// Signed device keys by user and device id, as received (the device id is checked by
     /// the machine, which says why it refuses one).
     pub device_keys: BTreeMap<OwnedUserId, BTreeMap<String, Value>>,
+    /// Master cross-signing keys by user, as received.
+    pub master_keys: BTreeMap<OwnedUserId, Value>,
+    /// Self-signing keys by user, as received.
+    pub self_signing_keys: BTreeMap<OwnedUserId, Value>,
+    /// User-signing keys by user (the server gives only our own), as received.
+    pub user_signing_keys: BTreeMap<OwnedUserId, Value>,
     /// Servers that could not be reached.
     pub failures: BTreeSet<String>,
 }
@@ -98,10 +104,40 @@ impl KeysQueryResponse {
                 .collect();
             out.device_keys.insert(user, devices);
         }
+        for (name, map) in [
+            ("master_keys", &mut out.master_keys),
+            ("self_signing_keys", &mut out.self_signing_keys),
+            ("user_signing_keys", &mut out.user_signing_keys),
+        ] {
+            *map = cross_signing_keys(top.get(name).copied(), name);
+        }
         let failures = object(top.get("failures").copied(), "failures").unwrap_or_default();
         out.failures = failures.into_keys().collect();
         Ok(out)
     }
+}
+
+/// Cross-signing keys by user (entries that are not small objects are left out).
+fn cross_signing_keys(raw: Option<&RawValue>, what: &str) -> BTreeMap<OwnedUserId, Value> {
+    let users = object(raw, what).unwrap_or_default();
+    users
+        .into_iter()
+        .filter_map(|(user, key)| {
+            let user = OwnedUserId::try_from(user)
+                .map_err(|e| warn!(error = %e, "ignoring a key of an invalid user id"))
+                .ok()?;
+            Some((user, small_object(key, MAX_DEVICE_KEYS_BYTES, what)?))
+        })
+        .collect()
+}
+
+/// Cross-signing keys of a typed answer as JSON.
+fn keys_as_json<T>(
+    keys: &BTreeMap<OwnedUserId, ruma::serde::Raw<T>>,
+) -> BTreeMap<OwnedUserId, Value> {
+    keys.iter()
+        .filter_map(|(user, key)| Some((user.clone(), json_of(key)?)))
+        .collect()
 }
 
 impl From<&get_keys::v3::Response> for KeysQueryResponse {
@@ -119,6 +155,9 @@ impl From<&get_keys::v3::Response> for KeysQueryResponse {
             .collect();
         Self {
             device_keys,
+            master_keys: keys_as_json(&response.master_keys),
+            self_signing_keys: keys_as_json(&response.self_signing_keys),
+            user_signing_keys: keys_as_json(&response.user_signing_keys),
             failures: response.failures.keys().cloned().collect(),
         }
     }

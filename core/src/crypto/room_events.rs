@@ -10,6 +10,7 @@ use super::context::sub_machine;
 use super::error::{CryptoError, MegolmError};
 use super::megolm::InboundGroup;
 use super::outcomes::DecryptedRoomEvent;
+use super::sender_data::TrustView;
 use crate::store::{Changes, InboundGroupSessionRecord, MegolmIndexRecord, WithheldNotice};
 
 /// An `m.room.encrypted` room event, parsed at the edge.
@@ -117,6 +118,15 @@ impl RoomDecryptor<'_> {
             .into());
         }
         let sender_device = self.confirm_sender(&group.record, &event.sender)?;
+        let view = TrustView::load(self.ctx.store, &[&event.sender], &pending.crypto)?;
+        let record = &group.record;
+        let sender_trust = view.effective(
+            &event.sender,
+            &record.sender_key,
+            &record.signing_key,
+            &record.sender_data,
+        );
+        let legacy = record.sender_data.legacy;
         let sender_key = group.record.sender_key.clone();
         if let Some(claimed) = &event.content.sender_key
             && claimed != &sender_key
@@ -154,6 +164,8 @@ impl RoomDecryptor<'_> {
             sender_curve25519: sender_key,
             session_id,
             message_index: index,
+            sender_trust,
+            legacy,
         };
         Ok((decrypted, new_index))
     }

@@ -19,7 +19,7 @@ use super::requests::OutgoingRequest;
 use super::state::State;
 use crate::store::{
     Changes, CryptoChanges, DeviceRecord, InboundGroupSessionRecord, LocalTrust, NoOlmRoomKey,
-    OutboundGroupSessionRecord, PendingToDevice, SecretBlob, ShareRecipient, Store,
+    OutboundGroupSessionRecord, PendingToDevice, SecretBlob, SenderTrust, ShareRecipient, Store,
 };
 
 sub_machine! {
@@ -398,7 +398,10 @@ impl<'a> Share<'a> {
             &account.ed25519(),
             Some((&account.user_id, Some(&account.device_id))),
         )?;
-        Ok(own.record)
+        let mut record = own.record;
+        // Our own device: nothing to look up.
+        record.sender_data.trust = SenderTrust::Verified;
+        Ok(record)
     }
 
     /// Those of `devices` that do not have the key yet.

@@ -94,6 +94,11 @@ impl ToDeviceHandler<'_> {
             state.unwedging.note(device);
         }
         let account_changed = batch.account_changed;
+        super::sender_data::record_at_reception(
+            self.ctx.store,
+            batch.inbound.values_mut(),
+            &changes.crypto,
+        )?;
         batch.flush(changes)?;
         Ok((outcomes, room_keys, account_changed))
     }
@@ -352,7 +357,7 @@ impl ToDeviceHandler<'_> {
         let record = match existing {
             None => group.record,
             Some(existing) => match merge(existing, group)? {
-                Ok(Merge::Replace(record)) => record,
+                Ok(Merge::Replace(record)) => *record,
                 Ok(Merge::Keep) => {
                     debug!(room_id = %key.room_id, "room key already known at an equal or better index");
                     return Ok(Ok(None));

@@ -11,8 +11,8 @@ use ruma::{OwnedEventId, OwnedRoomId};
 use super::{
     AccountRecord, DeviceRecord, InboundGroupSessionRecord, KeyRequestRecord, MegolmIndexRecord,
     MemberRecord, NoOlmRoomKey, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice,
-    QueuedSend, RoomRecord, SecretBlob, StoreError, TrackedUser, UndecryptableEvent, UnwedgeRecord,
-    WithheldNotice,
+    QueuedSend, RoomRecord, SecretBlob, SenderDataUpdate, StoreError, TrackedUser,
+    UndecryptableEvent, UnwedgeRecord, UserIdentityRecord, WithheldNotice,
 };
 
 /// Everything one step changed, applied atomically by [`Store::save_changes`].
@@ -66,6 +66,13 @@ pub struct CryptoChanges {
     /// Share room keys with verified devices only (a secret value, so that it cannot be
     /// edited in the file).
     pub share_with_verified_only: Option<bool>,
+    /// Users' cross-signing identities to insert or replace.
+    pub user_identities: Vec<UserIdentityRecord>,
+    /// New sender data of stored inbound sessions (applied after the session inserts; an
+    /// update for a session that is not stored is ignored).
+    pub sender_data: Vec<SenderDataUpdate>,
+    /// The own cross-signing private keys (a secret value).
+    pub cross_signing_keys: Option<SecretBlob>,
 }
 
 /// What the client writes: rooms and members, the send queue, events kept for late keys,
@@ -167,6 +174,8 @@ impl CryptoChanges {
         all(&self.withheld_notices)?;
         all(&self.key_requests)?;
         all(&self.pending_to_device)?;
+        all(&self.user_identities)?;
+        all(&self.sender_data)?;
         for txn_id in &self.sent_to_device {
             non_empty("sent to-device txn_id", txn_id)?;
         }
@@ -189,6 +198,8 @@ impl CryptoChanges {
         keep_valid(&mut self.withheld_notices);
         keep_valid(&mut self.key_requests);
         keep_valid(&mut self.pending_to_device);
+        keep_valid(&mut self.user_identities);
+        keep_valid(&mut self.sender_data);
         self.sent_to_device.retain(|t| !t.is_empty());
         before - self.len()
     }
@@ -210,6 +221,9 @@ impl CryptoChanges {
             + self.withheld_notices.len()
             + self.key_requests.len()
             + usize::from(self.share_with_verified_only.is_some())
+            + self.user_identities.len()
+            + self.sender_data.len()
+            + usize::from(self.cross_signing_keys.is_some())
     }
 
     fn extend(&mut self, other: CryptoChanges) {
@@ -235,6 +249,11 @@ impl CryptoChanges {
         if other.share_with_verified_only.is_some() {
             self.share_with_verified_only = other.share_with_verified_only;
         }
+        self.user_identities.extend(other.user_identities);
+        self.sender_data.extend(other.sender_data);
+        if other.cross_signing_keys.is_some() {
+            self.cross_signing_keys = other.cross_signing_keys;
+        }
     }
 }
 
@@ -249,7 +268,7 @@ impl ClientChanges {
         }
         for key in self.values.keys().chain(self.secret_values.keys()) {
             non_empty("value key", key)?;
-            if key == super::VERIFIED_ONLY_KEY {
+            if super::is_reserved_key(key) {
                 // The machine's setting, written through `CryptoChanges` only.
                 return Err(StoreError::InvalidRecord(format!(
                     "value key {key} is reserved"
@@ -266,7 +285,7 @@ impl ClientChanges {
         keep_valid(&mut self.queued_sends);
         self.finished_sends.retain(|t| !t.is_empty());
         keep_valid(&mut self.undecryptable_events);
-        let allowed = |k: &String| !k.is_empty() && k != super::VERIFIED_ONLY_KEY;
+        let allowed = |k: &String| !k.is_empty() && !super::is_reserved_key(k);
         self.values.retain(|k, _| allowed(k));
         self.secret_values.retain(|k, _| allowed(k));
         before - self.len()
@@ -358,3 +377,5 @@ non_empty_fields!(KeyRequestRecord, "key request": session_id);
 non_empty_fields!(PendingToDevice, "pending to-device": txn_id);
 non_empty_fields!(QueuedSend, "queued send": txn_id);
 non_empty_fields!(UndecryptableEvent, "undecryptable event": session_id);
+non_empty_fields!(UserIdentityRecord, "user identity": master_key, self_signing_key);
+non_empty_fields!(SenderDataUpdate, "sender data": session_id);

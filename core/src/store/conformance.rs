@@ -13,12 +13,14 @@ mod bounded;
 mod fixtures;
 mod kept_for_repair;
 mod records;
+mod trust;
 
 pub(crate) use batches::*;
 pub(crate) use bounded::*;
 pub(crate) use fixtures::*;
 pub(crate) use kept_for_repair::*;
 pub(crate) use records::*;
+pub(crate) use trust::*;
 
 use super::*;
 
@@ -80,6 +82,11 @@ macro_rules! store_conformance_tests {
                 everything_in_one_save,
                 concurrent_saves,
                 usable_as_dyn,
+                user_identities_by_user,
+                sender_data_updated_in_place,
+                sessions_to_reevaluate_by_sender_and_level,
+                sender_data_retries_due_in_order,
+                cross_signing_keys_are_a_reserved_secret,
             );
         }
     };

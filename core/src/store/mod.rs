@@ -21,6 +21,7 @@ mod memory;
 pub mod quota;
 mod records;
 mod sqlite;
+mod trust_records;
 
 use std::collections::HashMap;
 
@@ -37,6 +38,18 @@ pub use records::{
 };
 pub use sqlite::SqliteStore;
 pub(crate) use sqlite::VERIFIED_ONLY_KEY;
+pub use trust_records::{
+    SenderData, SenderDataRetry, SenderDataUpdate, SenderTrust, SessionSender, UserIdentityRecord,
+};
+
+/// Key of the own cross-signing private keys among the secret values (written through
+/// [`CryptoChanges::cross_signing_keys`] only).
+pub(crate) const CROSS_SIGNING_KEY: &str = "crypto|cross_signing_keys";
+
+/// Secret value keys only the crypto machine writes: refused in [`ClientChanges`].
+pub(crate) fn is_reserved_key(key: &str) -> bool {
+    key == VERIFIED_ONLY_KEY || key == CROSS_SIGNING_KEY
+}
 
 /// The machine's verified-only setting as both stores keep it: the secret value under
 /// [`VERIFIED_ONLY_KEY`], `true` or `false`.
@@ -202,6 +215,28 @@ pub trait CryptoStore: Send + Sync {
 
     /// Whether room keys go to verified devices only (`false` until set).
     fn share_with_verified_only(&self) -> Result<bool, StoreError>;
+
+    /// The cross-signing identities of these users that we know, sorted by user id.
+    fn user_identities(&self, user_ids: &[&UserId]) -> Result<Vec<UserIdentityRecord>, StoreError>;
+
+    /// The own cross-signing private keys, if this device has them.
+    fn cross_signing_keys(&self) -> Result<Option<SecretBlob>, StoreError>;
+
+    /// The stored sessions of these senders whose sender data may still improve
+    /// ([`SenderTrust::may_improve`]), without their ratchets, sorted by room and session.
+    fn sessions_to_reevaluate(&self, senders: &[&UserId])
+    -> Result<Vec<SessionSender>, StoreError>;
+
+    /// Sessions whose sender-data retry is due at `now_ms`, oldest schedule first, at most
+    /// `limit`.
+    fn sender_data_retries_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<SessionSender>, StoreError>;
+
+    /// When the earliest sender-data retry is scheduled, if any.
+    fn next_sender_data_retry(&self) -> Result<Option<u64>, StoreError>;
 }
 
 /// What the client reads: rooms and members, events kept for late keys, the send queue,

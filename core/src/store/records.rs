@@ -12,6 +12,8 @@ use ruma::{EventEncryptionAlgorithm, OwnedDeviceId, OwnedEventId, OwnedRoomId, O
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::SenderData;
+
 /// A serialized secret (a vodozemac pickle as JSON). Wiped on drop, never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretBlob(pub Zeroizing<Vec<u8>>);
@@ -86,6 +88,8 @@ pub struct InboundGroupSessionRecord {
     pub pickle: SecretBlob,
     /// First message index the session can decrypt.
     pub first_known_index: u32,
+    /// Who sent it and how far they were trusted when it arrived (improved later).
+    pub sender_data: SenderData,
 }
 
 /// Who received an outbound session, at which index.

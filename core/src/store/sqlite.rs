@@ -30,8 +30,9 @@ use super::cipher::{StoreCipher, StoreKey};
 use super::{
     AccountRecord, Changes, ClientStore, CryptoStore, DeviceRecord, InboundGroupSessionRecord,
     KeyRequestRecord, MegolmIndexRecord, MemberRecord, NoOlmRoomKey, OlmSessionRecord,
-    OutboundGroupSessionRecord, PendingToDevice, QueuedSend, RoomRecord, SecretBlob, Store,
-    StoreCounts, StoreError, TrackedUser, UndecryptableEvent, UnwedgeRecord, WithheldNotice,
+    OutboundGroupSessionRecord, PendingToDevice, QueuedSend, RoomRecord, SecretBlob, SessionSender,
+    Store, StoreCounts, StoreError, TrackedUser, UndecryptableEvent, UnwedgeRecord,
+    UserIdentityRecord, WithheldNotice,
 };
 
 mod account;
@@ -54,6 +55,7 @@ mod sql;
 #[cfg(test)]
 mod tests;
 mod to_device;
+mod trust;
 mod unwedge;
 mod values;
 mod write;
@@ -297,6 +299,33 @@ impl CryptoStore for SqliteStore {
 
     fn share_with_verified_only(&self) -> Result<bool, StoreError> {
         values::share_with_verified_only(&self.reader(), &self.cipher)
+    }
+
+    fn user_identities(&self, user_ids: &[&UserId]) -> Result<Vec<UserIdentityRecord>, StoreError> {
+        trust::identities(&self.reader(), &self.cipher, user_ids)
+    }
+
+    fn cross_signing_keys(&self) -> Result<Option<SecretBlob>, StoreError> {
+        trust::cross_signing_keys(&self.reader(), &self.cipher)
+    }
+
+    fn sessions_to_reevaluate(
+        &self,
+        senders: &[&UserId],
+    ) -> Result<Vec<SessionSender>, StoreError> {
+        trust::sessions_to_reevaluate(&self.reader(), &self.cipher, senders)
+    }
+
+    fn sender_data_retries_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<SessionSender>, StoreError> {
+        trust::retries_due(&self.reader(), &self.cipher, now_ms, limit)
+    }
+
+    fn next_sender_data_retry(&self) -> Result<Option<u64>, StoreError> {
+        trust::next_retry(&self.reader())
     }
 }
 

@@ -35,6 +35,8 @@ mod olm;
 mod sharing;
 #[cfg(test)]
 mod sync;
+#[cfg(test)]
+mod trust;
 
 /// The parts of a homeserver the crypto machine talks to.
 #[derive(Default)]
@@ -44,6 +46,9 @@ pub(crate) struct FakeServer {
     pub fallback_keys: BTreeMap<(OwnedUserId, OwnedDeviceId), BTreeMap<String, Value>>,
     pub inbox: HashMap<(OwnedUserId, OwnedDeviceId), Vec<Value>>,
     pub to_device_requests: Vec<(String, usize)>,
+    /// Published cross-signing keys by user: `{master_key, self_signing_key,
+    /// user_signing_key}`.
+    pub cross_signing: BTreeMap<OwnedUserId, Value>,
 }
 
 pub(crate) struct Peer {
@@ -148,7 +153,57 @@ impl FakeServer {
     }
 
     pub(crate) fn query(&self, r: &get_keys::v3::Request) -> KeysQueryResponse {
-        KeysQueryResponse::from(&self.ruma_query(r))
+        let mut response = KeysQueryResponse::from(&self.ruma_query(r));
+        for user in r.device_keys.keys() {
+            let Some(keys) = self.cross_signing.get(user) else {
+                continue;
+            };
+            for (name, map) in [
+                ("master_key", &mut response.master_keys),
+                ("self_signing_key", &mut response.self_signing_keys),
+                ("user_signing_key", &mut response.user_signing_keys),
+            ] {
+                if let Some(key) = keys.get(name).filter(|k| !k.is_null()) {
+                    map.insert(user.clone(), key.clone());
+                }
+            }
+        }
+        response
+    }
+
+    /// Publish `peer`'s cross-signing keys (made on the first call) and its device's
+    /// signature, as `/keys/device_signing/upload` and `/keys/signatures/upload` would.
+    pub(crate) fn publish_cross_signing(&mut self, peer: &Peer) {
+        let upload = peer.machine.bootstrap_cross_signing().unwrap();
+        self.cross_signing.insert(peer.user(), upload.keys);
+        self.upload_signatures(&upload.signatures);
+        peer.machine.mark_cross_signing_uploaded().unwrap();
+    }
+
+    /// Merge the signatures of a `/keys/signatures/upload` body into the stored keys.
+    pub(crate) fn upload_signatures(&mut self, body: &Value) {
+        for (user, objects) in body.as_object().unwrap() {
+            let user = uid(user);
+            for (id, signed) in objects.as_object().unwrap() {
+                let target = match self
+                    .device_keys
+                    .get_mut(&user)
+                    .and_then(|d| d.get_mut(&did(id)))
+                {
+                    Some(device) => device,
+                    None => self
+                        .cross_signing
+                        .get_mut(&user)
+                        .map(|k| &mut k["master_key"])
+                        .unwrap(),
+                };
+                for (signer, sigs) in signed["signatures"].as_object().unwrap() {
+                    for (key_id, sig) in sigs.as_object().unwrap() {
+                        target["signatures"][signer][key_id] = sig.clone();
+                    }
+                }
+            }
+        }
     }
 
     pub(crate) fn ruma_query(&self, r: &get_keys::v3::Request) -> get_keys::v3::Response {

@@ -44,6 +44,12 @@ pub(crate) fn inbound(room: &str, session_id: &str) -> InboundGroupSessionRecord
         sender_device: Some(did("ALICEDEV")),
         pickle: blob(format!("inbound pickle {room} {session_id}").as_bytes()),
         first_known_index: 3,
+        sender_data: SenderData {
+            trust: SenderTrust::CrossSigned,
+            master_key: Some(format!("master-of-{session_id}")),
+            legacy: false,
+            retry: None,
+        },
     }
 }
 

@@ -18,8 +18,9 @@ use ruma::{DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, Room
 use super::{
     AccountRecord, Changes, ClientStore, CryptoStore, DeviceRecord, InboundGroupSessionRecord,
     KeyRequestRecord, MegolmIndexRecord, MemberRecord, NoOlmRoomKey, OlmSessionRecord,
-    OutboundGroupSessionRecord, PendingToDevice, QueuedSend, RoomRecord, SecretBlob, Store,
-    StoreCounts, StoreError, TrackedUser, UndecryptableEvent, UnwedgeRecord, WithheldNotice, quota,
+    OutboundGroupSessionRecord, PendingToDevice, QueuedSend, RoomRecord, SecretBlob, SessionSender,
+    Store, StoreCounts, StoreError, TrackedUser, UndecryptableEvent, UnwedgeRecord,
+    UserIdentityRecord, WithheldNotice, quota,
 };
 
 type RoomSession = (OwnedRoomId, String);
@@ -44,6 +45,7 @@ struct State {
     /// curve25519 key -> (user id, device id) of the devices claiming it.
     devices_by_curve: HashMap<String, BTreeSet<(OwnedUserId, OwnedDeviceId)>>,
     tracked_users: BTreeMap<OwnedUserId, TrackedUser>,
+    identities: BTreeMap<OwnedUserId, UserIdentityRecord>,
     /// (sender key, session id, index) -> record.
     megolm_indices: HashMap<(String, String, u32), MegolmIndexRecord>,
     /// room id -> room, in write order.
@@ -82,6 +84,9 @@ impl State {
         for u in &changes.crypto.tracked_users {
             self.tracked_users.insert(u.user_id.clone(), u.clone());
         }
+        for i in &changes.crypto.user_identities {
+            self.identities.insert(i.user_id.clone(), i.clone());
+        }
         self.apply_rooms(&changes);
         self.apply_queues(&changes);
         for w in &changes.crypto.withheld_notices {
@@ -101,6 +106,10 @@ impl State {
             self.secret_values
                 .insert(super::VERIFIED_ONLY_KEY.to_owned(), value);
         }
+        if let Some(keys) = changes.crypto.cross_signing_keys {
+            self.secret_values
+                .insert(super::CROSS_SIGNING_KEY.to_owned(), keys);
+        }
         if let Some(token) = changes.sync_token {
             self.sync_token = Some(token);
         }
@@ -117,6 +126,14 @@ impl State {
         for s in &changes.crypto.inbound_group_sessions {
             let key = (s.room_id.clone(), s.session_id.clone());
             self.inbound.replace(key, s.clone());
+        }
+        for u in &changes.crypto.sender_data {
+            let key = (u.room_id.clone(), u.session_id.clone());
+            if let Some(session) = self.inbound.get(&key) {
+                let mut session = session.clone();
+                session.sender_data = u.sender_data.clone();
+                self.inbound.upsert(key, session);
+            }
         }
         for s in &changes.crypto.outbound_group_sessions {
             self.outbound.insert(s.room_id.clone(), s.clone());
@@ -612,6 +629,81 @@ impl CryptoStore for MemoryStore {
         let value = state.secret_values.get(super::VERIFIED_ONLY_KEY);
         Ok(super::is_verified_only(value))
     }
+
+    fn user_identities(&self, user_ids: &[&UserId]) -> Result<Vec<UserIdentityRecord>, StoreError> {
+        let state = self.lock();
+        let wanted: BTreeSet<&UserId> = user_ids.iter().copied().collect();
+        Ok(wanted
+            .into_iter()
+            .filter_map(|u| state.identities.get(u).cloned())
+            .collect())
+    }
+
+    fn cross_signing_keys(&self) -> Result<Option<SecretBlob>, StoreError> {
+        Ok(self
+            .lock()
+            .secret_values
+            .get(super::CROSS_SIGNING_KEY)
+            .cloned())
+    }
+
+    fn sessions_to_reevaluate(
+        &self,
+        senders: &[&UserId],
+    ) -> Result<Vec<SessionSender>, StoreError> {
+        let wanted: BTreeSet<&UserId> = senders.iter().copied().collect();
+        let state = self.lock();
+        let mut out: Vec<SessionSender> = state
+            .inbound
+            .values()
+            .filter(|s| s.sender_data.trust.may_improve())
+            .filter(|s| s.sender_user.as_deref().is_some_and(|u| wanted.contains(u)))
+            .filter_map(session_sender)
+            .collect();
+        out.sort_by(|a, b| (&a.room_id, &a.session_id).cmp(&(&b.room_id, &b.session_id)));
+        Ok(out)
+    }
+
+    fn sender_data_retries_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<SessionSender>, StoreError> {
+        let state = self.lock();
+        let mut due: Vec<(u64, SessionSender)> = state
+            .inbound
+            .values()
+            .filter_map(|s| {
+                let at = s.sender_data.retry?.next_ms;
+                (at <= now_ms).then_some(at).zip(session_sender(s))
+            })
+            .collect();
+        // Stable: equal times stay in write order (SQLite's rowid).
+        due.sort_by_key(|(at, _)| *at);
+        Ok(due.into_iter().take(limit).map(|(_, s)| s).collect())
+    }
+
+    fn next_sender_data_retry(&self) -> Result<Option<u64>, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .inbound
+            .values()
+            .filter(|s| s.sender_user.is_some())
+            .filter_map(|s| s.sender_data.retry.map(|r| r.next_ms))
+            .min())
+    }
+}
+
+/// The re-evaluation view of a session whose sender is known.
+fn session_sender(s: &InboundGroupSessionRecord) -> Option<SessionSender> {
+    Some(SessionSender {
+        room_id: s.room_id.clone(),
+        session_id: s.session_id.clone(),
+        sender_key: s.sender_key.clone(),
+        signing_key: s.signing_key.clone(),
+        sender_user: s.sender_user.clone()?,
+        sender_data: s.sender_data.clone(),
+    })
 }
 
 impl ClientStore for MemoryStore {

@@ -14,6 +14,7 @@ use super::sql::{
     col, count, db, each, limit, or_empty, parsed, parsed_non_empty, query_opt, u64_from_sql,
     u64_to_sql,
 };
+use super::trust::{sender_columns, sender_data_from_row};
 
 /// An inbound session (`s`) whose sender is not known as a member of its room (and that we
 /// did not ask for: a forwarded key of unknown origin from an own device counts as ours).
@@ -31,19 +32,23 @@ pub(super) fn inbound(
     query_opt(
         conn,
         "SELECT room_id, session_id, sender_key, signing_key, sender_user, sender_device,
-            pickle, first_known_index
+            pickle, first_known_index, sender_data, sender_data_tag, sender_retry_ms
          FROM inbound_group_sessions WHERE room_id = ?1 AND session_id = ?2",
         [room_id.as_str(), session_id],
         |r| {
+            let room_id: OwnedRoomId = parsed(r, 0)?;
+            let session_id: String = col(r, 1)?;
+            let sender_data = sender_data_from_row(r, 8, c, &room_id, &session_id)?;
             let mut s = InboundGroupSessionRecord {
-                room_id: parsed(r, 0)?,
-                session_id: col(r, 1)?,
+                room_id,
+                session_id,
                 sender_key: col(r, 2)?,
                 signing_key: col(r, 3)?,
                 sender_user: parsed_non_empty(r, 4)?,
                 sender_device: parsed_non_empty(r, 5)?,
                 pickle: SecretBlob::new(Vec::new()),
                 first_known_index: col(r, 7)?,
+                sender_data,
             };
             let blob: Vec<u8> = col(r, 6)?;
             let index = s.first_known_index.to_be_bytes();
@@ -160,10 +165,12 @@ fn write_inbound(
 ) -> Result<(), StoreError> {
     let index = s.first_known_index.to_be_bytes();
     let pickle = c.encrypt(&aad_inbound(s, &index), s.pickle.as_bytes())?;
+    let sender = sender_columns(c, &s.room_id, &s.session_id, &s.sender_data)?;
     tx.prepare_cached(
         "INSERT OR REPLACE INTO inbound_group_sessions (room_id, session_id,
-            sender_key, signing_key, sender_user, sender_device, pickle, first_known_index)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            sender_key, signing_key, sender_user, sender_device, pickle, first_known_index,
+            sender_trust, sender_data, sender_data_tag, sender_retry_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )
     .and_then(|mut st| {
         st.execute(params![
@@ -175,6 +182,10 @@ fn write_inbound(
             or_empty(&s.sender_device),
             pickle,
             s.first_known_index,
+            sender.trust,
+            sender.json,
+            sender.tag,
+            sender.retry_ms,
         ])
     })
     .map_err(db)?;

@@ -1,15 +1,31 @@
 //! Schema migrations of the SQLite store: from an empty file, from each older version with
 //! what that version stored, and refusing a newer one.
 
-use super::super::CryptoChanges;
 use super::super::conformance::*;
+use super::super::{CryptoChanges, SenderData, SenderDataRetry, SenderDataUpdate};
 use super::tests::{key, open, raw};
 use super::*;
 use crate::test_ids::{rid, uid};
 
+/// Undo migration 8 (sender data and identities).
+fn back_to_version_7(conn: &Connection) {
+    conn.execute_batch(
+        "DROP INDEX inbound_by_sender_trust;
+         DROP INDEX inbound_by_sender_retry;
+         ALTER TABLE inbound_group_sessions DROP COLUMN sender_trust;
+         ALTER TABLE inbound_group_sessions DROP COLUMN sender_data;
+         ALTER TABLE inbound_group_sessions DROP COLUMN sender_data_tag;
+         ALTER TABLE inbound_group_sessions DROP COLUMN sender_retry_ms;
+         DROP TABLE user_identities;
+         PRAGMA user_version = 7;",
+    )
+    .unwrap();
+}
+
 /// Take a store back to schema version 4: the tables and columns later versions added are
 /// dropped (what version 4 stored is then inserted by each test).
 fn back_to_version_4(conn: &Connection) {
+    back_to_version_7(conn);
     conn.execute_batch(
         "DROP TABLE withheld_notices;
          DROP TABLE key_requests;
@@ -21,6 +37,68 @@ fn back_to_version_4(conn: &Connection) {
          PRAGMA user_version = 4;",
     )
     .unwrap();
+}
+
+/// Write back the sender data of [`full_changes`]'s sessions (dropped by
+/// [`back_to_version_7`]), through the update path.
+fn restore_sender_data(s: &SqliteStore, tag: &str) {
+    let updates = full_changes(tag)
+        .crypto
+        .inbound_group_sessions
+        .into_iter()
+        .map(|r| SenderDataUpdate {
+            room_id: r.room_id,
+            session_id: r.session_id,
+            sender_data: r.sender_data,
+        })
+        .collect();
+    s.save_changes(Changes::from(CryptoChanges {
+        sender_data: updates,
+        ..Default::default()
+    }))
+    .unwrap();
+}
+
+#[test]
+fn migration_8_reads_older_sessions_as_legacy_and_retries_them_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = open(d);
+    let mut known = inbound("!r:x", "S1");
+    let mut unknown_origin = inbound("!r:x", "S2");
+    unknown_origin.sender_user = None;
+    unknown_origin.sender_device = None;
+    s.save_changes(Changes::from(CryptoChanges {
+        inbound_group_sessions: vec![known.clone(), unknown_origin.clone()],
+        ..Default::default()
+    }))
+    .unwrap();
+    drop(s);
+    back_to_version_7(&raw(d));
+
+    let s = open(d);
+    known.sender_data = SenderData {
+        retry: Some(SenderDataRetry {
+            attempts: 0,
+            next_ms: 0,
+        }),
+        ..SenderData::before_sender_data()
+    };
+    unknown_origin.sender_data = SenderData::before_sender_data();
+    let read = |id| s.inbound_group_session(&rid("!r:x"), id).unwrap().unwrap();
+    assert_eq!(read("S1"), known);
+    assert_eq!(read("S2"), unknown_origin);
+    // Only the session whose sender is known is retried (a retry looks the sender up).
+    let due = s.sender_data_retries_due(0, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].session_id, "S1");
+    assert_eq!(s.next_sender_data_retry().unwrap(), Some(0));
+    assert_eq!(
+        s.sessions_to_reevaluate(&[&uid("@alice:example.org")])
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -65,6 +143,7 @@ fn migrations_from_version_1_keep_tracked_users_and_query_them_again() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path()));
     // Put the file back into the shape schema version 1 left it in, with two users.
+    back_to_version_7(&raw(dir.path()));
     raw(dir.path())
         .execute_batch(
             "DROP TABLE tracked_users;
@@ -218,6 +297,7 @@ fn migration_6_moves_no_olm_keys_and_unwedge_times() {
     drop(s);
     // Back to schema version 5, with what version 5 stored.
     let conn = raw(d);
+    back_to_version_7(&conn);
     conn.execute_batch(
         "DROP TABLE no_olm_room_keys;
          DROP TABLE unwedged_devices;
@@ -290,6 +370,7 @@ fn migration_7_removes_rows_holding_invalid_ids_and_keeps_the_rest() {
     // Back to schema version 6, with rows an earlier version could have stored: ids that
     // were never checked (a stripped invite's member, a rewritten sender, ...).
     let conn = raw(d);
+    back_to_version_7(&conn);
     conn.execute_batch(
         "PRAGMA user_version = 6;
          INSERT INTO tracked_users VALUES ('mallory', 'up_to_date', 1);
@@ -307,7 +388,9 @@ fn migration_7_removes_rows_holding_invalid_ids_and_keeps_the_rest() {
     drop(conn);
 
     let s = open(d);
-    // Everything that was valid is still there and reads as before.
+    // Everything that was valid is still there and reads as before (once the sender data
+    // that undoing migration 8 dropped is written back).
+    restore_sender_data(&s, "ok");
     assert_full_present(&s, "ok");
     let tracked: Vec<String> = s
         .tracked_users()

@@ -201,6 +201,23 @@ pub(super) const MIGRATIONS: &[&str] = &[
         WHERE key IN (SELECT 'unwedge|' || curve25519 FROM unwedged_devices);",
     // 6 -> 7: data only (`migrate_7`: rows holding ids that do not parse are removed).
     "",
+    // 8: sender data of inbound sessions (rows stored before read as legacy with an unknown
+    // device, retried at once by the background retry), and users' cross-signing
+    // identities.
+    "ALTER TABLE inbound_group_sessions ADD COLUMN sender_trust TEXT NOT NULL
+        DEFAULT 'unknown_device';
+    ALTER TABLE inbound_group_sessions ADD COLUMN sender_data TEXT;
+    ALTER TABLE inbound_group_sessions ADD COLUMN sender_data_tag BLOB;
+    ALTER TABLE inbound_group_sessions ADD COLUMN sender_retry_ms INTEGER;
+    UPDATE inbound_group_sessions SET sender_retry_ms = 0 WHERE sender_user != '';
+    CREATE INDEX inbound_by_sender_trust ON inbound_group_sessions (sender_user, sender_trust);
+    CREATE INDEX inbound_by_sender_retry ON inbound_group_sessions (sender_retry_ms)
+        WHERE sender_retry_ms IS NOT NULL;
+    CREATE TABLE user_identities (
+        user_id TEXT PRIMARY KEY NOT NULL,
+        identity TEXT NOT NULL,
+        tag BLOB NOT NULL
+    );",
 ];
 
 /// Keys of the `meta` table.

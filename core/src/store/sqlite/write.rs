@@ -10,7 +10,7 @@ use super::schema::meta;
 use super::sql::{db, u64_from_sql};
 use super::{
     account, devices, kept_events, megolm, no_olm_keys, notices, olm_sessions, quotas, rooms,
-    send_queue, to_device, unwedge, values,
+    send_queue, to_device, trust, unwedge, values,
 };
 
 /// Write every record of `changes`, enforce the quotas and bump the generation, all inside
@@ -26,6 +26,7 @@ pub(super) fn write_changes(
     let (crypto, client) = (&changes.crypto, &changes.client);
     olm_sessions::write(tx, c, crypto)?;
     megolm::write(tx, c, crypto)?;
+    trust::write(tx, c, crypto)?;
     // After the outbound sessions: a replaced or discarded one takes its kept keys along.
     no_olm_keys::write(tx, c, crypto)?;
     unwedge::write(tx, crypto)?;

@@ -1,0 +1,186 @@
+//! The public calls of [`OlmMachine`] about sender trust: users' identities (pin, verify),
+//! the own cross-signing keys, and the background retry of incomplete sender data.
+
+use ruma::{OwnedRoomId, UserId};
+use serde_json::{Value, json};
+
+use super::cross_signing::{self, OwnCrossSigning};
+use super::error::CryptoError;
+use super::identities::Identities;
+use super::machine::OlmMachine;
+use super::sender_data::SenderDataMachine;
+use crate::store::{Changes, CryptoChanges, TrackedUser, TrackingState, UserIdentityRecord};
+
+/// A user's cross-signing identity as the app sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserIdentity {
+    /// The user.
+    pub user_id: ruma::OwnedUserId,
+    /// Current master key (base64): what a user compares out of band.
+    pub master_key: String,
+    /// The current identity is verified.
+    pub verified: bool,
+    /// It changed since it was pinned, and was never verified: tell the user, then
+    /// [`OlmMachine::pin_identity`].
+    pub pin_violation: bool,
+    /// We had verified an earlier identity: verify again, or withdraw with
+    /// [`OlmMachine::pin_identity`].
+    pub verification_violation: bool,
+}
+
+impl From<&UserIdentityRecord> for UserIdentity {
+    fn from(r: &UserIdentityRecord) -> Self {
+        Self {
+            user_id: r.user_id.clone(),
+            master_key: r.master_key.clone(),
+            verified: r.is_verified(),
+            pin_violation: r.has_pin_violation(),
+            verification_violation: r.has_verification_violation(),
+        }
+    }
+}
+
+/// What to send to publish the own cross-signing keys.
+#[derive(Clone, Debug)]
+pub struct CrossSigningUpload {
+    /// Body of `POST /keys/device_signing/upload` (without `auth`).
+    pub keys: Value,
+    /// Body of `POST /keys/signatures/upload`: the own device signed by the self-signing
+    /// key.
+    pub signatures: Value,
+}
+
+impl OlmMachine {
+    /// A user's cross-signing identity, if known.
+    pub fn identity(&self, user_id: &UserId) -> Result<Option<UserIdentity>, CryptoError> {
+        let identities = Identities::new(self.ctx());
+        Ok(identities
+            .identity(user_id)?
+            .as_ref()
+            .map(UserIdentity::from))
+    }
+
+    /// Acknowledge a user's changed identity (clears a pin violation), or withdraw the
+    /// verification of their earlier one (clears a verification violation). Returns
+    /// whether the user has an identity.
+    pub fn pin_identity(&self, user_id: &UserId) -> Result<bool, CryptoError> {
+        let mut state = self.lock()?;
+        Identities::new(self.ctx()).pin_identity(&mut state, user_id)
+    }
+
+    /// The user verified `user_id`'s current identity (compared its master key or emoji):
+    /// their cross-signed devices become verified. Returns whether the user has an
+    /// identity.
+    pub fn verify_identity(&self, user_id: &UserId) -> Result<bool, CryptoError> {
+        let mut state = self.lock()?;
+        Identities::new(self.ctx()).verify_identity(&mut state, user_id)
+    }
+
+    /// The signature to upload (`POST /keys/signatures/upload`) that tells the user's other
+    /// devices and other users that we verified `user_id`: their master key signed by our
+    /// user-signing key. `None` without own cross-signing keys, an identity for the user,
+    /// or for the own user.
+    pub fn identity_signature(&self, user_id: &UserId) -> Result<Option<Value>, CryptoError> {
+        let Some(keys) = cross_signing::stored(&*self.store)? else {
+            return Ok(None);
+        };
+        let identities = Identities::new(self.ctx());
+        let Some(identity) = identities
+            .identity(user_id)?
+            .filter(|_| user_id != self.user_id)
+        else {
+            return Ok(None);
+        };
+        let stored: Value = serde_json::from_str(&identity.keys_json)
+            .map_err(|e| CryptoError::CorruptState(format!("identity keys: {e}")))?;
+        let mut master = stored["master"].clone();
+        if let Some(object) = master.as_object_mut() {
+            object.remove("signatures");
+            object.remove("unsigned");
+        }
+        keys.sign_user(&self.user_id, &mut master)?;
+        Ok(Some(
+            json!({ user_id.as_str(): { identity.master_key: master } }),
+        ))
+    }
+
+    /// The background retry of sender data: sessions whose sending device the server did
+    /// not list yet are looked up again (their senders re-queried). Returns the sessions
+    /// whose sender data improved.
+    pub fn retry_sender_data(&self) -> Result<Vec<(OwnedRoomId, String)>, CryptoError> {
+        let mut state = self.lock()?;
+        SenderDataMachine::new(self.ctx()).retry_due(&mut state)
+    }
+
+    /// When the next background retry of sender data is due (Unix millis), if one is.
+    pub fn next_sender_data_retry(&self) -> Result<Option<u64>, CryptoError> {
+        Ok(self.store.next_sender_data_retry()?)
+    }
+
+    /// In how many milliseconds the next background retry of sender data is due (`0` if
+    /// overdue), if one is scheduled.
+    pub fn next_sender_data_retry_in(&self) -> Result<Option<u64>, CryptoError> {
+        let now = self.lock()?.now_ms();
+        Ok(self
+            .store
+            .next_sender_data_retry()?
+            .map(|at| at.saturating_sub(now)))
+    }
+
+    /// Whether this device holds the own cross-signing private keys.
+    pub fn has_cross_signing_keys(&self) -> Result<bool, CryptoError> {
+        Ok(cross_signing::stored(&*self.store)?.is_some())
+    }
+
+    /// The own cross-signing keys to publish, made (and stored, before anything is sent)
+    /// on the first call and the same on every later one until [`Self::reset_cross_signing`].
+    pub fn bootstrap_cross_signing(&self) -> Result<CrossSigningUpload, CryptoError> {
+        let mut state = self.lock()?;
+        let keys = match cross_signing::stored(&*self.store)? {
+            Some(keys) => keys,
+            None => {
+                let keys = OwnCrossSigning::generate();
+                let changes = Changes::from(CryptoChanges {
+                    cross_signing_keys: Some(keys.to_secret()?),
+                    ..Default::default()
+                });
+                self.ctx().save(&mut state, changes)?;
+                keys
+            }
+        };
+        let mut device_keys = state.account.device_keys()?;
+        keys.sign_device(&self.user_id, &mut device_keys)?;
+        Ok(CrossSigningUpload {
+            keys: keys.public_keys(&self.user_id)?,
+            signatures: json!({ self.user_id.as_str(): { self.device_id.as_str(): device_keys } }),
+        })
+    }
+
+    /// Forget the own cross-signing keys (they were lost or compromised): the next
+    /// [`Self::bootstrap_cross_signing`] makes new ones.
+    pub fn reset_cross_signing(&self) -> Result<(), CryptoError> {
+        let mut state = self.lock()?;
+        let changes = Changes::from(CryptoChanges {
+            cross_signing_keys: Some(crate::store::SecretBlob::new(Vec::new())),
+            ..Default::default()
+        });
+        self.ctx().save(&mut state, changes)
+    }
+
+    /// The server accepted the own cross-signing keys: our own device list is queried
+    /// again, so that the published identity is stored (and verified: we hold its keys).
+    pub fn mark_cross_signing_uploaded(&self) -> Result<(), CryptoError> {
+        let mut state = self.lock()?;
+        let current = self.tracker().tracked_by_user()?;
+        let sequence = current.get(&self.user_id).map_or(1, |t| t.sequence + 1);
+        let changes = Changes::from(CryptoChanges {
+            tracked_users: vec![TrackedUser {
+                user_id: self.user_id.clone(),
+                state: TrackingState::PendingDownload,
+                sequence,
+            }],
+            ..Default::default()
+        });
+        self.ctx().save(&mut state, changes)
+    }
+}
