@@ -13,10 +13,14 @@ mod common;
 use common::{device, read, room, user};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use newt_core::crypto::{
-    KeysClaimResponse, KeysQueryResponse, OlmMachine, OutgoingKind, RotationSettings,
+    KeysClaimResponse, KeysQueryResponse, OlmMachine, OutgoingKind, RotationSettings, SyncChanges,
 };
-use newt_core::store::{MemoryStore, Store};
-use ruma::OwnedUserId;
+use newt_core::store::{
+    Changes, ClientChanges, CryptoChanges, InboundGroupSessionRecord, MemberRecord, MemoryStore,
+    SecretBlob, SenderData, Store,
+};
+use ruma::events::room::member::MembershipState;
+use ruma::{OwnedRoomId, OwnedUserId};
 use serde_json::json;
 
 /// A `/keys/query` fixture, parsed as the client parses answers (once, outside the timing,
@@ -75,6 +79,8 @@ fn keys_query(c: &mut Criterion) {
                 |(machine, id, dir)| {
                     let outcome = machine.mark_keys_query_sent(&id, &response).unwrap();
                     assert_eq!(outcome.updated_devices, 150);
+                    // The identity (master, self-signing, user-signing keys) is checked too.
+                    assert!(outcome.rejected_identities.is_empty());
                     (machine, dir)
                 },
                 BatchSize::PerIteration,
@@ -178,9 +184,110 @@ fn megolm_1kb(c: &mut Criterion) {
     group.finish();
 }
 
+/// Sessions stored for the reevaluation benchmark.
+const SESSIONS: usize = 10_000;
+
+/// A machine that knows the fixture's devices and holds [`SESSIONS`] inbound sessions of
+/// them whose sender data is still "unknown device" (in 200 rooms the sender is a member
+/// of), with a new `/keys/query` of the sender in flight (its device list changed).
+fn machine_with_sessions(
+    factory: StoreFactory,
+    response: &KeysQueryResponse,
+) -> (OlmMachine, String, Option<tempfile::TempDir>) {
+    let users = users_of(response);
+    let (store, dir) = factory();
+    let machine = OlmMachine::open(user(), device(), store.clone()).unwrap();
+    machine.update_tracked_users(&users).unwrap();
+    let id = query_id(&machine);
+    machine.mark_keys_query_sent(&id, response).unwrap();
+    let devices = machine.devices(&users[0]).unwrap();
+    let rooms: Vec<OwnedRoomId> = (0..200)
+        .map(|i| OwnedRoomId::try_from(format!("!room{i}:example.org")).unwrap())
+        .collect();
+    let sessions = (0..SESSIONS)
+        .map(|i| {
+            let d = &devices[i % devices.len()];
+            InboundGroupSessionRecord {
+                room_id: rooms[i % rooms.len()].clone(),
+                session_id: format!("session-{i}"),
+                sender_key: d.curve25519.clone(),
+                signing_key: d.ed25519.clone(),
+                sender_user: Some(users[0].clone()),
+                sender_device: Some(d.device_id.clone()),
+                pickle: SecretBlob::new(b"not read by the reevaluation".to_vec()),
+                first_known_index: 0,
+                sender_data: SenderData::unknown(false),
+            }
+        })
+        .collect();
+    let members = rooms
+        .iter()
+        .map(|room_id| MemberRecord {
+            room_id: room_id.clone(),
+            user_id: users[0].clone(),
+            membership: MembershipState::Join,
+        })
+        .collect();
+    store
+        .save_changes(Changes {
+            crypto: CryptoChanges {
+                inbound_group_sessions: sessions,
+                ..Default::default()
+            },
+            client: ClientChanges {
+                members,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+    machine
+        .receive_sync_changes(SyncChanges {
+            changed_users: users,
+            ..Default::default()
+        })
+        .unwrap();
+    let id = query_id(&machine);
+    (machine, id, dir)
+}
+
+/// The id of the `/keys/query` the machine wants to send.
+fn query_id(machine: &OlmMachine) -> String {
+    machine
+        .outgoing_requests()
+        .unwrap()
+        .into_iter()
+        .find(|r| matches!(r.kind, OutgoingKind::KeysQuery(_)))
+        .map(|r| r.id)
+        .expect("a keys query")
+}
+
+/// The answer to a device-list change re-evaluates the sender data of every session of
+/// that sender that may improve.
+fn sender_data_reevaluation(c: &mut Criterion) {
+    let response = query_response("keys_query.json");
+    let mut group = c.benchmark_group("reevaluate_sender_data_10000_sessions");
+    group.sample_size(10);
+    for (name, factory) in STORES {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || machine_with_sessions(factory, &response),
+                |(machine, id, dir)| {
+                    let outcome = machine.mark_keys_query_sent(&id, &response).unwrap();
+                    assert_eq!(outcome.improved_sessions.len(), SESSIONS);
+                    (machine, dir)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = megolm_1kb, keys_query, olm_session_creation, room_key_sharing
+    targets = megolm_1kb, keys_query, olm_session_creation, room_key_sharing,
+        sender_data_reevaluation
 }
 criterion_main!(benches);

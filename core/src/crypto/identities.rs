@@ -106,15 +106,11 @@ impl Identities<'_> {
         state: &mut State,
         user: &UserId,
     ) -> Result<bool, CryptoError> {
-        let Some(mut identity) = self.identity(user)? else {
-            return Ok(false);
-        };
-        identity.pinned_master_key = identity.master_key.clone();
-        if identity.has_verification_violation() {
-            identity.verified_master_key = None;
-        }
-        self.save_identity(state, identity)?;
-        Ok(true)
+        self.decide(state, user, |identity| {
+            if identity.has_verification_violation() {
+                identity.verified_master_key = None;
+            }
+        })
     }
 
     /// The user verified `user`'s current identity (e.g. by comparing emoji): it is pinned
@@ -124,11 +120,24 @@ impl Identities<'_> {
         state: &mut State,
         user: &UserId,
     ) -> Result<bool, CryptoError> {
+        self.decide(state, user, |identity| {
+            identity.verified_master_key = Some(identity.master_key.clone());
+        })
+    }
+
+    /// Pin `user`'s current identity, apply the user's `decision` to it and store it.
+    /// Returns whether the user has an identity.
+    fn decide(
+        &self,
+        state: &mut State,
+        user: &UserId,
+        decision: impl FnOnce(&mut UserIdentityRecord),
+    ) -> Result<bool, CryptoError> {
         let Some(mut identity) = self.identity(user)? else {
             return Ok(false);
         };
         identity.pinned_master_key = identity.master_key.clone();
-        identity.verified_master_key = Some(identity.master_key.clone());
+        decision(&mut identity);
         self.save_identity(state, identity)?;
         Ok(true)
     }

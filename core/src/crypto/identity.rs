@@ -190,3 +190,139 @@ pub(crate) fn signed_by_user_signing_key(
     let key_id = format!("ed25519:{user_signing_key}");
     verify_json(master_json, own_user.as_str(), &key_id, &key).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::cross_signing::OwnCrossSigning;
+    use crate::test_ids::uid;
+
+    fn published(user: &UserId) -> Value {
+        OwnCrossSigning::generate().public_keys(user).unwrap()
+    }
+
+    fn answer<'a>(keys: &'a Value) -> AnsweredKeys<'a> {
+        AnsweredKeys {
+            master: &keys["master_key"],
+            self_signing: Some(&keys["self_signing_key"]),
+            user_signing: Some(&keys["user_signing_key"]),
+        }
+    }
+
+    type Edit = Box<dyn Fn(&mut Value)>;
+
+    /// Every way a server can mangle a master key is a typed refusal, never a panic.
+    #[test]
+    fn malformed_cross_signing_keys_are_refused() {
+        let user = uid("@a:x");
+        let good = published(&user);
+        let other_key = published(&user)["master_key"]["keys"].clone();
+        let edits: Vec<(&str, Edit)> = vec![
+            (
+                "another user",
+                Box::new(|k| k["master_key"]["user_id"] = "@b:x".into()),
+            ),
+            (
+                "no usage",
+                Box::new(|k| k["master_key"]["usage"] = json!([])),
+            ),
+            (
+                "usage not a list",
+                Box::new(|k| k["master_key"]["usage"] = "master".into()),
+            ),
+            ("no keys", Box::new(|k| k["master_key"]["keys"] = json!({}))),
+            (
+                "two keys",
+                Box::new(move |k| {
+                    let (id, v) = other_key.as_object().unwrap().iter().next().unwrap();
+                    k["master_key"]["keys"][id] = v.clone();
+                }),
+            ),
+            (
+                "key id naming another key",
+                Box::new(|k| {
+                    let keys = k["master_key"]["keys"].as_object_mut().unwrap();
+                    let (_, v) = keys
+                        .iter()
+                        .next()
+                        .map(|(a, b)| (a.clone(), b.clone()))
+                        .unwrap();
+                    keys.clear();
+                    keys.insert("ed25519:other".into(), v);
+                }),
+            ),
+            (
+                "key not base64",
+                Box::new(|k| {
+                    k["master_key"]["keys"] = json!({"ed25519:!!": "!!"});
+                }),
+            ),
+            (
+                "key not a string",
+                Box::new(|k| {
+                    let keys = k["master_key"]["keys"].as_object_mut().unwrap();
+                    for v in keys.values_mut() {
+                        *v = json!(1);
+                    }
+                }),
+            ),
+            (
+                "not an object",
+                Box::new(|k| k["master_key"] = json!([1, 2])),
+            ),
+        ];
+        for (what, edit) in edits {
+            let mut keys = good.clone();
+            edit(&mut keys);
+            let got = identity_from_answer(&user, &answer(&keys), None, false, |_| false);
+            assert!(
+                matches!(
+                    got,
+                    Err(IdentityError::Malformed {
+                        usage: "master",
+                        ..
+                    })
+                ),
+                "{what}: {got:?}"
+            );
+        }
+        let mut no_ssk = answer(&good);
+        no_ssk.self_signing = None;
+        assert!(matches!(
+            identity_from_answer(&user, &no_ssk, None, false, |_| false),
+            Err(IdentityError::Malformed {
+                usage: "self_signing",
+                ..
+            })
+        ));
+        // The own user's user-signing key must be signed by the master key too.
+        let mut keys = good.clone();
+        keys["user_signing_key"]["signatures"] = json!({});
+        assert_eq!(
+            identity_from_answer(&user, &answer(&keys), None, true, |_| false),
+            Err(IdentityError::BadSignature {
+                usage: "user_signing"
+            })
+        );
+        assert!(identity_from_answer(&user, &answer(&good), None, true, |_| false).is_ok());
+    }
+
+    #[test]
+    fn a_new_master_key_keeps_the_pin_and_the_verification_of_the_old_one() {
+        let user = uid("@a:x");
+        let first = published(&user);
+        let old = identity_from_answer(&user, &answer(&first), None, false, |_| false).unwrap();
+        let mut verified = old.clone();
+        verified.verified_master_key = Some(old.master_key.clone());
+        let second = published(&user);
+        let new = identity_from_answer(&user, &answer(&second), Some(&verified), false, |_| false)
+            .unwrap();
+        assert_eq!(new.pinned_master_key, old.master_key);
+        assert!(new.has_verification_violation());
+        // Signed by our own user-signing key: verified again, no violation.
+        let signed =
+            identity_from_answer(&user, &answer(&second), Some(&verified), false, |_| true)
+                .unwrap();
+        assert!(signed.is_verified() && !signed.has_verification_violation());
+    }
+}

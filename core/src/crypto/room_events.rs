@@ -118,8 +118,13 @@ impl RoomDecryptor<'_> {
             .into());
         }
         let sender_device = self.confirm_sender(&group.record, &event.sender)?;
-        let view = TrustView::load(self.ctx.store, &[&event.sender], &pending.crypto)?;
         let record = &group.record;
+        let view = TrustView::for_sender(
+            self.ctx.store,
+            &event.sender,
+            &record.sender_key,
+            &pending.crypto,
+        )?;
         let sender_trust = view.effective(
             &event.sender,
             &record.sender_key,

@@ -9,9 +9,10 @@
 //! [`SenderDataMachine::retry_due`] (run by the background scheduler) re-queries its
 //! sender with a growing delay. Data only ever improves ([`SenderData::improves_on`]).
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 
-use ruma::{OwnedRoomId, OwnedUserId, UserId};
+use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, UserId};
 use tracing::debug;
 
 use super::context::sub_machine;
@@ -37,8 +38,12 @@ const RETRY_BATCH: usize = 500;
 /// The devices and identities of some users, from the store overlaid with records not
 /// committed yet: what sender data is computed from.
 pub(crate) struct TrustView {
-    devices: HashMap<OwnedUserId, Vec<DeviceRecord>>,
+    /// Devices by owner and Curve25519 key (a deleted device may share its key).
+    devices: HashMap<(OwnedUserId, String), Vec<DeviceRecord>>,
     identities: HashMap<OwnedUserId, UserIdentityRecord>,
+    /// Cross-signing signature checks already made, by device (one Ed25519 verification
+    /// per device and view, however many sessions it sent).
+    signatures: RefCell<HashMap<(OwnedUserId, OwnedDeviceId), DeviceSignature>>,
 }
 
 impl TrustView {
@@ -48,39 +53,93 @@ impl TrustView {
         users: &[&UserId],
         pending: &CryptoChanges,
     ) -> Result<Self, CryptoError> {
-        let mut devices: HashMap<OwnedUserId, Vec<DeviceRecord>> = HashMap::new();
         let wanted: BTreeSet<&UserId> = users.iter().copied().collect();
         let fresh = pending
             .devices
             .iter()
             .filter(|d| wanted.contains(&*d.user_id));
-        for d in store.devices(users)?.into_iter().chain(fresh.cloned()) {
-            let list = devices.entry(d.user_id.clone()).or_default();
-            list.retain(|old| old.device_id != d.device_id);
-            list.push(d);
+        // Later records (the pending ones) replace stored ones of the same device.
+        let by_id: HashMap<(OwnedUserId, OwnedDeviceId), DeviceRecord> = store
+            .devices(users)?
+            .into_iter()
+            .chain(fresh.cloned())
+            .map(|d| ((d.user_id.clone(), d.device_id.clone()), d))
+            .collect();
+        let mut devices: HashMap<(OwnedUserId, String), Vec<DeviceRecord>> = HashMap::new();
+        for d in by_id.into_values() {
+            devices
+                .entry((d.user_id.clone(), d.curve25519.clone()))
+                .or_default()
+                .push(d);
         }
+        Self::with_devices(store, devices, users, pending)
+    }
+
+    /// The view needed to judge one event: the one device of `user` owning `sender_key`
+    /// (not all their devices) and `user`'s identity.
+    pub(crate) fn for_sender(
+        store: &dyn CryptoStore,
+        user: &UserId,
+        sender_key: &str,
+        pending: &CryptoChanges,
+    ) -> Result<Self, CryptoError> {
+        let fresh = pending
+            .devices
+            .iter()
+            .rev()
+            .find(|d| d.user_id == user && d.curve25519 == sender_key)
+            .cloned();
+        let device = match fresh {
+            Some(d) => Some(d),
+            None => store.device_by_curve25519(user, sender_key)?,
+        };
+        let devices = HashMap::from([(
+            (user.to_owned(), sender_key.to_owned()),
+            device.into_iter().collect(),
+        )]);
+        Self::with_devices(store, devices, &[user], pending)
+    }
+
+    fn with_devices(
+        store: &dyn CryptoStore,
+        devices: HashMap<(OwnedUserId, String), Vec<DeviceRecord>>,
+        users: &[&UserId],
+        pending: &CryptoChanges,
+    ) -> Result<Self, CryptoError> {
         let mut identities: HashMap<OwnedUserId, UserIdentityRecord> = store
             .user_identities(users)?
             .into_iter()
             .map(|i| (i.user_id.clone(), i))
             .collect();
         for i in &pending.user_identities {
-            if wanted.contains(&*i.user_id) {
+            if users.contains(&&*i.user_id) {
                 identities.insert(i.user_id.clone(), i.clone());
             }
         }
         Ok(Self {
             devices,
             identities,
+            signatures: RefCell::new(HashMap::new()),
         })
+    }
+
+    /// [`device_signature`], checked once per device.
+    fn signature(&self, device: &DeviceRecord) -> DeviceSignature {
+        let key = (device.user_id.clone(), device.device_id.clone());
+        if let Some(known) = self.signatures.borrow().get(&key) {
+            return *known;
+        }
+        let checked = device_signature(device, self.identity(&device.user_id));
+        self.signatures.borrow_mut().insert(key, checked);
+        checked
     }
 
     /// The device of `user` owning `sender_key` and claiming `signing_key`.
     fn device(&self, user: &UserId, sender_key: &str, signing_key: &str) -> Option<&DeviceRecord> {
         self.devices
-            .get(user)?
+            .get(&(user.to_owned(), sender_key.to_owned()))?
             .iter()
-            .find(|d| d.curve25519 == sender_key && d.ed25519 == signing_key)
+            .find(|d| d.ed25519 == signing_key)
     }
 
     /// The identity of `user`, if known.
@@ -100,7 +159,7 @@ impl TrustView {
             return SenderData::unknown(legacy);
         };
         let identity = self.identity(user);
-        let (trust, master_key) = match device_signature(device, identity) {
+        let (trust, master_key) = match self.signature(device) {
             DeviceSignature::Tampered => (SenderTrust::Tampered, None),
             DeviceSignature::Unsigned => (SenderTrust::DeviceOnly, None),
             DeviceSignature::CrossSigned => {
@@ -121,7 +180,9 @@ impl TrustView {
         }
     }
 
-    /// The trust to judge a message by now: the recorded level, raised to
+    /// The trust to judge a message by now: the recorded level, or what the store says of
+    /// its device now when the record is still incomplete (the session came from a
+    /// forwarded key of unknown origin, or its data is being completed), raised to
     /// [`SenderTrust::Verified`] when the user has since verified the identity that signed
     /// the device, or verified the device itself by hand. Tampering is final.
     pub(crate) fn effective(
@@ -131,6 +192,16 @@ impl TrustView {
         signing_key: &str,
         data: &SenderData,
     ) -> SenderTrust {
+        let mut data = std::borrow::Cow::Borrowed(data);
+        if matches!(
+            data.trust,
+            SenderTrust::UnknownDevice | SenderTrust::DeviceOnly
+        ) {
+            let live = self.sender_data(user, sender_key, signing_key, data.legacy);
+            if live.improves_on(&data) {
+                data = std::borrow::Cow::Owned(live);
+            }
+        }
         if data.trust == SenderTrust::Tampered {
             return SenderTrust::Tampered;
         }

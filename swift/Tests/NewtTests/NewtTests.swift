@@ -80,7 +80,9 @@ final class NewtTests: XCTestCase {
 
     // MARK: trust policy provider
 
-    func testTrustPolicyProviderIsConsulted() async throws {
+    /// Mirrors MessagingTest: the policy object hides an unverified sender until bob
+    /// verifies her identity.
+    func testTrustPolicyHidesAnUnverifiedSenderUntilVerified() async throws {
         let hs = try homeserverOrSkip()
         let (aliceName, alicePassword) = try await registerUser(homeserver: hs, prefix: "alice")
         let (bobName, bobPassword) = try await registerUser(homeserver: hs, prefix: "bob")
@@ -102,8 +104,21 @@ final class NewtTests: XCTestCase {
         let item = try await firstAppended(in: updates, timeout: 60) { $0.eventId == eventId }
         XCTAssertTrue(provider.asked.all.contains(room), "provider not asked for \(room)")
         XCTAssertEqual(item.trustPolicy, .verifiedOnly)
-        // Until cross-signing exists only showAll can be enforced (API.md).
-        XCTAssertFalse(item.policyEnforced)
+        XCTAssertTrue(item.decrypted && item.hiddenByPolicy)
+        XCTAssertNil(item.body)
+        XCTAssertEqual(item.senderTrust, .deviceOnly)
+
+        try await alice.bootstrapCrossSigning()
+        let aliceId = try XCTUnwrap(alice.session()).userId
+        let identity = try await bob.identity(userId: aliceId)
+        XCTAssertEqual(identity?.verified, false)
+        let verified = try await bob.verifyIdentity(userId: aliceId)
+        XCTAssertTrue(verified)
+        let shown = try await firstUpdated(in: updates, timeout: 60) {
+            $0.eventId == eventId && !$0.hiddenByPolicy
+        }
+        XCTAssertEqual(shown.body, "policy?")
+        XCTAssertEqual(shown.senderTrust, .verified)
         try await bob.stopSync()
     }
 

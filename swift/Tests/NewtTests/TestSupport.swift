@@ -171,12 +171,28 @@ func roomPair(_ test: XCTestCase, homeserver: String,
 func firstAppended(in updates: AsyncStream<TimelineUpdate>, timeout: TimeInterval = 30,
                    what: String = "a matching timeline item",
                    _ match: @escaping @Sendable (TimelineItem) -> Bool) async throws -> TimelineItem {
+    try await firstItem(in: updates, timeout: timeout, what: what, updated: false, match)
+}
+
+/// The first `.updated` item matching `match` (an earlier item delivered again).
+func firstUpdated(in updates: AsyncStream<TimelineUpdate>, timeout: TimeInterval = 30,
+                  what: String = "a matching updated item",
+                  _ match: @escaping @Sendable (TimelineItem) -> Bool) async throws -> TimelineItem {
+    try await firstItem(in: updates, timeout: timeout, what: what, updated: true, match)
+}
+
+private func firstItem(in updates: AsyncStream<TimelineUpdate>, timeout: TimeInterval,
+                       what: String, updated: Bool,
+                       _ match: @escaping @Sendable (TimelineItem) -> Bool) async throws -> TimelineItem {
     let seen = Recorded<TimelineUpdate>()
     return try await withThrowingTaskGroup(of: TimelineItem?.self) { group in
         group.addTask {
             for await update in updates {
-                if case let .appended(item) = update, match(item) { return item }
-                seen.append(update)
+                switch update {
+                case let .appended(item) where !updated && match(item): return item
+                case let .updated(item) where updated && match(item): return item
+                default: seen.append(update)
+                }
             }
             return nil
         }

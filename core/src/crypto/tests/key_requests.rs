@@ -93,6 +93,11 @@ fn missing_keys_are_requested_from_own_verified_devices_only() {
     server.drive(&laptop);
     let d = laptop.machine.decrypt_room_event(room(), &event).unwrap();
     assert_eq!(d.content["body"], "for alice");
+    // It is a legacy session (seed 003): shown by the policies that accept legacy ones.
+    assert!(d.legacy);
+    assert_eq!(d.sender_trust, crate::store::SenderTrust::DeviceOnly);
+    assert!(TrustPolicy::CrossSignedOrLegacy.allows(d.sender_trust, d.legacy));
+    assert!(!TrustPolicy::CrossSignedOnly.allows(d.sender_trust, d.legacy));
 }
 
 /// An `m.room_key_request` to-device event for alice's session `session_id` in [`ROOM`].

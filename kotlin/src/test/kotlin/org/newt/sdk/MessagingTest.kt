@@ -6,6 +6,8 @@ import java.util.concurrent.atomic.AtomicReference
 import kotlin.test.assertEquals
 import kotlin.test.assertFalse
 import kotlin.test.assertIs
+import kotlin.test.assertNotNull
+import kotlin.test.assertNull
 import kotlin.test.assertTrue
 import kotlinx.coroutines.cancelChildren
 import kotlinx.coroutines.flow.first
@@ -16,6 +18,7 @@ import org.junit.Rule
 import org.junit.Test
 import org.junit.rules.Timeout
 import uniffi.newt_ffi.TimelineUpdate
+import uniffi.newt_ffi.SenderTrust
 import uniffi.newt_ffi.TrustPolicy
 
 class MessagingTest {
@@ -94,13 +97,13 @@ class MessagingTest {
     }
 
     @Test
-    fun `the trust policy provider is consulted for the room and its answer is on the items`() = runBlocking<Unit> {
+    fun `the Kotlin policy object hides an unverified sender until bob verifies her`() = runBlocking<Unit> {
         Resources().use { res ->
             val pair = res.roomPair()
             val bob = pair.bob.client
             val calls = AtomicInteger()
             val rooms = ConcurrentLinkedQueue<String>()
-            val policy = AtomicReference(TrustPolicy.CROSS_SIGNED_OR_LEGACY)
+            val policy = AtomicReference(TrustPolicy.VERIFIED_ONLY)
             bob.setTrustPolicyProvider(
                 TrustPolicyProvider { roomId ->
                     calls.incrementAndGet()
@@ -113,23 +116,25 @@ class MessagingTest {
                 assertIs<TimelineUpdate.Initial>(withTimeout(10_000) { updates.receive() })
                 bob.startSync()
 
-                val first = "policy one"
-                pair.alice.client.sendText(pair.roomId, first)
-                val item1 = updates.awaitItem(what = "first message") { it.body == first }
-                assertTrue(item1.decrypted, item1.describe())
-                assertEquals(TrustPolicy.CROSS_SIGNED_OR_LEGACY, item1.trustPolicy)
-                assertFalse(item1.policyEnforced, "only SHOW_ALL is enforced: ${item1.describe()}")
-                val callsAfterFirst = calls.get()
-                assertTrue(callsAfterFirst >= 1, "the provider was called")
+                // alice is not verified: bob decrypts her message but the policy hides it.
+                val first = "only for verified senders"
+                val eventId = pair.alice.client.sendText(pair.roomId, first)
+                val hidden = updates.awaitItem(what = "hidden message") { it.eventId == eventId }
+                assertTrue(hidden.decrypted && hidden.hiddenByPolicy, hidden.describe())
+                assertNull(hidden.body, hidden.describe())
+                assertEquals(SenderTrust.DEVICE_ONLY, hidden.senderTrust)
+                assertEquals(TrustPolicy.VERIFIED_ONLY, hidden.trustPolicy)
+                assertTrue(calls.get() >= 1, "the provider was called")
                 assertTrue(rooms.all { it == pair.roomId }, "asked only for the test room: $rooms")
 
-                policy.set(TrustPolicy.SHOW_ALL)
-                val second = "policy two"
-                pair.alice.client.sendText(pair.roomId, second)
-                val item2 = updates.awaitItem(what = "second message") { it.body == second }
-                assertEquals(TrustPolicy.SHOW_ALL, item2.trustPolicy)
-                assertTrue(item2.policyEnforced, item2.describe())
-                assertTrue(calls.get() > callsAfterFirst, "the provider was asked again")
+                // alice cross-signs; bob verifies her identity: the message is shown.
+                pair.alice.client.bootstrapCrossSigning()
+                val identity = assertNotNull(bob.identity(pair.alice.user.userId), "alice's identity")
+                assertFalse(identity.verified)
+                assertTrue(bob.verifyIdentity(pair.alice.user.userId))
+                val shown = updates.awaitUpdate(what = "the message, shown") { it.eventId == eventId && !it.hiddenByPolicy }
+                assertEquals(first, shown.body, shown.describe())
+                assertEquals(SenderTrust.VERIFIED, shown.senderTrust)
 
                 bob.setTrustPolicyProvider(null)
                 bob.stopSync()

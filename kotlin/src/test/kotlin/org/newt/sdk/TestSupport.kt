@@ -137,10 +137,25 @@ suspend fun Resources.roomPair(aliceHomeserver: String = TestEnv.homeserver): Ro
 fun CoroutineScope.timelineUpdates(client: NewtClient, roomId: String): ReceiveChannel<TimelineUpdate> =
     client.timeline(roomId).produceIn(this)
 
+/** Waits for an Updated item matching [predicate], skipping other updates. */
+suspend fun ReceiveChannel<TimelineUpdate>.awaitUpdate(
+    timeoutMs: Long = 30_000,
+    what: String = "timeline update",
+    predicate: (TimelineItem) -> Boolean,
+): TimelineItem = awaitMatching(timeoutMs, what, updated = true, predicate)
+
 /** Waits for an Appended item matching [predicate], skipping other updates. */
 suspend fun ReceiveChannel<TimelineUpdate>.awaitItem(
     timeoutMs: Long = 30_000,
     what: String = "timeline item",
+    predicate: (TimelineItem) -> Boolean,
+): TimelineItem = awaitMatching(timeoutMs, what, updated = false, predicate)
+
+/** Waits for an Updated ([updated]) or Appended item matching [predicate]. */
+private suspend fun ReceiveChannel<TimelineUpdate>.awaitMatching(
+    timeoutMs: Long,
+    what: String,
+    updated: Boolean,
     predicate: (TimelineItem) -> Boolean,
 ): TimelineItem {
     val seen = mutableListOf<String>()
@@ -150,9 +165,10 @@ suspend fun ReceiveChannel<TimelineUpdate>.awaitItem(
             while (match == null) {
                 when (val update = receive()) {
                     is TimelineUpdate.Appended ->
-                        if (predicate(update.item)) match = update.item else seen += update.item.describe()
+                        if (!updated && predicate(update.item)) match = update.item else seen += update.item.describe()
+                    is TimelineUpdate.Updated ->
+                        if (updated && predicate(update.item)) match = update.item else seen += "updated " + update.item.describe()
                     is TimelineUpdate.Initial -> update.items.forEach { seen += "initial " + it.describe() }
-                    is TimelineUpdate.Updated -> seen += "updated " + update.item.describe()
                 }
             }
             match
@@ -162,7 +178,8 @@ suspend fun ReceiveChannel<TimelineUpdate>.awaitItem(
 
 fun TimelineItem.describe() =
     "[$eventId from $sender type=$eventType decrypted=$decrypted body=${body?.let { "\"$it\"" }} error=$error " +
-        "policy=$trustPolicy enforced=$policyEnforced waitingForKey=$waitingForKey]"
+        "policy=$trustPolicy senderTrust=$senderTrust hidden=$hiddenByPolicy legacy=$legacy " +
+        "waitingForKey=$waitingForKey]"
 
 /** Polls [condition] until it holds or [timeoutMs] passed. */
 suspend fun eventually(timeoutMs: Long = 10_000, what: String, condition: suspend () -> Boolean) {
