@@ -328,7 +328,13 @@ public var body: String?
 public var decrypted: Bool
 public var error: String?
 public var trustPolicy: TrustPolicy
-public var policyEnforced: Bool
+public var senderTrust: SenderTrust?
+public var hiddenByPolicy: Bool
+public var verified: Bool
+case deviceOnly
+func bootstrapCrossSigning() async throws
+func identity(userId: String) async throws
+func verifyIdentity(userId: String) async throws
 public var deleted: Bool
 public var level: LogLevel
 public var target: String
