@@ -332,6 +332,10 @@ public var senderTrust: SenderTrust?
 public var hiddenByPolicy: Bool
 public var verified: Bool
 case deviceOnly
+case crossSignedOnly
+case allButBlacklisted
+func setRoomSharingPolicy(roomId: String, policy: SharingPolicy?) throws
+func sharingPolicy(roomId: String) throws
 func bootstrapCrossSigning() async throws
 func identity(userId: String) async throws
 func verifyIdentity(userId: String) async throws

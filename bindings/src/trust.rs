@@ -4,7 +4,7 @@
 use crate::client::{NewtClient, run};
 use crate::error::NewtError;
 use crate::ids;
-use crate::types::UserIdentityInfo;
+use crate::types::{SharingPolicy, UserIdentityInfo};
 
 #[uniffi::export]
 impl NewtClient {
@@ -38,6 +38,29 @@ impl NewtClient {
         let client = self.client()?;
         let user_id = ids::user_id(&user_id)?;
         run(async move { Ok(client.pin_identity(&user_id).await?) }).await
+    }
+
+    /// The global sharing policy (rooms without their own).
+    pub fn set_sharing_policy(&self, policy: SharingPolicy) -> Result<(), NewtError> {
+        Ok(self.client()?.set_sharing_policy(policy.into())?)
+    }
+
+    /// A room's own sharing policy; `null` makes it follow the global one again.
+    pub fn set_room_sharing_policy(
+        &self,
+        room_id: String,
+        policy: Option<SharingPolicy>,
+    ) -> Result<(), NewtError> {
+        let room_id = ids::room_id(&room_id)?;
+        Ok(self
+            .client()?
+            .set_room_sharing_policy(&room_id, policy.map(Into::into))?)
+    }
+
+    /// The sharing policy a room's key is shared by: its own, or the global one.
+    pub fn sharing_policy(&self, room_id: String) -> Result<SharingPolicy, NewtError> {
+        let room_id = ids::room_id(&room_id)?;
+        Ok(self.client()?.sharing_policy_for(&room_id)?.into())
     }
 
     /// Decide again about the messages the trust policy hid: call after the

@@ -3,7 +3,7 @@
 use newt_core::client::{TimelineEvent, TrustPolicy as CoreTrustPolicy};
 use newt_core::crypto::Device;
 use newt_core::store::LocalTrust;
-use newt_core::store::SenderTrust as CoreSenderTrust;
+use newt_core::store::{SenderTrust as CoreSenderTrust, SharingPolicy as CoreSharingPolicy};
 
 use crate::error::DecryptionFailure;
 
@@ -183,6 +183,47 @@ impl From<CoreSenderTrust> for SenderTrust {
             CoreSenderTrust::VerificationViolation => SenderTrust::VerificationViolation,
             CoreSenderTrust::CrossSigned => SenderTrust::CrossSigned,
             CoreSenderTrust::Verified => SenderTrust::Verified,
+        }
+    }
+}
+
+/// Which devices of a room's members get its room key.
+#[derive(uniffi::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SharingPolicy {
+    /// Every device, blacklisted ones included (never a tampered one).
+    AllDevices,
+    /// Every device but blacklisted ones (the default).
+    AllButBlacklisted,
+    /// Devices their owner cross-signed (or verified by hand), not blacklisted.
+    CrossSignedOnly,
+    /// Verified devices (by hand, or cross-signed by an identity the user verified).
+    VerifiedOnly,
+    /// All but blacklisted, and sending asks `PromptHandler` (`Prompt.NewDevices`) about
+    /// devices nobody decided about; without an answer it fails with `UnknownDevices`.
+    AskMe,
+}
+
+impl From<SharingPolicy> for CoreSharingPolicy {
+    fn from(p: SharingPolicy) -> Self {
+        match p {
+            SharingPolicy::AllDevices => CoreSharingPolicy::AllDevices,
+            SharingPolicy::AllButBlacklisted => CoreSharingPolicy::AllButBlacklisted,
+            SharingPolicy::CrossSignedOnly => CoreSharingPolicy::CrossSignedOnly,
+            SharingPolicy::VerifiedOnly => CoreSharingPolicy::VerifiedOnly,
+            SharingPolicy::AskMe => CoreSharingPolicy::AskMe,
+        }
+    }
+}
+
+impl From<CoreSharingPolicy> for SharingPolicy {
+    fn from(p: CoreSharingPolicy) -> Self {
+        match p {
+            CoreSharingPolicy::AllDevices => SharingPolicy::AllDevices,
+            CoreSharingPolicy::AllButBlacklisted => SharingPolicy::AllButBlacklisted,
+            CoreSharingPolicy::CrossSignedOnly => SharingPolicy::CrossSignedOnly,
+            CoreSharingPolicy::VerifiedOnly => SharingPolicy::VerifiedOnly,
+            CoreSharingPolicy::AskMe => SharingPolicy::AskMe,
         }
     }
 }

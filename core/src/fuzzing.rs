@@ -213,7 +213,7 @@ fn read_everything(s: &SqliteStore, written: &Changes) {
     let _ = s.unwedge_record("curve-f");
     let _ = s.counts();
     let _ = s.secret_value("s-f");
-    let _ = s.share_with_verified_only();
+    let _ = s.sharing_policy();
     let _ = s.sync_token();
 }
 
@@ -242,6 +242,26 @@ mod tempfile_dir {
     }
 }
 
+/// A `/keys/query` answer with a cross-signing identity and a device it signed (fresh keys).
+pub fn cross_signed_query() -> String {
+    let Ok(machine) = OlmMachine::open(
+        &uid("@u:localhost"),
+        &did("D"),
+        Arc::new(MemoryStore::new()),
+    ) else {
+        return String::new();
+    };
+    let Ok(upload) = machine.bootstrap_cross_signing() else {
+        return String::new();
+    };
+    let keys = &upload.keys;
+    json!({"device_keys": {"@u:localhost": {"D": upload.signatures["@u:localhost"]["D"]}},
+        "master_keys": {"@u:localhost": keys["master_key"]},
+        "self_signing_keys": {"@u:localhost": keys["self_signing_key"]},
+        "user_signing_keys": {"@u:localhost": keys["user_signing_key"]}})
+    .to_string()
+}
+
 /// Inputs that reach each harness's interesting paths (also the fuzz corpus seeds).
 pub fn seeds() -> Vec<Vec<u8>> {
     let payload = json!({"type": "m.room_key", "content": {"algorithm": "m.megolm.v1.aes-sha2",
@@ -255,6 +275,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
     let query = json!({"device_keys": {"@u:localhost": {"D": {"user_id": "@u:localhost",
         "device_id": "D", "keys": {}}}}, "failures": {"x": {}}});
     vec![
+        cross_signed_query().into_bytes(),
         [&[1u8][..], payload.to_string().as_bytes()].concat(),
         [&[2u8][..], payload.to_string().as_bytes()].concat(),
         [&[0u8][..], events.to_string().as_bytes()].concat(),

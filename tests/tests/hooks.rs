@@ -8,7 +8,7 @@ use newt_core::client::{
     BackgroundScheduler, Client, ClientError, Prompt, PromptAnswer, PromptHandler, TimelineEvent,
     TrustPolicy, TrustPolicyProvider, WakeupRequest,
 };
-use newt_core::crypto::MegolmError;
+use newt_core::crypto::{MegolmError, SharingPolicy};
 use newt_core::ruma::events::room_key::withheld::RoomKeyWithheldCode;
 use newt_core::ruma::{OwnedRoomId, OwnedRoomOrAliasId, OwnedUserId, RoomId};
 use newt_core::store::{LocalTrust, SenderTrust};
@@ -100,7 +100,10 @@ impl PromptHandler for Decide {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_device_prompt_blacklist_withholds_the_key_and_verify_shares_it() {
     let s = setup().await;
-    s.alice.set_ask_about_new_devices(true);
+    // "Ask me" for this room (the same as `set_ask_about_new_devices(true)` for all rooms).
+    s.alice
+        .set_room_sharing_policy(&s.room, Some(SharingPolicy::AskMe))
+        .unwrap();
     // No handler: the send is refused, naming the undecided device.
     let err = s
         .alice

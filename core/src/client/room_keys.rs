@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 use super::hooks::{Prompt, PromptAnswer};
 use super::rooms::recipients;
 use super::{Client, ClientError};
-use crate::crypto::{OlmMachine, RotationSettings};
+use crate::crypto::{OlmMachine, RotationSettings, SharingPolicy};
 use crate::store::LocalTrust;
 
 impl Client {
@@ -58,7 +58,7 @@ impl Client {
         if let Err(e) = self.send_outgoing().await {
             transient_or_logged(e)?;
         }
-        if self.hooks().ask_about_new_devices {
+        if self.asks_about_new_devices(&machine, room_id)? {
             self.decide_new_devices(&machine, &users).await?;
         }
         let (m, recipients) = (Arc::clone(&machine), users.clone());
@@ -95,9 +95,6 @@ impl Client {
     /// session have nothing to share; the next send shares a new one. When the app decides
     /// about new devices itself, the next send asks it instead.
     pub(crate) async fn share_with_new_devices(&self) {
-        if self.hooks().ask_about_new_devices {
-            return;
-        }
         let rooms = std::mem::take(
             &mut *self
                 .inner
@@ -106,6 +103,13 @@ impl Client {
                 .unwrap_or_else(|e| e.into_inner()),
         );
         for room_id in rooms {
+            // The app decides about new devices of this room: the next send asks it.
+            let asks = self
+                .machine()
+                .and_then(|m| self.asks_about_new_devices(&m, &room_id));
+            if !matches!(asks, Ok(false)) {
+                continue;
+            }
             let id = room_id.clone();
             let shared = self.blocking(move |c| {
                 let store = c.store()?;
@@ -136,6 +140,18 @@ impl Client {
                 debug!(%room_id, "room key shared with new devices");
             }
         }
+    }
+
+    /// Whether sending in `room_id` asks the app about devices nobody decided about yet:
+    /// globally ([`Client::set_ask_about_new_devices`]) or by the room's sharing policy
+    /// ([`SharingPolicy::AskMe`]).
+    fn asks_about_new_devices(
+        &self,
+        machine: &OlmMachine,
+        room_id: &RoomId,
+    ) -> Result<bool, ClientError> {
+        Ok(self.hooks().ask_about_new_devices
+            || machine.sharing_policy_for(room_id)? == SharingPolicy::AskMe)
     }
 
     /// Ask the prompt handler about devices of `users` nobody decided about yet.

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use ruma::api::client::keys::{upload_signatures, upload_signing_keys};
 use ruma::api::client::uiaa::{AuthData, MatrixUserIdentifier, Password, UserIdentifier};
-use ruma::{OwnedRoomId, OwnedUserId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::Value;
 use tracing::{info, warn};
 
 use super::late_keys::Retry;
 use super::{Client, ClientError, Prompt, PromptAnswer};
-use crate::crypto::{IdentityChange, OlmMachine, UserIdentity, raw_json};
+use crate::crypto::{IdentityChange, OlmMachine, SharingPolicy, UserIdentity, raw_json};
 use crate::http::HttpError;
 
 impl Client {
@@ -106,6 +106,28 @@ impl Client {
             )));
         }
         Ok(())
+    }
+
+    /// The global sharing policy: which devices of a room's members get its key (rooms
+    /// without their own). With [`SharingPolicy::AskMe`] sending asks the prompt handler
+    /// about devices nobody decided about ([`Prompt::NewDevices`]) and stops with
+    /// [`ClientError::UnknownDevices`] until each one is verified, blacklisted or ignored.
+    pub fn set_sharing_policy(&self, policy: SharingPolicy) -> Result<(), ClientError> {
+        Ok(self.machine()?.set_sharing_policy(policy)?)
+    }
+
+    /// A room's own sharing policy (`None`: the room follows the global one again).
+    pub fn set_room_sharing_policy(
+        &self,
+        room_id: &RoomId,
+        policy: Option<SharingPolicy>,
+    ) -> Result<(), ClientError> {
+        Ok(self.machine()?.set_room_sharing_policy(room_id, policy)?)
+    }
+
+    /// The sharing policy of a room: its own, or the global one.
+    pub fn sharing_policy_for(&self, room_id: &RoomId) -> Result<SharingPolicy, ClientError> {
+        Ok(self.machine()?.sharing_policy_for(room_id)?)
     }
 
     /// A user's cross-signing identity, downloaded first if our copy is missing or stale.

@@ -5,6 +5,7 @@ use ruma::{DeviceId, UserId};
 
 use super::account::OwnAccount;
 use super::error::CryptoError;
+use super::identity::SignatureCache;
 use super::state::State;
 use crate::store::{Changes, Store};
 
@@ -14,6 +15,8 @@ pub(crate) struct Ctx<'a> {
     pub user_id: &'a UserId,
     pub device_id: &'a DeviceId,
     pub store: &'a dyn Store,
+    /// Cross-signing signature checks already made.
+    pub signatures: &'a SignatureCache,
 }
 
 impl Ctx<'_> {

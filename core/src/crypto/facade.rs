@@ -187,21 +187,6 @@ impl OlmMachine {
         self.group_sessions().devices_without_olm(room_id)
     }
 
-    /// Share room keys only with devices the user verified (persisted). Other devices get
-    /// `m.room_key.withheld` with code `m.unverified`, once per session, and the key as soon as
-    /// they are verified. Turning it on rotates sessions that unverified devices have.
-    pub fn set_share_with_verified_only(&self, on: bool) -> Result<(), CryptoError> {
-        let mut state = self.lock()?;
-        self.group_sessions()
-            .set_share_with_verified_only(&mut state, on)
-    }
-
-    /// Whether room keys go to verified devices only (see
-    /// [`Self::set_share_with_verified_only`]).
-    pub fn shares_with_verified_only(&self) -> Result<bool, CryptoError> {
-        self.group_sessions().shares_with_verified_only()
-    }
-
     /// Forget the room's outbound session; the next share creates a new one.
     pub fn discard_room_key(&self, room_id: &RoomId) -> Result<(), CryptoError> {
         let mut state = self.lock()?;

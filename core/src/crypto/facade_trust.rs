@@ -1,7 +1,7 @@
 //! The public calls of [`OlmMachine`] about sender trust: users' identities (pin, verify),
 //! the own cross-signing keys, and the background retry of incomplete sender data.
 
-use ruma::{OwnedRoomId, UserId};
+use ruma::{OwnedRoomId, RoomId, UserId};
 use serde_json::{Value, json};
 
 use super::cross_signing::{self, OwnCrossSigning};
@@ -9,7 +9,9 @@ use super::error::CryptoError;
 use super::identities::Identities;
 use super::machine::OlmMachine;
 use super::sender_data::SenderDataMachine;
-use crate::store::{Changes, CryptoChanges, TrackedUser, TrackingState, UserIdentityRecord};
+use crate::store::{
+    Changes, CryptoChanges, SharingPolicy, TrackedUser, TrackingState, UserIdentityRecord,
+};
 
 /// A user's cross-signing identity as the app sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +127,52 @@ impl OlmMachine {
             .store
             .next_sender_data_retry()?
             .map(|at| at.saturating_sub(now)))
+    }
+
+    /// The global sharing policy: which devices of a room's members get its key, for rooms
+    /// without a policy of their own. Devices it leaves out get `m.room_key.withheld` once
+    /// per session (`m.blacklisted`, `m.unverified`) and the key once they qualify; a
+    /// stricter policy rotates the sessions devices it now leaves out had.
+    pub fn set_sharing_policy(&self, policy: SharingPolicy) -> Result<(), CryptoError> {
+        let mut state = self.lock()?;
+        self.group_sessions()
+            .set_sharing_policy(&mut state, None, Some(policy))
+    }
+
+    /// A room's own sharing policy; `None` makes it follow the global one again.
+    pub fn set_room_sharing_policy(
+        &self,
+        room_id: &RoomId,
+        policy: Option<SharingPolicy>,
+    ) -> Result<(), CryptoError> {
+        let mut state = self.lock()?;
+        self.group_sessions()
+            .set_sharing_policy(&mut state, Some(room_id), policy)
+    }
+
+    /// The sharing policy a room's key is shared by: its own, or the global one.
+    pub fn sharing_policy_for(&self, room_id: &RoomId) -> Result<SharingPolicy, CryptoError> {
+        self.group_sessions().sharing_policy_for(room_id)
+    }
+
+    /// The global sharing policy.
+    pub fn sharing_policy(&self) -> Result<SharingPolicy, CryptoError> {
+        Ok(self.store.sharing_policy()?)
+    }
+
+    /// Share room keys only with verified devices (`true`: [`SharingPolicy::VerifiedOnly`])
+    /// or with all but blacklisted ones (`false`), globally.
+    pub fn set_share_with_verified_only(&self, on: bool) -> Result<(), CryptoError> {
+        self.set_sharing_policy(if on {
+            SharingPolicy::VerifiedOnly
+        } else {
+            SharingPolicy::AllButBlacklisted
+        })
+    }
+
+    /// Whether the global policy is [`SharingPolicy::VerifiedOnly`].
+    pub fn shares_with_verified_only(&self) -> Result<bool, CryptoError> {
+        Ok(self.sharing_policy()? == SharingPolicy::VerifiedOnly)
     }
 
     /// Whether this device holds the own cross-signing private keys.

@@ -156,6 +156,53 @@ pub enum DeviceSignature {
     Tampered,
 }
 
+/// Results of [`device_signature`], kept for the machine's lifetime: checking a device's
+/// cross-signing signature is an Ed25519 verification, and sharing a room key decides about
+/// every device of the room on every send. An entry is used only for exactly the same
+/// device keys and self-signing key; at most [`SignatureCache::MAX`] are kept.
+#[derive(Default)]
+pub(crate) struct SignatureCache {
+    checked: std::sync::Mutex<std::collections::HashMap<SignatureKey, DeviceSignature>>,
+}
+
+/// What a cached check covers: the device, its signed keys as stored, the signer's key.
+type SignatureKey = (ruma::OwnedUserId, ruma::OwnedDeviceId, String, String);
+
+impl SignatureCache {
+    /// Entries kept before the cache starts over.
+    const MAX: usize = 10_000;
+
+    /// [`device_signature`], from the cache when the same check was made before.
+    pub(crate) fn check(
+        &self,
+        device: &DeviceRecord,
+        identity: Option<&UserIdentityRecord>,
+    ) -> DeviceSignature {
+        let Some(ssk) = identity
+            .filter(|i| i.user_id == device.user_id)
+            .map(|i| i.self_signing_key.clone())
+        else {
+            return DeviceSignature::Unsigned;
+        };
+        let key = (
+            device.user_id.clone(),
+            device.device_id.clone(),
+            device.keys_json.clone(),
+            ssk,
+        );
+        let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = checked.get(&key) {
+            return *known;
+        }
+        let result = device_signature(device, identity);
+        if checked.len() >= Self::MAX {
+            checked.clear();
+        }
+        checked.insert(key, result);
+        result
+    }
+}
+
 /// Check `device`'s keys against its owner's current self-signing key.
 pub(crate) fn device_signature(
     device: &DeviceRecord,

@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 use super::account::{OwnAccount, SIGNED_CURVE25519};
 use super::context::Ctx;
 use super::error::CryptoError;
+use super::identity::SignatureCache;
 use super::key_requests::KeyRequests;
 use super::keys_query::DeviceTracker;
 use super::olm_sessions::OlmSessions;
@@ -30,6 +31,8 @@ pub struct OlmMachine {
     pub(crate) device_id: OwnedDeviceId,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) state: Mutex<State>,
+    /// Cross-signing signature checks already made (see [`SignatureCache`]).
+    pub(crate) signatures: SignatureCache,
 }
 
 impl std::fmt::Debug for OlmMachine {
@@ -92,6 +95,7 @@ impl OlmMachine {
             device_id: device_id.to_owned(),
             store,
             state: Mutex::new(State::new(account, generation, clock)),
+            signatures: SignatureCache::default(),
         })
     }
 
@@ -116,6 +120,7 @@ impl OlmMachine {
             user_id: &self.user_id,
             device_id: &self.device_id,
             store: &*self.store,
+            signatures: &self.signatures,
         }
     }
 

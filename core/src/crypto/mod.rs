@@ -30,6 +30,7 @@ mod responses;
 mod room_events;
 mod sender_data;
 mod sharing;
+mod sharing_policy;
 pub mod signing;
 #[cfg(test)]
 mod spec_vectors;
@@ -40,6 +41,7 @@ pub(crate) mod tests;
 mod to_device;
 mod trust_policy;
 
+pub use crate::store::SharingPolicy;
 pub use account::{MEGOLM_ALGORITHM, OLM_ALGORITHM, SIGNED_CURVE25519};
 pub use decrypt_batch::DecryptBatch;
 pub use devices::Device;

@@ -121,6 +121,7 @@ impl RoomDecryptor<'_> {
         let record = &group.record;
         let view = TrustView::for_sender(
             self.ctx.store,
+            self.ctx.signatures,
             &event.sender,
             &record.sender_key,
             &pending.crypto,

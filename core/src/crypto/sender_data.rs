@@ -9,7 +9,6 @@
 //! [`SenderDataMachine::retry_due`] (run by the background scheduler) re-queries its
 //! sender with a growing delay. Data only ever improves ([`SenderData::improves_on`]).
 
-use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 
 use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, UserId};
@@ -17,7 +16,7 @@ use tracing::debug;
 
 use super::context::sub_machine;
 use super::error::CryptoError;
-use super::identity::{DeviceSignature, device_signature};
+use super::identity::{DeviceSignature, SignatureCache};
 use super::state::State;
 use crate::store::{
     Changes, CryptoChanges, CryptoStore, DeviceRecord, InboundGroupSessionRecord, LocalTrust,
@@ -37,19 +36,20 @@ const RETRY_BATCH: usize = 500;
 
 /// The devices and identities of some users, from the store overlaid with records not
 /// committed yet: what sender data is computed from.
-pub(crate) struct TrustView {
+pub(crate) struct TrustView<'c> {
     /// Devices by owner and Curve25519 key (a deleted device may share its key).
     devices: HashMap<(OwnedUserId, String), Vec<DeviceRecord>>,
     identities: HashMap<OwnedUserId, UserIdentityRecord>,
-    /// Cross-signing signature checks already made, by device (one Ed25519 verification
-    /// per device and view, however many sessions it sent).
-    signatures: RefCell<HashMap<(OwnedUserId, OwnedDeviceId), DeviceSignature>>,
+    /// Cross-signing signature checks already made (one Ed25519 verification per device
+    /// and signed keys, however many sessions it sent or rooms it is in).
+    signatures: &'c SignatureCache,
 }
 
-impl TrustView {
+impl<'c> TrustView<'c> {
     /// Load `users`' devices and identities; `pending` records win over stored ones.
     pub(crate) fn load(
         store: &dyn CryptoStore,
+        signatures: &'c SignatureCache,
         users: &[&UserId],
         pending: &CryptoChanges,
     ) -> Result<Self, CryptoError> {
@@ -72,13 +72,14 @@ impl TrustView {
                 .or_default()
                 .push(d);
         }
-        Self::with_devices(store, devices, users, pending)
+        Self::with_devices(store, signatures, devices, users, pending)
     }
 
     /// The view needed to judge one event: the one device of `user` owning `sender_key`
     /// (not all their devices) and `user`'s identity.
     pub(crate) fn for_sender(
         store: &dyn CryptoStore,
+        signatures: &'c SignatureCache,
         user: &UserId,
         sender_key: &str,
         pending: &CryptoChanges,
@@ -97,11 +98,12 @@ impl TrustView {
             (user.to_owned(), sender_key.to_owned()),
             device.into_iter().collect(),
         )]);
-        Self::with_devices(store, devices, &[user], pending)
+        Self::with_devices(store, signatures, devices, &[user], pending)
     }
 
     fn with_devices(
         store: &dyn CryptoStore,
+        signatures: &'c SignatureCache,
         devices: HashMap<(OwnedUserId, String), Vec<DeviceRecord>>,
         users: &[&UserId],
         pending: &CryptoChanges,
@@ -119,19 +121,24 @@ impl TrustView {
         Ok(Self {
             devices,
             identities,
-            signatures: RefCell::new(HashMap::new()),
+            signatures,
         })
     }
 
-    /// [`device_signature`], checked once per device.
+    /// The device's cross-signing state (checked once per device and signed keys).
     fn signature(&self, device: &DeviceRecord) -> DeviceSignature {
-        let key = (device.user_id.clone(), device.device_id.clone());
-        if let Some(known) = self.signatures.borrow().get(&key) {
-            return *known;
-        }
-        let checked = device_signature(device, self.identity(&device.user_id));
-        self.signatures.borrow_mut().insert(key, checked);
-        checked
+        self.signatures
+            .check(device, self.identity(&device.user_id))
+    }
+
+    /// A device's cross-signing state and whether the user verified its owner's identity
+    /// (what a sharing policy decides by).
+    pub(crate) fn standing(&self, device: &DeviceRecord) -> (DeviceSignature, bool) {
+        let owner = self.identity(&device.user_id);
+        (
+            self.signature(device),
+            owner.is_some_and(|i| i.is_verified()),
+        )
     }
 
     /// The device of `user` owning `sender_key` and claiming `signing_key`.
@@ -224,6 +231,7 @@ impl TrustView {
 /// is re-queried by the batch; the answer completes it).
 pub(crate) fn record_at_reception<'r>(
     store: &dyn CryptoStore,
+    signatures: &SignatureCache,
     sessions: impl IntoIterator<Item = &'r mut InboundGroupSessionRecord>,
     pending: &CryptoChanges,
 ) -> Result<(), CryptoError> {
@@ -239,7 +247,7 @@ pub(crate) fn record_at_reception<'r>(
         .filter_map(|s| s.sender_user.as_deref())
         .collect();
     let users: Vec<&UserId> = users.into_iter().collect();
-    let view = TrustView::load(store, &users, pending)?;
+    let view = TrustView::load(store, signatures, &users, pending)?;
     let computed: Vec<SenderData> = sessions
         .iter()
         .map(|s| {
@@ -274,7 +282,7 @@ impl SenderDataMachine<'_> {
         if sessions.is_empty() {
             return Ok(Vec::new());
         }
-        let view = TrustView::load(self.ctx.store, users, &pending.crypto)?;
+        let view = TrustView::load(self.ctx.store, self.ctx.signatures, users, &pending.crypto)?;
         let now = state.now_ms();
         let mut improved = Vec::new();
         for s in sessions {
@@ -320,7 +328,12 @@ impl SenderDataMachine<'_> {
         }
         let users: BTreeSet<&UserId> = due.iter().map(|s| s.sender_user.as_ref()).collect();
         let users: Vec<&UserId> = users.into_iter().collect();
-        let view = TrustView::load(self.ctx.store, &users, &CryptoChanges::default())?;
+        let view = TrustView::load(
+            self.ctx.store,
+            self.ctx.signatures,
+            &users,
+            &CryptoChanges::default(),
+        )?;
         let mut changes = Changes::default();
         let mut improved = Vec::new();
         let mut requery = BTreeSet::new();

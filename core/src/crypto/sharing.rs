@@ -16,10 +16,13 @@ use super::megolm::{InboundGroup, OutboundGroup, RoomKeyContent, RotationSetting
 use super::olm::{OlmPayload, OlmSession};
 use super::outbox::ToDeviceBatcher;
 use super::requests::OutgoingRequest;
+use super::sender_data::TrustView;
+use super::sharing_policy::left_out_because;
 use super::state::State;
 use crate::store::{
-    Changes, CryptoChanges, DeviceRecord, InboundGroupSessionRecord, LocalTrust, NoOlmRoomKey,
-    OutboundGroupSessionRecord, PendingToDevice, SecretBlob, SenderTrust, ShareRecipient, Store,
+    Changes, CryptoChanges, DeviceRecord, InboundGroupSessionRecord, NoOlmRoomKey,
+    OutboundGroupSessionRecord, PendingToDevice, SecretBlob, SenderTrust, ShareRecipient,
+    SharingPolicy, Store,
 };
 
 sub_machine! {
@@ -37,8 +40,8 @@ impl GroupSessions<'_> {
     /// to-device requests (at most [`super::outbox::TO_DEVICE_BATCH`] devices each); they are also stored and
     /// returned by [`Self::outgoing_requests`] until reported sent, with the same transaction
     /// ids. Devices left out on purpose get an `m.room_key.withheld` notice instead, once per
-    /// session: blacklisted ones (`m.blacklisted`), unverified ones when sharing with verified
-    /// devices only (`m.unverified`), and those we have no Olm session with (`m.no_olm`; call
+    /// session: those the room's sharing policy leaves out (`m.blacklisted`, `m.unverified`;
+    /// see [`left_out_because`]), and those we have no Olm session with (`m.no_olm`; call
     /// [`Self::missing_sessions`] first).
     pub(crate) fn share_room_key(
         &self,
@@ -48,8 +51,8 @@ impl GroupSessions<'_> {
         settings: RotationSettings,
     ) -> Result<Vec<OutgoingRequest>, CryptoError> {
         let members: HashSet<&UserId> = users.iter().map(|u| u.as_ref()).collect();
-        let verified_only = self.shares_with_verified_only()?;
-        let (devices, left_out) = self.share_targets(&members, verified_only)?;
+        let policy = self.sharing_policy_for(room_id)?;
+        let (devices, left_out) = self.share_targets(&members, policy)?;
         let stored = self.ctx.store.outbound_group_session(room_id)?;
         let now = state.now_ms();
         let group = match stored.as_ref() {
@@ -73,10 +76,8 @@ impl GroupSessions<'_> {
                 .inbound_group_sessions
                 .push(share.own_inbound_copy(&state.account)?);
         }
-        for device in &left_out {
-            if let Some((code, reason)) = left_out_because(device, verified_only) {
-                share.withhold(device, code, reason);
-            }
+        for (device, (code, reason)) in &left_out {
+            share.withhold(device, code.clone(), reason);
         }
         // Devices that do not have the key yet (withheld ones get it once they can).
         let recipients = share.without_key(&devices);
@@ -100,22 +101,61 @@ impl GroupSessions<'_> {
         Ok(requests)
     }
 
-    /// The devices of `members` to share with, and those left out on purpose (blacklisted,
-    /// or unverified when sharing with verified devices only).
+    /// The devices of `members` to share with, and those `policy` leaves out on purpose
+    /// with the withheld code and reason they are sent.
     fn share_targets(
         &self,
         members: &HashSet<&UserId>,
-        verified_only: bool,
-    ) -> Result<(Vec<DeviceRecord>, Vec<DeviceRecord>), CryptoError> {
+        policy: SharingPolicy,
+    ) -> Result<(Vec<DeviceRecord>, Vec<LeftOut>), CryptoError> {
         let refs: Vec<&UserId> = members.iter().copied().collect();
-        Ok(self
-            .ctx
-            .store
-            .devices(&refs)?
-            .into_iter()
+        let none = CryptoChanges::default();
+        let view = TrustView::load(self.ctx.store, self.ctx.signatures, &refs, &none)?;
+        let mut targets = Vec::new();
+        let mut left_out = Vec::new();
+        let candidates = self.ctx.store.devices(&refs)?.into_iter();
+        for device in candidates
             .filter(|d| !d.deleted && !self.is_own_device(d))
             .filter(|d| super::devices::check_device_id(d.device_id.as_str()).is_ok())
-            .partition(|d| left_out_because(d, verified_only).is_none()))
+        {
+            let (signature, owner_verified) = view.standing(&device);
+            match left_out_because(policy, &device, signature, owner_verified) {
+                Some(why) => left_out.push((device, why)),
+                None => targets.push(device),
+            }
+        }
+        Ok((targets, left_out))
+    }
+
+    /// The sharing policy of a room: its own, or the global one.
+    pub(crate) fn sharing_policy_for(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<SharingPolicy, CryptoError> {
+        let store = self.ctx.store;
+        Ok(match store.room_sharing_policy(room_id)? {
+            Some(policy) => policy,
+            None => store.sharing_policy()?,
+        })
+    }
+
+    /// Set the global sharing policy (`None` for a room: it follows the global one again).
+    /// Devices a stricter policy leaves out lose access from the next message on: the
+    /// room's session is rotated when they had it.
+    pub(crate) fn set_sharing_policy(
+        &self,
+        state: &mut State,
+        room_id: Option<&RoomId>,
+        policy: Option<SharingPolicy>,
+    ) -> Result<(), CryptoError> {
+        let mut crypto = CryptoChanges::default();
+        match room_id {
+            Some(room_id) => crypto
+                .room_sharing_policies
+                .push((room_id.to_owned(), policy)),
+            None => crypto.sharing_policy = Some(policy.unwrap_or_default()),
+        }
+        self.ctx.save(state, Changes::from(crypto))
     }
 
     /// The newest Olm session with each of `devices`, by Curve25519 key.
@@ -252,27 +292,6 @@ impl GroupSessions<'_> {
             .unwrap_or_default())
     }
 
-    /// Share room keys only with devices the user verified (persisted). Other devices get
-    /// `m.room_key.withheld` with code `m.unverified`, once per session, and the key as soon as
-    /// they are verified. Turning it on rotates sessions that unverified devices have.
-    pub(crate) fn set_share_with_verified_only(
-        &self,
-        state: &mut State,
-        on: bool,
-    ) -> Result<(), CryptoError> {
-        let changes = CryptoChanges {
-            share_with_verified_only: Some(on),
-            ..Default::default()
-        };
-        self.ctx.save(state, changes.into())
-    }
-
-    /// Whether room keys go to verified devices only (see
-    /// [`Self::set_share_with_verified_only`]).
-    pub(crate) fn shares_with_verified_only(&self) -> Result<bool, CryptoError> {
-        Ok(self.ctx.store.share_with_verified_only()?)
-    }
-
     /// Forget the room's outbound session; the next share creates a new one.
     pub(crate) fn discard_room_key(
         &self,
@@ -289,25 +308,8 @@ impl GroupSessions<'_> {
     }
 }
 
-/// Why a device gets an `m.room_key.withheld` instead of the room key: `(code, reason)`.
-fn left_out_because(
-    device: &DeviceRecord,
-    verified_only: bool,
-) -> Option<(RoomKeyWithheldCode, &'static str)> {
-    if device.local_trust == LocalTrust::Blacklisted {
-        Some((
-            RoomKeyWithheldCode::Blacklisted,
-            "You have been blocked by this device",
-        ))
-    } else if verified_only && device.local_trust != LocalTrust::Verified {
-        Some((
-            RoomKeyWithheldCode::Unverified,
-            "This device only shares keys with verified devices",
-        ))
-    } else {
-        None
-    }
-}
+/// A device left out of a share, with the withheld code and reason it is sent.
+type LeftOut = (DeviceRecord, (RoomKeyWithheldCode, &'static str));
 
 /// Whether the recipients changed in a way that must cut them off from new messages: a
 /// member left, or a device that got the key is gone, changed, blacklisted or (when sharing

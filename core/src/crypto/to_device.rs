@@ -96,6 +96,7 @@ impl ToDeviceHandler<'_> {
         let account_changed = batch.account_changed;
         super::sender_data::record_at_reception(
             self.ctx.store,
+            self.ctx.signatures,
             batch.inbound.values_mut(),
             &changes.crypto,
         )?;

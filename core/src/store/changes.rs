@@ -11,7 +11,7 @@ use ruma::{OwnedEventId, OwnedRoomId};
 use super::{
     AccountRecord, DeviceRecord, InboundGroupSessionRecord, KeyRequestRecord, MegolmIndexRecord,
     MemberRecord, NoOlmRoomKey, OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice,
-    QueuedSend, RoomRecord, SecretBlob, SenderDataUpdate, StoreError, TrackedUser,
+    QueuedSend, RoomRecord, SecretBlob, SenderDataUpdate, SharingPolicy, StoreError, TrackedUser,
     UndecryptableEvent, UnwedgeRecord, UserIdentityRecord, WithheldNotice,
 };
 
@@ -63,9 +63,12 @@ pub struct CryptoChanges {
     pub withheld_notices: Vec<WithheldNotice>,
     /// Key requests sent (insert, or keep the existing one of the session).
     pub key_requests: Vec<KeyRequestRecord>,
-    /// Share room keys with verified devices only (a secret value, so that it cannot be
-    /// edited in the file).
-    pub share_with_verified_only: Option<bool>,
+    /// The global sharing policy (a secret value, so that it cannot be edited in the
+    /// file).
+    pub sharing_policy: Option<SharingPolicy>,
+    /// Rooms' own sharing policies: set, or removed (`None`: the room follows the global
+    /// one).
+    pub room_sharing_policies: Vec<(OwnedRoomId, Option<SharingPolicy>)>,
     /// Users' cross-signing identities to insert or replace.
     pub user_identities: Vec<UserIdentityRecord>,
     /// New sender data of stored inbound sessions (applied after the session inserts; an
@@ -204,7 +207,7 @@ impl CryptoChanges {
         before - self.len()
     }
 
-    /// Number of records (`share_with_verified_only` counts as one).
+    /// Number of records (the global sharing policy counts as one).
     fn len(&self) -> usize {
         usize::from(self.account.is_some())
             + self.olm_sessions.len()
@@ -220,7 +223,8 @@ impl CryptoChanges {
             + self.sent_to_device.len()
             + self.withheld_notices.len()
             + self.key_requests.len()
-            + usize::from(self.share_with_verified_only.is_some())
+            + usize::from(self.sharing_policy.is_some())
+            + self.room_sharing_policies.len()
             + self.user_identities.len()
             + self.sender_data.len()
             + usize::from(self.cross_signing_keys.is_some())
@@ -246,9 +250,11 @@ impl CryptoChanges {
         self.sent_to_device.extend(other.sent_to_device);
         self.withheld_notices.extend(other.withheld_notices);
         self.key_requests.extend(other.key_requests);
-        if other.share_with_verified_only.is_some() {
-            self.share_with_verified_only = other.share_with_verified_only;
+        if other.sharing_policy.is_some() {
+            self.sharing_policy = other.sharing_policy;
         }
+        self.room_sharing_policies
+            .extend(other.room_sharing_policies);
         self.user_identities.extend(other.user_identities);
         self.sender_data.extend(other.sender_data);
         if other.cross_signing_keys.is_some() {

@@ -74,7 +74,7 @@ macro_rules! store_conformance_tests {
                 sessions_we_asked_for_are_not_counted_as_strangers,
                 pending_to_device_queue,
                 values_and_secret_values,
-                share_with_verified_only,
+                sharing_policies,
                 sync_token,
                 generation_counts_nonempty_saves,
                 tricky_ids_stored_exactly,

@@ -39,27 +39,39 @@ pub use records::{
 pub use sqlite::SqliteStore;
 pub(crate) use sqlite::VERIFIED_ONLY_KEY;
 pub use trust_records::{
-    SenderData, SenderDataRetry, SenderDataUpdate, SenderTrust, SessionSender, UserIdentityRecord,
+    SenderData, SenderDataRetry, SenderDataUpdate, SenderTrust, SessionSender, SharingPolicy,
+    UserIdentityRecord,
 };
 
 /// Key of the own cross-signing private keys among the secret values (written through
 /// [`CryptoChanges::cross_signing_keys`] only).
 pub(crate) const CROSS_SIGNING_KEY: &str = "crypto|cross_signing_keys";
 
+/// Prefix of the keys of rooms' own sharing policies among the secret values (the room id
+/// follows; written through [`CryptoChanges::room_sharing_policies`] only).
+pub(crate) const ROOM_SHARING_PREFIX: &str = "crypto|sharing_policy|";
+
 /// Secret value keys only the crypto machine writes: refused in [`ClientChanges`].
 pub(crate) fn is_reserved_key(key: &str) -> bool {
-    key == VERIFIED_ONLY_KEY || key == CROSS_SIGNING_KEY
+    key == VERIFIED_ONLY_KEY || key == CROSS_SIGNING_KEY || key.starts_with(ROOM_SHARING_PREFIX)
 }
 
-/// The machine's verified-only setting as both stores keep it: the secret value under
-/// [`VERIFIED_ONLY_KEY`], `true` or `false`.
-pub(crate) fn verified_only_value(on: bool) -> SecretBlob {
-    SecretBlob::new(on.to_string().into_bytes())
+/// The secret value key of a room's own sharing policy.
+pub(crate) fn room_sharing_key(room_id: &RoomId) -> String {
+    format!("{ROOM_SHARING_PREFIX}{room_id}")
 }
 
-/// [`verified_only_value`] read back: off unless it says `true`.
-pub(crate) fn is_verified_only(value: Option<&SecretBlob>) -> bool {
-    value.is_some_and(|v| v.as_bytes() == b"true")
+/// A sharing policy as both stores keep it: a secret value holding its name. The global
+/// one lives under [`VERIFIED_ONLY_KEY`] (which once held `true` or `false`).
+pub(crate) fn sharing_policy_value(policy: SharingPolicy) -> SecretBlob {
+    SecretBlob::new(policy.as_str().as_bytes().to_vec())
+}
+
+/// [`sharing_policy_value`] read back (`None` if absent or unknown).
+pub(crate) fn sharing_policy_of(value: Option<&SecretBlob>) -> Option<SharingPolicy> {
+    value
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(SharingPolicy::parse)
 }
 
 /// Errors of the store layer.
@@ -213,8 +225,11 @@ pub trait CryptoStore: Send + Sync {
     /// When the Olm session with the device owning `curve25519` was last unwedged.
     fn unwedge_record(&self, curve25519: &str) -> Result<Option<UnwedgeRecord>, StoreError>;
 
-    /// Whether room keys go to verified devices only (`false` until set).
-    fn share_with_verified_only(&self) -> Result<bool, StoreError>;
+    /// The global sharing policy ([`SharingPolicy::AllButBlacklisted`] until set).
+    fn sharing_policy(&self) -> Result<SharingPolicy, StoreError>;
+
+    /// A room's own sharing policy, if it has one.
+    fn room_sharing_policy(&self, room_id: &RoomId) -> Result<Option<SharingPolicy>, StoreError>;
 
     /// The cross-signing identities of these users that we know, sorted by user id.
     fn user_identities(&self, user_ids: &[&UserId]) -> Result<Vec<UserIdentityRecord>, StoreError>;

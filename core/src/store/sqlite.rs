@@ -31,7 +31,7 @@ use super::{
     AccountRecord, Changes, ClientStore, CryptoStore, DeviceRecord, InboundGroupSessionRecord,
     KeyRequestRecord, MegolmIndexRecord, MemberRecord, NoOlmRoomKey, OlmSessionRecord,
     OutboundGroupSessionRecord, PendingToDevice, QueuedSend, RoomRecord, SecretBlob, SessionSender,
-    Store, StoreCounts, StoreError, TrackedUser, UndecryptableEvent, UnwedgeRecord,
+    SharingPolicy, Store, StoreCounts, StoreError, TrackedUser, UndecryptableEvent, UnwedgeRecord,
     UserIdentityRecord, WithheldNotice,
 };
 
@@ -297,8 +297,12 @@ impl CryptoStore for SqliteStore {
         unwedge::read(&self.reader(), curve25519)
     }
 
-    fn share_with_verified_only(&self) -> Result<bool, StoreError> {
-        values::share_with_verified_only(&self.reader(), &self.cipher)
+    fn sharing_policy(&self) -> Result<SharingPolicy, StoreError> {
+        values::sharing_policy(&self.reader(), &self.cipher)
+    }
+
+    fn room_sharing_policy(&self, room_id: &RoomId) -> Result<Option<SharingPolicy>, StoreError> {
+        values::room_sharing_policy(&self.reader(), &self.cipher, room_id)
     }
 
     fn user_identities(&self, user_ids: &[&UserId]) -> Result<Vec<UserIdentityRecord>, StoreError> {

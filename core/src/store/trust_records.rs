@@ -133,6 +133,60 @@ impl SenderData {
     }
 }
 
+/// Which devices get a room's key.
+///
+/// Deliberately exhaustive: a new policy must be mapped by the bindings, never defaulted to
+/// a looser one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SharingPolicy {
+    /// Every device, blacklisted ones included (only devices with a tampered cross-signing
+    /// signature are left out).
+    AllDevices,
+    /// Every device but those the user blacklisted.
+    #[default]
+    AllButBlacklisted,
+    /// Devices their owner cross-signed (or the user verified by hand), not blacklisted.
+    CrossSignedOnly,
+    /// Devices the user verified: by hand, or cross-signed by an identity the user
+    /// verified.
+    VerifiedOnly,
+    /// Like [`SharingPolicy::AllButBlacklisted`], but sending stops on devices nobody
+    /// decided about yet and asks the app (`Prompt::NewDevices`), then goes on.
+    AskMe,
+}
+
+impl SharingPolicy {
+    /// Every policy.
+    pub const ALL: [SharingPolicy; 5] = [
+        Self::AllDevices,
+        Self::AllButBlacklisted,
+        Self::CrossSignedOnly,
+        Self::VerifiedOnly,
+        Self::AskMe,
+    ];
+
+    /// Stable name for storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllDevices => "all_devices",
+            Self::AllButBlacklisted => "all_but_blacklisted",
+            Self::CrossSignedOnly => "cross_signed_only",
+            Self::VerifiedOnly => "verified_only",
+            Self::AskMe => "ask_me",
+        }
+    }
+
+    /// Parse [`SharingPolicy::as_str`]; also the values of the earlier verified-only switch
+    /// (`true`, `false`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "true" => Some(Self::VerifiedOnly),
+            "false" => Some(Self::AllButBlacklisted),
+            _ => Self::ALL.into_iter().find(|p| p.as_str() == s),
+        }
+    }
+}
+
 /// A sender data change for one stored session (only the sender data columns are written).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SenderDataUpdate {

@@ -54,6 +54,41 @@ final class SharingPolicyTests: XCTestCase {
         try await bob.stopSync()
     }
 
+    func testRoomsCrossSignedOnlyPolicyWithholdsTheKeyUntilBobCrossSigns() async throws {
+        let hs = try homeserverOrSkip()
+        let pair = try await roomPair(self, homeserver: hs)
+        let alice = pair.alice.client
+        let bob = pair.bob.client
+        try alice.setRoomSharingPolicy(roomId: pair.roomId, policy: .crossSignedOnly)
+        XCTAssertEqual(try alice.sharingPolicy(roomId: pair.roomId), .crossSignedOnly)
+
+        let updates = try bob.timelineUpdates(roomId: pair.roomId)
+        let withheld = try await alice.sendText(roomId: pair.roomId, body: "only for cross-signed devices")
+        try bob.startSync()
+        let first = try await firstAppended(in: updates, what: "the withheld message at bob") {
+            $0.eventId == withheld
+        }
+        if case .withheld(let code, _)? = first.failure {
+            XCTAssertEqual(code, "m.unverified")
+        } else {
+            XCTFail("withheld until cross-signed: \(String(describing: first.failure))")
+        }
+
+        try await bob.bootstrapCrossSigning()
+        try await alice.syncOnce(timeoutMs: 0)
+        let text = "bob is cross-signed now"
+        let shared = try await alice.sendText(roomId: pair.roomId, body: text)
+        let second = try await firstAppended(in: updates, what: "the message after cross-signing") {
+            $0.eventId == shared
+        }
+        XCTAssertTrue(second.decrypted, "\(second)")
+        XCTAssertEqual(second.body, text)
+
+        try alice.setRoomSharingPolicy(roomId: pair.roomId, policy: nil)
+        XCTAssertEqual(try alice.sharingPolicy(roomId: pair.roomId), .allButBlacklisted)
+        try await bob.stopSync()
+    }
+
     func testRoomWithItsOwnRotationSettingsWorksAndBadSettingsAreRefused() async throws {
         let hs = try homeserverOrSkip()
         let (aliceName, alicePassword) = try await registerUser(homeserver: hs, prefix: "alice")

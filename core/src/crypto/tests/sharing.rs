@@ -375,3 +375,127 @@ fn a_no_olm_device_gets_the_key_from_the_index_it_was_withheld_at() {
     alice.machine.discard_room_key(room()).unwrap();
     assert_eq!(alice.store.counts().unwrap().no_olm_room_keys, 0);
 }
+
+/// Share the room key from `alice` with `members` and deliver it; bob syncs.
+fn share_and_sync(server: &mut FakeServer, alice: &Peer, bob: &Peer, members: &[OwnedUserId]) {
+    alice
+        .machine
+        .share_room_key(room(), members, RotationSettings::default())
+        .unwrap();
+    server.drive(alice);
+    server.sync(bob);
+}
+
+#[test]
+fn a_rooms_cross_signed_only_policy_waits_for_the_device_to_be_cross_signed() {
+    let (mut server, alice, bob) = olm_pair();
+    let members = vec![alice.user(), bob.user()];
+    room_members(&bob, &members);
+    // The global policy stays the default; only this room asks for cross-signed devices.
+    alice
+        .machine
+        .set_room_sharing_policy(room(), Some(SharingPolicy::CrossSignedOnly))
+        .unwrap();
+    assert_eq!(
+        alice.machine.sharing_policy_for(room()).unwrap(),
+        SharingPolicy::CrossSignedOnly
+    );
+    assert_eq!(
+        alice
+            .machine
+            .sharing_policy_for(&rid("!other:localhost"))
+            .unwrap(),
+        SharingPolicy::AllButBlacklisted
+    );
+    server.take_inbox(&bob);
+    share_and_sync(&mut server, &alice, &bob, &members);
+    let err = exchange(&alice, &bob, "not for unsigned devices", "$c1").unwrap_err();
+    assert_withheld(&err, "m.unverified");
+
+    // bob cross-signs his device; alice learns it with his device list.
+    server.publish_cross_signing(&bob);
+    changed(&alice, vec![bob.user()], vec![]);
+    server.drive(&alice);
+    share_and_sync(&mut server, &alice, &bob, &members);
+    let ok = exchange(&alice, &bob, "cross-signed now", "$c2").unwrap();
+    assert_eq!(ok.content["body"], "cross-signed now");
+
+    // The room follows the global policy again once its own is removed.
+    alice.machine.set_room_sharing_policy(room(), None).unwrap();
+    alice
+        .machine
+        .set_sharing_policy(SharingPolicy::VerifiedOnly)
+        .unwrap();
+    assert_eq!(
+        alice.machine.sharing_policy_for(room()).unwrap(),
+        SharingPolicy::VerifiedOnly
+    );
+    assert!(alice.machine.shares_with_verified_only().unwrap());
+    share_and_sync(&mut server, &alice, &bob, &members);
+    let err = exchange(&alice, &bob, "verified only", "$c3").unwrap_err();
+    assert_withheld(&err, "m.unverified");
+    // Verifying bob's identity (not his device by hand) is enough.
+    alice.machine.verify_identity(&bob.user()).unwrap();
+    share_and_sync(&mut server, &alice, &bob, &members);
+    let ok = exchange(&alice, &bob, "verified identity", "$c4").unwrap();
+    assert_eq!(ok.content["body"], "verified identity");
+}
+
+#[test]
+fn all_devices_includes_blacklisted_ones_but_never_a_tampered_device() {
+    let (mut server, alice, bob) = olm_pair();
+    let members = vec![alice.user(), bob.user()];
+    room_members(&bob, &members);
+    alice
+        .machine
+        .set_local_trust(&bob.user(), "BOB".into(), LocalTrust::Blacklisted)
+        .unwrap();
+    alice
+        .machine
+        .set_sharing_policy(SharingPolicy::AllDevices)
+        .unwrap();
+    server.take_inbox(&bob);
+    share_and_sync(&mut server, &alice, &bob, &members);
+    assert!(exchange(&alice, &bob, "to everyone", "$a1").is_ok());
+    alice
+        .machine
+        .set_sharing_policy(SharingPolicy::AllButBlacklisted)
+        .unwrap();
+    share_and_sync(&mut server, &alice, &bob, &members);
+    let err = exchange(&alice, &bob, "not to blacklisted", "$a2").unwrap_err();
+    assert_withheld(&err, "m.blacklisted");
+
+    // A cross-signing signature on bob's device that does not verify: left out even when
+    // sharing with all devices.
+    alice
+        .machine
+        .set_local_trust(&bob.user(), "BOB".into(), LocalTrust::Unset)
+        .unwrap();
+    server.publish_cross_signing(&bob);
+    let ssk = server.cross_signing[&bob.user()]["self_signing_key"]["keys"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let keys = server
+        .device_keys
+        .get_mut(&bob.user())
+        .unwrap()
+        .get_mut(&bob.device())
+        .unwrap();
+    let own_signature = keys["signatures"][bob.user().as_str()]["ed25519:BOB"].clone();
+    keys["signatures"][bob.user().as_str()][&ssk] = own_signature;
+    alice
+        .machine
+        .set_sharing_policy(SharingPolicy::AllDevices)
+        .unwrap();
+    changed(&alice, vec![bob.user()], vec![]);
+    server.drive(&alice);
+    // A fresh session, so that bob gets a fresh notice (one per session).
+    alice.machine.discard_room_key(room()).unwrap();
+    share_and_sync(&mut server, &alice, &bob, &members);
+    let err = exchange(&alice, &bob, "not to a tampered device", "$a3").unwrap_err();
+    assert_withheld(&err, "m.unverified");
+}

@@ -614,20 +614,26 @@ pub(crate) fn values_and_secret_values<S: Store>(s: &S) {
     assert_eq!(s.value("shared").unwrap().as_deref(), Some("plain"));
 }
 
-pub(crate) fn share_with_verified_only<S: Store>(s: &S) {
-    let set = |on: bool| {
+pub(crate) fn sharing_policies<S: Store>(s: &S) {
+    use SharingPolicy::*;
+    let set = |policy: SharingPolicy| {
         Changes::from(CryptoChanges {
-            share_with_verified_only: Some(on),
+            sharing_policy: Some(policy),
             ..Default::default()
         })
     };
-    assert!(!s.share_with_verified_only().unwrap(), "off until set");
-    save(s, set(true));
-    assert!(s.share_with_verified_only().unwrap());
-    // Kept as a secret value (encrypted at rest in SQLite).
+    assert_eq!(
+        s.sharing_policy().unwrap(),
+        AllButBlacklisted,
+        "the default until set"
+    );
+    save(s, set(VerifiedOnly));
+    assert_eq!(s.sharing_policy().unwrap(), VerifiedOnly);
+    // Kept as a secret value (encrypted at rest in SQLite), under the key of the earlier
+    // verified-only switch, whose values still read.
     assert_eq!(
         s.secret_value(VERIFIED_ONLY_KEY).unwrap(),
-        Some(blob(b"true"))
+        Some(blob(b"verified_only"))
     );
     save(
         s,
@@ -636,33 +642,62 @@ pub(crate) fn share_with_verified_only<S: Store>(s: &S) {
             ..Default::default()
         }),
     );
-    assert!(s.share_with_verified_only().unwrap(), "kept when not given");
-    save(s, set(false));
-    assert!(!s.share_with_verified_only().unwrap());
     assert_eq!(
-        s.secret_value(VERIFIED_ONLY_KEY).unwrap(),
-        Some(blob(b"false"))
+        s.sharing_policy().unwrap(),
+        VerifiedOnly,
+        "kept when not given"
     );
+    save(s, set(CrossSignedOnly));
+    assert_eq!(s.sharing_policy().unwrap(), CrossSignedOnly);
     assert_eq!(s.generation().unwrap(), 3);
-    // The client's half cannot write the machine's setting, as a secret or a plain value.
-    for secret in [true, false] {
+
+    // Rooms' own policies: set, replaced, removed; other rooms follow the global one.
+    let room = |policy: Option<SharingPolicy>| {
+        Changes::from(CryptoChanges {
+            room_sharing_policies: vec![(rid("!a:x"), policy)],
+            ..Default::default()
+        })
+    };
+    assert_eq!(s.room_sharing_policy(&rid("!a:x")).unwrap(), None);
+    save(s, room(Some(AskMe)));
+    save(s, room(Some(AllDevices)));
+    assert_eq!(
+        s.room_sharing_policy(&rid("!a:x")).unwrap(),
+        Some(AllDevices)
+    );
+    assert_eq!(s.room_sharing_policy(&rid("!b:x")).unwrap(), None);
+    save(s, room(None));
+    assert_eq!(s.room_sharing_policy(&rid("!a:x")).unwrap(), None);
+    assert_eq!(s.generation().unwrap(), 6);
+
+    // The client's half cannot write the machine's settings, as secrets or plain values.
+    let room_key = room_sharing_key(&rid("!a:x"));
+    for (key, secret) in [
+        (VERIFIED_ONLY_KEY, true),
+        (VERIFIED_ONLY_KEY, false),
+        (room_key.as_str(), true),
+    ] {
         let mut client = ClientChanges::default();
         if secret {
             client
                 .secret_values
-                .insert(VERIFIED_ONLY_KEY.to_owned(), blob(b"true"));
+                .insert(key.to_owned(), blob(b"all_devices"));
         } else {
             client
                 .values
-                .insert(VERIFIED_ONLY_KEY.to_owned(), "true".to_owned());
+                .insert(key.to_owned(), "all_devices".to_owned());
         }
         let err = s.save_changes(client.clone().into()).unwrap_err();
-        assert!(matches!(err, StoreError::InvalidRecord(_)), "{err:?}");
+        assert!(
+            matches!(err, StoreError::InvalidRecord(_)),
+            "{key}: {err:?}"
+        );
         let mut dropped = Changes::from(client);
         assert_eq!(dropped.drop_invalid(), 1);
     }
-    assert!(!s.share_with_verified_only().unwrap());
-    assert_eq!(s.generation().unwrap(), 3);
+    assert_eq!(s.sharing_policy().unwrap(), CrossSignedOnly);
+    assert_eq!(s.room_sharing_policy(&rid("!a:x")).unwrap(), None);
+    assert_eq!(s.generation().unwrap(), 6);
 }
 
 pub(crate) fn sync_token<S: Store>(s: &S) {

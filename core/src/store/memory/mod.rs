@@ -19,7 +19,7 @@ use super::{
     AccountRecord, Changes, ClientStore, CryptoStore, DeviceRecord, InboundGroupSessionRecord,
     KeyRequestRecord, MegolmIndexRecord, MemberRecord, NoOlmRoomKey, OlmSessionRecord,
     OutboundGroupSessionRecord, PendingToDevice, QueuedSend, RoomRecord, SecretBlob, SessionSender,
-    Store, StoreCounts, StoreError, TrackedUser, UndecryptableEvent, UnwedgeRecord,
+    SharingPolicy, Store, StoreCounts, StoreError, TrackedUser, UndecryptableEvent, UnwedgeRecord,
     UserIdentityRecord, WithheldNotice, quota,
 };
 
@@ -100,11 +100,23 @@ impl State {
         self.enforce_quotas(&changes);
         self.values.extend(changes.client.values);
         self.secret_values.extend(changes.client.secret_values);
-        if let Some(on) = changes.crypto.share_with_verified_only {
-            // Where SQLite keeps it too.
-            let value = super::verified_only_value(on);
+        // Where SQLite keeps them too.
+        if let Some(policy) = changes.crypto.sharing_policy {
+            let value = super::sharing_policy_value(policy);
             self.secret_values
                 .insert(super::VERIFIED_ONLY_KEY.to_owned(), value);
+        }
+        for (room_id, policy) in &changes.crypto.room_sharing_policies {
+            let key = super::room_sharing_key(room_id);
+            match policy {
+                Some(p) => {
+                    self.secret_values
+                        .insert(key, super::sharing_policy_value(*p));
+                }
+                None => {
+                    self.secret_values.remove(&key);
+                }
+            }
         }
         if let Some(keys) = changes.crypto.cross_signing_keys {
             self.secret_values
@@ -624,10 +636,16 @@ impl CryptoStore for MemoryStore {
         Ok(self.lock().unwedged.get(curve25519).cloned())
     }
 
-    fn share_with_verified_only(&self) -> Result<bool, StoreError> {
+    fn sharing_policy(&self) -> Result<SharingPolicy, StoreError> {
         let state = self.lock();
         let value = state.secret_values.get(super::VERIFIED_ONLY_KEY);
-        Ok(super::is_verified_only(value))
+        Ok(super::sharing_policy_of(value).unwrap_or_default())
+    }
+
+    fn room_sharing_policy(&self, room_id: &RoomId) -> Result<Option<SharingPolicy>, StoreError> {
+        let state = self.lock();
+        let value = state.secret_values.get(&super::room_sharing_key(room_id));
+        Ok(super::sharing_policy_of(value))
     }
 
     fn user_identities(&self, user_ids: &[&UserId]) -> Result<Vec<UserIdentityRecord>, StoreError> {

@@ -2,7 +2,7 @@
 //! what that version stored, and refusing a newer one.
 
 use super::super::conformance::*;
-use super::super::{CryptoChanges, SenderData, SenderDataRetry, SenderDataUpdate};
+use super::super::{CryptoChanges, SenderData, SenderDataRetry, SenderDataUpdate, SharingPolicy};
 use super::tests::{key, open, raw};
 use super::*;
 use crate::test_ids::{rid, uid};
@@ -247,7 +247,7 @@ fn migration_5_moves_notices_and_requests_and_binds_trust_and_rotation_state() {
         s.secret_value(VERIFIED_ONLY_KEY).unwrap(),
         Some(blob(b"true"))
     );
-    assert!(s.share_with_verified_only().unwrap());
+    assert_eq!(s.sharing_policy().unwrap(), SharingPolicy::VerifiedOnly);
     let left: Vec<String> = raw(d)
         .prepare("SELECT key FROM plain_values ORDER BY key")
         .unwrap()

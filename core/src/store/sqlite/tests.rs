@@ -679,7 +679,7 @@ fn trust_decisions_and_rotation_state_cannot_be_edited_in_the_file() {
     s.save_changes(c).unwrap();
     let verified_only = |s: &SqliteStore| s.secret_value(VERIFIED_ONLY_KEY);
     s.save_changes(Changes::from(CryptoChanges {
-        share_with_verified_only: Some(true),
+        sharing_policy: Some(SharingPolicy::VerifiedOnly),
         ..Default::default()
     }))
     .unwrap();
@@ -723,8 +723,8 @@ fn trust_decisions_and_rotation_state_cannot_be_edited_in_the_file() {
         .unwrap();
     }
     // The sharing setting is a secret value: it cannot be read or edited in clear.
-    assert_eq!(verified_only(&s).unwrap(), Some(blob(b"true")));
-    assert!(s.share_with_verified_only().unwrap());
+    assert_eq!(verified_only(&s).unwrap(), Some(blob(b"verified_only")));
+    assert_eq!(s.sharing_policy().unwrap(), SharingPolicy::VerifiedOnly);
     let in_clear: i64 = raw(d)
         .query_row(
             "SELECT count(*) FROM plain_values WHERE key = ?1",

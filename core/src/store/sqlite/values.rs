@@ -1,10 +1,14 @@
 //! Small values by key: `plain_values` (in clear), `secret_values` (encrypted, bound to
 //! their key) and the sync token (in `meta`).
 
+use ruma::RoomId;
 use rusqlite::{Connection, Transaction};
 
 use super::super::cipher::StoreCipher;
-use super::super::{Changes, SecretBlob, StoreError};
+use super::super::{
+    Changes, SecretBlob, SharingPolicy, StoreError, room_sharing_key, sharing_policy_of,
+    sharing_policy_value,
+};
 use super::migrate_5::VERIFIED_ONLY_KEY;
 use super::schema::meta;
 use super::sql::{col, each, get_meta, query_opt, set_meta};
@@ -38,14 +42,38 @@ pub(super) fn sync_token(conn: &Connection) -> Result<Option<String>, StoreError
     get_meta(conn, meta::SYNC_TOKEN)
 }
 
-/// Whether room keys go to verified devices only: a secret value (encrypted and bound to its
-/// key, so that it cannot be edited in the file), `false` until set.
-pub(super) fn share_with_verified_only(
+/// The global sharing policy: a secret value (encrypted and bound to its key, so that it
+/// cannot be edited in the file), the default until set.
+pub(super) fn sharing_policy(
     conn: &Connection,
     c: &StoreCipher,
-) -> Result<bool, StoreError> {
+) -> Result<SharingPolicy, StoreError> {
     let value = secret(conn, c, VERIFIED_ONLY_KEY)?;
-    Ok(super::super::is_verified_only(value.as_ref()))
+    Ok(sharing_policy_of(value.as_ref()).unwrap_or_default())
+}
+
+/// A room's own sharing policy (a secret value too).
+pub(super) fn room_sharing_policy(
+    conn: &Connection,
+    c: &StoreCipher,
+    room_id: &RoomId,
+) -> Result<Option<SharingPolicy>, StoreError> {
+    let value = secret(conn, c, &room_sharing_key(room_id))?;
+    Ok(sharing_policy_of(value.as_ref()))
+}
+
+/// One secret value, encrypted and bound to its key.
+fn write_secret(
+    tx: &Transaction<'_>,
+    c: &StoreCipher,
+    key: &str,
+    value: &SecretBlob,
+) -> Result<(), StoreError> {
+    let blob = c.encrypt(&aad_secret_value(key), value.as_bytes())?;
+    tx.prepare_cached("INSERT OR REPLACE INTO secret_values (key, value) VALUES (?1, ?2)")
+        .and_then(|mut st| st.execute(rusqlite::params![key, blob]))
+        .map_err(super::sql::db)?;
+    Ok(())
 }
 
 /// Plain and secret values, and the machine's sharing setting (not the sync token: it is
@@ -55,14 +83,19 @@ pub(super) fn write(
     c: &StoreCipher,
     changes: &Changes,
 ) -> Result<(), StoreError> {
-    if let Some(on) = changes.crypto.share_with_verified_only {
-        let blob = c.encrypt(
-            &aad_secret_value(VERIFIED_ONLY_KEY),
-            super::super::verified_only_value(on).as_bytes(),
-        )?;
-        tx.prepare_cached("INSERT OR REPLACE INTO secret_values (key, value) VALUES (?1, ?2)")
-            .and_then(|mut st| st.execute(rusqlite::params![VERIFIED_ONLY_KEY, blob]))
-            .map_err(super::sql::db)?;
+    if let Some(policy) = changes.crypto.sharing_policy {
+        write_secret(tx, c, VERIFIED_ONLY_KEY, &sharing_policy_value(policy))?;
+    }
+    for (room_id, policy) in &changes.crypto.room_sharing_policies {
+        let key = room_sharing_key(room_id);
+        match policy {
+            Some(policy) => write_secret(tx, c, &key, &sharing_policy_value(*policy))?,
+            None => {
+                tx.prepare_cached("DELETE FROM secret_values WHERE key = ?1")
+                    .and_then(|mut st| st.execute([&key]))
+                    .map_err(super::sql::db)?;
+            }
+        }
     }
     let values: Vec<_> = changes.client.values.iter().collect();
     each(

@@ -14,6 +14,7 @@ import uniffi.newt_ffi.DecryptionFailure
 import uniffi.newt_ffi.DeviceTrust
 import uniffi.newt_ffi.NewtException
 import uniffi.newt_ffi.RoomKeyRotation
+import uniffi.newt_ffi.SharingPolicy
 import uniffi.newt_ffi.TimelineUpdate
 
 /** Who gets room keys and when they rotate, set from Kotlin. */
@@ -81,6 +82,44 @@ class SharingPolicyTest {
                     assertEquals(text, item.body)
                 }
                 bob.client.stopSync()
+                coroutineContext.cancelChildren()
+            }
+        }
+    }
+
+    @Test
+    fun `a room's cross-signed-only policy withholds the key until bob cross-signs his device`() = runBlocking<Unit> {
+        Resources().use { res ->
+            val pair = res.roomPair()
+            val alice = pair.alice.client
+            val bob = pair.bob.client
+            alice.setRoomSharingPolicy(pair.roomId, SharingPolicy.CROSS_SIGNED_ONLY)
+            assertEquals(SharingPolicy.CROSS_SIGNED_ONLY, alice.sharingPolicy(pair.roomId))
+            coroutineScope {
+                val updates = timelineUpdates(bob, pair.roomId)
+                kotlin.test.assertIs<TimelineUpdate.Initial>(updates.receive())
+                val withheld = alice.sendText(pair.roomId, "only for cross-signed devices")
+                bob.startSync()
+                val first = updates.awaitItem(what = "the withheld message at bob") { it.eventId == withheld }
+                val failure = first.failure
+                assertTrue(
+                    failure is DecryptionFailure.Withheld && failure.code == "m.unverified",
+                    "withheld until cross-signed: ${first.describe()}",
+                )
+
+                // bob cross-signs his device; alice learns it with his device list.
+                bob.bootstrapCrossSigning()
+                alice.syncOnce(0uL)
+                val text = "bob is cross-signed now"
+                val shared = alice.sendText(pair.roomId, text)
+                val second = updates.awaitItem(what = "the message after cross-signing") { it.eventId == shared }
+                assertTrue(second.decrypted, second.describe())
+                assertEquals(text, second.body)
+
+                // Back to the global policy.
+                alice.setRoomSharingPolicy(pair.roomId, null)
+                assertEquals(SharingPolicy.ALL_BUT_BLACKLISTED, alice.sharingPolicy(pair.roomId))
+                bob.stopSync()
                 coroutineContext.cancelChildren()
             }
         }
