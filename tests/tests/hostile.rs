@@ -1055,3 +1055,77 @@ async fn withheld_notices_of_strangers_or_other_members_never_explain_alices_eve
     s.alice.discard_room_key(&s.room).unwrap();
     assert_still_works(&s.bob, &s.alice, &s.room, &before).await;
 }
+
+/// 10. bob's homeserver adds to alice's cross-signed device a signature under her
+///     self-signing key that does not verify (tampering). bob never shows what that device
+///     sends, not even under the "show everything" policy, and never gives it his room key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_cross_signing_signature_hides_the_device_and_its_messages() {
+    let applied = counter();
+    let a = applied.clone();
+    let s = scene(&["alice", "bob"], |proxy| {
+        let rewrite = Rewrite::json(move |answer| {
+            let ssk = answer
+                .pointer("/self_signing_keys/@alice:localhost/keys")
+                .and_then(Value::as_object)
+                .and_then(|keys| keys.keys().next().cloned());
+            let Some(ssk) = ssk else {
+                return;
+            };
+            let devices = answer
+                .pointer_mut("/device_keys/@alice:localhost")
+                .and_then(Value::as_object_mut);
+            for keys in devices.into_iter().flat_map(|d| d.values_mut()) {
+                let signatures = entry(keys, &["signatures", "@alice:localhost"]);
+                // The device's own signature, put under the self-signing key's id.
+                let own = signatures
+                    .as_object()
+                    .and_then(|s| s.iter().find(|(id, _)| **id != ssk))
+                    .map(|(_, sig)| sig.clone());
+                if let Some(own) = own {
+                    signatures[ssk.as_str()] = own;
+                    a.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        proxy.rule("/keys/query", Action::RewriteResponse(rewrite), None);
+    })
+    .await;
+    s.alice.bootstrap_cross_signing().await.unwrap();
+    // bob downloads alice's devices again (her device list changed): the tampered answer.
+    let alice_id = user_of(&s.alice);
+    s.bob.sync_once(Duration::ZERO).await.unwrap();
+    let identity = s.bob.identity(&alice_id).await.unwrap();
+    assert!(identity.is_some(), "bob knows alice's identity");
+    assert!(
+        count(&applied) >= 1,
+        "no key query of bob listed alice's signed device"
+    );
+
+    // Under "show everything", alice's message arrives decrypted but hidden: tampering.
+    let text = unique("from a tampered device");
+    let sent = s.alice.send_text(&s.room, &text).await.unwrap();
+    let got = receive_event(&s.bob, &s.room, &sent).await;
+    assert_eq!(got.trust_policy, newt_core::client::TrustPolicy::ShowAll);
+    assert!(got.decrypted && got.hidden_by_policy, "{got:?}");
+    assert_eq!(
+        got.sender_trust,
+        Some(newt_core::store::SenderTrust::Tampered)
+    );
+    assert_eq!(got.body, None);
+
+    // bob's room key never reaches that device: alice gets a withheld notice instead.
+    let reply = s
+        .bob
+        .send_text(&s.room, &unique("not for a tampered device"))
+        .await
+        .unwrap();
+    let at_alice = receive_event(&s.alice, &s.room, &reply).await;
+    assert!(!at_alice.decrypted, "{at_alice:?}");
+    assert!(
+        matches!(&at_alice.failure, Some(newt_core::crypto::MegolmError::Withheld { code, .. })
+            if code.as_str() == "m.unverified"),
+        "{:?}",
+        at_alice.failure
+    );
+}

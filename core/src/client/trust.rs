@@ -13,7 +13,9 @@ use tracing::{info, warn};
 
 use super::late_keys::Retry;
 use super::{Client, ClientError, Prompt, PromptAnswer};
-use crate::crypto::{IdentityChange, OlmMachine, SharingPolicy, UserIdentity, raw_json};
+use crate::crypto::{
+    CrossSigningUpload, IdentityChange, OlmMachine, SharingPolicy, UserIdentity, raw_json,
+};
 use crate::http::HttpError;
 
 impl Client {
@@ -24,10 +26,22 @@ impl Client {
     /// device as cross-signed.
     pub async fn bootstrap_cross_signing(&self) -> Result<(), ClientError> {
         let machine = self.machine()?;
+        // What the server has now: an identity made elsewhere must not be replaced here.
+        self.identity(machine.user_id()).await?;
         let m = Arc::clone(&machine);
         let upload = self
             .blocking(move |_| Ok(m.bootstrap_cross_signing()?))
             .await?;
+        self.publish_cross_signing(&machine, upload).await
+    }
+
+    /// Upload the own keys (the password from the prompt handler when the server asks),
+    /// sign this device with them, and download the own identity again.
+    async fn publish_cross_signing(
+        &self,
+        machine: &Arc<OlmMachine>,
+        upload: CrossSigningUpload,
+    ) -> Result<(), ClientError> {
         let keys = |name: &str| raw_json(&upload.keys[name]).map(Some);
         let mut request = upload_signing_keys::v3::Request::new();
         request.master_key = keys("master_key")?;
@@ -40,7 +54,7 @@ impl Client {
                 if flows.iter().any(|f| f == "m.login.password") =>
             {
                 request.auth = Some(
-                    self.password_auth(&machine, session, "set up cross-signing")
+                    self.password_auth(machine, session, "set up cross-signing")
                         .await?,
                 );
                 self.inner.http.send(request).await?;
@@ -48,7 +62,7 @@ impl Client {
             Err(e) => return Err(e.into()),
         }
         self.upload_signatures(&upload.signatures).await?;
-        let m = Arc::clone(&machine);
+        let m = Arc::clone(machine);
         self.blocking(move |_| Ok(m.mark_cross_signing_uploaded()?))
             .await?;
         info!("cross-signing keys published");
@@ -61,9 +75,9 @@ impl Client {
     /// verify again.
     pub async fn reset_cross_signing(&self) -> Result<(), ClientError> {
         let machine = self.machine()?;
-        self.blocking(move |_| Ok(machine.reset_cross_signing()?))
-            .await?;
-        self.bootstrap_cross_signing().await
+        let m = Arc::clone(&machine);
+        let upload = self.blocking(move |_| Ok(m.reset_cross_signing()?)).await?;
+        self.publish_cross_signing(&machine, upload).await
     }
 
     /// The password for user-interactive auth, from the prompt handler.

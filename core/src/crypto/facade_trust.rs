@@ -182,7 +182,26 @@ impl OlmMachine {
 
     /// The own cross-signing keys to publish, made (and stored, before anything is sent)
     /// on the first call and the same on every later one until [`Self::reset_cross_signing`].
+    /// Refused (`InvalidInput`) when the account already has an identity whose keys this
+    /// device does not hold (made by another device, or replaced since): publishing ours
+    /// would silently replace it; [`Self::reset_cross_signing`] does that on purpose.
     pub fn bootstrap_cross_signing(&self) -> Result<CrossSigningUpload, CryptoError> {
+        let held = cross_signing::stored(&*self.store)?.map(|k| k.master_public());
+        let published = Identities::new(self.ctx()).identity(&self.user_id)?;
+        if let Some(published) = published
+            && held.as_deref() != Some(published.master_key.as_str())
+        {
+            return Err(CryptoError::InvalidInput(
+                "the account's cross-signing identity was made by another device (or replaced): \
+                 its keys are not here; reset_cross_signing replaces it"
+                    .into(),
+            ));
+        }
+        self.cross_signing_upload()
+    }
+
+    /// The upload of the stored own keys, made and stored first if there are none.
+    fn cross_signing_upload(&self) -> Result<CrossSigningUpload, CryptoError> {
         let mut state = self.lock()?;
         let keys = match cross_signing::stored(&*self.store)? {
             Some(keys) => keys,
@@ -204,15 +223,19 @@ impl OlmMachine {
         })
     }
 
-    /// Forget the own cross-signing keys (they were lost or compromised): the next
-    /// [`Self::bootstrap_cross_signing`] makes new ones.
-    pub fn reset_cross_signing(&self) -> Result<(), CryptoError> {
-        let mut state = self.lock()?;
-        let changes = Changes::from(CryptoChanges {
-            cross_signing_keys: Some(crate::store::SecretBlob::new(Vec::new())),
-            ..Default::default()
-        });
-        self.ctx().save(&mut state, changes)
+    /// New own cross-signing keys (the old ones were lost, compromised, or made by another
+    /// device): stored, and returned to publish in place of the account's identity. Other
+    /// users see the identity change.
+    pub fn reset_cross_signing(&self) -> Result<CrossSigningUpload, CryptoError> {
+        {
+            let mut state = self.lock()?;
+            let changes = Changes::from(CryptoChanges {
+                cross_signing_keys: Some(crate::store::SecretBlob::new(Vec::new())),
+                ..Default::default()
+            });
+            self.ctx().save(&mut state, changes)?;
+        }
+        self.cross_signing_upload()
     }
 
     /// The server accepted the own cross-signing keys: our own device list is queried

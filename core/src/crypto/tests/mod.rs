@@ -175,6 +175,16 @@ impl FakeServer {
     /// signature, as `/keys/device_signing/upload` and `/keys/signatures/upload` would.
     pub(crate) fn publish_cross_signing(&mut self, peer: &Peer) {
         let upload = peer.machine.bootstrap_cross_signing().unwrap();
+        self.upload_cross_signing(peer, upload);
+    }
+
+    /// Replace `peer`'s cross-signing keys with new ones, published.
+    pub(crate) fn reset_cross_signing(&mut self, peer: &Peer) {
+        let upload = peer.machine.reset_cross_signing().unwrap();
+        self.upload_cross_signing(peer, upload);
+    }
+
+    fn upload_cross_signing(&mut self, peer: &Peer, upload: CrossSigningUpload) {
         self.cross_signing.insert(peer.user(), upload.keys);
         self.upload_signatures(&upload.signatures);
         peer.machine.mark_cross_signing_uploaded().unwrap();

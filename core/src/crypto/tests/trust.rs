@@ -270,8 +270,7 @@ fn identity_changes_are_pin_or_verification_violations() {
 
     // Both reset their cross-signing keys.
     for peer in [&alice, &carol] {
-        peer.machine.reset_cross_signing().unwrap();
-        server.publish_cross_signing(peer);
+        server.reset_cross_signing(peer);
     }
     changed(&bob, users.clone(), vec![]);
     let outcomes = server.drive(&bob);
@@ -310,8 +309,7 @@ fn a_verification_violation_mid_conversation_hides_only_the_new_sessions() {
     assert_eq!(old.sender_trust, SenderTrust::Verified);
 
     // alice's identity is replaced (by her, or by a malicious server) and she rotates.
-    alice.machine.reset_cross_signing().unwrap();
-    server.publish_cross_signing(&alice);
+    server.reset_cross_signing(&alice);
     changed(&bob, vec![alice.user()], vec![]);
     server.drive(&bob);
     let old_again = exchange(&alice, &bob, "same session", "$2").unwrap();
@@ -345,4 +343,31 @@ fn a_verification_violation_mid_conversation_hides_only_the_new_sessions() {
         trust_of_message(&alice, &bob, "again", "$4").0,
         SenderTrust::Verified
     );
+}
+
+#[test]
+fn an_identity_made_by_another_device_is_not_replaced_by_a_bootstrap() {
+    let (mut server, alice, _bob) = cross_signed_pair();
+    // alice's second device: no private keys, but it downloads the account's identity.
+    let laptop = Peer::new(alice.user().as_str(), "LAPTOP");
+    server.drive(&laptop);
+    laptop
+        .machine
+        .update_tracked_users(&[alice.user()])
+        .unwrap();
+    server.drive(&laptop);
+    let published = laptop.machine.identity(&alice.user()).unwrap().unwrap();
+    assert!(!published.verified, "the laptop holds none of its keys");
+    let err = laptop.machine.bootstrap_cross_signing().unwrap_err();
+    assert!(matches!(err, CryptoError::InvalidInput(_)), "{err:?}");
+    assert!(!laptop.machine.has_cross_signing_keys().unwrap());
+    // On purpose, it can replace it; the first device then sees a changed identity.
+    server.reset_cross_signing(&laptop);
+    changed(&alice, vec![alice.user()], vec![]);
+    server.drive(&alice);
+    let replaced = alice.machine.identity(&alice.user()).unwrap().unwrap();
+    assert_ne!(replaced.master_key, published.master_key);
+    assert!(!replaced.verified && replaced.verification_violation);
+    // And alice, whose keys are stale now, cannot publish them again by accident.
+    assert!(alice.machine.bootstrap_cross_signing().is_err());
 }
