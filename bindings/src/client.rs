@@ -310,6 +310,11 @@ impl NewtClient {
                     message: "unknown device".into(),
                 });
             }
+            if trust == DeviceTrust::Verified {
+                // Also cross-signs an own device when this device holds the keys.
+                client.verify_device(&user_id, &device_id).await?;
+                return Ok(());
+            }
             // A store write: on a blocking thread, not on the runtime's workers.
             tokio::task::spawn_blocking(move || {
                 client.set_device_trust(&user_id, &device_id, trust.into())

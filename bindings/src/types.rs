@@ -104,6 +104,10 @@ pub struct DeviceInfo {
     pub trust: DeviceTrust,
     /// Removed by its owner.
     pub deleted: bool,
+    /// Its owner's self-signing key signed it.
+    pub cross_signed: bool,
+    /// Verified: by hand, or cross-signed by an identity the user verified.
+    pub verified: bool,
 }
 
 impl From<Device> for DeviceInfo {
@@ -116,6 +120,8 @@ impl From<Device> for DeviceInfo {
             curve25519: d.curve25519,
             trust: d.local_trust.into(),
             deleted: d.deleted,
+            cross_signed: d.cross_signed,
+            verified: d.verified,
         }
     }
 }

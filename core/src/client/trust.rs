@@ -17,6 +17,7 @@ use crate::crypto::{
     CrossSigningUpload, IdentityChange, OlmMachine, SharingPolicy, UserIdentity, raw_json,
 };
 use crate::http::HttpError;
+use crate::store::LocalTrust;
 
 impl Client {
     /// Set up cross-signing: make the own master, self-signing and user-signing keys (or
@@ -142,6 +143,30 @@ impl Client {
     /// The sharing policy of a room: its own, or the global one.
     pub fn sharing_policy_for(&self, room_id: &RoomId) -> Result<SharingPolicy, ClientError> {
         Ok(self.machine()?.sharing_policy_for(room_id)?)
+    }
+
+    /// The user verified a device by hand (compared its fingerprint): recorded, and for one
+    /// of our own devices, when this device holds the cross-signing keys, also cross-signed
+    /// and published, so other users' clients see it as cross-signed. Hidden messages that
+    /// show now are delivered again. Returns whether the device is known.
+    pub async fn verify_device(
+        &self,
+        user_id: &UserId,
+        device_id: &ruma::DeviceId,
+    ) -> Result<bool, ClientError> {
+        let (user, device) = (user_id.to_owned(), device_id.to_owned());
+        let (known, signature) = self
+            .blocking(move |c| {
+                let known = c.set_device_trust(&user, &device, LocalTrust::Verified)?;
+                Ok((known, c.machine()?.device_signature(&user, &device)?))
+            })
+            .await?;
+        if let Some(signature) = signature.filter(|_| known)
+            && let Err(e) = self.upload_signatures(&signature).await
+        {
+            warn!(error = %e, "publishing the device's cross-signing signature failed");
+        }
+        Ok(known)
     }
 
     /// A user's cross-signing identity, downloaded first if our copy is missing or stale.

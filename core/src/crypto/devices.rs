@@ -25,6 +25,10 @@ pub struct Device {
     pub local_trust: LocalTrust,
     /// The device was removed from its owner's list.
     pub deleted: bool,
+    /// Its owner's self-signing key signed it.
+    pub cross_signed: bool,
+    /// Verified: by hand, or cross-signed by an identity the user verified.
+    pub verified: bool,
 }
 
 impl From<&DeviceRecord> for Device {
@@ -37,6 +41,8 @@ impl From<&DeviceRecord> for Device {
             display_name: r.display_name.clone(),
             local_trust: r.local_trust,
             deleted: r.deleted,
+            cross_signed: false,
+            verified: r.local_trust == LocalTrust::Verified,
         }
     }
 }

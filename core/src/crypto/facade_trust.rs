@@ -106,6 +106,41 @@ impl OlmMachine {
         ))
     }
 
+    /// The signature to upload (`POST /keys/signatures/upload`) that cross-signs one of our
+    /// own other devices with the self-signing key, once the user verified it: other users'
+    /// clients then see it as cross-signed, and ours as verified. `None` without own
+    /// cross-signing keys, for another user's device, or an unknown one.
+    pub fn device_signature(
+        &self,
+        user_id: &UserId,
+        device_id: &ruma::DeviceId,
+    ) -> Result<Option<Value>, CryptoError> {
+        if user_id != self.user_id || device_id == self.device_id {
+            return Ok(None);
+        }
+        let Some(keys) = cross_signing::stored(&*self.store)? else {
+            return Ok(None);
+        };
+        let device = self
+            .store
+            .devices(&[user_id])?
+            .into_iter()
+            .find(|d| d.device_id == device_id && !d.deleted);
+        let Some(device) = device else {
+            return Ok(None);
+        };
+        let mut signed: Value = serde_json::from_str(&device.keys_json)
+            .map_err(|e| CryptoError::CorruptState(format!("device keys: {e}")))?;
+        if let Some(object) = signed.as_object_mut() {
+            object.remove("signatures");
+            object.remove("unsigned");
+        }
+        keys.sign_device(&self.user_id, &mut signed)?;
+        Ok(Some(
+            json!({ user_id.as_str(): { device_id.as_str(): signed } }),
+        ))
+    }
+
     /// The background retry of sender data: sessions whose sending device the server did
     /// not list yet are looked up again (their senders re-queried). Returns the sessions
     /// whose sender data improved.

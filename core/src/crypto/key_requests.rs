@@ -22,6 +22,7 @@ use super::megolm::{ForwardedKey, InboundGroup, Merge, merge};
 use super::olm::{IncomingOlm, OlmPayload};
 use super::outbox::messages_json;
 use super::outcomes::RoomKeyInfo;
+use super::sender_data::TrustView;
 use super::state::{KeyRequest, State};
 use crate::store::{
     Changes, CryptoChanges, DeviceRecord, KeyRequestRecord, LocalTrust, PendingToDevice,
@@ -263,8 +264,17 @@ impl KeyRequests<'_> {
             state.held.defer(request);
             return Ok(None);
         };
+        let none = CryptoChanges::default();
+        let view = TrustView::load(
+            self.ctx.store,
+            self.ctx.signatures,
+            &[self.ctx.user_id],
+            &none,
+        )?;
         match device.local_trust {
             LocalTrust::Verified => Ok(Some(device)),
+            // Cross-signed by our own verified identity: verified, nothing to ask.
+            LocalTrust::Unset if view.is_verified(&device) => Ok(Some(device)),
             LocalTrust::Unset => {
                 // Held until the user decides (the app may ask: `take_key_share_prompts`).
                 debug!(device = %device.device_id, "holding a key request of an undecided own device");
@@ -323,9 +333,14 @@ impl KeyRequests<'_> {
         device: Option<&DeviceRecord>,
         pending: &Changes,
     ) -> Result<Result<Option<RoomKeyInfo>, OlmError>, CryptoError> {
-        let from_verified_own = device.is_some_and(|d| {
-            d.user_id == self.ctx.user_id && d.local_trust == LocalTrust::Verified
-        });
+        let from_verified_own = match device.filter(|d| d.user_id == self.ctx.user_id) {
+            Some(d) => {
+                let none = CryptoChanges::default();
+                let own = [self.ctx.user_id];
+                TrustView::load(self.ctx.store, self.ctx.signatures, &own, &none)?.is_verified(d)
+            }
+            None => false,
+        };
         if !from_verified_own {
             return Ok(Err(OlmError::InvalidRoomKey(
                 "forwarded keys are accepted only from own verified devices".into(),

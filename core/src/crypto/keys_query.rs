@@ -21,7 +21,7 @@ use super::key_requests::KeyRequests;
 use super::outcomes::QueryOutcome;
 use super::requests::{OutgoingKind, OutgoingRequest};
 use super::responses::KeysQueryResponse;
-use super::sender_data::SenderDataMachine;
+use super::sender_data::{SenderDataMachine, TrustView};
 use super::state::{State, TrackerState};
 use crate::store::quota::MAX_DEVICES_PER_USER;
 use crate::store::{Changes, CryptoChanges, DeviceRecord, LocalTrust, TrackedUser, TrackingState};
@@ -447,12 +447,14 @@ impl DeviceTracker<'_> {
 
     /// Known devices of a user (including our own other devices).
     pub(crate) fn devices(&self, user_id: &UserId) -> Result<Vec<Device>, CryptoError> {
+        let none = CryptoChanges::default();
+        let view = TrustView::load(self.ctx.store, self.ctx.signatures, &[user_id], &none)?;
         Ok(self
             .ctx
             .store
             .devices(&[user_id])?
             .iter()
-            .map(Device::from)
+            .map(|record| view.app_device(record))
             .collect())
     }
 

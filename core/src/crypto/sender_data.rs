@@ -15,6 +15,7 @@ use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, UserId};
 use tracing::debug;
 
 use super::context::sub_machine;
+use super::devices::Device;
 use super::error::CryptoError;
 use super::identity::{DeviceSignature, SignatureCache};
 use super::state::State;
@@ -129,6 +130,28 @@ impl<'c> TrustView<'c> {
     fn signature(&self, device: &DeviceRecord) -> DeviceSignature {
         self.signatures
             .check(device, self.identity(&device.user_id))
+    }
+
+    /// A device as the app sees it, with its cross-signing and verification state.
+    pub(crate) fn app_device(&self, record: &DeviceRecord) -> Device {
+        let (signature, owner_verified) = self.standing(record);
+        let cross_signed = signature == DeviceSignature::CrossSigned;
+        let by_hand = record.local_trust == LocalTrust::Verified;
+        Device {
+            cross_signed,
+            verified: by_hand || (cross_signed && owner_verified),
+            ..Device::from(record)
+        }
+    }
+
+    /// Whether a device counts as verified: by hand, or (while the user has not decided
+    /// otherwise about it) cross-signed by an identity the user verified.
+    pub(crate) fn is_verified(&self, record: &DeviceRecord) -> bool {
+        match record.local_trust {
+            LocalTrust::Verified => true,
+            LocalTrust::Unset => self.app_device(record).verified,
+            LocalTrust::Blacklisted | LocalTrust::Ignored => false,
+        }
     }
 
     /// A device's cross-signing state and whether the user verified its owner's identity

@@ -101,7 +101,7 @@ fn missing_keys_are_requested_from_own_verified_devices_only() {
 }
 
 /// An `m.room_key_request` to-device event for alice's session `session_id` in [`ROOM`].
-fn key_request(
+pub(super) fn key_request(
     alice: &Peer,
     sender: impl AsRef<str>,
     device: &str,

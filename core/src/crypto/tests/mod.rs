@@ -190,6 +190,24 @@ impl FakeServer {
         peer.machine.mark_cross_signing_uploaded().unwrap();
     }
 
+    /// Put, under `peer`'s self-signing key's id on its device keys, the device's own
+    /// signature: a cross-signing signature that does not verify (tampering).
+    pub(crate) fn tamper_cross_signing_signature(&mut self, peer: &Peer) {
+        let ssk = self.cross_signing[&peer.user()]["self_signing_key"]["keys"]
+            .as_object()
+            .and_then(|keys| keys.keys().next().cloned())
+            .unwrap();
+        let (user, device_id) = peer.id();
+        let device = self
+            .device_keys
+            .get_mut(&user)
+            .and_then(|d| d.get_mut(&device_id))
+            .unwrap();
+        let signatures = &mut device["signatures"][user.as_str()];
+        let own = signatures[format!("ed25519:{device_id}")].clone();
+        signatures[&ssk] = own;
+    }
+
     /// Merge the signatures of a `/keys/signatures/upload` body into the stored keys.
     pub(crate) fn upload_signatures(&mut self, body: &Value) {
         for (user, objects) in body.as_object().unwrap() {

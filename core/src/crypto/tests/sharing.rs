@@ -472,21 +472,7 @@ fn all_devices_includes_blacklisted_ones_but_never_a_tampered_device() {
         .set_local_trust(&bob.user(), "BOB".into(), LocalTrust::Unset)
         .unwrap();
     server.publish_cross_signing(&bob);
-    let ssk = server.cross_signing[&bob.user()]["self_signing_key"]["keys"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
-    let keys = server
-        .device_keys
-        .get_mut(&bob.user())
-        .unwrap()
-        .get_mut(&bob.device())
-        .unwrap();
-    let own_signature = keys["signatures"][bob.user().as_str()]["ed25519:BOB"].clone();
-    keys["signatures"][bob.user().as_str()][&ssk] = own_signature;
+    server.tamper_cross_signing_signature(&bob);
     alice
         .machine
         .set_sharing_policy(SharingPolicy::AllDevices)

@@ -204,22 +204,7 @@ fn a_tampered_cross_signing_signature_marks_the_device_and_its_sessions() {
     let (mut server, alice, bob) = cross_signed_pair();
     // The server swaps alice's self-signing signature on her device for another valid one
     // (of different content): it no longer verifies.
-    let ssk = server.cross_signing[&alice.user()]["self_signing_key"]["keys"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
-    let device = server
-        .device_keys
-        .get_mut(&alice.user())
-        .unwrap()
-        .get_mut(&alice.device())
-        .unwrap();
-    let forged =
-        device["signatures"][alice.user().as_str()][format!("ed25519:{}", alice.device())].clone();
-    device["signatures"][alice.user().as_str()][&ssk] = forged;
+    server.tamper_cross_signing_signature(&alice);
     share_known(&mut server, &alice, &bob);
     assert_eq!(sender_data_at(&bob, &alice).trust, SenderTrust::Tampered);
     let (trust, _) = trust_of_message(&alice, &bob, "hi", "$1");
@@ -370,4 +355,97 @@ fn an_identity_made_by_another_device_is_not_replaced_by_a_bootstrap() {
     assert!(!replaced.verified && replaced.verification_violation);
     // And alice, whose keys are stale now, cannot publish them again by accident.
     assert!(alice.machine.bootstrap_cross_signing().is_err());
+}
+
+#[test]
+fn an_own_device_the_user_verified_is_cross_signed_for_everyone() {
+    let (mut server, alice, bob) = cross_signed_pair();
+    let laptop = Peer::new(alice.user().as_str(), "LAPTOP");
+    server.drive(&laptop);
+    changed(&alice, vec![alice.user()], vec![]);
+    server.drive(&alice);
+    // alice verifies her laptop by hand and cross-signs it.
+    alice
+        .machine
+        .set_local_trust(&alice.user(), "LAPTOP".into(), LocalTrust::Verified)
+        .unwrap();
+    let signature = alice
+        .machine
+        .device_signature(&alice.user(), "LAPTOP".into())
+        .unwrap()
+        .expect("alice holds the keys");
+    server.upload_signatures(&signature);
+    // Only own other devices are signed this way.
+    assert!(
+        alice
+            .machine
+            .device_signature(&bob.user(), "BOB".into())
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        alice
+            .machine
+            .device_signature(&alice.user(), "ALICE".into())
+            .unwrap()
+            .is_none()
+    );
+
+    // bob sees the laptop cross-signed, and verified once he verifies alice.
+    let laptop_at = |peer: &Peer| {
+        peer.machine
+            .devices(&alice.user())
+            .unwrap()
+            .into_iter()
+            .find(|d| d.device_id == "LAPTOP")
+            .unwrap()
+    };
+    bob.machine.update_tracked_users(&[alice.user()]).unwrap();
+    server.drive(&bob);
+    let seen = laptop_at(&bob);
+    assert!(seen.cross_signed && !seen.verified, "{seen:?}");
+    bob.machine.verify_identity(&alice.user()).unwrap();
+    assert!(laptop_at(&bob).verified);
+
+    // alice's own view, were her decision about the laptop still open (another device of
+    // hers cross-signed it): verified through her identity, so its key requests are
+    // answered without asking.
+    changed(&alice, vec![alice.user()], vec![]);
+    server.drive(&alice);
+    alice
+        .machine
+        .set_local_trust(&alice.user(), "LAPTOP".into(), LocalTrust::Unset)
+        .unwrap();
+    let seen = laptop_at(&alice);
+    assert!(seen.cross_signed && seen.verified, "{seen:?}");
+    server.establish(&alice, &[alice.user()]);
+    let session_id = alice
+        .machine
+        .encrypt_room_event(room(), "m.room.message", &text("for the laptop"))
+        .map(|c| c["session_id"].as_str().unwrap().to_owned())
+        .unwrap_or_else(|_| {
+            alice
+                .machine
+                .share_room_key(room(), &[alice.user()], RotationSettings::default())
+                .unwrap();
+            alice
+                .store
+                .outbound_group_session(room())
+                .unwrap()
+                .unwrap()
+                .session_id
+        });
+    let pending = alice.store.pending_to_device().unwrap().len();
+    let request =
+        super::key_requests::key_request(&alice, alice.user(), "LAPTOP", "r1", &session_id);
+    receive(&alice, vec![request]);
+    assert_eq!(
+        alice.store.pending_to_device().unwrap().len(),
+        pending + 1,
+        "the cross-signed own device is answered"
+    );
+    assert!(
+        alice.machine.take_key_share_prompts().unwrap().is_empty(),
+        "nothing to ask"
+    );
 }
