@@ -248,18 +248,24 @@ impl Client {
     pub(crate) async fn retry_sender_data(&self, schedule: bool) -> Result<u32, ClientError> {
         let machine = self.machine()?;
         let m = Arc::clone(&machine);
-        let (improved, next) = self
+        let (ran, improved, next) = self
             .blocking(move |c| {
+                if m.next_sender_data_retry_in()? != Some(0) {
+                    // Nothing due (the usual case after a sync): no store writes, no requests.
+                    return Ok((false, 0, m.next_sender_data_retry_in()?));
+                }
                 let improved = m.retry_sender_data()?;
                 let count = improved.len() as u32;
                 if !improved.is_empty() {
                     c.recheck_kept_events(&m, Some(improved))?;
                 }
-                Ok((count, m.next_sender_data_retry_in()?))
+                Ok((true, count, m.next_sender_data_retry_in()?))
             })
             .await?;
-        // Senders re-queried by the retry.
-        self.send_outgoing().await?;
+        if ran {
+            // Senders re-queried by the retry.
+            self.send_outgoing().await?;
+        }
         if let Some(in_ms) = next.filter(|_| schedule) {
             let delay = std::time::Duration::from_millis(in_ms.max(1_000));
             self.schedule_wakeup(delay, "sender data of received room keys");
