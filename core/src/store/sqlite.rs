@@ -56,6 +56,8 @@ mod sql;
 mod tests;
 mod to_device;
 mod trust;
+#[cfg(test)]
+mod trust_tests;
 mod unwedge;
 mod values;
 mod write;

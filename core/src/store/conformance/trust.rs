@@ -1,6 +1,6 @@
 //! Sender trust records: users' identities, the sender data of inbound sessions (updated in
 //! place, selected for re-evaluation and for the background retry), the own cross-signing
-//! keys.
+//! keys, and the sharing policies.
 
 use super::super::*;
 use super::fixtures::*;
@@ -204,4 +204,90 @@ pub(crate) fn cross_signing_keys_are_a_reserved_secret<S: Store>(s: &S) {
         Err(StoreError::InvalidRecord(_))
     ));
     assert_eq!(s.cross_signing_keys().unwrap(), Some(blob(b"private keys")));
+}
+
+pub(crate) fn sharing_policies<S: Store>(s: &S) {
+    use SharingPolicy::*;
+    let set = |policy: SharingPolicy| {
+        Changes::from(CryptoChanges {
+            sharing_policy: Some(policy),
+            ..Default::default()
+        })
+    };
+    assert_eq!(
+        s.sharing_policy().unwrap(),
+        AllButBlacklisted,
+        "the default until set"
+    );
+    save(s, set(VerifiedOnly));
+    assert_eq!(s.sharing_policy().unwrap(), VerifiedOnly);
+    // Kept as a secret value (encrypted at rest in SQLite), under the key of the earlier
+    // verified-only switch, whose values still read.
+    assert_eq!(
+        s.secret_value(VERIFIED_ONLY_KEY).unwrap(),
+        Some(blob(b"verified_only"))
+    );
+    save(
+        s,
+        Changes::from(CryptoChanges {
+            devices: vec![device("@u:x", "D", "c")],
+            ..Default::default()
+        }),
+    );
+    assert_eq!(
+        s.sharing_policy().unwrap(),
+        VerifiedOnly,
+        "kept when not given"
+    );
+    save(s, set(CrossSignedOnly));
+    assert_eq!(s.sharing_policy().unwrap(), CrossSignedOnly);
+    assert_eq!(s.generation().unwrap(), 3);
+
+    // Rooms' own policies: set, replaced, removed; other rooms follow the global one.
+    let room = |policy: Option<SharingPolicy>| {
+        Changes::from(CryptoChanges {
+            room_sharing_policies: vec![(rid("!a:x"), policy)],
+            ..Default::default()
+        })
+    };
+    assert_eq!(s.room_sharing_policy(&rid("!a:x")).unwrap(), None);
+    save(s, room(Some(AskMe)));
+    save(s, room(Some(AllDevices)));
+    assert_eq!(
+        s.room_sharing_policy(&rid("!a:x")).unwrap(),
+        Some(AllDevices)
+    );
+    assert_eq!(s.room_sharing_policy(&rid("!b:x")).unwrap(), None);
+    save(s, room(None));
+    assert_eq!(s.room_sharing_policy(&rid("!a:x")).unwrap(), None);
+    assert_eq!(s.generation().unwrap(), 6);
+
+    // The client's half cannot write the machine's settings, as secrets or plain values.
+    let room_key = room_sharing_key(&rid("!a:x"));
+    for (key, secret) in [
+        (VERIFIED_ONLY_KEY, true),
+        (VERIFIED_ONLY_KEY, false),
+        (room_key.as_str(), true),
+    ] {
+        let mut client = ClientChanges::default();
+        if secret {
+            client
+                .secret_values
+                .insert(key.to_owned(), blob(b"all_devices"));
+        } else {
+            client
+                .values
+                .insert(key.to_owned(), "all_devices".to_owned());
+        }
+        let err = s.save_changes(client.clone().into()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidRecord(_)),
+            "{key}: {err:?}"
+        );
+        let mut dropped = Changes::from(client);
+        assert_eq!(dropped.drop_invalid(), 1);
+    }
+    assert_eq!(s.sharing_policy().unwrap(), CrossSignedOnly);
+    assert_eq!(s.room_sharing_policy(&rid("!a:x")).unwrap(), None);
+    assert_eq!(s.generation().unwrap(), 6);
 }
