@@ -348,6 +348,20 @@ public var reason: String
 public var requiresNetwork: Bool
 public var completed: UInt32
 public var remaining: UInt32
+func requestVerification(userId: String, deviceId: String?) async throws
+func verification(flowId: String) throws
+case verificationRequest(
+case compareSas(
+case verificationDone(
+case verificationCancelled(
+case mismatch
+case requested
+case done(
+case cancelled(
+public var emoji: [SasEmoji]
+public var decimals: [UInt16]
+public var flowId: String
+public var state: VerificationState
 """
 lines = [l for l in wanted.strip().splitlines() if l.strip()]
 missing = [l for l in lines if l not in text]

@@ -78,8 +78,11 @@ impl core::PromptHandler for PromptAdapter {
                 user_id: user_id.to_string(),
                 verification_violation,
             },
-            // A kind this layer does not map yet: the documented answer to unknown kinds.
-            _ => return core::PromptAnswer::Dismissed,
+            other => match verification_prompt(other) {
+                Some(prompt) => prompt,
+                // A kind this layer does not map yet: the documented answer to unknown kinds.
+                None => return core::PromptAnswer::Dismissed,
+            },
         };
         match self.0.on_prompt(prompt) {
             Ok(PromptAnswer::Password { password }) => {
@@ -89,6 +92,7 @@ impl core::PromptHandler for PromptAdapter {
                 core::PromptAnswer::DeviceDecisions(device_decisions(decisions))
             }
             Ok(PromptAnswer::Confirmed) => core::PromptAnswer::Confirmed,
+            Ok(PromptAnswer::Mismatch) => core::PromptAnswer::Mismatch,
             Ok(PromptAnswer::Dismissed) => core::PromptAnswer::Dismissed,
             Err(e) => {
                 warn!(error = %e, "prompt handler failed; treating as dismissed");
@@ -96,6 +100,57 @@ impl core::PromptHandler for PromptAdapter {
             }
         }
     }
+}
+
+/// The prompts of interactive verification, as the app sees them.
+fn verification_prompt(prompt: core::Prompt) -> Option<Prompt> {
+    Some(match prompt {
+        core::Prompt::VerificationRequest {
+            flow_id,
+            user_id,
+            device_id,
+        } => Prompt::VerificationRequest {
+            flow_id: flow_id.to_string(),
+            user_id: user_id.to_string(),
+            device_id: device_id.to_string(),
+        },
+        core::Prompt::CompareSas {
+            flow_id,
+            user_id,
+            device_id,
+            sas,
+        } => Prompt::CompareSas {
+            flow_id: flow_id.to_string(),
+            user_id: user_id.to_string(),
+            device_id: device_id.to_string(),
+            sas: sas.into(),
+        },
+        core::Prompt::VerificationDone {
+            flow_id,
+            user_id,
+            device_id,
+            identity_verified,
+        } => Prompt::VerificationDone {
+            flow_id: flow_id.to_string(),
+            user_id: user_id.to_string(),
+            device_id: device_id.to_string(),
+            identity_verified,
+        },
+        core::Prompt::VerificationCancelled {
+            flow_id,
+            user_id,
+            code,
+            reason,
+            by_us,
+        } => Prompt::VerificationCancelled {
+            flow_id: flow_id.to_string(),
+            user_id: user_id.to_string(),
+            code: code.to_string(),
+            reason,
+            by_us,
+        },
+        _ => return None,
+    })
 }
 
 /// The app's decisions, as the core takes them. A decision naming an invalid user or device

@@ -12,6 +12,7 @@ mod ids;
 mod logging;
 mod trust;
 mod types;
+mod verification;
 
 pub use callbacks::{
     BackgroundScheduler, Logger, PromptHandler, TimelineListener, TrustPolicyProvider,
@@ -20,6 +21,7 @@ pub use client::{NewtClient, TimelineSubscription};
 pub use error::{DecryptionFailure, NewtError};
 pub use logging::set_logger;
 pub use types::*;
+pub use verification::{SasEmoji, ShortAuthString, VerificationInfo, VerificationState};
 
 uniffi::setup_scaffolding!();
 

@@ -426,6 +426,52 @@ pub enum Prompt {
         /// `true` if we had verified the earlier identity: verify the new one again.
         verification_violation: bool,
     },
+    /// Another device asks to verify with this one. `Confirmed` accepts; anything else
+    /// declines.
+    VerificationRequest {
+        /// The verification (`NewtClient.verification`).
+        flow_id: String,
+        /// Who asks (the own user for another of our devices).
+        user_id: String,
+        /// Their device.
+        device_id: String,
+    },
+    /// Show the emoji (or numbers) and ask whether the other device shows the same:
+    /// `Confirmed` if they match, `Mismatch` if not; anything else cancels.
+    CompareSas {
+        /// The verification.
+        flow_id: String,
+        /// The user being verified.
+        user_id: String,
+        /// The device being verified.
+        device_id: String,
+        /// What to show.
+        sas: crate::verification::ShortAuthString,
+    },
+    /// A verification completed (for information; answer `Dismissed`).
+    VerificationDone {
+        /// The verification.
+        flow_id: String,
+        /// The user verified.
+        user_id: String,
+        /// The device verified.
+        device_id: String,
+        /// The user's identity was verified too.
+        identity_verified: bool,
+    },
+    /// A verification stopped (for information; answer `Dismissed`).
+    VerificationCancelled {
+        /// The verification.
+        flow_id: String,
+        /// The other user.
+        user_id: String,
+        /// `m.user`, `m.mismatched_sas`, `m.key_mismatch`, `m.timeout`, ...
+        code: String,
+        /// The reason given.
+        reason: String,
+        /// This device cancelled (a check failed here, or a timeout).
+        by_us: bool,
+    },
 }
 
 /// One device decision.
@@ -452,8 +498,10 @@ pub enum PromptAnswer {
         /// One per device.
         decisions: Vec<DeviceDecision>,
     },
-    /// Accepted what the prompt showed (e.g. a changed identity).
+    /// Accepted what the prompt showed (e.g. a changed identity, matching emoji).
     Confirmed,
+    /// The emoji of a `CompareSas` prompt differ between the devices.
+    Mismatch,
     /// Declined or not supported.
     Dismissed,
 }

@@ -55,7 +55,7 @@ pub fn to_device(data: &[u8]) {
     let pair = pair().lock().unwrap_or_else(|e| e.into_inner());
     let events = match mode {
         0 => match serde_json::from_slice::<Vec<Value>>(rest) {
-            Ok(events) => events,
+            Ok(events) => events.into_iter().map(dated_now).collect(),
             Err(_) => return,
         },
         1 => vec![olm_event_raw(&pair.alice, &pair.bob, rest)],
@@ -84,6 +84,18 @@ pub fn to_device(data: &[u8]) {
         to_device_events: events,
         ..Default::default()
     });
+}
+
+/// A verification request dated 0 is dated now: the fuzzer cannot guess a fresh timestamp,
+/// and a stale request is ignored before anything else is looked at.
+fn dated_now(mut event: Value) -> Value {
+    if event["content"]["timestamp"] == 0 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        event["content"]["timestamp"] = json!(u64::try_from(now).unwrap_or(0));
+    }
+    event
 }
 
 /// Room events. First byte 0: the rest is the event's JSON. Otherwise the rest is a Megolm
@@ -270,6 +282,21 @@ pub fn seeds() -> Vec<Vec<u8>> {
         "recipient_keys": {"ed25519": "x"}, "keys": {"ed25519": "y"}});
     let events = json!([{"type": "m.room_key.withheld", "sender": "@alice:localhost",
         "content": {"room_id": ROOM, "session_id": "s", "code": "m.unverified"}}]);
+    let verification = json!([
+        {"type": "m.key.verification.request", "sender": "@alice:localhost", "content": {
+            "from_device": "ALICE", "transaction_id": "t", "methods": ["m.sas.v1"],
+            "timestamp": 0}},
+        {"type": "m.key.verification.start", "sender": "@alice:localhost", "content": {
+            "from_device": "ALICE", "transaction_id": "t", "method": "m.sas.v1",
+            "key_agreement_protocols": ["curve25519-hkdf-sha256"], "hashes": ["sha256"],
+            "message_authentication_codes": ["hkdf-hmac-sha256.v2"],
+            "short_authentication_string": ["decimal", "emoji"]}},
+        {"type": "m.key.verification.key", "sender": "@alice:localhost", "content": {
+            "transaction_id": "t", "key": "AAAA"}},
+        {"type": "m.key.verification.mac", "sender": "@alice:localhost", "content": {
+            "transaction_id": "t", "mac": {"ed25519:ALICE": "AAAA"}, "keys": "AAAA"}},
+        {"type": "m.key.verification.cancel", "sender": "@alice:localhost", "content": {
+            "transaction_id": "t", "code": "m.user", "reason": "x"}}]);
     let decrypted = json!({"type": "m.room.message", "room_id": ROOM,
         "content": {"msgtype": "m.text", "body": "hi"}});
     let query = json!({"device_keys": {"@u:localhost": {"D": {"user_id": "@u:localhost",
@@ -279,6 +306,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         [&[1u8][..], payload.to_string().as_bytes()].concat(),
         [&[2u8][..], payload.to_string().as_bytes()].concat(),
         [&[0u8][..], events.to_string().as_bytes()].concat(),
+        [&[0u8][..], verification.to_string().as_bytes()].concat(),
         [&[1u8][..], decrypted.to_string().as_bytes()].concat(),
         query.to_string().into_bytes(),
         [&[7u8][..], b"{\"not\": \"a pickle\"}"].concat(),

@@ -47,6 +47,55 @@ pub enum Prompt {
         /// new one should be verified again); `false` if it was only pinned on first use.
         verification_violation: bool,
     },
+    /// Another device asks to verify with this one (interactive verification, SAS).
+    /// Answering [`PromptAnswer::Confirmed`] accepts; any other answer declines (`m.user`).
+    VerificationRequest {
+        /// The flow (`Client::verification`).
+        flow_id: ruma::OwnedTransactionId,
+        /// Who asks (the own user for another of our devices).
+        user_id: ruma::OwnedUserId,
+        /// Their device.
+        device_id: ruma::OwnedDeviceId,
+    },
+    /// Show these emoji (or numbers) and ask whether the other device shows the same.
+    /// [`PromptAnswer::Confirmed`]: they match; [`PromptAnswer::Mismatch`]: they differ
+    /// (`m.mismatched_sas`); any other answer cancels (`m.user`).
+    CompareSas {
+        /// The flow.
+        flow_id: ruma::OwnedTransactionId,
+        /// The user being verified.
+        user_id: ruma::OwnedUserId,
+        /// The device being verified.
+        device_id: ruma::OwnedDeviceId,
+        /// Seven emoji and three numbers; apps show one of the two.
+        sas: crate::crypto::ShortAuthString,
+    },
+    /// A verification completed: the device is verified, and the user's identity when
+    /// `identity_verified`. For information; the answer is ignored.
+    VerificationDone {
+        /// The flow.
+        flow_id: ruma::OwnedTransactionId,
+        /// The user verified.
+        user_id: ruma::OwnedUserId,
+        /// The device verified.
+        device_id: ruma::OwnedDeviceId,
+        /// The user's cross-signing identity was verified too.
+        identity_verified: bool,
+    },
+    /// A verification stopped: the other side cancelled it (`by_us` false), or a check here
+    /// failed (`by_us` true: a key or commitment mismatch, a timeout). For information.
+    VerificationCancelled {
+        /// The flow.
+        flow_id: ruma::OwnedTransactionId,
+        /// The other user.
+        user_id: ruma::OwnedUserId,
+        /// Why (`m.user`, `m.mismatched_sas`, `m.key_mismatch`, `m.timeout`, ...).
+        code: crate::crypto::CancelCode,
+        /// The reason given.
+        reason: String,
+        /// The cancel came from this device.
+        by_us: bool,
+    },
 }
 
 /// The app's answer to a [`Prompt`].
@@ -56,8 +105,10 @@ pub enum PromptAnswer {
     Password(Zeroizing<String>),
     /// One decision per device: `(user id, device id, trust)`.
     DeviceDecisions(Vec<(ruma::OwnedUserId, ruma::OwnedDeviceId, LocalTrust)>),
-    /// The user accepted what the prompt showed (e.g. a changed identity).
+    /// The user accepted what the prompt showed (e.g. a changed identity, matching emoji).
     Confirmed,
+    /// The emoji or numbers of a [`Prompt::CompareSas`] differ between the devices.
+    Mismatch,
     /// The user declined or the prompt is not supported.
     Dismissed,
 }
@@ -68,6 +119,7 @@ impl std::fmt::Debug for PromptAnswer {
             PromptAnswer::Password(_) => f.write_str("Password(<redacted>)"),
             PromptAnswer::DeviceDecisions(d) => f.debug_tuple("DeviceDecisions").field(d).finish(),
             PromptAnswer::Confirmed => f.write_str("Confirmed"),
+            PromptAnswer::Mismatch => f.write_str("Mismatch"),
             PromptAnswer::Dismissed => f.write_str("Dismissed"),
         }
     }

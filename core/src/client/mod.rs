@@ -23,6 +23,7 @@ mod sync_stream;
 mod tests;
 mod timeline;
 mod trust;
+mod verification;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;

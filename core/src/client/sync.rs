@@ -187,8 +187,9 @@ impl Client {
         let mut batch = machine.begin_sync(changes)?;
         track_members(&*store, &mut batch, &encrypted_rooms)?;
         let timelines = self.decrypt_timelines(&mut batch, &sync.joined, &policies)?;
-        let outcome = batch.commit()?;
+        let mut outcome = batch.commit()?;
         crash_point();
+        self.report_verifications(std::mem::take(&mut outcome.verifications));
         for item in timelines.items {
             self.publish(item);
         }

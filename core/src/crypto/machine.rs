@@ -22,6 +22,7 @@ use super::room_events::RoomDecryptor;
 use super::sharing::GroupSessions;
 use super::state::State;
 use super::to_device::ToDeviceHandler;
+use super::verification::Verifier;
 use crate::store::{Changes, CryptoChanges, Store};
 use crate::time::{Clock, SystemClock};
 
@@ -152,6 +153,11 @@ impl OlmMachine {
     /// To-device events.
     pub(crate) fn to_device(&self) -> ToDeviceHandler<'_> {
         ToDeviceHandler::new(self.ctx())
+    }
+
+    /// Interactive verification.
+    pub(crate) fn verifier(&self) -> Verifier<'_> {
+        Verifier::new(self.ctx())
     }
 
     /// Lock the state, reloading the account if another process wrote to the store.

@@ -58,6 +58,9 @@ pub struct SyncOutcome {
     pub to_device: Vec<ToDeviceOutcome>,
     /// Room keys accepted in this batch.
     pub room_keys: Vec<RoomKeyInfo>,
+    /// Interactive verifications whose state changed (new requests, strings to compare,
+    /// completed or cancelled ones), as they are now.
+    pub verifications: Vec<super::Verification>,
 }
 
 /// What a `/keys/query` answer changed.

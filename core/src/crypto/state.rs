@@ -8,6 +8,7 @@ use std::sync::Arc;
 use ruma::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedServerName, OwnedUserId};
 
 use super::account::OwnAccount;
+use super::verification::Verifications;
 use crate::store::DeviceRecord;
 use crate::time::Clock;
 
@@ -33,6 +34,8 @@ pub(crate) struct State {
     pub unwedging: Unwedging,
     /// Key requests of own devices waiting for something (`key_requests.rs`).
     pub held: HeldKeyRequests,
+    /// Interactive verifications in progress (`verification/`).
+    pub verifications: Verifications,
     /// Where the machine's time comes from.
     pub clock: Arc<dyn Clock>,
 }
@@ -47,6 +50,7 @@ impl State {
             tracker: TrackerState::default(),
             unwedging: Unwedging::default(),
             held: HeldKeyRequests::default(),
+            verifications: Verifications::default(),
             clock,
         }
     }

@@ -7,13 +7,14 @@ use std::sync::MutexGuard;
 
 use ruma::{DeviceId, RoomId, UserId};
 use serde_json::Value;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::account::{OwnAccount, SIGNED_CURVE25519};
 use super::error::CryptoError;
 use super::machine::OlmMachine;
 use super::outcomes::{DecryptedRoomEvent, SyncChanges, SyncOutcome};
 use super::state::State;
+use super::verification::is_verification_event;
 use crate::store::{AccountRecord, Changes, TrackedUser, TrackingState};
 
 /// Room-key requests one sync response may cause.
@@ -29,6 +30,8 @@ pub struct SyncBatch<'m> {
     snapshot: AccountRecord,
     changes: Changes,
     outcome: SyncOutcome,
+    /// The batch's verification messages, handled once the rest is committed.
+    verification_events: Vec<Value>,
 }
 
 impl std::fmt::Debug for SyncBatch<'_> {
@@ -48,6 +51,12 @@ impl<'m> SyncBatch<'m> {
             snapshot,
             changes: sync.extra,
             outcome: SyncOutcome::default(),
+            verification_events: sync
+                .to_device_events
+                .iter()
+                .filter(|e| is_verification_event(e))
+                .cloned()
+                .collect(),
         };
         batch.apply_device_lists(&sync.changed_users, &sync.left_users)?;
         let mut changes = std::mem::take(&mut batch.changes);
@@ -61,6 +70,7 @@ impl<'m> SyncBatch<'m> {
         batch.outcome = SyncOutcome {
             to_device,
             room_keys,
+            verifications: Vec::new(),
         };
         let state = batch.state_mut()?;
         // Keys generated while an upload is in flight would be marked published by its
@@ -204,7 +214,34 @@ impl SyncBatch<'_> {
             room_keys = self.outcome.room_keys.len(),
             "sync committed"
         );
+        self.outcome.verifications = self.handle_verification_events(&mut state);
         Ok(std::mem::take(&mut self.outcome))
+    }
+}
+
+impl SyncBatch<'_> {
+    /// Verification messages, once the sync is committed: a verification is interactive
+    /// and lives in memory, so one whose messages a crash loses times out and is started
+    /// again; what it sends is stored in a transaction of its own. A failure here is
+    /// logged and does not undo the committed sync.
+    fn handle_verification_events(&mut self, state: &mut State) -> Vec<super::Verification> {
+        let events = std::mem::take(&mut self.verification_events);
+        if events.is_empty() && !state.verifications.any_unfinished() {
+            return Vec::new();
+        }
+        let mut changes = Changes::default();
+        let handled = self
+            .machine
+            .verifier()
+            .handle_events(state, &events, &mut changes)
+            .and_then(|updates| {
+                self.machine.save(state, changes)?;
+                Ok(updates)
+            });
+        handled.unwrap_or_else(|e| {
+            warn!(error = %e, "verification messages could not be handled");
+            Vec::new()
+        })
     }
 }
 

@@ -37,6 +37,8 @@ mod sharing;
 mod sync;
 #[cfg(test)]
 mod trust;
+#[cfg(test)]
+mod verification;
 
 /// The parts of a homeserver the crypto machine talks to.
 #[derive(Default)]
