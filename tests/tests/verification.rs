@@ -10,6 +10,7 @@ use newt_core::crypto::{CancelCode, ShortAuthString};
 use newt_core::ruma::{OwnedDeviceId, OwnedUserId};
 use newt_e2e_tests::Synapse;
 use newt_e2e_tests::clients::login;
+use newt_e2e_tests::proxy::{Action, FaultProxy};
 use zeroize::Zeroizing;
 
 /// What the simulated user answers when asked to accept or compare.
@@ -26,6 +27,8 @@ struct SasUser {
     password: String,
     answer: Mutex<Answer>,
     seen: Mutex<Vec<Prompt>>,
+    /// How long the user looks at the emoji before answering.
+    thinks: Mutex<Duration>,
 }
 
 impl SasUser {
@@ -34,6 +37,7 @@ impl SasUser {
             password: format!("{name}-pw"),
             answer: Mutex::new(answer),
             seen: Mutex::new(Vec::new()),
+            thinks: Mutex::new(Duration::ZERO),
         })
     }
 
@@ -80,7 +84,11 @@ impl PromptHandler for SasUser {
             }
             (Prompt::VerificationRequest { .. }, Answer::Decline) => PromptAnswer::Dismissed,
             (Prompt::VerificationRequest { .. }, _) => PromptAnswer::Confirmed,
-            (Prompt::CompareSas { .. }, Answer::Match) => PromptAnswer::Confirmed,
+            (Prompt::CompareSas { .. }, Answer::Match) => {
+                let thinks = *self.thinks.lock().unwrap();
+                std::thread::sleep(thinks);
+                PromptAnswer::Confirmed
+            }
             (Prompt::CompareSas { .. }, Answer::Mismatch) => PromptAnswer::Mismatch,
             _ => PromptAnswer::Dismissed,
         }
@@ -259,5 +267,51 @@ async fn a_declined_request_and_a_mismatch_cancel_both_sides_and_verify_nothing(
     assert!(on_alice.done().is_none() && on_bob.done().is_none());
     assert!(!device_verified(&alice, &bob).await);
     assert!(!device_verified(&bob, &alice).await);
+    drop(hs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mac_that_fails_to_send_still_goes_before_done() {
+    let hs = Synapse::start();
+    hs.register("alice", "alice-pw");
+    hs.register("bob", "bob-pw");
+    let dirs = tempfile::tempdir().unwrap();
+    let proxy = FaultProxy::start(&hs.base_url);
+    let alice = login(&proxy.base_url, &dirs.path().join("alice"), "alice").await;
+    let bob = login(&hs.base_url, &dirs.path().join("bob"), "bob").await;
+    let (on_alice, on_bob) = (
+        SasUser::new("alice", Answer::Match),
+        SasUser::new("bob", Answer::Match),
+    );
+    alice.set_prompt_handler(Some(on_alice.clone()));
+    bob.set_prompt_handler(Some(on_bob.clone()));
+    // alice confirms after bob's MAC arrived, so her MAC and her `done` are queued together;
+    // the server refuses her MAC for one round of attempts.
+    *on_alice.thinks.lock().unwrap() = Duration::from_secs(3);
+    proxy.rule("m.key.verification.mac", Action::Fail(500), Some(4));
+    let (bob_id, _) = ids(&bob);
+    alice.request_verification(&bob_id, None).await.unwrap();
+    until(&[&alice, &bob], "the verification", || {
+        on_alice.done().is_some() && on_bob.done().is_some()
+    })
+    .await;
+    let log: Vec<String> = proxy
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("sendToDevice"))
+        .collect();
+    let sent = |kind: &str| {
+        log.iter()
+            .position(|l| l.contains(kind) && l.ends_with(" 200"))
+            .unwrap_or_else(|| panic!("{kind} never sent: {log:?}"))
+    };
+    assert!(
+        log.iter()
+            .any(|l| l.contains("verification.mac") && l.ends_with(" 500"))
+    );
+    assert!(
+        sent("verification.mac") < sent("verification.done"),
+        "done overtook the MAC: {log:?}"
+    );
     drop(hs);
 }

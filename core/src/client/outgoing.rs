@@ -159,11 +159,19 @@ impl Client {
                 break;
             }
             let mut failed = false;
+            let mut verification_failed = false;
             for request in requests {
                 let id = request.id.clone();
+                let verification = is_verification_message(&request);
+                if verification && verification_failed {
+                    // Verification messages go in order (a `done` before its `mac` ends the
+                    // other side's flow): the rest wait for the next round, still stored.
+                    continue;
+                }
                 if let Err(e) = self.send_request(&machine, request).await {
                     warn!(error = %e, "a crypto request failed");
                     failed = true;
+                    verification_failed |= verification;
                     first_error.get_or_insert(e);
                 }
                 unreported.done(&id);
@@ -174,6 +182,12 @@ impl Client {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// A stored `m.key.verification.*` to-device message.
+fn is_verification_message(request: &OutgoingRequest) -> bool {
+    matches!(&request.kind, OutgoingKind::ToDevice(r)
+        if r.event_type.to_string().starts_with("m.key.verification."))
 }
 
 /// Key uploads and queries the machine handed out and that were not reported back yet. If

@@ -186,17 +186,32 @@ impl Client {
     /// learn it. Returns whether the user has an identity.
     pub async fn verify_identity(&self, user_id: &UserId) -> Result<bool, ClientError> {
         let machine = self.machine()?;
-        let (m, user) = (Arc::clone(&machine), user_id.to_owned());
-        let (known, signature) = self
-            .blocking(move |_| Ok((m.verify_identity(&user)?, m.identity_signature(&user)?)))
+        let user = user_id.to_owned();
+        let known = self
+            .blocking(move |_| Ok(machine.verify_identity(&user)?))
+            .await?;
+        self.publish_identity_verification(user_id).await?;
+        Ok(known)
+    }
+
+    /// Publish that we verified `user_id`'s identity (signed with the user-signing key, if
+    /// we hold it, and only while their current identity is the one we verified), and
+    /// deliver the messages that show now.
+    pub(crate) async fn publish_identity_verification(
+        &self,
+        user_id: &UserId,
+    ) -> Result<(), ClientError> {
+        let machine = self.machine()?;
+        let user = user_id.to_owned();
+        let signature = self
+            .blocking(move |_| Ok(machine.identity_signature(&user)?))
             .await?;
         if let Some(signature) = signature
             && let Err(e) = self.upload_signatures(&signature).await
         {
             warn!(error = %e, "publishing the verification failed; it is kept locally");
         }
-        self.refresh_trust().await?;
-        Ok(known)
+        self.refresh_trust().await
     }
 
     /// Acknowledge `user_id`'s changed identity (or withdraw the verification of their

@@ -192,8 +192,9 @@ impl Client {
         Ok(())
     }
 
-    /// The machine recorded the verification; what others should learn of it is published
-    /// (our own device cross-signed, another user's master key signed), and messages hidden
+    /// The machine recorded the verification (the identity with the master key the MAC
+    /// covered); what others should learn of it is published (our own device cross-signed,
+    /// another user's master key signed while it is still that key), and messages hidden
     /// for want of a verified sender are delivered again.
     async fn publish_verification(
         &self,
@@ -203,7 +204,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         self.verify_device(user_id, device_id).await?;
         if identity_verified {
-            self.verify_identity(user_id).await?;
+            self.publish_identity_verification(user_id).await?;
         }
         Ok(())
     }

@@ -27,6 +27,9 @@ pub(crate) struct Batch {
     pub wedged: Vec<DeviceRecord>,
     /// A one-time key was consumed: the account must be stored with the batch.
     pub account_changed: bool,
+    /// `m.key.verification.*` messages, in clear or out of Olm, in order, as events
+    /// (`type`, `sender`, `content`): handled once the batch is committed.
+    pub verification: Vec<serde_json::Value>,
 }
 
 impl Batch {

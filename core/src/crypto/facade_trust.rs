@@ -80,8 +80,9 @@ impl OlmMachine {
 
     /// The signature to upload (`POST /keys/signatures/upload`) that tells the user's other
     /// devices and other users that we verified `user_id`: their master key signed by our
-    /// user-signing key. `None` without own cross-signing keys, an identity for the user,
-    /// or for the own user.
+    /// user-signing key. `None` without own cross-signing keys, for the own user, or unless
+    /// the user's current identity is the one we verified (a master key that changed since
+    /// is never signed).
     pub fn identity_signature(&self, user_id: &UserId) -> Result<Option<Value>, CryptoError> {
         let Some(keys) = cross_signing::stored(&*self.store)? else {
             return Ok(None);
@@ -89,7 +90,7 @@ impl OlmMachine {
         let identities = Identities::new(self.ctx());
         let Some(identity) = identities
             .identity(user_id)?
-            .filter(|_| user_id != self.user_id)
+            .filter(|i| user_id != self.user_id && i.is_verified())
         else {
             return Ok(None);
         };

@@ -22,7 +22,7 @@ impl OlmMachine {
         let devices = self.store.devices(&[user_id])?;
         let targets: Vec<_> = devices
             .into_iter()
-            .filter(|d| !d.deleted && d.device_id != self.device_id)
+            .filter(|d| !d.deleted && (d.user_id != self.user_id || d.device_id != self.device_id))
             .filter(|d| device_id.is_none_or(|wanted| d.device_id == wanted))
             .map(|d| d.device_id)
             .collect();
@@ -30,7 +30,7 @@ impl OlmMachine {
         let verification = self
             .verifier()
             .request(&mut state, user_id, targets, &mut changes)?;
-        self.save(&mut state, changes)?;
+        self.save_or_abandon(&mut state, &verification, changes)?;
         Ok(verification)
     }
 
@@ -55,7 +55,7 @@ impl OlmMachine {
 
     /// Our user saw different emoji or numbers: cancelled with `m.mismatched_sas`.
     pub fn sas_mismatch(&self, flow_id: &TransactionId) -> Result<Verification, CryptoError> {
-        self.verification_step(flow_id, |_, _, _| Err(CancelCode::MismatchedSas))
+        self.verification_step(flow_id, |flow, _, _| flow.mismatch())
     }
 
     /// Our user declines or stops the verification (`m.user`).
@@ -98,7 +98,24 @@ impl OlmMachine {
         let verification = self
             .verifier()
             .act(&mut state, flow_id, &mut changes, call)?;
-        self.save(&mut state, changes)?;
+        self.save_or_abandon(&mut state, &verification, changes)?;
         Ok(verification)
+    }
+
+    /// Store what a step sends; if that fails the flow is given up (its messages would
+    /// never go out).
+    fn save_or_abandon(
+        &self,
+        state: &mut super::state::State,
+        verification: &Verification,
+        changes: Changes,
+    ) -> Result<(), CryptoError> {
+        let saved = self.save(state, changes);
+        if saved.is_err()
+            && let Some(flow) = state.verifications.get_mut(verification.flow_id.as_str())
+        {
+            flow.abandon();
+        }
+        saved
     }
 }

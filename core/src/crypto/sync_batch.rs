@@ -14,7 +14,6 @@ use super::error::CryptoError;
 use super::machine::OlmMachine;
 use super::outcomes::{DecryptedRoomEvent, SyncChanges, SyncOutcome};
 use super::state::State;
-use super::verification::is_verification_event;
 use crate::store::{AccountRecord, Changes, TrackedUser, TrackingState};
 
 /// Room-key requests one sync response may cause.
@@ -51,12 +50,7 @@ impl<'m> SyncBatch<'m> {
             snapshot,
             changes: sync.extra,
             outcome: SyncOutcome::default(),
-            verification_events: sync
-                .to_device_events
-                .iter()
-                .filter(|e| is_verification_event(e))
-                .cloned()
-                .collect(),
+            verification_events: Vec::new(),
         };
         batch.apply_device_lists(&sync.changed_users, &sync.left_users)?;
         let mut changes = std::mem::take(&mut batch.changes);
@@ -66,10 +60,12 @@ impl<'m> SyncBatch<'m> {
                 .to_device()
                 .handle_to_device_batch(state, &sync.to_device_events, &mut changes);
         batch.changes = changes;
-        let (to_device, room_keys, mut account_changed) = handled?;
+        let handled = handled?;
+        let mut account_changed = handled.account_changed;
+        batch.verification_events = handled.verification;
         batch.outcome = SyncOutcome {
-            to_device,
-            room_keys,
+            to_device: handled.outcomes,
+            room_keys: handled.room_keys,
             verifications: Vec::new(),
         };
         let state = batch.state_mut()?;
@@ -240,7 +236,7 @@ impl SyncBatch<'_> {
             });
         handled.unwrap_or_else(|e| {
             warn!(error = %e, "verification messages could not be handled");
-            Vec::new()
+            state.verifications.abandon_unfinished()
         })
     }
 }

@@ -22,13 +22,24 @@ use super::outcomes::{RoomKeyInfo, ToDeviceOutcome};
 use super::state::State;
 use crate::store::{Changes, DeviceRecord, LocalTrust, WithheldNotice};
 
+/// The event types of interactive verification.
+const VERIFICATION_PREFIX: &str = "m.key.verification.";
+
 fn str_of<'a>(v: &'a Value, name: &str) -> &'a str {
     v.get(name).and_then(Value::as_str).unwrap_or_default()
 }
 
-/// What one batch of to-device events produced: the outcome per event, the room keys
-/// accepted, and whether the account changed.
-pub(crate) type HandledBatch = (Vec<ToDeviceOutcome>, Vec<RoomKeyInfo>, bool);
+/// What one batch of to-device events produced.
+pub(crate) struct HandledBatch {
+    /// The outcome per event, in order.
+    pub outcomes: Vec<ToDeviceOutcome>,
+    /// The room keys accepted.
+    pub room_keys: Vec<RoomKeyInfo>,
+    /// A one-time key was used: the account is stored with the batch.
+    pub account_changed: bool,
+    /// The verification messages, in clear or out of Olm, in order (see `verification/`).
+    pub verification: Vec<Value>,
+}
 
 sub_machine! {
     /// To-device events: Olm decryption, room keys, withheld notices.
@@ -73,6 +84,10 @@ impl ToDeviceHandler<'_> {
                 "m.room_key.withheld" => self.handle_withheld(&mut batch, event, changes)?,
                 "m.room_key_request" => KeyRequests::new(self.ctx)
                     .handle_key_request(state, &mut batch, event, changes)?,
+                t if t.starts_with(VERIFICATION_PREFIX) => {
+                    batch.verification.push(event.clone());
+                    Ok(event_type.clone())
+                }
                 "m.room_key" | "m.forwarded_room_key" => {
                     warn!(sender, "dropping a room key that was not Olm-encrypted");
                     Err(OlmError::RoomKeyNotOverOlm(event_type.clone()))
@@ -94,6 +109,7 @@ impl ToDeviceHandler<'_> {
             state.unwedging.note(device);
         }
         let account_changed = batch.account_changed;
+        let verification = std::mem::take(&mut batch.verification);
         super::sender_data::record_at_reception(
             self.ctx.store,
             self.ctx.signatures,
@@ -101,7 +117,12 @@ impl ToDeviceHandler<'_> {
             &changes.crypto,
         )?;
         batch.flush(changes)?;
-        Ok((outcomes, room_keys, account_changed))
+        Ok(HandledBatch {
+            outcomes,
+            room_keys,
+            account_changed,
+            verification,
+        })
     }
 
     /// An Olm message from a device we don't know means our list of its owner's devices is
@@ -252,6 +273,14 @@ impl ToDeviceHandler<'_> {
             Ok(Some(info)) => room_keys.push(info),
             Ok(None) => {}
             Err(e) => return Ok(Err(e)),
+        }
+        if payload.event_type.starts_with(VERIFICATION_PREFIX) {
+            // Sent over Olm: the sender is the authenticated one of the payload.
+            batch.verification.push(serde_json::json!({
+                "type": payload.event_type,
+                "sender": payload.sender,
+                "content": payload.content,
+            }));
         }
         debug!(sender = %incoming.sender, event_type = %payload.event_type, "decrypted to-device event");
         Ok(Ok(payload.event_type))

@@ -418,8 +418,8 @@ fn a_silent_flow_times_out() {
     ));
 }
 
-#[test]
-fn when_two_own_devices_accept_the_first_is_verified_and_the_other_told() {
+/// Three devices of alice (a new one, a phone, a tablet), each knowing the others.
+fn own_devices() -> (FakeServer, Vec<Peer>) {
     let mut server = FakeServer::default();
     let peers: Vec<Peer> = ["NEW", "PHONE", "TABLET"]
         .iter()
@@ -432,6 +432,12 @@ fn when_two_own_devices_accept_the_first_is_verified_and_the_other_told() {
         peer.machine.update_tracked_users(&[peer.user()]).unwrap();
         server.drive(peer);
     }
+    (server, peers)
+}
+
+#[test]
+fn when_two_own_devices_accept_the_first_is_verified_and_the_other_told() {
+    let (mut server, peers) = own_devices();
     let (new, phone, tablet) = (&peers[0], &peers[1], &peers[2]);
     let flow = new.machine.request_verification(&new.user(), None).unwrap();
     for peer in [phone, tablet] {
@@ -458,4 +464,191 @@ fn when_two_own_devices_accept_the_first_is_verified_and_the_other_told() {
     assert_eq!(sas_of(new, &flow.flow_id), sas_of(phone, &flow.flow_id));
     let verification = new.machine.verification(&flow.flow_id).unwrap().unwrap();
     assert_eq!(verification.other_device, Some(phone.device()));
+}
+
+#[test]
+fn a_master_key_that_changed_after_the_verification_is_never_signed() {
+    let (mut server, alice, bob) = acquainted_pair();
+    let id = up_to_comparison(&mut server, &alice, &bob, None);
+    alice.machine.confirm_verification(&id).unwrap();
+    bob.machine.confirm_verification(&id).unwrap();
+    pump(&mut server, &alice, &bob);
+    assert!(
+        alice
+            .machine
+            .identity_signature(&bob.user())
+            .unwrap()
+            .is_some()
+    );
+    // bob's identity is replaced (the server, say) and alice learns it before publishing.
+    server.reset_cross_signing(&bob);
+    alice
+        .machine
+        .receive_sync_changes(SyncChanges {
+            changed_users: vec![bob.user()],
+            ..Default::default()
+        })
+        .unwrap();
+    server.drive(&alice);
+    let identity = alice.machine.identity(&bob.user()).unwrap().unwrap();
+    assert!(identity.verification_violation && !identity.verified);
+    assert!(
+        alice
+            .machine
+            .identity_signature(&bob.user())
+            .unwrap()
+            .is_none(),
+        "the new key was not compared: it must not be signed"
+    );
+}
+
+#[test]
+fn a_ready_from_a_device_we_did_not_ask_is_ignored() {
+    let (mut server, alice, bob) = acquainted_pair();
+    let flow = alice
+        .machine
+        .request_verification(&bob.user(), Some(&bob.device()))
+        .unwrap();
+    let stray = json!({"type": "m.key.verification.ready", "sender": bob.user(),
+        "content": {"from_device": "OTHERDEVICE", "methods": ["m.sas.v1"],
+            "transaction_id": flow.flow_id}});
+    assert!(receive(&alice, vec![stray]).is_empty());
+    assert_eq!(
+        state_of(&alice, &flow.flow_id),
+        VerificationState::Requested
+    );
+    pump(&mut server, &alice, &bob);
+    bob.machine.accept_verification(&flow.flow_id).unwrap();
+    pump(&mut server, &alice, &bob);
+    sas_of(&alice, &flow.flow_id);
+}
+
+#[test]
+fn a_request_declined_on_one_device_is_withdrawn_from_the_others() {
+    let (mut server, peers) = own_devices();
+    let (new, phone, tablet) = (&peers[0], &peers[1], &peers[2]);
+    let flow = new.machine.request_verification(&new.user(), None).unwrap();
+    server.drive(new);
+    server.sync(phone);
+    server.sync(tablet);
+    phone.machine.cancel_verification(&flow.flow_id).unwrap();
+    server.drive(phone);
+    server.sync(new);
+    server.drive(new);
+    let on_tablet = server.sync(tablet).verifications;
+    assert!(matches!(
+        &on_tablet[0].state,
+        VerificationState::Cancelled {
+            code: CancelCode::User,
+            by_us: false,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn calls_at_the_wrong_moment_are_refused_and_change_nothing() {
+    let (mut server, alice, bob) = acquainted_pair();
+    let flow = alice
+        .machine
+        .request_verification(&bob.user(), None)
+        .unwrap();
+    pump(&mut server, &alice, &bob);
+    // Nothing to compare yet: neither a mismatch nor a confirmation means anything.
+    assert!(matches!(
+        bob.machine.sas_mismatch(&flow.flow_id),
+        Err(CryptoError::InvalidInput(_))
+    ));
+    assert!(bob.machine.confirm_verification(&flow.flow_id).is_err());
+    assert!(alice.machine.accept_verification(&flow.flow_id).is_err());
+    assert_eq!(state_of(&bob, &flow.flow_id), VerificationState::Incoming);
+    assert_eq!(
+        state_of(&alice, &flow.flow_id),
+        VerificationState::Requested
+    );
+}
+
+#[test]
+fn only_decimals_are_shown_when_emoji_were_not_agreed() {
+    let (mut server, alice, bob) = acquainted_pair();
+    let flow = alice
+        .machine
+        .request_verification(&bob.user(), None)
+        .unwrap();
+    pump(&mut server, &alice, &bob);
+    bob.machine.accept_verification(&flow.flow_id).unwrap();
+    step_until(&mut server, &bob, &alice, "m.key.verification.accept");
+    tamper(&mut server, &alice, "m.key.verification.accept", |c| {
+        c["short_authentication_string"] = json!(["decimal"])
+    });
+    pump(&mut server, &alice, &bob);
+    let (at_alice, at_bob) = (sas_of(&alice, &flow.flow_id), sas_of(&bob, &flow.flow_id));
+    assert!(at_alice.emoji.is_empty());
+    assert_eq!(at_alice.decimals, at_bob.decimals);
+}
+
+#[test]
+fn strangers_requests_take_only_part_of_the_room() {
+    let clock = Arc::new(ManualClock::new(1_000_000_000));
+    let (mut server, alice, bob) = setup_pair_with_clock(&clock);
+    let now = clock.now_ms();
+    let requests: Vec<Value> = (0..40)
+        .map(|i| {
+            let mut r = request_from(&bob, &format!("s{i}"), now);
+            r["sender"] = json!(format!("@stranger{i}:localhost"));
+            r
+        })
+        .collect();
+    assert_eq!(receive(&alice, requests).len(), 16);
+    // Our own user can still start one.
+    alice.machine.update_tracked_users(&[bob.user()]).unwrap();
+    server.drive(&alice);
+    assert!(
+        alice
+            .machine
+            .request_verification(&bob.user(), None)
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_flow_ends_ten_minutes_after_it_began_however_busy() {
+    let clock = Arc::new(ManualClock::new(1_000_000_000));
+    let (_server, alice, bob) = setup_pair_with_clock(&clock);
+    assert_eq!(
+        receive(&alice, vec![request_from(&bob, "t", clock.now_ms())]).len(),
+        1
+    );
+    clock.advance(6 * 60 * 1000);
+    // A message of the flow's user that the flow ignores (another device's start).
+    let start = json!({"type": "m.key.verification.start", "sender": bob.user(), "content": {
+        "from_device": "OTHERDEVICE", "transaction_id": "t", "method": "m.sas.v1",
+        "key_agreement_protocols": ["curve25519-hkdf-sha256"], "hashes": ["sha256"],
+        "message_authentication_codes": ["hkdf-hmac-sha256.v2"],
+        "short_authentication_string": ["decimal"]}});
+    receive(&alice, vec![start]);
+    clock.advance(5 * 60 * 1000);
+    let expired = receive(&alice, Vec::new());
+    assert!(matches!(
+        &expired[0].state,
+        VerificationState::Cancelled {
+            code: CancelCode::Timeout,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_request_sent_over_olm_is_taken_with_the_authenticated_sender() {
+    let (mut server, alice, bob) = acquainted_pair();
+    server.establish(&alice, &[bob.user()]);
+    let mut payload = olm_identity(&alice, &bob);
+    payload["type"] = json!("m.key.verification.request");
+    let now = crate::time::SystemClock.now_ms();
+    payload["content"] = request_from(&alice, "over-olm", now)["content"].clone();
+    let event = olm_event_raw(&alice, &bob, payload.to_string().as_bytes());
+    let updates = receive(&bob, vec![event]);
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    assert_eq!(updates[0].other_user, alice.user());
+    assert_eq!(updates[0].state, VerificationState::Incoming);
 }

@@ -71,6 +71,8 @@ enum Stage {
         commitment: Option<Vec<u8>>,
         start: String,
         we_started: bool,
+        /// Both sides agreed on emoji (decimals are always there).
+        emoji: bool,
     },
     /// The users compare the short authentication string.
     Keys(Box<Keys>),
@@ -102,6 +104,8 @@ pub(crate) struct Flow {
     /// Devices our request went to.
     pub targets: Vec<OwnedDeviceId>,
     pub we_requested: bool,
+    /// When it began (milliseconds since the epoch); it ends [`super::TIMEOUT_MS`] later.
+    pub created_ms: u64,
     /// Last message sent or received (milliseconds since the epoch).
     pub touched_ms: u64,
     stage: Stage,
@@ -129,6 +133,7 @@ impl Flow {
             other_device: None,
             targets,
             we_requested: true,
+            created_ms: now_ms,
             touched_ms: now_ms,
             stage: Stage::Requested,
         }
@@ -147,6 +152,7 @@ impl Flow {
             other_device: Some(device.clone()),
             targets: vec![device],
             we_requested: false,
+            created_ms: now_ms,
             touched_ms: now_ms,
             stage: Stage::Incoming,
         }
@@ -192,6 +198,22 @@ impl Flow {
         matches!(self.stage, Stage::Done { .. } | Stage::Cancelled { .. })
     }
 
+    /// Another user's request our user did not accept yet.
+    pub(crate) fn is_unanswered(&self) -> bool {
+        matches!(self.stage, Stage::Incoming)
+    }
+
+    /// Give up without telling the other side (we could not store what we would send).
+    pub(crate) fn abandon(&mut self) {
+        if !self.is_finished() {
+            self.stage = Stage::Cancelled {
+                code: CancelCode::from("org.newt.not_stored"),
+                reason: "the answer could not be stored".to_owned(),
+                by_us: true,
+            };
+        }
+    }
+
     /// The device this flow is with; known in every stage past the request.
     fn other_device(&self) -> Result<OwnedDeviceId, CancelCode> {
         self.other_device
@@ -232,7 +254,11 @@ impl Flow {
             // Another of their devices accepted after the first: it is told so.
             return Ok(vec![self.accepted_elsewhere(from)]);
         }
-        if !matches!(self.stage, Stage::Requested) || !self.targets.contains(from) {
+        if !self.targets.contains(from) {
+            // Not a device we asked: not an answer to this request.
+            return Ok(Vec::new());
+        }
+        if !matches!(self.stage, Stage::Requested) {
             return Err(CancelCode::UnexpectedMessage);
         }
         if !ready.methods.contains(&VerificationMethod::SasV1) {
@@ -334,6 +360,9 @@ impl Flow {
             commitment: None,
             start: canonical.to_owned(),
             we_started: false,
+            emoji: offer
+                .short_authentication_string
+                .contains(&ShortAuthenticationString::Emoji),
         };
         Ok(vec![self.to_other(accept.into())?])
     }
@@ -364,6 +393,9 @@ impl Flow {
             commitment: Some(commitment),
             start,
             we_started: true,
+            emoji: chosen
+                .short_authentication_string
+                .contains(&ShortAuthenticationString::Emoji),
         };
         Ok(vec![self.to_other(key.into())?])
     }
@@ -378,6 +410,7 @@ impl Flow {
             commitment,
             start,
             we_started,
+            emoji,
         } = std::mem::replace(&mut self.stage, Stage::Ready)
         else {
             return Err(CancelCode::UnexpectedMessage);
@@ -409,7 +442,10 @@ impl Flow {
         } else {
             (&them, &me)
         };
-        let code = sas::short_auth_string(&established, starter, accepter, self.id.as_str());
+        let mut code = sas::short_auth_string(&established, starter, accepter, self.id.as_str());
+        if !emoji {
+            code.emoji.clear();
+        }
         let mut out = Vec::new();
         if !we_started {
             let ours = KeyContent::new(self.id.clone(), Base64::new(our_key.to_vec()));
@@ -511,16 +547,43 @@ impl Flow {
         }
     }
 
-    /// They cancelled.
-    pub(crate) fn on_cancel(&mut self, cancel: &CancelContent) {
+    /// They cancelled. If no device of theirs had accepted our request yet, the others it
+    /// went to are told (`m.user`) so they stop asking their user.
+    pub(crate) fn on_cancel(&mut self, cancel: &CancelContent) -> Vec<Out> {
         if self.is_finished() {
-            return;
+            return Vec::new();
         }
+        let others: Vec<Out> = if self.other_device.is_none() {
+            let reason = "the request was declined on another device";
+            self.targets
+                .iter()
+                .map(|device| Out {
+                    device: device.clone(),
+                    content: CancelContent::new(
+                        self.id.clone(),
+                        reason.to_owned(),
+                        CancelCode::User,
+                    )
+                    .into(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.stage = Stage::Cancelled {
             code: cancel.code.clone(),
             reason: cancel.reason.chars().take(200).collect(),
             by_us: false,
         };
+        others
+    }
+
+    /// Our user saw different strings: only while there is a string to compare.
+    pub(crate) fn mismatch(&self) -> Step {
+        match self.stage {
+            Stage::Keys(_) => Err(CancelCode::MismatchedSas),
+            _ => Err(CancelCode::UnexpectedMessage),
+        }
     }
 
     /// We cancel (our user, or a protocol error): the message to send, if anyone is
@@ -590,5 +653,67 @@ pub(crate) fn their_keys(
         }
         let m = master.as_ref()?;
         (key_id.strip_prefix("ed25519:") == Some(m.as_str())).then(|| m.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{device_id, user_id};
+
+    use super::*;
+
+    fn content_of(out: &[Out]) -> &AnyToDeviceEventContent {
+        &out.last().expect("a message").content
+    }
+
+    fn canonical(start: &StartContent) -> String {
+        let value = serde_json::to_value(start).unwrap();
+        crate::crypto::signing::canonical_json(&value).unwrap()
+    }
+
+    #[test]
+    fn when_both_sides_start_the_smaller_user_id_wins_and_both_show_the_same_string() {
+        let alice = Own {
+            user: user_id!("@alice:x"),
+            device: device_id!("A"),
+        };
+        let bob = Own {
+            user: user_id!("@bob:x"),
+            device: device_id!("B"),
+        };
+        let id = OwnedTransactionId::from("t");
+        let mut at_alice = Flow::outgoing(id.clone(), bob.user.to_owned(), vec!["B".into()], 0);
+        let mut at_bob = Flow::outgoing(id.clone(), alice.user.to_owned(), vec!["A".into()], 0);
+        let ready_from = |device: &str| {
+            ReadyContent::new(device.into(), vec![VerificationMethod::SasV1], id.clone())
+        };
+        let alice_start = at_alice.on_ready(&ready_from("B"), &alice).unwrap();
+        let bob_start = at_bob.on_ready(&ready_from("A"), &bob).unwrap();
+        let start_of = |out: &[Out]| match content_of(out) {
+            AnyToDeviceEventContent::KeyVerificationStart(c) => c.clone(),
+            other => panic!("not a start: {other:?}"),
+        };
+        let (alice_start, bob_start) = (start_of(&alice_start), start_of(&bob_start));
+        // alice's user id is smaller: she ignores bob's start, bob accepts hers.
+        let ignored = at_alice.on_start(&bob_start, &canonical(&bob_start), &alice);
+        assert!(ignored.unwrap().is_empty());
+        let accept = at_bob
+            .on_start(&alice_start, &canonical(&alice_start), &bob)
+            .unwrap();
+        let AnyToDeviceEventContent::KeyVerificationAccept(accept) = content_of(&accept) else {
+            panic!("bob did not accept");
+        };
+        let alice_key = at_alice.on_accept(accept).unwrap();
+        let AnyToDeviceEventContent::KeyVerificationKey(alice_key) = content_of(&alice_key) else {
+            panic!("alice sent no key");
+        };
+        let bob_key = at_bob.on_key(alice_key, &bob).unwrap();
+        let AnyToDeviceEventContent::KeyVerificationKey(bob_key) = content_of(&bob_key) else {
+            panic!("bob sent no key");
+        };
+        assert!(at_alice.on_key(bob_key, &alice).unwrap().is_empty());
+        let (a, b) = (at_alice.snapshot().state, at_bob.snapshot().state);
+        assert!(matches!(a, VerificationState::CompareSas(_)), "{a:?}");
+        assert_eq!(a, b);
     }
 }

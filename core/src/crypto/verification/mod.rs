@@ -21,7 +21,7 @@ use ruma::{OwnedDeviceId, OwnedTransactionId, OwnedUserId};
 
 pub(crate) use flow::{Flow, Out, Own};
 pub(crate) use verifier::FlowKeys;
-pub(crate) use verifier::{Verifier, is_verification_event};
+pub(crate) use verifier::Verifier;
 
 /// A flow with no message for this long is cancelled (`m.timeout`), as is a request sent
 /// longer ago than this.
@@ -31,10 +31,14 @@ pub(crate) const TIMEOUT_MS: u64 = 10 * 60 * 1000;
 const FUTURE_SKEW_MS: u64 = 5 * 60 * 1000;
 
 /// Flows kept in memory, finished ones included (the oldest finished go first).
-const MAX_FLOWS: usize = 32;
+const MAX_FLOWS: usize = 48;
 
 /// Unfinished flows with one other user at a time.
 const MAX_FLOWS_PER_USER: usize = 4;
+
+/// Requests of others nobody here accepted yet: strangers can send them, so they may take
+/// only part of the room, and flows our user starts or accepts always find some.
+const MAX_UNANSWERED_REQUESTS: usize = 16;
 
 /// One emoji of the short authentication string.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,6 +131,19 @@ impl Verifications {
         self.flows.values().any(|f| !f.is_finished())
     }
 
+    /// What we answered may not have been stored: every flow in progress is given up (the
+    /// other side times out), rather than waiting for messages that were never sent.
+    pub(crate) fn abandon_unfinished(&mut self) -> Vec<Verification> {
+        self.flows
+            .values_mut()
+            .filter(|f| !f.is_finished())
+            .map(|f| {
+                f.abandon();
+                f.snapshot()
+            })
+            .collect()
+    }
+
     /// Keep `flow` if there is room: finished flows make room, oldest first; unfinished
     /// ones never do. Returns whether it was kept.
     pub(crate) fn insert(&mut self, flow: Flow) -> bool {
@@ -138,7 +155,10 @@ impl Verifications {
             .values()
             .filter(|f| !f.is_finished() && f.other_user == flow.other_user)
             .count();
-        if with_user >= MAX_FLOWS_PER_USER {
+        let unanswered = self.flows.values().filter(|f| f.is_unanswered()).count();
+        if with_user >= MAX_FLOWS_PER_USER
+            || (flow.is_unanswered() && unanswered >= MAX_UNANSWERED_REQUESTS)
+        {
             return false;
         }
         while self.flows.len() >= MAX_FLOWS {

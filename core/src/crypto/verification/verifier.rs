@@ -51,9 +51,13 @@ impl Incoming {
             "m.key.verification.request" => Self::Request(typed(content)?),
             "m.key.verification.ready" => Self::Ready(typed(content)?),
             "m.key.verification.start" => {
+                // The commitment covers the content as the specification defines it (what
+                // ruma's type holds), not fields a sender's transport may have added.
+                let start: StartContent = typed(content)?;
+                let value = serde_json::to_value(&start).map_err(|e| e.to_string())?;
                 let canonical =
-                    crate::crypto::signing::canonical_json(content).map_err(|e| e.to_string())?;
-                Self::Start(typed(content)?, canonical)
+                    crate::crypto::signing::canonical_json(&value).map_err(|e| e.to_string())?;
+                Self::Start(start, canonical)
             }
             "m.key.verification.accept" => Self::Accept(typed(content)?),
             "m.key.verification.key" => Self::Key(typed(content)?),
@@ -77,14 +81,6 @@ impl Incoming {
             Self::Cancel(c) => &c.transaction_id,
         }
     }
-}
-
-/// Whether a to-device event type belongs to interactive verification.
-pub(crate) fn is_verification_event(event: &Value) -> bool {
-    event
-        .get("type")
-        .and_then(Value::as_str)
-        .is_some_and(|t| t.starts_with("m.key.verification."))
 }
 
 sub_machine! {
@@ -146,7 +142,7 @@ impl Verifier<'_> {
         let mut expired = Vec::new();
         let mut outs = Vec::new();
         for flow in state.verifications.all_mut() {
-            if !flow.is_finished() && flow.touched_ms.saturating_add(TIMEOUT_MS) < now {
+            if !flow.is_finished() && flow.created_ms.saturating_add(TIMEOUT_MS) < now {
                 let code = CancelCode::Timeout;
                 outs.push((
                     flow.other_user.clone(),
@@ -200,10 +196,7 @@ impl Verifier<'_> {
             Incoming::Key(key) => flow.on_key(&key, &own),
             Incoming::Mac(mac) => flow.on_mac(mac, &own, keys.theirs()),
             Incoming::Done(_) => flow.on_done(),
-            Incoming::Cancel(cancel) => {
-                flow.on_cancel(&cancel);
-                Ok(Vec::new())
-            }
+            Incoming::Cancel(cancel) => Ok(flow.on_cancel(&cancel)),
         };
         self.after_step(state, id, before, step, changes)
     }
