@@ -7,7 +7,7 @@ use super::account::OwnAccount;
 use super::error::CryptoError;
 use super::identity::SignatureCache;
 use super::state::State;
-use crate::store::{Changes, Store};
+use crate::store::{Changes, LeaseFence, Store};
 
 /// The own user and device and the store; copied into each sub-machine.
 #[derive(Clone, Copy)]
@@ -21,10 +21,15 @@ pub(crate) struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Persist `changes` and remember the resulting generation as our own.
-    pub(crate) fn save(&self, state: &mut State, changes: Changes) -> Result<(), CryptoError> {
+    pub(crate) fn save(&self, state: &mut State, mut changes: Changes) -> Result<(), CryptoError> {
         if changes.is_empty() {
             return Ok(());
         }
+        // Refused if another process took the lease since; renews it otherwise.
+        changes.lease = state.lease.clone().map(|fence| LeaseFence {
+            renew_until_ms: state.now_ms().saturating_add(super::lease::LEASE_MS),
+            ..fence
+        });
         match self.store.save_changes(changes) {
             Ok(generation) => {
                 state.generation = generation;

@@ -1,12 +1,12 @@
 //! [`OlmMachine`]: the facade. Opens the account, locks the state, persists changes, and
 //! holds the calls that belong to no sub-machine (key upload, device trust).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use ruma::api::client::keys::upload_keys;
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde_json::Value;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::account::{OwnAccount, SIGNED_CURVE25519};
 use super::context::Ctx;
@@ -34,6 +34,8 @@ pub struct OlmMachine {
     pub(crate) state: Mutex<State>,
     /// Cross-signing signature checks already made (see [`SignatureCache`]).
     pub(crate) signatures: SignatureCache,
+    /// This instance's name as holder of the cross-process lease (`lease.rs`).
+    pub(crate) holder: String,
 }
 
 impl std::fmt::Debug for OlmMachine {
@@ -97,6 +99,7 @@ impl OlmMachine {
             store,
             state: Mutex::new(State::new(account, generation, clock)),
             signatures: SignatureCache::default(),
+            holder: format!("{}-{}", std::process::id(), ruma::TransactionId::new()),
         })
     }
 
@@ -158,22 +161,6 @@ impl OlmMachine {
     /// Interactive verification.
     pub(crate) fn verifier(&self) -> Verifier<'_> {
         Verifier::new(self.ctx())
-    }
-
-    /// Lock the state, reloading the account if another process wrote to the store.
-    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, State>, CryptoError> {
-        // A poisoned lock means a panic elsewhere; the state itself is still consistent with
-        // the store because every change is persisted before it is used.
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let generation = self.store.generation()?;
-        if generation != state.generation {
-            if let Some(record) = self.store.account()? {
-                debug!("store changed by another writer; reloading the account");
-                state.account = OwnAccount::from_record(&record)?;
-            }
-            state.generation = generation;
-        }
-        Ok(state)
     }
 
     /// Persist `changes` and remember the resulting generation as our own.

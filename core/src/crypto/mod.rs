@@ -19,6 +19,7 @@ mod identities;
 mod identity;
 mod key_requests;
 mod keys_query;
+mod lease;
 mod machine;
 mod megolm;
 mod membership;

@@ -9,7 +9,7 @@ use ruma::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedServerName, OwnedUserId};
 
 use super::account::OwnAccount;
 use super::verification::Verifications;
-use crate::store::DeviceRecord;
+use crate::store::{DeviceRecord, LeaseFence};
 use crate::time::Clock;
 
 /// Claims for a session to answer an own device's key requests before giving up on them.
@@ -36,6 +36,9 @@ pub(crate) struct State {
     pub held: HeldKeyRequests,
     /// Interactive verifications in progress (`verification/`).
     pub verifications: Verifications,
+    /// The cross-process lease while the state is locked (`lease.rs`): writes are fenced
+    /// with it.
+    pub lease: Option<LeaseFence>,
     /// Where the machine's time comes from.
     pub clock: Arc<dyn Clock>,
 }
@@ -51,6 +54,7 @@ impl State {
             unwedging: Unwedging::default(),
             held: HeldKeyRequests::default(),
             verifications: Verifications::default(),
+            lease: None,
             clock,
         }
     }

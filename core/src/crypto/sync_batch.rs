@@ -3,14 +3,13 @@
 //! produced (replay records, key requests, events kept for late keys) and the sync token.
 //! A crash before the commit replays the whole response; after it, nothing is lost.
 
-use std::sync::MutexGuard;
-
 use ruma::{DeviceId, RoomId, UserId};
 use serde_json::Value;
 use tracing::{debug, warn};
 
 use super::account::{OwnAccount, SIGNED_CURVE25519};
 use super::error::CryptoError;
+use super::lease::StateGuard;
 use super::machine::OlmMachine;
 use super::outcomes::{DecryptedRoomEvent, SyncChanges, SyncOutcome};
 use super::state::State;
@@ -24,7 +23,7 @@ const MAX_KEY_REQUESTS_PER_SYNC: usize = 50;
 /// across an `.await`.
 pub struct SyncBatch<'m> {
     machine: &'m OlmMachine,
-    state: Option<MutexGuard<'m, State>>,
+    state: Option<StateGuard<'m>>,
     /// The account as it was when the batch began: what an uncommitted batch goes back to.
     snapshot: AccountRecord,
     changes: Changes,

@@ -26,6 +26,9 @@ pub struct Changes {
     pub client: ClientChanges,
     /// The sync token; written last, only together with everything the sync carried.
     pub sync_token: Option<String>,
+    /// The lease these changes were made under: the write is refused if it passed to
+    /// another holder, and renews it otherwise (see [`super::LeaseFence`]).
+    pub lease: Option<super::LeaseFence>,
 }
 
 /// What only the crypto machine writes: its account, Olm and Megolm sessions, devices and
@@ -157,6 +160,9 @@ impl Changes {
         self.client.extend(other.client);
         if other.sync_token.is_some() {
             self.sync_token = other.sync_token;
+        }
+        if other.lease.is_some() {
+            self.lease = other.lease;
         }
     }
 }

@@ -12,6 +12,7 @@ mod batches;
 mod bounded;
 mod fixtures;
 mod kept_for_repair;
+mod lease;
 mod records;
 mod trust;
 
@@ -19,6 +20,7 @@ pub(crate) use batches::*;
 pub(crate) use bounded::*;
 pub(crate) use fixtures::*;
 pub(crate) use kept_for_repair::*;
+pub(crate) use lease::*;
 pub(crate) use records::*;
 pub(crate) use trust::*;
 
@@ -87,6 +89,8 @@ macro_rules! store_conformance_tests {
                 sessions_to_reevaluate_by_sender_and_level,
                 sender_data_retries_due_in_order,
                 cross_signing_keys_are_a_reserved_secret,
+                lease_is_exclusive_until_given_back_or_expired,
+                writes_of_a_holder_that_lost_the_lease_are_refused,
             );
         }
     };

@@ -17,6 +17,7 @@ mod changes;
 mod cipher;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod conformance;
+mod lease;
 mod memory;
 pub mod quota;
 mod records;
@@ -29,6 +30,8 @@ use ruma::{OwnedRoomId, RoomId, UserId};
 
 pub use changes::{Changes, ClientChanges, CryptoChanges};
 pub use cipher::StoreKey;
+pub(crate) use lease::LeaseRow;
+pub use lease::{LeaseAttempt, LeaseFence};
 pub use memory::MemoryStore;
 pub use records::{
     AccountRecord, DeviceRecord, InboundGroupSessionRecord, KeyRequestRecord, LocalTrust,
@@ -105,6 +108,13 @@ pub enum StoreError {
     /// was saved.
     #[error("invalid record: {0}")]
     InvalidRecord(String),
+    /// The write was made under a lease on the crypto state that another process took
+    /// since (this one was paused past its expiry). Nothing was saved; reload and retry.
+    #[error("the lease on the crypto state passed to another process")]
+    LeaseLost,
+    /// Another process held the lease on the crypto state for longer than we wait.
+    #[error("another process holds the crypto state")]
+    LeaseBusy,
 }
 
 /// The one storage interface of Newt: what the crypto machine reads ([`CryptoStore`]),
@@ -127,6 +137,19 @@ pub trait Store: CryptoStore + ClientStore + 'static {
 
     /// How many records of each bounded kind are kept.
     fn counts(&self) -> Result<StoreCounts, StoreError>;
+
+    /// Take the lease on the crypto state for `holder` until `until_ms` (or keep it, with
+    /// the same token), unless another holder has it and it has not expired at `now_ms`.
+    /// Does not wait. See [`LeaseFence`] for the writes made under it.
+    fn acquire_lease(
+        &self,
+        holder: &str,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<LeaseAttempt, StoreError>;
+
+    /// Give the lease back, if `holder` has it.
+    fn release_lease(&self, holder: &str) -> Result<(), StoreError>;
 }
 
 /// What the crypto machine reads: its account and sessions, devices and their tracking,

@@ -29,15 +29,16 @@ use rusqlite::Connection;
 use super::cipher::{StoreCipher, StoreKey};
 use super::{
     AccountRecord, Changes, ClientStore, CryptoStore, DeviceRecord, InboundGroupSessionRecord,
-    KeyRequestRecord, MegolmIndexRecord, MemberRecord, NoOlmRoomKey, OlmSessionRecord,
-    OutboundGroupSessionRecord, PendingToDevice, QueuedSend, RoomRecord, SecretBlob, SessionSender,
-    SharingPolicy, Store, StoreCounts, StoreError, TrackedUser, UndecryptableEvent, UnwedgeRecord,
-    UserIdentityRecord, WithheldNotice,
+    KeyRequestRecord, LeaseAttempt, MegolmIndexRecord, MemberRecord, NoOlmRoomKey,
+    OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice, QueuedSend, RoomRecord,
+    SecretBlob, SessionSender, SharingPolicy, Store, StoreCounts, StoreError, TrackedUser,
+    UndecryptableEvent, UnwedgeRecord, UserIdentityRecord, WithheldNotice,
 };
 
 mod account;
 mod devices;
 mod kept_events;
+mod lease;
 mod megolm;
 mod migrate_5;
 mod migrate_6;
@@ -63,7 +64,7 @@ mod values;
 mod write;
 
 pub(crate) use migrate_5::VERIFIED_ONLY_KEY;
-use schema::{load_cipher, meta, migrate, open_connection, schema_version};
+use schema::{load_cipher, meta, migrate, open_connection, open_lease_connection, schema_version};
 use sql::{db, get_meta, u64_from_sql};
 #[cfg(test)]
 use {
@@ -80,6 +81,8 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    /// Takes and gives back the cross-process lease (`sqlite/lease.rs`).
+    lease: Mutex<Connection>,
     cipher: StoreCipher,
     /// Test hook: fail every `save_changes` after all writes, right before the commit.
     #[cfg(test)]
@@ -120,10 +123,12 @@ impl SqliteStore {
             None => load_cipher(&writer, key)?,
         };
         let reader = open_connection(&path)?;
+        let lease = open_lease_connection(&path)?;
         Ok(Self {
             path,
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
+            lease: Mutex::new(lease),
             cipher,
             #[cfg(test)]
             fail_before_commit: std::sync::atomic::AtomicBool::new(false),
@@ -165,6 +170,9 @@ impl Store for SqliteStore {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db)?;
+        if let Some(fence) = &changes.lease {
+            lease::check(&tx, fence)?;
+        }
         let generation = write::write_changes(&tx, &self.cipher, &changes)?;
         #[cfg(test)]
         if self
@@ -190,6 +198,21 @@ impl Store for SqliteStore {
 
     fn counts(&self) -> Result<StoreCounts, StoreError> {
         quotas::counts(&self.reader())
+    }
+
+    fn acquire_lease(
+        &self,
+        holder: &str,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<LeaseAttempt, StoreError> {
+        let mut conn = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        lease::acquire(&mut conn, holder, now_ms, until_ms)
+    }
+
+    fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
+        let mut conn = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        lease::release(&mut conn, holder)
     }
 }
 

@@ -38,6 +38,8 @@ mod sync;
 #[cfg(test)]
 mod trust;
 #[cfg(test)]
+mod two_handles;
+#[cfg(test)]
 mod verification;
 
 /// The parts of a homeserver the crypto machine talks to.

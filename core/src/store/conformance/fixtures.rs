@@ -234,6 +234,7 @@ pub(crate) fn full_changes(tag: &str) -> Changes {
             ..Default::default()
         },
         sync_token: Some(format!("token-{tag}")),
+        lease: None,
     };
     c.client.values.insert(format!("v-{tag}"), "plain".into());
     c.client

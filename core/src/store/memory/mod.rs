@@ -17,10 +17,10 @@ use ruma::{DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, Room
 
 use super::{
     AccountRecord, Changes, ClientStore, CryptoStore, DeviceRecord, InboundGroupSessionRecord,
-    KeyRequestRecord, MegolmIndexRecord, MemberRecord, NoOlmRoomKey, OlmSessionRecord,
-    OutboundGroupSessionRecord, PendingToDevice, QueuedSend, RoomRecord, SecretBlob, SessionSender,
-    SharingPolicy, Store, StoreCounts, StoreError, TrackedUser, UndecryptableEvent, UnwedgeRecord,
-    UserIdentityRecord, WithheldNotice, quota,
+    KeyRequestRecord, LeaseAttempt, LeaseRow, MegolmIndexRecord, MemberRecord, NoOlmRoomKey,
+    OlmSessionRecord, OutboundGroupSessionRecord, PendingToDevice, QueuedSend, RoomRecord,
+    SecretBlob, SessionSender, SharingPolicy, Store, StoreCounts, StoreError, TrackedUser,
+    UndecryptableEvent, UnwedgeRecord, UserIdentityRecord, WithheldNotice, quota,
 };
 
 type RoomSession = (OwnedRoomId, String);
@@ -29,6 +29,8 @@ type RoomSession = (OwnedRoomId, String);
 #[derive(Default)]
 struct State {
     generation: u64,
+    /// The lease on the crypto state (threads of one process may share a `MemoryStore`).
+    lease: LeaseRow,
     account: Option<AccountRecord>,
     /// sender key -> session id -> session.
     olm_sessions: HashMap<String, BTreeMap<String, OlmSessionRecord>>,
@@ -413,10 +415,36 @@ impl Store for MemoryStore {
     fn save_changes(&self, changes: Changes) -> Result<u64, StoreError> {
         changes.validate()?;
         let mut inner = self.lock();
+        if let Some(fence) = &changes.lease {
+            inner.lease = inner.lease.fenced(fence).ok_or(StoreError::LeaseLost)?;
+        }
         if !changes.is_empty() {
             inner.apply(changes);
         }
         Ok(inner.generation)
+    }
+
+    fn acquire_lease(
+        &self,
+        holder: &str,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<LeaseAttempt, StoreError> {
+        let mut inner = self.lock();
+        Ok(match inner.lease.acquire(holder, now_ms, until_ms) {
+            Ok(row) => {
+                let token = row.token;
+                inner.lease = row;
+                LeaseAttempt::Acquired { token }
+            }
+            Err(held) => held,
+        })
+    }
+
+    fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner.lease = inner.lease.released(holder);
+        Ok(())
     }
 
     fn generation(&self) -> Result<u64, StoreError> {

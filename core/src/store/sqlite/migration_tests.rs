@@ -9,6 +9,7 @@ use crate::test_ids::{rid, uid};
 
 /// Undo migration 8 (sender data and identities).
 fn back_to_version_7(conn: &Connection) {
+    back_to_version_8(conn);
     conn.execute_batch(
         "DROP INDEX inbound_by_sender_trust;
          DROP INDEX inbound_by_sender_retry;
@@ -20,6 +21,12 @@ fn back_to_version_7(conn: &Connection) {
          PRAGMA user_version = 7;",
     )
     .unwrap();
+}
+
+/// Take a store back to schema version 8: the lease table is dropped.
+fn back_to_version_8(conn: &Connection) {
+    conn.execute_batch("DROP TABLE crypto_lease; PRAGMA user_version = 8;")
+        .unwrap();
 }
 
 /// Take a store back to schema version 4: the tables and columns later versions added are
@@ -446,4 +453,24 @@ fn a_version_4_store_with_a_device_of_an_invalid_user_still_opens() {
     assert_eq!(devices.len(), 1, "{devices:?}");
     assert_eq!(devices[0].user_id, "@a:x");
     assert_eq!(devices[0].local_trust, LocalTrust::Verified);
+}
+
+#[test]
+fn migration_9_adds_the_crypto_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    open(d).save_changes(full_changes("a")).unwrap();
+    let conn = raw(d);
+    back_to_version_8(&conn);
+    drop(conn);
+    let s = open(d);
+    assert!(matches!(
+        s.acquire_lease("app", 0, 10).unwrap(),
+        crate::store::LeaseAttempt::Acquired { .. }
+    ));
+    assert_eq!(
+        s.acquire_lease("extension", 5, 20).unwrap(),
+        crate::store::LeaseAttempt::HeldByOther { until_ms: 10 }
+    );
+    assert_eq!(s.account().unwrap(), full_changes("a").crypto.account);
 }

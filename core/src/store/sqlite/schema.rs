@@ -218,6 +218,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
         identity TEXT NOT NULL,
         tag BLOB NOT NULL
     );",
+    // 9: the cross-process lease on the crypto state (one row).
+    "CREATE TABLE crypto_lease (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        holder TEXT NOT NULL,
+        token INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    );",
 ];
 
 /// Keys of the `meta` table.
@@ -245,6 +252,15 @@ pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         )));
     }
     conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(db)?;
+    Ok(conn)
+}
+
+/// The connection the lease is taken and given back on: its commits are not fsynced (a
+/// lease lost with the power only expires; the writes it guards are fsynced as always).
+pub(super) fn open_lease_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = open_connection(path)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(db)?;
     Ok(conn)
 }
