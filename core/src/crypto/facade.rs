@@ -142,6 +142,7 @@ impl OlmMachine {
         users: &[OwnedUserId],
         settings: RotationSettings,
     ) -> Result<Vec<OutgoingRequest>, CryptoError> {
+        self.refuse_in_notifications()?;
         let mut state = self.lock()?;
         self.group_sessions()
             .share_room_key(&mut state, room_id, users, settings)
@@ -155,6 +156,7 @@ impl OlmMachine {
         event_type: &str,
         content: &Value,
     ) -> Result<Value, CryptoError> {
+        self.refuse_in_notifications()?;
         let mut state = self.lock()?;
         self.group_sessions()
             .encrypt_room_event(&mut state, room_id, event_type, content)

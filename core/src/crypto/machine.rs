@@ -36,6 +36,9 @@ pub struct OlmMachine {
     pub(crate) signatures: SignatureCache,
     /// This instance's name as holder of the cross-process lease (`lease.rs`).
     pub(crate) holder: String,
+    /// Opened by a notification extension: it uploads no keys and encrypts nothing
+    /// (`notification.rs`).
+    pub(crate) notification: bool,
 }
 
 impl std::fmt::Debug for OlmMachine {
@@ -100,7 +103,37 @@ impl OlmMachine {
             state: Mutex::new(State::new(account, generation, clock)),
             signatures: SignatureCache::default(),
             holder: format!("{}-{}", std::process::id(), ruma::TransactionId::new()),
+            notification: false,
         })
+    }
+
+    /// Open the machine in a notification extension, beside the app on the same store: it
+    /// decrypts, takes room keys from to-device events and hands the rest over to the app,
+    /// but never uploads keys, creates outbound sessions or encrypts. The account must
+    /// exist (the app created it).
+    pub fn open_for_notifications(
+        user_id: &UserId,
+        device_id: &DeviceId,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, CryptoError> {
+        if store.account()?.is_none() {
+            return Err(CryptoError::InvalidInput(
+                "no account in this store: the app must log in first".into(),
+            ));
+        }
+        let mut machine = Self::open(user_id, device_id, store)?;
+        machine.notification = true;
+        Ok(machine)
+    }
+
+    /// Refuse what only the app may do.
+    pub(crate) fn refuse_in_notifications(&self) -> Result<(), CryptoError> {
+        if self.notification {
+            return Err(CryptoError::InvalidInput(
+                "not in a notification extension: the app does this".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Own user id.
@@ -195,7 +228,9 @@ impl OlmMachine {
     pub fn outgoing_requests(&self) -> Result<Vec<OutgoingRequest>, CryptoError> {
         let mut state = self.lock()?;
         let mut requests = Vec::new();
-        requests.extend(self.key_upload(&mut state)?);
+        if !self.notification {
+            requests.extend(self.key_upload(&mut state)?);
+        }
         requests.extend(self.tracker().key_queries(&mut state)?);
         requests.extend(self.pending_to_device_requests(&mut state)?);
         Ok(requests)

@@ -23,6 +23,7 @@ mod lease;
 mod machine;
 mod megolm;
 mod membership;
+mod notification;
 mod olm;
 mod olm_sessions;
 mod outbox;
@@ -53,6 +54,7 @@ pub use facade_trust::{CrossSigningUpload, UserIdentity};
 pub use identity::{DeviceSignature, IdentityError};
 pub use machine::OlmMachine;
 pub use megolm::RotationSettings;
+pub use notification::NotificationToDevice;
 pub use outcomes::{
     ClaimOutcome, DecryptedRoomEvent, IdentityChange, QueryOutcome, RoomKeyInfo, SyncChanges,
     SyncOutcome, ToDeviceOutcome,

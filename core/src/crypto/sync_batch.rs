@@ -53,11 +53,16 @@ impl<'m> SyncBatch<'m> {
         };
         batch.apply_device_lists(&sync.changed_users, &sync.left_users)?;
         let mut changes = std::mem::take(&mut batch.changes);
+        // What a notification extension left or consumed (under the lease, as it wrote it).
+        let events = super::notification::take_handoff(
+            &*machine.store,
+            sync.to_device_events,
+            &mut changes,
+        )?;
         let state = batch.state_mut()?;
-        let handled =
-            machine
-                .to_device()
-                .handle_to_device_batch(state, &sync.to_device_events, &mut changes);
+        let handled = machine
+            .to_device()
+            .handle_to_device_batch(state, &events, &mut changes);
         batch.changes = changes;
         let handled = handled?;
         let mut account_changed = handled.account_changed;

@@ -203,7 +203,7 @@ impl ToDeviceHandler<'_> {
 
     /// Decrypt one Olm event. The outer `Result` is a store failure (aborts the batch); the
     /// inner one is this event's verdict.
-    fn handle_encrypted(
+    pub(super) fn handle_encrypted(
         &self,
         state: &mut State,
         batch: &mut Batch,

@@ -79,6 +79,16 @@ pub struct CryptoChanges {
     pub sender_data: Vec<SenderDataUpdate>,
     /// The own cross-signing private keys (a secret value).
     pub cross_signing_keys: Option<SecretBlob>,
+    /// Digests of Olm-encrypted to-device events a notification extension decrypted: the
+    /// app skips them when its own sync brings them again (their Olm step is used up).
+    pub consumed_to_device: Vec<String>,
+    /// Digests the app met again and skipped: forgotten.
+    pub forgotten_to_device: Vec<String>,
+    /// To-device events a notification extension received and left for the app (JSON, in
+    /// order): it asked the server past them, so the app's sync will not bring them.
+    pub deferred_to_device: Vec<String>,
+    /// The app took the deferred events (they are removed).
+    pub take_deferred_to_device: bool,
 }
 
 /// What the client writes: rooms and members, the send queue, events kept for late keys,
@@ -210,6 +220,7 @@ impl CryptoChanges {
         keep_valid(&mut self.user_identities);
         keep_valid(&mut self.sender_data);
         self.sent_to_device.retain(|t| !t.is_empty());
+        self.consumed_to_device.retain(|d| !d.is_empty());
         before - self.len()
     }
 
@@ -234,6 +245,10 @@ impl CryptoChanges {
             + self.user_identities.len()
             + self.sender_data.len()
             + usize::from(self.cross_signing_keys.is_some())
+            + self.consumed_to_device.len()
+            + self.forgotten_to_device.len()
+            + self.deferred_to_device.len()
+            + usize::from(self.take_deferred_to_device)
     }
 
     fn extend(&mut self, other: CryptoChanges) {
@@ -266,6 +281,10 @@ impl CryptoChanges {
         if other.cross_signing_keys.is_some() {
             self.cross_signing_keys = other.cross_signing_keys;
         }
+        self.consumed_to_device.extend(other.consumed_to_device);
+        self.forgotten_to_device.extend(other.forgotten_to_device);
+        self.deferred_to_device.extend(other.deferred_to_device);
+        self.take_deferred_to_device |= other.take_deferred_to_device;
     }
 }
 

@@ -11,6 +11,7 @@
 mod batches;
 mod bounded;
 mod fixtures;
+mod handoff;
 mod kept_for_repair;
 mod lease;
 mod records;
@@ -19,6 +20,7 @@ mod trust;
 pub(crate) use batches::*;
 pub(crate) use bounded::*;
 pub(crate) use fixtures::*;
+pub(crate) use handoff::*;
 pub(crate) use kept_for_repair::*;
 pub(crate) use lease::*;
 pub(crate) use records::*;
@@ -91,6 +93,8 @@ macro_rules! store_conformance_tests {
                 cross_signing_keys_are_a_reserved_secret,
                 lease_is_exclusive_until_given_back_or_expired,
                 writes_of_a_holder_that_lost_the_lease_are_refused,
+                consumed_to_device_digests_recorded_and_forgotten,
+                deferred_to_device_events_kept_in_order_until_taken,
             );
         }
     };

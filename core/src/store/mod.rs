@@ -221,6 +221,12 @@ pub trait CryptoStore: Send + Sync {
     /// To-device requests not yet confirmed as sent, oldest first.
     fn pending_to_device(&self) -> Result<Vec<PendingToDevice>, StoreError>;
 
+    /// Which of `digests` a notification extension recorded as consumed.
+    fn consumed_to_device(&self, digests: &[&str]) -> Result<Vec<String>, StoreError>;
+
+    /// To-device events a notification extension left for the app, oldest first.
+    fn deferred_to_device(&self) -> Result<Vec<String>, StoreError>;
+
     /// The withheld notice `sender` sent for one session.
     fn withheld_notice(
         &self,

@@ -39,6 +39,13 @@ pub const MAX_OLM_SESSIONS_OF_UNKNOWN_DEVICES: u64 = 1_000;
 /// Rooms we are invited to (anyone can invite us).
 pub const MAX_INVITES: u64 = 200;
 
+/// Digests of to-device events a notification extension decrypted, kept until the app
+/// meets them again (anyone with an Olm channel to us can send events).
+pub const MAX_CONSUMED_TO_DEVICE: u64 = 2_000;
+
+/// To-device events a notification extension left for the app (anyone can send them).
+pub const MAX_DEFERRED_TO_DEVICE: u64 = 500;
+
 /// Devices kept per user from a `/keys/query` answer (the ones we know first, then by
 /// device id); checked by the crypto machine before anything is stored.
 pub const MAX_DEVICES_PER_USER: usize = 1_000;

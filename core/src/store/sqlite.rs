@@ -37,6 +37,7 @@ use super::{
 
 mod account;
 mod devices;
+mod handoff;
 mod kept_events;
 mod lease;
 mod megolm;
@@ -286,6 +287,14 @@ impl CryptoStore for SqliteStore {
 
     fn encrypted_rooms_with(&self, user_ids: &[&UserId]) -> Result<Vec<OwnedRoomId>, StoreError> {
         rooms::encrypted_with(&self.reader(), user_ids)
+    }
+
+    fn consumed_to_device(&self, digests: &[&str]) -> Result<Vec<String>, StoreError> {
+        handoff::consumed(&self.reader(), digests)
+    }
+
+    fn deferred_to_device(&self) -> Result<Vec<String>, StoreError> {
+        handoff::deferred(&self.reader())
     }
 
     fn pending_to_device(&self) -> Result<Vec<PendingToDevice>, StoreError> {

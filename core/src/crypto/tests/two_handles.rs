@@ -96,3 +96,133 @@ fn two_handles_topping_up_one_time_keys_at_once_never_reuse_a_key_id() {
     let keys = server.lock().unwrap().one_time_keys[&(app.user(), app.device())].len();
     assert!(keys > 50, "{keys} one-time keys published");
 }
+
+/// bob's app and his notification extension on one SQLite directory, alice a peer.
+fn bob_app_and_extension(dir: &std::path::Path) -> (FakeServer, Peer, Peer, Peer) {
+    let store = |_: ()| -> Arc<dyn Store> {
+        Arc::new(SqliteStore::open(dir, &StoreKey::from_bytes([4; 32])).unwrap())
+    };
+    let (mut server, alice, app) =
+        setup_pair_of_bob(Peer::new("@alice:localhost", "ALICE"), store(()));
+    let extension_store = store(());
+    let extension = Peer {
+        machine: OlmMachine::open_for_notifications(
+            &app.user(),
+            &app.device(),
+            extension_store.clone(),
+        )
+        .unwrap(),
+        store: extension_store,
+    };
+    let members = vec![alice.user(), app.user()];
+    room_members(&alice, &members);
+    app.machine.update_tracked_users(&members).unwrap();
+    server.drive(&app);
+    (server, alice, app, extension)
+}
+
+fn setup_pair_of_bob(alice: Peer, bob_store: Arc<dyn Store>) -> (FakeServer, Peer, Peer) {
+    let mut server = FakeServer::default();
+    let bob = Peer::with_store("@bob:localhost", "BOB", bob_store);
+    server.drive(&alice);
+    server.drive(&bob);
+    (server, alice, bob)
+}
+
+#[test]
+fn a_key_the_extension_took_is_not_taken_again_by_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, alice, app, extension) = bob_app_and_extension(dir.path());
+    server.share(&alice, room(), &[alice.user(), app.user()]);
+    let content = alice
+        .machine
+        .encrypt_room_event(room(), "m.room.message", &text("for the notification"))
+        .unwrap();
+    let event = room_event(ROOM, alice.user(), "$push", content);
+    // The extension catches up on to-device messages: the room key arrives there first.
+    let to_device = server.take_inbox(&app);
+    let handled = extension
+        .machine
+        .receive_notification_to_device(&to_device)
+        .unwrap();
+    assert_eq!((handled.room_keys.len(), handled.consumed), (1, 1));
+    let shown = extension
+        .machine
+        .decrypt_for_notification(room(), &event)
+        .unwrap();
+    assert_eq!(shown.content["body"], "for the notification");
+    // The app's own sync brings the same events again: skipped, nothing looks wedged.
+    let outcome = app
+        .machine
+        .receive_sync_changes(SyncChanges {
+            to_device_events: to_device,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(outcome.to_device.is_empty(), "{:?}", outcome.to_device);
+    assert!(app.machine.session_repair_request().unwrap().is_none());
+    assert!(
+        app.store
+            .consumed_to_device(&[&super::super::notification::digest(&event)])
+            .unwrap()
+            .is_empty()
+    );
+    // And the app decrypts the event (recording its replay record this time).
+    let decrypted = app.machine.decrypt_room_event(room(), &event).unwrap();
+    assert_eq!(decrypted.content["body"], "for the notification");
+}
+
+#[test]
+fn events_the_extension_leaves_reach_the_app_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, alice, app, extension) = bob_app_and_extension(dir.path());
+    let now = crate::time::Clock::now_ms(&crate::time::SystemClock);
+    let request = json!({"type": "m.key.verification.request", "sender": alice.user(),
+        "content": {"from_device": alice.device(), "transaction_id": "v1",
+            "methods": ["m.sas.v1"], "timestamp": now}});
+    let handled = extension
+        .machine
+        .receive_notification_to_device(std::slice::from_ref(&request))
+        .unwrap();
+    assert_eq!(handled.deferred, 1);
+    assert!(
+        extension.machine.verifications().unwrap().is_empty(),
+        "not for the extension"
+    );
+    // The app's next sync, with nothing new from the server, handles it.
+    let outcome = app
+        .machine
+        .receive_sync_changes(SyncChanges::default())
+        .unwrap();
+    assert_eq!(outcome.verifications.len(), 1);
+    assert!(app.store.deferred_to_device().unwrap().is_empty());
+}
+
+#[test]
+fn the_extension_never_uploads_keys_or_encrypts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, alice, _app, extension) = bob_app_and_extension(dir.path());
+    let counts = BTreeMap::from([(SIGNED_CURVE25519.to_owned(), 0)]);
+    extension
+        .machine
+        .receive_sync_changes(SyncChanges {
+            one_time_key_counts: Some(counts),
+            ..Default::default()
+        })
+        .unwrap();
+    let requests = extension.machine.outgoing_requests().unwrap();
+    assert!(
+        !requests
+            .iter()
+            .any(|r| matches!(r.kind, OutgoingKind::KeysUpload(_)))
+    );
+    let refused = extension
+        .machine
+        .encrypt_room_event(room(), "m.room.message", &text("no"));
+    assert!(matches!(refused, Err(CryptoError::InvalidInput(_))));
+    let refused =
+        extension
+            .machine
+            .share_room_key(room(), &[alice.user()], RotationSettings::default());
+    assert!(matches!(refused, Err(CryptoError::InvalidInput(_))));
+}

@@ -31,6 +31,10 @@ struct State {
     generation: u64,
     /// The lease on the crypto state (threads of one process may share a `MemoryStore`).
     lease: LeaseRow,
+    /// Digests of to-device events a notification extension consumed, oldest first.
+    consumed_to_device: Ordered<String, ()>,
+    /// Events it left for the app, oldest first.
+    deferred_to_device: Vec<String>,
     account: Option<AccountRecord>,
     /// sender key -> session id -> session.
     olm_sessions: HashMap<String, BTreeMap<String, OlmSessionRecord>>,
@@ -91,6 +95,7 @@ impl State {
         }
         self.apply_rooms(&changes);
         self.apply_queues(&changes);
+        self.apply_handoff(&changes.crypto);
         for w in &changes.crypto.withheld_notices {
             let key = (w.room_id.clone(), w.session_id.clone(), w.sender.clone());
             self.withheld.replace(key, w.clone());
@@ -226,6 +231,25 @@ impl State {
                 .or_default()
                 .insert(m.user_id.clone(), m.clone());
         }
+    }
+
+    fn apply_handoff(&mut self, changes: &super::CryptoChanges) {
+        if changes.take_deferred_to_device {
+            self.deferred_to_device.clear();
+        }
+        for digest in &changes.consumed_to_device {
+            self.consumed_to_device.insert_new(digest.clone(), ());
+        }
+        for digest in &changes.forgotten_to_device {
+            self.consumed_to_device.remove(digest);
+        }
+        self.deferred_to_device
+            .extend(changes.deferred_to_device.iter().cloned());
+        self.consumed_to_device
+            .keep_newest(quota::MAX_CONSUMED_TO_DEVICE, |_, _| true);
+        let max = usize::try_from(quota::MAX_DEFERRED_TO_DEVICE).unwrap_or(usize::MAX);
+        let excess = self.deferred_to_device.len().saturating_sub(max);
+        self.deferred_to_device.drain(..excess);
     }
 
     fn apply_queues(&mut self, changes: &Changes) {
@@ -625,6 +649,19 @@ impl CryptoStore for MemoryStore {
             .get(room_id)
             .and_then(|m| m.get(user_id))
             .cloned())
+    }
+
+    fn consumed_to_device(&self, digests: &[&str]) -> Result<Vec<String>, StoreError> {
+        let state = self.lock();
+        Ok(digests
+            .iter()
+            .filter(|d| state.consumed_to_device.get(&(**d).to_owned()).is_some())
+            .map(|d| (*d).to_owned())
+            .collect())
+    }
+
+    fn deferred_to_device(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.lock().deferred_to_device.clone())
     }
 
     fn pending_to_device(&self) -> Result<Vec<PendingToDevice>, StoreError> {

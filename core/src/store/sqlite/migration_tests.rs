@@ -25,8 +25,11 @@ fn back_to_version_7(conn: &Connection) {
 
 /// Take a store back to schema version 8: the lease table is dropped.
 fn back_to_version_8(conn: &Connection) {
-    conn.execute_batch("DROP TABLE crypto_lease; PRAGMA user_version = 8;")
-        .unwrap();
+    conn.execute_batch(
+        "DROP TABLE crypto_lease; DROP TABLE consumed_to_device; DROP TABLE deferred_to_device;
+         PRAGMA user_version = 8;",
+    )
+    .unwrap();
 }
 
 /// Take a store back to schema version 4: the tables and columns later versions added are

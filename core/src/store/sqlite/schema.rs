@@ -218,12 +218,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
         identity TEXT NOT NULL,
         tag BLOB NOT NULL
     );",
-    // 9: the cross-process lease on the crypto state (one row).
+    // 9: the cross-process lease on the crypto state (one row), and what a notification
+    // extension hands over to the app (digests of the to-device events it decrypted, the
+    // events it left for the app).
     "CREATE TABLE crypto_lease (
         id INTEGER PRIMARY KEY CHECK (id = 0),
         holder TEXT NOT NULL,
         token INTEGER NOT NULL,
         expires_ms INTEGER NOT NULL
+    );
+    CREATE TABLE consumed_to_device (digest TEXT PRIMARY KEY NOT NULL);
+    CREATE TABLE deferred_to_device (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        event TEXT NOT NULL
     );",
 ];
 

@@ -9,8 +9,8 @@ use super::super::{Changes, StoreError};
 use super::schema::meta;
 use super::sql::{db, u64_from_sql};
 use super::{
-    account, devices, kept_events, megolm, no_olm_keys, notices, olm_sessions, quotas, rooms,
-    send_queue, to_device, trust, unwedge, values,
+    account, devices, handoff, kept_events, megolm, no_olm_keys, notices, olm_sessions, quotas,
+    rooms, send_queue, to_device, trust, unwedge, values,
 };
 
 /// Write every record of `changes`, enforce the quotas and bump the generation, all inside
@@ -32,6 +32,7 @@ pub(super) fn write_changes(
     unwedge::write(tx, crypto)?;
     devices::write(tx, c, crypto)?;
     to_device::write(tx, crypto)?;
+    handoff::write(tx, crypto)?;
     notices::write(tx, crypto)?;
     rooms::write(tx, client)?;
     send_queue::write(tx, c, client)?;
