@@ -43,6 +43,7 @@ pub mod crypto;
 pub mod fuzzing;
 pub mod http;
 mod lenient;
+pub mod notification;
 pub mod store;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]

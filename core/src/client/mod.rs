@@ -51,9 +51,9 @@ pub use sync::SyncHandle;
 pub use sync_response::MAX_EVENT_BYTES;
 pub use timeline::TimelineEvent;
 
-const KEY_USER_ID: &str = "session.user_id";
-const KEY_DEVICE_ID: &str = "session.device_id";
-const KEY_ACCESS_TOKEN: &str = "session.access_token";
+pub(crate) const KEY_USER_ID: &str = "session.user_id";
+pub(crate) const KEY_DEVICE_ID: &str = "session.device_id";
+pub(crate) const KEY_ACCESS_TOKEN: &str = "session.access_token";
 
 /// Everything that can go wrong in the client.
 #[derive(Debug, thiserror::Error)]

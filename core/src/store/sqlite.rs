@@ -136,6 +136,21 @@ impl SqliteStore {
         })
     }
 
+    /// Open the store for a push-notification extension, beside the app: like
+    /// [`SqliteStore::open`], with a small page cache (256 KiB per connection) and no
+    /// automatic WAL checkpoints from this process (the app's connections run them), so
+    /// that opening, writing and closing stay cheap within an extension's memory limit.
+    pub fn open_for_notifications(dir: &Path, key: &StoreKey) -> Result<Self, StoreError> {
+        let store = Self::open(dir, key)?;
+        for conn in [&store.writer, &store.reader, &store.lease] {
+            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            conn.pragma_update(None, "cache_size", -256).map_err(db)?;
+            conn.pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(db)?;
+        }
+        Ok(store)
+    }
+
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path

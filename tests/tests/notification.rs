@@ -1,0 +1,83 @@
+//! Push notifications decrypted beside the app, against a real Synapse: with the key in the
+//! store, with the key fetched by a to-device catch-up (the app then skips what the
+//! decryptor consumed), and with a key that never comes (reported within the budget).
+
+use std::time::{Duration, Instant};
+
+use newt_core::notification::{NotificationDecryptor, NotificationError};
+use newt_core::ruma::{OwnedEventId, RoomId};
+use newt_core::store::StoreKey;
+use newt_e2e_tests::Synapse;
+use newt_e2e_tests::clients::{STORE_PASSPHRASE, login, receive, room_with};
+use serde_json::json;
+
+fn decryptor(hs: &Synapse, dir: &std::path::Path) -> NotificationDecryptor {
+    let key = StoreKey::from_passphrase(STORE_PASSPHRASE);
+    NotificationDecryptor::open(&hs.base_url, dir, &key).expect("open the decryptor")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_decrypt_from_the_store_and_through_a_catch_up() {
+    let hs = Synapse::start();
+    hs.register("alice", "alice-pw");
+    hs.register("bob", "bob-pw");
+    let dirs = tempfile::tempdir().unwrap();
+    let bob_dir = dirs.path().join("bob");
+    let alice = login(&hs.base_url, &dirs.path().join("alice"), "alice").await;
+    let bob = login(&hs.base_url, &bob_dir, "bob").await;
+    let room = room_with(&alice, &[&bob]).await;
+
+    // The key reaches bob's app first: the decryptor finds it in the store.
+    let first = alice.send_text(&room, "first").await.unwrap();
+    assert_eq!(receive(&bob, &room, 1).await[0].event_id, first);
+    let push = decryptor(&hs, &bob_dir);
+    let shown = push
+        .decrypt(&room, &first, None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(shown.encrypted);
+    assert_eq!(shown.content["body"], "first");
+    assert_eq!(shown.sender.as_str(), "@alice:localhost");
+
+    // A new room key while bob's app sleeps: the decryptor catches up on to-device messages.
+    alice.discard_room_key(&room).unwrap();
+    let second = alice.send_text(&room, "second").await.unwrap();
+    let shown = push
+        .decrypt(&room, &second, None, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(shown.content["body"], "second");
+    // The app wakes up: it gets the message, decrypted, and no Olm channel looks broken.
+    let got = receive(&bob, &room, 1).await;
+    assert_eq!(got[0].event_id, second);
+    assert!(got[0].decrypted, "{:?}", got[0]);
+    let third = alice.send_text(&room, "third").await.unwrap();
+    let got = receive(&bob, &room, 1).await;
+    assert_eq!((got[0].event_id.clone(), got[0].decrypted), (third, true));
+    drop(hs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_never_comes_is_reported_within_the_budget() {
+    let hs = Synapse::start();
+    hs.register("bob", "bob-pw");
+    let dirs = tempfile::tempdir().unwrap();
+    let bob_dir = dirs.path().join("bob");
+    let _bob = login(&hs.base_url, &bob_dir, "bob").await;
+    let push = decryptor(&hs, &bob_dir);
+    let room = <&RoomId>::try_from("!nowhere:localhost").unwrap();
+    let event_id = OwnedEventId::try_from("$never").unwrap();
+    let event = json!({"type": "m.room.encrypted", "sender": "@alice:localhost",
+        "event_id": event_id, "origin_server_ts": 1, "room_id": room,
+        "content": {"algorithm": "m.megolm.v1.aes-sha2", "sender_key": "AAAA",
+            "device_id": "ALICE", "session_id": "no-such-session", "ciphertext": "AAAA"}});
+    let started = Instant::now();
+    let budget = Duration::from_secs(3);
+    let outcome = push.decrypt(room, &event_id, Some(event), budget).await;
+    assert!(
+        matches!(outcome, Err(NotificationError::KeyMissing(_))),
+        "{outcome:?}"
+    );
+    assert!(started.elapsed() < budget + Duration::from_secs(3));
+    drop(hs);
+}
