@@ -362,6 +362,10 @@ public var emoji: [SasEmoji]
 public var decimals: [UInt16]
 public var flowId: String
 public var state: VerificationState
+func decrypt(roomId: String, eventId: String, eventJson: String?, budgetMs: UInt64) async throws
+static func `open`(config: ClientConfig)
+public var body: String?
+public var encrypted: Bool
 """
 lines = [l for l in wanted.strip().splitlines() if l.strip()]
 missing = [l for l in lines if l not in text]

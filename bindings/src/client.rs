@@ -85,6 +85,21 @@ impl NewtClient {
     }
 }
 
+/// The app's store key as the core takes it.
+pub(crate) fn core_store_key(key: StoreKey) -> Result<newt_core::store::StoreKey, NewtError> {
+    Ok(match key {
+        StoreKey::Bytes { key } => {
+            let bytes: [u8; 32] = key.try_into().map_err(|_| NewtError::InvalidInput {
+                message: "a store key must be 32 bytes".into(),
+            })?;
+            newt_core::store::StoreKey::from_bytes(bytes)
+        }
+        StoreKey::Passphrase { passphrase } => {
+            newt_core::store::StoreKey::from_passphrase(&passphrase)
+        }
+    })
+}
+
 #[uniffi::export]
 impl NewtClient {
     /// Open the store at `config.store_dir` (no network). Fails with `WrongStoreKey` if the
@@ -92,17 +107,7 @@ impl NewtClient {
     #[uniffi::constructor]
     pub async fn create(config: ClientConfig) -> Result<Arc<Self>, NewtError> {
         let client = run(async move {
-            let key = match config.store_key {
-                StoreKey::Bytes { key } => {
-                    let bytes: [u8; 32] = key.try_into().map_err(|_| NewtError::InvalidInput {
-                        message: "a store key must be 32 bytes".into(),
-                    })?;
-                    newt_core::store::StoreKey::from_bytes(bytes)
-                }
-                StoreKey::Passphrase { passphrase } => {
-                    newt_core::store::StoreKey::from_passphrase(&passphrase)
-                }
-            };
+            let key = core_store_key(config.store_key)?;
             // Opening derives keys and may migrate: keep it off the caller's thread.
             tokio::task::spawn_blocking(move || {
                 Client::new(newt_core::client::ClientConfig {

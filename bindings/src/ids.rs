@@ -31,6 +31,10 @@ pub(crate) fn room_or_alias(id: &str) -> Result<OwnedRoomOrAliasId, NewtError> {
     OwnedRoomOrAliasId::try_from(id).map_err(|e| invalid("room id or alias", e))
 }
 
+pub(crate) fn event_id(id: &str) -> Result<newt_core::ruma::OwnedEventId, NewtError> {
+    newt_core::ruma::OwnedEventId::try_from(id).map_err(|e| invalid("event id", e))
+}
+
 /// A device id: any non-empty string (the spec gives device ids no grammar).
 pub(crate) fn device_id(id: &str) -> Result<OwnedDeviceId, NewtError> {
     if id.is_empty() {

@@ -10,6 +10,7 @@ mod client;
 mod error;
 mod ids;
 mod logging;
+mod notification;
 mod trust;
 mod types;
 mod verification;
@@ -20,6 +21,7 @@ pub use callbacks::{
 pub use client::{NewtClient, TimelineSubscription};
 pub use error::{DecryptionFailure, NewtError};
 pub use logging::set_logger;
+pub use notification::{NotificationDecryptor, NotificationInfo};
 pub use types::*;
 pub use verification::{SasEmoji, ShortAuthString, VerificationInfo, VerificationState};
 

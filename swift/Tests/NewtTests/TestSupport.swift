@@ -23,6 +23,13 @@ func temporaryStoreDir(_ test: XCTestCase) throws -> String {
     return dir.path
 }
 
+/// The configuration `makeClient` opens a store with (by default), e.g. for a
+/// `NotificationDecryptor` on a client's store.
+func testConfig(homeserver: String, storeDir: String) -> ClientConfig {
+    ClientConfig(homeserver: homeserver, storeDir: storeDir,
+                 storeKey: .passphrase(passphrase: "swift-test-key"))
+}
+
 func makeClient(_ test: XCTestCase, homeserver: String, storeDir: String? = nil,
                 key: StoreKey = .passphrase(passphrase: "swift-test-key")) async throws -> NewtClient {
     let dir = try storeDir ?? temporaryStoreDir(test)
@@ -135,8 +142,9 @@ struct LoggedIn {
     let session: Session
 }
 
-func login(_ test: XCTestCase, homeserver: String, user: String, password: String) async throws -> LoggedIn {
-    let client = try await makeClient(test, homeserver: homeserver)
+func login(_ test: XCTestCase, homeserver: String, user: String, password: String,
+           storeDir: String? = nil) async throws -> LoggedIn {
+    let client = try await makeClient(test, homeserver: homeserver, storeDir: storeDir)
     let session = try await client.loginPassword(user: user, password: password, deviceId: nil)
     return LoggedIn(user: user, password: password, client: client, session: session)
 }
@@ -148,12 +156,13 @@ struct RoomPair {
     let roomId: String
 }
 
-func roomPair(_ test: XCTestCase, homeserver: String,
+func roomPair(_ test: XCTestCase, homeserver: String, bobStoreDir: String? = nil,
               file: StaticString = #filePath, line: UInt = #line) async throws -> RoomPair {
     let (aliceName, alicePassword) = try await registerUser(homeserver: homeserver, prefix: "alice")
     let (bobName, bobPassword) = try await registerUser(homeserver: homeserver, prefix: "bob")
     let alice = try await login(test, homeserver: homeserver, user: aliceName, password: alicePassword)
-    let bob = try await login(test, homeserver: homeserver, user: bobName, password: bobPassword)
+    let bob = try await login(test, homeserver: homeserver, user: bobName, password: bobPassword,
+                              storeDir: bobStoreDir)
     // First syncs: device keys and one-time keys are uploaded.
     try await bob.client.syncOnce(timeoutMs: 0)
     try await alice.client.syncOnce(timeoutMs: 0)
