@@ -1,8 +1,14 @@
 //! Cold single-event decryption, as a push notification does it: a fresh process opens a
 //! SQLite store holding 10,000 inbound Megolm sessions, decrypts one event it has not seen
-//! (so its replay record is written) and exits. Each measured iteration is one such process
-//! (this binary, started again in child mode); the figure includes process start-up.
-//! The children's peak resident memory (`VmHWM`, Linux) is printed after the run.
+//! and exits. Each measured iteration is one such process (this binary, started again in
+//! child mode); the figure includes process start-up. Two ways:
+//! - `app`: the app's path (`SqliteStore::open`, `OlmMachine::open`, `decrypt_room_event`,
+//!   which writes the event's replay record);
+//! - `notification`: the notification extension's path (the store's low-memory mode, the
+//!   machine in notification mode, `decrypt_for_notification`, which writes nothing), what
+//!   `NotificationDecryptor` does when the key is in the store (minus the HTTP client).
+//!
+//! The children's peak resident memory (`VmHWM`, Linux) is printed after each run.
 
 // A benchmark may stop at the first failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -103,13 +109,19 @@ fn prepare(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Child mode: open, decrypt one event, close; print the peak resident memory.
-fn child(dir: &Path, event: &Path) {
+fn child(dir: &Path, event: &Path, notification: bool) {
     let event: Value = serde_json::from_slice(&std::fs::read(event).unwrap()).unwrap();
-    let store = SqliteStore::open(dir, &StoreKey::from_bytes(KEY)).unwrap();
-    let machine = OlmMachine::open(user(), device(), Arc::new(store)).unwrap();
-    let decrypted = machine.decrypt_room_event(room(), &event).unwrap();
-    assert_eq!(decrypted.content["body"], "You have a new message");
-    drop(machine);
+    let key = StoreKey::from_bytes(KEY);
+    let decrypted = if notification {
+        let store = SqliteStore::open_for_notifications(dir, &key).unwrap();
+        let machine = OlmMachine::open_for_notifications(user(), device(), Arc::new(store));
+        machine.unwrap().decrypt_for_notification(room(), &event)
+    } else {
+        let store = SqliteStore::open(dir, &key).unwrap();
+        let machine = OlmMachine::open(user(), device(), Arc::new(store)).unwrap();
+        machine.decrypt_room_event(room(), &event)
+    };
+    assert_eq!(decrypted.unwrap().content["body"], "You have a new message");
     println!("{}", peak_rss_kib().unwrap_or(0));
 }
 
@@ -120,12 +132,18 @@ fn peak_rss_kib() -> Option<u64> {
 }
 
 fn cold_decrypt(c: &mut Criterion) {
+    for mode in ["app", "notification"] {
+        cold_decrypt_as(c, mode);
+    }
+}
+
+fn cold_decrypt_as(c: &mut Criterion, mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let events = prepare(dir.path());
     let exe = std::env::current_exe().unwrap();
     let mut next = 0;
     let mut peak_kib = 0;
-    c.bench_function("cold_decrypt/sqlite_10000_sessions", |b| {
+    c.bench_function(&format!("cold_decrypt/{mode}/sqlite_10000_sessions"), |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -138,6 +156,7 @@ fn cold_decrypt(c: &mut Criterion) {
                 let out = Command::new(&exe)
                     .env(CHILD_ENV, dir.path())
                     .arg(&events[next])
+                    .arg(mode)
                     .output()
                     .unwrap();
                 total += start.elapsed();
@@ -156,7 +175,7 @@ fn cold_decrypt(c: &mut Criterion) {
             total
         })
     });
-    println!("cold_decrypt: {next} processes, peak resident memory {peak_kib} KiB");
+    println!("cold_decrypt/{mode}: {next} processes, peak resident memory {peak_kib} KiB");
 }
 
 criterion_group! {
@@ -171,7 +190,8 @@ criterion_group! {
 fn main() {
     if let Some(dir) = std::env::var_os(CHILD_ENV) {
         let event = std::env::args_os().nth(1).expect("event file");
-        child(Path::new(&dir), Path::new(&event));
+        let notification = std::env::args().nth(2).as_deref() == Some("notification");
+        child(Path::new(&dir), Path::new(&event), notification);
         return;
     }
     benches();
