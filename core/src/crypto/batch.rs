@@ -33,6 +33,22 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
+    /// A batch with the Olm sessions of every sender of `events` loaded (one store round
+    /// trip).
+    pub(crate) fn for_events(
+        store: &dyn Store,
+        events: &[serde_json::Value],
+    ) -> Result<Self, CryptoError> {
+        let sender_keys: std::collections::HashSet<&str> = events
+            .iter()
+            .filter_map(|e| e.get("content")?.get("sender_key")?.as_str())
+            .collect();
+        let keys: Vec<&str> = sender_keys.into_iter().collect();
+        let mut batch = Batch::default();
+        batch.load_sessions(store, &keys)?;
+        Ok(batch)
+    }
+
     /// Load the Olm sessions of these Curve25519 keys (one store round trip).
     pub(crate) fn load_sessions(
         &mut self,

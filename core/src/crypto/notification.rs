@@ -100,20 +100,7 @@ impl NotificationHandler<'_> {
             .consumed_to_device(&refs)?
             .into_iter()
             .collect();
-        let mut batch = Batch::default();
-        let sender_keys: Vec<String> = events
-            .iter()
-            .filter_map(|e| {
-                e.get("content")?
-                    .get("sender_key")?
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let keys: Vec<&str> = sender_keys.iter().map(String::as_str).collect();
-        batch.load_sessions(self.ctx.store, &keys)?;
+        let mut batch = Batch::for_events(self.ctx.store, events)?;
         let own_curve = state.account.curve25519();
         let mut out = NotificationToDevice::default();
         for (event, digest) in events.iter().zip(digests) {

@@ -1,7 +1,5 @@
 //! Handling of to-device events: Olm decryption and room keys.
 
-use std::collections::HashSet;
-
 use ruma::events::room_key::withheld::RoomKeyWithheldCode;
 use ruma::{DeviceId, OwnedRoomId, OwnedUserId};
 use serde_json::Value;
@@ -53,22 +51,8 @@ impl ToDeviceHandler<'_> {
         events: &[Value],
         changes: &mut Changes,
     ) -> Result<HandledBatch, CryptoError> {
-        let mut batch = Batch::default();
+        let mut batch = Batch::for_events(self.ctx.store, events)?;
         let own_curve = state.account.curve25519();
-        // One store round trip for the sessions of every sender in the batch.
-        let sender_keys: Vec<String> = events
-            .iter()
-            .filter_map(|e| {
-                e.get("content")?
-                    .get("sender_key")?
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let refs: Vec<&str> = sender_keys.iter().map(String::as_str).collect();
-        batch.load_sessions(self.ctx.store, &refs)?;
         // In the same batch: answering may advance a session the events then use.
         KeyRequests::new(self.ctx).answer_deferred_key_requests(state, &mut batch, changes)?;
         let mut outcomes = Vec::with_capacity(events.len());
