@@ -9,6 +9,7 @@ use newt_core::ruma::{OwnedEventId, RoomId};
 use newt_core::store::StoreKey;
 use newt_e2e_tests::Synapse;
 use newt_e2e_tests::clients::{STORE_PASSPHRASE, login, receive, room_with};
+use newt_e2e_tests::proxy::{Action, FaultProxy};
 use serde_json::json;
 
 fn decryptor(hs: &Synapse, dir: &std::path::Path) -> NotificationDecryptor {
@@ -79,5 +80,68 @@ async fn a_key_that_never_comes_is_reported_within_the_budget() {
         "{outcome:?}"
     );
     assert!(started.elapsed() < budget + Duration::from_secs(3));
+    drop(hs);
+}
+
+/// `notify-process` (a push handler as a process of its own) decrypting `event`.
+fn notify_process(
+    homeserver: &str,
+    store: &std::path::Path,
+    room: &RoomId,
+    event: &str,
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_notify-process"))
+        .args([
+            homeserver,
+            &store.to_string_lossy(),
+            room.as_str(),
+            event,
+            "20000",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start notify-process")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extension_killed_in_the_middle_loses_nothing_for_the_app() {
+    let hs = Synapse::start();
+    hs.register("alice", "alice-pw");
+    hs.register("bob", "bob-pw");
+    let dirs = tempfile::tempdir().unwrap();
+    let bob_dir = dirs.path().join("bob");
+    let alice = login(&hs.base_url, &dirs.path().join("alice"), "alice").await;
+    let bob = login(&hs.base_url, &bob_dir, "bob").await;
+    let room = room_with(&alice, &[&bob]).await;
+    // The extension's requests are slowed down, so that each kill lands somewhere else:
+    // before its catch-up, during it, or while it stores what it took.
+    let proxy = FaultProxy::start(&hs.base_url);
+    proxy.rule("/sync", Action::Delay(Duration::from_millis(300)), None);
+    let mut sent = Vec::new();
+    for (round, kill_after_ms) in [150u64, 400, 700, 1_000, 1_500].into_iter().enumerate() {
+        // A new room key each time, sent to bob's sleeping app over Olm.
+        alice.discard_room_key(&room).unwrap();
+        let event = alice
+            .send_text(&room, &format!("round {round}"))
+            .await
+            .unwrap();
+        let mut child = notify_process(&proxy.base_url, &bob_dir, &room, event.as_str());
+        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        sent.push(event);
+    }
+    // bob's app wakes up: every message arrives, decrypted, in order.
+    let got = receive(&bob, &room, sent.len()).await;
+    let ids: Vec<_> = got.iter().map(|e| e.event_id.clone()).collect();
+    assert_eq!(ids, sent);
+    assert!(got.iter().all(|e| e.decrypted), "{got:?}");
+    // Olm still works both ways: bob's own room key reaches alice, alice's next one bob.
+    let from_bob = bob.send_text(&room, "bob is fine").await.unwrap();
+    assert_eq!(receive(&alice, &room, 1).await[0].event_id, from_bob);
+    alice.discard_room_key(&room).unwrap();
+    let last = alice.send_text(&room, "after").await.unwrap();
+    let got = receive(&bob, &room, 1).await;
+    assert_eq!((got[0].event_id.clone(), got[0].decrypted), (last, true));
     drop(hs);
 }
