@@ -8,7 +8,7 @@ use newt_core::notification::{NotificationDecryptor, NotificationError};
 use newt_core::ruma::{OwnedEventId, RoomId};
 use newt_core::store::StoreKey;
 use newt_e2e_tests::Synapse;
-use newt_e2e_tests::clients::{STORE_PASSPHRASE, login, receive, room_with};
+use newt_e2e_tests::clients::{STORE_PASSPHRASE, World, receive};
 use newt_e2e_tests::proxy::{Action, FaultProxy};
 use serde_json::json;
 
@@ -19,19 +19,14 @@ fn decryptor(hs: &Synapse, dir: &std::path::Path) -> NotificationDecryptor {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_decrypt_from_the_store_and_through_a_catch_up() {
-    let hs = Synapse::start();
-    hs.register("alice", "alice-pw");
-    hs.register("bob", "bob-pw");
-    let dirs = tempfile::tempdir().unwrap();
-    let bob_dir = dirs.path().join("bob");
-    let alice = login(&hs.base_url, &dirs.path().join("alice"), "alice").await;
-    let bob = login(&hs.base_url, &bob_dir, "bob").await;
-    let room = room_with(&alice, &[&bob]).await;
+    let w = World::new(&["alice", "bob"]);
+    let (alice, bob, room) = w.alice_and_bob().await;
+    let (hs, bob_dir) = (&w.hs, w.dir("bob"));
 
     // The key reaches bob's app first: the decryptor finds it in the store.
     let first = alice.send_text(&room, "first").await.unwrap();
     assert_eq!(receive(&bob, &room, 1).await[0].event_id, first);
-    let push = decryptor(&hs, &bob_dir);
+    let push = decryptor(hs, &bob_dir);
     let shown = push
         .decrypt(&room, &first, None, Duration::from_secs(10))
         .await
@@ -55,17 +50,14 @@ async fn notifications_decrypt_from_the_store_and_through_a_catch_up() {
     let third = alice.send_text(&room, "third").await.unwrap();
     let got = receive(&bob, &room, 1).await;
     assert_eq!((got[0].event_id.clone(), got[0].decrypted), (third, true));
-    drop(hs);
+    drop(w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_that_never_comes_is_reported_within_the_budget() {
-    let hs = Synapse::start();
-    hs.register("bob", "bob-pw");
-    let dirs = tempfile::tempdir().unwrap();
-    let bob_dir = dirs.path().join("bob");
-    let _bob = login(&hs.base_url, &bob_dir, "bob").await;
-    let push = decryptor(&hs, &bob_dir);
+    let w = World::new(&["bob"]);
+    let _bob = w.login("bob", "bob").await;
+    let push = decryptor(&w.hs, &w.dir("bob"));
     let room = <&RoomId>::try_from("!nowhere:localhost").unwrap();
     let event_id = OwnedEventId::try_from("$never").unwrap();
     let event = json!({"type": "m.room.encrypted", "sender": "@alice:localhost",
@@ -80,7 +72,7 @@ async fn a_key_that_never_comes_is_reported_within_the_budget() {
         "{outcome:?}"
     );
     assert!(started.elapsed() < budget + Duration::from_secs(3));
-    drop(hs);
+    drop(w);
 }
 
 /// `notify-process` (a push handler as a process of its own) decrypting `event`.
@@ -105,14 +97,9 @@ fn notify_process(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_extension_killed_in_the_middle_loses_nothing_for_the_app() {
-    let hs = Synapse::start();
-    hs.register("alice", "alice-pw");
-    hs.register("bob", "bob-pw");
-    let dirs = tempfile::tempdir().unwrap();
-    let bob_dir = dirs.path().join("bob");
-    let alice = login(&hs.base_url, &dirs.path().join("alice"), "alice").await;
-    let bob = login(&hs.base_url, &bob_dir, "bob").await;
-    let room = room_with(&alice, &[&bob]).await;
+    let w = World::new(&["alice", "bob"]);
+    let (alice, bob, room) = w.alice_and_bob().await;
+    let (hs, bob_dir) = (&w.hs, w.dir("bob"));
     // The extension's requests are slowed down, so that each kill lands somewhere else:
     // before its catch-up, during it, or while it stores what it took.
     let proxy = FaultProxy::start(&hs.base_url);
@@ -143,5 +130,5 @@ async fn an_extension_killed_in_the_middle_loses_nothing_for_the_app() {
     let last = alice.send_text(&room, "after").await.unwrap();
     let got = receive(&bob, &room, 1).await;
     assert_eq!((got[0].event_id.clone(), got[0].decrypted), (last, true));
-    drop(hs);
+    drop(w);
 }

@@ -49,6 +49,23 @@ impl Batch {
         Ok(batch)
     }
 
+    /// The end of a batch: the sender data of the room keys it accepted is recorded (from
+    /// the store and what `changes` already holds), then everything goes into `changes`.
+    pub(crate) fn finish(
+        mut self,
+        store: &dyn Store,
+        signatures: &super::identity::SignatureCache,
+        changes: &mut Changes,
+    ) -> Result<(), CryptoError> {
+        super::sender_data::record_at_reception(
+            store,
+            signatures,
+            self.inbound.values_mut(),
+            &changes.crypto,
+        )?;
+        self.flush(changes)
+    }
+
     /// Load the Olm sessions of these Curve25519 keys (one store round trip).
     pub(crate) fn load_sessions(
         &mut self,

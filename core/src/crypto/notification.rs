@@ -131,19 +131,13 @@ impl NotificationHandler<'_> {
     fn finish_notification_batch(
         &self,
         state: &mut State,
-        mut batch: Batch,
+        batch: Batch,
         changes: &mut Changes,
     ) -> Result<(), CryptoError> {
-        super::sender_data::record_at_reception(
-            self.ctx.store,
-            self.ctx.signatures,
-            batch.inbound.values_mut(),
-            &changes.crypto,
-        )?;
         if batch.account_changed {
             changes.crypto.account = Some(state.account.to_record()?);
         }
-        batch.flush(changes)
+        batch.finish(self.ctx.store, self.ctx.signatures, changes)
     }
 }
 

@@ -94,13 +94,7 @@ impl ToDeviceHandler<'_> {
         }
         let account_changed = batch.account_changed;
         let verification = std::mem::take(&mut batch.verification);
-        super::sender_data::record_at_reception(
-            self.ctx.store,
-            self.ctx.signatures,
-            batch.inbound.values_mut(),
-            &changes.crypto,
-        )?;
-        batch.flush(changes)?;
+        batch.finish(self.ctx.store, self.ctx.signatures, changes)?;
         Ok(HandledBatch {
             outcomes,
             room_keys,
