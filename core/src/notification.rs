@@ -10,7 +10,7 @@
 //! sends anything.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ruma::api::client::filter::{FilterDefinition, RoomFilter};
@@ -24,7 +24,9 @@ use zeroize::Zeroizing;
 use crate::client::{KEY_ACCESS_TOKEN, KEY_DEVICE_ID, KEY_USER_ID};
 use crate::crypto::{CryptoError, DecryptedRoomEvent, MegolmError, OlmMachine};
 use crate::http::{HttpClient, HttpError};
-use crate::store::{ClientStore, SenderTrust, SqliteStore, Store, StoreError, StoreKey};
+use crate::store::{
+    ClientStore, CryptoStore, SenderTrust, SqliteStore, Store, StoreError, StoreKey,
+};
 
 /// The longest long-poll of one catch-up request.
 const MAX_POLL: Duration = Duration::from_secs(10);
@@ -54,7 +56,7 @@ pub struct Notification {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NotificationError {
-    /// The store holds no logged-in session (the app must log in first).
+    /// The store holds no logged-in session with its account (the app must log in first).
     #[error("no session in this store")]
     NotLoggedIn,
     /// The room key did not arrive within the time given.
@@ -89,7 +91,11 @@ impl From<CryptoError> for NotificationError {
 
 /// Decrypts push notifications beside the app (see the module documentation).
 pub struct NotificationDecryptor {
-    http: HttpClient,
+    homeserver: String,
+    access_token: Zeroizing<String>,
+    /// Built on first use: a notification whose event came with the push and whose key is
+    /// in the store needs no network (building a client costs several milliseconds).
+    http: OnceLock<HttpClient>,
     store: Arc<SqliteStore>,
     machine: Arc<OlmMachine>,
 }
@@ -120,13 +126,18 @@ impl NotificationDecryptor {
             .map_err(|e| StoreError::Decode(format!("stored user id: {e}")))?;
         let token = String::from_utf8(token.as_bytes().to_vec())
             .map_err(|_| StoreError::Decode("access token is not UTF-8".into()))?;
-        let http = HttpClient::new(homeserver)?;
-        http.set_access_token(Some(Zeroizing::new(token)));
+        HttpClient::check_homeserver(homeserver)?;
+        if store.account()?.is_none() {
+            // The login was stored but the app never opened its machine.
+            return Err(NotificationError::NotLoggedIn);
+        }
         let dyn_store: Arc<dyn Store> = store.clone();
         let machine =
             OlmMachine::open_for_notifications(&user, &OwnedDeviceId::from(device), dyn_store)?;
         Ok(Self {
-            http,
+            homeserver: homeserver.to_owned(),
+            access_token: Zeroizing::new(token),
+            http: OnceLock::new(),
             store,
             machine: Arc::new(machine),
         })
@@ -178,13 +189,22 @@ impl NotificationDecryptor {
         Ok(decrypted)
     }
 
+    fn http(&self) -> Result<&HttpClient, NotificationError> {
+        if let Some(http) = self.http.get() {
+            return Ok(http);
+        }
+        let http = HttpClient::new(&self.homeserver)?;
+        http.set_access_token(Some(self.access_token.clone()));
+        Ok(self.http.get_or_init(|| http))
+    }
+
     async fn fetch(
         &self,
         room_id: &RoomId,
         event_id: &EventId,
     ) -> Result<Value, NotificationError> {
         let request = get_room_event::v3::Request::new(room_id.to_owned(), event_id.to_owned());
-        let response = self.http.send(request).await?;
+        let response = self.http()?.send(request).await?;
         serde_json::from_str(response.event.json().get())
             .map_err(|e| NotificationError::InvalidEvent(e.to_string()))
     }
@@ -211,8 +231,10 @@ impl NotificationDecryptor {
             remaining.min(MAX_POLL)
         });
         request.filter = Some(sync_events::v3::Filter::FilterDefinition(to_device_only()));
-        let answer =
-            tokio::time::timeout(remaining + Duration::from_secs(1), self.http.send(request));
+        let answer = tokio::time::timeout(
+            remaining + Duration::from_secs(1),
+            self.http()?.send(request),
+        );
         let Ok(response) = answer.await else {
             // The time is up: the caller reports the key missing.
             return Ok(());
@@ -292,4 +314,136 @@ fn plain(
         content: event.get("content").cloned().unwrap_or(Value::Null),
         encrypted: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::crypto::RotationSettings;
+    use crate::store::{ClientChanges, SecretBlob};
+    use crate::test_ids::{did, rid, uid};
+
+    /// Nothing listens there: a test that reaches the network fails.
+    const NOWHERE: &str = "http://127.0.0.1:9";
+
+    fn key() -> StoreKey {
+        StoreKey::from_bytes([3; 32])
+    }
+
+    /// The store in `dir` after alice's app logged in and created its account.
+    fn with_account(dir: &Path) -> Arc<dyn Store> {
+        let store: Arc<dyn Store> = logged_in(dir);
+        drop(OlmMachine::open(
+            &uid("@alice:localhost"),
+            &did("ALICE"),
+            Arc::clone(&store),
+        ));
+        store
+    }
+
+    /// A store in `dir` with a logged-in session of `@alice:localhost` / `ALICE`.
+    fn logged_in(dir: &Path) -> Arc<SqliteStore> {
+        let store = Arc::new(SqliteStore::open(dir, &key()).unwrap());
+        let mut changes = ClientChanges::default();
+        changes
+            .values
+            .insert(KEY_USER_ID.into(), "@alice:localhost".into());
+        changes.values.insert(KEY_DEVICE_ID.into(), "ALICE".into());
+        changes
+            .secret_values
+            .insert(KEY_ACCESS_TOKEN.into(), SecretBlob::new(b"token".to_vec()));
+        store.save_changes(changes.into()).unwrap();
+        store
+    }
+
+    #[test]
+    fn a_store_without_a_session_is_not_logged_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let outcome = NotificationDecryptor::open(NOWHERE, dir.path(), &key());
+        assert!(
+            matches!(outcome, Err(NotificationError::NotLoggedIn)),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_homeserver_address_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(logged_in(dir.path()));
+        for address in ["not a url", "ftp://example.org"] {
+            let outcome = NotificationDecryptor::open(address, dir.path(), &key());
+            assert!(
+                matches!(outcome, Err(NotificationError::Http(_))),
+                "{outcome:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_in_the_push_with_its_key_in_the_store_needs_no_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = with_account(dir.path());
+        let (room, alice) = (rid("!room:localhost"), uid("@alice:localhost"));
+        // alice's app sent a message: its own inbound copy of the key is in the store.
+        let app = OlmMachine::open(&alice, &did("ALICE"), store).unwrap();
+        let never = RotationSettings {
+            period_ms: u64::MAX,
+            messages: u64::MAX,
+        };
+        app.share_room_key(&room, std::slice::from_ref(&alice), never)
+            .unwrap();
+        let content = json!({"msgtype": "m.text", "body": "hello"});
+        let encrypted = app
+            .encrypt_room_event(&room, "m.room.message", &content)
+            .unwrap();
+        drop(app);
+        let push = NotificationDecryptor::open(NOWHERE, dir.path(), &key()).unwrap();
+        let event_id = OwnedEventId::try_from("$one").unwrap();
+        let event = json!({"type": "m.room.encrypted", "sender": alice, "event_id": event_id,
+            "origin_server_ts": 1, "content": encrypted});
+        let shown = push
+            .decrypt(&room, &event_id, Some(event), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            (shown.encrypted, &shown.content["body"]),
+            (true, &json!("hello"))
+        );
+        assert_eq!(shown.sender_device, Some(did("ALICE")));
+        // A plain event is shown as it is; no HTTP client was even built.
+        let plain = json!({"type": "m.room.message", "sender": alice, "event_id": "$two",
+            "origin_server_ts": 2, "content": {"body": "in clear"}});
+        let event_id = OwnedEventId::try_from("$two").unwrap();
+        let shown = push
+            .decrypt(&room, &event_id, Some(plain), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            (shown.encrypted, &shown.content["body"]),
+            (false, &json!("in clear"))
+        );
+        assert!(push.http.get().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_plain_event_without_a_valid_sender_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(with_account(dir.path()));
+        let push = NotificationDecryptor::open(NOWHERE, dir.path(), &key()).unwrap();
+        let event_id = OwnedEventId::try_from("$bad").unwrap();
+        let event = json!({"type": "m.room.message", "sender": "not a user id",
+            "content": {"body": "x"}});
+        let room = rid("!room:localhost");
+        let outcome = push
+            .decrypt(&room, &event_id, Some(event), Duration::from_secs(1))
+            .await;
+        assert!(
+            matches!(outcome, Err(NotificationError::InvalidEvent(_))),
+            "{outcome:?}"
+        );
+    }
 }

@@ -51,9 +51,14 @@ pub use sync::SyncHandle;
 pub use sync_response::MAX_EVENT_BYTES;
 pub use timeline::TimelineEvent;
 
-pub(crate) const KEY_USER_ID: &str = "session.user_id";
-pub(crate) const KEY_DEVICE_ID: &str = "session.device_id";
-pub(crate) const KEY_ACCESS_TOKEN: &str = "session.access_token";
+/// The store value holding the logged-in user id. With [`KEY_DEVICE_ID`] and the secret
+/// value [`KEY_ACCESS_TOKEN`], it is what [`Client::restore_session`] and the notification
+/// decryptor read (tools that prepare a store outside the client write these).
+pub const KEY_USER_ID: &str = "session.user_id";
+/// The store value holding the logged-in device id.
+pub const KEY_DEVICE_ID: &str = "session.device_id";
+/// The secret store value holding the access token.
+pub const KEY_ACCESS_TOKEN: &str = "session.access_token";
 
 /// Everything that can go wrong in the client.
 #[derive(Debug, thiserror::Error)]

@@ -125,13 +125,7 @@ impl std::fmt::Debug for HttpClient {
 impl HttpClient {
     /// A client for `homeserver` (e.g. `http://127.0.0.1:8008`).
     pub fn new(homeserver: &str) -> Result<Self, HttpError> {
-        let url = reqwest::Url::parse(homeserver)
-            .map_err(|e| HttpError::Request(format!("homeserver URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(HttpError::Request(
-                "homeserver URL must be http or https".into(),
-            ));
-        }
+        Self::check_homeserver(homeserver)?;
         let inner = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
@@ -144,6 +138,19 @@ impl HttpClient {
             access_token: RwLock::new(None),
             versions: SupportedVersions::from_parts(&versions, &BTreeMap::new()),
         })
+    }
+
+    /// Refuse what [`HttpClient::new`] would refuse as a homeserver address, without
+    /// building a client (which loads the platform's TLS set-up).
+    pub fn check_homeserver(homeserver: &str) -> Result<(), HttpError> {
+        let url = reqwest::Url::parse(homeserver)
+            .map_err(|e| HttpError::Request(format!("homeserver URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(HttpError::Request(
+                "homeserver URL must be http or https".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The homeserver base URL.
