@@ -39,8 +39,8 @@ pub use records::{
     PendingToDevice, QueuedSend, RoomEncryption, RoomRecord, SecretBlob, ShareRecipient,
     StoreCounts, TrackedUser, TrackingState, UndecryptableEvent, UnwedgeRecord, WithheldNotice,
 };
-pub use sqlite::SqliteStore;
 pub(crate) use sqlite::VERIFIED_ONLY_KEY;
+pub use sqlite::{NOTIFICATION_WAL_PAGES, SqliteStore};
 pub use trust_records::{
     SenderData, SenderDataRetry, SenderDataUpdate, SenderTrust, SessionSender, SharingPolicy,
     UserIdentityRecord,

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 
 use ruma::{OwnedRoomId, RoomId, UserId};
 use rusqlite::Connection;
+use rusqlite::config::DbConfig;
 
 use super::cipher::{StoreCipher, StoreKey};
 use super::{
@@ -48,6 +49,8 @@ mod migrate_7;
 mod migration_tests;
 mod no_olm_keys;
 mod notices;
+#[cfg(test)]
+mod notification_tests;
 mod olm_sessions;
 mod quotas;
 mod rooms;
@@ -98,6 +101,10 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
+/// The longest write-ahead log (in pages of 4 KiB) a notification extension leaves
+/// unchecked: pushes arriving while the app never runs do not grow it without bound.
+pub const NOTIFICATION_WAL_PAGES: u32 = 4_000;
+
 impl SqliteStore {
     /// Open (or create) the store in `dir`, which is created if missing; the database is the
     /// file [`DB_FILE_NAME`] in it.
@@ -137,15 +144,19 @@ impl SqliteStore {
     }
 
     /// Open the store for a push-notification extension, beside the app: like
-    /// [`SqliteStore::open`], with a small page cache (256 KiB per connection) and no
-    /// automatic WAL checkpoints from this process (the app's connections run them), so
-    /// that opening, writing and closing stay cheap within an extension's memory limit.
+    /// [`SqliteStore::open`], with a small page cache (256 KiB per connection) and no WAL
+    /// checkpoints from this process, neither when it closes the store last nor while the
+    /// log is short (the app's connections run them), so that opening, writing and closing
+    /// stay cheap within an extension's memory and time limits. Only a log grown past
+    /// [`NOTIFICATION_WAL_PAGES`] (many pushes while the app never ran) is checkpointed.
     pub fn open_for_notifications(dir: &Path, key: &StoreKey) -> Result<Self, StoreError> {
         let store = Self::open(dir, key)?;
         for conn in [&store.writer, &store.reader, &store.lease] {
             let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
             conn.pragma_update(None, "cache_size", -256).map_err(db)?;
-            conn.pragma_update(None, "wal_autocheckpoint", 0)
+            conn.pragma_update(None, "wal_autocheckpoint", NOTIFICATION_WAL_PAGES)
+                .map_err(db)?;
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
                 .map_err(db)?;
         }
         Ok(store)
