@@ -130,8 +130,15 @@ fn cold_decrypt(c: &mut Criterion) {
         .unwrap();
     let (peak, anon) = max_pair((0, 0), &String::from_utf8_lossy(&bare.stdout));
     println!("cold_decrypt: a bare child process: peak {peak} KiB, anonymous {anon} KiB");
+    // A filter on the command line (criterion's): the other modes' stores are not built.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     for mode in ["app", "notification", "decryptor", "catch_up"] {
-        cold_decrypt_as(c, mode);
+        if filter
+            .as_deref()
+            .is_none_or(|f| format!("cold_decrypt/{mode}/").contains(f))
+        {
+            cold_decrypt_as(c, mode);
+        }
     }
 }
 

@@ -25,7 +25,6 @@ use std::collections::HashMap;
 
 use ruma::{OwnedRoomId, RoomId, UserId};
 use rusqlite::Connection;
-use rusqlite::config::DbConfig;
 
 use super::cipher::{StoreCipher, StoreKey};
 use super::{
@@ -144,19 +143,20 @@ impl SqliteStore {
     }
 
     /// Open the store for a push-notification extension, beside the app: like
-    /// [`SqliteStore::open`], with a small page cache (256 KiB per connection) and no WAL
-    /// checkpoints from this process, neither when it closes the store last nor while the
-    /// log is short (the app's connections run them), so that opening, writing and closing
-    /// stay cheap within an extension's memory and time limits. Only a log grown past
-    /// [`NOTIFICATION_WAL_PAGES`] (many pushes while the app never ran) is checkpointed.
+    /// [`SqliteStore::open`], with a small page cache (256 KiB per connection) and no
+    /// automatic WAL checkpoints while the log is short (the app's connections run them), so
+    /// that writing stays cheap within an extension's memory and time limits. Only a log
+    /// grown past [`NOTIFICATION_WAL_PAGES`] (an extension killed before it closed, many
+    /// times over) is checkpointed. An extension closing the store last checkpoints what
+    /// is left (SQLite's default): the app is not running then, and a log left behind
+    /// would have to be read again by every later extension (measured in `cold_decrypt`:
+    /// 27–31 ms per push with the log left, 21–26 ms with it checkpointed).
     pub fn open_for_notifications(dir: &Path, key: &StoreKey) -> Result<Self, StoreError> {
         let store = Self::open(dir, key)?;
         for conn in [&store.writer, &store.reader, &store.lease] {
             let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
             conn.pragma_update(None, "cache_size", -256).map_err(db)?;
             conn.pragma_update(None, "wal_autocheckpoint", NOTIFICATION_WAL_PAGES)
-                .map_err(db)?;
-            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
                 .map_err(db)?;
         }
         Ok(store)

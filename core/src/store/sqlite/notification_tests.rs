@@ -4,41 +4,10 @@ use super::tests::{key, open};
 use super::*;
 use crate::store::ClientChanges;
 
-fn wal_len(dir: &Path) -> Option<u64> {
-    let wal = dir.join(format!("{DB_FILE_NAME}-wal"));
-    std::fs::metadata(wal).ok().map(|m| m.len())
-}
-
 fn value(name: &str, value: &str) -> Changes {
     let mut changes = ClientChanges::default();
     changes.values.insert(name.into(), value.into());
     changes.into()
-}
-
-/// An extension that is the last to close the store leaves the app's log for the app to
-/// checkpoint: closing costs it no copying of the log into the database.
-#[test]
-fn the_extension_closing_last_runs_no_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = open(dir.path());
-    app.save_changes(value("written", "by the app")).unwrap();
-    let logged = wal_len(dir.path()).expect("the app's write is in the log");
-    assert!(logged > 0);
-    let push = SqliteStore::open_for_notifications(dir.path(), &key()).unwrap();
-    assert_eq!(
-        push.value("written").unwrap().as_deref(),
-        Some("by the app")
-    );
-    drop(app);
-    drop(push);
-    assert_eq!(
-        wal_len(dir.path()),
-        Some(logged),
-        "the extension checkpointed on close"
-    );
-    // The app finds everything when it comes back.
-    let app = open(dir.path());
-    assert_eq!(app.value("written").unwrap().as_deref(), Some("by the app"));
 }
 
 /// The extension's own writes (room keys it took) are durable and seen by the app.
