@@ -133,9 +133,10 @@ fn cold_decrypt(c: &mut Criterion) {
     // A filter on the command line (criterion's): the other modes' stores are not built.
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     for mode in ["app", "notification", "decryptor", "catch_up"] {
+        let name = format!("cold_decrypt/{mode}/");
         if filter
             .as_deref()
-            .is_none_or(|f| format!("cold_decrypt/{mode}/").contains(f))
+            .is_none_or(|f| name.contains(f) || f.contains(&name))
         {
             cold_decrypt_as(c, mode);
         }
