@@ -273,7 +273,7 @@ impl NewtClient {
         run(async move { Ok(client.invite(&room_id, &user_id).await?) }).await
     }
 
-    /// Send an encrypted text message; returns the event id.
+    /// Send a text message (encrypted in an encrypted room); returns the event id.
     pub async fn send_text(&self, room_id: String, body: String) -> Result<String, NewtError> {
         let client = self.client()?;
         let room_id = ids::room_id(&room_id)?;

@@ -193,6 +193,8 @@ const COLUMNS: &[(&str, &str)] = &[
     ("megolm_indices", "origin_ts"),
     ("pending_to_device", "messages_json"),
     ("send_queue", "content"),
+    ("send_queue", "stage"),
+    ("send_queue", "event_type"),
     ("withheld_notices", "code"),
     ("key_requests", "request_id"),
     ("no_olm_room_keys", "session_key"),

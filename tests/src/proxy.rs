@@ -73,6 +73,8 @@ struct Rule {
 struct State {
     rules: Vec<Rule>,
     log: Vec<String>,
+    /// `(path, body)` of every request, as the client sent it.
+    requests: Vec<(String, Vec<u8>)>,
 }
 
 /// A running proxy; stops accepting when dropped.
@@ -137,6 +139,23 @@ impl FaultProxy {
     pub fn log(&self) -> Vec<String> {
         self.state.lock().unwrap().log.clone()
     }
+
+    /// The bodies of the requests whose path contains `path_contains`, as the client sent
+    /// them (before any rewrite), oldest first.
+    pub fn bodies(&self, path_contains: &str) -> Vec<Vec<u8>> {
+        let requests = self.requests(path_contains).into_iter();
+        requests.map(|(_, body)| body).collect()
+    }
+
+    /// `(path, body)` of the requests whose path contains `path_contains`, oldest first.
+    pub fn requests(&self, path_contains: &str) -> Vec<(String, Vec<u8>)> {
+        let state = self.state.lock().unwrap();
+        let matching = state
+            .requests
+            .iter()
+            .filter(|(p, _)| p.contains(path_contains));
+        matching.cloned().collect()
+    }
 }
 
 impl Drop for FaultProxy {
@@ -188,6 +207,11 @@ fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::R
     let mut parts = request_line.split(' ');
     let method = parts.next().unwrap_or_default().to_owned();
     let path = parts.next().unwrap_or_default().to_owned();
+    state
+        .lock()
+        .unwrap()
+        .requests
+        .push((path.clone(), body.clone()));
     let mut client = client;
     match action_for(state, &path) {
         Some(Action::Fail(status)) => {

@@ -329,8 +329,8 @@ async fn a_message_whose_answers_are_lost_reaches_the_room_once() {
     let proxy = proxy.unwrap();
 
     // The server stores the event each time, but its answers never come back: the send
-    // fails after its retries and stays queued; the retry later re-encrypts it, with the
-    // same transaction id.
+    // fails after its retries and stays queued; the retry later sends the same ciphertext
+    // (stored in the queue when it was made) with the same transaction id.
     proxy.rule("/send/m.room.encrypted/", Action::ForwardThenDrop, Some(4));
     let err = alice.send_text(&room, "exactly once").await.unwrap_err();
     assert!(
@@ -345,6 +345,13 @@ async fn a_message_whose_answers_are_lost_reaches_the_room_once() {
     assert_eq!(lost, 4);
     let report = alice.run_due_work().await.unwrap();
     assert_eq!((report.completed, report.remaining), (1, 0));
+    // Five attempts, one body: the room key ratcheted once for the message.
+    let bodies = proxy.bodies("/send/m.room.encrypted/");
+    assert_eq!(bodies.len(), 5);
+    assert!(
+        bodies.iter().all(|b| b == &bodies[0]),
+        "a resend was encrypted again"
+    );
 
     let mut rx = bob.subscribe_timeline();
     for _ in 0..3 {

@@ -162,6 +162,8 @@ struct Inner {
     timeline: broadcast::Sender<TimelineEvent>,
     /// Serialises sending of the machine's outgoing requests.
     outgoing: AsyncMutex<()>,
+    /// Serialises the send queue's work: one message is moved on by one task at a time.
+    sending: AsyncMutex<()>,
     /// Serialises `/sync` processing (owned guards: a blocking job may hold it).
     sync_lock: Arc<AsyncMutex<()>>,
     hooks: RwLock<Hooks>,
@@ -211,6 +213,7 @@ impl Client {
             machine: RwLock::new(None),
             timeline,
             outgoing: AsyncMutex::new(()),
+            sending: AsyncMutex::new(()),
             sync_lock: Arc::new(AsyncMutex::new(())),
             hooks: RwLock::new(Hooks::default()),
             recent: Mutex::new(HashMap::new()),

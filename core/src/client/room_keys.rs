@@ -208,7 +208,7 @@ fn undecided(
 
 /// A transient failure is returned (the operation is retried later); any other is logged and
 /// the operation goes on without what failed.
-fn transient_or_logged(e: ClientError) -> Result<(), ClientError> {
+pub(super) fn transient_or_logged(e: ClientError) -> Result<(), ClientError> {
     if e.is_permanent() {
         warn!(error = %e, "a crypto request failed for good; going on without it");
         Ok(())

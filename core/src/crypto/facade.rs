@@ -156,10 +156,25 @@ impl OlmMachine {
         event_type: &str,
         content: &Value,
     ) -> Result<Value, CryptoError> {
+        self.encrypt_room_event_with(room_id, event_type, content, |_| Ok(Default::default()))
+    }
+
+    /// Like [`OlmMachine::encrypt_room_event`], storing what `with` makes of the ciphertext
+    /// in the same transaction as the advanced session: either both are stored or neither
+    /// (e.g. the app's send queue keeps the ciphertext, so that a resend never ratchets the
+    /// session again). An error from `with`, or from storing its changes, leaves the session
+    /// where it was.
+    pub fn encrypt_room_event_with(
+        &self,
+        room_id: &RoomId,
+        event_type: &str,
+        content: &Value,
+        with: impl FnOnce(&Value) -> Result<crate::store::ClientChanges, CryptoError>,
+    ) -> Result<Value, CryptoError> {
         self.refuse_in_notifications()?;
         let mut state = self.lock()?;
         self.group_sessions()
-            .encrypt_room_event(&mut state, room_id, event_type, content)
+            .encrypt_room_event(&mut state, room_id, event_type, content, with)
     }
 
     /// A to-device request was refused for good (the server will never accept it): it is

@@ -177,13 +177,15 @@ impl GroupSessions<'_> {
     }
 
     /// Encrypt a room event with the room's outbound session (share it first). The advanced
-    /// session is stored before the ciphertext is returned, so an index is never reused.
+    /// session is stored before the ciphertext is returned, so an index is never reused;
+    /// what `with` makes of the ciphertext is stored in the same transaction.
     pub(crate) fn encrypt_room_event(
         &self,
         state: &mut State,
         room_id: &RoomId,
         event_type: &str,
         content: &Value,
+        with: impl FnOnce(&Value) -> Result<crate::store::ClientChanges, CryptoError>,
     ) -> Result<Value, CryptoError> {
         let record = self
             .ctx
@@ -193,13 +195,12 @@ impl GroupSessions<'_> {
         let mut group = OutboundGroup::from_record(&record)?;
         let own_curve = state.account.curve25519();
         let encrypted = group.encrypt(event_type, content, &own_curve, self.ctx.device_id)?;
-        self.ctx.save(
-            state,
-            Changes::from(CryptoChanges {
-                outbound_group_sessions: vec![group.to_record()?],
-                ..Default::default()
-            }),
-        )?;
+        let mut changes = Changes::from(CryptoChanges {
+            outbound_group_sessions: vec![group.to_record()?],
+            ..Default::default()
+        });
+        changes.client = with(&encrypted)?;
+        self.ctx.save(state, changes)?;
         Ok(encrypted)
     }
 

@@ -105,6 +105,10 @@ pub struct ClientChanges {
     /// Messages to queue for sending (insert or replace by transaction id; a replaced one keeps
     /// its place in the queue).
     pub queued_sends: Vec<QueuedSend>,
+    /// Queued messages moved on to a later stage: replaced, only if still queued (else the
+    /// whole batch fails with [`StoreError::NotQueued`] and nothing is written: a message
+    /// cancelled or finished meanwhile is not brought back).
+    pub advanced_sends: Vec<QueuedSend>,
     /// Queued messages done with (sent or given up), by transaction id; applied after the
     /// inserts.
     pub finished_sends: Vec<String>,
@@ -293,6 +297,7 @@ impl ClientChanges {
         all(&self.rooms)?;
         all(&self.members)?;
         all(&self.queued_sends)?;
+        all(&self.advanced_sends)?;
         all(&self.undecryptable_events)?;
         for txn_id in &self.finished_sends {
             non_empty("finished send txn_id", txn_id)?;
@@ -314,6 +319,7 @@ impl ClientChanges {
         keep_valid(&mut self.rooms);
         keep_valid(&mut self.members);
         keep_valid(&mut self.queued_sends);
+        keep_valid(&mut self.advanced_sends);
         self.finished_sends.retain(|t| !t.is_empty());
         keep_valid(&mut self.undecryptable_events);
         let allowed = |k: &String| !k.is_empty() && !super::is_reserved_key(k);
@@ -327,6 +333,7 @@ impl ClientChanges {
             + self.members.len()
             + self.replaced_member_lists.len()
             + self.queued_sends.len()
+            + self.advanced_sends.len()
             + self.finished_sends.len()
             + self.undecryptable_events.len()
             + self.resolved_events.len()
@@ -340,6 +347,7 @@ impl ClientChanges {
         self.replaced_member_lists
             .extend(other.replaced_member_lists);
         self.queued_sends.extend(other.queued_sends);
+        self.advanced_sends.extend(other.advanced_sends);
         self.finished_sends.extend(other.finished_sends);
         self.undecryptable_events.extend(other.undecryptable_events);
         self.resolved_events.extend(other.resolved_events);
@@ -406,7 +414,7 @@ non_empty_fields!(MemberRecord, "member":);
 non_empty_fields!(WithheldNotice, "withheld notice": session_id);
 non_empty_fields!(KeyRequestRecord, "key request": session_id);
 non_empty_fields!(PendingToDevice, "pending to-device": txn_id);
-non_empty_fields!(QueuedSend, "queued send": txn_id);
+non_empty_fields!(QueuedSend, "queued send": txn_id, event_type);
 non_empty_fields!(UndecryptableEvent, "undecryptable event": session_id);
 non_empty_fields!(UserIdentityRecord, "user identity": master_key, self_signing_key);
 non_empty_fields!(SenderDataUpdate, "sender data": session_id);

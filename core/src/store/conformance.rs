@@ -62,6 +62,7 @@ macro_rules! store_conformance_tests {
                 encrypted_rooms_of_users,
                 undecryptable_events_by_session,
                 send_queue_in_order,
+                send_queue_stages,
                 withheld_notices_by_sender,
                 key_requests_one_per_session,
                 no_olm_room_keys_by_index,

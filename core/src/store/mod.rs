@@ -36,7 +36,7 @@ pub use memory::MemoryStore;
 pub use records::{
     AccountRecord, DeviceRecord, InboundGroupSessionRecord, KeyRequestRecord, LocalTrust,
     MegolmIndexRecord, MemberRecord, NoOlmRoomKey, OlmSessionRecord, OutboundGroupSessionRecord,
-    PendingToDevice, QueuedSend, RoomEncryption, RoomRecord, SecretBlob, ShareRecipient,
+    PendingToDevice, QueuedSend, RoomEncryption, RoomRecord, SecretBlob, SendStage, ShareRecipient,
     StoreCounts, TrackedUser, TrackingState, UndecryptableEvent, UnwedgeRecord, WithheldNotice,
 };
 pub(crate) use sqlite::VERIFIED_ONLY_KEY;
@@ -112,6 +112,10 @@ pub enum StoreError {
     /// since (this one was paused past its expiry). Nothing was saved; reload and retry.
     #[error("the lease on the crypto state passed to another process")]
     LeaseLost,
+    /// A queued message to move on is no longer in the send queue (sent or cancelled
+    /// meanwhile). Nothing was changed.
+    #[error("message {0} is no longer queued")]
+    NotQueued(String),
     /// Another process held the lease on the crypto state for longer than we wait.
     #[error("another process holds the crypto state")]
     LeaseBusy,

@@ -465,14 +465,49 @@ pub struct StoreCounts {
     pub no_olm_room_keys: u64,
 }
 
+/// How far a queued message got. Each stage's result is stored when it is reached, so that
+/// a message resumed after a crash or a failure goes on from there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendStage {
+    /// The content as the app gave it; the room key may still have to be shared.
+    Queued,
+    /// The body to send as it is: in an encrypted room the Megolm ciphertext, stored in the
+    /// transaction that advanced the session (a resend never ratchets it again).
+    Ready,
+}
+
+impl SendStage {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendStage::Queued => "queued",
+            SendStage::Ready => "ready",
+        }
+    }
+
+    /// The stage stored as `name`, if it is one.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "queued" => Some(SendStage::Queued),
+            "ready" => Some(SendStage::Ready),
+            _ => None,
+        }
+    }
+}
+
 /// A message the app sent that has not reached the server yet (the send queue). Its content
-/// is plaintext and encrypted at rest.
+/// is encrypted at rest, bound to its transaction id, room, stage and event type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedSend {
     /// Transaction id, reused on every attempt so the server stores the message once.
     pub txn_id: String,
     /// Room.
     pub room_id: OwnedRoomId,
-    /// `m.room.message` content as JSON (secret: encrypted at rest).
+    /// How far it got.
+    pub stage: SendStage,
+    /// The type of `content`: the app's (`m.room.message`) while queued; once ready, the type
+    /// to send (`m.room.encrypted` in an encrypted room).
+    pub event_type: String,
+    /// The content as JSON (secret: encrypted at rest).
     pub content: SecretBlob,
 }

@@ -211,3 +211,44 @@ fn a_decryption_batch_dropped_without_commit_stores_nothing() {
         "{err:?}"
     );
 }
+
+/// The Megolm message index of an encrypted event content.
+fn message_index(content: &serde_json::Value) -> u32 {
+    let ciphertext = content["ciphertext"].as_str().unwrap();
+    vodozemac::megolm::MegolmMessage::from_base64(ciphertext)
+        .unwrap()
+        .message_index()
+}
+
+/// What the caller stores with a ciphertext is stored with the advanced session, or neither
+/// is: a failure leaves the session where it was, so the next message takes the same index
+/// (nothing was sent with it) and no index is ever used for two messages.
+#[test]
+fn encrypting_with_the_callers_changes_stores_both_or_neither() {
+    let (mut server, alice, bob) = setup_pair();
+    let members = vec![alice.user(), bob.user()];
+    server.share(&alice, room(), &members);
+    let encrypt = |body: &str, fail: bool| {
+        alice
+            .machine
+            .encrypt_room_event_with(room(), "m.room.message", &text(body), |ct| {
+                if fail {
+                    return Err(CryptoError::InvalidInput("the caller refuses".into()));
+                }
+                let mut changes = crate::store::ClientChanges::default();
+                changes.values.insert("ciphertext".into(), ct.to_string());
+                Ok(changes)
+            })
+    };
+    let first = encrypt("one", false).unwrap();
+    assert_eq!(message_index(&first), 0);
+    let stored = alice.machine.store().value("ciphertext").unwrap();
+    assert_eq!(stored, Some(first.to_string()));
+    assert!(encrypt("refused", true).is_err());
+    let second = encrypt("two", false).unwrap();
+    assert_eq!(
+        message_index(&second),
+        1,
+        "the refused message used up no index"
+    );
+}

@@ -154,6 +154,8 @@ pub(crate) fn queued(txn_id: &str, room_id: &str, content: &[u8]) -> QueuedSend 
     QueuedSend {
         txn_id: txn_id.into(),
         room_id: rid(room_id),
+        stage: SendStage::Queued,
+        event_type: "m.room.message".into(),
         content: blob(content),
     }
 }

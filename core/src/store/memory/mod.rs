@@ -259,7 +259,12 @@ impl State {
         for txn_id in &changes.crypto.sent_to_device {
             self.pending.remove(txn_id);
         }
-        for q in &changes.client.queued_sends {
+        for q in changes
+            .client
+            .queued_sends
+            .iter()
+            .chain(&changes.client.advanced_sends)
+        {
             self.send_queue.upsert(q.txn_id.clone(), q.clone());
         }
         for txn_id in &changes.client.finished_sends {
@@ -441,6 +446,13 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         if let Some(fence) = &changes.lease {
             inner.lease = inner.lease.fenced(fence).ok_or(StoreError::LeaseLost)?;
+        }
+        let advanced = changes.client.advanced_sends.iter();
+        if let Some(gone) = advanced
+            .map(|q| &q.txn_id)
+            .find(|t| inner.send_queue.get(t).is_none())
+        {
+            return Err(StoreError::NotQueued(gone.clone()));
         }
         if !changes.is_empty() {
             inner.apply(changes);

@@ -2,7 +2,10 @@
 //! what that version stored, and refusing a newer one.
 
 use super::super::conformance::*;
-use super::super::{CryptoChanges, SenderData, SenderDataRetry, SenderDataUpdate, SharingPolicy};
+use super::super::{
+    ClientChanges, CryptoChanges, QueuedSend, SendStage, SenderData, SenderDataRetry,
+    SenderDataUpdate, SharingPolicy,
+};
 use super::tests::{key, open, raw};
 use super::*;
 use crate::test_ids::{rid, uid};
@@ -23,8 +26,22 @@ fn back_to_version_7(conn: &Connection) {
     .unwrap();
 }
 
+/// Take a store back to schema version 9: the send queue's rows are bound as before and
+/// its stage columns dropped.
+fn back_to_version_9(conn: &Connection) {
+    let cipher = schema::load_cipher(conn, &key()).unwrap();
+    send_queue::unbind_stages(conn, &cipher);
+    conn.execute_batch(
+        "ALTER TABLE send_queue DROP COLUMN stage;
+         ALTER TABLE send_queue DROP COLUMN event_type;
+         PRAGMA user_version = 9;",
+    )
+    .unwrap();
+}
+
 /// Take a store back to schema version 8: the lease table is dropped.
 fn back_to_version_8(conn: &Connection) {
+    back_to_version_9(conn);
     conn.execute_batch(
         "DROP TABLE crypto_lease; DROP TABLE consumed_to_device; DROP TABLE deferred_to_device;
          PRAGMA user_version = 8;",
@@ -476,4 +493,33 @@ fn migration_9_adds_the_crypto_lease() {
         crate::store::LeaseAttempt::HeldByOther { until_ms: 10 }
     );
     assert_eq!(s.account().unwrap(), full_changes("a").crypto.account);
+}
+
+/// Migration 10: a message queued by version 9 comes back queued, as an `m.room.message`
+/// with its content, and can be moved on.
+#[test]
+fn migration_10_binds_queued_messages_to_their_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queued("t1", "!r:x", b"{\"body\":\"from version 9\"}");
+    {
+        let s = open(dir.path());
+        s.save_changes(Changes::from(ClientChanges {
+            queued_sends: vec![q.clone()],
+            ..Default::default()
+        }))
+        .unwrap();
+    }
+    back_to_version_9(&raw(dir.path()));
+    let s = open(dir.path());
+    assert_eq!(s.queued_sends().unwrap(), std::slice::from_ref(&q));
+    let ready = QueuedSend {
+        stage: SendStage::Ready,
+        ..q
+    };
+    s.save_changes(Changes::from(ClientChanges {
+        advanced_sends: vec![ready.clone()],
+        ..Default::default()
+    }))
+    .unwrap();
+    assert_eq!(s.queued_sends().unwrap(), [ready]);
 }

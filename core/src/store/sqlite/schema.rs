@@ -232,6 +232,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         event TEXT NOT NULL
     );",
+    // 10: the send queue stores each message's stage and the type of what it holds, bound
+    // to the content (`migrate_10` re-encrypts the rows queued before).
+    "ALTER TABLE send_queue ADD COLUMN stage TEXT NOT NULL DEFAULT 'queued';
+    ALTER TABLE send_queue ADD COLUMN event_type TEXT NOT NULL DEFAULT 'm.room.message';",
 ];
 
 /// Keys of the `meta` table.
@@ -357,6 +361,7 @@ fn migrate_data(
         }
         6 => super::migrate_6::move_no_olm_keys(tx, cipher),
         7 => super::migrate_7::drop_rows_with_invalid_ids(tx),
+        10 => super::send_queue::bind_stages(tx, cipher),
         _ => Ok(()),
     }
 }
