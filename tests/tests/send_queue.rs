@@ -100,3 +100,27 @@ async fn sending_while_the_queue_is_resent_encrypts_each_message_once() {
     assert_eq!(bodies, ["first", "second"]);
     drop(w);
 }
+
+/// The server stored the message but its answers were lost: the message's own echo in the
+/// next sync takes it off the queue, and it is not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_echo_came_back_is_not_sent_again() {
+    let w = World::new(&["alice", "bob"]);
+    let proxy = FaultProxy::start(&w.hs.base_url);
+    let alice = clients::login(&proxy.base_url, &w.dir("alice"), "alice").await;
+    let bob = w.login("bob", "bob").await;
+    let room = clients::room_with(&alice, &[&bob]).await;
+    proxy.rule("/send/m.room.encrypted/", Action::ForwardThenDrop, Some(4));
+    assert!(alice.send_text(&room, "stored once").await.is_err());
+    alice.sync_once(Duration::ZERO).await.unwrap();
+    let report = alice.run_due_work().await.unwrap();
+    assert_eq!((report.completed, report.remaining), (0, 0));
+    assert_eq!(
+        proxy.bodies("/send/m.room.encrypted/").len(),
+        4,
+        "sent again"
+    );
+    let got = clients::receive(&bob, &room, 1).await;
+    assert_eq!(got[0].body.as_deref(), Some("stored once"));
+    drop(w);
+}

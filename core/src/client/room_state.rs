@@ -145,6 +145,25 @@ pub(crate) fn room_changes(
         }
         changes.client.members.extend(members);
         changes.client.rooms.push(room);
+        changes
+            .client
+            .finished_sends
+            .extend(own_echoes(&joined.timeline, own_user));
     }
     Ok((changes, encrypted))
+}
+
+/// Transaction ids of our own events in a timeline (the server adds them for the device
+/// that sent them): those messages are on the server, and leave the send queue even if the
+/// answer to their `PUT` never came back, so that they are not sent again.
+fn own_echoes<'a>(
+    timeline: &'a [Value],
+    own_user: &'a UserId,
+) -> impl Iterator<Item = String> + 'a {
+    timeline
+        .iter()
+        .filter(move |e| e.get("sender").and_then(Value::as_str) == Some(own_user.as_str()))
+        .filter_map(|e| e.get("unsigned")?.get("transaction_id")?.as_str())
+        .filter(|txn_id| !txn_id.is_empty())
+        .map(str::to_owned)
 }

@@ -19,8 +19,12 @@ pub const MAX_EVENT_BYTES: usize = 65_536;
 /// Largest event read at all, `unsigned` included.
 const MAX_RAW_EVENT_BYTES: usize = 4 * MAX_EVENT_BYTES;
 
+/// Longest transaction id kept from an event's `unsigned` (ours are 20-odd characters).
+const MAX_TXN_ID_BYTES: usize = 255;
+
 /// An event of an answer as JSON, if it is an object within the size limits. `unsigned` is
-/// left out (Newt does not use it).
+/// left out but for `transaction_id` (our own events carry it back to the device that sent
+/// them: the send queue forgets them then).
 pub(crate) fn event_within_limits(raw: &str, what: &str) -> Option<Value> {
     if raw.len() > MAX_RAW_EVENT_BYTES {
         warn!(
@@ -34,7 +38,19 @@ pub(crate) fn event_within_limits(raw: &str, what: &str) -> Option<Value> {
         warn!(field = what, "skipping an event that is not an object");
         return None;
     };
+    let txn_id = event
+        .get("unsigned")
+        .and_then(|u| u.get("transaction_id"))
+        .and_then(Value::as_str)
+        .filter(|t| t.len() <= MAX_TXN_ID_BYTES)
+        .map(str::to_owned);
     event.remove("unsigned");
+    if let Some(txn_id) = txn_id {
+        event.insert(
+            "unsigned".into(),
+            serde_json::json!({"transaction_id": txn_id}),
+        );
+    }
     let event = Value::Object(event);
     // Measured again only when the raw size is over the limit (`unsigned` may be why).
     if raw.len() > MAX_EVENT_BYTES && event.to_string().len() > MAX_EVENT_BYTES {
@@ -121,6 +137,23 @@ mod tests {
             sync.unused_fallback_key_types,
             Some(vec!["signed_curve25519".to_owned()])
         );
+    }
+
+    #[test]
+    fn only_a_short_transaction_id_is_kept_of_unsigned() {
+        let raw = |txn: &str| {
+            serde_json::json!({"type": "m.room.message", "event_id": "$1",
+                "unsigned": {"transaction_id": txn, "age": 5}})
+            .to_string()
+        };
+        let kept = event_within_limits(&raw("txn1"), "test").unwrap();
+        assert_eq!(
+            kept["unsigned"],
+            serde_json::json!({"transaction_id": "txn1"})
+        );
+        let long = "t".repeat(MAX_TXN_ID_BYTES + 1);
+        let kept = event_within_limits(&raw(&long), "test").unwrap();
+        assert!(kept.get("unsigned").is_none());
     }
 
     #[test]
