@@ -1,10 +1,11 @@
 //! The send queue against a real Synapse: one queue for encrypted and plain rooms, each
 //! message moved on from the stage it reached.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use newt_core::ruma::{OwnedRoomId, OwnedRoomOrAliasId};
+use newt_core::ruma::{OwnedRoomId, OwnedRoomOrAliasId, RoomId};
+use newt_core::store::{ClientStore, SqliteStore, StoreKey};
 use newt_e2e_tests::attacker::{Attacker, encode_segment};
 use newt_e2e_tests::clients::{self, World};
 use newt_e2e_tests::proxy::{Action, FaultProxy};
@@ -123,4 +124,210 @@ async fn a_message_whose_echo_came_back_is_not_sent_again() {
     let got = clients::receive(&bob, &room, 1).await;
     assert_eq!(got[0].body.as_deref(), Some("stored once"));
     drop(w);
+}
+
+/// The Megolm `(session id, message index)` of each encrypted event `sender` sent in
+/// `room`, as the server holds them (read by `reader`), oldest first.
+fn megolm_indices(reader: &Attacker, room: &str, sender: &str) -> Vec<(String, u32)> {
+    let mut events = reader.room_messages(room);
+    events.reverse();
+    let ours = events.into_iter().filter(|e| e["sender"] == sender);
+    let encrypted = ours.filter(|e| e["type"] == "m.room.encrypted");
+    encrypted
+        .map(|e| {
+            let content = &e["content"];
+            let ciphertext = content["ciphertext"].as_str().unwrap_or_default();
+            let message = vodozemac::megolm::MegolmMessage::from_base64(ciphertext).unwrap();
+            let session = content["session_id"].as_str().unwrap_or_default();
+            (session.to_owned(), message.message_index())
+        })
+        .collect()
+}
+
+/// The queued transaction ids in the store in `dir` (read by a handle of the test's own).
+fn queued_txn_ids(dir: &std::path::Path) -> Vec<String> {
+    let key = StoreKey::from_passphrase(clients::STORE_PASSPHRASE);
+    let store = SqliteStore::open(dir, &key).unwrap();
+    store
+        .queued_sends()
+        .unwrap()
+        .into_iter()
+        .map(|q| q.txn_id)
+        .collect()
+}
+
+/// The crash test: alice's client (a process of its own) is killed with SIGKILL at
+/// seven points of sending, each landing in another step of the encrypting path (every
+/// request is slowed down; a new device of bob's each round, and a new room key every third
+/// round, make the steps run: device list, one-time key claim, room key share, encryption,
+/// send). Each next
+/// process resumes the queue. Afterwards bob has every message once, in order, and alice's
+/// Megolm session advanced exactly once per message (no index skipped or used twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_each_step_every_message_arrives_once_and_ratchets_once() {
+    let w = World::new(&["alice", "bob"]);
+    let proxy = FaultProxy::start(&w.hs.base_url);
+    let (alice_dir, bob) = (w.dir("alice"), w.login("bob", "bob").await);
+    let room = {
+        let alice = clients::login(&proxy.base_url, &alice_dir, "alice").await;
+        let room = clients::room_with(&alice, &[&bob]).await;
+        alice.close().await;
+        room
+    };
+    let slow_down = |proxy: &FaultProxy| {
+        // The first attempt of each round's first message never reaches the server (a
+        // network failure): a kill during the retry's wait finds it encrypted, not sent.
+        proxy.clear();
+        proxy.rule("/send/", Action::Drop, Some(1));
+        let steps = [
+            "/members",
+            "/keys/query",
+            "/keys/claim",
+            "/sendToDevice",
+            "/send/",
+        ];
+        for path in steps {
+            proxy.rule(path, Action::Delay(Duration::from_millis(250)), None);
+        }
+    };
+    let (mut printed, mut observed) = (Vec::new(), BTreeSet::new());
+    let mut intents = 0;
+    for (round, kill_ms) in [200u64, 450, 700, 950, 1_200, 1_500, 1_900]
+        .into_iter()
+        .enumerate()
+    {
+        // A new device of bob's: the next message needs a query, a claim and a share.
+        let mut device = Attacker::login(&w.hs.base_url, "bob", "bob-pw", None);
+        device.publish_keys(2);
+        slow_down(&proxy);
+        let texts = [format!("r{round} a"), format!("r{round} b")];
+        intents += texts.len();
+        // Every third round starts a new session (claims and shares run while sending); the
+        // others go on with the session, so a wasted index would show as a gap.
+        let new_session = round % 3 == 0;
+        let mut child = send_process(&proxy.base_url, &alice_dir, &room, &texts, new_session);
+        // Killed that long after its first sync, while it sends.
+        let lines = lines_of(&mut child);
+        let first = lines.recv_timeout(Duration::from_secs(30)).ok();
+        assert_eq!(first.as_deref(), Some("synced"));
+        tokio::time::sleep(Duration::from_millis(kill_ms)).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        printed.extend(lines.try_iter());
+        observed.extend(queued_txn_ids(&alice_dir));
+    }
+    assert!(
+        printed.len() + observed.len() >= 7,
+        "the kills came too early"
+    );
+    // A last process, not killed, sends what is left.
+    let out = send_process(&proxy.base_url, &alice_dir, &room, &[], false).wait_with_output();
+    let out = out.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        queued_txn_ids(&alice_dir).is_empty(),
+        "messages left in the queue"
+    );
+
+    // bob: each message once, in the order queued; every one the sender saw sent, and at
+    // least as many as were ever seen waiting in the queue besides those.
+    let lower = printed.len() + observed.len();
+    let got = clients::receive(&bob, &room, lower).await;
+    let mut bodies: Vec<String> = got
+        .iter()
+        .map(|e| e.body.clone().unwrap_or_default())
+        .collect();
+    assert!(got.iter().all(|e| e.decrypted), "{got:?}");
+    // Anything beyond the lower bound that came too.
+    bodies.extend(more_from(&bob, &room).await);
+    let mut sorted = bodies.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        bodies.len(),
+        "a message arrived twice: {bodies:?}"
+    );
+    assert!(bodies.len() <= intents);
+    for text in &printed {
+        assert!(
+            bodies.contains(text),
+            "{text} was sent but never arrived: {bodies:?}"
+        );
+    }
+    assert_eq!(bodies, sorted, "out of order");
+    eprintln!(
+        "{} printed, {} seen queued, {} arrived of {intents}",
+        printed.len(),
+        observed.len(),
+        bodies.len()
+    );
+    // alice's session(s): indices 0, 1, 2, ... each once.
+    let reader = Attacker::login(&w.hs.base_url, "bob", "bob-pw", None);
+    let mut by_session: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for (session, index) in megolm_indices(&reader, room.as_str(), "@alice:localhost") {
+        by_session.entry(session).or_default().push(index);
+    }
+    for (session, indices) in by_session {
+        let expected: Vec<u32> = (0..indices.len() as u32).collect();
+        assert_eq!(
+            indices, expected,
+            "session {session}: an index skipped or reused"
+        );
+    }
+    drop(w);
+}
+
+/// Bodies of messages from others arriving in `room` during one more sync.
+async fn more_from(client: &newt_core::client::Client, room: &RoomId) -> Vec<String> {
+    let mut rx = client.subscribe_timeline();
+    client.sync_once(Duration::from_secs(1)).await.unwrap();
+    let mut more = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        if e.room_id == room && e.sender != "@bob:localhost" && !e.is_update {
+            more.push(e.body.unwrap_or_default());
+        }
+    }
+    more
+}
+
+/// The lines `child` prints, as they come.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// `send-process` sending `texts` as alice (none: what the queue holds), with a new room
+/// key if `new_session`.
+fn send_process(
+    homeserver: &str,
+    store: &std::path::Path,
+    room: &RoomId,
+    texts: &[String],
+    new_session: bool,
+) -> std::process::Child {
+    let flag = new_session.then_some("--new-session");
+    std::process::Command::new(env!("CARGO_BIN_EXE_send-process"))
+        .args(flag)
+        .args([homeserver, &store.to_string_lossy(), room.as_str()])
+        .args(texts)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start send-process")
 }
