@@ -207,21 +207,13 @@ fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::R
     let mut parts = request_line.split(' ');
     let method = parts.next().unwrap_or_default().to_owned();
     let path = parts.next().unwrap_or_default().to_owned();
-    state
-        .lock()
-        .unwrap()
-        .requests
-        .push((path.clone(), body.clone()));
+    let request = (path.clone(), body.clone());
+    state.lock().unwrap().requests.push(request);
     let mut client = client;
     match action_for(state, &path) {
         Some(Action::Fail(status)) => {
-            let body = r#"{"errcode":"M_UNKNOWN","error":"injected failure"}"#;
             log(state, format!("{method} {path} {status}"));
-            write!(
-                client,
-                "HTTP/1.1 {status} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )?;
+            answer_failure(&mut client, status)?;
         }
         Some(Action::Drop) => {
             log(state, format!("{method} {path} dropped"));
@@ -270,6 +262,16 @@ fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::R
     }
     let _ = client.shutdown(Shutdown::Both);
     Ok(())
+}
+
+/// An injected Matrix error with `status`.
+fn answer_failure(client: &mut TcpStream, status: u16) -> std::io::Result<()> {
+    let body = r#"{"errcode":"M_UNKNOWN","error":"injected failure"}"#;
+    write!(
+        client,
+        "HTTP/1.1 {status} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// Records one exchange. Always called before the client can see the answer (or the hang-up):

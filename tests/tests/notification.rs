@@ -269,38 +269,14 @@ async fn two_processes_on_one_store_decrypt_200_notifications() {
     let bob = clients::login(&app_proxy.base_url, &w.dir("bob"), "bob").await;
     let room = room_with(&alice, &[&bob]).await;
     let stranger = Attacker::register(hs, "mallory");
-    let bob_device =
-        stranger.query_device("@bob:localhost", bob.session().unwrap().device_id.as_str());
+    let bob_device = bob.session().unwrap().device_id.to_string();
 
     let mut alice_rx = alice.subscribe_timeline();
     let mut push = PushHandler::start(&push_proxy.base_url, &w.dir("bob"));
     let stop = Arc::new(AtomicBool::new(false));
     let app = tokio::spawn(app_loop(bob.clone(), room.clone(), stop.clone()));
-    let mut expected: Vec<(OwnedEventId, String)> = Vec::new();
-    let mut new_devices = Vec::new();
-    for i in 0..200 {
-        if i % 20 == 0 {
-            alice.discard_room_key(&room).unwrap();
-        }
-        if i % 60 == 30 {
-            for _ in 0..30 {
-                stranger.claim_one_time_key(&bob_device);
-            }
-        }
-        let (sender, body) = if i % 50 == 25 {
-            let device = w.login("alice", &format!("alice-{i}")).await;
-            new_devices.push(device.clone());
-            (device, format!("from a new device {i}"))
-        } else {
-            (alice.clone(), format!("message {i}"))
-        };
-        let id = sender.send_text(&room, &body).await.expect("alice sends");
-        push.push(&room, &id);
-        expected.push((id, body));
-        if i % 10 == 9 {
-            alice.sync_once(Duration::ZERO).await.expect("alice's sync");
-        }
-    }
+    let (expected, new_devices) =
+        alice_sends_200(&w, &alice, &room, (&stranger, &bob_device), &mut push).await;
 
     // Every notification decrypts, in the push handler's process.
     let answers = push.answers(expected.len(), Duration::from_secs(120));
@@ -322,8 +298,58 @@ async fn two_processes_on_one_store_decrypt_200_notifications() {
     // a message that could not be decrypted), on either side.
     assert_never_unwedged(&bob, &w.dir("bob"), "@alice:localhost").await;
     assert_never_unwedged(&alice, &w.dir("alice"), "@bob:localhost").await;
-    // One-time keys: the app uploaded new ones, each key id once and every upload accepted;
-    // the push handler sent nothing but reads.
+    assert_keys_uploaded_once_and_reads_only(&uploaded, &app_proxy, &push_proxy);
+    drop(w);
+}
+
+/// alice sends 200 messages to `room`, each pushed to `push` as soon as it is sent: a new
+/// room key every 20, a stranger draining bob's one-time keys every 60 (from the 30th), a
+/// new device of alice's sending every 50th (from the 25th). Returns the messages and the
+/// new devices.
+async fn alice_sends_200(
+    w: &World,
+    alice: &Arc<Client>,
+    room: &RoomId,
+    (stranger, bob_device): (&Attacker, &str),
+    push: &mut PushHandler,
+) -> (Vec<(OwnedEventId, String)>, Vec<Arc<Client>>) {
+    let bob_device = stranger.query_device("@bob:localhost", bob_device);
+    let mut expected: Vec<(OwnedEventId, String)> = Vec::new();
+    let mut new_devices = Vec::new();
+    for i in 0..200 {
+        if i % 20 == 0 {
+            alice.discard_room_key(room).unwrap();
+        }
+        if i % 60 == 30 {
+            for _ in 0..30 {
+                stranger.claim_one_time_key(&bob_device);
+            }
+        }
+        let (sender, body) = if i % 50 == 25 {
+            let device = w.login("alice", &format!("alice-{i}")).await;
+            new_devices.push(device.clone());
+            (device, format!("from a new device {i}"))
+        } else {
+            (alice.clone(), format!("message {i}"))
+        };
+        let id = sender.send_text(room, &body).await.expect("alice sends");
+        push.push(room, &id);
+        expected.push((id, body));
+        if i % 10 == 9 {
+            alice.sync_once(Duration::ZERO).await.expect("alice's sync");
+        }
+    }
+    (expected, new_devices)
+}
+
+/// One-time keys: the app uploaded new ones, each key id once and every upload accepted;
+/// the push handler sent nothing but reads, and had to catch up on to-device messages
+/// itself (the race was run).
+fn assert_keys_uploaded_once_and_reads_only(
+    uploaded: &Mutex<Vec<String>>,
+    app_proxy: &FaultProxy,
+    push_proxy: &FaultProxy,
+) {
     let uploaded = uploaded.lock().unwrap().clone();
     let distinct: HashSet<&String> = uploaded.iter().collect();
     assert!(
@@ -355,7 +381,6 @@ async fn two_processes_on_one_store_decrypt_200_notifications() {
         uploaded.len()
     );
     assert!(catch_ups > 0);
-    drop(w);
 }
 
 /// Stops bob's app loop once it received every one of `expected` (syncing on until then),

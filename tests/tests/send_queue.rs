@@ -178,49 +178,7 @@ async fn killed_at_each_step_every_message_arrives_once_and_ratchets_once() {
         alice.close().await;
         room
     };
-    let slow_down = |proxy: &FaultProxy| {
-        // The first attempt of each round's first message never reaches the server (a
-        // network failure): a kill during the retry's wait finds it encrypted, not sent.
-        proxy.clear();
-        proxy.rule("/send/", Action::Drop, Some(1));
-        let steps = [
-            "/members",
-            "/keys/query",
-            "/keys/claim",
-            "/sendToDevice",
-            "/send/",
-        ];
-        for path in steps {
-            proxy.rule(path, Action::Delay(Duration::from_millis(250)), None);
-        }
-    };
-    let (mut printed, mut observed) = (Vec::new(), BTreeSet::new());
-    let mut intents = 0;
-    for (round, kill_ms) in [200u64, 450, 700, 950, 1_200, 1_500, 1_900]
-        .into_iter()
-        .enumerate()
-    {
-        // A new device of bob's: the next message needs a query, a claim and a share.
-        let mut device = Attacker::login(&w.hs.base_url, "bob", "bob-pw", None);
-        device.publish_keys(2);
-        slow_down(&proxy);
-        let texts = [format!("r{round} a"), format!("r{round} b")];
-        intents += texts.len();
-        // Every third round starts a new session (claims and shares run while sending); the
-        // others go on with the session, so a wasted index would show as a gap.
-        let new_session = round % 3 == 0;
-        let mut child = send_process(&proxy.base_url, &alice_dir, &room, &texts, new_session);
-        // Killed that long after its first sync, while it sends.
-        let lines = lines_of(&mut child);
-        let first = lines.recv_timeout(Duration::from_secs(30)).ok();
-        assert_eq!(first.as_deref(), Some("synced"));
-        tokio::time::sleep(Duration::from_millis(kill_ms)).await;
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        printed.extend(lines.try_iter());
-        observed.extend(queued_txn_ids(&alice_dir));
-    }
+    let (printed, observed, intents) = kill_rounds(&w, &proxy, &room).await;
     assert!(
         printed.len() + observed.len() >= 7,
         "the kills came too early"
@@ -271,19 +229,7 @@ async fn killed_at_each_step_every_message_arrives_once_and_ratchets_once() {
         observed.len(),
         bodies.len()
     );
-    // alice's session(s): indices 0, 1, 2, ... each once.
-    let reader = Attacker::login(&w.hs.base_url, "bob", "bob-pw", None);
-    let mut by_session: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    for (session, index) in megolm_indices(&reader, room.as_str(), "@alice:localhost") {
-        by_session.entry(session).or_default().push(index);
-    }
-    for (session, indices) in by_session {
-        let expected: Vec<u32> = (0..indices.len() as u32).collect();
-        assert_eq!(
-            indices, expected,
-            "session {session}: an index skipped or reused"
-        );
-    }
+    assert_each_index_used_once(&w, &room, "@alice:localhost");
     drop(w);
 }
 
@@ -314,6 +260,79 @@ fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String
         }
     });
     rx
+}
+
+/// Every request of the encrypting path slowed by 250 ms; the first attempt of the next
+/// message never reaches the server (a network failure): a kill during the retry's wait
+/// finds it encrypted, not sent.
+fn slow_down(proxy: &FaultProxy) {
+    proxy.clear();
+    proxy.rule("/send/", Action::Drop, Some(1));
+    let steps = [
+        "/members",
+        "/keys/query",
+        "/keys/claim",
+        "/sendToDevice",
+        "/send/",
+    ];
+    for path in steps {
+        proxy.rule(path, Action::Delay(Duration::from_millis(250)), None);
+    }
+}
+
+/// Seven rounds of `send-process` sending two messages as alice, killed 200–1,900 ms after
+/// its first sync. Returns what the processes printed as sent, the transaction ids ever
+/// seen waiting in the queue, and how many messages were to be sent.
+async fn kill_rounds(
+    w: &World,
+    proxy: &FaultProxy,
+    room: &RoomId,
+) -> (Vec<String>, BTreeSet<String>, usize) {
+    let (mut printed, mut observed) = (Vec::new(), BTreeSet::new());
+    let mut intents = 0;
+    for (round, kill_ms) in [200u64, 450, 700, 950, 1_200, 1_500, 1_900]
+        .into_iter()
+        .enumerate()
+    {
+        // A new device of bob's: the next message needs a query, a claim and a share.
+        let mut device = Attacker::login(&w.hs.base_url, "bob", "bob-pw", None);
+        device.publish_keys(2);
+        slow_down(proxy);
+        let texts = [format!("r{round} a"), format!("r{round} b")];
+        intents += texts.len();
+        // Every third round starts a new session (claims and shares run while sending); the
+        // others go on with the session, so a wasted index would show as a gap.
+        let new_session = round % 3 == 0;
+        let mut child = send_process(&proxy.base_url, &w.dir("alice"), room, &texts, new_session);
+        // Killed that long after its first sync, while it sends.
+        let lines = lines_of(&mut child);
+        let first = lines.recv_timeout(Duration::from_secs(30)).ok();
+        assert_eq!(first.as_deref(), Some("synced"));
+        tokio::time::sleep(Duration::from_millis(kill_ms)).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        printed.extend(lines.try_iter());
+        observed.extend(queued_txn_ids(&w.dir("alice")));
+    }
+    (printed, observed, intents)
+}
+
+/// Per Megolm session of `sender`'s events in `room`, the indices on the server are
+/// exactly 0, 1, 2, ...: none skipped (a ratchet wasted) or used twice.
+fn assert_each_index_used_once(w: &World, room: &RoomId, sender: &str) {
+    let reader = Attacker::login(&w.hs.base_url, "bob", "bob-pw", None);
+    let mut by_session: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for (session, index) in megolm_indices(&reader, room.as_str(), sender) {
+        by_session.entry(session).or_default().push(index);
+    }
+    for (session, indices) in by_session {
+        let expected: Vec<u32> = (0..indices.len() as u32).collect();
+        assert_eq!(
+            indices, expected,
+            "session {session}: an index skipped or reused"
+        );
+    }
 }
 
 /// `send-process` sending `texts` as alice (none: what the queue holds), with a new room

@@ -15,6 +15,7 @@ mod handoff;
 mod kept_for_repair;
 mod lease;
 mod records;
+mod send_queue;
 mod trust;
 
 pub(crate) use batches::*;
@@ -24,6 +25,7 @@ pub(crate) use handoff::*;
 pub(crate) use kept_for_repair::*;
 pub(crate) use lease::*;
 pub(crate) use records::*;
+pub(crate) use send_queue::*;
 pub(crate) use trust::*;
 
 use super::*;
