@@ -4,11 +4,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use newt_core::client::{Client, ClientConfig, TimelineEvent};
+use newt_core::client::{Client, ClientConfig, SendState, SendUpdate, TimelineEvent};
 use newt_core::ruma::{OwnedRoomId, OwnedRoomOrAliasId, OwnedUserId, RoomId};
 use newt_core::store::StoreKey;
 
+use tokio::sync::broadcast;
+
 use crate::Synapse;
+use crate::proxy::FaultProxy;
 
 /// Passphrase of every test store.
 pub const STORE_PASSPHRASE: &str = "e2e store passphrase";
@@ -116,6 +119,18 @@ impl World {
         login(&self.hs.base_url, &self.dir(store), user).await
     }
 
+    /// alice (talking through a fault proxy) and bob in an encrypted room alice created:
+    /// `(proxy, alice, bob, room id)`.
+    pub async fn alice_behind_a_proxy(
+        &self,
+    ) -> (FaultProxy, Arc<Client>, Arc<Client>, OwnedRoomId) {
+        let proxy = FaultProxy::start(&self.hs.base_url);
+        let alice = login(&proxy.base_url, &self.dir("alice"), "alice").await;
+        let bob = self.login("bob", "bob").await;
+        let room = room_with(&alice, &[&bob]).await;
+        (proxy, alice, bob, room)
+    }
+
     /// alice and bob logged in (stores `alice` and `bob`), in an encrypted room alice
     /// created: `(alice, bob, room id)`.
     pub async fn alice_and_bob(&self) -> (Arc<Client>, Arc<Client>, OwnedRoomId) {
@@ -123,5 +138,69 @@ impl World {
         let bob = self.login("bob", "bob").await;
         let room = room_with(&alice, &[&bob]).await;
         (alice, bob, room)
+    }
+}
+
+/// The state changes of a client's queued messages, as they are published.
+pub struct SendLog {
+    rx: broadcast::Receiver<SendUpdate>,
+    /// Every update seen so far, oldest first.
+    pub seen: Vec<SendUpdate>,
+    /// When each was received (Unix ms).
+    pub received_ms: Vec<u64>,
+}
+
+fn now_ms() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.expect("clock after 1970").as_millis() as u64
+}
+
+impl SendLog {
+    /// Start recording `client`'s updates.
+    pub fn new(client: &Client) -> Self {
+        Self {
+            rx: client.subscribe_sends(),
+            seen: Vec::new(),
+            received_ms: Vec::new(),
+        }
+    }
+
+    /// Wait until `txn_id` reaches a state `pred` accepts; returns it. Panics after 60 s.
+    pub async fn until(&mut self, txn_id: &str, pred: impl Fn(&SendState) -> bool) -> SendState {
+        self.until_nth(txn_id, 1, pred).await
+    }
+
+    /// Wait until `txn_id` reached states `pred` accepts `n` times; returns the `n`th.
+    pub async fn until_nth(
+        &mut self,
+        txn_id: &str,
+        n: usize,
+        pred: impl Fn(&SendState) -> bool,
+    ) -> SendState {
+        let found = |seen: &[SendUpdate]| {
+            let ours = seen.iter().filter(|u| u.txn_id == txn_id);
+            ours.map(|u| u.state.clone()).filter(|s| pred(s)).nth(n - 1)
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(state) = found(&self.seen) {
+                return state;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Ok(update)) => {
+                    self.seen.push(update);
+                    self.received_ms.push(now_ms());
+                }
+                Ok(Err(e)) => panic!("send updates: {e}"),
+                Err(_) => panic!("{txn_id} did not reach the state; seen {:?}", self.seen),
+            }
+        }
+    }
+
+    /// The states `txn_id` went through so far.
+    pub fn states(&self, txn_id: &str) -> Vec<SendState> {
+        let ours = self.seen.iter().filter(|u| u.txn_id == txn_id);
+        ours.map(|u| u.state.clone()).collect()
     }
 }

@@ -16,6 +16,11 @@ use std::time::Duration;
 pub enum Action {
     /// Answer with this status and a Matrix error body, without forwarding.
     Fail(u16),
+    /// Answer 429 `M_LIMIT_EXCEEDED` with this `retry_after_ms`, without forwarding.
+    RateLimit(u64),
+    /// One of these actions (`None`: forward as it is), picked at random by weight for each
+    /// request, from a seeded generator (the same seed gives the same sequence).
+    Random(Arc<Mutex<RandomActions>>),
     /// Forward after this delay.
     Delay(Duration),
     /// Close the connection without answering (a network failure).
@@ -31,6 +36,38 @@ pub enum Action {
     /// transfer encoding removed; the answer keeps its status line and headers, with a
     /// `Content-Length` for the new body.
     RewriteResponse(Rewrite),
+}
+
+/// Weighted actions for [`Action::Random`].
+#[derive(Debug)]
+pub struct RandomActions {
+    choices: Vec<(u32, Option<Action>)>,
+    state: u64,
+}
+
+impl RandomActions {
+    /// `choices` by weight, drawn from a generator seeded with `seed`.
+    pub fn action(seed: u64, choices: Vec<(u32, Option<Action>)>) -> Action {
+        let state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        Action::Random(Arc::new(Mutex::new(RandomActions { choices, state })))
+    }
+
+    fn pick(&mut self) -> Option<Action> {
+        // xorshift64*
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        let r = self.state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33;
+        let total: u64 = self.choices.iter().map(|(w, _)| u64::from(*w)).sum();
+        let mut at = r % total.max(1);
+        for (weight, action) in &self.choices {
+            if at < u64::from(*weight) {
+                return action.clone();
+            }
+            at -= u64::from(*weight);
+        }
+        None
+    }
 }
 
 /// A function from a body to the body to pass on.
@@ -210,7 +247,16 @@ fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::R
     let request = (path.clone(), body.clone());
     state.lock().unwrap().requests.push(request);
     let mut client = client;
-    match action_for(state, &path) {
+    let mut action = action_for(state, &path);
+    if let Some(Action::Random(choices)) = &action {
+        let picked = choices.lock().unwrap().pick();
+        action = picked;
+    }
+    match action {
+        Some(Action::RateLimit(retry_after_ms)) => {
+            log(state, format!("{method} {path} 429"));
+            answer_rate_limit(&mut client, retry_after_ms)?;
+        }
         Some(Action::Fail(status)) => {
             log(state, format!("{method} {path} {status}"));
             answer_failure(&mut client, status)?;
@@ -262,6 +308,18 @@ fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::R
     }
     let _ = client.shutdown(Shutdown::Both);
     Ok(())
+}
+
+/// An injected rate-limit answer.
+fn answer_rate_limit(client: &mut TcpStream, retry_after_ms: u64) -> std::io::Result<()> {
+    let body = format!(
+        r#"{{"errcode":"M_LIMIT_EXCEEDED","error":"injected","retry_after_ms":{retry_after_ms}}}"#
+    );
+    write!(
+        client,
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// An injected Matrix error with `status`.

@@ -273,11 +273,13 @@ async fn failed_send_schedules_a_wakeup_and_due_work_sends_it() {
         "still offline"
     );
 
-    // Back online (same port and database): the due work delivers the message.
+    // Back online (same port and database): the due work delivers the message (unless the
+    // queue's own retry timer, which runs while the process does, was first).
     s.hs.restart_same_port()
         .unwrap_or_else(|e| panic!("restart {url}: {e}"));
     let report = s.alice.run_due_work().await.unwrap();
-    assert_eq!((report.completed, report.remaining), (1, 0));
+    assert_eq!(report.remaining, 0);
+    assert!(report.completed <= 1, "{report:?}");
     let got = next_message(&s.bob, &s.room).await;
     assert_eq!(got.body.as_deref(), Some("sent later"));
 }

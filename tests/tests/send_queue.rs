@@ -2,7 +2,6 @@
 //! message moved on from the stage it reached.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use newt_core::client::Client;
@@ -61,22 +60,13 @@ async fn a_plain_room_gets_messages_in_clear_until_encryption_is_turned_on() {
     drop(w);
 }
 
-/// alice (talking through a fault proxy) and bob in an encrypted room.
-async fn alice_behind_a_proxy() -> (World, FaultProxy, Arc<Client>, Arc<Client>, OwnedRoomId) {
-    let w = World::new(&["alice", "bob"]);
-    let proxy = FaultProxy::start(&w.hs.base_url);
-    let alice = clients::login(&proxy.base_url, &w.dir("alice"), "alice").await;
-    let bob = w.login("bob", "bob").await;
-    let room = clients::room_with(&alice, &[&bob]).await;
-    (w, proxy, alice, bob, room)
-}
-
 /// The app sends while the background work resends what is queued: one task moves the
 /// messages on at a time, so each is encrypted once (every attempt of a transaction sends
 /// the same body), and they reach bob once each, in the order they were queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sending_while_the_queue_is_resent_encrypts_each_message_once() {
-    let (w, proxy, alice, bob, room) = alice_behind_a_proxy().await;
+    let w = World::new(&["alice", "bob"]);
+    let (proxy, alice, bob, room) = w.alice_behind_a_proxy().await;
     // The first message is encrypted, then its answers are lost: it stays queued, ready.
     proxy.rule("/send/m.room.encrypted/", Action::ForwardThenDrop, Some(4));
     assert!(alice.send_text(&room, "first").await.is_err());
@@ -114,7 +104,8 @@ async fn sending_while_the_queue_is_resent_encrypts_each_message_once() {
 /// next sync takes it off the queue, and it is not sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_whose_echo_came_back_is_not_sent_again() {
-    let (w, proxy, alice, bob, room) = alice_behind_a_proxy().await;
+    let w = World::new(&["alice", "bob"]);
+    let (proxy, alice, bob, room) = w.alice_behind_a_proxy().await;
     proxy.rule("/send/m.room.encrypted/", Action::ForwardThenDrop, Some(4));
     assert!(alice.send_text(&room, "stored once").await.is_err());
     alice.sync_once(Duration::ZERO).await.unwrap();

@@ -38,7 +38,7 @@ impl Client {
         }
         let after = self.pending_to_device().await?;
         report.completed += before.saturating_sub(after) as u32;
-        let (sent, queued_left, error) = self.send_queued().await?;
+        let (sent, queued_left, error) = self.send_queued(true).await?;
         report.completed += sent;
         last_error = last_error.or(error);
         let mut without_olm = 0;

@@ -15,7 +15,10 @@ mod room_keys;
 mod room_state;
 mod rooms;
 mod send;
+mod send_control;
+mod send_kinds;
 mod send_queue;
+mod send_state;
 mod sync;
 mod sync_response;
 mod sync_stream;
@@ -47,6 +50,8 @@ pub use hooks::{
     TrustPolicyProvider, WakeupRequest,
 };
 use lifecycle::Lifecycle;
+pub use send_kinds::OutgoingMessage;
+pub use send_state::{LocalEcho, SendState, SendUpdate};
 pub use sync::SyncHandle;
 pub use sync_response::MAX_EVENT_BYTES;
 pub use timeline::TimelineEvent;
@@ -94,6 +99,13 @@ pub enum ClientError {
     /// [`Client::close`] was called: the client released its store and does nothing more.
     #[error("the client is closed")]
     Closed,
+    /// The message is not in the send queue (any more): it was sent or cancelled.
+    #[error("message {0} is not queued (sent or cancelled)")]
+    NotQueued(String),
+    /// The message is already encrypted for sending: it can no longer be edited (send an
+    /// edit once it is sent, or cancel it).
+    #[error("message {0} is already encrypted for sending")]
+    AlreadyPrepared(String),
 }
 
 impl ClientError {
@@ -108,6 +120,8 @@ impl ClientError {
             | ClientError::InvalidInput(_)
             | ClientError::UnknownDevices(_)
             | ClientError::PromptDismissed
+            | ClientError::NotQueued(_)
+            | ClientError::AlreadyPrepared(_)
             | ClientError::Closed => true,
             ClientError::Store(_)
             | ClientError::Crypto(_)
@@ -164,6 +178,14 @@ struct Inner {
     outgoing: AsyncMutex<()>,
     /// Serialises the send queue's work: one message is moved on by one task at a time.
     sending: AsyncMutex<()>,
+    /// State changes of queued messages.
+    send_updates: broadcast::Sender<send_state::SendUpdate>,
+    /// Retry timing of queued messages that failed for a reason that may go away.
+    send_retries: Mutex<send_state::Retries>,
+    /// A background drain of the send queue was asked for and has not started.
+    drain_requested: std::sync::atomic::AtomicBool,
+    /// When the retry timer that is set fires (Unix ms; `u64::MAX`: none is set).
+    send_timer_due_ms: std::sync::atomic::AtomicU64,
     /// Serialises `/sync` processing (owned guards: a blocking job may hold it).
     sync_lock: Arc<AsyncMutex<()>>,
     hooks: RwLock<Hooks>,
@@ -207,6 +229,7 @@ impl Client {
     /// A client on any [`Store`] implementation.
     pub fn with_store(homeserver: &str, store: Arc<dyn Store>) -> Result<Self, ClientError> {
         let (timeline, _) = broadcast::channel(4096);
+        let (send_updates, _) = broadcast::channel(1024);
         let inner = Inner {
             http: HttpClient::new(homeserver)?,
             store: RwLock::new(Some(store)),
@@ -214,6 +237,10 @@ impl Client {
             timeline,
             outgoing: AsyncMutex::new(()),
             sending: AsyncMutex::new(()),
+            send_updates,
+            send_retries: Mutex::new(Default::default()),
+            drain_requested: std::sync::atomic::AtomicBool::new(false),
+            send_timer_due_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
             sync_lock: Arc::new(AsyncMutex::new(())),
             hooks: RwLock::new(Hooks::default()),
             recent: Mutex::new(HashMap::new()),
@@ -453,6 +480,10 @@ impl Client {
     }
 
     pub(crate) fn publish(&self, item: TimelineEvent) {
+        if let Some(txn_id) = &item.transaction_id {
+            // Its echo came back: the send queue is done with it.
+            self.retries().forget(txn_id);
+        }
         let mut recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
         let queue = recent.entry(item.room_id.clone()).or_default();
         match queue

@@ -6,7 +6,7 @@
 
 use ruma::events::room::history_visibility::RoomHistoryVisibilityEventContent;
 use ruma::events::room::member::MembershipState;
-use ruma::{OwnedUserId, RoomId, UserId};
+use ruma::{OwnedEventId, OwnedUserId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::Value;
 use tracing::debug;
@@ -145,25 +145,28 @@ pub(crate) fn room_changes(
         }
         changes.client.members.extend(members);
         changes.client.rooms.push(room);
-        changes
-            .client
-            .finished_sends
-            .extend(own_echoes(&joined.timeline, own_user));
+        for (txn_id, event_id) in own_echoes(&joined.timeline, own_user) {
+            changes.client.finished_sends.push(txn_id.clone());
+            changes.client.sent_events.push((txn_id, event_id));
+        }
     }
     Ok((changes, encrypted))
 }
 
 /// Transaction ids of our own events in a timeline (the server adds them for the device
-/// that sent them): those messages are on the server, and leave the send queue even if the
-/// answer to their `PUT` never came back, so that they are not sent again.
+/// that sent them), with their event ids: those messages are on the server, and leave the
+/// send queue even if the answer to their `PUT` never came back, so that they are not sent
+/// again (and the queued messages relating to them learn their event id).
 fn own_echoes<'a>(
     timeline: &'a [Value],
     own_user: &'a UserId,
-) -> impl Iterator<Item = String> + 'a {
+) -> impl Iterator<Item = (String, OwnedEventId)> + 'a {
     timeline
         .iter()
         .filter(move |e| e.get("sender").and_then(Value::as_str) == Some(own_user.as_str()))
-        .filter_map(|e| e.get("unsigned")?.get("transaction_id")?.as_str())
-        .filter(|txn_id| !txn_id.is_empty())
-        .map(str::to_owned)
+        .filter_map(|e| {
+            let txn_id = e.get("unsigned")?.get("transaction_id")?.as_str()?;
+            let event_id = OwnedEventId::try_from(e.get("event_id")?.as_str()?).ok()?;
+            (!txn_id.is_empty()).then(|| (txn_id.to_owned(), event_id))
+        })
 }

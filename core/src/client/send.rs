@@ -10,23 +10,24 @@
 //!   never ratcheted twice for one message and the server stores the event once.
 
 use ruma::api::client::message::send_message_event;
+use ruma::api::client::redact::redact_event;
 use ruma::events::MessageLikeEventType;
 use ruma::{OwnedEventId, RoomId, TransactionId};
 use serde_json::{Value, json};
 use tracing::debug;
 
 use super::room_keys::transient_or_logged;
+use super::send_kinds::{MESSAGE, OutgoingMessage, REDACTION, clear_relation};
+use super::send_state::{LocalEcho, SendState, kept_echo};
 use super::{Client, ClientError};
 use crate::http::{HttpError, MAX_BODY_BYTES, with_retry};
 use crate::store::{Changes, ClientChanges, QueuedSend, SecretBlob, SendStage};
 
-/// The type of what the app queues.
-const MESSAGE: &str = "m.room.message";
 /// The type of a ready message in an encrypted room.
 const ENCRYPTED: &str = "m.room.encrypted";
 
 impl Client {
-    /// Send an `m.text` message; returns the event id.
+    /// Send an `m.text` message and wait until the server has it; returns the event id.
     pub async fn send_text(
         &self,
         room_id: &RoomId,
@@ -36,48 +37,114 @@ impl Client {
             .await
     }
 
-    /// Send an `m.room.message` with the given content (encrypted in an encrypted room);
-    /// returns the event id.
+    /// Send an `m.room.message` with the given content (encrypted in an encrypted room) and
+    /// wait until the server has it; returns the event id.
     ///
     /// The message goes into the store's send queue (content encrypted at rest) before
-    /// anything is sent, after the room's earlier queued messages, and leaves it once the
-    /// server has it or it failed for good. A transient failure (or the process dying)
-    /// leaves it queued where it got to: [`Client::run_due_work`] sends it (the app's
-    /// background scheduler is asked for a wake-up), as does the first sync of the next
-    /// process. Every attempt sends the same body with the same transaction id, so the
-    /// server stores the message once and the room key ratchets once for it.
+    /// anything is sent, after the room's earlier queued messages. A transient failure (or
+    /// the process dying) leaves it queued where it got to: it is retried with backoff
+    /// (see [`Client::queue_message`]). One that retrying cannot fix is left stuck with a
+    /// reason ([`Client::retry_send`], [`Client::cancel_send`]); either way this returns the
+    /// error. Every attempt sends the same body with the same transaction id, so the server
+    /// stores the message once and the room key ratchets once for it.
     pub async fn send_message(
         &self,
         room_id: &RoomId,
         content: &Value,
     ) -> Result<OwnedEventId, ClientError> {
         self.machine()?;
-        let content = serde_json::to_vec(content)
+        // Held from before the message is queued: no other task sends it meanwhile.
+        let sending = self.inner.sending.lock().await;
+        let txn_id = self.enqueue(room_id, MESSAGE, content).await?;
+        let result = self.send_room_queue(room_id, &txn_id).await;
+        drop(sending);
+        result
+    }
+
+    /// Queue a message and return its transaction id at once (the id of its local echo);
+    /// it is sent in the background, in order after the room's earlier messages. Its
+    /// states are published ([`Client::subscribe_sends`]): queued, sending, sent, waiting
+    /// to retry (network, 5xx, 429: exponential backoff with jitter, the server's
+    /// `retry_after_ms` honoured, at once when the network is back, and through the app's
+    /// background scheduler) or stuck with a reason. Offline, messages wait in the queue and
+    /// go out in order when the network returns.
+    ///
+    /// An edit, reply, reaction or redaction may name a message still queued by its
+    /// transaction id: it waits until that one is sent and then names its event id (it is
+    /// cancelled with it).
+    pub async fn queue_message(
+        &self,
+        room_id: &RoomId,
+        message: OutgoingMessage,
+    ) -> Result<String, ClientError> {
+        self.machine()?;
+        let (event_type, content) = message.into_event()?;
+        let txn_id = {
+            let _sending = self.inner.sending.lock().await;
+            self.check_target(event_type, &content).await?;
+            self.enqueue(room_id, event_type, &content).await?
+        };
+        self.spawn_drain();
+        Ok(txn_id)
+    }
+
+    /// Store a new message at the end of the queue and publish its echo. The caller holds
+    /// `Inner::sending`.
+    async fn enqueue(
+        &self,
+        room_id: &RoomId,
+        event_type: &str,
+        content: &Value,
+    ) -> Result<String, ClientError> {
+        let bytes = serde_json::to_vec(content)
             .map_err(|e| ClientError::InvalidInput(format!("message content: {e}")))?;
         let queued = QueuedSend {
             txn_id: TransactionId::new().to_string(),
             room_id: room_id.to_owned(),
             stage: SendStage::Queued,
-            event_type: MESSAGE.to_owned(),
-            content: SecretBlob::new(content),
+            event_type: event_type.to_owned(),
+            content: SecretBlob::new(bytes),
+            echo: None,
+            stuck: None,
         };
-        let txn_id = queued.txn_id.clone();
-        // Held from before the message is queued: no other task sends it meanwhile.
-        let sending = self.inner.sending.lock().await;
         self.save_changes(Changes::from(ClientChanges {
-            queued_sends: vec![queued],
+            queued_sends: vec![queued.clone()],
             ..Default::default()
         }))
         .await?;
-        let result = self.send_room_queue(room_id, &txn_id).await;
-        drop(sending);
-        if let Err(e) = &result
-            && !e.is_permanent()
-        {
-            // Not over: the message stays queued and is sent later (same body and id).
-            self.schedule_retry(e, "message send failed");
+        self.publish_echo(&queued, SendState::Queued);
+        Ok(queued.txn_id)
+    }
+
+    /// A relation must name an event id, or a message still queued.
+    async fn check_target(&self, event_type: &str, content: &Value) -> Result<(), ClientError> {
+        let Some(target) = super::send_kinds::target(event_type, content) else {
+            return Ok(());
+        };
+        if target.starts_with('$') {
+            return OwnedEventId::try_from(target.as_str())
+                .map(drop)
+                .map_err(|e| ClientError::InvalidInput(format!("target event id: {e}")));
         }
-        result
+        let queued = self.queue().await?;
+        if queued.iter().any(|q| q.txn_id == target) {
+            return Ok(());
+        }
+        let t = target.clone();
+        match self
+            .blocking(move |c| Ok(c.store()?.sent_event(&t)?))
+            .await?
+        {
+            Some(_) => Ok(()),
+            None => Err(ClientError::NotQueued(target)),
+        }
+    }
+
+    /// Publish a message's echo (new, or its content changed) with its state.
+    pub(crate) fn publish_echo(&self, q: &QueuedSend, state: SendState) {
+        if let Some(echo) = LocalEcho::of(q, state.clone()) {
+            self.publish_send(&q.room_id, &q.txn_id, state, Some(echo));
+        }
     }
 
     /// Move one queued message on to the end: prepared if still queued, then sent.
@@ -102,8 +169,9 @@ impl Client {
         let id = q.room_id.clone();
         let room = self.blocking(move |c| Ok(c.store()?.room(&id)?)).await?;
         let room = room.ok_or_else(|| ClientError::RoomNotEncrypted(q.room_id.clone()))?;
-        if room.encryption.is_none() {
-            // A room known to be unencrypted (encryption, once on, is never turned off).
+        // A room known to be unencrypted (encryption, once on, is never turned off), and
+        // redactions, which are never encrypted: ready as they are.
+        if room.encryption.is_none() || q.event_type == REDACTION {
             let ready = QueuedSend {
                 stage: SendStage::Ready,
                 ..q
@@ -118,14 +186,29 @@ impl Client {
         self.prepare_room_key(&q.room_id)
             .await
             .map_err(unusable_answer_is_not_delivery)?;
+        self.encrypt_item(q, content).await
+    }
+
+    /// Encrypt a queued message; the ciphertext (with the relation in clear) replaces it in
+    /// the queue in the transaction that advances the session. The app's content is kept
+    /// for the echo.
+    async fn encrypt_item(&self, q: QueuedSend, content: Value) -> Result<QueuedSend, ClientError> {
         let machine = self.machine()?;
+        let echo = kept_echo(&q.event_type, &content);
         self.blocking(move |_| {
             let mut ready = None;
             machine.encrypt_room_event_with(&q.room_id, &q.event_type, &content, |ct| {
+                let mut ct = ct.clone();
+                if let (Some(relation), Some(outer)) =
+                    (clear_relation(&content), ct.as_object_mut())
+                {
+                    outer.insert("m.relates_to".to_owned(), relation);
+                }
                 let next = QueuedSend {
                     stage: SendStage::Ready,
                     event_type: ENCRYPTED.to_owned(),
                     content: SecretBlob::new(ct.to_string().into_bytes()),
+                    echo: Some(SecretBlob::new(echo.to_string().into_bytes())),
                     ..q.clone()
                 };
                 ready = Some(next.clone());
@@ -143,20 +226,44 @@ impl Client {
     async fn put_event(&self, ready: &QueuedSend) -> Result<OwnedEventId, ClientError> {
         let body: Value = serde_json::from_slice(ready.content.as_bytes())
             .map_err(|e| ClientError::InvalidInput(format!("queued body: {e}")))?;
-        let request = send_message_event::v3::Request::new_raw(
-            ready.room_id.clone(),
-            ready.txn_id.as_str().into(),
-            MessageLikeEventType::from(ready.event_type.as_str()),
-            crate::crypto::raw_json(&body)?,
-        );
-        let body = with_retry(|| self.inner.http.send_raw(request.clone(), MAX_BODY_BYTES)).await?;
+        let answer = if ready.event_type == REDACTION {
+            let request = redaction_request(ready, &body)?;
+            with_retry(|| self.inner.http.send_raw(request.clone(), MAX_BODY_BYTES)).await?
+        } else {
+            let request = send_message_event::v3::Request::new_raw(
+                ready.room_id.clone(),
+                ready.txn_id.as_str().into(),
+                MessageLikeEventType::from(ready.event_type.as_str()),
+                crate::crypto::raw_json(&body)?,
+            );
+            with_retry(|| self.inner.http.send_raw(request.clone(), MAX_BODY_BYTES)).await?
+        };
         debug!(room_id = %ready.room_id, "sent a queued message");
         // The server has the event now; an answer without a valid event id is its problem.
-        serde_json::from_slice::<Value>(&body)
+        serde_json::from_slice::<Value>(&answer)
             .ok()
             .and_then(|v| OwnedEventId::try_from(v.get("event_id")?.as_str()?).ok())
             .ok_or_else(|| HttpError::Response("no valid event_id in the answer".into()).into())
     }
+}
+
+/// The redaction endpoint's request for a queued `{"redacts", "reason"}`.
+fn redaction_request(
+    ready: &QueuedSend,
+    body: &Value,
+) -> Result<redact_event::v3::Request, ClientError> {
+    let target = body
+        .get("redacts")
+        .and_then(Value::as_str)
+        .and_then(|t| OwnedEventId::try_from(t).ok())
+        .ok_or_else(|| ClientError::InvalidInput("redaction without a target event".into()))?;
+    let mut request =
+        redact_event::v3::Request::new(ready.room_id.clone(), target, ready.txn_id.as_str().into());
+    request.reason = body
+        .get("reason")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok(request)
 }
 
 /// An unreadable answer before the message itself was sent (e.g. to `/members`) does not

@@ -264,11 +264,12 @@ impl Client {
         }
         // Messages a previous process could not send (it died, or the network was gone).
         if !self.inner.send_queue_resumed.swap(true, Ordering::SeqCst) {
-            match self.send_queued().await {
-                Ok((_, _, Some(e))) => self.schedule_retry(&e, "message send failed"),
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "resuming the send queue failed"),
+            if let Err(e) = self.send_queued(false).await {
+                warn!(error = %e, "resuming the send queue failed");
             }
+        } else if self.retries().network_is_back() && self.retries().any_due() {
+            // This sync got through: messages that failed on the network go now.
+            self.spawn_drain();
         }
         Ok(())
     }

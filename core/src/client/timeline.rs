@@ -57,6 +57,9 @@ pub struct TimelineEvent {
     /// and then delivers the event again with `is_update`. `false` for decrypted events and
     /// for ones that can never be decrypted (forged, replayed, malformed).
     pub waiting_for_key: bool,
+    /// Our own event's transaction id (the server gives it back to the device that sent
+    /// it): the event replaces the local echo with this id.
+    pub transaction_id: Option<String>,
 }
 
 /// Something that decrypts room events and commits their replay records later, together: a
@@ -160,6 +163,11 @@ impl TimelineEvent {
             hidden_by_policy: false,
             is_update: false,
             waiting_for_key: false,
+            transaction_id: event
+                .get("unsigned")
+                .and_then(|u| u.get("transaction_id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         };
         match envelope.event_type.as_str() {
             "m.room.encrypted" => match decryptor.decrypt(room_id, event) {
@@ -184,7 +192,7 @@ impl TimelineEvent {
                 Err(CryptoError::Signing(e)) => out.error = Some(e.to_string()),
                 Err(other) => return Err(other),
             },
-            "m.room.message" => {}
+            "m.room.message" | "m.reaction" | "m.room.redaction" => {}
             _ => return Ok(None),
         }
         out.body = out

@@ -112,6 +112,9 @@ pub struct ClientChanges {
     /// Queued messages done with (sent or given up), by transaction id; applied after the
     /// inserts.
     pub finished_sends: Vec<String>,
+    /// Event ids of sent messages by transaction id, for the queued edits, reactions and
+    /// redactions that refer to them (the newest [`super::quota::MAX_SENT_EVENTS`] are kept).
+    pub sent_events: Vec<(String, OwnedEventId)>,
     /// Undecryptable events to keep (insert or replace by room and event id).
     pub undecryptable_events: Vec<UndecryptableEvent>,
     /// Undecryptable events to forget: `(room id, event id)`; applied after the inserts.
@@ -302,6 +305,9 @@ impl ClientChanges {
         for txn_id in &self.finished_sends {
             non_empty("finished send txn_id", txn_id)?;
         }
+        for (txn_id, _) in &self.sent_events {
+            non_empty("sent event txn_id", txn_id)?;
+        }
         for key in self.values.keys().chain(self.secret_values.keys()) {
             non_empty("value key", key)?;
             if super::is_reserved_key(key) {
@@ -321,6 +327,7 @@ impl ClientChanges {
         keep_valid(&mut self.queued_sends);
         keep_valid(&mut self.advanced_sends);
         self.finished_sends.retain(|t| !t.is_empty());
+        self.sent_events.retain(|(t, _)| !t.is_empty());
         keep_valid(&mut self.undecryptable_events);
         let allowed = |k: &String| !k.is_empty() && !super::is_reserved_key(k);
         self.values.retain(|k, _| allowed(k));
@@ -335,6 +342,7 @@ impl ClientChanges {
             + self.queued_sends.len()
             + self.advanced_sends.len()
             + self.finished_sends.len()
+            + self.sent_events.len()
             + self.undecryptable_events.len()
             + self.resolved_events.len()
             + self.values.len()
@@ -349,6 +357,7 @@ impl ClientChanges {
         self.queued_sends.extend(other.queued_sends);
         self.advanced_sends.extend(other.advanced_sends);
         self.finished_sends.extend(other.finished_sends);
+        self.sent_events.extend(other.sent_events);
         self.undecryptable_events.extend(other.undecryptable_events);
         self.resolved_events.extend(other.resolved_events);
         self.values.extend(other.values);

@@ -65,6 +65,8 @@ macro_rules! store_conformance_tests {
                 undecryptable_events_by_session,
                 send_queue_in_order,
                 send_queue_stages,
+                send_queue_stuck,
+                sent_events_bounded,
                 withheld_notices_by_sender,
                 key_requests_one_per_session,
                 no_olm_room_keys_by_index,

@@ -26,7 +26,7 @@ mod trust_records;
 
 use std::collections::HashMap;
 
-use ruma::{OwnedRoomId, RoomId, UserId};
+use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId};
 
 pub use changes::{Changes, ClientChanges, CryptoChanges};
 pub use cipher::StoreKey;
@@ -37,7 +37,8 @@ pub use records::{
     AccountRecord, DeviceRecord, InboundGroupSessionRecord, KeyRequestRecord, LocalTrust,
     MegolmIndexRecord, MemberRecord, NoOlmRoomKey, OlmSessionRecord, OutboundGroupSessionRecord,
     PendingToDevice, QueuedSend, RoomEncryption, RoomRecord, SecretBlob, SendStage, ShareRecipient,
-    StoreCounts, TrackedUser, TrackingState, UndecryptableEvent, UnwedgeRecord, WithheldNotice,
+    StoreCounts, StuckReason, TrackedUser, TrackingState, UndecryptableEvent, UnwedgeRecord,
+    WithheldNotice,
 };
 pub(crate) use sqlite::VERIFIED_ONLY_KEY;
 pub use sqlite::{NOTIFICATION_WAL_PAGES, SqliteStore};
@@ -309,6 +310,10 @@ pub trait ClientStore: Send + Sync {
 
     /// The send queue, oldest first.
     fn queued_sends(&self) -> Result<Vec<QueuedSend>, StoreError>;
+
+    /// The event id of a message sent from the queue with `txn_id`, if it is among the
+    /// newest [`quota::MAX_SENT_EVENTS`] sent.
+    fn sent_event(&self, txn_id: &str) -> Result<Option<OwnedEventId>, StoreError>;
 
     /// The distinct `(room id, session id)` pairs undecryptable events wait for, sorted.
     fn undecryptable_sessions(&self) -> Result<Vec<(OwnedRoomId, String)>, StoreError>;

@@ -46,6 +46,10 @@ pub const MAX_CONSUMED_TO_DEVICE: u64 = 2_000;
 /// To-device events a notification extension left for the app (anyone can send them).
 pub const MAX_DEFERRED_TO_DEVICE: u64 = 500;
 
+/// Event ids of sent messages kept for queued messages that refer to them (edits,
+/// reactions, redactions); the server's echoes of our own messages can add them.
+pub const MAX_SENT_EVENTS: u64 = 256;
+
 /// Devices kept per user from a `/keys/query` answer (the ones we know first, then by
 /// device id); checked by the crypto machine before anything is stored.
 pub const MAX_DEVICES_PER_USER: usize = 1_000;

@@ -510,4 +510,68 @@ pub struct QueuedSend {
     pub event_type: String,
     /// The content as JSON (secret: encrypted at rest).
     pub content: SecretBlob,
+    /// The content as the app gave it, kept for the local echo once `content` is the
+    /// ciphertext (`None` while `content` is still the app's; secret: encrypted at rest).
+    pub echo: Option<SecretBlob>,
+    /// Why sending it stopped until the app retries or cancels it (`None`: it is sent).
+    pub stuck: Option<StuckReason>,
+}
+
+impl QueuedSend {
+    /// The content as the app gave it (for the local echo).
+    pub fn app_content(&self) -> &SecretBlob {
+        self.echo.as_ref().unwrap_or(&self.content)
+    }
+}
+
+/// Why a queued message stopped being sent: retrying by itself will not help; the app
+/// retries (once the cause is fixed) or cancels it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum StuckReason {
+    /// The room has devices the user has not decided about (the app asked to be asked), or
+    /// the user dismissed the question.
+    UnknownDevices,
+    /// The server refused: we are not in the room, or may not send there.
+    Forbidden,
+    /// The server refused the message or file as too large.
+    TooLarge,
+    /// The room is not known (never joined or synced).
+    UnknownRoom,
+    /// The server refused the message for another reason (a 4xx answer).
+    Refused,
+    /// The queued content cannot be read or sent as it is (e.g. an edit of a message that
+    /// was cancelled).
+    InvalidContent,
+    /// The attachment's file could not be read.
+    FileUnreadable,
+}
+
+impl StuckReason {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StuckReason::UnknownDevices => "unknown_devices",
+            StuckReason::Forbidden => "forbidden",
+            StuckReason::TooLarge => "too_large",
+            StuckReason::UnknownRoom => "unknown_room",
+            StuckReason::Refused => "refused",
+            StuckReason::InvalidContent => "invalid_content",
+            StuckReason::FileUnreadable => "file_unreadable",
+        }
+    }
+
+    /// The reason stored as `name`, if it is one.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            StuckReason::UnknownDevices,
+            StuckReason::Forbidden,
+            StuckReason::TooLarge,
+            StuckReason::UnknownRoom,
+            StuckReason::Refused,
+            StuckReason::InvalidContent,
+            StuckReason::FileUnreadable,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == name)
+    }
 }

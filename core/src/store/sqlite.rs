@@ -23,7 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use std::collections::HashMap;
 
-use ruma::{OwnedRoomId, RoomId, UserId};
+use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId};
 use rusqlite::Connection;
 
 use super::cipher::{StoreCipher, StoreKey};
@@ -416,6 +416,10 @@ impl ClientStore for SqliteStore {
 
     fn queued_sends(&self) -> Result<Vec<QueuedSend>, StoreError> {
         send_queue::queued_sends(&self.reader(), &self.cipher)
+    }
+
+    fn sent_event(&self, txn_id: &str) -> Result<Option<OwnedEventId>, StoreError> {
+        send_queue::sent_event(&self.reader(), txn_id)
     }
 
     fn undecryptable_sessions(&self) -> Result<Vec<(OwnedRoomId, String)>, StoreError> {

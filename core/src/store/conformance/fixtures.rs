@@ -157,6 +157,8 @@ pub(crate) fn queued(txn_id: &str, room_id: &str, content: &[u8]) -> QueuedSend 
         stage: SendStage::Queued,
         event_type: "m.room.message".into(),
         content: blob(content),
+        echo: None,
+        stuck: None,
     }
 }
 

@@ -62,6 +62,7 @@ struct State {
     pending: Ordered<String, PendingToDevice>,
     /// txn id -> queued message, in queue order.
     send_queue: Ordered<String, QueuedSend>,
+    sent_events: Ordered<String, OwnedEventId>,
     /// (room id, event id) -> event, in the order first stored.
     undecryptable: Ordered<(OwnedRoomId, OwnedEventId), UndecryptableEvent>,
     /// (room id, session id, sender) -> notice, newest last.
@@ -269,6 +270,12 @@ impl State {
         }
         for txn_id in &changes.client.finished_sends {
             self.send_queue.remove(txn_id);
+        }
+        for (txn_id, event_id) in &changes.client.sent_events {
+            self.sent_events.replace(txn_id.clone(), event_id.clone());
+        }
+        while self.sent_events.len() as u64 > super::quota::MAX_SENT_EVENTS {
+            self.sent_events.pop_oldest();
         }
         for e in &changes.client.undecryptable_events {
             let key = (e.room_id.clone(), e.event_id.clone());
@@ -828,6 +835,10 @@ impl ClientStore for MemoryStore {
 
     fn queued_sends(&self) -> Result<Vec<QueuedSend>, StoreError> {
         Ok(self.lock().send_queue.values().cloned().collect())
+    }
+
+    fn sent_event(&self, txn_id: &str) -> Result<Option<OwnedEventId>, StoreError> {
+        Ok(self.lock().sent_events.get(&txn_id.to_owned()).cloned())
     }
 
     fn undecryptable_sessions(&self) -> Result<Vec<(OwnedRoomId, String)>, StoreError> {

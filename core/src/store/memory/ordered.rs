@@ -70,6 +70,13 @@ impl<K: Clone + Eq + Hash, V> Ordered<K, V> {
         self.by_seq.values().map(|(k, v)| (k, v))
     }
 
+    /// Forget the oldest record.
+    pub(super) fn pop_oldest(&mut self) {
+        if let Some((_, (key, _))) = self.by_seq.pop_first() {
+            self.seq_of.remove(&key);
+        }
+    }
+
     pub(super) fn len(&self) -> usize {
         self.by_seq.len()
     }

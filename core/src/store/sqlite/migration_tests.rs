@@ -4,7 +4,7 @@
 use super::super::conformance::*;
 use super::super::{
     ClientChanges, CryptoChanges, QueuedSend, SendStage, SenderData, SenderDataRetry,
-    SenderDataUpdate, SharingPolicy,
+    SenderDataUpdate, SharingPolicy, StuckReason,
 };
 use super::tests::{key, open, raw};
 use super::*;
@@ -26,11 +26,23 @@ fn back_to_version_7(conn: &Connection) {
     .unwrap();
 }
 
+/// Take a store back to schema version 10: no stuck reasons or kept echoes.
+fn back_to_version_10(conn: &Connection) {
+    conn.execute_batch(
+        "ALTER TABLE send_queue DROP COLUMN stuck;
+         ALTER TABLE send_queue DROP COLUMN echo;
+         DROP TABLE sent_events;
+         PRAGMA user_version = 10;",
+    )
+    .unwrap();
+}
+
 /// Take a store back to schema version 9: the send queue's rows are bound as before and
 /// its stage columns dropped.
 fn back_to_version_9(conn: &Connection) {
     let cipher = schema::load_cipher(conn, &key()).unwrap();
     send_queue::unbind_stages(conn, &cipher);
+    back_to_version_10(conn);
     conn.execute_batch(
         "ALTER TABLE send_queue DROP COLUMN stage;
          ALTER TABLE send_queue DROP COLUMN event_type;
@@ -522,4 +534,33 @@ fn migration_10_binds_queued_messages_to_their_stage() {
     }))
     .unwrap();
     assert_eq!(s.queued_sends().unwrap(), [ready]);
+}
+
+/// Migration 11: a message queued by version 10 comes back as it was, not stuck, and can be
+/// marked stuck.
+#[test]
+fn migration_11_keeps_queued_messages_unstuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queued("t1", "!r:x", b"{\"body\":\"from version 10\"}");
+    {
+        let s = open(dir.path());
+        s.save_changes(Changes::from(ClientChanges {
+            queued_sends: vec![q.clone()],
+            ..Default::default()
+        }))
+        .unwrap();
+    }
+    back_to_version_10(&raw(dir.path()));
+    let s = open(dir.path());
+    assert_eq!(s.queued_sends().unwrap(), std::slice::from_ref(&q));
+    let stuck = QueuedSend {
+        stuck: Some(StuckReason::Forbidden),
+        ..q
+    };
+    s.save_changes(Changes::from(ClientChanges {
+        advanced_sends: vec![stuck.clone()],
+        ..Default::default()
+    }))
+    .unwrap();
+    assert_eq!(s.queued_sends().unwrap(), [stuck]);
 }

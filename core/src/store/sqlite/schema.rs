@@ -236,6 +236,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // to the content (`migrate_10` re-encrypts the rows queued before).
     "ALTER TABLE send_queue ADD COLUMN stage TEXT NOT NULL DEFAULT 'queued';
     ALTER TABLE send_queue ADD COLUMN event_type TEXT NOT NULL DEFAULT 'm.room.message';",
+    // 11: a queued message can be stuck (with a reason) until the app retries it, and a
+    // ready ciphertext keeps the app's content for the local echo (encrypted, bound to the
+    // row).
+    "ALTER TABLE send_queue ADD COLUMN stuck TEXT;
+    ALTER TABLE send_queue ADD COLUMN echo BLOB;
+    CREATE TABLE sent_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        txn_id TEXT NOT NULL UNIQUE,
+        event_id TEXT NOT NULL
+    );",
 ];
 
 /// Keys of the `meta` table.

@@ -1,0 +1,159 @@
+//! What the app does with its queued messages: see them (local echoes and their states),
+//! cancel one, edit one not yet encrypted, retry a stuck one.
+
+use std::sync::MutexGuard;
+
+use ruma::RoomId;
+use tokio::sync::broadcast;
+
+use super::send_kinds::{OutgoingMessage, queued_target};
+use super::send_state::{LocalEcho, Retries, SendState, SendUpdate};
+use super::{Client, ClientError};
+use crate::store::{Changes, ClientChanges, QueuedSend, SecretBlob, SendStage};
+
+impl Client {
+    /// Subscribe to the state changes of queued messages (all rooms).
+    pub fn subscribe_sends(&self) -> broadcast::Receiver<SendUpdate> {
+        self.inner.send_updates.subscribe()
+    }
+
+    /// The local echoes of a room's queued messages, oldest first, with their states.
+    pub async fn local_echoes(&self, room_id: &RoomId) -> Result<Vec<LocalEcho>, ClientError> {
+        let queued = self.queue().await?;
+        let retries = self.retries();
+        Ok(queued
+            .iter()
+            .filter(|q| q.room_id == room_id)
+            .filter_map(|q| LocalEcho::of(q, retries.state_of(q)))
+            .collect())
+    }
+
+    /// Cancel a queued message: it is not sent, and neither are the queued messages that
+    /// relate to it (a reaction to it, say). A message whose sending had started may still
+    /// reach the room (its remote echo would then come back).
+    pub async fn cancel_send(&self, txn_id: &str) -> Result<(), ClientError> {
+        let _sending = self.inner.sending.lock().await;
+        let queued = self.queue().await?;
+        let cancelled = with_dependents(&queued, txn_id)?;
+        self.save_changes(Changes::from(ClientChanges {
+            finished_sends: cancelled.iter().map(|q| q.txn_id.clone()).collect(),
+            ..Default::default()
+        }))
+        .await?;
+        for q in cancelled {
+            self.retries().forget(&q.txn_id);
+            self.publish_send(&q.room_id, &q.txn_id, SendState::Cancelled, None);
+        }
+        Ok(())
+    }
+
+    /// Replace the content of a queued message that is not encrypted yet (its place, id
+    /// and state are kept); [`ClientError::AlreadyPrepared`] once it is. The new message
+    /// must be of the same kind (a text for a text, a reaction for a reaction).
+    pub async fn edit_queued(
+        &self,
+        txn_id: &str,
+        message: OutgoingMessage,
+    ) -> Result<(), ClientError> {
+        let (event_type, content) = message.into_event()?;
+        let _sending = self.inner.sending.lock().await;
+        let q = self.queued_one(txn_id).await?;
+        if q.stage != SendStage::Queued {
+            return Err(ClientError::AlreadyPrepared(txn_id.to_owned()));
+        }
+        if q.event_type != event_type {
+            return Err(ClientError::InvalidInput(format!(
+                "a queued {} cannot become a {event_type}",
+                q.event_type
+            )));
+        }
+        let edited = QueuedSend {
+            content: SecretBlob::new(content.to_string().into_bytes()),
+            ..q
+        };
+        self.save_changes(Changes::from(ClientChanges {
+            advanced_sends: vec![edited.clone()],
+            ..Default::default()
+        }))
+        .await?;
+        let state = self.retries().state_of(&edited);
+        self.publish_echo(&edited, state);
+        Ok(())
+    }
+
+    /// Send a stuck message again (after the cause was fixed: devices decided about, the
+    /// room joined), or a waiting one now. It keeps its place and transaction id.
+    pub async fn retry_send(&self, txn_id: &str) -> Result<(), ClientError> {
+        {
+            let _sending = self.inner.sending.lock().await;
+            let q = self.queued_one(txn_id).await?;
+            if q.stuck.is_some() {
+                let retried = QueuedSend {
+                    stuck: None,
+                    ..q.clone()
+                };
+                self.save_changes(Changes::from(ClientChanges {
+                    advanced_sends: vec![retried.clone()],
+                    ..Default::default()
+                }))
+                .await?;
+            }
+            self.retries().forget(txn_id);
+            self.publish_send(&q.room_id, txn_id, SendState::Queued, None);
+        }
+        self.spawn_drain();
+        Ok(())
+    }
+
+    async fn queued_one(&self, txn_id: &str) -> Result<QueuedSend, ClientError> {
+        self.queue()
+            .await?
+            .into_iter()
+            .find(|q| q.txn_id == txn_id)
+            .ok_or_else(|| ClientError::NotQueued(txn_id.to_owned()))
+    }
+
+    /// Publish a state change (and the echo, when new or changed).
+    pub(crate) fn publish_send(
+        &self,
+        room_id: &RoomId,
+        txn_id: &str,
+        state: SendState,
+        echo: Option<LocalEcho>,
+    ) {
+        // No receiver is fine: nobody is listening.
+        let _ = self.inner.send_updates.send(SendUpdate {
+            room_id: room_id.to_owned(),
+            txn_id: txn_id.to_owned(),
+            state,
+            echo,
+        });
+    }
+
+    pub(crate) fn retries(&self) -> MutexGuard<'_, Retries> {
+        self.inner
+            .send_retries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The message `txn_id` and the queued messages that relate to it, directly or through
+/// another (a reaction to a reply to it).
+fn with_dependents(queued: &[QueuedSend], txn_id: &str) -> Result<Vec<QueuedSend>, ClientError> {
+    let first = queued
+        .iter()
+        .find(|q| q.txn_id == txn_id)
+        .ok_or_else(|| ClientError::NotQueued(txn_id.to_owned()))?;
+    let mut out = vec![first.clone()];
+    let mut i = 0;
+    while let Some(parent) = out.get(i).map(|q| q.txn_id.clone()) {
+        let children = queued.iter().filter(|q| {
+            let content = serde_json::from_slice(q.content.as_bytes()).ok();
+            content.and_then(|c| queued_target(&q.event_type, &c)) == Some(parent.clone())
+        });
+        out.extend(children.cloned());
+        i += 1;
+    }
+    Ok(out)
+}
