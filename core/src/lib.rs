@@ -36,6 +36,7 @@
 /// themselves.
 pub use ruma;
 
+pub mod attachment;
 pub mod client;
 pub mod crypto;
 #[cfg(any(test, feature = "fuzzing"))]

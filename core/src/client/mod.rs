@@ -7,6 +7,7 @@ mod background;
 mod hooks;
 mod late_keys;
 mod lifecycle;
+mod media;
 mod outgoing;
 mod prompts;
 #[cfg(test)]
@@ -50,6 +51,7 @@ pub use hooks::{
     TrustPolicyProvider, WakeupRequest,
 };
 use lifecycle::Lifecycle;
+pub use media::{Attachment, MAX_ATTACHMENT_BYTES};
 pub use send_kinds::OutgoingMessage;
 pub use send_state::{LocalEcho, SendState, SendUpdate};
 pub use sync::SyncHandle;
@@ -106,6 +108,20 @@ pub enum ClientError {
     /// edit once it is sent, or cancel it).
     #[error("message {0} is already encrypted for sending")]
     AlreadyPrepared(String),
+    /// A file to send could not be read (or a downloaded one written).
+    #[error("file: {0}")]
+    FileUnreadable(String),
+    /// A file is larger than Newt uploads or downloads.
+    #[error("the file has {size} bytes, more than the {limit} allowed")]
+    FileTooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A downloaded attachment was refused (its hash does not match, say).
+    #[error(transparent)]
+    Attachment(#[from] crate::attachment::AttachmentError),
 }
 
 impl ClientError {
@@ -122,6 +138,9 @@ impl ClientError {
             | ClientError::PromptDismissed
             | ClientError::NotQueued(_)
             | ClientError::AlreadyPrepared(_)
+            | ClientError::FileUnreadable(_)
+            | ClientError::FileTooLarge { .. }
+            | ClientError::Attachment(_)
             | ClientError::Closed => true,
             ClientError::Store(_)
             | ClientError::Crypto(_)

@@ -77,8 +77,18 @@ impl Client {
         room_id: &RoomId,
         message: OutgoingMessage,
     ) -> Result<String, ClientError> {
-        self.machine()?;
         let (event_type, content) = message.into_event()?;
+        self.queue_content(room_id, event_type, content).await
+    }
+
+    /// [`Client::queue_message`] of an event type and content.
+    pub(crate) async fn queue_content(
+        &self,
+        room_id: &RoomId,
+        event_type: &str,
+        content: Value,
+    ) -> Result<String, ClientError> {
+        self.machine()?;
         let txn_id = {
             let _sending = self.inner.sending.lock().await;
             self.check_target(event_type, &content).await?;
@@ -169,6 +179,9 @@ impl Client {
         let id = q.room_id.clone();
         let room = self.blocking(move |c| Ok(c.store()?.room(&id)?)).await?;
         let room = room.ok_or_else(|| ClientError::RoomNotEncrypted(q.room_id.clone()))?;
+        let (q, content) = self
+            .upload_if_local(q, content, room.encryption.is_some())
+            .await?;
         // A room known to be unencrypted (encryption, once on, is never turned off), and
         // redactions, which are never encrypted: ready as they are.
         if room.encryption.is_none() || q.event_type == REDACTION {
@@ -194,7 +207,10 @@ impl Client {
     /// for the echo.
     async fn encrypt_item(&self, q: QueuedSend, content: Value) -> Result<QueuedSend, ClientError> {
         let machine = self.machine()?;
-        let echo = kept_echo(&q.event_type, &content);
+        // The echo kept at upload (naming the local file), or the content as it is.
+        let echo = q.echo.clone().unwrap_or_else(|| {
+            SecretBlob::new(kept_echo(&q.event_type, &content).to_string().into_bytes())
+        });
         self.blocking(move |_| {
             let mut ready = None;
             machine.encrypt_room_event_with(&q.room_id, &q.event_type, &content, |ct| {
@@ -208,7 +224,7 @@ impl Client {
                     stage: SendStage::Ready,
                     event_type: ENCRYPTED.to_owned(),
                     content: SecretBlob::new(ct.to_string().into_bytes()),
-                    echo: Some(SecretBlob::new(echo.to_string().into_bytes())),
+                    echo: Some(echo.clone()),
                     ..q.clone()
                 };
                 ready = Some(next.clone());

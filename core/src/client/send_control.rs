@@ -6,6 +6,9 @@ use std::sync::MutexGuard;
 use ruma::RoomId;
 use tokio::sync::broadcast;
 
+use serde_json::Value;
+
+use super::media::LOCAL_FILE;
 use super::send_kinds::{OutgoingMessage, queued_target};
 use super::send_state::{LocalEcho, Retries, SendState, SendUpdate};
 use super::{Client, ClientError};
@@ -61,7 +64,11 @@ impl Client {
         if q.stage != SendStage::Queued {
             return Err(ClientError::AlreadyPrepared(txn_id.to_owned()));
         }
-        if q.event_type != event_type {
+        let queued: Value = serde_json::from_slice(q.content.as_bytes()).unwrap_or_default();
+        let is_file = ["file", "url", LOCAL_FILE]
+            .iter()
+            .any(|k| queued.get(k).is_some());
+        if q.event_type != event_type || is_file {
             return Err(ClientError::InvalidInput(format!(
                 "a queued {} cannot become a {event_type}",
                 q.event_type

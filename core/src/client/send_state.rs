@@ -27,6 +27,14 @@ pub enum SendState {
     Queued,
     /// Being prepared or sent now.
     Sending,
+    /// An attachment is being uploaded: `sent_bytes` of `total_bytes` handed to the
+    /// connection (published at most once per percent).
+    Uploading {
+        /// Bytes sent so far.
+        sent_bytes: u64,
+        /// The upload's size (of the ciphertext, in an encrypted room).
+        total_bytes: u64,
+    },
     /// The server has it. `event_id` is `None` when the server's answer did not say (the
     /// remote echo will).
     Sent {
@@ -127,6 +135,8 @@ pub(crate) fn stuck_reason(error: &ClientError) -> Option<StuckReason> {
         }
         ClientError::RoomNotEncrypted(_) => StuckReason::UnknownRoom,
         ClientError::InvalidInput(_) => StuckReason::InvalidContent,
+        ClientError::FileUnreadable(_) => StuckReason::FileUnreadable,
+        ClientError::FileTooLarge { .. } => StuckReason::TooLarge,
         ClientError::Http(
             e @ HttpError::Server {
                 status, errcode, ..

@@ -3,9 +3,11 @@
 //! Answers are read with a size limit ([`MAX_BODY_BYTES`]): a server cannot make us hold an
 //! arbitrarily large body in memory.
 
+mod media;
 mod retry;
 mod stream;
 
+pub use media::UploadProgress;
 pub(crate) use retry::with_retry;
 
 use std::borrow::Cow;
@@ -223,6 +225,21 @@ impl HttpClient {
         for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
         for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
     {
+        self.start_with(request, Outgoing::default()).await
+    }
+
+    /// [`HttpClient::start`] with the body replaced (an upload's streamed body) and the
+    /// time allowed for the whole exchange changed.
+    async fn start_with<R>(
+        &self,
+        request: R,
+        outgoing: Outgoing,
+    ) -> Result<reqwest::Response, HttpError>
+    where
+        R: OutgoingRequest,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+    {
         let token = self
             .access_token
             .read()
@@ -244,6 +261,10 @@ impl HttpClient {
             builder = builder.header(name, value);
         }
         debug!(method = %parts.method, path = %redact_path(&path), "request");
+        if let Some(timeout) = outgoing.timeout {
+            builder = builder.timeout(timeout);
+        }
+        let body = outgoing.body.unwrap_or_else(|| body.into());
         let response = builder
             .body(body)
             .send()
@@ -272,6 +293,15 @@ impl HttpClient {
         let status = response.status().as_u16();
         Ok((status, read_body(response, limit).await?))
     }
+}
+
+/// How a request goes out, when not as ruma built it.
+#[derive(Default)]
+struct Outgoing {
+    /// The body to send instead of ruma's.
+    body: Option<reqwest::Body>,
+    /// The time allowed for the whole exchange, instead of the client's.
+    timeout: Option<Duration>,
 }
 
 /// The body, refused as soon as it is larger than `limit` (declared or actual).
