@@ -311,7 +311,12 @@ case PromptDismissed
 case Closed
 case bytes(key: Data)
 case passphrase(passphrase: String)
-case initial(items: [TimelineItem])
+case initial(items: [TimelineItem], echoes: [LocalEcho])
+case localEcho(echo: LocalEcho)
+case sendStateChanged(transactionId: String, state: SendState)
+case echoReplaced(transactionId: String, item: TimelineItem)
+case uploading(sentBytes: UInt64, totalBytes: UInt64)
+case NotQueued(transactionId: String)
 case appended(item: TimelineItem)
 case password(userId: String, reason: String)
 case password(password: String)
@@ -350,6 +355,15 @@ public var completed: UInt32
 public var remaining: UInt32
 func requestVerification(userId: String, deviceId: String?) async throws
 func verification(flowId: String) throws
+func queueMessage(roomId: String, message: OutgoingMessage) async throws -> String
+func queueAttachment(roomId: String, path: String, mimetype: String, name: String) async throws -> String
+func localEchoes(roomId: String) async throws -> [LocalEcho]
+func cancelSend(transactionId: String) async throws
+func editQueued(transactionId: String, message: OutgoingMessage) async throws
+func retrySend(transactionId: String) async throws
+func downloadAttachment(contentJson: String, path: String, maxBytes: UInt64) async throws -> UInt64
+public var contentJson: String
+public var transactionId: String
 case verificationRequest(
 case compareSas(
 case verificationDone(

@@ -6,23 +6,22 @@ use std::time::Duration;
 
 use newt_core::client::{Client, SyncHandle};
 use tokio::runtime::Runtime;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::warn;
 
 use crate::callbacks::{
     BackgroundScheduler, PolicyAdapter, PromptAdapter, PromptHandler, SchedulerAdapter,
-    TimelineListener, TrustPolicyProvider,
+    TrustPolicyProvider,
 };
 use crate::error::NewtError;
 use crate::ids;
 use crate::types::{
     ClientConfig, DeviceInfo, DeviceTrust, DueWorkReport, RoomKeyRotation, Session, StoreKey,
-    TimelineItem, TimelineUpdate, UserDevice,
+    UserDevice,
 };
 
 /// One runtime for all clients: its two worker threads live as long as the library.
-fn runtime() -> Result<&'static Runtime, NewtError> {
+pub(crate) fn runtime() -> Result<&'static Runtime, NewtError> {
     static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
@@ -340,53 +339,6 @@ impl NewtClient {
         run(async move { Ok(client.delete_device(&device_id).await?) }).await
     }
 
-    /// Subscribe to a room's timeline: the listener gets `Initial` (recent items) first, then
-    /// `Appended` for each new item and `Updated` when an item changed (a late room key
-    /// decrypted it), until the subscription is closed or dropped.
-    pub fn subscribe_timeline(
-        &self,
-        room_id: String,
-        listener: Arc<dyn TimelineListener>,
-    ) -> Result<Arc<TimelineSubscription>, NewtError> {
-        let client = self.client()?;
-        let room_id = ids::room_id(&room_id)?;
-        let (snapshot, mut receiver) = client.subscribe_room(&room_id);
-        drop(client);
-        let task = runtime()?.spawn(async move {
-            let items = snapshot.into_iter().map(TimelineItem::from).collect();
-            if listener
-                .on_update(TimelineUpdate::Initial { items })
-                .is_err()
-            {
-                return;
-            }
-            loop {
-                match receiver.recv().await {
-                    Ok(item) if item.room_id == room_id => {
-                        let update = if item.is_update {
-                            TimelineUpdate::Updated { item: item.into() }
-                        } else {
-                            TimelineUpdate::Appended { item: item.into() }
-                        };
-                        if let Err(e) = listener.on_update(update) {
-                            warn!(error = %e, "timeline listener failed");
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(n)) => warn!(skipped = n, "timeline listener too slow"),
-                    Err(RecvError::Closed) => break,
-                }
-            }
-        });
-        let abort = task.abort_handle();
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        tasks.retain(|t| !t.is_finished());
-        tasks.push(abort.clone());
-        Ok(Arc::new(TimelineSubscription {
-            task: Mutex::new(Some(abort)),
-        }))
-    }
-
     /// Share room keys only with devices the user verified (remembered in the store); the
     /// others get `m.room_key.withheld` with code `m.unverified`, and the key once verified.
     pub fn set_share_with_verified_only(&self, on: bool) -> Result<(), NewtError> {
@@ -476,6 +428,14 @@ impl NewtClient {
 }
 
 impl NewtClient {
+    /// Remember a subscription's task, to stop it when the client closes.
+    pub(crate) fn track(&self, abort: AbortHandle) -> AbortHandle {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(abort.clone());
+        abort
+    }
+
     fn stop_subscriptions(&self) {
         for task in self
             .tasks
@@ -499,28 +459,6 @@ impl Drop for NewtClient {
         if let (Some(client), Ok(runtime)) = (client, runtime()) {
             runtime.spawn(async move { client.close().await });
         }
-    }
-}
-
-/// A live timeline subscription; closing or dropping it stops the updates.
-#[derive(uniffi::Object)]
-pub struct TimelineSubscription {
-    task: Mutex<Option<AbortHandle>>,
-}
-
-#[uniffi::export]
-impl TimelineSubscription {
-    /// Stop the updates (idempotent).
-    pub fn close(&self) {
-        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            task.abort();
-        }
-    }
-}
-
-impl Drop for TimelineSubscription {
-    fn drop(&mut self) {
-        self.close();
     }
 }
 

@@ -1,6 +1,7 @@
 //! The one public error type, mapped from core errors in one place. Messages carry no
 //! secrets and no message content.
 
+use newt_core::attachment::AttachmentError;
 use newt_core::client::ClientError;
 use newt_core::crypto::{CryptoError, MegolmError};
 use newt_core::http::HttpError;
@@ -111,6 +112,41 @@ pub enum NewtError {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+    /// The message is not queued (any more): it was sent or cancelled.
+    #[error("message {transaction_id} is not queued")]
+    NotQueued {
+        /// The message's transaction id.
+        transaction_id: String,
+    },
+    /// The message is already encrypted for sending: send an edit once it is sent.
+    #[error("message {transaction_id} is already encrypted for sending")]
+    AlreadyPrepared {
+        /// The message's transaction id.
+        transaction_id: String,
+    },
+    /// A file could not be read or written.
+    #[error("file: {message}")]
+    File {
+        /// What failed.
+        message: String,
+    },
+    /// A file is larger than Newt uploads or downloads.
+    #[error("the file has {size} bytes, more than the {limit} allowed")]
+    FileTooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A downloaded attachment was refused: changed on the way (`tampered`) or not in a
+    /// form Newt decrypts.
+    #[error("attachment refused: {message}")]
+    AttachmentRefused {
+        /// The ciphertext does not match the hash in its event.
+        tampered: bool,
+        /// Why, in words.
+        message: String,
+    },
     /// A bug: a panic or an unexpected failure inside the SDK or a callback.
     #[error("internal error: {message}")]
     Internal {
@@ -305,6 +341,16 @@ impl From<ClientError> for NewtError {
             ClientError::PromptDismissed => NewtError::PromptDismissed,
             ClientError::InvalidResponse(message) => NewtError::InvalidResponse { message },
             ClientError::Closed => NewtError::Closed,
+            ClientError::NotQueued(transaction_id) => NewtError::NotQueued { transaction_id },
+            ClientError::AlreadyPrepared(transaction_id) => {
+                NewtError::AlreadyPrepared { transaction_id }
+            }
+            ClientError::FileUnreadable(message) => NewtError::File { message },
+            ClientError::FileTooLarge { size, limit } => NewtError::FileTooLarge { size, limit },
+            ClientError::Attachment(e) => NewtError::AttachmentRefused {
+                tampered: e == AttachmentError::HashMismatch,
+                message: e.to_string(),
+            },
             // `ClientError` is non-exhaustive: a failure added to the core later.
             other => NewtError::Internal {
                 message: other.to_string(),

@@ -11,6 +11,8 @@ mod error;
 mod ids;
 mod logging;
 mod notification;
+mod sending;
+mod timeline;
 mod trust;
 mod types;
 mod verification;
@@ -18,10 +20,12 @@ mod verification;
 pub use callbacks::{
     BackgroundScheduler, Logger, PromptHandler, TimelineListener, TrustPolicyProvider,
 };
-pub use client::{NewtClient, TimelineSubscription};
+pub use client::NewtClient;
 pub use error::{DecryptionFailure, NewtError};
 pub use logging::set_logger;
 pub use notification::{NotificationDecryptor, NotificationInfo};
+pub use sending::{LocalEcho, OutgoingMessage, SendState, StuckReason};
+pub use timeline::TimelineSubscription;
 pub use types::*;
 pub use verification::{SasEmoji, ShortAuthString, VerificationInfo, VerificationState};
 

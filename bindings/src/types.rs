@@ -6,6 +6,7 @@ use newt_core::store::LocalTrust;
 use newt_core::store::{SenderTrust as CoreSenderTrust, SharingPolicy as CoreSharingPolicy};
 
 use crate::error::DecryptionFailure;
+use crate::sending::{LocalEcho, SendState};
 
 /// How the store's secrets are encrypted at rest.
 #[derive(uniffi::Enum)]
@@ -295,6 +296,11 @@ pub struct TimelineItem {
     pub hidden_by_policy: bool,
     /// Undecryptable for now, but its key may still arrive; Newt then sends `Updated`.
     pub waiting_for_key: bool,
+    /// The content as JSON: decrypted when shown (what `downloadAttachment` takes), the
+    /// encrypted content otherwise.
+    pub content_json: String,
+    /// Our own message's transaction id: it replaces the local echo with this id.
+    pub transaction_id: Option<String>,
 }
 
 impl From<TimelineEvent> for TimelineItem {
@@ -319,6 +325,8 @@ impl From<TimelineEvent> for TimelineItem {
             legacy: e.legacy,
             hidden_by_policy: e.hidden_by_policy,
             waiting_for_key: e.waiting_for_key,
+            content_json: e.content.to_string(),
+            transaction_id: e.transaction_id,
         }
     }
 }
@@ -331,6 +339,9 @@ pub enum TimelineUpdate {
     Initial {
         /// Oldest first.
         items: Vec<TimelineItem>,
+        /// The local echoes of the room's queued messages, oldest first (shown after the
+        /// items).
+        echoes: Vec<LocalEcho>,
     },
     /// A new item.
     Appended {
@@ -341,6 +352,28 @@ pub enum TimelineUpdate {
     /// late. Replace the item with the same `event_id`.
     Updated {
         /// The new version of the item.
+        item: TimelineItem,
+    },
+    /// A message was queued, or its queued content edited: show (or replace, same
+    /// `transactionId`) its local echo.
+    LocalEcho {
+        /// The echo.
+        echo: LocalEcho,
+    },
+    /// A queued message's state changed (sending, uploading, sent, waiting, stuck,
+    /// cancelled: remove its echo).
+    SendStateChanged {
+        /// Its echo's id.
+        transaction_id: String,
+        /// The new state.
+        state: SendState,
+    },
+    /// The remote event of our own message arrived: replace the local echo with this
+    /// `transactionId` by the item (append it if no such echo is shown).
+    EchoReplaced {
+        /// The echo's id.
+        transaction_id: String,
+        /// The event.
         item: TimelineItem,
     },
 }

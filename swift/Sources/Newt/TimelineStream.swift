@@ -3,7 +3,7 @@ import NewtFFIBindings
 extension NewtClient {
     /// The timeline of one room as an `AsyncStream`.
     ///
-    /// The first element is `.initial(items:)` (the recent items Newt keeps in memory, maybe
+    /// The first element is `.initial(items:echoes:)` (the recent items Newt keeps in memory, maybe
     /// none), then one `.appended(item:)` per new item, and `.updated(item:)` when an item
     /// changed (e.g. a late room key decrypted it: replace the item with the same `eventId`).
     /// The stream finishes when the client is shut down (`shutdown()`); the underlying

@@ -51,12 +51,14 @@ final class KeySharingTests: XCTestCase {
                 let all = seen.all
                 for update in all[handled...] {
                     switch update {
-                    case .initial(let items):
+                    case .initial(let items, _):
                         if let item = items.last(where: { $0.eventId == eventId }) { before = item }
                     case .appended(let item):
                         if item.eventId == eventId { before = item }
                     case .updated(let item):
                         if item.eventId == eventId { after = item }
+                    default:
+                        break
                     }
                 }
                 handled = all.count

@@ -388,7 +388,7 @@ final class NewtTests: XCTestCase {
         let (seen, finished) = await consumer.value
         watchdog.cancel()
         XCTAssertTrue(finished, "the stream did not finish within 10 s of shutdown()")
-        guard case .initial(let items)? = seen.first else {
+        guard case .initial(let items, _)? = seen.first else {
             return XCTFail("first update is not .initial: \(seen)")
         }
         XCTAssertTrue(items.isEmpty)

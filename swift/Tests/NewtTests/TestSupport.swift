@@ -199,6 +199,7 @@ private func firstItem(in updates: AsyncStream<TimelineUpdate>, timeout: TimeInt
             for await update in updates {
                 switch update {
                 case let .appended(item) where !updated && match(item): return item
+                case let .echoReplaced(_, item) where !updated && match(item): return item
                 case let .updated(item) where updated && match(item): return item
                 default: seen.append(update)
                 }

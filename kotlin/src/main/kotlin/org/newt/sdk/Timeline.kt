@@ -9,9 +9,13 @@ import kotlinx.coroutines.flow.buffer
 import kotlinx.coroutines.flow.callbackFlow
 import kotlinx.coroutines.flow.flatMapConcat
 import kotlinx.coroutines.flow.asFlow
+import kotlinx.coroutines.flow.emptyFlow
 import kotlinx.coroutines.flow.flowOf
+import kotlinx.coroutines.flow.transform
+import kotlinx.coroutines.flow.transformWhile
 import kotlinx.coroutines.ExperimentalCoroutinesApi
 import uniffi.newt_ffi.NewtClient
+import uniffi.newt_ffi.SendState
 import uniffi.newt_ffi.TimelineItem
 import uniffi.newt_ffi.TimelineListener
 import uniffi.newt_ffi.TimelineUpdate
@@ -44,8 +48,9 @@ fun NewtClient.timeline(roomId: String): Flow<TimelineUpdate> =
     }.buffer(Channel.UNLIMITED)
 
 /**
- * The items of a timeline Flow, oldest first: the initial items, then each appended one, and
- * the new version of an item that changed (same `eventId`: replace the one shown).
+ * The items of a timeline Flow, oldest first: the initial items, then each appended one (our
+ * own messages when their remote event replaces the local echo), and the new version of an
+ * item that changed (same `eventId`: replace the one shown). Local echoes are left out.
  */
 @OptIn(ExperimentalCoroutinesApi::class)
 fun Flow<TimelineUpdate>.items(): Flow<TimelineItem> =
@@ -54,5 +59,32 @@ fun Flow<TimelineUpdate>.items(): Flow<TimelineItem> =
             is TimelineUpdate.Initial -> update.items.asFlow()
             is TimelineUpdate.Appended -> flowOf(update.item)
             is TimelineUpdate.Updated -> flowOf(update.item)
+            is TimelineUpdate.EchoReplaced -> flowOf(update.item)
+            is TimelineUpdate.LocalEcho, is TimelineUpdate.SendStateChanged -> emptyFlow()
         }
+    }
+
+/**
+ * The states of the queued message [transactionId] (as `queueMessage` / `queueAttachment`
+ * returned it), as a timeline Flow reports them: its echo's state, each change (uploading,
+ * sending, waiting to retry, stuck, sent, cancelled), then [SendState.Sent] with the event
+ * id when its remote event replaces the echo. Ends after that, or when it is cancelled.
+ */
+fun Flow<TimelineUpdate>.sendStates(transactionId: String): Flow<SendState> =
+    transform { update ->
+        when (update) {
+            is TimelineUpdate.Initial ->
+                update.echoes.firstOrNull { it.transactionId == transactionId }?.let { emit(it.state) }
+            is TimelineUpdate.LocalEcho ->
+                if (update.echo.transactionId == transactionId) emit(update.echo.state)
+            is TimelineUpdate.SendStateChanged ->
+                if (update.transactionId == transactionId) emit(update.state)
+            is TimelineUpdate.EchoReplaced ->
+                if (update.transactionId == transactionId) emit(SendState.Sent(update.item.eventId))
+            is TimelineUpdate.Appended, is TimelineUpdate.Updated -> {}
+        }
+    }.transformWhile { state ->
+        emit(state)
+        // Sent without an event id: the remote echo still comes.
+        !(state is SendState.Cancelled || (state is SendState.Sent && state.eventId != null))
     }

@@ -74,6 +74,7 @@ class KeySharingTest {
                                 is TimelineUpdate.Initial -> update.items.filter { it.eventId == eventId }.forEach { before = it }
                                 is TimelineUpdate.Appended -> if (update.item.eventId == eventId) before = update.item
                                 is TimelineUpdate.Updated -> if (update.item.eventId == eventId) after = update.item
+                                else -> {}
                             }
                             seen += update.toString()
                         }

@@ -166,6 +166,9 @@ private suspend fun ReceiveChannel<TimelineUpdate>.awaitMatching(
                 when (val update = receive()) {
                     is TimelineUpdate.Appended ->
                         if (!updated && predicate(update.item)) match = update.item else seen += update.item.describe()
+                    is TimelineUpdate.EchoReplaced ->
+                        if (!updated && predicate(update.item)) match = update.item else seen += "own " + update.item.describe()
+                    is TimelineUpdate.LocalEcho, is TimelineUpdate.SendStateChanged -> {}
                     is TimelineUpdate.Updated ->
                         if (updated && predicate(update.item)) match = update.item else seen += "updated " + update.item.describe()
                     is TimelineUpdate.Initial -> update.items.forEach { seen += "initial " + it.describe() }
