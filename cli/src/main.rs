@@ -1,7 +1,7 @@
 //! `newt`: a small command-line Matrix client on the Newt SDK.
 //!
 //! It shows how an app drives the SDK (log in once, restore the session on every start, sync,
-//! send, listen) and is what the demo script and end-to-end tests use.
+//! send messages and files, listen, download) and is what the demo script uses.
 //!
 //! ```text
 //! NEWT_STORE_KEY=secret newt --homeserver URL --store DIR <command>
@@ -9,19 +9,48 @@
 //!   create-room [--name N] [--invite @u:server ...]
 //!   join ROOM
 //!   send ROOM TEXT...
+//!   send-file ROOM PATH [--mimetype M] [--name N] [--timeout SECONDS]
 //!   listen ROOM [--count N] [--timeout SECONDS] [--include-own]
+//!   download ROOM EVENT_ID PATH [--max-bytes N]
 //!   devices @user:server
 //!   whoami
 //! ```
+//!
+//! - `send` prints the event id of each text once the server has it.
+//! - `send-file` queues the file (type guessed from its extension unless `--mimetype`
+//!   is given; shown under its file name unless `--name` is given), prints the upload's
+//!   progress and any retry on stderr, and the event id on stdout once the message is
+//!   sent (default timeout 300 s). A file that cannot be sent (stuck, or not sent in time)
+//!   is taken out of the send queue and the command fails naming the reason.
+//! - `listen` prints one JSON line per message of ROOM (`event_id`, `room_id`, `sender`,
+//!   `sender_device`, `body`, `decrypted`, `error`), others' only unless `--include-own`,
+//!   until `--count` (default 1) were printed or `--timeout` (default 60 s) passed.
+//! - `download` fetches the event EVENT_ID of ROOM from the server, decrypts it with the
+//!   store's keys (waiting up to 10 s for a room key still on its way), downloads its
+//!   attachment, checks it against its SHA-256, decrypts it and writes it to PATH (whole,
+//!   or nothing on any error); prints a JSON line with the sender, name, type and size.
+//!
+//! The inbox: every command that syncs also receives the messages that arrived since the
+//! last sync. Those a command does not print are kept in the store (the last 1,000,
+//! encrypted at rest like the rest of the store), and `listen` prints (and removes) those
+//! of its room before waiting for new ones: a message that arrived while `send` ran is
+//! still listened to.
 
+mod args;
+mod commands;
+mod files;
+mod inbox;
+mod listen;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use newt_core::client::{Client, ClientConfig, ClientError};
-use newt_core::ruma::{OwnedRoomId, OwnedRoomOrAliasId, OwnedUserId};
+use newt_core::client::{Client, ClientConfig};
 use newt_core::store::StoreKey;
-use serde_json::json;
+
+use crate::args::{Args, Command, parse_args};
+use crate::inbox::{Inbox, Recorder};
 
 const USAGE: &str = "usage: NEWT_STORE_KEY=... newt --homeserver URL --store DIR <command>
 commands:
@@ -29,237 +58,78 @@ commands:
   create-room [--name N] [--invite @u:server ...]
   join ROOM
   send ROOM TEXT...
+  send-file ROOM PATH [--mimetype M] [--name N] [--timeout SECONDS]
+      queue a file, wait until it is sent (default 300 s), print its event id
   listen ROOM [--count N] [--timeout SECONDS] [--include-own]
+      print messages as JSON lines, first those kept in the inbox
+  download ROOM EVENT_ID PATH [--max-bytes N]
+      fetch and decrypt the event, save its attachment (hash checked) to PATH
   devices @user:server
-  whoami";
+  whoami
+Messages a command receives but does not print are kept in the store (encrypted,
+the last 1000) until `listen ROOM` prints them.";
 
-#[derive(Debug)]
-struct Args {
-    homeserver: String,
-    store: String,
-    command: String,
-    rest: Vec<String>,
+/// What every command works with.
+pub(crate) struct Ctx {
+    pub(crate) client: Arc<Client>,
+    pub(crate) homeserver: String,
+    pub(crate) store: PathBuf,
+    pub(crate) key: StoreKey,
 }
 
-fn parse_args(mut args: Vec<String>) -> Result<Args, String> {
-    let mut homeserver = None;
-    let mut store = None;
-    while args.first().is_some_and(|a| a.starts_with("--")) {
-        let flag = args.remove(0);
-        if args.is_empty() {
-            return Err(format!("{flag} needs a value"));
+impl Ctx {
+    /// Restore the stored session, or say how to get one.
+    pub(crate) fn restored(&self) -> Result<(), String> {
+        match self.client.restore_session() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("not logged in: run `newt login` first".into()),
+            Err(e) => Err(e.to_string()),
         }
-        let value = args.remove(0);
-        match flag.as_str() {
-            "--homeserver" => homeserver = Some(value),
-            "--store" => store = Some(value),
-            other => return Err(format!("unknown option {other}")),
-        }
-    }
-    if args.is_empty() {
-        return Err("missing command".into());
-    }
-    let command = args.remove(0);
-    Ok(Args {
-        homeserver: homeserver.ok_or("--homeserver is required")?,
-        store: store.ok_or("--store is required")?,
-        command,
-        rest: args,
-    })
-}
-
-/// `--flag value` pairs and positional arguments.
-type Parsed = (Vec<(String, String)>, Vec<String>);
-
-/// Split `--flag value` pairs (repeatable) from positional arguments.
-fn options(rest: &[String], flags: &[&str], switches: &[&str]) -> Result<Parsed, String> {
-    let mut opts = Vec::new();
-    let mut positional = Vec::new();
-    let mut i = 0;
-    while i < rest.len() {
-        let arg = &rest[i];
-        if switches.contains(&arg.as_str()) {
-            opts.push((arg.clone(), String::new()));
-        } else if flags.contains(&arg.as_str()) {
-            let value = rest
-                .get(i + 1)
-                .ok_or_else(|| format!("{arg} needs a value"))?;
-            opts.push((arg.clone(), value.clone()));
-            i += 1;
-        } else if arg.starts_with("--") {
-            return Err(format!("unknown option {arg}"));
-        } else {
-            positional.push(arg.clone());
-        }
-        i += 1;
-    }
-    Ok((opts, positional))
-}
-
-fn opt<'a>(opts: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    opts.iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-fn restored(client: &Client) -> Result<(), String> {
-    match client.restore_session() {
-        Ok(true) => Ok(()),
-        Ok(false) => Err("not logged in: run `newt login` first".into()),
-        Err(e) => Err(e.to_string()),
     }
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let key = std::env::var("NEWT_STORE_KEY")
+    let passphrase = std::env::var("NEWT_STORE_KEY")
         .map_err(|_| "set NEWT_STORE_KEY to the store passphrase")?;
-    let client = Arc::new(
-        Client::new(ClientConfig {
-            homeserver: args.homeserver.clone(),
-            store_dir: args.store.clone().into(),
-            store_key: StoreKey::from_passphrase(&key),
-        })
-        .map_err(|e| e.to_string())?,
-    );
-    let err = |e: ClientError| e.to_string();
-    let quick = Duration::from_millis(0);
-    match args.command.as_str() {
-        "login" => {
-            let (opts, _) = options(&args.rest, &["--user", "--password", "--device-id"], &[])?;
-            let user = opt(&opts, "--user").ok_or("--user is required")?;
-            let password = opt(&opts, "--password").ok_or("--password is required")?;
-            let session = client
-                .login_password(user, password, opt(&opts, "--device-id"))
-                .await
-                .map_err(err)?;
-            client.sync_once(quick).await.map_err(err)?;
-            println!(
-                "{}",
-                json!({"user_id": session.user_id, "device_id": session.device_id, "fingerprint": client.fingerprint().map_err(err)?})
-            );
-        }
-        "whoami" => {
-            restored(&client)?;
-            let session = client.session().ok_or("not logged in")?;
-            println!(
-                "{}",
-                json!({"user_id": session.user_id, "device_id": session.device_id, "fingerprint": client.fingerprint().map_err(err)?})
-            );
-        }
-        "create-room" => {
-            restored(&client)?;
-            let (opts, _) = options(&args.rest, &["--name", "--invite"], &[])?;
-            let invites: Vec<OwnedUserId> = opts
-                .iter()
-                .filter(|(k, _)| k == "--invite")
-                .map(|(_, v)| parse_id::<OwnedUserId>(v, "--invite"))
-                .collect::<Result<_, _>>()?;
-            client.sync_once(quick).await.map_err(err)?;
-            let room = client
-                .create_encrypted_room(opt(&opts, "--name"), &invites)
-                .await
-                .map_err(err)?;
-            println!("{room}");
-        }
-        "join" => {
-            restored(&client)?;
-            let room = args.rest.first().ok_or("join needs a room")?;
-            let room: OwnedRoomOrAliasId = parse_id(room, "room id or alias")?;
-            let room_id = client.join(&room).await.map_err(err)?;
-            client.sync_once(quick).await.map_err(err)?;
-            println!("{room_id}");
-        }
-        "send" => {
-            restored(&client)?;
-            let (room, texts) = args
-                .rest
-                .split_first()
-                .ok_or("send needs a room and text")?;
-            if texts.is_empty() {
-                return Err("send needs at least one text".into());
-            }
-            let room: OwnedRoomId = parse_id(room, "room id")?;
-            client.sync_once(quick).await.map_err(err)?;
-            for text in texts {
-                println!("{}", client.send_text(&room, text).await.map_err(err)?);
-            }
-        }
-        "listen" => {
-            restored(&client)?;
-            let (opts, positional) =
-                options(&args.rest, &["--count", "--timeout"], &["--include-own"])?;
-            let room: OwnedRoomId =
-                parse_id(positional.first().ok_or("listen needs a room")?, "room id")?;
-            let count: usize = opt(&opts, "--count")
-                .unwrap_or("1")
-                .parse()
-                .map_err(|_| "--count must be a number")?;
-            let timeout: u64 = opt(&opts, "--timeout")
-                .unwrap_or("60")
-                .parse()
-                .map_err(|_| "--timeout must be seconds")?;
-            let include_own = opt(&opts, "--include-own").is_some();
-            let own = client.session().ok_or("not logged in")?.user_id;
-            let mut events = client.subscribe_timeline();
-            let deadline = Instant::now() + Duration::from_secs(timeout);
-            let mut seen = 0;
-            while seen < count {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(format!("timeout: received {seen} of {count} messages"));
-                }
-                let poll = left.min(Duration::from_secs(5));
-                match tokio::time::timeout(left, client.sync_once(poll)).await {
-                    Ok(result) => result.map_err(err)?,
-                    Err(_) => return Err(format!("timeout: received {seen} of {count} messages")),
-                }
-                while let Ok(event) = events.try_recv() {
-                    if event.room_id != room
-                        || (!include_own && event.sender == own)
-                        || seen >= count
-                    {
-                        continue;
-                    }
-                    seen += 1;
-                    println!(
-                        "{}",
-                        json!({
-                            "event_id": event.event_id, "room_id": event.room_id, "sender": event.sender,
-                            "sender_device": event.sender_device, "body": event.body,
-                            "decrypted": event.decrypted, "error": event.error,
-                        })
-                    );
-                }
-            }
-        }
-        "devices" => {
-            restored(&client)?;
-            let user = args.rest.first().ok_or("devices needs a user id")?;
-            let user: OwnedUserId = parse_id(user, "user id")?;
-            for device in client.devices(&user).await.map_err(err)? {
-                println!(
-                    "{}",
-                    json!({
-                        "user_id": device.user_id, "device_id": device.device_id,
-                        "display_name": device.display_name, "ed25519": device.ed25519,
-                        "curve25519": device.curve25519, "trust": device.local_trust.as_str(),
-                        "deleted": device.deleted,
-                    })
-                );
-            }
-        }
-        other => return Err(format!("unknown command {other}\n{USAGE}")),
-    }
-    Ok(())
+    let key = StoreKey::from_passphrase(&passphrase);
+    let client = Client::new(ClientConfig {
+        homeserver: args.homeserver.clone(),
+        store_dir: args.store.clone(),
+        store_key: key.clone(),
+    })
+    .map_err(|e| e.to_string())?;
+    // Subscribed before any sync: every item a sync brings is printed or kept.
+    let inbox = Inbox::in_store(client.store().map_err(|e| e.to_string())?, &args.store);
+    let mut recorder = Recorder::new(client.subscribe_timeline(), inbox);
+    let ctx = Ctx {
+        client: Arc::new(client),
+        homeserver: args.homeserver,
+        store: args.store,
+        key,
+    };
+    let result = dispatch(&ctx, &mut recorder, &args.command).await;
+    recorder.keep_rest().await;
+    result
 }
 
-/// An id from the command line, or a message naming what was expected.
-fn parse_id<T>(value: &str, what: &str) -> Result<T, String>
-where
-    T: for<'a> TryFrom<&'a str>,
-    for<'a> <T as TryFrom<&'a str>>::Error: std::fmt::Display,
-{
-    T::try_from(value).map_err(|e| format!("invalid {what} {value:?}: {e}"))
+async fn dispatch(ctx: &Ctx, recorder: &mut Recorder, command: &Command) -> Result<(), String> {
+    match command {
+        Command::Login {
+            user,
+            password,
+            device_id,
+        } => commands::login(ctx, user, password, device_id.as_deref()).await,
+        Command::Whoami => commands::whoami(ctx),
+        Command::CreateRoom { name, invites } => {
+            commands::create_room(ctx, name.as_deref(), invites).await
+        }
+        Command::Join { room } => commands::join(ctx, room).await,
+        Command::Send { room, texts } => commands::send(ctx, room, texts).await,
+        Command::SendFile(a) => files::send_file(ctx, a).await,
+        Command::Listen(a) => listen::listen(ctx, recorder, a).await,
+        Command::Download(a) => files::download(ctx, a).await,
+        Command::Devices { user } => commands::devices(ctx, user).await,
+    }
 }
 
 fn main() -> ExitCode {
@@ -292,5 +162,28 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_usage_names_every_command_and_the_inbox() {
+        for command in [
+            "login",
+            "create-room",
+            "join",
+            "send ROOM",
+            "send-file",
+            "listen",
+            "download",
+            "devices",
+            "whoami",
+        ] {
+            assert!(USAGE.contains(&format!("  {command}")), "{command}");
+        }
+        assert!(USAGE.contains(&format!("the last {}", inbox::MAX_ITEMS)));
     }
 }

@@ -377,6 +377,62 @@ impl Attacker {
         answer["chunk"].as_array().cloned().unwrap_or_default()
     }
 
+    /// All the events of a room the server gives this user, oldest first (paginated).
+    pub fn all_room_messages(&self, room: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut from = String::new();
+        loop {
+            let path = format!(
+                "/rooms/{}/messages?dir=f&limit=100{from}",
+                encode_segment(room)
+            );
+            let answer = self.api("GET", &path, None);
+            let chunk = answer["chunk"].as_array().cloned().unwrap_or_default();
+            if chunk.is_empty() {
+                return events;
+            }
+            events.extend(chunk);
+            match answer["end"].as_str() {
+                Some(end) => from = format!("&from={}", encode_segment(end)),
+                None => return events,
+            }
+        }
+    }
+
+    /// The Megolm `(session id, message index)` of each encrypted event `sender` sent in
+    /// `room`, oldest first.
+    pub fn megolm_indices(&self, room: &str, sender: &str) -> Vec<(String, u32)> {
+        let events = self.all_room_messages(room);
+        let ours = events.into_iter().filter(|e| e["sender"] == sender);
+        let encrypted = ours.filter(|e| e["type"] == "m.room.encrypted");
+        encrypted
+            .map(|e| {
+                let content = &e["content"];
+                let ciphertext = content["ciphertext"].as_str().unwrap_or_default();
+                let message = vodozemac::megolm::MegolmMessage::from_base64(ciphertext)
+                    .expect("a Megolm message");
+                let session = content["session_id"].as_str().unwrap_or_default();
+                (session.to_owned(), message.message_index())
+            })
+            .collect()
+    }
+
+    /// Per Megolm session of `sender`'s events in `room`, the indices on the server are
+    /// exactly 0, 1, 2, ...: none skipped (a ratchet wasted) or used twice.
+    pub fn assert_each_index_used_once(&self, room: &str, sender: &str) {
+        let mut by_session: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+        for (session, index) in self.megolm_indices(room, sender) {
+            by_session.entry(session).or_default().push(index);
+        }
+        for (session, indices) in by_session {
+            let expected: Vec<u32> = (0..indices.len() as u32).collect();
+            assert_eq!(
+                indices, expected,
+                "session {session}: an index skipped or reused"
+            );
+        }
+    }
+
     /// One `/sync` (no long-polling) from where the last one ended.
     pub fn sync(&mut self) -> Value {
         let path = match &self.since {

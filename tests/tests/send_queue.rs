@@ -121,24 +121,6 @@ async fn a_message_whose_echo_came_back_is_not_sent_again() {
     drop(w);
 }
 
-/// The Megolm `(session id, message index)` of each encrypted event `sender` sent in
-/// `room`, as the server holds them (read by `reader`), oldest first.
-fn megolm_indices(reader: &Attacker, room: &str, sender: &str) -> Vec<(String, u32)> {
-    let mut events = reader.room_messages(room);
-    events.reverse();
-    let ours = events.into_iter().filter(|e| e["sender"] == sender);
-    let encrypted = ours.filter(|e| e["type"] == "m.room.encrypted");
-    encrypted
-        .map(|e| {
-            let content = &e["content"];
-            let ciphertext = content["ciphertext"].as_str().unwrap_or_default();
-            let message = vodozemac::megolm::MegolmMessage::from_base64(ciphertext).unwrap();
-            let session = content["session_id"].as_str().unwrap_or_default();
-            (session.to_owned(), message.message_index())
-        })
-        .collect()
-}
-
 /// The queued transaction ids in the store in `dir` (read by a handle of the test's own).
 fn queued_txn_ids(dir: &std::path::Path) -> Vec<String> {
     let key = StoreKey::from_passphrase(clients::STORE_PASSPHRASE);
@@ -313,17 +295,7 @@ async fn kill_rounds(
 /// exactly 0, 1, 2, ...: none skipped (a ratchet wasted) or used twice.
 fn assert_each_index_used_once(w: &World, room: &RoomId, sender: &str) {
     let reader = Attacker::login(&w.hs.base_url, "bob", "bob-pw", None);
-    let mut by_session: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    for (session, index) in megolm_indices(&reader, room.as_str(), sender) {
-        by_session.entry(session).or_default().push(index);
-    }
-    for (session, indices) in by_session {
-        let expected: Vec<u32> = (0..indices.len() as u32).collect();
-        assert_eq!(
-            indices, expected,
-            "session {session}: an index skipped or reused"
-        );
-    }
+    reader.assert_each_index_used_once(room.as_str(), sender);
 }
 
 /// `send-process` sending `texts` as alice (none: what the queue holds), with a new room

@@ -6,7 +6,9 @@
 
 use ruma::events::room::history_visibility::RoomHistoryVisibilityEventContent;
 use ruma::events::room::member::MembershipState;
-use ruma::{OwnedEventId, OwnedUserId, RoomId, UserId};
+use std::collections::HashSet;
+
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::Value;
 use tracing::debug;
@@ -109,13 +111,23 @@ pub(crate) fn with_membership(
     Ok(room)
 }
 
+/// What a sync answer changes in the rooms.
+pub(crate) struct RoomChanges {
+    /// Room and member records, and the queued messages whose echo came back.
+    pub(crate) changes: Changes,
+    /// The encrypted joined rooms.
+    pub(crate) encrypted: Vec<OwnedRoomId>,
+    /// Queued messages whose echo came back: `(room, transaction id, event id)`.
+    pub(crate) echoed: Vec<(OwnedRoomId, String, OwnedEventId)>,
+}
+
 /// Room and member records from the answer; joined rooms' timelines are read for state
-/// too (after `state`). Returns the changes and the ids of the encrypted joined rooms.
+/// too (after `state`), and for the echoes of our queued messages.
 pub(crate) fn room_changes(
     store: &dyn Store,
     sync: &SyncResponse,
     own_user: &UserId,
-) -> Result<(Changes, Vec<ruma::OwnedRoomId>), StoreError> {
+) -> Result<RoomChanges, StoreError> {
     let mut changes = Changes::default();
     // A room listed in several sections: invite, then leave, then join win in this order.
     for room_id in &sync.invited {
@@ -133,6 +145,9 @@ pub(crate) fn room_changes(
         }
     }
     let mut encrypted = Vec::new();
+    let mut echoed = Vec::new();
+    // Read once, and only if the answer has echoes of our own.
+    let mut queued: Option<HashSet<String>> = None;
     for joined in &sync.joined {
         let mut room = with_membership(store, &joined.room_id, MembershipState::Join)?;
         let mut members = Vec::new();
@@ -146,11 +161,25 @@ pub(crate) fn room_changes(
         changes.client.members.extend(members);
         changes.client.rooms.push(room);
         for (txn_id, event_id) in own_echoes(&joined.timeline, own_user) {
-            changes.client.finished_sends.push(txn_id.clone());
-            changes.client.sent_events.push((txn_id, event_id));
+            if queued.is_none() {
+                let txns = store.queued_sends()?.into_iter().map(|q| q.txn_id);
+                queued = Some(txns.collect());
+            }
+            if queued.as_ref().is_some_and(|q| q.contains(&txn_id)) {
+                changes.client.finished_sends.push(txn_id.clone());
+                changes
+                    .client
+                    .sent_events
+                    .push((txn_id.clone(), event_id.clone()));
+                echoed.push((joined.room_id.clone(), txn_id, event_id));
+            }
         }
     }
-    Ok((changes, encrypted))
+    Ok(RoomChanges {
+        changes,
+        encrypted,
+        echoed,
+    })
 }
 
 /// Transaction ids of our own events in a timeline (the server adds them for the device

@@ -168,7 +168,8 @@ impl Client {
     /// Store and crypto I/O: runs on a blocking thread ([`Client::blocking`]).
     fn apply_sync(&self, machine: &Arc<OlmMachine>, sync: SyncResponse) -> Result<(), ClientError> {
         let store = self.store()?;
-        let (extra, encrypted_rooms) = room_changes(&*store, &sync, machine.user_id())?;
+        let rooms = room_changes(&*store, &sync, machine.user_id())?;
+        let (extra, encrypted_rooms) = (rooms.changes, rooms.encrypted);
         // The app's callback runs before the machine is locked (it may call back into us).
         let policies: HashMap<OwnedRoomId, TrustPolicy> = sync
             .joined
@@ -192,6 +193,13 @@ impl Client {
         self.report_verifications(std::mem::take(&mut outcome.verifications));
         for item in timelines.items {
             self.publish(item);
+        }
+        for (room_id, txn_id, event_id) in rooms.echoed {
+            // Its answer was lost, but the server has it.
+            let state = super::send_state::SendState::Sent {
+                event_id: Some(event_id),
+            };
+            self.publish_send(&room_id, &txn_id, state, None);
         }
         self.retry_late_keys(machine, &outcome, &timelines.event_ids)
     }
