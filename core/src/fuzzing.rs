@@ -195,6 +195,8 @@ const COLUMNS: &[(&str, &str)] = &[
     ("send_queue", "content"),
     ("send_queue", "stage"),
     ("send_queue", "event_type"),
+    ("send_queue", "echo"),
+    ("send_queue", "stuck"),
     ("withheld_notices", "code"),
     ("key_requests", "request_id"),
     ("no_olm_room_keys", "session_key"),

@@ -189,3 +189,37 @@ async fn a_missing_file_is_stuck_until_retried() {
     assert_eq!(downloaded.unwrap(), data);
     drop(w);
 }
+
+/// The server refuses the upload as too large (413): the message is stuck with `TooLarge`
+/// and nothing is retried by itself; retried by the app (the server's limit raised, say),
+/// it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_the_server_refuses_as_too_large_is_stuck_until_retried() {
+    let w = World::new(&["alice", "bob"]);
+    let (proxy, alice, bob, room) = w.alice_behind_a_proxy().await;
+    let mut log = SendLog::new(&alice);
+    proxy.rule("/media/v3/upload", Action::Fail(413), Some(1));
+    let (path, data) = random_file(w.dirs.path(), "big.bin", 2000);
+    let file = Attachment {
+        path,
+        mimetype: "application/octet-stream".into(),
+        name: "big.bin".into(),
+    };
+    let txn = alice.queue_attachment(&room, file).await.unwrap();
+    let stuck = SendState::Stuck {
+        reason: StuckReason::TooLarge,
+    };
+    log.until(&txn, |s| *s == stuck).await;
+    alice.sync_once(Duration::ZERO).await.unwrap();
+    assert_eq!(
+        proxy.bodies("/media/v3/upload").len(),
+        1,
+        "not retried by itself"
+    );
+    alice.retry_send(&txn).await.unwrap();
+    log.until(&txn, is_sent).await;
+    let got = clients::receive(&bob, &room, 1).await;
+    let downloaded = bob.download_attachment(&got[0].content, 1 << 20).await;
+    assert_eq!(downloaded.unwrap(), data);
+    drop(w);
+}

@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use newt_core::client::{OutgoingMessage, SendState};
-use newt_core::ruma::UserId;
+use newt_core::ruma::{OwnedRoomId, OwnedRoomOrAliasId, UserId};
 use newt_core::store::{LocalTrust, SharingPolicy, StuckReason};
+use newt_e2e_tests::attacker::{Attacker, encode_segment};
 use newt_e2e_tests::clients::{self, SendLog, World};
 use newt_e2e_tests::proxy::Action;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn text(body: &str) -> OutgoingMessage {
     OutgoingMessage::Text { body: body.into() }
@@ -309,5 +310,53 @@ async fn a_reaction_to_a_message_whose_answer_was_lost_names_its_echo() {
     let of = |txn: &str| puts.iter().filter(|(p, _)| p.ends_with(txn)).count();
     assert!(of(&hello) >= 4, "{puts:?}");
     assert_eq!(of(&to_hello), 1, "the reaction is sent once");
+    drop(w);
+}
+
+/// alice was kicked from a room: her message there is refused (403) and stuck with
+/// `Forbidden`; her message to another room, queued after it, goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_to_a_room_we_were_removed_from_is_stuck_and_others_go_on() {
+    let w = World::new(&["alice", "bob"]);
+    let (alice, bob, room) = w.alice_and_bob().await;
+    let mut log = SendLog::new(&alice);
+    let carol = Attacker::register(&w.hs, "carol");
+    let created = json!({"preset": "public_chat", "invite": ["@alice:localhost"]});
+    let other = carol.api("POST", "/createRoom", Some(&created))["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other_id = OwnedRoomId::try_from(other.as_str()).unwrap();
+    alice
+        .join(&OwnedRoomOrAliasId::from(other_id.clone()))
+        .await
+        .unwrap();
+    alice.sync_once(Duration::ZERO).await.unwrap();
+    let kick = json!({"user_id": "@alice:localhost"});
+    carol.api(
+        "POST",
+        &format!("/rooms/{}/kick", encode_segment(&other)),
+        Some(&kick),
+    );
+    alice.sync_once(Duration::ZERO).await.unwrap();
+
+    let refused = alice
+        .queue_message(&other_id, text("let me in"))
+        .await
+        .unwrap();
+    let fine = alice
+        .queue_message(&room, text("still here"))
+        .await
+        .unwrap();
+    let forbidden = SendState::Stuck {
+        reason: StuckReason::Forbidden,
+    };
+    log.until(&refused, |s| *s == forbidden).await;
+    log.until(&fine, is_sent).await;
+    let got = clients::receive(&bob, &room, 1).await;
+    assert_eq!(got[0].body.as_deref(), Some("still here"));
+    let echoes = alice.local_echoes(&other_id).await.unwrap();
+    assert_eq!(echoes.len(), 1);
+    assert_eq!(echoes[0].state, forbidden);
     drop(w);
 }

@@ -248,7 +248,7 @@ impl Client {
     /// A client on any [`Store`] implementation.
     pub fn with_store(homeserver: &str, store: Arc<dyn Store>) -> Result<Self, ClientError> {
         let (timeline, _) = broadcast::channel(4096);
-        let (send_updates, _) = broadcast::channel(1024);
+        let (send_updates, _) = broadcast::channel(4096);
         let inner = Inner {
             http: HttpClient::new(homeserver)?,
             store: RwLock::new(Some(store)),
