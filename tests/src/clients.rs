@@ -8,9 +8,11 @@ use newt_core::client::{Client, ClientConfig, SendState, SendUpdate, TimelineEve
 use newt_core::ruma::{OwnedRoomId, OwnedRoomOrAliasId, OwnedUserId, RoomId};
 use newt_core::store::StoreKey;
 
+use serde_json::json;
 use tokio::sync::broadcast;
 
 use crate::Synapse;
+use crate::attacker::Attacker;
 use crate::proxy::FaultProxy;
 
 /// Passphrase of every test store.
@@ -117,6 +119,21 @@ impl World {
     /// Log `user` in with the store `store`.
     pub async fn login(&self, user: &str, store: &str) -> Arc<Client> {
         login(&self.hs.base_url, &self.dir(store), user).await
+    }
+
+    /// A public room without encryption that `creator` made and `member` joined (and synced).
+    pub async fn public_room(&self, creator: &Attacker, member: &Client) -> OwnedRoomId {
+        let user = member.session().expect("logged in").user_id;
+        let created = json!({"preset": "public_chat", "invite": [user]});
+        let answer = creator.api("POST", "/createRoom", Some(&created));
+        let room = OwnedRoomId::try_from(answer["room_id"].as_str().expect("a room id"))
+            .expect("a valid room id");
+        member
+            .join(&OwnedRoomOrAliasId::from(room.clone()))
+            .await
+            .expect("join");
+        member.sync_once(Duration::ZERO).await.expect("sync");
+        room
     }
 
     /// alice (talking through a fault proxy) and bob in an encrypted room alice created:

@@ -7,13 +7,11 @@ use std::time::Duration;
 
 use newt_core::attachment::AttachmentError;
 use newt_core::client::{Attachment, ClientError, OutgoingMessage, SendState};
-use newt_core::ruma::{OwnedRoomId, OwnedRoomOrAliasId};
 use newt_core::store::StuckReason;
 use newt_e2e_tests::attacker::Attacker;
 use newt_e2e_tests::clients::{self, SendLog, World};
 use newt_e2e_tests::proxy::{Action, Rewrite};
 use rand::RngCore;
-use serde_json::json;
 
 /// A file of `len` random bytes in `dir`.
 fn random_file(dir: &std::path::Path, name: &str, len: usize) -> (std::path::PathBuf, Vec<u8>) {
@@ -119,17 +117,9 @@ async fn an_encrypted_attachment_round_trips_and_a_tampered_one_is_refused() {
 async fn a_plain_room_gets_the_file_as_it_is() {
     let w = World::new(&["bob"]);
     let carol = Attacker::register(&w.hs, "carol");
-    let created = json!({"preset": "public_chat", "invite": ["@bob:localhost"]});
-    let room = carol.api("POST", "/createRoom", Some(&created))["room_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let bob = w.login("bob", "bob").await;
-    let room_id = OwnedRoomId::try_from(room.as_str()).unwrap();
-    bob.join(&OwnedRoomOrAliasId::from(room_id.clone()))
-        .await
-        .unwrap();
-    bob.sync_once(Duration::ZERO).await.unwrap();
+    let room_id = w.public_room(&carol, &bob).await;
+    let room = room_id.to_string();
     let mut log = SendLog::new(&bob);
     let (path, data) = random_file(w.dirs.path(), "notes.txt", 5000);
     let file = Attachment {

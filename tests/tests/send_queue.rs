@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use newt_core::client::Client;
-use newt_core::ruma::{OwnedRoomId, OwnedRoomOrAliasId, RoomId};
+use newt_core::ruma::{OwnedRoomId, RoomId};
 use newt_core::store::{ClientStore, SqliteStore, StoreKey};
 use newt_e2e_tests::attacker::{Attacker, encode_segment};
 use newt_e2e_tests::clients::{self, World};
@@ -28,17 +28,9 @@ fn stored_event(reader: &Attacker, room: &str, event_id: &str) -> Value {
 async fn a_plain_room_gets_messages_in_clear_until_encryption_is_turned_on() {
     let w = World::new(&["bob"]);
     let carol = Attacker::register(&w.hs, "carol");
-    let created = json!({"preset": "public_chat", "invite": ["@bob:localhost"]});
-    let room = carol.api("POST", "/createRoom", Some(&created))["room_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let bob = w.login("bob", "bob").await;
-    let room_id = OwnedRoomId::try_from(room.as_str()).unwrap();
-    bob.join(&OwnedRoomOrAliasId::from(room_id.clone()))
-        .await
-        .unwrap();
-    bob.sync_once(Duration::ZERO).await.unwrap();
+    let room_id = w.public_room(&carol, &bob).await;
+    let room = room_id.to_string();
 
     let clear = bob.send_text(&room_id, "hello in clear").await.unwrap();
     let event = stored_event(&carol, &room, clear.as_str());

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use newt_core::client::{OutgoingMessage, SendState};
-use newt_core::ruma::{OwnedRoomId, OwnedRoomOrAliasId, UserId};
+use newt_core::ruma::UserId;
 use newt_core::store::{LocalTrust, SharingPolicy, StuckReason};
 use newt_e2e_tests::attacker::{Attacker, encode_segment};
 use newt_e2e_tests::clients::{self, SendLog, World};
@@ -321,17 +321,8 @@ async fn a_message_to_a_room_we_were_removed_from_is_stuck_and_others_go_on() {
     let (alice, bob, room) = w.alice_and_bob().await;
     let mut log = SendLog::new(&alice);
     let carol = Attacker::register(&w.hs, "carol");
-    let created = json!({"preset": "public_chat", "invite": ["@alice:localhost"]});
-    let other = carol.api("POST", "/createRoom", Some(&created))["room_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let other_id = OwnedRoomId::try_from(other.as_str()).unwrap();
-    alice
-        .join(&OwnedRoomOrAliasId::from(other_id.clone()))
-        .await
-        .unwrap();
-    alice.sync_once(Duration::ZERO).await.unwrap();
+    let other_id = w.public_room(&carol, &alice).await;
+    let other = other_id.to_string();
     let kick = json!({"user_id": "@alice:localhost"});
     carol.api(
         "POST",

@@ -59,16 +59,7 @@ impl Client {
         room_id: &RoomId,
         file: Attachment,
     ) -> Result<String, ClientError> {
-        let size = tokio::fs::metadata(&file.path)
-            .await
-            .map_err(|e| ClientError::FileUnreadable(e.to_string()))?
-            .len();
-        if size > MAX_ATTACHMENT_BYTES {
-            return Err(ClientError::FileTooLarge {
-                size,
-                limit: MAX_ATTACHMENT_BYTES,
-            });
-        }
+        let size = size_within_limit(&file.path).await?;
         let path = file.path.to_str().ok_or_else(|| {
             ClientError::InvalidInput("the file's path is not valid UTF-8".into())
         })?;
@@ -198,8 +189,8 @@ impl Client {
     }
 }
 
-/// The file's bytes, refused if it is gone or too large.
-async fn read_file(path: &Path) -> Result<Vec<u8>, ClientError> {
+/// The file's size, refused if it is gone or larger than [`MAX_ATTACHMENT_BYTES`].
+async fn size_within_limit(path: &Path) -> Result<u64, ClientError> {
     let size = tokio::fs::metadata(path)
         .await
         .map_err(|e| ClientError::FileUnreadable(e.to_string()))?
@@ -210,6 +201,12 @@ async fn read_file(path: &Path) -> Result<Vec<u8>, ClientError> {
             limit: MAX_ATTACHMENT_BYTES,
         });
     }
+    Ok(size)
+}
+
+/// The file's bytes, refused if it is gone or too large.
+async fn read_file(path: &Path) -> Result<Vec<u8>, ClientError> {
+    size_within_limit(path).await?;
     tokio::fs::read(path)
         .await
         .map_err(|e| ClientError::FileUnreadable(e.to_string()))
