@@ -351,3 +351,56 @@ async fn a_message_to_a_room_we_were_removed_from_is_stuck_and_others_go_on() {
     assert_eq!(echoes[0].state, forbidden);
     drop(w);
 }
+
+/// While the queue drains (each send slowed down), queueing returns at once (a new echo is
+/// published before the message being sent is sent), and a cancel waits for the message
+/// being sent only, not for the rest of the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queueing_and_cancelling_do_not_wait_for_the_queue_to_drain() {
+    let w = World::new(&["alice", "bob"]);
+    let (proxy, alice, bob, room) = w.alice_behind_a_proxy().await;
+    let mut log = SendLog::new(&alice);
+    let slow = Action::Delay(Duration::from_millis(400));
+    proxy.rule("/send/m.room.encrypted/", slow, None);
+    let first = alice.queue_message(&room, text("first")).await.unwrap();
+    log.until(&first, |s| *s == SendState::Sending).await;
+    let mut next = Vec::new();
+    for i in 0..6 {
+        next.push(
+            alice
+                .queue_message(&room, text(&format!("next {i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    log.until(&first, is_sent).await;
+    let position = |txn: &str, pred: &dyn Fn(&SendState) -> bool| {
+        log.seen
+            .iter()
+            .position(|u| u.txn_id == txn && pred(&u.state))
+            .unwrap()
+    };
+    let last_echo = position(&next[5], &|s| *s == SendState::Queued);
+    assert!(
+        last_echo < position(&first, &is_sent),
+        "queued while the first was being sent"
+    );
+
+    log.until(&next[0], |s| *s == SendState::Sending).await;
+    alice.cancel_send(&next[5]).await.unwrap();
+    log.until(&next[5], |s| *s == SendState::Cancelled).await;
+    log.until(&next[4], is_sent).await;
+    let got = clients::receive(&bob, &room, 6).await;
+    let bodies: Vec<_> = got.iter().map(|e| e.body.clone().unwrap()).collect();
+    assert_eq!(
+        bodies,
+        ["first", "next 0", "next 1", "next 2", "next 3", "next 4"]
+    );
+    let puts = proxy.requests("/send/m.room.encrypted/");
+    assert!(
+        !puts.iter().any(|(p, _)| p.ends_with(&next[5])),
+        "the cancelled one"
+    );
+    assert!(alice.local_echoes(&room).await.unwrap().is_empty());
+    drop(w);
+}

@@ -203,6 +203,9 @@ struct Inner {
     send_retries: Mutex<send_state::Retries>,
     /// A background drain of the send queue was asked for and has not started.
     drain_requested: std::sync::atomic::AtomicBool,
+    /// Calls of the app (cancel, edit, retry) waiting for `sending`: a drain stops after
+    /// the message it is on, so that they wait for one message, not the whole queue.
+    control_waiting: std::sync::atomic::AtomicUsize,
     /// When the retry timer that is set fires (Unix ms; `u64::MAX`: none is set).
     send_timer_due_ms: std::sync::atomic::AtomicU64,
     /// Serialises `/sync` processing (owned guards: a blocking job may hold it).
@@ -259,6 +262,7 @@ impl Client {
             send_updates,
             send_retries: Mutex::new(Default::default()),
             drain_requested: std::sync::atomic::AtomicBool::new(false),
+            control_waiting: std::sync::atomic::AtomicUsize::new(0),
             send_timer_due_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
             sync_lock: Arc::new(AsyncMutex::new(())),
             hooks: RwLock::new(Hooks::default()),

@@ -89,17 +89,15 @@ impl Client {
         content: Value,
     ) -> Result<String, ClientError> {
         self.machine()?;
-        let txn_id = {
-            let _sending = self.inner.sending.lock().await;
-            self.check_target(event_type, &content).await?;
-            self.enqueue(room_id, event_type, &content).await?
-        };
+        // No lock: storing it is one transaction, and the queue is read at each drain's
+        // start (a drain that is sending others is not waited for).
+        self.check_target(event_type, &content).await?;
+        let txn_id = self.enqueue(room_id, event_type, &content).await?;
         self.spawn_drain();
         Ok(txn_id)
     }
 
-    /// Store a new message at the end of the queue and publish its echo. The caller holds
-    /// `Inner::sending`.
+    /// Store a new message at the end of the queue and publish its echo.
     async fn enqueue(
         &self,
         room_id: &RoomId,

@@ -2,6 +2,7 @@
 //! cancel one, edit one not yet encrypted, retry a stuck one.
 
 use std::sync::MutexGuard;
+use std::sync::atomic::Ordering;
 
 use ruma::RoomId;
 use tokio::sync::broadcast;
@@ -35,7 +36,7 @@ impl Client {
     /// relate to it (a reaction to it, say). A message whose sending had started may still
     /// reach the room (its remote echo would then come back).
     pub async fn cancel_send(&self, txn_id: &str) -> Result<(), ClientError> {
-        let _sending = self.inner.sending.lock().await;
+        let _sending = self.lock_for_control().await;
         let queued = self.queue().await?;
         let cancelled = with_dependents(&queued, txn_id)?;
         self.save_changes(Changes::from(ClientChanges {
@@ -59,7 +60,7 @@ impl Client {
         message: OutgoingMessage,
     ) -> Result<(), ClientError> {
         let (event_type, content) = message.into_event()?;
-        let _sending = self.inner.sending.lock().await;
+        let _sending = self.lock_for_control().await;
         let q = self.queued_one(txn_id).await?;
         if q.stage != SendStage::Queued {
             return Err(ClientError::AlreadyPrepared(txn_id.to_owned()));
@@ -92,7 +93,7 @@ impl Client {
     /// room joined), or a waiting one now. It keeps its place and transaction id.
     pub async fn retry_send(&self, txn_id: &str) -> Result<(), ClientError> {
         {
-            let _sending = self.inner.sending.lock().await;
+            let _sending = self.lock_for_control().await;
             let q = self.queued_one(txn_id).await?;
             if q.stuck.is_some() {
                 let retried = QueuedSend {
@@ -110,6 +111,16 @@ impl Client {
         }
         self.spawn_drain();
         Ok(())
+    }
+
+    /// `Inner::sending` for a call of the app: a drain in progress stops after its current
+    /// message (and goes on once the call is done).
+    async fn lock_for_control(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        let waiting = &self.inner.control_waiting;
+        waiting.fetch_add(1, Ordering::SeqCst);
+        let guard = self.inner.sending.lock().await;
+        waiting.fetch_sub(1, Ordering::SeqCst);
+        guard
     }
 
     async fn queued_one(&self, txn_id: &str) -> Result<QueuedSend, ClientError> {

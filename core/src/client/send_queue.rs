@@ -39,12 +39,19 @@ impl Client {
         &self,
         all_due: bool,
     ) -> Result<(u32, u32, Option<ClientError>), ClientError> {
-        let _sending = self.inner.sending.lock().await;
+        let sending = self.inner.sending.lock().await;
         let queued = self.queue().await?;
         let mut sent = 0;
         let mut blocked: HashSet<OwnedRoomId> = HashSet::new();
         let mut retry_error = None;
         for q in queued {
+            if self.inner.control_waiting.load(Ordering::SeqCst) > 0 {
+                // The app cancels, edits or retries: it goes first, then the rest is sent.
+                drop(sending);
+                self.spawn_drain();
+                let left = self.queue().await?.len() as u32;
+                return Ok((sent, left, retry_error));
+            }
             if q.stuck.is_some() || blocked.contains(&q.room_id) {
                 continue;
             }
