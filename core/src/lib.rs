@@ -43,6 +43,7 @@ pub mod crypto;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod key_export;
 mod lenient;
 pub mod notification;
 pub mod store;
