@@ -213,3 +213,33 @@ async fn a_file_the_server_refuses_as_too_large_is_stuck_until_retried() {
     assert_eq!(downloaded.unwrap(), data);
     drop(w);
 }
+
+/// The upload's answer has no `content_uri`: the message is not taken for sent (only the
+/// send itself can deliver it); it is uploaded again and arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_answer_without_a_uri_is_not_taken_for_a_sent_message() {
+    let w = World::new(&["alice", "bob"]);
+    let (proxy, alice, bob, room) = w.alice_behind_a_proxy().await;
+    let mut log = SendLog::new(&alice);
+    let no_uri = Rewrite::json(|v| *v = serde_json::json!({}));
+    proxy.rule("/media/v3/upload", Action::RewriteResponse(no_uri), Some(1));
+    let (path, data) = random_file(w.dirs.path(), "photo.jpg", 3000);
+    let file = Attachment {
+        path,
+        mimetype: "image/jpeg".into(),
+        name: "photo.jpg".into(),
+    };
+    let txn = alice.queue_attachment(&room, file).await.unwrap();
+    log.until(&txn, is_sent).await;
+    assert!(
+        !log.states(&txn)
+            .contains(&SendState::Sent { event_id: None }),
+        "{:?}",
+        log.states(&txn)
+    );
+    assert_eq!(proxy.bodies("/media/v3/upload").len(), 2, "uploaded again");
+    let got = clients::receive(&bob, &room, 1).await;
+    let downloaded = bob.download_attachment(&got[0].content, 1 << 20).await;
+    assert_eq!(downloaded.unwrap(), data);
+    drop(w);
+}

@@ -19,6 +19,7 @@ use super::{Client, ClientError};
 use crate::attachment;
 use crate::http::{UploadProgress, with_retry};
 use crate::store::{Changes, ClientChanges, QueuedSend, SecretBlob};
+use crate::time::Clock;
 
 /// Largest file Newt uploads or downloads, in bytes (it is held in memory while encrypted).
 pub const MAX_ATTACHMENT_BYTES: u64 = 100 * 1024 * 1024;
@@ -177,14 +178,20 @@ impl Client {
         max_bytes: u64,
     ) -> Result<u64, ClientError> {
         let data = self.download_attachment(content, max_bytes).await?;
-        let partial = path.with_extension("part");
+        // A name of our own beside it, removed if anything fails.
+        let partial =
+            path.with_extension(format!("{}.newt-part", crate::time::SystemClock.now_ms()));
         let write = async {
             tokio::fs::write(&partial, &data).await?;
             tokio::fs::rename(&partial, path).await
         };
-        write
-            .await
-            .map_err(|e| ClientError::FileUnreadable(format!("writing {}: {e}", path.display())))?;
+        if let Err(e) = write.await {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(ClientError::FileUnreadable(format!(
+                "writing {}: {e}",
+                path.display()
+            )));
+        }
         Ok(data.len() as u64)
     }
 }
@@ -210,4 +217,29 @@ async fn read_file(path: &Path) -> Result<Vec<u8>, ClientError> {
     tokio::fs::read(path)
         .await
         .map_err(|e| ClientError::FileUnreadable(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::client::tests::offline_client;
+    use crate::store::{ClientStore, MemoryStore};
+    use crate::test_ids::rid;
+
+    /// Content that does not come from `queue_attachment` (an event the app forwards, say)
+    /// cannot make the queue read and upload a local file.
+    #[tokio::test]
+    async fn app_content_naming_a_local_file_is_refused() {
+        let store = Arc::new(MemoryStore::new());
+        let client = offline_client(store.clone(), "@alice:localhost", "ALICE");
+        let content = json!({"msgtype": "m.file", "body": "x", LOCAL_FILE: "/etc/passwd"});
+        let err = client
+            .send_message(&rid("!r:x"), &content)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::InvalidInput(_)), "{err}");
+        assert!(store.queued_sends().unwrap().is_empty(), "nothing queued");
+    }
 }

@@ -53,6 +53,14 @@ impl Client {
         content: &Value,
     ) -> Result<OwnedEventId, ClientError> {
         self.machine()?;
+        if content.get(super::media::LOCAL_FILE).is_some() {
+            // Only `queue_attachment` names a local file: content from elsewhere (an event
+            // the app forwards, say) must not make us upload one.
+            return Err(ClientError::InvalidInput(format!(
+                "{} is reserved",
+                super::media::LOCAL_FILE
+            )));
+        }
         // Held from before the message is queued: no other task sends it meanwhile.
         let sending = self.inner.sending.lock().await;
         let txn_id = self.enqueue(room_id, MESSAGE, content).await?;
@@ -125,7 +133,11 @@ impl Client {
     }
 
     /// A relation must name an event id, or a message still queued.
-    async fn check_target(&self, event_type: &str, content: &Value) -> Result<(), ClientError> {
+    pub(crate) async fn check_target(
+        &self,
+        event_type: &str,
+        content: &Value,
+    ) -> Result<(), ClientError> {
         let Some(target) = super::send_kinds::target(event_type, content) else {
             return Ok(());
         };
@@ -158,7 +170,11 @@ impl Client {
     /// Move one queued message on to the end: prepared if still queued, then sent.
     pub(crate) async fn send_item(&self, q: QueuedSend) -> Result<OwnedEventId, ClientError> {
         let ready = match q.stage {
-            SendStage::Queued => self.prepare_item(q).await?,
+            // Only the send itself can have delivered the message.
+            SendStage::Queued => self
+                .prepare_item(q)
+                .await
+                .map_err(unusable_answer_is_not_delivery)?,
             SendStage::Ready => {
                 // The room key messages for this ciphertext may still be waiting.
                 if let Err(e) = self.send_outgoing().await {
@@ -194,9 +210,7 @@ impl Client {
             self.save_changes(Changes::from(advanced)).await?;
             return Ok(ready);
         }
-        self.prepare_room_key(&q.room_id)
-            .await
-            .map_err(unusable_answer_is_not_delivery)?;
+        self.prepare_room_key(&q.room_id).await?;
         self.encrypt_item(q, content).await
     }
 

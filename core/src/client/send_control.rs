@@ -1,8 +1,9 @@
 //! What the app does with its queued messages: see them (local echoes and their states),
 //! cancel one, edit one not yet encrypted, retry a stuck one.
 
+use std::collections::HashSet;
 use std::sync::MutexGuard;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ruma::RoomId;
 use tokio::sync::broadcast;
@@ -60,6 +61,12 @@ impl Client {
         message: OutgoingMessage,
     ) -> Result<(), ClientError> {
         let (event_type, content) = message.into_event()?;
+        if queued_target(event_type, &content).as_deref() == Some(txn_id) {
+            return Err(ClientError::InvalidInput(
+                "a message cannot relate to itself".into(),
+            ));
+        }
+        self.check_target(event_type, &content).await?;
         let _sending = self.lock_for_control().await;
         let q = self.queued_one(txn_id).await?;
         if q.stage != SendStage::Queued {
@@ -116,11 +123,9 @@ impl Client {
     /// `Inner::sending` for a call of the app: a drain in progress stops after its current
     /// message (and goes on once the call is done).
     async fn lock_for_control(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        let waiting = &self.inner.control_waiting;
-        waiting.fetch_add(1, Ordering::SeqCst);
-        let guard = self.inner.sending.lock().await;
-        waiting.fetch_sub(1, Ordering::SeqCst);
-        guard
+        let _waiting = Waiting::new(&self.inner.control_waiting);
+        // (`_waiting` counts down when dropped: also if this call is cancelled meanwhile.)
+        self.inner.sending.lock().await
     }
 
     async fn queued_one(&self, txn_id: &str) -> Result<QueuedSend, ClientError> {
@@ -156,6 +161,22 @@ impl Client {
     }
 }
 
+/// One call of the app waiting for `Inner::sending`, counted while it exists.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The message `txn_id` and the queued messages that relate to it, directly or through
 /// another (a reaction to a reply to it).
 fn with_dependents(queued: &[QueuedSend], txn_id: &str) -> Result<Vec<QueuedSend>, ClientError> {
@@ -164,14 +185,64 @@ fn with_dependents(queued: &[QueuedSend], txn_id: &str) -> Result<Vec<QueuedSend
         .find(|q| q.txn_id == txn_id)
         .ok_or_else(|| ClientError::NotQueued(txn_id.to_owned()))?;
     let mut out = vec![first.clone()];
+    let mut seen: HashSet<&str> = HashSet::from([first.txn_id.as_str()]);
     let mut i = 0;
     while let Some(parent) = out.get(i).map(|q| q.txn_id.clone()) {
-        let children = queued.iter().filter(|q| {
+        for q in queued {
             let content = serde_json::from_slice(q.content.as_bytes()).ok();
-            content.and_then(|c| queued_target(&q.event_type, &c)) == Some(parent.clone())
-        });
-        out.extend(children.cloned());
+            let target = content.and_then(|c| queued_target(&q.event_type, &c));
+            // (`seen`: a cycle of relations ends here.)
+            if target.as_deref() == Some(&parent) && seen.insert(&q.txn_id) {
+                out.push(q.clone());
+            }
+        }
         i += 1;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::client::tests::offline_client;
+    use crate::store::{MemoryStore, conformance::queued};
+
+    /// A cancel that the app gives up on while it waits for a drain does not leave the
+    /// drains stopping before their first message forever.
+    #[tokio::test]
+    async fn a_call_given_up_while_waiting_does_not_stop_the_queue() {
+        let store = Arc::new(MemoryStore::new());
+        let client = offline_client(store, "@alice:localhost", "ALICE");
+        let drain = client.inner.sending.lock().await;
+        let waiting = client.handle();
+        let call = tokio::spawn(async move { waiting.cancel_send("t1").await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(client.inner.control_waiting.load(Ordering::SeqCst), 1);
+        call.abort();
+        assert!(call.await.is_err(), "cancelled");
+        drop(drain);
+        assert_eq!(client.inner.control_waiting.load(Ordering::SeqCst), 0);
+    }
+
+    /// Relations forming a cycle (edited by hand into the store) are cancelled together,
+    /// and the walk ends.
+    #[test]
+    fn a_cycle_of_relations_ends() {
+        let relating = |txn: &str, target: &str| {
+            let content = format!(
+                r#"{{"m.relates_to":{{"rel_type":"m.annotation","event_id":"{target}","key":"x"}}}}"#
+            );
+            QueuedSend {
+                event_type: "m.reaction".into(),
+                ..queued(txn, "!r:x", content.as_bytes())
+            }
+        };
+        let queue = [relating("a", "b"), relating("b", "a"), relating("c", "z")];
+        let out = with_dependents(&queue, "a").unwrap();
+        let txns: Vec<_> = out.iter().map(|q| q.txn_id.as_str()).collect();
+        assert_eq!(txns, ["a", "b"]);
+    }
 }

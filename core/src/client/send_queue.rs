@@ -70,6 +70,9 @@ impl Client {
             }
         }
         let left = self.queue().await?.len() as u32;
+        drop(sending);
+        // What still waits (in any room) is tried when its time comes.
+        self.arm_retry_timer(None);
         Ok((sent, left, retry_error))
     }
 
@@ -104,6 +107,10 @@ impl Client {
         self.blocking(|c| Ok(c.store()?.queued_sends()?)).await
     }
 
+    async fn is_queued(&self, txn_id: &str) -> Result<bool, ClientError> {
+        Ok(self.queue().await?.iter().any(|q| q.txn_id == txn_id))
+    }
+
     /// Move one message on; a message sent leaves the queue, one that failed waits or is
     /// stuck.
     async fn send_one(&self, q: QueuedSend) -> Result<Outcome, ClientError> {
@@ -127,16 +134,18 @@ impl Client {
                 Ok(Outcome::Stopped(e))
             }
             Err(e) if stuck_reason(&e).is_some() => self.stop(&txn_id, e).await,
+            // Its echo came back in a sync meanwhile (its answers were lost): it is sent.
+            Err(_) if !self.is_queued(&txn_id).await? => Ok(Outcome::Skipped),
             Err(e) => {
                 warn!(error = %e, "a queued message stays queued");
-                let (next_attempt_ms, delay) = self.retries().failed(&txn_id, &e);
+                let (next_attempt_ms, _) = self.retries().failed(&txn_id, &e);
                 let error = e.to_string();
                 let state = SendState::WaitingToRetry {
                     next_attempt_ms,
                     error,
                 };
                 self.publish_send(&room_id, &txn_id, state, None);
-                self.retry_in(delay, &e);
+                self.arm_retry_timer(Some(&e));
                 Ok(Outcome::Waits(e))
             }
         }
@@ -186,15 +195,42 @@ impl Client {
             .iter()
             .map(|e| (txn_id.to_owned(), e.clone()))
             .collect();
+        // The queued messages relating to it name its event id from now on (however many
+        // messages are sent before their turn).
+        let resolved = match &event_id {
+            Some(e) => self.dependents_resolved(txn_id, e).await?,
+            None => Vec::new(),
+        };
         self.save_changes(Changes::from(ClientChanges {
             finished_sends: vec![txn_id.to_owned()],
             sent_events,
+            advanced_sends: resolved,
             ..Default::default()
         }))
         .await?;
         self.retries().forget(txn_id);
         self.publish_send(room_id, txn_id, SendState::Sent { event_id }, None);
         Ok(())
+    }
+
+    /// The queued messages that name `txn_id` as their target, naming `event_id` instead.
+    async fn dependents_resolved(
+        &self,
+        txn_id: &str,
+        event_id: &OwnedEventId,
+    ) -> Result<Vec<QueuedSend>, ClientError> {
+        let mut resolved = Vec::new();
+        for mut q in self.queue().await? {
+            let Ok(mut content) = serde_json::from_slice::<Value>(q.content.as_bytes()) else {
+                continue;
+            };
+            if queued_target(&q.event_type, &content).as_deref() == Some(txn_id) {
+                resolve_target(&q.event_type, &mut content, event_id);
+                q.content = SecretBlob::new(content.to_string().into_bytes());
+                resolved.push(q);
+            }
+        }
+        Ok(resolved)
     }
 
     /// Mark a message stuck with the reason of `error` (kept where it got to).
@@ -211,31 +247,39 @@ impl Client {
                 stuck: Some(reason),
                 ..current
             };
-            match self
+            let saved = self
                 .save_changes(Changes::from(ClientChanges {
                     advanced_sends: vec![stuck.clone()],
                     ..Default::default()
                 }))
-                .await
-            {
+                .await;
+            self.retries().forget(txn_id);
+            match saved {
                 // Its echo came back meanwhile: it is sent.
                 Err(ClientError::Store(StoreError::NotQueued(_))) => {}
-                other => other?,
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    let state = SendState::Stuck { reason };
+                    self.publish_send(&stuck.room_id, txn_id, state, None);
+                }
             }
-            self.retries().forget(txn_id);
-            self.publish_send(&stuck.room_id, txn_id, SendState::Stuck { reason }, None);
         }
         Ok(Outcome::Stopped(error))
     }
 
-    /// Try the queue again after `delay` (a timer while the process runs; the app's
-    /// background scheduler when it is suspended).
-    fn retry_in(&self, delay: Duration, error: &ClientError) {
-        let due = super::send_state::now_ms().saturating_add(delay.as_millis() as u64);
+    /// Set the retry timer for the earliest waiting message, unless one as early is set (a
+    /// timer while the process runs; the app's background scheduler, asked for the same
+    /// time, when it is suspended). Each drain sets it again for what is still waiting.
+    fn arm_retry_timer(&self, error: Option<&ClientError>) {
+        let Some(due) = self.retries().earliest_due_ms() else {
+            return;
+        };
         let timer = &self.inner.send_timer_due_ms;
         if timer.fetch_min(due, Ordering::SeqCst) <= due {
             return; // an earlier timer is set, and sends what is due then
         }
+        let now = super::send_state::now_ms();
+        let delay = Duration::from_millis(due.saturating_sub(now));
         // Weak: a client the app dropped is not kept alive by its timer.
         let inner = std::sync::Arc::downgrade(&self.inner);
         self.spawn_abortable(async move {
@@ -245,10 +289,9 @@ impl Client {
                 Client { inner }.spawn_drain();
             }
         });
-        if super::is_transient(error) {
-            self.schedule_wakeup(delay.max(Duration::from_secs(1)), "message send failed");
-        } else {
-            self.schedule_retry(error, "message send failed");
+        match error {
+            Some(e) if !super::is_transient(e) => self.schedule_retry(e, "message send failed"),
+            _ => self.schedule_wakeup(delay.max(Duration::from_secs(1)), "message send failed"),
         }
     }
 

@@ -227,6 +227,11 @@ impl Retries {
         !self.by_txn.is_empty()
     }
 
+    /// When the earliest waiting message is due (Unix ms), if one waits.
+    pub(crate) fn earliest_due_ms(&self) -> Option<u64> {
+        self.by_txn.values().map(|r| r.next_attempt_ms).min()
+    }
+
     /// Whether a waiting message is due now.
     pub(crate) fn any_due(&self) -> bool {
         let now = now_ms();
@@ -320,8 +325,11 @@ mod tests {
         assert!(retries.network_is_back());
         assert!(retries.is_due("net"), "due once the network is back");
         assert!(!retries.is_due("busy"), "a busy server keeps its backoff");
+        assert_eq!(retries.earliest_due_ms(), Some(0), "the one due now");
         retries.forget("net");
+        assert!(retries.earliest_due_ms().is_some_and(|due| due > now_ms()));
         retries.forget("busy");
         assert!(!retries.network_is_back());
+        assert_eq!(retries.earliest_due_ms(), None);
     }
 }

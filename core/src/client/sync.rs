@@ -271,10 +271,9 @@ impl Client {
             warn!(error = %e, "retrying sender data failed; will retry");
         }
         // Messages a previous process could not send (it died, or the network was gone).
+        // In the background: the sync loop never waits for sends or uploads.
         if !self.inner.send_queue_resumed.swap(true, Ordering::SeqCst) {
-            if let Err(e) = self.send_queued(false).await {
-                warn!(error = %e, "resuming the send queue failed");
-            }
+            self.spawn_drain();
         } else if self.retries().network_is_back() && self.retries().any_due() {
             // This sync got through: messages that failed on the network go now.
             self.spawn_drain();
