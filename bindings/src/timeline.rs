@@ -2,9 +2,9 @@
 //! messages first, then new items, changed items, new echoes and their send states, and the
 //! remote event that replaces an echo (matched by transaction id).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
-use newt_core::client::{SendUpdate, TimelineEvent};
+use newt_core::client::{Client, SendUpdate, TimelineEvent};
 use newt_core::ruma::OwnedRoomId;
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
@@ -24,7 +24,8 @@ impl NewtClient {
     /// listener gets `Initial` (recent items and the local echoes of queued messages)
     /// first, then `Appended` per new item, `Updated` when an item changed (a late room key
     /// decrypted it), `LocalEcho` when a message is queued or edited, `SendStateChanged`
-    /// as it is sent, and `EchoReplaced` when its remote event arrives.
+    /// as it is sent, and `EchoReplaced` when its remote event arrives. A listener so slow
+    /// that updates were dropped gets `Initial` again, with the current state.
     pub fn subscribe_timeline(
         &self,
         room_id: String,
@@ -39,20 +40,12 @@ impl NewtClient {
         let weak = Arc::downgrade(&client);
         drop(client);
         let task = runtime()?.spawn(async move {
-            let echoes = match weak.upgrade() {
-                Some(client) => client.local_echoes(&room_id).await.unwrap_or_else(|e| {
-                    warn!(error = %e, "could not read the queued messages");
-                    Vec::new()
-                }),
-                None => return,
-            };
-            let initial = TimelineUpdate::Initial {
-                items: snapshot.into_iter().map(TimelineItem::from).collect(),
-                echoes: echoes.into_iter().map(LocalEcho::from).collect(),
+            let Some(initial) = initial(&weak, &room_id, Some(snapshot)).await else {
+                return;
             };
             if listener.on_update(initial).is_ok() {
                 // Ends when the client closes.
-                let _ = forward(&room_id, events, sends, listener.as_ref()).await;
+                let _ = forward(&weak, &room_id, events, sends, listener.as_ref()).await;
             }
         });
         Ok(Arc::new(TimelineSubscription {
@@ -61,23 +54,59 @@ impl NewtClient {
     }
 }
 
-/// Hand the room's updates to the listener until the client closes (`None` then).
+/// `Initial`: the room's recent items (`snapshot`, or read now) and its queued messages'
+/// echoes; `None` once the client is gone.
+async fn initial(
+    client: &Weak<Client>,
+    room_id: &OwnedRoomId,
+    snapshot: Option<Vec<TimelineEvent>>,
+) -> Option<TimelineUpdate> {
+    let client = client.upgrade()?;
+    let items = snapshot.unwrap_or_else(|| client.subscribe_room(room_id).0);
+    let echoes = client.local_echoes(room_id).await.unwrap_or_else(|e| {
+        warn!(error = %e, "could not read the queued messages");
+        Vec::new()
+    });
+    Some(TimelineUpdate::Initial {
+        items: items.into_iter().map(TimelineItem::from).collect(),
+        echoes: echoes.into_iter().map(LocalEcho::from).collect(),
+    })
+}
+
+/// What one receive brought.
+enum Next {
+    Update(Box<TimelineUpdate>),
+    /// Updates were dropped: the listener fell behind.
+    Lagged,
+    /// Another room's.
+    Skip,
+}
+
+/// Hand the room's updates to the listener until the client closes (`None` then). A
+/// listener that fell behind (updates were dropped) gets a new `Initial` with the current
+/// state, so that no echo is left in a state it has left.
 async fn forward(
+    client: &Weak<Client>,
     room_id: &OwnedRoomId,
     mut events: Receiver<TimelineEvent>,
     mut sends: Receiver<SendUpdate>,
     listener: &dyn TimelineListener,
 ) -> Option<()> {
     loop {
-        let update = tokio::select! {
+        let next = tokio::select! {
             event = events.recv() => match event {
-                Ok(item) if &item.room_id == room_id => Some(item_update(item)),
+                Ok(item) if &item.room_id == room_id => Next::Update(Box::new(item_update(item))),
                 other => lost_or_closed(other.map(drop))?,
             },
             send = sends.recv() => match send {
-                Ok(u) if &u.room_id == room_id => Some(send_update(u)),
+                Ok(u) if &u.room_id == room_id => Next::Update(Box::new(send_update(u))),
                 other => lost_or_closed(other.map(drop))?,
             },
+        };
+        let update = match next {
+            Next::Update(u) => Some(*u),
+            Next::Lagged => initial(client, room_id, None).await,
+            Next::Skip => None,
         };
         if let Some(update) = update
             && let Err(e) = listener.on_update(update)
@@ -87,15 +116,18 @@ async fn forward(
     }
 }
 
-/// `None` once the channel is closed (ends the loop); `Some(None)` to go on.
-fn lost_or_closed(result: Result<(), RecvError>) -> Option<Option<TimelineUpdate>> {
+/// `None` once the channel is closed (ends the loop).
+fn lost_or_closed(result: Result<(), RecvError>) -> Option<Next> {
     match result {
         Err(RecvError::Closed) => None,
         Err(RecvError::Lagged(n)) => {
-            warn!(skipped = n, "timeline listener too slow");
-            Some(None)
+            warn!(
+                skipped = n,
+                "timeline listener too slow: sending the current state"
+            );
+            Some(Next::Lagged)
         }
-        Ok(()) => Some(None),
+        Ok(()) => Some(Next::Skip),
     }
 }
 
