@@ -90,6 +90,22 @@ async fn to_remote_echo(alice: &Client, room: &OwnedRoomId, i: u64) -> Duration 
     }
 }
 
+/// Criterion's `iters` runs of `one` (given a running number), timed by `one` itself.
+fn timed<F, Fut>(rt: &Runtime, iters: u64, counter: &mut u64, mut one: F) -> Duration
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Duration>,
+{
+    rt.block_on(async {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            *counter += 1;
+            total += one(*counter).await;
+        }
+        total
+    })
+}
+
 fn bench(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
     let w = World::new(&["alice", "bob"]);
@@ -107,16 +123,7 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH as u64));
     let mut round = 0;
     group.bench_function("1000_messages", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    round += 1;
-                    total += send_batch(&alice, &room, round).await;
-                }
-                total
-            })
-        })
+        b.iter_custom(|iters| timed(&rt, iters, &mut round, |i| send_batch(&alice, &room, i)))
     });
     group.finish();
 
@@ -124,28 +131,10 @@ fn bench(c: &mut Criterion) {
     group.sample_size(30);
     let mut n = 0;
     group.bench_function("queue_to_local_echo", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    n += 1;
-                    total += to_local_echo(&alice, &room, n).await;
-                }
-                total
-            })
-        })
+        b.iter_custom(|iters| timed(&rt, iters, &mut n, |i| to_local_echo(&alice, &room, i)))
     });
     group.bench_function("queue_to_remote_echo", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    n += 1;
-                    total += to_remote_echo(&alice, &room, n).await;
-                }
-                total
-            })
-        })
+        b.iter_custom(|iters| timed(&rt, iters, &mut n, |i| to_remote_echo(&alice, &room, i)))
     });
     group.finish();
     drop(sync);

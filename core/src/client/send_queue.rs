@@ -138,7 +138,7 @@ impl Client {
             Err(_) if !self.is_queued(&txn_id).await? => Ok(Outcome::Skipped),
             Err(e) => {
                 warn!(error = %e, "a queued message stays queued");
-                let (next_attempt_ms, _) = self.retries().failed(&txn_id, &e);
+                let next_attempt_ms = self.retries().failed(&txn_id, &e);
                 let error = e.to_string();
                 let state = SendState::WaitingToRetry {
                     next_attempt_ms,

@@ -176,8 +176,8 @@ struct Retry {
 }
 
 impl Retries {
-    /// Record a failure of `txn_id`; returns when to try again (Unix ms) and the delay.
-    pub(crate) fn failed(&mut self, txn_id: &str, error: &ClientError) -> (u64, Duration) {
+    /// Record a failure of `txn_id`; returns when to try again (Unix ms).
+    pub(crate) fn failed(&mut self, txn_id: &str, error: &ClientError) -> u64 {
         let retry = self.by_txn.entry(txn_id.to_owned()).or_insert(Retry {
             failures: 0,
             next_attempt_ms: 0,
@@ -189,7 +189,7 @@ impl Retries {
         retry.next_attempt_ms = now_ms().saturating_add(delay.as_millis() as u64);
         retry.network = matches!(error, ClientError::Http(HttpError::Network(_)));
         retry.error = error.to_string();
-        (retry.next_attempt_ms, delay)
+        retry.next_attempt_ms
     }
 
     /// The state of a queued message that is not being sent now.
