@@ -66,6 +66,13 @@ kotlin_tests() {
     bash scripts/kotlin-test.sh
 }
 
+disk_use() {
+    echo "disk: $(df -h --output=avail "$REPO_ROOT" | tail -n 1 | tr -d ' ') free;" \
+        "target/ $(du -sh "$REPO_ROOT/target" 2>/dev/null | cut -f1)," \
+        "fuzz/target/ $(du -sh "$REPO_ROOT/fuzz/target" 2>/dev/null | cut -f1)"
+}
+
+disk_use
 step "cargo-nextest available" ensure_nextest
 if [[ ${RESULTS[-1]} == FAIL* ]]; then
     echo "cannot run the tests without cargo-nextest" >&2
@@ -91,6 +98,8 @@ if [[ -n $leftover ]]; then
     echo "warning: Synapse processes still running after the tests: $(echo "$leftover" | tr '\n' ' ')"
 fi
 
+echo
+disk_use
 echo
 echo "================ summary ================"
 for line in "${RESULTS[@]}"; do
