@@ -5,6 +5,7 @@ use newt_core::attachment::AttachmentError;
 use newt_core::client::ClientError;
 use newt_core::crypto::{CryptoError, MegolmError};
 use newt_core::http::HttpError;
+use newt_core::key_export::KeyExportError;
 use newt_core::store::StoreError;
 
 /// Errors an app sees. New variants may be added in any release: keep a fallback branch
@@ -147,12 +148,54 @@ pub enum NewtError {
         /// Why, in words.
         message: String,
     },
+    /// A key export file was refused (nothing was imported) or could not be written.
+    #[error("key file refused: {message}")]
+    KeyFileRefused {
+        /// Why, for the app to act on (ask for the passphrase again, say).
+        reason: KeyFileProblem,
+        /// The same in words, for logs.
+        message: String,
+    },
     /// A bug: a panic or an unexpected failure inside the SDK or a callback.
     #[error("internal error: {message}")]
     Internal {
         /// What happened.
         message: String,
     },
+}
+
+/// Why a key export file was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+#[non_exhaustive]
+pub enum KeyFileProblem {
+    /// The passphrase is wrong, or the file was changed since it was written (the two
+    /// cannot be told apart): ask for the passphrase again.
+    WrongPassphrase,
+    /// Not a key export, or one cut short.
+    NotAKeyFile,
+    /// A key export of a version or with settings Newt does not read.
+    Unsupported,
+    /// The file changed while it was imported.
+    ChangedWhileReading,
+    /// The file could not be read or written.
+    Io,
+}
+
+impl From<&KeyExportError> for KeyFileProblem {
+    fn from(e: &KeyExportError) -> Self {
+        match e {
+            KeyExportError::WrongPassphraseOrTampered => Self::WrongPassphrase,
+            KeyExportError::NotAnExport(_)
+            | KeyExportError::Truncated
+            | KeyExportError::InvalidContent(_) => Self::NotAKeyFile,
+            KeyExportError::UnsupportedVersion(_) | KeyExportError::InvalidRounds(_) => {
+                Self::Unsupported
+            }
+            KeyExportError::ChangedWhileReading => Self::ChangedWhileReading,
+            // `KeyExportError` is non-exhaustive; I/O and what may be added.
+            _ => Self::Io,
+        }
+    }
 }
 
 impl From<HttpError> for NewtError {
@@ -349,6 +392,10 @@ impl From<ClientError> for NewtError {
             ClientError::FileTooLarge { size, limit } => NewtError::FileTooLarge { size, limit },
             ClientError::Attachment(e) => NewtError::AttachmentRefused {
                 tampered: e == AttachmentError::HashMismatch,
+                message: e.to_string(),
+            },
+            ClientError::KeyExport(e) => NewtError::KeyFileRefused {
+                reason: KeyFileProblem::from(&e),
                 message: e.to_string(),
             },
             // `ClientError` is non-exhaustive: a failure added to the core later.

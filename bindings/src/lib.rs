@@ -11,6 +11,7 @@ mod error;
 mod ids;
 mod logging;
 mod notification;
+mod recovery;
 mod sending;
 mod timeline;
 mod trust;
@@ -21,9 +22,10 @@ pub use callbacks::{
     BackgroundScheduler, Logger, PromptHandler, TimelineListener, TrustPolicyProvider,
 };
 pub use client::NewtClient;
-pub use error::{DecryptionFailure, NewtError};
+pub use error::{DecryptionFailure, KeyFileProblem, NewtError};
 pub use logging::set_logger;
 pub use notification::{NotificationDecryptor, NotificationInfo};
+pub use recovery::{KeyImportSummary, KeyTransferListener};
 pub use sending::{LocalEcho, OutgoingMessage, SendState, StuckReason};
 pub use timeline::TimelineSubscription;
 pub use types::*;

@@ -217,6 +217,7 @@ fn machine_with_sessions(
                 pickle: SecretBlob::new(b"not read by the reevaluation".to_vec()),
                 first_known_index: 0,
                 sender_data: SenderData::unknown(false),
+                imported: false,
             }
         })
         .collect();

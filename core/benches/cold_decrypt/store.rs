@@ -103,6 +103,7 @@ fn save_sessions(store: &dyn Store) {
                 pickle: SecretBlob::new(serde_json::to_vec(&inbound.pickle()).unwrap()),
                 first_known_index: 0,
                 sender_data: SenderData::unknown(false),
+                imported: false,
             }
         })
         .collect();

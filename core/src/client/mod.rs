@@ -5,6 +5,7 @@
 
 mod background;
 mod hooks;
+mod key_files;
 mod late_keys;
 mod lifecycle;
 mod media;
@@ -50,6 +51,7 @@ pub use hooks::{
     BackgroundScheduler, DueWorkReport, Prompt, PromptAnswer, PromptHandler, TrustPolicy,
     TrustPolicyProvider, WakeupRequest,
 };
+pub use key_files::{KeyImportSummary, KeyTransferProgress};
 use lifecycle::Lifecycle;
 pub use media::{Attachment, MAX_ATTACHMENT_BYTES};
 pub use send_kinds::OutgoingMessage;
@@ -122,6 +124,10 @@ pub enum ClientError {
     /// A downloaded attachment was refused (its hash does not match, say).
     #[error(transparent)]
     Attachment(#[from] crate::attachment::AttachmentError),
+    /// A key export file was refused (wrong passphrase, cut short, changed, not an export)
+    /// or could not be written.
+    #[error(transparent)]
+    KeyExport(#[from] crate::key_export::KeyExportError),
 }
 
 impl ClientError {
@@ -141,6 +147,7 @@ impl ClientError {
             | ClientError::FileUnreadable(_)
             | ClientError::FileTooLarge { .. }
             | ClientError::Attachment(_)
+            | ClientError::KeyExport(_)
             | ClientError::Closed => true,
             ClientError::Store(_)
             | ClientError::Crypto(_)

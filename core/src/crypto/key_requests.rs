@@ -18,7 +18,7 @@ use super::context::sub_machine;
 use super::devices::Device;
 use super::devices::check_device_id;
 use super::error::{CryptoError, OlmError};
-use super::megolm::{ForwardedKey, InboundGroup, Merge, merge};
+use super::megolm::{ForwardedKey, InboundGroup, Merge, merge, original_device};
 use super::olm::{IncomingOlm, OlmPayload};
 use super::outbox::messages_json;
 use super::outcomes::RoomKeyInfo;
@@ -366,7 +366,11 @@ impl KeyRequests<'_> {
                 "a forwarded key we did not ask for".into(),
             )));
         }
-        let origin = self.original_device(&key)?;
+        let origin = original_device(
+            self.ctx.store,
+            &key.sender_key,
+            &key.sender_claimed_ed25519_key,
+        )?;
         if let Err(e) = origin {
             return Ok(Err(e));
         }
@@ -392,26 +396,6 @@ impl KeyRequests<'_> {
             session_id: key.session_id,
             sender: incoming.sender.clone(),
         })))
-    }
-
-    /// The device that created a forwarded session: `Ok(Some)` if we know a device with its
-    /// Curve25519 key and it claims the same Ed25519 key, `Ok(None)` if we know none, an
-    /// error if the claimed Ed25519 key is not that device's.
-    fn original_device(
-        &self,
-        key: &ForwardedKey,
-    ) -> Result<Result<Option<DeviceRecord>, OlmError>, CryptoError> {
-        let known = self.ctx.store.devices_with_curve25519(&[&key.sender_key])?;
-        if known.is_empty() {
-            return Ok(Ok(None));
-        }
-        Ok(known
-            .into_iter()
-            .find(|d| d.ed25519 == key.sender_claimed_ed25519_key)
-            .map(Some)
-            .ok_or_else(|| {
-                OlmError::InvalidRoomKey("the forwarded key names another ed25519 key".into())
-            }))
     }
 
     /// Own devices that asked for room keys while nobody had decided whether to trust them,

@@ -11,9 +11,10 @@ use zeroize::Zeroizing;
 
 use super::account::MEGOLM_ALGORITHM;
 use super::error::{CryptoError, MegolmError, OlmError};
+use crate::key_export::ExportedRoomKey;
 use crate::store::{
-    InboundGroupSessionRecord, OutboundGroupSessionRecord, RoomEncryption, SecretBlob, SenderData,
-    ShareRecipient,
+    DeviceRecord, InboundGroupSessionRecord, OutboundGroupSessionRecord, RoomEncryption,
+    SecretBlob, SenderData, ShareRecipient, Store,
 };
 
 /// Rotation settings from `m.room.encryption`.
@@ -183,6 +184,8 @@ pub(crate) fn merge(
     Ok(Ok(match new.session.compare(&mut old.session) {
         SessionOrdering::Unconnected => return refuse("not the session we have"),
         SessionOrdering::Better => {
+            // Imported once, the user's own: it stays outside the quotas.
+            new.record.imported |= old.record.imported;
             if new.record.sender_user.is_none() {
                 new.record.sender_user = old.record.sender_user;
                 new.record.sender_device = old.record.sender_device;
@@ -228,12 +231,32 @@ impl ForwardedKey {
     }
 }
 
+/// The device that created a session whose keys we got from elsewhere (forwarded,
+/// imported): `Ok(Some)` if we know a device with its Curve25519 key and it claims the same
+/// Ed25519 key, `Ok(None)` if we know none, an error if the claimed Ed25519 key is not that
+/// device's.
+pub(super) fn original_device(
+    store: &dyn Store,
+    sender_key: &str,
+    claimed_ed25519: &str,
+) -> Result<Result<Option<DeviceRecord>, OlmError>, CryptoError> {
+    let known = store.devices_with_curve25519(&[sender_key])?;
+    if known.is_empty() {
+        return Ok(Ok(None));
+    }
+    Ok(known
+        .into_iter()
+        .find(|d| d.ed25519 == claimed_ed25519)
+        .map(Some)
+        .ok_or_else(|| OlmError::InvalidRoomKey("the key names another ed25519 key".into())))
+}
+
 fn parse_key_content<T: serde::de::DeserializeOwned>(content: &Value) -> Result<T, OlmError> {
     T::deserialize(content).map_err(|e| OlmError::InvalidRoomKey(e.to_string()))
 }
 
 /// A room key is a Megolm key (its room id was checked when it was parsed).
-fn check_algorithm(algorithm: &str) -> Result<(), OlmError> {
+pub(super) fn check_algorithm(algorithm: &str) -> Result<(), OlmError> {
     if algorithm != MEGOLM_ALGORITHM {
         return Err(OlmError::InvalidRoomKey(format!("algorithm {algorithm}")));
     }
@@ -297,6 +320,27 @@ impl InboundGroup {
         Self::wrap(session, &key.room_id, &key.session_id, origin)
     }
 
+    /// Create from a key the user imported (a key file, the backup): a legacy session,
+    /// attributed to `sender` when we know the device that created it.
+    pub(super) fn imported(
+        key: &ExportedRoomKey,
+        signing_key: &str,
+        sender: Option<(&UserId, Option<&DeviceId>)>,
+    ) -> Result<Self, OlmError> {
+        let exported = vodozemac::megolm::ExportedSessionKey::from_base64(&key.session_key)
+            .map_err(|e| OlmError::InvalidRoomKey(format!("exported key: {e}")))?;
+        let session = InboundGroupSession::import(&exported, SessionConfig::version_1());
+        let origin = Origin {
+            sender_key: &key.sender_key,
+            signing_key,
+            sender,
+            legacy: true,
+        };
+        let mut group = Self::wrap(session, &key.room_id, &key.session_id, origin)?;
+        group.record.imported = true;
+        Ok(group)
+    }
+
     /// Check that `session` is the claimed one and build its record.
     fn wrap(
         session: InboundGroupSession,
@@ -329,6 +373,7 @@ impl InboundGroup {
                 pickle: SecretBlob::new(json.to_vec()),
                 first_known_index: session.first_known_index(),
                 sender_data: SenderData::unknown(origin.legacy),
+                imported: false,
             },
             session,
         })

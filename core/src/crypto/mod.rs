@@ -31,6 +31,7 @@ mod outcomes;
 mod requests;
 mod responses;
 mod room_events;
+mod room_key_transfer;
 mod sender_data;
 mod sharing;
 mod sharing_policy;
@@ -61,6 +62,7 @@ pub use outcomes::{
 };
 pub use requests::{OutgoingKind, OutgoingRequest, raw_json};
 pub use responses::{KeysClaimResponse, KeysQueryResponse, KeysUploadResponse};
+pub use room_key_transfer::ImportedKeys;
 pub use sync_batch::SyncBatch;
 pub use trust_policy::TrustPolicy;
 pub use verification::{CancelCode, SasEmoji, ShortAuthString, Verification, VerificationState};

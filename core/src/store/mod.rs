@@ -181,6 +181,18 @@ pub trait CryptoStore: Send + Sync {
     /// Number of inbound group sessions stored (for tests and diagnostics).
     fn inbound_group_session_count(&self) -> Result<u64, StoreError>;
 
+    /// Number of inbound group sessions of one room.
+    fn room_inbound_group_session_count(&self, room_id: &RoomId) -> Result<u64, StoreError>;
+
+    /// At most `limit` inbound group sessions in (room id, session id) order, after `after`
+    /// (exclusive), only of `room` if given: one page of a key export.
+    fn inbound_group_sessions_page(
+        &self,
+        room: Option<&RoomId>,
+        after: Option<(&RoomId, &str)>,
+        limit: u32,
+    ) -> Result<Vec<InboundGroupSessionRecord>, StoreError>;
+
     /// The outbound group session of a room.
     fn outbound_group_session(
         &self,

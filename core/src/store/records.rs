@@ -90,6 +90,9 @@ pub struct InboundGroupSessionRecord {
     pub first_known_index: u32,
     /// Who sent it and how far they were trusted when it arrived (improved later).
     pub sender_data: SenderData,
+    /// Brought by the user (a key export file, the server-side backup), not by another
+    /// user: not bounded by the quotas on what strangers can make us store.
+    pub imported: bool,
 }
 
 /// Who received an outbound session, at which index.

@@ -264,7 +264,20 @@ impl CryptoStore for SqliteStore {
     }
 
     fn inbound_group_session_count(&self) -> Result<u64, StoreError> {
-        megolm::inbound_count(&self.reader())
+        megolm::inbound_count(&self.reader(), None)
+    }
+
+    fn room_inbound_group_session_count(&self, room_id: &RoomId) -> Result<u64, StoreError> {
+        megolm::inbound_count(&self.reader(), Some(room_id))
+    }
+
+    fn inbound_group_sessions_page(
+        &self,
+        room: Option<&RoomId>,
+        after: Option<(&RoomId, &str)>,
+        limit: u32,
+    ) -> Result<Vec<InboundGroupSessionRecord>, StoreError> {
+        megolm::inbound_page(&self.reader(), &self.cipher, room, after, limit)
     }
 
     fn outbound_group_session(

@@ -28,6 +28,8 @@ mod hostile;
 #[cfg(test)]
 mod key_requests;
 #[cfg(test)]
+mod key_transfer;
+#[cfg(test)]
 mod megolm;
 #[cfg(test)]
 mod olm;

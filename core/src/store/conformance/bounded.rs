@@ -419,3 +419,44 @@ pub(crate) fn sessions_we_asked_for_are_not_counted_as_strangers<S: Store>(s: &S
         Some(asked)
     );
 }
+
+/// Sessions the user imported (a key file, the backup) are theirs, not a stranger's: no
+/// quota forgets them, and they make no room for others.
+pub(crate) fn imported_sessions_are_outside_the_quotas<S: Store>(s: &S) {
+    use super::super::quota::MAX_SESSIONS_FROM_NON_MEMBERS as NON_MEMBERS;
+    use super::super::quota::MAX_SESSIONS_PER_SENDER_PER_ROOM as PER_SENDER;
+    let imported = |room: String, id: String, sender: Option<&str>| {
+        let mut session = inbound(&room, &id);
+        session.sender_user = sender.map(uid);
+        session.imported = true;
+        session
+    };
+    save_many(s, NON_MEMBERS + 10, |i, c| {
+        let session = imported(format!("!old{i}:x"), "s".into(), None);
+        c.crypto.inbound_group_sessions.push(session);
+    });
+    save_many(s, PER_SENDER + 10, |i, c| {
+        let session = imported("!big:x".into(), format!("s{i}"), Some("@bob:x"));
+        c.crypto.inbound_group_sessions.push(session);
+    });
+    // A stranger's sessions in the same room, from the same sender: only theirs are bounded.
+    save_many(s, 3, |i, c| {
+        let mut session = inbound("!big:x", &format!("new{i}"));
+        session.sender_user = Some(uid("@bob:x"));
+        c.crypto.inbound_group_sessions.push(session);
+    });
+    let all = NON_MEMBERS + 10 + PER_SENDER + 10 + 3;
+    let counts = s.counts().unwrap();
+    assert_eq!(counts.inbound_group_sessions, all);
+    assert_eq!(counts.inbound_sessions_from_non_members, 3);
+    assert!(
+        s.inbound_group_session(&rid("!old0:x"), "s")
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        s.inbound_group_session(&rid("!big:x"), "s0")
+            .unwrap()
+            .is_some()
+    );
+}

@@ -50,6 +50,7 @@ pub(crate) fn inbound(room: &str, session_id: &str) -> InboundGroupSessionRecord
             legacy: false,
             retry: None,
         },
+        imported: false,
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use ruma::events::room::member::MembershipState;
-use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, UserId};
 
 use super::super::*;
 use super::fixtures::*;
@@ -713,5 +713,63 @@ pub(crate) fn undecryptable_events_by_session<S: Store>(s: &S) {
         s.undecryptable_events(&rid("!r:x"), "s3")
             .unwrap()
             .is_empty()
+    );
+}
+
+pub(crate) fn inbound_group_sessions_paged_in_order<S: Store>(s: &S) {
+    let ids = [
+        ("!b:x", "s2"),
+        ("!a:x", "s9"),
+        ("!b:x", "s1"),
+        ("!c:x", "s0"),
+        ("!a:x", "s3"),
+    ];
+    let mut imported = inbound("!c:x", "s0");
+    imported.imported = true;
+    let mut c = CryptoChanges::default();
+    for (room, id) in ids.iter().take(3) {
+        c.inbound_group_sessions.push(inbound(room, id));
+    }
+    c.inbound_group_sessions.push(imported.clone());
+    c.inbound_group_sessions.push(inbound("!a:x", "s3"));
+    save(s, Changes::from(c));
+    let mut seen = Vec::new();
+    let mut after: Option<(OwnedRoomId, String)> = None;
+    loop {
+        let cursor = after.as_ref().map(|(r, s)| (&**r, s.as_str()));
+        let page = s.inbound_group_sessions_page(None, cursor, 2).unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some((last.room_id.clone(), last.session_id.clone()));
+        seen.extend(
+            page.into_iter()
+                .map(|r| (r.room_id.to_string(), r.session_id)),
+        );
+    }
+    let expected = [
+        ("!a:x", "s3"),
+        ("!a:x", "s9"),
+        ("!b:x", "s1"),
+        ("!b:x", "s2"),
+        ("!c:x", "s0"),
+    ];
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(r, s)| (r.to_string(), s.to_string()))
+        .collect();
+    assert_eq!(seen, expected);
+    let room_b = s
+        .inbound_group_sessions_page(Some(&rid("!b:x")), None, 10)
+        .unwrap();
+    assert_eq!(room_b, vec![inbound("!b:x", "s1"), inbound("!b:x", "s2")]);
+    let after_s1 = s
+        .inbound_group_sessions_page(Some(&rid("!b:x")), Some((&rid("!b:x"), "s1")), 10)
+        .unwrap();
+    assert_eq!(after_s1, vec![inbound("!b:x", "s2")]);
+    assert_eq!(s.room_inbound_group_session_count(&rid("!a:x")).unwrap(), 2);
+    assert_eq!(s.room_inbound_group_session_count(&rid("!z:x")).unwrap(), 0);
+    assert_eq!(
+        s.inbound_group_session(&rid("!c:x"), "s0").unwrap(),
+        Some(imported)
     );
 }

@@ -175,6 +175,39 @@ impl CryptoStore for MemoryStore {
         Ok(self.lock().inbound.len() as u64)
     }
 
+    fn room_inbound_group_session_count(&self, room_id: &RoomId) -> Result<u64, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .inbound
+            .values()
+            .filter(|s| s.room_id == room_id)
+            .count() as u64)
+    }
+
+    fn inbound_group_sessions_page(
+        &self,
+        room: Option<&RoomId>,
+        after: Option<(&RoomId, &str)>,
+        limit: u32,
+    ) -> Result<Vec<InboundGroupSessionRecord>, StoreError> {
+        let state = self.lock();
+        let mut keys: Vec<_> = state
+            .inbound
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|(r, s)| {
+                room.is_none_or(|room| r == room)
+                    && after.is_none_or(|(ar, as_)| (r.as_str(), s.as_str()) > (ar.as_str(), as_))
+            })
+            .collect();
+        keys.sort_unstable();
+        Ok(keys
+            .into_iter()
+            .take(limit as usize)
+            .filter_map(|k| state.inbound.get(k).cloned())
+            .collect())
+    }
+
     fn outbound_group_session(
         &self,
         room_id: &RoomId,

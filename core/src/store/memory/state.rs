@@ -334,11 +334,11 @@ impl State {
             .keep_newest(quota::MAX_SESSIONS_FROM_NON_MEMBERS, |_, s| {
                 !vouched(members, requests, s)
             });
-        for s in &changes.crypto.inbound_group_sessions {
+        for s in changes.crypto.inbound_group_sessions.iter() {
             let (room, sender) = (&s.room_id, &s.sender_user);
             self.inbound
                 .keep_newest(quota::MAX_SESSIONS_PER_SENDER_PER_ROOM, |_, other| {
-                    &other.room_id == room && &other.sender_user == sender
+                    !other.imported && &other.room_id == room && &other.sender_user == sender
                 });
         }
         self.undecryptable
@@ -386,8 +386,8 @@ impl State {
     }
 }
 
-/// Whether `session` is vouched for: its sender is known as a member of its room, or we
-/// asked for it (same rule as SQLite's `FROM_NON_MEMBER`).
+/// Whether `session` is vouched for: the user imported it, its sender is known as a member
+/// of its room, or we asked for it (same rule as SQLite's `FROM_NON_MEMBER`).
 pub(super) fn vouched(
     members: &HashMap<OwnedRoomId, BTreeMap<OwnedUserId, MemberRecord>>,
     requests: &Ordered<RoomSession, KeyRequestRecord>,
@@ -401,7 +401,7 @@ pub(super) fn vouched(
     let asked = requests
         .get(&(session.room_id.clone(), session.session_id.clone()))
         .is_some();
-    member || asked
+    session.imported || member || asked
 }
 
 /// A room we are invited to and were never in (what [`quota::MAX_INVITES`] bounds).

@@ -11,17 +11,23 @@ use super::super::{
     SecretBlob, ShareRecipient, StoreError, quota,
 };
 use super::sql::{
-    col, count, db, each, limit, or_empty, parsed, parsed_non_empty, query_opt, u64_from_sql,
-    u64_to_sql,
+    col, count, db, each, limit, or_empty, parsed, parsed_non_empty, query_all, query_opt,
+    u64_from_sql, u64_to_sql,
 };
 use super::trust::{sender_columns, sender_data_from_row};
 
 /// An inbound session (`s`) whose sender is not known as a member of its room (and that we
-/// did not ask for: a forwarded key of unknown origin from an own device counts as ours).
-pub(super) const FROM_NON_MEMBER: &str = "NOT EXISTS (SELECT 1 FROM members m \
+/// did not ask for: a forwarded key of unknown origin from an own device counts as ours; nor
+/// imported by the user).
+pub(super) const FROM_NON_MEMBER: &str = "s.imported = 0 AND NOT EXISTS (SELECT 1 FROM members m \
     WHERE m.room_id = s.room_id AND m.user_id = s.sender_user) \
     AND NOT EXISTS (SELECT 1 FROM key_requests k \
     WHERE k.room_id = s.room_id AND k.session_id = s.session_id)";
+
+/// The columns [`inbound_from_row`] reads.
+const INBOUND_COLUMNS: &str = "room_id, session_id, sender_key, signing_key, sender_user,
+    sender_device, pickle, first_known_index, sender_data, sender_data_tag, sender_retry_ms,
+    imported";
 
 pub(super) fn inbound(
     conn: &Connection,
@@ -31,35 +37,67 @@ pub(super) fn inbound(
 ) -> Result<Option<InboundGroupSessionRecord>, StoreError> {
     query_opt(
         conn,
-        "SELECT room_id, session_id, sender_key, signing_key, sender_user, sender_device,
-            pickle, first_known_index, sender_data, sender_data_tag, sender_retry_ms
-         FROM inbound_group_sessions WHERE room_id = ?1 AND session_id = ?2",
+        &format!(
+            "SELECT {INBOUND_COLUMNS} FROM inbound_group_sessions
+             WHERE room_id = ?1 AND session_id = ?2"
+        ),
         [room_id.as_str(), session_id],
-        |r| {
-            let room_id: OwnedRoomId = parsed(r, 0)?;
-            let session_id: String = col(r, 1)?;
-            let sender_data = sender_data_from_row(r, 8, c, &room_id, &session_id)?;
-            let mut s = InboundGroupSessionRecord {
-                room_id,
-                session_id,
-                sender_key: col(r, 2)?,
-                signing_key: col(r, 3)?,
-                sender_user: parsed_non_empty(r, 4)?,
-                sender_device: parsed_non_empty(r, 5)?,
-                pickle: SecretBlob::new(Vec::new()),
-                first_known_index: col(r, 7)?,
-                sender_data,
-            };
-            let blob: Vec<u8> = col(r, 6)?;
-            let index = s.first_known_index.to_be_bytes();
-            s.pickle = SecretBlob(c.decrypt(&aad_inbound(&s, &index), &blob)?);
-            Ok(s)
-        },
+        |r| inbound_from_row(r, c),
     )
 }
 
-pub(super) fn inbound_count(conn: &Connection) -> Result<u64, StoreError> {
-    count(conn, "SELECT count(*) FROM inbound_group_sessions", [])
+/// A page of inbound sessions in (room id, session id) order, after `after`.
+pub(super) fn inbound_page(
+    conn: &Connection,
+    c: &StoreCipher,
+    room: Option<&RoomId>,
+    after: Option<(&RoomId, &str)>,
+    max: u32,
+) -> Result<Vec<InboundGroupSessionRecord>, StoreError> {
+    let (after_room, after_session) = after.map_or(("", ""), |(r, s)| (r.as_str(), s));
+    query_all(
+        conn,
+        &format!(
+            "SELECT {INBOUND_COLUMNS} FROM inbound_group_sessions
+             WHERE (?1 IS NULL OR room_id = ?1) AND (room_id, session_id) > (?2, ?3)
+             ORDER BY room_id, session_id LIMIT ?4"
+        ),
+        params![room.map(RoomId::as_str), after_room, after_session, max],
+        |r| inbound_from_row(r, c),
+    )
+}
+
+fn inbound_from_row(
+    r: &rusqlite::Row<'_>,
+    c: &StoreCipher,
+) -> Result<InboundGroupSessionRecord, StoreError> {
+    let room_id: OwnedRoomId = parsed(r, 0)?;
+    let session_id: String = col(r, 1)?;
+    let sender_data = sender_data_from_row(r, 8, c, &room_id, &session_id)?;
+    let mut s = InboundGroupSessionRecord {
+        room_id,
+        session_id,
+        sender_key: col(r, 2)?,
+        signing_key: col(r, 3)?,
+        sender_user: parsed_non_empty(r, 4)?,
+        sender_device: parsed_non_empty(r, 5)?,
+        pickle: SecretBlob::new(Vec::new()),
+        first_known_index: col(r, 7)?,
+        sender_data,
+        imported: col::<bool>(r, 11)?,
+    };
+    let blob: Vec<u8> = col(r, 6)?;
+    let index = s.first_known_index.to_be_bytes();
+    s.pickle = SecretBlob(c.decrypt(&aad_inbound(&s, &index), &blob)?);
+    Ok(s)
+}
+
+pub(super) fn inbound_count(conn: &Connection, room: Option<&RoomId>) -> Result<u64, StoreError> {
+    count(
+        conn,
+        "SELECT count(*) FROM inbound_group_sessions WHERE ?1 IS NULL OR room_id = ?1",
+        [room.map(RoomId::as_str)],
+    )
 }
 
 pub(super) fn outbound(
@@ -169,8 +207,8 @@ fn write_inbound(
     tx.prepare_cached(
         "INSERT OR REPLACE INTO inbound_group_sessions (room_id, session_id,
             sender_key, signing_key, sender_user, sender_device, pickle, first_known_index,
-            sender_trust, sender_data, sender_data_tag, sender_retry_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            sender_trust, sender_data, sender_data_tag, sender_retry_ms, imported)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )
     .and_then(|mut st| {
         st.execute(params![
@@ -186,6 +224,7 @@ fn write_inbound(
             sender.json,
             sender.tag,
             sender.retry_ms,
+            s.imported,
         ])
     })
     .map_err(db)?;
@@ -236,7 +275,11 @@ pub(super) fn adds_sessions_of_non_members(
     let mut st = tx
         .prepare_cached("SELECT 1 FROM members WHERE room_id = ?1 AND user_id = ?2")
         .map_err(db)?;
-    for s in &changes.inbound_group_sessions {
+    for s in changes
+        .inbound_group_sessions
+        .iter()
+        .filter(|s| !s.imported)
+    {
         if !st
             .exists([s.room_id.as_str(), or_empty(&s.sender_user)])
             .map_err(db)?
@@ -248,7 +291,7 @@ pub(super) fn adds_sessions_of_non_members(
 }
 
 /// At most [`quota::MAX_SESSIONS_PER_SENDER_PER_ROOM`] inbound sessions per sender and
-/// room, for the senders this batch wrote sessions of.
+/// room, for the senders this batch wrote sessions of (imported ones are not counted).
 pub(super) fn bound_sessions_per_sender(
     tx: &Transaction<'_>,
     changes: &CryptoChanges,
@@ -256,6 +299,7 @@ pub(super) fn bound_sessions_per_sender(
     let mut senders: Vec<(&str, &str)> = changes
         .inbound_group_sessions
         .iter()
+        .filter(|s| !s.imported)
         .map(|s| (s.room_id.as_str(), or_empty(&s.sender_user)))
         .collect();
     senders.sort_unstable();
@@ -263,7 +307,8 @@ pub(super) fn bound_sessions_per_sender(
     let mut st = tx
         .prepare_cached(
             "DELETE FROM inbound_group_sessions WHERE rowid IN (
-                SELECT rowid FROM inbound_group_sessions WHERE room_id = ?1 AND sender_user = ?2
+                SELECT rowid FROM inbound_group_sessions
+                WHERE room_id = ?1 AND sender_user = ?2 AND imported = 0
                 ORDER BY rowid DESC LIMIT -1 OFFSET ?3)",
         )
         .map_err(db)?;

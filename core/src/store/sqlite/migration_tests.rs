@@ -26,8 +26,18 @@ fn back_to_version_7(conn: &Connection) {
     .unwrap();
 }
 
+/// Take a store back to schema version 11: no imported sessions.
+fn back_to_version_11(conn: &Connection) {
+    conn.execute_batch(
+        "ALTER TABLE inbound_group_sessions DROP COLUMN imported;
+         PRAGMA user_version = 11;",
+    )
+    .unwrap();
+}
+
 /// Take a store back to schema version 10: no stuck reasons or kept echoes.
 fn back_to_version_10(conn: &Connection) {
+    back_to_version_11(conn);
     conn.execute_batch(
         "ALTER TABLE send_queue DROP COLUMN stuck;
          ALTER TABLE send_queue DROP COLUMN echo;
@@ -563,4 +573,31 @@ fn migration_11_keeps_queued_messages_unstuck() {
     }))
     .unwrap();
     assert_eq!(s.queued_sends().unwrap(), [stuck]);
+}
+
+/// Migration 12: sessions stored before are not imported ones (the quotas apply to them as
+/// before), and read back unchanged.
+#[test]
+fn migration_12_reads_stored_sessions_as_not_imported() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut imported = inbound("!r:x", "s1");
+    imported.imported = true;
+    open(d)
+        .save_changes(Changes::from(CryptoChanges {
+            inbound_group_sessions: vec![inbound("!r:x", "s0"), imported],
+            ..Default::default()
+        }))
+        .unwrap();
+    back_to_version_11(&raw(d));
+    let s = open(d);
+    let s1 = s
+        .inbound_group_session(&rid("!r:x"), "s1")
+        .unwrap()
+        .unwrap();
+    assert!(!s1.imported);
+    assert_eq!(
+        s.inbound_group_session(&rid("!r:x"), "s0").unwrap(),
+        Some(inbound("!r:x", "s0"))
+    );
 }

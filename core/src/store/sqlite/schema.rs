@@ -246,6 +246,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
         txn_id TEXT NOT NULL UNIQUE,
         event_id TEXT NOT NULL
     );",
+    // 12: inbound sessions the user imported (key export, backup) are outside the quotas.
+    "ALTER TABLE inbound_group_sessions ADD COLUMN imported INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Keys of the `meta` table.

@@ -13,18 +13,17 @@
 //! keys ([`ExportedRoomKey`]). The MAC is checked before anything is decrypted: a wrong
 //! passphrase and a tampered file are the same error, and neither yields a byte of it.
 
-use aes::cipher::{KeyIvInit, StreamCipher};
-use base64::Engine;
-use base64::engine::DecodePaddingMode;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+mod read;
+mod write;
+
 use hmac::{Hmac, Mac};
-use rand::RngCore;
 use ruma::OwnedRoomId;
 use serde::{Deserialize, Serialize};
 use sha2::{Sha256, Sha512};
 use zeroize::Zeroizing;
 
-type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
+pub use read::{Entry, ReadProgress, read_export};
+pub use write::ExportWriter;
 
 const HEADER: &str = "-----BEGIN MEGOLM SESSION DATA-----";
 const FOOTER: &str = "-----END MEGOLM SESSION DATA-----";
@@ -36,6 +35,8 @@ const MAC: usize = 32;
 const PREFIX: usize = 1 + SALT + IV + 4;
 /// Characters per line of the base64 body.
 const LINE: usize = 96;
+/// The AES-256-CTR of the spec (128-bit big-endian counter).
+type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
 /// Rounds Newt writes (the reader takes what the file says, within [`MAX_ROUNDS`]).
 pub const DEFAULT_ROUNDS: u32 = 500_000;
 /// Most rounds a file may ask for: more would let a crafted file hold the app for hours.
@@ -63,6 +64,19 @@ pub enum KeyExportError {
     /// Decrypted, but not a list of room keys.
     #[error("the key export's content is not a list of room keys: {0}")]
     InvalidContent(String),
+    /// The file changed between the check of its MAC and its import (nothing of what
+    /// changed was used).
+    #[error("the key export changed while it was read")]
+    ChangedWhileReading,
+    /// Reading or writing the file failed.
+    #[error("key export I/O: {0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for KeyExportError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e.to_string())
+    }
 }
 
 /// One room key as the export format holds it (the spec's `SessionData` with its room).
@@ -115,107 +129,57 @@ fn mac_of(key: &[u8], data: &[u8]) -> Result<Hmac<Sha256>, KeyExportError> {
     Ok(mac)
 }
 
-/// Encrypt `keys` into the export format with `passphrase` and `rounds`.
+/// Encrypt `keys` into the export format with `passphrase` and `rounds`, in memory (large
+/// exports are written as they are read from the store: [`ExportWriter`]).
 pub fn encrypt(
     keys: &[ExportedRoomKey],
     passphrase: &str,
     rounds: u32,
 ) -> Result<String, KeyExportError> {
-    if rounds == 0 || rounds > MAX_ROUNDS {
-        return Err(KeyExportError::InvalidRounds(rounds));
+    let mut writer = ExportWriter::new(Vec::new(), passphrase, rounds)?;
+    for key in keys {
+        writer.push(key)?;
     }
-    let plaintext = Zeroizing::new(
-        serde_json::to_vec(keys).map_err(|e| KeyExportError::InvalidContent(e.to_string()))?,
-    );
-    let mut salt = [0u8; SALT];
-    let mut iv = [0u8; IV];
-    rand::rngs::OsRng.fill_bytes(&mut salt);
-    rand::rngs::OsRng.fill_bytes(&mut iv);
-    // Bit 63 cleared, as the spec asks (some readers count with a 64-bit counter).
-    iv[8] &= 0x7f;
-    let derived = derive(passphrase, &salt, rounds);
-    let mut out = Vec::with_capacity(PREFIX + plaintext.len() + MAC);
-    out.push(VERSION);
-    out.extend_from_slice(&salt);
-    out.extend_from_slice(&iv);
-    out.extend_from_slice(&rounds.to_be_bytes());
-    let start = out.len();
-    out.extend_from_slice(&plaintext);
-    let mut aes = Aes256Ctr::new(derived[..32].into(), (&iv).into());
-    aes.apply_keystream(&mut out[start..]);
-    let tag = mac_of(&derived[32..], &out)?.finalize().into_bytes();
-    out.extend_from_slice(&tag);
-    Ok(armor(&STANDARD.encode(out)))
+    let text = writer.finish()?;
+    String::from_utf8(text).map_err(|e| KeyExportError::Io(e.to_string()))
 }
 
-fn armor(body: &str) -> String {
-    let mut text = String::with_capacity(body.len() + body.len() / LINE + 80);
-    text.push_str(HEADER);
-    text.push('\n');
-    for line in body.as_bytes().chunks(LINE) {
-        text.push_str(&String::from_utf8_lossy(line));
-        text.push('\n');
-    }
-    text.push_str(FOOTER);
-    text.push('\n');
-    text
-}
-
-/// Decrypt an export with `passphrase`: the room keys it holds.
+/// Decrypt an export held in memory with `passphrase`: the room keys it holds (large files
+/// are read in two passes without holding them: [`read_export`]). An entry that is not a
+/// room key makes the whole content invalid here.
 pub fn decrypt(text: &str, passphrase: &str) -> Result<Vec<ExportedRoomKey>, KeyExportError> {
-    let mut data = unarmor(text)?;
-    if data.len() < PREFIX + MAC {
-        return Err(KeyExportError::Truncated);
-    }
-    if data[0] != VERSION {
-        return Err(KeyExportError::UnsupportedVersion(data[0]));
-    }
-    let mut rounds = [0u8; 4];
-    rounds.copy_from_slice(&data[1 + SALT + IV..PREFIX]);
-    let rounds = u32::from_be_bytes(rounds);
-    if rounds == 0 || rounds > MAX_ROUNDS {
-        return Err(KeyExportError::InvalidRounds(rounds));
-    }
-    let derived = derive(passphrase, &data[1..1 + SALT], rounds);
-    let (signed, tag) = data.split_at(data.len() - MAC);
-    mac_of(&derived[32..], signed)?
-        .verify_slice(tag)
-        .map_err(|_| KeyExportError::WrongPassphraseOrTampered)?;
-    let mut iv = [0u8; IV];
-    iv.copy_from_slice(&data[1 + SALT..1 + SALT + IV]);
-    let end = data.len() - MAC;
-    let mut aes = Aes256Ctr::new(derived[..32].into(), (&iv).into());
-    aes.apply_keystream(&mut data[PREFIX..end]);
-    let plaintext = Zeroizing::new(data[PREFIX..end].to_vec());
-    zeroize::Zeroize::zeroize(&mut data);
-    serde_json::from_slice(&plaintext).map_err(|e| KeyExportError::InvalidContent(e.to_string()))
-}
-
-/// The bytes between the armor lines (whitespace ignored).
-fn unarmor(text: &str) -> Result<Vec<u8>, KeyExportError> {
-    let not = |why: &str| KeyExportError::NotAnExport(why.to_owned());
-    let start = text.find(HEADER).ok_or_else(|| not("no BEGIN line"))? + HEADER.len();
-    let end = text[start..]
-        .find(FOOTER)
-        .ok_or_else(|| not("no END line"))?
-        + start;
-    let body: String = text[start..end]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    // Padded or not: writers differ.
-    let engine = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
-    engine
-        .decode(body)
-        .map_err(|e| not(&format!("base64: {e}")))
+    let mut keys = Vec::new();
+    read_export(
+        std::io::Cursor::new(text.as_bytes()),
+        passphrase,
+        |entry| match entry {
+            Entry::Key(key) => {
+                keys.push(key);
+                Ok(())
+            }
+            Entry::Invalid(why) => Err(KeyExportError::InvalidContent(why)),
+        },
+        |_| {},
+    )?;
+    Ok(keys)
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
     use super::*;
+
+    /// The decoded body of an export.
+    fn unarmor(text: &str) -> Vec<u8> {
+        let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        STANDARD.decode(body).unwrap()
+    }
+
+    fn armor(raw: &[u8]) -> String {
+        format!("{HEADER}\n{}\n{FOOTER}\n", STANDARD.encode(raw))
+    }
 
     fn key(i: u32) -> ExportedRoomKey {
         ExportedRoomKey {
@@ -239,7 +203,7 @@ mod tests {
             text.lines()
                 .all(|l| l.len() <= LINE || l.starts_with("-----"))
         );
-        let raw = unarmor(&text).unwrap();
+        let raw = unarmor(&text);
         assert_eq!(raw[0], 1);
         assert_eq!(raw[1 + SALT + 8] & 0x80, 0, "bit 63 of the IV is clear");
         assert_eq!(&raw[1 + SALT + IV..PREFIX], &1000u32.to_be_bytes());
@@ -258,20 +222,20 @@ mod tests {
             decrypt(&text, "wrong"),
             Err(KeyExportError::WrongPassphraseOrTampered)
         );
-        let mut raw = unarmor(&text).unwrap();
+        let mut raw = unarmor(&text);
         raw[PREFIX + 2] ^= 1;
-        let tampered = armor(&STANDARD.encode(&raw));
+        let tampered = armor(&raw);
         assert_eq!(
             decrypt(&tampered, "right"),
             Err(KeyExportError::WrongPassphraseOrTampered)
         );
-        let raw = unarmor(&text).unwrap();
-        let cut = armor(&STANDARD.encode(&raw[..raw.len() - 10]));
+        let raw = unarmor(&text);
+        let cut = armor(&raw[..raw.len() - 10]);
         assert_eq!(
             decrypt(&cut, "right"),
             Err(KeyExportError::WrongPassphraseOrTampered)
         );
-        let short = armor(&STANDARD.encode(&raw[..PREFIX]));
+        let short = armor(&raw[..PREFIX]);
         assert_eq!(decrypt(&short, "right"), Err(KeyExportError::Truncated));
         let headless = text.replace(HEADER, "");
         assert!(matches!(
@@ -280,7 +244,7 @@ mod tests {
         ));
         let mut v2 = raw.clone();
         v2[0] = 2;
-        let v2 = armor(&STANDARD.encode(&v2));
+        let v2 = armor(&v2);
         assert_eq!(
             decrypt(&v2, "right"),
             Err(KeyExportError::UnsupportedVersion(2))
@@ -290,9 +254,9 @@ mod tests {
     #[test]
     fn absurd_rounds_are_refused_before_any_work() {
         let text = encrypt(&[key(1)], "p", 1000).unwrap();
-        let mut raw = unarmor(&text).unwrap();
+        let mut raw = unarmor(&text);
         raw[1 + SALT + IV..PREFIX].copy_from_slice(&u32::MAX.to_be_bytes());
-        let greedy = armor(&STANDARD.encode(&raw));
+        let greedy = armor(&raw);
         assert_eq!(
             decrypt(&greedy, "p"),
             Err(KeyExportError::InvalidRounds(u32::MAX))
@@ -307,7 +271,7 @@ mod tests {
     /// PBKDF2-HMAC-SHA-512; see `tests/data/README.md`) decrypts to its content.
     #[test]
     fn a_file_made_by_openssl_decrypts() {
-        let text = include_str!("../tests/data/key_export_openssl.txt");
+        let text = include_str!("../../tests/data/key_export_openssl.txt");
         let keys = decrypt(text, "newt export test").unwrap();
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].session_id, "vector-session");
@@ -316,5 +280,149 @@ mod tests {
             decrypt(text, "newt export tesT"),
             Err(KeyExportError::WrongPassphraseOrTampered)
         );
+    }
+
+    fn read_all(
+        input: &[u8],
+        passphrase: &str,
+    ) -> Result<(Vec<Entry>, Vec<ReadProgress>), KeyExportError> {
+        let (mut entries, mut progress) = (Vec::new(), Vec::new());
+        read_export(
+            std::io::Cursor::new(input),
+            passphrase,
+            |e| {
+                entries.push(e);
+                Ok::<_, KeyExportError>(())
+            },
+            |p| progress.push(p),
+        )?;
+        Ok((entries, progress))
+    }
+
+    #[test]
+    fn a_large_export_is_read_chunk_by_chunk_with_progress() {
+        let mut writer = ExportWriter::new(Vec::new(), "p", 1000).unwrap();
+        for i in 0..2000 {
+            let mut k = key(i);
+            k.session_key = "k".repeat(200);
+            writer.push(&k).unwrap();
+        }
+        assert_eq!(writer.keys(), 2000);
+        let file = writer.finish().unwrap();
+        assert!(file.len() > 8 * 64 * 1024, "several chunks: {}", file.len());
+        let (entries, progress) = read_all(&file, "p").unwrap();
+        assert_eq!(entries.len(), 2000);
+        assert!(matches!(&entries[1999], Entry::Key(k) if k.session_id == "session1999"));
+        let total = 2 * file.len() as u64;
+        assert!(
+            progress.len() > 16,
+            "reported per chunk: {}",
+            progress.len()
+        );
+        assert!(progress.iter().all(|p| p.total_bytes == total));
+        assert!(
+            progress
+                .windows(2)
+                .all(|w| w[0].read_bytes <= w[1].read_bytes)
+        );
+        assert_eq!(progress.last().unwrap().read_bytes, total);
+    }
+
+    #[test]
+    fn an_entry_that_is_not_a_room_key_is_reported_alone() {
+        let mut writer = ExportWriter::new(Vec::new(), "p", 1000).unwrap();
+        writer.push(&key(1)).unwrap();
+        writer.encrypted(br#",{"algorithm":5}"#).unwrap();
+        writer.push(&key(2)).unwrap();
+        let file = writer.finish().unwrap();
+        let (entries, _) = read_all(&file, "p").unwrap();
+        assert_eq!(entries.len(), 3);
+        assert!(matches!(&entries[0], Entry::Key(k) if k.session_id == "session1"));
+        assert!(matches!(&entries[1], Entry::Invalid(why) if why.starts_with("entry 1")));
+        assert!(matches!(&entries[2], Entry::Key(k) if k.session_id == "session2"));
+        // In memory, all or nothing.
+        let text = String::from_utf8(file).unwrap();
+        assert!(matches!(
+            decrypt(&text, "p"),
+            Err(KeyExportError::InvalidContent(_))
+        ));
+    }
+
+    /// A reader whose content is replaced once it was read through (what a file changed by
+    /// someone else between the two passes looks like).
+    struct Swapping {
+        first: std::io::Cursor<Vec<u8>>,
+        then: Vec<u8>,
+        rewinds: u32,
+    }
+
+    impl std::io::Read for Swapping {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.first.read(buf)
+        }
+    }
+
+    impl std::io::BufRead for Swapping {
+        fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+            self.first.fill_buf()
+        }
+        fn consume(&mut self, n: usize) {
+            self.first.consume(n)
+        }
+    }
+
+    impl std::io::Seek for Swapping {
+        fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+            if to == std::io::SeekFrom::Start(0) {
+                self.rewinds += 1;
+                if self.rewinds == 2 {
+                    let then = std::mem::take(&mut self.then);
+                    self.first = std::io::Cursor::new(then);
+                }
+            }
+            self.first.seek(to)
+        }
+    }
+
+    #[test]
+    fn a_file_changed_between_the_two_passes_is_refused_before_use() {
+        let keys: Vec<_> = (0..3000).map(key).collect();
+        let good = encrypt(&keys, "p", 1000).unwrap().into_bytes();
+        let mut raw = unarmor(std::str::from_utf8(&good).unwrap());
+        // The second chunk changed: the first one's entries were handed over, none after.
+        raw[100_000] ^= 1;
+        let mut seen = 0;
+        let result = read_export(
+            Swapping {
+                first: std::io::Cursor::new(good),
+                then: armor(&raw).into_bytes(),
+                rewinds: 0,
+            },
+            "p",
+            |_| {
+                seen += 1;
+                Ok::<_, KeyExportError>(())
+            },
+            |_| {},
+        );
+        assert_eq!(result, Err(KeyExportError::ChangedWhileReading));
+        assert!(seen > 0 && seen < 3000, "{seen} entries before the change");
+    }
+
+    #[test]
+    fn an_error_of_the_caller_stops_the_reading() {
+        let text = encrypt(&[key(1), key(2)], "p", 1000).unwrap();
+        let mut seen = 0;
+        let result = read_export(
+            std::io::Cursor::new(text.as_bytes()),
+            "p",
+            |_| {
+                seen += 1;
+                Err(KeyExportError::Io("full".into()))
+            },
+            |_| {},
+        );
+        assert_eq!(result, Err(KeyExportError::Io("full".into())));
+        assert_eq!(seen, 1);
     }
 }
