@@ -380,6 +380,21 @@ func decrypt(roomId: String, eventId: String, eventJson: String?, budgetMs: UInt
 static func `open`(config: ClientConfig)
 public var body: String?
 public var encrypted: Bool
+func exportRoomKeys(path: String, passphrase: String, roomIds: [String]?, listener: KeyTransferListener?) async throws -> UInt64
+func importRoomKeys(path: String, passphrase: String, listener: KeyTransferListener?) async throws -> KeyImportSummary
+public protocol KeyTransferListener: AnyObject
+func onProgress(done: UInt64, total: UInt64) throws
+case KeyFileRefused(reason: KeyFileProblem, details: String)
+case File(details: String)
+case wrongPassphrase
+case notAKeyFile
+case updated(item: TimelineItem)
+public var imported: UInt64
+public var alreadyKnown: UInt64
+public var refused: UInt64
+public var waitingForKey: Bool
+public var legacy: Bool
+public var failure: DecryptionFailure?
 """
 lines = [l for l in wanted.strip().splitlines() if l.strip()]
 missing = [l for l in lines if l not in text]

@@ -9,8 +9,9 @@
 #   alice and bob log in (each with their own encrypted store), alice creates an
 #   encrypted room and invites bob, bob joins and listens while alice sends two
 #   messages, bob replies while alice listens; the decrypted messages are printed as a
-#   transcript, and bob shows alice's devices.
-# Exits non-zero if any message is missing or failed to decrypt.
+#   transcript, and bob shows alice's devices; last, alice exports her room keys to a
+#   passphrase-protected key file (the format Element imports).
+# Exits non-zero if any message is missing or failed to decrypt, or the export failed.
 #
 # Environment: NEWT_DEMO_KEEP=1 keeps the temp dir (stores, server log) for inspection;
 # NEWT_BIN=path uses that binary instead of building target/debug/newt;
@@ -197,9 +198,24 @@ transcript "$WORK/alice.jsonl" "$ALICE" "$REPLY" || FAILED=1
 say "alice's devices, as seen by bob"
 newt_as bob devices "$ALICE" || FAILED=1
 
+say "alice exports her room keys to a key file"
+KEYS_FILE=$WORK/alice-room-keys.txt
+# the passphrase is given in the environment, for this command only
+if EXPORT=$(NEWT_KEY_PASSPHRASE="alice's key file passphrase" \
+    newt_as alice export-keys "$KEYS_FILE" | tail -n 1); then
+    SESSIONS=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["sessions"])' \
+        "$EXPORT") || SESSIONS=0
+    echo "alice exported $SESSIONS session(s) to $KEYS_FILE"
+    # at least the session of alice's own messages and that of bob's reply
+    [[ $SESSIONS -ge 2 ]] || { echo "demo: expected at least 2 sessions" >&2; FAILED=1; }
+else
+    echo "demo: export-keys failed" >&2
+    FAILED=1
+fi
+
 echo
 if [[ $FAILED -ne 0 ]]; then
-    echo "DEMO FAILED: a message was missing or could not be decrypted (see above)" >&2
+    echo "DEMO FAILED: a message was missing or could not be decrypted, or a step failed (see above)" >&2
     exit 1
 fi
-echo "Demo succeeded: every message was delivered and decrypted."
+echo "Demo succeeded: every message was delivered and decrypted, and the room keys exported."

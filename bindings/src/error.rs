@@ -148,7 +148,9 @@ pub enum NewtError {
         /// Why, in words.
         message: String,
     },
-    /// A key export file was refused (nothing was imported) or could not be written.
+    /// A key export file was refused or could not be written. Nothing was imported, except
+    /// for `ChangedWhileReading` and a list found malformed further on: the batches stored
+    /// before stay (they were authenticated).
     #[error("key file refused: {message}")]
     KeyFileRefused {
         /// Why, for the app to act on (ask for the passphrase again, say).

@@ -87,7 +87,7 @@ impl NewtClient {
     }
 
     /// Import a key export file (Newt's or Element's). A wrong passphrase or a file that
-    /// was cut short or changed is refused (`KeyFileRefused`) with nothing imported;
+    /// was cut short or changed is refused (`KeyFileRefused`) before anything is stored;
     /// messages that could not be decrypted before arrive again decrypted, as updates.
     pub async fn import_room_keys(
         &self,

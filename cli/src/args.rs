@@ -48,6 +48,10 @@ pub(crate) enum Command {
     Devices {
         user: OwnedUserId,
     },
+    ExportKeys(ExportKeys),
+    ImportKeys {
+        path: PathBuf,
+    },
 }
 
 /// `send-file ROOM PATH [--mimetype M] [--name N] [--timeout SECONDS]`.
@@ -79,6 +83,23 @@ pub(crate) struct Download {
     pub(crate) event_id: OwnedEventId,
     pub(crate) path: PathBuf,
     pub(crate) max_bytes: u64,
+}
+
+/// `export-keys FILE [--room ROOM ...] [--force]`.
+#[derive(Debug, PartialEq)]
+pub(crate) struct ExportKeys {
+    pub(crate) path: PathBuf,
+    /// The rooms whose keys are exported; all rooms if empty.
+    pub(crate) rooms: Vec<OwnedRoomId>,
+    /// Replace FILE if it exists.
+    pub(crate) force: bool,
+}
+
+impl Command {
+    /// Whether the command reads the key file passphrase (`NEWT_KEY_PASSPHRASE`).
+    pub(crate) fn needs_key_passphrase(&self) -> bool {
+        matches!(self, Command::ExportKeys(_) | Command::ImportKeys { .. })
+    }
 }
 
 /// Parse the arguments after the program name.
@@ -131,6 +152,12 @@ pub(crate) fn parse_command(name: &str, rest: &[String]) -> Result<Command, Stri
             Command::Devices {
                 user: parse_id(&user, "user id")?,
             }
+        }
+        "export-keys" => Command::ExportKeys(export_keys(rest)?),
+        "import-keys" => {
+            let (_, positional) = options(rest, &[], &[])?;
+            let [path] = exactly(positional, "import-keys FILE")?;
+            Command::ImportKeys { path: path.into() }
         }
         other => return Err(format!("unknown command {other}")),
     })
@@ -220,6 +247,21 @@ fn download(rest: &[String]) -> Result<Download, String> {
         event_id: parse_id(&event_id, "event id")?,
         path: path.into(),
         max_bytes: number(&opts, "--max-bytes", MAX_ATTACHMENT_BYTES)?,
+    })
+}
+
+fn export_keys(rest: &[String]) -> Result<ExportKeys, String> {
+    let (opts, positional) = options(rest, &["--room"], &["--force"])?;
+    let [path] = exactly(positional, "export-keys FILE")?;
+    let rooms = opts
+        .iter()
+        .filter(|(k, _)| k == "--room")
+        .map(|(_, v)| parse_id::<OwnedRoomId>(v, "room id"))
+        .collect::<Result<_, _>>()?;
+    Ok(ExportKeys {
+        path: path.into(),
+        rooms,
+        force: opt(&opts, "--force").is_some(),
     })
 }
 
@@ -425,6 +467,84 @@ mod tests {
                 &["download", ROOM, "$e", "out", "--max-bytes", "-1"],
                 "--max-bytes must be a number",
             ),
+        ];
+        for (args, expected) in cases {
+            let error = command(args).unwrap_err();
+            assert!(error.contains(expected), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn export_keys_takes_a_file_repeated_rooms_and_force() {
+        let parsed = command(&["export-keys", "keys.txt"]).unwrap();
+        assert_eq!(
+            parsed,
+            Command::ExportKeys(ExportKeys {
+                path: "keys.txt".into(),
+                rooms: vec![],
+                force: false,
+            })
+        );
+        let parsed = command(&[
+            "export-keys",
+            "--room",
+            ROOM,
+            "out/keys.txt",
+            "--force",
+            "--room",
+            "!other:localhost",
+        ]);
+        let Command::ExportKeys(a) = parsed.unwrap() else {
+            panic!("not export-keys");
+        };
+        assert_eq!(a.path, PathBuf::from("out/keys.txt"));
+        let rooms: Vec<&str> = a.rooms.iter().map(|r| r.as_str()).collect();
+        assert_eq!(rooms, [ROOM, "!other:localhost"]);
+        assert!(a.force);
+        assert!(Command::ExportKeys(a).needs_key_passphrase());
+    }
+
+    #[test]
+    fn import_keys_takes_a_file() {
+        let parsed = command(&["import-keys", "keys.txt"]).unwrap();
+        assert_eq!(
+            parsed,
+            Command::ImportKeys {
+                path: "keys.txt".into()
+            }
+        );
+        assert!(parsed.needs_key_passphrase());
+        assert!(!Command::Whoami.needs_key_passphrase());
+    }
+
+    #[test]
+    fn key_commands_refuse_what_they_cannot_use() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["export-keys"], "expected `export-keys FILE`"),
+            (
+                &["export-keys", "--room", ROOM],
+                "expected `export-keys FILE`",
+            ),
+            (&["export-keys", "a", "b"], "expected `export-keys FILE`"),
+            (
+                &["export-keys", "keys.txt", "--room", "room"],
+                "invalid room id \"room\"",
+            ),
+            (
+                &["export-keys", "keys.txt", "--room", "#alias:localhost"],
+                "invalid room id",
+            ),
+            (
+                &["export-keys", "keys.txt", "--room"],
+                "--room needs a value",
+            ),
+            (
+                &["export-keys", "keys.txt", "--passphrase", "p"],
+                "unknown option --passphrase",
+            ),
+            (&["import-keys"], "expected `import-keys FILE`"),
+            (&["import-keys", "a", "b"], "expected `import-keys FILE`"),
+            (&["import-keys", "a", "--force"], "unknown option --force"),
         ];
         for (args, expected) in cases {
             let error = command(args).unwrap_err();

@@ -14,6 +14,9 @@
 //!   download ROOM EVENT_ID PATH [--max-bytes N]
 //!   devices @user:server
 //!   whoami
+//! NEWT_STORE_KEY=secret NEWT_KEY_PASSPHRASE=other newt --homeserver URL --store DIR <command>
+//!   export-keys FILE [--room ROOM ...] [--force]
+//!   import-keys FILE
 //! ```
 //!
 //! - `send` prints the event id of each text once the server has it.
@@ -29,6 +32,18 @@
 //!   store's keys (waiting up to 10 s for a room key still on its way), downloads its
 //!   attachment, checks it against its SHA-256, decrypts it and writes it to PATH (whole,
 //!   or nothing on any error); prints a JSON line with the sender, name, type and size.
+//! - `export-keys` writes the room keys of the store (of every room, or of the rooms given
+//!   with `--room`) to FILE in the Matrix key export format (which Element imports),
+//!   encrypted with the passphrase in `NEWT_KEY_PASSPHRASE` (never an argument: `ps` would
+//!   show it), readable by the user only. FILE is written whole or left as it was; an
+//!   existing FILE is replaced only with `--force`. Prints `{"sessions": N, "path": FILE}`.
+//! - `import-keys` imports such a file (from Newt, Element or another client) with the
+//!   passphrase in `NEWT_KEY_PASSPHRASE`; a wrong passphrase, or a file changed, cut short
+//!   or not an export, is refused before anything is imported. Messages received before
+//!   and kept undecryptable for want of those keys are delivered again, decrypted, and kept
+//!   in the inbox for `listen`. Prints a JSON line with `total`, `imported`,
+//!   `already_known` and `refused`.
+//! - Both key commands tell their progress on stderr and work on the store alone (no sync).
 //!
 //! The inbox: every command that syncs also receives the messages that arrived since the
 //! last sync. Those a command does not print are kept in the store (the last 1,000,
@@ -40,6 +55,7 @@ mod args;
 mod commands;
 mod files;
 mod inbox;
+mod keys;
 mod listen;
 
 use std::path::PathBuf;
@@ -66,6 +82,11 @@ commands:
       fetch and decrypt the event, save its attachment (hash checked) to PATH
   devices @user:server
   whoami
+  export-keys FILE [--room ROOM ...] [--force]
+      write the room keys (of all rooms, or of those given) to FILE, encrypted with
+      the passphrase in NEWT_KEY_PASSPHRASE; an existing FILE needs --force
+  import-keys FILE
+      import a key export file (e.g. from Element) with NEWT_KEY_PASSPHRASE
 Messages a command receives but does not print are kept in the store (encrypted,
 the last 1000) until `listen ROOM` prints them.";
 
@@ -75,6 +96,8 @@ pub(crate) struct Ctx {
     pub(crate) homeserver: String,
     pub(crate) store: PathBuf,
     pub(crate) key: StoreKey,
+    /// The key file passphrase (`NEWT_KEY_PASSPHRASE`), read for the commands that use it.
+    pub(crate) key_passphrase: Option<String>,
 }
 
 impl Ctx {
@@ -92,6 +115,12 @@ async fn run(args: Args) -> Result<(), String> {
     let passphrase = std::env::var("NEWT_STORE_KEY")
         .map_err(|_| "set NEWT_STORE_KEY to the store passphrase")?;
     let key = StoreKey::from_passphrase(&passphrase);
+    // Read before the store is opened: without it a key command does nothing.
+    let key_passphrase = if args.command.needs_key_passphrase() {
+        Some(keys::passphrase()?)
+    } else {
+        None
+    };
     let client = Client::new(ClientConfig {
         homeserver: args.homeserver.clone(),
         store_dir: args.store.clone(),
@@ -106,6 +135,7 @@ async fn run(args: Args) -> Result<(), String> {
         homeserver: args.homeserver,
         store: args.store,
         key,
+        key_passphrase,
     };
     let result = dispatch(&ctx, &mut recorder, &args.command).await;
     recorder.keep_rest().await;
@@ -129,6 +159,8 @@ async fn dispatch(ctx: &Ctx, recorder: &mut Recorder, command: &Command) -> Resu
         Command::Listen(a) => listen::listen(ctx, recorder, a).await,
         Command::Download(a) => files::download(ctx, a).await,
         Command::Devices { user } => commands::devices(ctx, user).await,
+        Command::ExportKeys(a) => keys::export_keys(ctx, a).await,
+        Command::ImportKeys { path } => keys::import_keys(ctx, path).await,
     }
 }
 
@@ -181,6 +213,8 @@ mod tests {
             "download",
             "devices",
             "whoami",
+            "export-keys",
+            "import-keys",
         ] {
             assert!(USAGE.contains(&format!("  {command}")), "{command}");
         }

@@ -218,6 +218,7 @@ fn machine_with_sessions(
                 first_known_index: 0,
                 sender_data: SenderData::unknown(false),
                 imported: false,
+                backed_up: false,
             }
         })
         .collect();

@@ -37,6 +37,7 @@
 pub use ruma;
 
 pub mod attachment;
+pub mod backup;
 pub mod client;
 pub mod crypto;
 #[cfg(any(test, feature = "fuzzing"))]

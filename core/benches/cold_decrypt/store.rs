@@ -104,6 +104,7 @@ fn save_sessions(store: &dyn Store) {
                 first_known_index: 0,
                 sender_data: SenderData::unknown(false),
                 imported: false,
+                backed_up: false,
             }
         })
         .collect();

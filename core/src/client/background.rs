@@ -2,6 +2,7 @@
 //! messages whose sending failed, and room keys withheld from devices without one-time keys
 //! (`m.no_olm`).
 
+use super::BackupState;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,7 +56,19 @@ impl Client {
             Ok(improved) => report.completed += improved,
             Err(e) => last_error = last_error.or(Some(e)),
         }
-        report.remaining = queued_left + self.pending_to_device().await? as u32 + without_olm;
+        // Room keys for the server-side backup, if one is set up here.
+        let mut backup_left = 0;
+        match self.upload_backup().await {
+            Ok(uploaded) => report.completed += u32::try_from(uploaded).unwrap_or(u32::MAX),
+            Err(e) => {
+                if let BackupState::Enabled { pending, .. } = self.backup_state().await? {
+                    backup_left = u32::try_from(pending).unwrap_or(u32::MAX);
+                }
+                last_error = last_error.or(Some(e));
+            }
+        }
+        report.remaining =
+            queued_left + self.pending_to_device().await? as u32 + without_olm + backup_left;
         if report.remaining > 0
             && let Some(e) = &last_error
         {

@@ -90,7 +90,11 @@ impl Client {
     }
 
     /// Import the key export file at `path` with `passphrase`. A wrong passphrase, a file
-    /// cut short or changed is refused before anything is stored. Imported sessions are
+    /// cut short or changed is refused before anything is stored (the whole file is
+    /// authenticated first). Keys are stored in batches as the file is read again: a file
+    /// changed between the two readings (`ChangedWhileReading`) or a list that turns out
+    /// malformed further on stops the import, and the batches stored before stay (they
+    /// were authenticated). Imported sessions are
     /// legacy sessions (seed 003), never replace a copy known from an earlier index, and
     /// the events kept undecryptable for them are delivered again, decrypted.
     pub async fn import_room_keys(
@@ -136,6 +140,11 @@ impl Client {
             write_room(machine, &mut writer, scope.as_deref(), total, progress)?;
         }
         let count = writer.keys();
+        // Sessions may have come or gone since they were counted: the last report is whole.
+        progress(KeyTransferProgress {
+            done: count,
+            total: count,
+        });
         let file = (writer.finish()?.into_inner())
             .map_err(|e| file_error("writing", part, e.into_error()))?;
         file.sync_all()

@@ -4,6 +4,7 @@
 //! the only part of Newt that does network I/O.
 
 mod background;
+mod backup;
 mod hooks;
 mod key_files;
 mod late_keys;
@@ -46,6 +47,7 @@ use crate::http::{HttpClient, HttpError};
 use crate::store::{Changes, SecretBlob, SqliteStore, Store, StoreError, StoreKey};
 
 use background::NoOlmRetry;
+pub use backup::{BackupInfo, BackupState};
 use hooks::Hooks;
 pub use hooks::{
     BackgroundScheduler, DueWorkReport, Prompt, PromptAnswer, PromptHandler, TrustPolicy,
@@ -128,6 +130,10 @@ pub enum ClientError {
     /// or could not be written.
     #[error(transparent)]
     KeyExport(#[from] crate::key_export::KeyExportError),
+    /// A key backup operation was refused (a mistyped recovery key, another backup's key,
+    /// no backup on the server...).
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
 }
 
 impl ClientError {
@@ -148,6 +154,7 @@ impl ClientError {
             | ClientError::FileTooLarge { .. }
             | ClientError::Attachment(_)
             | ClientError::KeyExport(_)
+            | ClientError::Backup(_)
             | ClientError::Closed => true,
             ClientError::Store(_)
             | ClientError::Crypto(_)
@@ -236,6 +243,8 @@ struct Inner {
     /// A key query found new devices since the last sync (kept events of sessions whose
     /// sender was unknown are retried).
     new_devices_learned: std::sync::atomic::AtomicBool,
+    /// The server-side key backup's state and work.
+    backup: backup::BackupRuntime,
     /// Background tasks and blocking work, which closing waits for.
     lifecycle: Lifecycle,
 }
@@ -280,6 +289,7 @@ impl Client {
             send_queue_resumed: std::sync::atomic::AtomicBool::new(false),
             sync_answer_too_large: std::sync::atomic::AtomicBool::new(false),
             new_devices_learned: std::sync::atomic::AtomicBool::new(false),
+            backup: backup::BackupRuntime::new(),
             lifecycle: Lifecycle::new(),
         };
         Ok(Self {

@@ -266,6 +266,7 @@ impl Client {
                 .await?;
         }
         self.share_with_new_devices().await;
+        self.spawn_backup_work();
         // Sender data the server could not give before (cheap when nothing is due).
         if let Err(e) = self.retry_sender_data(false).await {
             warn!(error = %e, "retrying sender data failed; will retry");

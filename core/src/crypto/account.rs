@@ -79,7 +79,7 @@ impl OwnAccount {
         self.inner.ed25519_key().to_base64()
     }
 
-    fn sign(&self, value: &mut Value) -> Result<(), CryptoError> {
+    pub(super) fn sign(&self, value: &mut Value) -> Result<(), CryptoError> {
         let key_id = format!("ed25519:{}", self.device_id);
         sign_json_with(value, self.user_id.as_str(), &key_id, |bytes| {
             self.inner.sign(bytes)

@@ -374,6 +374,7 @@ impl InboundGroup {
                 first_known_index: session.first_known_index(),
                 sender_data: SenderData::unknown(origin.legacy),
                 imported: false,
+                backed_up: false,
             },
             session,
         })

@@ -6,6 +6,7 @@
 //! answers back with the `mark_*_sent` methods.
 
 mod account;
+mod backup;
 mod batch;
 mod context;
 mod cross_signing;
@@ -48,6 +49,7 @@ mod verification;
 
 pub use crate::store::SharingPolicy;
 pub use account::{MEGOLM_ALGORITHM, OLM_ALGORITHM, SIGNED_CURVE25519};
+pub use backup::BackupBatch;
 pub use decrypt_batch::DecryptBatch;
 pub use devices::Device;
 pub use error::{CryptoError, DeviceKeyError, MegolmError, OlmError, OneTimeKeyError};

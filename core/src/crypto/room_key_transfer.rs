@@ -47,6 +47,23 @@ impl OlmMachine {
     /// completed, never replaced by one that starts at a later index. One transaction;
     /// what cannot be imported is counted and left out.
     pub fn import_room_keys(&self, keys: &[ExportedRoomKey]) -> Result<ImportedKeys, CryptoError> {
+        self.import(keys, false)
+    }
+
+    /// [`OlmMachine::import_room_keys`] of keys restored from the server-side backup: the
+    /// sessions stored are marked as backed up (they are not uploaded again).
+    pub fn import_backed_up_room_keys(
+        &self,
+        keys: &[ExportedRoomKey],
+    ) -> Result<ImportedKeys, CryptoError> {
+        self.import(keys, true)
+    }
+
+    fn import(
+        &self,
+        keys: &[ExportedRoomKey],
+        from_backup: bool,
+    ) -> Result<ImportedKeys, CryptoError> {
         self.refuse_in_notifications()?;
         // Held from the first read to the write: a copy the sync stores meanwhile is merged,
         // not overwritten.
@@ -54,7 +71,7 @@ impl OlmMachine {
         let mut batch = Batch::default();
         let mut outcome = ImportedKeys::default();
         for key in keys {
-            match self.import_one(&mut batch, key)? {
+            match self.import_one(&mut batch, key, from_backup)? {
                 Ok(true) => outcome
                     .imported
                     .push((key.room_id.clone(), key.session_id.clone())),
@@ -77,6 +94,7 @@ impl OlmMachine {
         &self,
         batch: &mut Batch,
         key: &ExportedRoomKey,
+        from_backup: bool,
     ) -> Result<Result<bool, OlmError>, CryptoError> {
         let signing_key = match checked_origin(key) {
             Ok(signing_key) => signing_key,
@@ -87,10 +105,12 @@ impl OlmMachine {
             Err(e) => return Ok(Err(e)),
         };
         let sender = origin.as_ref().map(|d| (&*d.user_id, Some(&*d.device_id)));
-        let group = match InboundGroup::imported(key, signing_key, sender) {
+        let mut group = match InboundGroup::imported(key, signing_key, sender) {
             Ok(group) => group,
             Err(e) => return Ok(Err(e)),
         };
+        // Kept only if it is the better copy: then the server has it.
+        group.record.backed_up = from_backup;
         let id = (key.room_id.clone(), key.session_id.clone());
         let record = match batch.inbound_session(&*self.store, &id.0, &id.1)? {
             None => group.record,
@@ -120,7 +140,7 @@ fn checked_origin(key: &ExportedRoomKey) -> Result<&str, OlmError> {
 }
 
 /// A stored session as the export format holds it.
-fn exported(record: InboundGroupSessionRecord) -> Result<ExportedRoomKey, CryptoError> {
+pub(super) fn exported(record: InboundGroupSessionRecord) -> Result<ExportedRoomKey, CryptoError> {
     let group = InboundGroup::from_record(record)?;
     let r = &group.record;
     Ok(ExportedRoomKey {

@@ -89,6 +89,11 @@ pub struct CryptoChanges {
     pub deferred_to_device: Vec<String>,
     /// The app took the deferred events (they are removed).
     pub take_deferred_to_device: bool,
+    /// A new backup version: every inbound session is to be backed up again (applied
+    /// before the sessions and marks of the same batch).
+    pub backup_reset: bool,
+    /// Sessions now in the server-side backup, by (room id, session id).
+    pub backed_up_sessions: Vec<(OwnedRoomId, String)>,
 }
 
 /// What the client writes: rooms and members, the send queue, events kept for late keys,
@@ -256,6 +261,8 @@ impl CryptoChanges {
             + self.forgotten_to_device.len()
             + self.deferred_to_device.len()
             + usize::from(self.take_deferred_to_device)
+            + usize::from(self.backup_reset)
+            + self.backed_up_sessions.len()
     }
 
     fn extend(&mut self, other: CryptoChanges) {
@@ -292,6 +299,8 @@ impl CryptoChanges {
         self.forgotten_to_device.extend(other.forgotten_to_device);
         self.deferred_to_device.extend(other.deferred_to_device);
         self.take_deferred_to_device |= other.take_deferred_to_device;
+        self.backup_reset |= other.backup_reset;
+        self.backed_up_sessions.extend(other.backed_up_sessions);
     }
 }
 

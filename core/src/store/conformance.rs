@@ -57,6 +57,7 @@ macro_rules! store_conformance_tests {
                 olm_sessions_many_keys,
                 inbound_group_sessions,
                 inbound_group_sessions_paged_in_order,
+                backup_marks,
                 outbound_sessions_replace_and_discard,
                 devices_batch_and_deleted,
                 tracked_users,

@@ -184,6 +184,16 @@ pub trait CryptoStore: Send + Sync {
     /// Number of inbound group sessions of one room.
     fn room_inbound_group_session_count(&self, room_id: &RoomId) -> Result<u64, StoreError>;
 
+    /// At most `limit` inbound group sessions not in the server-side backup yet, in (room
+    /// id, session id) order.
+    fn inbound_group_sessions_to_back_up(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<InboundGroupSessionRecord>, StoreError>;
+
+    /// Number of inbound group sessions not in the server-side backup yet.
+    fn inbound_group_sessions_to_back_up_count(&self) -> Result<u64, StoreError>;
+
     /// At most `limit` inbound group sessions in (room id, session id) order, after `after`
     /// (exclusive), only of `room` if given: one page of a key export.
     fn inbound_group_sessions_page(

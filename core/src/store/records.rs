@@ -93,6 +93,8 @@ pub struct InboundGroupSessionRecord {
     /// Brought by the user (a key export file, the server-side backup), not by another
     /// user: not bounded by the quotas on what strangers can make us store.
     pub imported: bool,
+    /// In the server-side backup's current version (uploaded, or restored from it).
+    pub backed_up: bool,
 }
 
 /// Who received an outbound session, at which index.

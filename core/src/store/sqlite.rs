@@ -271,6 +271,17 @@ impl CryptoStore for SqliteStore {
         megolm::inbound_count(&self.reader(), Some(room_id))
     }
 
+    fn inbound_group_sessions_to_back_up(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<InboundGroupSessionRecord>, StoreError> {
+        megolm::inbound_to_back_up(&self.reader(), &self.cipher, limit)
+    }
+
+    fn inbound_group_sessions_to_back_up_count(&self) -> Result<u64, StoreError> {
+        megolm::inbound_to_back_up_count(&self.reader())
+    }
+
     fn inbound_group_sessions_page(
         &self,
         room: Option<&RoomId>,

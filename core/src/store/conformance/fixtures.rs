@@ -51,6 +51,7 @@ pub(crate) fn inbound(room: &str, session_id: &str) -> InboundGroupSessionRecord
             retry: None,
         },
         imported: false,
+        backed_up: false,
     }
 }
 

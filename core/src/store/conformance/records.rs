@@ -773,3 +773,56 @@ pub(crate) fn inbound_group_sessions_paged_in_order<S: Store>(s: &S) {
         Some(imported)
     );
 }
+
+pub(crate) fn backup_marks<S: Store>(s: &S) {
+    let mut done = inbound("!r:x", "c");
+    done.backed_up = true;
+    let c = CryptoChanges {
+        inbound_group_sessions: vec![inbound("!r:x", "b"), inbound("!r:x", "a"), done.clone()],
+        ..Default::default()
+    };
+    save(s, Changes::from(c));
+    let ids = |records: Vec<InboundGroupSessionRecord>| -> Vec<String> {
+        records.into_iter().map(|r| r.session_id).collect()
+    };
+    assert_eq!(
+        ids(s.inbound_group_sessions_to_back_up(10).unwrap()),
+        ["a", "b"]
+    );
+    assert_eq!(ids(s.inbound_group_sessions_to_back_up(1).unwrap()), ["a"]);
+    assert_eq!(s.inbound_group_sessions_to_back_up_count().unwrap(), 2);
+    let mark = |ids: &[&str]| CryptoChanges {
+        backed_up_sessions: ids.iter().map(|i| (rid("!r:x"), i.to_string())).collect(),
+        ..Default::default()
+    };
+    save(s, Changes::from(mark(&["a"])));
+    assert_eq!(ids(s.inbound_group_sessions_to_back_up(10).unwrap()), ["b"]);
+    let a = s.inbound_group_session(&rid("!r:x"), "a").unwrap().unwrap();
+    assert!(a.backed_up);
+    assert_eq!(
+        a.pickle,
+        inbound("!r:x", "a").pickle,
+        "only the mark changed"
+    );
+    // A new version: all again, but what the same batch marks.
+    save(
+        s,
+        Changes::from(CryptoChanges {
+            backup_reset: true,
+            ..mark(&["c"])
+        }),
+    );
+    assert_eq!(
+        ids(s.inbound_group_sessions_to_back_up(10).unwrap()),
+        ["a", "b"]
+    );
+    // A session stored again (a better copy) carries its own mark.
+    save(
+        s,
+        Changes::from(CryptoChanges {
+            inbound_group_sessions: vec![inbound("!r:x", "c")],
+            ..Default::default()
+        }),
+    );
+    assert_eq!(s.inbound_group_sessions_to_back_up_count().unwrap(), 3);
+}

@@ -184,6 +184,26 @@ impl CryptoStore for MemoryStore {
             .count() as u64)
     }
 
+    fn inbound_group_sessions_to_back_up(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<InboundGroupSessionRecord>, StoreError> {
+        let state = self.lock();
+        let mut pending: Vec<_> = state.inbound.values().filter(|s| !s.backed_up).collect();
+        pending
+            .sort_unstable_by(|a, b| (&a.room_id, &a.session_id).cmp(&(&b.room_id, &b.session_id)));
+        Ok(pending.into_iter().take(limit as usize).cloned().collect())
+    }
+
+    fn inbound_group_sessions_to_back_up_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .lock()
+            .inbound
+            .values()
+            .filter(|s| !s.backed_up)
+            .count() as u64)
+    }
+
     fn inbound_group_sessions_page(
         &self,
         room: Option<&RoomId>,

@@ -134,9 +134,15 @@ impl State {
                 .or_default()
                 .insert(s.session_id.clone(), s.clone());
         }
+        if changes.crypto.backup_reset {
+            self.mark_backed_up(None, false);
+        }
         for s in &changes.crypto.inbound_group_sessions {
             let key = (s.room_id.clone(), s.session_id.clone());
             self.inbound.replace(key, s.clone());
+        }
+        for id in &changes.crypto.backed_up_sessions {
+            self.mark_backed_up(Some(id), true);
         }
         for u in &changes.crypto.sender_data {
             let key = (u.room_id.clone(), u.session_id.clone());
@@ -207,6 +213,23 @@ impl State {
         let excess = by_age.len() - max;
         for (_, key) in by_age.into_iter().take(excess) {
             self.unwedged.remove(&key);
+        }
+    }
+
+    /// Set `backed_up` of one session (all if `None`), keeping their places.
+    fn mark_backed_up(&mut self, id: Option<&(OwnedRoomId, String)>, backed_up: bool) {
+        let keys: Vec<_> = match id {
+            Some(id) => vec![id.clone()],
+            None => self.inbound.iter().map(|(k, _)| k.clone()).collect(),
+        };
+        for key in keys {
+            if let Some(session) = self.inbound.get(&key)
+                && session.backed_up != backed_up
+            {
+                let mut session = session.clone();
+                session.backed_up = backed_up;
+                self.inbound.upsert(key, session);
+            }
         }
     }
 

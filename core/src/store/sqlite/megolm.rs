@@ -27,7 +27,7 @@ pub(super) const FROM_NON_MEMBER: &str = "s.imported = 0 AND NOT EXISTS (SELECT 
 /// The columns [`inbound_from_row`] reads.
 const INBOUND_COLUMNS: &str = "room_id, session_id, sender_key, signing_key, sender_user,
     sender_device, pickle, first_known_index, sender_data, sender_data_tag, sender_retry_ms,
-    imported";
+    imported, backed_up";
 
 pub(super) fn inbound(
     conn: &Connection,
@@ -85,11 +85,37 @@ fn inbound_from_row(
         first_known_index: col(r, 7)?,
         sender_data,
         imported: col::<bool>(r, 11)?,
+        backed_up: col::<bool>(r, 12)?,
     };
     let blob: Vec<u8> = col(r, 6)?;
     let index = s.first_known_index.to_be_bytes();
     s.pickle = SecretBlob(c.decrypt(&aad_inbound(&s, &index), &blob)?);
     Ok(s)
+}
+
+/// Inbound sessions not in the backup yet, in (room id, session id) order.
+pub(super) fn inbound_to_back_up(
+    conn: &Connection,
+    c: &StoreCipher,
+    max: u32,
+) -> Result<Vec<InboundGroupSessionRecord>, StoreError> {
+    query_all(
+        conn,
+        &format!(
+            "SELECT {INBOUND_COLUMNS} FROM inbound_group_sessions WHERE backed_up = 0
+             ORDER BY room_id, session_id LIMIT ?1"
+        ),
+        [max],
+        |r| inbound_from_row(r, c),
+    )
+}
+
+pub(super) fn inbound_to_back_up_count(conn: &Connection) -> Result<u64, StoreError> {
+    count(
+        conn,
+        "SELECT count(*) FROM inbound_group_sessions WHERE backed_up = 0",
+        [],
+    )
 }
 
 pub(super) fn inbound_count(conn: &Connection, room: Option<&RoomId>) -> Result<u64, StoreError> {
@@ -164,9 +190,19 @@ pub(super) fn write(
     c: &StoreCipher,
     changes: &CryptoChanges,
 ) -> Result<(), StoreError> {
+    if changes.backup_reset {
+        tx.execute("UPDATE inbound_group_sessions SET backed_up = 0", [])
+            .map_err(db)?;
+    }
     for s in &changes.inbound_group_sessions {
         write_inbound(tx, c, s)?;
     }
+    each(
+        tx,
+        "UPDATE inbound_group_sessions SET backed_up = 1 WHERE room_id = ?1 AND session_id = ?2",
+        &changes.backed_up_sessions,
+        |(room_id, session_id)| Ok((room_id.as_str(), session_id.as_str())),
+    )?;
     for s in &changes.outbound_group_sessions {
         write_outbound(tx, c, s)?;
     }
@@ -207,8 +243,8 @@ fn write_inbound(
     tx.prepare_cached(
         "INSERT OR REPLACE INTO inbound_group_sessions (room_id, session_id,
             sender_key, signing_key, sender_user, sender_device, pickle, first_known_index,
-            sender_trust, sender_data, sender_data_tag, sender_retry_ms, imported)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            sender_trust, sender_data, sender_data_tag, sender_retry_ms, imported, backed_up)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )
     .and_then(|mut st| {
         st.execute(params![
@@ -225,6 +261,7 @@ fn write_inbound(
             sender.tag,
             sender.retry_ms,
             s.imported,
+            s.backed_up,
         ])
     })
     .map_err(db)?;

@@ -29,7 +29,9 @@ fn back_to_version_7(conn: &Connection) {
 /// Take a store back to schema version 11: no imported sessions.
 fn back_to_version_11(conn: &Connection) {
     conn.execute_batch(
-        "ALTER TABLE inbound_group_sessions DROP COLUMN imported;
+        "DROP INDEX inbound_to_back_up;
+         ALTER TABLE inbound_group_sessions DROP COLUMN imported;
+         ALTER TABLE inbound_group_sessions DROP COLUMN backed_up;
          PRAGMA user_version = 11;",
     )
     .unwrap();
@@ -576,7 +578,7 @@ fn migration_11_keeps_queued_messages_unstuck() {
 }
 
 /// Migration 12: sessions stored before are not imported ones (the quotas apply to them as
-/// before), and read back unchanged.
+/// before) and not backed up yet, and read back unchanged.
 #[test]
 fn migration_12_reads_stored_sessions_as_not_imported() {
     let dir = tempfile::tempdir().unwrap();
@@ -595,7 +597,8 @@ fn migration_12_reads_stored_sessions_as_not_imported() {
         .inbound_group_session(&rid("!r:x"), "s1")
         .unwrap()
         .unwrap();
-    assert!(!s1.imported);
+    assert!(!s1.imported && !s1.backed_up);
+    assert_eq!(s.inbound_group_sessions_to_back_up_count().unwrap(), 2);
     assert_eq!(
         s.inbound_group_session(&rid("!r:x"), "s0").unwrap(),
         Some(inbound("!r:x", "s0"))

@@ -246,8 +246,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
         txn_id TEXT NOT NULL UNIQUE,
         event_id TEXT NOT NULL
     );",
-    // 12: inbound sessions the user imported (key export, backup) are outside the quotas.
-    "ALTER TABLE inbound_group_sessions ADD COLUMN imported INTEGER NOT NULL DEFAULT 0;",
+    // 12: inbound sessions the user imported (key export, backup) are outside the quotas;
+    // which sessions are in the server-side backup.
+    "ALTER TABLE inbound_group_sessions ADD COLUMN imported INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE inbound_group_sessions ADD COLUMN backed_up INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX inbound_to_back_up ON inbound_group_sessions (room_id, session_id)
+        WHERE backed_up = 0;",
 ];
 
 /// Keys of the `meta` table.

@@ -1,0 +1,526 @@
+//! Server-side key backup for the app: set up (a new version and its recovery key),
+//! uploads in the background, restore with the recovery key (all keys, a room's, or the
+//! session of an undecryptable event, automatically), and the backup's state.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+
+use ruma::api::client::backup::{
+    RoomKeyBackup, add_backup_keys, create_backup_version, get_backup_keys,
+    get_backup_keys_for_room, get_backup_keys_for_session, get_latest_backup_info,
+};
+use ruma::serde::Raw;
+use ruma::{OwnedRoomId, RoomId};
+use serde_json::{Value, json};
+use tokio::sync::{Mutex as AsyncMutex, watch};
+use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
+
+use super::key_files::{KeyImportSummary, KeyTransferProgress};
+use super::late_keys::Retry;
+use super::{Client, ClientError};
+use crate::backup::{BACKUP_ALGORITHM, BackupError, BackupKey, decrypt_session};
+use crate::crypto::OlmMachine;
+use crate::http::HttpError;
+use crate::key_export::ExportedRoomKey;
+use crate::store::{ClientChanges, SecretBlob};
+
+/// Store value: the backup version this device uploads to.
+const KEY_VERSION: &str = "backup.version";
+/// Secret store value: the backup's private key (32 bytes).
+const KEY_PRIVATE: &str = "backup.key";
+/// Store value: set when the server's backup is no longer ours (the version it has, or
+/// empty if none).
+const KEY_REPLACED: &str = "backup.replaced";
+/// Sessions per upload.
+const UPLOAD_BATCH: u32 = 100;
+/// Sessions of undecryptable events looked up in the backup per sync, and in all per
+/// process.
+const LOOKUPS_PER_SYNC: usize = 20;
+const MAX_LOOKUPS: usize = 10_000;
+/// Keys imported per transaction when restoring.
+const RESTORE_BATCH: usize = 200;
+
+/// The backup as this device sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackupState {
+    /// No backup on this device: none was set up here, and no recovery key was entered.
+    Disabled,
+    /// New sessions go to backup `version`; `pending` are still to upload.
+    Enabled {
+        /// The server's backup version.
+        version: String,
+        /// Sessions not uploaded yet.
+        pending: u64,
+    },
+    /// The server's backup is no longer the one this device uploads to (deleted or
+    /// replaced, by another device or by the server): nothing is uploaded until the user
+    /// sets up a new backup or enters the recovery key of the new one.
+    VersionChanged {
+        /// The version this device uploaded to.
+        ours: String,
+        /// The server's current version, if any.
+        server: Option<String>,
+    },
+}
+
+/// The server's current backup, as found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackupInfo {
+    /// Its version.
+    pub version: String,
+    /// Its algorithm.
+    pub algorithm: String,
+    /// Sessions in it.
+    pub count: u64,
+    /// Its `auth_data` is signed by this device or an own device the user verified (one
+    /// made elsewhere, by the homeserver say, is not).
+    pub trusted: bool,
+    /// This device uploads to it.
+    pub ours: bool,
+}
+
+/// What the client keeps about the backup while it runs.
+pub(super) struct BackupRuntime {
+    state: watch::Sender<BackupState>,
+    /// One upload at a time.
+    uploading: AsyncMutex<()>,
+    /// Sessions of undecryptable events looked up already (bounded).
+    looked_up: Mutex<HashSet<(OwnedRoomId, String)>>,
+}
+
+impl BackupRuntime {
+    pub(super) fn new() -> Self {
+        Self {
+            state: watch::channel(BackupState::Disabled).0,
+            uploading: AsyncMutex::new(()),
+            looked_up: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+/// The backup key and version this device uses.
+struct Active {
+    key: BackupKey,
+    version: String,
+}
+
+impl Client {
+    /// Set up a new backup: a new key, a new version on the server (signed by this
+    /// device), every session uploaded to it in the background. Returns the recovery key
+    /// for the user to keep: it is what restores the keys on a new device.
+    pub async fn enable_backup(&self) -> Result<Zeroizing<String>, ClientError> {
+        let machine = self.machine()?;
+        let key = BackupKey::new();
+        let auth_data = machine.signed_backup_auth_data(&key.public_key_base64())?;
+        let algorithm = json!({ "algorithm": BACKUP_ALGORITHM, "auth_data": auth_data });
+        let raw = Raw::from_json(
+            serde_json::value::to_raw_value(&algorithm)
+                .map_err(|e| ClientError::InvalidInput(e.to_string()))?,
+        );
+        let request = create_backup_version::v3::Request::new(raw);
+        let version = self.inner.http.send(request).await?.version;
+        info!(%version, "key backup set up");
+        let recovery_key = key.to_recovery_key();
+        self.blocking(move |c| c.adopt(&machine, &key, &version))
+            .await?;
+        self.spawn_backup_work();
+        Ok(recovery_key)
+    }
+
+    /// Restore keys from the server's backup with the user's recovery key: all rooms, or
+    /// `room` only. The key is checked against the backup's public key first; from then on
+    /// this device also uploads its new sessions to that backup. Restored sessions are
+    /// legacy sessions (the backup authenticates nothing), never replace a copy known from
+    /// an earlier message, and the events kept undecryptable for them come again decrypted.
+    pub async fn restore_backup(
+        &self,
+        recovery_key: &str,
+        room: Option<&RoomId>,
+        mut progress: impl FnMut(KeyTransferProgress) + Send + 'static,
+    ) -> Result<KeyImportSummary, ClientError> {
+        let machine = self.machine()?;
+        let key = BackupKey::from_recovery_key(recovery_key).map_err(BackupError::from)?;
+        let info = self.latest_backup().await?;
+        check_key(&info.algorithm, &key)?;
+        let version = info.version.clone();
+        let rooms = self.fetch_backup(&version, room).await?;
+        let summary = self
+            .blocking(move |c| {
+                c.adopt(&machine, &key, &version)?;
+                c.restore_rooms(&machine, &key, rooms, &mut progress)
+            })
+            .await?;
+        self.spawn_backup_work();
+        Ok(summary)
+    }
+
+    /// The server's current backup, if any, and whether it is ours and trusted.
+    pub async fn backup_info(&self) -> Result<Option<BackupInfo>, ClientError> {
+        let machine = self.machine()?;
+        let info = match self.latest_backup().await {
+            Ok(info) => info,
+            Err(ClientError::Backup(BackupError::NoBackup)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let algorithm: Value = info
+            .algorithm
+            .deserialize_as_unchecked()
+            .unwrap_or_default();
+        let active = self.blocking(|c| c.active()).await?;
+        let trusted = machine.backup_is_trusted(&algorithm["auth_data"])?;
+        Ok(Some(BackupInfo {
+            ours: active.is_some_and(|a| {
+                a.version == info.version
+                    && algorithm["auth_data"]["public_key"] == a.key.public_key_base64()
+            }),
+            algorithm: algorithm["algorithm"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            count: info.count.into(),
+            version: info.version,
+            trusted,
+        }))
+    }
+
+    /// The backup's state now (read from the store).
+    pub async fn backup_state(&self) -> Result<BackupState, ClientError> {
+        let state = self.blocking(|c| c.load_backup_state()).await?;
+        self.inner.backup.state.send_replace(state.clone());
+        Ok(state)
+    }
+
+    /// The backup's state, as it changes.
+    pub fn subscribe_backup(&self) -> watch::Receiver<BackupState> {
+        self.inner.backup.state.subscribe()
+    }
+
+    /// Upload the sessions not in the backup yet; returns how many were uploaded. Does
+    /// nothing without a backup on this device.
+    pub async fn upload_backup(&self) -> Result<u64, ClientError> {
+        let _one = self.inner.backup.uploading.lock().await;
+        let Some(active) = self.blocking(|c| c.active()).await? else {
+            return Ok(0);
+        };
+        let machine = self.machine()?;
+        let public = active.key.public_key();
+        let mut uploaded = 0;
+        // Each batch marks what it sent: more passes than batches means marks are lost.
+        let m = machine.clone();
+        let pending = self.blocking(move |_| Ok(m.sessions_to_back_up()?)).await?;
+        for _ in 0..=pending.div_ceil(u64::from(UPLOAD_BATCH)) {
+            let m = machine.clone();
+            let batch = self
+                .blocking(move |_| Ok(m.backup_batch(public, UPLOAD_BATCH)?))
+                .await?;
+            if batch.sessions.is_empty() {
+                break;
+            }
+            let request = add_backup_keys::v3::Request::new(active.version.clone(), batch.rooms);
+            if let Err(e) = self.inner.http.send(request).await {
+                return Err(self.upload_failed(&active.version, e).await);
+            }
+            let n = batch.sessions.len() as u64;
+            let (m, sessions) = (machine.clone(), batch.sessions);
+            self.blocking(move |_| Ok(m.mark_backed_up(sessions)?))
+                .await?;
+            uploaded += n;
+            self.backup_state().await?;
+        }
+        if uploaded > 0 {
+            debug!(sessions = uploaded, "sessions backed up");
+        }
+        Ok(uploaded)
+    }
+
+    /// After a sync: sessions of undecryptable events looked up in the backup, then new
+    /// sessions uploaded; in the background (the sync loop never waits for it).
+    pub(crate) fn spawn_backup_work(&self) {
+        let client = self.handle();
+        self.spawn_abortable(async move {
+            if let Err(e) = client.restore_missing_sessions().await {
+                warn!(error = %e, "looking up keys in the backup failed");
+            }
+            if let Err(e) = client.upload_backup().await {
+                warn!(error = %e, "backing up keys failed; will retry");
+                client.schedule_retry(&e, "key backup");
+            }
+        });
+    }
+
+    /// The sessions of kept undecryptable events that we have no key for, looked up in the
+    /// backup (a few per sync, each once per process).
+    async fn restore_missing_sessions(&self) -> Result<(), ClientError> {
+        let Some(active) = self.blocking(|c| c.active()).await? else {
+            return Ok(());
+        };
+        let missing = self.blocking(|c| c.sessions_to_look_up()).await?;
+        let mut found = BTreeMap::new();
+        for (room_id, session_id) in missing {
+            let request = get_backup_keys_for_session::v3::Request::new(
+                active.version.clone(),
+                room_id.clone(),
+                session_id.clone(),
+            );
+            match self.inner.http.send(request).await {
+                Ok(response) => {
+                    found
+                        .entry(room_id)
+                        .or_insert_with(|| RoomKeyBackup::new(BTreeMap::new()))
+                        .sessions
+                        .insert(session_id, response.key_data);
+                }
+                Err(e) if e.errcode() == Some("M_NOT_FOUND") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if found.is_empty() {
+            return Ok(());
+        }
+        let machine = self.machine()?;
+        let summary = self
+            .blocking(move |c| c.restore_rooms(&machine, &active.key, found, &mut |_| {}))
+            .await?;
+        info!(
+            sessions = summary.imported,
+            "keys of undecryptable events restored from the backup"
+        );
+        Ok(())
+    }
+
+    /// Kept undecryptable sessions without any key, not looked up yet (marked now).
+    fn sessions_to_look_up(&self) -> Result<Vec<(OwnedRoomId, String)>, ClientError> {
+        let store = self.store()?;
+        let mut looked_up = self
+            .inner
+            .backup
+            .looked_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for id in store.undecryptable_sessions()? {
+            if out.len() == LOOKUPS_PER_SYNC || looked_up.len() >= MAX_LOOKUPS {
+                break;
+            }
+            if looked_up.contains(&id) || store.inbound_group_session(&id.0, &id.1)?.is_some() {
+                continue;
+            }
+            looked_up.insert(id.clone());
+            out.push(id);
+        }
+        Ok(out)
+    }
+
+    /// An upload failed: a backup version that is no longer the server's is reported (and
+    /// nothing more is uploaded to it); other errors are returned for a retry.
+    async fn upload_failed(&self, ours: &str, e: HttpError) -> ClientError {
+        let gone = matches!(
+            e.errcode(),
+            Some("M_WRONG_ROOM_KEYS_VERSION" | "M_NOT_FOUND")
+        );
+        if !gone {
+            return e.into();
+        }
+        let server = match self.latest_backup().await {
+            Ok(info) => Some(info.version),
+            Err(ClientError::Backup(BackupError::NoBackup)) => None,
+            Err(other) => return other,
+        };
+        warn!(ours, ?server, "the server's key backup is no longer ours");
+        let replaced = server.clone().unwrap_or_default();
+        let saved = self
+            .blocking(move |c| {
+                let mut changes = ClientChanges::default();
+                changes.values.insert(KEY_REPLACED.into(), replaced);
+                Ok(c.store()?.save_changes(changes.into())?)
+            })
+            .await;
+        if let Err(e) = saved {
+            return e;
+        }
+        let _ = self.backup_state().await;
+        e.into()
+    }
+
+    async fn latest_backup(&self) -> Result<get_latest_backup_info::v3::Response, ClientError> {
+        match self
+            .inner
+            .http
+            .send(get_latest_backup_info::v3::Request::new())
+            .await
+        {
+            Ok(info) => Ok(info),
+            Err(e) if e.errcode() == Some("M_NOT_FOUND") => Err(BackupError::NoBackup.into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The backup's keys: all, or one room's.
+    async fn fetch_backup(
+        &self,
+        version: &str,
+        room: Option<&RoomId>,
+    ) -> Result<BTreeMap<OwnedRoomId, RoomKeyBackup>, ClientError> {
+        Ok(match room {
+            None => {
+                let request = get_backup_keys::v3::Request::new(version.to_owned());
+                self.inner.http.send(request).await?.rooms
+            }
+            Some(room) => {
+                let request =
+                    get_backup_keys_for_room::v3::Request::new(version.to_owned(), room.to_owned());
+                let sessions = self.inner.http.send(request).await?.sessions;
+                BTreeMap::from([(room.to_owned(), RoomKeyBackup::new(sessions))])
+            }
+        })
+    }
+
+    /// Decrypt and import the backup's entries, in batches; entries that do not decrypt
+    /// are counted as refused.
+    fn restore_rooms(
+        &self,
+        machine: &OlmMachine,
+        key: &BackupKey,
+        rooms: BTreeMap<OwnedRoomId, RoomKeyBackup>,
+        progress: &mut dyn FnMut(KeyTransferProgress),
+    ) -> Result<KeyImportSummary, ClientError> {
+        let total: u64 = rooms.values().map(|r| r.sessions.len() as u64).sum();
+        let mut summary = KeyImportSummary {
+            total,
+            ..Default::default()
+        };
+        let mut pending: Vec<ExportedRoomKey> = Vec::with_capacity(RESTORE_BATCH);
+        let mut done = 0;
+        for (room_id, backup) in rooms {
+            for (session_id, raw) in backup.sessions {
+                done += 1;
+                match raw
+                    .deserialize()
+                    .map_err(|e| e.to_string())
+                    .and_then(|data| {
+                        decrypt_session(key, &room_id, &session_id, &data.session_data)
+                            .map_err(|e| e.to_string())
+                    }) {
+                    Ok(k) => pending.push(k),
+                    Err(why) => {
+                        debug!(%room_id, %session_id, %why, "backup entry left out");
+                        summary.refused += 1;
+                    }
+                }
+                if pending.len() == RESTORE_BATCH {
+                    self.import_restored(machine, &mut pending, &mut summary)?;
+                    progress(KeyTransferProgress { done, total });
+                }
+            }
+        }
+        self.import_restored(machine, &mut pending, &mut summary)?;
+        progress(KeyTransferProgress { done, total });
+        Ok(summary)
+    }
+
+    fn import_restored(
+        &self,
+        machine: &OlmMachine,
+        pending: &mut Vec<ExportedRoomKey>,
+        summary: &mut KeyImportSummary,
+    ) -> Result<(), ClientError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let outcome = machine.import_backed_up_room_keys(pending)?;
+        pending.clear();
+        summary.imported += outcome.imported.len() as u64;
+        summary.already_known += outcome.already_known;
+        summary.refused += outcome.refused;
+        let retry = Retry {
+            sessions: outcome.imported,
+            only_if_decrypted: false,
+        };
+        self.retry_kept_events(machine, retry, &HashSet::new())
+    }
+
+    /// Use `key` and `version` from now on (a new version: every session is uploaded
+    /// again).
+    fn adopt(
+        &self,
+        machine: &OlmMachine,
+        key: &BackupKey,
+        version: &str,
+    ) -> Result<(), ClientError> {
+        let store = self.store()?;
+        if store.value(KEY_VERSION)?.as_deref() != Some(version) {
+            machine.reset_backup()?;
+        }
+        let mut changes = ClientChanges::default();
+        changes
+            .values
+            .insert(KEY_VERSION.into(), version.to_owned());
+        changes.values.remove(KEY_REPLACED);
+        changes
+            .secret_values
+            .insert(KEY_PRIVATE.into(), SecretBlob::new(key.to_bytes().to_vec()));
+        store.save_changes(changes.into())?;
+        let state = self.load_backup_state()?;
+        self.inner.backup.state.send_replace(state);
+        Ok(())
+    }
+
+    /// The key and version this device uploads to, unless none or no longer the server's.
+    fn active(&self) -> Result<Option<Active>, ClientError> {
+        let store = self.store()?;
+        if store.value(KEY_REPLACED)?.is_some() {
+            return Ok(None);
+        }
+        let (Some(version), Some(secret)) =
+            (store.value(KEY_VERSION)?, store.secret_value(KEY_PRIVATE)?)
+        else {
+            return Ok(None);
+        };
+        let bytes: [u8; 32] = secret.as_bytes().try_into().map_err(|_| {
+            crate::store::StoreError::Decode("the stored backup key is not 32 bytes".into())
+        })?;
+        let bytes = Zeroizing::new(bytes);
+        Ok(Some(Active {
+            key: BackupKey::from_bytes(&bytes),
+            version,
+        }))
+    }
+
+    fn load_backup_state(&self) -> Result<BackupState, ClientError> {
+        let store = self.store()?;
+        let Some(version) = store.value(KEY_VERSION)? else {
+            return Ok(BackupState::Disabled);
+        };
+        if let Some(server) = store.value(KEY_REPLACED)? {
+            return Ok(BackupState::VersionChanged {
+                ours: version,
+                server: Some(server).filter(|s| !s.is_empty()),
+            });
+        }
+        Ok(BackupState::Enabled {
+            version,
+            pending: store.inbound_group_sessions_to_back_up_count()?,
+        })
+    }
+}
+
+/// The backup's algorithm is ours and its public key is `key`'s.
+fn check_key(
+    algorithm: &Raw<ruma::api::client::backup::BackupAlgorithm>,
+    key: &BackupKey,
+) -> Result<(), ClientError> {
+    let algorithm: Value = algorithm
+        .deserialize_as_unchecked()
+        .map_err(|e| ClientError::InvalidResponse(format!("backup algorithm: {e}")))?;
+    let name = algorithm["algorithm"].as_str().unwrap_or_default();
+    if name != BACKUP_ALGORITHM {
+        return Err(BackupError::UnsupportedAlgorithm(name.to_owned()).into());
+    }
+    if algorithm["auth_data"]["public_key"].as_str() != Some(&key.public_key_base64()) {
+        return Err(BackupError::WrongRecoveryKey.into());
+    }
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! The machine's side of the server-side key backup: the backup's `auth_data` signed and
+//! checked, the sessions still to upload as a request body, and the marks once the server
+//! has them. The client talks to the server (`client/backup.rs`).
+
+use std::collections::BTreeMap;
+
+use ruma::api::client::backup::{KeyBackupData, KeyBackupDataInit, RoomKeyBackup};
+use ruma::serde::Raw;
+use ruma::{OwnedRoomId, UInt};
+use serde_json::{Value, json};
+use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
+
+use super::error::CryptoError;
+use super::machine::OlmMachine;
+use super::room_key_transfer::exported;
+use super::sender_data::TrustView;
+use super::signing::verify_json;
+use crate::backup::{BackupDataError, encrypt_session};
+use crate::store::{Changes, CryptoChanges, InboundGroupSessionRecord, SenderTrust};
+
+/// One upload: the body's rooms and the sessions it holds.
+#[derive(Debug, Default)]
+pub struct BackupBatch {
+    /// `rooms` of `PUT /room_keys/keys`.
+    pub rooms: BTreeMap<OwnedRoomId, RoomKeyBackup>,
+    /// (room id, session id) of each session in it, to mark once the server has them.
+    pub sessions: Vec<(OwnedRoomId, String)>,
+}
+
+impl OlmMachine {
+    /// `auth_data` of a new backup with this public key (unpadded base64), signed by this
+    /// device.
+    pub fn signed_backup_auth_data(&self, public_key: &str) -> Result<Value, CryptoError> {
+        let mut auth_data = json!({ "public_key": public_key });
+        self.lock()?.account.sign(&mut auth_data)?;
+        Ok(auth_data)
+    }
+
+    /// Whether a backup's `auth_data` is ours to upload to: signed by this device, or by an
+    /// own device the user verified. A backup someone else made (the homeserver, say) would
+    /// collect our keys for them.
+    pub fn backup_is_trusted(&self, auth_data: &Value) -> Result<bool, CryptoError> {
+        let own = [&*self.user_id];
+        let Some(signatures) = auth_data["signatures"][self.user_id.as_str()].as_object() else {
+            return Ok(false);
+        };
+        let devices = self.store.devices(&own)?;
+        let view = TrustView::load(&*self.store, &self.signatures, &own, &Default::default())?;
+        for key_id in signatures.keys() {
+            let Some(device_id) = key_id.strip_prefix("ed25519:") else {
+                continue;
+            };
+            let (ed25519, trusted) = if device_id == self.device_id.as_str() {
+                (self.ed25519_key(), true)
+            } else {
+                match devices.iter().find(|d| d.device_id.as_str() == device_id) {
+                    Some(d) => (d.ed25519.clone(), view.is_verified(d)),
+                    None => continue,
+                }
+            };
+            let Ok(key) = Ed25519PublicKey::from_base64(&ed25519) else {
+                continue;
+            };
+            if trusted && verify_json(auth_data, self.user_id.as_str(), key_id, &key).is_ok() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Up to `limit` sessions not in the backup yet, encrypted to `public_key`. A session
+    /// that cannot be encrypted is left out of the body (and stays to do).
+    pub fn backup_batch(
+        &self,
+        public_key: Curve25519PublicKey,
+        limit: u32,
+    ) -> Result<BackupBatch, CryptoError> {
+        let mut batch = BackupBatch::default();
+        for record in self.store.inbound_group_sessions_to_back_up(limit)? {
+            let id = (record.room_id.clone(), record.session_id.clone());
+            let Ok(data) = backup_data(public_key, record) else {
+                continue;
+            };
+            let raw = Raw::new(&data).map_err(|e| CryptoError::CorruptState(e.to_string()))?;
+            batch
+                .rooms
+                .entry(id.0.clone())
+                .or_insert_with(|| RoomKeyBackup::new(BTreeMap::new()))
+                .sessions
+                .insert(id.1.clone(), raw);
+            batch.sessions.push(id);
+        }
+        Ok(batch)
+    }
+
+    /// The server has these sessions in the current backup version.
+    pub fn mark_backed_up(&self, sessions: Vec<(OwnedRoomId, String)>) -> Result<(), CryptoError> {
+        let mut state = self.lock()?;
+        let changes = Changes::from(CryptoChanges {
+            backed_up_sessions: sessions,
+            ..Default::default()
+        });
+        self.save(&mut state, changes)
+    }
+
+    /// A new backup version: every session is to be uploaded again.
+    pub fn reset_backup(&self) -> Result<(), CryptoError> {
+        let mut state = self.lock()?;
+        let changes = Changes::from(CryptoChanges {
+            backup_reset: true,
+            ..Default::default()
+        });
+        self.save(&mut state, changes)
+    }
+
+    /// Sessions not in the backup yet.
+    pub fn sessions_to_back_up(&self) -> Result<u64, CryptoError> {
+        Ok(self.store.inbound_group_sessions_to_back_up_count()?)
+    }
+}
+
+/// One session's `KeyBackupData`.
+fn backup_data(
+    public_key: Curve25519PublicKey,
+    record: InboundGroupSessionRecord,
+) -> Result<KeyBackupData, CryptoError> {
+    let first_message_index = UInt::from(record.first_known_index);
+    let legacy = record.sender_data.legacy;
+    let is_verified = matches!(record.sender_data.trust, SenderTrust::Verified);
+    let key = exported(record)?;
+    let session_data = encrypt_session(public_key, &key)
+        .map_err(|e: BackupDataError| CryptoError::CorruptState(e.to_string()))?;
+    Ok(KeyBackupDataInit {
+        first_message_index,
+        // Not known for a session that was forwarded or imported: at least one hop.
+        forwarded_count: UInt::from(u32::from(legacy)),
+        is_verified,
+        session_data,
+    }
+    .into())
+}

@@ -1,0 +1,212 @@
+//! Server-side key backup against Synapse: set up, uploads, restore on a new device with
+//! the recovery key (all keys, and an undecryptable event's key on its own), a backup
+//! replaced elsewhere, and an upload cut off by a lost answer and a process end.
+
+use std::time::{Duration, Instant};
+
+use newt_core::backup::{BackupError, BackupKey};
+use newt_core::client::{BackupState, Client, ClientError, TimelineEvent};
+use newt_core::ruma::RoomId;
+use newt_e2e_tests::clients::{World, login, open, receive, room_with};
+use newt_e2e_tests::proxy::{Action, FaultProxy};
+
+/// Events re-delivered (`is_update`) decrypted until `n` distinct ones; their bodies, sorted.
+async fn decrypted_updates(
+    rx: &mut tokio::sync::broadcast::Receiver<TimelineEvent>,
+    room: &RoomId,
+    n: usize,
+) -> Vec<String> {
+    let mut got: Vec<TimelineEvent> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} updates: {got:?}",
+            got.len()
+        );
+        if let Ok(Ok(e)) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await
+            && e.room_id == room
+            && e.is_update
+            && e.decrypted
+            && !got.iter().any(|g| g.event_id == e.event_id)
+        {
+            got.push(e);
+        }
+    }
+    let mut bodies: Vec<String> = got
+        .into_iter()
+        .map(|e| e.body.unwrap_or_default())
+        .collect();
+    bodies.sort();
+    bodies
+}
+
+/// bob sends `bodies`, each in a session of its own; alice receives them.
+async fn history(alice: &Client, bob: &Client, room: &RoomId, bodies: &[&str]) {
+    for body in bodies {
+        bob.discard_room_key(room).unwrap();
+        bob.send_text(room, body).await.unwrap();
+    }
+    receive(alice, room, bodies.len()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_restores_its_history_with_the_recovery_key() {
+    let w = World::new(&["alice", "bob"]);
+    let (alice, bob, room) = w.alice_and_bob().await;
+    let recovery_key = alice.enable_backup().await.unwrap();
+    history(&alice, &bob, &room, &["one", "two"]).await;
+    alice.upload_backup().await.unwrap();
+    let state = alice.backup_state().await.unwrap();
+    let BackupState::Enabled { version, pending } = state else {
+        panic!("{state:?}");
+    };
+    assert_eq!(pending, 0);
+    let info = alice.backup_info().await.unwrap().unwrap();
+    assert!(info.trusted && info.ours, "{info:?}");
+    assert_eq!(info.version, version);
+    let stored = alice
+        .store()
+        .unwrap()
+        .inbound_group_session_count()
+        .unwrap();
+    assert_eq!(info.count, stored, "every session is in the backup");
+
+    let tablet = w.login("alice", "alice-tablet").await;
+    let mut rx = tablet.subscribe_timeline();
+    let mistyped = recovery_key.replacen(|c: char| c.is_ascii_alphanumeric(), "1", 3);
+    let err = tablet
+        .restore_backup(&mistyped, None, |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Backup(BackupError::InvalidRecoveryKey(_))),
+        "{err:?}"
+    );
+    let other = BackupKey::new().to_recovery_key();
+    let err = tablet
+        .restore_backup(&other, None, |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Backup(BackupError::WrongRecoveryKey)),
+        "{err:?}"
+    );
+    assert_eq!(tablet.backup_state().await.unwrap(), BackupState::Disabled);
+
+    let summary = tablet
+        .restore_backup(&recovery_key, None, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(summary.total, stored);
+    assert_eq!(summary.refused, 0);
+    assert_eq!(decrypted_updates(&mut rx, &room, 2).await, ["one", "two"]);
+    // The tablet backs up to the same backup now, and has nothing of its own to add.
+    assert_eq!(
+        tablet.backup_state().await.unwrap(),
+        BackupState::Enabled {
+            version,
+            pending: 0
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecryptable_event_whose_key_is_in_the_backup_comes_again_decrypted() {
+    let w = World::new(&["alice", "bob"]);
+    let (alice, bob, room) = w.alice_and_bob().await;
+    let recovery_key = alice.enable_backup().await.unwrap();
+    history(&alice, &bob, &room, &["only in the backup"]).await;
+    alice.upload_backup().await.unwrap();
+    // Another encrypted room, with no messages: restoring it brings nothing.
+    let quiet = room_with(&alice, &[]).await;
+
+    let tablet = w.login("alice", "alice-tablet").await;
+    let mut rx = tablet.subscribe_timeline();
+    let summary = tablet
+        .restore_backup(&recovery_key, Some(&quiet), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(summary.total, 0);
+    // The kept event's session is looked up in the backup on its own.
+    assert_eq!(
+        decrypted_updates(&mut rx, &room, 1).await,
+        ["only in the backup"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_replaced_by_another_device_is_detected_and_left_alone() {
+    let w = World::new(&["alice", "bob"]);
+    let (alice, bob, room) = w.alice_and_bob().await;
+    alice.enable_backup().await.unwrap();
+    let BackupState::Enabled { version: ours, .. } = alice.backup_state().await.unwrap() else {
+        panic!("enabled");
+    };
+    let tablet = w.login("alice", "alice-tablet").await;
+    tablet.enable_backup().await.unwrap();
+    let BackupState::Enabled {
+        version: theirs, ..
+    } = tablet.backup_state().await.unwrap()
+    else {
+        panic!("enabled");
+    };
+    assert_ne!(ours, theirs);
+    history(&alice, &bob, &room, &["after the change"]).await;
+    assert!(alice.upload_backup().await.is_err());
+    assert_eq!(
+        alice.backup_state().await.unwrap(),
+        BackupState::VersionChanged {
+            ours,
+            server: Some(theirs.clone())
+        }
+    );
+    // Nothing more goes to a backup that is not ours any more.
+    assert_eq!(alice.upload_backup().await.unwrap(), 0);
+    // The tablet's backup is signed by a device alice never verified: not trusted by her.
+    let info = alice.backup_info().await.unwrap().unwrap();
+    assert_eq!(info.version, theirs);
+    assert!(!info.trusted && !info.ours, "{info:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_off_is_finished_by_the_next_process_without_repeating_the_rest() {
+    let w = World::new(&["alice", "bob"]);
+    let proxy = FaultProxy::start(&w.hs.base_url);
+    let alice = login(&proxy.base_url, &w.dir("alice"), "alice").await;
+    let bob = w.login("bob", "bob").await;
+    let room = room_with(&alice, &[&bob]).await;
+    alice.enable_backup().await.unwrap();
+    history(&alice, &bob, &room, &["a", "b", "c"]).await;
+    // The server stores every upload, but its answers are lost: then the process ends.
+    proxy.rule("/room_keys/keys", Action::ForwardThenDrop, None);
+    assert!(alice.upload_backup().await.is_err());
+    let sessions = alice
+        .store()
+        .unwrap()
+        .inbound_group_session_count()
+        .unwrap();
+    alice.close().await;
+    drop(alice);
+    proxy.clear();
+    let tries = proxy.requests("/room_keys/keys").len();
+    assert!(tries >= 1);
+
+    let alice = open(&proxy.base_url, &w.dir("alice"));
+    assert!(alice.restore_session().unwrap());
+    assert_eq!(
+        alice.upload_backup().await.unwrap(),
+        sessions,
+        "the cut-off batch again"
+    );
+    assert_eq!(alice.upload_backup().await.unwrap(), 0, "and nothing more");
+    let info = alice.backup_info().await.unwrap().unwrap();
+    assert_eq!(info.count, sessions, "nothing lost");
+    // A later process uploads nothing again.
+    alice.close().await;
+    drop(alice);
+    let alice = open(&proxy.base_url, &w.dir("alice"));
+    assert!(alice.restore_session().unwrap());
+    assert_eq!(alice.upload_backup().await.unwrap(), 0);
+    assert_eq!(proxy.requests("/room_keys/keys").len(), tries + 1);
+}
