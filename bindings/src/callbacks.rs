@@ -78,6 +78,10 @@ impl core::PromptHandler for PromptAdapter {
                 user_id: user_id.to_string(),
                 verification_violation,
             },
+            core::Prompt::RecoveryKey { previous_error } => Prompt::RecoveryKey { previous_error },
+            core::Prompt::NewRecoveryKey { recovery_key } => Prompt::NewRecoveryKey {
+                recovery_key: recovery_key.expose().to_owned(),
+            },
             other => match verification_prompt(other) {
                 Some(prompt) => prompt,
                 // A kind this layer does not map yet: the documented answer to unknown kinds.
@@ -93,6 +97,9 @@ impl core::PromptHandler for PromptAdapter {
             }
             Ok(PromptAnswer::Confirmed) => core::PromptAnswer::Confirmed,
             Ok(PromptAnswer::Mismatch) => core::PromptAnswer::Mismatch,
+            Ok(PromptAnswer::RecoveryKey { recovery_key }) => {
+                core::PromptAnswer::RecoveryKey(Zeroizing::new(recovery_key))
+            }
             Ok(PromptAnswer::Dismissed) => core::PromptAnswer::Dismissed,
             Err(e) => {
                 warn!(error = %e, "prompt handler failed; treating as dismissed");

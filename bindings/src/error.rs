@@ -2,6 +2,7 @@
 //! secrets and no message content.
 
 use newt_core::attachment::AttachmentError;
+use newt_core::backup::BackupError;
 use newt_core::client::ClientError;
 use newt_core::crypto::{CryptoError, MegolmError};
 use newt_core::http::HttpError;
@@ -158,6 +159,14 @@ pub enum NewtError {
         /// The same in words, for logs.
         message: String,
     },
+    /// A key backup operation was refused.
+    #[error("key backup: {message}")]
+    Backup {
+        /// Why, for the app to act on (ask for the recovery key again, say).
+        reason: BackupProblem,
+        /// The same in words, for logs.
+        message: String,
+    },
     /// A bug: a panic or an unexpected failure inside the SDK or a callback.
     #[error("internal error: {message}")]
     Internal {
@@ -196,6 +205,35 @@ impl From<&KeyExportError> for KeyFileProblem {
             KeyExportError::ChangedWhileReading => Self::ChangedWhileReading,
             // `KeyExportError` is non-exhaustive; I/O and what may be added.
             _ => Self::Io,
+        }
+    }
+}
+
+/// Why a key backup operation was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+#[non_exhaustive]
+pub enum BackupProblem {
+    /// What was typed is not a recovery key (a typo: ask again).
+    InvalidRecoveryKey,
+    /// A recovery key, but not the key of the server's backup.
+    WrongRecoveryKey,
+    /// The server holds no backup.
+    NoBackup,
+    /// The server's backup uses an algorithm Newt does not read.
+    Unsupported,
+    /// No backup is set up on this device.
+    NotEnabled,
+}
+
+impl From<&BackupError> for BackupProblem {
+    fn from(e: &BackupError) -> Self {
+        match e {
+            BackupError::InvalidRecoveryKey(_) => Self::InvalidRecoveryKey,
+            BackupError::WrongRecoveryKey => Self::WrongRecoveryKey,
+            BackupError::NoBackup => Self::NoBackup,
+            BackupError::NotEnabled => Self::NotEnabled,
+            // `BackupError` is non-exhaustive; an algorithm, and what may be added.
+            _ => Self::Unsupported,
         }
     }
 }
@@ -394,6 +432,10 @@ impl From<ClientError> for NewtError {
             ClientError::FileTooLarge { size, limit } => NewtError::FileTooLarge { size, limit },
             ClientError::Attachment(e) => NewtError::AttachmentRefused {
                 tampered: e == AttachmentError::HashMismatch,
+                message: e.to_string(),
+            },
+            ClientError::Backup(e) => NewtError::Backup {
+                reason: BackupProblem::from(&e),
                 message: e.to_string(),
             },
             ClientError::KeyExport(e) => NewtError::KeyFileRefused {

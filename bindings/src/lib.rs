@@ -22,10 +22,10 @@ pub use callbacks::{
     BackgroundScheduler, Logger, PromptHandler, TimelineListener, TrustPolicyProvider,
 };
 pub use client::NewtClient;
-pub use error::{DecryptionFailure, KeyFileProblem, NewtError};
+pub use error::{BackupProblem, DecryptionFailure, KeyFileProblem, NewtError};
 pub use logging::set_logger;
 pub use notification::{NotificationDecryptor, NotificationInfo};
-pub use recovery::{KeyImportSummary, KeyTransferListener};
+pub use recovery::{BackupInfo, BackupState, KeyImportSummary, KeyTransferListener};
 pub use sending::{LocalEcho, OutgoingMessage, SendState, StuckReason};
 pub use timeline::TimelineSubscription;
 pub use types::*;

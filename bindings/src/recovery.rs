@@ -1,4 +1,5 @@
-//! Recovery: key export files (the spec's format, which Element reads and writes).
+//! Recovery: key export files (the spec's format, which Element reads and writes) and the
+//! server-side key backup with its recovery key.
 
 use std::sync::Arc;
 
@@ -104,5 +105,143 @@ impl NewtClient {
             Ok(summary.into())
         })
         .await
+    }
+}
+
+/// The key backup as this device sees it.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
+#[non_exhaustive]
+pub enum BackupState {
+    /// No backup on this device: none set up here, no recovery key entered.
+    Disabled,
+    /// New sessions go to backup `version`; `pending` are still to upload.
+    Enabled {
+        /// The server's backup version.
+        version: String,
+        /// Sessions not uploaded yet.
+        pending: u64,
+    },
+    /// The server's backup is no longer the one this device uploads to (deleted or
+    /// replaced elsewhere): nothing is uploaded until a new backup is set up here or the
+    /// new one's recovery key is entered.
+    VersionChanged {
+        /// The version this device uploaded to.
+        ours: String,
+        /// The server's current version, if any.
+        server: Option<String>,
+    },
+}
+
+impl From<core::BackupState> for BackupState {
+    fn from(s: core::BackupState) -> Self {
+        match s {
+            core::BackupState::Enabled { version, pending } => Self::Enabled { version, pending },
+            core::BackupState::VersionChanged { ours, server } => {
+                Self::VersionChanged { ours, server }
+            }
+            // `Disabled`, and what the core may add later.
+            _ => Self::Disabled,
+        }
+    }
+}
+
+/// The server's current backup.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct BackupInfo {
+    /// Its version.
+    pub version: String,
+    /// Its algorithm.
+    pub algorithm: String,
+    /// Sessions in it.
+    pub count: u64,
+    /// Signed by this device or an own device the user verified.
+    pub trusted: bool,
+    /// This device uploads to it.
+    pub ours: bool,
+}
+
+impl From<core::BackupInfo> for BackupInfo {
+    fn from(i: core::BackupInfo) -> Self {
+        Self {
+            version: i.version,
+            algorithm: i.algorithm,
+            count: i.count,
+            trusted: i.trusted,
+            ours: i.ours,
+        }
+    }
+}
+
+#[uniffi::export]
+impl NewtClient {
+    /// Set up a new key backup and return its recovery key, for the user to keep (it is
+    /// what restores the keys on a new device). Sessions are uploaded in the background.
+    pub async fn enable_backup(&self) -> Result<String, NewtError> {
+        let client = self.client()?;
+        run(async move { Ok(client.enable_backup().await?.to_string()) }).await
+    }
+
+    /// Set up a new key backup and show its recovery key through the prompt handler
+    /// (`Prompt.NewRecoveryKey`).
+    pub async fn set_up_recovery(&self) -> Result<(), NewtError> {
+        let client = self.client()?;
+        run(async move { Ok(client.set_up_recovery().await?) }).await
+    }
+
+    /// Restore every key of the backup with the recovery key the user types, asked through
+    /// the prompt handler (`Prompt.RecoveryKey`, again after a typo or another backup's
+    /// key, at most three times). Messages that could not be decrypted come again
+    /// decrypted, as timeline updates.
+    pub async fn recover(&self) -> Result<KeyImportSummary, NewtError> {
+        let client = self.client()?;
+        run(async move { Ok(client.recover().await?.into()) }).await
+    }
+
+    /// Restore the backup's keys (all, or one room's) with `recoveryKey`.
+    pub async fn restore_backup(
+        &self,
+        recovery_key: String,
+        room_id: Option<String>,
+        listener: Option<Arc<dyn KeyTransferListener>>,
+    ) -> Result<KeyImportSummary, NewtError> {
+        let client = self.client()?;
+        let recovery_key = Zeroizing::new(recovery_key);
+        let room = room_id.as_deref().map(ids::room_id).transpose()?;
+        run(async move {
+            let summary = client
+                .restore_backup(&recovery_key, room.as_deref(), progress_to(listener))
+                .await?;
+            Ok(summary.into())
+        })
+        .await
+    }
+
+    /// The recovery key of the backup this device uses, to show the user again.
+    pub async fn recovery_key(&self) -> Result<Option<String>, NewtError> {
+        let client = self.client()?;
+        run(async move {
+            let key = client.recovery_key().await?;
+            Ok(key.map(|k| k.expose().to_owned()))
+        })
+        .await
+    }
+
+    /// The key backup's state now.
+    pub async fn backup_state(&self) -> Result<BackupState, NewtError> {
+        let client = self.client()?;
+        run(async move { Ok(client.backup_state().await?.into()) }).await
+    }
+
+    /// The server's current backup, if any.
+    pub async fn backup_info(&self) -> Result<Option<BackupInfo>, NewtError> {
+        let client = self.client()?;
+        run(async move { Ok(client.backup_info().await?.map(BackupInfo::from)) }).await
+    }
+
+    /// Upload the sessions not in the backup yet (also done in the background after each
+    /// sync and by `runDueWork`); returns how many.
+    pub async fn upload_backup(&self) -> Result<u64, NewtError> {
+        let client = self.client()?;
+        run(async move { Ok(client.upload_backup().await?) }).await
     }
 }

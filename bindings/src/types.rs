@@ -428,7 +428,7 @@ pub struct DueWorkReport {
 
 /// A decision the SDK needs from the user. Answer kinds you don't know with
 /// `PromptAnswer::Dismissed`; new kinds will be added.
-#[derive(uniffi::Enum, Clone, Debug, PartialEq)]
+#[derive(uniffi::Enum, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Prompt {
     /// The account password, for user-interactive authentication.
@@ -505,6 +505,39 @@ pub enum Prompt {
         /// This device cancelled (a check failed here, or a timeout).
         by_us: bool,
     },
+    /// Ask the user for the recovery key of their key backup (`recover`). Answer
+    /// `PromptAnswer.RecoveryKey`; any other answer gives up.
+    RecoveryKey {
+        /// Why the previous answer was refused (a typo, another backup's key), if this is
+        /// not the first time asked.
+        previous_error: Option<String>,
+    },
+    /// A new key backup was set up (`setUpRecovery`): show the user this recovery key to
+    /// keep somewhere safe. The answer is ignored; `recoveryKey()` shows it again. It is
+    /// a secret: do not log this prompt.
+    NewRecoveryKey {
+        /// The recovery key (groups of four characters).
+        recovery_key: String,
+    },
+}
+
+/// Without the fields: a prompt may hold a recovery key.
+impl std::fmt::Debug for Prompt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Prompt::Password { .. } => "Password",
+            Prompt::NewDevices { .. } => "NewDevices",
+            Prompt::KeyShareRequest { .. } => "KeyShareRequest",
+            Prompt::IdentityChanged { .. } => "IdentityChanged",
+            Prompt::VerificationRequest { .. } => "VerificationRequest",
+            Prompt::CompareSas { .. } => "CompareSas",
+            Prompt::VerificationDone { .. } => "VerificationDone",
+            Prompt::VerificationCancelled { .. } => "VerificationCancelled",
+            Prompt::RecoveryKey { .. } => "RecoveryKey",
+            Prompt::NewRecoveryKey { .. } => "NewRecoveryKey",
+        };
+        write!(f, "Prompt::{name}")
+    }
 }
 
 /// One device decision.
@@ -519,7 +552,7 @@ pub struct DeviceDecision {
 }
 
 /// The answer to a [`Prompt`].
-#[derive(uniffi::Enum, Clone, Debug, PartialEq)]
+#[derive(uniffi::Enum, Clone, PartialEq)]
 pub enum PromptAnswer {
     /// The password.
     Password {
@@ -535,8 +568,53 @@ pub enum PromptAnswer {
     Confirmed,
     /// The emoji of a `CompareSas` prompt differ between the devices.
     Mismatch,
+    /// The recovery key the user typed, for a `RecoveryKey` prompt.
+    RecoveryKey {
+        /// As typed (spaces are ignored).
+        recovery_key: String,
+    },
     /// Declined or not supported.
     Dismissed,
+}
+
+/// Secrets (a password, a recovery key) redacted.
+impl std::fmt::Debug for PromptAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PromptAnswer::Password { .. } => f.write_str("Password(<redacted>)"),
+            PromptAnswer::RecoveryKey { .. } => f.write_str("RecoveryKey(<redacted>)"),
+            PromptAnswer::DeviceDecisions { decisions } => {
+                f.debug_tuple("DeviceDecisions").field(decisions).finish()
+            }
+            PromptAnswer::Confirmed => f.write_str("Confirmed"),
+            PromptAnswer::Mismatch => f.write_str("Mismatch"),
+            PromptAnswer::Dismissed => f.write_str("Dismissed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    /// A password or recovery key given to the SDK never shows in `Debug` (it used to for
+    /// the password: `PromptAnswer` derived `Debug`).
+    #[test]
+    fn secrets_in_prompts_and_answers_are_not_in_debug() {
+        let answers = [
+            PromptAnswer::Password {
+                password: "hunter2-secret".into(),
+            },
+            PromptAnswer::RecoveryKey {
+                recovery_key: "EsTc secret".into(),
+            },
+        ];
+        let prompt = Prompt::NewRecoveryKey {
+            recovery_key: "EsTc secret".into(),
+        };
+        let text = format!("{answers:?} {prompt:?}");
+        assert!(!text.contains("secret"), "{text}");
+    }
 }
 
 /// Log levels.

@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use super::key_files::{KeyImportSummary, KeyTransferProgress};
 use super::late_keys::Retry;
-use super::{Client, ClientError};
+use super::{Client, ClientError, Prompt, PromptAnswer, SecretText};
 use crate::backup::{BACKUP_ALGORITHM, BackupError, BackupKey, decrypt_session};
 use crate::crypto::OlmMachine;
 use crate::http::HttpError;
@@ -40,6 +40,8 @@ const LOOKUPS_PER_SYNC: usize = 20;
 const MAX_LOOKUPS: usize = 10_000;
 /// Keys imported per transaction when restoring.
 const RESTORE_BATCH: usize = 200;
+/// Times [`Client::recover`] asks for the recovery key before giving up.
+const RECOVERY_ATTEMPTS: u32 = 3;
 
 /// The backup as this device sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,6 +157,43 @@ impl Client {
             .await?;
         self.spawn_backup_work();
         Ok(summary)
+    }
+
+    /// Set up a new backup ([`Client::enable_backup`]) and show its recovery key to the
+    /// user through the prompt handler ([`Prompt::NewRecoveryKey`]).
+    pub async fn set_up_recovery(&self) -> Result<(), ClientError> {
+        let recovery_key = self.enable_backup().await?;
+        let prompt = Prompt::NewRecoveryKey {
+            recovery_key: SecretText::new(recovery_key),
+        };
+        self.prompt(prompt).await;
+        Ok(())
+    }
+
+    /// Restore every key of the server's backup with the recovery key the user types,
+    /// asked through the prompt handler ([`Prompt::RecoveryKey`]; asked again with the
+    /// reason after a typo or another backup's key, at most three times).
+    pub async fn recover(&self) -> Result<KeyImportSummary, ClientError> {
+        let mut previous_error = None;
+        for attempt in 1..=RECOVERY_ATTEMPTS {
+            let answer = self.prompt(Prompt::RecoveryKey { previous_error }).await;
+            let PromptAnswer::RecoveryKey(key) = answer else {
+                return Err(ClientError::PromptDismissed);
+            };
+            match self.restore_backup(&key, None, |_| {}).await {
+                Err(ClientError::Backup(
+                    e @ (BackupError::InvalidRecoveryKey(_) | BackupError::WrongRecoveryKey),
+                )) if attempt < RECOVERY_ATTEMPTS => previous_error = Some(e.to_string()),
+                other => return other,
+            }
+        }
+        Err(ClientError::PromptDismissed)
+    }
+
+    /// The recovery key of the backup this device uses, to show the user again.
+    pub async fn recovery_key(&self) -> Result<Option<SecretText>, ClientError> {
+        let active = self.blocking(|c| c.active()).await?;
+        Ok(active.map(|a| SecretText::new(a.key.to_recovery_key())))
     }
 
     /// The server's current backup, if any, and whether it is ours and trusted.

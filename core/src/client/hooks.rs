@@ -96,6 +96,42 @@ pub enum Prompt {
         /// The cancel came from this device.
         by_us: bool,
     },
+    /// Ask the user for the recovery key of their key backup (`Client::recover`). Answer
+    /// [`PromptAnswer::RecoveryKey`]; any other answer gives up.
+    RecoveryKey {
+        /// Why the previous answer was refused (a typo, another backup's key), if this is
+        /// not the first time asked.
+        previous_error: Option<String>,
+    },
+    /// A new key backup was set up (`Client::set_up_recovery`): show the user this recovery
+    /// key to keep somewhere safe. The answer is ignored; `Client::recovery_key` shows it
+    /// again.
+    NewRecoveryKey {
+        /// The recovery key (groups of four characters).
+        recovery_key: SecretText,
+    },
+}
+
+/// A secret shown to the user (a recovery key): wiped when dropped, never in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretText(Zeroizing<String>);
+
+impl SecretText {
+    /// Wrap `text`.
+    pub fn new(text: Zeroizing<String>) -> Self {
+        Self(text)
+    }
+
+    /// The text, to show it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// The app's answer to a [`Prompt`].
@@ -109,6 +145,8 @@ pub enum PromptAnswer {
     Confirmed,
     /// The emoji or numbers of a [`Prompt::CompareSas`] differ between the devices.
     Mismatch,
+    /// The recovery key the user typed, for [`Prompt::RecoveryKey`] (wiped after use).
+    RecoveryKey(Zeroizing<String>),
     /// The user declined or the prompt is not supported.
     Dismissed,
 }
@@ -120,6 +158,7 @@ impl std::fmt::Debug for PromptAnswer {
             PromptAnswer::DeviceDecisions(d) => f.debug_tuple("DeviceDecisions").field(d).finish(),
             PromptAnswer::Confirmed => f.write_str("Confirmed"),
             PromptAnswer::Mismatch => f.write_str("Mismatch"),
+            PromptAnswer::RecoveryKey(_) => f.write_str("RecoveryKey(<redacted>)"),
             PromptAnswer::Dismissed => f.write_str("Dismissed"),
         }
     }

@@ -50,8 +50,8 @@ use background::NoOlmRetry;
 pub use backup::{BackupInfo, BackupState};
 use hooks::Hooks;
 pub use hooks::{
-    BackgroundScheduler, DueWorkReport, Prompt, PromptAnswer, PromptHandler, TrustPolicy,
-    TrustPolicyProvider, WakeupRequest,
+    BackgroundScheduler, DueWorkReport, Prompt, PromptAnswer, PromptHandler, SecretText,
+    TrustPolicy, TrustPolicyProvider, WakeupRequest,
 };
 pub use key_files::{KeyImportSummary, KeyTransferProgress};
 use lifecycle::Lifecycle;
