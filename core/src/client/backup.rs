@@ -6,22 +6,20 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
 use ruma::api::client::backup::{
-    RoomKeyBackup, add_backup_keys, create_backup_version, get_backup_keys,
-    get_backup_keys_for_room, get_backup_keys_for_session, get_latest_backup_info,
+    RoomKeyBackup, create_backup_version, get_backup_keys, get_backup_keys_for_room,
+    get_latest_backup_info,
 };
 use ruma::serde::Raw;
 use ruma::{OwnedRoomId, RoomId};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex as AsyncMutex, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 use zeroize::Zeroizing;
 
 use super::key_files::{KeyImportSummary, KeyTransferProgress};
-use super::late_keys::Retry;
 use super::{Client, ClientError, Prompt, PromptAnswer, SecretText};
 use crate::backup::{BACKUP_ALGORITHM, BackupError, BackupKey, decrypt_session};
 use crate::crypto::OlmMachine;
-use crate::http::HttpError;
 use crate::key_export::ExportedRoomKey;
 use crate::store::{ClientChanges, SecretBlob};
 
@@ -31,13 +29,13 @@ const KEY_VERSION: &str = "backup.version";
 const KEY_PRIVATE: &str = "backup.key";
 /// Store value: set when the server's backup is no longer ours (the version it has, or
 /// empty if none).
-const KEY_REPLACED: &str = "backup.replaced";
+pub(super) const KEY_REPLACED: &str = "backup.replaced";
 /// Sessions per upload.
-const UPLOAD_BATCH: u32 = 100;
+pub(super) const UPLOAD_BATCH: u32 = 100;
 /// Sessions of undecryptable events looked up in the backup per sync, and in all per
 /// process.
-const LOOKUPS_PER_SYNC: usize = 20;
-const MAX_LOOKUPS: usize = 10_000;
+pub(super) const LOOKUPS_PER_SYNC: usize = 20;
+pub(super) const MAX_LOOKUPS: usize = 10_000;
 /// Keys imported per transaction when restoring.
 const RESTORE_BATCH: usize = 200;
 /// Times [`Client::recover`] asks for the recovery key before giving up.
@@ -86,11 +84,11 @@ pub struct BackupInfo {
 
 /// What the client keeps about the backup while it runs.
 pub(super) struct BackupRuntime {
-    state: watch::Sender<BackupState>,
+    pub(super) state: watch::Sender<BackupState>,
     /// One upload at a time.
-    uploading: AsyncMutex<()>,
+    pub(super) uploading: AsyncMutex<()>,
     /// Sessions of undecryptable events looked up already (bounded).
-    looked_up: Mutex<HashSet<(OwnedRoomId, String)>>,
+    pub(super) looked_up: Mutex<HashSet<(OwnedRoomId, String)>>,
 }
 
 impl BackupRuntime {
@@ -104,9 +102,9 @@ impl BackupRuntime {
 }
 
 /// The backup key and version this device uses.
-struct Active {
-    key: BackupKey,
-    version: String,
+pub(super) struct Active {
+    pub(super) key: BackupKey,
+    pub(super) version: String,
 }
 
 impl Client {
@@ -237,154 +235,9 @@ impl Client {
         self.inner.backup.state.subscribe()
     }
 
-    /// Upload the sessions not in the backup yet; returns how many were uploaded. Does
-    /// nothing without a backup on this device.
-    pub async fn upload_backup(&self) -> Result<u64, ClientError> {
-        let _one = self.inner.backup.uploading.lock().await;
-        let Some(active) = self.blocking(|c| c.active()).await? else {
-            return Ok(0);
-        };
-        let machine = self.machine()?;
-        let public = active.key.public_key();
-        let mut uploaded = 0;
-        // Each batch marks what it sent: more passes than batches means marks are lost.
-        let m = machine.clone();
-        let pending = self.blocking(move |_| Ok(m.sessions_to_back_up()?)).await?;
-        for _ in 0..=pending.div_ceil(u64::from(UPLOAD_BATCH)) {
-            let m = machine.clone();
-            let batch = self
-                .blocking(move |_| Ok(m.backup_batch(public, UPLOAD_BATCH)?))
-                .await?;
-            if batch.sessions.is_empty() {
-                break;
-            }
-            let request = add_backup_keys::v3::Request::new(active.version.clone(), batch.rooms);
-            if let Err(e) = self.inner.http.send(request).await {
-                return Err(self.upload_failed(&active.version, e).await);
-            }
-            let n = batch.sessions.len() as u64;
-            let (m, sessions) = (machine.clone(), batch.sessions);
-            self.blocking(move |_| Ok(m.mark_backed_up(sessions)?))
-                .await?;
-            uploaded += n;
-            self.backup_state().await?;
-        }
-        if uploaded > 0 {
-            debug!(sessions = uploaded, "sessions backed up");
-        }
-        Ok(uploaded)
-    }
-
-    /// After a sync: sessions of undecryptable events looked up in the backup, then new
-    /// sessions uploaded; in the background (the sync loop never waits for it).
-    pub(crate) fn spawn_backup_work(&self) {
-        let client = self.handle();
-        self.spawn_abortable(async move {
-            if let Err(e) = client.restore_missing_sessions().await {
-                warn!(error = %e, "looking up keys in the backup failed");
-            }
-            if let Err(e) = client.upload_backup().await {
-                warn!(error = %e, "backing up keys failed; will retry");
-                client.schedule_retry(&e, "key backup");
-            }
-        });
-    }
-
-    /// The sessions of kept undecryptable events that we have no key for, looked up in the
-    /// backup (a few per sync, each once per process).
-    async fn restore_missing_sessions(&self) -> Result<(), ClientError> {
-        let Some(active) = self.blocking(|c| c.active()).await? else {
-            return Ok(());
-        };
-        let missing = self.blocking(|c| c.sessions_to_look_up()).await?;
-        let mut found = BTreeMap::new();
-        for (room_id, session_id) in missing {
-            let request = get_backup_keys_for_session::v3::Request::new(
-                active.version.clone(),
-                room_id.clone(),
-                session_id.clone(),
-            );
-            match self.inner.http.send(request).await {
-                Ok(response) => {
-                    found
-                        .entry(room_id)
-                        .or_insert_with(|| RoomKeyBackup::new(BTreeMap::new()))
-                        .sessions
-                        .insert(session_id, response.key_data);
-                }
-                Err(e) if e.errcode() == Some("M_NOT_FOUND") => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if found.is_empty() {
-            return Ok(());
-        }
-        let machine = self.machine()?;
-        let summary = self
-            .blocking(move |c| c.restore_rooms(&machine, &active.key, found, &mut |_| {}))
-            .await?;
-        info!(
-            sessions = summary.imported,
-            "keys of undecryptable events restored from the backup"
-        );
-        Ok(())
-    }
-
-    /// Kept undecryptable sessions without any key, not looked up yet (marked now).
-    fn sessions_to_look_up(&self) -> Result<Vec<(OwnedRoomId, String)>, ClientError> {
-        let store = self.store()?;
-        let mut looked_up = self
-            .inner
-            .backup
-            .looked_up
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let mut out = Vec::new();
-        for id in store.undecryptable_sessions()? {
-            if out.len() == LOOKUPS_PER_SYNC || looked_up.len() >= MAX_LOOKUPS {
-                break;
-            }
-            if looked_up.contains(&id) || store.inbound_group_session(&id.0, &id.1)?.is_some() {
-                continue;
-            }
-            looked_up.insert(id.clone());
-            out.push(id);
-        }
-        Ok(out)
-    }
-
-    /// An upload failed: a backup version that is no longer the server's is reported (and
-    /// nothing more is uploaded to it); other errors are returned for a retry.
-    async fn upload_failed(&self, ours: &str, e: HttpError) -> ClientError {
-        let gone = matches!(
-            e.errcode(),
-            Some("M_WRONG_ROOM_KEYS_VERSION" | "M_NOT_FOUND")
-        );
-        if !gone {
-            return e.into();
-        }
-        let server = match self.latest_backup().await {
-            Ok(info) => Some(info.version),
-            Err(ClientError::Backup(BackupError::NoBackup)) => None,
-            Err(other) => return other,
-        };
-        warn!(ours, ?server, "the server's key backup is no longer ours");
-        let replaced = server.clone().unwrap_or_default();
-        let saved = self
-            .blocking(move |c| {
-                let mut changes = ClientChanges::default();
-                changes.values.insert(KEY_REPLACED.into(), replaced);
-                Ok(c.store()?.save_changes(changes.into())?)
-            })
-            .await;
-        if let Err(e) = saved {
-            return e;
-        }
-        let _ = self.backup_state().await;
-        e.into()
-    }
-
-    async fn latest_backup(&self) -> Result<get_latest_backup_info::v3::Response, ClientError> {
+    pub(super) async fn latest_backup(
+        &self,
+    ) -> Result<get_latest_backup_info::v3::Response, ClientError> {
         match self
             .inner
             .http
@@ -419,7 +272,7 @@ impl Client {
 
     /// Decrypt and import the backup's entries, in batches; entries that do not decrypt
     /// are counted as refused.
-    fn restore_rooms(
+    pub(super) fn restore_rooms(
         &self,
         machine: &OlmMachine,
         key: &BackupKey,
@@ -450,35 +303,14 @@ impl Client {
                     }
                 }
                 if pending.len() == RESTORE_BATCH {
-                    self.import_restored(machine, &mut pending, &mut summary)?;
+                    self.import_batch(machine, &mut pending, &mut summary, true)?;
                     progress(KeyTransferProgress { done, total });
                 }
             }
         }
-        self.import_restored(machine, &mut pending, &mut summary)?;
+        self.import_batch(machine, &mut pending, &mut summary, true)?;
         progress(KeyTransferProgress { done, total });
         Ok(summary)
-    }
-
-    fn import_restored(
-        &self,
-        machine: &OlmMachine,
-        pending: &mut Vec<ExportedRoomKey>,
-        summary: &mut KeyImportSummary,
-    ) -> Result<(), ClientError> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let outcome = machine.import_backed_up_room_keys(pending)?;
-        pending.clear();
-        summary.imported += outcome.imported.len() as u64;
-        summary.already_known += outcome.already_known;
-        summary.refused += outcome.refused;
-        let retry = Retry {
-            sessions: outcome.imported,
-            only_if_decrypted: false,
-        };
-        self.retry_kept_events(machine, retry, &HashSet::new())
     }
 
     /// Use `key` and `version` from now on (a new version: every session is uploaded
@@ -508,7 +340,7 @@ impl Client {
     }
 
     /// The key and version this device uploads to, unless none or no longer the server's.
-    fn active(&self) -> Result<Option<Active>, ClientError> {
+    pub(super) fn active(&self) -> Result<Option<Active>, ClientError> {
         let store = self.store()?;
         if store.value(KEY_REPLACED)?.is_some() {
             return Ok(None);

@@ -176,7 +176,7 @@ impl Client {
                     }
                 }
                 if pending.len() >= BATCH {
-                    self.import_batch(machine, &mut pending, &mut summary)?;
+                    self.import_batch(machine, &mut pending, &mut summary, false)?;
                 }
                 Ok::<_, ClientError>(())
             },
@@ -187,22 +187,28 @@ impl Client {
                 })
             },
         )?;
-        self.import_batch(machine, &mut pending, &mut summary)?;
+        self.import_batch(machine, &mut pending, &mut summary, false)?;
         info!(?summary, "room keys imported");
         Ok(summary)
     }
 
-    /// Store one batch, then deliver again the kept events it makes decryptable.
-    fn import_batch(
+    /// Store one batch (restored from the backup: marked as backed up), then deliver again
+    /// the kept events it makes decryptable.
+    pub(super) fn import_batch(
         &self,
         machine: &OlmMachine,
         pending: &mut Vec<ExportedRoomKey>,
         summary: &mut KeyImportSummary,
+        from_backup: bool,
     ) -> Result<(), ClientError> {
         if pending.is_empty() {
             return Ok(());
         }
-        let outcome = machine.import_room_keys(pending)?;
+        let outcome = if from_backup {
+            machine.import_backed_up_room_keys(pending)?
+        } else {
+            machine.import_room_keys(pending)?
+        };
         pending.clear();
         summary.imported += outcome.imported.len() as u64;
         summary.already_known += outcome.already_known;
