@@ -9,9 +9,12 @@
 #   alice and bob log in (each with their own encrypted store), alice creates an
 #   encrypted room and invites bob, bob joins and listens while alice sends two
 #   messages, bob replies while alice listens; the decrypted messages are printed as a
-#   transcript, and bob shows alice's devices; last, alice exports her room keys to a
-#   passphrase-protected key file (the format Element imports).
-# Exits non-zero if any message is missing or failed to decrypt, or the export failed.
+#   transcript, and bob shows alice's devices; alice exports her room keys to a
+#   passphrase-protected key file (the format Element imports); last, alice sets up a key
+#   backup on the server, logs in on a new device, restores her keys there with the
+#   recovery key, and reads bob's earlier reply, decrypted, on the new device.
+# Exits non-zero if any message is missing or failed to decrypt, or the export, the backup
+# or the restore failed.
 #
 # Environment: NEWT_DEMO_KEEP=1 keeps the temp dir (stores, server log) for inspection;
 # NEWT_BIN=path uses that binary instead of building target/debug/newt;
@@ -79,7 +82,8 @@ ALICE=$(bash "$SYNAPSE_SH" register "$HS_DIR" alice "$ALICE_PASSWORD")
 BOB=$(bash "$SYNAPSE_SH" register "$HS_DIR" bob "$BOB_PASSWORD")
 echo "registered $ALICE and $BOB"
 
-# newt_as WHO ARGS...: run the CLI as alice or bob, each with their own store and key.
+# newt_as WHO ARGS...: run the CLI with WHO's store and key (alice, bob, or alice-new:
+# alice's second device).
 newt_as() {
     local who=$1
     shift
@@ -213,9 +217,60 @@ else
     FAILED=1
 fi
 
+say "alice sets up a key backup on the server"
+# the recovery key is a secret: printed on stdout by backup-setup, kept in a variable here
+# (passed on through a pipe, never an argument) and not shown
+RECOVERY_KEY=
+if SETUP=$(newt_as alice backup-setup | tail -n 1); then
+    RECOVERY_KEY=$(printf '%s\n' "$SETUP" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["recovery_key"])') ||
+        RECOVERY_KEY=
+    BACKUP_VERSION=$(printf '%s\n' "$SETUP" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["version"])') ||
+        BACKUP_VERSION="?"
+    if [[ -n $RECOVERY_KEY ]]; then
+        echo "backup version $BACKUP_VERSION; alice keeps its recovery key (not shown here)"
+    else
+        echo "demo: backup-setup printed no recovery key" >&2
+        FAILED=1
+    fi
+else
+    echo "demo: backup-setup failed" >&2
+    FAILED=1
+fi
+newt_as alice backup-status || FAILED=1
+
+if [[ -n $RECOVERY_KEY ]]; then
+    say "alice logs in on a new device (a new, empty store)"
+    newt_as alice-new login --user alice --password "$ALICE_PASSWORD" --device-id ALICENEW
+
+    say "alice's new device restores her room keys from the backup"
+    # the recovery key is given in the environment, for this command only
+    if RECOVERED=$(NEWT_RECOVERY_KEY=$RECOVERY_KEY newt_as alice-new recover | tail -n 1); then
+        echo "restore: $RECOVERED"
+        IMPORTED=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["imported"])' \
+            "$RECOVERED") || IMPORTED=0
+        # at least the session of bob's reply, which alice's first device received
+        [[ $IMPORTED -ge 1 ]] || { echo "demo: expected at least 1 session restored" >&2; FAILED=1; }
+    else
+        echo "demo: recover failed" >&2
+        FAILED=1
+    fi
+
+    say "What alice's new device reads (received before the restore, kept, now decrypted)"
+    # no waiting: the reply is in the new device's inbox since its first sync
+    if newt_as alice-new listen "$ROOM" --count 1 --timeout 10 >"$WORK/alice-new.jsonl"; then
+        transcript "$WORK/alice-new.jsonl" "$ALICE" "$REPLY" || FAILED=1
+    else
+        echo "demo: listen on alice's new device failed" >&2
+        FAILED=1
+    fi
+fi
+
 echo
 if [[ $FAILED -ne 0 ]]; then
     echo "DEMO FAILED: a message was missing or could not be decrypted, or a step failed (see above)" >&2
     exit 1
 fi
-echo "Demo succeeded: every message was delivered and decrypted, and the room keys exported."
+echo "Demo succeeded: every message was delivered and decrypted, the room keys exported,"
+echo "backed up, and restored on alice's new device."

@@ -52,6 +52,12 @@ pub(crate) enum Command {
     ImportKeys {
         path: PathBuf,
     },
+    BackupSetup,
+    Recover {
+        /// The room whose keys are restored; all rooms if `None`.
+        room: Option<OwnedRoomId>,
+    },
+    BackupStatus,
 }
 
 /// `send-file ROOM PATH [--mimetype M] [--name N] [--timeout SECONDS]`.
@@ -99,6 +105,11 @@ impl Command {
     /// Whether the command reads the key file passphrase (`NEWT_KEY_PASSPHRASE`).
     pub(crate) fn needs_key_passphrase(&self) -> bool {
         matches!(self, Command::ExportKeys(_) | Command::ImportKeys { .. })
+    }
+
+    /// Whether the command reads the recovery key (`NEWT_RECOVERY_KEY`).
+    pub(crate) fn needs_recovery_key(&self) -> bool {
+        matches!(self, Command::Recover { .. })
     }
 }
 
@@ -158,6 +169,25 @@ pub(crate) fn parse_command(name: &str, rest: &[String]) -> Result<Command, Stri
             let (_, positional) = options(rest, &[], &[])?;
             let [path] = exactly(positional, "import-keys FILE")?;
             Command::ImportKeys { path: path.into() }
+        }
+        "backup-setup" => {
+            let (_, positional) = options(rest, &[], &[])?;
+            let [] = exactly(positional, "backup-setup")?;
+            Command::BackupSetup
+        }
+        "recover" => {
+            let (opts, positional) = options(rest, &["--room"], &[])?;
+            let [] = exactly(positional, "recover [--room ROOM]")?;
+            Command::Recover {
+                room: opt(&opts, "--room")
+                    .map(|r| parse_id(r, "room id"))
+                    .transpose()?,
+            }
+        }
+        "backup-status" => {
+            let (_, positional) = options(rest, &[], &[])?;
+            let [] = exactly(positional, "backup-status")?;
+            Command::BackupStatus
         }
         other => return Err(format!("unknown command {other}")),
     })
@@ -545,6 +575,57 @@ mod tests {
             (&["import-keys"], "expected `import-keys FILE`"),
             (&["import-keys", "a", "b"], "expected `import-keys FILE`"),
             (&["import-keys", "a", "--force"], "unknown option --force"),
+        ];
+        for (args, expected) in cases {
+            let error = command(args).unwrap_err();
+            assert!(error.contains(expected), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn backup_commands_take_at_most_a_room() {
+        assert_eq!(command(&["backup-setup"]).unwrap(), Command::BackupSetup);
+        assert_eq!(command(&["backup-status"]).unwrap(), Command::BackupStatus);
+        let all = command(&["recover"]).unwrap();
+        assert_eq!(all, Command::Recover { room: None });
+        assert!(all.needs_recovery_key());
+        assert!(!all.needs_key_passphrase());
+        let one = command(&["recover", "--room", ROOM]).unwrap();
+        assert_eq!(
+            one,
+            Command::Recover {
+                room: Some(parse_id(ROOM, "").unwrap())
+            }
+        );
+        for other in [
+            Command::BackupSetup,
+            Command::BackupStatus,
+            Command::ImportKeys { path: "k".into() },
+        ] {
+            assert!(!other.needs_recovery_key(), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn backup_commands_refuse_what_they_cannot_use() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["backup-setup", "now"], "expected `backup-setup`"),
+            (&["backup-status", "--verbose"], "unknown option --verbose"),
+            // the recovery key is never an argument
+            (
+                &["recover", "EsTc abcd"],
+                "expected `recover [--room ROOM]`",
+            ),
+            (
+                &["recover", "--recovery-key", "EsTc"],
+                "unknown option --recovery-key",
+            ),
+            (&["recover", "--room"], "--room needs a value"),
+            (&["recover", "--room", "room"], "invalid room id \"room\""),
+            (
+                &["recover", "--room", "#alias:localhost"],
+                "invalid room id",
+            ),
         ];
         for (args, expected) in cases {
             let error = command(args).unwrap_err();

@@ -17,6 +17,11 @@
 //! NEWT_STORE_KEY=secret NEWT_KEY_PASSPHRASE=other newt --homeserver URL --store DIR <command>
 //!   export-keys FILE [--room ROOM ...] [--force]
 //!   import-keys FILE
+//! NEWT_STORE_KEY=secret newt --homeserver URL --store DIR <command>
+//!   backup-setup
+//!   backup-status
+//! NEWT_STORE_KEY=secret NEWT_RECOVERY_KEY=key newt --homeserver URL --store DIR <command>
+//!   recover [--room ROOM]
 //! ```
 //!
 //! - `send` prints the event id of each text once the server has it.
@@ -44,6 +49,27 @@
 //!   in the inbox for `listen`. Prints a JSON line with `total`, `imported`,
 //!   `already_known` and `refused`.
 //! - Both key commands tell their progress on stderr and work on the store alone (no sync).
+//! - `backup-setup` sets up a new key backup on the server (signed by this device; a backup
+//!   set up earlier is replaced) and prints `{"recovery_key": ..., "version": ...}`. The
+//!   recovery key is what restores the keys on a new device: it is printed on stdout only
+//!   (never on stderr or in logs), and the user keeps it safe.
+//! - `recover` restores the room keys of the server's backup (of every room, or of ROOM
+//!   with `--room`) with the recovery key in `NEWT_RECOVERY_KEY` (never an argument), and
+//!   from then on this device uploads its new keys to that backup too. A mistyped key,
+//!   the key of another backup, or a server without a backup is refused before anything
+//!   is restored. Messages kept undecryptable for want of those keys are delivered again,
+//!   decrypted, and kept in the inbox for `listen`. Prints a JSON line with `total`,
+//!   `imported`, `already_known` and `refused`; the progress goes to stderr.
+//! - Both upload this device's keys that are not in the backup yet before they exit (and
+//!   say how many on stderr): the SDK uploads in the background, which a command that
+//!   exits at once would cut short. Either fails (non-zero) if that upload fails, after
+//!   printing its JSON line.
+//! - `backup-status` prints `state` (`disabled`, `enabled` with `version` and `pending`,
+//!   the sessions still to upload, or `version_changed` with this device's `version` and
+//!   the `server_version`: the backup was replaced or deleted elsewhere and nothing is
+//!   uploaded until `backup-setup` or `recover`) and `server_backup`, the server's current
+//!   backup (`version`, `algorithm`, `count`, `trusted`, `ours`) or null if it has none.
+//! - The backup commands do not sync.
 //!
 //! The inbox: every command that syncs also receives the messages that arrived since the
 //! last sync. Those a command does not print are kept in the store (the last 1,000,
@@ -52,6 +78,7 @@
 //! still listened to.
 
 mod args;
+mod backup;
 mod commands;
 mod files;
 mod inbox;
@@ -62,7 +89,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use newt_core::client::{Client, ClientConfig};
+use newt_core::client::{Client, ClientConfig, SecretText};
 use newt_core::store::StoreKey;
 
 use crate::args::{Args, Command, parse_args};
@@ -87,6 +114,13 @@ commands:
       the passphrase in NEWT_KEY_PASSPHRASE; an existing FILE needs --force
   import-keys FILE
       import a key export file (e.g. from Element) with NEWT_KEY_PASSPHRASE
+  backup-setup
+      set up a new key backup on the server; print its recovery key (keep it safe)
+  recover [--room ROOM]
+      restore the room keys (of all rooms, or of ROOM) from the server's backup with
+      the recovery key in NEWT_RECOVERY_KEY
+  backup-status
+      show the key backup of this device and of the server
 Messages a command receives but does not print are kept in the store (encrypted,
 the last 1000) until `listen ROOM` prints them.";
 
@@ -98,6 +132,8 @@ pub(crate) struct Ctx {
     pub(crate) key: StoreKey,
     /// The key file passphrase (`NEWT_KEY_PASSPHRASE`), read for the commands that use it.
     pub(crate) key_passphrase: Option<String>,
+    /// The recovery key (`NEWT_RECOVERY_KEY`), read for `recover`.
+    pub(crate) recovery_key: Option<SecretText>,
 }
 
 impl Ctx {
@@ -121,6 +157,11 @@ async fn run(args: Args) -> Result<(), String> {
     } else {
         None
     };
+    let recovery_key = if args.command.needs_recovery_key() {
+        Some(backup::recovery_key()?)
+    } else {
+        None
+    };
     let client = Client::new(ClientConfig {
         homeserver: args.homeserver.clone(),
         store_dir: args.store.clone(),
@@ -136,6 +177,7 @@ async fn run(args: Args) -> Result<(), String> {
         store: args.store,
         key,
         key_passphrase,
+        recovery_key,
     };
     let result = dispatch(&ctx, &mut recorder, &args.command).await;
     recorder.keep_rest().await;
@@ -161,6 +203,9 @@ async fn dispatch(ctx: &Ctx, recorder: &mut Recorder, command: &Command) -> Resu
         Command::Devices { user } => commands::devices(ctx, user).await,
         Command::ExportKeys(a) => keys::export_keys(ctx, a).await,
         Command::ImportKeys { path } => keys::import_keys(ctx, path).await,
+        Command::BackupSetup => backup::backup_setup(ctx).await,
+        Command::Recover { room } => backup::recover(ctx, room.as_ref()).await,
+        Command::BackupStatus => backup::backup_status(ctx).await,
     }
 }
 
@@ -215,6 +260,9 @@ mod tests {
             "whoami",
             "export-keys",
             "import-keys",
+            "backup-setup",
+            "recover",
+            "backup-status",
         ] {
             assert!(USAGE.contains(&format!("  {command}")), "{command}");
         }
