@@ -220,3 +220,41 @@ async fn an_upload_cut_off_is_finished_by_the_next_process_without_repeating_the
     assert_eq!(alice.upload_backup().await.unwrap(), 0);
     assert_eq!(proxy.requests("/room_keys/keys").len(), tries + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recovery_key_opens_the_backup_through_secret_storage_and_a_reset_replaces_it() {
+    let w = World::new(&["alice", "bob"]);
+    let (alice, bob, room) = w.alice_and_bob().await;
+    let recovery_key = alice.set_up_recovery_key().await.unwrap();
+    assert_eq!(
+        alice.recovery_key().await.unwrap().unwrap().expose(),
+        recovery_key.as_str()
+    );
+    history(&alice, &bob, &room, &["kept safe"]).await;
+    alice.upload_backup().await.unwrap();
+    // The recovery key is the secret storage's: not the backup's own key.
+    let info = alice.backup_info().await.unwrap().unwrap();
+    assert!(info.ours);
+
+    let tablet = w.login("alice", "alice-tablet").await;
+    let mut rx = tablet.subscribe_timeline();
+    tablet.restore_backup(&recovery_key, None, |_| {}).await.unwrap();
+    assert_eq!(decrypted_updates(&mut rx, &room, 1).await, ["kept safe"]);
+    assert_eq!(
+        tablet.recovery_key().await.unwrap().unwrap().expose(),
+        recovery_key.as_str(),
+        "the tablet can show the key again"
+    );
+
+    // Lost: reset. The old key opens nothing new, the new one does.
+    let new_key = alice.set_up_recovery_key().await.unwrap();
+    assert_ne!(new_key.as_str(), recovery_key.as_str());
+    alice.upload_backup().await.unwrap();
+    let phone = w.login("alice", "alice-phone").await;
+    let err = phone.restore_backup(&recovery_key, None, |_| {}).await.unwrap_err();
+    assert!(matches!(err, ClientError::Backup(BackupError::WrongRecoveryKey)), "{err:?}");
+    let mut rx = phone.subscribe_timeline();
+    let summary = phone.restore_backup(&new_key, None, |_| {}).await.unwrap();
+    assert!(summary.imported >= 1, "{summary:?}");
+    assert_eq!(decrypted_updates(&mut rx, &room, 1).await, ["kept safe"]);
+}

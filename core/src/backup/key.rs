@@ -78,48 +78,59 @@ impl BackupKey {
 
     /// Read a recovery key as the user typed it (spaces anywhere).
     pub fn from_recovery_key(text: &str) -> Result<Self, RecoveryKeyError> {
-        let compact: Zeroizing<String> =
-            Zeroizing::new(text.chars().filter(|c| !c.is_whitespace()).collect());
-        if compact.len() > MAX_CHARS {
-            return Err(RecoveryKeyError::NotBase58("too long".into()));
-        }
-        let bytes = Zeroizing::new(
-            bs58::decode(compact.as_bytes())
-                .into_vec()
-                .map_err(|e| RecoveryKeyError::NotBase58(e.to_string()))?,
-        );
-        if bytes.len() != PREFIX.len() + KEY_BYTES + 1 || bytes[..2] != PREFIX {
-            return Err(RecoveryKeyError::WrongFormat);
-        }
-        if bytes.iter().fold(0u8, |a, b| a ^ b) != 0 {
-            return Err(RecoveryKeyError::Typo);
-        }
-        let mut key = Zeroizing::new([0u8; KEY_BYTES]);
-        key.copy_from_slice(&bytes[2..2 + KEY_BYTES]);
-        Ok(Self::from_bytes(&key))
+        let bytes = decode_recovery_key(text)?;
+        Ok(Self::from_bytes(&bytes))
     }
 
     /// The recovery key to show the user: groups of four characters.
     pub fn to_recovery_key(&self) -> Zeroizing<String> {
-        let mut bytes = Zeroizing::new(Vec::with_capacity(PREFIX.len() + KEY_BYTES + 1));
-        bytes.extend_from_slice(&PREFIX);
-        bytes.extend_from_slice(self.to_bytes().as_ref());
-        let parity = bytes.iter().fold(0u8, |a, b| a ^ b);
-        bytes.push(parity);
-        let encoded = Zeroizing::new(bs58::encode(bytes.as_slice()).into_string());
-        let mut grouped = Zeroizing::new(String::with_capacity(encoded.len() * 5 / 4));
-        for (i, c) in encoded.chars().enumerate() {
-            if i > 0 && i % 4 == 0 {
-                grouped.push(' ');
-            }
-            grouped.push(c);
-        }
-        grouped
+        encode_recovery_key(&self.to_bytes())
     }
 
     pub(super) fn decrypt(&self, message: &Message) -> Result<Vec<u8>, String> {
         self.inner.decrypt(message).map_err(|e| e.to_string())
     }
+}
+
+/// The 32 key bytes of a recovery key as the user typed it (spaces anywhere).
+pub(super) fn decode_recovery_key(text: &str) -> Result<Zeroizing<[u8; KEY_BYTES]>, RecoveryKeyError> {
+    let compact: Zeroizing<String> =
+        Zeroizing::new(text.chars().filter(|c| !c.is_whitespace()).collect());
+    if compact.len() > MAX_CHARS {
+        return Err(RecoveryKeyError::NotBase58("too long".into()));
+    }
+    let bytes = Zeroizing::new(
+        bs58::decode(compact.as_bytes())
+            .into_vec()
+            .map_err(|e| RecoveryKeyError::NotBase58(e.to_string()))?,
+    );
+    if bytes.len() != PREFIX.len() + KEY_BYTES + 1 || bytes[..2] != PREFIX {
+        return Err(RecoveryKeyError::WrongFormat);
+    }
+    if bytes.iter().fold(0u8, |a, b| a ^ b) != 0 {
+        return Err(RecoveryKeyError::Typo);
+    }
+    let mut key = Zeroizing::new([0u8; KEY_BYTES]);
+    key.copy_from_slice(&bytes[2..2 + KEY_BYTES]);
+    Ok(key)
+}
+
+/// The recovery key of 32 key bytes, in groups of four characters.
+pub(super) fn encode_recovery_key(key: &[u8; KEY_BYTES]) -> Zeroizing<String> {
+    let mut bytes = Zeroizing::new(Vec::with_capacity(PREFIX.len() + KEY_BYTES + 1));
+    bytes.extend_from_slice(&PREFIX);
+    bytes.extend_from_slice(key);
+    let parity = bytes.iter().fold(0u8, |a, b| a ^ b);
+    bytes.push(parity);
+    let encoded = Zeroizing::new(bs58::encode(bytes.as_slice()).into_string());
+    let mut grouped = Zeroizing::new(String::with_capacity(encoded.len() * 5 / 4));
+    for (i, c) in encoded.chars().enumerate() {
+        if i > 0 && i % 4 == 0 {
+            grouped.push(' ');
+        }
+        grouped.push(c);
+    }
+    grouped
 }
 
 #[cfg(test)]

@@ -10,10 +10,20 @@
 //! 003), and a session is never replaced by a backed-up copy that starts later.
 
 mod key;
+mod secret_storage;
 mod session_data;
 
 pub use key::{BackupKey, RecoveryKeyError};
+pub use secret_storage::{
+    BACKUP_SECRET, EncryptedSecret, KeyDescription, SECRET_STORAGE_ALGORITHM, SecretStorageError,
+    SecretStorageKey,
+};
 pub use session_data::{BackupDataError, decrypt_session, encrypt_session};
+
+/// The bytes of a secret storage key, to keep it on this device.
+pub fn storage_key_bytes(key: &SecretStorageKey) -> zeroize::Zeroizing<[u8; 32]> {
+    zeroize::Zeroizing::new(*key.bytes())
+}
 
 /// The backup algorithm Newt reads and writes.
 pub const BACKUP_ALGORITHM: &str = "m.megolm_backup.v1.curve25519-aes-sha2";
@@ -37,4 +47,8 @@ pub enum BackupError {
     /// This device has no backup key: set up a backup, or restore with the recovery key.
     #[error("no key backup is set up on this device")]
     NotEnabled,
+    /// The secret storage holding the backup key cannot be read (damaged, or another
+    /// algorithm).
+    #[error("secret storage: {0}")]
+    SecretStorage(SecretStorageError),
 }

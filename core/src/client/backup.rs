@@ -112,6 +112,11 @@ impl Client {
     /// device), every session uploaded to it in the background. Returns the recovery key
     /// for the user to keep: it is what restores the keys on a new device.
     pub async fn enable_backup(&self) -> Result<Zeroizing<String>, ClientError> {
+        Ok(self.create_backup().await?.to_recovery_key())
+    }
+
+    /// A new backup version for a new key, adopted by this device; its key.
+    pub(super) async fn create_backup(&self) -> Result<BackupKey, ClientError> {
         let machine = self.machine()?;
         let key = BackupKey::new();
         let auth_data = machine.signed_backup_auth_data(&key.public_key_base64())?;
@@ -123,11 +128,11 @@ impl Client {
         let request = create_backup_version::v3::Request::new(raw);
         let version = self.inner.http.send(request).await?.version;
         info!(%version, "key backup set up");
-        let recovery_key = key.to_recovery_key();
+        let bytes = key.to_bytes();
         self.blocking(move |c| c.adopt(&machine, &key, &version))
             .await?;
         self.spawn_backup_work();
-        Ok(recovery_key)
+        Ok(BackupKey::from_bytes(&bytes))
     }
 
     /// Restore keys from the server's backup with the user's recovery key: all rooms, or
@@ -142,7 +147,7 @@ impl Client {
         mut progress: impl FnMut(KeyTransferProgress) + Send + 'static,
     ) -> Result<KeyImportSummary, ClientError> {
         let machine = self.machine()?;
-        let key = BackupKey::from_recovery_key(recovery_key).map_err(BackupError::from)?;
+        let key = self.backup_key_from_recovery_key(recovery_key).await?;
         let info = self.latest_backup().await?;
         check_key(&info.algorithm, &key)?;
         let version = info.version.clone();
@@ -157,10 +162,12 @@ impl Client {
         Ok(summary)
     }
 
-    /// Set up a new backup ([`Client::enable_backup`]) and show its recovery key to the
-    /// user through the prompt handler ([`Prompt::NewRecoveryKey`]).
+    /// [`Client::set_up_recovery_key`], and show the recovery key to the user through the
+    /// prompt handler ([`Prompt::NewRecoveryKey`]). Called again (the key was lost), it
+    /// resets recovery: a new key and a new backup, to which this device uploads all its
+    /// keys; the old key opens nothing new.
     pub async fn set_up_recovery(&self) -> Result<(), ClientError> {
-        let recovery_key = self.enable_backup().await?;
+        let recovery_key = self.set_up_recovery_key().await?;
         let prompt = Prompt::NewRecoveryKey {
             recovery_key: SecretText::new(recovery_key),
         };
@@ -188,8 +195,12 @@ impl Client {
         Err(ClientError::PromptDismissed)
     }
 
-    /// The recovery key of the backup this device uses, to show the user again.
+    /// The recovery key this device knows (the secret storage's, or the backup's own), to
+    /// show the user again.
     pub async fn recovery_key(&self) -> Result<Option<SecretText>, ClientError> {
+        if let Some(key) = self.blocking(|c| c.stored_recovery_key()).await? {
+            return Ok(Some(SecretText::new(key)));
+        }
         let active = self.blocking(|c| c.active()).await?;
         Ok(active.map(|a| SecretText::new(a.key.to_recovery_key())))
     }

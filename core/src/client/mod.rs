@@ -13,6 +13,7 @@ mod lifecycle;
 mod media;
 mod outgoing;
 mod prompts;
+mod recovery;
 #[cfg(test)]
 mod proptests;
 mod room_keys;

@@ -1,0 +1,187 @@
+//! Recovery through secret storage (`m.secret_storage.v1.aes-hmac-sha2`): the backup's key
+//! kept encrypted in the user's account data under a key only the user has, shown once as
+//! the recovery key. A new device turns the recovery key into the backup key; a recovery
+//! key of a backup set up without secret storage (`enable_backup`) works too.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use ruma::api::client::config::{get_global_account_data, set_global_account_data};
+use ruma::serde::Raw;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tracing::info;
+use zeroize::Zeroizing;
+
+use super::{Client, ClientError};
+use crate::backup::{
+    BACKUP_SECRET, BackupError, BackupKey, EncryptedSecret, KeyDescription, SecretStorageError,
+    SecretStorageKey,
+};
+use crate::store::{ClientChanges, SecretBlob};
+
+/// Account data naming the default secret storage key.
+const DEFAULT_KEY: &str = "m.secret_storage.default_key";
+/// Secret store values: the secret storage key this device knows, and its id.
+const KEY_RECOVERY: &str = "recovery.key";
+const KEY_RECOVERY_ID: &str = "recovery.key_id";
+
+#[derive(Serialize, Deserialize)]
+struct DefaultKey {
+    key: String,
+}
+
+/// An encrypted secret's account data: one encryption per storage key.
+#[derive(Serialize, Deserialize)]
+struct SecretContent {
+    encrypted: BTreeMap<String, EncryptedSecret>,
+}
+
+impl Client {
+    /// Set up recovery: a new secret storage key (the default one), a new backup whose key
+    /// is kept in the secret storage, every session uploaded to it in the background.
+    /// Returns the recovery key for the user to keep.
+    pub async fn set_up_recovery_key(&self) -> Result<Zeroizing<String>, ClientError> {
+        let storage = SecretStorageKey::new();
+        let description = serde_json::to_value(storage.description())
+            .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        let key_type = format!("m.secret_storage.key.{}", storage.id());
+        self.set_account_data(&key_type, &description).await?;
+        self.set_account_data(DEFAULT_KEY, &json!({ "key": storage.id() }))
+            .await?;
+        let backup = self.create_backup().await?;
+        let secret = Zeroizing::new(STANDARD_NO_PAD.encode(backup.to_bytes().as_ref()));
+        let content = SecretContent {
+            encrypted: BTreeMap::from([(
+                storage.id().to_owned(),
+                storage.encrypt(BACKUP_SECRET, &secret),
+            )]),
+        };
+        let content =
+            serde_json::to_value(content).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        self.set_account_data(BACKUP_SECRET, &content).await?;
+        let recovery_key = storage.to_recovery_key();
+        self.blocking(move |c| c.remember_storage_key(&storage))
+            .await?;
+        info!("recovery set up: secret storage and key backup");
+        Ok(recovery_key)
+    }
+
+    /// The backup key a recovery key gives: through the secret storage when it is the
+    /// storage's key, else the key itself (a backup set up without secret storage).
+    pub(super) async fn backup_key_from_recovery_key(
+        &self,
+        text: &str,
+    ) -> Result<BackupKey, ClientError> {
+        let direct = BackupKey::from_recovery_key(text).map_err(BackupError::from)?;
+        let Some(DefaultKey { key: id }) = self.account_data(DEFAULT_KEY).await? else {
+            return Ok(direct);
+        };
+        let key_type = format!("m.secret_storage.key.{id}");
+        let Some(description) = self.account_data::<KeyDescription>(&key_type).await? else {
+            return Ok(direct);
+        };
+        let storage = SecretStorageKey::from_recovery_key(&id, text).map_err(storage_error)?;
+        if storage.check(&description).is_err() {
+            return Ok(direct);
+        }
+        let content = self.account_data::<SecretContent>(BACKUP_SECRET).await?;
+        let Some(sealed) = content.as_ref().and_then(|c| c.encrypted.get(&id)) else {
+            return Ok(direct);
+        };
+        let secret = storage
+            .decrypt(BACKUP_SECRET, sealed)
+            .map_err(storage_error)?;
+        let bytes = Zeroizing::new(
+            base64_any(&secret)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                .ok_or_else(|| {
+                    storage_error(SecretStorageError::Malformed("backup key".into()))
+                })?,
+        );
+        self.blocking(move |c| c.remember_storage_key(&storage))
+            .await?;
+        Ok(BackupKey::from_bytes(&bytes))
+    }
+
+    /// Keep the storage key this device knows (to show it again).
+    fn remember_storage_key(&self, storage: &SecretStorageKey) -> Result<(), ClientError> {
+        let mut changes = ClientChanges::default();
+        let bytes = crate::backup::storage_key_bytes(storage);
+        changes
+            .secret_values
+            .insert(KEY_RECOVERY.into(), SecretBlob::new(bytes.to_vec()));
+        changes
+            .values
+            .insert(KEY_RECOVERY_ID.into(), storage.id().to_owned());
+        self.store()?.save_changes(changes.into())?;
+        Ok(())
+    }
+
+    /// The recovery key of the storage key this device knows, if any.
+    pub(super) fn stored_recovery_key(&self) -> Result<Option<Zeroizing<String>>, ClientError> {
+        let store = self.store()?;
+        let (Some(id), Some(secret)) = (
+            store.value(KEY_RECOVERY_ID)?,
+            store.secret_value(KEY_RECOVERY)?,
+        ) else {
+            return Ok(None);
+        };
+        let bytes: [u8; 32] = secret.as_bytes().try_into().map_err(|_| {
+            crate::store::StoreError::Decode("the stored recovery key is not 32 bytes".into())
+        })?;
+        let bytes = Zeroizing::new(bytes);
+        Ok(Some(SecretStorageKey::from_bytes(&id, &bytes).to_recovery_key()))
+    }
+
+    async fn account_data<T: DeserializeOwned>(
+        &self,
+        event_type: &str,
+    ) -> Result<Option<T>, ClientError> {
+        let user_id = self.machine()?.user_id().to_owned();
+        let request = get_global_account_data::v3::Request::new(user_id, event_type.into());
+        match self.inner.http.send(request).await {
+            Ok(response) => serde_json::from_str(response.account_data.json().get())
+                .map(Some)
+                .map_err(|e| ClientError::InvalidResponse(format!("{event_type}: {e}"))),
+            Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn set_account_data(&self, event_type: &str, content: &Value) -> Result<(), ClientError> {
+        let user_id = self.machine()?.user_id().to_owned();
+        let raw = Raw::from_json(
+            serde_json::value::to_raw_value(content)
+                .map_err(|e| ClientError::InvalidInput(e.to_string()))?,
+        );
+        let request =
+            set_global_account_data::v3::Request::new_raw(user_id, event_type.into(), raw);
+        self.inner.http.send(request).await?;
+        Ok(())
+    }
+}
+
+/// A secret storage failure as the app sees it: a typo, or another key.
+fn storage_error(e: SecretStorageError) -> ClientError {
+    match e {
+        SecretStorageError::InvalidRecoveryKey(e) => BackupError::InvalidRecoveryKey(e).into(),
+        SecretStorageError::WrongKey | SecretStorageError::BadMac => {
+            BackupError::WrongRecoveryKey.into()
+        }
+        other => BackupError::SecretStorage(other).into(),
+    }
+}
+
+/// Base64, padded or not.
+fn base64_any(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    base64::engine::general_purpose::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::general_purpose::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    )
+    .decode(text)
+}
