@@ -395,6 +395,29 @@ public var refused: UInt64
 public var waitingForKey: Bool
 public var legacy: Bool
 public var failure: DecryptionFailure?
+func enableBackup() async throws -> String
+func setUpRecovery() async throws
+func recover() async throws -> KeyImportSummary
+func restoreBackup(recoveryKey: String, roomId: String?, listener: KeyTransferListener?) async throws -> KeyImportSummary
+func recoveryKey() async throws -> String?
+func backupState() async throws -> BackupState
+func backupInfo() async throws -> BackupInfo?
+func uploadBackup() async throws -> UInt64
+case Backup(reason: BackupProblem, details: String)
+case invalidRecoveryKey
+case wrongRecoveryKey
+case disabled
+case enabled(version: String, pending: UInt64)
+case recoveryKey(previousError: String?)
+case newRecoveryKey(recoveryKey: String)
+case recoveryKey(recoveryKey: String)
+public var version: String
+public var algorithm: String
+public var count: UInt64
+public var trusted: Bool
+public var ours: Bool
+public var total: UInt64
+case InvalidInput(details: String)
 """
 lines = [l for l in wanted.strip().splitlines() if l.strip()]
 missing = [l for l in lines if l not in text]

@@ -221,8 +221,9 @@ pub enum BackupProblem {
     NoBackup,
     /// The server's backup uses an algorithm Newt does not read.
     Unsupported,
-    /// No backup is set up on this device.
-    NotEnabled,
+    /// The secret storage holding the backup's key cannot be read (damaged, or an
+    /// algorithm Newt does not read).
+    SecretStorage,
 }
 
 impl From<&BackupError> for BackupProblem {
@@ -231,7 +232,7 @@ impl From<&BackupError> for BackupProblem {
             BackupError::InvalidRecoveryKey(_) => Self::InvalidRecoveryKey,
             BackupError::WrongRecoveryKey => Self::WrongRecoveryKey,
             BackupError::NoBackup => Self::NoBackup,
-            BackupError::NotEnabled => Self::NotEnabled,
+            BackupError::SecretStorage(_) => Self::SecretStorage,
             // `BackupError` is non-exhaustive; an algorithm, and what may be added.
             _ => Self::Unsupported,
         }

@@ -174,15 +174,18 @@ impl From<core::BackupInfo> for BackupInfo {
 
 #[uniffi::export]
 impl NewtClient {
-    /// Set up a new key backup and return its recovery key, for the user to keep (it is
-    /// what restores the keys on a new device). Sessions are uploaded in the background.
+    /// Set up a new key backup without secret storage and return the backup's own
+    /// recovery key, for the user to keep (`setUpRecovery` is what apps normally use).
+    /// Sessions are uploaded in the background.
     pub async fn enable_backup(&self) -> Result<String, NewtError> {
         let client = self.client()?;
         run(async move { Ok(client.enable_backup().await?.to_string()) }).await
     }
 
-    /// Set up a new key backup and show its recovery key through the prompt handler
-    /// (`Prompt.NewRecoveryKey`).
+    /// Set up recovery (a secret storage key, a new key backup whose key it keeps in the
+    /// account data) and show the recovery key through the prompt handler
+    /// (`Prompt.NewRecoveryKey`). Called again (the key was lost), it resets recovery: a
+    /// new key and a new backup.
     pub async fn set_up_recovery(&self) -> Result<(), NewtError> {
         let client = self.client()?;
         run(async move { Ok(client.set_up_recovery().await?) }).await
@@ -216,7 +219,8 @@ impl NewtClient {
         .await
     }
 
-    /// The recovery key of the backup this device uses, to show the user again.
+    /// The recovery key this device knows (the secret storage's, or the backup's own), to
+    /// show the user again.
     pub async fn recovery_key(&self) -> Result<Option<String>, NewtError> {
         let client = self.client()?;
         run(async move {

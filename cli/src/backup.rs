@@ -219,8 +219,10 @@ fn restore_error(error: &ClientError) -> String {
         BackupError::UnsupportedAlgorithm(algorithm) => format!(
             "the server's backup uses the algorithm {algorithm:?}, which this client cannot read: nothing was restored"
         ),
-        BackupError::NotEnabled => {
-            "no key backup is set up on this device: nothing was restored".into()
+        BackupError::SecretStorage(e) => {
+            format!(
+                "the secret storage holding the backup key cannot be read ({e}): nothing was restored"
+            )
         }
         other => format!("the restore was refused: {other}; nothing was restored"),
     }
@@ -380,7 +382,9 @@ mod tests {
             &wrong,
             &none,
             &algorithm,
-            &refused(BackupError::NotEnabled),
+            &refused(BackupError::SecretStorage(
+                newt_core::backup::SecretStorageError::Malformed("iv".into()),
+            )),
         ] {
             assert!(message.ends_with("nothing was restored"), "{message}");
         }

@@ -133,6 +133,17 @@ async fn an_undecryptable_event_whose_key_is_in_the_backup_comes_again_decrypted
         decrypted_updates(&mut rx, &room, 1).await,
         ["only in the backup"]
     );
+    // Newt asked for it, not the user: counted like any session, and not uploaded again.
+    let sessions = tablet
+        .store()
+        .unwrap()
+        .inbound_group_sessions_page(Some(&room), None, 100)
+        .unwrap();
+    assert!(!sessions.is_empty());
+    assert!(
+        sessions.iter().all(|s| !s.imported && s.backed_up),
+        "{sessions:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +249,10 @@ async fn the_recovery_key_opens_the_backup_through_secret_storage_and_a_reset_re
 
     let tablet = w.login("alice", "alice-tablet").await;
     let mut rx = tablet.subscribe_timeline();
-    tablet.restore_backup(&recovery_key, None, |_| {}).await.unwrap();
+    tablet
+        .restore_backup(&recovery_key, None, |_| {})
+        .await
+        .unwrap();
     assert_eq!(decrypted_updates(&mut rx, &room, 1).await, ["kept safe"]);
     assert_eq!(
         tablet.recovery_key().await.unwrap().unwrap().expose(),
@@ -251,8 +265,14 @@ async fn the_recovery_key_opens_the_backup_through_secret_storage_and_a_reset_re
     assert_ne!(new_key.as_str(), recovery_key.as_str());
     alice.upload_backup().await.unwrap();
     let phone = w.login("alice", "alice-phone").await;
-    let err = phone.restore_backup(&recovery_key, None, |_| {}).await.unwrap_err();
-    assert!(matches!(err, ClientError::Backup(BackupError::WrongRecoveryKey)), "{err:?}");
+    let err = phone
+        .restore_backup(&recovery_key, None, |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Backup(BackupError::WrongRecoveryKey)),
+        "{err:?}"
+    );
     let mut rx = phone.subscribe_timeline();
     let summary = phone.restore_backup(&new_key, None, |_| {}).await.unwrap();
     assert!(summary.imported >= 1, "{summary:?}");

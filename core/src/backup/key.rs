@@ -93,7 +93,9 @@ impl BackupKey {
 }
 
 /// The 32 key bytes of a recovery key as the user typed it (spaces anywhere).
-pub(super) fn decode_recovery_key(text: &str) -> Result<Zeroizing<[u8; KEY_BYTES]>, RecoveryKeyError> {
+pub(super) fn decode_recovery_key(
+    text: &str,
+) -> Result<Zeroizing<[u8; KEY_BYTES]>, RecoveryKeyError> {
     let compact: Zeroizing<String> =
         Zeroizing::new(text.chars().filter(|c| !c.is_whitespace()).collect());
     if compact.len() > MAX_CHARS {

@@ -44,9 +44,6 @@ pub enum BackupError {
     /// The server's backup uses an algorithm Newt does not read.
     #[error("unsupported backup algorithm {0}")]
     UnsupportedAlgorithm(String),
-    /// This device has no backup key: set up a backup, or restore with the recovery key.
-    #[error("no key backup is set up on this device")]
-    NotEnabled,
     /// The secret storage holding the backup key cannot be read (damaged, or another
     /// algorithm).
     #[error("secret storage: {0}")]

@@ -250,7 +250,11 @@ mod tests {
     fn a_secret_round_trips_and_only_its_key_and_name_open_it() {
         let key = SecretStorageKey::new();
         let sealed = key.encrypt(BACKUP_SECRET, "the backup key");
-        assert!(!serde_json::to_string(&sealed).unwrap().contains("backup key"));
+        assert!(
+            !serde_json::to_string(&sealed)
+                .unwrap()
+                .contains("backup key")
+        );
         assert_eq!(
             key.decrypt(BACKUP_SECRET, &sealed).unwrap().as_str(),
             "the backup key"
@@ -263,12 +267,18 @@ mod tests {
             "another name derives other keys"
         );
         let other = SecretStorageKey::new();
-        assert_eq!(other.decrypt(BACKUP_SECRET, &sealed), Err(SecretStorageError::BadMac));
+        assert_eq!(
+            other.decrypt(BACKUP_SECRET, &sealed),
+            Err(SecretStorageError::BadMac)
+        );
         let mut changed = sealed.clone();
         let mut bytes = decode(changed.ciphertext.as_deref().unwrap(), "c").unwrap();
         bytes[0] ^= 1;
         changed.ciphertext = Some(STANDARD.encode(bytes));
-        assert_eq!(key.decrypt(BACKUP_SECRET, &changed), Err(SecretStorageError::BadMac));
+        assert_eq!(
+            key.decrypt(BACKUP_SECRET, &changed),
+            Err(SecretStorageError::BadMac)
+        );
         let mut short = sealed;
         short.iv = "AAAA".into();
         assert!(matches!(

@@ -19,12 +19,12 @@ use zeroize::Zeroizing;
 use super::key_files::{KeyImportSummary, KeyTransferProgress};
 use super::{Client, ClientError, Prompt, PromptAnswer, SecretText};
 use crate::backup::{BACKUP_ALGORITHM, BackupError, BackupKey, decrypt_session};
-use crate::crypto::OlmMachine;
+use crate::crypto::{KeySource, OlmMachine};
 use crate::key_export::ExportedRoomKey;
 use crate::store::{ClientChanges, SecretBlob};
 
 /// Store value: the backup version this device uploads to.
-const KEY_VERSION: &str = "backup.version";
+pub(super) const KEY_VERSION: &str = "backup.version";
 /// Secret store value: the backup's private key (32 bytes).
 const KEY_PRIVATE: &str = "backup.key";
 /// Store value: set when the server's backup is no longer ours (the version it has, or
@@ -89,6 +89,8 @@ pub(super) struct BackupRuntime {
     pub(super) uploading: AsyncMutex<()>,
     /// Sessions of undecryptable events looked up already (bounded).
     pub(super) looked_up: Mutex<HashSet<(OwnedRoomId, String)>>,
+    /// Background work was asked for and has not started: syncs do not pile tasks up.
+    pub(super) work_requested: std::sync::atomic::AtomicBool,
 }
 
 impl BackupRuntime {
@@ -97,6 +99,7 @@ impl BackupRuntime {
             state: watch::channel(BackupState::Disabled).0,
             uploading: AsyncMutex::new(()),
             looked_up: Mutex::new(HashSet::new()),
+            work_requested: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -129,8 +132,10 @@ impl Client {
         let version = self.inner.http.send(request).await?.version;
         info!(%version, "key backup set up");
         let bytes = key.to_bytes();
+        let _uploads = self.inner.backup.uploading.lock().await;
         self.blocking(move |c| c.adopt(&machine, &key, &version))
             .await?;
+        drop(_uploads);
         self.spawn_backup_work();
         Ok(BackupKey::from_bytes(&bytes))
     }
@@ -152,12 +157,15 @@ impl Client {
         check_key(&info.algorithm, &key)?;
         let version = info.version.clone();
         let rooms = self.fetch_backup(&version, room).await?;
+        // No upload or lookup in between: their marks belong to the version they read.
+        let _uploads = self.inner.backup.uploading.lock().await;
         let summary = self
             .blocking(move |c| {
                 c.adopt(&machine, &key, &version)?;
-                c.restore_rooms(&machine, &key, rooms, &mut progress)
+                c.restore_rooms(&machine, &key, rooms, KeySource::Backup, &mut progress)
             })
             .await?;
+        drop(_uploads);
         self.spawn_backup_work();
         Ok(summary)
     }
@@ -288,6 +296,7 @@ impl Client {
         machine: &OlmMachine,
         key: &BackupKey,
         rooms: BTreeMap<OwnedRoomId, RoomKeyBackup>,
+        source: KeySource,
         progress: &mut dyn FnMut(KeyTransferProgress),
     ) -> Result<KeyImportSummary, ClientError> {
         let total: u64 = rooms.values().map(|r| r.sessions.len() as u64).sum();
@@ -314,12 +323,12 @@ impl Client {
                     }
                 }
                 if pending.len() == RESTORE_BATCH {
-                    self.import_batch(machine, &mut pending, &mut summary, true)?;
+                    self.import_batch(machine, &mut pending, &mut summary, source)?;
                     progress(KeyTransferProgress { done, total });
                 }
             }
         }
-        self.import_batch(machine, &mut pending, &mut summary, true)?;
+        self.import_batch(machine, &mut pending, &mut summary, source)?;
         progress(KeyTransferProgress { done, total });
         Ok(summary)
     }

@@ -7,9 +7,10 @@ use ruma::OwnedRoomId;
 use ruma::api::client::backup::{RoomKeyBackup, add_backup_keys, get_backup_keys_for_session};
 use tracing::{debug, info, warn};
 
-use super::backup::{KEY_REPLACED, LOOKUPS_PER_SYNC, MAX_LOOKUPS, UPLOAD_BATCH};
+use super::backup::{KEY_REPLACED, KEY_VERSION, LOOKUPS_PER_SYNC, MAX_LOOKUPS, UPLOAD_BATCH};
 use super::{Client, ClientError};
 use crate::backup::BackupError;
+use crate::crypto::KeySource;
 use crate::http::HttpError;
 use crate::store::ClientChanges;
 
@@ -17,17 +18,19 @@ impl Client {
     /// Upload the sessions not in the backup yet; returns how many were uploaded. Does
     /// nothing without a backup on this device.
     pub async fn upload_backup(&self) -> Result<u64, ClientError> {
-        let _one = self.inner.backup.uploading.lock().await;
-        let Some(active) = self.blocking(|c| c.active()).await? else {
-            return Ok(0);
-        };
         let machine = self.machine()?;
-        let public = active.key.public_key();
-        let mut uploaded = 0;
-        // Each batch marks what it sent: more passes than batches means marks are lost.
         let m = machine.clone();
         let pending = self.blocking(move |_| Ok(m.sessions_to_back_up()?)).await?;
+        let mut uploaded = 0;
+        // Each batch marks what it sent: more passes than batches means marks are lost.
         for _ in 0..=pending.div_ceil(u64::from(UPLOAD_BATCH)) {
+            // Taken per batch: a new backup set up meanwhile (`adopt`) waits for one batch
+            // at most, and the next batch goes to it.
+            let _one = self.inner.backup.uploading.lock().await;
+            let Some(active) = self.blocking(|c| c.active()).await? else {
+                break;
+            };
+            let public = active.key.public_key();
             let m = machine.clone();
             let batch = self
                 .blocking(move |_| Ok(m.backup_batch(public, UPLOAD_BATCH)?))
@@ -55,8 +58,22 @@ impl Client {
     /// After a sync: sessions of undecryptable events looked up in the backup, then new
     /// sessions uploaded; in the background (the sync loop never waits for it).
     pub(crate) fn spawn_backup_work(&self) {
+        use std::sync::atomic::Ordering;
+        if self
+            .inner
+            .backup
+            .work_requested
+            .swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
         let client = self.handle();
         self.spawn_abortable(async move {
+            client
+                .inner
+                .backup
+                .work_requested
+                .store(false, Ordering::SeqCst);
             if let Err(e) = client.restore_missing_sessions().await {
                 warn!(error = %e, "looking up keys in the backup failed");
             }
@@ -70,11 +87,13 @@ impl Client {
     /// The sessions of kept undecryptable events that we have no key for, looked up in the
     /// backup (a few per sync, each once per process).
     async fn restore_missing_sessions(&self) -> Result<(), ClientError> {
+        let _uploads = self.inner.backup.uploading.lock().await;
         let Some(active) = self.blocking(|c| c.active()).await? else {
             return Ok(());
         };
         let missing = self.blocking(|c| c.sessions_to_look_up()).await?;
         let mut found = BTreeMap::new();
+        let mut failure = None;
         for (room_id, session_id) in missing {
             let request = get_backup_keys_for_session::v3::Request::new(
                 active.version.clone(),
@@ -83,51 +102,72 @@ impl Client {
             );
             match self.inner.http.send(request).await {
                 Ok(response) => {
+                    self.looked_up(&room_id, &session_id);
                     found
                         .entry(room_id)
                         .or_insert_with(|| RoomKeyBackup::new(BTreeMap::new()))
                         .sessions
                         .insert(session_id, response.key_data);
                 }
-                Err(e) if e.errcode() == Some("M_NOT_FOUND") => {}
-                Err(e) => return Err(e.into()),
+                Err(e) if e.errcode() == Some("M_NOT_FOUND") => {
+                    self.looked_up(&room_id, &session_id);
+                }
+                // Asked again after the next sync; what was found is kept.
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
             }
         }
-        if found.is_empty() {
-            return Ok(());
+        if !found.is_empty() {
+            let machine = self.machine()?;
+            let source = KeySource::BackupLookup;
+            let summary = self
+                .blocking(move |c| {
+                    c.restore_rooms(&machine, &active.key, found, source, &mut |_| {})
+                })
+                .await?;
+            info!(
+                sessions = summary.imported,
+                "keys of undecryptable events restored from the backup"
+            );
         }
-        let machine = self.machine()?;
-        let summary = self
-            .blocking(move |c| c.restore_rooms(&machine, &active.key, found, &mut |_| {}))
-            .await?;
-        info!(
-            sessions = summary.imported,
-            "keys of undecryptable events restored from the backup"
-        );
-        Ok(())
+        failure.map_or(Ok(()), |e| Err(e.into()))
     }
 
-    /// Kept undecryptable sessions without any key, not looked up yet (marked now).
+    /// Kept undecryptable sessions without any key, not looked up yet.
     fn sessions_to_look_up(&self) -> Result<Vec<(OwnedRoomId, String)>, ClientError> {
         let store = self.store()?;
-        let mut looked_up = self
+        let looked_up = self
             .inner
             .backup
             .looked_up
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        if looked_up.len() >= MAX_LOOKUPS {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::new();
         for id in store.undecryptable_sessions()? {
-            if out.len() == LOOKUPS_PER_SYNC || looked_up.len() >= MAX_LOOKUPS {
+            if out.len() == LOOKUPS_PER_SYNC {
                 break;
             }
             if looked_up.contains(&id) || store.inbound_group_session(&id.0, &id.1)?.is_some() {
                 continue;
             }
-            looked_up.insert(id.clone());
             out.push(id);
         }
         Ok(out)
+    }
+
+    /// The backup answered about this session: not asked again in this process.
+    fn looked_up(&self, room_id: &OwnedRoomId, session_id: &str) {
+        self.inner
+            .backup
+            .looked_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((room_id.clone(), session_id.to_owned()));
     }
 
     /// An upload failed: a backup version that is no longer the server's is reported (and
@@ -145,13 +185,23 @@ impl Client {
             Err(ClientError::Backup(BackupError::NoBackup)) => None,
             Err(other) => return other,
         };
+        if server.as_deref() == Some(ours) {
+            // Still ours (a passing error): the next upload tries again.
+            return e.into();
+        }
         warn!(ours, ?server, "the server's key backup is no longer ours");
         let replaced = server.clone().unwrap_or_default();
+        let ours = ours.to_owned();
         let saved = self
             .blocking(move |c| {
+                let store = c.store()?;
+                // This device may have set up or restored another backup since.
+                if store.value(KEY_VERSION)?.as_deref() != Some(ours.as_str()) {
+                    return Ok(0);
+                }
                 let mut changes = ClientChanges::default();
                 changes.values.insert(KEY_REPLACED.into(), replaced);
-                Ok(c.store()?.save_changes(changes.into())?)
+                Ok(store.save_changes(changes.into())?)
             })
             .await;
         if let Err(e) = saved {

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::late_keys::Retry;
 use super::{Client, ClientError};
-use crate::crypto::OlmMachine;
+use crate::crypto::{KeySource, OlmMachine};
 use crate::key_export::{DEFAULT_ROUNDS, Entry, ExportWriter, ExportedRoomKey, read_export};
 use crate::time::Clock;
 
@@ -176,7 +176,7 @@ impl Client {
                     }
                 }
                 if pending.len() >= BATCH {
-                    self.import_batch(machine, &mut pending, &mut summary, false)?;
+                    self.import_batch(machine, &mut pending, &mut summary, KeySource::File)?;
                 }
                 Ok::<_, ClientError>(())
             },
@@ -187,28 +187,24 @@ impl Client {
                 })
             },
         )?;
-        self.import_batch(machine, &mut pending, &mut summary, false)?;
+        self.import_batch(machine, &mut pending, &mut summary, KeySource::File)?;
         info!(?summary, "room keys imported");
         Ok(summary)
     }
 
-    /// Store one batch (restored from the backup: marked as backed up), then deliver again
-    /// the kept events it makes decryptable.
+    /// Store one batch from `source`, then deliver again the kept events it makes
+    /// decryptable.
     pub(super) fn import_batch(
         &self,
         machine: &OlmMachine,
         pending: &mut Vec<ExportedRoomKey>,
         summary: &mut KeyImportSummary,
-        from_backup: bool,
+        source: KeySource,
     ) -> Result<(), ClientError> {
         if pending.is_empty() {
             return Ok(());
         }
-        let outcome = if from_backup {
-            machine.import_backed_up_room_keys(pending)?
-        } else {
-            machine.import_room_keys(pending)?
-        };
+        let outcome = machine.import_room_keys_from(pending, source)?;
         pending.clear();
         summary.imported += outcome.imported.len() as u64;
         summary.already_known += outcome.already_known;

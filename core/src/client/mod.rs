@@ -13,9 +13,9 @@ mod lifecycle;
 mod media;
 mod outgoing;
 mod prompts;
-mod recovery;
 #[cfg(test)]
 mod proptests;
+mod recovery;
 mod room_keys;
 mod room_state;
 mod rooms;

@@ -98,9 +98,7 @@ impl Client {
             base64_any(&secret)
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-                .ok_or_else(|| {
-                    storage_error(SecretStorageError::Malformed("backup key".into()))
-                })?,
+                .ok_or_else(|| storage_error(SecretStorageError::Malformed("backup key".into())))?,
         );
         self.blocking(move |c| c.remember_storage_key(&storage))
             .await?;
@@ -134,7 +132,9 @@ impl Client {
             crate::store::StoreError::Decode("the stored recovery key is not 32 bytes".into())
         })?;
         let bytes = Zeroizing::new(bytes);
-        Ok(Some(SecretStorageKey::from_bytes(&id, &bytes).to_recovery_key()))
+        Ok(Some(
+            SecretStorageKey::from_bytes(&id, &bytes).to_recovery_key(),
+        ))
     }
 
     async fn account_data<T: DeserializeOwned>(

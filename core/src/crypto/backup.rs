@@ -8,6 +8,7 @@ use ruma::api::client::backup::{KeyBackupData, KeyBackupDataInit, RoomKeyBackup}
 use ruma::serde::Raw;
 use ruma::{OwnedRoomId, UInt};
 use serde_json::{Value, json};
+use tracing::warn;
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
 
 use super::error::CryptoError;
@@ -23,8 +24,9 @@ use crate::store::{Changes, CryptoChanges, InboundGroupSessionRecord, SenderTrus
 pub struct BackupBatch {
     /// `rooms` of `PUT /room_keys/keys`.
     pub rooms: BTreeMap<OwnedRoomId, RoomKeyBackup>,
-    /// (room id, session id) of each session in it, to mark once the server has them.
-    pub sessions: Vec<(OwnedRoomId, String)>,
+    /// (room id, session id, first index) of each session in it, to mark once the server
+    /// has them.
+    pub sessions: Vec<(OwnedRoomId, String, u32)>,
 }
 
 impl OlmMachine {
@@ -78,8 +80,14 @@ impl OlmMachine {
         let mut batch = BackupBatch::default();
         for record in self.store.inbound_group_sessions_to_back_up(limit)? {
             let id = (record.room_id.clone(), record.session_id.clone());
-            let Ok(data) = backup_data(public_key, record) else {
-                continue;
+            let index = record.first_known_index;
+            let data = match backup_data(public_key, record) {
+                Ok(data) => data,
+                Err(e) => {
+                    warn!(room_id = %id.0, session_id = %id.1, error = %e,
+                        "a session cannot be backed up; left out");
+                    continue;
+                }
             };
             let raw = Raw::new(&data).map_err(|e| CryptoError::CorruptState(e.to_string()))?;
             batch
@@ -88,13 +96,16 @@ impl OlmMachine {
                 .or_insert_with(|| RoomKeyBackup::new(BTreeMap::new()))
                 .sessions
                 .insert(id.1.clone(), raw);
-            batch.sessions.push(id);
+            batch.sessions.push((id.0, id.1, index));
         }
         Ok(batch)
     }
 
     /// The server has these sessions in the current backup version.
-    pub fn mark_backed_up(&self, sessions: Vec<(OwnedRoomId, String)>) -> Result<(), CryptoError> {
+    pub fn mark_backed_up(
+        &self,
+        sessions: Vec<(OwnedRoomId, String, u32)>,
+    ) -> Result<(), CryptoError> {
         let mut state = self.lock()?;
         let changes = Changes::from(CryptoChanges {
             backed_up_sessions: sessions,
@@ -126,7 +137,8 @@ fn backup_data(
 ) -> Result<KeyBackupData, CryptoError> {
     let first_message_index = UInt::from(record.first_known_index);
     let legacy = record.sender_data.legacy;
-    let is_verified = matches!(record.sender_data.trust, SenderTrust::Verified);
+    // A legacy session's sender is not proven, whatever its device's trust.
+    let is_verified = !legacy && matches!(record.sender_data.trust, SenderTrust::Verified);
     let key = exported(record)?;
     let session_data = encrypt_session(public_key, &key)
         .map_err(|e: BackupDataError| CryptoError::CorruptState(e.to_string()))?;

@@ -64,7 +64,7 @@ pub use outcomes::{
 };
 pub use requests::{OutgoingKind, OutgoingRequest, raw_json};
 pub use responses::{KeysClaimResponse, KeysQueryResponse, KeysUploadResponse};
-pub use room_key_transfer::ImportedKeys;
+pub use room_key_transfer::{ImportedKeys, KeySource};
 pub use sync_batch::SyncBatch;
 pub use trust_policy::TrustPolicy;
 pub use verification::{CancelCode, SasEmoji, ShortAuthString, Verification, VerificationState};

@@ -12,6 +12,21 @@ use super::megolm::{InboundGroup, Merge, check_algorithm, merge, original_device
 use crate::key_export::ExportedRoomKey;
 use crate::store::{Changes, InboundGroupSessionRecord};
 
+/// Where imported keys come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeySource {
+    /// A key export file the user chose: outside the quotas on strangers' sessions.
+    File,
+    /// The server-side backup, restored by the user: outside those quotas, and marked as
+    /// backed up.
+    Backup,
+    /// The backup, asked by Newt for an undecryptable event's session: marked as backed
+    /// up, but counted like any session (the homeserver chooses the events that cause
+    /// these lookups).
+    BackupLookup,
+}
+
 /// What one batch of an import did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -47,22 +62,14 @@ impl OlmMachine {
     /// completed, never replaced by one that starts at a later index. One transaction;
     /// what cannot be imported is counted and left out.
     pub fn import_room_keys(&self, keys: &[ExportedRoomKey]) -> Result<ImportedKeys, CryptoError> {
-        self.import(keys, false)
+        self.import_room_keys_from(keys, KeySource::File)
     }
 
-    /// [`OlmMachine::import_room_keys`] of keys restored from the server-side backup: the
-    /// sessions stored are marked as backed up (they are not uploaded again).
-    pub fn import_backed_up_room_keys(
+    /// [`OlmMachine::import_room_keys`] of keys from `source`.
+    pub fn import_room_keys_from(
         &self,
         keys: &[ExportedRoomKey],
-    ) -> Result<ImportedKeys, CryptoError> {
-        self.import(keys, true)
-    }
-
-    fn import(
-        &self,
-        keys: &[ExportedRoomKey],
-        from_backup: bool,
+        source: KeySource,
     ) -> Result<ImportedKeys, CryptoError> {
         self.refuse_in_notifications()?;
         // Held from the first read to the write: a copy the sync stores meanwhile is merged,
@@ -71,7 +78,7 @@ impl OlmMachine {
         let mut batch = Batch::default();
         let mut outcome = ImportedKeys::default();
         for key in keys {
-            match self.import_one(&mut batch, key, from_backup)? {
+            match self.import_one(&mut batch, key, source)? {
                 Ok(true) => outcome
                     .imported
                     .push((key.room_id.clone(), key.session_id.clone())),
@@ -94,7 +101,7 @@ impl OlmMachine {
         &self,
         batch: &mut Batch,
         key: &ExportedRoomKey,
-        from_backup: bool,
+        source: KeySource,
     ) -> Result<Result<bool, OlmError>, CryptoError> {
         let signing_key = match checked_origin(key) {
             Ok(signing_key) => signing_key,
@@ -110,7 +117,8 @@ impl OlmMachine {
             Err(e) => return Ok(Err(e)),
         };
         // Kept only if it is the better copy: then the server has it.
-        group.record.backed_up = from_backup;
+        group.record.backed_up = source != KeySource::File;
+        group.record.imported = source != KeySource::BackupLookup;
         let id = (key.room_id.clone(), key.session_id.clone());
         let record = match batch.inbound_session(&*self.store, &id.0, &id.1)? {
             None => group.record,

@@ -17,9 +17,12 @@ pub enum TrustPolicy {
     /// Only cross-signed senders, plus legacy sessions (key export, backup, forwarding,
     /// or stored before sender data existed).
     CrossSignedOrLegacy,
-    /// Only cross-signed senders.
+    /// Only cross-signed senders, of sessions that came from them (not legacy ones: a key
+    /// export, the backup or a forward does not prove who made the session, and anyone who
+    /// knows the backup's public key, the homeserver included, can add to the backup).
     CrossSignedOnly,
-    /// Only senders the user verified (their identity, or the device by hand).
+    /// Only senders the user verified (their identity, or the device by hand), of sessions
+    /// that came from them (not legacy ones).
     VerifiedOnly,
 }
 
@@ -36,8 +39,8 @@ impl TrustPolicy {
             (TrustPolicy::ShowAll, _) => true,
             (_, VerificationViolation) => false,
             (TrustPolicy::CrossSignedOrLegacy, _) => cross_signed || legacy,
-            (TrustPolicy::CrossSignedOnly, _) => cross_signed,
-            (TrustPolicy::VerifiedOnly, _) => trust == Verified,
+            (TrustPolicy::CrossSignedOnly, _) => cross_signed && !legacy,
+            (TrustPolicy::VerifiedOnly, _) => trust == Verified && !legacy,
         }
     }
 }
@@ -73,12 +76,14 @@ mod tests {
             shown(TrustPolicy::CrossSignedOrLegacy, true),
             [UnknownDevice, DeviceOnly, CrossSigned, Verified]
         );
-        for legacy in [false, true] {
-            assert_eq!(
-                shown(TrustPolicy::CrossSignedOnly, legacy),
-                [CrossSigned, Verified]
-            );
-            assert_eq!(shown(TrustPolicy::VerifiedOnly, legacy), [Verified]);
-        }
+        assert_eq!(
+            shown(TrustPolicy::CrossSignedOnly, false),
+            [CrossSigned, Verified]
+        );
+        assert_eq!(shown(TrustPolicy::VerifiedOnly, false), [Verified]);
+        // A legacy session's claimed sender is not proven: the strict policies hide it,
+        // whatever its claimed device's trust (the homeserver can add to the backup).
+        assert_eq!(shown(TrustPolicy::CrossSignedOnly, true), []);
+        assert_eq!(shown(TrustPolicy::VerifiedOnly, true), []);
     }
 }

@@ -93,7 +93,9 @@ pub struct CryptoChanges {
     /// before the sessions and marks of the same batch).
     pub backup_reset: bool,
     /// Sessions now in the server-side backup, by (room id, session id).
-    pub backed_up_sessions: Vec<(OwnedRoomId, String)>,
+    /// Each with the first index of the copy that was uploaded: a better copy stored since
+    /// is not marked (it is still to upload).
+    pub backed_up_sessions: Vec<(OwnedRoomId, String, u32)>,
 }
 
 /// What the client writes: rooms and members, the send queue, events kept for late keys,

@@ -792,7 +792,10 @@ pub(crate) fn backup_marks<S: Store>(s: &S) {
     assert_eq!(ids(s.inbound_group_sessions_to_back_up(1).unwrap()), ["a"]);
     assert_eq!(s.inbound_group_sessions_to_back_up_count().unwrap(), 2);
     let mark = |ids: &[&str]| CryptoChanges {
-        backed_up_sessions: ids.iter().map(|i| (rid("!r:x"), i.to_string())).collect(),
+        backed_up_sessions: ids
+            .iter()
+            .map(|i| (rid("!r:x"), i.to_string(), 3))
+            .collect(),
         ..Default::default()
     };
     save(s, Changes::from(mark(&["a"])));
@@ -825,4 +828,28 @@ pub(crate) fn backup_marks<S: Store>(s: &S) {
         }),
     );
     assert_eq!(s.inbound_group_sessions_to_back_up_count().unwrap(), 3);
+    // A mark of another copy (uploaded from index 3, a copy from index 0 stored since) is
+    // not this one's.
+    let mut better = inbound("!r:x", "b");
+    better.first_known_index = 0;
+    save(
+        s,
+        Changes::from(CryptoChanges {
+            inbound_group_sessions: vec![better],
+            ..mark(&["b"])
+        }),
+    );
+    assert!(
+        !s.inbound_group_session(&rid("!r:x"), "b")
+            .unwrap()
+            .unwrap()
+            .backed_up
+    );
+    save(s, Changes::from(mark(&["b"])));
+    assert!(
+        !s.inbound_group_session(&rid("!r:x"), "b")
+            .unwrap()
+            .unwrap()
+            .backed_up
+    );
 }

@@ -135,14 +135,18 @@ impl State {
                 .insert(s.session_id.clone(), s.clone());
         }
         if changes.crypto.backup_reset {
-            self.mark_backed_up(None, false);
+            let all: Vec<_> = self.inbound.iter().map(|(k, _)| k.clone()).collect();
+            for key in all {
+                self.mark_backed_up(key, None, false);
+            }
         }
         for s in &changes.crypto.inbound_group_sessions {
             let key = (s.room_id.clone(), s.session_id.clone());
             self.inbound.replace(key, s.clone());
         }
-        for id in &changes.crypto.backed_up_sessions {
-            self.mark_backed_up(Some(id), true);
+        for (room_id, session_id, index) in &changes.crypto.backed_up_sessions {
+            let key = (room_id.clone(), session_id.clone());
+            self.mark_backed_up(key, Some(*index), true);
         }
         for u in &changes.crypto.sender_data {
             let key = (u.room_id.clone(), u.session_id.clone());
@@ -216,20 +220,16 @@ impl State {
         }
     }
 
-    /// Set `backed_up` of one session (all if `None`), keeping their places.
-    fn mark_backed_up(&mut self, id: Option<&(OwnedRoomId, String)>, backed_up: bool) {
-        let keys: Vec<_> = match id {
-            Some(id) => vec![id.clone()],
-            None => self.inbound.iter().map(|(k, _)| k.clone()).collect(),
-        };
-        for key in keys {
-            if let Some(session) = self.inbound.get(&key)
-                && session.backed_up != backed_up
-            {
-                let mut session = session.clone();
-                session.backed_up = backed_up;
-                self.inbound.upsert(key, session);
-            }
+    /// Set `backed_up` of one session (if its first index is `index`, when given), keeping
+    /// its place.
+    fn mark_backed_up(&mut self, key: (OwnedRoomId, String), index: Option<u32>, backed_up: bool) {
+        if let Some(session) = self.inbound.get(&key)
+            && session.backed_up != backed_up
+            && index.is_none_or(|i| i == session.first_known_index)
+        {
+            let mut session = session.clone();
+            session.backed_up = backed_up;
+            self.inbound.upsert(key, session);
         }
     }
 

@@ -199,9 +199,10 @@ pub(super) fn write(
     }
     each(
         tx,
-        "UPDATE inbound_group_sessions SET backed_up = 1 WHERE room_id = ?1 AND session_id = ?2",
+        "UPDATE inbound_group_sessions SET backed_up = 1
+         WHERE room_id = ?1 AND session_id = ?2 AND first_known_index = ?3",
         &changes.backed_up_sessions,
-        |(room_id, session_id)| Ok((room_id.as_str(), session_id.as_str())),
+        |(room_id, session_id, index)| Ok((room_id.as_str(), session_id.as_str(), index)),
     )?;
     for s in &changes.outbound_group_sessions {
         write_outbound(tx, c, s)?;
