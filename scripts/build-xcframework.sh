@@ -403,6 +403,9 @@ func recoveryKey() async throws -> String?
 func backupState() async throws -> BackupState
 func backupInfo() async throws -> BackupInfo?
 func uploadBackup() async throws -> UInt64
+func subscribeBackup(listener: BackupStateListener) throws -> BackupSubscription
+func onState(state: BackupState)
+func cancel()
 case Backup(reason: BackupProblem, details: String)
 case invalidRecoveryKey
 case wrongRecoveryKey

@@ -25,7 +25,10 @@ pub use client::NewtClient;
 pub use error::{BackupProblem, DecryptionFailure, KeyFileProblem, NewtError};
 pub use logging::set_logger;
 pub use notification::{NotificationDecryptor, NotificationInfo};
-pub use recovery::{BackupInfo, BackupState, KeyImportSummary, KeyTransferListener};
+pub use recovery::{
+    BackupInfo, BackupState, BackupStateListener, BackupSubscription, KeyImportSummary,
+    KeyTransferListener,
+};
 pub use sending::{LocalEcho, OutgoingMessage, SendState, StuckReason};
 pub use timeline::TimelineSubscription;
 pub use types::*;

@@ -249,3 +249,72 @@ impl NewtClient {
         run(async move { Ok(client.upload_backup().await?) }).await
     }
 }
+
+/// Receives the key backup's state as it changes.
+#[uniffi::export(with_foreign)]
+pub trait BackupStateListener: Send + Sync {
+    /// The state now: first the current one, then after each change (the pending count
+    /// goes down as uploads go through).
+    fn on_state(&self, state: BackupState) -> Result<(), NewtError>;
+}
+
+/// A live backup state subscription; closing or dropping it stops the updates.
+#[derive(uniffi::Object)]
+pub struct BackupSubscription {
+    task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+#[uniffi::export]
+impl BackupSubscription {
+    /// Stop the updates (idempotent).
+    pub fn close(&self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for BackupSubscription {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[uniffi::export]
+impl NewtClient {
+    /// Observe the key backup's state (`BackupStateListener`), until the subscription is
+    /// closed or the client shuts down.
+    pub fn subscribe_backup(
+        &self,
+        listener: Arc<dyn BackupStateListener>,
+    ) -> Result<Arc<BackupSubscription>, NewtError> {
+        let client = self.client()?;
+        let mut changes = client.subscribe_backup();
+        let weak = Arc::downgrade(&client);
+        drop(client);
+        let task = crate::client::runtime()?.spawn(async move {
+            // The current state, read from the store (the watch may not have it yet).
+            let Some(client) = weak.upgrade() else {
+                return;
+            };
+            let current = client.backup_state().await;
+            drop(client);
+            changes.mark_unchanged();
+            if let Ok(state) = current
+                && listener.on_state(state.into()).is_err()
+            {
+                return;
+            }
+            while changes.changed().await.is_ok() {
+                let state = changes.borrow_and_update().clone();
+                if let Err(e) = listener.on_state(state.into()) {
+                    warn!(error = %e, "the backup state listener failed; unsubscribed");
+                    return;
+                }
+            }
+        });
+        Ok(Arc::new(BackupSubscription {
+            task: std::sync::Mutex::new(Some(self.track(task.abort_handle()))),
+        }))
+    }
+}

@@ -21,6 +21,10 @@ impl Client {
         let machine = self.machine()?;
         let m = machine.clone();
         let pending = self.blocking(move |_| Ok(m.sessions_to_back_up()?)).await?;
+        if pending > 0 {
+            // Subscribers see what is to do, then the count go down batch by batch.
+            self.backup_state().await?;
+        }
         let mut uploaded = 0;
         // Each batch marks what it sent: more passes than batches means marks are lost.
         for _ in 0..=pending.div_ceil(u64::from(UPLOAD_BATCH)) {

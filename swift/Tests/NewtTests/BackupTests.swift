@@ -31,6 +31,12 @@ final class BackupTests: XCTestCase {
         XCTAssertEqual(stateBefore, .disabled, "no backup before setting one up")
         let keyBefore = try await alice.recoveryKey()
         XCTAssertNil(keyBefore, "no recovery key before setting one up")
+        // The state as it changes, from before the set-up.
+        let states = BackupStateRecorder()
+        let subscription = try alice.subscribeBackup(listener: states)
+        defer { subscription.cancel() }
+        try await eventually("the current state first") { !states.states.all.isEmpty }
+        XCTAssertEqual(states.states.all.first, .disabled, "the current state first")
         try await alice.setUpRecovery()
         var newKeys: [String] = []
         for case .newRecoveryKey(let key) in shown.prompts.all { newKeys.append(key) }
@@ -72,6 +78,14 @@ final class BackupTests: XCTestCase {
         _ = try await alice.uploadBackup() // whatever the background upload left
         let uploaded = try await alice.backupState()
         XCTAssertEqual(uploaded, .enabled(version: version, pending: 0), "everything uploaded")
+        try await eventually("the subscription saw the uploads") {
+            let seen = states.states.all
+            let pendingSeen = seen.contains { state in
+                if case .enabled(_, let pending) = state { return pending > 0 }
+                return false
+            }
+            return seen.contains(.enabled(version: version, pending: 0)) && pendingSeen
+        }
         let found = try await alice.backupInfo()
         let info = try XCTUnwrap(found, "the server has a backup")
         XCTAssertEqual(info.version, version, "\(info)")
@@ -269,4 +283,13 @@ private func idsUpdated(_ updates: [TimelineUpdate]) -> Set<String> {
     var ids = Set<String>()
     for case .updated(let item) in updates { ids.insert(item.eventId) }
     return ids
+}
+
+/// Records the backup states a subscription delivers.
+private final class BackupStateRecorder: BackupStateListener, @unchecked Sendable {
+    let states = Recorded<BackupState>()
+
+    func onState(state: BackupState) {
+        states.append(state)
+    }
 }

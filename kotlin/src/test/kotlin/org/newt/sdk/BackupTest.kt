@@ -20,6 +20,7 @@ import org.junit.Test
 import org.junit.rules.Timeout
 import uniffi.newt_ffi.BackupProblem
 import uniffi.newt_ffi.BackupState
+import uniffi.newt_ffi.BackupStateListener
 import uniffi.newt_ffi.KeyTransferListener
 import uniffi.newt_ffi.NewtException
 import uniffi.newt_ffi.Prompt
@@ -57,6 +58,19 @@ class BackupTest {
             )
             assertEquals(BackupState.Disabled, alice.backupState(), "no backup before setting one up")
             assertNull(alice.recoveryKey(), "no recovery key before setting one up")
+            // The state as it changes, from before the set-up.
+            val states = ConcurrentLinkedQueue<BackupState>()
+            res.add(
+                alice.subscribeBackup(
+                    object : BackupStateListener {
+                        override fun onState(state: BackupState) {
+                            states += state
+                        }
+                    },
+                ),
+            )
+            eventually(what = "the current state first") { states.isNotEmpty() }
+            assertEquals(BackupState.Disabled, states.first(), "the current state first: $states")
             alice.setUpRecovery()
             val newKeyPrompts = shown.filterIsInstance<Prompt.NewRecoveryKey>()
             assertEquals(1, newKeyPrompts.size, "one NewRecoveryKey prompt: ${shown.map { it::class.simpleName }}")
@@ -92,6 +106,10 @@ class BackupTest {
             alice.uploadBackup() // whatever the background upload left
             val uploaded = alice.backupState()
             assertEquals(BackupState.Enabled(version, 0uL), uploaded, "everything uploaded")
+            eventually(what = "the subscription saw the uploads") {
+                states.contains(BackupState.Enabled(version, 0uL)) &&
+                    states.any { it is BackupState.Enabled && it.pending > 0uL }
+            }
             val info = assertNotNull(alice.backupInfo(), "the server has a backup")
             assertEquals(version, info.version, "$info")
             assertEquals("m.megolm_backup.v1.curve25519-aes-sha2", info.algorithm, "$info")
