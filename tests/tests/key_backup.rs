@@ -5,10 +5,15 @@
 use std::time::{Duration, Instant};
 
 use newt_core::backup::{BackupError, BackupKey};
-use newt_core::client::{BackupState, Client, ClientError, TimelineEvent};
+use std::sync::Arc;
+
+use newt_core::client::{
+    BackupState, Client, ClientError, Prompt, PromptAnswer, PromptHandler, TimelineEvent,
+};
 use newt_core::ruma::RoomId;
 use newt_e2e_tests::clients::{World, login, open, receive, room_with};
 use newt_e2e_tests::proxy::{Action, FaultProxy};
+use zeroize::Zeroizing;
 
 /// Events re-delivered (`is_update`) decrypted until `n` distinct ones; their bodies, sorted.
 async fn decrypted_updates(
@@ -277,4 +282,52 @@ async fn the_recovery_key_opens_the_backup_through_secret_storage_and_a_reset_re
     let summary = phone.restore_backup(&new_key, None, |_| {}).await.unwrap();
     assert!(summary.imported >= 1, "{summary:?}");
     assert_eq!(decrypted_updates(&mut rx, &room, 1).await, ["kept safe"]);
+}
+
+/// Answers the password prompt of cross-signing set-up.
+struct Password;
+
+impl PromptHandler for Password {
+    fn on_prompt(&self, prompt: Prompt) -> PromptAnswer {
+        match prompt {
+            Prompt::Password { .. } => PromptAnswer::Password(Zeroizing::new("alice-pw".into())),
+            _ => PromptAnswer::Dismissed,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_takes_the_cross_signing_keys_from_secret_storage() {
+    let w = World::new(&["alice", "bob"]);
+    let (alice, bob, _room) = w.alice_and_bob().await;
+    alice.set_prompt_handler(Some(Arc::new(Password)));
+    alice.bootstrap_cross_signing().await.unwrap();
+    let recovery_key = alice.set_up_recovery_key().await.unwrap();
+    let alice_id = alice.session().unwrap().user_id;
+
+    let tablet = w.login("alice", "alice-tablet").await;
+    let tablet_id = tablet.session().unwrap().device_id;
+    let own = tablet.identity(&alice_id).await.unwrap().unwrap();
+    assert!(!own.verified, "a new device holds no keys: {own:?}");
+    tablet
+        .restore_backup(&recovery_key, None, |_| {})
+        .await
+        .unwrap();
+    let own = tablet.identity(&alice_id).await.unwrap().unwrap();
+    assert!(own.verified, "the tablet took the keys: {own:?}");
+
+    // The tablet signed itself: bob sees it cross-signed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        bob.sync_once(Duration::from_secs(1)).await.unwrap();
+        let devices = bob.devices(&alice_id).await.unwrap();
+        let tablet_seen = devices.iter().find(|d| d.device_id == tablet_id);
+        if tablet_seen.is_some_and(|d| d.cross_signed) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bob never saw the tablet cross-signed: {devices:?}"
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! Recovery through secret storage (`m.secret_storage.v1.aes-hmac-sha2`): the backup's key
-//! kept encrypted in the user's account data under a key only the user has, shown once as
-//! the recovery key. A new device turns the recovery key into the backup key; a recovery
-//! key of a backup set up without secret storage (`enable_backup`) works too.
+//! and the own cross-signing keys kept encrypted in the user's account data under a key
+//! only the user has, shown once as the recovery key. A new device turns the recovery key
+//! into the backup key (and takes the cross-signing keys, if they are the published
+//! identity's); a recovery key of a backup set up without secret storage (`enable_backup`)
+//! works too.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +14,7 @@ use ruma::serde::Raw;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tracing::info;
+use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use super::{Client, ClientError};
@@ -20,6 +22,7 @@ use crate::backup::{
     BACKUP_SECRET, BackupError, BackupKey, EncryptedSecret, KeyDescription, SecretStorageError,
     SecretStorageKey,
 };
+use crate::crypto::{MASTER_SECRET, SELF_SIGNING_SECRET, USER_SIGNING_SECRET};
 use crate::store::{ClientChanges, SecretBlob};
 
 /// Account data naming the default secret storage key.
@@ -62,6 +65,20 @@ impl Client {
         let content =
             serde_json::to_value(content).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
         self.set_account_data(BACKUP_SECRET, &content).await?;
+        // The own cross-signing keys too, when this device holds them.
+        if let Some(secrets) = self.machine()?.cross_signing_secrets()? {
+            for (name, secret) in secrets {
+                let content = SecretContent {
+                    encrypted: BTreeMap::from([(
+                        storage.id().to_owned(),
+                        storage.encrypt(name, &secret),
+                    )]),
+                };
+                let content = serde_json::to_value(content)
+                    .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+                self.set_account_data(name, &content).await?;
+            }
+        }
         let recovery_key = storage.to_recovery_key();
         self.blocking(move |c| c.remember_storage_key(&storage))
             .await?;
@@ -100,9 +117,43 @@ impl Client {
                 .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
                 .ok_or_else(|| storage_error(SecretStorageError::Malformed("backup key".into())))?,
         );
+        if let Err(e) = self.recover_cross_signing(&storage).await {
+            warn!(error = %e, "the cross-signing keys in secret storage could not be taken");
+        }
         self.blocking(move |c| c.remember_storage_key(&storage))
             .await?;
         Ok(BackupKey::from_bytes(&bytes))
+    }
+
+    /// Take the own cross-signing keys from secret storage, if this device has none and
+    /// they are there (and are the published identity's): this device is then
+    /// cross-signed, and can verify others. `true` if taken.
+    async fn recover_cross_signing(&self, storage: &SecretStorageKey) -> Result<bool, ClientError> {
+        let machine = self.machine()?;
+        if machine.has_cross_signing_keys()? {
+            return Ok(false);
+        }
+        let mut secrets = Vec::new();
+        for name in [MASTER_SECRET, SELF_SIGNING_SECRET, USER_SIGNING_SECRET] {
+            let content = self.account_data::<SecretContent>(name).await?;
+            let Some(sealed) = content.as_ref().and_then(|c| c.encrypted.get(storage.id())) else {
+                return Ok(false);
+            };
+            secrets.push(storage.decrypt(name, sealed).map_err(storage_error)?);
+        }
+        // The published identity, to check the keys against.
+        self.identity(machine.user_id()).await?;
+        let m = machine.clone();
+        let signatures = self
+            .blocking(move |_| {
+                Ok(m.import_cross_signing_secrets(&secrets[0], &secrets[1], &secrets[2])?)
+            })
+            .await?;
+        self.upload_signatures(&signatures).await?;
+        self.blocking(move |_| Ok(machine.mark_cross_signing_uploaded()?))
+            .await?;
+        info!("cross-signing keys taken from secret storage: this device is cross-signed");
+        Ok(true)
     }
 
     /// Keep the storage key this device knows (to show it again).

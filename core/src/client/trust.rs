@@ -106,7 +106,7 @@ impl Client {
 
     /// `POST /keys/signatures/upload` of a body the machine made; refused signatures are
     /// an error.
-    async fn upload_signatures(&self, body: &Value) -> Result<(), ClientError> {
+    pub(super) async fn upload_signatures(&self, body: &Value) -> Result<(), ClientError> {
         let signed = serde_json::from_value(body.clone())
             .map_err(|e| ClientError::InvalidInput(format!("signatures: {e}")))?;
         let response = self

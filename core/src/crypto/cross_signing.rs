@@ -14,6 +14,16 @@ use super::error::CryptoError;
 use super::signing::sign_json;
 use crate::store::{CryptoStore, SecretBlob};
 
+/// Secret storage names of the three private keys.
+pub const MASTER_SECRET: &str = "m.cross_signing.master";
+/// See [`MASTER_SECRET`].
+pub const SELF_SIGNING_SECRET: &str = "m.cross_signing.self_signing";
+/// See [`MASTER_SECRET`].
+pub const USER_SIGNING_SECRET: &str = "m.cross_signing.user_signing";
+
+/// The three private keys as secret storage keeps them, by secret name.
+pub type Secrets = [(&'static str, Zeroizing<String>); 3];
+
 /// The three private keys.
 pub(crate) struct OwnCrossSigning {
     master: Ed25519SecretKey,
@@ -80,6 +90,39 @@ impl OwnCrossSigning {
             master: key(&stored.master)?,
             self_signing: key(&stored.self_signing)?,
             user_signing: key(&stored.user_signing)?,
+        })
+    }
+
+    /// The private keys as secret storage keeps them (unpadded base64 of each seed), by
+    /// secret name.
+    pub(crate) fn secrets(&self) -> Secrets {
+        [
+            (MASTER_SECRET, Zeroizing::new(self.master.to_base64())),
+            (
+                SELF_SIGNING_SECRET,
+                Zeroizing::new(self.self_signing.to_base64()),
+            ),
+            (
+                USER_SIGNING_SECRET,
+                Zeroizing::new(self.user_signing.to_base64()),
+            ),
+        ]
+    }
+
+    /// The keys from their secret storage form.
+    pub(crate) fn from_secrets(
+        master: &str,
+        self_signing: &str,
+        user_signing: &str,
+    ) -> Result<Self, CryptoError> {
+        let key = |b64: &str| {
+            Ed25519SecretKey::from_base64(b64)
+                .map_err(|e| CryptoError::InvalidInput(format!("cross-signing secret: {e}")))
+        };
+        Ok(Self {
+            master: key(master)?,
+            self_signing: key(self_signing)?,
+            user_signing: key(user_signing)?,
         })
     }
 

@@ -274,6 +274,46 @@ impl OlmMachine {
         self.cross_signing_upload()
     }
 
+    /// The own cross-signing private keys, by secret storage name (unpadded base64), to
+    /// keep in secret storage; `None` if this device does not hold them.
+    pub fn cross_signing_secrets(&self) -> Result<Option<cross_signing::Secrets>, CryptoError> {
+        Ok(cross_signing::stored(&*self.store)?.map(|keys| keys.secrets()))
+    }
+
+    /// Take the own cross-signing private keys from secret storage. Refused
+    /// (`InvalidInput`) unless they are the keys of the published identity (secret storage
+    /// is on the server: stale or planted keys are not taken). Returns the signature of
+    /// this device by the self-signing key, to upload; then
+    /// [`Self::mark_cross_signing_uploaded`].
+    pub fn import_cross_signing_secrets(
+        &self,
+        master: &str,
+        self_signing: &str,
+        user_signing: &str,
+    ) -> Result<Value, CryptoError> {
+        let keys = OwnCrossSigning::from_secrets(master, self_signing, user_signing)?;
+        let published = Identities::new(self.ctx()).identity(&self.user_id)?;
+        let matches = published.is_some_and(|p| {
+            p.master_key == keys.master_public()
+                && p.self_signing_key == keys.self_signing_public()
+                && p.user_signing_key.as_deref() == Some(keys.user_signing_public().as_str())
+        });
+        if !matches {
+            return Err(CryptoError::InvalidInput(
+                "the cross-signing keys in secret storage are not the account's identity".into(),
+            ));
+        }
+        let mut state = self.lock()?;
+        let changes = Changes::from(CryptoChanges {
+            cross_signing_keys: Some(keys.to_secret()?),
+            ..Default::default()
+        });
+        self.ctx().save(&mut state, changes)?;
+        let mut device_keys = state.account.device_keys()?;
+        keys.sign_device(&self.user_id, &mut device_keys)?;
+        Ok(json!({ self.user_id.as_str(): { self.device_id.as_str(): device_keys } }))
+    }
+
     /// The server accepted the own cross-signing keys: our own device list is queried
     /// again, so that the published identity is stored (and verified: we hold its keys).
     pub fn mark_cross_signing_uploaded(&self) -> Result<(), CryptoError> {

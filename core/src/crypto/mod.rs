@@ -50,6 +50,7 @@ mod verification;
 pub use crate::store::SharingPolicy;
 pub use account::{MEGOLM_ALGORITHM, OLM_ALGORITHM, SIGNED_CURVE25519};
 pub use backup::BackupBatch;
+pub use cross_signing::{MASTER_SECRET, SELF_SIGNING_SECRET, Secrets, USER_SIGNING_SECRET};
 pub use decrypt_batch::DecryptBatch;
 pub use devices::Device;
 pub use error::{CryptoError, DeviceKeyError, MegolmError, OlmError, OneTimeKeyError};

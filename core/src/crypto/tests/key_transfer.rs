@@ -229,3 +229,22 @@ fn a_notification_extension_imports_nothing() {
         Err(CryptoError::InvalidInput(_))
     ));
 }
+
+#[test]
+fn cross_signing_keys_that_are_not_the_published_identity_are_refused() {
+    let (_server, _alice, bob) = olm_pair();
+    let key = || vodozemac::Ed25519SecretKey::new().to_base64();
+    // No identity published: nothing to check planted keys against.
+    let err = bob
+        .machine
+        .import_cross_signing_secrets(&key(), &key(), &key())
+        .unwrap_err();
+    assert!(matches!(err, CryptoError::InvalidInput(_)), "{err:?}");
+    let err = bob
+        .machine
+        .import_cross_signing_secrets("not base64!", &key(), &key())
+        .unwrap_err();
+    assert!(matches!(err, CryptoError::InvalidInput(_)), "{err:?}");
+    assert!(!bob.machine.has_cross_signing_keys().unwrap());
+    assert!(bob.machine.cross_signing_secrets().unwrap().is_none());
+}
