@@ -160,7 +160,7 @@ async fn a_backup_replaced_by_another_device_is_detected_and_left_alone() {
         panic!("enabled");
     };
     let tablet = w.login("alice", "alice-tablet").await;
-    tablet.enable_backup().await.unwrap();
+    let tablet_key = tablet.enable_backup().await.unwrap();
     let BackupState::Enabled {
         version: theirs, ..
     } = tablet.backup_state().await.unwrap()
@@ -184,6 +184,19 @@ async fn a_backup_replaced_by_another_device_is_detected_and_left_alone() {
     let info = alice.backup_info().await.unwrap().unwrap();
     assert_eq!(info.version, theirs);
     assert!(!info.trusted && !info.ours, "{info:?}");
+    // With the new backup's key, alice backs up to it again.
+    alice
+        .restore_backup(&tablet_key, None, |_| {})
+        .await
+        .unwrap();
+    let _ = alice.upload_backup().await.unwrap();
+    assert_eq!(
+        alice.backup_state().await.unwrap(),
+        BackupState::Enabled {
+            version: theirs,
+            pending: 0
+        }
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

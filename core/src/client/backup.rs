@@ -27,8 +27,9 @@ use crate::store::{ClientChanges, SecretBlob};
 pub(super) const KEY_VERSION: &str = "backup.version";
 /// Secret store value: the backup's private key (32 bytes).
 const KEY_PRIVATE: &str = "backup.key";
-/// Store value: set when the server's backup is no longer ours (the version it has, or
-/// empty if none).
+/// Store value: set when the server's backup is no longer ours: JSON `[ours, server's]`
+/// (`null` if none). It holds only while `ours` is still the stored version (a store value
+/// cannot be removed: adopting another version is what ends it).
 pub(super) const KEY_REPLACED: &str = "backup.replaced";
 /// Sessions per upload.
 pub(super) const UPLOAD_BATCH: u32 = 100;
@@ -349,7 +350,6 @@ impl Client {
         changes
             .values
             .insert(KEY_VERSION.into(), version.to_owned());
-        changes.values.remove(KEY_REPLACED);
         changes
             .secret_values
             .insert(KEY_PRIVATE.into(), SecretBlob::new(key.to_bytes().to_vec()));
@@ -362,7 +362,7 @@ impl Client {
     /// The key and version this device uploads to, unless none or no longer the server's.
     pub(super) fn active(&self) -> Result<Option<Active>, ClientError> {
         let store = self.store()?;
-        if store.value(KEY_REPLACED)?.is_some() {
+        if replaced_by(&*store)?.is_some() {
             return Ok(None);
         }
         let (Some(version), Some(secret)) =
@@ -385,10 +385,10 @@ impl Client {
         let Some(version) = store.value(KEY_VERSION)? else {
             return Ok(BackupState::Disabled);
         };
-        if let Some(server) = store.value(KEY_REPLACED)? {
+        if let Some(server) = replaced_by(&*store)? {
             return Ok(BackupState::VersionChanged {
                 ours: version,
-                server: Some(server).filter(|s| !s.is_empty()),
+                server,
             });
         }
         Ok(BackupState::Enabled {
@@ -414,4 +414,17 @@ fn check_key(
         return Err(BackupError::WrongRecoveryKey.into());
     }
     Ok(())
+}
+
+/// `Some(server's version)` if the stored version is marked as no longer the server's.
+fn replaced_by(store: &dyn crate::store::Store) -> Result<Option<Option<String>>, ClientError> {
+    let (Some(marker), Some(version)) = (store.value(KEY_REPLACED)?, store.value(KEY_VERSION)?)
+    else {
+        return Ok(None);
+    };
+    let Ok((ours, server)) = serde_json::from_str::<(String, Option<String>)>(&marker) else {
+        // Not a marker this version wrote: ignored.
+        return Ok(None);
+    };
+    Ok((ours == version).then_some(server))
 }

@@ -194,7 +194,7 @@ impl Client {
             return e.into();
         }
         warn!(ours, ?server, "the server's key backup is no longer ours");
-        let replaced = server.clone().unwrap_or_default();
+        let replaced = serde_json::to_string(&(ours, &server)).unwrap_or_default();
         let ours = ours.to_owned();
         let saved = self
             .blocking(move |c| {

@@ -137,7 +137,15 @@ impl Client {
         let file = create_private(part)?;
         let mut writer = ExportWriter::new(BufWriter::new(file), passphrase, rounds)?;
         for scope in &scopes {
-            write_room(machine, &mut writer, scope.as_deref(), total, progress)?;
+            let closing = || self.inner.lifecycle.is_closed();
+            write_room(
+                machine,
+                &mut writer,
+                scope.as_deref(),
+                total,
+                progress,
+                &closing,
+            )?;
         }
         let count = writer.keys();
         // Sessions may have come or gone since they were counted: the last report is whole.
@@ -176,6 +184,10 @@ impl Client {
                     }
                 }
                 if pending.len() >= BATCH {
+                    // Closing does not wait for the rest of a large file.
+                    if self.inner.lifecycle.is_closed() {
+                        return Err(ClientError::Closed);
+                    }
                     self.import_batch(machine, &mut pending, &mut summary, KeySource::File)?;
                 }
                 Ok::<_, ClientError>(())
@@ -224,9 +236,14 @@ fn write_room<W: Write>(
     room: Option<&RoomId>,
     total: u64,
     progress: &mut dyn FnMut(KeyTransferProgress),
+    closing: &dyn Fn() -> bool,
 ) -> Result<(), ClientError> {
     let mut after: Option<(OwnedRoomId, String)> = None;
     loop {
+        // Closing does not wait for the rest of a large export (the part file is removed).
+        if closing() {
+            return Err(ClientError::Closed);
+        }
         let cursor = after.as_ref().map(|(r, s)| (&**r, s.as_str()));
         let page = machine.export_room_keys_page(room, cursor, BATCH as u32)?;
         for key in &page {
