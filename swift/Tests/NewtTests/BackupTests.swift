@@ -111,11 +111,11 @@ final class BackupTests: XCTestCase {
 
         let deadline = Date().addingTimeInterval(90)
         while Date() < deadline {
-            let latest = newestItems(seen.all)
+            let latest = latestItems(seen.all)
             if eventIds.allSatisfy({ latest[$0] != nil }) { break }
             try await device.syncOnce(timeoutMs: 300)
         }
-        let before = newestItems(seen.all)
+        let before = latestItems(seen.all)
         for id in eventIds {
             let item = try XCTUnwrap(before[id], "message \(id) never reached the new device; saw \(seen.all)")
             XCTAssertFalse(item.decrypted, "the new device cannot read it yet: \(item)")
@@ -158,7 +158,7 @@ final class BackupTests: XCTestCase {
         } catch NewtError.PromptDismissed {
         }
         XCTAssertEqual(dismissing.prompts.all, [.recoveryKey(previousError: nil)], "asked once, no error yet")
-        let refused = newestItems(seen.all)
+        let refused = latestItems(seen.all)
         for id in eventIds {
             XCTAssertEqual(refused[id]?.decrypted, false, "nothing restored: \(String(describing: refused[id]))")
         }
@@ -186,11 +186,11 @@ final class BackupTests: XCTestCase {
 
         // The messages arrive again, decrypted.
         try await eventually("the messages decrypted on the new device", timeout: 90) {
-            let latest = newestItems(seen.all)
+            let latest = latestItems(seen.all)
             return eventIds.allSatisfy { latest[$0]?.decrypted == true }
         }
-        let after = newestItems(seen.all)
-        let updated = idsUpdated(seen.all)
+        let after = latestItems(seen.all)
+        let updated = updatedIds(seen.all)
         for (id, text) in Array(zip(bobIds, bobTexts)) + [(aliceId, aliceText)] {
             let item = try XCTUnwrap(after[id])
             XCTAssertEqual(item.body, text, "\(item)")
@@ -214,7 +214,7 @@ final class BackupTests: XCTestCase {
         XCTAssertEqual(deviceInfo?.ours, true, "the new device uploads to it now")
 
         // One room again, with a progress listener: nothing new.
-        let progress = RestoreProgress()
+        let progress = ProgressRecorder()
         let again = try await device.restoreBackup(recoveryKey: recoveryKey, roomId: pair.roomId, listener: progress)
         XCTAssertEqual(again.total, summary.total, "\(again)")
         XCTAssertEqual(again.imported, 0, "\(again)")
@@ -251,38 +251,6 @@ private final class RecoveryKeyTypist: PromptHandler, @unchecked Sendable {
         asked.append(previousError)
         return index < answers.count ? .recoveryKey(recoveryKey: answers[index]) : .dismissed
     }
-}
-
-/// Records each progress report (called on a Newt worker thread).
-private final class RestoreProgress: KeyTransferListener, @unchecked Sendable {
-    let reports = Recorded<(done: UInt64, total: UInt64)>()
-
-    func onProgress(done: UInt64, total: UInt64) {
-        reports.append((done: done, total: total))
-    }
-}
-
-/// The newest version of each item (by event id), whichever update brought it.
-private func newestItems(_ updates: [TimelineUpdate]) -> [String: TimelineItem] {
-    var latest: [String: TimelineItem] = [:]
-    for update in updates {
-        switch update {
-        case .initial(let items, _):
-            for item in items { latest[item.eventId] = item }
-        case .appended(let item), .updated(let item), .echoReplaced(_, let item):
-            latest[item.eventId] = item
-        default:
-            break
-        }
-    }
-    return latest
-}
-
-/// The event ids of the items that came again as `.updated`.
-private func idsUpdated(_ updates: [TimelineUpdate]) -> Set<String> {
-    var ids = Set<String>()
-    for case .updated(let item) in updates { ids.insert(item.eventId) }
-    return ids
 }
 
 /// Records the backup states a subscription delivers.

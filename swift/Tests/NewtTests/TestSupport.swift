@@ -268,3 +268,42 @@ final class OneAnswerServer: @unchecked Sendable {
         close(socketFd)
     }
 }
+
+/// One progress report of a key export or import.
+struct TransferReport: Equatable, CustomStringConvertible {
+    let done: UInt64
+    let total: UInt64
+    var description: String { "\(done)/\(total)" }
+}
+
+/// Records each progress report (called on a Newt worker thread).
+final class ProgressRecorder: KeyTransferListener, @unchecked Sendable {
+    let reports = Recorded<TransferReport>()
+
+    func onProgress(done: UInt64, total: UInt64) {
+        reports.append(TransferReport(done: done, total: total))
+    }
+}
+
+/// The newest version of each item (by event id), whichever update brought it.
+func latestItems(_ updates: [TimelineUpdate]) -> [String: TimelineItem] {
+    var latest: [String: TimelineItem] = [:]
+    for update in updates {
+        switch update {
+        case .initial(let items, _):
+            for item in items { latest[item.eventId] = item }
+        case .appended(let item), .updated(let item), .echoReplaced(_, let item):
+            latest[item.eventId] = item
+        default:
+            break
+        }
+    }
+    return latest
+}
+
+/// The event ids of the items that came again as `.updated`.
+func updatedIds(_ updates: [TimelineUpdate]) -> Set<String> {
+    var ids = Set<String>()
+    for case .updated(let item) in updates { ids.insert(item.eventId) }
+    return ids
+}

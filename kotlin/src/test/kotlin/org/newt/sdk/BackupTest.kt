@@ -9,23 +9,18 @@ import kotlin.test.assertNotEquals
 import kotlin.test.assertNotNull
 import kotlin.test.assertNull
 import kotlin.test.assertTrue
-import kotlin.test.fail
 import kotlinx.coroutines.cancelChildren
-import kotlinx.coroutines.channels.ReceiveChannel
 import kotlinx.coroutines.coroutineScope
 import kotlinx.coroutines.runBlocking
-import kotlinx.coroutines.withTimeoutOrNull
 import org.junit.Rule
 import org.junit.Test
 import org.junit.rules.Timeout
 import uniffi.newt_ffi.BackupProblem
 import uniffi.newt_ffi.BackupState
 import uniffi.newt_ffi.BackupStateListener
-import uniffi.newt_ffi.KeyTransferListener
 import uniffi.newt_ffi.NewtException
 import uniffi.newt_ffi.Prompt
 import uniffi.newt_ffi.PromptAnswer
-import uniffi.newt_ffi.TimelineItem
 import uniffi.newt_ffi.TimelineUpdate
 
 /**
@@ -126,7 +121,7 @@ class BackupTest {
             val device = laptop.client
             val eventIds = bobIds + aliceId
             coroutineScope {
-                val items = LatestTimeline(timelineUpdates(device, pair.roomId))
+                val items = LatestItems(timelineUpdates(device, pair.roomId))
                 val before =
                     items.await(90_000, "the messages on the new device", sync = { device.syncOnce(300uL) }) { latest ->
                         eventIds.all { it in latest }
@@ -217,7 +212,7 @@ class BackupTest {
 
                 // One room again, with a progress listener: nothing new.
                 val progress = ConcurrentLinkedQueue<Pair<ULong, ULong>>()
-                val again = device.restoreBackup(recoveryKey, pair.roomId, RestoreProgress(progress))
+                val again = device.restoreBackup(recoveryKey, pair.roomId, ProgressRecorder(progress))
                 assertEquals(summary.total, again.total, "$again")
                 assertEquals(0uL, again.imported, "$again")
                 assertEquals(again.total, again.alreadyKnown, "$again")
@@ -227,69 +222,5 @@ class BackupTest {
             }
             alice.setPromptHandler(null)
         }
-    }
-}
-
-/** Records each progress report (called on a Newt worker thread). */
-private class RestoreProgress(val reports: ConcurrentLinkedQueue<Pair<ULong, ULong>>) : KeyTransferListener {
-    override fun onProgress(done: ULong, total: ULong) {
-        reports += done to total
-    }
-}
-
-/**
- * The newest version of each item of a timeline (by event id), whichever update brought it
- * (Initial, Appended, Updated); [updated] holds the ids that came as Updated.
- */
-private class LatestTimeline(private val updates: ReceiveChannel<TimelineUpdate>) {
-    val latest = mutableMapOf<String, TimelineItem>()
-    val updated = mutableSetOf<String>()
-    private val seen = mutableListOf<String>()
-
-    private fun take(update: TimelineUpdate) {
-        when (update) {
-            is TimelineUpdate.Initial -> update.items.forEach { put(it, "initial") }
-            is TimelineUpdate.Appended -> put(update.item, "appended")
-            is TimelineUpdate.EchoReplaced -> put(update.item, "own")
-            is TimelineUpdate.Updated -> {
-                put(update.item, "updated")
-                updated += update.item.eventId
-            }
-            is TimelineUpdate.LocalEcho, is TimelineUpdate.SendStateChanged -> {}
-        }
-    }
-
-    private fun put(item: TimelineItem, how: String) {
-        latest[item.eventId] = item
-        seen += "$how ${item.describe()}"
-    }
-
-    /** Takes the updates already delivered. */
-    fun drain() {
-        while (true) take(updates.tryReceive().getOrNull() ?: return)
-    }
-
-    /** Takes updates (calling [sync] between rounds, if given) until [done] holds. */
-    suspend fun await(
-        timeoutMs: Long,
-        what: String,
-        sync: (suspend () -> Unit)? = null,
-        done: (Map<String, TimelineItem>) -> Boolean,
-    ): Map<String, TimelineItem> {
-        val reached =
-            withTimeoutOrNull(timeoutMs) {
-                drain()
-                while (!done(latest)) {
-                    if (sync != null) {
-                        sync()
-                        drain()
-                    } else {
-                        take(updates.receive())
-                    }
-                }
-                true
-            }
-        if (reached == null) fail("no $what within ${timeoutMs}ms; saw: $seen")
-        return latest.toMap()
     }
 }

@@ -6,19 +6,14 @@ import kotlin.test.assertEquals
 import kotlin.test.assertFailsWith
 import kotlin.test.assertFalse
 import kotlin.test.assertTrue
-import kotlin.test.fail
 import kotlinx.coroutines.cancelChildren
-import kotlinx.coroutines.channels.ReceiveChannel
 import kotlinx.coroutines.coroutineScope
 import kotlinx.coroutines.runBlocking
-import kotlinx.coroutines.withTimeoutOrNull
 import org.junit.Rule
 import org.junit.Test
 import org.junit.rules.Timeout
 import uniffi.newt_ffi.KeyFileProblem
-import uniffi.newt_ffi.KeyTransferListener
 import uniffi.newt_ffi.NewtException
-import uniffi.newt_ffi.TimelineItem
 import uniffi.newt_ffi.TimelineUpdate
 
 /**
@@ -143,69 +138,5 @@ class KeyExportTest {
                 coroutineContext.cancelChildren()
             }
         }
-    }
-}
-
-/** Records each progress report (called on a Newt worker thread). */
-private class ProgressRecorder(val reports: ConcurrentLinkedQueue<Pair<ULong, ULong>>) : KeyTransferListener {
-    override fun onProgress(done: ULong, total: ULong) {
-        reports += done to total
-    }
-}
-
-/**
- * The newest version of each item of a timeline (by event id), whichever update brought it
- * (Initial, Appended, Updated); [updated] holds the ids that came as Updated.
- */
-private class LatestItems(private val updates: ReceiveChannel<TimelineUpdate>) {
-    val latest = mutableMapOf<String, TimelineItem>()
-    val updated = mutableSetOf<String>()
-    private val seen = mutableListOf<String>()
-
-    private fun take(update: TimelineUpdate) {
-        when (update) {
-            is TimelineUpdate.Initial -> update.items.forEach { put(it, "initial") }
-            is TimelineUpdate.Appended -> put(update.item, "appended")
-            is TimelineUpdate.EchoReplaced -> put(update.item, "own")
-            is TimelineUpdate.Updated -> {
-                put(update.item, "updated")
-                updated += update.item.eventId
-            }
-            is TimelineUpdate.LocalEcho, is TimelineUpdate.SendStateChanged -> {}
-        }
-    }
-
-    private fun put(item: TimelineItem, how: String) {
-        latest[item.eventId] = item
-        seen += "$how ${item.describe()}"
-    }
-
-    /** Takes the updates already delivered. */
-    fun drain() {
-        while (true) take(updates.tryReceive().getOrNull() ?: return)
-    }
-
-    /** Takes updates (calling [sync] between rounds, if given) until [done] holds. */
-    suspend fun await(
-        timeoutMs: Long,
-        what: String,
-        sync: (suspend () -> Unit)? = null,
-        done: (Map<String, TimelineItem>) -> Boolean,
-    ): Map<String, TimelineItem> {
-        val reached =
-            withTimeoutOrNull(timeoutMs) {
-                drain()
-                while (!done(latest)) {
-                    if (sync != null) {
-                        sync()
-                        drain()
-                    } else {
-                        take(updates.receive())
-                    }
-                }
-                true
-            }
-        if (reached == null) fail("no $what within ${timeoutMs}ms; saw: $seen")
-        return latest.toMap()
     }
 }

@@ -4,6 +4,7 @@ package org.newt.sdk
 
 import java.io.File
 import java.nio.file.Files
+import java.util.concurrent.ConcurrentLinkedQueue
 import java.util.concurrent.TimeUnit
 import java.util.concurrent.atomic.AtomicInteger
 import kotlin.test.fail
@@ -12,6 +13,7 @@ import kotlinx.coroutines.channels.ReceiveChannel
 import kotlinx.coroutines.flow.produceIn
 import kotlinx.coroutines.withTimeoutOrNull
 import uniffi.newt_ffi.ClientConfig
+import uniffi.newt_ffi.KeyTransferListener
 import uniffi.newt_ffi.NewtClient
 import uniffi.newt_ffi.Session
 import uniffi.newt_ffi.StoreKey
@@ -190,5 +192,69 @@ suspend fun eventually(timeoutMs: Long = 10_000, what: String, condition: suspen
     while (!condition()) {
         if (System.nanoTime() > deadline) fail("timed out after ${timeoutMs}ms waiting for $what")
         kotlinx.coroutines.delay(50)
+    }
+}
+
+/** Records each progress report (called on a Newt worker thread). */
+internal class ProgressRecorder(val reports: ConcurrentLinkedQueue<Pair<ULong, ULong>>) : KeyTransferListener {
+    override fun onProgress(done: ULong, total: ULong) {
+        reports += done to total
+    }
+}
+
+/**
+ * The newest version of each item of a timeline (by event id), whichever update brought it
+ * (Initial, Appended, Updated); [updated] holds the ids that came as Updated.
+ */
+internal class LatestItems(private val updates: ReceiveChannel<TimelineUpdate>) {
+    val latest = mutableMapOf<String, TimelineItem>()
+    val updated = mutableSetOf<String>()
+    private val seen = mutableListOf<String>()
+
+    private fun take(update: TimelineUpdate) {
+        when (update) {
+            is TimelineUpdate.Initial -> update.items.forEach { put(it, "initial") }
+            is TimelineUpdate.Appended -> put(update.item, "appended")
+            is TimelineUpdate.EchoReplaced -> put(update.item, "own")
+            is TimelineUpdate.Updated -> {
+                put(update.item, "updated")
+                updated += update.item.eventId
+            }
+            is TimelineUpdate.LocalEcho, is TimelineUpdate.SendStateChanged -> {}
+        }
+    }
+
+    private fun put(item: TimelineItem, how: String) {
+        latest[item.eventId] = item
+        seen += "$how ${item.describe()}"
+    }
+
+    /** Takes the updates already delivered. */
+    fun drain() {
+        while (true) take(updates.tryReceive().getOrNull() ?: return)
+    }
+
+    /** Takes updates (calling [sync] between rounds, if given) until [done] holds. */
+    suspend fun await(
+        timeoutMs: Long,
+        what: String,
+        sync: (suspend () -> Unit)? = null,
+        done: (Map<String, TimelineItem>) -> Boolean,
+    ): Map<String, TimelineItem> {
+        val reached =
+            withTimeoutOrNull(timeoutMs) {
+                drain()
+                while (!done(latest)) {
+                    if (sync != null) {
+                        sync()
+                        drain()
+                    } else {
+                        take(updates.receive())
+                    }
+                }
+                true
+            }
+        if (reached == null) fail("no $what within ${timeoutMs}ms; saw: $seen")
+        return latest.toMap()
     }
 }
