@@ -16,6 +16,7 @@ mod kept_for_repair;
 mod lease;
 mod records;
 mod send_queue;
+mod sessions;
 mod trust;
 
 pub(crate) use batches::*;
@@ -26,6 +27,7 @@ pub(crate) use kept_for_repair::*;
 pub(crate) use lease::*;
 pub(crate) use records::*;
 pub(crate) use send_queue::*;
+pub(crate) use sessions::*;
 pub(crate) use trust::*;
 
 use super::*;
