@@ -11,8 +11,10 @@ use newt_core::client::{
     BackupState, Client, ClientError, Prompt, PromptAnswer, PromptHandler, TimelineEvent,
 };
 use newt_core::ruma::RoomId;
+use newt_e2e_tests::attacker::{Attacker, encode_segment};
 use newt_e2e_tests::clients::{World, login, open, receive, room_with};
 use newt_e2e_tests::proxy::{Action, FaultProxy};
+use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
 /// Events re-delivered (`is_update`) decrypted until `n` distinct ones; their bodies, sorted.
@@ -114,6 +116,76 @@ async fn a_new_device_restores_its_history_with_the_recovery_key() {
             pending: 0
         }
     );
+}
+
+/// `batches` × 40 entries of about 100 KB each that no key decrypts, added to `room` in
+/// alice's backup `version` by someone holding her password (or by the server).
+fn pad_backup(w: &World, room: &RoomId, version: &str, batches: usize) {
+    let other = Attacker::login(&w.hs.base_url, "alice", "alice-pw", None);
+    let filler = "A".repeat(100_000);
+    let path = format!(
+        "/room_keys/keys/{}?version={version}",
+        encode_segment(room.as_str())
+    );
+    for batch in 0..batches {
+        let sessions: Map<String, Value> = (0..40)
+            .map(|i| {
+                let entry = json!({
+                    "first_message_index": 0,
+                    "forwarded_count": 0,
+                    "is_verified": false,
+                    "session_data": {"ephemeral": "AAAA", "ciphertext": filler, "mac": "AAAA"},
+                });
+                (format!("filler-{batch}-{i}"), entry)
+            })
+            .collect();
+        other.api("PUT", &path, Some(&json!({ "sessions": sessions })));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_larger_than_any_one_answer_may_be_is_restored_at_once() {
+    let w = World::new(&["alice", "bob"]);
+    let (alice, bob, room) = w.alice_and_bob().await;
+    let recovery_key = alice.enable_backup().await.unwrap();
+    history(&alice, &bob, &room, &["one", "two"]).await;
+    alice.upload_backup().await.unwrap();
+    let BackupState::Enabled { version, .. } = alice.backup_state().await.unwrap() else {
+        panic!("enabled");
+    };
+    // 48 MB: more than an answer read whole may be (32 MiB).
+    pad_backup(&w, &room, &version, 12);
+    let stored = alice
+        .store()
+        .unwrap()
+        .inbound_group_session_count()
+        .unwrap();
+
+    let tablet = w.login("alice", "alice-tablet").await;
+    let mut rx = tablet.subscribe_timeline();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let summary = tablet
+        .restore_backup(&recovery_key, Some(&room), move |p| {
+            record.lock().unwrap().push(p)
+        })
+        .await
+        .unwrap();
+    assert_eq!((summary.refused, summary.total), (480, 480 + stored));
+    assert_eq!(summary.imported, stored);
+    assert_eq!(decrypted_updates(&mut rx, &room, 2).await, ["one", "two"]);
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() >= 3, "progress per batch: {seen:?}");
+    assert!(seen.windows(2).all(|p| p[0].done < p[1].done), "{seen:?}");
+    let last = seen.last().unwrap();
+    assert_eq!((last.done, last.total), (summary.total, summary.total));
+
+    // The whole backup, read the same way.
+    let summary = tablet
+        .restore_backup(&recovery_key, None, |_| {})
+        .await
+        .unwrap();
+    assert_eq!((summary.refused, summary.already_known), (480, stored));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

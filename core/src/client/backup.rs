@@ -5,22 +5,19 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
-use ruma::api::client::backup::{
-    RoomKeyBackup, create_backup_version, get_backup_keys, get_backup_keys_for_room,
-    get_latest_backup_info,
-};
+use ruma::api::client::backup::{RoomKeyBackup, create_backup_version, get_latest_backup_info};
 use ruma::serde::Raw;
 use ruma::{OwnedRoomId, RoomId};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex as AsyncMutex, watch};
-use tracing::{debug, info};
+use tracing::info;
 use zeroize::Zeroizing;
 
+use super::backup_restore::Restorer;
 use super::key_files::{KeyImportSummary, KeyTransferProgress};
 use super::{Client, ClientError, Prompt, PromptAnswer, SecretText};
-use crate::backup::{BACKUP_ALGORITHM, BackupError, BackupKey, decrypt_session};
+use crate::backup::{BACKUP_ALGORITHM, BackupError, BackupKey};
 use crate::crypto::{KeySource, OlmMachine};
-use crate::key_export::ExportedRoomKey;
 use crate::store::{ClientChanges, SecretBlob};
 
 /// Store value: the backup version this device uploads to.
@@ -37,8 +34,6 @@ pub(super) const UPLOAD_BATCH: u32 = 100;
 /// process.
 pub(super) const LOOKUPS_PER_SYNC: usize = 20;
 pub(super) const MAX_LOOKUPS: usize = 10_000;
-/// Keys imported per transaction when restoring.
-const RESTORE_BATCH: usize = 200;
 /// Times [`Client::recover`] asks for the recovery key before giving up.
 const RECOVERY_ATTEMPTS: u32 = 3;
 
@@ -150,25 +145,25 @@ impl Client {
         &self,
         recovery_key: &str,
         room: Option<&RoomId>,
-        mut progress: impl FnMut(KeyTransferProgress) + Send + 'static,
+        progress: impl FnMut(KeyTransferProgress) + Send + 'static,
     ) -> Result<KeyImportSummary, ClientError> {
         let machine = self.machine()?;
         let key = self.backup_key_from_recovery_key(recovery_key).await?;
         let info = self.latest_backup().await?;
         check_key(&info.algorithm, &key)?;
         let version = info.version.clone();
-        let rooms = self.fetch_backup(&version, room).await?;
-        // No upload or lookup in between: their marks belong to the version they read.
+        // No upload or lookup in between: their marks belong to the version restored.
         let _uploads = self.inner.backup.uploading.lock().await;
+        let (m, k) = (machine.clone(), BackupKey::from_bytes(&key.to_bytes()));
+        let v = version.clone();
+        self.blocking(move |c| c.adopt(&m, &k, &v)).await?;
+        let expected = info.count.into();
         let summary = self
-            .blocking(move |c| {
-                c.adopt(&machine, &key, &version)?;
-                c.restore_rooms(&machine, &key, rooms, KeySource::Backup, &mut progress)
-            })
-            .await?;
+            .stream_restore(machine, key, &version, room, expected, progress)
+            .await;
         drop(_uploads);
         self.spawn_backup_work();
-        Ok(summary)
+        summary
     }
 
     /// [`Client::set_up_recovery_key`], and show the recovery key to the user through the
@@ -270,26 +265,6 @@ impl Client {
         }
     }
 
-    /// The backup's keys: all, or one room's.
-    async fn fetch_backup(
-        &self,
-        version: &str,
-        room: Option<&RoomId>,
-    ) -> Result<BTreeMap<OwnedRoomId, RoomKeyBackup>, ClientError> {
-        Ok(match room {
-            None => {
-                let request = get_backup_keys::v3::Request::new(version.to_owned());
-                self.inner.http.send(request).await?.rooms
-            }
-            Some(room) => {
-                let request =
-                    get_backup_keys_for_room::v3::Request::new(version.to_owned(), room.to_owned());
-                let sessions = self.inner.http.send(request).await?.sessions;
-                BTreeMap::from([(room.to_owned(), RoomKeyBackup::new(sessions))])
-            }
-        })
-    }
-
     /// Decrypt and import the backup's entries, in batches; entries that do not decrypt
     /// are counted as refused.
     pub(super) fn restore_rooms(
@@ -301,37 +276,13 @@ impl Client {
         progress: &mut dyn FnMut(KeyTransferProgress),
     ) -> Result<KeyImportSummary, ClientError> {
         let total: u64 = rooms.values().map(|r| r.sessions.len() as u64).sum();
-        let mut summary = KeyImportSummary {
-            total,
-            ..Default::default()
-        };
-        let mut pending: Vec<ExportedRoomKey> = Vec::with_capacity(RESTORE_BATCH);
-        let mut done = 0;
-        for (room_id, backup) in rooms {
-            for (session_id, raw) in backup.sessions {
-                done += 1;
-                match raw
-                    .deserialize()
-                    .map_err(|e| e.to_string())
-                    .and_then(|data| {
-                        decrypt_session(key, &room_id, &session_id, &data.session_data)
-                            .map_err(|e| e.to_string())
-                    }) {
-                    Ok(k) => pending.push(k),
-                    Err(why) => {
-                        debug!(%room_id, %session_id, %why, "backup entry left out");
-                        summary.refused += 1;
-                    }
-                }
-                if pending.len() == RESTORE_BATCH {
-                    self.import_batch(machine, &mut pending, &mut summary, source)?;
-                    progress(KeyTransferProgress { done, total });
-                }
+        let mut restorer = Restorer::new(self, machine, key, source, total, progress);
+        for (room_id, backup) in &rooms {
+            for (session_id, raw) in &backup.sessions {
+                restorer.entry(room_id, session_id, raw)?;
             }
         }
-        self.import_batch(machine, &mut pending, &mut summary, source)?;
-        progress(KeyTransferProgress { done, total });
-        Ok(summary)
+        restorer.finish()
     }
 
     /// Use `key` and `version` from now on (a new version: every session is uploaded

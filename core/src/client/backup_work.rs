@@ -151,17 +151,12 @@ impl Client {
         if looked_up.len() >= MAX_LOOKUPS {
             return Ok(Vec::new());
         }
-        let mut out = Vec::new();
-        for id in store.undecryptable_sessions()? {
-            if out.len() == LOOKUPS_PER_SYNC {
-                break;
-            }
-            if looked_up.contains(&id) || store.inbound_group_session(&id.0, &id.1)?.is_some() {
-                continue;
-            }
-            out.push(id);
-        }
-        Ok(out)
+        Ok(store
+            .undecryptable_sessions_without_key()?
+            .into_iter()
+            .filter(|id| !looked_up.contains(id))
+            .take(LOOKUPS_PER_SYNC)
+            .collect())
     }
 
     /// The backup answered about this session: not asked again in this process.

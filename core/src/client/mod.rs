@@ -5,6 +5,7 @@
 
 mod background;
 mod backup;
+mod backup_restore;
 mod backup_work;
 mod hooks;
 mod key_files;

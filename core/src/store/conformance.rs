@@ -60,6 +60,7 @@ macro_rules! store_conformance_tests {
                 inbound_group_sessions,
                 inbound_group_sessions_paged_in_order,
                 backup_marks,
+                undecryptable_sessions_without_key,
                 outbound_sessions_replace_and_discard,
                 devices_batch_and_deleted,
                 tracked_users,

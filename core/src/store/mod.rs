@@ -340,6 +340,10 @@ pub trait ClientStore: Send + Sync {
     /// The distinct `(room id, session id)` pairs undecryptable events wait for, sorted.
     fn undecryptable_sessions(&self) -> Result<Vec<(OwnedRoomId, String)>, StoreError>;
 
+    /// The distinct `(room id, session id)` pairs undecryptable events wait for that no
+    /// inbound session is stored for (no key at all, not a later index), sorted.
+    fn undecryptable_sessions_without_key(&self) -> Result<Vec<(OwnedRoomId, String)>, StoreError>;
+
     /// Number of undecryptable events kept (to bound them).
     fn undecryptable_event_count(&self) -> Result<u64, StoreError>;
 

@@ -450,6 +450,10 @@ impl ClientStore for SqliteStore {
         kept_events::undecryptable_sessions(&self.reader())
     }
 
+    fn undecryptable_sessions_without_key(&self) -> Result<Vec<(OwnedRoomId, String)>, StoreError> {
+        kept_events::undecryptable_sessions_without_key(&self.reader())
+    }
+
     fn undecryptable_event_count(&self) -> Result<u64, StoreError> {
         kept_events::undecryptable_count(&self.reader())
     }

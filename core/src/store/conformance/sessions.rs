@@ -5,7 +5,7 @@ use ruma::OwnedRoomId;
 
 use super::super::*;
 use super::fixtures::*;
-use crate::test_ids::rid;
+use crate::test_ids::{eid, rid};
 
 pub(crate) fn inbound_group_sessions_paged_in_order<S: Store>(s: &S) {
     let ids = [
@@ -142,5 +142,36 @@ pub(crate) fn backup_marks<S: Store>(s: &S) {
             .unwrap()
             .unwrap()
             .backed_up
+    );
+}
+
+pub(crate) fn undecryptable_sessions_without_key<S: Store>(s: &S) {
+    let event = |room: &str, session: &str, id: &str| UndecryptableEvent {
+        room_id: rid(room),
+        session_id: session.into(),
+        event_id: eid(id),
+        event_json: "{}".into(),
+    };
+    let mut later_index = inbound("!r:x", "known-later");
+    later_index.first_known_index = 5;
+    let mut changes = Changes::from(CryptoChanges {
+        inbound_group_sessions: vec![later_index, inbound("!other:x", "missing")],
+        ..Default::default()
+    });
+    changes.client.undecryptable_events = vec![
+        event("!r:x", "missing", "$a"),
+        event("!r:x", "missing", "$b"),
+        event("!r:x", "known-later", "$c"),
+        event("!other:x", "absent", "$d"),
+    ];
+    save(s, changes);
+    // A session known from a later index is not missing (a key request's business); the
+    // same session id in another room is.
+    assert_eq!(
+        s.undecryptable_sessions_without_key().unwrap(),
+        vec![
+            (rid("!other:x"), "absent".into()),
+            (rid("!r:x"), "missing".into())
+        ]
     );
 }

@@ -510,6 +510,17 @@ impl ClientStore for MemoryStore {
         Ok(sessions.into_iter().collect())
     }
 
+    fn undecryptable_sessions_without_key(&self) -> Result<Vec<(OwnedRoomId, String)>, StoreError> {
+        let state = self.lock();
+        let sessions: BTreeSet<(OwnedRoomId, String)> = state
+            .undecryptable
+            .values()
+            .map(|e| (e.room_id.clone(), e.session_id.clone()))
+            .filter(|id| state.inbound.get(id).is_none())
+            .collect();
+        Ok(sessions.into_iter().collect())
+    }
+
     fn undecryptable_event_count(&self) -> Result<u64, StoreError> {
         Ok(self.lock().undecryptable.len() as u64)
     }

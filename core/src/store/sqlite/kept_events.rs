@@ -42,6 +42,20 @@ pub(super) fn undecryptable_sessions(
     )
 }
 
+pub(super) fn undecryptable_sessions_without_key(
+    conn: &Connection,
+) -> Result<Vec<(OwnedRoomId, String)>, StoreError> {
+    query_all(
+        conn,
+        "SELECT DISTINCT u.room_id, u.session_id FROM undecryptable_events u
+         WHERE NOT EXISTS (SELECT 1 FROM inbound_group_sessions i
+                           WHERE i.room_id = u.room_id AND i.session_id = u.session_id)
+         ORDER BY u.room_id, u.session_id",
+        [],
+        |r| Ok((parsed(r, 0)?, col(r, 1)?)),
+    )
+}
+
 pub(super) fn undecryptable_count(conn: &Connection) -> Result<u64, StoreError> {
     count(conn, "SELECT COUNT(*) FROM undecryptable_events", [])
 }

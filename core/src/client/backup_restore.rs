@@ -1,0 +1,419 @@
+//! Restoring the backup's keys: each entry decrypted with the backup key and imported in
+//! batches. A whole backup or a room's is read from the server's answer as it arrives
+//! (never held whole), so a backup of any size restores at once in bounded memory.
+
+use std::fmt;
+use std::io::Read;
+
+use ruma::api::client::backup::{KeyBackupData, get_backup_keys, get_backup_keys_for_room};
+use ruma::serde::Raw;
+use ruma::{OwnedRoomId, RoomId};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use tracing::debug;
+
+use super::key_files::{KeyImportSummary, KeyTransferProgress};
+use super::{Client, ClientError};
+use crate::backup::{BackupKey, decrypt_session};
+use crate::crypto::{KeySource, OlmMachine};
+use crate::key_export::ExportedRoomKey;
+
+/// Entries read per transaction (and per progress report) when restoring.
+const RESTORE_BATCH: usize = 200;
+/// The most a restore reads from the server: about half a million sessions. The server
+/// can forge entries (it knows the backup's public key) and restored sessions are kept
+/// whatever the quotas, so this bounds what it can make us store.
+pub(super) const MAX_RESTORE_BYTES: usize = 512 * 1024 * 1024;
+
+/// Imports backup entries in batches, counting what happened.
+pub(super) struct Restorer<'a> {
+    client: &'a Client,
+    machine: &'a OlmMachine,
+    key: &'a BackupKey,
+    source: KeySource,
+    progress: &'a mut dyn FnMut(KeyTransferProgress),
+    pending: Vec<ExportedRoomKey>,
+    summary: KeyImportSummary,
+    /// What the server said the backup holds (progress only: the entries are counted).
+    expected: u64,
+}
+
+impl<'a> Restorer<'a> {
+    pub(super) fn new(
+        client: &'a Client,
+        machine: &'a OlmMachine,
+        key: &'a BackupKey,
+        source: KeySource,
+        expected: u64,
+        progress: &'a mut dyn FnMut(KeyTransferProgress),
+    ) -> Self {
+        Self {
+            client,
+            machine,
+            key,
+            source,
+            progress,
+            pending: Vec::with_capacity(RESTORE_BATCH),
+            summary: KeyImportSummary::default(),
+            expected,
+        }
+    }
+
+    /// One entry of the backup; an entry that does not decrypt is counted as refused.
+    pub(super) fn entry(
+        &mut self,
+        room_id: &RoomId,
+        session_id: &str,
+        data: &Raw<KeyBackupData>,
+    ) -> Result<(), ClientError> {
+        self.summary.total += 1;
+        let key = data.deserialize().map_err(|e| e.to_string()).and_then(|d| {
+            decrypt_session(self.key, room_id, session_id, &d.session_data)
+                .map_err(|e| e.to_string())
+        });
+        match key {
+            Ok(k) => self.pending.push(k),
+            Err(why) => {
+                debug!(%room_id, %session_id, %why, "backup entry left out");
+                self.summary.refused += 1;
+            }
+        }
+        // Every batch of entries (refused ones too: a progress for each).
+        if self.summary.total.is_multiple_of(RESTORE_BATCH as u64) {
+            self.import_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Import what is left; the summary of all entries.
+    pub(super) fn finish(mut self) -> Result<KeyImportSummary, ClientError> {
+        self.import_pending()?;
+        Ok(self.summary)
+    }
+
+    fn import_pending(&mut self) -> Result<(), ClientError> {
+        // Closing does not wait for the rest of a large restore.
+        if self.client.inner.lifecycle.is_closed() {
+            return Err(ClientError::Closed);
+        }
+        self.client.import_batch(
+            self.machine,
+            &mut self.pending,
+            &mut self.summary,
+            self.source,
+        )?;
+        let done = self.summary.total;
+        (self.progress)(KeyTransferProgress {
+            done,
+            total: self.expected.max(done),
+        });
+        Ok(())
+    }
+}
+
+impl Sink for Restorer<'_> {
+    fn entry(
+        &mut self,
+        room_id: &RoomId,
+        session_id: &str,
+        data: &Raw<KeyBackupData>,
+    ) -> Result<(), ClientError> {
+        Restorer::entry(self, room_id, session_id, data)
+    }
+}
+
+/// Takes the entries of a backup answer, one by one.
+trait Sink {
+    fn entry(
+        &mut self,
+        room_id: &RoomId,
+        session_id: &str,
+        data: &Raw<KeyBackupData>,
+    ) -> Result<(), ClientError>;
+}
+
+/// Read the answer to a backup request (`room`'s, or the whole backup's) entry by entry,
+/// handing each to `sink` as it is read. Entries of an invalid room id are left out;
+/// fields other than the spec's are ignored.
+fn read_answer(
+    body: &mut dyn Read,
+    room: Option<&RoomId>,
+    sink: &mut dyn Sink,
+) -> Result<(), ClientError> {
+    let mut reader = Reader {
+        sink,
+        failure: None,
+    };
+    let mut de = serde_json::Deserializer::from_reader(body);
+    let parsed = match room {
+        None => Whole(&mut reader).deserialize(&mut de),
+        Some(room) => Room(&mut reader, room).deserialize(&mut de),
+    }
+    .and_then(|()| de.end());
+    match (parsed, reader.failure) {
+        (_, Some(failure)) => Err(failure),
+        (Err(e), None) => Err(ClientError::InvalidResponse(format!("backup keys: {e}"))),
+        (Ok(()), None) => Ok(()),
+    }
+}
+
+/// The sink, and what stopped it: the parser's own error only says that it stopped.
+struct Reader<'s> {
+    sink: &'s mut dyn Sink,
+    failure: Option<ClientError>,
+}
+
+impl Client {
+    /// Restore the keys of backup `version` (`room`'s, or all), read as the answer arrives.
+    /// `expected` is the server's count of entries, for the progress.
+    pub(super) async fn stream_restore(
+        &self,
+        machine: std::sync::Arc<OlmMachine>,
+        key: BackupKey,
+        version: &str,
+        room: Option<&RoomId>,
+        expected: u64,
+        mut progress: impl FnMut(KeyTransferProgress) + Send + 'static,
+    ) -> Result<KeyImportSummary, ClientError> {
+        let tracked = self.track()?;
+        let client = self.handle();
+        let owned_room: Option<OwnedRoomId> = room.map(ToOwned::to_owned);
+        let read = move |body: &mut dyn Read| {
+            // Held while importing: closing waits for the batch in progress.
+            let _tracked = tracked;
+            let source = KeySource::Backup;
+            let mut restorer =
+                Restorer::new(&client, &machine, &key, source, expected, &mut progress);
+            read_answer(body, owned_room.as_deref(), &mut restorer)?;
+            restorer.finish()
+        };
+        let http = &self.inner.http;
+        let version = version.to_owned();
+        let outcome = match room {
+            None => {
+                let request = get_backup_keys::v3::Request::new(version);
+                http.send_streaming(request, MAX_RESTORE_BYTES, read).await
+            }
+            Some(room) => {
+                let request = get_backup_keys_for_room::v3::Request::new(version, room.to_owned());
+                http.send_streaming(request, MAX_RESTORE_BYTES, read).await
+            }
+        };
+        outcome?
+    }
+}
+
+/// The top of `GET /room_keys/keys`: `{"rooms": {room_id: {"sessions": {...}}}}`.
+struct Whole<'r, 's>(&'r mut Reader<'s>);
+/// `{room_id: {"sessions": {...}}}`.
+struct Rooms<'r, 's>(&'r mut Reader<'s>);
+/// One room's keys: `{"sessions": {session_id: KeyBackupData}}`.
+struct Room<'r, 's, 'id>(&'r mut Reader<'s>, &'id RoomId);
+/// `{session_id: KeyBackupData}`.
+struct Sessions<'r, 's, 'id>(&'r mut Reader<'s>, &'id RoomId);
+
+/// `DeserializeSeed` for a seed that reads a JSON object with its `Visitor`.
+macro_rules! map_seed {
+    ($($seed:ident $(<$($l:lifetime),*>)?),*) => {$(
+        impl<'de $($(, $l)*)?> DeserializeSeed<'de> for $seed $(<$($l),*>)? {
+            type Value = ();
+            fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                d.deserialize_map(self)
+            }
+        }
+    )*};
+}
+map_seed!(
+    Whole<'r, 'a>,
+    Rooms<'r, 'a>,
+    Room<'r, 'a, 'id>,
+    Sessions<'r, 'a, 'id>
+);
+
+impl<'de> Visitor<'de> for Whole<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the backup's keys")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(field) = map.next_key::<String>()? {
+            if field == "rooms" {
+                map.next_value_seed(Rooms(&mut *self.0))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for Rooms<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("rooms")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(room) = map.next_key::<String>()? {
+            match RoomId::parse(&room) {
+                Ok(room_id) => map.next_value_seed(Room(&mut *self.0, &room_id))?,
+                Err(e) => {
+                    debug!(error = %e, "backup entries of an invalid room id left out");
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for Room<'_, '_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a room's keys")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(field) = map.next_key::<String>()? {
+            if field == "sessions" {
+                map.next_value_seed(Sessions(&mut *self.0, self.1))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for Sessions<'_, '_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sessions")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(session_id) = map.next_key::<String>()? {
+            let data: Raw<KeyBackupData> = map.next_value()?;
+            if let Err(e) = self.0.sink.entry(self.1, &session_id, &data) {
+                self.0.failure = Some(e);
+                return Err(de::Error::custom("restoring stopped"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ruma::room_id;
+
+    /// Collects `(room, session, first_message_index)`; fails at `fail_at` entries.
+    #[derive(Default)]
+    struct Collect {
+        got: Vec<(String, String, u64)>,
+        fail_at: Option<usize>,
+    }
+
+    impl Sink for Collect {
+        fn entry(
+            &mut self,
+            room_id: &RoomId,
+            session_id: &str,
+            data: &Raw<KeyBackupData>,
+        ) -> Result<(), ClientError> {
+            if self.fail_at == Some(self.got.len()) {
+                return Err(ClientError::Closed);
+            }
+            let index = data
+                .get_field::<u64>("first_message_index")
+                .ok()
+                .flatten()
+                .unwrap_or(u64::MAX);
+            self.got
+                .push((room_id.to_string(), session_id.to_owned(), index));
+            Ok(())
+        }
+    }
+
+    fn entry(index: u64) -> serde_json::Value {
+        serde_json::json!({
+            "first_message_index": index,
+            "forwarded_count": 0,
+            "is_verified": false,
+            "session_data": {"ephemeral": "e", "ciphertext": "c", "mac": "m"},
+        })
+    }
+
+    fn read(body: &str, room: Option<&RoomId>, sink: &mut Collect) -> Result<(), ClientError> {
+        read_answer(&mut body.as_bytes(), room, sink)
+    }
+
+    #[test]
+    fn entries_are_handed_over_in_order_and_strangers_left_out() {
+        let body = serde_json::json!({
+            "extra": {"rooms": {"!x:h": {"sessions": {"no": entry(9)}}}},
+            "rooms": {
+                "!a:h": {"sessions": {"s1": entry(1), "s2": entry(2)}, "other": [1, 2]},
+                "not a room id": {"sessions": {"s3": entry(3)}},
+                "!b:h": {"sessions": {"s4": {"anything": true}}},
+            },
+        });
+        let mut sink = Collect::default();
+        read(&body.to_string(), None, &mut sink).unwrap();
+        let got: Vec<_> = sink.got.iter().map(|(r, s, i)| (&**r, &**s, *i)).collect();
+        // An entry that is not backup data is still handed over (and refused there).
+        assert_eq!(
+            got,
+            [
+                ("!a:h", "s1", 1),
+                ("!a:h", "s2", 2),
+                ("!b:h", "s4", u64::MAX)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_room_answer_names_its_room() {
+        let body = serde_json::json!({"sessions": {"s1": entry(5)}});
+        let mut sink = Collect::default();
+        read(&body.to_string(), Some(room_id!("!r:h")), &mut sink).unwrap();
+        assert_eq!(sink.got, [("!r:h".into(), "s1".into(), 5)]);
+    }
+
+    #[test]
+    fn a_cut_or_broken_answer_is_an_invalid_response_after_what_came_before() {
+        let body =
+            serde_json::json!({"rooms": {"!a:h": {"sessions": {"s1": entry(1), "s2": entry(2)}}}})
+                .to_string();
+        for broken in [
+            &body[..body.len() - 40],
+            "{\"rooms\": [1]}",
+            "{} trailing",
+            "",
+        ] {
+            let mut sink = Collect::default();
+            let err = read(broken, None, &mut sink).unwrap_err();
+            assert!(
+                matches!(err, ClientError::InvalidResponse(_)),
+                "{broken}: {err:?}"
+            );
+        }
+        let mut sink = Collect::default();
+        let _ = read(&body[..body.len() - 40], None, &mut sink);
+        assert_eq!(
+            sink.got.len(),
+            1,
+            "the entry read before the cut was handed over"
+        );
+    }
+
+    #[test]
+    fn an_error_of_the_sink_stops_the_reading_and_is_returned_as_it_is() {
+        let body =
+            serde_json::json!({"rooms": {"!a:h": {"sessions": {"s1": entry(1), "s2": entry(2)}}}});
+        let mut sink = Collect {
+            fail_at: Some(1),
+            ..Default::default()
+        };
+        let err = read(&body.to_string(), None, &mut sink).unwrap_err();
+        assert!(matches!(err, ClientError::Closed), "{err:?}");
+        assert_eq!(sink.got.len(), 1);
+    }
+}
