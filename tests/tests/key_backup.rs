@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use newt_core::backup::{BackupError, BackupKey};
+use newt_core::backup::{BackupError, BackupKey, KeyDescription, SecretStorageKey};
 use std::sync::Arc;
 
 use newt_core::client::{
@@ -415,4 +415,89 @@ async fn a_new_device_takes_the_cross_signing_keys_from_secret_storage() {
             "bob never saw the tablet cross-signed: {devices:?}"
         );
     }
+}
+
+/// `alice` syncs until `done` holds (the set-up is taken up in the background after a sync).
+async fn sync_until<F, Fut>(alice: &Client, what: &str, done: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}");
+        alice.sync_once(Duration::ZERO).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_up_whose_answer_was_lost_is_taken_up_after_the_next_sync() {
+    let w = World::new(&["alice"]);
+    let proxy = FaultProxy::start(&w.hs.base_url);
+    let alice = login(&proxy.base_url, &w.dir("alice"), "alice").await;
+    // The server makes the backup version; its answer is lost (as if the app stopped).
+    proxy.rule("/room_keys/version", Action::ForwardThenDrop, Some(1));
+    assert!(alice.enable_backup().await.is_err());
+    assert_eq!(alice.backup_state().await.unwrap(), BackupState::Disabled);
+    let version = alice.backup_info().await.unwrap().expect("made").version;
+    sync_until(&alice, "the backup made is used", || async {
+        matches!(alice.backup_state().await.unwrap(),
+            BackupState::Enabled { version: v, .. } if v == version)
+    })
+    .await;
+    let key = alice.recovery_key().await.unwrap().expect("shown again");
+    let tablet = w.login("alice", "alice-tablet").await;
+    tablet
+        .restore_backup(key.expose(), None, |_| {})
+        .await
+        .unwrap();
+
+    // Recovery: the server makes the new storage key the default; that answer is lost.
+    // (Every answer about it: the background work reads it too.)
+    proxy.rule(
+        "m.secret_storage.default_key",
+        Action::ForwardThenDrop,
+        None,
+    );
+    assert!(alice.set_up_recovery_key().await.is_err());
+    proxy.clear();
+    // The key shown must become the account's default storage key (not the new backup's
+    // own key, shown as long as no storage key is known).
+    let other = Attacker::login(&w.hs.base_url, "alice", "alice-pw", None);
+    let data = |kind: &str| {
+        let user = encode_segment("@alice:localhost");
+        other.api("GET", &format!("/user/{user}/account_data/{kind}"), None)
+    };
+    let id = data("m.secret_storage.default_key")["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let description: KeyDescription =
+        serde_json::from_value(data(&format!("m.secret_storage.key.{id}"))).unwrap();
+    sync_until(
+        &alice,
+        "the storage key made the default is kept",
+        || async {
+            let shown = alice.recovery_key().await.unwrap().unwrap();
+            SecretStorageKey::from_recovery_key(&id, shown.expose())
+                .is_ok_and(|storage| storage.check(&description).is_ok())
+        },
+    )
+    .await;
+    let new_key = alice.recovery_key().await.unwrap().unwrap();
+    let phone = w.login("alice", "alice-phone").await;
+    phone
+        .restore_backup(new_key.expose(), None, |_| {})
+        .await
+        .unwrap();
+    // The old key is not the account's any more.
+    let err = phone
+        .restore_backup(key.expose(), None, |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Backup(BackupError::WrongRecoveryKey)),
+        "{err:?}"
+    );
 }

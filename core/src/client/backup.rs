@@ -24,6 +24,10 @@ use crate::store::{ClientChanges, SecretBlob};
 pub(super) const KEY_VERSION: &str = "backup.version";
 /// Secret store value: the backup's private key (32 bytes).
 const KEY_PRIVATE: &str = "backup.key";
+/// Secret store value: the key of a backup being set up (32 bytes; empty when none),
+/// kept before the server creates its version: if the answer is lost (or the app stops)
+/// the version found later is recognised by its public key and used.
+const KEY_PENDING: &str = "backup.pending_key";
 /// Store value: set when the server's backup is no longer ours: JSON `[ours, server's]`
 /// (`null` if none). It holds only while `ours` is still the stored version (a store value
 /// cannot be removed: adopting another version is what ends it).
@@ -118,6 +122,9 @@ impl Client {
     pub(super) async fn create_backup(&self) -> Result<BackupKey, ClientError> {
         let machine = self.machine()?;
         let key = BackupKey::new();
+        let pending = key.to_bytes();
+        self.blocking(move |c| c.set_pending_key(KEY_PENDING, &pending[..]))
+            .await?;
         let auth_data = machine.signed_backup_auth_data(&key.public_key_base64())?;
         let algorithm = json!({ "algorithm": BACKUP_ALGORITHM, "auth_data": auth_data });
         let raw = Raw::from_json(
@@ -304,9 +311,67 @@ impl Client {
         changes
             .secret_values
             .insert(KEY_PRIVATE.into(), SecretBlob::new(key.to_bytes().to_vec()));
+        // Whatever set-up was under way is over: this is the backup now.
+        changes
+            .secret_values
+            .insert(KEY_PENDING.into(), SecretBlob::new(Vec::new()));
         store.save_changes(changes.into())?;
         let state = self.load_backup_state()?;
         self.inner.backup.state.send_replace(state);
+        Ok(())
+    }
+
+    /// A backup set up here whose version was created on the server without this device
+    /// hearing of it (the answer lost, the app stopped): used now. A set-up that did not
+    /// reach the server is forgotten.
+    pub(super) async fn resume_backup_setup(&self) -> Result<(), ClientError> {
+        let Some(pending) = self.blocking(|c| c.pending_key(KEY_PENDING)).await? else {
+            return Ok(());
+        };
+        let server = match self.latest_backup().await {
+            Ok(info) => Some(info),
+            Err(ClientError::Backup(BackupError::NoBackup)) => None,
+            Err(e) => return Err(e),
+        };
+        let machine = self.machine()?;
+        let _uploads = self.inner.backup.uploading.lock().await;
+        self.blocking(move |c| {
+            // A set-up that ended meanwhile cleared or replaced it.
+            if c.pending_key(KEY_PENDING)?.as_deref() != Some(&*pending) {
+                return Ok(());
+            }
+            let key = BackupKey::from_bytes(&pending);
+            match server {
+                Some(info) if check_key(&info.algorithm, &key).is_ok() => {
+                    info!(version = %info.version, "a backup set up before was found: used");
+                    c.adopt(&machine, &key, &info.version)
+                }
+                _ => c.set_pending_key(KEY_PENDING, &[]),
+            }
+        })
+        .await
+    }
+
+    /// The 32-byte key kept under `name` while a set-up is under way, if any.
+    pub(super) fn pending_key(
+        &self,
+        name: &str,
+    ) -> Result<Option<Zeroizing<[u8; 32]>>, ClientError> {
+        let Some(secret) = self.store()?.secret_value(name)? else {
+            return Ok(None);
+        };
+        Ok(<[u8; 32]>::try_from(secret.as_bytes())
+            .ok()
+            .map(Zeroizing::new))
+    }
+
+    /// Keep `bytes` under `name` (empty: none).
+    pub(super) fn set_pending_key(&self, name: &str, bytes: &[u8]) -> Result<(), ClientError> {
+        let mut changes = ClientChanges::default();
+        changes
+            .secret_values
+            .insert(name.into(), SecretBlob::new(bytes.to_vec()));
+        self.store()?.save_changes(changes.into())?;
         Ok(())
     }
 

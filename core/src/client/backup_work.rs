@@ -78,6 +78,9 @@ impl Client {
                 .backup
                 .work_requested
                 .store(false, Ordering::SeqCst);
+            if let Err(e) = client.resume_setups().await {
+                warn!(error = %e, "checking an interrupted backup set-up failed");
+            }
             if let Err(e) = client.restore_missing_sessions().await {
                 warn!(error = %e, "looking up keys in the backup failed");
             }

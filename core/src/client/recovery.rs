@@ -30,6 +30,11 @@ const DEFAULT_KEY: &str = "m.secret_storage.default_key";
 /// Secret store values: the secret storage key this device knows, and its id.
 const KEY_RECOVERY: &str = "recovery.key";
 const KEY_RECOVERY_ID: &str = "recovery.key_id";
+/// Secret store value and store value: a storage key being set up (empty when none) and its
+/// id, kept before the server hears of it: if the set-up stops after the server made it
+/// the default key, this device still knows it (and shows it again).
+const KEY_RECOVERY_PENDING: &str = "recovery.pending_key";
+const KEY_RECOVERY_PENDING_ID: &str = "recovery.pending_key_id";
 
 #[derive(Serialize, Deserialize)]
 struct DefaultKey {
@@ -48,42 +53,100 @@ impl Client {
     /// Returns the recovery key for the user to keep.
     pub async fn set_up_recovery_key(&self) -> Result<Zeroizing<String>, ClientError> {
         let storage = SecretStorageKey::new();
+        let (bytes, id) = (
+            crate::backup::storage_key_bytes(&storage),
+            storage.id().to_owned(),
+        );
+        self.blocking(move |c| {
+            c.set_pending_key(KEY_RECOVERY_PENDING, &bytes[..])?;
+            let mut changes = ClientChanges::default();
+            changes.values.insert(KEY_RECOVERY_PENDING_ID.into(), id);
+            Ok(c.store()?.save_changes(changes.into())?)
+        })
+        .await?;
+        let backup = self.create_backup().await?;
+        let secret = Zeroizing::new(STANDARD_NO_PAD.encode(backup.to_bytes().as_ref()));
+        self.store_secret(&storage, BACKUP_SECRET, &secret).await?;
+        // The own cross-signing keys too, when this device holds them.
+        if let Some(secrets) = self.machine()?.cross_signing_secrets()? {
+            for (name, secret) in secrets {
+                self.store_secret(&storage, name, &secret).await?;
+            }
+        }
+        // The key itself last: until it is the default, the account's recovery is unchanged.
         let description = serde_json::to_value(storage.description())
             .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
         let key_type = format!("m.secret_storage.key.{}", storage.id());
         self.set_account_data(&key_type, &description).await?;
         self.set_account_data(DEFAULT_KEY, &json!({ "key": storage.id() }))
             .await?;
-        let backup = self.create_backup().await?;
-        let secret = Zeroizing::new(STANDARD_NO_PAD.encode(backup.to_bytes().as_ref()));
-        let content = SecretContent {
-            encrypted: BTreeMap::from([(
-                storage.id().to_owned(),
-                storage.encrypt(BACKUP_SECRET, &secret),
-            )]),
-        };
-        let content =
-            serde_json::to_value(content).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
-        self.set_account_data(BACKUP_SECRET, &content).await?;
-        // The own cross-signing keys too, when this device holds them.
-        if let Some(secrets) = self.machine()?.cross_signing_secrets()? {
-            for (name, secret) in secrets {
-                let content = SecretContent {
-                    encrypted: BTreeMap::from([(
-                        storage.id().to_owned(),
-                        storage.encrypt(name, &secret),
-                    )]),
-                };
-                let content = serde_json::to_value(content)
-                    .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
-                self.set_account_data(name, &content).await?;
-            }
-        }
         let recovery_key = storage.to_recovery_key();
         self.blocking(move |c| c.remember_storage_key(&storage))
             .await?;
         info!("recovery set up: secret storage and key backup");
         Ok(recovery_key)
+    }
+
+    /// `secret` encrypted with `storage` into the account data `name`.
+    async fn store_secret(
+        &self,
+        storage: &SecretStorageKey,
+        name: &str,
+        secret: &str,
+    ) -> Result<(), ClientError> {
+        let content = SecretContent {
+            encrypted: BTreeMap::from([(storage.id().to_owned(), storage.encrypt(name, secret))]),
+        };
+        let content =
+            serde_json::to_value(content).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        self.set_account_data(name, &content).await
+    }
+
+    /// Set-ups that stopped half-way: a backup version the server made, a storage key it
+    /// made the default, used now (see [`Client::resume_backup_setup`]).
+    pub(super) async fn resume_setups(&self) -> Result<(), ClientError> {
+        self.resume_backup_setup().await?;
+        self.resume_recovery_setup().await
+    }
+
+    /// A storage key being set up that the server has as its default key: remembered (it
+    /// is the account's recovery key now). One the server does not have is forgotten.
+    async fn resume_recovery_setup(&self) -> Result<(), ClientError> {
+        let Some(storage) = self.blocking(|c| c.pending_storage_key()).await? else {
+            return Ok(());
+        };
+        let default = self.account_data::<DefaultKey>(DEFAULT_KEY).await?;
+        let key_type = format!("m.secret_storage.key.{}", storage.id());
+        let description = match &default {
+            Some(d) if d.key == storage.id() => self.account_data(&key_type).await?,
+            _ => None,
+        };
+        let adopted = description.is_some_and(|d: KeyDescription| storage.check(&d).is_ok());
+        self.blocking(move |c| {
+            // A set-up that ended meanwhile replaced it.
+            let still = c.pending_storage_key()?;
+            if still.as_ref().map(SecretStorageKey::id) != Some(storage.id()) {
+                return Ok(());
+            }
+            if adopted {
+                info!("a recovery key set up before was found: kept");
+                c.remember_storage_key(&storage)
+            } else {
+                c.set_pending_key(KEY_RECOVERY_PENDING, &[])
+            }
+        })
+        .await
+    }
+
+    /// The storage key of a set-up under way, if any.
+    fn pending_storage_key(&self) -> Result<Option<SecretStorageKey>, ClientError> {
+        let Some(bytes) = self.pending_key(KEY_RECOVERY_PENDING)? else {
+            return Ok(None);
+        };
+        let Some(id) = self.store()?.value(KEY_RECOVERY_PENDING_ID)? else {
+            return Ok(None);
+        };
+        Ok(Some(SecretStorageKey::from_bytes(&id, &bytes)))
     }
 
     /// The backup key a recovery key gives: through the secret storage when it is the
@@ -166,6 +229,10 @@ impl Client {
         changes
             .values
             .insert(KEY_RECOVERY_ID.into(), storage.id().to_owned());
+        // A set-up under way is over: this is the key now.
+        changes
+            .secret_values
+            .insert(KEY_RECOVERY_PENDING.into(), SecretBlob::new(Vec::new()));
         self.store()?.save_changes(changes.into())?;
         Ok(())
     }
