@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tracing::warn;
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
 
+use super::cross_signing;
 use super::error::CryptoError;
 use super::machine::OlmMachine;
 use super::room_key_transfer::exported;
@@ -31,16 +32,21 @@ pub struct BackupBatch {
 
 impl OlmMachine {
     /// `auth_data` of a new backup with this public key (unpadded base64), signed by this
-    /// device.
+    /// device and, when this device holds it, by the own master key (what other clients
+    /// check: any device of the user that trusts its identity then trusts the backup).
     pub fn signed_backup_auth_data(&self, public_key: &str) -> Result<Value, CryptoError> {
         let mut auth_data = json!({ "public_key": public_key });
         self.lock()?.account.sign(&mut auth_data)?;
+        if let Some(own) = cross_signing::stored(&*self.store)? {
+            own.sign_with_master(&self.user_id, &mut auth_data)?;
+        }
         Ok(auth_data)
     }
 
-    /// Whether a backup's `auth_data` is ours to upload to: signed by this device, or by an
-    /// own device the user verified. A backup someone else made (the homeserver, say) would
-    /// collect our keys for them.
+    /// Whether a backup's `auth_data` is ours to upload to: signed by this device, by an
+    /// own device the user verified, or by the own master key of an identity this device
+    /// trusts (it holds its keys, or verified it). A backup someone else made (the
+    /// homeserver, say) would collect our keys for them.
     pub fn backup_is_trusted(&self, auth_data: &Value) -> Result<bool, CryptoError> {
         let own = [&*self.user_id];
         let Some(signatures) = auth_data["signatures"][self.user_id.as_str()].as_object() else {
@@ -48,14 +54,21 @@ impl OlmMachine {
         };
         let devices = self.store.devices(&own)?;
         let view = TrustView::load(&*self.store, &self.signatures, &own, &Default::default())?;
+        let master = view
+            .identity(&self.user_id)
+            .filter(|i| i.is_verified())
+            .map(|i| i.master_key.clone());
         for key_id in signatures.keys() {
-            let Some(device_id) = key_id.strip_prefix("ed25519:") else {
+            let Some(name) = key_id.strip_prefix("ed25519:") else {
                 continue;
             };
-            let (ed25519, trusted) = if device_id == self.device_id.as_str() {
+            // The master key is named by itself, a device key by its device id.
+            let (ed25519, trusted) = if master.as_deref() == Some(name) {
+                (name.to_owned(), true)
+            } else if name == self.device_id.as_str() {
                 (self.ed25519_key(), true)
             } else {
-                match devices.iter().find(|d| d.device_id.as_str() == device_id) {
+                match devices.iter().find(|d| d.device_id.as_str() == name) {
                     Some(d) => (d.ed25519.clone(), view.is_verified(d)),
                     None => continue,
                 }

@@ -155,7 +155,12 @@ impl OwnCrossSigning {
         }))
     }
 
-    fn sign_with_master(&self, user_id: &UserId, value: &mut Value) -> Result<(), CryptoError> {
+    /// Sign `value` with the master key.
+    pub(crate) fn sign_with_master(
+        &self,
+        user_id: &UserId,
+        value: &mut Value,
+    ) -> Result<(), CryptoError> {
         let key_id = format!("ed25519:{}", self.master_public());
         sign_json(value, user_id.as_str(), &key_id, &self.master).map_err(CryptoError::from)
     }

@@ -22,6 +22,8 @@ use crate::test_ids::{did, rid, uid};
 use crate::time::ManualClock;
 
 #[cfg(test)]
+mod backup;
+#[cfg(test)]
 mod devices;
 #[cfg(test)]
 mod hostile;
