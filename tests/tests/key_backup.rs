@@ -10,9 +10,13 @@ use std::sync::Arc;
 use newt_core::client::{
     BackupState, Client, ClientError, Prompt, PromptAnswer, PromptHandler, TimelineEvent,
 };
+use newt_core::key_export::{self, ExportedRoomKey};
 use newt_core::ruma::RoomId;
+use newt_core::store::{CryptoStore, SqliteStore, StoreKey};
 use newt_e2e_tests::attacker::{Attacker, encode_segment};
-use newt_e2e_tests::clients::{World, login, open, receive, room_with};
+use newt_e2e_tests::clients::{
+    STORE_PASSPHRASE, World, login, open, receive, room_with, stdout_lines,
+};
 use newt_e2e_tests::proxy::{Action, FaultProxy};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
@@ -499,5 +503,146 @@ async fn a_set_up_whose_answer_was_lost_is_taken_up_after_the_next_sync() {
     assert!(
         matches!(err, ClientError::Backup(BackupError::WrongRecoveryKey)),
         "{err:?}"
+    );
+}
+
+/// `n` room keys of a stranger's sessions in `room`, as a key file at `path`.
+fn key_file(path: &std::path::Path, room: &RoomId, n: usize) {
+    use vodozemac::megolm::{GroupSession, InboundGroupSession, SessionConfig};
+    let account = vodozemac::olm::Account::new();
+    let keys: Vec<ExportedRoomKey> = (0..n)
+        .map(|_| {
+            let outbound = GroupSession::new(SessionConfig::version_1());
+            let inbound =
+                InboundGroupSession::new(&outbound.session_key(), SessionConfig::version_1());
+            ExportedRoomKey {
+                algorithm: "m.megolm.v1.aes-sha2".into(),
+                room_id: room.to_owned(),
+                sender_key: account.curve25519_key().to_base64(),
+                session_id: outbound.session_id(),
+                session_key: inbound.export_at_first_known_index().to_base64(),
+                sender_claimed_keys: [("ed25519".into(), account.ed25519_key().to_base64())].into(),
+                forwarding_curve25519_key_chain: Vec::new(),
+            }
+        })
+        .collect();
+    std::fs::write(path, key_export::encrypt(&keys, "pw", 1_000).unwrap()).unwrap();
+}
+
+/// `(room id, session id)` of every session in the backup uploads the proxy passed on.
+fn uploaded_sessions(proxy: &FaultProxy) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for body in proxy.bodies("/room_keys/keys") {
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        for (room, sessions) in body["rooms"].as_object().unwrap() {
+            for session in sessions["sessions"].as_object().unwrap().keys() {
+                out.push((room.clone(), session.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Sessions of `dir`'s store not in the backup yet.
+fn pending_uploads(dir: &std::path::Path) -> u64 {
+    let key = StoreKey::from_passphrase(STORE_PASSPHRASE);
+    let store = SqliteStore::open(dir, &key).unwrap();
+    store.inbound_group_sessions_to_back_up_count().unwrap()
+}
+
+/// The kill test: alice's client (a process of its own, `send-process` running its
+/// due work) is killed with SIGKILL three times while it uploads 500 sessions in batches
+/// of 100, every upload slowed down. Nothing is lost (the server ends with every session)
+/// and at most the batch in flight at each kill is sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_uploading_nothing_is_lost_and_only_the_batch_in_flight_is_sent_again() {
+    const SESSIONS: usize = 500;
+    let w = World::new(&["alice"]);
+    let proxy = FaultProxy::start(&w.hs.base_url);
+    let dir = w.dir("alice");
+    let room = RoomId::parse("!history:localhost").unwrap();
+    {
+        let alice = login(&proxy.base_url, &dir, "alice").await;
+        // Nothing uploaded before the kills.
+        proxy.rule("/room_keys/keys", Action::Fail(503), None);
+        alice.enable_backup().await.unwrap();
+        let file = w.dir("keys.txt");
+        key_file(&file, &room, SESSIONS);
+        let summary = alice.import_room_keys(&file, "pw", |_| {}).await.unwrap();
+        assert_eq!(summary.imported, SESSIONS as u64);
+        alice.close().await;
+    }
+    proxy.clear();
+    assert_eq!(pending_uploads(&dir), SESSIONS as u64);
+    proxy.rule(
+        "/room_keys/keys",
+        Action::Delay(Duration::from_millis(400)),
+        None,
+    );
+    // Killed once the server answered one more upload, 0, 150 and 300 ms later: as the
+    // answer arrives (before or after its mark), and while the next upload is on its way.
+    let answered = || {
+        let log = proxy.log();
+        let puts = log
+            .iter()
+            .filter(|l| l.starts_with("PUT") && l.contains("/room_keys/keys"));
+        puts.filter(|l| l.ends_with(" 200")).count()
+    };
+    let mut left = vec![SESSIONS as u64];
+    for kill_ms in [0, 150, 300] {
+        let before = answered();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_send-process"))
+            .args([&proxy.base_url, &*dir.to_string_lossy(), room.as_str()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start send-process");
+        let lines = stdout_lines(&mut child);
+        let first = lines.recv_timeout(Duration::from_secs(30)).ok();
+        assert_eq!(first.as_deref(), Some("synced"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while answered() == before {
+            assert!(Instant::now() < deadline, "no upload answered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(kill_ms)).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        left.push(pending_uploads(&dir));
+    }
+    // The kills came mid-way: some batches marked, some still to upload.
+    assert!(left.windows(2).all(|w| w[1] <= w[0]), "{left:?}");
+    let remaining = *left.last().unwrap();
+    assert!(0 < remaining && remaining < SESSIONS as u64, "{left:?}");
+    proxy.clear();
+    let last = std::process::Command::new(env!("CARGO_BIN_EXE_send-process"))
+        .args([&proxy.base_url, &*dir.to_string_lossy(), room.as_str()])
+        .output()
+        .unwrap();
+    assert!(
+        last.status.success(),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    assert_eq!(pending_uploads(&dir), 0);
+
+    let server = Attacker::login(&w.hs.base_url, "alice", "alice-pw", None);
+    let info = server.api("GET", "/room_keys/version", None);
+    assert_eq!(
+        info["count"],
+        json!(SESSIONS),
+        "every session is on the server"
+    );
+    let sent = uploaded_sessions(&proxy);
+    let distinct: std::collections::BTreeSet<_> = sent.iter().collect();
+    assert_eq!(distinct.len(), SESSIONS);
+    assert!(
+        sent.len() <= SESSIONS + 3 * 100,
+        "at most one batch again per kill: {} sent",
+        sent.len()
+    );
+    eprintln!(
+        "left after each kill: {left:?}; sessions sent: {}",
+        sent.len()
     );
 }

@@ -211,22 +211,6 @@ async fn more_from(client: &Client, room: &RoomId) -> Vec<String> {
     more
 }
 
-/// The lines `child` prints, as they come.
-fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
-    use std::io::BufRead;
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    rx
-}
-
 /// Every request of the encrypting path slowed by 250 ms; the first attempt of the next
 /// message never reaches the server (a network failure): a kill during the retry's wait
 /// finds it encrypted, not sent.
@@ -270,7 +254,7 @@ async fn kill_rounds(
         let new_session = round % 3 == 0;
         let mut child = send_process(&proxy.base_url, &w.dir("alice"), room, &texts, new_session);
         // Killed that long after its first sync, while it sends.
-        let lines = lines_of(&mut child);
+        let lines = clients::stdout_lines(&mut child);
         let first = lines.recv_timeout(Duration::from_secs(30)).ok();
         assert_eq!(first.as_deref(), Some("synced"));
         tokio::time::sleep(Duration::from_millis(kill_ms)).await;
