@@ -292,16 +292,19 @@ pub(crate) async fn download(ctx: &Ctx, a: &Download) -> Result<(), String> {
         .download_attachment_to(&event.content, &a.path, a.max_bytes)
         .await
         .map_err(|e| download_error(&e, &a.path))?;
-    let info = |key: &str| event.content["info"].get(key).cloned();
-    println!(
-        "{}",
-        json!({
-            "event_id": event.event_id, "sender": event.sender,
-            "sender_device": event.sender_device, "name": event.content.get("body"),
-            "mimetype": info("mimetype"), "size": size, "path": a.path,
-        })
-    );
+    println!("{}", download_report(&event, size, &a.path));
     Ok(())
+}
+
+/// What `download` prints: the event's attachment and where it was written (a path that
+/// is not UTF-8 is shown with replacement characters).
+fn download_report(event: &Notification, size: u64, path: &Path) -> serde_json::Value {
+    let info = |key: &str| event.content["info"].get(key).cloned();
+    json!({
+        "event_id": event.event_id, "sender": event.sender,
+        "sender_device": event.sender_device, "name": event.content.get("body"),
+        "mimetype": info("mimetype"), "size": size, "path": path.to_string_lossy(),
+    })
 }
 
 /// The event, fetched from the server by id and decrypted (waiting up to [`KEY_WAIT`] for
@@ -483,6 +486,29 @@ mod tests {
             check_attachment(&event)
                 .unwrap_err()
                 .contains("not trusted")
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_path_that_is_not_utf8_is_reported_without_a_panic() {
+        use std::os::unix::ffi::OsStrExt;
+        let event = Notification {
+            room_id: "!r:localhost".try_into().unwrap(),
+            event_id: "$e".try_into().unwrap(),
+            sender: "@a:localhost".try_into().unwrap(),
+            sender_device: None,
+            sender_trust: None,
+            event_type: "m.room.message".into(),
+            content: json!({"msgtype": "m.file", "body": "f", "info": {"mimetype": "a/b"}}),
+            encrypted: true,
+        };
+        let path = Path::new(std::ffi::OsStr::from_bytes(b"out-\xff.bin"));
+        let report = download_report(&event, 7, path);
+        assert_eq!(report["path"], "out-\u{fffd}.bin");
+        assert_eq!(
+            (report["size"].as_u64(), &report["mimetype"]),
+            (Some(7), &json!("a/b"))
         );
     }
 }

@@ -277,7 +277,7 @@ impl HttpClient {
                 .await
                 .unwrap_or_default();
             let error = server_error(status, &bytes);
-            warn!(path = %redact_path(&path), %error, "request failed");
+            log_failure(&path, &error);
             return Err(error);
         }
         Ok(response)
@@ -321,6 +321,18 @@ async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Byte
         body.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(body))
+}
+
+/// A failed request in the log: a warning, unless the server only said that what was
+/// asked for does not exist (no backup yet, no such account data: an answer callers
+/// expect, logged for debugging only).
+fn log_failure(path: &str, error: &HttpError) {
+    let path = redact_path(path);
+    if error.errcode() == Some("M_NOT_FOUND") {
+        debug!(%path, %error, "not found");
+    } else {
+        warn!(%path, %error, "request failed");
+    }
 }
 
 /// Keep the endpoint, drop ids and transaction ids from log lines.
@@ -378,6 +390,44 @@ fn server_error(status: u16, body: &[u8]) -> HttpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `f` logs at WARN and above.
+    fn warnings(f: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(lines.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_missing_thing_is_not_a_warning_and_a_refusal_is() {
+        let path = "/_matrix/client/v3/room_keys/version";
+        let missing = server_error(404, br#"{"errcode":"M_NOT_FOUND","error":"No backup"}"#);
+        assert_eq!(warnings(|| log_failure(path, &missing)), "");
+        let refused = server_error(403, br#"{"errcode":"M_FORBIDDEN"}"#);
+        let logged = warnings(|| log_failure(path, &refused));
+        assert!(
+            logged.contains("WARN") && logged.contains("M_FORBIDDEN"),
+            "{logged}"
+        );
+    }
 
     #[test]
     fn server_errors_are_typed() {
