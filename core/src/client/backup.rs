@@ -148,6 +148,8 @@ impl Client {
     /// this device also uploads its new sessions to that backup. Restored sessions are
     /// legacy sessions (the backup authenticates nothing), never replace a copy known from
     /// an earlier message, and the events kept undecryptable for them come again decrypted.
+    /// The keys are imported as the server's answer arrives, 200 per transaction (a backup
+    /// of any size, in bounded memory); what was imported before an error is kept.
     pub async fn restore_backup(
         &self,
         recovery_key: &str,
