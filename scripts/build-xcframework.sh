@@ -319,7 +319,7 @@ case uploading(sentBytes: UInt64, totalBytes: UInt64)
 case NotQueued(transactionId: String)
 case appended(item: TimelineItem)
 case password(userId: String, reason: String)
-case password(password: String)
+case password(password: SecretText)
 case dismissed
 case verifiedOnly
 case trace
@@ -412,8 +412,10 @@ case wrongRecoveryKey
 case disabled
 case enabled(version: String, pending: UInt64)
 case recoveryKey(previousError: String?)
-case newRecoveryKey(recoveryKey: String)
-case recoveryKey(recoveryKey: String)
+case newRecoveryKey(recoveryKey: SecretText)
+case recoveryKey(recoveryKey: SecretText)
+public convenience init(text: String)
+open func expose() -> String
 public var version: String
 public var algorithm: String
 public var count: UInt64

@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::error::NewtError;
 use crate::ids;
+use crate::secret::SecretText;
 use crate::types::{
     DeviceDecision, DeviceInfo, LogRecord, Prompt, PromptAnswer, TimelineUpdate, TrustPolicy,
     WakeupRequest,
@@ -80,7 +81,9 @@ impl core::PromptHandler for PromptAdapter {
             },
             core::Prompt::RecoveryKey { previous_error } => Prompt::RecoveryKey { previous_error },
             core::Prompt::NewRecoveryKey { recovery_key } => Prompt::NewRecoveryKey {
-                recovery_key: recovery_key.expose().to_owned(),
+                recovery_key: Arc::new(SecretText::from(Zeroizing::new(
+                    recovery_key.expose().to_owned(),
+                ))),
             },
             other => match verification_prompt(other) {
                 Some(prompt) => prompt,
@@ -90,7 +93,7 @@ impl core::PromptHandler for PromptAdapter {
         };
         match self.0.on_prompt(prompt) {
             Ok(PromptAnswer::Password { password }) => {
-                core::PromptAnswer::Password(Zeroizing::new(password))
+                core::PromptAnswer::Password(password.to_zeroizing())
             }
             Ok(PromptAnswer::DeviceDecisions { decisions }) => {
                 core::PromptAnswer::DeviceDecisions(device_decisions(decisions))
@@ -98,7 +101,7 @@ impl core::PromptHandler for PromptAdapter {
             Ok(PromptAnswer::Confirmed) => core::PromptAnswer::Confirmed,
             Ok(PromptAnswer::Mismatch) => core::PromptAnswer::Mismatch,
             Ok(PromptAnswer::RecoveryKey { recovery_key }) => {
-                core::PromptAnswer::RecoveryKey(Zeroizing::new(recovery_key))
+                core::PromptAnswer::RecoveryKey(recovery_key.to_zeroizing())
             }
             Ok(PromptAnswer::Dismissed) => core::PromptAnswer::Dismissed,
             Err(e) => {

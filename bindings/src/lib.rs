@@ -12,6 +12,7 @@ mod ids;
 mod logging;
 mod notification;
 mod recovery;
+mod secret;
 mod sending;
 mod timeline;
 mod trust;
@@ -29,6 +30,7 @@ pub use recovery::{
     BackupInfo, BackupState, BackupStateListener, BackupSubscription, KeyImportSummary,
     KeyTransferListener,
 };
+pub use secret::SecretText;
 pub use sending::{LocalEcho, OutgoingMessage, SendState, StuckReason};
 pub use timeline::TimelineSubscription;
 pub use types::*;

@@ -1,11 +1,14 @@
 //! Records and enums the app sees, converted from core types.
 
+use std::sync::Arc;
+
 use newt_core::client::{TimelineEvent, TrustPolicy as CoreTrustPolicy};
 use newt_core::crypto::Device;
 use newt_core::store::LocalTrust;
 use newt_core::store::{SenderTrust as CoreSenderTrust, SharingPolicy as CoreSharingPolicy};
 
 use crate::error::DecryptionFailure;
+use crate::secret::SecretText;
 use crate::sending::{LocalEcho, SendState};
 
 /// How the store's secrets are encrypted at rest.
@@ -513,11 +516,10 @@ pub enum Prompt {
         previous_error: Option<String>,
     },
     /// A new key backup was set up (`setUpRecovery`): show the user this recovery key to
-    /// keep somewhere safe. The answer is ignored; `recoveryKey()` shows it again. It is
-    /// a secret: do not log this prompt.
+    /// keep somewhere safe. The answer is ignored; `recoveryKey()` shows it again.
     NewRecoveryKey {
-        /// The recovery key (groups of four characters).
-        recovery_key: String,
+        /// The recovery key (groups of four characters): `expose()` it to show it.
+        recovery_key: Arc<SecretText>,
     },
 }
 
@@ -557,7 +559,7 @@ pub enum PromptAnswer {
     /// The password.
     Password {
         /// The password.
-        password: String,
+        password: Arc<SecretText>,
     },
     /// Decisions for [`Prompt::NewDevices`] and [`Prompt::KeyShareRequest`].
     DeviceDecisions {
@@ -571,7 +573,7 @@ pub enum PromptAnswer {
     /// The recovery key the user typed, for a `RecoveryKey` prompt.
     RecoveryKey {
         /// As typed (spaces are ignored).
-        recovery_key: String,
+        recovery_key: Arc<SecretText>,
     },
     /// Declined or not supported.
     Dismissed,
@@ -603,14 +605,14 @@ mod secret_tests {
     fn secrets_in_prompts_and_answers_are_not_in_debug() {
         let answers = [
             PromptAnswer::Password {
-                password: "hunter2-secret".into(),
+                password: SecretText::new("hunter2-secret".into()),
             },
             PromptAnswer::RecoveryKey {
-                recovery_key: "EsTc secret".into(),
+                recovery_key: SecretText::new("EsTc secret".into()),
             },
         ];
         let prompt = Prompt::NewRecoveryKey {
-            recovery_key: "EsTc secret".into(),
+            recovery_key: SecretText::new("EsTc secret".into()),
         };
         let text = format!("{answers:?} {prompt:?}");
         assert!(!text.contains("secret"), "{text}");

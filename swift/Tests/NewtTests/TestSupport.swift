@@ -125,7 +125,7 @@ final class PasswordPrompter: PromptHandler, @unchecked Sendable {
     init(password: String) { self.password = password }
     func onPrompt(prompt: Prompt) -> PromptAnswer {
         prompts.append(prompt)
-        if case .password = prompt { return .password(password: password) }
+        if case .password = prompt { return .password(password: SecretText(text: password)) }
         return .dismissed
     }
 }

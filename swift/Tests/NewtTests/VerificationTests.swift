@@ -25,7 +25,7 @@ final class VerificationTests: XCTestCase {
         func onPrompt(prompt: Prompt) -> PromptAnswer {
             prompts.append(prompt)
             switch prompt {
-            case .password: return .password(password: password)
+            case .password: return .password(password: SecretText(text: password))
             case .verificationRequest: return .confirmed
             case .compareSas: return compare
             default: return .dismissed

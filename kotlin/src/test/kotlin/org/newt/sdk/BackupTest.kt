@@ -21,6 +21,7 @@ import uniffi.newt_ffi.BackupStateListener
 import uniffi.newt_ffi.NewtException
 import uniffi.newt_ffi.Prompt
 import uniffi.newt_ffi.PromptAnswer
+import uniffi.newt_ffi.SecretText
 import uniffi.newt_ffi.TimelineUpdate
 
 /**
@@ -69,7 +70,11 @@ class BackupTest {
             alice.setUpRecovery()
             val newKeyPrompts = shown.filterIsInstance<Prompt.NewRecoveryKey>()
             assertEquals(1, newKeyPrompts.size, "one NewRecoveryKey prompt: ${shown.map { it::class.simpleName }}")
-            val recoveryKey = newKeyPrompts.single().recoveryKey
+            val shownKey = newKeyPrompts.single().recoveryKey
+            val recoveryKey = shownKey.expose()
+            // Printing the prompt (a log line, say) does not print the key.
+            assertFalse(newKeyPrompts.single().toString().contains(recoveryKey), "$shownKey")
+            assertEquals("<redacted>", shownKey.toString())
             assertTrue(recoveryKey.isNotBlank(), "a recovery key was shown")
             assertTrue(recoveryKey.split(' ').all { it.length <= 4 }, "groups of four characters")
             assertEquals(recoveryKey, alice.recoveryKey(), "recoveryKey() shows the same key again")
@@ -171,7 +176,7 @@ class BackupTest {
                         when (prompt) {
                             is Prompt.RecoveryKey -> {
                                 asked += prompt
-                                PromptAnswer.RecoveryKey(if (asked.size == 1) typo else recoveryKey)
+                                PromptAnswer.RecoveryKey(SecretText(if (asked.size == 1) typo else recoveryKey))
                             }
                             else -> PromptAnswer.Dismissed
                         }

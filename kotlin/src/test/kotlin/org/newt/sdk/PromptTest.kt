@@ -18,6 +18,7 @@ import uniffi.newt_ffi.DeviceInfo
 import uniffi.newt_ffi.DeviceTrust
 import uniffi.newt_ffi.Prompt
 import uniffi.newt_ffi.PromptAnswer
+import uniffi.newt_ffi.SecretText
 import uniffi.newt_ffi.TimelineUpdate
 
 class PromptTest {
@@ -40,7 +41,7 @@ class PromptTest {
                 PromptHandler { prompt ->
                     prompts += prompt
                     when (prompt) {
-                        is Prompt.Password -> PromptAnswer.Password(user.password)
+                        is Prompt.Password -> PromptAnswer.Password(SecretText(user.password))
                         else -> PromptAnswer.Dismissed
                     }
                 },

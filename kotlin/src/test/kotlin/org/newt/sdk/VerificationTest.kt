@@ -13,6 +13,7 @@ import org.junit.rules.Timeout
 import uniffi.newt_ffi.NewtClient
 import uniffi.newt_ffi.Prompt
 import uniffi.newt_ffi.PromptAnswer
+import uniffi.newt_ffi.SecretText
 import uniffi.newt_ffi.VerificationState
 
 /**
@@ -28,7 +29,7 @@ class VerificationTest {
         val handler = PromptHandler { prompt ->
             prompts += prompt
             when (prompt) {
-                is Prompt.Password -> PromptAnswer.Password(password)
+                is Prompt.Password -> PromptAnswer.Password(SecretText(password))
                 is Prompt.VerificationRequest -> PromptAnswer.Confirmed
                 is Prompt.CompareSas -> compare
                 else -> PromptAnswer.Dismissed
