@@ -11,7 +11,7 @@
 use aes::cipher::{KeyIvInit, StreamCipher};
 use base64::Engine;
 use base64::engine::DecodePaddingMode;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD_NO_PAD};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -193,10 +193,12 @@ impl SecretStorageKey {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&mac_key[..])
             .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
         mac.update(&data);
+        // Unpadded, as everywhere in Matrix (matrix-sdk-crypto writes it so; Element Web
+        // pads: both are read).
         EncryptedSecret {
-            iv: STANDARD.encode(iv),
-            ciphertext: Some(STANDARD.encode(&data)),
-            mac: STANDARD.encode(mac.finalize().into_bytes()),
+            iv: STANDARD_NO_PAD.encode(iv),
+            ciphertext: Some(STANDARD_NO_PAD.encode(&data)),
+            mac: STANDARD_NO_PAD.encode(mac.finalize().into_bytes()),
         }
     }
 
@@ -244,6 +246,8 @@ fn decode_array<const N: usize>(text: &str, what: &str) -> Result<[u8; N], Secre
 
 #[cfg(test)]
 mod tests {
+    use base64::engine::general_purpose::STANDARD;
+
     use super::*;
 
     #[test]
@@ -285,6 +289,28 @@ mod tests {
             key.decrypt(BACKUP_SECRET, &short),
             Err(SecretStorageError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn written_unpadded_and_read_padded_or_not() {
+        let key = SecretStorageKey::new();
+        let sealed = key.encrypt(BACKUP_SECRET, "a secret of 20 bytes");
+        let fields = [&sealed.iv, sealed.ciphertext.as_ref().unwrap(), &sealed.mac];
+        assert!(fields.iter().all(|f| !f.contains('=')), "{sealed:?}");
+        let description = key.description();
+        assert!(!description.check.iv.contains('=') && !description.check.mac.contains('='));
+        // As Element Web writes it: padded.
+        let pad = |f: &str| STANDARD.encode(decode(f, "test").unwrap());
+        let padded = EncryptedSecret {
+            iv: pad(&sealed.iv),
+            ciphertext: sealed.ciphertext.as_deref().map(pad),
+            mac: pad(&sealed.mac),
+        };
+        assert!(padded.iv.ends_with("=="), "{padded:?}");
+        assert_eq!(
+            key.decrypt(BACKUP_SECRET, &padded).unwrap().as_str(),
+            "a secret of 20 bytes"
+        );
     }
 
     #[test]
