@@ -101,6 +101,8 @@ impl std::fmt::Debug for Rewrite {
 
 #[derive(Clone, Debug)]
 struct Rule {
+    /// Only requests of this method (all if `None`).
+    method: Option<String>,
     path_contains: String,
     action: Action,
     remaining: Option<usize>,
@@ -160,7 +162,29 @@ impl FaultProxy {
     /// Apply `action` to the next `times` requests whose path contains `path_contains`
     /// (`None`: until cleared).
     pub fn rule(&self, path_contains: &str, action: Action, times: Option<usize>) {
+        self.push_rule(None, path_contains, action, times);
+    }
+
+    /// [`FaultProxy::rule`] for the requests of `method` (`PUT`, say) only.
+    pub fn method_rule(
+        &self,
+        method: &str,
+        path_contains: &str,
+        action: Action,
+        times: Option<usize>,
+    ) {
+        self.push_rule(Some(method), path_contains, action, times);
+    }
+
+    fn push_rule(
+        &self,
+        method: Option<&str>,
+        path_contains: &str,
+        action: Action,
+        times: Option<usize>,
+    ) {
         self.state.lock().unwrap().rules.push(Rule {
+            method: method.map(str::to_owned),
             path_contains: path_contains.to_owned(),
             action,
             remaining: times,
@@ -201,12 +225,13 @@ impl Drop for FaultProxy {
     }
 }
 
-fn action_for(state: &Mutex<State>, path: &str) -> Option<Action> {
+fn action_for(state: &Mutex<State>, method: &str, path: &str) -> Option<Action> {
     let mut state = state.lock().unwrap();
-    let rule = state
-        .rules
-        .iter_mut()
-        .find(|r| path.contains(&r.path_contains) && r.remaining.is_none_or(|n| n > 0))?;
+    let rule = state.rules.iter_mut().find(|r| {
+        r.method.as_deref().is_none_or(|m| m == method)
+            && path.contains(&r.path_contains)
+            && r.remaining.is_none_or(|n| n > 0)
+    })?;
     if let Some(n) = rule.remaining.as_mut() {
         *n -= 1;
     }
@@ -247,7 +272,7 @@ fn handle(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::R
     let request = (path.clone(), body.clone());
     state.lock().unwrap().requests.push(request);
     let mut client = client;
-    let mut action = action_for(state, &path);
+    let mut action = action_for(state, &method, &path);
     if let Some(Action::Random(choices)) = &action {
         let picked = choices.lock().unwrap().pick();
         action = picked;

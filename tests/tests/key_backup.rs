@@ -441,7 +441,12 @@ async fn a_set_up_whose_answer_was_lost_is_taken_up_after_the_next_sync() {
     let proxy = FaultProxy::start(&w.hs.base_url);
     let alice = login(&proxy.base_url, &w.dir("alice"), "alice").await;
     // The server makes the backup version; its answer is lost (as if the app stopped).
-    proxy.rule("/room_keys/version", Action::ForwardThenDrop, Some(1));
+    proxy.method_rule(
+        "POST",
+        "/room_keys/version",
+        Action::ForwardThenDrop,
+        Some(1),
+    );
     assert!(alice.enable_backup().await.is_err());
     assert_eq!(alice.backup_state().await.unwrap(), BackupState::Disabled);
     let version = alice.backup_info().await.unwrap().expect("made").version;
@@ -456,54 +461,95 @@ async fn a_set_up_whose_answer_was_lost_is_taken_up_after_the_next_sync() {
         .restore_backup(key.expose(), None, |_| {})
         .await
         .unwrap();
+}
 
-    // Recovery: the server makes the new storage key the default; that answer is lost.
-    // (Every answer about it: the background work reads it too.)
-    proxy.rule(
-        "m.secret_storage.default_key",
-        Action::ForwardThenDrop,
-        None,
-    );
-    assert!(alice.set_up_recovery_key().await.is_err());
-    proxy.clear();
-    // The key shown must become the account's default storage key (not the new backup's
-    // own key, shown as long as no storage key is known).
-    let other = Attacker::login(&w.hs.base_url, "alice", "alice-pw", None);
+/// Whether `shown` is the account's default secret storage key now, as another device of
+/// alice's (`reader`) finds it in the account data.
+fn is_default_storage_key(reader: &Attacker, shown: &str) -> bool {
+    let user = encode_segment("@alice:localhost");
     let data = |kind: &str| {
-        let user = encode_segment("@alice:localhost");
-        other.api("GET", &format!("/user/{user}/account_data/{kind}"), None)
+        let path = format!("/user/{user}/account_data/{kind}");
+        reader.try_api("GET", &path, None).1
     };
-    let id = data("m.secret_storage.default_key")["key"]
+    let Some(id) = data("m.secret_storage.default_key")["key"]
         .as_str()
-        .unwrap()
-        .to_owned();
-    let description: KeyDescription =
-        serde_json::from_value(data(&format!("m.secret_storage.key.{id}"))).unwrap();
+        .map(str::to_owned)
+    else {
+        return false;
+    };
+    let key_type = format!("m.secret_storage.key.{id}");
+    let Ok(description) = serde_json::from_value::<KeyDescription>(data(&key_type)) else {
+        return false;
+    };
+    SecretStorageKey::from_recovery_key(&id, shown)
+        .is_ok_and(|storage| storage.check(&description).is_ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_set_up_cut_short_is_finished_or_forgotten_after_the_next_sync() {
+    let w = World::new(&["alice"]);
+    let proxy = FaultProxy::start(&w.hs.base_url);
+    let alice = login(&proxy.base_url, &w.dir("alice"), "alice").await;
+    let reader = Attacker::login(&w.hs.base_url, "alice", "alice-pw", None);
+    let first = alice.set_up_recovery_key().await.unwrap();
+    assert!(is_default_storage_key(&reader, &first));
+    let shown = || async { alice.recovery_key().await.unwrap().unwrap() };
+
+    // The server makes the new key the default; that answer is lost: the key is kept.
+    let default_key = "m.secret_storage.default_key";
+    proxy.method_rule("PUT", default_key, Action::ForwardThenDrop, Some(1));
+    assert!(alice.set_up_recovery_key().await.is_err());
     sync_until(
         &alice,
-        "the storage key made the default is kept",
+        "the key the server made the default is kept",
         || async {
-            let shown = alice.recovery_key().await.unwrap().unwrap();
-            SecretStorageKey::from_recovery_key(&id, shown.expose())
-                .is_ok_and(|storage| storage.check(&description).is_ok())
+            let key = shown().await;
+            key.expose() != first.as_str() && is_default_storage_key(&reader, key.expose())
         },
     )
     .await;
-    let new_key = alice.recovery_key().await.unwrap().unwrap();
+    let second = shown().await;
+
+    // Its secrets are stored, but making it the default fails: the sync after finishes it.
+    // A sync ends while its backup is being made: the background work leaves the set-up
+    // under way alone (it would find nothing changed yet, and forget it).
+    proxy.method_rule("PUT", default_key, Action::Fail(500), Some(1));
+    let slow = Action::Delay(Duration::from_millis(1_500));
+    proxy.method_rule("POST", "/room_keys/version", slow, Some(1));
+    let set_up = tokio::spawn({
+        let alice = Arc::clone(&alice);
+        async move { alice.set_up_recovery_key().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice.sync_once(Duration::ZERO).await.unwrap();
+    assert!(set_up.await.unwrap().is_err());
+    sync_until(&alice, "the set-up is finished", || async {
+        let key = shown().await;
+        key.expose() != second.expose() && is_default_storage_key(&reader, key.expose())
+    })
+    .await;
+    let third = shown().await;
     let phone = w.login("alice", "alice-phone").await;
     phone
-        .restore_backup(new_key.expose(), None, |_| {})
+        .restore_backup(third.expose(), None, |_| {})
         .await
         .unwrap();
-    // The old key is not the account's any more.
-    let err = phone
-        .restore_backup(key.expose(), None, |_| {})
+
+    // Its backup cannot be made: nothing changed on the server; the set-up is forgotten,
+    // not finished.
+    proxy.method_rule("POST", "/room_keys/version", Action::Fail(500), Some(1));
+    assert!(alice.set_up_recovery_key().await.is_err());
+    for _ in 0..3 {
+        alice.sync_once(Duration::ZERO).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(shown().await.expose(), third.expose());
+    assert!(is_default_storage_key(&reader, third.expose()));
+    let tablet = w.login("alice", "alice-tablet").await;
+    tablet
+        .restore_backup(third.expose(), None, |_| {})
         .await
-        .unwrap_err();
-    assert!(
-        matches!(err, ClientError::Backup(BackupError::WrongRecoveryKey)),
-        "{err:?}"
-    );
+        .unwrap();
 }
 
 /// `n` room keys of a stranger's sessions in `room`, as a key file at `path`.

@@ -87,6 +87,9 @@ pub(super) struct BackupRuntime {
     pub(super) state: watch::Sender<BackupState>,
     /// One upload at a time.
     pub(super) uploading: AsyncMutex<()>,
+    /// One set-up (backup or recovery) at a time; the background resume of an interrupted
+    /// one leaves a set-up under way alone.
+    pub(super) setting_up: AsyncMutex<()>,
     /// Sessions of undecryptable events looked up already (bounded).
     pub(super) looked_up: Mutex<HashSet<(OwnedRoomId, String)>>,
     /// Background work was asked for and has not started: syncs do not pile tasks up.
@@ -98,6 +101,7 @@ impl BackupRuntime {
         Self {
             state: watch::channel(BackupState::Disabled).0,
             uploading: AsyncMutex::new(()),
+            setting_up: AsyncMutex::new(()),
             looked_up: Mutex::new(HashSet::new()),
             work_requested: std::sync::atomic::AtomicBool::new(false),
         }
@@ -120,6 +124,12 @@ impl Client {
 
     /// A new backup version for a new key, adopted by this device; its key.
     pub(super) async fn create_backup(&self) -> Result<BackupKey, ClientError> {
+        let _setting_up = self.inner.backup.setting_up.lock().await;
+        self.create_backup_locked().await
+    }
+
+    /// [`Client::create_backup`], the set-up lock held by the caller.
+    pub(super) async fn create_backup_locked(&self) -> Result<BackupKey, ClientError> {
         let machine = self.machine()?;
         let key = BackupKey::new();
         let pending = key.to_bytes();
@@ -166,7 +176,8 @@ impl Client {
         let (m, k) = (machine.clone(), BackupKey::from_bytes(&key.to_bytes()));
         let v = version.clone();
         self.blocking(move |c| c.adopt(&m, &k, &v)).await?;
-        let expected = info.count.into();
+        // The server counts the whole backup's entries only.
+        let expected = if room.is_none() { info.count.into() } else { 0 };
         let summary = self
             .stream_restore(machine, key, &version, room, expected, progress)
             .await;

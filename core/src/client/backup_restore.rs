@@ -2,8 +2,11 @@
 //! batches. A whole backup or a room's is read from the server's answer as it arrives
 //! (never held whole), so a backup of any size restores at once in bounded memory.
 
+use std::cell::Cell;
 use std::fmt;
-use std::io::Read;
+use std::io::{self, BufReader, Read};
+use std::rc::Rc;
+use std::time::Duration;
 
 use ruma::api::client::backup::{KeyBackupData, get_backup_keys, get_backup_keys_for_room};
 use ruma::serde::Raw;
@@ -23,6 +26,12 @@ const RESTORE_BATCH: usize = 200;
 /// can forge entries (it knows the backup's public key) and restored sessions are kept
 /// whatever the quotas, so this bounds what it can make us store.
 pub(super) const MAX_RESTORE_BYTES: usize = 512 * 1024 * 1024;
+/// The most one entry of the answer may take (with its session id): a real one takes
+/// 1–2 KiB. What the parser holds at a time is bounded by it, not by the whole answer.
+const MAX_ENTRY_BYTES: usize = 256 * 1024;
+/// The time a restore may take in all (the answer is read as fast as it is imported; a
+/// server that stops sending fails it within a minute).
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// Imports backup entries in batches, counting what happened.
 pub(super) struct Restorer<'a> {
@@ -33,8 +42,11 @@ pub(super) struct Restorer<'a> {
     progress: &'a mut dyn FnMut(KeyTransferProgress),
     pending: Vec<ExportedRoomKey>,
     summary: KeyImportSummary,
-    /// What the server said the backup holds (progress only: the entries are counted).
+    /// What the server said the backup holds (progress only: the entries are counted); 0
+    /// when not known.
     expected: u64,
+    /// Entries handled at the last progress report.
+    reported: Option<u64>,
 }
 
 impl<'a> Restorer<'a> {
@@ -55,6 +67,7 @@ impl<'a> Restorer<'a> {
             pending: Vec::with_capacity(RESTORE_BATCH),
             summary: KeyImportSummary::default(),
             expected,
+            reported: None,
         }
     }
 
@@ -84,9 +97,13 @@ impl<'a> Restorer<'a> {
         Ok(())
     }
 
-    /// Import what is left; the summary of all entries.
+    /// Import what is left; the summary of all entries. The last report says done ==
+    /// total.
     pub(super) fn finish(mut self) -> Result<KeyImportSummary, ClientError> {
-        self.import_pending()?;
+        self.expected = self.summary.total;
+        if self.reported != Some(self.summary.total) {
+            self.import_pending()?;
+        }
         Ok(self.summary)
     }
 
@@ -106,6 +123,7 @@ impl<'a> Restorer<'a> {
             done,
             total: self.expected.max(done),
         });
+        self.reported = Some(done);
         Ok(())
     }
 }
@@ -139,11 +157,17 @@ fn read_answer(
     room: Option<&RoomId>,
     sink: &mut dyn Sink,
 ) -> Result<(), ClientError> {
+    let taken = Rc::new(Cell::new(0));
     let mut reader = Reader {
         sink,
         failure: None,
+        taken: Rc::clone(&taken),
     };
-    let mut de = serde_json::Deserializer::from_reader(body);
+    let bounded = Bounded {
+        inner: BufReader::new(body),
+        taken,
+    };
+    let mut de = serde_json::Deserializer::from_reader(bounded);
     let parsed = match room {
         None => Whole(&mut reader).deserialize(&mut de),
         Some(room) => Room(&mut reader, room).deserialize(&mut de),
@@ -160,11 +184,42 @@ fn read_answer(
 struct Reader<'s> {
     sink: &'s mut dyn Sink,
     failure: Option<ClientError>,
+    /// Bytes the parser took since the current key began (see [`Bounded`]).
+    taken: Rc<Cell<usize>>,
+}
+
+impl Reader<'_> {
+    /// A new key of an object begins: what it and its value take is counted from here.
+    fn next_key(&self) {
+        self.taken.set(0);
+    }
+}
+
+/// The answer as the parser reads it: no more than [`MAX_ENTRY_BYTES`] per key and value,
+/// counted from the last [`Reader::next_key`] (the parser holds a key or a value whole).
+struct Bounded<R> {
+    inner: R,
+    taken: Rc<Cell<usize>>,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let taken = self.taken.get() + n;
+        self.taken.set(taken);
+        if taken > MAX_ENTRY_BYTES {
+            return Err(io::Error::other(format!(
+                "an entry of the answer is over {MAX_ENTRY_BYTES} bytes"
+            )));
+        }
+        Ok(n)
+    }
 }
 
 impl Client {
     /// Restore the keys of backup `version` (`room`'s, or all), read as the answer arrives.
-    /// `expected` is the server's count of entries, for the progress.
+    /// `expected` is the server's count of entries, for the progress (0: not known). Closing
+    /// the client ends it at once (what was imported stays).
     pub(super) async fn stream_restore(
         &self,
         machine: std::sync::Arc<OlmMachine>,
@@ -172,14 +227,16 @@ impl Client {
         version: &str,
         room: Option<&RoomId>,
         expected: u64,
-        mut progress: impl FnMut(KeyTransferProgress) + Send + 'static,
+        progress: impl FnMut(KeyTransferProgress) + Send + 'static,
     ) -> Result<KeyImportSummary, ClientError> {
         let tracked = self.track()?;
         let client = self.handle();
         let owned_room: Option<OwnedRoomId> = room.map(ToOwned::to_owned);
         let read = move |body: &mut dyn Read| {
-            // Held while importing: closing waits for the batch in progress.
+            // Dropped last: closing waits for the batch in progress, and what the work holds
+            // (the machine, the client) is released first.
             let _tracked = tracked;
+            let (client, machine, key, mut progress) = (client, machine, key, progress);
             let source = KeySource::Backup;
             let mut restorer =
                 Restorer::new(&client, &machine, &key, source, expected, &mut progress);
@@ -187,18 +244,28 @@ impl Client {
             restorer.finish()
         };
         let http = &self.inner.http;
-        let version = version.to_owned();
-        let outcome = match room {
-            None => {
-                let request = get_backup_keys::v3::Request::new(version);
-                http.send_streaming(request, MAX_RESTORE_BYTES, read).await
-            }
-            Some(room) => {
-                let request = get_backup_keys_for_room::v3::Request::new(version, room.to_owned());
-                http.send_streaming(request, MAX_RESTORE_BYTES, read).await
+        let (version, timeout) = (version.to_owned(), Some(RESTORE_TIMEOUT));
+        let exchange = async {
+            match room {
+                None => {
+                    let request = get_backup_keys::v3::Request::new(version);
+                    http.send_streaming_for(request, MAX_RESTORE_BYTES, timeout, read)
+                        .await
+                }
+                Some(room) => {
+                    let request =
+                        get_backup_keys_for_room::v3::Request::new(version, room.to_owned());
+                    http.send_streaming_for(request, MAX_RESTORE_BYTES, timeout, read)
+                        .await
+                }
             }
         };
-        outcome?
+        let mut closing = self.closing();
+        tokio::select! {
+            outcome = exchange => outcome?,
+            // The answer stops coming: the reader sees its end and lets closing go on.
+            _ = closing.wait_for(|closing| *closing) => Err(ClientError::Closed),
+        }
     }
 }
 
@@ -235,7 +302,10 @@ impl<'de> Visitor<'de> for Whole<'_, '_> {
         f.write_str("the backup's keys")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(field) = map.next_key::<String>()? {
+        while let Some(field) = {
+            self.0.next_key();
+            map.next_key::<String>()?
+        } {
             if field == "rooms" {
                 map.next_value_seed(Rooms(&mut *self.0))?;
             } else {
@@ -252,7 +322,10 @@ impl<'de> Visitor<'de> for Rooms<'_, '_> {
         f.write_str("rooms")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(room) = map.next_key::<String>()? {
+        while let Some(room) = {
+            self.0.next_key();
+            map.next_key::<String>()?
+        } {
             match RoomId::parse(&room) {
                 Ok(room_id) => map.next_value_seed(Room(&mut *self.0, &room_id))?,
                 Err(e) => {
@@ -271,7 +344,10 @@ impl<'de> Visitor<'de> for Room<'_, '_, '_> {
         f.write_str("a room's keys")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(field) = map.next_key::<String>()? {
+        while let Some(field) = {
+            self.0.next_key();
+            map.next_key::<String>()?
+        } {
             if field == "sessions" {
                 map.next_value_seed(Sessions(&mut *self.0, self.1))?;
             } else {
@@ -288,7 +364,10 @@ impl<'de> Visitor<'de> for Sessions<'_, '_, '_> {
         f.write_str("sessions")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(session_id) = map.next_key::<String>()? {
+        while let Some(session_id) = {
+            self.0.next_key();
+            map.next_key::<String>()?
+        } {
             let data: Raw<KeyBackupData> = map.next_value()?;
             if let Err(e) = self.0.sink.entry(self.1, &session_id, &data) {
                 self.0.failure = Some(e);
@@ -402,6 +481,37 @@ mod tests {
             1,
             "the entry read before the cut was handed over"
         );
+    }
+
+    #[test]
+    fn an_entry_over_the_bound_stops_the_reading_however_small_the_others() {
+        let with_ciphertext = |index: u64, len: usize| {
+            let mut e = entry(index);
+            e["session_data"]["ciphertext"] = serde_json::json!("A".repeat(len));
+            e
+        };
+        let body = serde_json::json!({"rooms": {"!a:h": {"sessions": {
+            "s1": entry(1), "s2": with_ciphertext(2, MAX_ENTRY_BYTES), "s3": entry(3),
+        }}}});
+        let mut sink = Collect::default();
+        let err = read(&body.to_string(), None, &mut sink).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::InvalidResponse(m) if m.contains("over")),
+            "{err:?}"
+        );
+        assert_eq!(sink.got.len(), 1, "what came before is handed over");
+        // A session id as large.
+        let id = "s".repeat(MAX_ENTRY_BYTES + 1);
+        let body = serde_json::json!({"rooms": {"!a:h": {"sessions": {id: entry(1)}}}});
+        assert!(read(&body.to_string(), None, &mut Collect::default()).is_err());
+        // Many entries under the bound, far more than it in all, are read.
+        let sessions: serde_json::Map<String, serde_json::Value> = (0..40)
+            .map(|i| (format!("s{i}"), with_ciphertext(i, MAX_ENTRY_BYTES / 4)))
+            .collect();
+        let body = serde_json::json!({"rooms": {"!a:h": {"sessions": sessions}}});
+        let mut sink = Collect::default();
+        read(&body.to_string(), None, &mut sink).unwrap();
+        assert_eq!(sink.got.len(), 40);
     }
 
     #[test]

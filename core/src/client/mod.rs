@@ -17,6 +17,7 @@ mod prompts;
 #[cfg(test)]
 mod proptests;
 mod recovery;
+mod recovery_setup;
 mod room_keys;
 mod room_state;
 mod rooms;

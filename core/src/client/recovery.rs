@@ -8,12 +8,11 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
 use ruma::api::client::config::{get_global_account_data, set_global_account_data};
 use ruma::serde::Raw;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
@@ -26,129 +25,23 @@ use crate::crypto::{MASTER_SECRET, SELF_SIGNING_SECRET, USER_SIGNING_SECRET};
 use crate::store::{ClientChanges, SecretBlob};
 
 /// Account data naming the default secret storage key.
-const DEFAULT_KEY: &str = "m.secret_storage.default_key";
+pub(super) const DEFAULT_KEY: &str = "m.secret_storage.default_key";
 /// Secret store values: the secret storage key this device knows, and its id.
 const KEY_RECOVERY: &str = "recovery.key";
 const KEY_RECOVERY_ID: &str = "recovery.key_id";
-/// Secret store value and store value: a storage key being set up (empty when none) and its
-/// id, kept before the server hears of it: if the set-up stops after the server made it
-/// the default key, this device still knows it (and shows it again).
-const KEY_RECOVERY_PENDING: &str = "recovery.pending_key";
-const KEY_RECOVERY_PENDING_ID: &str = "recovery.pending_key_id";
 
 #[derive(Serialize, Deserialize)]
-struct DefaultKey {
-    key: String,
+pub(super) struct DefaultKey {
+    pub(super) key: String,
 }
 
 /// An encrypted secret's account data: one encryption per storage key.
 #[derive(Serialize, Deserialize)]
-struct SecretContent {
-    encrypted: BTreeMap<String, EncryptedSecret>,
+pub(super) struct SecretContent {
+    pub(super) encrypted: BTreeMap<String, EncryptedSecret>,
 }
 
 impl Client {
-    /// Set up recovery: a new secret storage key (the default one), a new backup whose key
-    /// is kept in the secret storage, every session uploaded to it in the background.
-    /// Returns the recovery key for the user to keep.
-    pub async fn set_up_recovery_key(&self) -> Result<Zeroizing<String>, ClientError> {
-        let storage = SecretStorageKey::new();
-        let (bytes, id) = (
-            crate::backup::storage_key_bytes(&storage),
-            storage.id().to_owned(),
-        );
-        self.blocking(move |c| {
-            c.set_pending_key(KEY_RECOVERY_PENDING, &bytes[..])?;
-            let mut changes = ClientChanges::default();
-            changes.values.insert(KEY_RECOVERY_PENDING_ID.into(), id);
-            Ok(c.store()?.save_changes(changes.into())?)
-        })
-        .await?;
-        let backup = self.create_backup().await?;
-        let secret = Zeroizing::new(STANDARD_NO_PAD.encode(backup.to_bytes().as_ref()));
-        self.store_secret(&storage, BACKUP_SECRET, &secret).await?;
-        // The own cross-signing keys too, when this device holds them.
-        if let Some(secrets) = self.machine()?.cross_signing_secrets()? {
-            for (name, secret) in secrets {
-                self.store_secret(&storage, name, &secret).await?;
-            }
-        }
-        // The key itself last: until it is the default, the account's recovery is unchanged.
-        let description = serde_json::to_value(storage.description())
-            .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
-        let key_type = format!("m.secret_storage.key.{}", storage.id());
-        self.set_account_data(&key_type, &description).await?;
-        self.set_account_data(DEFAULT_KEY, &json!({ "key": storage.id() }))
-            .await?;
-        let recovery_key = storage.to_recovery_key();
-        self.blocking(move |c| c.remember_storage_key(&storage))
-            .await?;
-        info!("recovery set up: secret storage and key backup");
-        Ok(recovery_key)
-    }
-
-    /// `secret` encrypted with `storage` into the account data `name`.
-    async fn store_secret(
-        &self,
-        storage: &SecretStorageKey,
-        name: &str,
-        secret: &str,
-    ) -> Result<(), ClientError> {
-        let content = SecretContent {
-            encrypted: BTreeMap::from([(storage.id().to_owned(), storage.encrypt(name, secret))]),
-        };
-        let content =
-            serde_json::to_value(content).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
-        self.set_account_data(name, &content).await
-    }
-
-    /// Set-ups that stopped half-way: a backup version the server made, a storage key it
-    /// made the default, used now (see [`Client::resume_backup_setup`]).
-    pub(super) async fn resume_setups(&self) -> Result<(), ClientError> {
-        self.resume_backup_setup().await?;
-        self.resume_recovery_setup().await
-    }
-
-    /// A storage key being set up that the server has as its default key: remembered (it
-    /// is the account's recovery key now). One the server does not have is forgotten.
-    async fn resume_recovery_setup(&self) -> Result<(), ClientError> {
-        let Some(storage) = self.blocking(|c| c.pending_storage_key()).await? else {
-            return Ok(());
-        };
-        let default = self.account_data::<DefaultKey>(DEFAULT_KEY).await?;
-        let key_type = format!("m.secret_storage.key.{}", storage.id());
-        let description = match &default {
-            Some(d) if d.key == storage.id() => self.account_data(&key_type).await?,
-            _ => None,
-        };
-        let adopted = description.is_some_and(|d: KeyDescription| storage.check(&d).is_ok());
-        self.blocking(move |c| {
-            // A set-up that ended meanwhile replaced it.
-            let still = c.pending_storage_key()?;
-            if still.as_ref().map(SecretStorageKey::id) != Some(storage.id()) {
-                return Ok(());
-            }
-            if adopted {
-                info!("a recovery key set up before was found: kept");
-                c.remember_storage_key(&storage)
-            } else {
-                c.set_pending_key(KEY_RECOVERY_PENDING, &[])
-            }
-        })
-        .await
-    }
-
-    /// The storage key of a set-up under way, if any.
-    fn pending_storage_key(&self) -> Result<Option<SecretStorageKey>, ClientError> {
-        let Some(bytes) = self.pending_key(KEY_RECOVERY_PENDING)? else {
-            return Ok(None);
-        };
-        let Some(id) = self.store()?.value(KEY_RECOVERY_PENDING_ID)? else {
-            return Ok(None);
-        };
-        Ok(Some(SecretStorageKey::from_bytes(&id, &bytes)))
-    }
-
     /// The backup key a recovery key gives: through the secret storage when it is the
     /// storage's key, else the key itself (a backup set up without secret storage).
     pub(super) async fn backup_key_from_recovery_key(
@@ -220,7 +113,10 @@ impl Client {
     }
 
     /// Keep the storage key this device knows (to show it again).
-    fn remember_storage_key(&self, storage: &SecretStorageKey) -> Result<(), ClientError> {
+    pub(super) fn remember_storage_key(
+        &self,
+        storage: &SecretStorageKey,
+    ) -> Result<(), ClientError> {
         let mut changes = ClientChanges::default();
         let bytes = crate::backup::storage_key_bytes(storage);
         changes
@@ -230,9 +126,10 @@ impl Client {
             .values
             .insert(KEY_RECOVERY_ID.into(), storage.id().to_owned());
         // A set-up under way is over: this is the key now.
-        changes
-            .secret_values
-            .insert(KEY_RECOVERY_PENDING.into(), SecretBlob::new(Vec::new()));
+        changes.secret_values.insert(
+            super::recovery_setup::KEY_PENDING_STORAGE.into(),
+            SecretBlob::new(Vec::new()),
+        );
         self.store()?.save_changes(changes.into())?;
         Ok(())
     }
@@ -255,7 +152,7 @@ impl Client {
         ))
     }
 
-    async fn account_data<T: DeserializeOwned>(
+    pub(super) async fn account_data<T: DeserializeOwned>(
         &self,
         event_type: &str,
     ) -> Result<Option<T>, ClientError> {
@@ -270,7 +167,11 @@ impl Client {
         }
     }
 
-    async fn set_account_data(&self, event_type: &str, content: &Value) -> Result<(), ClientError> {
+    pub(super) async fn set_account_data(
+        &self,
+        event_type: &str,
+        content: &Value,
+    ) -> Result<(), ClientError> {
         let user_id = self.machine()?.user_id().to_owned();
         let raw = Raw::from_json(
             serde_json::value::to_raw_value(content)

@@ -207,7 +207,30 @@ impl HttpClient {
         for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
         for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
     {
-        let mut response = self.start(request).await?;
+        self.send_streaming_for(request, limit, None, read).await
+    }
+
+    /// [`HttpClient::send_streaming`] allowing the whole exchange `timeout` instead of the
+    /// client's (a large answer read as fast as `read` takes it); a body that stops coming
+    /// for a minute fails whatever the timeout.
+    pub async fn send_streaming_for<R, T>(
+        &self,
+        request: R,
+        limit: usize,
+        timeout: Option<Duration>,
+        read: impl FnOnce(&mut dyn std::io::Read) -> T + Send + 'static,
+    ) -> Result<T, HttpError>
+    where
+        R: OutgoingRequest,
+        T: Send + 'static,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+    {
+        let outgoing = Outgoing {
+            timeout,
+            ..Outgoing::default()
+        };
+        let mut response = self.start_with(request, outgoing).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let reader = tokio::task::spawn_blocking(move || read(&mut stream::ChannelReader::new(rx)));
         let fed = stream::feed(&mut response, &tx, limit).await;

@@ -10,6 +10,9 @@ use super::HttpError;
 
 type Chunk = Result<Bytes, io::Error>;
 
+/// The longest wait for the next chunk of an answer before it counts as a network failure.
+pub(crate) const STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The reading end: blocks until the next chunk arrives (use on a blocking thread only).
 pub(super) struct ChannelReader {
     rx: mpsc::Receiver<Chunk>,
@@ -50,13 +53,14 @@ pub(super) async fn feed(
 ) -> Result<(), HttpError> {
     let mut total = 0usize;
     loop {
-        let chunk = match response.chunk().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                let error = HttpError::Network(e.without_url().to_string());
-                let _ = tx.send(Err(io::Error::other(error.to_string()))).await;
-                return Err(error);
+        let next = tokio::time::timeout(STALL, response.chunk()).await;
+        let chunk = match next {
+            Ok(Ok(Some(chunk))) => chunk,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => return fail(tx, HttpError::Network(e.without_url().to_string())).await,
+            Err(_) => {
+                let stalled = format!("the answer stalled for {} s", STALL.as_secs());
+                return fail(tx, HttpError::Network(stalled)).await;
             }
         };
         total = total.saturating_add(chunk.len());
@@ -69,4 +73,10 @@ pub(super) async fn feed(
             return Ok(());
         }
     }
+}
+
+/// End the stream with `error`, for the reader too.
+async fn fail(tx: &mpsc::Sender<Chunk>, error: HttpError) -> Result<(), HttpError> {
+    let _ = tx.send(Err(io::Error::other(error.to_string()))).await;
+    Err(error)
 }
