@@ -157,8 +157,15 @@ async fn a_backup_larger_than_any_one_answer_may_be_is_restored_at_once() {
     let BackupState::Enabled { version, .. } = alice.backup_state().await.unwrap() else {
         panic!("enabled");
     };
-    // 48 MB: more than an answer read whole may be (32 MiB).
+    // 48 MB: more than an answer read whole may be (32 MiB); and another room's entries
+    // (the room's restore counts its own).
     pad_backup(&w, &room, &version, 12);
+    pad_backup(
+        &w,
+        RoomId::parse("!other:localhost").unwrap().as_ref(),
+        &version,
+        1,
+    );
     let stored = alice
         .store()
         .unwrap()
@@ -189,7 +196,7 @@ async fn a_backup_larger_than_any_one_answer_may_be_is_restored_at_once() {
         .restore_backup(&recovery_key, None, |_| {})
         .await
         .unwrap();
-    assert_eq!((summary.refused, summary.already_known), (480, stored));
+    assert_eq!((summary.refused, summary.already_known), (520, stored));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -691,4 +698,37 @@ async fn killed_while_uploading_nothing_is_lost_and_only_the_batch_in_flight_is_
         "left after each kill: {left:?}; sessions sent: {}",
         sent.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_client_ends_a_restore_at_once() {
+    let w = World::new(&["alice"]);
+    let alice = w.login("alice", "alice").await;
+    let recovery_key = alice.enable_backup().await.unwrap().as_str().to_owned();
+    let proxy = FaultProxy::start(&w.hs.base_url);
+    let tablet = login(&proxy.base_url, &w.dir("tablet"), "alice").await;
+    // The backup's keys are slow to come.
+    let slow = Action::Delay(Duration::from_secs(30));
+    proxy.method_rule("GET", "/room_keys/keys", slow, None);
+    let restore = tokio::spawn({
+        let tablet = Arc::clone(&tablet);
+        async move { tablet.restore_backup(&recovery_key, None, |_| {}).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.requests("/room_keys/keys").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the restore never asked for the keys"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let closing = Instant::now();
+    tablet.close().await;
+    assert!(
+        closing.elapsed() < Duration::from_secs(10),
+        "closing waited {:?} for the restore",
+        closing.elapsed()
+    );
+    let err = restore.await.unwrap().unwrap_err();
+    assert!(matches!(err, ClientError::Closed), "{err:?}");
 }

@@ -176,8 +176,9 @@ impl Client {
         let (m, k) = (machine.clone(), BackupKey::from_bytes(&key.to_bytes()));
         let v = version.clone();
         self.blocking(move |c| c.adopt(&m, &k, &v)).await?;
-        // The server counts the whole backup's entries only.
-        let expected = if room.is_none() { info.count.into() } else { 0 };
+        // The server counts the whole backup's entries only: for a room, the progress's
+        // total is that until the last report (done == total).
+        let expected = info.count.into();
         let summary = self
             .stream_restore(machine, key, &version, room, expected, progress)
             .await;
