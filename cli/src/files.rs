@@ -465,18 +465,23 @@ mod tests {
         );
     }
 
-    #[test]
-    fn only_messages_with_an_attachment_are_downloaded() {
-        let mut event = Notification {
+    /// A decrypted `m.room.message` with `content`.
+    fn message(content: serde_json::Value) -> Notification {
+        Notification {
             room_id: "!r:localhost".try_into().unwrap(),
             event_id: "$e".try_into().unwrap(),
             sender: "@a:localhost".try_into().unwrap(),
             sender_device: None,
             sender_trust: None,
             event_type: "m.room.message".into(),
-            content: json!({"msgtype": "m.text", "body": "hi"}),
+            content,
             encrypted: true,
-        };
+        }
+    }
+
+    #[test]
+    fn only_messages_with_an_attachment_are_downloaded() {
+        let mut event = message(json!({"msgtype": "m.text", "body": "hi"}));
         let error = check_attachment(&event).unwrap_err();
         assert_eq!(error, "$e has no attachment (a m.room.message m.text)");
         event.content = json!({"msgtype": "m.file", "body": "f", "file": {}});
@@ -493,16 +498,7 @@ mod tests {
     #[test]
     fn a_path_that_is_not_utf8_is_reported_without_a_panic() {
         use std::os::unix::ffi::OsStrExt;
-        let event = Notification {
-            room_id: "!r:localhost".try_into().unwrap(),
-            event_id: "$e".try_into().unwrap(),
-            sender: "@a:localhost".try_into().unwrap(),
-            sender_device: None,
-            sender_trust: None,
-            event_type: "m.room.message".into(),
-            content: json!({"msgtype": "m.file", "body": "f", "info": {"mimetype": "a/b"}}),
-            encrypted: true,
-        };
+        let event = message(json!({"msgtype": "m.file", "body": "f", "info": {"mimetype": "a/b"}}));
         let path = Path::new(std::ffi::OsStr::from_bytes(b"out-\xff.bin"));
         let report = download_report(&event, 7, path);
         assert_eq!(report["path"], "out-\u{fffd}.bin");

@@ -296,23 +296,35 @@ map_seed!(
     Sessions<'r, 'a, 'id>
 );
 
+/// Each key of an object, handed with the map to `on` (which reads its value); what a key
+/// and its value take is counted from the key on ([`Reader::next_key`]).
+fn each_key<'de, 's, A: MapAccess<'de>>(
+    reader: &mut Reader<'s>,
+    map: &mut A,
+    mut on: impl FnMut(&mut Reader<'s>, String, &mut A) -> Result<(), A::Error>,
+) -> Result<(), A::Error> {
+    loop {
+        reader.next_key();
+        let Some(key) = map.next_key::<String>()? else {
+            return Ok(());
+        };
+        on(reader, key, map)?;
+    }
+}
+
 impl<'de> Visitor<'de> for Whole<'_, '_> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("the backup's keys")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(field) = {
-            self.0.next_key();
-            map.next_key::<String>()?
-        } {
+        each_key(self.0, &mut map, |reader, field, map| {
             if field == "rooms" {
-                map.next_value_seed(Rooms(&mut *self.0))?;
+                map.next_value_seed(Rooms(reader))
             } else {
-                map.next_value::<IgnoredAny>()?;
+                map.next_value::<IgnoredAny>().map(drop)
             }
-        }
-        Ok(())
+        })
     }
 }
 
@@ -322,19 +334,15 @@ impl<'de> Visitor<'de> for Rooms<'_, '_> {
         f.write_str("rooms")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(room) = {
-            self.0.next_key();
-            map.next_key::<String>()?
-        } {
+        each_key(self.0, &mut map, |reader, room, map| {
             match RoomId::parse(&room) {
-                Ok(room_id) => map.next_value_seed(Room(&mut *self.0, &room_id))?,
+                Ok(room_id) => map.next_value_seed(Room(reader, &room_id)),
                 Err(e) => {
                     debug!(error = %e, "backup entries of an invalid room id left out");
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<IgnoredAny>().map(drop)
                 }
             }
-        }
-        Ok(())
+        })
     }
 }
 
@@ -344,17 +352,14 @@ impl<'de> Visitor<'de> for Room<'_, '_, '_> {
         f.write_str("a room's keys")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(field) = {
-            self.0.next_key();
-            map.next_key::<String>()?
-        } {
+        let room = self.1;
+        each_key(self.0, &mut map, |reader, field, map| {
             if field == "sessions" {
-                map.next_value_seed(Sessions(&mut *self.0, self.1))?;
+                map.next_value_seed(Sessions(reader, room))
             } else {
-                map.next_value::<IgnoredAny>()?;
+                map.next_value::<IgnoredAny>().map(drop)
             }
-        }
-        Ok(())
+        })
     }
 }
 
@@ -364,17 +369,14 @@ impl<'de> Visitor<'de> for Sessions<'_, '_, '_> {
         f.write_str("sessions")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(session_id) = {
-            self.0.next_key();
-            map.next_key::<String>()?
-        } {
+        let room = self.1;
+        each_key(self.0, &mut map, |reader, session_id, map| {
             let data: Raw<KeyBackupData> = map.next_value()?;
-            if let Err(e) = self.0.sink.entry(self.1, &session_id, &data) {
-                self.0.failure = Some(e);
-                return Err(de::Error::custom("restoring stopped"));
-            }
-        }
-        Ok(())
+            reader.sink.entry(room, &session_id, &data).map_err(|e| {
+                reader.failure = Some(e);
+                de::Error::custom("restoring stopped")
+            })
+        })
     }
 }
 

@@ -35,13 +35,7 @@ fn a_backup_signed_by_the_own_master_key_is_trusted_by_devices_that_trust_the_id
     assert!(alice.machine.backup_is_trusted(&by_master).unwrap());
 
     // A new device of alice knows her identity but has not verified it yet.
-    let laptop = Peer::new(alice.user().as_str(), "LAPTOP");
-    server.drive(&laptop);
-    laptop
-        .machine
-        .update_tracked_users(&[alice.user()])
-        .unwrap();
-    server.drive(&laptop);
+    let laptop = new_own_device(&mut server, &alice, "LAPTOP");
     assert!(!laptop.machine.backup_is_trusted(&by_master).unwrap());
     assert!(!laptop.machine.backup_is_trusted(&by_device).unwrap());
     // It takes the cross-signing keys (from secret storage): it trusts the identity now.

@@ -46,6 +46,16 @@ mod two_handles;
 #[cfg(test)]
 mod verification;
 
+/// A new device of `owner`'s (no private cross-signing keys), published, that has
+/// downloaded its owner's devices and identity.
+pub(crate) fn new_own_device(server: &mut FakeServer, owner: &Peer, device: &str) -> Peer {
+    let peer = Peer::new(owner.user().as_str(), device);
+    server.drive(&peer);
+    peer.machine.update_tracked_users(&[owner.user()]).unwrap();
+    server.drive(&peer);
+    peer
+}
+
 /// The parts of a homeserver the crypto machine talks to.
 #[derive(Default)]
 pub(crate) struct FakeServer {

@@ -334,13 +334,7 @@ fn a_verification_violation_mid_conversation_hides_only_the_new_sessions() {
 fn an_identity_made_by_another_device_is_not_replaced_by_a_bootstrap() {
     let (mut server, alice, _bob) = cross_signed_pair();
     // alice's second device: no private keys, but it downloads the account's identity.
-    let laptop = Peer::new(alice.user().as_str(), "LAPTOP");
-    server.drive(&laptop);
-    laptop
-        .machine
-        .update_tracked_users(&[alice.user()])
-        .unwrap();
-    server.drive(&laptop);
+    let laptop = new_own_device(&mut server, &alice, "LAPTOP");
     let published = laptop.machine.identity(&alice.user()).unwrap().unwrap();
     assert!(!published.verified, "the laptop holds none of its keys");
     let err = laptop.machine.bootstrap_cross_signing().unwrap_err();
