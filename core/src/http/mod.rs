@@ -71,6 +71,8 @@ pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 /// Largest error body read (`errcode`, `error`, `retry_after_ms`, UIA flows).
 const ERROR_BODY_BYTES: usize = 64 * 1024;
+/// The time an exchange may take, unless the request says otherwise.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl HttpError {
     /// Whether retrying the same request later may succeed.
@@ -114,6 +116,8 @@ pub struct HttpClient {
     homeserver: String,
     access_token: RwLock<Option<Zeroizing<String>>>,
     versions: SupportedVersions,
+    /// The longest wait for the next chunk of a streamed answer.
+    stall: Duration,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -127,10 +131,16 @@ impl std::fmt::Debug for HttpClient {
 impl HttpClient {
     /// A client for `homeserver` (e.g. `http://127.0.0.1:8008`).
     pub fn new(homeserver: &str) -> Result<Self, HttpError> {
+        Self::with_times(homeserver, REQUEST_TIMEOUT, stream::STALL)
+    }
+
+    /// [`HttpClient::new`] allowing each exchange `timeout` and a streamed answer `stall`
+    /// between chunks.
+    fn with_times(homeserver: &str, timeout: Duration, stall: Duration) -> Result<Self, HttpError> {
         Self::check_homeserver(homeserver)?;
         let inner = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
+            .timeout(timeout)
             .build()
             .map_err(|e| HttpError::Request(e.to_string()))?;
         let versions: Vec<String> = (1..=11).map(|minor| format!("v1.{minor}")).collect();
@@ -139,6 +149,7 @@ impl HttpClient {
             homeserver: homeserver.trim_end_matches('/').to_owned(),
             access_token: RwLock::new(None),
             versions: SupportedVersions::from_parts(&versions, &BTreeMap::new()),
+            stall,
         })
     }
 
@@ -233,7 +244,7 @@ impl HttpClient {
         let mut response = self.start_with(request, outgoing).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let reader = tokio::task::spawn_blocking(move || read(&mut stream::ChannelReader::new(rx)));
-        let fed = stream::feed(&mut response, &tx, limit).await;
+        let fed = stream::feed(&mut response, &tx, limit, self.stall).await;
         drop(tx);
         let parsed = reader
             .await
@@ -413,6 +424,90 @@ fn server_error(status: u16, body: &[u8]) -> HttpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server on 127.0.0.1 answering every request 200 with a chunked body: `chunks`
+    /// spaces, each after `pause`, then `1` and the end, unless `end` is false (it then
+    /// sends nothing more). Its address.
+    fn slow_server(chunks: usize, pause: Duration, end: bool) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                        line.clear();
+                    }
+                    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                                Transfer-Encoding: chunked\r\n\r\n";
+                    let _ = stream.write_all(head.as_bytes());
+                    for _ in 0..chunks {
+                        std::thread::sleep(pause);
+                        if stream.write_all(b"1\r\n \r\n").is_err() {
+                            return;
+                        }
+                    }
+                    if end {
+                        let _ = stream.write_all(b"1\r\n1\r\n0\r\n\r\n");
+                    } else {
+                        std::thread::sleep(Duration::from_secs(30));
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    /// `http`'s streamed answer to a backup request, as text.
+    async fn streamed(http: &HttpClient, timeout: Option<Duration>) -> Result<String, HttpError> {
+        use ruma::api::client::backup::get_backup_keys;
+        http.set_access_token(Some(Zeroizing::new("token".into())));
+        let request = get_backup_keys::v3::Request::new("1".into());
+        let read = |body: &mut dyn std::io::Read| {
+            let mut text = String::new();
+            body.read_to_string(&mut text).map(|_| text)
+        };
+        let text = http
+            .send_streaming_for(request, 1024, timeout, read)
+            .await?;
+        text.map_err(|e| HttpError::Network(e.to_string()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_streamed_answer_may_take_longer_than_an_exchange_when_allowed() {
+        let url = slow_server(6, Duration::from_millis(300), true);
+        let http =
+            HttpClient::with_times(&url, Duration::from_secs(1), Duration::from_secs(5)).unwrap();
+        let cut = streamed(&http, None).await.unwrap_err();
+        assert!(matches!(cut, HttpError::Network(_)), "{cut:?}");
+        let whole = streamed(&http, Some(Duration::from_secs(20)))
+            .await
+            .unwrap();
+        assert_eq!(whole.trim(), "1");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_streamed_answer_that_stops_coming_fails_within_the_stall_time() {
+        let url = slow_server(1, Duration::from_millis(50), false);
+        let stall = Duration::from_millis(500);
+        let http = HttpClient::with_times(&url, Duration::from_secs(60), stall).unwrap();
+        let started = std::time::Instant::now();
+        let err = streamed(&http, Some(Duration::from_secs(60)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, HttpError::Network(m) if m.contains("stalled")),
+            "{err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 
     /// What `f` logs at WARN and above.
     fn warnings(f: impl FnOnce()) -> String {

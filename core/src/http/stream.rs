@@ -10,7 +10,8 @@ use super::HttpError;
 
 type Chunk = Result<Bytes, io::Error>;
 
-/// The longest wait for the next chunk of an answer before it counts as a network failure.
+/// The longest wait for the next chunk of an answer before it counts as a network failure
+/// (unless the client was made with another).
 pub(crate) const STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The reading end: blocks until the next chunk arrives (use on a blocking thread only).
@@ -50,16 +51,17 @@ pub(super) async fn feed(
     response: &mut reqwest::Response,
     tx: &mpsc::Sender<Chunk>,
     limit: usize,
+    stall: std::time::Duration,
 ) -> Result<(), HttpError> {
     let mut total = 0usize;
     loop {
-        let next = tokio::time::timeout(STALL, response.chunk()).await;
+        let next = tokio::time::timeout(stall, response.chunk()).await;
         let chunk = match next {
             Ok(Ok(Some(chunk))) => chunk,
             Ok(Ok(None)) => return Ok(()),
             Ok(Err(e)) => return fail(tx, HttpError::Network(e.without_url().to_string())).await,
             Err(_) => {
-                let stalled = format!("the answer stalled for {} s", STALL.as_secs());
+                let stalled = format!("the answer stalled for {} ms", stall.as_millis());
                 return fail(tx, HttpError::Network(stalled)).await;
             }
         };
