@@ -1,7 +1,8 @@
-//! A key export of 10,000 sessions is written and imported in bounded memory: the heap in
-//! use never grows by more than a fixed amount over what it was, whatever the number of
-//! sessions (it is counted by a global allocator of this test binary; SQLite's own memory
-//! is not Rust's and is bounded by its cache).
+//! A key export of 10,000 sessions is written and imported, and a key backup of 10,000
+//! sessions restored from a server's answer, in bounded memory: the heap in use never
+//! grows by more than a fixed amount over what it was, whatever the number of sessions (it
+//! is counted by a global allocator of this test binary; SQLite's own memory is not Rust's
+//! and is bounded by its cache).
 
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use newt_core::backup::{BackupKey, encrypt_session};
 use newt_core::client::{Client, KEY_ACCESS_TOKEN, KEY_DEVICE_ID, KEY_USER_ID};
 use newt_core::crypto::OlmMachine;
 use newt_core::key_export::ExportedRoomKey;
@@ -67,9 +69,59 @@ fn store(dir: &Path) -> Arc<dyn Store> {
 
 /// A logged-in client on `store`, offline (nothing here talks to a server).
 fn client(store: Arc<dyn Store>) -> Client {
-    let client = Client::with_store("http://127.0.0.1:9", store).unwrap();
+    client_of("http://127.0.0.1:9", store)
+}
+
+/// A logged-in client of `homeserver` on `store`.
+fn client_of(homeserver: &str, store: Arc<dyn Store>) -> Client {
+    let client = Client::with_store(homeserver, store).unwrap();
     assert!(client.restore_session().unwrap());
     client
+}
+
+/// A homeserver on 127.0.0.1 that knows one key backup (version `1`, `public_key`, `count`
+/// entries) whose keys are `keys` (the body of `GET /room_keys/keys`); anything else is
+/// not found. Its address.
+fn backup_server(public_key: String, count: usize, keys: Vec<u8>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let keys = Arc::new(keys);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request.split(' ').nth(1).unwrap_or_default();
+            let version = serde_json::json!({
+                "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2",
+                "auth_data": {"public_key": public_key, "signatures": {}},
+                "count": count, "etag": "1", "version": "1",
+            });
+            let version = version.to_string().into_bytes();
+            // The keys are written from where they are (a copy would count as our growth).
+            let (status, body): (&str, &[u8]) = if path.contains("/room_keys/version") {
+                ("200 OK", &version)
+            } else if path.contains("/room_keys/keys") && request.starts_with("GET") {
+                ("200 OK", &keys)
+            } else {
+                ("404 Not Found", br#"{"errcode":"M_NOT_FOUND"}"#)
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body);
+        }
+    });
+    url
 }
 
 fn key(i: usize, account: &vodozemac::olm::Account) -> ExportedRoomKey {
@@ -137,4 +189,48 @@ fn ten_thousand_sessions_are_exported_and_imported_in_bounded_memory() {
         import_growth < BOUND,
         "import grew the heap by {import_growth} bytes"
     );
+}
+
+#[test]
+fn a_backup_of_ten_thousand_sessions_is_restored_in_bounded_memory() {
+    let backup = BackupKey::new();
+    let account = vodozemac::olm::Account::new();
+    let mut rooms: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
+    for i in 0..SESSIONS {
+        let key = key(i, &account);
+        let data = encrypt_session(backup.public_key(), &key).unwrap();
+        let entry = serde_json::json!({
+            "first_message_index": 0, "forwarded_count": 0, "is_verified": false,
+            "session_data": data,
+        });
+        let room = rooms
+            .entry(key.room_id.to_string())
+            .or_insert_with(|| serde_json::json!({"sessions": {}}));
+        room["sessions"][&key.session_id] = entry;
+    }
+    let body = serde_json::to_vec(&serde_json::json!({ "rooms": rooms })).unwrap();
+    drop(rooms);
+    let size = body.len();
+    assert!(
+        size > 3 * BOUND,
+        "the answer ({size} bytes) is much larger than the bound"
+    );
+    let url = backup_server(backup.public_key_base64(), SESSIONS, body);
+
+    let dir = tempfile::tempdir().unwrap();
+    let restorer = client_of(&url, store(dir.path()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let recovery_key = backup.to_recovery_key();
+    let (summary, growth) =
+        peak_growth(|| runtime.block_on(restorer.restore_backup(&recovery_key, None, |_| {})));
+    let summary = summary.unwrap();
+    assert_eq!(
+        (summary.imported, summary.total),
+        (SESSIONS as u64, SESSIONS as u64)
+    );
+    eprintln!("answer {size} bytes; heap growth: restore {growth}");
+    assert!(growth < BOUND, "restore grew the heap by {growth} bytes");
 }

@@ -10,6 +10,9 @@ use super::HttpError;
 
 type Chunk = Result<Bytes, io::Error>;
 
+/// The most bytes passed to the reader at once.
+const SLICE: usize = 16 * 1024;
+
 /// The longest wait for the next chunk of an answer before it counts as a network failure
 /// (unless the client was made with another).
 pub(crate) const STALL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -70,9 +73,14 @@ pub(super) async fn feed(
             let _ = tx.send(Err(io::Error::other("answer too large"))).await;
             return Err(HttpError::TooLarge { limit });
         }
-        if tx.send(Ok(chunk)).await.is_err() {
-            // The reader stopped (it had what it needed, or failed): nothing more to do.
-            return Ok(());
+        // Passed on in small copies: the channel holds 16 of them, not 16 of the
+        // connection's chunks (which grow to hundreds of KiB when the reader is slower
+        // than the network), and none keeps a whole chunk alive.
+        for slice in chunk.chunks(SLICE) {
+            if tx.send(Ok(Bytes::copy_from_slice(slice))).await.is_err() {
+                // The reader stopped (it had what it needed, or failed): nothing more to do.
+                return Ok(());
+            }
         }
     }
 }
