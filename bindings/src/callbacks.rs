@@ -11,7 +11,6 @@ use newt_core::client as core;
 use newt_core::ruma::{OwnedDeviceId, OwnedUserId, RoomId};
 use newt_core::store::LocalTrust;
 use tracing::warn;
-use zeroize::Zeroizing;
 
 use crate::error::NewtError;
 use crate::ids;
@@ -81,9 +80,7 @@ impl core::PromptHandler for PromptAdapter {
             },
             core::Prompt::RecoveryKey { previous_error } => Prompt::RecoveryKey { previous_error },
             core::Prompt::NewRecoveryKey { recovery_key } => Prompt::NewRecoveryKey {
-                recovery_key: Arc::new(SecretText::from(Zeroizing::new(
-                    recovery_key.expose().to_owned(),
-                ))),
+                recovery_key: SecretText::new(recovery_key.expose().to_owned()),
             },
             other => match verification_prompt(other) {
                 Some(prompt) => prompt,

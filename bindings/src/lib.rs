@@ -9,6 +9,7 @@ mod callbacks;
 mod client;
 mod error;
 mod ids;
+mod listening;
 mod logging;
 mod notification;
 mod recovery;

@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 use crate::client::{NewtClient, run};
 use crate::error::NewtError;
 use crate::ids;
+use crate::listening::Listening;
 
 /// Progress of a key export or import.
 #[uniffi::export(with_foreign)]
@@ -261,22 +262,14 @@ pub trait BackupStateListener: Send + Sync {
 /// A live backup state subscription; closing or dropping it stops the updates.
 #[derive(uniffi::Object)]
 pub struct BackupSubscription {
-    task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    task: Listening,
 }
 
 #[uniffi::export]
 impl BackupSubscription {
     /// Stop the updates (idempotent).
     pub fn close(&self) {
-        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            task.abort();
-        }
-    }
-}
-
-impl Drop for BackupSubscription {
-    fn drop(&mut self) {
-        self.close();
+        self.task.stop();
     }
 }
 
@@ -314,7 +307,7 @@ impl NewtClient {
             }
         });
         Ok(Arc::new(BackupSubscription {
-            task: std::sync::Mutex::new(Some(self.track(task.abort_handle()))),
+            task: Listening::new(self.track(task.abort_handle())),
         }))
     }
 }

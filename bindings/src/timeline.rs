@@ -2,19 +2,19 @@
 //! messages first, then new items, changed items, new echoes and their send states, and the
 //! remote event that replaces an echo (matched by transaction id).
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use newt_core::client::{Client, SendUpdate, TimelineEvent};
 use newt_core::ruma::OwnedRoomId;
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::task::AbortHandle;
 use tracing::warn;
 
 use crate::callbacks::TimelineListener;
 use crate::client::{NewtClient, runtime};
 use crate::error::NewtError;
 use crate::ids;
+use crate::listening::Listening;
 use crate::sending::LocalEcho;
 use crate::types::{TimelineItem, TimelineUpdate};
 
@@ -49,7 +49,7 @@ impl NewtClient {
             }
         });
         Ok(Arc::new(TimelineSubscription {
-            task: Mutex::new(Some(self.track(task.abort_handle()))),
+            task: Listening::new(self.track(task.abort_handle())),
         }))
     }
 }
@@ -157,21 +157,13 @@ fn send_update(u: SendUpdate) -> TimelineUpdate {
 /// A live timeline subscription; closing or dropping it stops the updates.
 #[derive(uniffi::Object)]
 pub struct TimelineSubscription {
-    task: Mutex<Option<AbortHandle>>,
+    task: Listening,
 }
 
 #[uniffi::export]
 impl TimelineSubscription {
     /// Stop the updates (idempotent).
     pub fn close(&self) {
-        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            task.abort();
-        }
-    }
-}
-
-impl Drop for TimelineSubscription {
-    fn drop(&mut self) {
-        self.close();
+        self.task.stop();
     }
 }

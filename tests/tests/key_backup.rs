@@ -603,6 +603,48 @@ fn pending_uploads(dir: &std::path::Path) -> u64 {
     store.inbound_group_sessions_to_back_up_count().unwrap()
 }
 
+/// Three `send-process` runs uploading `dir`'s backup through `proxy`, each killed with
+/// SIGKILL once the server answered one more upload, 0, 150 and 300 ms later: as the
+/// answer arrives (before or after its mark), and while the next upload is on its way.
+/// The sessions still to upload, from `pending` on, after each kill.
+async fn kill_during_uploads(
+    proxy: &FaultProxy,
+    dir: &std::path::Path,
+    room: &RoomId,
+    pending: u64,
+) -> Vec<u64> {
+    let answered = || {
+        let log = proxy.log();
+        let puts = log
+            .iter()
+            .filter(|l| l.starts_with("PUT") && l.contains("/room_keys/keys"));
+        puts.filter(|l| l.ends_with(" 200")).count()
+    };
+    let mut left = vec![pending];
+    for kill_ms in [0, 150, 300] {
+        let before = answered();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_send-process"))
+            .args([&proxy.base_url, &*dir.to_string_lossy(), room.as_str()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start send-process");
+        let lines = stdout_lines(&mut child);
+        let first = lines.recv_timeout(Duration::from_secs(30)).ok();
+        assert_eq!(first.as_deref(), Some("synced"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while answered() == before {
+            assert!(Instant::now() < deadline, "no upload answered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(kill_ms)).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        left.push(pending_uploads(dir));
+    }
+    left
+}
+
 /// The kill test: alice's client (a process of its own, `send-process` running its
 /// due work) is killed with SIGKILL three times while it uploads 500 sessions in batches
 /// of 100, every upload slowed down. Nothing is lost (the server ends with every session)
@@ -632,37 +674,7 @@ async fn killed_while_uploading_nothing_is_lost_and_only_the_batch_in_flight_is_
         Action::Delay(Duration::from_millis(400)),
         None,
     );
-    // Killed once the server answered one more upload, 0, 150 and 300 ms later: as the
-    // answer arrives (before or after its mark), and while the next upload is on its way.
-    let answered = || {
-        let log = proxy.log();
-        let puts = log
-            .iter()
-            .filter(|l| l.starts_with("PUT") && l.contains("/room_keys/keys"));
-        puts.filter(|l| l.ends_with(" 200")).count()
-    };
-    let mut left = vec![SESSIONS as u64];
-    for kill_ms in [0, 150, 300] {
-        let before = answered();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_send-process"))
-            .args([&proxy.base_url, &*dir.to_string_lossy(), room.as_str()])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start send-process");
-        let lines = stdout_lines(&mut child);
-        let first = lines.recv_timeout(Duration::from_secs(30)).ok();
-        assert_eq!(first.as_deref(), Some("synced"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while answered() == before {
-            assert!(Instant::now() < deadline, "no upload answered");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(kill_ms)).await;
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
-        left.push(pending_uploads(&dir));
-    }
+    let left = kill_during_uploads(&proxy, &dir, &room, SESSIONS as u64).await;
     // The kills came mid-way: some batches marked, some still to upload.
     assert!(left.windows(2).all(|w| w[1] <= w[0]), "{left:?}");
     let remaining = *left.last().unwrap();

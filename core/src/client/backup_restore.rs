@@ -249,13 +249,13 @@ impl Client {
             match room {
                 None => {
                     let request = get_backup_keys::v3::Request::new(version);
-                    http.send_streaming_for(request, MAX_RESTORE_BYTES, timeout, read)
+                    http.send_streaming(request, MAX_RESTORE_BYTES, timeout, read)
                         .await
                 }
                 Some(room) => {
                     let request =
                         get_backup_keys_for_room::v3::Request::new(version, room.to_owned());
-                    http.send_streaming_for(request, MAX_RESTORE_BYTES, timeout, read)
+                    http.send_streaming(request, MAX_RESTORE_BYTES, timeout, read)
                         .await
                 }
             }

@@ -136,7 +136,7 @@ impl Client {
         let sync = match self
             .inner
             .http
-            .send_streaming(request, MAX_SYNC_READ_BYTES, read)
+            .send_streaming(request, MAX_SYNC_READ_BYTES, None, read)
             .await
         {
             Err(e @ HttpError::TooLarge { .. }) => {

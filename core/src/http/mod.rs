@@ -205,26 +205,10 @@ impl HttpClient {
 
     /// Send a ruma request and hand the body of a successful answer to `read`, as a stream
     /// (on a blocking worker thread, while the body arrives): the body is never held whole.
-    /// At most `limit` bytes are read.
-    pub async fn send_streaming<R, T>(
-        &self,
-        request: R,
-        limit: usize,
-        read: impl FnOnce(&mut dyn std::io::Read) -> T + Send + 'static,
-    ) -> Result<T, HttpError>
-    where
-        R: OutgoingRequest,
-        T: Send + 'static,
-        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
-        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
-    {
-        self.send_streaming_for(request, limit, None, read).await
-    }
-
-    /// [`HttpClient::send_streaming`] allowing the whole exchange `timeout` instead of the
-    /// client's (a large answer read as fast as `read` takes it); a body that stops coming
+    /// At most `limit` bytes are read. `timeout` replaces the client's time for the whole
+    /// exchange (a large answer read as fast as `read` takes it); a body that stops coming
     /// for a minute fails whatever the timeout.
-    pub async fn send_streaming_for<R, T>(
+    pub async fn send_streaming<R, T>(
         &self,
         request: R,
         limit: usize,
@@ -470,9 +454,7 @@ mod tests {
             let mut text = String::new();
             body.read_to_string(&mut text).map(|_| text)
         };
-        let text = http
-            .send_streaming_for(request, 1024, timeout, read)
-            .await?;
+        let text = http.send_streaming(request, 1024, timeout, read).await?;
         text.map_err(|e| HttpError::Network(e.to_string()))
     }
 

@@ -141,8 +141,19 @@ mod element {
             send(&alice, room2, "hello from alice in room 2").await?,
             send(&bob, room2, "hello from bob in room 2").await?,
         ];
+        write_export(dir, &alice, &bob, &sent).await?;
+        write_devices(dir, &alice, &bob).await?;
+        let decryption_key = write_backup(dir, &alice, &sent[0]).await?;
+        write_secret_storage(dir, &decryption_key)
+    }
 
-        // A1: the export file.
+    /// A1: the export file of alice's and bob's sessions, and what they encrypted.
+    async fn write_export(
+        dir: &Path,
+        alice: &OlmMachine,
+        bob: &OlmMachine,
+        sent: &[Sent],
+    ) -> R<()> {
         let mut keys: Vec<ExportedRoomKey> = alice
             .store()
             .export_room_keys(|_| true)
@@ -165,10 +176,13 @@ mod element {
             "rounds": ROUNDS,
             "sessions": sent.iter().enumerate().map(|(n, s)| session_json(s, n)).collect::<Vec<_>>(),
         });
-        write_json(&dir.join("element-export.json"), &meta)?;
-        // The senders' devices as /keys/query answers them (signed by each device).
+        write_json(&dir.join("element-export.json"), &meta)
+    }
+
+    /// The senders' devices as /keys/query answers them (signed by each device).
+    async fn write_devices(dir: &Path, alice: &OlmMachine, bob: &OlmMachine) -> R<()> {
         let mut device_keys = serde_json::Map::new();
-        for m in [&alice, &bob] {
+        for m in [alice, bob] {
             let device = m
                 .get_device(m.user_id(), m.device_id(), None)
                 .await
@@ -186,13 +200,14 @@ mod element {
             "device_keys": device_keys,
             "failures": {},
         });
-        write_json(&dir.join("keys-query.json"), &query)?;
+        write_json(&dir.join("keys-query.json"), &query)
+    }
 
-        // A2: key backup of alice's room 1 session.
+    /// A2: a key backup entry of alice's room 1 session; the backup's key.
+    async fn write_backup(dir: &Path, alice: &OlmMachine, s: &Sent) -> R<BackupDecryptionKey> {
         let decryption_key = BackupDecryptionKey::new();
         let backup_key: MegolmV1BackupKey = decryption_key.megolm_v1_public_key();
         backup_key.set_version("1".to_owned());
-        let s = &sent[0];
         let session = alice
             .store()
             .get_inbound_group_session(&s.room_id, &s.session_id)
@@ -216,8 +231,11 @@ mod element {
             "expected_plaintext": s.plaintext,
         });
         write_json(&dir.join("backup.json"), &backup)?;
+        Ok(decryption_key)
+    }
 
-        // A3: secret storage key, its description, and the backup key stored as a secret.
+    /// A3: a secret storage key, its description, and the backup key stored as a secret.
+    fn write_secret_storage(dir: &Path, decryption_key: &BackupDecryptionKey) -> R<()> {
         let ssss = SecretStorageKey::new();
         let secret = decryption_key.to_base64();
         let name = SecretName::from("m.megolm_backup.v1");
@@ -234,8 +252,7 @@ mod element {
             "encrypted_secret": { "encrypted": { key_id.clone(): serde_json::to_value(&encrypted).map_err(e("secret json"))? } },
             "expected_secret": secret,
         });
-        write_json(&dir.join("secret-storage.json"), &ss)?;
-        Ok(())
+        write_json(&dir.join("secret-storage.json"), &ss)
     }
 
     fn write_json(path: &Path, v: &Value) -> R<()> {
