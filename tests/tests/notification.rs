@@ -15,7 +15,7 @@ use newt_core::ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId};
 use newt_core::store::{CryptoStore, SqliteStore, StoreKey};
 use newt_e2e_tests::Synapse;
 use newt_e2e_tests::attacker::Attacker;
-use newt_e2e_tests::clients::{self, STORE_PASSPHRASE, World, receive, room_with};
+use newt_e2e_tests::clients::{self, STORE_PASSPHRASE, World, receive, room_with, stdout_lines};
 use newt_e2e_tests::proxy::{Action, FaultProxy, Rewrite};
 use serde_json::{Value, json};
 
@@ -145,12 +145,12 @@ async fn an_extension_killed_in_the_middle_loses_nothing_for_the_app() {
 struct PushHandler {
     child: std::process::Child,
     stdin: std::process::ChildStdin,
-    answers: std::sync::mpsc::Receiver<Value>,
+    /// The lines it prints: one JSON answer each.
+    answers: std::sync::mpsc::Receiver<String>,
 }
 
 impl PushHandler {
     fn start(homeserver: &str, store: &std::path::Path) -> Self {
-        use std::io::BufRead;
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_notify-process"))
             .args([homeserver, &store.to_string_lossy(), "30000"])
@@ -159,16 +159,7 @@ impl PushHandler {
             .spawn()
             .expect("start notify-process");
         let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, answers) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(serde_json::from_str(&line).unwrap_or(Value::String(line)));
-            }
-        });
+        let answers = stdout_lines(&mut child);
         Self {
             child,
             stdin,
@@ -188,10 +179,11 @@ impl PushHandler {
         let mut out = HashMap::new();
         while out.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
-            let answer = self
+            let line = self
                 .answers
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("{} of {n} notifications answered: {out:?}", out.len()));
+            let answer = serde_json::from_str(&line).unwrap_or(Value::String(line));
             out.insert(answer["event_id"].as_str().unwrap_or("").to_owned(), answer);
         }
         out
